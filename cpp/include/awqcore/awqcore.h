@@ -1,0 +1,159 @@
+// awqcore: a standalone runtime for 4-bit AWQ-quantized decoder-only LLMs.
+//
+// This is the one public header. It loads a `.awqbin` file (docs/format.md),
+// runs the transformer forward pass with a KV cache, and samples tokens.
+// No Python and no torch are involved: embed it with
+//   find_package(awqcore) ... target_link_libraries(app PRIVATE awqcore::awqcore)
+//
+// Thread safety:
+//   - Model is immutable once loaded; one Model may be shared by any number of
+//     threads and Sessions (hold it through std::shared_ptr).
+//   - Session is NOT thread-safe: it owns the KV cache and scratch buffers and
+//     must be used by one thread at a time. Internally a Session uses its own
+//     worker threads for the matrix products.
+//
+// Errors: every failure throws a subclass of awqcore::Error whose message names
+// the problem (the field of a corrupt file, the bad argument and its value).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace awqcore {
+
+// Base of every exception the runtime throws.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+// The file is missing, truncated, corrupt, or inconsistent with itself.
+class FormatError : public Error {
+ public:
+  using Error::Error;
+};
+// A caller passed a bad value: token id out of range, empty prompt, prompt
+// longer than the context, bad sampling values, bad thread count, ...
+class InvalidArgument : public Error {
+ public:
+  using Error::Error;
+};
+
+// Hyperparameters read from the file's metadata (docs/format.md).
+struct ModelConfig {
+  std::string architecture;  // "llama" or "qwen2"
+  std::string name;
+  int vocab_size = 0;
+  int hidden_size = 0;        // d
+  int intermediate_size = 0;  // MLP width
+  int num_layers = 0;
+  int num_heads = 0;     // query heads H
+  int num_kv_heads = 0;  // key/value heads KV; H % KV == 0
+  int head_dim = 0;      // hd
+  int max_position_embeddings = 0;
+  float rope_theta = 10000.0f;
+  float rms_norm_eps = 1e-5f;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // Qwen2: q/k/v carry biases
+  std::string quant_method;     // "rtn" or "awq"
+  int bits = 4;
+  int group_size = 0;
+  int bos_token_id = -1;             // -1: none
+  std::vector<int> eos_token_ids;    // default stop ids
+};
+
+struct LoadOptions {
+  // Check the CRC-32 of every tensor at load (about 0.1 s per 100 MB).
+  bool verify_checksums = true;
+};
+
+class Model {
+ public:
+  // Maps the file and validates every field before returning.
+  // Throws FormatError (naming the bad field) or Error (I/O).
+  static std::shared_ptr<const Model> Load(const std::string& path,
+                                           const LoadOptions& options = {});
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const ModelConfig& config() const;
+  // A string entry of the file's metadata, e.g. "tokenizer.json" or
+  // "tokenizer.chat_template"; std::nullopt when absent.
+  std::optional<std::string> metadata_string(const std::string& key) const;
+  // Bytes of tensor data in the file (what a forward pass streams).
+  uint64_t weight_bytes() const;
+
+  struct Impl;
+  const Impl& impl() const { return *impl_; }
+
+ private:
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+struct SamplingOptions {
+  float temperature = 0.0f;         // 0: greedy (argmax)
+  int top_k = 0;                    // 0: off
+  float top_p = 1.0f;               // 1: off; in (0, 1]
+  float repetition_penalty = 1.0f;  // 1: off; > 0 (CTRL-style, over the sequence)
+  std::optional<uint64_t> seed;     // nullopt: a random seed
+};
+
+struct GenerateOptions {
+  int max_new_tokens = 128;
+  SamplingOptions sampling;
+  // nullopt: stop at the model's eos_token_ids; an empty vector: never stop
+  // early (exactly max_new_tokens are produced, as benchmarks need).
+  std::optional<std::vector<int>> stop_ids;
+};
+
+// Called with each new token; return false to stop generation.
+using TokenCallback = std::function<bool(int token)>;
+
+class Session {
+ public:
+  // max_seq_len: KV-cache capacity in tokens (1 .. max_position_embeddings is
+  // not enforced; memory is 2·layers·KV·hd·4 bytes per token).
+  // num_threads: 0 means all hardware threads.
+  Session(std::shared_ptr<const Model> model, int max_seq_len,
+          int num_threads = 0);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Appends `ids` to the sequence held in the cache and returns the logits of
+  // every appended position, row-major [ids.size(), vocab].
+  std::vector<float> Forward(const std::vector<int>& ids);
+
+  // Resets the session, prefills `prompt`, then samples up to
+  // options.max_new_tokens tokens. Returns the new tokens only. A stop token
+  // ends generation and is included in the result.
+  std::vector<int> Generate(const std::vector<int>& prompt,
+                            const GenerateOptions& options,
+                            const TokenCallback& on_token = nullptr);
+
+  void Reset();                 // empties the KV cache
+  int position() const;         // tokens in the cache
+  int max_seq_len() const;
+  int num_threads() const;
+  const Model& model() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// CUDA support: whether this build has it, and what device is present.
+bool BuiltWithCuda();
+// "no CUDA device" (or "built without CUDA"), else e.g. "NVIDIA H100 (sm_90)".
+std::string CudaDeviceInfo();
+
+const char* Version();
+
+}  // namespace awqcore

@@ -1,0 +1,85 @@
+// A minimal test harness: TEST(name) { CHECK(...); CHECK_THROWS(expr, Type, "substr"); }
+// Each test binary's main() comes from AWQCORE_TEST_MAIN(); it runs every test
+// and prints "N passed, N failed"; exit status 1 if any failed.
+#pragma once
+
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace awqtest {
+
+struct Registry {
+  std::vector<std::pair<std::string, std::function<void()>>> tests;
+  int failures_in_current = 0;
+  static Registry& Get() {
+    static Registry r;
+    return r;
+  }
+};
+struct Registrar {
+  Registrar(const char* name, std::function<void()> fn) {
+    Registry::Get().tests.emplace_back(name, std::move(fn));
+  }
+};
+inline void Fail(const char* file, int line, const std::string& what) {
+  std::printf("  FAILED %s:%d: %s\n", file, line, what.c_str());
+  Registry::Get().failures_in_current++;
+}
+inline int RunAll() {
+  int passed = 0, failed = 0;
+  for (auto& [name, fn] : Registry::Get().tests) {
+    Registry::Get().failures_in_current = 0;
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      Fail(__FILE__, __LINE__, std::string("unexpected exception: ") + e.what());
+    }
+    bool ok = Registry::Get().failures_in_current == 0;
+    std::printf("[%s] %s\n", ok ? "PASS" : "FAIL", name.c_str());
+    (ok ? passed : failed)++;
+  }
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
+
+}  // namespace awqtest
+
+#define TEST(name)                                                     \
+  static void test_##name();                                           \
+  static awqtest::Registrar registrar_##name(#name, test_##name);      \
+  static void test_##name()
+
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    if (!(cond)) awqtest::Fail(__FILE__, __LINE__, "CHECK(" #cond ")");      \
+  } while (0)
+
+#define CHECK_NEAR(a, b, tol)                                                     \
+  do {                                                                            \
+    double a_ = (a), b_ = (b);                                                    \
+    if (!(std::fabs(a_ - b_) <= (tol)))                                           \
+      awqtest::Fail(__FILE__, __LINE__,                                           \
+                    "CHECK_NEAR(" #a ", " #b "): " + std::to_string(a_) + " vs " + \
+                        std::to_string(b_));                                      \
+  } while (0)
+
+// The expression must throw `type` whose what() contains `substr`.
+#define CHECK_THROWS(expr, type, substr)                                                  \
+  do {                                                                                    \
+    try {                                                                                 \
+      (void)(expr);                                                                       \
+      awqtest::Fail(__FILE__, __LINE__, "no exception from " #expr);                      \
+    } catch (const type& e_) {                                                            \
+      if (std::string(e_.what()).find(substr) == std::string::npos)                      \
+        awqtest::Fail(__FILE__, __LINE__,                                                 \
+                      std::string("message '") + e_.what() + "' lacks '" + (substr) + "'"); \
+    } catch (const std::exception& e_) {                                                  \
+      awqtest::Fail(__FILE__, __LINE__, std::string("wrong exception type: ") + e_.what()); \
+    }                                                                                     \
+  } while (0)
+
+#define AWQCORE_TEST_MAIN() \
+  int main() { return awqtest::RunAll(); }
