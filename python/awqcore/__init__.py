@@ -1,0 +1,170 @@
+"""awqcore: 4-bit AWQ quantization with a standalone C++ runtime.
+
+    import awqcore
+    model = awqcore.Model("smollm2.awqbin")
+    ids = model.tokenizer.encode("The capital of France is").ids
+    print(model.tokenizer.decode(model.generate(ids, max_new_tokens=16)))
+
+The runtime needs numpy and tokenizers only; quantization (`awqcore quantize`)
+needs the `quantize` extra (torch, gguf, safetensors, tqdm).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from . import _core
+from .errors import Error, FormatError
+
+__all__ = ["Model", "Error", "FormatError", "__version__", "built_with_cuda", "cuda_device_info",
+           "cmake_dir"]
+__version__ = _core.version()
+built_with_cuda = _core.built_with_cuda
+cuda_device_info = _core.cuda_device_info
+
+
+class Model:
+    """A quantized model loaded from an `.awqbin` file, with its KV cache.
+
+    threads: worker threads for the matrix products (None: all cores).
+    max_seq_len: KV-cache capacity in tokens (prompt + generated).
+    verify: check every tensor's CRC-32 at load.
+
+    One Model runs one sequence at a time; calls from several Python threads are
+    serialised by a lock (the GIL is released while the C++ code computes).
+    """
+
+    def __init__(self, path: str | os.PathLike, threads: Optional[int] = None,
+                 max_seq_len: int = 2048, verify: bool = True):
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model file not found: {path}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None (got {threads!r})")
+        if not isinstance(max_seq_len, int) or max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be a positive integer (got {max_seq_len!r})")
+        self.path = path
+        self._core = _core.Model(path, threads or 0, max_seq_len, bool(verify))
+        self.config: dict = self._core.config()
+        self._lock = threading.Lock()
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The model's `tokenizers.Tokenizer`, rebuilt from the JSON in the file."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+            text = self._core.metadata_string("tokenizer.json")
+            if not text:
+                raise FormatError(f"{self.path}: the file holds no tokenizer (tokenizer.json)")
+            self._tokenizer = Tokenizer.from_str(text)
+        return self._tokenizer
+
+    @property
+    def chat_template(self) -> str:
+        return self._core.metadata_string("tokenizer.chat_template") or ""
+
+    def forward(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits float32 [len(ids), vocab] for a fresh sequence (resets the cache)."""
+        ids = self._check_ids(ids)
+        with self._lock:
+            return self._core.forward(ids)
+
+    def generate(self, ids: Sequence[int], max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                 seed: Optional[int] = None, stop: Optional[Iterable[int]] = None,
+                 on_token: Optional[Callable[[int], Optional[bool]]] = None) -> list[int]:
+        """Generates after `ids` and returns the new tokens only.
+
+        temperature 0 is greedy. stop=None stops at the model's end-of-sequence
+        ids; stop=[] never stops early (exactly max_new_tokens tokens).
+        on_token(token) is called for each new token; returning False stops.
+        An exception raised in on_token propagates to the caller.
+        """
+        ids = self._check_ids(ids)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative integer (got {max_new_tokens!r})")
+        if seed is not None and not 0 <= int(seed) < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64) (got {seed!r})")
+        if stop is not None:
+            stop = self._check_ids(list(stop), what="stop id", allow_empty=True)
+        if on_token is not None and not callable(on_token):
+            raise ValueError("on_token must be callable")
+        with self._lock:
+            return self._core.generate(ids, max_new_tokens, float(temperature), int(top_k),
+                                       float(top_p), float(repetition_penalty),
+                                       None if seed is None else int(seed), stop, on_token)
+
+    def stream(self, ids: Sequence[int], **options) -> Iterator[int]:
+        """Like generate(), but yields each token as it is produced.
+
+        Generation runs in a worker thread (the GIL is released while it
+        computes); closing the iterator early stops it at the next token.
+        """
+        if "on_token" in options:
+            raise ValueError("stream() yields tokens itself; on_token is not accepted")
+        tokens: queue.Queue = queue.Queue()
+        done = object()
+        cancelled = threading.Event()
+        failure: list[BaseException] = []
+
+        def on_token(token: int) -> bool:
+            tokens.put(token)
+            return not cancelled.is_set()
+
+        def work() -> None:
+            try:
+                self.generate(ids, on_token=on_token, **options)
+            except BaseException as e:  # handed to the consuming thread
+                failure.append(e)
+            finally:
+                tokens.put(done)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        try:
+            while (item := tokens.get()) is not done:
+                yield item
+        finally:
+            cancelled.set()
+            worker.join()
+        if failure:
+            raise failure[0]
+
+    def reset(self) -> None:
+        """Empties the KV cache."""
+        with self._lock:
+            self._core.reset()
+
+    def _check_ids(self, ids: Sequence[int], what: str = "token id",
+                   allow_empty: bool = False) -> list[int]:
+        if isinstance(ids, (str, bytes)):
+            raise ValueError(f"expected a sequence of {what}s, got {type(ids).__name__} "
+                             "(encode text with model.tokenizer first)")
+        try:
+            out = [int(i) for i in ids]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"expected a sequence of integer {what}s: {e}") from None
+        if not out and not allow_empty:
+            raise ValueError("empty prompt: pass at least one token id")
+        vocab = self.config["vocab_size"]
+        for position, token in enumerate(out):
+            if not 0 <= token < vocab:
+                raise ValueError(f"{what} {token} at position {position} is out of range "
+                                 f"[0, {vocab})")
+        return out
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"awqcore.Model({self.path!r}: {c['architecture']}, {c['num_layers']} layers, "
+                f"d={c['hidden_size']}, int4 g{c['group_size']}, {c['threads']} threads)")
+
+
+def cmake_dir() -> str:
+    """Folder of the installed CMake package: pass it as -Dawqcore_DIR=... to
+    find_package(awqcore) in a C++ project (see examples/embed)."""
+    return os.path.join(os.path.dirname(__file__), "lib", "cmake", "awqcore")

@@ -1,0 +1,168 @@
+// nanobind bindings: a thin layer from Python to awqcore::Model/Session.
+// No model logic lives here. Compute runs with the GIL released; the on_token
+// callback re-acquires it for the duration of the Python call only.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "awqcore/awqcore.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace {
+
+// Python classes from awqcore.errors, so the C++ reader and the Python reader
+// raise the same exception types. Held for the life of the interpreter.
+PyObject* g_format_error = nullptr;
+PyObject* g_runtime_error = nullptr;
+
+// One model and the session (KV cache) that runs it. Not thread-safe, like
+// awqcore::Session: the Python wrapper serialises calls with a lock.
+class PyModel {
+ public:
+  PyModel(const std::string& path, int threads, int max_seq_len, bool verify) {
+    nb::gil_scoped_release release;
+    awqcore::LoadOptions options;
+    options.verify_checksums = verify;
+    model_ = awqcore::Model::Load(path, options);
+    session_ = std::make_unique<awqcore::Session>(model_, max_seq_len, threads);
+  }
+
+  nb::dict config() const {
+    const awqcore::ModelConfig& c = model_->config();
+    nb::dict d;
+    d["architecture"] = c.architecture;
+    d["name"] = c.name;
+    d["vocab_size"] = c.vocab_size;
+    d["hidden_size"] = c.hidden_size;
+    d["intermediate_size"] = c.intermediate_size;
+    d["num_layers"] = c.num_layers;
+    d["num_heads"] = c.num_heads;
+    d["num_kv_heads"] = c.num_kv_heads;
+    d["head_dim"] = c.head_dim;
+    d["max_position_embeddings"] = c.max_position_embeddings;
+    d["rope_theta"] = c.rope_theta;
+    d["rms_norm_eps"] = c.rms_norm_eps;
+    d["tie_word_embeddings"] = c.tie_word_embeddings;
+    d["attention_bias"] = c.attention_bias;
+    d["quant_method"] = c.quant_method;
+    d["bits"] = c.bits;
+    d["group_size"] = c.group_size;
+    d["bos_token_id"] = c.bos_token_id;
+    d["eos_token_ids"] = c.eos_token_ids;
+    d["weight_bytes"] = model_->weight_bytes();
+    d["max_seq_len"] = session_->max_seq_len();
+    d["threads"] = session_->num_threads();
+    return d;
+  }
+
+  std::optional<std::string> metadata_string(const std::string& key) const {
+    return model_->metadata_string(key);
+  }
+
+  // Logits of a fresh sequence: float32 [len(ids), vocab].
+  nb::ndarray<nb::numpy, float, nb::ndim<2>> forward(const std::vector<int>& ids) {
+    auto* logits = new std::vector<float>();
+    nb::capsule owner(logits, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
+    {
+      nb::gil_scoped_release release;
+      session_->Reset();
+      *logits = session_->Forward(ids);
+    }
+    size_t shape[2] = {ids.size(), static_cast<size_t>(model_->config().vocab_size)};
+    return nb::ndarray<nb::numpy, float, nb::ndim<2>>(logits->data(), 2, shape, owner);
+  }
+
+  std::vector<int> generate(const std::vector<int>& ids, int max_new_tokens, float temperature,
+                            int top_k, float top_p, float repetition_penalty,
+                            std::optional<uint64_t> seed, std::optional<std::vector<int>> stop,
+                            nb::object on_token) {
+    awqcore::GenerateOptions options;
+    options.max_new_tokens = max_new_tokens;
+    options.sampling.temperature = temperature;
+    options.sampling.top_k = top_k;
+    options.sampling.top_p = top_p;
+    options.sampling.repetition_penalty = repetition_penalty;
+    options.sampling.seed = seed;
+    options.stop_ids = std::move(stop);
+
+    // A Python exception inside on_token stops generation; it is re-raised
+    // once the C++ call has returned and the GIL is held again.
+    std::optional<nb::python_error> callback_error;
+    awqcore::TokenCallback callback;
+    if (!on_token.is_none()) {
+      callback = [&](int token) -> bool {
+        nb::gil_scoped_acquire acquire;
+        try {
+          nb::object result = on_token(token);
+          if (result.is_none()) return true;
+          int truth = PyObject_IsTrue(result.ptr());
+          if (truth < 0) throw nb::python_error();
+          return truth == 1;
+        } catch (nb::python_error& e) {
+          callback_error.emplace(std::move(e));
+          return false;
+        }
+      };
+    }
+    std::vector<int> tokens;
+    {
+      nb::gil_scoped_release release;
+      tokens = session_->Generate(ids, options, callback);
+    }
+    if (callback_error) throw *callback_error;
+    return tokens;
+  }
+
+  void reset() { session_->Reset(); }
+  int position() const { return session_->position(); }
+
+ private:
+  std::shared_ptr<const awqcore::Model> model_;
+  std::unique_ptr<awqcore::Session> session_;
+};
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "awqcore C++ runtime (use the awqcore.Model wrapper)";
+
+  nb::module_ errors = nb::module_::import_("awqcore.errors");
+  g_format_error = errors.attr("FormatError").inc_ref().ptr();
+  g_runtime_error = errors.attr("Error").inc_ref().ptr();
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const awqcore::FormatError& e) {
+      PyErr_SetString(g_format_error, e.what());
+    } catch (const awqcore::InvalidArgument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    } catch (const awqcore::Error& e) {
+      PyErr_SetString(g_runtime_error, e.what());
+    }
+  });
+
+  m.def("version", &awqcore::Version);
+  m.def("built_with_cuda", &awqcore::BuiltWithCuda);
+  m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
+
+  nb::class_<PyModel>(m, "Model")
+      .def(nb::init<const std::string&, int, int, bool>(), "path"_a, "threads"_a, "max_seq_len"_a,
+           "verify"_a)
+      .def("config", &PyModel::config)
+      .def("metadata_string", &PyModel::metadata_string, "key"_a)
+      .def("forward", &PyModel::forward, "ids"_a)
+      .def("generate", &PyModel::generate, "ids"_a, "max_new_tokens"_a, "temperature"_a, "top_k"_a,
+           "top_p"_a, "repetition_penalty"_a, "seed"_a.none(), "stop"_a.none(),
+           "on_token"_a.none())
+      .def("reset", &PyModel::reset)
+      .def("position", &PyModel::position);
+}

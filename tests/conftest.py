@@ -1,0 +1,32 @@
+"""Shared fixtures: the real SmolLM2 model quantized once per test session, and
+tiny random Llama/Qwen2 models for fast checks of both architectures."""
+from __future__ import annotations
+
+import pytest
+
+from awqcore.importers import load_source
+from awqcore.importers.synthetic import SyntheticSource, tiny_config
+from awqcore.quantize.pipeline import quantize_model
+
+GROUP_SIZE = 64  # SmolLM2's d=576 is not a multiple of 128
+
+
+@pytest.fixture(scope="session")
+def smollm2_source():
+    return load_source("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_awqbin(smollm2_source, tmp_path_factory):
+    path = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-rtn-g64.awqbin"
+    quantize_model(smollm2_source, path, method="rtn", group_size=GROUP_SIZE, progress=False)
+    return path
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_awqbin(request, tmp_path_factory):
+    """(architecture, path) of a tiny random model quantized at group size 32."""
+    source = SyntheticSource(tiny_config(request.param), seed=7)
+    path = tmp_path_factory.mktemp("tiny") / f"tiny-{request.param}.awqbin"
+    quantize_model(source, path, method="rtn", group_size=32, progress=False)
+    return request.param, path
