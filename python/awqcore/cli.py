@@ -1,0 +1,256 @@
+"""The `awqcore` command: quantize a model, inspect a .awqbin file, run one.
+
+    awqcore quantize smollm2-135m --out smollm2.awqbin
+    awqcore inspect smollm2.awqbin --verify
+    awqcore run smollm2.awqbin -p "What is the capital of France?" --chat
+
+User errors (a bad file, a bad argument, a missing path) print one line
+"awqcore: error: ..." and exit with status 2; there is no traceback for them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+EXIT_USAGE = 2
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+# ---------------------------------------------------------------- quantize
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .importers import load_source
+    from .quantize import quantize_model
+
+    source = load_source(args.model)
+    summary = quantize_model(source, args.out, method=args.method, group_size=args.group_size,
+                             progress=not args.quiet)
+    ratio = summary["fp16_bytes"] / summary["file_bytes"]
+    print(f"wrote {summary['path']}: {_mb(summary['file_bytes'])} "
+          f"(FP16 would be {_mb(summary['fp16_bytes'])}, {ratio:.2f}x smaller); "
+          f"{summary['quantized_linears']} linears quantized with {summary['method']}, "
+          f"group size {summary['group_size']}, in {summary['seconds']:.1f} s")
+    return 0
+
+
+# ----------------------------------------------------------------- inspect
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in [header, *rows])
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .awqbin import read_awqbin
+
+    f = read_awqbin(args.file)
+    m = f.metadata
+
+    def show(keys: list[str]) -> None:
+        for key in keys:
+            if key in m:
+                print(f"  {key.split('.', 1)[1]:<24} {m[key]}")
+
+    print(f"{args.file}: .awqbin v{f.header['version']}, {_mb(f.file_size)} "
+          f"({f.file_size:,} bytes)")
+    print(f"architecture: {m.get('general.architecture', '?')}  name: {m.get('general.name', '?')}")
+    if "general.source" in m:
+        print(f"source: {m['general.source']}")
+    print("hyperparameters:")
+    show(sorted(k for k in m if k.startswith("model.")))
+    print("quantization:")
+    show(sorted(k for k in m if k.startswith("quant.")))
+    tokenizer_json = m.get("tokenizer.json", "")
+    template = m.get("tokenizer.chat_template", "")
+    print(f"tokenizer: {len(tokenizer_json):,} chars of JSON, chat template "
+          f"{'%d chars' % len(template) if template else 'absent'}, "
+          f"bos {m.get('tokenizer.bos_token_id', '?')}, eos {m.get('tokenizer.eos_token_ids', '?')}")
+
+    by_dtype: dict[str, list[int]] = {}
+    for entry in f.tensors.values():
+        count_bytes = by_dtype.setdefault(entry.dtype, [0, 0])
+        count_bytes[0] += 1
+        count_bytes[1] += entry.nbytes
+    total = sum(nbytes for _, nbytes in by_dtype.values())
+    print(f"tensors: {len(f.tensors)}, {_mb(total)} of data")
+    print(_table([(dt, str(n), _mb(b), f"{100 * b / max(total, 1):.1f}%")
+                  for dt, (n, b) in sorted(by_dtype.items())], ("dtype", "count", "size", "share")))
+
+    names = list(f.tensors)
+    shown = names if len(names) <= 12 else names[:6] + [None] + names[-6:]
+    rows = []
+    for name in shown:
+        if name is None:
+            rows.append((f"... {len(names) - 12} more ...", "", "", ""))
+            continue
+        e = f.tensors[name]
+        rows.append((name, e.dtype, "x".join(map(str, e.shape)), f"{e.nbytes:,}"))
+    print(_table(rows, ("name", "dtype", "shape", "bytes")))
+
+    if args.verify:
+        bad = f.verify()
+        if bad:
+            listed = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+            print(f"awqcore: error: {len(bad)} tensor(s) fail their CRC-32 check: {listed}",
+                  file=sys.stderr)
+            return 1
+        print(f"verify: all {len(f.tensors)} tensor checksums OK")
+    return 0
+
+
+# --------------------------------------------------------------------- run
+
+def render_chat(template: str, messages: list[dict], bos_token: str, eos_token: str) -> str:
+    """Renders `messages` with the model's chat template, generation prompt added,
+    the way transformers' apply_chat_template does (same jinja2 settings).
+
+    jinja2 is required: hand-rendering ChatML is not equivalent, because real
+    templates add more than the markers (SmolLM2's and Qwen2's insert a default
+    system prompt when the conversation has none).
+    """
+    if not template:
+        raise ValueError("this model has no chat template; run without --chat")
+    try:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise ValueError("--chat needs jinja2 to render the model's chat template "
+                         "(pip install jinja2)") from None
+
+    def raise_exception(message: str):
+        raise ValueError(f"chat template: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template).render(messages=messages, add_generation_prompt=True,
+                                                bos_token=bos_token, eos_token=eos_token)
+    except jinja2.TemplateError as e:
+        raise ValueError(f"chat template cannot be rendered: {e}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import awqcore
+
+    model = awqcore.Model(args.file, threads=args.threads, max_seq_len=args.max_seq_len)
+    tok = model.tokenizer
+    if args.chat:
+        bos = model.config.get("bos_token_id", -1)
+        eos = model.config.get("eos_token_ids") or []
+        text = render_chat(model.chat_template, [{"role": "user", "content": args.prompt}],
+                           bos_token=(tok.id_to_token(bos) or "") if bos >= 0 else "",
+                           eos_token=(tok.id_to_token(eos[0]) or "") if eos else "")
+        # The template already wrote the special tokens (BOS included) as text.
+        ids = tok.encode(text, add_special_tokens=False).ids
+    else:
+        ids = tok.encode(args.prompt).ids
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens")
+
+    generated: list[int] = []
+    printed = ""
+    start = time.perf_counter()
+    first = None
+    for token in model.stream(ids, max_new_tokens=args.n_predict, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+        if first is None:
+            first = time.perf_counter()
+        generated.append(token)
+        # Decoding the whole continuation each time (not token by token) gets
+        # multi-token characters and tokenizer-specific spacing right.
+        text = tok.decode(generated, skip_special_tokens=True)
+        # A trailing U+FFFD is half of a UTF-8 character whose rest is yet to come.
+        if text.startswith(printed) and not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+    end = time.perf_counter()
+    text = tok.decode(generated, skip_special_tokens=True)
+    sys.stdout.write(text[len(printed):] if text.startswith(printed) else "\n" + text)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+    if first is not None:
+        prefill = first - start
+        decode_n = len(generated) - 1
+        decode_rate = f"{decode_n / (end - first):.1f} tok/s" if decode_n and end > first else "n/a"
+        print(f"prefill: {len(ids)} tokens in {prefill:.3f} s ({len(ids) / prefill:.1f} tok/s); "
+              f"decode: {decode_n} tokens, {decode_rate}", file=sys.stderr)
+    return 0
+
+
+# -------------------------------------------------------------------- main
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="awqcore", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    q = sub.add_parser("quantize", help="quantize a model to a .awqbin file")
+    q.add_argument("model", metavar="MODEL",
+                   help="built-in name (e.g. smollm2-135m), a .gguf file or a Hugging Face folder")
+    q.add_argument("--out", "-o", required=True, help="output .awqbin path")
+    q.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128),
+                   help="input columns per quantization group (default 64)")
+    q.add_argument("--method", default="rtn", help="quantization method (default rtn)")
+    q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    q.set_defaults(func=cmd_quantize)
+
+    i = sub.add_parser("inspect", help="show a .awqbin file's configuration and tensors")
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--verify", action="store_true",
+                   help="check every tensor's CRC-32; exit 1 if any fails")
+    i.set_defaults(func=cmd_inspect)
+
+    r = sub.add_parser("run", help="generate text with a .awqbin model")
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("-p", "--prompt", required=True)
+    r.add_argument("-n", "--n-predict", type=int, default=64, help="max new tokens (default 64)")
+    r.add_argument("--chat", action="store_true",
+                   help="wrap the prompt in the model's chat template as a user message")
+    r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    r.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
+    r.add_argument("--top-p", type=float, default=1.0, help="1 = off (default)")
+    r.add_argument("--seed", type=int, default=None)
+    r.add_argument("--threads", type=_positive_int, default=None,
+                   help="worker threads (default: all cores)")
+    r.add_argument("--max-seq-len", type=_positive_int, default=2048,
+                   help="KV-cache capacity in tokens (default 2048)")
+    r.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:
+        # FormatError is a ValueError; FileNotFoundError and friends are OSErrors.
+        print(f"awqcore: error: {_describe(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nawqcore: interrupted", file=sys.stderr)
+        return 130
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.strerror}: {os.fsdecode(e.filename)}"
+    return str(e) or type(e).__name__
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""SourceModel -> .awqbin: quantize every decoder linear, keep the rest in float.
+
+The model is processed one decoder layer at a time, and each finished tensor is
+handed to AwqbinWriter (which spools it to disk), so peak memory is about one
+layer plus the embedding rather than the whole model.
+
+Quantization methods plug in as `LayerQuantizer`s: a factory registered in
+QUANTIZERS gets the source model once, then quantizes each layer in order. This
+is the shape AWQ needs: it runs calibration activations through the model layer
+by layer, searches per-channel scales for a layer's linears, and folds the
+inverse scales into the preceding float tensors (the norms, v_proj for o_proj).
+That is why a quantizer receives all of the layer's float tensors and may
+update them in place before the pipeline writes them.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from ..awqbin import AwqbinWriter
+from ..importers import expected_tensor_shapes
+from ..source import LINEAR_NAMES, SourceModel, layer_prefix
+from .rtn import SUPPORTED_GROUP_SIZES, RtnQuantizer, check_group_size
+
+Int4Tensors = tuple[np.ndarray, np.ndarray, np.ndarray]  # qweight, scales, zeros
+
+
+class LayerQuantizer(Protocol):
+    def quantize_layer(self, layer: int, weights: dict[str, np.ndarray],
+                       linears: list[str]) -> dict[str, Int4Tensors]:
+        """Quantizes the linears of decoder layer `layer`.
+
+        weights: every float32 tensor of the layer by full name (linear weights,
+            norms, biases); the quantizer may update non-linear entries in place
+            and the pipeline writes them as they are afterwards.
+        linears: the full name prefixes of the linears to quantize, e.g.
+            "model.layers.0.mlp.up_proj" (its weight is weights[prefix + ".weight"]).
+        Returns prefix -> (qweight u8 [out, in/2], scales f16 [out, in/g], zeros u8 [out, in/g]).
+        """
+        ...
+
+
+# method name -> factory(source, group_size). Layers are quantized in order,
+# so a factory may keep state between layers (calibration activations).
+QUANTIZERS: dict[str, Callable[[SourceModel, int], LayerQuantizer]] = {"rtn": RtnQuantizer}
+# Methods the format defines but this version cannot produce yet.
+PLANNED_METHODS = ("awq",)
+
+
+def get_quantizer(method: str, source: SourceModel, group_size: int) -> LayerQuantizer:
+    if method in QUANTIZERS:
+        return QUANTIZERS[method](source, group_size)
+    available = ", ".join(QUANTIZERS)
+    if method in PLANNED_METHODS:
+        raise ValueError(f"method {method!r} is not available yet; use --method {available}")
+    raise ValueError(f"unknown quantization method {method!r} (available: {available})")
+
+
+def _layer_float_names(source: SourceModel, layer: int) -> list[str]:
+    """The layer's tensors in the order docs/format.md lists them."""
+    p = layer_prefix(layer)
+    names = [p + "input_layernorm.weight"]
+    for suffix in LINEAR_NAMES:
+        if suffix == "mlp.gate_proj":
+            names.append(p + "post_attention_layernorm.weight")
+        names.append(f"{p}{suffix}.weight")
+        if source.config.attention_bias and suffix in ("self_attn.q_proj", "self_attn.k_proj",
+                                                       "self_attn.v_proj"):
+            names.append(f"{p}{suffix}.bias")
+    return names
+
+
+def _get(source: SourceModel, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """source.get(name) as float32, checked for shape."""
+    t = np.asarray(source.get(name), dtype=np.float32)
+    if t.shape != shape:
+        raise ValueError(f"{source.source}: tensor {name!r} has shape {list(t.shape)}, "
+                         f"expected {list(shape)}")
+    return t
+
+
+def _checked_int4(prefix: str, quantized: dict[str, Int4Tensors], shape: tuple[int, ...],
+                  group_size: int) -> Int4Tensors:
+    """The quantizer's output for one linear, checked against what the format needs
+    (a quantizer bug must not produce a file the runtime rejects later)."""
+    if prefix not in quantized:
+        raise RuntimeError(f"the quantizer returned nothing for {prefix}")
+    out_f, in_f = shape
+    expected = ((np.uint8, (out_f, in_f // 2)), (np.float16, (out_f, in_f // group_size)),
+                (np.uint8, (out_f, in_f // group_size)))
+    for part, array, (dtype, dims) in zip(("qweight", "scales", "zeros"), quantized[prefix],
+                                          expected):
+        if array.dtype != dtype or array.shape != dims:
+            raise RuntimeError(f"the quantizer returned {prefix}.{part} as {array.dtype} "
+                               f"{list(array.shape)}, expected {np.dtype(dtype)} {list(dims)}")
+    return quantized[prefix]
+
+
+def _to_f16(t: np.ndarray, name: str) -> np.ndarray:
+    if not np.isfinite(t).all():
+        raise ValueError(f"{name}: non-finite values in the source weights")
+    h = t.astype(np.float16)
+    if not np.isfinite(h).all():
+        raise ValueError(f"{name}: values beyond the f16 range (|x| > 65504) cannot be stored")
+    return h
+
+
+def _to_f32(t: np.ndarray, name: str) -> np.ndarray:
+    if not np.isfinite(t).all():
+        raise ValueError(f"{name}: non-finite values in the source weights")
+    return t
+
+
+def build_metadata(source: SourceModel, method: str, group_size: int) -> dict:
+    c, tok = source.config, source.tokenizer
+    return {
+        "general.architecture": c.architecture,
+        "general.name": c.name,
+        "general.source": source.source,
+        "model.vocab_size": c.vocab_size,
+        "model.hidden_size": c.hidden_size,
+        "model.intermediate_size": c.intermediate_size,
+        "model.num_layers": c.num_layers,
+        "model.num_heads": c.num_heads,
+        "model.num_kv_heads": c.num_kv_heads,
+        "model.head_dim": c.head_dim,
+        "model.max_position_embeddings": c.max_position_embeddings,
+        "model.rope_theta": float(c.rope_theta),
+        "model.rms_norm_eps": float(c.rms_norm_eps),
+        "model.tie_word_embeddings": int(c.tie_word_embeddings),
+        "model.attention_bias": int(c.attention_bias),
+        "quant.method": method,
+        "quant.bits": 4,
+        "quant.group_size": group_size,
+        "quant.zero_point": 1,
+        "tokenizer.json": tok.json,
+        "tokenizer.chat_template": tok.chat_template or "",
+        "tokenizer.bos_token_id": int(tok.bos_token_id),
+        "tokenizer.eos_token_ids": [int(i) for i in tok.eos_token_ids],
+    }
+
+
+def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str = "rtn",
+                   group_size: int = 64, progress: bool = True) -> dict:
+    """Quantizes `source` into `out_path` (written atomically). Returns a summary:
+    path, method, group_size, tensors, quantized_linears, file_bytes, fp16_bytes
+    (the same model with every weight in f16) and seconds."""
+    start = time.perf_counter()
+    c = source.config
+    if group_size not in SUPPORTED_GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {', '.join(map(str, SUPPORTED_GROUP_SIZES))} "
+                         f"(got {group_size!r})")
+    # Check every linear's width up front: failing at layer 20 wastes minutes.
+    for width in {c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim}:
+        check_group_size(width, group_size, f"{c.name or c.architecture} linears")
+    quantizer = get_quantizer(method, source, group_size)
+    shapes = expected_tensor_shapes(c)
+
+    d = c.hidden_size
+    params = 0
+    tensors = 0
+    with AwqbinWriter(out_path) as writer:
+        def add(name: str, array: np.ndarray, n_params: int) -> None:
+            nonlocal params, tensors
+            writer.add_tensor(name, array)
+            params += n_params
+            tensors += 1
+
+        name = "model.embed_tokens.weight"
+        embed = _get(source, name, (c.vocab_size, d))
+        add(name, _to_f16(embed, name), embed.size)
+        del embed
+
+        for layer in tqdm(range(c.num_layers), desc="quantize", unit="layer", disable=not progress):
+            names = _layer_float_names(source, layer)
+            weights = {n: _get(source, n, shapes[n]) for n in names}
+            linears = [layer_prefix(layer) + s for s in LINEAR_NAMES]
+            quantized = quantizer.quantize_layer(layer, weights, linears)
+            for n in names:
+                prefix = n.rsplit(".", 1)[0]
+                if n.endswith(".weight") and prefix in linears:
+                    qweight, scales, zeros = _checked_int4(prefix, quantized, shapes[n], group_size)
+                    add(prefix + ".qweight", qweight, weights[n].size)
+                    add(prefix + ".scales", scales, 0)
+                    add(prefix + ".zeros", zeros, 0)
+                else:  # norms and biases stay f32
+                    add(n, _to_f32(weights[n], n), weights[n].size)
+
+        add("model.norm.weight", _to_f32(_get(source, "model.norm.weight", (d,)),
+                                         "model.norm.weight"), d)
+        if not c.tie_word_embeddings:
+            head = _get(source, "lm_head.weight", (c.vocab_size, d))
+            add("lm_head.weight", _to_f16(head, "lm_head.weight"), head.size)
+            del head
+        writer.finish(build_metadata(source, method, group_size))
+
+    return {
+        "path": os.fspath(out_path),
+        "method": method,
+        "group_size": group_size,
+        "tensors": tensors,
+        "quantized_linears": c.num_layers * len(LINEAR_NAMES),
+        "file_bytes": os.path.getsize(out_path),
+        "fp16_bytes": 2 * params,
+        "seconds": time.perf_counter() - start,
+    }
