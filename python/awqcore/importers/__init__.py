@@ -1,0 +1,68 @@
+"""Importers: turn a built-in name, a `.gguf` file or a Hugging Face folder into a SourceModel.
+
+The importer submodules are imported inside `load_source`, not here, so that
+`import awqcore.importers` needs neither gguf, safetensors nor torch: each
+optional dependency is only required by the importer that uses it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..source import LINEAR_NAMES, ModelConfig, SourceModel, layer_prefix, linear_shapes
+
+
+def expected_tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a model of this config must provide, by Hugging Face name, with its shape.
+
+    Importers check their files against this at construction so that a missing
+    or misshapen tensor is reported by name before any quantization starts.
+    """
+    d, vocab = config.hidden_size, config.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, d)}
+    linears = linear_shapes(config)
+    for layer in range(config.num_layers):
+        p = layer_prefix(layer)
+        shapes[p + "input_layernorm.weight"] = (d,)
+        shapes[p + "post_attention_layernorm.weight"] = (d,)
+        for suffix in LINEAR_NAMES:
+            shapes[f"{p}{suffix}.weight"] = linears[suffix]
+        if config.attention_bias:
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                shapes[f"{p}self_attn.{proj}.bias"] = (linears[f"self_attn.{proj}"][0],)
+    shapes["model.norm.weight"] = (d,)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (vocab, d)
+    return shapes
+
+
+def check_tensor_shapes(found: dict[str, tuple[int, ...]], config: ModelConfig,
+                        origin: str) -> None:
+    """Raise ValueError naming each missing, unexpected or misshapen tensor of `found`."""
+    expected = expected_tensor_shapes(config)
+    problems = [f"missing tensor {n!r}" for n in expected if n not in found]
+    problems += [f"unexpected tensor {n!r}" for n in found if n not in expected]
+    problems += [f"tensor {n!r} has shape {list(found[n])}, expected {list(s)}"
+                 for n, s in expected.items() if n in found and tuple(found[n]) != s]
+    if problems:
+        shown = "; ".join(problems[:8])
+        more = f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""
+        raise ValueError(f"{origin}: {shown}{more}")
+
+
+def load_source(name_or_path: str) -> SourceModel:
+    """A built-in model name, a `.gguf` file or a Hugging Face folder (with config.json)."""
+    from . import registry
+
+    if name_or_path in registry.BUILTIN_MODELS:
+        return registry.load_builtin(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        from .gguf_model import GGUFSource
+        return GGUFSource(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        from .hf_model import HFSource
+        return HFSource(path)
+    raise ValueError(
+        f"cannot load {name_or_path!r}: expected a built-in model name "
+        f"({', '.join(registry.BUILTIN_MODELS)}), a path to a .gguf file, "
+        f"or a Hugging Face folder containing config.json")
