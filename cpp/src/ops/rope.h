@@ -1,0 +1,33 @@
+// Rotary position embedding, "rotate half" convention of the Hugging Face
+// Llama/Qwen2 models: within each head of width hd, for i < hd/2 the pair
+// (x[i], x[i + hd/2]) is rotated by the angle pos * theta^(-2i/hd):
+//   x'[i]        = x[i] cos - x[i + hd/2] sin
+//   x'[i + hd/2] = x[i + hd/2] cos + x[i] sin
+#pragma once
+
+#include <vector>
+
+namespace awqcore {
+
+class RopeTable {
+ public:
+  // Precomputes cos/sin for positions [0, max_positions); head_dim is even.
+  RopeTable(int head_dim, float theta, int max_positions);
+
+  // Rotates x: [num_tokens, num_heads * head_dim] in place; token t is at
+  // position start_position + t (< max_positions).
+  void Apply(float* x, int num_tokens, int num_heads, int start_position) const;
+
+  int head_dim() const { return head_dim_; }
+
+ private:
+  int head_dim_;
+  std::vector<float> cos_;  // [max_positions, head_dim / 2]
+  std::vector<float> sin_;  // [max_positions, head_dim / 2]
+};
+
+// The direct formula, angles computed per call in double: the tests' oracle.
+void RopeReference(float* x, int num_tokens, int num_heads, int head_dim, float theta,
+                   int start_position);
+
+}  // namespace awqcore

@@ -1,0 +1,241 @@
+// The transformer forward pass (cpp/src/transformer.h) on a tiny random model
+// built in memory: against a naive composition of the reference ops, prefill
+// against token-by-token decode (KV-cache consistency), and thread-count
+// independence.
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "half.h"
+#include "model_weights.h"
+#include "ops/activation.h"
+#include "ops/attention.h"
+#include "ops/f16_linear.h"
+#include "ops/int4_linear.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "test_harness.h"
+#include "thread_pool.h"
+#include "transformer.h"
+
+using namespace awqcore;
+
+namespace {
+
+ModelConfig TinyConfig(bool attention_bias) {
+  ModelConfig config;
+  config.architecture = attention_bias ? "qwen2" : "llama";
+  config.vocab_size = 97;
+  config.hidden_size = 64;
+  config.intermediate_size = 96;
+  config.num_layers = 2;
+  config.num_heads = 4;
+  config.num_kv_heads = 2;
+  config.head_dim = 16;
+  config.max_position_embeddings = 256;
+  config.rope_theta = 10000.0f;
+  config.rms_norm_eps = 1e-5f;
+  config.attention_bias = attention_bias;
+  config.group_size = 32;
+  return config;
+}
+
+// Random weights owning their storage; `weights` points into it. Scales of
+// ~1/(8 sqrt(in)) keep activations O(1) through the layers.
+struct TinyModel {
+  ModelConfig config;
+  ModelWeights weights;
+  std::vector<std::vector<uint8_t>> bytes;
+  std::vector<std::vector<uint16_t>> halves;
+  std::vector<std::vector<float>> floats;
+  std::mt19937 rng{123};
+
+  explicit TinyModel(bool attention_bias) : config(TinyConfig(attention_bias)) {
+    const int d = config.hidden_size, hd = config.head_dim;
+    weights.embed = Halves(static_cast<size_t>(config.vocab_size) * d, 1.0f);
+    weights.lm_head = Halves(static_cast<size_t>(config.vocab_size) * d, 0.3f);
+    weights.final_norm = Floats(d, 0.8f, 1.2f);
+    for (int l = 0; l < config.num_layers; ++l) {
+      LayerWeights layer;
+      layer.input_norm = Floats(d, 0.8f, 1.2f);
+      layer.q = Linear(config.num_heads * hd, d, attention_bias);
+      layer.k = Linear(config.num_kv_heads * hd, d, attention_bias);
+      layer.v = Linear(config.num_kv_heads * hd, d, attention_bias);
+      layer.o = Linear(d, config.num_heads * hd, false);
+      layer.post_norm = Floats(d, 0.8f, 1.2f);
+      layer.gate = Linear(config.intermediate_size, d, false);
+      layer.up = Linear(config.intermediate_size, d, false);
+      layer.down = Linear(d, config.intermediate_size, false);
+      weights.layers.push_back(layer);
+    }
+  }
+
+  const float* Floats(size_t n, float lo, float hi) {
+    std::uniform_real_distribution<float> dist(lo, hi);
+    floats.emplace_back(n);
+    for (float& v : floats.back()) v = dist(rng);
+    return floats.back().data();
+  }
+  const uint16_t* Halves(size_t n, float range) {
+    std::uniform_real_distribution<float> dist(-range, range);
+    halves.emplace_back(n);
+    for (uint16_t& v : halves.back()) v = F32ToF16(dist(rng));
+    return halves.back().data();
+  }
+  Int4Linear Linear(int out, int in, bool with_bias) {
+    const int g = config.group_size;
+    std::uniform_int_distribution<int> byte(0, 255), nibble(0, 15);
+    const float scale = 1.0f / (8.0f * std::sqrt(static_cast<float>(in)));
+    Int4Linear layer{out, in, g, nullptr, nullptr, nullptr, nullptr};
+    bytes.emplace_back(static_cast<size_t>(out) * in / 2);
+    for (uint8_t& b : bytes.back()) b = static_cast<uint8_t>(byte(rng));
+    layer.qweight = bytes.back().data();
+    bytes.emplace_back(static_cast<size_t>(out) * in / g);
+    for (uint8_t& z : bytes.back()) z = static_cast<uint8_t>(nibble(rng));
+    layer.zeros = bytes.back().data();
+    layer.scales = Halves(static_cast<size_t>(out) * in / g, 0.0f);
+    std::uniform_real_distribution<float> scale_dist(0.5f * scale, 1.5f * scale);
+    for (size_t i = 0; i < halves.back().size(); ++i) halves.back()[i] = F32ToF16(scale_dist(rng));
+    if (with_bias) layer.bias = Floats(out, -0.5f, 0.5f);
+    return layer;
+  }
+};
+
+// The forward pass written out with the reference ops, whole sequence at once:
+// logits [ids.size(), vocab].
+std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& ids) {
+  const ModelConfig& c = model.config;
+  const int n = static_cast<int>(ids.size()), d = c.hidden_size, ffn = c.intermediate_size;
+  const int q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+  std::vector<float> x(static_cast<size_t>(n) * d), h(x.size()), q(static_cast<size_t>(n) * q_width);
+  std::vector<float> k(static_cast<size_t>(n) * kv_width), v(k.size()), attn(q.size()), proj(x.size());
+  std::vector<float> gate(static_cast<size_t>(n) * ffn), up(gate.size());
+  EmbeddingGather(model.weights.embed, d, ids.data(), n, x.data());
+  for (const LayerWeights& w : model.weights.layers) {
+    RmsNormReference(x.data(), w.input_norm, d, c.rms_norm_eps, n, h.data());
+    Int4LinearReference(w.q, h.data(), n, q.data());
+    Int4LinearReference(w.k, h.data(), n, k.data());
+    Int4LinearReference(w.v, h.data(), n, v.data());
+    RopeReference(q.data(), n, c.num_heads, c.head_dim, c.rope_theta, 0);
+    RopeReference(k.data(), n, c.num_kv_heads, c.head_dim, c.rope_theta, 0);
+    AttentionReference({c.num_heads, c.num_kv_heads, c.head_dim}, q.data(), k.data(), v.data(), 0, n, attn.data());
+    Int4LinearReference(w.o, attn.data(), n, proj.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
+    RmsNormReference(x.data(), w.post_norm, d, c.rms_norm_eps, n, h.data());
+    Int4LinearReference(w.gate, h.data(), n, gate.data());
+    Int4LinearReference(w.up, h.data(), n, up.data());
+    SwiGluReference(gate.data(), up.data(), n * ffn, gate.data());
+    Int4LinearReference(w.down, gate.data(), n, proj.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
+  }
+  RmsNormReference(x.data(), model.weights.final_norm, d, c.rms_norm_eps, n, h.data());
+  std::vector<float> logits(static_cast<size_t>(n) * c.vocab_size);
+  F16LinearReference(model.weights.lm_head, c.vocab_size, d, h.data(), n, logits.data());
+  return logits;
+}
+
+std::vector<int> RandomIds(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> id(0, vocab - 1);
+  std::vector<int> ids(n);
+  for (int& t : ids) t = id(rng);
+  return ids;
+}
+
+double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
+  double max_diff = 0.0, max_ref = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    max_diff = std::max(max_diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(b[i])));
+  }
+  return max_diff / max_ref;
+}
+
+// Tolerance between two f32 evaluations of the network in different orders
+// (or against the double-accumulating references). Each op is within
+// gamma(width + 8) ~ 6e-6 relative of exact for widths <= 96 (test_ops); two
+// layers of ~10 ops, with RMSNorm re-normalizing between blocks, compound
+// that to well under 1e-4 of the logits' scale.
+constexpr double kLogitTolerance = 1e-4;
+
+}  // namespace
+
+TEST(forward_matches_naive_reference) {
+  for (bool attention_bias : {false, true}) {
+    const TinyModel model(attention_bias);
+    ThreadPool pool(2);
+    Transformer transformer(model.config, model.weights, 32, pool);
+    const std::vector<int> ids = RandomIds(9, model.config.vocab_size, 1);
+    std::vector<float> logits(ids.size() * model.config.vocab_size);
+    transformer.Forward(ids.data(), static_cast<int>(ids.size()), Transformer::Logits::kAll, logits.data());
+    CHECK(transformer.position() == 9);
+    const double error = RelativeError(logits, NaiveForward(model, ids));
+    std::printf("  %s: forward vs naive reference, relative error %.3g\n",
+                model.config.architecture.c_str(), error);
+    CHECK(error <= kLogitTolerance);
+  }
+}
+
+TEST(prefill_equals_decode_steps) {
+  for (bool attention_bias : {false, true}) {
+    const TinyModel model(attention_bias);
+    const int vocab = model.config.vocab_size;
+    ThreadPool pool(2);
+    // 70 tokens: more than one prefill chunk (kChunkTokens = 64).
+    const int n = 70;
+    Transformer prefill(model.config, model.weights, 80, pool);
+    Transformer decode(model.config, model.weights, 80, pool);
+    const std::vector<int> ids = RandomIds(n, vocab, 2);
+    std::vector<float> prefill_logits(static_cast<size_t>(n) * vocab), decode_logits(prefill_logits.size());
+    prefill.Forward(ids.data(), n, Transformer::Logits::kAll, prefill_logits.data());
+    for (int t = 0; t < n; ++t) {
+      decode.Forward(&ids[t], 1, Transformer::Logits::kAll, decode_logits.data() + static_cast<size_t>(t) * vocab);
+    }
+    CHECK(prefill.position() == n && decode.position() == n);
+    const double error = RelativeError(prefill_logits, decode_logits);
+    std::printf("  %s: prefill vs decode, relative error %.3g\n", model.config.architecture.c_str(), error);
+    CHECK(error <= kLogitTolerance);
+
+    // Continuing after a prefill: 3 more tokens in one call vs decode.
+    const std::vector<int> more = RandomIds(3, vocab, 3);
+    std::vector<float> more_prefill(3 * vocab), more_decode(3 * vocab);
+    prefill.Forward(more.data(), 3, Transformer::Logits::kAll, more_prefill.data());
+    for (int t = 0; t < 3; ++t) decode.Forward(&more[t], 1, Transformer::Logits::kAll, more_decode.data() + t * vocab);
+    CHECK(RelativeError(more_prefill, more_decode) <= kLogitTolerance);
+  }
+}
+
+TEST(last_only_logits_and_reset) {
+  const TinyModel model(true);
+  const int vocab = model.config.vocab_size;
+  ThreadPool pool(1);
+  Transformer transformer(model.config, model.weights, 16, pool);
+  const std::vector<int> ids = RandomIds(5, vocab, 4);
+  std::vector<float> all(5 * vocab), last(vocab);
+  transformer.Forward(ids.data(), 5, Transformer::Logits::kAll, all.data());
+  transformer.Reset();
+  CHECK(transformer.position() == 0);
+  transformer.Forward(ids.data(), 5, Transformer::Logits::kLastOnly, last.data());
+  CHECK(std::equal(last.begin(), last.end(), all.begin() + 4 * vocab));
+}
+
+TEST(logits_do_not_depend_on_thread_count) {
+  const TinyModel model(false);
+  const int vocab = model.config.vocab_size;
+  const std::vector<int> ids = RandomIds(6, vocab, 5);
+  std::vector<std::vector<float>> results;
+  for (int threads : {1, 2, 3}) {
+    ThreadPool pool(threads);
+    Transformer transformer(model.config, model.weights, 8, pool);
+    std::vector<float> logits(7 * vocab);
+    transformer.Forward(ids.data(), 6, Transformer::Logits::kAll, logits.data());
+    transformer.Forward(&ids[0], 1, Transformer::Logits::kAll, logits.data() + 6 * vocab);
+    results.push_back(logits);
+  }
+  // Rows are split across threads but each row's arithmetic is the same.
+  CHECK(results[0] == results[1]);
+  CHECK(results[0] == results[2]);
+}
+
+AWQCORE_TEST_MAIN()

@@ -1,0 +1,413 @@
+// Each op of the forward pass against its scalar reference (cpp/src/ops/*.h),
+// over odd shapes, plus the f16 conversion and the thread pool.
+//
+// Tolerances are a-priori rounding bounds, not tuned numbers: a sum of n f32
+// products computed in any order differs from the exact sum by at most
+// gamma(n+1) * sum|a_i b_i|, gamma(n) = n*u/(1 - n*u) with u = 2^-24 (Higham,
+// "Accuracy and Stability of Numerical Algorithms", 3.1). The references
+// accumulate in double, so they are exact to ~1e-16 at these sizes. A real bug
+// (wrong nibble, group, head or position) makes errors of the size of the
+// values themselves, orders of magnitude above these bounds.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "half.h"
+#include "model_weights.h"
+#include "ops/activation.h"
+#include "ops/attention.h"
+#include "ops/f16_linear.h"
+#include "ops/int4_linear.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "test_harness.h"
+#include "thread_pool.h"
+
+using namespace awqcore;
+
+namespace {
+
+constexpr double kUnitRoundoff = 5.9604644775390625e-08;  // u = 2^-24
+
+double Gamma(int n) { return n * kUnitRoundoff / (1.0 - n * kUnitRoundoff); }
+
+std::vector<float> RandomFloats(size_t n, std::mt19937& rng, float lo = -1.f, float hi = 1.f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// max|a - b| / max|b|: the normwise relative error printed by the tests.
+double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
+  double max_diff = 0.0, max_ref = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    max_diff = std::max(max_diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(b[i])));
+  }
+  return max_ref > 0 ? max_diff / max_ref : max_diff;
+}
+
+// An Int4Linear with random codes, zeros and f16 scales, owning its storage.
+struct RandomInt4 {
+  std::vector<uint8_t> qweight;  // [out, in/2]
+  std::vector<uint16_t> scales;  // [out, in/g]
+  std::vector<uint8_t> zeros;    // [out, in/g]
+  std::vector<float> bias;       // [out] or empty
+  Int4Linear layer;
+
+  RandomInt4(int out, int in, int group_size, bool with_bias, std::mt19937& rng) {
+    std::uniform_int_distribution<int> byte(0, 255), nibble(0, 15);
+    std::uniform_real_distribution<float> scale(0.002f, 0.05f);
+    qweight.resize(static_cast<size_t>(out) * in / 2);
+    for (uint8_t& b : qweight) b = static_cast<uint8_t>(byte(rng));
+    scales.resize(static_cast<size_t>(out) * in / group_size);
+    for (uint16_t& s : scales) s = F32ToF16(scale(rng));
+    zeros.resize(scales.size());
+    for (uint8_t& z : zeros) z = static_cast<uint8_t>(nibble(rng));
+    if (with_bias) bias = RandomFloats(out, rng);
+    layer = Int4Linear{out, in, group_size, qweight.data(), scales.data(), zeros.data(),
+                       with_bias ? bias.data() : nullptr};
+  }
+
+  // sum_c |W[r, c] x[t, c]| for the rounding bound of output (t, r).
+  double AbsProductSum(int t, int r, const float* x) const {
+    double sum = 0.0;
+    for (int c = 0; c < layer.in; ++c) {
+      const uint8_t b = qweight[static_cast<size_t>(r) * layer.in / 2 + c / 2];
+      const int q = c % 2 == 0 ? (b & 15) : (b >> 4);
+      const size_t g = static_cast<size_t>(r) * (layer.in / layer.group_size) + c / layer.group_size;
+      sum += std::fabs((q - zeros[g]) * F16ToF32(scales[g]) * x[static_cast<size_t>(t) * layer.in + c]);
+    }
+    return sum;
+  }
+};
+
+}  // namespace
+
+TEST(f16_round_trips_every_half) {
+  int mismatches = 0;
+  for (uint32_t h = 0; h <= 0xffff; ++h) {
+    const float f = F16ToF32(static_cast<uint16_t>(h));
+    const uint16_t back = F32ToF16(f);
+    const bool is_nan = (h & 0x7c00) == 0x7c00 && (h & 0x3ff) != 0;
+    if (is_nan ? !std::isnan(f) || (back & 0x7fff) <= 0x7c00 : back != h) ++mismatches;
+  }
+  CHECK(mismatches == 0);
+}
+
+TEST(f16_edge_values) {
+  CHECK(F16ToF32(0x3c00) == 1.0f);
+  CHECK(F16ToF32(0xc000) == -2.0f);
+  CHECK(F16ToF32(0x7bff) == 65504.0f);                       // largest finite
+  CHECK(F16ToF32(0x0400) == std::ldexp(1.0f, -14));          // smallest normal
+  CHECK(F16ToF32(0x03ff) == 1023 * std::ldexp(1.0f, -24));   // largest subnormal
+  CHECK(F16ToF32(0x0001) == std::ldexp(1.0f, -24));          // smallest subnormal
+  CHECK(F16ToF32(0x8000) == 0.0f && std::signbit(F16ToF32(0x8000)));
+  CHECK(std::isinf(F16ToF32(0x7c00)) && F16ToF32(0x7c00) > 0);
+  CHECK(std::isinf(F16ToF32(0xfc00)) && F16ToF32(0xfc00) < 0);
+  CHECK(std::isnan(F16ToF32(0x7e00)));
+
+  CHECK(F32ToF16(65519.0f) == 0x7bff);  // just under the rounding point
+  CHECK(F32ToF16(65520.0f) == 0x7c00);  // tie rounds to even = Inf
+  CHECK(F32ToF16(1e10f) == 0x7c00);
+  CHECK(F32ToF16(-1e10f) == 0xfc00);
+  CHECK(F32ToF16(INFINITY) == 0x7c00);
+  CHECK((F32ToF16(NAN) & 0x7c00) == 0x7c00 && (F32ToF16(NAN) & 0x3ff) != 0);
+  CHECK(F32ToF16(-0.0f) == 0x8000);
+  CHECK(F32ToF16(1e-10f) == 0x0000);                             // underflow
+  CHECK(F32ToF16(std::ldexp(1.0f, -25)) == 0x0000);              // tie -> even (0)
+  CHECK(F32ToF16(std::ldexp(1.0f, -25) * 1.001f) == 0x0001);     // above the tie
+  CHECK(F32ToF16(3 * std::ldexp(1.0f, -25)) == 0x0002);          // tie -> even (2)
+  CHECK(F32ToF16(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);       // tie -> even
+  CHECK(F32ToF16(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);   // tie -> even
+  CHECK(F32ToF16(std::ldexp(1.0f, -14) * 0.99999f) == 0x0400);   // rounds up to normal
+}
+
+TEST(f16_rounds_to_nearest) {
+  // For random floats across the whole half range (subnormals included), no
+  // neighbouring half is closer than the chosen one.
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> exponent(-26.f, 16.f);
+  int wrong = 0;
+  for (int i = 0; i < 200000; ++i) {
+    const float f = std::exp2(exponent(rng)) * (i % 2 ? -1.f : 1.f);
+    const uint16_t h = F32ToF16(f);
+    const double err = std::fabs(static_cast<double>(F16ToF32(h)) - f);
+    for (int step : {-1, 1}) {
+      const uint16_t neighbour = static_cast<uint16_t>((h & 0x7fff) + step) | (h & 0x8000);
+      if ((h & 0x7fff) + step < 0 || (neighbour & 0x7fff) >= 0x7c00) continue;
+      if (std::fabs(static_cast<double>(F16ToF32(neighbour)) - f) < err) ++wrong;
+    }
+  }
+  CHECK(wrong == 0);
+}
+
+TEST(thread_pool_covers_each_index_once) {
+  for (int threads : {1, 2, 3, 5}) {
+    ThreadPool pool(threads);
+    CHECK(pool.num_threads() == threads);
+    for (int n : {0, 1, 2, 3, 7, 1000}) {
+      std::vector<std::atomic<int>> hits(n);
+      std::atomic<int> chunks{0};
+      for (int repeat = 0; repeat < 3; ++repeat) {
+        pool.ParallelFor(n, [&](int64_t begin, int64_t end) {
+          CHECK(begin < end);
+          chunks++;
+          for (int64_t i = begin; i < end; ++i) hits[i]++;
+        });
+      }
+      for (int i = 0; i < n; ++i) CHECK(hits[i] == 3);
+      CHECK(chunks == 3 * std::min(n, threads));
+    }
+  }
+}
+
+TEST(int4_linear_matches_reference) {
+  std::mt19937 rng(2);
+  ThreadPool pool1(1), pool2(2);
+  double worst = 0.0;
+  struct Shape { int out, in, group_size; };
+  for (Shape shape : {Shape{7, 96, 32}, Shape{13, 320, 64}, Shape{37, 640, 128},
+                      Shape{1, 128, 128}, Shape{9, 32, 32}}) {
+    for (bool with_bias : {false, true}) {
+      RandomInt4 w(shape.out, shape.in, shape.group_size, with_bias, rng);
+      for (int tokens = 1; tokens <= 5; ++tokens) {
+        const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * shape.in, rng);
+        std::vector<float> ref(static_cast<size_t>(tokens) * shape.out);
+        std::vector<float> y1(ref.size()), y2(ref.size());
+        Int4LinearReference(w.layer, x.data(), tokens, ref.data());
+        Int4LinearForward(w.layer, x.data(), tokens, y1.data(), pool1);
+        Int4LinearForward(w.layer, x.data(), tokens, y2.data(), pool2);
+        CHECK(y1 == y2);  // a row's arithmetic does not depend on the split
+        for (int t = 0; t < tokens; ++t) {
+          for (int r = 0; r < shape.out; ++r) {
+            const size_t i = static_cast<size_t>(t) * shape.out + r;
+            // in products, in - 1 additions, + the bias: gamma(in + 2).
+            const double bound = Gamma(shape.in + 2) *
+                (w.AbsProductSum(t, r, x.data()) + (with_bias ? std::fabs(w.bias[r]) : 0.0));
+            CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= bound);
+          }
+        }
+        worst = std::max(worst, RelativeError(y1, ref));
+      }
+    }
+  }
+  std::printf("  int4_linear: max relative error %.3g\n", worst);
+}
+
+TEST(int4_linear_decodes_nibbles_and_groups) {
+  // One row, in = 64, g = 32: column c has code c % 16, group 0 has zero 3 and
+  // scale 0.5, group 1 zero 8 and scale 2. With x = e_c the output is W[0, c].
+  std::vector<uint8_t> qweight(32);
+  for (int c = 0; c < 64; c += 2) qweight[c / 2] = static_cast<uint8_t>((c % 16) | (((c + 1) % 16) << 4));
+  std::vector<uint16_t> scales = {F32ToF16(0.5f), F32ToF16(2.0f)};
+  std::vector<uint8_t> zeros = {3, 8};
+  Int4Linear layer{1, 64, 32, qweight.data(), scales.data(), zeros.data(), nullptr};
+  ThreadPool pool(1);
+  for (int c = 0; c < 64; ++c) {
+    std::vector<float> x(64, 0.f);
+    x[c] = 1.f;
+    float y = 0.f;
+    Int4LinearForward(layer, x.data(), 1, &y, pool);
+    const float expected = c < 32 ? (c % 16 - 3) * 0.5f : (c % 16 - 8) * 2.0f;
+    CHECK(y == expected);
+  }
+}
+
+TEST(f16_linear_matches_reference) {
+  std::mt19937 rng(3);
+  ThreadPool pool1(1), pool2(2);
+  double worst = 0.0;
+  for (int rows : {1, 7, 37}) {
+    for (int d : {5, 64, 300}) {
+      std::vector<uint16_t> w(static_cast<size_t>(rows) * d);
+      for (uint16_t& v : w) v = F32ToF16(RandomFloats(1, rng)[0]);
+      for (int tokens = 1; tokens <= 5; ++tokens) {
+        const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * d, rng);
+        std::vector<float> ref(static_cast<size_t>(tokens) * rows), y1(ref.size()), y2(ref.size());
+        F16LinearReference(w.data(), rows, d, x.data(), tokens, ref.data());
+        F16LinearForward(w.data(), rows, d, x.data(), tokens, y1.data(), pool1);
+        F16LinearForward(w.data(), rows, d, x.data(), tokens, y2.data(), pool2);
+        CHECK(y1 == y2);
+        for (int t = 0; t < tokens; ++t) {
+          for (int r = 0; r < rows; ++r) {
+            double abs_sum = 0.0;
+            for (int c = 0; c < d; ++c) abs_sum += std::fabs(F16ToF32(w[static_cast<size_t>(r) * d + c]) * x[static_cast<size_t>(t) * d + c]);
+            const size_t i = static_cast<size_t>(t) * rows + r;
+            CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= Gamma(d + 1) * abs_sum);
+          }
+        }
+        worst = std::max(worst, RelativeError(y1, ref));
+      }
+    }
+  }
+  std::printf("  f16_linear: max relative error %.3g\n", worst);
+}
+
+TEST(embedding_gather_converts_rows) {
+  const int d = 3;
+  std::vector<uint16_t> table = {F32ToF16(1), F32ToF16(2), F32ToF16(3),
+                                 F32ToF16(-1), F32ToF16(0.5f), F32ToF16(65504)};
+  const int ids[] = {1, 0, 1};
+  std::vector<float> out(3 * d);
+  EmbeddingGather(table.data(), d, ids, 3, out.data());
+  CHECK((out == std::vector<float>{-1, 0.5f, 65504, 1, 2, 3, -1, 0.5f, 65504}));
+}
+
+TEST(rmsnorm_matches_reference) {
+  std::mt19937 rng(4);
+  double worst = 0.0;
+  for (int d : {1, 37, 576}) {
+    for (int tokens = 1; tokens <= 5; ++tokens) {
+      const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * d, rng, -3.f, 3.f);
+      const std::vector<float> weight = RandomFloats(d, rng, 0.5f, 1.5f);
+      std::vector<float> y(x.size()), ref(x.size()), in_place = x;
+      RmsNorm(x.data(), weight.data(), d, 1e-5f, tokens, y.data());
+      RmsNorm(in_place.data(), weight.data(), d, 1e-5f, tokens, in_place.data());
+      RmsNormReference(x.data(), weight.data(), d, 1e-5f, tokens, ref.data());
+      CHECK(in_place == y);
+      // Sum of d squares: gamma(d) relative; then /d, +eps, sqrt, 1/x and two
+      // products add a few roundings each: gamma(d + 8) relative per element.
+      for (size_t i = 0; i < y.size(); ++i) {
+        CHECK(std::fabs(static_cast<double>(y[i]) - ref[i]) <= Gamma(d + 8) * std::fabs(ref[i]));
+      }
+      worst = std::max(worst, RelativeError(y, ref));
+    }
+  }
+  std::printf("  rmsnorm: max relative error %.3g\n", worst);
+}
+
+TEST(swiglu_matches_reference) {
+  std::mt19937 rng(5);
+  std::vector<float> gate = RandomFloats(1001, rng, -12.f, 12.f);
+  gate.insert(gate.end(), {0.f, -100.f, 100.f, -1000.f});
+  const std::vector<float> up = RandomFloats(gate.size(), rng, -2.f, 2.f);
+  std::vector<float> y(gate.size()), ref(gate.size());
+  SwiGlu(gate.data(), up.data(), static_cast<int>(gate.size()), y.data());
+  SwiGluReference(gate.data(), up.data(), static_cast<int>(gate.size()), ref.data());
+  // exp (<= 1 ulp in glibc; 2 allowed), 1 + e, division, product: <= 8 u
+  // relative; the absolute floor covers results that underflow (gate = -1000).
+  for (size_t i = 0; i < y.size(); ++i) {
+    CHECK(std::fabs(static_cast<double>(y[i]) - ref[i]) <= 8 * kUnitRoundoff * std::fabs(ref[i]) + 1e-37);
+  }
+  std::printf("  swiglu: max relative error %.3g\n", RelativeError(y, ref));
+}
+
+TEST(rope_matches_direct_formula) {
+  std::mt19937 rng(6);
+  double worst = 0.0;
+  for (int head_dim : {8, 64}) {
+    for (float theta : {10000.f, 1000000.f}) {
+      const RopeTable table(head_dim, theta, 1100);
+      for (int start : {0, 1, 1090}) {
+        const int tokens = 5, heads = 3;
+        const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * heads * head_dim, rng);
+        std::vector<float> y = x, ref = x;
+        table.Apply(y.data(), tokens, heads, start);
+        RopeReference(ref.data(), tokens, heads, head_dim, theta, start);
+        // cos and sin are rounded to f32 (u each), then a*cos - b*sin costs
+        // two products and a sum: <= 4u (|a| + |b|) per element.
+        for (int t = 0; t < tokens; ++t) {
+          for (int h = 0; h < heads; ++h) {
+            const size_t base = (static_cast<size_t>(t) * heads + h) * head_dim;
+            for (int i = 0; i < head_dim; ++i) {
+              const int pair = i < head_dim / 2 ? i + head_dim / 2 : i - head_dim / 2;
+              const double bound = 4 * kUnitRoundoff * (std::fabs(x[base + i]) + std::fabs(x[base + pair]));
+              CHECK(std::fabs(static_cast<double>(y[base + i]) - ref[base + i]) <= bound);
+            }
+          }
+        }
+        worst = std::max(worst, RelativeError(y, ref));
+      }
+    }
+  }
+  std::printf("  rope: max relative error %.3g\n", worst);
+}
+
+TEST(rope_position_zero_is_identity_and_dot_depends_on_offset_only) {
+  const int hd = 16;
+  const RopeTable table(hd, 10000.f, 64);
+  std::mt19937 rng(7);
+  const std::vector<float> q = RandomFloats(hd, rng), k = RandomFloats(hd, rng);
+  std::vector<float> q0 = q;
+  table.Apply(q0.data(), 1, 1, 0);
+  CHECK(q0 == q);
+  // Rotary's defining property: <R(m) q, R(n) k> depends only on m - n.
+  auto rotated_dot = [&](int m, int n) {
+    std::vector<float> qm = q, kn = k;
+    table.Apply(qm.data(), 1, 1, m);
+    table.Apply(kn.data(), 1, 1, n);
+    double dot = 0.0;
+    for (int i = 0; i < hd; ++i) dot += static_cast<double>(qm[i]) * kn[i];
+    return dot;
+  };
+  CHECK_NEAR(rotated_dot(7, 3), rotated_dot(40, 36), 1e-5);
+  CHECK_NEAR(rotated_dot(3, 3), rotated_dot(50, 50), 1e-5);
+  // The rotate-half pairing: position 1, theta^0 = 1 rad for pair (0, hd/2).
+  std::vector<float> e0(hd, 0.f);
+  e0[0] = 1.f;
+  table.Apply(e0.data(), 1, 1, 1);
+  CHECK_NEAR(e0[0], std::cos(1.0), 1e-7);
+  CHECK_NEAR(e0[hd / 2], std::sin(1.0), 1e-7);
+  CHECK(e0[1] == 0.f);
+}
+
+TEST(attention_matches_naive_softmax) {
+  std::mt19937 rng(8);
+  ThreadPool pool1(1), pool2(2);
+  double worst = 0.0;
+  for (AttentionShape shape : {AttentionShape{6, 2, 16}, AttentionShape{4, 4, 8}, AttentionShape{3, 1, 8}}) {
+    const int kv_width = shape.num_kv_heads * shape.head_dim;
+    const int q_width = shape.num_heads * shape.head_dim;
+    const int capacity = 16;
+    for (int start : {0, 5}) {
+      for (int tokens = 1; tokens <= 5; ++tokens) {
+        // Cache rows past start + tokens hold NaN: reading them would show.
+        std::vector<float> k_cache = RandomFloats(static_cast<size_t>(capacity) * kv_width, rng, -2.f, 2.f);
+        std::vector<float> v_cache = RandomFloats(k_cache.size(), rng);
+        std::fill(k_cache.begin() + (start + tokens) * kv_width, k_cache.end(), NAN);
+        std::fill(v_cache.begin() + (start + tokens) * kv_width, v_cache.end(), NAN);
+        const std::vector<float> q = RandomFloats(static_cast<size_t>(tokens) * q_width, rng, -2.f, 2.f);
+        std::vector<float> scores(static_cast<size_t>(shape.num_heads) * (start + tokens));
+        std::vector<float> out1(q.size()), out2(q.size()), ref(q.size());
+        AttentionForward(shape, q.data(), k_cache.data(), v_cache.data(), start, tokens, scores.data(), out1.data(), pool1);
+        AttentionForward(shape, q.data(), k_cache.data(), v_cache.data(), start, tokens, scores.data(), out2.data(), pool2);
+        AttentionReference(shape, q.data(), k_cache.data(), v_cache.data(), start, tokens, ref.data());
+        CHECK(out1 == out2);
+        // |q_i k_i| <= 4, so |score| <= S = 4 hd / sqrt(hd). A score is off by
+        // <= gamma(hd + 1) S, a weight exp(s - max)/sum by <= 2x that plus
+        // gamma(keys + 4); the output, a weighted mean of |v| <= 1, by the sum
+        // of the weight errors plus gamma(keys): all within the bound below.
+        const int keys = start + tokens;
+        const double score_bound = 4.0 * std::sqrt(static_cast<double>(shape.head_dim));
+        const double bound = 2 * (2 * Gamma(shape.head_dim + 1) * score_bound + 2 * Gamma(keys + 4));
+        for (size_t i = 0; i < out1.size(); ++i) {
+          CHECK(std::fabs(static_cast<double>(out1[i]) - ref[i]) <= bound);
+        }
+        worst = std::max(worst, RelativeError(out1, ref));
+      }
+    }
+  }
+  std::printf("  attention: max relative error %.3g\n", worst);
+}
+
+TEST(attention_is_causal_and_grouped) {
+  // H = 2 query heads share KV = 1 head, hd = 2. Token 0 (position 0) can see
+  // only key 0, so its output is exactly v[0], whatever key 1 holds.
+  const AttentionShape shape{2, 1, 2};
+  const std::vector<float> k_cache = {1, 0, 100, 100};
+  const std::vector<float> v_cache = {3, -1, 7, 9};
+  const std::vector<float> q = {1, 1, 1, 1, /* token 1 */ 0, 0, 0, 0};
+  std::vector<float> scores(2 * 2), out(8);
+  ThreadPool pool(2);
+  AttentionForward(shape, q.data(), k_cache.data(), v_cache.data(), 0, 2, scores.data(), out.data(), pool);
+  CHECK((std::vector<float>(out.begin(), out.begin() + 4) == std::vector<float>{3, -1, 3, -1}));
+  // Token 1 has q = 0: equal scores, so the mean of both values.
+  CHECK((std::vector<float>(out.begin() + 4, out.end()) == std::vector<float>{5, 4, 5, 4}));
+}
+
+AWQCORE_TEST_MAIN()
