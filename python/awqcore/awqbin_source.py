@@ -63,7 +63,7 @@ class AwqbinSource:
 
     def get(self, name: str) -> np.ndarray:
         if name in self._file.tensors:
-            return np.asarray(self._file.tensor(name), dtype=np.float32)
+            return np.array(self._file.tensor(name), dtype=np.float32)  # a writable copy
         prefix = name[: -len(".weight")] if name.endswith(".weight") else name
         if prefix + ".qweight" in self._file.tensors:
             parts = [self._file.tensor(prefix + s) for s in _QUANT_SUFFIXES]
