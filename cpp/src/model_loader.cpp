@@ -1,0 +1,223 @@
+// ReadModelConfig / LoadModelWeights: from a validated AwqbinFile to the typed
+// config and weight pointers the forward pass uses (docs/format.md).
+//
+// The file's structure is already known to be sound (AwqbinFile::Open); here
+// the hyperparameters are checked for what the compute code assumes (heads
+// divide evenly, groups tile every input width, ids index the vocabulary) and
+// every tensor is checked to have exactly the dtype and shape those
+// hyperparameters imply, so transformer.cpp can trust them without checks.
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "model_weights.h"
+
+namespace awqcore {
+namespace {
+
+constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+
+template <typename... Args>
+[[noreturn]] void Fail(const Args&... args) {
+  std::ostringstream message;
+  message << "awqbin: ";
+  (message << ... << args);
+  throw FormatError(message.str());
+}
+
+// A size that must be positive and fit the int fields of ModelConfig.
+int PositiveInt(const AwqbinFile& file, const char* key) {
+  int64_t value = file.RequireInt(key);
+  if (value < 1 || value > kIntMax) Fail(key, "=", value, " must be in 1..", kIntMax);
+  return static_cast<int>(value);
+}
+
+float PositiveFloat(const AwqbinFile& file, const char* key) {
+  double value = file.RequireFloat(key);
+  // The range is checked in double because narrowing a value beyond FLT_MAX
+  // (1e300, inf) is undefined; NaN fails both comparisons. A positive value
+  // too small for float narrows to 0 and is rejected too.
+  if (!(value > 0.0 && value <= std::numeric_limits<float>::max()) ||
+      !(static_cast<float>(value) > 0.0f)) {
+    Fail(key, "=", value, " must be positive and finite");
+  }
+  return static_cast<float>(value);
+}
+
+bool Flag(const AwqbinFile& file, const char* key) {
+  int64_t value = file.RequireInt(key);
+  if (value != 0 && value != 1) Fail(key, "=", value, " must be 0 or 1");
+  return value == 1;
+}
+
+int TokenId(int64_t id, int vocab_size, const char* key) {
+  if (id < 0 || id >= vocab_size) {
+    Fail(key, ": token id ", id, " is outside the vocabulary [0, ", vocab_size, ")");
+  }
+  return static_cast<int>(id);
+}
+
+void RequireDivides(int group_size, int64_t width, const char* what) {
+  if (width % group_size != 0) {
+    Fail("quant.group_size=", group_size, " does not divide ", what, "=", width);
+  }
+}
+
+// Resolves tensors by name, naming the architecture when one is missing so the
+// user can tell an incomplete export from a wrong --arch.
+class TensorResolver {
+ public:
+  TensorResolver(const AwqbinFile& file, const ModelConfig& config)
+      : file_(file), config_(config) {}
+
+  const float* F32(const std::string& name, std::vector<uint64_t> dims) const {
+    return reinterpret_cast<const float*>(Get(name, DType::kF32, dims).data);
+  }
+  // f16 tensors are handed on as raw bits; half.h converts them.
+  const uint16_t* F16(const std::string& name, std::vector<uint64_t> dims) const {
+    return reinterpret_cast<const uint16_t*>(Get(name, DType::kF16, dims).data);
+  }
+  const uint8_t* U8(const std::string& name, std::vector<uint64_t> dims) const {
+    return Get(name, DType::kU8, dims).data;
+  }
+
+  // The three (or four, with a bias) tensors of a 4-bit linear W [out, in]:
+  //   P.qweight u8 [out, in/2], P.scales f16 [out, in/g], P.zeros u8 [out, in/g],
+  //   P.bias f32 [out].
+  Int4Linear Linear(const std::string& prefix, int64_t out, int64_t in, bool has_bias) const {
+    const uint64_t rows = static_cast<uint64_t>(out);
+    const uint64_t groups = static_cast<uint64_t>(in / config_.group_size);
+    Int4Linear linear;
+    linear.out = static_cast<int>(out);
+    linear.in = static_cast<int>(in);
+    linear.group_size = config_.group_size;
+    linear.qweight = U8(prefix + ".qweight", {rows, static_cast<uint64_t>(in / 2)});
+    linear.scales = F16(prefix + ".scales", {rows, groups});
+    linear.zeros = U8(prefix + ".zeros", {rows, groups});
+    if (has_bias) linear.bias = F32(prefix + ".bias", {rows});
+    return linear;
+  }
+
+ private:
+  const TensorView& Get(const std::string& name, DType dtype,
+                        const std::vector<uint64_t>& dims) const {
+    if (file_.Find(name) == nullptr) {
+      Fail("missing tensor '", name, "' required by architecture ", config_.architecture);
+    }
+    return file_.Require(name, dtype, dims);
+  }
+
+  const AwqbinFile& file_;
+  const ModelConfig& config_;
+};
+
+}  // namespace
+
+ModelConfig ReadModelConfig(const AwqbinFile& file) {
+  ModelConfig c;
+  c.architecture = file.RequireString("general.architecture");
+  if (c.architecture != "llama" && c.architecture != "qwen2") {
+    Fail("unknown architecture '", c.architecture, "' (supported: llama, qwen2)");
+  }
+  c.name = file.GetString("general.name").value_or("");
+
+  c.vocab_size = PositiveInt(file, "model.vocab_size");
+  c.hidden_size = PositiveInt(file, "model.hidden_size");
+  c.intermediate_size = PositiveInt(file, "model.intermediate_size");
+  c.num_layers = PositiveInt(file, "model.num_layers");
+  c.num_heads = PositiveInt(file, "model.num_heads");
+  c.num_kv_heads = PositiveInt(file, "model.num_kv_heads");
+  c.head_dim = PositiveInt(file, "model.head_dim");
+  c.max_position_embeddings = PositiveInt(file, "model.max_position_embeddings");
+  c.rope_theta = PositiveFloat(file, "model.rope_theta");
+  c.rms_norm_eps = PositiveFloat(file, "model.rms_norm_eps");
+  c.tie_word_embeddings = Flag(file, "model.tie_word_embeddings");
+  c.attention_bias = Flag(file, "model.attention_bias");
+
+  // Grouped-query attention maps query head h to kv head h / (H / KV).
+  if (c.num_heads % c.num_kv_heads != 0) {
+    Fail("model.num_kv_heads=", c.num_kv_heads, " does not divide model.num_heads=", c.num_heads);
+  }
+  // Rotate-half pairs dimension i with i + head_dim/2.
+  if (c.head_dim % 2 != 0) Fail("model.head_dim=", c.head_dim, " must be even");
+  // The q projection's width H*hd is an Int4Linear::out (an int).
+  const int64_t q_width = int64_t{c.num_heads} * c.head_dim;
+  if (q_width > kIntMax) {
+    Fail("model.num_heads * model.head_dim = ", q_width, " exceeds ", kIntMax);
+  }
+
+  c.quant_method = file.RequireString("quant.method");
+  if (c.quant_method != "rtn" && c.quant_method != "awq") {
+    Fail("quant.method='", c.quant_method, "' (expected rtn or awq)");
+  }
+  const int64_t bits = file.RequireInt("quant.bits");
+  if (bits != 4) Fail("quant.bits=", bits, " is not supported (this runtime reads 4-bit weights)");
+  c.bits = 4;
+  const int64_t group_size = file.RequireInt("quant.group_size");
+  if (group_size != 32 && group_size != 64 && group_size != 128) {
+    Fail("quant.group_size=", group_size, " (expected 32, 64 or 128)");
+  }
+  c.group_size = static_cast<int>(group_size);
+  // Each linear's input width is cut into whole groups: d feeds q/k/v/gate/up,
+  // H*hd feeds o, ffn feeds down.
+  RequireDivides(c.group_size, c.hidden_size, "model.hidden_size");
+  RequireDivides(c.group_size, c.intermediate_size, "model.intermediate_size");
+  RequireDivides(c.group_size, q_width, "model.num_heads * model.head_dim");
+  const int64_t zero_point = file.RequireInt("quant.zero_point");
+  if (zero_point != 1) {
+    Fail("quant.zero_point=", zero_point, " is not supported (expected 1: integer zero points)");
+  }
+
+  const int64_t bos = file.RequireInt("tokenizer.bos_token_id");
+  c.bos_token_id = bos == -1 ? -1 : TokenId(bos, c.vocab_size, "tokenizer.bos_token_id");
+  std::optional<std::vector<int64_t>> eos = file.GetIntArray("tokenizer.eos_token_ids");
+  if (!eos) Fail("metadata key 'tokenizer.eos_token_ids' is missing");
+  for (int64_t id : *eos)
+    c.eos_token_ids.push_back(TokenId(id, c.vocab_size, "tokenizer.eos_token_ids"));
+  return c;
+}
+
+ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config) {
+  const TensorResolver tensors(file, config);
+  const uint64_t vocab = static_cast<uint64_t>(config.vocab_size);
+  const int64_t d = config.hidden_size;
+  const int64_t ffn = config.intermediate_size;
+  const int64_t q_width = int64_t{config.num_heads} * config.head_dim;      // H*hd
+  const int64_t kv_width = int64_t{config.num_kv_heads} * config.head_dim;  // KV*hd
+  const std::vector<uint64_t> norm_dims = {static_cast<uint64_t>(d)};
+
+  ModelWeights w;
+  w.embed = tensors.F16("model.embed_tokens.weight", {vocab, static_cast<uint64_t>(d)});
+  w.lm_head = config.tie_word_embeddings
+                  ? w.embed
+                  : tensors.F16("lm_head.weight", {vocab, static_cast<uint64_t>(d)});
+  w.final_norm = tensors.F32("model.norm.weight", norm_dims);
+
+  // Layers are appended as their tensors resolve rather than allocated up
+  // front: a corrupt num_layers of 16M must fail at the first missing tensor,
+  // not first zero 16M * sizeof(LayerWeights) = 6 GB.
+  for (int l = 0; l < config.num_layers; ++l) {
+    const std::string prefix = "model.layers." + std::to_string(l) + ".";
+    const std::string attn = prefix + "self_attn.";
+    const std::string mlp = prefix + "mlp.";
+    const bool bias = config.attention_bias;  // Qwen2: q/k/v only, never o
+    LayerWeights layer;
+    layer.input_norm = tensors.F32(prefix + "input_layernorm.weight", norm_dims);
+    layer.q = tensors.Linear(attn + "q_proj", q_width, d, bias);
+    layer.k = tensors.Linear(attn + "k_proj", kv_width, d, bias);
+    layer.v = tensors.Linear(attn + "v_proj", kv_width, d, bias);
+    layer.o = tensors.Linear(attn + "o_proj", d, q_width, false);
+    layer.post_norm = tensors.F32(prefix + "post_attention_layernorm.weight", norm_dims);
+    layer.gate = tensors.Linear(mlp + "gate_proj", ffn, d, false);
+    layer.up = tensors.Linear(mlp + "up_proj", ffn, d, false);
+    layer.down = tensors.Linear(mlp + "down_proj", d, ffn, false);
+    w.layers.push_back(layer);
+  }
+  return w;
+}
+
+}  // namespace awqcore

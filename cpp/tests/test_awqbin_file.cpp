@@ -1,0 +1,765 @@
+// Tests of the .awqbin reader (awqbin_file.cpp) and model loader
+// (model_loader.cpp, model.cpp).
+//
+// The files are made by a small writer below, written from docs/format.md and
+// sharing no code with the reader (it even has its own bitwise CRC-32), so a
+// misreading of the spec in one is caught by the other. Invalid files are made
+// by editing a valid one while keeping every other field (and CRC) right, so
+// each test reaches the check it is aimed at.
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "awqbin_file.h"
+#include "awqcore/awqcore.h"
+#include "model_impl.h"
+#include "test_harness.h"
+
+using awqcore::AwqbinFile;
+using awqcore::DType;
+using awqcore::Error;
+using awqcore::FormatError;
+using awqcore::MetaValue;
+using awqcore::Model;
+using Bytes = std::vector<uint8_t>;
+
+namespace {
+
+// ---- the writer ----
+
+uint32_t ReferenceCrc32(const uint8_t* data, size_t n) {
+  uint32_t crc = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) {
+    crc ^= data[i];
+    for (int bit = 0; bit < 8; ++bit) crc = (crc & 1) ? (crc >> 1) ^ 0xEDB88320u : crc >> 1;
+  }
+  return ~crc;
+}
+
+void Put(Bytes& out, uint64_t value, int width) {
+  for (int i = 0; i < width; ++i) out.push_back(static_cast<uint8_t>(value >> (8 * i)));
+}
+void Patch(Bytes& out, size_t at, uint64_t value, int width) {
+  for (int i = 0; i < width; ++i) out[at + i] = static_cast<uint8_t>(value >> (8 * i));
+}
+uint64_t RoundUp64(uint64_t n) { return (n + 63) / 64 * 64; }
+
+MetaValue Int(int64_t v) { return {MetaValue::Type::kInt, v, 0.0, {}, {}}; }
+MetaValue Float(double v) { return {MetaValue::Type::kFloat, 0, v, {}, {}}; }
+MetaValue Str(std::string v) { return {MetaValue::Type::kString, 0, 0.0, std::move(v), {}}; }
+MetaValue Ints(std::vector<int64_t> v) { return {MetaValue::Type::kIntArray, 0, 0.0, {}, v}; }
+
+struct TensorEntry {
+  std::string name;
+  DType dtype;
+  std::vector<uint64_t> dims;
+  Bytes bytes;
+  // Directory values that differ from the real layout, to build bad files.
+  std::optional<uint64_t> offset_override;
+  std::optional<uint64_t> nbytes_override;
+};
+
+struct FileSpec {
+  uint32_t version = 1;
+  std::vector<std::pair<std::string, MetaValue>> meta;  // in file order; may repeat
+  std::vector<TensorEntry> tensors;
+};
+
+struct Sections {
+  Bytes meta, dir, data;
+  std::vector<uint64_t> offsets;  // where each tensor's bytes really are in `data`
+};
+
+Sections Encode(const FileSpec& spec) {
+  Sections s;
+  Put(s.meta, spec.meta.size(), 4);
+  for (const auto& [key, value] : spec.meta) {
+    Put(s.meta, key.size(), 2);
+    s.meta.insert(s.meta.end(), key.begin(), key.end());
+    Put(s.meta, static_cast<uint8_t>(value.type), 1);
+    switch (value.type) {
+      case MetaValue::Type::kInt: Put(s.meta, static_cast<uint64_t>(value.i), 8); break;
+      case MetaValue::Type::kFloat: {
+        uint64_t bits;
+        std::memcpy(&bits, &value.f, 8);
+        Put(s.meta, bits, 8);
+        break;
+      }
+      case MetaValue::Type::kString:
+        Put(s.meta, value.s.size(), 8);
+        s.meta.insert(s.meta.end(), value.s.begin(), value.s.end());
+        break;
+      case MetaValue::Type::kIntArray:
+        Put(s.meta, value.ints.size(), 8);
+        for (int64_t v : value.ints) Put(s.meta, static_cast<uint64_t>(v), 8);
+        break;
+    }
+  }
+  Put(s.dir, spec.tensors.size(), 4);
+  for (const TensorEntry& t : spec.tensors) {
+    uint64_t offset = RoundUp64(s.data.size());
+    s.offsets.push_back(offset);
+    s.data.resize(offset, 0);
+    s.data.insert(s.data.end(), t.bytes.begin(), t.bytes.end());
+    Put(s.dir, t.name.size(), 2);
+    s.dir.insert(s.dir.end(), t.name.begin(), t.name.end());
+    Put(s.dir, static_cast<uint8_t>(t.dtype), 1);
+    Put(s.dir, t.dims.size(), 1);
+    for (uint64_t dim : t.dims) Put(s.dir, dim, 8);
+    Put(s.dir, t.offset_override.value_or(offset), 8);
+    Put(s.dir, t.nbytes_override.value_or(t.bytes.size()), 8);
+    Put(s.dir, ReferenceCrc32(t.bytes.data(), t.bytes.size()), 4);
+  }
+  return s;
+}
+
+uint64_t DataOffset(const Sections& s) { return RoundUp64(128 + s.meta.size() + s.dir.size()); }
+
+Bytes Assemble(const Sections& s, uint32_t version = 1) {
+  const uint64_t dir_offset = 128 + s.meta.size();
+  const uint64_t data_offset = DataOffset(s);
+  Bytes file = {'A', 'W', 'Q', 'C', 'O', 'R', 'E', '\0'};
+  Put(file, version, 4);
+  Put(file, 128, 4);
+  Put(file, 128, 8);
+  Put(file, s.meta.size(), 8);
+  Put(file, dir_offset, 8);
+  Put(file, s.dir.size(), 8);
+  Put(file, data_offset, 8);
+  Put(file, s.data.size(), 8);
+  Put(file, data_offset + s.data.size(), 8);
+  Put(file, ReferenceCrc32(s.meta.data(), s.meta.size()), 4);
+  Put(file, ReferenceCrc32(s.dir.data(), s.dir.size()), 4);
+  Put(file, ReferenceCrc32(file.data(), 80), 4);
+  file.resize(128, 0);
+  file.insert(file.end(), s.meta.begin(), s.meta.end());
+  file.insert(file.end(), s.dir.begin(), s.dir.end());
+  file.resize(data_offset, 0);
+  file.insert(file.end(), s.data.begin(), s.data.end());
+  return file;
+}
+
+Bytes Build(const FileSpec& spec) { return Assemble(Encode(spec), spec.version); }
+
+// Sets a preamble field and re-signs the preamble, so only that field is wrong.
+void PatchPreamble(Bytes& file, size_t at, uint64_t value, int width) {
+  Patch(file, at, value, width);
+  Patch(file, 80, ReferenceCrc32(file.data(), 80), 4);
+}
+
+// ---- the tiny model: d=64, 2 layers, heads 4/2, hd 16, ffn 128, vocab 50, g=32 ----
+
+constexpr uint64_t kD = 64, kLayers = 2, kHeads = 4, kKvHeads = 2, kHeadDim = 16, kFfn = 128,
+                   kVocab = 50, kGroup = 32;
+const char kTokenizerJson[] = R"({"version":"1.0","model":{"type":"BPE","vocab":{}}})";
+
+// Distinct, reproducible bytes per tensor (FNV-1a of the name as the seed).
+Bytes Pattern(const std::string& name, uint64_t n) {
+  uint32_t seed = 2166136261u;
+  for (char c : name) seed = (seed ^ static_cast<uint8_t>(c)) * 16777619u;
+  Bytes bytes(n);
+  for (uint64_t i = 0; i < n; ++i) bytes[i] = static_cast<uint8_t>(seed + i * 7 + (seed >> 8));
+  return bytes;
+}
+
+void AddTensor(FileSpec& spec, const std::string& name, DType dtype, std::vector<uint64_t> dims) {
+  uint64_t n = awqcore::DTypeSize(dtype);
+  for (uint64_t dim : dims) n *= dim;
+  spec.tensors.push_back({name, dtype, std::move(dims), Pattern(name, n), {}, {}});
+}
+
+void AddLinear(FileSpec& spec, const std::string& prefix, uint64_t out, uint64_t in, bool bias) {
+  AddTensor(spec, prefix + ".qweight", DType::kU8, {out, in / 2});
+  AddTensor(spec, prefix + ".scales", DType::kF16, {out, in / kGroup});
+  AddTensor(spec, prefix + ".zeros", DType::kU8, {out, in / kGroup});
+  if (bias) AddTensor(spec, prefix + ".bias", DType::kF32, {out});
+}
+
+// llama: untied lm_head, no biases. qwen2: tied embeddings, q/k/v biases.
+FileSpec TinyModel(const std::string& arch) {
+  const bool qwen2 = arch == "qwen2";
+  FileSpec spec;
+  spec.meta = {
+      {"general.architecture", Str(arch)},
+      {"general.name", Str("tiny-" + arch)},
+      {"general.source", Str("test_awqbin_file.cpp")},
+      {"model.vocab_size", Int(kVocab)},
+      {"model.hidden_size", Int(kD)},
+      {"model.intermediate_size", Int(kFfn)},
+      {"model.num_layers", Int(kLayers)},
+      {"model.num_heads", Int(kHeads)},
+      {"model.num_kv_heads", Int(kKvHeads)},
+      {"model.head_dim", Int(kHeadDim)},
+      {"model.max_position_embeddings", Int(256)},
+      {"model.rope_theta", Float(1e6)},
+      {"model.rms_norm_eps", Float(1e-6)},
+      {"model.tie_word_embeddings", Int(qwen2)},
+      {"model.attention_bias", Int(qwen2)},
+      {"quant.method", Str("awq")},
+      {"quant.bits", Int(4)},
+      {"quant.group_size", Int(kGroup)},
+      {"quant.zero_point", Int(1)},
+      {"tokenizer.json", Str(kTokenizerJson)},
+      {"tokenizer.chat_template", Str("")},
+      {"tokenizer.bos_token_id", Int(1)},
+      {"tokenizer.eos_token_ids", Ints({2, 3})},
+  };
+  AddTensor(spec, "model.embed_tokens.weight", DType::kF16, {kVocab, kD});
+  for (uint64_t l = 0; l < kLayers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    AddTensor(spec, p + "input_layernorm.weight", DType::kF32, {kD});
+    AddLinear(spec, p + "self_attn.q_proj", kHeads * kHeadDim, kD, qwen2);
+    AddLinear(spec, p + "self_attn.k_proj", kKvHeads * kHeadDim, kD, qwen2);
+    AddLinear(spec, p + "self_attn.v_proj", kKvHeads * kHeadDim, kD, qwen2);
+    AddLinear(spec, p + "self_attn.o_proj", kD, kHeads * kHeadDim, false);
+    AddTensor(spec, p + "post_attention_layernorm.weight", DType::kF32, {kD});
+    AddLinear(spec, p + "mlp.gate_proj", kFfn, kD, false);
+    AddLinear(spec, p + "mlp.up_proj", kFfn, kD, false);
+    AddLinear(spec, p + "mlp.down_proj", kD, kFfn, false);
+  }
+  AddTensor(spec, "model.norm.weight", DType::kF32, {kD});
+  if (!qwen2) AddTensor(spec, "lm_head.weight", DType::kF16, {kVocab, kD});
+  return spec;
+}
+
+size_t TensorIndex(const FileSpec& spec, const std::string& name) {
+  for (size_t i = 0; i < spec.tensors.size(); ++i) {
+    if (spec.tensors[i].name == name) return i;
+  }
+  throw std::logic_error("test bug: no tensor " + name);
+}
+void SetMeta(FileSpec& spec, const std::string& key, MetaValue value) {
+  for (auto& entry : spec.meta) {
+    if (entry.first == key) {
+      entry.second = std::move(value);
+      return;
+    }
+  }
+  throw std::logic_error("test bug: no key " + key);
+}
+
+// ---- files on disk ----
+
+// A per-process scratch directory, removed at exit.
+class ScratchDir {
+ public:
+  ScratchDir()
+      : path_((std::filesystem::temp_directory_path() /
+               ("awqcore_test_awqbin_" + std::to_string(::getpid())))
+                  .string()) {
+    std::filesystem::create_directories(path_);
+  }
+  ~ScratchDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+const std::string& TempDir() {
+  static const ScratchDir dir;
+  return dir.path();
+}
+
+std::string WriteFile(const Bytes& bytes, const std::string& name = "model.awqbin") {
+  std::string path = TempDir() + "/" + name;
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("test bug: cannot write " + path);
+  return path;
+}
+
+std::shared_ptr<const Model> Load(const Bytes& bytes, bool verify = true) {
+  return Model::Load(WriteFile(bytes), awqcore::LoadOptions{verify});
+}
+
+// Loads with verification on; "" if FormatError containing `substr` was
+// thrown, otherwise what happened instead. For loops that try many files.
+std::string LoadFailure(const std::string& path, const std::string& substr) {
+  try {
+    Model::Load(path);
+    return "loaded";
+  } catch (const FormatError& e) {
+    return std::string(e.what()).find(substr) == std::string::npos ? e.what() : "";
+  } catch (const std::exception& e) {
+    return std::string("non-FormatError: ") + e.what();
+  }
+}
+
+bool SameBytes(const void* got, const Bytes& want, size_t n) {
+  return got != nullptr && std::memcmp(got, want.data(), n) == 0;
+}
+bool Aligned64(const void* p) { return reinterpret_cast<uintptr_t>(p) % 64 == 0; }
+
+}  // namespace
+
+// ---- CRC-32 ----
+
+TEST(crc32_matches_zlib_and_chains) {
+  const char* check = "123456789";  // the standard CRC-32 check value
+  CHECK(awqcore::Crc32(reinterpret_cast<const uint8_t*>(check), 9) == 0xCBF43926u);
+  CHECK(awqcore::Crc32(nullptr, 0) == 0u);
+  std::mt19937 rng(7);
+  Bytes data(4099);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  // Every length 0..80 and start 0..7 covers the 8-byte body and byte tail.
+  for (size_t start = 0; start < 8; ++start) {
+    for (size_t n = 0; n <= 80; ++n) {
+      CHECK(awqcore::Crc32(data.data() + start, n) == ReferenceCrc32(data.data() + start, n));
+    }
+  }
+  uint32_t whole = awqcore::Crc32(data.data(), data.size());
+  CHECK(whole == ReferenceCrc32(data.data(), data.size()));
+  CHECK(awqcore::Crc32(data.data() + 1001, data.size() - 1001, awqcore::Crc32(data.data(), 1001)) ==
+        whole);
+}
+
+// ---- valid files ----
+
+TEST(valid_llama_file_loads_with_config_and_weight_pointers) {
+  FileSpec spec = TinyModel("llama");
+  Sections sections = Encode(spec);
+  auto model = Load(Assemble(sections));
+  const awqcore::ModelConfig& c = model->config();
+  CHECK(c.architecture == "llama");
+  CHECK(c.name == "tiny-llama");
+  CHECK(c.vocab_size == 50 && c.hidden_size == 64 && c.intermediate_size == 128);
+  CHECK(c.num_layers == 2 && c.num_heads == 4 && c.num_kv_heads == 2 && c.head_dim == 16);
+  CHECK(c.max_position_embeddings == 256);
+  CHECK_NEAR(c.rope_theta, 1e6, 1e-3);
+  CHECK_NEAR(c.rms_norm_eps, 1e-6, 1e-12);
+  CHECK(!c.tie_word_embeddings && !c.attention_bias);
+  CHECK(c.quant_method == "awq" && c.bits == 4 && c.group_size == 32);
+  CHECK(c.bos_token_id == 1);
+  CHECK((c.eos_token_ids == std::vector<int>{2, 3}));
+  CHECK(model->metadata_string("tokenizer.json") == std::string(kTokenizerJson));
+  CHECK(model->metadata_string("tokenizer.chat_template") == std::string());
+  CHECK(!model->metadata_string("model.hidden_size").has_value());  // not a string
+  CHECK(!model->metadata_string("no.such.key").has_value());
+  CHECK(model->weight_bytes() == sections.data.size());
+
+  const awqcore::ModelWeights& w = model->impl().weights;
+  const auto& t = spec.tensors;
+  CHECK(SameBytes(w.embed, t[TensorIndex(spec, "model.embed_tokens.weight")].bytes, 64));
+  CHECK(SameBytes(w.lm_head, t[TensorIndex(spec, "lm_head.weight")].bytes, 64));
+  CHECK(w.lm_head != w.embed);
+  CHECK(SameBytes(w.final_norm, t[TensorIndex(spec, "model.norm.weight")].bytes, 256));
+  CHECK(w.layers.size() == 2);
+  const awqcore::LayerWeights& layer1 = w.layers[1];
+  CHECK(SameBytes(layer1.down.qweight,
+                  t[TensorIndex(spec, "model.layers.1.mlp.down_proj.qweight")].bytes, 64));
+  CHECK(SameBytes(layer1.k.scales,
+                  t[TensorIndex(spec, "model.layers.1.self_attn.k_proj.scales")].bytes, 8));
+  CHECK(SameBytes(layer1.up.zeros, t[TensorIndex(spec, "model.layers.1.mlp.up_proj.zeros")].bytes,
+                  8));
+  CHECK(SameBytes(layer1.post_norm,
+                  t[TensorIndex(spec, "model.layers.1.post_attention_layernorm.weight")].bytes,
+                  256));
+  CHECK(layer1.q.out == 64 && layer1.q.in == 64 && layer1.k.out == 32 && layer1.v.out == 32);
+  CHECK(layer1.o.out == 64 && layer1.o.in == 64 && layer1.gate.out == 128);
+  CHECK(layer1.down.out == 64 && layer1.down.in == 128 && layer1.down.group_size == 32);
+  CHECK(layer1.q.bias == nullptr && layer1.v.bias == nullptr);
+  CHECK(Aligned64(w.embed) && Aligned64(layer1.down.scales) && Aligned64(w.final_norm));
+}
+
+TEST(valid_qwen2_file_loads_biases_and_ties_lm_head) {
+  FileSpec spec = TinyModel("qwen2");
+  auto model = Load(Build(spec));
+  CHECK(model->config().architecture == "qwen2");
+  CHECK(model->config().tie_word_embeddings && model->config().attention_bias);
+  const awqcore::ModelWeights& w = model->impl().weights;
+  CHECK(w.lm_head == w.embed);
+  for (int l = 0; l < 2; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
+    const awqcore::LayerWeights& layer = w.layers[l];
+    CHECK(SameBytes(layer.q.bias, spec.tensors[TensorIndex(spec, p + "q_proj.bias")].bytes, 256));
+    CHECK(SameBytes(layer.k.bias, spec.tensors[TensorIndex(spec, p + "k_proj.bias")].bytes, 128));
+    CHECK(SameBytes(layer.v.bias, spec.tensors[TensorIndex(spec, p + "v_proj.bias")].bytes, 128));
+    CHECK(layer.o.bias == nullptr && layer.up.bias == nullptr);
+  }
+}
+
+TEST(awqbin_file_exposes_metadata_and_tensors) {
+  FileSpec spec = TinyModel("llama");
+  Bytes bytes = Build(spec);
+  auto file = AwqbinFile::Open(WriteFile(bytes), true);
+  CHECK(file->version() == 1 && file->file_size() == bytes.size());
+  CHECK(file->tensors().size() == spec.tensors.size());
+  CHECK(file->tensors()[3].name == spec.tensors[3].name);  // directory order kept
+  CHECK(file->RequireString("general.source") == "test_awqbin_file.cpp");
+  CHECK(file->RequireFloat("model.hidden_size") == 64.0);  // an i64 is accepted
+  CHECK(file->GetInt("model.num_heads") == 4);
+  CHECK(!file->GetInt("no.such.key").has_value());
+  CHECK((file->GetIntArray("tokenizer.eos_token_ids") == std::vector<int64_t>{2, 3}));
+  CHECK(file->Find("model.norm.weight") != nullptr && file->Find("nope") == nullptr);
+  CHECK_THROWS(file->RequireInt("general.name"), FormatError,
+               "metadata key 'general.name' has type string, expected i64");
+  CHECK_THROWS(file->RequireInt("no.such.key"), FormatError,
+               "metadata key 'no.such.key' is missing");
+  CHECK_THROWS(file->Require("model.norm.weight", DType::kF32, {63}), FormatError,
+               "tensor 'model.norm.weight': expected f32 [63], found f32 [64]");
+  CHECK_THROWS(file->Require("nope", DType::kF32, {1}), FormatError, "missing tensor 'nope'");
+}
+
+// ---- truncation and I/O ----
+
+TEST(truncated_files_are_rejected_at_every_length) {
+  Bytes bytes = Build(TinyModel("llama"));
+  const std::string path = WriteFile(bytes, "truncated.awqbin");
+  // Every 7th length down to 256, then every length below: ~8000 loads, made
+  // cheap by shrinking one file in place instead of writing each one.
+  int failures = 0;
+  for (size_t n = bytes.size() - 1;; n = n > 256 ? n - 7 : n - 1) {
+    std::filesystem::resize_file(path, n);
+    std::string failure = LoadFailure(path, "truncated file");
+    if (!failure.empty() && failures++ == 0) std::printf("  length %zu: %s\n", n, failure.c_str());
+    if (n == 0) break;
+  }
+  CHECK(failures == 0);
+  CHECK_THROWS(Load(Bytes{}), FormatError,
+               "truncated file: 0 bytes is smaller than the 128-byte preamble");
+  bytes.resize(bytes.size() - 1000);
+  CHECK_THROWS(Load(bytes), FormatError,
+               "truncated file: header says file_size=" + std::to_string(bytes.size() + 1000) +
+                   " but file has " + std::to_string(bytes.size()) + " bytes");
+}
+
+TEST(appended_bytes_are_rejected) {
+  Bytes bytes = Build(TinyModel("llama"));
+  bytes.push_back(0);
+  CHECK_THROWS(Load(bytes), FormatError, "(trailing data)");
+}
+
+TEST(missing_file_and_directory_are_io_errors) {
+  for (const std::string& path : {TempDir() + "/does_not_exist.awqbin", TempDir()}) {
+    try {
+      Model::Load(path);
+      CHECK(false);
+    } catch (const FormatError&) {
+      CHECK(false);  // I/O problems are not format problems
+    } catch (const Error& e) {
+      CHECK(std::string(e.what()).find(path) != std::string::npos);
+    }
+  }
+  CHECK_THROWS(Model::Load(TempDir() + "/does_not_exist.awqbin"), Error,
+               "No such file or directory");
+  CHECK_THROWS(Model::Load(TempDir()), Error, "is not a regular file");
+}
+
+// ---- the preamble ----
+
+TEST(bad_magic_and_version_are_named) {
+  Bytes bytes = Build(TinyModel("llama"));
+  bytes[3] = 'X';
+  CHECK_THROWS(Load(bytes), FormatError, "awqbin: bad magic (not an .awqbin file)");
+  CHECK_THROWS(Load(Bytes{'{', '"', 'a', '"', ':', ' ', '1', '}', '\n'}), FormatError, "bad magic");
+  FileSpec spec = TinyModel("llama");
+  spec.version = 2;
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "unsupported version 2 (this runtime reads version 1)");
+}
+
+TEST(corrupt_preamble_fails_its_crc) {
+  Bytes bytes = Build(TinyModel("llama"));
+  bytes[25] ^= 0x01;  // meta_size, CRC not updated
+  CHECK_THROWS(Load(bytes), FormatError, "preamble CRC-32 mismatch");
+}
+
+TEST(inconsistent_preamble_fields_are_named) {
+  const Bytes valid = Build(TinyModel("llama"));
+  const uint64_t data_offset = DataOffset(Encode(TinyModel("llama")));
+  struct Case {
+    size_t at;
+    int width;
+    uint64_t value;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {12, 4, 64, "preamble_size=64 (expected 128)"},
+      {16, 8, 0, "meta_offset=0 (expected 128)"},
+      {24, 8, ~uint64_t{0}, "meta_size=18446744073709551615 at meta_offset=128 runs past the end"},
+      {32, 8, 129, "dir_offset=129 but meta_offset + meta_size = "},
+      {40, 8, ~uint64_t{0} - 63, "dir_size=18446744073709551552 at dir_offset="},
+      {48, 8, data_offset + 32,
+       "data_offset=" + std::to_string(data_offset + 32) + " is not a multiple of 64"},
+      {48, 8, 128, "data_offset=128 is outside [dir_offset + dir_size, file_size]"},
+      {56, 8, valid.size() - data_offset - 64,
+       "data_size=" + std::to_string(valid.size() - data_offset - 64)},
+  };
+  for (const Case& c : cases) {
+    Bytes bytes = valid;
+    PatchPreamble(bytes, c.at, c.value, c.width);
+    CHECK_THROWS(Load(bytes), FormatError, c.message);
+  }
+  Bytes bytes = valid;
+  bytes[100] = 1;  // reserved; outside the preamble CRC
+  CHECK_THROWS(Load(bytes), FormatError, "reserved preamble byte 100 is 1, not 0");
+  Sections s = Encode(TinyModel("llama"));
+  const uint64_t dir_end = 128 + s.meta.size() + s.dir.size();
+  CHECK(dir_end < DataOffset(s));  // the tiny model's layout has padding to corrupt
+  bytes = valid;
+  bytes[dir_end] = 0xAB;
+  CHECK_THROWS(Load(bytes), FormatError,
+               "padding byte " + std::to_string(dir_end) + " before data_offset is not 0");
+}
+
+// ---- section CRCs and data CRCs ----
+
+TEST(corrupt_metadata_and_directory_bytes_fail_their_crcs) {
+  Sections s = Encode(TinyModel("llama"));
+  Bytes bytes = Assemble(s);
+  bytes[128 + 40] ^= 0x10;
+  CHECK_THROWS(Load(bytes), FormatError, "metadata CRC-32 mismatch: meta_crc32=0x");
+  bytes = Assemble(s);
+  bytes[128 + s.meta.size() + 10] ^= 0x10;
+  CHECK_THROWS(Load(bytes), FormatError, "tensor directory CRC-32 mismatch");
+}
+
+TEST(corrupt_tensor_data_is_caught_only_with_verification) {
+  FileSpec spec = TinyModel("llama");
+  Sections s = Encode(spec);
+  const size_t index = TensorIndex(spec, "model.layers.1.mlp.down_proj.qweight");
+  Bytes bytes = Assemble(s);
+  const uint64_t at = DataOffset(s) + s.offsets[index] + 100;
+  bytes[at] ^= 0xFF;
+  CHECK_THROWS(Load(bytes), FormatError,
+               "tensor 'model.layers.1.mlp.down_proj.qweight': data CRC-32 mismatch");
+  auto model = Load(bytes, /*verify=*/false);
+  CHECK(model->impl().weights.layers[1].down.qweight[100] ==
+        (spec.tensors[index].bytes[100] ^ 0xFF));
+}
+
+// ---- the directory ----
+
+TEST(tensor_layout_errors_are_named) {
+  const std::string norm = "model.norm.weight";
+  FileSpec spec = TinyModel("llama");
+  const uint64_t data_size = Encode(spec).data.size();
+  spec.tensors[TensorIndex(spec, norm)].offset_override = RoundUp64(data_size);
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "tensor 'model.norm.weight': offset " + std::to_string(RoundUp64(data_size)) +
+                   " + nbytes 256 runs past the end of the data section");
+  spec = TinyModel("llama");
+  spec.tensors.back().offset_override = ~uint64_t{63};  // offset + nbytes wraps in u64
+  CHECK_THROWS(Load(Build(spec)), FormatError, "runs past the end of the data section");
+
+  spec = TinyModel("llama");
+  spec.tensors[TensorIndex(spec, norm)].nbytes_override = 260;
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "tensor 'model.norm.weight': nbytes=260 does not match f32 [64]");
+  spec = TinyModel("llama");
+  spec.tensors[TensorIndex(spec, norm)].dims = {uint64_t{1} << 40, uint64_t{1} << 40};
+  CHECK_THROWS(Load(Build(spec)), FormatError, "(size overflows)");
+
+  spec = TinyModel("llama");
+  spec.tensors[1].offset_override = 0;  // tensor 0 (the embedding) starts at 0
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "tensor 'model.layers.0.input_layernorm.weight': offset 0 overlaps or precedes "
+               "the previous tensor 'model.embed_tokens.weight' (which ends at 6400)");
+  spec = TinyModel("llama");
+  const uint64_t misaligned = Encode(spec).offsets[1] + 8;
+  spec.tensors[1].offset_override = misaligned;
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "tensor 'model.layers.0.input_layernorm.weight': offset " +
+                   std::to_string(misaligned) + " is not a multiple of 64");
+
+  spec = TinyModel("llama");
+  spec.tensors.push_back(spec.tensors[2]);
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "duplicate tensor name '" + spec.tensors[2].name + "'");
+  spec = TinyModel("llama");
+  spec.tensors[0].dtype = static_cast<DType>(9);
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "tensor 'model.embed_tokens.weight': unknown dtype 9");
+  spec = TinyModel("llama");
+  spec.tensors[0].dims = {1, 1, 1, 1, 6400 / 2};
+  CHECK_THROWS(Load(Build(spec)), FormatError, "ndim 5 is outside 1..4");
+  spec = TinyModel("llama");
+  spec.tensors[0].name = std::string(256, 'x');
+  CHECK_THROWS(Load(Build(spec)), FormatError, "name length 256 is outside 1..255");
+}
+
+// Sections cut short while the preamble and CRCs still agree with them: the
+// parser itself must stop at the section's end (this is the case run under
+// AddressSanitizer/valgrind for out-of-bounds reads).
+TEST(sections_shorter_than_their_entries_are_rejected) {
+  const Sections s = Encode(TinyModel("llama"));
+  int failures = 0;
+  for (size_t n = 0; n < s.meta.size(); ++n) {
+    Sections cut = s;
+    cut.meta.resize(n);
+    std::string failure =
+        LoadFailure(WriteFile(Assemble(cut)), "runs past the end of the section (meta_size=");
+    if (!failure.empty() && failures++ == 0)
+      std::printf("  meta cut %zu: %s\n", n, failure.c_str());
+  }
+  for (size_t n = 0; n < s.dir.size(); ++n) {
+    Sections cut = s;
+    cut.dir.resize(n);
+    std::string failure =
+        LoadFailure(WriteFile(Assemble(cut)), "runs past the end of the section (dir_size=");
+    if (!failure.empty() && failures++ == 0) std::printf("  dir cut %zu: %s\n", n, failure.c_str());
+  }
+  CHECK(failures == 0);
+  Sections longer = s;
+  longer.meta.push_back(0);
+  CHECK_THROWS(Load(Assemble(longer)), FormatError,
+               "metadata: 1 bytes left after the last of 23 entries");
+}
+
+// Every byte of the metadata and directory flipped, CRCs re-signed: whatever
+// the parser reads, it must end in success or FormatError, never a crash,
+// bad_alloc, or another exception.
+TEST(flipped_section_bytes_give_only_format_errors) {
+  const Sections s = Encode(TinyModel("qwen2"));
+  // Sizes never change, so each variant only rewrites the bytes before the
+  // data section of one file.
+  const std::string path = WriteFile(Assemble(s), "flipped.awqbin");
+  int loaded = 0, rejected = 0, other = 0;
+  auto attempt = [&](const Sections& variant) {
+    const Bytes bytes = Assemble(variant);
+    std::fstream file(path, std::ios::binary | std::ios::in | std::ios::out);
+    file.write(reinterpret_cast<const char*>(bytes.data()), DataOffset(variant));
+    file.close();
+    if (!file) throw std::runtime_error("test bug: cannot rewrite " + path);
+    try {
+      Model::Load(path, awqcore::LoadOptions{false});
+      loaded++;
+    } catch (const FormatError&) {
+      rejected++;
+    } catch (const std::exception& e) {
+      if (other++ == 0) std::printf("  unexpected: %s\n", e.what());
+    }
+  };
+  for (uint8_t mask : {uint8_t{0xFF}, uint8_t{0x01}}) {
+    for (size_t i = 0; i < s.meta.size(); ++i) {
+      Sections variant = s;
+      variant.meta[i] ^= mask;
+      attempt(variant);
+    }
+    for (size_t i = 0; i < s.dir.size(); ++i) {
+      Sections variant = s;
+      variant.dir[i] ^= mask;
+      attempt(variant);
+    }
+  }
+  CHECK(other == 0);
+  CHECK(rejected > 0);
+  CHECK(loaded > 0);  // e.g. a changed byte of general.source's value still loads
+}
+
+// ---- the model loader ----
+
+TEST(missing_tensors_are_named_with_the_architecture) {
+  FileSpec spec = TinyModel("llama");
+  spec.tensors.erase(spec.tensors.begin() + TensorIndex(spec, "model.layers.1.mlp.up_proj.scales"));
+  CHECK_THROWS(
+      Load(Build(spec)), FormatError,
+      "awqbin: missing tensor 'model.layers.1.mlp.up_proj.scales' required by architecture llama");
+  spec = TinyModel("llama");
+  spec.tensors.pop_back();  // lm_head.weight: llama here is untied
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "missing tensor 'lm_head.weight' required by architecture llama");
+  spec = TinyModel("llama");
+  SetMeta(spec, "model.num_layers", Int(1 << 24));  // must fail at layer 2, not allocate 16M layers
+  CHECK_THROWS(
+      Load(Build(spec)), FormatError,
+      "missing tensor 'model.layers.2.input_layernorm.weight' required by architecture llama");
+  spec = TinyModel("qwen2");
+  spec.tensors.erase(spec.tensors.begin() +
+                     TensorIndex(spec, "model.layers.0.self_attn.k_proj.bias"));
+  CHECK_THROWS(
+      Load(Build(spec)), FormatError,
+      "missing tensor 'model.layers.0.self_attn.k_proj.bias' required by architecture qwen2");
+}
+
+TEST(wrong_tensor_dtype_or_shape_is_named) {
+  FileSpec spec = TinyModel("llama");
+  AddTensor(spec, "model.embed_tokens.weight", DType::kF32, {kVocab, kD});
+  std::swap(spec.tensors.front(), spec.tensors.back());
+  spec.tensors.pop_back();
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "tensor 'model.embed_tokens.weight': expected f16 [50, 64], found f32 [50, 64]");
+  spec = TinyModel("llama");
+  // [32, 4] holds as many bytes as the expected [64, 2], so only Require can object.
+  spec.tensors[TensorIndex(spec, "model.layers.0.self_attn.q_proj.scales")].dims = {32, 4};
+  CHECK_THROWS(
+      Load(Build(spec)), FormatError,
+      "tensor 'model.layers.0.self_attn.q_proj.scales': expected f16 [64, 2], found f16 [32, 4]");
+}
+
+TEST(metadata_errors_are_named) {
+  FileSpec spec = TinyModel("llama");
+  SetMeta(spec, "general.architecture", Str("mistral"));
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "unknown architecture 'mistral' (supported: llama, qwen2)");
+  spec = TinyModel("llama");
+  spec.meta.emplace_back("model.hidden_size", Int(64));
+  CHECK_THROWS(Load(Build(spec)), FormatError, "metadata: duplicate key 'model.hidden_size'");
+  spec = TinyModel("llama");
+  spec.meta.erase(std::find_if(spec.meta.begin(), spec.meta.end(), [](const auto& entry) {
+    return entry.first == "model.num_layers";
+  }));
+  CHECK_THROWS(Load(Build(spec)), FormatError, "metadata key 'model.num_layers' is missing");
+  spec = TinyModel("llama");
+  SetMeta(spec, "model.hidden_size", Str("64"));
+  CHECK_THROWS(Load(Build(spec)), FormatError,
+               "metadata key 'model.hidden_size' has type string, expected i64");
+  spec = TinyModel("llama");
+  MetaValue bad_type = Int(0);
+  bad_type.type = static_cast<MetaValue::Type>(7);
+  SetMeta(spec, "general.source", bad_type);
+  CHECK_THROWS(Load(Build(spec)), FormatError, "metadata: key 'general.source' has unknown type 7");
+}
+
+TEST(bad_hyperparameters_are_named) {
+  struct Case {
+    std::string key;
+    MetaValue value;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {"model.hidden_size", Int(0), "model.hidden_size=0 must be in 1..2147483647"},
+      {"model.num_layers", Int(int64_t{1} << 31), "model.num_layers=2147483648 must be in 1.."},
+      {"model.num_kv_heads", Int(3), "model.num_kv_heads=3 does not divide model.num_heads=4"},
+      {"model.head_dim", Int(15), "model.head_dim=15 must be even"},
+      {"model.rope_theta", Float(0.0), "model.rope_theta=0 must be positive and finite"},
+      {"model.rope_theta", Float(1e300), "model.rope_theta=1e+300 must be positive and finite"},
+      {"model.rope_theta", Float(std::nan("")), "model.rope_theta=nan must be positive"},
+      {"model.rms_norm_eps", Float(-1e-6), "model.rms_norm_eps=-1e-06 must be positive"},
+      {"model.rms_norm_eps", Float(1e-50), "model.rms_norm_eps=1e-50 must be positive"},
+      {"model.tie_word_embeddings", Int(2), "model.tie_word_embeddings=2 must be 0 or 1"},
+      {"quant.method", Str("gptq"), "quant.method='gptq' (expected rtn or awq)"},
+      {"quant.bits", Int(8), "quant.bits=8 is not supported"},
+      {"quant.group_size", Int(48), "quant.group_size=48 (expected 32, 64 or 128)"},
+      {"quant.group_size", Int(128), "quant.group_size=128 does not divide model.hidden_size=64"},
+      {"quant.zero_point", Int(0), "quant.zero_point=0 is not supported"},
+      {"tokenizer.bos_token_id", Int(50),
+       "tokenizer.bos_token_id: token id 50 is outside the vocabulary [0, 50)"},
+      {"tokenizer.eos_token_ids", Ints({2, -5}), "tokenizer.eos_token_ids: token id -5 is outside"},
+  };
+  for (const Case& c : cases) {
+    FileSpec spec = TinyModel("llama");
+    SetMeta(spec, c.key, c.value);
+    CHECK_THROWS(Load(Build(spec)), FormatError, c.message);
+  }
+  // An integer rope_theta is read as a float, and bos -1 means "none".
+  FileSpec spec = TinyModel("llama");
+  SetMeta(spec, "model.rope_theta", Int(10000));
+  SetMeta(spec, "tokenizer.bos_token_id", Int(-1));
+  auto model = Load(Build(spec));
+  CHECK(model->config().rope_theta == 10000.0f && model->config().bos_token_id == -1);
+}
+
+AWQCORE_TEST_MAIN()
