@@ -3,6 +3,7 @@
     awqcore quantize smollm2-135m --out smollm2.awqbin
     awqcore inspect smollm2.awqbin --verify
     awqcore run smollm2.awqbin -p "What is the capital of France?" --chat
+    awqcore ppl smollm2.awqbin --fp-reference smollm2-135m
 
 User errors (a bad file, a bad argument, a missing path) print one line
 "awqcore: error: ..." and exit with status 2; there is no traceback for them.
@@ -186,6 +187,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- ppl
+
+def cmd_ppl(args: argparse.Namespace) -> int:
+    import awqcore
+    from .data import read_text_file, wiki_texts
+    from .evaluate import perplexity, token_windows
+
+    model = awqcore.Model(args.file, threads=args.threads, max_seq_len=args.seqlen)
+    docs = read_text_file(args.text) if args.text else wiki_texts("evaluation")
+    if args.max_windows is not None:
+        # Tokenize only what the windows need: English runs ~4 characters per
+        # token, so 8 per token leaves a wide margin.
+        budget, taken = 8 * args.seqlen * args.max_windows, []
+        for doc in docs:
+            taken.append(doc)
+            budget -= len(doc)
+            if budget <= 0:
+                break
+        docs = taken
+    ids = model.tokenizer.encode("\n\n".join(docs)).ids
+    windows = token_windows(ids, args.seqlen, args.max_windows)
+    text_name = args.text or "Wikipedia summaries, evaluation split (disjoint from calibration)"
+    quiet = args.quiet
+    result = perplexity(model.forward, windows, progress=not quiet, desc="int4, C++ runtime")
+    c = model.config
+    print(f"text: {text_name}")
+    print(f"protocol: {result.protocol()}")
+    print(f"perplexity {result.perplexity:10.3f}  {os.path.basename(args.file)} "
+          f"(int4 {c['quant_method']} g{c['group_size']}, C++ runtime)")
+    if args.fp_reference:
+        import torch
+        from .importers import load_source
+        from .reference import ReferenceModel
+
+        source = load_source(args.fp_reference)
+        if source.config.vocab_size != c["vocab_size"]:
+            raise ValueError(f"--fp-reference {args.fp_reference} has vocabulary "
+                             f"{source.config.vocab_size}, the quantized model {c['vocab_size']}")
+        reference = ReferenceModel(source.config, source.get)
+        with torch.no_grad():
+            fp = perplexity(lambda w: reference.forward(w).numpy(), windows, progress=not quiet,
+                            desc="unquantized, torch")
+        print(f"perplexity {fp.perplexity:10.3f}  {args.fp_reference} "
+              f"(unquantized source weights, torch reference)")
+    return 0
+
+
 # -------------------------------------------------------------------- main
 
 def _positive_int(text: str) -> int:
@@ -230,6 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-seq-len", type=_positive_int, default=2048,
                    help="KV-cache capacity in tokens (default 2048)")
     r.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("ppl", help="perplexity through the C++ runtime (and the FP reference)")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--text", help="plain text (documents separated by blank lines) or JSONL "
+                   "with a 'text' field; default: the held-out Wikipedia summaries")
+    p.add_argument("--seqlen", type=_positive_int, default=512, help="window length (default 512)")
+    p.add_argument("--max-windows", type=_positive_int, default=None,
+                   help="evaluate at most this many windows (default: all)")
+    p.add_argument("--fp-reference", metavar="MODEL",
+                   help="also evaluate this unquantized source model (built-in name, .gguf or "
+                   "HF folder) with the torch reference on the same windows")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ppl)
     return parser
 
 
