@@ -1,0 +1,281 @@
+// A .awqbin writer for the C++ tests, written from docs/format.md and sharing
+// no code with the reader (it has its own bitwise CRC-32), so a misreading of
+// the spec on one side is caught by the other. Also builds the tiny Llama/Qwen2
+// models the reader, loader and session tests load.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "awqbin_file.h"
+#include "awqcore/awqcore.h"
+
+using awqcore::AwqbinFile;
+using awqcore::DType;
+using awqcore::Error;
+using awqcore::FormatError;
+using awqcore::MetaValue;
+using awqcore::Model;
+using Bytes = std::vector<uint8_t>;
+
+namespace {
+
+// ---- the writer ----
+
+uint32_t ReferenceCrc32(const uint8_t* data, size_t n) {
+  uint32_t crc = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) {
+    crc ^= data[i];
+    for (int bit = 0; bit < 8; ++bit) crc = (crc & 1) ? (crc >> 1) ^ 0xEDB88320u : crc >> 1;
+  }
+  return ~crc;
+}
+
+void Put(Bytes& out, uint64_t value, int width) {
+  for (int i = 0; i < width; ++i) out.push_back(static_cast<uint8_t>(value >> (8 * i)));
+}
+void Patch(Bytes& out, size_t at, uint64_t value, int width) {
+  for (int i = 0; i < width; ++i) out[at + i] = static_cast<uint8_t>(value >> (8 * i));
+}
+uint64_t RoundUp64(uint64_t n) { return (n + 63) / 64 * 64; }
+
+MetaValue Int(int64_t v) { return {MetaValue::Type::kInt, v, 0.0, {}, {}}; }
+MetaValue Float(double v) { return {MetaValue::Type::kFloat, 0, v, {}, {}}; }
+MetaValue Str(std::string v) { return {MetaValue::Type::kString, 0, 0.0, std::move(v), {}}; }
+MetaValue Ints(std::vector<int64_t> v) { return {MetaValue::Type::kIntArray, 0, 0.0, {}, v}; }
+
+struct TensorEntry {
+  std::string name;
+  DType dtype;
+  std::vector<uint64_t> dims;
+  Bytes bytes;
+  // Directory values that differ from the real layout, to build bad files.
+  std::optional<uint64_t> offset_override;
+  std::optional<uint64_t> nbytes_override;
+};
+
+struct FileSpec {
+  uint32_t version = 1;
+  std::vector<std::pair<std::string, MetaValue>> meta;  // in file order; may repeat
+  std::vector<TensorEntry> tensors;
+};
+
+struct Sections {
+  Bytes meta, dir, data;
+  std::vector<uint64_t> offsets;  // where each tensor's bytes really are in `data`
+};
+
+Sections Encode(const FileSpec& spec) {
+  Sections s;
+  Put(s.meta, spec.meta.size(), 4);
+  for (const auto& [key, value] : spec.meta) {
+    Put(s.meta, key.size(), 2);
+    s.meta.insert(s.meta.end(), key.begin(), key.end());
+    Put(s.meta, static_cast<uint8_t>(value.type), 1);
+    switch (value.type) {
+      case MetaValue::Type::kInt: Put(s.meta, static_cast<uint64_t>(value.i), 8); break;
+      case MetaValue::Type::kFloat: {
+        uint64_t bits;
+        std::memcpy(&bits, &value.f, 8);
+        Put(s.meta, bits, 8);
+        break;
+      }
+      case MetaValue::Type::kString:
+        Put(s.meta, value.s.size(), 8);
+        s.meta.insert(s.meta.end(), value.s.begin(), value.s.end());
+        break;
+      case MetaValue::Type::kIntArray:
+        Put(s.meta, value.ints.size(), 8);
+        for (int64_t v : value.ints) Put(s.meta, static_cast<uint64_t>(v), 8);
+        break;
+    }
+  }
+  Put(s.dir, spec.tensors.size(), 4);
+  for (const TensorEntry& t : spec.tensors) {
+    uint64_t offset = RoundUp64(s.data.size());
+    s.offsets.push_back(offset);
+    s.data.resize(offset, 0);
+    s.data.insert(s.data.end(), t.bytes.begin(), t.bytes.end());
+    Put(s.dir, t.name.size(), 2);
+    s.dir.insert(s.dir.end(), t.name.begin(), t.name.end());
+    Put(s.dir, static_cast<uint8_t>(t.dtype), 1);
+    Put(s.dir, t.dims.size(), 1);
+    for (uint64_t dim : t.dims) Put(s.dir, dim, 8);
+    Put(s.dir, t.offset_override.value_or(offset), 8);
+    Put(s.dir, t.nbytes_override.value_or(t.bytes.size()), 8);
+    Put(s.dir, ReferenceCrc32(t.bytes.data(), t.bytes.size()), 4);
+  }
+  return s;
+}
+
+uint64_t DataOffset(const Sections& s) { return RoundUp64(128 + s.meta.size() + s.dir.size()); }
+
+Bytes Assemble(const Sections& s, uint32_t version = 1) {
+  const uint64_t dir_offset = 128 + s.meta.size();
+  const uint64_t data_offset = DataOffset(s);
+  Bytes file = {'A', 'W', 'Q', 'C', 'O', 'R', 'E', '\0'};
+  Put(file, version, 4);
+  Put(file, 128, 4);
+  Put(file, 128, 8);
+  Put(file, s.meta.size(), 8);
+  Put(file, dir_offset, 8);
+  Put(file, s.dir.size(), 8);
+  Put(file, data_offset, 8);
+  Put(file, s.data.size(), 8);
+  Put(file, data_offset + s.data.size(), 8);
+  Put(file, ReferenceCrc32(s.meta.data(), s.meta.size()), 4);
+  Put(file, ReferenceCrc32(s.dir.data(), s.dir.size()), 4);
+  Put(file, ReferenceCrc32(file.data(), 80), 4);
+  file.resize(128, 0);
+  file.insert(file.end(), s.meta.begin(), s.meta.end());
+  file.insert(file.end(), s.dir.begin(), s.dir.end());
+  file.resize(data_offset, 0);
+  file.insert(file.end(), s.data.begin(), s.data.end());
+  return file;
+}
+
+Bytes Build(const FileSpec& spec) { return Assemble(Encode(spec), spec.version); }
+
+// Sets a preamble field and re-signs the preamble, so only that field is wrong.
+void PatchPreamble(Bytes& file, size_t at, uint64_t value, int width) {
+  Patch(file, at, value, width);
+  Patch(file, 80, ReferenceCrc32(file.data(), 80), 4);
+}
+
+// ---- the tiny model: d=64, 2 layers, heads 4/2, hd 16, ffn 128, vocab 50, g=32 ----
+
+constexpr uint64_t kD = 64, kLayers = 2, kHeads = 4, kKvHeads = 2, kHeadDim = 16, kFfn = 128,
+                   kVocab = 50, kGroup = 32;
+const char kTokenizerJson[] = R"({"version":"1.0","model":{"type":"BPE","vocab":{}}})";
+
+// Distinct, reproducible bytes per tensor (FNV-1a of the name as the seed).
+Bytes Pattern(const std::string& name, uint64_t n) {
+  uint32_t seed = 2166136261u;
+  for (char c : name) seed = (seed ^ static_cast<uint8_t>(c)) * 16777619u;
+  Bytes bytes(n);
+  for (uint64_t i = 0; i < n; ++i) bytes[i] = static_cast<uint8_t>(seed + i * 7 + (seed >> 8));
+  return bytes;
+}
+
+void AddTensor(FileSpec& spec, const std::string& name, DType dtype, std::vector<uint64_t> dims) {
+  uint64_t n = awqcore::DTypeSize(dtype);
+  for (uint64_t dim : dims) n *= dim;
+  spec.tensors.push_back({name, dtype, std::move(dims), Pattern(name, n), {}, {}});
+}
+
+void AddLinear(FileSpec& spec, const std::string& prefix, uint64_t out, uint64_t in, bool bias) {
+  AddTensor(spec, prefix + ".qweight", DType::kU8, {out, in / 2});
+  AddTensor(spec, prefix + ".scales", DType::kF16, {out, in / kGroup});
+  AddTensor(spec, prefix + ".zeros", DType::kU8, {out, in / kGroup});
+  if (bias) AddTensor(spec, prefix + ".bias", DType::kF32, {out});
+}
+
+// llama: untied lm_head, no biases. qwen2: tied embeddings, q/k/v biases.
+FileSpec TinyModel(const std::string& arch) {
+  const bool qwen2 = arch == "qwen2";
+  FileSpec spec;
+  spec.meta = {
+      {"general.architecture", Str(arch)},
+      {"general.name", Str("tiny-" + arch)},
+      {"general.source", Str("test_awqbin_file.cpp")},
+      {"model.vocab_size", Int(kVocab)},
+      {"model.hidden_size", Int(kD)},
+      {"model.intermediate_size", Int(kFfn)},
+      {"model.num_layers", Int(kLayers)},
+      {"model.num_heads", Int(kHeads)},
+      {"model.num_kv_heads", Int(kKvHeads)},
+      {"model.head_dim", Int(kHeadDim)},
+      {"model.max_position_embeddings", Int(256)},
+      {"model.rope_theta", Float(1e6)},
+      {"model.rms_norm_eps", Float(1e-6)},
+      {"model.tie_word_embeddings", Int(qwen2)},
+      {"model.attention_bias", Int(qwen2)},
+      {"quant.method", Str("awq")},
+      {"quant.bits", Int(4)},
+      {"quant.group_size", Int(kGroup)},
+      {"quant.zero_point", Int(1)},
+      {"tokenizer.json", Str(kTokenizerJson)},
+      {"tokenizer.chat_template", Str("")},
+      {"tokenizer.bos_token_id", Int(1)},
+      {"tokenizer.eos_token_ids", Ints({2, 3})},
+  };
+  AddTensor(spec, "model.embed_tokens.weight", DType::kF16, {kVocab, kD});
+  for (uint64_t l = 0; l < kLayers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    AddTensor(spec, p + "input_layernorm.weight", DType::kF32, {kD});
+    AddLinear(spec, p + "self_attn.q_proj", kHeads * kHeadDim, kD, qwen2);
+    AddLinear(spec, p + "self_attn.k_proj", kKvHeads * kHeadDim, kD, qwen2);
+    AddLinear(spec, p + "self_attn.v_proj", kKvHeads * kHeadDim, kD, qwen2);
+    AddLinear(spec, p + "self_attn.o_proj", kD, kHeads * kHeadDim, false);
+    AddTensor(spec, p + "post_attention_layernorm.weight", DType::kF32, {kD});
+    AddLinear(spec, p + "mlp.gate_proj", kFfn, kD, false);
+    AddLinear(spec, p + "mlp.up_proj", kFfn, kD, false);
+    AddLinear(spec, p + "mlp.down_proj", kD, kFfn, false);
+  }
+  AddTensor(spec, "model.norm.weight", DType::kF32, {kD});
+  if (!qwen2) AddTensor(spec, "lm_head.weight", DType::kF16, {kVocab, kD});
+  return spec;
+}
+
+size_t TensorIndex(const FileSpec& spec, const std::string& name) {
+  for (size_t i = 0; i < spec.tensors.size(); ++i) {
+    if (spec.tensors[i].name == name) return i;
+  }
+  throw std::logic_error("test bug: no tensor " + name);
+}
+void SetMeta(FileSpec& spec, const std::string& key, MetaValue value) {
+  for (auto& entry : spec.meta) {
+    if (entry.first == key) {
+      entry.second = std::move(value);
+      return;
+    }
+  }
+  throw std::logic_error("test bug: no key " + key);
+}
+
+// ---- files on disk ----
+
+// A per-process scratch directory, removed at exit.
+class ScratchDir {
+ public:
+  ScratchDir()
+      : path_((std::filesystem::temp_directory_path() /
+               ("awqcore_test_awqbin_" + std::to_string(::getpid())))
+                  .string()) {
+    std::filesystem::create_directories(path_);
+  }
+  ~ScratchDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+const std::string& TempDir() {
+  static const ScratchDir dir;
+  return dir.path();
+}
+
+std::string WriteFile(const Bytes& bytes, const std::string& name = "model.awqbin") {
+  std::string path = TempDir() + "/" + name;
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("test bug: cannot write " + path);
+  return path;
+}
+
+std::shared_ptr<const Model> Load(const Bytes& bytes, bool verify = true) {
+  return Model::Load(WriteFile(bytes), awqcore::LoadOptions{verify});
+}
+
+}  // namespace
