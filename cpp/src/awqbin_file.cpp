@@ -47,15 +47,6 @@ constexpr uint64_t kMaxNameLength = 255;
 constexpr uint64_t kMaxDims = 4;
 constexpr uint64_t kU64Max = std::numeric_limits<uint64_t>::max();
 
-// Builds "awqbin: " + args and throws it as a FormatError.
-template <typename... Args>
-[[noreturn]] void Fail(const Args&... args) {
-  std::ostringstream message;
-  message << "awqbin: ";
-  (message << ... << args);
-  throw FormatError(message.str());
-}
-
 std::string Hex32(uint32_t value) {
   char text[11];
   std::snprintf(text, sizeof(text), "0x%08x", value);
@@ -84,7 +75,7 @@ class SectionReader {
 
   const uint8_t* Take(uint64_t n, const char* field) {
     if (n > remaining()) {
-      Fail(section_, ": ", context_, ": field ", field, " (", n, " bytes at byte ", pos_,
+      FailFormat(section_, ": ", context_, ": field ", field, " (", n, " bytes at byte ", pos_,
            ") runs past the end of the section (", size_field_, "=", size_, ")");
     }
     const uint8_t* at = begin_ + pos_;
@@ -100,7 +91,7 @@ class SectionReader {
   std::string Name(const char* field) {
     uint64_t length = U16(field);
     if (length < 1 || length > kMaxNameLength) {
-      Fail(section_, ": ", context_, ": ", field, " length ", length, " is outside 1..",
+      FailFormat(section_, ": ", context_, ": ", field, " length ", length, " is outside 1..",
            kMaxNameLength);
     }
     const uint8_t* bytes = Take(length, field);
@@ -133,10 +124,10 @@ Preamble ReadPreamble(const uint8_t* base, uint64_t real_size) {
   // Magic first (when there are 8 bytes) so that a wrong file type is named as
   // such rather than as a truncated .awqbin.
   if (real_size >= sizeof(kMagic) && std::memcmp(base, kMagic, sizeof(kMagic)) != 0) {
-    Fail("bad magic (not an .awqbin file)");
+    FailFormat("bad magic (not an .awqbin file)");
   }
   if (real_size < kPreambleSize) {
-    Fail("truncated file: ", real_size, " bytes is smaller than the ", kPreambleSize,
+    FailFormat("truncated file: ", real_size, " bytes is smaller than the ", kPreambleSize,
          "-byte preamble");
   }
   Preamble p;
@@ -154,55 +145,55 @@ Preamble ReadPreamble(const uint8_t* base, uint64_t real_size) {
   p.preamble_crc32 = static_cast<uint32_t>(LoadLE(base + 80, 4));
 
   if (p.version != kVersion) {
-    Fail("unsupported version ", p.version, " (this runtime reads version ", kVersion, ")");
+    FailFormat("unsupported version ", p.version, " (this runtime reads version ", kVersion, ")");
   }
   uint32_t preamble_crc = Crc32(base, kPreambleCrcEnd);
   if (preamble_crc != p.preamble_crc32) {
-    Fail("preamble CRC-32 mismatch: preamble_crc32=", Hex32(p.preamble_crc32),
+    FailFormat("preamble CRC-32 mismatch: preamble_crc32=", Hex32(p.preamble_crc32),
          " but bytes [0, 80) have ", Hex32(preamble_crc), " (corrupt header)");
   }
   if (p.preamble_size != kPreambleSize) {
-    Fail("preamble_size=", p.preamble_size, " (expected ", kPreambleSize, ")");
+    FailFormat("preamble_size=", p.preamble_size, " (expected ", kPreambleSize, ")");
   }
   for (uint64_t i = kReservedBegin; i < kPreambleSize; ++i) {
-    if (base[i] != 0) Fail("reserved preamble byte ", i, " is ", unsigned{base[i]}, ", not 0");
+    if (base[i] != 0) FailFormat("reserved preamble byte ", i, " is ", unsigned{base[i]}, ", not 0");
   }
   // With the preamble intact, a size mismatch means the file was cut short
   // (or appended to): report that before any offset, as the format promises.
   if (p.file_size != real_size) {
     if (p.file_size > real_size) {
-      Fail("truncated file: header says file_size=", p.file_size, " but file has ", real_size,
+      FailFormat("truncated file: header says file_size=", p.file_size, " but file has ", real_size,
            " bytes");
     }
-    Fail("file_size=", p.file_size, " but file has ", real_size, " bytes (trailing data)");
+    FailFormat("file_size=", p.file_size, " but file has ", real_size, " bytes (trailing data)");
   }
   if (p.meta_offset != kPreambleSize) {
-    Fail("meta_offset=", p.meta_offset, " (expected ", kPreambleSize, ")");
+    FailFormat("meta_offset=", p.meta_offset, " (expected ", kPreambleSize, ")");
   }
   if (p.meta_size > real_size - p.meta_offset) {
-    Fail("meta_size=", p.meta_size, " at meta_offset=", p.meta_offset,
+    FailFormat("meta_size=", p.meta_size, " at meta_offset=", p.meta_offset,
          " runs past the end of the file (", real_size, " bytes)");
   }
   if (p.dir_offset != p.meta_offset + p.meta_size) {
-    Fail("dir_offset=", p.dir_offset,
+    FailFormat("dir_offset=", p.dir_offset,
          " but meta_offset + meta_size = ", p.meta_offset + p.meta_size);
   }
   if (p.dir_size > real_size - p.dir_offset) {
-    Fail("dir_size=", p.dir_size, " at dir_offset=", p.dir_offset,
+    FailFormat("dir_size=", p.dir_size, " at dir_offset=", p.dir_offset,
          " runs past the end of the file (", real_size, " bytes)");
   }
   if (p.data_offset % kAlignment != 0) {
-    Fail("data_offset=", p.data_offset, " is not a multiple of ", kAlignment);
+    FailFormat("data_offset=", p.data_offset, " is not a multiple of ", kAlignment);
   }
   if (p.data_offset < p.dir_offset + p.dir_size || p.data_offset > real_size) {
-    Fail("data_offset=", p.data_offset, " is outside [dir_offset + dir_size, file_size] = [",
+    FailFormat("data_offset=", p.data_offset, " is outside [dir_offset + dir_size, file_size] = [",
          p.dir_offset + p.dir_size, ", ", real_size, "]");
   }
   if (p.data_size != real_size - p.data_offset) {
-    Fail("data_size=", p.data_size, " but file_size - data_offset = ", real_size - p.data_offset);
+    FailFormat("data_size=", p.data_size, " but file_size - data_offset = ", real_size - p.data_offset);
   }
   for (uint64_t i = p.dir_offset + p.dir_size; i < p.data_offset; ++i) {
-    if (base[i] != 0) Fail("padding byte ", i, " before data_offset is not 0");
+    if (base[i] != 0) FailFormat("padding byte ", i, " before data_offset is not 0");
   }
   return p;
 }
@@ -241,7 +232,7 @@ std::map<std::string, MetaValue> ParseMetadata(const uint8_t* begin, uint64_t si
         // Check n * 8 against what is left before multiplying or allocating:
         // a corrupt n of 2^61 must not wrap to 0 or request 16 EiB.
         if (n > reader.remaining() / 8) {
-          Fail("metadata: entry ", i, " ('", key, "'): array length ", n,
+          FailFormat("metadata: entry ", i, " ('", key, "'): array length ", n,
                " runs past the end of the section (meta_size=", size, ")");
         }
         const uint8_t* items = reader.Take(n * 8, "array items");
@@ -251,14 +242,14 @@ std::map<std::string, MetaValue> ParseMetadata(const uint8_t* begin, uint64_t si
         }
         break;
       }
-      default: Fail("metadata: key '", key, "' has unknown type ", type, " (expected 1..4)");
+      default: FailFormat("metadata: key '", key, "' has unknown type ", type, " (expected 1..4)");
     }
     if (!entries.emplace(key, std::move(value)).second) {
-      Fail("metadata: duplicate key '", key, "'");
+      FailFormat("metadata: duplicate key '", key, "'");
     }
   }
   if (reader.remaining() != 0) {
-    Fail("metadata: ", reader.remaining(), " bytes left after the last of ", count,
+    FailFormat("metadata: ", reader.remaining(), " bytes left after the last of ", count,
          " entries (meta_size=", size, ")");
   }
   return entries;
@@ -288,16 +279,16 @@ std::vector<TensorView> ParseDirectory(const uint8_t* begin, uint64_t size, cons
     t.name = reader.Name("name");
     reader.set_context("entry " + std::to_string(i) + " ('" + t.name + "')");
     if (!names.insert(t.name).second) {
-      Fail("tensor directory: duplicate tensor name '", t.name, "'");
+      FailFormat("tensor directory: duplicate tensor name '", t.name, "'");
     }
     uint64_t dtype = reader.U8("dtype");
     if (dtype > static_cast<uint8_t>(DType::kI32)) {
-      Fail("tensor '", t.name, "': unknown dtype ", dtype, " (expected 0..3)");
+      FailFormat("tensor '", t.name, "': unknown dtype ", dtype, " (expected 0..3)");
     }
     t.dtype = static_cast<DType>(dtype);
     uint64_t ndim = reader.U8("ndim");
     if (ndim < 1 || ndim > kMaxDims) {
-      Fail("tensor '", t.name, "': ndim ", ndim, " is outside 1..", kMaxDims);
+      FailFormat("tensor '", t.name, "': ndim ", ndim, " is outside 1..", kMaxDims);
     }
     uint64_t expected_nbytes = DTypeSize(t.dtype);
     bool overflow = false;  // once set, expected_nbytes is meaningless
@@ -311,31 +302,31 @@ std::vector<TensorView> ParseDirectory(const uint8_t* begin, uint64_t size, cons
     t.nbytes = reader.U64("nbytes");
     t.crc32 = static_cast<uint32_t>(reader.U32("crc32"));
     if (overflow || t.nbytes != expected_nbytes) {
-      Fail("tensor '", t.name, "': nbytes=", t.nbytes, " does not match ",
+      FailFormat("tensor '", t.name, "': nbytes=", t.nbytes, " does not match ",
            ShapeString(t.dtype, t.dims), overflow ? " (size overflows)" : "");
     }
     if (offset % kAlignment != 0) {
-      Fail("tensor '", t.name, "': offset ", offset, " is not a multiple of ", kAlignment);
+      FailFormat("tensor '", t.name, "': offset ", offset, " is not a multiple of ", kAlignment);
     }
     if (offset < previous_end) {
-      Fail("tensor '", t.name, "': offset ", offset, " overlaps or precedes the previous tensor '",
+      FailFormat("tensor '", t.name, "': offset ", offset, " overlaps or precedes the previous tensor '",
            previous_name, "' (which ends at ", previous_end,
            "); tensors must be sorted and disjoint");
     }
     if (t.nbytes > data_size || offset > data_size - t.nbytes) {
-      Fail("tensor '", t.name, "': offset ", offset, " + nbytes ", t.nbytes,
+      FailFormat("tensor '", t.name, "': offset ", offset, " + nbytes ", t.nbytes,
            " runs past the end of the data section (data_size=", data_size, ")");
     }
     t.data = data + offset;
     if (reinterpret_cast<uintptr_t>(t.data) % kAlignment != 0) {
-      Fail("tensor '", t.name, "': data is not ", kAlignment, "-byte aligned in memory");
+      FailFormat("tensor '", t.name, "': data is not ", kAlignment, "-byte aligned in memory");
     }
     previous_end = offset + t.nbytes;
     previous_name = t.name;
     tensors.push_back(std::move(t));
   }
   if (reader.remaining() != 0) {
-    Fail("tensor directory: ", reader.remaining(), " bytes left after the last of ", count,
+    FailFormat("tensor directory: ", reader.remaining(), " bytes left after the last of ", count,
          " entries (dir_size=", size, ")");
   }
   return tensors;
@@ -432,13 +423,13 @@ std::unique_ptr<AwqbinFile> AwqbinFile::Open(const std::string& path, bool verif
   const uint8_t* meta = file->base_ + p.meta_offset;
   uint32_t meta_crc = Crc32(meta, p.meta_size);
   if (meta_crc != p.meta_crc32) {
-    Fail("metadata CRC-32 mismatch: meta_crc32=", Hex32(p.meta_crc32), " but the ", p.meta_size,
+    FailFormat("metadata CRC-32 mismatch: meta_crc32=", Hex32(p.meta_crc32), " but the ", p.meta_size,
          " metadata bytes have ", Hex32(meta_crc));
   }
   const uint8_t* dir = file->base_ + p.dir_offset;
   uint32_t dir_crc = Crc32(dir, p.dir_size);
   if (dir_crc != p.dir_crc32) {
-    Fail("tensor directory CRC-32 mismatch: dir_crc32=", Hex32(p.dir_crc32), " but the ",
+    FailFormat("tensor directory CRC-32 mismatch: dir_crc32=", Hex32(p.dir_crc32), " but the ",
          p.dir_size, " directory bytes have ", Hex32(dir_crc));
   }
   file->meta_ = ParseMetadata(meta, p.meta_size);
@@ -449,7 +440,7 @@ std::unique_ptr<AwqbinFile> AwqbinFile::Open(const std::string& path, bool verif
     for (const TensorView& t : file->tensors_) {
       uint32_t crc = Crc32(t.data, t.nbytes);
       if (crc != t.crc32) {
-        Fail("tensor '", t.name, "': data CRC-32 mismatch (directory says ", Hex32(t.crc32),
+        FailFormat("tensor '", t.name, "': data CRC-32 mismatch (directory says ", Hex32(t.crc32),
              ", data has ", Hex32(crc), "): the file is corrupt");
       }
     }
@@ -489,14 +480,14 @@ const MetaValue* TypedMeta(const std::map<std::string, MetaValue>& meta, const s
                            MetaValue::Type type) {
   const MetaValue* value = FindMeta(meta, key);
   if (value != nullptr && value->type != type) {
-    Fail("metadata key '", key, "' has type ", MetaTypeName(value->type), ", expected ",
+    FailFormat("metadata key '", key, "' has type ", MetaTypeName(value->type), ", expected ",
          MetaTypeName(type));
   }
   return value;
 }
 
 [[noreturn]] void FailMissingKey(const std::string& key) {
-  Fail("metadata key '", key, "' is missing");
+  FailFormat("metadata key '", key, "' is missing");
 }
 
 }  // namespace
@@ -546,9 +537,9 @@ const TensorView* AwqbinFile::Find(const std::string& name) const {
 const TensorView& AwqbinFile::Require(const std::string& name, DType dtype,
                                       const std::vector<uint64_t>& dims) const {
   const TensorView* tensor = Find(name);
-  if (tensor == nullptr) Fail("missing tensor '", name, "'");
+  if (tensor == nullptr) FailFormat("missing tensor '", name, "'");
   if (tensor->dtype != dtype || tensor->dims != dims) {
-    Fail("tensor '", name, "': expected ", ShapeString(dtype, dims), ", found ",
+    FailFormat("tensor '", name, "': expected ", ShapeString(dtype, dims), ", found ",
          ShapeString(tensor->dtype, tensor->dims));
   }
   return *tensor;

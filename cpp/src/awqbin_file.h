@@ -13,8 +13,11 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
+
+#include "awqcore/awqcore.h"
 
 namespace awqcore {
 
@@ -82,6 +85,16 @@ class AwqbinFile {
   std::vector<TensorView> tensors_;
   std::map<std::string, size_t> index_;
 };
+
+// Throws FormatError("awqbin: " + args...): every file error carries the prefix,
+// so a message says which layer of the stack rejected the input.
+template <typename... Args>
+[[noreturn]] void FailFormat(const Args&... args) {
+  std::ostringstream message;
+  message << "awqbin: ";
+  (message << ... << args);
+  throw FormatError(message.str());
+}
 
 // zlib's CRC-32 (reflected 0xEDB88320), continuing from `crc` (0 to start).
 uint32_t Crc32(const uint8_t* data, size_t n, uint32_t crc = 0);

@@ -21,18 +21,10 @@ namespace {
 
 constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
 
-template <typename... Args>
-[[noreturn]] void Fail(const Args&... args) {
-  std::ostringstream message;
-  message << "awqbin: ";
-  (message << ... << args);
-  throw FormatError(message.str());
-}
-
 // A size that must be positive and fit the int fields of ModelConfig.
 int PositiveInt(const AwqbinFile& file, const char* key) {
   int64_t value = file.RequireInt(key);
-  if (value < 1 || value > kIntMax) Fail(key, "=", value, " must be in 1..", kIntMax);
+  if (value < 1 || value > kIntMax) FailFormat(key, "=", value, " must be in 1..", kIntMax);
   return static_cast<int>(value);
 }
 
@@ -43,27 +35,27 @@ float PositiveFloat(const AwqbinFile& file, const char* key) {
   // too small for float narrows to 0 and is rejected too.
   if (!(value > 0.0 && value <= std::numeric_limits<float>::max()) ||
       !(static_cast<float>(value) > 0.0f)) {
-    Fail(key, "=", value, " must be positive and finite");
+    FailFormat(key, "=", value, " must be positive and finite");
   }
   return static_cast<float>(value);
 }
 
 bool Flag(const AwqbinFile& file, const char* key) {
   int64_t value = file.RequireInt(key);
-  if (value != 0 && value != 1) Fail(key, "=", value, " must be 0 or 1");
+  if (value != 0 && value != 1) FailFormat(key, "=", value, " must be 0 or 1");
   return value == 1;
 }
 
 int TokenId(int64_t id, int vocab_size, const char* key) {
   if (id < 0 || id >= vocab_size) {
-    Fail(key, ": token id ", id, " is outside the vocabulary [0, ", vocab_size, ")");
+    FailFormat(key, ": token id ", id, " is outside the vocabulary [0, ", vocab_size, ")");
   }
   return static_cast<int>(id);
 }
 
 void RequireDivides(int group_size, int64_t width, const char* what) {
   if (width % group_size != 0) {
-    Fail("quant.group_size=", group_size, " does not divide ", what, "=", width);
+    FailFormat("quant.group_size=", group_size, " does not divide ", what, "=", width);
   }
 }
 
@@ -106,7 +98,7 @@ class TensorResolver {
   const TensorView& Get(const std::string& name, DType dtype,
                         const std::vector<uint64_t>& dims) const {
     if (file_.Find(name) == nullptr) {
-      Fail("missing tensor '", name, "' required by architecture ", config_.architecture);
+      FailFormat("missing tensor '", name, "' required by architecture ", config_.architecture);
     }
     return file_.Require(name, dtype, dims);
   }
@@ -121,7 +113,7 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
   ModelConfig c;
   c.architecture = file.RequireString("general.architecture");
   if (c.architecture != "llama" && c.architecture != "qwen2") {
-    Fail("unknown architecture '", c.architecture, "' (supported: llama, qwen2)");
+    FailFormat("unknown architecture '", c.architecture, "' (supported: llama, qwen2)");
   }
   c.name = file.GetString("general.name").value_or("");
 
@@ -140,26 +132,26 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
 
   // Grouped-query attention maps query head h to kv head h / (H / KV).
   if (c.num_heads % c.num_kv_heads != 0) {
-    Fail("model.num_kv_heads=", c.num_kv_heads, " does not divide model.num_heads=", c.num_heads);
+    FailFormat("model.num_kv_heads=", c.num_kv_heads, " does not divide model.num_heads=", c.num_heads);
   }
   // Rotate-half pairs dimension i with i + head_dim/2.
-  if (c.head_dim % 2 != 0) Fail("model.head_dim=", c.head_dim, " must be even");
+  if (c.head_dim % 2 != 0) FailFormat("model.head_dim=", c.head_dim, " must be even");
   // The q projection's width H*hd is an Int4Linear::out (an int).
   const int64_t q_width = int64_t{c.num_heads} * c.head_dim;
   if (q_width > kIntMax) {
-    Fail("model.num_heads * model.head_dim = ", q_width, " exceeds ", kIntMax);
+    FailFormat("model.num_heads * model.head_dim = ", q_width, " exceeds ", kIntMax);
   }
 
   c.quant_method = file.RequireString("quant.method");
   if (c.quant_method != "rtn" && c.quant_method != "awq") {
-    Fail("quant.method='", c.quant_method, "' (expected rtn or awq)");
+    FailFormat("quant.method='", c.quant_method, "' (expected rtn or awq)");
   }
   const int64_t bits = file.RequireInt("quant.bits");
-  if (bits != 4) Fail("quant.bits=", bits, " is not supported (this runtime reads 4-bit weights)");
+  if (bits != 4) FailFormat("quant.bits=", bits, " is not supported (this runtime reads 4-bit weights)");
   c.bits = 4;
   const int64_t group_size = file.RequireInt("quant.group_size");
   if (group_size != 32 && group_size != 64 && group_size != 128) {
-    Fail("quant.group_size=", group_size, " (expected 32, 64 or 128)");
+    FailFormat("quant.group_size=", group_size, " (expected 32, 64 or 128)");
   }
   c.group_size = static_cast<int>(group_size);
   // Each linear's input width is cut into whole groups: d feeds q/k/v/gate/up,
@@ -169,13 +161,13 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
   RequireDivides(c.group_size, q_width, "model.num_heads * model.head_dim");
   const int64_t zero_point = file.RequireInt("quant.zero_point");
   if (zero_point != 1) {
-    Fail("quant.zero_point=", zero_point, " is not supported (expected 1: integer zero points)");
+    FailFormat("quant.zero_point=", zero_point, " is not supported (expected 1: integer zero points)");
   }
 
   const int64_t bos = file.RequireInt("tokenizer.bos_token_id");
   c.bos_token_id = bos == -1 ? -1 : TokenId(bos, c.vocab_size, "tokenizer.bos_token_id");
   std::optional<std::vector<int64_t>> eos = file.GetIntArray("tokenizer.eos_token_ids");
-  if (!eos) Fail("metadata key 'tokenizer.eos_token_ids' is missing");
+  if (!eos) FailFormat("metadata key 'tokenizer.eos_token_ids' is missing");
   for (int64_t id : *eos)
     c.eos_token_ids.push_back(TokenId(id, c.vocab_size, "tokenizer.eos_token_ids"));
   return c;
