@@ -6,6 +6,7 @@
 #include <string>
 
 #include "awqcore/awqcore.h"
+#include "common.cuh"
 
 namespace awqcore {
 
@@ -30,4 +31,17 @@ std::string CudaDeviceInfo() {
          " device" + (count > 1 ? "s" : "") + ")";
 }
 
+namespace cu {
+
+void RequireDevice() {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    throw Error(std::string("no CUDA device (") + cudaGetErrorString(status) + ")");
+  }
+  AWQ_CUDA_CHECK(cudaSetDevice(0));
+}
+
+}  // namespace cu
 }  // namespace awqcore

@@ -28,12 +28,16 @@ PyObject* g_runtime_error = nullptr;
 // awqcore::Session: the Python wrapper serialises calls with a lock.
 class PyModel {
  public:
-  PyModel(const std::string& path, int threads, int max_seq_len, bool verify) {
+  // device: "cpu" or "cuda" (the Python wrapper validates the spelling).
+  PyModel(const std::string& path, int threads, int max_seq_len, bool verify,
+          const std::string& device) {
     nb::gil_scoped_release release;
     awqcore::LoadOptions options;
     options.verify_checksums = verify;
     model_ = awqcore::Model::Load(path, options);
-    session_ = std::make_unique<awqcore::Session>(model_, max_seq_len, threads);
+    session_ = std::make_unique<awqcore::Session>(
+        model_, max_seq_len, threads,
+        device == "cuda" ? awqcore::Device::kCuda : awqcore::Device::kCpu);
   }
 
   nb::dict config() const {
@@ -61,6 +65,7 @@ class PyModel {
     d["weight_bytes"] = model_->weight_bytes();
     d["max_seq_len"] = session_->max_seq_len();
     d["threads"] = session_->num_threads();
+    d["device"] = session_->device() == awqcore::Device::kCuda ? "cuda" : "cpu";
     return d;
   }
 
@@ -155,8 +160,8 @@ NB_MODULE(_core, m) {
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
 
   nb::class_<PyModel>(m, "Model")
-      .def(nb::init<const std::string&, int, int, bool>(), "path"_a, "threads"_a, "max_seq_len"_a,
-           "verify"_a)
+      .def(nb::init<const std::string&, int, int, bool, const std::string&>(), "path"_a,
+           "threads"_a, "max_seq_len"_a, "verify"_a, "device"_a)
       .def("config", &PyModel::config)
       .def("metadata_string", &PyModel::metadata_string, "key"_a)
       .def("forward", &PyModel::forward, "ids"_a)

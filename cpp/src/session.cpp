@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "awqcore/awqcore.h"
+#include "cuda_backend.h"
 #include "model_impl.h"
 #include "sampler.h"
 #include "thread_pool.h"
@@ -29,14 +30,43 @@ void CheckMaxSeqLen(int max_seq_len) {
   }
 }
 
+// The forward pass of a Session on its device: the CPU Transformer or the
+// CUDA backend (cuda_backend.h), behind the Transformer's interface.
+class Backend {
+ public:
+  Backend(const Model& model, int max_seq_len, ThreadPool& pool, Device device) {
+    if (device == Device::kCpu) {
+      cpu_ = std::make_unique<Transformer>(model.impl().config, model.impl().weights, max_seq_len, pool);
+      return;
+    }
+#ifdef AWQCORE_WITH_CUDA
+    gpu_ = CreateCudaForward(model.impl().config, model.impl().weights, max_seq_len);
+#else
+    throw Error("awqcore was built without CUDA");
+#endif
+  }
+  void Forward(const int* ids, int n, Transformer::Logits which, float* logits) {
+    if (cpu_) return cpu_->Forward(ids, n, which, logits);
+    gpu_->Forward(ids, n, which == Transformer::Logits::kAll, logits);
+  }
+  void Reset() { cpu_ ? cpu_->Reset() : gpu_->Reset(); }
+  int position() const { return cpu_ ? cpu_->position() : gpu_->position(); }
+  int max_seq_len() const { return cpu_ ? cpu_->max_seq_len() : gpu_->max_seq_len(); }
+
+ private:
+  std::unique_ptr<Transformer> cpu_;  // exactly one of the two is set
+  std::unique_ptr<CudaForward> gpu_;
+};
+
 }  // namespace
 
 struct Session::Impl {
-  Impl(std::shared_ptr<const Model> model_in, int max_seq_len, int num_threads)
+  Impl(std::shared_ptr<const Model> model_in, int max_seq_len, int num_threads, Device device_in)
       : model(std::move(model_in)),
         config(model->impl().config),
-        pool(num_threads),
-        transformer(config, model->impl().weights, max_seq_len, pool),
+        device(device_in),
+        pool(device_in == Device::kCpu ? num_threads : 1),
+        transformer(*model, max_seq_len, pool, device_in),
         sampler(config.vocab_size),
         logits(config.vocab_size) {}
 
@@ -59,17 +89,19 @@ struct Session::Impl {
 
   std::shared_ptr<const Model> model;  // keeps the weights mapped
   const ModelConfig& config;
-  ThreadPool pool;
-  Transformer transformer;  // KV cache + activation scratch
+  const Device device;
+  ThreadPool pool;      // CPU matrix products (one idle thread on the GPU)
+  Backend transformer;  // KV cache + activation scratch
   Sampler sampler;
   std::vector<float> logits;  // [vocab] of the position being sampled
 };
 
-Session::Session(std::shared_ptr<const Model> model, int max_seq_len, int num_threads) {
+Session::Session(std::shared_ptr<const Model> model, int max_seq_len, int num_threads,
+                 Device device) {
   if (!model) throw InvalidArgument("model is null");
   CheckMaxSeqLen(max_seq_len);
   const int threads = ResolveThreadCount(num_threads);
-  impl_ = std::make_unique<Impl>(std::move(model), max_seq_len, threads);
+  impl_ = std::make_unique<Impl>(std::move(model), max_seq_len, threads, device);
 }
 
 Session::~Session() = default;
@@ -124,6 +156,7 @@ void Session::Reset() { impl_->transformer.Reset(); }
 int Session::position() const { return impl_->transformer.position(); }
 int Session::max_seq_len() const { return impl_->transformer.max_seq_len(); }
 int Session::num_threads() const { return impl_->pool.num_threads(); }
+Device Session::device() const { return impl_->device; }
 const Model& Session::model() const { return *impl_->model; }
 
 }  // namespace awqcore

@@ -33,13 +33,15 @@ class Model:
     threads: worker threads for the matrix products (None: all cores).
     max_seq_len: KV-cache capacity in tokens (prompt + generated).
     verify: check every tensor's CRC-32 at load.
+    device: "cpu", or "cuda" to run the forward pass on GPU 0 (awqcore.Error
+    when awqcore was built without CUDA or no device is present).
 
     One Model runs one sequence at a time; calls from several Python threads are
     serialised by a lock (the GIL is released while the C++ code computes).
     """
 
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None,
-                 max_seq_len: int = 2048, verify: bool = True):
+                 max_seq_len: int = 2048, verify: bool = True, device: str = "cpu"):
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
@@ -47,8 +49,10 @@ class Model:
             raise ValueError(f"threads must be a positive integer or None (got {threads!r})")
         if not isinstance(max_seq_len, int) or max_seq_len < 1:
             raise ValueError(f"max_seq_len must be a positive integer (got {max_seq_len!r})")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda' (got {device!r})")
         self.path = path
-        self._core = _core.Model(path, threads or 0, max_seq_len, bool(verify))
+        self._core = _core.Model(path, threads or 0, max_seq_len, bool(verify), device)
         self.config: dict = self._core.config()
         self._lock = threading.Lock()
         self._tokenizer = None

@@ -115,13 +115,21 @@ struct GenerateOptions {
 // Called with each new token; return false to stop generation.
 using TokenCallback = std::function<bool(int token)>;
 
+// Where a Session computes. kCuda runs the whole forward pass on GPU 0 (the
+// weights are uploaded once, the KV cache is f16 on the device); sampling
+// stays on the host with the same Sampler, over logits copied back.
+enum class Device { kCpu, kCuda };
+
 class Session {
  public:
   // max_seq_len: KV-cache capacity in tokens (1 .. max_position_embeddings is
-  // not enforced; memory is 2·layers·KV·hd·4 bytes per token).
+  // not enforced; memory is 2·layers·KV·hd·4 bytes per token on the CPU,
+  // 2·layers·KV·hd·2 bytes on the GPU).
   // num_threads: 0 means all hardware threads.
+  // device kCuda: throws Error "awqcore was built without CUDA", "no CUDA
+  // device", or naming the sizes when the model and cache do not fit.
   Session(std::shared_ptr<const Model> model, int max_seq_len,
-          int num_threads = 0);
+          int num_threads = 0, Device device = Device::kCpu);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -141,6 +149,7 @@ class Session {
   int position() const;         // tokens in the cache
   int max_seq_len() const;
   int num_threads() const;
+  Device device() const;
   const Model& model() const;
 
   struct Impl;

@@ -1,0 +1,231 @@
+// Each CUDA kernel family against its CPU scalar reference (cpp/src/ops/*.h)
+// on random data over odd shapes. Without CUDA (build or device) it prints
+// "skipped: ..." and exits 0, so ctest passes on CPU-only CI.
+//
+// Tolerances: a sum of n f32 products in any order is within
+// gamma(n) * sum|a_i b_i| of the exact sum, gamma(n) = n u / (1 - n u),
+// u = 2^-24 (Higham 3.1); the references accumulate in double. The attention
+// test gives the reference the same f16-rounded cache the GPU holds, so only
+// f32 ordering and __expf (2 ulp) remain. A wrong nibble, group, head or
+// position gives errors the size of the values, far above these bounds.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda_backend.h"
+#include "half.h"
+#include "ops/activation.h"
+#include "ops/attention.h"
+#include "ops/f16_linear.h"
+#include "ops/int4_linear.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "test_harness.h"
+
+using namespace awqcore;
+
+namespace {
+
+constexpr double kU = 5.9604644775390625e-08;  // 2^-24
+double Gamma(int n) { return n * kU / (1.0 - n * kU); }
+
+std::vector<float> Random(size_t n, std::mt19937& rng, float lo = -1.f, float hi = 1.f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// Checks |a - b| <= tol[i] elementwise; prints the worst relative error.
+void CheckClose(const char* what, const std::vector<float>& got, const std::vector<float>& want,
+                const std::vector<double>& tol) {
+  double worst = 0.0, max_ref = 0.0;
+  int bad = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double diff = std::fabs(static_cast<double>(got[i]) - want[i]);
+    if (!(diff <= tol[i])) ++bad;  // NaN (an unwritten output) fails too
+    worst = std::max(worst, diff);
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(want[i])));
+  }
+  std::printf("  %s: max|diff|/max|ref| = %.3g, %d of %zu over tolerance\n", what,
+              worst / (max_ref > 0 ? max_ref : 1), bad, want.size());
+  CHECK(bad == 0);
+}
+
+struct RandomInt4 {
+  std::vector<uint8_t> qweight, zeros;
+  std::vector<uint16_t> scales;
+  std::vector<float> bias;
+  Int4Linear layer;
+  RandomInt4(int out, int in, int g, bool with_bias, std::mt19937& rng) {
+    std::uniform_int_distribution<int> byte(0, 255), nibble(0, 15);
+    std::uniform_real_distribution<float> scale(0.002f, 0.05f);
+    qweight.resize(static_cast<size_t>(out) * in / 2);
+    for (uint8_t& b : qweight) b = static_cast<uint8_t>(byte(rng));
+    scales.resize(static_cast<size_t>(out) * in / g);
+    for (uint16_t& s : scales) s = F32ToF16(scale(rng));
+    zeros.resize(scales.size());
+    for (uint8_t& z : zeros) z = static_cast<uint8_t>(nibble(rng));
+    if (with_bias) bias = Random(out, rng);
+    layer = {out, in, g, qweight.data(), scales.data(), zeros.data(), with_bias ? bias.data() : nullptr};
+  }
+  // sum_c |W[r, c] x[t, c]|, the scale of the rounding bound of row r.
+  double AbsDot(int r, const float* x) const {
+    double s = 0.0;
+    for (int c = 0; c < layer.in; ++c) {
+      const int q = (qweight[(static_cast<size_t>(r) * layer.in + c) / 2] >> (c % 2 ? 4 : 0)) & 15;
+      const size_t gi = static_cast<size_t>(r) * (layer.in / layer.group_size) + c / layer.group_size;
+      s += std::fabs((q - zeros[gi]) * F16ToF32(scales[gi]) * x[c]);
+    }
+    return s;
+  }
+};
+
+TEST(int4_gemv_matches_reference) {
+  std::mt19937 rng(1);
+  // (out, in, group, tokens, bias, residual): rows not a multiple of the 16
+  // per block, in not a multiple of 1024 (partial last warp step), tiles of
+  // 1..8 tokens and a remainder (11 = 8 + 3), every group size.
+  const int cases[][6] = {{7, 32, 32, 1, 0, 0},      {33, 96, 32, 3, 1, 0},
+                          {130, 256, 64, 8, 0, 1},   {61, 384, 128, 11, 1, 1},
+                          {45, 1056, 32, 2, 0, 0},   {300, 2176, 128, 1, 0, 1},
+                          {17, 4096, 128, 5, 1, 0}};
+  for (const auto& c : cases) {
+    const int out = c[0], in = c[1], g = c[2], n = c[3];
+    RandomInt4 w(out, in, g, c[4], rng);
+    std::vector<float> x = Random(static_cast<size_t>(n) * in, rng);
+    std::vector<float> residual = Random(static_cast<size_t>(n) * out, rng);
+    std::vector<float> want(static_cast<size_t>(n) * out), got(want.size());
+    Int4LinearReference(w.layer, x.data(), n, want.data());
+    std::vector<double> tol(want.size());
+    for (int t = 0; t < n; ++t)
+      for (int r = 0; r < out; ++r) {
+        const size_t i = static_cast<size_t>(t) * out + r;
+        // Chunk sums of 32, scaled, then summed over in/32 chunks and lanes:
+        // at most in + 3 roundings along any path; + bias/residual adds.
+        tol[i] = Gamma(in + 3) * w.AbsDot(r, x.data() + static_cast<size_t>(t) * in) +
+                 4 * kU * (std::fabs(want[i]) + 2.0);
+        if (c[5]) want[i] += residual[i];
+      }
+    cuda_test::Int4Linear(w.layer, x.data(), n, c[5] ? residual.data() : nullptr, got.data());
+    const std::string what = "int4 " + std::to_string(out) + "x" + std::to_string(in) + " g" +
+                             std::to_string(g) + " n" + std::to_string(n);
+    CheckClose(what.c_str(), got, want, tol);
+  }
+}
+
+TEST(f16_gemv_and_embedding_match_reference) {
+  std::mt19937 rng(2);
+  const int cases[][3] = {{300, 64, 1}, {1001, 576, 4}, {77, 264, 7}};  // rows, d, tokens
+  for (const auto& c : cases) {
+    const int rows = c[0], d = c[1], n = c[2];
+    std::vector<uint16_t> w(static_cast<size_t>(rows) * d);
+    std::vector<float> wf = Random(w.size(), rng);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = F32ToF16(wf[i]);
+    std::vector<float> x = Random(static_cast<size_t>(n) * d, rng);
+    std::vector<float> want(static_cast<size_t>(n) * rows), got(want.size());
+    F16LinearReference(w.data(), rows, d, x.data(), n, want.data());
+    std::vector<double> tol(want.size());
+    for (int t = 0; t < n; ++t)
+      for (int r = 0; r < rows; ++r) {
+        double s = 0.0;
+        for (int k = 0; k < d; ++k) s += std::fabs(F16ToF32(w[static_cast<size_t>(r) * d + k]) * x[static_cast<size_t>(t) * d + k]);
+        tol[static_cast<size_t>(t) * rows + r] = Gamma(d + 1) * s;
+      }
+    cuda_test::F16Linear(w.data(), rows, d, x.data(), n, got.data());
+    CheckClose(("f16 linear " + std::to_string(rows) + "x" + std::to_string(d)).c_str(), got, want, tol);
+
+    std::vector<int> ids(n);
+    for (int& id : ids) id = static_cast<int>(rng() % rows);
+    std::vector<float> emb_want(static_cast<size_t>(n) * d), emb_got(emb_want.size());
+    EmbeddingGather(w.data(), d, ids.data(), n, emb_want.data());
+    cuda_test::Embedding(w.data(), rows, d, ids.data(), n, emb_got.data());
+    CheckClose("embedding (exact)", emb_got, emb_want, std::vector<double>(emb_want.size(), 0.0));
+  }
+}
+
+TEST(rmsnorm_and_swiglu_match_reference) {
+  std::mt19937 rng(3);
+  for (int d : {64, 576, 4100}) {
+    const int n = 3;
+    std::vector<float> x = Random(static_cast<size_t>(n) * d, rng, -3.f, 3.f), w = Random(d, rng);
+    std::vector<float> want(x.size()), got(x.size());
+    RmsNormReference(x.data(), w.data(), d, 1e-5f, n, want.data());
+    cuda_test::RmsNorm(x.data(), w.data(), d, 1e-5f, n, got.data());
+    // Sum of d squares (gamma(d)), rsqrt (2 ulp), two products.
+    std::vector<double> tol(want.size());
+    for (size_t i = 0; i < tol.size(); ++i) tol[i] = (Gamma(d) + 8 * kU) * std::fabs(want[i]) + 1e-30;
+    CheckClose(("rmsnorm d" + std::to_string(d)).c_str(), got, want, tol);
+  }
+  const int n = 10007;
+  std::vector<float> g = Random(n, rng, -8.f, 8.f), u = Random(n, rng, -2.f, 2.f);
+  std::vector<float> want(n), got(n);
+  SwiGluReference(g.data(), u.data(), n, want.data());
+  cuda_test::SwiGlu(g.data(), u.data(), n, got.data());
+  std::vector<double> tol(n);
+  for (int i = 0; i < n; ++i) tol[i] = 8 * kU * std::fabs(want[i]) + 1e-30;  // expf, 1 div, 2 mul
+  CheckClose("swiglu", got, want, tol);
+}
+
+TEST(rope_and_attention_match_reference) {
+  std::mt19937 rng(4);
+  // (H, KV, hd, cached positions, new tokens): GQA groups of 1..3, splits of
+  // 256 crossed (300 + 3, 700 + 1), a multi-token prefill from empty.
+  const int cases[][5] = {{4, 2, 16, 0, 5}, {9, 3, 64, 300, 3}, {2, 1, 128, 700, 1}, {3, 3, 8, 0, 70}};
+  const float theta = 10000.f;
+  for (const auto& c : cases) {
+    const AttentionShape shape{c[0], c[1], c[2]};
+    const int start = c[3], n = c[4], total = start + n;
+    const size_t qw = static_cast<size_t>(shape.num_heads) * shape.head_dim;
+    const size_t kvw = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
+    std::vector<float> cache_k = Random(start * kvw, rng), cache_v = Random(start * kvw, rng);
+    std::vector<float> q = Random(n * qw, rng, -2.f, 2.f), k = Random(n * kvw, rng), v = Random(n * kvw, rng);
+    std::vector<float> q_gpu = q, k_gpu(n * kvw), out_gpu(n * qw);
+    cuda_test::RopeAttention(shape, theta, start, n, cache_k.data(), cache_v.data(), q_gpu.data(),
+                             k.data(), v.data(), k_gpu.data(), out_gpu.data());
+    // Rotation: the GPU's f32 cos/sin table vs angles in double: a few ulp.
+    std::vector<float> q_ref = q, k_ref = k;
+    RopeReference(q_ref.data(), n, shape.num_heads, shape.head_dim, theta, start);
+    RopeReference(k_ref.data(), n, shape.num_kv_heads, shape.head_dim, theta, start);
+    // |a cos - b sin| <= |a| + |b|: a few roundings of values up to 4 (q) or 2 (k).
+    std::vector<double> q_tol(q_ref.size(), 16 * kU * 4), k_tol(k_ref.size());
+    CheckClose("rope q", q_gpu, q_ref, q_tol);
+    for (size_t i = 0; i < k_ref.size(); ++i) k_tol[i] = std::fabs(k_ref[i]) / 1024.0 + 16 * kU * 2;  // + 1 f16 ulp
+    CheckClose("rope k as stored (f16)", k_gpu, k_ref, k_tol);
+    // Attention over the cache the GPU holds: f16 values, GPU's rotated rows.
+    std::vector<float> kc(total * kvw), vc(total * kvw);
+    for (size_t i = 0; i < start * kvw; ++i) {
+      kc[i] = F16ToF32(F32ToF16(cache_k[i]));
+      vc[i] = F16ToF32(F32ToF16(cache_v[i]));
+    }
+    for (size_t i = 0; i < n * kvw; ++i) {
+      kc[start * kvw + i] = k_gpu[i];
+      vc[start * kvw + i] = F16ToF32(F32ToF16(v[i]));
+    }
+    std::vector<float> want(n * qw);
+    AttentionReference(shape, q_gpu.data(), kc.data(), vc.data(), start, n, want.data());
+    // Outputs are convex combinations of |v| <= 1: softmax weights carry
+    // relative errors of ~gamma(hd) |score| (scores <= 2 sqrt(hd)) plus __expf's
+    // 2 ulp, and the sum over <= total terms adds gamma(total).
+    const double tol = 4 * (Gamma(shape.head_dim) * 2 * std::sqrt(shape.head_dim) + Gamma(total) + 4 * kU);
+    const std::string what = "attention H" + std::to_string(shape.num_heads) + " KV" +
+                             std::to_string(shape.num_kv_heads) + " hd" + std::to_string(shape.head_dim) +
+                             " @" + std::to_string(start) + "+" + std::to_string(n);
+    CheckClose(what.c_str(), out_gpu, want, std::vector<double>(want.size(), tol));
+  }
+}
+
+}  // namespace
+
+int main() {
+  const std::string info = CudaDeviceInfo();
+  if (!BuiltWithCuda() || info.rfind("no CUDA device", 0) == 0) {
+    std::printf("skipped: %s\n", BuiltWithCuda() ? "no CUDA device" : "built without CUDA");
+    return 0;
+  }
+  std::printf("device: %s\n", info.c_str());
+  return awqtest::RunAll();
+}

@@ -1,0 +1,212 @@
+// Rotary + KV-cache write, and causal GQA attention over an f16 KV cache.
+//
+// Attention is split along the sequence (flash-decoding): block (s, h, t)
+// handles query t of head h against cache positions [s*kSplit, (s+1)*kSplit)
+// and writes an unnormalised partial (o_s = sum_p e^(x_p - m_s) v_p, m_s, l_s);
+// a second kernel combines the splits with the usual rescaling
+// o = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s. Without the split a decode
+// step at 2048 tokens would run H = 32 blocks on 132 SMs; with it, 256 blocks
+// each reading 256 rows x hd x 2 B x 2 (K and V) = 128 KiB at hd = 128.
+// The grid covers max_seq_len (blocks past the query's length exit at once),
+// so the launch shape does not depend on the position and a captured decode
+// graph stays valid for every step.
+//
+// Bytes: a decode step at context T reads 2 * T * KV * hd * 2 B per layer
+// (Llama-2-7B, T = 2048: 32 MiB per layer, 1 GiB per token, vs 3.5 GiB of
+// int4 weights), so K and V rows are read with 16-byte loads, each once.
+#include <cfloat>
+
+#include "common.cuh"
+
+namespace awqcore {
+namespace cu {
+namespace {
+
+constexpr int kSplit = 256;    // cache positions per block = threads per block
+constexpr int kThreads = kSplit;
+
+__device__ __forceinline__ float BlockReduce(float v, float* shared, bool is_max) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float other = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, other) : v + other;
+  }
+  __syncthreads();  // `shared` may still be read by a previous reduction
+  if ((threadIdx.x & 31) == 0) shared[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float r = shared[0];
+  for (int i = 1; i < kThreads / 32; ++i) r = is_max ? fmaxf(r, shared[i]) : r + shared[i];
+  return r;
+}
+
+// One block per token; threads stride over (head, i < hd/2) rotation pairs of
+// q and k, then over v. Position of token t: *pos + t.
+__global__ void RopeWriteCacheKernel(AttentionDims dims, const float* __restrict__ rope_cos,
+                                     const float* __restrict__ rope_sin, const int* __restrict__ pos,
+                                     float* q, const float* __restrict__ k,
+                                     const float* __restrict__ v, __half* k_cache,
+                                     __half* v_cache) {
+  const int t = blockIdx.x;
+  const int p = *pos + t;
+  const int hd = dims.head_dim, half = hd / 2;
+  const int q_width = dims.num_heads * hd, kv_width = dims.num_kv_heads * hd;
+  const float* cos_row = rope_cos + static_cast<size_t>(p) * half;
+  const float* sin_row = rope_sin + static_cast<size_t>(p) * half;
+  float* qt = q + static_cast<size_t>(t) * q_width;
+  for (int pair = threadIdx.x; pair < q_width / 2; pair += blockDim.x) {
+    const int i = pair % half, base = (pair / half) * hd + i;
+    const float a = qt[base], b = qt[base + half];
+    qt[base] = a * cos_row[i] - b * sin_row[i];
+    qt[base + half] = b * cos_row[i] + a * sin_row[i];
+  }
+  const float* kt = k + static_cast<size_t>(t) * kv_width;
+  __half* kc = k_cache + static_cast<size_t>(p) * kv_width;
+  for (int pair = threadIdx.x; pair < kv_width / 2; pair += blockDim.x) {
+    const int i = pair % half, base = (pair / half) * hd + i;
+    const float a = kt[base], b = kt[base + half];
+    kc[base] = __float2half_rn(a * cos_row[i] - b * sin_row[i]);
+    kc[base + half] = __float2half_rn(b * cos_row[i] + a * sin_row[i]);
+  }
+  const float* vt = v + static_cast<size_t>(t) * kv_width;
+  __half* vc = v_cache + static_cast<size_t>(p) * kv_width;
+  for (int c = threadIdx.x; c < kv_width; c += blockDim.x) vc[c] = __float2half_rn(vt[c]);
+}
+
+// Dynamic shared memory: q [hd] | e [kSplit] | partial sums [2048] | reduce [8].
+__global__ void __launch_bounds__(kThreads)
+    AttentionPartialKernel(AttentionDims dims, const int* __restrict__ pos,
+                           const float* __restrict__ q, const __half* __restrict__ k_cache,
+                           const __half* __restrict__ v_cache, float* __restrict__ scratch) {
+  const int split = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
+  const int len = *pos + t + 1;  // causal: positions 0 .. pos + t
+  const int begin = split * kSplit;
+  if (begin >= len) return;
+  const int count = min(kSplit, len - begin);
+  const int hd = dims.head_dim;
+  const int kv_width = dims.num_kv_heads * hd;
+  const int kv_off = (h / (dims.num_heads / dims.num_kv_heads)) * hd;
+
+  extern __shared__ float smem[];
+  float* qs = smem;            // [hd], pre-scaled by 1/sqrt(hd)
+  float* e = qs + hd;          // [kSplit]
+  float* part = e + kSplit;    // [groups, hd] with groups * hd <= 8 * kThreads
+  float* red = part + 8 * kThreads;
+  const float scale = rsqrtf(static_cast<float>(hd));
+  const float* qt = q + (static_cast<size_t>(t) * dims.num_heads + h) * hd;
+  for (int c = threadIdx.x; c < hd; c += kThreads) qs[c] = qt[c] * scale;
+  __syncthreads();
+
+  // Scores: thread j takes position begin + j, reading its key row (hd halves)
+  // in 16-byte pieces; the block has kSplit rows of loads in flight.
+  const int j = threadIdx.x;
+  float score = -FLT_MAX;
+  if (j < count) {
+    const uint4* row = reinterpret_cast<const uint4*>(
+        k_cache + static_cast<size_t>(begin + j) * kv_width + kv_off);
+    float dot = 0.f;
+    for (int c8 = 0; c8 < hd / 8; ++c8) {
+      const uint4 raw = __ldg(row + c8);
+      const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h2[i]);
+        dot = fmaf(f.x, qs[8 * c8 + 2 * i], dot);
+        dot = fmaf(f.y, qs[8 * c8 + 2 * i + 1], dot);
+      }
+    }
+    score = dot;
+  }
+  const float m = BlockReduce(score, red, true);
+  const float ej = j < count ? __expf(score - m) : 0.f;
+  e[j] = ej;
+  const float l = BlockReduce(ej, red, false);  // its barriers also publish e[]
+
+  // Values: thread (group, chunk) accumulates 8 dims of rows group, group +
+  // groups, ...; a warp reads whole 16-byte-aligned rows, coalesced.
+  const int chunks = hd / 8;
+  const int groups = kThreads / chunks;
+  const int chunk = threadIdx.x % chunks, group = threadIdx.x / chunks;
+  if (group < groups) {
+    float acc[8] = {};
+    for (int p = group; p < count; p += groups) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(
+          v_cache + static_cast<size_t>(begin + p) * kv_width + kv_off) + chunk);
+      const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+      const float w = e[p];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h2[i]);
+        acc[2 * i] = fmaf(w, f.x, acc[2 * i]);
+        acc[2 * i + 1] = fmaf(w, f.y, acc[2 * i + 1]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) part[group * hd + chunk * 8 + i] = acc[i];
+  }
+  __syncthreads();
+  const int splits = gridDim.x;
+  float* out = scratch + ((static_cast<size_t>(t) * dims.num_heads + h) * splits + split) * (hd + 2);
+  for (int c = threadIdx.x; c < hd; c += kThreads) {
+    float sum = 0.f;
+    for (int g = 0; g < groups; ++g) sum += part[g * hd + c];
+    out[c] = sum;
+  }
+  if (threadIdx.x == 0) {
+    out[hd] = m;
+    out[hd + 1] = l;
+  }
+}
+
+// One block per (head, token): rescales and sums the splits that ran.
+__global__ void AttentionCombineKernel(AttentionDims dims, int splits, const int* __restrict__ pos,
+                                       const float* __restrict__ scratch, float* __restrict__ out) {
+  const int h = blockIdx.x, t = blockIdx.y, hd = dims.head_dim;
+  const int used = (*pos + t + 1 + kSplit - 1) / kSplit;
+  const float* base = scratch + (static_cast<size_t>(t) * dims.num_heads + h) * splits * (hd + 2);
+  float m = -FLT_MAX;
+  for (int s = 0; s < used; ++s) m = fmaxf(m, base[s * (hd + 2) + hd]);
+  float l = 0.f;
+  for (int s = 0; s < used; ++s) l += __expf(base[s * (hd + 2) + hd] - m) * base[s * (hd + 2) + hd + 1];
+  const float inv_l = 1.f / l;  // l >= 1: the maximum's own term is e^0
+  for (int c = threadIdx.x; c < hd; c += blockDim.x) {
+    float o = 0.f;
+    for (int s = 0; s < used; ++s) o += __expf(base[s * (hd + 2) + hd] - m) * base[s * (hd + 2) + c];
+    out[(static_cast<size_t>(t) * dims.num_heads + h) * hd + c] = o * inv_l;
+  }
+}
+
+}  // namespace
+
+int AttentionSplits(int max_seq_len) { return (max_seq_len + kSplit - 1) / kSplit; }
+
+size_t AttentionScratchFloats(const AttentionDims& dims, int n) {
+  return static_cast<size_t>(n) * dims.num_heads * AttentionSplits(dims.max_seq_len) *
+         (dims.head_dim + 2);
+}
+
+void RopeWriteCache(const AttentionDims& dims, const float* rope_cos, const float* rope_sin,
+                    const int* pos, int n, float* q, const float* k, const float* v,
+                    __half* k_cache, __half* v_cache, cudaStream_t stream) {
+  if (n == 0) return;
+  RopeWriteCacheKernel<<<n, 256, 0, stream>>>(dims, rope_cos, rope_sin, pos, q, k, v, k_cache,
+                                              v_cache);
+  AWQ_CUDA_LAUNCH_CHECK();
+}
+
+void Attention(const AttentionDims& dims, const int* pos, int n, const float* q,
+               const __half* k_cache, const __half* v_cache, float* scratch, float* out,
+               cudaStream_t stream) {
+  if (n == 0) return;
+  const int splits = AttentionSplits(dims.max_seq_len);
+  const size_t smem = (dims.head_dim + kSplit + 8 * kThreads + kThreads / 32) * sizeof(float);
+  AttentionPartialKernel<<<dim3(splits, dims.num_heads, n), kThreads, smem, stream>>>(
+      dims, pos, q, k_cache, v_cache, scratch);
+  AWQ_CUDA_LAUNCH_CHECK();
+  const int threads = dims.head_dim < 128 ? dims.head_dim : 128;
+  AttentionCombineKernel<<<dim3(dims.num_heads, n), threads, 0, stream>>>(dims, splits, pos,
+                                                                          scratch, out);
+  AWQ_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace cu
+}  // namespace awqcore

@@ -1,0 +1,127 @@
+// Shared helpers of the CUDA backend: error checking, device buffers, and the
+// launchers of every kernel family (one .cu file each), so forward.cu and the
+// test hooks call the same code.
+//
+// Activations are f32 on the device (as on the CPU, so GPU and CPU logits
+// differ only by summation order and the f16 KV cache); weights stay in the
+// file's int4/f16 encodings. Positions are read from device memory
+// (`const int* pos`) so that one captured decode graph serves every step.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "awqcore/awqcore.h"
+
+namespace awqcore {
+namespace cu {
+
+[[noreturn]] inline void ThrowCuda(cudaError_t status, const char* what, const char* file,
+                                   int line) {
+  throw Error(std::string("CUDA error in ") + what + " (" + file + ":" + std::to_string(line) +
+              "): " + cudaGetErrorString(status));
+}
+
+#define AWQ_CUDA_CHECK(expr)                                                 \
+  do {                                                                       \
+    cudaError_t status_ = (expr);                                            \
+    if (status_ != cudaSuccess) ::awqcore::cu::ThrowCuda(status_, #expr, __FILE__, __LINE__); \
+  } while (0)
+// After a launch: configuration errors show up here, faults at the next sync.
+#define AWQ_CUDA_LAUNCH_CHECK() AWQ_CUDA_CHECK(cudaGetLastError())
+
+// Throws Error("no CUDA device ...") unless a device is usable; selects device 0.
+void RequireDevice();
+
+// Owning device allocation (cudaMalloc), freed on destruction. Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
+    if (bytes > 0) AWQ_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+  }
+  ~DeviceBuffer() {
+    if (ptr_) cudaFree(ptr_);
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+  size_t bytes() const { return bytes_; }
+  // Synchronous host -> device copy of `bytes` from `src` (bytes <= bytes()).
+  void Upload(const void* src, size_t bytes) {
+    AWQ_CUDA_CHECK(cudaMemcpy(ptr_, src, bytes, cudaMemcpyHostToDevice));
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// An int4 linear on the device, in the file's layout (docs/format.md):
+// qweight [out, in/2] bytes, scales [out, in/g] f16, zeros [out, in/g] u8.
+// in % 32 == 0 (g in {32, 64, 128}), so each 16-byte load of a row covers 32
+// columns of exactly one group.
+struct DeviceInt4 {
+  int out = 0, in = 0, group_size = 0;
+  const uint8_t* qweight = nullptr;
+  const __half* scales = nullptr;
+  const uint8_t* zeros = nullptr;
+  const float* bias = nullptr;  // [out] or nullptr
+};
+
+// ---- int4_gemv.cu ----
+// y[t, :] = (accumulate ? y[t, :] : 0) + W x[t, :] + bias, t < n; x: [n, in], y: [n, out].
+// n of any size: tiles of up to 8 tokens share each weight load.
+void Int4Linear(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate,
+                cudaStream_t stream);
+
+// ---- f16_ops.cu ----
+// y[t, r] = sum_c W[r, c] x[t, c]; W: [rows, d] f16, d % 8 == 0.
+void F16Linear(const __half* w, int rows, int d, const float* x, int n, float* y,
+               cudaStream_t stream);
+// out[t, :] = table[ids[t], :]; ids on the device.
+void Embedding(const __half* table, int d, const int* ids, int n, float* out, cudaStream_t stream);
+
+// ---- norm.cu ----
+// y = x / sqrt(mean(x^2) + eps) * weight per row of d; y may equal x.
+void RmsNorm(const float* x, const float* weight, int d, float eps, int n, float* y,
+             cudaStream_t stream);
+// out = silu(gate) * up over `count` elements; out may equal gate.
+void SwiGlu(const float* gate, const float* up, size_t count, float* out, cudaStream_t stream);
+
+// ---- attention.cu ----
+struct AttentionDims {
+  int num_heads = 0, num_kv_heads = 0, head_dim = 0;  // hd % 8 == 0
+  int max_seq_len = 0;
+};
+// Number of sequence splits of the decode/prefill attention kernel and the
+// partial-result scratch it needs: [n, H, splits, hd + 2] floats.
+int AttentionSplits(int max_seq_len);
+size_t AttentionScratchFloats(const AttentionDims& dims, int n);
+// Rotates q [n, H*hd] in place, rotates k and writes k, v [n, KV*hd] as f16
+// into the caches [max_seq_len, KV*hd] at rows *pos .. *pos + n - 1.
+// rope_cos/sin: [max_seq_len, hd/2].
+void RopeWriteCache(const AttentionDims& dims, const float* rope_cos, const float* rope_sin,
+                    const int* pos, int n, float* q, const float* k, const float* v,
+                    __half* k_cache, __half* v_cache, cudaStream_t stream);
+// out [n, H*hd] = causal GQA attention of q over cache rows 0 .. *pos + t.
+void Attention(const AttentionDims& dims, const int* pos, int n, const float* q,
+               const __half* k_cache, const __half* v_cache, float* scratch, float* out,
+               cudaStream_t stream);
+
+}  // namespace cu
+}  // namespace awqcore

@@ -1,0 +1,360 @@
+// The forward pass on one GPU: CudaForward (cpp/src/cuda_backend.h), the
+// device twin of Transformer (cpp/src/transformer.h), same step order.
+//
+// Memory, allocated once in the constructor: one arena for the weights (the
+// file's encodings, uploaded once; ~0.56 B per parameter at g128), the f16 KV
+// cache (2 * layers * max_seq_len * KV * hd * 2 B: Llama-2-7B at 2048 tokens
+// is 1 GiB) and f32 scratch for kChunk tokens. Pinned host buffers stage ids,
+// the position and logits, so the decode step (one token, last logits) is
+// captured once as a CUDA graph and replayed: ~10 launches per layer would
+// otherwise cost ~3 us each on the host, ~1 ms per token on a 32-layer model.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.cuh"
+#include "cuda_backend.h"
+
+namespace awqcore {
+namespace {
+
+using cu::DeviceBuffer;
+using cu::DeviceInt4;
+
+constexpr int kChunk = 64;        // tokens per pass through the layers (bounds scratch)
+constexpr size_t kAlign = 256;    // arena alignment: 16-byte loads, full sectors
+
+size_t AlignUp(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+std::string MiB(uint64_t bytes) { return std::to_string((bytes + (1u << 20) - 1) >> 20) + " MiB"; }
+
+// ---- random fill for the synthetic benchmark model (splitmix64 per element) ----
+__device__ uint64_t Mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+__global__ void FillBytes(uint8_t* p, size_t n, uint8_t mask, uint64_t seed) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    p[i] = static_cast<uint8_t>(Mix(seed ^ i)) & mask;
+}
+// Uniform in [lo, hi) as f16, or the constant lo when hi == lo (f32 out when f32).
+__global__ void FillHalf(__half* p, size_t n, float lo, float hi, uint64_t seed) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    p[i] = __float2half_rn(lo + (hi - lo) * (Mix(seed ^ i) >> 40) * (1.0f / 16777216.f));
+}
+__global__ void FillFloat(float* p, size_t n, float value) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    p[i] = value;
+}
+
+// Places tensors in one device arena. Pass 1 (Reserve) only counts bytes;
+// pass 2 returns device pointers and uploads (or random-fills) the data.
+class Arena {
+ public:
+  explicit Arena(uint64_t seed) : seed_(seed) {}
+  void Allocate() { buffer_ = DeviceBuffer(size_); size_ = 0; placing_ = true; }
+  size_t size() const { return size_; }
+
+  // Host data (or random bytes & mask when src is null).
+  void* Bytes(const void* src, size_t bytes, uint8_t mask) {
+    void* p = Next(bytes);
+    if (!p) return nullptr;
+    if (src) {
+      AWQ_CUDA_CHECK(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
+    } else {
+      FillBytes<<<1024, 256>>>(static_cast<uint8_t*>(p), bytes, mask, seed_ += 0x1234567);
+      AWQ_CUDA_LAUNCH_CHECK();
+    }
+    return p;
+  }
+  __half* Half(const uint16_t* src, size_t count, float lo, float hi) {
+    void* p = Next(count * 2);
+    if (!p) return nullptr;
+    if (src) {
+      AWQ_CUDA_CHECK(cudaMemcpy(p, src, count * 2, cudaMemcpyHostToDevice));
+    } else {
+      FillHalf<<<1024, 256>>>(static_cast<__half*>(p), count, lo, hi, seed_ += 0x7654321);
+      AWQ_CUDA_LAUNCH_CHECK();
+    }
+    return static_cast<__half*>(p);
+  }
+  float* Float(const float* src, size_t count, float value) {
+    void* p = Next(count * 4);
+    if (!p) return nullptr;
+    if (src) {
+      AWQ_CUDA_CHECK(cudaMemcpy(p, src, count * 4, cudaMemcpyHostToDevice));
+    } else {
+      FillFloat<<<256, 256>>>(static_cast<float*>(p), count, value);
+      AWQ_CUDA_LAUNCH_CHECK();
+    }
+    return static_cast<float*>(p);
+  }
+
+ private:
+  void* Next(size_t bytes) {
+    const size_t offset = size_;
+    size_ += AlignUp(bytes);
+    return placing_ ? buffer_.as<uint8_t>() + offset : nullptr;
+  }
+  DeviceBuffer buffer_;
+  size_t size_ = 0;
+  bool placing_ = false;
+  uint64_t seed_;
+};
+
+struct DeviceLayer {
+  const float* input_norm = nullptr;  // [d]
+  DeviceInt4 q, k, v, o;
+  const float* post_norm = nullptr;   // [d]
+  DeviceInt4 gate, up, down;
+};
+
+class CudaTransformer final : public CudaForward {
+ public:
+  // weights == nullptr: random weights of the config's shapes at group_size.
+  CudaTransformer(const ModelConfig& config, const ModelWeights* weights, int group_size,
+                  int max_seq_len, uint64_t seed)
+      : config_(config), max_seq_len_(max_seq_len), chunk_(std::min(kChunk, max_seq_len)), arena_(seed) {
+    cu::RequireDevice();
+    const int d = config.hidden_size, hd = config.head_dim;
+    if (d % 8 != 0 || hd % 8 != 0) {
+      throw Error("the CUDA backend needs hidden_size and head_dim divisible by 8 (got " +
+                  std::to_string(d) + ", " + std::to_string(hd) + ")");
+    }
+    dims_ = {config.num_heads, config.num_kv_heads, hd, max_seq_len};
+    PlaceWeights(weights, group_size);  // pass 1: sizes only
+    const size_t weight_bytes = arena_.size();
+    const int q_width = config.num_heads * hd, kv_width = config.num_kv_heads * hd;
+    const size_t cache_bytes = 2ull * config.num_layers * max_seq_len * kv_width * sizeof(__half);
+    const size_t scratch_floats =
+        static_cast<size_t>(chunk_) * (2 * d + 2 * q_width + 2 * kv_width + 2 * config.intermediate_size +
+                                       config.vocab_size) +
+        cu::AttentionScratchFloats(dims_, chunk_) + static_cast<size_t>(max_seq_len) * hd;
+    const uint64_t total = weight_bytes + cache_bytes + scratch_floats * 4 + 4 * kAlign;
+    size_t free_bytes = 0, total_bytes = 0;
+    AWQ_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (total > free_bytes) {
+      throw Error("the CUDA model needs " + MiB(total) + " (weights " + MiB(weight_bytes) +
+                  ", KV cache " + MiB(cache_bytes) + " for max_seq_len " + std::to_string(max_seq_len) +
+                  ", scratch " + MiB(scratch_floats * 4) + ") but the device has " + MiB(free_bytes) +
+                  " free of " + MiB(total_bytes) + "; lower max_seq_len");
+    }
+    arena_.Allocate();
+    PlaceWeights(weights, group_size);  // pass 2: upload or fill
+    k_cache_ = DeviceBuffer(cache_bytes / 2);
+    v_cache_ = DeviceBuffer(cache_bytes / 2);
+    auto floats = [&](size_t n) { return DeviceBuffer(n * sizeof(float)); };
+    x_ = floats(static_cast<size_t>(chunk_) * d);                // [C, d]   residual stream
+    h_ = floats(static_cast<size_t>(chunk_) * d);                // [C, d]   normalized
+    q_ = floats(static_cast<size_t>(chunk_) * q_width);          // [C, H*hd]
+    attn_ = floats(static_cast<size_t>(chunk_) * q_width);       // [C, H*hd]
+    k_ = floats(static_cast<size_t>(chunk_) * kv_width);         // [C, KV*hd] before rope
+    v_ = floats(static_cast<size_t>(chunk_) * kv_width);         // [C, KV*hd]
+    gate_ = floats(static_cast<size_t>(chunk_) * config.intermediate_size);  // [C, ffn]
+    up_ = floats(static_cast<size_t>(chunk_) * config.intermediate_size);    // [C, ffn]
+    logits_ = floats(static_cast<size_t>(chunk_) * config.vocab_size);       // [C, vocab]
+    att_scratch_ = floats(cu::AttentionScratchFloats(dims_, chunk_));       // [C, H, splits, hd+2]
+    UploadRope();
+    ids_ = DeviceBuffer((chunk_ + 1) * sizeof(int));  // [C] ids, then the position
+    AWQ_CUDA_CHECK(cudaMallocHost(&host_ids_, (chunk_ + 1) * sizeof(int)));
+    AWQ_CUDA_CHECK(cudaMallocHost(&host_logits_, static_cast<size_t>(chunk_) * config.vocab_size * 4));
+    AWQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    AWQ_CUDA_CHECK(cudaDeviceSynchronize());  // random fills / uploads done
+    device_bytes_ = weight_bytes + cache_bytes + scratch_floats * 4;
+  }
+
+  ~CudaTransformer() override {
+    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+    if (stream_) cudaStreamDestroy(stream_);
+    if (host_ids_) cudaFreeHost(host_ids_);
+    if (host_logits_) cudaFreeHost(host_logits_);
+  }
+
+  void Forward(const int* ids, int n, bool all_logits, float* logits) override {
+    const size_t vocab = config_.vocab_size;
+    for (int done = 0; done < n;) {
+      const int chunk = std::min(chunk_, n - done);
+      const bool last = done + chunk == n;
+      const int rows = all_logits ? chunk : (last ? 1 : 0);
+      std::memcpy(host_ids_, ids + done, chunk * sizeof(int));
+      host_ids_[chunk_] = position_;
+      if (chunk == 1 && rows == 1) {
+        DecodeGraph();
+      } else {
+        Enqueue(chunk, rows);
+      }
+      AWQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      std::memcpy(logits + (all_logits ? done * vocab : 0), host_logits_, rows * vocab * sizeof(float));
+      position_ += chunk;
+      done += chunk;
+    }
+  }
+
+  void Reset() override { position_ = 0; }
+  int position() const override { return position_; }
+  int max_seq_len() const override { return max_seq_len_; }
+  uint64_t device_bytes() const override { return device_bytes_; }
+
+ private:
+  DeviceInt4 PlaceInt4(const Int4Linear* w, int out, int in, int group_size) {
+    DeviceInt4 dw;
+    dw.out = out;
+    dw.in = in;
+    dw.group_size = w ? w->group_size : group_size;
+    if (in % 32 != 0 || in % dw.group_size != 0) {
+      throw Error("the CUDA int4 kernel needs in % 32 == 0 (got in " + std::to_string(in) +
+                  ", group size " + std::to_string(dw.group_size) + ")");
+    }
+    const size_t groups = static_cast<size_t>(out) * (in / dw.group_size);
+    // Random: codes 0..15 with zero point 8 give (q - z) of std ~4.6; the
+    // scale makes each output ~unit variance for unit-variance inputs.
+    const float s = 1.f / (4.6f * std::sqrt(static_cast<float>(in)));
+    dw.qweight = static_cast<const uint8_t*>(arena_.Bytes(w ? w->qweight : nullptr, static_cast<size_t>(out) * in / 2, 0xFF));
+    dw.scales = arena_.Half(w ? w->scales : nullptr, groups, s, s);
+    dw.zeros = static_cast<const uint8_t*>(arena_.Bytes(w ? w->zeros : nullptr, groups, 0x0F));
+    if (w && w->bias) dw.bias = arena_.Float(w->bias, out, 0.f);
+    return dw;
+  }
+
+  void PlaceWeights(const ModelWeights* w, int group_size) {
+    const ModelConfig& c = config_;
+    const int d = c.hidden_size, q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+    const size_t table = static_cast<size_t>(c.vocab_size) * d;
+    embed_ = arena_.Half(w ? w->embed : nullptr, table, -1.f, 1.f);
+    lm_head_ = (w && w->lm_head == w->embed) ? embed_ : arena_.Half(w ? w->lm_head : nullptr, table, -0.05f, 0.05f);
+    final_norm_ = arena_.Float(w ? w->final_norm : nullptr, d, 1.f);
+    layers_.assign(c.num_layers, DeviceLayer{});
+    for (int i = 0; i < c.num_layers; ++i) {
+      const LayerWeights* lw = w ? &w->layers[i] : nullptr;
+      DeviceLayer& l = layers_[i];
+      l.input_norm = arena_.Float(lw ? lw->input_norm : nullptr, d, 1.f);
+      l.q = PlaceInt4(lw ? &lw->q : nullptr, q_width, d, group_size);
+      l.k = PlaceInt4(lw ? &lw->k : nullptr, kv_width, d, group_size);
+      l.v = PlaceInt4(lw ? &lw->v : nullptr, kv_width, d, group_size);
+      l.o = PlaceInt4(lw ? &lw->o : nullptr, d, q_width, group_size);
+      l.post_norm = arena_.Float(lw ? lw->post_norm : nullptr, d, 1.f);
+      l.gate = PlaceInt4(lw ? &lw->gate : nullptr, c.intermediate_size, d, group_size);
+      l.up = PlaceInt4(lw ? &lw->up : nullptr, c.intermediate_size, d, group_size);
+      l.down = PlaceInt4(lw ? &lw->down : nullptr, d, c.intermediate_size, group_size);
+    }
+  }
+
+  // cos/sin [max_seq_len, hd/2], computed exactly as RopeTable (ops/rope.cpp)
+  // does, so GPU and CPU rotate by bit-identical factors.
+  void UploadRope() {
+    const int half = config_.head_dim / 2;
+    std::vector<float> table(static_cast<size_t>(max_seq_len_) * half * 2);
+    std::vector<double> frequencies(half);
+    for (int i = 0; i < half; ++i)
+      frequencies[i] = std::pow(static_cast<double>(config_.rope_theta), -2.0 * i / config_.head_dim);
+    for (int pos = 0; pos < max_seq_len_; ++pos) {
+      for (int i = 0; i < half; ++i) {
+        const double angle = pos * frequencies[i];
+        table[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::cos(angle));
+        table[static_cast<size_t>(max_seq_len_ + pos) * half + i] = static_cast<float>(std::sin(angle));
+      }
+    }
+    rope_ = DeviceBuffer(table.size() * sizeof(float));
+    rope_.Upload(table.data(), table.size() * sizeof(float));
+  }
+
+  // Stages ids and position, runs `n` tokens through every layer, and copies
+  // the logits of the last `rows` tokens to host_logits_. Asynchronous.
+  void Enqueue(int n, int rows) {
+    const ModelConfig& c = config_;
+    const int d = c.hidden_size;
+    const float eps = c.rms_norm_eps;
+    int* ids = ids_.as<int>();
+    const int* pos = ids + chunk_;
+    const size_t kv_layer = static_cast<size_t>(max_seq_len_) * c.num_kv_heads * c.head_dim;
+    AWQ_CUDA_CHECK(cudaMemcpyAsync(ids, host_ids_, (chunk_ + 1) * sizeof(int), cudaMemcpyHostToDevice, stream_));
+    float* x = x_.as<float>();
+    float* h = h_.as<float>();
+    cu::Embedding(embed_, d, ids, n, x, stream_);
+    for (int i = 0; i < c.num_layers; ++i) {
+      const DeviceLayer& l = layers_[i];
+      __half* kc = k_cache_.as<__half>() + i * kv_layer;
+      __half* vc = v_cache_.as<__half>() + i * kv_layer;
+      cu::RmsNorm(x, l.input_norm, d, eps, n, h, stream_);
+      cu::Int4Linear(l.q, h, n, q_.as<float>(), false, stream_);
+      cu::Int4Linear(l.k, h, n, k_.as<float>(), false, stream_);
+      cu::Int4Linear(l.v, h, n, v_.as<float>(), false, stream_);
+      cu::RopeWriteCache(dims_, rope_.as<float>(), rope_.as<float>() + static_cast<size_t>(max_seq_len_) * (c.head_dim / 2),
+                         pos, n, q_.as<float>(), k_.as<float>(), v_.as<float>(), kc, vc, stream_);
+      cu::Attention(dims_, pos, n, q_.as<float>(), kc, vc, att_scratch_.as<float>(), attn_.as<float>(), stream_);
+      cu::Int4Linear(l.o, attn_.as<float>(), n, x, true, stream_);  // x += o_proj(attn)
+      cu::RmsNorm(x, l.post_norm, d, eps, n, h, stream_);
+      cu::Int4Linear(l.gate, h, n, gate_.as<float>(), false, stream_);
+      cu::Int4Linear(l.up, h, n, up_.as<float>(), false, stream_);
+      cu::SwiGlu(gate_.as<float>(), up_.as<float>(), static_cast<size_t>(n) * c.intermediate_size, gate_.as<float>(), stream_);
+      cu::Int4Linear(l.down, gate_.as<float>(), n, x, true, stream_);  // x += down_proj(...)
+    }
+    if (rows == 0) return;
+    const float* last = x + static_cast<size_t>(n - rows) * d;
+    cu::RmsNorm(last, final_norm_, d, eps, rows, h, stream_);
+    cu::F16Linear(lm_head_, c.vocab_size, d, h, rows, logits_.as<float>(), stream_);
+    AWQ_CUDA_CHECK(cudaMemcpyAsync(host_logits_, logits_.as<float>(), static_cast<size_t>(rows) * c.vocab_size * 4,
+                                   cudaMemcpyDeviceToHost, stream_));
+  }
+
+  // One token, last logits: captured on first use, replayed after. The graph
+  // reads the id and position from the pinned staging buffer at replay time.
+  void DecodeGraph() {
+    if (!graph_exec_) {
+      cudaGraph_t graph = nullptr;
+      AWQ_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        Enqueue(1, 1);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      AWQ_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+      const cudaError_t status = cudaGraphInstantiate(&graph_exec_, graph, 0);
+      cudaGraphDestroy(graph);
+      AWQ_CUDA_CHECK(status);
+    }
+    AWQ_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
+  }
+
+  const ModelConfig config_;
+  const int max_seq_len_;
+  const int chunk_;  // min(kChunk, max_seq_len)
+  cu::AttentionDims dims_;
+  int position_ = 0;
+  uint64_t device_bytes_ = 0;
+
+  Arena arena_;  // every weight
+  const __half* embed_ = nullptr;    // [vocab, d]
+  const __half* lm_head_ = nullptr;  // [vocab, d] (== embed_ when tied)
+  const float* final_norm_ = nullptr;
+  std::vector<DeviceLayer> layers_;
+
+  DeviceBuffer k_cache_, v_cache_;  // [layers, max_seq_len, KV*hd] f16
+  DeviceBuffer x_, h_, q_, attn_, k_, v_, gate_, up_, logits_, att_scratch_;
+  DeviceBuffer rope_;  // [2, max_seq_len, hd/2]: cos then sin
+  DeviceBuffer ids_;   // [C + 1]: ids, position
+  int* host_ids_ = nullptr;        // pinned [C + 1]
+  float* host_logits_ = nullptr;   // pinned [C, vocab]
+  cudaStream_t stream_ = nullptr;
+  cudaGraphExec_t graph_exec_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<CudaForward> CreateCudaForward(const ModelConfig& config, const ModelWeights& weights,
+                                               int max_seq_len) {
+  return std::make_unique<CudaTransformer>(config, &weights, config.group_size, max_seq_len, 0);
+}
+
+std::unique_ptr<CudaForward> CreateRandomCudaForward(const ModelConfig& config, int group_size,
+                                                     int max_seq_len, uint64_t seed) {
+  return std::make_unique<CudaTransformer>(config, nullptr, group_size, max_seq_len, seed);
+}
+
+}  // namespace awqcore

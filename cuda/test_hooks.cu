@@ -1,0 +1,115 @@
+// cuda_test:: (cpp/src/cuda_backend.h): each kernel family run on host data,
+// for cpp/tests/test_cuda_kernels.cpp. Synchronous; allocates per call.
+#include <vector>
+
+#include "common.cuh"
+#include "cuda_backend.h"
+
+namespace awqcore {
+namespace cuda_test {
+namespace {
+
+using cu::DeviceBuffer;
+
+template <typename T>
+DeviceBuffer Up(const T* src, size_t count) {
+  DeviceBuffer b(count * sizeof(T));
+  if (src) b.Upload(src, count * sizeof(T));
+  return b;
+}
+// Fills with NaN bits first, so an element the kernel fails to write shows up.
+DeviceBuffer Poisoned(size_t floats) {
+  DeviceBuffer b(floats * sizeof(float));
+  AWQ_CUDA_CHECK(cudaMemset(b.as<void>(), 0xFF, floats * sizeof(float)));
+  return b;
+}
+void Down(float* dst, const DeviceBuffer& b, size_t floats) {
+  AWQ_CUDA_CHECK(cudaDeviceSynchronize());
+  AWQ_CUDA_CHECK(cudaMemcpy(dst, b.as<void>(), floats * sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+}  // namespace
+
+void Int4Linear(const awqcore::Int4Linear& w, const float* x, int n, const float* residual, float* y) {
+  cu::RequireDevice();
+  const size_t groups = static_cast<size_t>(w.out) * (w.in / w.group_size);
+  DeviceBuffer q = Up(w.qweight, static_cast<size_t>(w.out) * w.in / 2);
+  DeviceBuffer s = Up(w.scales, groups), z = Up(w.zeros, groups);
+  DeviceBuffer b = w.bias ? Up(w.bias, w.out) : DeviceBuffer();
+  DeviceBuffer dx = Up(x, static_cast<size_t>(n) * w.in);
+  DeviceBuffer dy = residual ? Up(residual, static_cast<size_t>(n) * w.out) : Poisoned(static_cast<size_t>(n) * w.out);
+  cu::DeviceInt4 dw{w.out, w.in, w.group_size, q.as<uint8_t>(), s.as<__half>(), z.as<uint8_t>(), b.as<float>()};
+  cu::Int4Linear(dw, dx.as<float>(), n, dy.as<float>(), residual != nullptr, 0);
+  Down(y, dy, static_cast<size_t>(n) * w.out);
+}
+
+void F16Linear(const uint16_t* w, int rows, int d, const float* x, int n, float* y) {
+  cu::RequireDevice();
+  DeviceBuffer dw = Up(w, static_cast<size_t>(rows) * d), dx = Up(x, static_cast<size_t>(n) * d);
+  DeviceBuffer dy = Poisoned(static_cast<size_t>(n) * rows);
+  cu::F16Linear(dw.as<__half>(), rows, d, dx.as<float>(), n, dy.as<float>(), 0);
+  Down(y, dy, static_cast<size_t>(n) * rows);
+}
+
+void Embedding(const uint16_t* table, int rows, int d, const int* ids, int n, float* out) {
+  cu::RequireDevice();
+  DeviceBuffer dt = Up(table, static_cast<size_t>(rows) * d), di = Up(ids, n);
+  DeviceBuffer dout = Poisoned(static_cast<size_t>(n) * d);
+  cu::Embedding(dt.as<__half>(), d, di.as<int>(), n, dout.as<float>(), 0);
+  Down(out, dout, static_cast<size_t>(n) * d);
+}
+
+void RmsNorm(const float* x, const float* weight, int d, float eps, int n, float* y) {
+  cu::RequireDevice();
+  DeviceBuffer dx = Up(x, static_cast<size_t>(n) * d), dw = Up(weight, d);
+  DeviceBuffer dy = Poisoned(static_cast<size_t>(n) * d);
+  cu::RmsNorm(dx.as<float>(), dw.as<float>(), d, eps, n, dy.as<float>(), 0);
+  Down(y, dy, static_cast<size_t>(n) * d);
+}
+
+void SwiGlu(const float* gate, const float* up, int n, float* out) {
+  cu::RequireDevice();
+  DeviceBuffer dg = Up(gate, n), du = Up(up, n), dout = Poisoned(n);
+  cu::SwiGlu(dg.as<float>(), du.as<float>(), n, dout.as<float>(), 0);
+  Down(out, dout, n);
+}
+
+void RopeAttention(const AttentionShape& shape, float theta, int start, int n, const float* cache_k,
+                   const float* cache_v, float* q, const float* k, const float* v, float* k_out,
+                   float* out) {
+  cu::RequireDevice();
+  const int hd = shape.head_dim, half = hd / 2, total = start + n;
+  const size_t q_width = static_cast<size_t>(shape.num_heads) * hd;
+  const size_t kv_width = static_cast<size_t>(shape.num_kv_heads) * hd;
+  cu::AttentionDims dims{shape.num_heads, shape.num_kv_heads, hd, total};
+  // Same table as RopeTable / forward.cu.
+  std::vector<float> table(static_cast<size_t>(2) * total * half);
+  for (int p = 0; p < total; ++p)
+    for (int i = 0; i < half; ++i) {
+      const double angle = p * std::pow(static_cast<double>(theta), -2.0 * i / hd);
+      table[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(angle));
+      table[static_cast<size_t>(total + p) * half + i] = static_cast<float>(std::sin(angle));
+    }
+  std::vector<__half> cache(static_cast<size_t>(total) * kv_width * 2, __float2half(0.f));
+  for (size_t i = 0; i < static_cast<size_t>(start) * kv_width; ++i) {
+    cache[i] = __float2half_rn(cache_k[i]);
+    cache[total * kv_width + i] = __float2half_rn(cache_v[i]);
+  }
+  DeviceBuffer dcache = Up(cache.data(), cache.size()), drope = Up(table.data(), table.size());
+  DeviceBuffer dq = Up(q, n * q_width), dk = Up(k, n * kv_width), dv = Up(v, n * kv_width);
+  DeviceBuffer dpos = Up(&start, 1), dout = Poisoned(n * q_width);
+  DeviceBuffer scratch(cu::AttentionScratchFloats(dims, n) * sizeof(float));
+  __half* kc = dcache.as<__half>();
+  __half* vc = kc + total * kv_width;
+  cu::RopeWriteCache(dims, drope.as<float>(), drope.as<float>() + static_cast<size_t>(total) * half,
+                     dpos.as<int>(), n, dq.as<float>(), dk.as<float>(), dv.as<float>(), kc, vc, 0);
+  cu::Attention(dims, dpos.as<int>(), n, dq.as<float>(), kc, vc, scratch.as<float>(), dout.as<float>(), 0);
+  Down(q, dq, n * q_width);
+  Down(out, dout, n * q_width);
+  std::vector<__half> rows(n * kv_width);
+  AWQ_CUDA_CHECK(cudaMemcpy(rows.data(), kc + start * kv_width, rows.size() * 2, cudaMemcpyDeviceToHost));
+  for (size_t i = 0; i < rows.size(); ++i) k_out[i] = __half2float(rows[i]);
+}
+
+}  // namespace cuda_test
+}  // namespace awqcore

