@@ -4,35 +4,63 @@
 // Memory arithmetic (the kernel is bandwidth-bound at batch 1): a 4096x4096
 // layer at g128 holds 8 MiB of nibbles + 4096*32*3 B = 384 KiB of scales and
 // zeros; x is 16 KiB and y 16 KiB. At ~3.0 TB/s of achievable HBM3 bandwidth
-// that is ~2.9 us, so every byte of W must be read once, 16 bytes per load,
+// that is ~2.9 us, so every byte of W is read once, 16 bytes per load,
 // coalesced: lane l of a warp reads bytes [16 l, 16 l + 16) of a row's
 // 512-byte slice, i.e. columns [32 l, 32 l + 32), which lie in one group
-// because in % 32 == 0 and g in {32, 64, 128}.
+// because in % 32 == 0 and g in {32, 64, 128}. The file's layout already
+// gives each lane 32 consecutive-k nibbles per uint4, so no repacking.
 //
-// Layout: a block of kWarps warps computes kRowsPerWarp output rows, split
-// along K: warp w takes the 1024-column chunks w, w + kWarps, ... and the
-// warps' sums meet in shared memory. The split keeps each warp's chain of
-// dependent DRAM round trips short (4096 columns: one chunk per warp); a
-// first version with one warp walking a whole row reached 25% of the copy
-// bandwidth, bound by that latency chain, not by bytes. x (f32) is re-read
-// from L1; each x load serves kRowsPerWarp rows, so 4 rows keep L1 traffic
-// (128 B of x per 64 B of weights) under L1's ~128 B/clk/SM.
+// Why version 1 (x read per lane from L1 with __ldg) reached only 26-37% of
+// copy bandwidth: lane l read x[32 l .. 32 l + 32) as 8 float4 loads, so each
+// warp-wide load touched 32 different 128-byte lines (32 L1 wavefronts for
+// 512 B, vs 4 when coalesced): 256 L1 cycles per 2 KiB of weights, i.e.
+// 8 MiB / 132 SMs / 2 KiB * 256 = ~8000 cycles = ~4.6 us per SM for the
+// 4096x4096 layer before any DRAM time; the K split and the one-warp-per-row
+// variant kept the same x pattern, hence "no change".
 //
-// Dequantization: w = (q - z) * s. q - z is formed exactly in f32 with the
+// Version 2 (this one): x is staged per block in shared memory with an XOR
+// swizzle (float4 i of 32-column chunk j lives at slot 8 j + (i ^ (j & 7))),
+// so the 8 lanes of a quarter-warp read 8 different bank quads: a warp-wide
+// float4 read costs the minimum 4 wavefronts. A block of 8 warps covers
+// 8 R rows, so one staging of x (B * 4 bytes per column) serves 8 R * 0.5
+// bytes per column of weights: x / W traffic = B / R. Weights for a whole
+// step (D chunks of 1024 columns, R rows: R D 16-byte loads per lane) are
+// issued before the x staging and its barriers, so the L2 round trip of x
+// hides under the DRAM round trip of W. Bytes in flight at B = 1 (R = 1,
+// D = 2, 4 blocks = 32 warps per SM): out * 512 * D = 4 MiB for 4096x4096,
+// above the ~3 MB (3 TB/s * ~1 us) that Little's law asks for.
+//
+// Measured on an H100 (ncu gpu__time_duration, kernel only, caches flushed):
+// batch 8 at 4096x4096 went 44.1 -> 22.6 us (x reads were the bottleneck
+// there: L1 wavefronts 9.3 M -> 1.6 M), batch 1 only 11.2 -> 9.3 us
+// (~950 GB/s, 29% of DRAM peak). Batch 1 is now issue-bound, not
+// memory-bound: ncu counts ~6.9 warp instructions per 32 weights (per lane:
+// PRMT + FADD + FFMA per weight, plus x loads, staging, addressing), i.e.
+// ~3.5 us of issue per scheduler at 1.96 GHz against 2.9 us of DRAM time,
+// with latency phases not fully overlapped. Getting to >= 80% of copy
+// bandwidth needs fewer instructions per weight: f16x2 dequant (two weights
+// per LOP3 / HSUB2) with HFMA2 or mma.sync on tensor cores; both take x in
+// f16 (exact to f32 level only with an x = hi + lo split), which is the next
+// version's job.
+//
+// Dequantization: w = (q - z) * s, q - z formed exactly in f32 with the
 // magic-number trick: the bits 0x4B000000 | q are the float 2^23 + q, so one
-// LOP3 plus one FADD of -(2^23 + z) gives q - z with no int->float convert.
-// The 32 products of a chunk share one scale, applied once per chunk:
-// acc += s * sum_c (q_c - z) x_c, so an element costs SHF+LOP3, FADD, FFMA.
+// PRMT (byte q into 0x4B0000qq) plus one FADD of -(2^23 + z) gives q - z with
+// no int->float convert. A word's 8 nibbles take AND + SHF + AND + 8 PRMT
+// (1.4 ops per weight instead of SHF + LOP3 = 2). The 32 products of a chunk
+// share one scale, applied once per chunk: acc += s * sum_c (q_c - z) x_c, so
+// an element costs 1.4 + FADD + B FFMA, each q - z computed once and reused
+// for all B tokens of the tile.
 #include "common.cuh"
 
 namespace awqcore {
 namespace cu {
 namespace {
 
-constexpr int kWarps = 4;        // warps per block, splitting K
-constexpr int kRowsPerWarp = 4;  // output rows per block (x reuse, bytes in flight)
-constexpr int kMaxTile = 8;      // tokens per launch: weights read once per tile
-constexpr int kColsPerLane = 32; // one 16-byte load of nibbles
+constexpr int kWarps = 8;         // warps per block, each taking R rows
+constexpr int kThreads = kWarps * 32;
+constexpr int kMaxTile = 8;       // tokens per launch: weights read once per tile
+constexpr int kChunkCols = 1024;  // one warp-wide 16-byte load per row: 32 lanes x 32 columns
 
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
@@ -40,107 +68,139 @@ __device__ __forceinline__ float WarpSum(float v) {
   return v;
 }
 
-// x: [B, in], y: [B, out]. Rows past `out` in the last block are clamped to
-// the last row (computed, never stored), so every lane takes part in the
-// shuffles.
-template <int B>
-__global__ void __launch_bounds__(kWarps * 32)
-    Int4GemvKernel(DeviceInt4 w, const float* __restrict__ x, float* __restrict__ y,
-                   int accumulate) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row0 = blockIdx.x * kRowsPerWarp;
-  const size_t row_bytes = w.in / 2;
-  const int groups = w.in / w.group_size;
+// Swizzled float4 slot of float4 f (4 columns) of a staged x row: chunk
+// j = f / 8 (32 columns) keeps its 8 slots, permuted by j & 7.
+__device__ __forceinline__ int Swz(int f) { return (f & ~7) | ((f & 7) ^ ((f >> 3) & 7)); }
 
-  int rows[kRowsPerWarp];
+// q - z for the 8 nibbles of `word` (columns 8k .. 8k + 7 of the lane's chunk
+// for word k): lo holds the even columns' nibbles in bytes 0..3, hi the odd.
+__device__ __forceinline__ void Dequant8(uint32_t word, float zoff, float (&qz)[8]) {
+  const uint32_t lo = word & 0x0F0F0F0Fu, hi = (word >> 4) & 0x0F0F0F0Fu;
 #pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) rows[r] = min(row0 + r, w.out - 1);
-
-  float acc[B][kRowsPerWarp];
-#pragma unroll
-  for (int b = 0; b < B; ++b)
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) acc[b][r] = 0.f;
-
-  // Software pipeline: the next chunk's weights, scales and zeros are
-  // loaded before this chunk's arithmetic, so a warp waits on one DRAM round
-  // trip per chunk at most, with 4 rows x 16 B x 32 lanes x 2 = 4 KiB in flight.
-  constexpr int kStep = kWarps * 32 * kColsPerLane;
-  int c0 = (warp * 32 + lane) * kColsPerLane;
-  uint4 next[kRowsPerWarp];
-  __half next_scale[kRowsPerWarp];
-  uint8_t next_zero[kRowsPerWarp];
-  auto load = [&](int c) {
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const size_t gi = static_cast<size_t>(rows[r]) * groups + c / w.group_size;
-      next[r] = __ldg(reinterpret_cast<const uint4*>(w.qweight + rows[r] * row_bytes + c / 2));
-      next_scale[r] = __ldg(w.scales + gi);
-      next_zero[r] = __ldg(w.zeros + gi);
-    }
-  };
-  if (c0 < w.in) load(c0);
-  for (; c0 < w.in; c0 += kStep) {
-    uint4 q[kRowsPerWarp];
-    float scale[kRowsPerWarp], zoff[kRowsPerWarp];
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      q[r] = next[r];
-      scale[r] = __half2float(next_scale[r]);
-      zoff[r] = 8388608.f + static_cast<float>(next_zero[r]);  // 2^23 + z
-    }
-    if (c0 + kStep < w.in) load(c0 + kStep);
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-      const float4* xv = reinterpret_cast<const float4*>(x + static_cast<size_t>(b) * w.in + c0);
-      float xs[kColsPerLane];
-#pragma unroll
-      for (int i = 0; i < kColsPerLane / 4; ++i) {
-        const float4 v = __ldg(xv + i);
-        xs[4 * i] = v.x; xs[4 * i + 1] = v.y; xs[4 * i + 2] = v.z; xs[4 * i + 3] = v.w;
-      }
-#pragma unroll
-      for (int r = 0; r < kRowsPerWarp; ++r) {
-        const uint32_t words[4] = {q[r].x, q[r].y, q[r].z, q[r].w};
-        float part = 0.f;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-#pragma unroll
-          for (int j = 0; j < 8; ++j) {  // column 8k + j is nibble j of word k
-            const float qz = __uint_as_float(0x4B000000u | ((words[k] >> (4 * j)) & 0xFu)) - zoff[r];
-            part = fmaf(qz, xs[8 * k + j], part);
-          }
-        }
-        acc[b][r] = fmaf(part, scale[r], acc[b][r]);
-      }
-    }
-  }
-  __shared__ float sums[kWarps][B * kRowsPerWarp];
-#pragma unroll
-  for (int b = 0; b < B; ++b) {
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const float sum = WarpSum(acc[b][r]);
-      if (lane == 0) sums[warp][b * kRowsPerWarp + r] = sum;
-    }
-  }
-  __syncthreads();
-  const int i = threadIdx.x;
-  if (i < B * kRowsPerWarp && row0 + i % kRowsPerWarp < w.out) {
-    const int b = i / kRowsPerWarp, row = row0 + i % kRowsPerWarp;
-    float sum = 0.f;
-#pragma unroll
-    for (int k = 0; k < kWarps; ++k) sum += sums[k][i];
-    float* dst = y + static_cast<size_t>(b) * w.out + row;
-    *dst = (accumulate ? *dst : 0.f) + sum + (w.bias ? w.bias[row] : 0.f);
+  for (int k = 0; k < 4; ++k) {
+    // Result bytes: [src byte k, 0, 0, 0x4B] = float 2^23 + nibble.
+    qz[2 * k] = __uint_as_float(__byte_perm(lo, 0x4B000000u, 0x7540 | k)) - zoff;
+    qz[2 * k + 1] = __uint_as_float(__byte_perm(hi, 0x4B000000u, 0x7540 | k)) - zoff;
   }
 }
 
+// B tokens, R rows per warp, D chunks of 1024 columns per step. x: [B, in],
+// y: [B, out]. Rows past `out` in the last block are clamped to the last row
+// (computed, never stored), so every lane takes part in the shuffles; chunks
+// past `in` load zero weights against zero x.
+template <int B, int R, int D>
+__global__ void __launch_bounds__(kThreads, R == 1 ? 4 : (B <= 5 ? 2 : 1))
+    Int4GemvKernel(DeviceInt4 w, const float* __restrict__ x, float* __restrict__ y,
+                   int accumulate) {
+  constexpr int kStepCols = D * kChunkCols;
+  __shared__ float4 xs[B][kStepCols / 4];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row0 = (blockIdx.x * kWarps + warp) * R;
+  const size_t row_bytes = w.in / 2;
+  const int groups = w.in / w.group_size;
+
+  int rows[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) rows[r] = min(row0 + r, w.out - 1);
+
+  float acc[B][R];
+#pragma unroll
+  for (int b = 0; b < B; ++b)
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[b][r] = 0.f;
+
+  for (int c0 = 0; c0 < w.in; c0 += kStepCols) {
+    // 1. This step's weights, scales, zeros: R * D independent 16-byte loads.
+    uint4 q[R][D];
+    float scale[R][D], zoff[R][D];
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const int c = c0 + d * kChunkCols + lane * 32;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (c < w.in) {
+          const size_t gi = static_cast<size_t>(rows[r]) * groups + c / w.group_size;
+          q[r][d] = __ldg(reinterpret_cast<const uint4*>(w.qweight + rows[r] * row_bytes + c / 2));
+          scale[r][d] = __half2float(__ldg(w.scales + gi));
+          zoff[r][d] = 8388608.f + static_cast<float>(__ldg(w.zeros + gi));  // 2^23 + z
+        } else {
+          q[r][d] = make_uint4(0, 0, 0, 0);
+          scale[r][d] = 0.f;
+          zoff[r][d] = 8388608.f;
+        }
+      }
+    }
+    // 2. Stage x[:, c0 .. c0 + kStepCols) (coalesced float4, zero past in).
+    __syncthreads();  // the previous step's reads of xs are done
+    for (int i = threadIdx.x; i < B * kStepCols / 4; i += kThreads) {
+      const int b = i / (kStepCols / 4), f = i % (kStepCols / 4), c = c0 + 4 * f;
+      xs[b][Swz(f)] = c < w.in ? __ldg(reinterpret_cast<const float4*>(x + static_cast<size_t>(b) * w.in + c))
+                               : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    __syncthreads();
+    // 3. Dequantize each weight once, use it for all B tokens.
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const int j = d * 32 + lane;  // chunk of 32 columns within the step
+      float part[B][R];
+#pragma unroll
+      for (int b = 0; b < B; ++b)
+#pragma unroll
+        for (int r = 0; r < R; ++r) part[b][r] = 0.f;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {  // word k: columns 8k .. 8k + 7
+        float qz[R][8];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const uint32_t word = k == 0 ? q[r][d].x : k == 1 ? q[r][d].y : k == 2 ? q[r][d].z : q[r][d].w;
+          Dequant8(word, zoff[r][d], qz[r]);
+        }
+#pragma unroll
+        for (int b = 0; b < B; ++b) {
+          const float4 x0 = xs[b][8 * j + ((2 * k) ^ (lane & 7))];
+          const float4 x1 = xs[b][8 * j + ((2 * k + 1) ^ (lane & 7))];
+          const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+#pragma unroll
+          for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) part[b][r] = fmaf(qz[r][e], xv[e], part[b][r]);
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < B; ++b)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[b][r] = fmaf(part[b][r], scale[r][d], acc[b][r]);
+    }
+  }
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const float sum = WarpSum(acc[b][r]);
+      const int row = row0 + r;
+      if (lane == 0 && row < w.out) {
+        float* dst = y + static_cast<size_t>(b) * w.out + row;
+        *dst = (accumulate ? *dst : 0.f) + sum + (w.bias ? w.bias[row] : 0.f);
+      }
+    }
+  }
+}
+
+// Tile shapes: R rows per warp and D chunks per step, staged x = B * D * 4 KiB
+// (<= 32 KiB of static shared memory). Chosen by measurement (CUDA events,
+// us for 4096x4096 / 11008x4096 / 4096x11008): B = 1: R = 1, D = 2
+// (8.8 / 18.3 / 19.3; R = 2, D = 4 gave 10.2 / 22.2 / 21.3); B = 2: R = 1,
+// D = 1; B = 3..4: R = 2 (13.7 / 34.6 / 32.6 at B = 4; R = 4: 15.2 / 31.7 /
+// 36.7); B >= 5: R = 4 (21.2 / 57.0 / 50.1 at B = 8; R = 2: 26.6 / 71.8 /
+// 67.3), where x / W traffic (B / R) would otherwise exceed 2.
 template <int B>
 void LaunchTile(const DeviceInt4& w, const float* x, float* y, bool accumulate,
                 cudaStream_t stream) {
-  const int blocks = (w.out + kRowsPerWarp - 1) / kRowsPerWarp;
-  Int4GemvKernel<B><<<blocks, kWarps * 32, 0, stream>>>(w, x, y, accumulate ? 1 : 0);
+  constexpr int R = B <= 2 ? 1 : B <= 4 ? 2 : 4;
+  constexpr int D = B == 1 ? 2 : 1;
+  const int rows_per_block = kWarps * R;
+  const int blocks = (w.out + rows_per_block - 1) / rows_per_block;
+  Int4GemvKernel<B, R, D><<<blocks, kThreads, 0, stream>>>(w, x, y, accumulate ? 1 : 0);
   AWQ_CUDA_LAUNCH_CHECK();
 }
 

@@ -4,15 +4,37 @@
 //
 // Roofline of a decode step: every weight byte once (int4 layers + lm_head)
 // plus the KV cache read at the context length, over the copy bandwidth.
+//
+// GEMV times are CUDA-event times over 50 back-to-back launches, so they
+// include the ~1-2 us the GPU spends between two dependent small kernels.
+// For kernel-only time run one shape under Nsight Compute:
+//   ncu -k regex:Int4Gemv -s 3 -c 1 --clock-control none \
+//       --metrics gpu__time_duration.sum,dram__bytes_read.sum gpu_bench gemv OUT IN BATCH
+// ("gemv OUT IN BATCH" times just that GEMV and prints one table row).
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 #include "cuda_backend.h"
 
 using namespace awqcore;
 
-int main() {
+namespace {
+// Bytes a GEMV must move: nibbles, f16 scale + u8 zero per group, x and y in f32.
+double GemvBytes(int out, int in, int batch) {
+  return out * (in / 2.0) + out * (in / 128.0) * 3 + 4.0 * batch * (out + in);
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 5 && std::string(argv[1]) == "gemv") {
+    const int out = std::atoi(argv[2]), in = std::atoi(argv[3]), batch = std::atoi(argv[4]);
+    const double us = cuda_bench::Int4GemvMicros(out, in, 128, batch);
+    std::printf("| %d x %d | %d | %.1f | %.0f |\n", out, in, batch, us, GemvBytes(out, in, batch) / us / 1e3);
+    return 0;
+  }
   std::printf("device: %s\n", CudaDeviceInfo().c_str());
   const uint64_t copy_bytes = 1ull << 30;
   const double copy_gbs = 2.0 * copy_bytes / cuda_bench::CopyMicros(copy_bytes) / 1e3;  // read + write
@@ -21,10 +43,9 @@ int main() {
   std::printf("| GEMV out x in g128 | batch | us | GB/s | %% of copy |\n|---|---|---|---|---|\n");
   const int shapes[][2] = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
   for (const auto& s : shapes) {
-    for (int batch : {1, 8}) {
+    for (int batch : {1, 2, 4, 8}) {
       const double us = cuda_bench::Int4GemvMicros(s[0], s[1], 128, batch);
-      const double bytes = s[0] * (s[1] / 2.0) + s[0] * (s[1] / 128.0) * 3 + 4.0 * batch * (s[0] + s[1]);
-      const double gbs = bytes / us / 1e3;
+      const double gbs = GemvBytes(s[0], s[1], batch) / us / 1e3;
       std::printf("| %d x %d | %d | %.1f | %.0f | %.0f%% |\n", s[0], s[1], batch, us, gbs, 100 * gbs / copy_gbs);
     }
   }

@@ -86,13 +86,14 @@ struct RandomInt4 {
 
 TEST(int4_gemv_matches_reference) {
   std::mt19937 rng(1);
-  // (out, in, group, tokens, bias, residual): rows not a multiple of the 16
-  // per block, in not a multiple of 1024 (partial last warp step), tiles of
-  // 1..8 tokens and a remainder (11 = 8 + 3), every group size.
+  // (out, in, group, tokens, bias, residual): rows not a multiple of the
+  // 8 / 16 / 32 per block, in not a multiple of 1024 (partial last warp
+  // step), every tile shape (1, 2, 3..4, 5..8 tokens) and a remainder
+  // (11 = 8 + 3), every group size.
   const int cases[][6] = {{7, 32, 32, 1, 0, 0},      {33, 96, 32, 3, 1, 0},
                           {130, 256, 64, 8, 0, 1},   {61, 384, 128, 11, 1, 1},
                           {45, 1056, 32, 2, 0, 0},   {300, 2176, 128, 1, 0, 1},
-                          {17, 4096, 128, 5, 1, 0}};
+                          {17, 4096, 128, 5, 1, 0},  {70, 3136, 64, 4, 1, 1}};
   for (const auto& c : cases) {
     const int out = c[0], in = c[1], g = c[2], n = c[3];
     RandomInt4 w(out, in, g, c[4], rng);
