@@ -3,7 +3,8 @@
     awqcore quantize smollm2-135m --out smollm2.awqbin
     awqcore inspect smollm2.awqbin --verify
     awqcore run smollm2.awqbin -p "What is the capital of France?" --chat
-    awqcore ppl smollm2.awqbin --fp-reference smollm2-135m
+    awqcore ppl smollm2.awqbin --fp-reference smollm2-135m --kl-base smollm2-135m
+    awqcore convert autoawq-folder --out model.awqbin
 
 User errors (a bad file, a bad argument, a missing path) print one line
 "awqcore: error: ..." and exit with status 2; there is no traceback for them.
@@ -14,7 +15,10 @@ import argparse
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:  # numpy is imported lazily: `awqcore inspect` does not need it
+    import numpy as np
 
 EXIT_USAGE = 2
 
@@ -29,14 +33,44 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from .importers import load_source
     from .quantize import quantize_model
 
+    import resource
+
+    # Only the options the user gave: the method rejects those that do not apply.
+    given = {"calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen,
+             "calib_text": args.calib_text, "seed": args.seed, "loss_tokens": args.loss_tokens,
+             "clip": False if args.no_clip else None}
+    options = {k: v for k, v in given.items() if v is not None}
     source = load_source(args.model)
     summary = quantize_model(source, args.out, method=args.method, group_size=args.group_size,
-                             progress=not args.quiet)
+                             progress=not args.quiet, **options)
     ratio = summary["fp16_bytes"] / summary["file_bytes"]
     print(f"wrote {summary['path']}: {_mb(summary['file_bytes'])} "
           f"(FP16 would be {_mb(summary['fp16_bytes'])}, {ratio:.2f}x smaller); "
           f"{summary['quantized_linears']} linears quantized with {summary['method']}, "
           f"group size {summary['group_size']}, in {summary['seconds']:.1f} s")
+    report = summary["report"]
+    if "stage_seconds" in report:
+        print("time per stage: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds
+                                             in report["stage_seconds"].items()))
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+    # ru_maxrss is in KiB on Linux.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"peak resident memory: {_mb(peak)}")
+    if args.export_hf:
+        from .autoawq_format import export_hf
+
+        print(f"wrote {export_hf(args.out, args.export_hf)}: AutoAWQ GEMM checkpoint "
+              "(config.json, model.safetensors, tokenizer)")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .autoawq_format import convert_hf
+
+    summary = convert_hf(args.folder, args.out)
+    print(f"wrote {summary['path']}: {summary['linears']} int4 linears (group size "
+          f"{summary['group_size']}) copied from {args.folder} without re-quantizing")
     return 0
 
 
@@ -189,10 +223,38 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- ppl
 
+def kl_top1(base: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per position of logits [T, vocab]: KL(softmax(base) || softmax(other)) in nats
+    (float64) and whether the two argmaxes agree."""
+    import numpy as np
+
+    def log_softmax(z: np.ndarray) -> np.ndarray:
+        z = z.astype(np.float64)
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(base), log_softmax(other)
+    return (np.exp(lp) * (lp - lq)).sum(-1), base.argmax(-1) == other.argmax(-1)
+
+
+def _reference_model(name: str, vocab_size: int, option: str):
+    from .importers import load_source
+    from .reference import ReferenceModel
+
+    source = load_source(name)
+    if source.config.vocab_size != vocab_size:
+        raise ValueError(f"{option} {name} has vocabulary {source.config.vocab_size}, the "
+                         f"quantized model {vocab_size}")
+    return ReferenceModel(source.config, source.get)
+
+
 def cmd_ppl(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
     import awqcore
     from .data import read_text_file, wiki_texts
-    from .evaluate import perplexity, token_windows
+    from .evaluate import perplexity, token_windows, window_nll
 
     model = awqcore.Model(args.file, threads=args.threads, max_seq_len=args.seqlen)
     docs = read_text_file(args.text) if args.text else wiki_texts("evaluation")
@@ -210,28 +272,53 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     windows = token_windows(ids, args.seqlen, args.max_windows)
     text_name = args.text or "Wikipedia summaries, evaluation split (disjoint from calibration)"
     quiet = args.quiet
-    result = perplexity(model.forward, windows, progress=not quiet, desc="int4, C++ runtime")
     c = model.config
+    # --kl-base runs the base model on each window next to the runtime, so the
+    # runtime's logits need not be kept (40 windows x 512 x 49152 f32 = 4 GB).
+    base = _reference_model(args.kl_base, c["vocab_size"], "--kl-base") if args.kl_base else None
+    kl, agree, base_nll = [], [], []
+
+    def forward(window: list[int]) -> np.ndarray:
+        logits = np.asarray(model.forward(window))
+        if base is not None:
+            with torch.no_grad():
+                base_logits = base.forward(window).numpy()
+            base_nll.append(window_nll(base_logits, window))
+            # The positions perplexity scores: each predicts the next token.
+            k, a = kl_top1(base_logits[:-1], logits[:-1])
+            kl.append(k)
+            agree.append(a)
+        return logits
+
+    result = perplexity(forward, windows, progress=not quiet,
+                        desc="int4, C++ runtime" + (" + base, torch" if base else ""))
     print(f"text: {text_name}")
     print(f"protocol: {result.protocol()}")
     print(f"perplexity {result.perplexity:10.3f}  {os.path.basename(args.file)} "
           f"(int4 {c['quant_method']} g{c['group_size']}, C++ runtime)")
     if args.fp_reference:
-        import torch
-        from .importers import load_source
-        from .reference import ReferenceModel
-
-        source = load_source(args.fp_reference)
-        if source.config.vocab_size != c["vocab_size"]:
-            raise ValueError(f"--fp-reference {args.fp_reference} has vocabulary "
-                             f"{source.config.vocab_size}, the quantized model {c['vocab_size']}")
-        reference = ReferenceModel(source.config, source.get)
-        with torch.no_grad():
-            fp = perplexity(lambda w: reference.forward(w).numpy(), windows, progress=not quiet,
-                            desc="unquantized, torch")
-        print(f"perplexity {fp.perplexity:10.3f}  {args.fp_reference} "
+        if args.fp_reference == args.kl_base:  # already computed on the same windows
+            fp = float(np.exp(np.concatenate(base_nll).mean()))
+        else:
+            reference = _reference_model(args.fp_reference, c["vocab_size"], "--fp-reference")
+            with torch.no_grad():
+                fp = perplexity(lambda w: reference.forward(w).numpy(), windows,
+                                progress=not quiet, desc="unquantized, torch").perplexity
+        print(f"perplexity {fp:10.3f}  {args.fp_reference} "
               f"(unquantized source weights, torch reference)")
+    if base is not None:
+        print(f"vs {args.kl_base} (torch reference) over the {result.scored_tokens} scored "
+              f"positions: mean KL(base || int4) {np.concatenate(kl).mean():.5f} nats, "
+              f"top-1 agreement {100 * np.concatenate(agree).mean():.2f}%")
     return 0
+
+
+# ------------------------------------------------------------------- bench
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchmark import run as run_benchmark
+
+    return run_benchmark(args)
 
 
 # -------------------------------------------------------------------- main
@@ -253,9 +340,34 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", "-o", required=True, help="output .awqbin path")
     q.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128),
                    help="input columns per quantization group (default 64)")
-    q.add_argument("--method", default="rtn", help="quantization method (default rtn)")
+    q.add_argument("--method", default="rtn", choices=("rtn", "awq"),
+                   help="rtn: round to nearest; awq: activation-aware scales and clipping "
+                   "from calibration text (default rtn)")
+    awq = q.add_argument_group("AWQ calibration (--method awq)")
+    awq.add_argument("--calib-samples", type=_positive_int,
+                     help="calibration blocks (default 128)")
+    awq.add_argument("--calib-seqlen", type=_positive_int,
+                     help="tokens per calibration block (default 512)")
+    awq.add_argument("--calib-text", metavar="FILE",
+                     help="calibrate on this plain text (documents separated by blank lines) "
+                     "or JSONL with a 'text' field; default: the Wikipedia summaries' "
+                     "calibration split (disjoint from the one `awqcore ppl` evaluates on)")
+    awq.add_argument("--no-clip", action="store_true", help="skip the clip search (scales only)")
+    awq.add_argument("--seed", type=int, help="picks the calibration text sample (default 0)")
+    awq.add_argument("--loss-tokens", type=int, metavar="N",
+                     help="tokens the scale search's loss is computed on (default 1024; "
+                     "0 = all calibration tokens, slower)")
+    q.add_argument("--export-hf", metavar="DIR",
+                   help="also write an AutoAWQ GEMM checkpoint (Hugging Face folder loadable "
+                   "by transformers, vLLM, TGI) of the quantized model to DIR")
     q.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     q.set_defaults(func=cmd_quantize)
+
+    cv = sub.add_parser("convert", help="import an AutoAWQ GEMM checkpoint (HF folder) into "
+                        ".awqbin without re-quantizing")
+    cv.add_argument("folder", metavar="DIR")
+    cv.add_argument("--out", "-o", required=True, help="output .awqbin path")
+    cv.set_defaults(func=cmd_convert)
 
     i = sub.add_parser("inspect", help="show a .awqbin file's configuration and tensors")
     i.add_argument("file", metavar="FILE")
@@ -289,9 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp-reference", metavar="MODEL",
                    help="also evaluate this unquantized source model (built-in name, .gguf or "
                    "HF folder) with the torch reference on the same windows")
+    p.add_argument("--kl-base", metavar="MODEL",
+                   help="also report the mean KL divergence and top-1 agreement of the "
+                   "quantized model's next-token distribution against this model's (run "
+                   "with the torch reference), usually the unquantized source")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ppl)
+
+    from .benchmark import add_arguments as add_bench_arguments
+    b = sub.add_parser("bench", help="prefill/decode speed vs llama.cpp and torch (table, JSON)")
+    add_bench_arguments(b)
+    b.set_defaults(func=cmd_bench)
     return parser
 
 

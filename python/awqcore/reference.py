@@ -18,6 +18,79 @@ from .source import ModelConfig, layer_prefix
 Getter = Callable[[str], Union[np.ndarray, torch.Tensor]]
 
 
+LayerWeights = dict  # "input_layernorm", "self_attn.q_proj", ... -> tensor (Hugging Face layout)
+
+# The per-layer building blocks below take activations with any leading batch
+# dims ([..., T, d]), so the quantizer's calibration (awqcore.quantize.awq)
+# runs exactly this math on [samples, T, d] blocks.
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [..., d] normalised in float32 and returned in x's dtype."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (x32 * weight.float()).to(x.dtype)
+
+
+def rotary_tables(config: ModelConfig, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, hd]: angle p * theta^(-2i/hd) at dims i and i + hd/2 (rotate half)."""
+    hd = config.head_dim
+    inv_freq = config.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    angles = torch.outer(torch.arange(n_tokens, dtype=torch.float64), inv_freq)  # [T, hd/2]
+    angles = torch.cat([angles, angles], dim=-1)  # [T, hd]
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., T, heads, hd] rotated in pairs (i, i + hd/2), as transformers' rotate_half."""
+    half = x.shape[-1] // 2
+    x32 = x.float()
+    rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
+    return (x32 * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)
+
+
+def attention_heads(config: ModelConfig, h: torch.Tensor, w: LayerWeights, cos: torch.Tensor,
+                    sin: torch.Tensor) -> torch.Tensor:
+    """The attention's heads concatenated, before o_proj: h [..., T, d] -> [..., T, H*hd]."""
+    c = config
+    T, H, KV, hd = h.shape[-2], c.num_heads, c.num_kv_heads, c.head_dim
+    lead = h.shape[:-2]
+    q = h @ w["self_attn.q_proj"].T  # [..., T, H*hd]
+    k = h @ w["self_attn.k_proj"].T  # [..., T, KV*hd]
+    v = h @ w["self_attn.v_proj"].T  # [..., T, KV*hd]
+    if c.attention_bias:
+        q = q + w["self_attn.q_proj.bias"]
+        k = k + w["self_attn.k_proj.bias"]
+        v = v + w["self_attn.v_proj.bias"]
+    q = apply_rotary(q.view(*lead, T, H, hd), cos, sin)  # [..., T, H, hd]
+    k = apply_rotary(k.view(*lead, T, KV, hd), cos, sin)  # [..., T, KV, hd]
+    v = v.view(*lead, T, KV, hd)
+    # Grouped-query attention: query head j reads key/value head j // (H / KV).
+    k = k.repeat_interleave(H // KV, dim=-2)  # [..., T, H, hd]
+    v = v.repeat_interleave(H // KV, dim=-2)  # [..., T, H, hd]
+    scores = torch.einsum("...thd,...shd->...hts", q.float(), k.float()) / math.sqrt(hd)
+    causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # True above the diagonal: the future
+    probs = scores.masked_fill(causal, float("-inf")).softmax(-1)  # [..., H, T, T]
+    out = torch.einsum("...hts,...shd->...thd", probs, v.float()).to(h.dtype)  # [..., T, H, hd]
+    return out.reshape(*lead, T, H * hd)
+
+
+def mlp_hidden(h: torch.Tensor, w: LayerWeights) -> torch.Tensor:
+    """SwiGLU's input to down_proj: h [..., d] -> silu(gate) * up [..., ffn]."""
+    gate = torch.nn.functional.silu(h @ w["mlp.gate_proj"].T)  # [..., ffn]
+    return gate * (h @ w["mlp.up_proj"].T)
+
+
+def decoder_layer(config: ModelConfig, x: torch.Tensor, w: LayerWeights, cos: torch.Tensor,
+                  sin: torch.Tensor) -> torch.Tensor:
+    """One pre-norm decoder layer with its residuals: x [..., T, d] -> [..., T, d]."""
+    eps = config.rms_norm_eps
+    h = rms_norm(x, w["input_layernorm"], eps)
+    x = x + attention_heads(config, h, w, cos, sin) @ w["self_attn.o_proj"].T
+    h = rms_norm(x, w["post_attention_layernorm"], eps)
+    return x + mlp_hidden(h, w) @ w["mlp.down_proj"].T
+
+
 class ReferenceModel:
     """The decoder built from `get(name)` (Hugging Face names and layout), computing in `dtype`.
 
@@ -48,54 +121,6 @@ class ReferenceModel:
         self.norm = load("model.norm.weight")  # [d]
         self.lm_head = self.embed if config.tie_word_embeddings else load("lm_head.weight")
 
-    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
-        return (x32 * weight.float()).to(self.dtype)
-
-    def _rotary(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [T, hd]: angle p * theta^(-2i/hd) at dims i and i + hd/2 (rotate half)."""
-        hd = self.config.head_dim
-        inv_freq = self.config.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-        angles = torch.outer(torch.arange(n_tokens, dtype=torch.float64), inv_freq)  # [T, hd/2]
-        angles = torch.cat([angles, angles], dim=-1)  # [T, hd]
-        return angles.cos().float(), angles.sin().float()
-
-    @staticmethod
-    def _apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [T, heads, hd] rotated in pairs (i, i + hd/2), as transformers' rotate_half."""
-        half = x.shape[-1] // 2
-        x32 = x.float()
-        rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
-        return (x32 * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)
-
-    def _attention(self, h: torch.Tensor, w: dict, cos: torch.Tensor,
-                   sin: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        T, H, KV, hd = h.shape[0], c.num_heads, c.num_kv_heads, c.head_dim
-        q = h @ w["self_attn.q_proj"].T  # [T, H*hd]
-        k = h @ w["self_attn.k_proj"].T  # [T, KV*hd]
-        v = h @ w["self_attn.v_proj"].T  # [T, KV*hd]
-        if c.attention_bias:
-            q = q + w["self_attn.q_proj.bias"]
-            k = k + w["self_attn.k_proj.bias"]
-            v = v + w["self_attn.v_proj.bias"]
-        q = self._apply_rotary(q.view(T, H, hd), cos, sin)  # [T, H, hd]
-        k = self._apply_rotary(k.view(T, KV, hd), cos, sin)  # [T, KV, hd]
-        v = v.view(T, KV, hd)
-        # Grouped-query attention: query head j reads key/value head j // (H / KV).
-        k = k.repeat_interleave(H // KV, dim=1)  # [T, H, hd]
-        v = v.repeat_interleave(H // KV, dim=1)  # [T, H, hd]
-        scores = torch.einsum("thd,shd->hts", q.float(), k.float()) / math.sqrt(hd)  # [H, T, T]
-        causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # True above the diagonal: the future
-        probs = scores.masked_fill(causal, float("-inf")).softmax(-1)
-        out = torch.einsum("hts,shd->thd", probs, v.float()).to(self.dtype)  # [T, H, hd]
-        return out.reshape(T, H * hd) @ w["self_attn.o_proj"].T  # [T, d]
-
-    def _mlp(self, h: torch.Tensor, w: dict) -> torch.Tensor:
-        gate = torch.nn.functional.silu(h @ w["mlp.gate_proj"].T)  # [T, ffn]
-        return (gate * (h @ w["mlp.up_proj"].T)) @ w["mlp.down_proj"].T  # [T, d]
-
     @torch.inference_mode()
     def forward(self, ids: Union[Sequence[int], torch.Tensor]) -> torch.Tensor:
         """Logits float32 [T, vocab] of every position of `ids` (a fresh sequence)."""
@@ -104,12 +129,11 @@ class ReferenceModel:
             raise ValueError("forward needs at least one token")
         if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
             raise ValueError(f"token ids must be in [0, {self.config.vocab_size})")
-        cos, sin = self._rotary(ids.numel())
+        cos, sin = rotary_tables(self.config, ids.numel())
         x = self.embed[ids]  # [T, d]
         for w in self.layers:
-            x = x + self._attention(self._rms_norm(x, w["input_layernorm"]), w, cos, sin)
-            x = x + self._mlp(self._rms_norm(x, w["post_attention_layernorm"]), w)
-        return (self._rms_norm(x, self.norm) @ self.lm_head.T).float()  # [T, vocab]
+            x = decoder_layer(self.config, x, w, cos, sin)
+        return (rms_norm(x, self.norm, self.config.rms_norm_eps) @ self.lm_head.T).float()
 
     def greedy_generate(self, ids: Union[Sequence[int], torch.Tensor], n: int) -> list[int]:
         """The n tokens that greedy decoding appends to `ids` (no stop token), recomputing

@@ -6,11 +6,11 @@ layer plus the embedding rather than the whole model.
 
 Quantization methods plug in as `LayerQuantizer`s: a factory registered in
 QUANTIZERS gets the source model once, then quantizes each layer in order. This
-is the shape AWQ needs: it runs calibration activations through the model layer
-by layer, searches per-channel scales for a layer's linears, and folds the
-inverse scales into the preceding float tensors (the norms, v_proj for o_proj).
-That is why a quantizer receives all of the layer's float tensors and may
-update them in place before the pipeline writes them.
+is the shape AWQ needs (awq.AwqQuantizer): it runs the calibration activations
+through the full-precision model layer by layer, searches per-channel scales
+for a layer's linears, and folds the inverse scales into the preceding float
+tensors (the norms). That is why a quantizer receives all of the layer's float
+tensors and may replace the non-linear ones before the pipeline writes them.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..awqbin import AwqbinWriter
 from ..importers import expected_tensor_shapes
 from ..source import LINEAR_NAMES, SourceModel, layer_prefix
+from .awq import AwqQuantizer
 from .rtn import SUPPORTED_GROUP_SIZES, RtnQuantizer, check_group_size
 
 Int4Tensors = tuple[np.ndarray, np.ndarray, np.ndarray]  # qweight, scales, zeros
@@ -35,7 +36,7 @@ class LayerQuantizer(Protocol):
         """Quantizes the linears of decoder layer `layer`.
 
         weights: every float32 tensor of the layer by full name (linear weights,
-            norms, biases); the quantizer may update non-linear entries in place
+            norms, biases); the quantizer may replace or update the non-linear entries
             and the pipeline writes them as they are afterwards.
         linears: the full name prefixes of the linears to quantize, e.g.
             "model.layers.0.mlp.up_proj" (its weight is weights[prefix + ".weight"]).
@@ -44,20 +45,26 @@ class LayerQuantizer(Protocol):
         ...
 
 
-# method name -> factory(source, group_size). Layers are quantized in order,
-# so a factory may keep state between layers (calibration activations).
-QUANTIZERS: dict[str, Callable[[SourceModel, int], LayerQuantizer]] = {"rtn": RtnQuantizer}
-# Methods the format defines but this version cannot produce yet.
-PLANNED_METHODS = ("awq",)
+def _rtn(source: SourceModel, group_size: int, progress: bool = True,
+         **options) -> LayerQuantizer:
+    if options:
+        raise ValueError(f"option(s) {', '.join(sorted(options))} apply to --method awq only")
+    return RtnQuantizer(source, group_size)
 
 
-def get_quantizer(method: str, source: SourceModel, group_size: int) -> LayerQuantizer:
-    if method in QUANTIZERS:
-        return QUANTIZERS[method](source, group_size)
-    available = ", ".join(QUANTIZERS)
-    if method in PLANNED_METHODS:
-        raise ValueError(f"method {method!r} is not available yet; use --method {available}")
-    raise ValueError(f"unknown quantization method {method!r} (available: {available})")
+# method name -> factory(source, group_size, progress, **method options). Layers
+# are quantized in order, so a quantizer may keep state between layers (AWQ's
+# calibration activations). A quantizer may also have report() -> dict, which
+# quantize_model returns as summary["report"].
+QUANTIZERS: dict[str, Callable[..., LayerQuantizer]] = {"rtn": _rtn, "awq": AwqQuantizer}
+
+
+def get_quantizer(method: str, source: SourceModel, group_size: int, progress: bool = True,
+                  **options) -> LayerQuantizer:
+    if method not in QUANTIZERS:
+        raise ValueError(f"unknown quantization method {method!r} "
+                         f"(available: {', '.join(QUANTIZERS)})")
+    return QUANTIZERS[method](source, group_size, progress=progress, **options)
 
 
 def _layer_float_names(source: SourceModel, layer: int) -> list[str]:
@@ -145,10 +152,11 @@ def build_metadata(source: SourceModel, method: str, group_size: int) -> dict:
 
 
 def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str = "rtn",
-                   group_size: int = 64, progress: bool = True) -> dict:
-    """Quantizes `source` into `out_path` (written atomically). Returns a summary:
-    path, method, group_size, tensors, quantized_linears, file_bytes, fp16_bytes
-    (the same model with every weight in f16) and seconds."""
+                   group_size: int = 64, progress: bool = True, **options) -> dict:
+    """Quantizes `source` into `out_path` (written atomically). `options` go to the
+    method (AWQ: awq.AwqOptions' fields). Returns a summary: path, method,
+    group_size, tensors, quantized_linears, file_bytes, fp16_bytes (the same model
+    with every weight in f16), seconds, and the quantizer's report (or {})."""
     start = time.perf_counter()
     c = source.config
     if group_size not in SUPPORTED_GROUP_SIZES:
@@ -157,7 +165,7 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
     # Check every linear's width up front: failing at layer 20 wastes minutes.
     for width in {c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim}:
         check_group_size(width, group_size, f"{c.name or c.architecture} linears")
-    quantizer = get_quantizer(method, source, group_size)
+    quantizer = get_quantizer(method, source, group_size, progress, **options)
     shapes = expected_tensor_shapes(c)
 
     d = c.hidden_size
@@ -207,4 +215,5 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
         "file_bytes": os.path.getsize(out_path),
         "fp16_bytes": 2 * params,
         "seconds": time.perf_counter() - start,
+        "report": quantizer.report() if hasattr(quantizer, "report") else {},
     }

@@ -1,0 +1,206 @@
+"""AutoAWQ "GEMM" checkpoints: export a .awqbin to one, import one without re-quantizing.
+
+This is the layout AutoAWQ writes and vLLM, TGI and transformers load. For a
+linear P with weight [out, in] and group size g:
+  P.qweight  int32 [in, out/8]    bits 4i..4i+3 of qweight[c, j] hold q[j*8 + ORDER[i], c]
+  P.qzeros   int32 [in/g, out/8]  the same packing of the zero points z[r, c/g]
+  P.scales   f16   [in/g, out]    s[r, c/g]
+with ORDER = [0, 2, 4, 6, 1, 3, 5, 7], and W[r, c] = (q - z) * s: the same
+asymmetric integer-zero quantizer as .awqbin (docs/format.md), transposed and
+packed differently, so conversion in either direction is lossless for the
+int4 codes, scales and zeros. Everything else is stored in f16.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .awqbin import AwqbinWriter, read_awqbin
+from .quantize.rtn import SUPPORTED_GROUP_SIZES, pack_int4, unpack_int4
+from .source import iter_linears
+
+ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a packed int32 holds column ORDER[i]
+_HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def pack_gemm(codes: np.ndarray) -> np.ndarray:
+    """codes u8 [rows, cols] (0..15) -> int32 [rows, cols/8] in AutoAWQ's nibble order."""
+    rows, cols = codes.shape
+    if cols % 8:
+        raise ValueError(f"AutoAWQ packs 8 columns per int32; {cols} is not a multiple of 8")
+    c = codes.astype(np.uint32).reshape(rows, cols // 8, 8)
+    packed = np.zeros((rows, cols // 8), dtype=np.uint32)
+    for i, column in enumerate(ORDER):
+        packed |= c[:, :, column] << np.uint32(4 * i)
+    return packed.view(np.int32)
+
+
+def unpack_gemm(packed: np.ndarray) -> np.ndarray:
+    """The inverse of pack_gemm: int32 [rows, n] -> u8 [rows, 8n]."""
+    p = np.ascontiguousarray(packed).view(np.uint32)
+    out = np.empty((p.shape[0], p.shape[1], 8), dtype=np.uint8)
+    for i, column in enumerate(ORDER):
+        out[:, :, column] = (p >> np.uint32(4 * i)) & 0xF
+    return out.reshape(p.shape[0], -1)
+
+
+def to_gemm(qweight: np.ndarray, scales: np.ndarray, zeros: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """.awqbin (qweight u8 [out, in/2], scales f16 [out, G], zeros u8 [out, G]) ->
+    AutoAWQ (qweight int32 [in, out/8], qzeros int32 [G, out/8], scales f16 [G, out])."""
+    return pack_gemm(unpack_int4(qweight).T), pack_gemm(zeros.T), np.ascontiguousarray(scales.T)
+
+
+def from_gemm(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The inverse of to_gemm."""
+    q = np.ascontiguousarray(unpack_gemm(qweight).T)  # [out, in]
+    return (pack_int4(q), np.ascontiguousarray(scales.T).astype(np.float16),
+            np.ascontiguousarray(unpack_gemm(qzeros).T))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """Writes the AutoAWQ GEMM checkpoint of a .awqbin into out_dir (config.json,
+    model.safetensors, tokenizer files); returns out_dir."""
+    from safetensors.numpy import save
+
+    f = read_awqbin(awqbin_path)
+    m = f.metadata
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name in f.tensors:
+        prefix, part = name.rsplit(".", 1)
+        if part == "qweight":
+            qweight, qzeros, scales = to_gemm(*(f.tensor(f"{prefix}.{p}")
+                                                for p in ("qweight", "scales", "zeros")))
+            tensors.update({f"{prefix}.qweight": qweight, f"{prefix}.qzeros": qzeros,
+                            f"{prefix}.scales": scales})
+        elif part not in ("scales", "zeros"):
+            tensors[name] = np.asarray(f.tensor(name)).astype(np.float16)
+    eos = list(m["tokenizer.eos_token_ids"])
+    bos = m["tokenizer.bos_token_id"]
+    config = {
+        "architectures": [_HF_ARCH[m["general.architecture"]]],
+        "model_type": m["general.architecture"],
+        "_name_or_path": m.get("general.name", ""),
+        "vocab_size": m["model.vocab_size"], "hidden_size": m["model.hidden_size"],
+        "intermediate_size": m["model.intermediate_size"],
+        "num_hidden_layers": m["model.num_layers"], "num_attention_heads": m["model.num_heads"],
+        "num_key_value_heads": m["model.num_kv_heads"], "head_dim": m["model.head_dim"],
+        "max_position_embeddings": m["model.max_position_embeddings"],
+        "rope_theta": m["model.rope_theta"], "rms_norm_eps": m["model.rms_norm_eps"],
+        "tie_word_embeddings": bool(m["model.tie_word_embeddings"]),
+        "hidden_act": "silu", "torch_dtype": "float16",
+        "bos_token_id": bos if bos >= 0 else None,
+        "eos_token_id": eos[0] if len(eos) == 1 else eos,
+        "quantization_config": {"quant_method": "awq", "bits": 4,
+                                "group_size": m["quant.group_size"], "zero_point": True,
+                                "version": "gemm"},
+    }
+    _write_atomic(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    _write_atomic(out / "config.json", json.dumps(config, indent=2).encode())
+    _write_atomic(out / "tokenizer.json", m["tokenizer.json"].encode())
+    _write_atomic(out / "tokenizer_config.json", json.dumps(
+        {"chat_template": m.get("tokenizer.chat_template", "")}, indent=2).encode())
+    _write_atomic(out / "generation_config.json", json.dumps(
+        {"bos_token_id": config["bos_token_id"], "eos_token_id": eos}, indent=2).encode())
+    return out
+
+
+def _quant_group_size(cfg: dict, folder: Path) -> int:
+    q = cfg.get("quantization_config")
+    expected = {"quant_method": "awq", "bits": 4, "zero_point": True, "version": "gemm"}
+    if not isinstance(q, dict):
+        raise ValueError(f"{folder / 'config.json'}: no quantization_config; not an AutoAWQ "
+                         "checkpoint (quantize an unquantized folder with `awqcore quantize`)")
+    for key, value in expected.items():
+        got = q.get(key)
+        if (got.lower() if isinstance(got, str) else got) != value:
+            raise ValueError(f"{folder / 'config.json'}: quantization_config.{key} is {got!r}; "
+                             f"only {key}={value!r} (AutoAWQ GEMM) can be converted")
+    if q.get("group_size") not in SUPPORTED_GROUP_SIZES:
+        raise ValueError(f"{folder / 'config.json'}: group_size {q.get('group_size')!r} is not "
+                         f"one of {SUPPORTED_GROUP_SIZES}")
+    return int(q["group_size"])
+
+
+def convert_hf(folder: str | os.PathLike, out_path: str | os.PathLike) -> dict:
+    """An AutoAWQ GEMM checkpoint folder -> .awqbin, int4 codes, scales and zeros copied
+    exactly. Returns {"path", "linears", "group_size"}."""
+    import torch
+    from safetensors import safe_open
+
+    from .importers import expected_tensor_shapes
+    from .importers.hf_model import _config_from_json, _read_json, _tokenizer_info
+    from .quantize.pipeline import _layer_float_names, build_metadata
+
+    folder = Path(folder)
+    cfg = _read_json(folder / "config.json")
+    group_size = _quant_group_size(cfg, folder)
+    config = _config_from_json(cfg, folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder}: no *.safetensors files")
+    where = {}
+    for path in files:
+        with safe_open(path, framework="pt") as sf:
+            where.update({key: path for key in sf.keys()})
+
+    def get(name: str) -> np.ndarray:
+        if name not in where:
+            raise ValueError(f"{folder}: tensor {name!r} is missing")
+        with safe_open(where[name], framework="pt") as sf:
+            t = sf.get_tensor(name)
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+    class _Source:  # what build_metadata and _layer_float_names read
+        pass
+    source = _Source()
+    source.config, source.tokenizer = config, _tokenizer_info(folder, cfg)
+    source.source = f"{folder.name} (AutoAWQ GEMM checkpoint)"
+    shapes = expected_tensor_shapes(config)
+    linears = dict(iter_linears(config))
+    with AwqbinWriter(out_path) as writer:
+        writer.add_tensor("model.embed_tokens.weight",
+                          get("model.embed_tokens.weight").astype(np.float16))
+        for layer in range(config.num_layers):
+            for name in _layer_float_names(source, layer):
+                prefix = name.rsplit(".", 1)[0]
+                if name.endswith(".weight") and prefix in linears:
+                    out_f, in_f = linears[prefix]
+                    parts = from_gemm(get(prefix + ".qweight"), get(prefix + ".qzeros"),
+                                      get(prefix + ".scales"))
+                    want = ((out_f, in_f // 2), (out_f, in_f // group_size),
+                            (out_f, in_f // group_size))
+                    for part, array, shape in zip(("qweight", "scales", "zeros"), parts, want):
+                        if array.shape != shape:
+                            raise ValueError(f"{folder}: {prefix} unpacks to {part} "
+                                             f"{list(array.shape)}, expected {list(shape)}")
+                        writer.add_tensor(f"{prefix}.{part}", array)
+                else:
+                    t = get(name).astype(np.float32)
+                    if t.shape != shapes[name]:
+                        raise ValueError(f"{folder}: tensor {name!r} has shape {list(t.shape)}, "
+                                         f"expected {list(shapes[name])}")
+                    writer.add_tensor(name, t)
+        writer.add_tensor("model.norm.weight", get("model.norm.weight").astype(np.float32))
+        if not config.tie_word_embeddings:
+            writer.add_tensor("lm_head.weight", get("lm_head.weight").astype(np.float16))
+        writer.finish(build_metadata(source, "awq", group_size))
+    return {"path": os.fspath(out_path), "linears": len(linears), "group_size": group_size}

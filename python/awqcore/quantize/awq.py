@@ -1,0 +1,416 @@
+"""Activation-aware weight quantization (AWQ): scale search, clip search, int4.
+
+Per decoder layer, as AutoAWQ does (arXiv 2306.00978 and its reference code):
+ 1. Run the full-precision layer over the calibration activations, recording the
+    input of every linear; the layer's FP output is the next layer's input.
+ 2. For each group of linears sharing an input, search per-input-channel scales
+       s(a) = x_mean^a / (w_mean^(1-a) + 1e-4),  clamped >= 1e-4, over sqrt(max*min)
+    for a in 0, 0.05, ..., 0.95, keeping the a whose fake-quantized weights
+    Q(W*s)/s give the lowest MSE at the output of the module that consumes them
+    (the attention for q/k/v, the MLP for gate/up, the linear itself for o, down).
+    Fold 1/s into the op before (norm weight, or v/up output rows) and s into
+    the linears' input columns: the FP function is unchanged, x*W^T = (x/s)(W*s)^T.
+ 3. Clip search for every linear but q/k: per output row and group, clamp the
+    weights to +-(1 - i/20)*absmax for i in 0..9 and keep the one minimising the
+    group's output error.
+ 4. Quantize with the round-to-nearest int4 quantizer (rtn.quantize_int4).
+
+Where we differ, and why:
+  * The clip error of row o and group j is mean_t (x_tj . d_oj)^2 = d_oj^T C_j d_oj
+    with C_j = mean_t x_tj x_tj^T, the g x g Gram matrix of the group's inputs.
+    Accumulated once over *all* calibration tokens (n*in*g flops), each shrink
+    step then costs out*in*g flops whatever n is, where AutoAWQ multiplies out
+    over 512 sampled tokens (512*out*in per step). Same objective, all tokens.
+  * The scale-search loss is computed on `loss_tokens` tokens sampled from the
+    calibration set (whole sequences for the attention, since it mixes tokens;
+    single tokens for the MLP and the linears), while x_mean and the clip
+    statistics use every token. The grid is 20 forward passes of the module, so
+    this is what keeps a 128 x 512 calibration within minutes on a CPU.
+  * Calibration sequences whose activations turn non-finite are dropped (and
+    reported); a search with no finite loss falls back to unscaled weights
+    (reported) instead of raising.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..reference import attention_heads, mlp_hidden, rms_norm, rotary_tables
+from ..source import SourceModel, layer_prefix
+from .calibration import calibration_blocks
+from .rtn import MAX_Q, MIN_SCALE, quantize_int4
+
+N_GRID = 20  # ratios a = i / 20, i = 0..19
+CLIP_GRID = 20  # shrink factors 1 - i / 20 ...
+CLIP_STEPS = 10  # ... for i = 0..9 (down to 0.55 of the group's max |w|)
+CLIP_EXCLUDED = ("self_attn.q_proj", "self_attn.k_proj")  # their error is seen through softmax
+# Which recorded input each linear reads.
+INPUT_OF = {"self_attn.q_proj": "qkv", "self_attn.k_proj": "qkv", "self_attn.v_proj": "qkv",
+            "self_attn.o_proj": "o", "mlp.gate_proj": "mlp", "mlp.up_proj": "mlp",
+            "mlp.down_proj": "down"}
+# Forward passes run over chunks of about this many tokens, bounding the memory
+# of the [chunk, ffn] MLP activations and [chunk/T, H, T, T] attention scores.
+CHUNK_TOKENS = 4096
+
+
+@dataclass
+class AwqOptions:
+    calib_samples: int = 128
+    calib_seqlen: int = 512
+    calib_text: str | None = None  # None: the Wikipedia summaries' calibration split
+    clip: bool = True
+    seed: int = 0
+    loss_tokens: int = 1024  # tokens the scale-search loss is computed on; 0 = all
+
+
+@dataclass
+class ScaleGroup:
+    """Linears sharing one input, searched together. `prev` receives 1/s: a norm
+    weight [in], or a linear whose output rows feed the group."""
+    name: str
+    prev: str
+    linears: list[str]
+    source: str  # which recorded input the group's linears read ("qkv", "o", "mlp", "down")
+
+
+def fake_quantize(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """w [out, in] f32 -> the weights quantize_int4 then dequantize_int4 give, in torch
+    (same rounding: f16 scale, range widened to 0, constant groups exact)."""
+    out_f, in_f = w.shape
+    g = w.reshape(out_f, in_f // group_size, group_size)  # [out, G, g]
+    gmax = g.amax(-1, keepdim=True)  # [out, G, 1]
+    gmin = g.amin(-1, keepdim=True)
+    span = (gmax.clamp(min=0) - gmin.clamp(max=0)) / MAX_Q
+    span = torch.where(gmax == gmin, gmax.abs(), span)
+    s = span.clamp(min=MIN_SCALE).half().float()  # the f16 scale the runtime multiplies by
+    z = (-torch.round(gmin.clamp(max=0) / s)).clamp(0, MAX_Q)
+    # clamp(round(w/s) + z, 0, 15) - z == clamp(round(w/s), -z, 15 - z): z is an integer,
+    # so both are exact, and the second makes three passes over w instead of five.
+    q = torch.round_(g / s)
+    return q.clamp_(-z, MAX_Q - z).mul_(s).reshape(out_f, in_f)
+
+
+def weight_mean(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
+    """AutoAWQ's w_mean [in]: |W| normalised by each group's max |W|, averaged over the
+    rows of all the group's linears."""
+    w = torch.cat(weights, dim=0)  # [sum(out), in]
+    g = w.abs().reshape(w.shape[0], -1, group_size)  # [rows, G, g]
+    g = g / (g.amax(-1, keepdim=True) + 1e-6)  # +1e-6: an all-zero group stays 0, not NaN
+    return g.reshape(w.shape).mean(0)
+
+
+def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, ratio: float) -> torch.Tensor:
+    """s(a) [in], normalised by sqrt(max*min) so that its geometric middle is 1."""
+    s = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
+    return s / (s.max() * s.min()).sqrt()
+
+
+@dataclass
+class ScaleSearch:
+    scales: torch.Tensor  # [in]; all ones when no ratio gave a finite loss
+    ratio: float | None  # the chosen a; None: fallback
+    losses: list[float]  # per grid point
+
+
+def search_scales(x_mean: torch.Tensor, weights: list[torch.Tensor],
+                  loss: Callable[[list[torch.Tensor]], float], group_size: int,
+                  n_grid: int = N_GRID, step: Callable[[], None] | None = None) -> ScaleSearch:
+    """The grid search of step 2. loss(candidate weights, one per linear) -> MSE of the
+    inspected module's output. Ties keep the smaller a (the first found)."""
+    w_mean = weight_mean(weights, group_size)
+    best, best_loss, losses = None, math.inf, []
+    for i in range(n_grid):
+        ratio = i / n_grid
+        s = candidate_scales(x_mean, w_mean, ratio)  # [in]
+        value = loss([fake_quantize(w * s, group_size) / s for w in weights])
+        losses.append(value)
+        if math.isfinite(value) and value < best_loss:
+            best, best_loss = (s, ratio), value
+        if step:
+            step()
+    if best is None:
+        return ScaleSearch(torch.ones_like(x_mean), None, losses)
+    return ScaleSearch(best[0], best[1], losses)
+
+
+def search_clip(w: torch.Tensor, gram: torch.Tensor, group_size: int,
+                step: Callable[[], None] | None = None) -> torch.Tensor:
+    """Per (row, group) clip bound [out, G, 1] for w [out, in] whose input has per-group
+    Gram matrices gram [G, g, g] (mean over tokens of x_j x_j^T)."""
+    out_f, in_f = w.shape
+    wg = w.reshape(out_f, in_f // group_size, group_size)  # [out, G, g]
+    absmax = wg.abs().amax(-1, keepdim=True)  # [out, G, 1]
+    best = absmax.clone()
+    best_err = torch.full(absmax.shape[:2], math.inf)  # [out, G]
+    for i in range(CLIP_STEPS):
+        bound = absmax * (1 - i / CLIP_GRID)
+        clipped = torch.minimum(torch.maximum(wg, -bound), bound)
+        d = fake_quantize(clipped.reshape(out_f, in_f), group_size).reshape(wg.shape) - wg
+        # err[o, j] = d[o, j] . (C_j d[o, j]): one [G, out, g] x [G, g, g] batched matmul
+        err = (torch.bmm(d.transpose(0, 1), gram).transpose(0, 1) * d).sum(-1)  # [out, G]
+        better = err < best_err  # NaN/inf never win: a bad step keeps the previous bound
+        best_err = torch.where(better, err, best_err)
+        best = torch.where(better[..., None], bound, best)
+        if step:
+            step()
+    return best
+
+
+class InputStats:
+    """Statistics of one linear input over all calibration tokens: sum |x| per channel
+    (for x_mean) and the per-group Gram matrices (for the clip search)."""
+
+    def __init__(self, width: int, group_size: int):
+        self.g = group_size
+        self.abs_sum = torch.zeros(width, dtype=torch.float64)  # [in]
+        self.gram = torch.zeros(width // group_size, group_size, group_size)  # [G, g, g]
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])  # [n, in]
+        self.abs_sum += x.abs().sum(0, dtype=torch.float64)
+        xg = x.reshape(x.shape[0], self.gram.shape[0], self.g).transpose(0, 1)  # [G, n, g]
+        self.gram.baddbmm_(xg.transpose(1, 2), xg)
+        self.count += x.shape[0]
+
+    def x_mean(self) -> torch.Tensor:
+        return (self.abs_sum / self.count).float()
+
+    def scaled_gram(self, s: torch.Tensor) -> torch.Tensor:
+        """Mean Gram matrices of x / s (the input once scales are folded)."""
+        inv = (1.0 / s).reshape(-1, self.g)  # [G, g]
+        return self.gram / self.count * inv[:, :, None] * inv[:, None, :]
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).pow(2).mean())
+
+
+class AwqQuantizer:
+    """The `awq` method (a pipeline.LayerQuantizer). Holds the calibration activations
+    [samples, T, d] between layers: memory is one layer plus these. Layers must come
+    in order, once each; not thread-safe (one quantizer per quantize_model call)."""
+
+    def __init__(self, source: SourceModel, group_size: int, progress: bool = True,
+                 **options):
+        self.options = AwqOptions(**options)
+        o = self.options
+        if o.loss_tokens < 0:
+            raise ValueError(f"loss_tokens must be >= 0 (0 = all), got {o.loss_tokens}")
+        self.config = c = source.config
+        self.group_size = group_size
+        self.progress = progress
+        self.times = {"calibration data": 0.0, "layer forward": 0.0, "scale search": 0.0,
+                      "clip search": 0.0, "int4 quantize": 0.0}
+        self.notes: list[str] = []
+        self.ratios: dict[str, list[float | None]] = {}
+        start = time.perf_counter()
+        ids = calibration_blocks(source.tokenizer.json, o.calib_samples, o.calib_seqlen,
+                                 seed=o.seed, text_file=o.calib_text)  # [N, T]
+        if int(ids.max()) >= c.vocab_size:
+            raise ValueError(f"the tokenizer produced id {int(ids.max())}, outside the model's "
+                             f"vocabulary of {c.vocab_size}")
+        embed = source.get("model.embed_tokens.weight")  # [vocab, d]
+        self.x = torch.from_numpy(np.ascontiguousarray(embed[ids]))  # [N, T, d]
+        del embed
+        n, t = ids.shape
+        self.cos, self.sin = rotary_tables(c, t)
+        # The loss subsample, fixed for all layers: whole sequences for the attention
+        # and single tokens for the MLP and linears (loss_tokens of each; 0 = all).
+        rng = np.random.default_rng(o.seed)
+        budget = n * t if o.loss_tokens == 0 else min(o.loss_tokens, n * t)
+        self.attn_seqs = np.sort(rng.permutation(n)[:max(1, round(budget / t))])
+        self.loss_mask = np.zeros(n * t, dtype=bool)
+        self.loss_mask[rng.permutation(n * t)[:budget]] = True
+        self.loss_mask = torch.from_numpy(self.loss_mask.reshape(n, t))  # [N, T]
+        self.times["calibration data"] = time.perf_counter() - start
+
+    # ------------------------------------------------------------ per layer
+    def scale_groups(self) -> list[ScaleGroup]:
+        groups = [ScaleGroup("qkv", "input_layernorm",
+                             ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "qkv")]
+        c = self.config
+        # v -> o only when v's output rows are o's input columns one to one: not
+        # under grouped-query attention, where each v row feeds H/KV heads.
+        if c.num_kv_heads == c.num_heads and c.num_heads * c.head_dim == c.hidden_size:
+            groups.append(ScaleGroup("vo", "self_attn.v_proj", ["self_attn.o_proj"], "o"))
+        groups.append(ScaleGroup("mlp", "post_attention_layernorm",
+                                 ["mlp.gate_proj", "mlp.up_proj"], "mlp"))
+        groups.append(ScaleGroup("down", "mlp.up_proj", ["mlp.down_proj"], "down"))
+        return groups
+
+    def _forward(self, layer: int, w: dict) -> tuple[dict, dict]:
+        """The FP layer over every calibration sequence, in chunks. Returns the input
+        statistics and the loss samples per input ("qkv", "o", "mlp", "down"), and
+        replaces self.x by the layer's output (dropping sequences gone non-finite)."""
+        c, g = self.config, self.group_size
+        eps = c.rms_norm_eps
+        n, t, d = self.x.shape
+        widths = {"qkv": d, "o": c.num_heads * c.head_dim, "mlp": d,
+                  "down": c.intermediate_size}
+        stats = {k: InputStats(width, g) for k, width in widths.items()}
+        samples: dict[str, list[torch.Tensor]] = {k: [] for k in (*widths, "attn")}
+        keep = torch.ones(n, dtype=torch.bool)
+        per_chunk = max(1, CHUNK_TOKENS // t)
+        attn_seqs = set(self.attn_seqs.tolist())
+        for lo in range(0, n, per_chunk):
+            x = self.x[lo:lo + per_chunk]  # [b, T, d]
+            h = rms_norm(x, w["input_layernorm"], eps)  # [b, T, d]
+            heads = attention_heads(c, h, w, self.cos, self.sin)  # [b, T, H*hd]
+            x_mid = x + heads @ w["self_attn.o_proj"].T
+            h2 = rms_norm(x_mid, w["post_attention_layernorm"], eps)  # [b, T, d]
+            hidden = mlp_hidden(h2, w)  # [b, T, ffn]
+            out = x_mid + hidden @ w["mlp.down_proj"].T  # [b, T, d]
+            inputs = {"qkv": h, "o": heads, "mlp": h2, "down": hidden}
+            finite = out.isfinite().flatten(1).all(1)  # [b]
+            for value in inputs.values():
+                finite &= value.isfinite().flatten(1).all(1)
+            keep[lo:lo + len(x)] = finite
+            mask = self.loss_mask[lo:lo + len(x)] & finite[:, None]  # [b, T]
+            for key, value in inputs.items():
+                stats[key].add(value[finite])
+                samples[key].append(value[mask])  # [tokens, width]
+            samples["attn"] += [h[i] for i in range(len(x))
+                                if lo + i in attn_seqs and bool(finite[i])]
+            self.x[lo:lo + len(x)] = out
+        if not bool(keep.all()):
+            dropped = int((~keep).sum())
+            self.notes.append(f"layer {layer}: dropped {dropped} of {n} calibration sequences "
+                              f"whose activations became non-finite")
+            kept = keep.nonzero()[:, 0]
+            self.x, self.loss_mask = self.x[kept].contiguous(), self.loss_mask[kept]
+            remap = {int(old): new for new, old in enumerate(kept)}
+            self.attn_seqs = np.array([remap[i] for i in self.attn_seqs.tolist() if i in remap],
+                                      dtype=np.int64)
+            if len(self.attn_seqs) == 0 and len(self.x):
+                self.attn_seqs = np.zeros(1, dtype=np.int64)  # later layers: the first left
+        merged = {k: torch.cat(samples[k]) for k in widths}  # [tokens, width]
+        merged["attn"] = torch.stack(samples["attn"]) if samples["attn"] else None  # [S, T, d]
+        return stats, merged
+
+    def _loss(self, group: ScaleGroup, w: dict, samples: dict) -> Callable:
+        """loss(candidate weights of group.linears) -> MSE against the FP module output."""
+        c = self.config
+
+        def with_(cands: list[torch.Tensor]) -> dict:
+            return {**w, **dict(zip(group.linears, cands))}
+
+        if group.name == "qkv":
+            h = samples["attn"]  # [S, T, d]
+            if h is None:  # its sequences went non-finite in this layer: fallback, noted
+                return lambda cands: math.inf
+            per_chunk = max(1, CHUNK_TOKENS // h.shape[1])
+
+            def run(ww: dict) -> torch.Tensor:
+                return torch.cat([attention_heads(c, h[i:i + per_chunk], ww, self.cos, self.sin)
+                                  for i in range(0, len(h), per_chunk)]) @ w["self_attn.o_proj"].T
+        elif group.name == "mlp":
+            def run(ww: dict) -> torch.Tensor:
+                return mlp_hidden(samples["mlp"], ww) @ w["mlp.down_proj"].T
+        else:  # a single linear: its own output
+            x, name = samples[group.source], group.linears[0]
+
+            def run(ww: dict) -> torch.Tensor:
+                return x @ ww[name].T
+        reference = run(w)
+        return lambda cands: _mse(run(with_(cands)), reference)
+
+    def fold_layer(self, layer: int, weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Steps 1-3 for one layer: returns its linears by reference key
+        ("self_attn.q_proj", ...), scaled (and clipped), f32 [out, in], and replaces the
+        layer's norms (and biases) in `weights` by their folded versions. Advances the
+        calibration activations to the layer's FP output."""
+        p = layer_prefix(layer)
+        for name, value in weights.items():
+            if not np.isfinite(value).all():
+                raise ValueError(f"{name}: {int((~np.isfinite(value)).sum())} non-finite "
+                                 "value(s) in the source weights; the model is corrupt")
+        # Reference-model keys ("self_attn.q_proj", "input_layernorm", "...bias"), copied:
+        # the folded norms and biases are handed back through `weights` at the end.
+        w = {name[len(p):].removesuffix(".weight"): torch.tensor(value)
+             for name, value in weights.items()}
+        groups = self.scale_groups()
+        clipped = [n for n in INPUT_OF if n not in CLIP_EXCLUDED] if self.options.clip else []
+        bar = tqdm(total=len(groups) * N_GRID + len(clipped) * CLIP_STEPS,
+                   desc=f"layer {layer} search", unit="step", leave=False,
+                   disable=not self.progress)
+        tick = lambda: bar.update(1)  # noqa: E731
+
+        start = time.perf_counter()
+        stats = samples = None
+        if len(self.x):
+            with torch.no_grad():
+                stats, samples = self._forward(layer, w)
+        self.times["layer forward"] += time.perf_counter() - start
+        if stats is None or stats["qkv"].count == 0:
+            self.notes.append(f"layer {layer}: no finite calibration activations left; "
+                              "quantized with plain RTN")
+            bar.close()
+            return {n: w[n] for n in INPUT_OF}
+
+        # Step 2: every search sees the FP weights (as AutoAWQ); folding comes after.
+        start = time.perf_counter()
+        scales = {}
+        with torch.no_grad():
+            for group in groups:
+                result = search_scales(stats[group.source].x_mean(),
+                                       [w[n] for n in group.linears],
+                                       self._loss(group, w, samples), self.group_size, step=tick)
+                self.ratios.setdefault(group.name, []).append(result.ratio)
+                if result.ratio is None:
+                    self.notes.append(f"layer {layer} {group.name}: no ratio gave a finite loss; "
+                                      "kept unscaled weights (plain RTN for these linears)")
+                scales[group.name] = result.scales
+            scaled = {n: w[n].clone() for n in INPUT_OF}  # [out, in] each
+            for group in groups:
+                s = scales[group.name]  # [in]
+                for n in group.linears:
+                    scaled[n] *= s  # input columns
+                if group.prev.endswith("_proj"):  # output rows (and bias) of a linear
+                    scaled[group.prev] /= s[:, None]
+                    if group.prev + ".bias" in w:
+                        w[group.prev + ".bias"] /= s
+                else:  # a norm weight
+                    w[group.prev] /= s
+        self.times["scale search"] += time.perf_counter() - start
+
+        # Step 3: clip search on the scaled weights against the scaled inputs. The
+        # scale each linear's input was divided by: ones for a linear in no group
+        # (o_proj under GQA, which AutoAWQ clips all the same).
+        start = time.perf_counter()
+        input_scale = {n: scales[g.name] for g in groups for n in g.linears}
+        with torch.no_grad():
+            for n in clipped:
+                s = input_scale.get(n, torch.ones(scaled[n].shape[1]))
+                bound = search_clip(scaled[n], stats[INPUT_OF[n]].scaled_gram(s),
+                                    self.group_size, step=tick)
+                wg = scaled[n].view(scaled[n].shape[0], -1, self.group_size)  # [out, G, g]
+                torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
+        self.times["clip search"] += time.perf_counter() - start
+        bar.close()
+        for name in weights:  # norms and biases, with the inverse scales folded in
+            key = name[len(p):].removesuffix(".weight")
+            if not key.endswith("_proj"):
+                weights[name] = w[key].numpy()
+        return scaled
+
+    def quantize_layer(self, layer: int, weights: dict[str, np.ndarray],
+                       linears: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        p = layer_prefix(layer)
+        scaled = self.fold_layer(layer, weights)
+        start = time.perf_counter()
+        result = {prefix: quantize_int4(scaled[prefix[len(p):]].numpy(), self.group_size,
+                                        name=prefix + ".weight") for prefix in linears}
+        self.times["int4 quantize"] += time.perf_counter() - start
+        return result
+
+    def report(self) -> dict:
+        """Seconds per stage, fallbacks and the chosen ratios per group (one per layer)."""
+        return {"stage_seconds": dict(self.times), "notes": list(self.notes),
+                "ratios": {k: list(v) for k, v in self.ratios.items()}}

@@ -1,0 +1,95 @@
+"""AutoAWQ GEMM export/import (awqcore.autoawq_format) against the format's definition."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from awqcore.autoawq_format import convert_hf, export_hf, pack_gemm, to_gemm
+from awqcore.awqbin import read_awqbin
+from awqcore.importers.synthetic import SyntheticSource, tiny_config
+from awqcore.quantize import quantize_model
+from awqcore.quantize.rtn import unpack_int4
+
+
+def literal_unpack(packed: np.ndarray) -> np.ndarray:
+    """From the definition, one nibble at a time with Python ints: bits 4i..4i+3 of
+    packed[r, j] hold column j*8 + [0, 2, 4, 6, 1, 3, 5, 7][i]. int32 [rows, n] -> [rows, 8n]"""
+    order = [0, 2, 4, 6, 1, 3, 5, 7]
+    rows, n = packed.shape
+    out = np.full((rows, 8 * n), -1, dtype=np.int64)
+    for r in range(rows):
+        for j in range(n):
+            word = int(packed[r, j]) & 0xFFFFFFFF  # the int32's two's-complement bits
+            for i in range(8):
+                out[r, j * 8 + order[i]] = (word >> (4 * i)) & 0xF
+    return out
+
+
+def test_hand_packed_word():
+    # Columns 0..7 holding their own index: nibble i holds column order[i], so the word
+    # reads, from the top nibble down, 7 5 3 1 6 4 2 0.
+    assert pack_gemm(np.arange(8, dtype=np.uint8)[None]).view(np.uint32)[0, 0] == 0x75316420
+    # A 15 in the nibble holding the sign bit (column 7) makes the int32 negative.
+    assert pack_gemm(np.array([[0, 0, 0, 0, 0, 0, 0, 15]], np.uint8))[0, 0] == -(1 << 28)
+
+
+def test_gemm_layout_matches_the_definition():
+    rng = np.random.default_rng(0)
+    out_f, in_f, g = 24, 64, 32
+    qweight = rng.integers(0, 256, (out_f, in_f // 2), dtype=np.uint8)
+    zeros = rng.integers(0, 16, (out_f, in_f // g), dtype=np.uint8)
+    scales = rng.random((out_f, in_f // g)).astype(np.float16)
+    gq, gz, gs = to_gemm(qweight, scales, zeros)
+    assert gq.dtype == np.int32 and gq.shape == (in_f, out_f // 8)
+    assert gz.dtype == np.int32 and gz.shape == (in_f // g, out_f // 8)
+    assert gs.dtype == np.float16 and gs.shape == (in_f // g, out_f)
+    # .awqbin: q[r, c] in byte c/2 of row r, low nibble when c is even (docs/format.md).
+    q = np.stack([(qweight[:, c // 2] >> (4 * (c % 2))) & 0xF for c in range(in_f)], axis=1)
+    np.testing.assert_array_equal(literal_unpack(gq), q.T)  # AutoAWQ rows are input columns
+    np.testing.assert_array_equal(literal_unpack(gz), zeros.T)
+    np.testing.assert_array_equal(gs, scales.T)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_export_then_convert_is_bit_exact(tmp_path, arch):
+    source = SyntheticSource(tiny_config(arch), seed=6)
+    original = tmp_path / "model.awqbin"
+    quantize_model(source, original, method="rtn", group_size=32, progress=False)
+    folder = export_hf(original, tmp_path / "hf")
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["quantization_config"] == {"quant_method": "awq", "bits": 4, "group_size": 32,
+                                          "zero_point": True, "version": "gemm"}
+    back = tmp_path / "back.awqbin"
+    convert_hf(folder, back)
+    a, b = read_awqbin(original), read_awqbin(back)
+    assert list(a.tensors) == list(b.tensors)
+    int4 = [n for n in a.tensors if n.endswith((".qweight", ".scales", ".zeros"))]
+    assert len(int4) == 3 * 7 * source.config.num_layers
+    for name in int4:
+        assert a.tensor(name).dtype == b.tensor(name).dtype
+        np.testing.assert_array_equal(a.tensor(name), b.tensor(name), err_msg=name)
+        assert a.tensors[name].crc == b.tensors[name].crc
+    # Unquantized tensors went through f16, as AutoAWQ stores them.
+    for name in set(a.tensors) - set(int4):
+        np.testing.assert_array_equal(np.asarray(a.tensor(name)).astype(np.float16),
+                                      np.asarray(b.tensor(name)).astype(np.float16))
+    for key in ("model.num_layers", "model.num_kv_heads", "model.tie_word_embeddings",
+                "quant.group_size", "tokenizer.json", "tokenizer.eos_token_ids"):
+        assert a.metadata[key] == b.metadata[key], key
+    # The packed codes really are the model's: the first linear unpacks to the same q.
+    name = "model.layers.0.self_attn.q_proj.qweight"
+    assert np.array_equal(unpack_int4(b.tensor(name)), unpack_int4(a.tensor(name)))
+
+
+def test_convert_rejects_other_quantizations(tmp_path):
+    source = SyntheticSource(tiny_config("llama"), seed=1)
+    quantize_model(source, tmp_path / "m.awqbin", method="rtn", group_size=32, progress=False)
+    folder = export_hf(tmp_path / "m.awqbin", tmp_path / "hf")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"]["version"] = "gemv"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"quantization_config.version is 'gemv'; only "
+                                         r"version='gemm'"):
+        convert_hf(folder, tmp_path / "x.awqbin")

