@@ -1,11 +1,34 @@
 #include "thread_pool.h"
 
+#include <chrono>
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <immintrin.h>
+#define AWQCORE_CPU_RELAX() _mm_pause()
+#else
+#define AWQCORE_CPU_RELAX() std::this_thread::yield()
+#endif
+
 namespace awqcore {
 namespace {
 
 // Chunk i of k over [0, n): [n*i/k, n*(i+1)/k), sizes floor(n/k) or ceil(n/k).
 int64_t ChunkBegin(int64_t n, int num_chunks, int chunk_index) {
   return n * chunk_index / num_chunks;
+}
+
+// Spins until done() or ~spin_micros have passed (the clock is read every 64
+// pauses, ~10 us); returns done().
+template <class Done>
+bool SpinUntil(const Done& done, int spin_micros) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_micros);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      AWQCORE_CPU_RELAX();
+    }
+    if (std::chrono::steady_clock::now() > deadline) return done();
+  }
 }
 
 }  // namespace
@@ -29,40 +52,49 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::Run(int64_t n, ChunkFn fn, const void* context) {
   const int num_chunks = n < num_threads_ ? static_cast<int>(n) : num_threads_;
   if (num_chunks > 1) {
-    {
+    job_fn_ = fn;
+    job_context_ = context;
+    job_n_ = n;
+    job_chunks_ = num_chunks;
+    // Every worker reports, also those without a chunk (fewer chunks than
+    // threads), so no worker can still be reading this job's fields when the
+    // next Run overwrites them.
+    pending_.store(num_threads_ - 1);
+    generation_.fetch_add(1);  // seq_cst: publishes the job, ordered before the read below
+    if (sleepers_.load() > 0) {
       std::lock_guard<std::mutex> lock(mutex_);
-      job_fn_ = fn;
-      job_context_ = context;
-      job_n_ = n;
-      job_chunks_ = num_chunks;
-      pending_ = num_chunks - 1;
-      ++generation_;
+      work_ready_.notify_all();
     }
-    work_ready_.notify_all();
   }
   fn(context, 0, ChunkBegin(n, num_chunks, 1));
   if (num_chunks > 1) {
-    std::unique_lock<std::mutex> lock(mutex_);
-    work_done_.wait(lock, [this] { return pending_ == 0; });
+    // The workers run chunks of the same size as ours: spin briefly, then
+    // yield the core (a descheduled worker on a busy machine needs it).
+    while (!SpinUntil([this] { return pending_.load(std::memory_order_acquire) == 0; },
+                      kSpinMicros)) {
+      std::this_thread::yield();
+    }
   }
 }
 
 void ThreadPool::WorkerLoop(int chunk_index) {
   uint64_t seen_generation = 0;
-  std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
-    work_ready_.wait(lock, [&] { return stop_ || generation_ != seen_generation; });
-    if (stop_) return;
-    seen_generation = generation_;
-    if (chunk_index >= job_chunks_) continue;  // fewer chunks than threads
-    const ChunkFn fn = job_fn_;
-    const void* context = job_context_;
-    const int64_t begin = ChunkBegin(job_n_, job_chunks_, chunk_index);
-    const int64_t end = ChunkBegin(job_n_, job_chunks_, chunk_index + 1);
-    lock.unlock();
-    fn(context, begin, end);
-    lock.lock();
-    if (--pending_ == 0) work_done_.notify_one();
+    const auto job_ready = [&] { return stop_.load() || generation_.load() != seen_generation; };
+    if (!SpinUntil(job_ready, kSpinMicros)) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      sleepers_.fetch_add(1);  // seq_cst: before the predicate's read of generation_
+      work_ready_.wait(lock, job_ready);
+      sleepers_.fetch_sub(1);
+    }
+    if (stop_.load()) return;
+    seen_generation = generation_.load();
+    if (chunk_index < job_chunks_) {
+      const int64_t begin = ChunkBegin(job_n_, job_chunks_, chunk_index);
+      const int64_t end = ChunkBegin(job_n_, job_chunks_, chunk_index + 1);
+      job_fn_(job_context_, begin, end);
+    }
+    pending_.fetch_sub(1, std::memory_order_release);
   }
 }
 

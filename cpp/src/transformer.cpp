@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstddef>
 
-#include "ops/activation.h"
 #include "ops/f16_linear.h"
 #include "ops/int4_linear.h"
 #include "ops/rmsnorm.h"
@@ -37,7 +36,6 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   attn_.resize(Floats(chunk_tokens_, q_width));
   proj_.resize(Floats(chunk_tokens_, d));
   gate_.resize(Floats(chunk_tokens_, config.intermediate_size));
-  up_.resize(Floats(chunk_tokens_, config.intermediate_size));
   scores_.resize(Floats(config.num_heads, max_seq_len));
 }
 
@@ -74,7 +72,6 @@ void Transformer::ForwardChunk(const int* ids, int n) {
 void Transformer::Layer(int layer, int n) {
   const LayerWeights& w = weights_.layers[layer];
   const int d = config_.hidden_size;
-  const int ffn = config_.intermediate_size;
   const int kv_width = config_.num_kv_heads * config_.head_dim;
   const float eps = config_.rms_norm_eps;
 
@@ -83,9 +80,9 @@ void Transformer::Layer(int layer, int n) {
   float* k_rows = LayerCache(k_cache_, layer) + Floats(position_, kv_width);
   float* v_rows = LayerCache(v_cache_, layer) + Floats(position_, kv_width);
   RmsNorm(x_.data(), w.input_norm, d, eps, n, h_.data());
-  Int4LinearForward(w.q, h_.data(), n, q_.data(), pool_);
-  Int4LinearForward(w.k, h_.data(), n, k_rows, pool_);
-  Int4LinearForward(w.v, h_.data(), n, v_rows, pool_);
+  const Int4Linear* qkv[] = {&w.q, &w.k, &w.v};
+  float* qkv_out[] = {q_.data(), k_rows, v_rows};
+  Int4LinearsForward(qkv, qkv_out, 3, h_.data(), n, pool_);
   rope_.Apply(q_.data(), n, config_.num_heads, position_);
   rope_.Apply(k_rows, n, config_.num_kv_heads, position_);
   AttentionForward(attention_shape_, q_.data(), LayerCache(k_cache_, layer),
@@ -93,11 +90,9 @@ void Transformer::Layer(int layer, int n) {
   Int4LinearForward(w.o, attn_.data(), n, proj_.data(), pool_);
   AddF32(proj_.data(), x_.data(), n * d);
 
-  // MLP block.
+  // MLP block: gate, up and SiLU(gate) * up in one pass.
   RmsNorm(x_.data(), w.post_norm, d, eps, n, h_.data());
-  Int4LinearForward(w.gate, h_.data(), n, gate_.data(), pool_);
-  Int4LinearForward(w.up, h_.data(), n, up_.data(), pool_);
-  SwiGlu(gate_.data(), up_.data(), n * ffn, gate_.data());
+  Int4SwiGluForward(w.gate, w.up, h_.data(), n, gate_.data(), pool_);
   Int4LinearForward(w.down, gate_.data(), n, proj_.data(), pool_);
   AddF32(proj_.data(), x_.data(), n * d);
 }

@@ -13,6 +13,10 @@
 // scratch stays bounded; results do not depend on the chunking beyond f32
 // summation order.
 //
+// A layer makes 5 fork-join passes over the thread pool: q/k/v as one pass,
+// attention, o_proj, gate/up/SiLU·mul as one pass, down_proj (int4_linear.h);
+// the norms, rotary and residual adds run on the calling thread (O(d) each).
+//
 // Thread safety: none (owned by one Session). Forward allocates nothing.
 #pragma once
 
@@ -73,8 +77,7 @@ class Transformer {
   std::vector<float> q_;         // [C, H * hd]
   std::vector<float> attn_;      // [C, H * hd] attention output
   std::vector<float> proj_;      // [C, d]      o_proj / down_proj output
-  std::vector<float> gate_;      // [C, ffn]    gate, then silu(gate) * up
-  std::vector<float> up_;        // [C, ffn]
+  std::vector<float> gate_;      // [C, ffn]    silu(gate) * up
   std::vector<float> scores_;    // [H, max_seq_len] attention weights
 };
 

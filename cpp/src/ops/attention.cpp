@@ -11,14 +11,20 @@ namespace awqcore {
 
 void AttentionForward(const AttentionShape& shape, const float* q, const float* k_cache,
                       const float* v_cache, int start_position, int num_tokens, float* scores,
-                      float* out, ThreadPool& pool) {
+                      float* out, ThreadPool& pool, Isa isa) {
   const int hd = shape.head_dim;
   const int q_stride = shape.num_heads * hd;      // floats per token in q and out
   const int kv_stride = shape.num_kv_heads * hd;  // floats per position in the cache
   const int heads_per_kv = shape.num_heads / shape.num_kv_heads;
   const int max_keys = start_position + num_tokens;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const bool avx2 = isa == Isa::kAvx2 && hd % 8 == 0;
   pool.ParallelFor(shape.num_heads, [&](int64_t head_begin, int64_t head_end) {
+    if (avx2) {
+      AttentionHeadsAvx2(shape, q, k_cache, v_cache, start_position, num_tokens, scores, out,
+                         static_cast<int>(head_begin), static_cast<int>(head_end));
+      return;
+    }
     for (int h = static_cast<int>(head_begin); h < head_end; ++h) {
       const int kv_offset = (h / heads_per_kv) * hd;
       float* head_scores = scores + static_cast<size_t>(h) * max_keys;  // [max_keys]

@@ -7,6 +7,7 @@
 // (so exp never overflows), then applied to V.
 #pragma once
 
+#include "cpu_features.h"
 #include "thread_pool.h"
 
 namespace awqcore {
@@ -21,7 +22,13 @@ struct AttentionShape {
 // scores: scratch of H * (p + num_tokens) floats. Work is split by query head.
 void AttentionForward(const AttentionShape& shape, const float* q, const float* k_cache,
                       const float* v_cache, int start_position, int num_tokens, float* scores,
-                      float* out, ThreadPool& pool);
+                      float* out, ThreadPool& pool, Isa isa = DetectedIsa());
+
+// Heads [head_begin, head_end) of AttentionForward with AVX2 + FMA
+// (attention_avx2.cpp); used by it when isa is kAvx2 and head_dim % 8 == 0.
+void AttentionHeadsAvx2(const AttentionShape& shape, const float* q, const float* k_cache,
+                        const float* v_cache, int start_position, int num_tokens, float* scores,
+                        float* out, int head_begin, int head_end);
 
 // The naive computation in double (full softmax per query, no scratch reuse).
 void AttentionReference(const AttentionShape& shape, const float* q, const float* k_cache,

@@ -4,22 +4,23 @@
 #include <cstddef>
 
 #include "half.h"
+#include "ops/activation.h"
+#include "ops/linear_kernels.h"
 #include "ops/vec.h"
 
 namespace awqcore {
 namespace {
 
-// Tiles of kRowBlock rows x kTileColumns columns of dequantized weights (4 KiB
-// on the stack, L1-resident) are reused across all tokens of the call. For one
-// token this still pays: dequantizing into a tile and then running a plain f32
+// The pool splits rows in blocks of kRowBlock: a multiple of the 4-row
+// register blocking of the AVX2 kernel, so only a matrix's last block is short.
+constexpr int kRowBlock = 4;
+
+// Scalar kernel: tiles of kRowBlock rows x kTileColumns columns of
+// dequantized weights (4 KiB on the stack, L1-resident) are reused across all
+// tokens of the call. Dequantizing into a tile and then running a plain f32
 // dot product (which the compiler vectorizes) measured ~2x faster than
 // dequantizing inside the dot product.
-constexpr int kRowBlock = 4;
 constexpr int kTileColumns = 256;  // a multiple of every allowed group size
-
-const uint8_t* RowCodes(const Int4Linear& layer, int row) {
-  return layer.qweight + static_cast<size_t>(row) * (layer.in / 2);
-}
 
 // Dequantizes W[row, column0 .. column0 + width) into out[width]; column0 and
 // width are multiples of the group size.
@@ -30,7 +31,7 @@ const uint8_t* RowCodes(const Int4Linear& layer, int row) {
 // adds no rounding error. The form is branch- and lookup-free so the loop
 // vectorizes.
 void DequantizeRowSpan(const Int4Linear& layer, int row, int column0, int width, float* out) {
-  const uint8_t* codes = RowCodes(layer, row) + column0 / 2;  // [width / 2]
+  const uint8_t* codes = layer.qweight + static_cast<size_t>(row) * (layer.in / 2) + column0 / 2;
   const size_t groups_per_row = layer.in / layer.group_size;
   for (int c = 0; c < width; c += layer.group_size) {
     const size_t index = static_cast<size_t>(row) * groups_per_row + (column0 + c) / layer.group_size;
@@ -45,40 +46,104 @@ void DequantizeRowSpan(const Int4Linear& layer, int row, int column0, int width,
   }
 }
 
-// Output rows [row0, row0 + rows), rows <= kRowBlock, for all tokens;
-// x: [num_tokens, in], y: [num_tokens, out].
-void Int4RowBlock(const Int4Linear& layer, int row0, int rows, const float* x,
-                  int num_tokens, float* y) {
-  const int out = layer.out;
-  const int in = layer.in;
+// At most kRowBlock rows.
+void Int4RowBlockScalar(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
+                        int num_tokens, float* y, int ldy) {
   for (int t = 0; t < num_tokens; ++t) {
     for (int r = 0; r < rows; ++r) {
-      y[static_cast<size_t>(t) * out + row0 + r] = layer.bias ? layer.bias[row0 + r] : 0.f;
+      y[static_cast<size_t>(t) * ldy + r] = layer.bias ? layer.bias[row0 + r] : 0.f;
     }
   }
   // Whole groups per tile: 256 columns for g = 32, 64, 128.
   const int tile_columns = kTileColumns / layer.group_size * layer.group_size;
   float tile[kRowBlock][kTileColumns];  // dequantized W[row0 + r, column0 + i]
-  for (int column0 = 0; column0 < in; column0 += tile_columns) {
-    const int width = std::min(tile_columns, in - column0);
+  for (int column0 = 0; column0 < layer.in; column0 += tile_columns) {
+    const int width = std::min(tile_columns, layer.in - column0);
     for (int r = 0; r < rows; ++r) DequantizeRowSpan(layer, row0 + r, column0, width, tile[r]);
     for (int t = 0; t < num_tokens; ++t) {
-      const float* x_tile = x + static_cast<size_t>(t) * in + column0;
-      float* y_row = y + static_cast<size_t>(t) * out + row0;
+      const float* x_tile = x + static_cast<size_t>(t) * ldx + column0;
+      float* y_row = y + static_cast<size_t>(t) * ldy;
       for (int r = 0; r < rows; ++r) y_row[r] += DotF32(tile[r], x_tile, width);
     }
   }
 }
 
+void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
+              int num_tokens, float* y, int ldy, Isa isa) {
+  if (isa == Isa::kAvx2) {
+    Int4RowsAvx2(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  } else {
+    Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  }
+}
+
+int NumBlocks(int rows) { return (rows + kRowBlock - 1) / kRowBlock; }
+
 }  // namespace
 
+void Int4RowsScalar(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
+                    int num_tokens, float* y, int ldy) {
+  for (int r = 0; r < rows; r += kRowBlock) {
+    Int4RowBlockScalar(layer, row0 + r, std::min(kRowBlock, rows - r), x, ldx, num_tokens, y + r,
+                       ldy);
+  }
+}
+
 void Int4LinearForward(const Int4Linear& layer, const float* x, int num_tokens, float* y,
-                       ThreadPool& pool) {
-  const int num_blocks = (layer.out + kRowBlock - 1) / kRowBlock;
-  pool.ParallelFor(num_blocks, [&](int64_t begin, int64_t end) {
-    for (int block = static_cast<int>(begin); block < end; ++block) {
-      const int row0 = block * kRowBlock;
-      Int4RowBlock(layer, row0, std::min(kRowBlock, layer.out - row0), x, num_tokens, y);
+                       ThreadPool& pool, Isa isa) {
+  const Int4Linear* layers[] = {&layer};
+  float* ys[] = {y};
+  Int4LinearsForward(layers, ys, 1, x, num_tokens, pool, isa);
+}
+
+void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int count,
+                        const float* x, int num_tokens, ThreadPool& pool, Isa isa) {
+  // Blocks are numbered across the layers in order; a thread's contiguous
+  // range of blocks may span two of them (e.g. the end of k and start of v).
+  int total_blocks = 0;
+  for (int i = 0; i < count; ++i) total_blocks += NumBlocks(layers[i]->out);
+  pool.ParallelFor(total_blocks, [&](int64_t begin, int64_t end) {
+    int first_block = 0;  // of layers[i]
+    for (int i = 0; i < count && begin < end; ++i) {
+      const Int4Linear& layer = *layers[i];
+      const int blocks = NumBlocks(layer.out);
+      const int64_t lo = std::max<int64_t>(begin, first_block);
+      const int64_t hi = std::min<int64_t>(end, first_block + blocks);
+      if (lo < hi) {
+        const int row0 = static_cast<int>(lo - first_block) * kRowBlock;
+        const int row1 = std::min(layer.out, static_cast<int>(hi - first_block) * kRowBlock);
+        Int4Rows(layer, row0, row1 - row0, x, layer.in, num_tokens, ys[i] + row0, layer.out, isa);
+      }
+      first_block += blocks;
+    }
+  });
+}
+
+void Int4SwiGluForward(const Int4Linear& gate, const Int4Linear& up, const float* x,
+                       int num_tokens, float* out, ThreadPool& pool, Isa isa) {
+  const int ffn = gate.out;
+  // A thread's rows go in slices of kSliceRows x kTokenSlice: gate rows
+  // straight to `out`, up rows to a stack buffer (8 KiB), then
+  // out = silu(gate) * up. Slices of 32 rows keep the per-call setup of the
+  // AVX2 kernel (group sums of x: `in` adds) at ~3% of its 32 * in weights.
+  constexpr int kSliceRows = 32;
+  constexpr int kTokenSlice = 64;
+  pool.ParallelFor(NumBlocks(ffn), [&](int64_t begin, int64_t end) {
+    float up_rows[kTokenSlice * kSliceRows];  // [tokens, kSliceRows]
+    const int row_end = std::min(ffn, static_cast<int>(end) * kRowBlock);
+    for (int row0 = static_cast<int>(begin) * kRowBlock; row0 < row_end; row0 += kSliceRows) {
+      const int rows = std::min(kSliceRows, row_end - row0);
+      for (int t0 = 0; t0 < num_tokens; t0 += kTokenSlice) {
+        const int tokens = std::min(kTokenSlice, num_tokens - t0);
+        const float* x_slice = x + static_cast<size_t>(t0) * gate.in;
+        float* out_slice = out + static_cast<size_t>(t0) * ffn + row0;
+        Int4Rows(gate, row0, rows, x_slice, gate.in, tokens, out_slice, ffn, isa);
+        Int4Rows(up, row0, rows, x_slice, up.in, tokens, up_rows, kSliceRows, isa);
+        for (int t = 0; t < tokens; ++t) {
+          float* o = out_slice + static_cast<size_t>(t) * ffn;
+          SwiGlu(o, up_rows + t * kSliceRows, rows, o);
+        }
+      }
     }
   });
 }

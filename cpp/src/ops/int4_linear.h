@@ -1,22 +1,39 @@
 // The 4-bit grouped linear layer: y[t, r] = sum_c W[r, c] x[t, c] (+ b[r]),
 // W[r, c] = (q[r, c] - z[r, c/g]) * s[r, c/g] (model_weights.h).
+//
+// Decode (one token) is memory-bound: every weight byte is read once per
+// token, so the ops make one pass over each matrix and the fused forms below
+// cut the fork-join round trips per layer from 8 to 5 (q/k/v as one pass,
+// gate/up/SiLU·mul as one pass). The row kernels are in linear_kernels.h;
+// `isa` picks the family (cpu_features.h), default the best the CPU has.
 #pragma once
 
+#include "cpu_features.h"
 #include "model_weights.h"
 #include "thread_pool.h"
 
 namespace awqcore {
 
 // x: [num_tokens, layer.in], y: [num_tokens, layer.out]; y must not alias x.
-// Output rows are split across the pool. A block of rows is dequantized once
-// per call and reused for every token, so prefill (num_tokens > 1) does not
-// repeat the dequantization per token. Requires an even group_size <= 256
-// (the format allows 32, 64, 128).
+// Output rows are split across the pool. Requires group_size in {32, 64, 128}.
 void Int4LinearForward(const Int4Linear& layer, const float* x, int num_tokens, float* y,
-                       ThreadPool& pool);
+                       ThreadPool& pool, Isa isa = DetectedIsa());
+
+// Several linears with the same input in one pass over the pool (q, k, v):
+// ys[i]: [num_tokens, layers[i].out]; every layers[i].in is the same.
+void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int count,
+                        const float* x, int num_tokens, ThreadPool& pool,
+                        Isa isa = DetectedIsa());
+
+// out[t, r] = silu(gate(x)[t, r]) * up(x)[t, r]: both projections of a row
+// block are computed by the same thread, so the [num_tokens, ffn] "up"
+// buffer and a separate SwiGLU pass disappear. x: [num_tokens, in],
+// out: [num_tokens, ffn]; gate and up have the same shape.
+void Int4SwiGluForward(const Int4Linear& gate, const Int4Linear& up, const float* x,
+                       int num_tokens, float* out, ThreadPool& pool, Isa isa = DetectedIsa());
 
 // The obvious scalar loop (one weight at a time, double accumulator): the
-// oracle the tests compare Int4LinearForward with.
+// oracle the tests compare the kernels with.
 void Int4LinearReference(const Int4Linear& layer, const float* x, int num_tokens, float* y);
 
 }  // namespace awqcore

@@ -1,0 +1,56 @@
+#include "cpu_features.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "ops/attention.h"
+#include "ops/linear_kernels.h"
+
+namespace awqcore {
+namespace {
+
+bool CpuHasAvx2FmaF16c() {
+#if defined(AWQCORE_HAVE_AVX2_KERNELS) && (defined(__GNUC__) || defined(__clang__))
+  // __builtin_cpu_supports reads CPUID once (libgcc's __cpu_model); it also
+  // accounts for the OS enabling the YMM state (XGETBV), so AVX2 is usable.
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+         __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+Isa Detect() {
+  const char* forced = std::getenv("AWQCORE_ISA");
+  if (forced != nullptr && std::strcmp(forced, "scalar") == 0) return Isa::kScalar;
+  return CpuHasAvx2FmaF16c() ? Isa::kAvx2 : Isa::kScalar;
+}
+
+}  // namespace
+
+Isa DetectedIsa() {
+  static const Isa isa = Detect();
+  return isa;
+}
+
+#ifndef AWQCORE_HAVE_AVX2_KERNELS
+// Built without the AVX2 files (not x86-64, or not GCC/Clang): DetectedIsa()
+// never returns kAvx2, so these exist only to link and are never reached; a
+// caller forcing Isa::kAvx2 gets the scalar result (attention: an abort).
+void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
+                  int num_tokens, float* y, int ldy) {
+  Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+}
+void F16RowsAvx2(const uint16_t* weight, int d, int row0, int rows, const float* x, int ldx,
+                 int num_tokens, float* y, int ldy) {
+  F16RowsScalar(weight, d, row0, rows, x, ldx, num_tokens, y, ldy);
+}
+void AttentionHeadsAvx2(const AttentionShape&, const float*, const float*, const float*, int, int,
+                        float*, float*, int, int) {
+  std::abort();  // unreachable: DetectedIsa() is never kAvx2 in this build
+}
+#endif
+
+const char* IsaName(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "scalar"; }
+
+}  // namespace awqcore

@@ -1,0 +1,91 @@
+// AVX2 helpers shared by the *_avx2.cpp kernels. Include ONLY from files
+// compiled with -mavx2 -mfma -mf16c (CMakeLists.txt): inline functions built
+// with different flags in other files would break the one-definition rule.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstddef>
+
+namespace awqcore {
+namespace avx2 {
+
+// [sum(a), sum(b), sum(c), sum(d)]: three hadds and one add instead of four
+// separate horizontal reductions.
+inline __m128 Hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab = _mm256_hadd_ps(a, b);   // a01 a23 b01 b23 | a45 a67 b45 b67
+  const __m256 cd = _mm256_hadd_ps(c, d);
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);  // a0-3 b0-3 c0-3 d0-3 | a4-7 ...
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+inline float Hsum(__m256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Columns in a tile of kTileColumns f32 weights per row (4 rows: 4 KiB, in L1).
+constexpr int kTileColumns = 256;
+
+// The prefill micro-kernel: 4 tile rows (stride kTileColumns) times one or
+// two token rows over `width` columns. Accumulators: 4 rows x 2 tokens = 8
+// ymm, plus 4 weight and 1-2 x registers (< 16). Per 8 columns it issues 8
+// FMAs for 6 loads: FMA-bound (2 per cycle), not load-bound (2 per cycle).
+// out[t][r] = sum_c tile[r][c] x_t[c]; a scalar tail covers width % 8.
+inline void TileTimesTwoTokens(const float* tile, int width, const float* x0, const float* x1,
+                               __m128* out0, __m128* out1) {
+  __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+  __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+  const float* w0 = tile;
+  const float* w1 = tile + kTileColumns;
+  const float* w2 = tile + 2 * kTileColumns;
+  const float* w3 = tile + 3 * kTileColumns;
+  int c = 0;
+  for (; c + 8 <= width; c += 8) {
+    const __m256 v0 = _mm256_loadu_ps(x0 + c), v1 = _mm256_loadu_ps(x1 + c);
+    const __m256 r0 = _mm256_load_ps(w0 + c), r1 = _mm256_load_ps(w1 + c);
+    const __m256 r2 = _mm256_load_ps(w2 + c), r3 = _mm256_load_ps(w3 + c);
+    a00 = _mm256_fmadd_ps(r0, v0, a00);
+    a01 = _mm256_fmadd_ps(r1, v0, a01);
+    a02 = _mm256_fmadd_ps(r2, v0, a02);
+    a03 = _mm256_fmadd_ps(r3, v0, a03);
+    a10 = _mm256_fmadd_ps(r0, v1, a10);
+    a11 = _mm256_fmadd_ps(r1, v1, a11);
+    a12 = _mm256_fmadd_ps(r2, v1, a12);
+    a13 = _mm256_fmadd_ps(r3, v1, a13);
+  }
+  __m128 s0 = Hsum4(a00, a01, a02, a03);
+  __m128 s1 = Hsum4(a10, a11, a12, a13);
+  for (; c < width; ++c) {
+    const __m128 w = _mm_setr_ps(w0[c], w1[c], w2[c], w3[c]);
+    s0 = _mm_fmadd_ps(w, _mm_set1_ps(x0[c]), s0);
+    s1 = _mm_fmadd_ps(w, _mm_set1_ps(x1[c]), s1);
+  }
+  *out0 = s0;
+  *out1 = s1;
+}
+
+// y[t * ldy + r] += (tile x_t)[r] for r < rows (<= 4), every token t; the
+// tile (4 x width, stride kTileColumns, 32-byte aligned) holds zeros in rows
+// >= rows. Tokens go in pairs (the odd one pairs with itself).
+inline void AccumulateTile(const float* tile, int width, int rows, const float* x, int ldx,
+                           int num_tokens, float* y, int ldy) {
+  for (int t = 0; t < num_tokens; t += 2) {
+    const int t1 = t + 1 < num_tokens ? t + 1 : t;
+    __m128 s0, s1;
+    TileTimesTwoTokens(tile, width, x + static_cast<size_t>(t) * ldx,
+                       x + static_cast<size_t>(t1) * ldx, &s0, &s1);
+    alignas(16) float sums[2][4];
+    _mm_store_ps(sums[0], s0);
+    _mm_store_ps(sums[1], s1);
+    for (int r = 0; r < rows; ++r) y[static_cast<size_t>(t) * ldy + r] += sums[0][r];
+    if (t1 != t) {
+      for (int r = 0; r < rows; ++r) y[static_cast<size_t>(t1) * ldy + r] += sums[1][r];
+    }
+  }
+}
+
+}  // namespace avx2
+}  // namespace awqcore

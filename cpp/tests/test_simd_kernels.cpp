@@ -1,0 +1,287 @@
+// The fast row kernels (ops/linear_kernels.h) of every instruction set this
+// CPU runs, against the scalar references, over odd shapes: rows not a
+// multiple of the 4-row blocking, K at each group size (and across the
+// 256-column tiles), unaligned weight and activation pointers, strided
+// outputs, batches 1..8 (both the GEMV path, < 4 tokens, and the GEMM path);
+// plus the fused q/k/v and gate/up/SwiGLU passes, thread-count independence
+// and the AVX2 attention.
+//
+// Tolerances are a-priori bounds (see test_ops.cpp): a sum of n f32 terms in
+// any order is within gamma(n) * sum|terms| of the exact sum. The AVX2 int4
+// GEMV computes per group s * (sum q x) - s * z * (sum x), whose terms are
+// bounded by s (|q| + z) |x|; with in products, 2 per-group terms and the bias
+// that is gamma(in + 2 groups + 2) * sum_c s (|q| + z) |x| (+ |bias|). A wrong
+// nibble, group, row or stride gives errors of the size of the outputs, ~1e6
+// times these bounds.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "cpu_features.h"
+#include "half.h"
+#include "model_weights.h"
+#include "ops/activation.h"
+#include "ops/attention.h"
+#include "ops/f16_linear.h"
+#include "ops/int4_linear.h"
+#include "ops/linear_kernels.h"
+#include "test_harness.h"
+#include "thread_pool.h"
+
+using namespace awqcore;
+
+namespace {
+
+constexpr double kUnitRoundoff = 5.9604644775390625e-08;  // 2^-24
+double Gamma(int n) { return n * kUnitRoundoff / (1.0 - n * kUnitRoundoff); }
+
+std::vector<Isa> IsasToTest() {
+  std::vector<Isa> isas = {Isa::kScalar};
+  if (DetectedIsa() == Isa::kAvx2) isas.push_back(Isa::kAvx2);
+  return isas;
+}
+
+std::vector<float> RandomFloats(size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  std::vector<float> v(n);
+  for (float& f : v) f = dist(rng);
+  return v;
+}
+
+// Random int4 weights whose arrays start 1 element past an allocation, so the
+// kernels see pointers with no alignment beyond that of the element type.
+struct Int4Weights {
+  std::vector<uint8_t> qweight, zeros;
+  std::vector<uint16_t> scales;
+  std::vector<float> bias;
+  Int4Linear layer;
+
+  Int4Weights(int out, int in, int g, bool with_bias, std::mt19937& rng) {
+    std::uniform_int_distribution<int> byte(0, 255), nibble(0, 15);
+    std::uniform_real_distribution<float> scale(0.002f, 0.05f);
+    const size_t groups = static_cast<size_t>(out) * (in / g);
+    qweight.resize(1 + static_cast<size_t>(out) * in / 2);
+    for (uint8_t& b : qweight) b = static_cast<uint8_t>(byte(rng));
+    scales.resize(1 + groups);
+    for (uint16_t& s : scales) s = F32ToF16(scale(rng));
+    zeros.resize(1 + groups);
+    for (uint8_t& z : zeros) z = static_cast<uint8_t>(nibble(rng));
+    if (with_bias) bias = RandomFloats(out + 1, rng);
+    layer = Int4Linear{out, in, g, qweight.data() + 1, scales.data() + 1, zeros.data() + 1,
+                       with_bias ? bias.data() + 1 : nullptr};
+  }
+
+  // The bound on |kernel - exact| for output (row r, token x) (header comment).
+  double Bound(int r, const float* x) const {
+    const int groups = layer.in / layer.group_size;
+    double sum = layer.bias ? std::fabs(layer.bias[r]) : 0.0;
+    for (int c = 0; c < layer.in; ++c) {
+      const uint8_t b = layer.qweight[static_cast<size_t>(r) * layer.in / 2 + c / 2];
+      const int q = c % 2 == 0 ? (b & 15) : (b >> 4);
+      const size_t g = static_cast<size_t>(r) * groups + c / layer.group_size;
+      sum += F16ToF32(layer.scales[g]) * (q + layer.zeros[g]) * std::fabs(x[c]);
+    }
+    return Gamma(layer.in + 2 * groups + 2) * sum;
+  }
+};
+
+}  // namespace
+
+TEST(int4_row_kernels_match_reference) {
+  std::mt19937 rng(11);
+  for (Isa isa : IsasToTest()) {
+    double worst = 0.0;
+    int checked = 0, bad = 0;
+    for (int g : {32, 64, 128}) {
+      for (int in : {g, 3 * g, 256 + g, 9 * 64}) {
+        if (in % g != 0) continue;
+        for (int out : {1, 3, 5, 13}) {
+          const bool with_bias = (out + in / g) % 2 == 1;
+          Int4Weights w(out, in, g, with_bias, rng);
+          for (int tokens = 1; tokens <= 8; ++tokens) {
+            // x with a row stride of in + 3 floats, starting 1 float in.
+            const int ldx = in + 3, ldy = out + 2;
+            const std::vector<float> x_store = RandomFloats(1 + static_cast<size_t>(tokens) * ldx, rng);
+            const float* x = x_store.data() + 1;
+            std::vector<float> x_dense(static_cast<size_t>(tokens) * in);
+            for (int t = 0; t < tokens; ++t) std::copy_n(x + t * ldx, in, x_dense.begin() + t * in);
+            std::vector<float> ref(static_cast<size_t>(tokens) * out);
+            Int4LinearReference(w.layer, x_dense.data(), tokens, ref.data());
+            // Rows [row0, out) only, into a strided y: the split the pool makes.
+            const int row0 = out > 4 ? 1 : 0;
+            std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f);
+            if (isa == Isa::kAvx2) {
+              Int4RowsAvx2(w.layer, row0, out - row0, x, ldx, tokens, y.data() + row0, ldy);
+            } else {
+              Int4RowsScalar(w.layer, row0, out - row0, x, ldx, tokens, y.data() + row0, ldy);
+            }
+            double max_diff = 0.0, max_ref = 0.0;
+            for (int t = 0; t < tokens; ++t) {
+              for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
+              for (int r = row0; r < out; ++r) {
+                const double diff = std::fabs(static_cast<double>(y[t * ldy + r]) - ref[t * out + r]);
+                bad += !(diff <= w.Bound(r, x + t * ldx));
+                max_diff = std::max(max_diff, diff);
+                max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[t * out + r])));
+                ++checked;
+              }
+            }
+            worst = std::max(worst, max_diff / max_ref);
+          }
+        }
+      }
+    }
+    std::printf("  %s int4 rows: %d outputs, %d outside the bound, max relative error %.3g\n",
+                IsaName(isa), checked, bad, worst);
+    CHECK(bad == 0);
+  }
+}
+
+TEST(f16_row_kernels_match_reference_and_ignore_batch_size) {
+  std::mt19937 rng(12);
+  for (Isa isa : IsasToTest()) {
+    double worst = 0.0;
+    int bad = 0, batch_dependent = 0;
+    for (int d : {1, 7, 8, 9, 64, 255, 257, 576}) {
+      for (int rows : {1, 3, 5, 13}) {
+        std::vector<uint16_t> w_store(1 + static_cast<size_t>(rows) * d);
+        for (uint16_t& v : w_store) v = F32ToF16(RandomFloats(1, rng)[0]);
+        const uint16_t* w = w_store.data() + 1;
+        for (int tokens = 1; tokens <= 8; ++tokens) {
+          const std::vector<float> x_store = RandomFloats(1 + static_cast<size_t>(tokens) * d, rng);
+          const float* x = x_store.data() + 1;
+          std::vector<float> ref(static_cast<size_t>(tokens) * rows), y(ref.size());
+          F16LinearReference(w, rows, d, x, tokens, ref.data());
+          if (isa == Isa::kAvx2) {
+            F16RowsAvx2(w, d, 0, rows, x, d, tokens, y.data(), rows);
+          } else {
+            F16RowsScalar(w, d, 0, rows, x, d, tokens, y.data(), rows);
+          }
+          double max_diff = 0.0, max_ref = 0.0;
+          for (int t = 0; t < tokens; ++t) {
+            for (int r = 0; r < rows; ++r) {
+              double abs_sum = 0.0;
+              for (int c = 0; c < d; ++c) abs_sum += std::fabs(F16ToF32(w[r * d + c]) * x[t * d + c]);
+              const double diff = std::fabs(static_cast<double>(y[t * rows + r]) - ref[t * rows + r]);
+              bad += !(diff <= Gamma(d + 1) * abs_sum);
+              max_diff = std::max(max_diff, diff);
+              max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[t * rows + r])));
+            }
+            // The same token alone gives bit-identical logits (what the
+            // transformer's last-only path relies on).
+            std::vector<float> alone(rows);
+            if (isa == Isa::kAvx2) {
+              F16RowsAvx2(w, d, 0, rows, x + t * d, d, 1, alone.data(), rows);
+            } else {
+              F16RowsScalar(w, d, 0, rows, x + t * d, d, 1, alone.data(), rows);
+            }
+            batch_dependent += !std::equal(alone.begin(), alone.end(), y.begin() + t * rows);
+          }
+          worst = std::max(worst, max_ref > 0 ? max_diff / max_ref : max_diff);
+        }
+      }
+    }
+    std::printf("  %s f16 rows: %d outside the bound, %d batch-dependent, max relative error %.3g\n",
+                IsaName(isa), bad, batch_dependent, worst);
+    CHECK(bad == 0);
+    CHECK(batch_dependent == 0);
+  }
+}
+
+TEST(fused_qkv_and_swiglu_match_separate_references) {
+  std::mt19937 rng(13);
+  ThreadPool pool1(1), pool2(2);
+  const int d = 192, kv = 64, ffn = 2 * 192 + 4 * 37 + 3;  // rows not a multiple of 4 or 32
+  for (Isa isa : IsasToTest()) {
+    for (int g : {32, 64}) {
+      Int4Weights q(d, d, g, true, rng), k(kv, d, g, true, rng), v(kv + 3, d, g, false, rng);
+      Int4Weights gate(ffn, d, g, false, rng), up(ffn, d, g, false, rng);
+      double worst = 0.0;
+      for (int tokens : {1, 2, 5, 70}) {  // 70: two token slices of the SwiGLU pass
+        const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * d, rng);
+        const Int4Linear* layers[] = {&q.layer, &k.layer, &v.layer};
+        std::vector<float> refs[3], outs1[3], outs2[3];
+        float* ys1[3];
+        float* ys2[3];
+        for (int i = 0; i < 3; ++i) {
+          refs[i].resize(static_cast<size_t>(tokens) * layers[i]->out);
+          outs1[i].resize(refs[i].size());
+          outs2[i].resize(refs[i].size());
+          ys1[i] = outs1[i].data();
+          ys2[i] = outs2[i].data();
+          Int4LinearReference(*layers[i], x.data(), tokens, refs[i].data());
+        }
+        Int4LinearsForward(layers, ys1, 3, x.data(), tokens, pool1, isa);
+        Int4LinearsForward(layers, ys2, 3, x.data(), tokens, pool2, isa);
+        for (int i = 0; i < 3; ++i) {
+          CHECK(outs1[i] == outs2[i]);
+          for (size_t j = 0; j < refs[i].size(); ++j) {
+            const int t = static_cast<int>(j) / layers[i]->out, r = static_cast<int>(j) % layers[i]->out;
+            const Int4Weights& w = i == 0 ? q : i == 1 ? k : v;
+            CHECK(std::fabs(static_cast<double>(outs1[i][j]) - refs[i][j]) <= w.Bound(r, x.data() + t * d));
+          }
+        }
+        // SwiGLU: reference gate and up, then the reference activation. The
+        // fused result differs by the linears' rounding (bounded above)
+        // amplified by at most |silu'| <= 1.1 and |up|, |silu| factors: a
+        // relative 1e-5 of the output scale is ~100x that and ~1e-5 of a bug.
+        std::vector<float> g_ref(static_cast<size_t>(tokens) * ffn), u_ref(g_ref.size()), ref(g_ref.size());
+        Int4LinearReference(gate.layer, x.data(), tokens, g_ref.data());
+        Int4LinearReference(up.layer, x.data(), tokens, u_ref.data());
+        SwiGluReference(g_ref.data(), u_ref.data(), tokens * ffn, ref.data());
+        std::vector<float> y1(ref.size()), y2(ref.size());
+        Int4SwiGluForward(gate.layer, up.layer, x.data(), tokens, y1.data(), pool1, isa);
+        Int4SwiGluForward(gate.layer, up.layer, x.data(), tokens, y2.data(), pool2, isa);
+        CHECK(y1 == y2);
+        double max_diff = 0.0, max_ref = 0.0;
+        for (size_t j = 0; j < ref.size(); ++j) {
+          max_diff = std::max(max_diff, std::fabs(static_cast<double>(y1[j]) - ref[j]));
+          max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[j])));
+        }
+        worst = std::max(worst, max_diff / max_ref);
+      }
+      std::printf("  %s g%d fused swiglu: max relative error %.3g\n", IsaName(isa), g, worst);
+      CHECK(worst < 1e-5);
+    }
+  }
+}
+
+TEST(attention_kernels_match_reference) {
+  // Softmax weights are in [0, 1] and sum to 1, so an output is a convex
+  // combination of V rows: its error is ~gamma(hd) |q||k| (scores, amplified
+  // by at most 2x through exp/normalization) plus gamma(keys) max|v|; 1e-5
+  // relative holds that for <= 400 keys with 1e3 margin over a wrong key,
+  // head or mask (errors of the size of v).
+  std::mt19937 rng(14);
+  ThreadPool pool(2);
+  for (Isa isa : IsasToTest()) {
+    double worst = 0.0;
+    for (int hd : {8, 64}) {
+      const AttentionShape shape{6, 2, hd};
+      for (int start : {0, 5, 300}) {
+        for (int tokens : {1, 3, 8}) {
+          const int keys = start + tokens;
+          const std::vector<float> k = RandomFloats(static_cast<size_t>(keys) * 2 * hd, rng);
+          const std::vector<float> v = RandomFloats(k.size(), rng);
+          const std::vector<float> q = RandomFloats(static_cast<size_t>(tokens) * 6 * hd, rng);
+          std::vector<float> ref(q.size()), out(q.size()), scores(static_cast<size_t>(6) * keys);
+          AttentionReference(shape, q.data(), k.data(), v.data(), start, tokens, ref.data());
+          AttentionForward(shape, q.data(), k.data(), v.data(), start, tokens, scores.data(), out.data(), pool, isa);
+          double max_diff = 0.0, max_ref = 0.0;
+          for (size_t i = 0; i < ref.size(); ++i) {
+            max_diff = std::max(max_diff, std::fabs(static_cast<double>(out[i]) - ref[i]));
+            max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[i])));
+          }
+          worst = std::max(worst, max_diff / max_ref);
+        }
+      }
+    }
+    std::printf("  %s attention: max relative error %.3g\n", IsaName(isa), worst);
+    CHECK(worst < 1e-5);
+  }
+}
+
+AWQCORE_TEST_MAIN()
