@@ -23,21 +23,18 @@
 #include "ops/int4_linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "random_weights.h"
 #include "test_harness.h"
 
 using namespace awqcore;
+
+using awqtest::RandomFloats;
+using awqtest::RandomInt4;
 
 namespace {
 
 constexpr double kU = 5.9604644775390625e-08;  // 2^-24
 double Gamma(int n) { return n * kU / (1.0 - n * kU); }
-
-std::vector<float> Random(size_t n, std::mt19937& rng, float lo = -1.f, float hi = 1.f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
 
 // Checks |a - b| <= tol[i] elementwise; prints the worst relative error.
 void CheckClose(const char* what, const std::vector<float>& got, const std::vector<float>& want,
@@ -55,35 +52,6 @@ void CheckClose(const char* what, const std::vector<float>& got, const std::vect
   CHECK(bad == 0);
 }
 
-struct RandomInt4 {
-  std::vector<uint8_t> qweight, zeros;
-  std::vector<uint16_t> scales;
-  std::vector<float> bias;
-  Int4Linear layer;
-  RandomInt4(int out, int in, int g, bool with_bias, std::mt19937& rng) {
-    std::uniform_int_distribution<int> byte(0, 255), nibble(0, 15);
-    std::uniform_real_distribution<float> scale(0.002f, 0.05f);
-    qweight.resize(static_cast<size_t>(out) * in / 2);
-    for (uint8_t& b : qweight) b = static_cast<uint8_t>(byte(rng));
-    scales.resize(static_cast<size_t>(out) * in / g);
-    for (uint16_t& s : scales) s = F32ToF16(scale(rng));
-    zeros.resize(scales.size());
-    for (uint8_t& z : zeros) z = static_cast<uint8_t>(nibble(rng));
-    if (with_bias) bias = Random(out, rng);
-    layer = {out, in, g, qweight.data(), scales.data(), zeros.data(), with_bias ? bias.data() : nullptr};
-  }
-  // sum_c |W[r, c] x[t, c]|, the scale of the rounding bound of row r.
-  double AbsDot(int r, const float* x) const {
-    double s = 0.0;
-    for (int c = 0; c < layer.in; ++c) {
-      const int q = (qweight[(static_cast<size_t>(r) * layer.in + c) / 2] >> (c % 2 ? 4 : 0)) & 15;
-      const size_t gi = static_cast<size_t>(r) * (layer.in / layer.group_size) + c / layer.group_size;
-      s += std::fabs((q - zeros[gi]) * F16ToF32(scales[gi]) * x[c]);
-    }
-    return s;
-  }
-};
-
 TEST(int4_gemv_matches_reference) {
   std::mt19937 rng(1);
   // (out, in, group, tokens, bias, residual): rows not a multiple of the
@@ -97,8 +65,8 @@ TEST(int4_gemv_matches_reference) {
   for (const auto& c : cases) {
     const int out = c[0], in = c[1], g = c[2], n = c[3];
     RandomInt4 w(out, in, g, c[4], rng);
-    std::vector<float> x = Random(static_cast<size_t>(n) * in, rng);
-    std::vector<float> residual = Random(static_cast<size_t>(n) * out, rng);
+    std::vector<float> x = RandomFloats(static_cast<size_t>(n) * in, rng);
+    std::vector<float> residual = RandomFloats(static_cast<size_t>(n) * out, rng);
     std::vector<float> want(static_cast<size_t>(n) * out), got(want.size());
     Int4LinearReference(w.layer, x.data(), n, want.data());
     std::vector<double> tol(want.size());
@@ -107,7 +75,7 @@ TEST(int4_gemv_matches_reference) {
         const size_t i = static_cast<size_t>(t) * out + r;
         // Chunk sums of 32, scaled, then summed over in/32 chunks and lanes:
         // at most in + 3 roundings along any path; + bias/residual adds.
-        tol[i] = Gamma(in + 3) * w.AbsDot(r, x.data() + static_cast<size_t>(t) * in) +
+        tol[i] = Gamma(in + 3) * w.AbsProductSum(r, x.data() + static_cast<size_t>(t) * in) +
                  4 * kU * (std::fabs(want[i]) + 2.0);
         if (c[5]) want[i] += residual[i];
       }
@@ -124,9 +92,9 @@ TEST(f16_gemv_and_embedding_match_reference) {
   for (const auto& c : cases) {
     const int rows = c[0], d = c[1], n = c[2];
     std::vector<uint16_t> w(static_cast<size_t>(rows) * d);
-    std::vector<float> wf = Random(w.size(), rng);
+    std::vector<float> wf = RandomFloats(w.size(), rng);
     for (size_t i = 0; i < w.size(); ++i) w[i] = F32ToF16(wf[i]);
-    std::vector<float> x = Random(static_cast<size_t>(n) * d, rng);
+    std::vector<float> x = RandomFloats(static_cast<size_t>(n) * d, rng);
     std::vector<float> want(static_cast<size_t>(n) * rows), got(want.size());
     F16LinearReference(w.data(), rows, d, x.data(), n, want.data());
     std::vector<double> tol(want.size());
@@ -152,7 +120,7 @@ TEST(rmsnorm_and_swiglu_match_reference) {
   std::mt19937 rng(3);
   for (int d : {64, 576, 4100}) {
     const int n = 3;
-    std::vector<float> x = Random(static_cast<size_t>(n) * d, rng, -3.f, 3.f), w = Random(d, rng);
+    std::vector<float> x = RandomFloats(static_cast<size_t>(n) * d, rng, -3.f, 3.f), w = RandomFloats(d, rng);
     std::vector<float> want(x.size()), got(x.size());
     RmsNormReference(x.data(), w.data(), d, 1e-5f, n, want.data());
     cuda_test::RmsNorm(x.data(), w.data(), d, 1e-5f, n, got.data());
@@ -162,7 +130,7 @@ TEST(rmsnorm_and_swiglu_match_reference) {
     CheckClose(("rmsnorm d" + std::to_string(d)).c_str(), got, want, tol);
   }
   const int n = 10007;
-  std::vector<float> g = Random(n, rng, -8.f, 8.f), u = Random(n, rng, -2.f, 2.f);
+  std::vector<float> g = RandomFloats(n, rng, -8.f, 8.f), u = RandomFloats(n, rng, -2.f, 2.f);
   std::vector<float> want(n), got(n);
   SwiGluReference(g.data(), u.data(), n, want.data());
   cuda_test::SwiGlu(g.data(), u.data(), n, got.data());
@@ -182,8 +150,8 @@ TEST(rope_and_attention_match_reference) {
     const int start = c[3], n = c[4], total = start + n;
     const size_t qw = static_cast<size_t>(shape.num_heads) * shape.head_dim;
     const size_t kvw = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
-    std::vector<float> cache_k = Random(start * kvw, rng), cache_v = Random(start * kvw, rng);
-    std::vector<float> q = Random(n * qw, rng, -2.f, 2.f), k = Random(n * kvw, rng), v = Random(n * kvw, rng);
+    std::vector<float> cache_k = RandomFloats(start * kvw, rng), cache_v = RandomFloats(start * kvw, rng);
+    std::vector<float> q = RandomFloats(n * qw, rng, -2.f, 2.f), k = RandomFloats(n * kvw, rng), v = RandomFloats(n * kvw, rng);
     std::vector<float> q_gpu = q, k_gpu(n * kvw), out_gpu(n * qw);
     cuda_test::RopeAttention(shape, theta, start, n, cache_k.data(), cache_v.data(), q_gpu.data(),
                              k.data(), v.data(), k_gpu.data(), out_gpu.data());

@@ -23,23 +23,20 @@
 #include "ops/int4_linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "random_weights.h"
 #include "test_harness.h"
 #include "thread_pool.h"
 
 using namespace awqcore;
+
+using awqtest::RandomFloats;
+using awqtest::RandomInt4;
 
 namespace {
 
 constexpr double kUnitRoundoff = 5.9604644775390625e-08;  // u = 2^-24
 
 double Gamma(int n) { return n * kUnitRoundoff / (1.0 - n * kUnitRoundoff); }
-
-std::vector<float> RandomFloats(size_t n, std::mt19937& rng, float lo = -1.f, float hi = 1.f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
 
 // max|a - b| / max|b|: the normwise relative error printed by the tests.
 double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
@@ -50,41 +47,6 @@ double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
   }
   return max_ref > 0 ? max_diff / max_ref : max_diff;
 }
-
-// An Int4Linear with random codes, zeros and f16 scales, owning its storage.
-struct RandomInt4 {
-  std::vector<uint8_t> qweight;  // [out, in/2]
-  std::vector<uint16_t> scales;  // [out, in/g]
-  std::vector<uint8_t> zeros;    // [out, in/g]
-  std::vector<float> bias;       // [out] or empty
-  Int4Linear layer;
-
-  RandomInt4(int out, int in, int group_size, bool with_bias, std::mt19937& rng) {
-    std::uniform_int_distribution<int> byte(0, 255), nibble(0, 15);
-    std::uniform_real_distribution<float> scale(0.002f, 0.05f);
-    qweight.resize(static_cast<size_t>(out) * in / 2);
-    for (uint8_t& b : qweight) b = static_cast<uint8_t>(byte(rng));
-    scales.resize(static_cast<size_t>(out) * in / group_size);
-    for (uint16_t& s : scales) s = F32ToF16(scale(rng));
-    zeros.resize(scales.size());
-    for (uint8_t& z : zeros) z = static_cast<uint8_t>(nibble(rng));
-    if (with_bias) bias = RandomFloats(out, rng);
-    layer = Int4Linear{out, in, group_size, qweight.data(), scales.data(), zeros.data(),
-                       with_bias ? bias.data() : nullptr};
-  }
-
-  // sum_c |W[r, c] x[t, c]| for the rounding bound of output (t, r).
-  double AbsProductSum(int t, int r, const float* x) const {
-    double sum = 0.0;
-    for (int c = 0; c < layer.in; ++c) {
-      const uint8_t b = qweight[static_cast<size_t>(r) * layer.in / 2 + c / 2];
-      const int q = c % 2 == 0 ? (b & 15) : (b >> 4);
-      const size_t g = static_cast<size_t>(r) * (layer.in / layer.group_size) + c / layer.group_size;
-      sum += std::fabs((q - zeros[g]) * F16ToF32(scales[g]) * x[static_cast<size_t>(t) * layer.in + c]);
-    }
-    return sum;
-  }
-};
 
 }  // namespace
 
@@ -188,7 +150,7 @@ TEST(int4_linear_matches_reference) {
             const size_t i = static_cast<size_t>(t) * shape.out + r;
             // in products, in - 1 additions, + the bias: gamma(in + 2).
             const double bound = Gamma(shape.in + 2) *
-                (w.AbsProductSum(t, r, x.data()) + (with_bias ? std::fabs(w.bias[r]) : 0.0));
+                (w.AbsProductSum(r, x.data() + static_cast<size_t>(t) * shape.in) + (with_bias ? std::fabs(w.bias[r]) : 0.0));
             CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= bound);
           }
         }

@@ -28,12 +28,20 @@
 #include "ops/f16_linear.h"
 #include "ops/int4_linear.h"
 #include "ops/linear_kernels.h"
+#include "random_weights.h"
 #include "test_harness.h"
 #include "thread_pool.h"
 
 using namespace awqcore;
 
+using awqtest::RandomFloats;
+using awqtest::RandomInt4;
+
 namespace {
+
+// Weights start 1 element past their allocation, so the kernels see pointers
+// with no alignment beyond that of the element type.
+constexpr size_t kMisaligned = 1;
 
 constexpr double kUnitRoundoff = 5.9604644775390625e-08;  // 2^-24
 double Gamma(int n) { return n * kUnitRoundoff / (1.0 - n * kUnitRoundoff); }
@@ -44,49 +52,18 @@ std::vector<Isa> IsasToTest() {
   return isas;
 }
 
-std::vector<float> RandomFloats(size_t n, std::mt19937& rng) {
-  std::uniform_real_distribution<float> dist(-1.f, 1.f);
-  std::vector<float> v(n);
-  for (float& f : v) f = dist(rng);
-  return v;
+// The bound on |kernel - exact| for output (row r, token x) (header comment).
+double Bound(const Int4Linear& layer, int r, const float* x) {
+  const int groups = layer.in / layer.group_size;
+  double sum = layer.bias ? std::fabs(layer.bias[r]) : 0.0;
+  for (int c = 0; c < layer.in; ++c) {
+    const uint8_t b = layer.qweight[static_cast<size_t>(r) * layer.in / 2 + c / 2];
+    const int q = c % 2 == 0 ? (b & 15) : (b >> 4);
+    const size_t g = static_cast<size_t>(r) * groups + c / layer.group_size;
+    sum += F16ToF32(layer.scales[g]) * (q + layer.zeros[g]) * std::fabs(x[c]);
+  }
+  return Gamma(layer.in + 2 * groups + 2) * sum;
 }
-
-// Random int4 weights whose arrays start 1 element past an allocation, so the
-// kernels see pointers with no alignment beyond that of the element type.
-struct Int4Weights {
-  std::vector<uint8_t> qweight, zeros;
-  std::vector<uint16_t> scales;
-  std::vector<float> bias;
-  Int4Linear layer;
-
-  Int4Weights(int out, int in, int g, bool with_bias, std::mt19937& rng) {
-    std::uniform_int_distribution<int> byte(0, 255), nibble(0, 15);
-    std::uniform_real_distribution<float> scale(0.002f, 0.05f);
-    const size_t groups = static_cast<size_t>(out) * (in / g);
-    qweight.resize(1 + static_cast<size_t>(out) * in / 2);
-    for (uint8_t& b : qweight) b = static_cast<uint8_t>(byte(rng));
-    scales.resize(1 + groups);
-    for (uint16_t& s : scales) s = F32ToF16(scale(rng));
-    zeros.resize(1 + groups);
-    for (uint8_t& z : zeros) z = static_cast<uint8_t>(nibble(rng));
-    if (with_bias) bias = RandomFloats(out + 1, rng);
-    layer = Int4Linear{out, in, g, qweight.data() + 1, scales.data() + 1, zeros.data() + 1,
-                       with_bias ? bias.data() + 1 : nullptr};
-  }
-
-  // The bound on |kernel - exact| for output (row r, token x) (header comment).
-  double Bound(int r, const float* x) const {
-    const int groups = layer.in / layer.group_size;
-    double sum = layer.bias ? std::fabs(layer.bias[r]) : 0.0;
-    for (int c = 0; c < layer.in; ++c) {
-      const uint8_t b = layer.qweight[static_cast<size_t>(r) * layer.in / 2 + c / 2];
-      const int q = c % 2 == 0 ? (b & 15) : (b >> 4);
-      const size_t g = static_cast<size_t>(r) * groups + c / layer.group_size;
-      sum += F16ToF32(layer.scales[g]) * (q + layer.zeros[g]) * std::fabs(x[c]);
-    }
-    return Gamma(layer.in + 2 * groups + 2) * sum;
-  }
-};
 
 }  // namespace
 
@@ -100,7 +77,7 @@ TEST(int4_row_kernels_match_reference) {
         if (in % g != 0) continue;
         for (int out : {1, 3, 5, 13}) {
           const bool with_bias = (out + in / g) % 2 == 1;
-          Int4Weights w(out, in, g, with_bias, rng);
+          RandomInt4 w(out, in, g, with_bias, rng, kMisaligned);
           for (int tokens = 1; tokens <= 8; ++tokens) {
             // x with a row stride of in + 3 floats, starting 1 float in.
             const int ldx = in + 3, ldy = out + 2;
@@ -123,7 +100,7 @@ TEST(int4_row_kernels_match_reference) {
               for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
               for (int r = row0; r < out; ++r) {
                 const double diff = std::fabs(static_cast<double>(y[t * ldy + r]) - ref[t * out + r]);
-                bad += !(diff <= w.Bound(r, x + t * ldx));
+                bad += !(diff <= Bound(w.layer, r, x + t * ldx));
                 max_diff = std::max(max_diff, diff);
                 max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[t * out + r])));
                 ++checked;
@@ -197,8 +174,9 @@ TEST(fused_qkv_and_swiglu_match_separate_references) {
   const int d = 192, kv = 64, ffn = 2 * 192 + 4 * 37 + 3;  // rows not a multiple of 4 or 32
   for (Isa isa : IsasToTest()) {
     for (int g : {32, 64}) {
-      Int4Weights q(d, d, g, true, rng), k(kv, d, g, true, rng), v(kv + 3, d, g, false, rng);
-      Int4Weights gate(ffn, d, g, false, rng), up(ffn, d, g, false, rng);
+      RandomInt4 q(d, d, g, true, rng, kMisaligned), k(kv, d, g, true, rng, kMisaligned),
+          v(kv + 3, d, g, false, rng, kMisaligned);
+      RandomInt4 gate(ffn, d, g, false, rng, kMisaligned), up(ffn, d, g, false, rng, kMisaligned);
       double worst = 0.0;
       for (int tokens : {1, 2, 5, 70}) {  // 70: two token slices of the SwiGLU pass
         const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * d, rng);
@@ -220,8 +198,8 @@ TEST(fused_qkv_and_swiglu_match_separate_references) {
           CHECK(outs1[i] == outs2[i]);
           for (size_t j = 0; j < refs[i].size(); ++j) {
             const int t = static_cast<int>(j) / layers[i]->out, r = static_cast<int>(j) % layers[i]->out;
-            const Int4Weights& w = i == 0 ? q : i == 1 ? k : v;
-            CHECK(std::fabs(static_cast<double>(outs1[i][j]) - refs[i][j]) <= w.Bound(r, x.data() + t * d));
+            const RandomInt4& w = i == 0 ? q : i == 1 ? k : v;
+            CHECK(std::fabs(static_cast<double>(outs1[i][j]) - refs[i][j]) <= Bound(w.layer, r, x.data() + t * d));
           }
         }
         // SwiGLU: reference gate and up, then the reference activation. The
