@@ -402,6 +402,30 @@ def fake_qwen_parts(site, first_bytes: bytes) -> bytes:
     return whole
 
 
+def test_synthetic_spec_sets_the_shapes_it_names():
+    source = load_source("synthetic:layers=3,hidden=96,ffn=160,heads=6,kv_heads=2,vocab=400")
+    c = source.config
+    assert (c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads,
+            c.head_dim, c.vocab_size) == (3, 96, 160, 6, 2, 16, 400)
+    assert source.get("model.layers.2.mlp.down_proj.weight").shape == (96, 160)
+    qwen = load_source("synthetic:arch=qwen2,heads=8,hidden=128,seed=3").config
+    assert (qwen.architecture, qwen.attention_bias, qwen.num_kv_heads, qwen.head_dim) == \
+        ("qwen2", True, 8, 16)
+    assert load_source("synthetic:llama2-7b").config == llama2_7b_config()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("synthetic:layers", "key=value"),
+    ("synthetic:depth=3", "key one of"),
+    ("synthetic:layers=two", "bad value 'two'"),
+    ("synthetic:hidden=100,heads=3", "not a multiple"),
+    ("synthetic:arch=mamba", "unknown architecture"),
+])
+def test_synthetic_spec_errors_name_the_problem(spec, message):
+    with pytest.raises(ValueError, match=message):
+        load_source(spec)
+
+
 def test_qwen_parts_are_assembled_once_atomically(tmp_path, monkeypatch):
     whole = fake_qwen_parts(tmp_path / "site", b"GGUF")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))

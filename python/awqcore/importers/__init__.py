@@ -50,9 +50,13 @@ def check_tensor_shapes(found: dict[str, tuple[int, ...]], config: ModelConfig,
 
 
 def load_source(name_or_path: str) -> SourceModel:
-    """A built-in model name, a `.gguf` file or a Hugging Face folder (with config.json)."""
+    """A built-in model name, a `.gguf` file, a Hugging Face folder (with config.json),
+    or a random model "synthetic:..." (synthetic.source_from_spec)."""
     from . import registry
 
+    if name_or_path.startswith("synthetic:"):
+        from .synthetic import source_from_spec
+        return source_from_spec(name_or_path)
     if name_or_path in registry.BUILTIN_MODELS:
         return registry.load_builtin(name_or_path)
     path = Path(name_or_path).expanduser()
@@ -65,4 +69,4 @@ def load_source(name_or_path: str) -> SourceModel:
     raise ValueError(
         f"cannot load {name_or_path!r}: expected a built-in model name "
         f"({', '.join(registry.BUILTIN_MODELS)}), a path to a .gguf file, "
-        f"or a Hugging Face folder containing config.json")
+        f"a Hugging Face folder containing config.json, or synthetic:<spec>")

@@ -65,6 +65,51 @@ def byte_level_tokenizer():
     return tokenizer
 
 
+# Fields a "synthetic:" spec may set, and how to parse each.
+SPEC_FIELDS = {"arch": str, "layers": int, "hidden": int, "ffn": int, "heads": int,
+               "kv_heads": int, "head_dim": int, "vocab": int, "tied": int, "seed": int}
+
+
+def source_from_spec(spec: str) -> "SyntheticSource":
+    """A random model from a command-line spec, so any shape can be quantized and timed:
+    "synthetic:llama2-7b" (Llama-2-7B's shapes) or "synthetic:" followed by comma-separated
+    key=value pairs over a Llama-style default (e.g.
+    "synthetic:layers=48,hidden=1024,ffn=4096,heads=16,kv_heads=4,vocab=32000").
+    Keys: arch, layers, hidden, ffn, heads, kv_heads, head_dim (default hidden/heads),
+    vocab, tied (0/1), seed."""
+    body = spec.removeprefix("synthetic:")
+    if body == "llama2-7b":
+        return SyntheticSource(llama2_7b_config())
+    values = {}
+    for item in filter(None, body.split(",")):
+        key, sep, text = item.partition("=")
+        if not sep or key not in SPEC_FIELDS:
+            raise ValueError(f"bad synthetic model spec item {item!r} in {spec!r}: expected "
+                             f"key=value with key one of {', '.join(SPEC_FIELDS)}")
+        try:
+            values[key] = SPEC_FIELDS[key](text)
+        except ValueError:
+            raise ValueError(f"bad value {text!r} for {key!r} in {spec!r}") from None
+    arch = values.pop("arch", "llama")
+    config = tiny_config(arch, name=spec)
+    mapping = {"layers": "num_layers", "hidden": "hidden_size", "ffn": "intermediate_size",
+               "heads": "num_heads", "kv_heads": "num_kv_heads", "head_dim": "head_dim",
+               "vocab": "vocab_size"}
+    fields = {mapping[k]: v for k, v in values.items() if k in mapping}
+    if "tied" in values:
+        fields["tie_word_embeddings"] = bool(values["tied"])
+    if "head_dim" not in fields:
+        hidden = fields.get("hidden_size", config.hidden_size)
+        heads = fields.get("num_heads", config.num_heads)
+        if hidden % heads:
+            raise ValueError(f"{spec!r}: hidden={hidden} is not a multiple of heads={heads}; "
+                             "give head_dim")
+        fields["head_dim"] = hidden // heads
+    if "num_kv_heads" not in fields and "num_heads" in fields:
+        fields["num_kv_heads"] = fields["num_heads"]
+    return SyntheticSource(dataclasses.replace(config, **fields), seed=values.get("seed", 0))
+
+
 class SyntheticSource:
     """A SourceModel with random weights: linears N(0, 0.02²), norms uniform in 1 ± 0.1."""
 
