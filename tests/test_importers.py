@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from awqcore.importers import load_source, registry
+from awqcore.importers import gguf_model, load_source, registry
 from awqcore.importers.gguf_model import GGUFSource, undo_llama_permutation
 from awqcore.importers.hf_model import HFSource
 from awqcore.importers.synthetic import SyntheticSource, llama2_7b_config, tiny_config
@@ -242,6 +242,20 @@ def test_tiny_gguf_round_trip(arch, tmp_path):
             np.testing.assert_array_equal(got, want.astype(np.float16).astype(np.float32))
         else:
             np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_gguf_dequantizes_large_tensors_in_row_blocks(tmp_path, monkeypatch):
+    """Dequantizing a few rows at a time (to bound memory) gives the whole-tensor result."""
+    original = SyntheticSource(tiny_config("llama"), seed=4)
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, original, permute_qk=True, types={"mlp.": "Q8_0", "embed_tokens": "Q8_0"})
+    whole = GGUFSource(path)
+    expected = {n: whole.get(n) for n in ("model.embed_tokens.weight",
+                                          "model.layers.1.mlp.down_proj.weight")}
+    monkeypatch.setattr(gguf_model, "DEQUANTIZE_BLOCK_ELEMENTS", 3 * 64 + 5)  # 3-row blocks
+    blocks = GGUFSource(path)
+    for name, want in expected.items():
+        np.testing.assert_array_equal(blocks.get(name), want, err_msg=name)
 
 
 def test_gguf_unknown_architecture(tmp_path):

@@ -16,6 +16,9 @@ import numpy as np
 from ..source import SUPPORTED_ARCHITECTURES, ModelConfig, TokenizerInfo
 from . import check_tensor_shapes
 
+# Block-quantized tensors are dequantized this many elements (16 MB of float32) at a time.
+DEQUANTIZE_BLOCK_ELEMENTS = 1 << 22
+
 # GGUF tensor name (without .weight/.bias) -> Hugging Face name; {n} is the layer.
 _GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
@@ -188,6 +191,19 @@ class GGUFSource:
         """The GGUF storage type of a tensor, e.g. 'Q4_1' or 'F32'."""
         return self._tensor(name).tensor_type.name
 
+    @staticmethod
+    def _dequantize(t: gguf.ReaderTensor, shape: tuple[int, ...]) -> np.ndarray:
+        """The block-quantized tensor as float32 `shape`, dequantized in blocks of rows:
+        gguf's dequantize makes several float temporaries of its input's size, which for
+        a whole 151936 x 1536 embedding (Qwen2.5) would be gigabytes on top of the result."""
+        raw = t.data.reshape(-1, t.data.shape[-1])  # [rows, bytes per row]
+        out = np.empty(shape, dtype=np.float32)
+        flat = out.reshape(raw.shape[0], -1)  # [rows, columns], a view of out
+        step = max(1, DEQUANTIZE_BLOCK_ELEMENTS // flat.shape[1])
+        for r in range(0, raw.shape[0], step):
+            flat[r:r + step] = gguf.quants.dequantize(raw[r:r + step], t.tensor_type)
+        return out
+
     def _tensor(self, name: str) -> gguf.ReaderTensor:
         try:
             return self._tensors[name]
@@ -196,12 +212,12 @@ class GGUFSource:
 
     def get(self, name: str) -> np.ndarray:
         t = self._tensor(name)
+        shape = self._hf_shape(t)
         if t.data.dtype == np.uint8:  # block-quantized (and BF16): raw bytes per row
-            w = gguf.quants.dequantize(t.data, t.tensor_type)
+            w = self._dequantize(t, shape)
         else:
-            w = t.data
-        # astype copies out of the read-only memory map, so callers may modify the result.
-        w = w.reshape(self._hf_shape(t)).astype(np.float32)
+            # astype copies out of the read-only memory map, so callers may modify the result.
+            w = t.data.reshape(shape).astype(np.float32)
         if self.config.architecture == "llama":
             if name.endswith("self_attn.q_proj.weight") or name.endswith("self_attn.q_proj.bias"):
                 w = undo_llama_permutation(w, self.config.num_heads)
