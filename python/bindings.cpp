@@ -30,14 +30,14 @@ class PyModel {
  public:
   // device: "cpu" or "cuda" (the Python wrapper validates the spelling).
   PyModel(const std::string& path, int threads, int max_seq_len, bool verify,
-          const std::string& device) {
+          const std::string& device, int max_batch) {
     nb::gil_scoped_release release;
     awqcore::LoadOptions options;
     options.verify_checksums = verify;
     model_ = awqcore::Model::Load(path, options);
     session_ = std::make_unique<awqcore::Session>(
         model_, max_seq_len, threads,
-        device == "cuda" ? awqcore::Device::kCuda : awqcore::Device::kCpu);
+        device == "cuda" ? awqcore::Device::kCuda : awqcore::Device::kCpu, max_batch);
   }
 
   nb::dict config() const {
@@ -65,6 +65,7 @@ class PyModel {
     d["weight_bytes"] = model_->weight_bytes();
     d["max_seq_len"] = session_->max_seq_len();
     d["threads"] = session_->num_threads();
+    d["max_batch"] = session_->max_batch();
     d["device"] = session_->device() == awqcore::Device::kCuda ? "cuda" : "cpu";
     return d;
   }
@@ -90,14 +91,8 @@ class PyModel {
                             int top_k, float top_p, float repetition_penalty,
                             std::optional<uint64_t> seed, std::optional<std::vector<int>> stop,
                             nb::object on_token) {
-    awqcore::GenerateOptions options;
-    options.max_new_tokens = max_new_tokens;
-    options.sampling.temperature = temperature;
-    options.sampling.top_k = top_k;
-    options.sampling.top_p = top_p;
-    options.sampling.repetition_penalty = repetition_penalty;
-    options.sampling.seed = seed;
-    options.stop_ids = std::move(stop);
+    const awqcore::GenerateOptions options = Options(
+        max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, std::move(stop));
 
     // A Python exception inside on_token stops generation; it is re-raised
     // once the C++ call has returned and the GIL is held again.
@@ -127,10 +122,36 @@ class PyModel {
     return tokens;
   }
 
+  std::vector<std::vector<int>> generate_batch(const std::vector<std::vector<int>>& prompts,
+                                               int max_new_tokens, float temperature, int top_k,
+                                               float top_p, float repetition_penalty,
+                                               std::optional<uint64_t> seed,
+                                               std::optional<std::vector<int>> stop) {
+    const awqcore::GenerateOptions options = Options(
+        max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, std::move(stop));
+    nb::gil_scoped_release release;
+    return session_->GenerateBatch(prompts, options);
+  }
+
   void reset() { session_->Reset(); }
   int position() const { return session_->position(); }
 
  private:
+  static awqcore::GenerateOptions Options(int max_new_tokens, float temperature, int top_k,
+                                          float top_p, float repetition_penalty,
+                                          std::optional<uint64_t> seed,
+                                          std::optional<std::vector<int>> stop) {
+    awqcore::GenerateOptions options;
+    options.max_new_tokens = max_new_tokens;
+    options.sampling.temperature = temperature;
+    options.sampling.top_k = top_k;
+    options.sampling.top_p = top_p;
+    options.sampling.repetition_penalty = repetition_penalty;
+    options.sampling.seed = seed;
+    options.stop_ids = std::move(stop);
+    return options;
+  }
+
   std::shared_ptr<const awqcore::Model> model_;
   std::unique_ptr<awqcore::Session> session_;
 };
@@ -160,14 +181,17 @@ NB_MODULE(_core, m) {
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
 
   nb::class_<PyModel>(m, "Model")
-      .def(nb::init<const std::string&, int, int, bool, const std::string&>(), "path"_a,
-           "threads"_a, "max_seq_len"_a, "verify"_a, "device"_a)
+      .def(nb::init<const std::string&, int, int, bool, const std::string&, int>(), "path"_a,
+           "threads"_a, "max_seq_len"_a, "verify"_a, "device"_a, "max_batch"_a)
       .def("config", &PyModel::config)
       .def("metadata_string", &PyModel::metadata_string, "key"_a)
       .def("forward", &PyModel::forward, "ids"_a)
       .def("generate", &PyModel::generate, "ids"_a, "max_new_tokens"_a, "temperature"_a, "top_k"_a,
            "top_p"_a, "repetition_penalty"_a, "seed"_a.none(), "stop"_a.none(),
            "on_token"_a.none())
+      .def("generate_batch", &PyModel::generate_batch, "prompts"_a, "max_new_tokens"_a,
+           "temperature"_a, "top_k"_a, "top_p"_a, "repetition_penalty"_a, "seed"_a.none(),
+           "stop"_a.none())
       .def("reset", &PyModel::reset)
       .def("position", &PyModel::position);
 }

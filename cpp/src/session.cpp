@@ -1,6 +1,7 @@
 // Session: argument validation, the KV-cache-backed forward pass and the
-// generation loop. Everything a decode step touches (KV cache, activations,
-// logits, sampler buffers) is allocated in the constructor.
+// generation loops (one sequence, and a batch of them). Everything a decode
+// step touches (KV caches, activations, logits, sampler buffers) is
+// allocated in the constructor.
 #include <algorithm>
 #include <string>
 #include <thread>
@@ -30,13 +31,32 @@ void CheckMaxSeqLen(int max_seq_len) {
   }
 }
 
+void CheckMaxBatch(int max_batch, Device device) {
+  if (max_batch < 1) {
+    throw InvalidArgument("max_batch must be >= 1 (got " + std::to_string(max_batch) + ")");
+  }
+  if (device == Device::kCuda && max_batch != 1) {
+    throw InvalidArgument("batched generation is CPU-only for now: max_batch must be 1 with the "
+                          "CUDA device (got " + std::to_string(max_batch) + ")");
+  }
+}
+
+void CheckMaxNewTokens(int max_new_tokens) {
+  if (max_new_tokens < 0) {
+    throw InvalidArgument("max_new_tokens must be >= 0 (got " + std::to_string(max_new_tokens) +
+                          ")");
+  }
+}
+
 // The forward pass of a Session on its device: the CPU Transformer or the
-// CUDA backend (cuda_backend.h), behind the Transformer's interface.
+// CUDA backend (cuda_backend.h), behind the Transformer's interface. The GPU
+// holds one sequence (max_batch is 1 there), so its `seq` is always 0.
 class Backend {
  public:
-  Backend(const Model& model, int max_seq_len, ThreadPool& pool, Device device) {
+  Backend(const Model& model, int max_seq_len, int max_batch, ThreadPool& pool, Device device) {
     if (device == Device::kCpu) {
-      cpu_ = std::make_unique<Transformer>(model.impl().config, model.impl().weights, max_seq_len, pool);
+      cpu_ = std::make_unique<Transformer>(model.impl().config, model.impl().weights, max_seq_len,
+                                           pool, max_batch);
       return;
     }
 #ifdef AWQCORE_WITH_CUDA
@@ -45,11 +65,16 @@ class Backend {
     throw Error("awqcore was built without CUDA");
 #endif
   }
-  void Forward(const int* ids, int n, Transformer::Logits which, float* logits) {
-    if (cpu_) return cpu_->Forward(ids, n, which, logits);
+  void Forward(int seq, const int* ids, int n, Transformer::Logits which, float* logits) {
+    if (cpu_) return cpu_->Forward(seq, ids, n, which, logits);
     gpu_->Forward(ids, n, which == Transformer::Logits::kAll, logits);
   }
+  void DecodeStep(const int* seqs, const int* ids, int n, float* logits) {
+    if (cpu_) return cpu_->DecodeStep(seqs, ids, n, logits);
+    gpu_->Forward(ids, n, /*all_logits=*/true, logits);  // n == 1, seqs[0] == 0
+  }
   void Reset() { cpu_ ? cpu_->Reset() : gpu_->Reset(); }
+  void Reset(int seq) { cpu_ ? cpu_->Reset(seq) : gpu_->Reset(); }
   int position() const { return cpu_ ? cpu_->position() : gpu_->position(); }
   int max_seq_len() const { return cpu_ ? cpu_->max_seq_len() : gpu_->max_seq_len(); }
 
@@ -58,50 +83,72 @@ class Backend {
   std::unique_ptr<CudaForward> gpu_;
 };
 
+bool IsStop(const std::vector<int>& stop_ids, int token) {
+  return std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
+}
+
 }  // namespace
 
 struct Session::Impl {
-  Impl(std::shared_ptr<const Model> model_in, int max_seq_len, int num_threads, Device device_in)
+  Impl(std::shared_ptr<const Model> model_in, int max_seq_len, int num_threads, Device device_in,
+       int max_batch_in)
       : model(std::move(model_in)),
         config(model->impl().config),
         device(device_in),
+        max_batch(max_batch_in),
         pool(device_in == Device::kCpu ? num_threads : 1),
-        transformer(*model, max_seq_len, pool, device_in),
-        sampler(config.vocab_size),
-        logits(config.vocab_size) {}
+        transformer(*model, max_seq_len, max_batch_in, pool, device_in),
+        logits(static_cast<size_t>(max_batch_in) * config.vocab_size) {
+    // Built in place: a copy of a Sampler would not keep the reserved
+    // capacity that lets Observe run without allocating.
+    samplers.reserve(max_batch_in);
+    for (int i = 0; i < max_batch_in; ++i) samplers.emplace_back(config.vocab_size);
+  }
 
-  // Throws InvalidArgument unless ids can be appended at `start_position`.
-  void ValidateIds(const std::vector<int>& ids, int start_position, const char* what) const {
-    if (ids.empty()) throw InvalidArgument(std::string("empty ") + what);
+  // Throws InvalidArgument unless ids can be appended at `start_position`;
+  // `where` prefixes the message (GenerateBatch names the prompt).
+  void ValidateIds(const std::vector<int>& ids, int start_position, const char* what,
+                   const std::string& where = "") const {
+    if (ids.empty()) throw InvalidArgument(where + "empty " + what);
     for (size_t i = 0; i < ids.size(); ++i) {
       if (ids[i] < 0 || ids[i] >= config.vocab_size) {
-        throw InvalidArgument("token id " + std::to_string(ids[i]) + " at position " +
+        throw InvalidArgument(where + "token id " + std::to_string(ids[i]) + " at position " +
                               std::to_string(i) + " is out of range [0, " +
                               std::to_string(config.vocab_size) + ")");
       }
     }
     const size_t total = static_cast<size_t>(start_position) + ids.size();
     if (total > static_cast<size_t>(transformer.max_seq_len())) {
-      throw InvalidArgument("sequence of " + std::to_string(total) + " tokens exceeds max_seq_len " +
+      throw InvalidArgument(where + "sequence of " + std::to_string(total) +
+                            " tokens exceeds max_seq_len " +
                             std::to_string(transformer.max_seq_len()));
     }
+  }
+
+  // New tokens a prompt may get: prompt + generated never exceeds
+  // max_seq_len, so every returned token has a place in the cache.
+  int Budget(const GenerateOptions& options, size_t prompt_length) const {
+    return std::min(options.max_new_tokens,
+                    transformer.max_seq_len() - static_cast<int>(prompt_length));
   }
 
   std::shared_ptr<const Model> model;  // keeps the weights mapped
   const ModelConfig& config;
   const Device device;
+  const int max_batch;
   ThreadPool pool;      // CPU matrix products (one idle thread on the GPU)
-  Backend transformer;  // KV cache + activation scratch
-  Sampler sampler;
-  std::vector<float> logits;  // [vocab] of the position being sampled
+  Backend transformer;  // KV caches + activation scratch
+  std::vector<Sampler> samplers;  // [max_batch] one per sequence slot
+  std::vector<float> logits;      // [max_batch, vocab] of the positions being sampled
 };
 
 Session::Session(std::shared_ptr<const Model> model, int max_seq_len, int num_threads,
-                 Device device) {
+                 Device device, int max_batch) {
   if (!model) throw InvalidArgument("model is null");
   CheckMaxSeqLen(max_seq_len);
+  CheckMaxBatch(max_batch, device);
   const int threads = ResolveThreadCount(num_threads);
-  impl_ = std::make_unique<Impl>(std::move(model), max_seq_len, threads, device);
+  impl_ = std::make_unique<Impl>(std::move(model), max_seq_len, threads, device, max_batch);
 }
 
 Session::~Session() = default;
@@ -109,8 +156,8 @@ Session::~Session() = default;
 std::vector<float> Session::Forward(const std::vector<int>& ids) {
   impl_->ValidateIds(ids, impl_->transformer.position(), "input");
   std::vector<float> logits(ids.size() * static_cast<size_t>(impl_->config.vocab_size));
-  impl_->transformer.Forward(ids.data(), static_cast<int>(ids.size()), Transformer::Logits::kAll,
-                             logits.data());
+  impl_->transformer.Forward(0, ids.data(), static_cast<int>(ids.size()),
+                             Transformer::Logits::kAll, logits.data());
   return logits;
 }
 
@@ -118,43 +165,123 @@ std::vector<int> Session::Generate(const std::vector<int>& prompt, const Generat
                                    const TokenCallback& on_token) {
   Impl& s = *impl_;
   // Validate everything before touching the cache.
-  if (options.max_new_tokens < 0) {
-    throw InvalidArgument("max_new_tokens must be >= 0 (got " +
-                          std::to_string(options.max_new_tokens) + ")");
-  }
+  CheckMaxNewTokens(options.max_new_tokens);
   Sampler::Validate(options.sampling);
   s.ValidateIds(prompt, 0, "prompt");
   const std::vector<int>& stop_ids = options.stop_ids ? *options.stop_ids : s.config.eos_token_ids;
 
+  Sampler& sampler = s.samplers[0];
   s.transformer.Reset();
-  s.sampler.Start(options.sampling);
-  for (int token : prompt) s.sampler.Observe(token);
+  sampler.Start(options.sampling);
+  for (int token : prompt) sampler.Observe(token);
   const int prompt_length = static_cast<int>(prompt.size());
-  s.transformer.Forward(prompt.data(), prompt_length, Transformer::Logits::kLastOnly,
+  s.transformer.Forward(0, prompt.data(), prompt_length, Transformer::Logits::kLastOnly,
                         s.logits.data());
 
-  // prompt + generated never exceeds max_seq_len, so every returned token has
-  // a place in the cache. A token is fed back only when another one is wanted
-  // after it: the last token is returned without a forward pass of its own.
-  const int budget = std::min(options.max_new_tokens, s.transformer.max_seq_len() - prompt_length);
+  // A token is fed back only when another one is wanted after it: the last
+  // token is returned without a forward pass of its own.
+  const int budget = s.Budget(options, prompt.size());
   std::vector<int> generated;
   generated.reserve(budget);
   for (int i = 0; i < budget; ++i) {
     if (i > 0) {
-      s.transformer.Forward(&generated.back(), 1, Transformer::Logits::kLastOnly, s.logits.data());
+      s.transformer.Forward(0, &generated.back(), 1, Transformer::Logits::kLastOnly,
+                            s.logits.data());
     }
-    const int token = s.sampler.Sample(s.logits.data());
+    const int token = sampler.Sample(s.logits.data());
     generated.push_back(token);
-    s.sampler.Observe(token);
+    sampler.Observe(token);
     if (on_token && !on_token(token)) break;
-    if (std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end()) break;
+    if (IsStop(stop_ids, token)) break;
   }
   return generated;
+}
+
+std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vector<int>>& prompts,
+                                                     const GenerateOptions& options) {
+  Impl& s = *impl_;
+  // Validate everything before touching the caches.
+  if (prompts.empty()) throw InvalidArgument("no prompts: pass at least one");
+  CheckMaxNewTokens(options.max_new_tokens);
+  Sampler::Validate(options.sampling);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    s.ValidateIds(prompts[i], 0, "prompt", "prompt " + std::to_string(i) + ": ");
+  }
+  const std::vector<int>& stop_ids = options.stop_ids ? *options.stop_ids : s.config.eos_token_ids;
+  const int num_prompts = static_cast<int>(prompts.size());
+  const int vocab = s.config.vocab_size;
+
+  // Sequence slots (KV cache + sampler): slot_prompt[slot] is the prompt a
+  // slot generates for, -1 when free; `live` lists the slots in the next
+  // decode step, step_ids their last tokens. Sized once here, so the decode
+  // loop allocates nothing beyond the results' reserved storage.
+  std::vector<std::vector<int>> results(prompts.size());
+  std::vector<int> budgets(prompts.size());
+  std::vector<int> slot_prompt(s.max_batch, -1);
+  std::vector<int> live;  // [<= max_batch]
+  live.reserve(s.max_batch);
+  std::vector<int> step_ids(s.max_batch);
+  s.transformer.Reset();
+
+  // Samples the next token of the sequence in `slot` from logits [vocab];
+  // returns whether that sequence wants another one.
+  auto sample = [&](int slot, float* logits) {
+    const int i = slot_prompt[slot];
+    const int token = s.samplers[slot].Sample(logits);
+    results[i].push_back(token);
+    s.samplers[slot].Observe(token);
+    return static_cast<int>(results[i].size()) < budgets[i] && !IsStop(stop_ids, token);
+  };
+
+  int next_prompt = 0;
+  while (next_prompt < num_prompts || !live.empty()) {
+    // Waiting prompts take the free slots: prefill alone, first token sampled.
+    while (next_prompt < num_prompts && static_cast<int>(live.size()) < s.max_batch) {
+      const int i = next_prompt++;
+      const std::vector<int>& prompt = prompts[i];
+      budgets[i] = s.Budget(options, prompt.size());
+      if (budgets[i] == 0) continue;
+      results[i].reserve(budgets[i]);
+      const int slot = static_cast<int>(std::find(slot_prompt.begin(), slot_prompt.end(), -1) -
+                                        slot_prompt.begin());
+      slot_prompt[slot] = i;
+      SamplingOptions sampling = options.sampling;
+      if (sampling.seed) *sampling.seed += static_cast<uint64_t>(i);  // stream i, mod 2^64
+      s.samplers[slot].Start(sampling);
+      for (int token : prompt) s.samplers[slot].Observe(token);
+      s.transformer.Reset(slot);
+      s.transformer.Forward(slot, prompt.data(), static_cast<int>(prompt.size()),
+                            Transformer::Logits::kLastOnly, s.logits.data());
+      if (sample(slot, s.logits.data())) {
+        live.push_back(slot);
+      } else {
+        slot_prompt[slot] = -1;
+      }
+    }
+    if (live.empty()) continue;
+
+    // One decode step over every live sequence; row k of the logits is live[k]'s.
+    const int n = static_cast<int>(live.size());
+    for (int k = 0; k < n; ++k) step_ids[k] = results[slot_prompt[live[k]]].back();
+    s.transformer.DecodeStep(live.data(), step_ids.data(), n, s.logits.data());
+    int kept = 0;
+    for (int k = 0; k < n; ++k) {
+      const int slot = live[k];
+      if (sample(slot, s.logits.data() + static_cast<size_t>(k) * vocab)) {
+        live[kept++] = slot;
+      } else {
+        slot_prompt[slot] = -1;
+      }
+    }
+    live.resize(kept);
+  }
+  return results;
 }
 
 void Session::Reset() { impl_->transformer.Reset(); }
 int Session::position() const { return impl_->transformer.position(); }
 int Session::max_seq_len() const { return impl_->transformer.max_seq_len(); }
+int Session::max_batch() const { return impl_->max_batch; }
 int Session::num_threads() const { return impl_->pool.num_threads(); }
 Device Session::device() const { return impl_->device; }
 const Model& Session::model() const { return *impl_->model; }

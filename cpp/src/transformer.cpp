@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
 
 #include "ops/f16_linear.h"
 #include "ops/int4_linear.h"
@@ -16,39 +17,70 @@ size_t Floats(int a, int b) { return static_cast<size_t>(a) * static_cast<size_t
 }  // namespace
 
 Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights, int max_seq_len,
-                         ThreadPool& pool)
+                         ThreadPool& pool, int max_sequences)
     : config_(config),
       weights_(weights),
       pool_(pool),
       max_seq_len_(max_seq_len),
-      chunk_tokens_(std::min(kChunkTokens, max_seq_len)),
+      // No call carries more than max_sequences * max_seq_len tokens, so a
+      // tiny context does not get 64 rows of scratch.
+      chunk_tokens_(static_cast<int>(std::min<int64_t>(
+          kChunkTokens, static_cast<int64_t>(max_sequences) * max_seq_len))),
       attention_shape_{config.num_heads, config.num_kv_heads, config.head_dim},
-      rope_(config.head_dim, config.rope_theta, max_seq_len) {
+      rope_(config.head_dim, config.rope_theta, max_seq_len),
+      positions_(max_sequences, 0) {
   const int d = config.hidden_size;
   const int q_width = config.num_heads * config.head_dim;
   const int kv_width = config.num_kv_heads * config.head_dim;
-  const size_t cache_floats = Floats(config.num_layers, max_seq_len) * kv_width;
+  const size_t cache_floats = Floats(max_sequences, config.num_layers) * max_seq_len * kv_width;
   k_cache_.resize(cache_floats);
   v_cache_.resize(cache_floats);
+  token_seq_.resize(std::max(max_seq_len, max_sequences));
+  token_pos_.resize(token_seq_.size());
   x_.resize(Floats(chunk_tokens_, d));
   h_.resize(Floats(chunk_tokens_, d));
   q_.resize(Floats(chunk_tokens_, q_width));
+  k_.resize(Floats(chunk_tokens_, kv_width));
+  v_.resize(Floats(chunk_tokens_, kv_width));
+  token_k_cache_.resize(chunk_tokens_);
+  token_v_cache_.resize(chunk_tokens_);
   attn_.resize(Floats(chunk_tokens_, q_width));
   proj_.resize(Floats(chunk_tokens_, d));
   gate_.resize(Floats(chunk_tokens_, config.intermediate_size));
   scores_.resize(Floats(config.num_heads, max_seq_len));
 }
 
-float* Transformer::LayerCache(std::vector<float>& cache, int layer) {
-  return cache.data() + Floats(layer, max_seq_len_) * (config_.num_kv_heads * config_.head_dim);
+float* Transformer::LayerCache(std::vector<float>& cache, int seq, int layer) {
+  const size_t layer_index = Floats(seq, config_.num_layers) + layer;
+  return cache.data() + layer_index * max_seq_len_ * (config_.num_kv_heads * config_.head_dim);
 }
 
-void Transformer::Forward(const int* ids, int n, Logits which, float* logits) {
+void Transformer::Reset() { std::fill(positions_.begin(), positions_.end(), 0); }
+
+void Transformer::Forward(int seq, const int* ids, int n, Logits which, float* logits) {
+  for (int t = 0; t < n; ++t) {
+    token_seq_[t] = seq;
+    token_pos_[t] = positions_[seq] + t;
+  }
+  Run(ids, n, which, logits);
+  positions_[seq] += n;
+}
+
+void Transformer::DecodeStep(const int* seqs, const int* ids, int n, float* logits) {
+  for (int t = 0; t < n; ++t) {
+    token_seq_[t] = seqs[t];
+    token_pos_[t] = positions_[seqs[t]];
+  }
+  Run(ids, n, Logits::kAll, logits);
+  for (int t = 0; t < n; ++t) ++positions_[seqs[t]];
+}
+
+void Transformer::Run(const int* ids, int n, Logits which, float* logits) {
   const int d = config_.hidden_size;
   const int vocab = config_.vocab_size;
   for (int done = 0; done < n;) {
     const int chunk = std::min(chunk_tokens_, n - done);
-    ForwardChunk(ids + done, chunk);
+    ForwardChunk(ids + done, done, chunk);
     const bool last_chunk = done + chunk == n;
     if (which == Logits::kAll) {
       RmsNorm(x_.data(), weights_.final_norm, d, config_.rms_norm_eps, chunk, h_.data());
@@ -63,30 +95,40 @@ void Transformer::Forward(const int* ids, int n, Logits which, float* logits) {
   }
 }
 
-void Transformer::ForwardChunk(const int* ids, int n) {
+void Transformer::ForwardChunk(const int* ids, int first, int n) {
   EmbeddingGather(weights_.embed, config_.hidden_size, ids, n, x_.data());
-  for (int layer = 0; layer < config_.num_layers; ++layer) Layer(layer, n);
-  position_ += n;
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    Layer(layer, token_seq_.data() + first, token_pos_.data() + first, n);
+  }
 }
 
-void Transformer::Layer(int layer, int n) {
+void Transformer::Layer(int layer, const int* seqs, const int* positions, int n) {
   const LayerWeights& w = weights_.layers[layer];
   const int d = config_.hidden_size;
   const int kv_width = config_.num_kv_heads * config_.head_dim;
   const float eps = config_.rms_norm_eps;
 
-  // Attention block. k and v are written straight into the cache rows of
-  // positions position_ .. position_ + n - 1 (contiguous: [max_seq_len, KV*hd]).
-  float* k_rows = LayerCache(k_cache_, layer) + Floats(position_, kv_width);
-  float* v_rows = LayerCache(v_cache_, layer) + Floats(position_, kv_width);
+  // Attention block.
   RmsNorm(x_.data(), w.input_norm, d, eps, n, h_.data());
   const Int4Linear* qkv[] = {&w.q, &w.k, &w.v};
-  float* qkv_out[] = {q_.data(), k_rows, v_rows};
+  float* qkv_out[] = {q_.data(), k_.data(), v_.data()};
   Int4LinearsForward(qkv, qkv_out, 3, h_.data(), n, pool_);
-  rope_.Apply(q_.data(), n, config_.num_heads, position_);
-  rope_.Apply(k_rows, n, config_.num_kv_heads, position_);
-  AttentionForward(attention_shape_, q_.data(), LayerCache(k_cache_, layer),
-                   LayerCache(v_cache_, layer), position_, n, scores_.data(), attn_.data(), pool_);
+  rope_.Apply(q_.data(), n, config_.num_heads, positions);
+  rope_.Apply(k_.data(), n, config_.num_kv_heads, positions);
+  // Each token's k and v go to row positions[t] of its own sequence's cache,
+  // where attention reads them with the earlier rows. The copy is 2 * KV * hd
+  // floats per token: 1.5 KB on SmolLM2, against the ~1.8 MB of weights the
+  // layer streams per decode step.
+  for (int t = 0; t < n; ++t) {
+    float* k_cache = LayerCache(k_cache_, seqs[t], layer);
+    float* v_cache = LayerCache(v_cache_, seqs[t], layer);
+    std::copy_n(k_.data() + Floats(t, kv_width), kv_width, k_cache + Floats(positions[t], kv_width));
+    std::copy_n(v_.data() + Floats(t, kv_width), kv_width, v_cache + Floats(positions[t], kv_width));
+    token_k_cache_[t] = k_cache;
+    token_v_cache_[t] = v_cache;
+  }
+  AttentionForward(attention_shape_, q_.data(), token_k_cache_.data(), token_v_cache_.data(),
+                   positions, n, scores_.data(), attn_.data(), pool_);
   Int4LinearForward(w.o, attn_.data(), n, proj_.data(), pool_);
   AddF32(proj_.data(), x_.data(), n * d);
 

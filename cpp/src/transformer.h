@@ -13,11 +13,23 @@
 // scratch stays bounded; results do not depend on the chunking beyond f32
 // summation order.
 //
+// Several sequences: the Transformer holds max_sequences independent KV caches
+// (slots). Forward(seq, ...) appends tokens to one sequence (prefill); a
+// DecodeStep appends one token to each of several sequences, and every linear
+// runs once over all of them: one fork-join pass per op instead of B, and
+// from 4 tokens on the tiled GEMM path dequantizes each weight tile once for
+// the whole batch (below 4, the GEMV path re-reads a thread's rows per token,
+// mostly from its cache). Inside a chunk each token carries its own
+// (sequence, position): rotary, the cache row its k/v go to and the keys it
+// attends to are per token; everything else is per row and does not care.
+//
 // A layer makes 5 fork-join passes over the thread pool: q/k/v as one pass,
 // attention, o_proj, gate/up/SiLU·mul as one pass, down_proj (int4_linear.h);
-// the norms, rotary and residual adds run on the calling thread (O(d) each).
+// the norms, rotary, cache writes and residual adds run on the calling thread
+// (O(d) each).
 //
-// Thread safety: none (owned by one Session). Forward allocates nothing.
+// Thread safety: none (owned by one Session). Forward and DecodeStep allocate
+// nothing.
 #pragma once
 
 #include <vector>
@@ -37,47 +49,71 @@ class Transformer {
   enum class Logits { kAll, kLastOnly };
 
   // `config`, `weights` and `pool` must outlive the Transformer. Allocates the
-  // KV cache (2 * layers * max_seq_len * KV * hd floats) and the scratch.
+  // KV caches (2 * max_sequences * layers * max_seq_len * KV * hd floats) and
+  // the scratch. max_seq_len >= 1, max_sequences >= 1.
   Transformer(const ModelConfig& config, const ModelWeights& weights, int max_seq_len,
-              ThreadPool& pool);
+              ThreadPool& pool, int max_sequences = 1);
 
-  // Appends ids[0 .. n) at positions position() .. position() + n - 1 and
-  // writes logits [n, vocab] (kAll) or those of the last token only [vocab]
-  // (kLastOnly). The caller has validated: n >= 1, ids in [0, vocab),
-  // position() + n <= max_seq_len().
-  void Forward(const int* ids, int n, Logits which, float* logits);
+  // Appends ids[0 .. n) to sequence `seq` at positions position(seq) ..
+  // position(seq) + n - 1 and writes logits [n, vocab] (kAll) or those of the
+  // last token only [vocab] (kLastOnly). The caller has validated: 0 <= seq <
+  // max_sequences(), n >= 1, ids in [0, vocab), position(seq) + n <= max_seq_len().
+  void Forward(int seq, const int* ids, int n, Logits which, float* logits);
+  // The single-sequence form: sequence 0.
+  void Forward(const int* ids, int n, Logits which, float* logits) {
+    Forward(0, ids, n, which, logits);
+  }
 
-  void Reset() { position_ = 0; }
-  int position() const { return position_; }
+  // Appends ids[i] to sequence seqs[i] (at position(seqs[i])) for i < n, in
+  // one pass over the weights; logits: [n, vocab]. The caller has validated:
+  // 1 <= n <= max_sequences(), the seqs are distinct, ids in [0, vocab), and
+  // every position(seqs[i]) < max_seq_len().
+  void DecodeStep(const int* seqs, const int* ids, int n, float* logits);
+
+  void Reset();             // empties every sequence
+  void Reset(int seq) { positions_[seq] = 0; }
+  int position(int seq = 0) const { return positions_[seq]; }
   int max_seq_len() const { return max_seq_len_; }
+  int max_sequences() const { return static_cast<int>(positions_.size()); }
 
  private:
-  // Runs n <= kChunkTokens tokens through all layers, leaving the final
-  // residual stream in x_.
-  void ForwardChunk(const int* ids, int n);
-  void Layer(int layer, int n);
-  float* LayerCache(std::vector<float>& cache, int layer);
+  // Runs tokens [0, n) as described by token_seq_ / token_pos_ through the
+  // layers in chunks, writing logits as Forward documents.
+  void Run(const int* ids, int n, Logits which, float* logits);
+  // Runs tokens [first, first + n), n <= chunk_tokens_, through all layers,
+  // leaving the final residual stream in x_.
+  void ForwardChunk(const int* ids, int first, int n);
+  void Layer(int layer, const int* seqs, const int* positions, int n);
+  float* LayerCache(std::vector<float>& cache, int seq, int layer);
 
   const ModelConfig& config_;
   const ModelWeights& weights_;
   ThreadPool& pool_;
   const int max_seq_len_;
-  const int chunk_tokens_;  // min(kChunkTokens, max_seq_len)
+  const int chunk_tokens_;  // min(kChunkTokens, max_sequences * max_seq_len)
   const AttentionShape attention_shape_;
   const RopeTable rope_;
-  int position_ = 0;
+  std::vector<int> positions_;  // [max_sequences] tokens in each sequence's cache
 
-  // KV cache: [layers, max_seq_len, KV * hd] each.
+  // KV caches: [max_sequences, layers, max_seq_len, KV * hd] each.
   std::vector<float> k_cache_;
   std::vector<float> v_cache_;
 
+  // The tokens of a Forward or DecodeStep call, T = max(max_seq_len, max_sequences).
+  std::vector<int> token_seq_;  // [T] sequence of token t
+  std::vector<int> token_pos_;  // [T] its position in that sequence
+
   // Scratch, C = chunk_tokens_.
-  std::vector<float> x_;         // [C, d]      residual stream
-  std::vector<float> h_;         // [C, d]      normalized input of a block
+  std::vector<float> x_;         // [C, d]       residual stream
+  std::vector<float> h_;         // [C, d]       normalized input of a block
   std::vector<float> q_;         // [C, H * hd]
-  std::vector<float> attn_;      // [C, H * hd] attention output
-  std::vector<float> proj_;      // [C, d]      o_proj / down_proj output
-  std::vector<float> gate_;      // [C, ffn]    silu(gate) * up
+  std::vector<float> k_;         // [C, KV * hd] new keys, before they go to their caches
+  std::vector<float> v_;         // [C, KV * hd] new values
+  std::vector<const float*> token_k_cache_;  // [C] this layer's k cache of token t's sequence
+  std::vector<const float*> token_v_cache_;  // [C] same for v
+  std::vector<float> attn_;      // [C, H * hd]  attention output
+  std::vector<float> proj_;      // [C, d]       o_proj / down_proj output
+  std::vector<float> gate_;      // [C, ffn]     silu(gate) * up
   std::vector<float> scores_;    // [H, max_seq_len] attention weights
 };
 

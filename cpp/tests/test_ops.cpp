@@ -15,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "attention_tokens.h"
 #include "half.h"
 #include "model_weights.h"
 #include "ops/activation.h"
@@ -29,6 +30,8 @@
 
 using namespace awqcore;
 
+using awqtest::AttentionReferencePerToken;
+using awqtest::AttentionTokens;
 using awqtest::RandomFloats;
 using awqtest::RandomInt4;
 
@@ -262,15 +265,23 @@ TEST(swiglu_matches_reference) {
 TEST(rope_matches_direct_formula) {
   std::mt19937 rng(6);
   double worst = 0.0;
+  // Consecutive positions (a prefill chunk, near the table's end too) and
+  // scattered ones (a batched decode step: one token per sequence, repeats
+  // allowed), against the formula evaluated one token at a time.
+  const std::vector<std::vector<int>> position_sets = {
+      {0, 1, 2, 3, 4}, {1, 2, 3, 4, 5}, {1090, 1091, 1092, 1093, 1094}, {1093, 0, 17, 17, 2}};
   for (int head_dim : {8, 64}) {
     for (float theta : {10000.f, 1000000.f}) {
       const RopeTable table(head_dim, theta, 1100);
-      for (int start : {0, 1, 1090}) {
-        const int tokens = 5, heads = 3;
-        const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * heads * head_dim, rng);
+      for (const std::vector<int>& positions : position_sets) {
+        const int tokens = static_cast<int>(positions.size()), heads = 3;
+        const size_t token_width = static_cast<size_t>(heads) * head_dim;
+        const std::vector<float> x = RandomFloats(tokens * token_width, rng);
         std::vector<float> y = x, ref = x;
-        table.Apply(y.data(), tokens, heads, start);
-        RopeReference(ref.data(), tokens, heads, head_dim, theta, start);
+        table.Apply(y.data(), tokens, heads, positions.data());
+        for (int t = 0; t < tokens; ++t) {
+          RopeReference(ref.data() + t * token_width, 1, heads, head_dim, theta, positions[t]);
+        }
         // cos and sin are rounded to f32 (u each), then a*cos - b*sin costs
         // two products and a sum: <= 4u (|a| + |b|) per element.
         for (int t = 0; t < tokens; ++t) {
@@ -287,6 +298,11 @@ TEST(rope_matches_direct_formula) {
       }
     }
   }
+  // The reference's own multi-token form agrees with its per-token use.
+  std::vector<float> many = RandomFloats(5 * 3 * 8, rng), one_by_one = many;
+  RopeReference(many.data(), 5, 3, 8, 10000.f, 40);
+  for (int t = 0; t < 5; ++t) RopeReference(one_by_one.data() + t * 3 * 8, 1, 3, 8, 10000.f, 40 + t);
+  CHECK(many == one_by_one);
   std::printf("  rope: max relative error %.3g\n", worst);
 }
 
@@ -296,13 +312,14 @@ TEST(rope_position_zero_is_identity_and_dot_depends_on_offset_only) {
   std::mt19937 rng(7);
   const std::vector<float> q = RandomFloats(hd, rng), k = RandomFloats(hd, rng);
   std::vector<float> q0 = q;
-  table.Apply(q0.data(), 1, 1, 0);
+  const int zero = 0, one = 1;
+  table.Apply(q0.data(), 1, 1, &zero);
   CHECK(q0 == q);
   // Rotary's defining property: <R(m) q, R(n) k> depends only on m - n.
   auto rotated_dot = [&](int m, int n) {
     std::vector<float> qm = q, kn = k;
-    table.Apply(qm.data(), 1, 1, m);
-    table.Apply(kn.data(), 1, 1, n);
+    table.Apply(qm.data(), 1, 1, &m);
+    table.Apply(kn.data(), 1, 1, &n);
     double dot = 0.0;
     for (int i = 0; i < hd; ++i) dot += static_cast<double>(qm[i]) * kn[i];
     return dot;
@@ -312,7 +329,7 @@ TEST(rope_position_zero_is_identity_and_dot_depends_on_offset_only) {
   // The rotate-half pairing: position 1, theta^0 = 1 rad for pair (0, hd/2).
   std::vector<float> e0(hd, 0.f);
   e0[0] = 1.f;
-  table.Apply(e0.data(), 1, 1, 1);
+  table.Apply(e0.data(), 1, 1, &one);
   CHECK_NEAR(e0[0], std::cos(1.0), 1e-7);
   CHECK_NEAR(e0[hd / 2], std::sin(1.0), 1e-7);
   CHECK(e0[1] == 0.f);
@@ -334,10 +351,12 @@ TEST(attention_matches_naive_softmax) {
         std::fill(k_cache.begin() + (start + tokens) * kv_width, k_cache.end(), NAN);
         std::fill(v_cache.begin() + (start + tokens) * kv_width, v_cache.end(), NAN);
         const std::vector<float> q = RandomFloats(static_cast<size_t>(tokens) * q_width, rng, -2.f, 2.f);
-        std::vector<float> scores(static_cast<size_t>(shape.num_heads) * (start + tokens));
+        AttentionTokens chunk;
+        chunk.Add(k_cache.data(), v_cache.data(), start, tokens);
+        std::vector<float> scores(chunk.ScoresSize(shape));
         std::vector<float> out1(q.size()), out2(q.size()), ref(q.size());
-        AttentionForward(shape, q.data(), k_cache.data(), v_cache.data(), start, tokens, scores.data(), out1.data(), pool1);
-        AttentionForward(shape, q.data(), k_cache.data(), v_cache.data(), start, tokens, scores.data(), out2.data(), pool2);
+        AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), tokens, scores.data(), out1.data(), pool1);
+        AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), tokens, scores.data(), out2.data(), pool2);
         AttentionReference(shape, q.data(), k_cache.data(), v_cache.data(), start, tokens, ref.data());
         CHECK(out1 == out2);
         // |q_i k_i| <= 4, so |score| <= S = 4 hd / sqrt(hd). A score is off by
@@ -357,6 +376,55 @@ TEST(attention_matches_naive_softmax) {
   std::printf("  attention: max relative error %.3g\n", worst);
 }
 
+TEST(attention_tokens_read_their_own_sequence) {
+  // A batched decode step: each token has its own cache and position, and a
+  // prefill chunk (3 tokens of one sequence) rides along. Every cache holds
+  // NaN past the last row its tokens may read, so a token reading another
+  // sequence's rows or its own future shows as NaN or as a wrong value.
+  std::mt19937 rng(9);
+  ThreadPool pool1(1), pool2(3);
+  double worst = 0.0;
+  for (AttentionShape shape : {AttentionShape{6, 2, 16}, AttentionShape{3, 1, 8}}) {
+    const int kv_width = shape.num_kv_heads * shape.head_dim;
+    const int q_width = shape.num_heads * shape.head_dim;
+    const int capacity = 16;
+    const std::vector<int> last_rows = {9, 0, 5, 12};  // per sequence; sequence 2 gets 3 tokens
+    std::vector<std::vector<float>> k_caches, v_caches;
+    for (int last : last_rows) {
+      k_caches.push_back(RandomFloats(static_cast<size_t>(capacity) * kv_width, rng, -2.f, 2.f));
+      v_caches.push_back(RandomFloats(k_caches.back().size(), rng));
+      std::fill(k_caches.back().begin() + (last + 1) * kv_width, k_caches.back().end(), NAN);
+      std::fill(v_caches.back().begin() + (last + 1) * kv_width, v_caches.back().end(), NAN);
+    }
+    AttentionTokens batch;
+    batch.Add(k_caches[0].data(), v_caches[0].data(), 9)
+        .Add(k_caches[1].data(), v_caches[1].data(), 0)
+        .Add(k_caches[2].data(), v_caches[2].data(), 3, 3)
+        .Add(k_caches[3].data(), v_caches[3].data(), 12);
+    const std::vector<float> q = RandomFloats(static_cast<size_t>(batch.size()) * q_width, rng, -2.f, 2.f);
+    std::vector<float> scores(batch.ScoresSize(shape));
+    std::vector<float> out1(q.size()), out2(q.size()), ref(q.size());
+    AttentionForward(shape, q.data(), batch.k.data(), batch.v.data(), batch.positions.data(), batch.size(), scores.data(), out1.data(), pool1);
+    AttentionForward(shape, q.data(), batch.k.data(), batch.v.data(), batch.positions.data(), batch.size(), scores.data(), out2.data(), pool2);
+    AttentionReferencePerToken(shape, q.data(), batch, ref.data());
+    CHECK(out1 == out2);
+    // The bound of attention_matches_naive_softmax at 13 keys.
+    const double score_bound = 4.0 * std::sqrt(static_cast<double>(shape.head_dim));
+    const double bound = 2 * (2 * Gamma(shape.head_dim + 1) * score_bound + 2 * Gamma(13 + 4));
+    for (size_t i = 0; i < out1.size(); ++i) {
+      CHECK(std::fabs(static_cast<double>(out1[i]) - ref[i]) <= bound);
+    }
+    // The chunk's rows equal those of a call with the chunk alone.
+    AttentionTokens chunk;
+    chunk.Add(k_caches[2].data(), v_caches[2].data(), 3, 3);
+    std::vector<float> chunk_scores(chunk.ScoresSize(shape)), chunk_out(3 * static_cast<size_t>(q_width));
+    AttentionForward(shape, q.data() + 2 * q_width, chunk.k.data(), chunk.v.data(), chunk.positions.data(), 3, chunk_scores.data(), chunk_out.data(), pool1);
+    CHECK(std::equal(chunk_out.begin(), chunk_out.end(), out1.begin() + 2 * q_width));
+    worst = std::max(worst, RelativeError(out1, ref));
+  }
+  std::printf("  attention, tokens of several sequences: max relative error %.3g\n", worst);
+}
+
 TEST(attention_is_causal_and_grouped) {
   // H = 2 query heads share KV = 1 head, hd = 2. Token 0 (position 0) can see
   // only key 0, so its output is exactly v[0], whatever key 1 holds.
@@ -364,9 +432,11 @@ TEST(attention_is_causal_and_grouped) {
   const std::vector<float> k_cache = {1, 0, 100, 100};
   const std::vector<float> v_cache = {3, -1, 7, 9};
   const std::vector<float> q = {1, 1, 1, 1, /* token 1 */ 0, 0, 0, 0};
+  AttentionTokens chunk;
+  chunk.Add(k_cache.data(), v_cache.data(), 0, 2);
   std::vector<float> scores(2 * 2), out(8);
   ThreadPool pool(2);
-  AttentionForward(shape, q.data(), k_cache.data(), v_cache.data(), 0, 2, scores.data(), out.data(), pool);
+  AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), 2, scores.data(), out.data(), pool);
   CHECK((std::vector<float>(out.begin(), out.begin() + 4) == std::vector<float>{3, -1, 3, -1}));
   // Token 1 has q = 0: equal scores, so the mean of both values.
   CHECK((std::vector<float>(out.begin() + 4, out.end()) == std::vector<float>{5, 4, 5, 4}));

@@ -1,6 +1,7 @@
 // Tests of Session (session.cpp): argument validation before any state change,
 // greedy generation equal to step-by-step Forward + argmax, stop rules, the
-// cache-capacity limit, callbacks, and seeded sampling.
+// cache-capacity limit, callbacks, seeded sampling, and batched generation
+// equal to one-by-one generation.
 #include <cstring>
 #include <random>
 #include <stdexcept>
@@ -138,6 +139,85 @@ TEST(seeded_sampling_is_reproducible) {
   sampled.sampling.repetition_penalty = 1.2f;
   sampled.sampling.seed = 9;
   CHECK(s.Generate({1, 2}, sampled) == s.Generate({1, 2}, sampled));
+}
+
+// Prompts of different lengths: 1 token, a few, one that leaves room for only
+// 2 new tokens in a 24-token cache, and one that leaves none.
+std::vector<std::vector<int>> BatchPrompts() {
+  std::vector<std::vector<int>> prompts = {{1, 5, 7}, {9}, {4, 4, 8, 15, 16, 23, 42, 11}, {}, {}, {30, 2, 6}};
+  for (int i = 0; i < 22; ++i) prompts[3].push_back((7 * i + 3) % 50);
+  for (int i = 0; i < 24; ++i) prompts[4].push_back((5 * i + 1) % 50);
+  return prompts;
+}
+
+TEST(batched_greedy_generation_equals_one_by_one) {
+  for (const char* arch : {"llama", "qwen2"}) {
+    auto model = TinySaneModel(arch);
+    const std::vector<std::vector<int>> prompts = BatchPrompts();
+    // Fixed lengths, and the file's stop ids (sequences leave at different steps).
+    GenerateOptions defaults;
+    defaults.max_new_tokens = 12;
+    for (const GenerateOptions& options : {Exactly(12), defaults}) {
+      Session single(model, 24, 2);
+      std::vector<std::vector<int>> expected;
+      for (const std::vector<int>& prompt : prompts) expected.push_back(single.Generate(prompt, options));
+      CHECK(!expected[3].empty() && expected[3].size() <= 2);
+      CHECK(expected[4].empty());  // a full cache leaves no room
+      // max_batch 3: at most 3 live (bitwise the GEMV path of one-by-one);
+      // 2: prompts wait for a slot that a finished one frees; 6: all at once
+      // (the GEMM path from 4 live sequences on); 1: one at a time.
+      for (int max_batch : {3, 2, 6, 1}) {
+        Session batched(model, 24, 2, awqcore::Device::kCpu, max_batch);
+        CHECK(batched.max_batch() == max_batch);
+        const std::vector<std::vector<int>> got = batched.GenerateBatch(prompts, options);
+        CHECK(got == expected);
+        if (got != expected) std::printf("  %s: max_batch %d differs\n", arch, max_batch);
+      }
+    }
+  }
+}
+
+TEST(batched_generation_rejects_bad_input_naming_the_prompt) {
+  auto model = TinySaneModel("llama");
+  CHECK_THROWS(Session(model, 8, 1, awqcore::Device::kCpu, 0), InvalidArgument,
+               "max_batch must be >= 1 (got 0)");
+  CHECK_THROWS(Session(model, 8, 1, awqcore::Device::kCuda, 2), InvalidArgument,
+               "batched generation is CPU-only for now");
+  Session s(model, 8, 2, awqcore::Device::kCpu, 2);
+  CHECK(s.Forward({1, 2}).size() == 2 * 50);
+  CHECK_THROWS(s.GenerateBatch({}, Exactly(2)), InvalidArgument, "no prompts");
+  CHECK_THROWS(s.GenerateBatch({{1}, {}}, Exactly(2)), InvalidArgument, "prompt 1: empty prompt");
+  CHECK_THROWS(s.GenerateBatch({{1}, {2}, {3, 50}}, Exactly(2)), InvalidArgument,
+               "prompt 2: token id 50 at position 1 is out of range [0, 50)");
+  CHECK_THROWS(s.GenerateBatch({std::vector<int>(9, 1), {2}}, Exactly(2)), InvalidArgument,
+               "prompt 0: sequence of 9 tokens exceeds max_seq_len 8");
+  CHECK_THROWS(s.GenerateBatch({{1}}, Exactly(-1)), InvalidArgument, "max_new_tokens must be >= 0");
+  GenerateOptions cold = Exactly(2);
+  cold.sampling.top_p = 0.f;
+  CHECK_THROWS(s.GenerateBatch({{1}}, cold), InvalidArgument, "top_p");
+  CHECK(s.position() == 2);  // no rejected call touched the caches
+  CHECK(s.GenerateBatch({{1}, {2, 3}}, Exactly(0)) == (std::vector<std::vector<int>>{{}, {}}));
+}
+
+TEST(batched_sampling_uses_one_stream_per_prompt) {
+  auto model = TinySaneModel("qwen2");
+  GenerateOptions sampled = Exactly(10);
+  sampled.sampling.temperature = 1.0f;
+  sampled.sampling.top_k = 20;
+  sampled.sampling.seed = 41;
+  const std::vector<std::vector<int>> prompts = {{1, 2}, {3}, {4, 5, 6}};
+  Session batched(model, 32, 2, awqcore::Device::kCpu, 3);
+  const std::vector<std::vector<int>> got = batched.GenerateBatch(prompts, sampled);
+  // Prompt i draws from seed + i, whoever shares the batch (3 live: the
+  // per-token GEMV path, so logits are those of Generate bit for bit).
+  Session single(model, 32, 2);
+  for (int i = 0; i < 3; ++i) {
+    GenerateOptions own = sampled;
+    own.sampling.seed = 41 + i;
+    CHECK(got[i] == single.Generate(prompts[i], own));
+  }
+  CHECK(batched.GenerateBatch({prompts[0]}, sampled)[0] == got[0]);
+  CHECK(batched.GenerateBatch(prompts, sampled) == got);
 }
 
 AWQCORE_TEST_MAIN()

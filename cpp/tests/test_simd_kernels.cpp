@@ -4,7 +4,8 @@
 // 256-column tiles), unaligned weight and activation pointers, strided
 // outputs, batches 1..8 (both the GEMV path, < 4 tokens, and the GEMM path);
 // plus the fused q/k/v and gate/up/SwiGLU passes, thread-count independence
-// and the AVX2 attention.
+// and the AVX2 attention (one sequence's tokens, and tokens of several
+// sequences with their own caches and positions).
 //
 // Tolerances are a-priori bounds (see test_ops.cpp): a sum of n f32 terms in
 // any order is within gamma(n) * sum|terms| of the exact sum. The AVX2 int4
@@ -20,6 +21,7 @@
 #include <random>
 #include <vector>
 
+#include "attention_tokens.h"
 #include "cpu_features.h"
 #include "half.h"
 #include "model_weights.h"
@@ -34,6 +36,8 @@
 
 using namespace awqcore;
 
+using awqtest::AttentionReferencePerToken;
+using awqtest::AttentionTokens;
 using awqtest::RandomFloats;
 using awqtest::RandomInt4;
 
@@ -239,23 +243,40 @@ TEST(attention_kernels_match_reference) {
     double worst = 0.0;
     for (int hd : {8, 64}) {
       const AttentionShape shape{6, 2, hd};
+      const size_t kv_width = 2 * static_cast<size_t>(hd);
+      auto check = [&](const AttentionTokens& tokens) {
+        const std::vector<float> q = RandomFloats(static_cast<size_t>(tokens.size()) * 6 * hd, rng);
+        std::vector<float> ref(q.size()), out(q.size()), scores(tokens.ScoresSize(shape));
+        AttentionReferencePerToken(shape, q.data(), tokens, ref.data());
+        AttentionForward(shape, q.data(), tokens.k.data(), tokens.v.data(), tokens.positions.data(),
+                         tokens.size(), scores.data(), out.data(), pool, isa);
+        double max_diff = 0.0, max_ref = 0.0;
+        for (size_t i = 0; i < ref.size(); ++i) {
+          max_diff = std::max(max_diff, std::fabs(static_cast<double>(out[i]) - ref[i]));
+          max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[i])));
+        }
+        worst = std::max(worst, max_diff / max_ref);
+      };
+      // One sequence at consecutive positions (prefill chunks, decode).
       for (int start : {0, 5, 300}) {
         for (int tokens : {1, 3, 8}) {
           const int keys = start + tokens;
-          const std::vector<float> k = RandomFloats(static_cast<size_t>(keys) * 2 * hd, rng);
+          const std::vector<float> k = RandomFloats(keys * kv_width, rng);
           const std::vector<float> v = RandomFloats(k.size(), rng);
-          const std::vector<float> q = RandomFloats(static_cast<size_t>(tokens) * 6 * hd, rng);
-          std::vector<float> ref(q.size()), out(q.size()), scores(static_cast<size_t>(6) * keys);
-          AttentionReference(shape, q.data(), k.data(), v.data(), start, tokens, ref.data());
-          AttentionForward(shape, q.data(), k.data(), v.data(), start, tokens, scores.data(), out.data(), pool, isa);
-          double max_diff = 0.0, max_ref = 0.0;
-          for (size_t i = 0; i < ref.size(); ++i) {
-            max_diff = std::max(max_diff, std::fabs(static_cast<double>(out[i]) - ref[i]));
-            max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[i])));
-          }
-          worst = std::max(worst, max_diff / max_ref);
+          check(AttentionTokens().Add(k.data(), v.data(), start, tokens));
         }
       }
+      // A batched decode step: one token of each of 4 sequences with their own
+      // caches and positions, plus a 2-token chunk of a fifth.
+      const std::vector<int> positions = {300, 0, 5, 37, 11};
+      std::vector<std::vector<float>> ks, vs;
+      AttentionTokens batch;
+      for (size_t s = 0; s < positions.size(); ++s) {
+        ks.push_back(RandomFloats((positions[s] + 2) * kv_width, rng));
+        vs.push_back(RandomFloats(ks.back().size(), rng));
+        batch.Add(ks.back().data(), vs.back().data(), positions[s], s + 1 == positions.size() ? 2 : 1);
+      }
+      check(batch);
     }
     std::printf("  %s attention: max relative error %.3g\n", IsaName(isa), worst);
     CHECK(worst < 1e-5);

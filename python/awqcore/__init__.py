@@ -35,13 +35,17 @@ class Model:
     verify: check every tensor's CRC-32 at load.
     device: "cpu", or "cuda" to run the forward pass on GPU 0 (awqcore.Error
     when awqcore was built without CUDA or no device is present).
+    max_batch: prompts `generate([...])` decodes together (one KV cache of
+    max_seq_len tokens each, allocated here); more prompts wait for a free
+    cache. Must be 1 with device="cuda" (batched generation is CPU-only for now).
 
-    One Model runs one sequence at a time; calls from several Python threads are
+    One Model runs one call at a time; calls from several Python threads are
     serialised by a lock (the GIL is released while the C++ code computes).
     """
 
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None,
-                 max_seq_len: int = 2048, verify: bool = True, device: str = "cpu"):
+                 max_seq_len: int = 2048, verify: bool = True, device: str = "cpu",
+                 max_batch: int = 1):
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"model file not found: {path}")
@@ -51,8 +55,10 @@ class Model:
             raise ValueError(f"max_seq_len must be a positive integer (got {max_seq_len!r})")
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda' (got {device!r})")
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer (got {max_batch!r})")
         self.path = path
-        self._core = _core.Model(path, threads or 0, max_seq_len, bool(verify), device)
+        self._core = _core.Model(path, threads or 0, max_seq_len, bool(verify), device, max_batch)
         self.config: dict = self._core.config()
         self._lock = threading.Lock()
         self._tokenizer = None
@@ -78,18 +84,34 @@ class Model:
         with self._lock:
             return self._core.forward(ids)
 
-    def generate(self, ids: Sequence[int], max_new_tokens: int = 128, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 seed: Optional[int] = None, stop: Optional[Iterable[int]] = None,
-                 on_token: Optional[Callable[[int], Optional[bool]]] = None) -> list[int]:
+    def generate(self, ids: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 repetition_penalty: float = 1.0, seed: Optional[int] = None,
+                 stop: Optional[Iterable[int]] = None,
+                 on_token: Optional[Callable[[int], Optional[bool]]] = None
+                 ) -> list[int] | list[list[int]]:
         """Generates after `ids` and returns the new tokens only.
 
         temperature 0 is greedy. stop=None stops at the model's end-of-sequence
         ids; stop=[] never stops early (exactly max_new_tokens tokens).
         on_token(token) is called for each new token; returning False stops.
         An exception raised in on_token propagates to the caller.
+
+        A list of prompts (lists of ids, any lengths) returns a list of token
+        lists, each what generate(prompt) alone gives under greedy decoding;
+        up to max_batch of them are decoded together, sharing each pass over
+        the weights. With a seed, prompt i samples from the stream seed + i.
+        on_token takes a single prompt only.
         """
-        ids = self._check_ids(ids)
+        batch = self._is_batch(ids)
+        if batch:
+            prompts = [self._check_ids(p, where=f"prompt {i}: ") for i, p in enumerate(ids)]
+            if not prompts:
+                raise ValueError("no prompts: pass at least one")
+            if on_token is not None:
+                raise ValueError("on_token (and stream) take a single prompt, not a list of prompts")
+        else:
+            ids = self._check_ids(ids)
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative integer (got {max_new_tokens!r})")
         if seed is not None and not 0 <= int(seed) < 2**64:
@@ -98,10 +120,12 @@ class Model:
             stop = self._check_ids(list(stop), what="stop id", allow_empty=True)
         if on_token is not None and not callable(on_token):
             raise ValueError("on_token must be callable")
+        sampling = (max_new_tokens, float(temperature), int(top_k), float(top_p),
+                    float(repetition_penalty), None if seed is None else int(seed), stop)
         with self._lock:
-            return self._core.generate(ids, max_new_tokens, float(temperature), int(top_k),
-                                       float(top_p), float(repetition_penalty),
-                                       None if seed is None else int(seed), stop, on_token)
+            if batch:
+                return self._core.generate_batch(prompts, *sampling)
+            return self._core.generate(ids, *sampling, on_token)
 
     def stream(self, ids: Sequence[int], **options) -> Iterator[int]:
         """Like generate(), but yields each token as it is produced.
@@ -144,21 +168,34 @@ class Model:
         with self._lock:
             self._core.reset()
 
-    def _check_ids(self, ids: Sequence[int], what: str = "token id",
-                   allow_empty: bool = False) -> list[int]:
+    @staticmethod
+    def _is_batch(ids) -> bool:
+        """Whether `ids` is a list of prompts: an indexable non-string whose
+        first element is itself iterable (a list of ids is a single prompt).
+        Indexing, not iteration, so a one-shot iterator of ids loses nothing."""
         if isinstance(ids, (str, bytes)):
-            raise ValueError(f"expected a sequence of {what}s, got {type(ids).__name__} "
+            return False
+        try:
+            first = ids[0]
+        except (TypeError, IndexError, KeyError):
+            return False
+        return not isinstance(first, (str, bytes)) and hasattr(first, "__iter__")
+
+    def _check_ids(self, ids: Sequence[int], what: str = "token id",
+                   allow_empty: bool = False, where: str = "") -> list[int]:
+        if isinstance(ids, (str, bytes)):
+            raise ValueError(f"{where}expected a sequence of {what}s, got {type(ids).__name__} "
                              "(encode text with model.tokenizer first)")
         try:
             out = [int(i) for i in ids]
         except (TypeError, ValueError) as e:
-            raise ValueError(f"expected a sequence of integer {what}s: {e}") from None
+            raise ValueError(f"{where}expected a sequence of integer {what}s: {e}") from None
         if not out and not allow_empty:
-            raise ValueError("empty prompt: pass at least one token id")
+            raise ValueError(f"{where}empty prompt: pass at least one token id")
         vocab = self.config["vocab_size"]
         for position, token in enumerate(out):
             if not 0 <= token < vocab:
-                raise ValueError(f"{what} {token} at position {position} is out of range "
+                raise ValueError(f"{where}{what} {token} at position {position} is out of range "
                                  f"[0, {vocab})")
         return out
 

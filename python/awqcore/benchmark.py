@@ -1,15 +1,24 @@
 """`awqcore bench`: prefill/decode speed of the C++ runtime against its peers.
 
     awqcore bench smollm2-g64.awqbin --threads 2 --prefill 32,512 --decode 128 --reps 5
+    awqcore bench smollm2-g64.awqbin --batch 1,4,8 --prefill 32 --no-peers
     python tools/benchmark.py smollm2-g64.awqbin --json out.json
 
-One row per (engine, prefill length, decode length), AutoAWQ-style, batch 1:
+One row per (engine, batch, prefill length, decode length), AutoAWQ-style:
 prefill and decode tokens/s (median of --reps repetitions, with min..max),
 peak RSS of the engine's process, model bytes, and the decode bandwidth
 achieved: bytes a decode step must read (every weight once, the tied or
 separate lm_head included) x tokens/s, also as % of this machine's read
 bandwidth, measured by the tool in the same run (threads summing a 1 GB
 buffer with numpy, best of 3).
+
+Batch B > 1 (awqcore only; the peers run batch 1): B different prompts of
+the prefill length go through one `generate([...])` with max_batch B, so each
+decode step appends one token to each of the B sequences in one pass over the
+weights. The rates are aggregate (B x tokens per sequence / time); prefill
+time is that of a call asking for 1 new token (B prefills + 1 sample each),
+decode time the rest of a call asking for decode + 1. Decode GB/s counts the
+weights once per step, i.e. tokens/s / B.
 
 Peers, when installed (the `bench` extra): llama.cpp through llama-cpp-python
 on the GGUF the model was quantized from (metadata general.source, or --gguf),
@@ -75,11 +84,14 @@ def _peak_rss() -> int:
 def _worker_awqcore(spec: dict) -> dict:
     import awqcore
 
+    batch = spec.get("batch", 1)
     start = time.perf_counter()
     model = awqcore.Model(spec["model"], threads=spec["threads"], verify=False,
-                          max_seq_len=spec["prefill"] + spec["decode"] + 1)
+                          max_seq_len=spec["prefill"] + spec["decode"] + 1, max_batch=batch)
     load_s = time.perf_counter() - start
     ids = _prompt(spec["prefill"], model.config["vocab_size"])
+    if batch > 1:
+        return {"load_s": load_s, "runs": _batch_runs(model, spec, ids), "peak_rss": _peak_rss()}
     runs = []
     for _ in range(spec["reps"] + 1):  # the first run warms caches and page mappings
         stamps: list[float] = []
@@ -101,6 +113,22 @@ def _worker_awqcore(spec: dict) -> dict:
         result["end_to_end_tokens"] = len(out)
     result["peak_rss"] = _peak_rss()
     return result
+
+
+def _batch_runs(model, spec: dict, ids: list[int]) -> list[dict]:
+    """Prefill and decode seconds of `batch` prompts generated together."""
+    vocab = model.config["vocab_size"]
+    # Different prompts (the first id shifted), so no two sequences are alike.
+    prompts = [[(ids[0] + 1 + b) % vocab] + ids[1:] for b in range(spec["batch"])]
+    runs = []
+    for _ in range(spec["reps"] + 1):  # the first run warms caches and page mappings
+        start = time.perf_counter()
+        model.generate(prompts, max_new_tokens=1, stop=[])
+        prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        model.generate(prompts, max_new_tokens=spec["decode"] + 1, stop=[])
+        runs.append({"prefill_s": prefill_s, "decode_s": time.perf_counter() - start - prefill_s})
+    return runs[1:]
 
 
 def _worker_llamacpp(spec: dict) -> dict:
@@ -209,6 +237,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill", default="32,512",
                    help="comma-separated prompt lengths (default 32,512; AutoAWQ sweeps 32..2048)")
     p.add_argument("--decode", default="128", help="comma-separated decode lengths (default 128)")
+    p.add_argument("--batch", default="1",
+                   help="comma-separated batch sizes for awqcore (default 1; peers run batch 1)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (default 3)")
     p.add_argument("--gguf", help="GGUF for the llama.cpp peer (default: the model's source GGUF)")
     p.add_argument("--fp-reference", metavar="MODEL",
@@ -226,8 +256,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model file not found: {args.model}")
     prefills = [int(v) for v in str(args.prefill).split(",")]
     decodes = [int(v) for v in str(args.decode).split(",")]
-    if min(prefills + decodes) < 1 or args.reps < 1 or args.threads < 1:
-        raise ValueError("prefill/decode lengths, --reps and --threads must be positive")
+    batches = [int(v) for v in str(args.batch).split(",")]
+    if min(prefills + decodes + batches) < 1 or args.reps < 1 or args.threads < 1:
+        raise ValueError("prefill/decode lengths, batch sizes, --reps and --threads must be positive")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
     engines = ["awqcore"]
@@ -254,29 +285,37 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for prefill in prefills:
         for decode in decodes:
-            for engine in engines:
+            runs = [(engine, batch) for engine in engines
+                    for batch in (batches if engine == "awqcore" else [1])]
+            for engine, batch in runs:
                 spec = {"model": args.model, "gguf": gguf, "fp_reference": args.fp_reference,
                         "threads": args.threads, "prefill": prefill, "reps": args.reps,
                         "decode": args.torch_decode if engine == "torch-fp32" else decode,
-                        "end_to_end": engine == "awqcore"}
-                say(f"{engine}: prefill {prefill}, decode {spec['decode']}, {args.reps} reps ...")
+                        "batch": batch, "end_to_end": engine == "awqcore" and batch == 1}
+                say(f"{engine}: batch {batch}, prefill {prefill}, decode {spec['decode']}, "
+                    f"{args.reps} reps ...")
                 result = _run_worker(engine, spec)
-                row = {"engine": engine, "batch": 1, "prefill_len": prefill, "decode_len": spec["decode"],
-                       "threads": args.threads}
+                row = {"engine": engine, "batch": batch, "prefill_len": prefill,
+                       "decode_len": spec["decode"], "threads": args.threads}
                 if "error" in result:
                     row["error"] = result["error"]
                     say(result["error"])
                 else:
-                    row["prefill_tok_s"] = _summary([prefill / r["prefill_s"] for r in result["runs"]])
-                    row["decode_tok_s"] = _summary([spec["decode"] / r["decode_s"] for r in result["runs"]])
+                    # Aggregate rates: batch sequences of prefill / decode tokens each.
+                    row["prefill_tok_s"] = _summary([batch * prefill / r["prefill_s"] for r in result["runs"]])
+                    row["decode_tok_s"] = _summary([batch * spec["decode"] / r["decode_s"]
+                                                    for r in result["runs"]])
                     row["load_s"] = result["load_s"]
                     row["peak_rss"] = result["peak_rss"]
                     if engine == "awqcore":
                         row["model_bytes"] = model_bytes
-                        gbs = per_token_bytes * row["decode_tok_s"]["median"]
+                        # A decode step reads the weights once for the whole batch.
+                        gbs = per_token_bytes * row["decode_tok_s"]["median"] / batch
                         row["decode_GB_s"] = gbs / 1e9
                         row["decode_bw_pct"] = 100 * gbs / bandwidth
-                        row["end_to_end_tok_s"] = (result["end_to_end_tokens"] + prefill) / result["end_to_end_s"]
+                        if "end_to_end_s" in result:
+                            row["end_to_end_tok_s"] = ((result["end_to_end_tokens"] + prefill)
+                                                       / result["end_to_end_s"])
                 rows.append(row)
 
     report = {"model": args.model, "threads": args.threads, "read_bandwidth_GB_s": bandwidth / 1e9,
@@ -312,12 +351,15 @@ def format_table(report: dict) -> str:
             f"{(r['model_bytes'] / 1e6 if 'model_bytes' in r else float('nan')):>8.1f}  "
             f"{r.get('decode_GB_s', float('nan')):>11.2f}  {r.get('decode_bw_pct', float('nan')):>12.1f}"
             f"  {r['load_s']:>6.3f}")
+    if any(r["batch"] > 1 for r in report["rows"]):
+        lines.append("batch > 1: tok/s summed over the batch's sequences; GB/s counts the weights "
+                     "once per decode step")
     for r in report["rows"]:
         if r["engine"] == "awqcore" and "end_to_end_tok_s" in r:
             lines.append(f"awqcore end-to-end (tokenize + prefill {r['prefill_len']} + decode "
                          f"{r['decode_len']} + detokenize): {r['end_to_end_tok_s']:.1f} tok/s")
     ours = {(r["prefill_len"], r["decode_len"]): r for r in report["rows"]
-            if r["engine"] == "awqcore" and "error" not in r}
+            if r["engine"] == "awqcore" and r["batch"] == 1 and "error" not in r}
     for r in report["rows"]:
         mine = ours.get((r["prefill_len"], r["decode_len"]))
         if r["engine"] == "awqcore" or "error" in r:
@@ -338,7 +380,7 @@ def plot(report: dict, path: str) -> None:
     except ImportError:
         raise ValueError("--plot needs matplotlib (pip install matplotlib)") from None
     rows = [r for r in report["rows"] if "error" not in r]
-    labels = [f"{r['engine']}\npp{r['prefill_len']}" for r in rows]
+    labels = [f"{r['engine']}\npp{r['prefill_len']} b{r['batch']}" for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("prefill_tok_s", "decode_tok_s")):
         ax.bar(labels, [r[key]["median"] for r in rows])

@@ -8,8 +8,9 @@
 // Thread safety:
 //   - Model is immutable once loaded; one Model may be shared by any number of
 //     threads and Sessions (hold it through std::shared_ptr).
-//   - Session is NOT thread-safe: it owns the KV cache and scratch buffers and
-//     must be used by one thread at a time. Internally a Session uses its own
+//   - Session is NOT thread-safe: it owns the KV caches and scratch buffers and
+//     must be used by one thread at a time (GenerateBatch included: a batch is
+//     one call, not one thread per prompt). Internally a Session uses its own
 //     worker threads for the matrix products.
 //
 // Errors: every failure throws a subclass of awqcore::Error whose message names
@@ -122,14 +123,17 @@ enum class Device { kCpu, kCuda };
 
 class Session {
  public:
-  // max_seq_len: KV-cache capacity in tokens (1 .. max_position_embeddings is
-  // not enforced; memory is 2·layers·KV·hd·4 bytes per token on the CPU,
-  // 2·layers·KV·hd·2 bytes on the GPU).
+  // max_seq_len: KV-cache capacity in tokens of one sequence (1 ..
+  // max_position_embeddings is not enforced; memory is 2·layers·KV·hd·4 bytes
+  // per token on the CPU, 2·layers·KV·hd·2 bytes on the GPU).
   // num_threads: 0 means all hardware threads.
+  // max_batch: sequences GenerateBatch decodes together; one KV cache of
+  // max_seq_len tokens each, all allocated here. Must be 1 with kCuda
+  // (batched generation is CPU-only for now).
   // device kCuda: throws Error "awqcore was built without CUDA", "no CUDA
   // device", or naming the sizes when the model and cache do not fit.
   Session(std::shared_ptr<const Model> model, int max_seq_len,
-          int num_threads = 0, Device device = Device::kCpu);
+          int num_threads = 0, Device device = Device::kCpu, int max_batch = 1);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -145,9 +149,33 @@ class Session {
                             const GenerateOptions& options,
                             const TokenCallback& on_token = nullptr);
 
-  void Reset();                 // empties the KV cache
-  int position() const;         // tokens in the cache
+  // Generates after each prompt as Generate would for it alone (same
+  // options, same max_seq_len rule: prompt + new tokens <= max_seq_len) and
+  // returns the new tokens of each prompt, in prompt order. Up to max_batch()
+  // prompts are live at once: each is prefilled on its own, then every decode
+  // step appends one token to each live sequence with one pass over the
+  // weights. A sequence that stops (stop id, max_new_tokens, full cache)
+  // leaves the step and the next waiting prompt takes its cache. Resets the
+  // session; afterwards position() is meaningless until Reset or Generate.
+  //
+  // Greedy results equal one-by-one Generate: up to 3 live sequences run the
+  // linears' per-token GEMV path and match bit for bit; 4 or more run the tiled
+  // GEMM path, whose f32 summation order differs (logits agree to ~1e-6
+  // relative), so a token could differ only where two logits are that close.
+  // Sampling: prompt i draws from its own generator seeded with
+  // options.sampling.seed + i (mod 2^64), so with a seed, prompt i's tokens do
+  // not depend on the other prompts or on max_batch (up to the rounding
+  // above), and a batch of one prompt equals Generate with the same seed.
+  // Throws InvalidArgument naming the prompt index for an empty list, an empty
+  // prompt, a token out of range or a prompt longer than max_seq_len, before
+  // any state changes.
+  std::vector<std::vector<int>> GenerateBatch(const std::vector<std::vector<int>>& prompts,
+                                              const GenerateOptions& options);
+
+  void Reset();                 // empties the KV cache(s)
+  int position() const;         // tokens in the cache of Forward/Generate's sequence
   int max_seq_len() const;
+  int max_batch() const;
   int num_threads() const;
   Device device() const;
   const Model& model() const;

@@ -9,20 +9,20 @@
 
 namespace awqcore {
 
-void AttentionForward(const AttentionShape& shape, const float* q, const float* k_cache,
-                      const float* v_cache, int start_position, int num_tokens, float* scores,
-                      float* out, ThreadPool& pool, Isa isa) {
+void AttentionForward(const AttentionShape& shape, const float* q, const float* const* k_caches,
+                      const float* const* v_caches, const int* positions, int num_tokens,
+                      float* scores, float* out, ThreadPool& pool, Isa isa) {
   const int hd = shape.head_dim;
   const int q_stride = shape.num_heads * hd;      // floats per token in q and out
-  const int kv_stride = shape.num_kv_heads * hd;  // floats per position in the cache
+  const int kv_stride = shape.num_kv_heads * hd;  // floats per position in a cache
   const int heads_per_kv = shape.num_heads / shape.num_kv_heads;
-  const int max_keys = start_position + num_tokens;
+  const int max_keys = *std::max_element(positions, positions + num_tokens) + 1;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const bool avx2 = isa == Isa::kAvx2 && hd % 8 == 0;
   pool.ParallelFor(shape.num_heads, [&](int64_t head_begin, int64_t head_end) {
     if (avx2) {
-      AttentionHeadsAvx2(shape, q, k_cache, v_cache, start_position, num_tokens, scores, out,
-                         static_cast<int>(head_begin), static_cast<int>(head_end));
+      AttentionHeadsAvx2(shape, q, k_caches, v_caches, positions, num_tokens, max_keys, scores,
+                         out, static_cast<int>(head_begin), static_cast<int>(head_end));
       return;
     }
     for (int h = static_cast<int>(head_begin); h < head_end; ++h) {
@@ -30,10 +30,12 @@ void AttentionForward(const AttentionShape& shape, const float* q, const float* 
       float* head_scores = scores + static_cast<size_t>(h) * max_keys;  // [max_keys]
       for (int t = 0; t < num_tokens; ++t) {
         const float* query = q + static_cast<size_t>(t) * q_stride + h * hd;
-        const int num_keys = start_position + t + 1;  // causal: positions 0 .. p + t
+        const float* k_cache = k_caches[t] + kv_offset;
+        const float* v_cache = v_caches[t] + kv_offset;
+        const int num_keys = positions[t] + 1;  // causal: positions 0 .. positions[t]
         float max_score = -INFINITY;
         for (int j = 0; j < num_keys; ++j) {
-          const float s = DotF32(query, k_cache + static_cast<size_t>(j) * kv_stride + kv_offset, hd) * scale;
+          const float s = DotF32(query, k_cache + static_cast<size_t>(j) * kv_stride, hd) * scale;
           head_scores[j] = s;
           max_score = std::max(max_score, s);
         }
@@ -45,7 +47,7 @@ void AttentionForward(const AttentionShape& shape, const float* q, const float* 
         float* head_out = out + static_cast<size_t>(t) * q_stride + h * hd;
         std::fill_n(head_out, hd, 0.f);
         for (int j = 0; j < num_keys; ++j) {
-          AxpyF32(head_scores[j], v_cache + static_cast<size_t>(j) * kv_stride + kv_offset, head_out, hd);
+          AxpyF32(head_scores[j], v_cache + static_cast<size_t>(j) * kv_stride, head_out, hd);
         }
         // sum >= 1: the maximum contributes exp(0).
         const float inv_sum = 1.0f / sum;

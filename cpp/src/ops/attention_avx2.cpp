@@ -17,24 +17,26 @@
 
 namespace awqcore {
 
-void AttentionHeadsAvx2(const AttentionShape& shape, const float* q, const float* k_cache,
-                        const float* v_cache, int start_position, int num_tokens, float* scores,
+void AttentionHeadsAvx2(const AttentionShape& shape, const float* q,
+                        const float* const* k_caches, const float* const* v_caches,
+                        const int* positions, int num_tokens, int max_keys, float* scores,
                         float* out, int head_begin, int head_end) {
   const int hd = shape.head_dim;
   const int q_stride = shape.num_heads * hd;
   const int kv_stride = shape.num_kv_heads * hd;
   const int heads_per_kv = shape.num_heads / shape.num_kv_heads;
-  const int max_keys = start_position + num_tokens;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   for (int h = head_begin; h < head_end; ++h) {
     const int kv_offset = (h / heads_per_kv) * hd;
     float* head_scores = scores + static_cast<size_t>(h) * max_keys;  // [max_keys]
     for (int t = 0; t < num_tokens; ++t) {
       const float* query = q + static_cast<size_t>(t) * q_stride + h * hd;
-      const int num_keys = start_position + t + 1;
+      const float* k_cache = k_caches[t] + kv_offset;
+      const float* v_cache = v_caches[t] + kv_offset;
+      const int num_keys = positions[t] + 1;
       float max_score = -INFINITY;
       for (int j = 0; j < num_keys; ++j) {
-        const float* key = k_cache + static_cast<size_t>(j) * kv_stride + kv_offset;
+        const float* key = k_cache + static_cast<size_t>(j) * kv_stride;
         __m256 a = _mm256_mul_ps(_mm256_loadu_ps(query), _mm256_loadu_ps(key));
         for (int i = 8; i < hd; i += 8) {
           a = _mm256_fmadd_ps(_mm256_loadu_ps(query + i), _mm256_loadu_ps(key + i), a);
@@ -51,7 +53,7 @@ void AttentionHeadsAvx2(const AttentionShape& shape, const float* q, const float
       float* head_out = out + static_cast<size_t>(t) * q_stride + h * hd;
       std::fill_n(head_out, hd, 0.f);
       for (int j = 0; j < num_keys; ++j) {
-        const float* value = v_cache + static_cast<size_t>(j) * kv_stride + kv_offset;
+        const float* value = v_cache + static_cast<size_t>(j) * kv_stride;
         const __m256 w = _mm256_set1_ps(head_scores[j]);
         for (int i = 0; i < hd; i += 8) {
           _mm256_storeu_ps(head_out + i, _mm256_fmadd_ps(w, _mm256_loadu_ps(value + i),

@@ -24,11 +24,11 @@ RopeTable::RopeTable(int head_dim, float theta, int max_positions)
   }
 }
 
-void RopeTable::Apply(float* x, int num_tokens, int num_heads, int start_position) const {
+void RopeTable::Apply(float* x, int num_tokens, int num_heads, const int* positions) const {
   const int half = head_dim_ / 2;
   for (int t = 0; t < num_tokens; ++t) {
-    const float* cos_row = cos_.data() + static_cast<size_t>(start_position + t) * half;
-    const float* sin_row = sin_.data() + static_cast<size_t>(start_position + t) * half;
+    const float* cos_row = cos_.data() + static_cast<size_t>(positions[t]) * half;
+    const float* sin_row = sin_.data() + static_cast<size_t>(positions[t]) * half;
     for (int h = 0; h < num_heads; ++h) {
       float* head = x + (static_cast<size_t>(t) * num_heads + h) * head_dim_;
       for (int i = 0; i < half; ++i) {

@@ -15,8 +15,10 @@ class RopeTable {
   RopeTable(int head_dim, float theta, int max_positions);
 
   // Rotates x: [num_tokens, num_heads * head_dim] in place; token t is at
-  // position start_position + t (< max_positions).
-  void Apply(float* x, int num_tokens, int num_heads, int start_position) const;
+  // positions[t] (< max_positions). Positions are per token because a batched
+  // decode step holds one token of each sequence, each at its own position;
+  // a prefill chunk passes p, p + 1, ....
+  void Apply(float* x, int num_tokens, int num_heads, const int* positions) const;
 
   int head_dim() const { return head_dim_; }
 
@@ -27,6 +29,8 @@ class RopeTable {
 };
 
 // The direct formula, angles computed per call in double: the tests' oracle.
+// Token t is at start_position + t; the per-token form of RopeTable::Apply is
+// checked against one call per token.
 void RopeReference(float* x, int num_tokens, int num_heads, int head_dim, float theta,
                    int start_position);
 
