@@ -131,3 +131,19 @@ def test_pipeline_rejects_unknown_form_and_narrow_widths(tmp_path):
                                          r"of 32 \(got 48\)"):
         quantize_model(narrow, tmp_path / "a.awqbin", embeddings="int8", progress=False)
     assert os.listdir(tmp_path) == []
+
+
+def test_cli_flag_reaches_the_pipeline(tmp_path, monkeypatch, capsys):
+    import awqcore.importers
+    from awqcore.cli import main
+
+    monkeypatch.setattr(awqcore.importers, "load_source", lambda name: TinySource())
+    out = tmp_path / "m.awqbin"
+    assert main(["quantize", "tiny", "--group-size", "32", "--embeddings", "int8", "-q",
+                 "--out", str(out)]) == 0
+    assert "int8 embedding tables" in capsys.readouterr().out
+    assert read_awqbin(out).tensors["model.embed_tokens.weight_q8"].dtype == "i8"
+    with pytest.raises(SystemExit) as info:  # argparse's own exit
+        main(["quantize", "tiny", "--embeddings", "bf16", "--out", str(out)])
+    assert info.value.code == 2
+    assert "invalid choice: 'bf16'" in capsys.readouterr().err
