@@ -17,6 +17,7 @@
 
 #include "common.cuh"
 #include "cuda_backend.h"
+#include "half.h"
 
 namespace awqcore {
 namespace {
@@ -58,6 +59,7 @@ class Arena {
   explicit Arena(uint64_t seed) : seed_(seed) {}
   void Allocate() { buffer_ = DeviceBuffer(size_); size_ = 0; placing_ = true; }
   size_t size() const { return size_; }
+  bool placing() const { return placing_; }  // pass 2: pointers are real, data is read
 
   // Host data (or random bytes & mask when src is null).
   void* Bytes(const void* src, size_t bytes, uint8_t mask) {
@@ -220,12 +222,38 @@ class CudaTransformer final : public CudaForward {
     return dw;
   }
 
+  // The table's f16 bits for upload. An int8 table (docs/format.md) is
+  // dequantized here on the host and uploaded as f16, which keeps the GPU
+  // kernels and decode speed unchanged at the cost of vocab * d * 2 bytes of
+  // device memory instead of vocab * d * 17/16 (SmolLM2: 57 MB vs 30 MB).
+  // q * s has up to 7 + 11 = 18 significant bits, so rounding it to f16 (11)
+  // moves a weight by up to 2^-11 of itself: the GPU's lm_head differs from
+  // the CPU's by that much. Pass 1 only sizes the arena and reads no data, so
+  // the conversion runs in pass 2 alone; `storage` holds the result until the
+  // upload, which copies synchronously.
+  const uint16_t* TableHalves(const EmbeddingTable& table, std::vector<uint16_t>& storage) const {
+    if (table.f16 != nullptr || !arena_.placing()) return table.f16;
+    const int blocks = table.d / EmbeddingTable::kBlock;
+    storage.resize(static_cast<size_t>(table.rows) * table.d);
+    for (int r = 0; r < table.rows; ++r) {
+      for (int c = 0; c < table.d; ++c) {
+        const size_t i = static_cast<size_t>(r) * table.d + c;
+        const float scale = F16ToF32(table.q8_scales[static_cast<size_t>(r) * blocks + c / EmbeddingTable::kBlock]);
+        storage[i] = F32ToF16(table.q8[i] * scale);
+      }
+    }
+    return storage.data();
+  }
+
   void PlaceWeights(const ModelWeights* w, int group_size) {
     const ModelConfig& c = config_;
     const int d = c.hidden_size, q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
     const size_t table = static_cast<size_t>(c.vocab_size) * d;
-    embed_ = arena_.Half(w ? w->embed : nullptr, table, -1.f, 1.f);
-    lm_head_ = (w && w->lm_head == w->embed) ? embed_ : arena_.Half(w ? w->lm_head : nullptr, table, -0.05f, 0.05f);
+    std::vector<uint16_t> staging;  // [vocab, d] f16 bits of an int8 table (pass 2 only)
+    embed_ = arena_.Half(w ? TableHalves(w->embed, staging) : nullptr, table, -1.f, 1.f);
+    lm_head_ = (w && w->lm_head.data() == w->embed.data())
+                   ? embed_
+                   : arena_.Half(w ? TableHalves(w->lm_head, staging) : nullptr, table, -0.05f, 0.05f);
     final_norm_ = arena_.Float(w ? w->final_norm : nullptr, d, 1.f);
     layers_.assign(c.num_layers, DeviceLayer{});
     for (int i = 0; i < c.num_layers; ++i) {

@@ -23,10 +23,29 @@ def smollm2_awqbin(smollm2_source, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def smollm2_int8_awqbin(smollm2_source, tmp_path_factory):
+    """SmolLM2 as smollm2_awqbin, its (tied) embedding table stored as int8."""
+    path = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-rtn-g64-int8.awqbin"
+    quantize_model(smollm2_source, path, method="rtn", group_size=GROUP_SIZE, progress=False,
+                   embeddings="int8")
+    return path
+
+
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
 def tiny_awqbin(request, tmp_path_factory):
     """(architecture, path) of a tiny random model quantized at group size 32."""
     source = SyntheticSource(tiny_config(request.param), seed=7)
     path = tmp_path_factory.mktemp("tiny") / f"tiny-{request.param}.awqbin"
     quantize_model(source, path, method="rtn", group_size=32, progress=False)
+    return request.param, path
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_int8_awqbin(request, tmp_path_factory):
+    """(architecture, path) as tiny_awqbin with int8 embedding/lm_head tables: the
+    Llama config is untied (two int8 tables), the Qwen2 one tied (one)."""
+    source = SyntheticSource(tiny_config(request.param), seed=7)
+    path = tmp_path_factory.mktemp("tiny") / f"tiny-{request.param}-int8.awqbin"
+    quantize_model(source, path, method="rtn", group_size=32, progress=False, embeddings="int8")
     return request.param, path

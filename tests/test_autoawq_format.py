@@ -83,6 +83,39 @@ def test_export_then_convert_is_bit_exact(tmp_path, arch):
     assert np.array_equal(unpack_int4(b.tensor(name)), unpack_int4(a.tensor(name)))
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_export_writes_int8_tables_dequantized_to_f16(tmp_path, arch):
+    """AutoAWQ has no int8 tables: the export stores W = q * s rounded to f16 under
+    the ".weight" name, and converting back gives f16 tables within that rounding."""
+    from safetensors.numpy import load_file
+
+    from awqcore.quantize.int8_table import dequantize_int8_table
+
+    source = SyntheticSource(tiny_config(arch), seed=6)
+    original = tmp_path / "model.awqbin"
+    quantize_model(source, original, method="rtn", group_size=32, progress=False,
+                   embeddings="int8")
+    folder = export_hf(original, tmp_path / "hf")
+    exported = load_file(str(folder / "model.safetensors"))
+    assert not any("_q8" in name for name in exported)
+    a = read_awqbin(original)
+    prefixes = ["model.embed_tokens"] + ([] if source.config.tie_word_embeddings else ["lm_head"])
+    for prefix in prefixes:
+        exact = dequantize_int8_table(a.tensor(prefix + ".weight_q8"),
+                                      a.tensor(prefix + ".weight_q8_scales"))
+        table = exported[prefix + ".weight"]
+        assert table.dtype == np.float16
+        np.testing.assert_array_equal(table, exact.astype(np.float16))
+        # Rounding to f16 moves each weight by at most 2^-11 of itself (half an
+        # f16 step); these small values include subnormal ones, hence the floor.
+        assert (np.abs(table.astype(np.float32) - exact) <= np.abs(exact) * 2.0 ** -11 + 2.0 ** -25).all()
+    assert ("lm_head.weight" in exported) is not source.config.tie_word_embeddings
+    convert_hf(folder, tmp_path / "back.awqbin")
+    back = read_awqbin(tmp_path / "back.awqbin")
+    for prefix in prefixes:
+        np.testing.assert_array_equal(back.tensor(prefix + ".weight"), exported[prefix + ".weight"])
+
+
 def test_convert_rejects_other_quantizations(tmp_path):
     source = SyntheticSource(tiny_config("llama"), seed=1)
     quantize_model(source, tmp_path / "m.awqbin", method="rtn", group_size=32, progress=False)

@@ -199,6 +199,28 @@ def test_awq_is_deterministic_and_writes_a_valid_file(tmp_path):
     assert f.metadata["quant.method"] == "awq" and f.verify() == []
 
 
+def test_awq_with_int8_tables_changes_only_the_tables(tmp_path):
+    """The table form is independent of the method: AWQ calibrates on the source
+    embedding either way, so the linears and norms are identical and only the
+    (untied) tables change form."""
+    from awqcore.quantize.int8_table import quantize_int8_table
+
+    source = OutlierSource(tiny_config("llama"), seed=4)
+    options = dict(calib_samples=4, calib_seqlen=64, calib_text=calib_text(tmp_path), seed=3)
+    for form in ("f16", "int8"):
+        quantize_model(source, tmp_path / f"{form}.awqbin", method="awq", group_size=32,
+                       progress=False, embeddings=form, **options)
+    f16, int8 = read_awqbin(tmp_path / "f16.awqbin"), read_awqbin(tmp_path / "int8.awqbin")
+    tables = {"model.embed_tokens.weight", "lm_head.weight"}
+    assert set(f16.tensors) - set(int8.tensors) == tables
+    for name in set(f16.tensors) - tables:
+        np.testing.assert_array_equal(int8.tensor(name), f16.tensor(name), err_msg=name)
+    for name in tables:
+        q, scales = quantize_int8_table(source.get(name))
+        np.testing.assert_array_equal(int8.tensor(name + "_q8"), q)
+        np.testing.assert_array_equal(int8.tensor(name + "_q8_scales"), scales)
+
+
 def test_cli_rejects_awq_options_for_rtn(tmp_path, capsys):
     code = cli_main(["quantize", "smollm2-135m", "--method", "rtn", "--calib-samples", "4",
                      "--out", str(tmp_path / "x.awqbin")])

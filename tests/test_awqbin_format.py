@@ -144,6 +144,7 @@ def sample_tensors() -> dict[str, np.ndarray]:
         "f16.2d": rng.standard_normal((3, 5)).astype(np.float16),
         "u8.3d": rng.integers(0, 256, (2, 3, 4), dtype=np.uint8),
         "i32.4d": rng.integers(-2**31, 2**31, (2, 1, 3, 2), dtype=np.int32),
+        "i8.2d": rng.integers(-128, 128, (3, 5), dtype=np.int8),
         "f32.transposed": rng.standard_normal((4, 6)).astype(np.float32).T,  # not C-contiguous
         "i32.big_endian": np.arange(-3, 9, dtype=">i4").reshape(3, 4),
         "f16.empty": np.zeros((0, 8), np.float16),
@@ -177,7 +178,7 @@ def test_round_trip_all_dtypes_shapes_and_metadata(tmp_path):
 
     data_offset = field(raw, "data_offset")
     assert data_offset % 64 == 0 and field(raw, "file_size") == len(raw) == os.path.getsize(path)
-    expected_code = {np.float32: 0, np.float16: 1, np.uint8: 2, np.int32: 3}
+    expected_code = {np.float32: 0, np.float16: 1, np.uint8: 2, np.int32: 3, np.int8: 4}
     for entry, (name, array) in zip(dir_entries(raw), tensors.items()):
         le = array.astype(array.dtype.newbyteorder("<"))
         start = data_offset + entry["offset"]
@@ -380,13 +381,16 @@ def test_inspect_verify_reports_bad_tensor(tmp_path, tiny_bytes, capsys):
 
 # ------------------------------------------------------- the quantize pipeline
 
-@pytest.mark.parametrize("architecture, tied", [("llama", True), ("qwen2", False)])
-def test_pipeline_output_matches_direct_write(tmp_path, architecture, tied):
+@pytest.mark.parametrize("architecture, tied, embeddings",
+                         [("llama", True, "f16"), ("qwen2", False, "f16"),
+                          ("llama", False, "int8"), ("qwen2", True, "int8")])
+def test_pipeline_output_matches_direct_write(tmp_path, architecture, tied, embeddings):
     """quantize_model writes the same tensors and metadata as the hand-written builder."""
     source = TinySource(seed=3, architecture=architecture, tie_word_embeddings=tied)
-    write_tiny_model(tmp_path / "direct.awqbin", source)
+    write_tiny_model(tmp_path / "direct.awqbin", source, embeddings=embeddings)
     direct = read_awqbin(tmp_path / "direct.awqbin")
-    summary = quantize_model(source, tmp_path / "piped.awqbin", group_size=32, progress=False)
+    summary = quantize_model(source, tmp_path / "piped.awqbin", group_size=32, progress=False,
+                             embeddings=embeddings)
     piped = read_awqbin(tmp_path / "piped.awqbin")
 
     assert piped.metadata == direct.metadata == {
@@ -395,7 +399,8 @@ def test_pipeline_output_matches_direct_write(tmp_path, architecture, tied):
     for name in direct.tensors:
         assert piped.tensors[name].dtype == direct.tensors[name].dtype, name
         np.testing.assert_array_equal(piped.tensor(name), direct.tensor(name), err_msg=name)
-    assert ("lm_head.weight" in piped.tensors) is not tied
+    lm_head = "lm_head.weight" + ("_q8" if embeddings == "int8" else "")
+    assert (lm_head in piped.tensors) is not tied
     assert ("model.layers.0.self_attn.q_proj.bias" in piped.tensors) is (architecture == "qwen2")
     n_params = sum(source.get(n).size for n in source.tensor_names())
     assert summary["fp16_bytes"] == 2 * n_params
@@ -470,3 +475,102 @@ def test_cpp_reader_rejects_a_flipped_data_byte(tmp_path, tiny_bytes):
     buf = flip(bytearray(tiny_bytes), field(tiny_bytes, "data_offset") + victim["offset"])
     with pytest.raises(awqcore.FormatError, match=re.escape(victim["name"])):
         awqcore.Model(write_bytes(tmp_path, bytes(buf)), threads=1, max_seq_len=16)
+
+
+# ------------------------------------------------------------ int8 tables
+
+def rewrite(src, dst, drop=(), replace=None, add=None) -> str:
+    """dst = the tensors of src, less `drop`, with `replace` (name -> array) swapped in
+    and `add` appended; same metadata. Files the writer accepts but a model reader
+    must reject."""
+    f = read_awqbin(src)
+    with AwqbinWriter(dst) as w:
+        for name in f.tensors:
+            if name not in drop:
+                w.add_tensor(name, (replace or {}).get(name, f.tensor(name)))
+        for name, array in (add or {}).items():
+            w.add_tensor(name, array)
+        w.finish(f.metadata)
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def tiny_int8_path(tmp_path_factory) -> str:
+    """The tiny llama, untied, both tables int8."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-int8.awqbin"
+    write_tiny_model(path, TinySource(tie_word_embeddings=False), embeddings="int8")
+    return str(path)
+
+
+def _table(path, name):
+    return np.array(read_awqbin(path).tensor(name))
+
+
+E_Q8, E_SCALES = "model.embed_tokens.weight_q8", "model.embed_tokens.weight_q8_scales"
+H_Q8, H_SCALES = "lm_head.weight_q8", "lm_head.weight_q8_scales"
+# (id, rewrite arguments from the valid file's path, table read, message regex for both readers)
+INT8_CASES = [
+    ("codes_as_u8", lambda p: dict(replace={E_Q8: _table(p, E_Q8).view(np.uint8)}),
+     "model.embed_tokens.weight",
+     r"tensor 'model\.embed_tokens\.weight_q8': expected i8 \[64, 64\], found u8 \[64, 64\]"),
+    ("scales_transposed", lambda p: dict(replace={H_SCALES: _table(p, H_SCALES).T.copy()}),
+     "lm_head.weight",
+     r"tensor 'lm_head\.weight_q8_scales': expected f16 \[64, 2\], found f16 \[2, 64\]"),
+    ("scales_as_f32", lambda p: dict(replace={E_SCALES: _table(p, E_SCALES).astype(np.float32)}),
+     "model.embed_tokens.weight",
+     r"tensor 'model\.embed_tokens\.weight_q8_scales': expected f16 \[64, 2\], found f32"),
+    ("scales_missing", lambda p: dict(drop={H_SCALES}), "lm_head.weight",
+     r"missing tensor 'lm_head\.weight_q8_scales'"),
+    ("codes_missing", lambda p: dict(drop={E_Q8}), "model.embed_tokens.weight",
+     r"missing tensor 'model\.embed_tokens\.weight_q8'"),
+    ("both_forms", lambda p: dict(add={"model.embed_tokens.weight": np.zeros((64, 64), np.float16)}),
+     "model.embed_tokens.weight",
+     r"tensors 'model\.embed_tokens\.weight' and 'model\.embed_tokens\.weight_q8': the file "
+     r"holds both forms of one table"),
+]
+
+
+def test_int8_tables_read_back_dequantized(tiny_int8_path):
+    """AwqbinSource shows each int8 table as its ".weight", dequantized exactly."""
+    from awqcore.awqbin_source import AwqbinSource
+    from awqcore.quantize.int8_table import dequantize_int8_table
+
+    source = AwqbinSource(tiny_int8_path)
+    names = source.tensor_names()
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" in names
+    assert not any("_q8" in n for n in names)
+    for prefix in ("model.embed_tokens", "lm_head"):
+        expected = dequantize_int8_table(_table(tiny_int8_path, prefix + ".weight_q8"),
+                                         _table(tiny_int8_path, prefix + ".weight_q8_scales"))
+        np.testing.assert_array_equal(source.get(prefix + ".weight"), expected)
+        original = TinySource(tie_word_embeddings=False).get(prefix + ".weight")
+        assert 0 < np.abs(expected - original).max() < 0.01 * np.abs(original).max()
+
+
+@pytest.mark.parametrize("case_id, edit, table, pattern", INT8_CASES,
+                         ids=[c[0] for c in INT8_CASES])
+def test_python_source_rejects_bad_int8_tables(tmp_path, tiny_int8_path, case_id, edit, table,
+                                               pattern):
+    from awqcore.awqbin_source import AwqbinSource
+
+    path = rewrite(tiny_int8_path, tmp_path / "bad.awqbin", **edit(tiny_int8_path))
+    source = AwqbinSource(path)  # the container is valid
+    with pytest.raises(FormatError, match=pattern) as info:
+        source.get(table)
+    assert path in str(info.value)
+
+
+@needs_core
+def test_cpp_loads_the_valid_int8_model(tiny_int8_path):
+    model = awqcore.Model(tiny_int8_path, threads=1, max_seq_len=16)
+    logits = model.forward([1, 5, 6])
+    assert logits.shape == (3, 64) and np.isfinite(logits).all()
+
+
+@needs_core
+@pytest.mark.parametrize("case_id, edit, table, pattern", INT8_CASES,
+                         ids=[c[0] for c in INT8_CASES])
+def test_cpp_rejects_bad_int8_tables(tmp_path, tiny_int8_path, case_id, edit, table, pattern):
+    path = rewrite(tiny_int8_path, tmp_path / "bad.awqbin", **edit(tiny_int8_path))
+    with pytest.raises(awqcore.FormatError, match=pattern):
+        awqcore.Model(path, threads=1, max_seq_len=16)

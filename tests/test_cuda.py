@@ -54,6 +54,13 @@ def test_tiny_models_match_cpu(tiny_awqbin):
     compare(path, [5, 17, 42, 99, 3, 250, 7])
 
 
+def test_int8_tables_match_cpu(tiny_int8_awqbin):
+    """int8 tables are uploaded dequantized to f16 (cuda/forward.cu): each weight
+    moves by up to 2^-11 of itself, well inside the tolerance."""
+    _, path = tiny_int8_awqbin
+    compare(path, [5, 17, 42, 99, 3, 250, 7])
+
+
 def test_long_prompt_crosses_chunks_and_splits(tiny_awqbin):
     """200 tokens: 4 prefill chunks of 64 and attention beyond one split (256) after decode."""
     _, path = tiny_awqbin

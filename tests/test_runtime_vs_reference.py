@@ -15,7 +15,9 @@ import pytest
 import torch
 
 import awqcore
+from awqcore.awqbin import read_awqbin
 from awqcore.awqbin_source import AwqbinSource
+from awqcore.importers.synthetic import SyntheticSource, tiny_config
 from awqcore.reference import ReferenceModel
 
 TEXT = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, "
@@ -78,6 +80,60 @@ def test_tiny_models_match_reference(tiny_awqbin):
     generated = model.generate(ids[:8], max_new_tokens=32, stop=[])
     with torch.no_grad():
         assert generated == reference.greedy_generate(ids[:8], 32)
+
+
+def test_tiny_int8_tables_match_reference(tiny_int8_awqbin):
+    """int8 embedding/lm_head tables (untied Llama: two, tied Qwen2: one): the C++
+    logits match the reference of the same dequantized tables, and are much
+    farther from a reference that keeps the tables in f16, so this comparison
+    tells the two forms apart."""
+    arch, path = tiny_int8_awqbin
+    tensors = read_awqbin(path).tensors
+    assert "model.embed_tokens.weight_q8" in tensors and "model.embed_tokens.weight" not in tensors
+    assert ("lm_head.weight_q8" in tensors) is (arch == "llama")
+    assert not any(n.endswith(".weight") and ("embed" in n or "lm_head" in n) for n in tensors)
+    model = awqcore.Model(path, threads=2, max_seq_len=64)
+    source = AwqbinSource(path)
+    original = SyntheticSource(tiny_config(arch), seed=7)  # what conftest quantized
+
+    def f16_tables(name: str) -> np.ndarray:
+        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+            return original.get(name).astype(np.float16).astype(np.float32)
+        return source.get(name)
+
+    ids = np.random.default_rng(1).integers(0, model.config["vocab_size"], size=40).tolist()
+    ours = model.forward(ids)
+    with torch.no_grad():
+        theirs = ReferenceModel(source.config, source.get).forward(ids).numpy()
+        with_f16 = ReferenceModel(source.config, f16_tables).forward(ids).numpy()
+    error = max_relative_error(ours, theirs)
+    distance_to_f16 = max_relative_error(ours, with_f16)
+    print(f"tiny {arch} int8 tables: max relative logit error {error:.2e}; "
+          f"{distance_to_f16:.2e} from the f16-table reference")
+    assert error < REL_TOL
+    assert distance_to_f16 > 10 * error
+    generated = model.generate(ids[:8], max_new_tokens=32, stop=[])
+    with torch.no_grad():
+        assert generated == ReferenceModel(source.config, source.get).greedy_generate(ids[:8], 32)
+
+
+def test_smollm2_int8_table_matches_reference(smollm2_int8_awqbin):
+    model = awqcore.Model(smollm2_int8_awqbin, threads=2, max_seq_len=256)
+    reference = reference_of(smollm2_int8_awqbin)
+    ids = model.tokenizer.encode(TEXT).ids
+    ours = model.forward(ids)
+    with torch.no_grad():
+        theirs = reference.forward(ids).numpy()
+    error = max_relative_error(ours, theirs)
+    print(f"SmolLM2 int4 g64, int8 table: max |logit diff| / max |logit| = {error:.2e} "
+          f"over {len(ids)} tokens")
+    assert error < REL_TOL
+    assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
+    prompt = model.tokenizer.encode("The capital of France is").ids
+    generated = model.generate(prompt, max_new_tokens=32, stop=[])
+    with torch.no_grad():
+        assert generated == reference.greedy_generate(prompt, 32)
+    assert "Paris" in model.tokenizer.decode(generated)
 
 
 def test_prefill_equals_token_by_token(tiny_awqbin):

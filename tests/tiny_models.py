@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from awqcore.awqbin import AwqbinWriter
 from awqcore.importers import expected_tensor_shapes
+from awqcore.quantize.int8_table import quantize_int8_table
 from awqcore.quantize.rtn import quantize_int4
 from awqcore.source import LINEAR_NAMES, ModelConfig, TokenizerInfo, layer_prefix
 
@@ -91,13 +92,23 @@ def tiny_metadata(source: TinySource, group_size: int = GROUP_SIZE) -> dict:
 
 
 def write_tiny_model(path: str | os.PathLike, source: TinySource | None = None,
-                     group_size: int = GROUP_SIZE) -> TinySource:
-    """Writes `source` (default TinySource()) as a valid .awqbin; returns the source."""
+                     group_size: int = GROUP_SIZE, embeddings: str = "f16") -> TinySource:
+    """Writes `source` (default TinySource()) as a valid .awqbin; returns the source.
+    The embedding/lm_head tables are f16 or (embeddings="int8") int8 + f16 scales."""
     source = source or TinySource()
     c = source.config
+
+    def add_table(w: AwqbinWriter, prefix: str) -> None:
+        table = source.get(prefix + ".weight")
+        if embeddings == "f16":
+            w.add_tensor(prefix + ".weight", table.astype(np.float16))
+            return
+        q, scales = quantize_int8_table(table)
+        w.add_tensor(prefix + ".weight_q8", q)
+        w.add_tensor(prefix + ".weight_q8_scales", scales)
+
     with AwqbinWriter(path) as w:
-        w.add_tensor("model.embed_tokens.weight",
-                     source.get("model.embed_tokens.weight").astype(np.float16))
+        add_table(w, "model.embed_tokens")
         for layer in range(c.num_layers):
             p = layer_prefix(layer)
             w.add_tensor(p + "input_layernorm.weight", source.get(p + "input_layernorm.weight"))
@@ -112,6 +123,6 @@ def write_tiny_model(path: str | os.PathLike, source: TinySource | None = None,
                     w.add_tensor(f"{p}{suffix}.bias", source.get(f"{p}{suffix}.bias"))
         w.add_tensor("model.norm.weight", source.get("model.norm.weight"))
         if not c.tie_word_embeddings:
-            w.add_tensor("lm_head.weight", source.get("lm_head.weight").astype(np.float16))
+            add_table(w, "lm_head")
         w.finish(tiny_metadata(source, group_size))
     return source

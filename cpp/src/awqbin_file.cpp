@@ -282,8 +282,8 @@ std::vector<TensorView> ParseDirectory(const uint8_t* begin, uint64_t size, cons
       FailFormat("tensor directory: duplicate tensor name '", t.name, "'");
     }
     uint64_t dtype = reader.U8("dtype");
-    if (dtype > static_cast<uint8_t>(DType::kI32)) {
-      FailFormat("tensor '", t.name, "': unknown dtype ", dtype, " (expected 0..3)");
+    if (dtype > static_cast<uint8_t>(DType::kI8)) {
+      FailFormat("tensor '", t.name, "': unknown dtype ", dtype, " (expected 0..4)");
     }
     t.dtype = static_cast<DType>(dtype);
     uint64_t ndim = reader.U8("ndim");
@@ -344,6 +344,7 @@ size_t DTypeSize(DType dtype) {
     case DType::kF16: return 2;
     case DType::kU8: return 1;
     case DType::kI32: return 4;
+    case DType::kI8: return 1;
   }
   return 0;
 }
@@ -354,6 +355,7 @@ const char* DTypeName(DType dtype) {
     case DType::kF16: return "f16";
     case DType::kU8: return "u8";
     case DType::kI32: return "i32";
+    case DType::kI8: return "i8";
   }
   return "unknown";
 }

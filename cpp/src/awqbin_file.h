@@ -21,7 +21,7 @@
 
 namespace awqcore {
 
-enum class DType : uint8_t { kF32 = 0, kF16 = 1, kU8 = 2, kI32 = 3 };
+enum class DType : uint8_t { kF32 = 0, kF16 = 1, kU8 = 2, kI32 = 3, kI8 = 4 };
 size_t DTypeSize(DType dtype);
 const char* DTypeName(DType dtype);
 

@@ -41,9 +41,9 @@ void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, i
                   int num_tokens, float* y, int ldy) {
   Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
 }
-void F16RowsAvx2(const uint16_t* weight, int d, int row0, int rows, const float* x, int ldx,
-                 int num_tokens, float* y, int ldy) {
-  F16RowsScalar(weight, d, row0, rows, x, ldx, num_tokens, y, ldy);
+void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+                   int num_tokens, float* y, int ldy) {
+  TableRowsScalar(table, row0, rows, x, ldx, num_tokens, y, ldy);
 }
 void AttentionHeadsAvx2(const AttentionShape&, const float*, const float*, const float*, int, int,
                         float*, float*, int, int) {

@@ -77,6 +77,41 @@ class TensorResolver {
     return Get(name, DType::kU8, dims).data;
   }
 
+  // The table `prefix` [vocab, d] ("model.embed_tokens" or "lm_head") in
+  // whichever form the file holds: prefix.weight f16 [vocab, d], or
+  // prefix.weight_q8 i8 [vocab, d] with prefix.weight_q8_scales f16
+  // [vocab, d/32]. Either int8 tensor alone selects the int8 form, so a file
+  // missing the other is told which one; with no tensor at all, the message
+  // names the f16 form, the one every file could have.
+  EmbeddingTable Table(const std::string& prefix) const {
+    const std::string f16_name = prefix + ".weight";
+    const std::string q8_name = prefix + ".weight_q8";
+    const std::string scales_name = prefix + ".weight_q8_scales";
+    const bool has_q8 = file_.Find(q8_name) != nullptr || file_.Find(scales_name) != nullptr;
+    if (has_q8 && file_.Find(f16_name) != nullptr) {
+      FailFormat("tensors '", f16_name, "' and '", q8_name,
+                 "': the file holds both forms of one table (expected one)");
+    }
+    const uint64_t vocab = static_cast<uint64_t>(config_.vocab_size);
+    const uint64_t d = static_cast<uint64_t>(config_.hidden_size);
+    EmbeddingTable table;
+    table.rows = config_.vocab_size;
+    table.d = config_.hidden_size;
+    if (!has_q8) {
+      table.f16 = F16(f16_name, {vocab, d});
+      return table;
+    }
+    // ReadModelConfig's d % group_size == 0 implies this for group sizes
+    // 32/64/128; checked here too since the int8 kernels rely on it.
+    if (d % EmbeddingTable::kBlock != 0) {
+      FailFormat("tensor '", q8_name, "': model.hidden_size=", d, " is not a multiple of ",
+                 EmbeddingTable::kBlock, " (int8 tables have one scale per 32 columns)");
+    }
+    table.q8 = reinterpret_cast<const int8_t*>(Get(q8_name, DType::kI8, {vocab, d}).data);
+    table.q8_scales = F16(scales_name, {vocab, d / EmbeddingTable::kBlock});
+    return table;
+  }
+
   // The three (or four, with a bias) tensors of a 4-bit linear W [out, in]:
   //   P.qweight u8 [out, in/2], P.scales f16 [out, in/g], P.zeros u8 [out, in/g],
   //   P.bias f32 [out].
@@ -175,7 +210,6 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
 
 ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config) {
   const TensorResolver tensors(file, config);
-  const uint64_t vocab = static_cast<uint64_t>(config.vocab_size);
   const int64_t d = config.hidden_size;
   const int64_t ffn = config.intermediate_size;
   const int64_t q_width = int64_t{config.num_heads} * config.head_dim;      // H*hd
@@ -183,10 +217,8 @@ ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config)
   const std::vector<uint64_t> norm_dims = {static_cast<uint64_t>(d)};
 
   ModelWeights w;
-  w.embed = tensors.F16("model.embed_tokens.weight", {vocab, static_cast<uint64_t>(d)});
-  w.lm_head = config.tie_word_embeddings
-                  ? w.embed
-                  : tensors.F16("lm_head.weight", {vocab, static_cast<uint64_t>(d)});
+  w.embed = tensors.Table("model.embed_tokens");
+  w.lm_head = config.tie_word_embeddings ? w.embed : tensors.Table("lm_head");
   w.final_norm = tensors.F32("model.norm.weight", norm_dims);
 
   // Layers are appended as their tensors resolve rather than allocated up

@@ -23,6 +23,23 @@ struct Int4Linear {
   const float* bias = nullptr;       // [out] or nullptr
 };
 
+// The token embedding or lm_head table W [rows, d] in one of its two stored
+// forms (docs/format.md): f16, or int8 in blocks of 32 columns,
+// W[r, c] = q[r, c] * s[r, c/32] (exact in f32: 7 + 11 significant bits).
+// Exactly one of `f16` and `q8` is set; `q8` implies d % 32 == 0.
+struct EmbeddingTable {
+  static constexpr int kBlock = 32;  // columns per int8 scale
+
+  int rows = 0;
+  int d = 0;
+  const uint16_t* f16 = nullptr;        // [rows, d]      f16 bits, or nullptr
+  const int8_t* q8 = nullptr;           // [rows, d]      or nullptr
+  const uint16_t* q8_scales = nullptr;  // [rows, d/32]   f16 bits (with q8)
+
+  // The first byte of the table: two tables are one (tied) when these match.
+  const void* data() const { return f16 != nullptr ? static_cast<const void*>(f16) : q8; }
+};
+
 struct LayerWeights {
   const float* input_norm = nullptr;  // [d]
   Int4Linear q;                       // [H*hd, d]
@@ -36,8 +53,8 @@ struct LayerWeights {
 };
 
 struct ModelWeights {
-  const uint16_t* embed = nullptr;       // [vocab, d] f16
-  const uint16_t* lm_head = nullptr;     // [vocab, d] f16 (== embed when tied)
+  EmbeddingTable embed;                  // [vocab, d]
+  EmbeddingTable lm_head;                // [vocab, d] (a copy of embed when tied)
   const float* final_norm = nullptr;     // [d]
   std::vector<LayerWeights> layers;      // [num_layers]
 };

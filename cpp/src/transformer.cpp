@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "ops/f16_linear.h"
+#include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/vec.h"
@@ -84,19 +84,18 @@ void Transformer::Run(const int* ids, int n, Logits which, float* logits) {
     const bool last_chunk = done + chunk == n;
     if (which == Logits::kAll) {
       RmsNorm(x_.data(), weights_.final_norm, d, config_.rms_norm_eps, chunk, h_.data());
-      F16LinearForward(weights_.lm_head, vocab, d, h_.data(), chunk, logits + Floats(done, vocab),
-                       pool_);
+      TableLinearForward(weights_.lm_head, h_.data(), chunk, logits + Floats(done, vocab), pool_);
     } else if (last_chunk) {
       const float* last_x = x_.data() + Floats(chunk - 1, d);
       RmsNorm(last_x, weights_.final_norm, d, config_.rms_norm_eps, 1, h_.data());
-      F16LinearForward(weights_.lm_head, vocab, d, h_.data(), 1, logits, pool_);
+      TableLinearForward(weights_.lm_head, h_.data(), 1, logits, pool_);
     }
     done += chunk;
   }
 }
 
 void Transformer::ForwardChunk(const int* ids, int first, int n) {
-  EmbeddingGather(weights_.embed, config_.hidden_size, ids, n, x_.data());
+  EmbeddingGather(weights_.embed, ids, n, x_.data());
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     Layer(layer, token_seq_.data() + first, token_pos_.data() + first, n);
   }

@@ -179,8 +179,20 @@ void AddLinear(FileSpec& spec, const std::string& prefix, uint64_t out, uint64_t
   if (bias) AddTensor(spec, prefix + ".bias", DType::kF32, {out});
 }
 
+// The table `prefix` [vocab, d] in f16, or in int8 with one f16 scale per 32
+// columns (docs/format.md).
+void AddTable(FileSpec& spec, const std::string& prefix, bool int8) {
+  if (!int8) {
+    AddTensor(spec, prefix + ".weight", DType::kF16, {kVocab, kD});
+    return;
+  }
+  AddTensor(spec, prefix + ".weight_q8", DType::kI8, {kVocab, kD});
+  AddTensor(spec, prefix + ".weight_q8_scales", DType::kF16, {kVocab, kD / 32});
+}
+
 // llama: untied lm_head, no biases. qwen2: tied embeddings, q/k/v biases.
-FileSpec TinyModel(const std::string& arch) {
+// The embedding and lm_head tables are f16, or int8 with `int8_tables`.
+FileSpec TinyModel(const std::string& arch, bool int8_tables = false) {
   const bool qwen2 = arch == "qwen2";
   FileSpec spec;
   spec.meta = {
@@ -208,7 +220,7 @@ FileSpec TinyModel(const std::string& arch) {
       {"tokenizer.bos_token_id", Int(1)},
       {"tokenizer.eos_token_ids", Ints({2, 3})},
   };
-  AddTensor(spec, "model.embed_tokens.weight", DType::kF16, {kVocab, kD});
+  AddTable(spec, "model.embed_tokens", int8_tables);
   for (uint64_t l = 0; l < kLayers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     AddTensor(spec, p + "input_layernorm.weight", DType::kF32, {kD});
@@ -222,7 +234,7 @@ FileSpec TinyModel(const std::string& arch) {
     AddLinear(spec, p + "mlp.down_proj", kD, kFfn, false);
   }
   AddTensor(spec, "model.norm.weight", DType::kF32, {kD});
-  if (!qwen2) AddTensor(spec, "lm_head.weight", DType::kF16, {kVocab, kD});
+  if (!qwen2) AddTable(spec, "lm_head", int8_tables);
   return spec;
 }
 

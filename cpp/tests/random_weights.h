@@ -1,4 +1,4 @@
-// Random inputs and int4 weights for the kernel tests (test_ops,
+// Random inputs, int4 weights and token tables for the kernel tests (test_ops,
 // test_simd_kernels, test_cuda_kernels), so each kernel family is tested on
 // data built the same way.
 #pragma once
@@ -54,6 +54,54 @@ struct RandomInt4 {
       const size_t g = static_cast<size_t>(r) * (layer.in / layer.group_size) + c / layer.group_size;
       sum += std::fabs((q - layer.zeros[g]) * awqcore::F16ToF32(layer.scales[g]) * x[c]);
     }
+    return sum;
+  }
+};
+
+// An EmbeddingTable [rows, d] with random weights in either form, owning its
+// storage: f16 values in [-1, 1), or int8 codes over the whole -128..127
+// range (readers accept -128) with f16 scales in [0.002, 0.05). `offset`
+// extra elements before each array, as in RandomInt4.
+struct RandomTable {
+  std::vector<uint16_t> f16;        // [offset + rows*d] (f16 form)
+  std::vector<int8_t> q8;           // [offset + rows*d] (int8 form)
+  std::vector<uint16_t> q8_scales;  // [offset + rows*d/32]
+  awqcore::EmbeddingTable table;    // points past the offset
+
+  RandomTable(int rows, int d, bool int8, std::mt19937& rng, size_t offset = 0) {
+    const size_t n = static_cast<size_t>(rows) * d;
+    table.rows = rows;
+    table.d = d;
+    if (!int8) {
+      f16.resize(offset + n);
+      const std::vector<float> values = RandomFloats(f16.size(), rng);
+      for (size_t i = 0; i < f16.size(); ++i) f16[i] = awqcore::F32ToF16(values[i]);
+      table.f16 = f16.data() + offset;
+      return;
+    }
+    std::uniform_int_distribution<int> code(-128, 127);
+    std::uniform_real_distribution<float> scale(0.002f, 0.05f);
+    q8.resize(offset + n);
+    for (int8_t& q : q8) q = static_cast<int8_t>(code(rng));
+    q8_scales.resize(offset + n / awqcore::EmbeddingTable::kBlock);
+    for (uint16_t& s : q8_scales) s = awqcore::F32ToF16(scale(rng));
+    table.q8 = q8.data() + offset;
+    table.q8_scales = q8_scales.data() + offset;
+  }
+
+  // W[r, c] in double, from the stored form.
+  double Weight(int r, int c) const {
+    const size_t i = static_cast<size_t>(r) * table.d + c;
+    if (table.f16 != nullptr) return awqcore::F16ToF32(table.f16[i]);
+    const size_t block = static_cast<size_t>(r) * (table.d / awqcore::EmbeddingTable::kBlock) +
+                         c / awqcore::EmbeddingTable::kBlock;
+    return table.q8[i] * static_cast<double>(awqcore::F16ToF32(table.q8_scales[block]));
+  }
+
+  // sum_c |W[r, c] x[c]|: the scale of the rounding-error bound of output r.
+  double AbsProductSum(int r, const float* x) const {
+    double sum = 0.0;
+    for (int c = 0; c < table.d; ++c) sum += std::fabs(Weight(r, c) * x[c]);
     return sum;
   }
 };

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <optional>
 #include <random>
@@ -95,9 +96,11 @@ TEST(valid_llama_file_loads_with_config_and_weight_pointers) {
 
   const awqcore::ModelWeights& w = model->impl().weights;
   const auto& t = spec.tensors;
-  CHECK(SameBytes(w.embed, t[TensorIndex(spec, "model.embed_tokens.weight")].bytes, 64));
-  CHECK(SameBytes(w.lm_head, t[TensorIndex(spec, "lm_head.weight")].bytes, 64));
-  CHECK(w.lm_head != w.embed);
+  CHECK(SameBytes(w.embed.f16, t[TensorIndex(spec, "model.embed_tokens.weight")].bytes, 64));
+  CHECK(SameBytes(w.lm_head.f16, t[TensorIndex(spec, "lm_head.weight")].bytes, 64));
+  CHECK(w.embed.q8 == nullptr && w.lm_head.q8 == nullptr);
+  CHECK(w.embed.rows == 50 && w.embed.d == 64 && w.lm_head.rows == 50 && w.lm_head.d == 64);
+  CHECK(w.lm_head.data() != w.embed.data());
   CHECK(SameBytes(w.final_norm, t[TensorIndex(spec, "model.norm.weight")].bytes, 256));
   CHECK(w.layers.size() == 2);
   const awqcore::LayerWeights& layer1 = w.layers[1];
@@ -114,7 +117,7 @@ TEST(valid_llama_file_loads_with_config_and_weight_pointers) {
   CHECK(layer1.o.out == 64 && layer1.o.in == 64 && layer1.gate.out == 128);
   CHECK(layer1.down.out == 64 && layer1.down.in == 128 && layer1.down.group_size == 32);
   CHECK(layer1.q.bias == nullptr && layer1.v.bias == nullptr);
-  CHECK(Aligned64(w.embed) && Aligned64(layer1.down.scales) && Aligned64(w.final_norm));
+  CHECK(Aligned64(w.embed.f16) && Aligned64(layer1.down.scales) && Aligned64(w.final_norm));
 }
 
 TEST(valid_qwen2_file_loads_biases_and_ties_lm_head) {
@@ -123,7 +126,7 @@ TEST(valid_qwen2_file_loads_biases_and_ties_lm_head) {
   CHECK(model->config().architecture == "qwen2");
   CHECK(model->config().tie_word_embeddings && model->config().attention_bias);
   const awqcore::ModelWeights& w = model->impl().weights;
-  CHECK(w.lm_head == w.embed);
+  CHECK(w.lm_head.f16 == w.embed.f16 && w.lm_head.f16 != nullptr);
   for (int l = 0; l < 2; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
     const awqcore::LayerWeights& layer = w.layers[l];
@@ -132,6 +135,42 @@ TEST(valid_qwen2_file_loads_biases_and_ties_lm_head) {
     CHECK(SameBytes(layer.v.bias, spec.tensors[TensorIndex(spec, p + "v_proj.bias")].bytes, 128));
     CHECK(layer.o.bias == nullptr && layer.up.bias == nullptr);
   }
+}
+
+TEST(int8_tables_load_in_every_combination) {
+  // llama: untied, both tables int8, then each table int8 with the other f16.
+  FileSpec spec = TinyModel("llama", true);
+  auto model = Load(Build(spec));
+  const awqcore::ModelWeights* w = &model->impl().weights;
+  const auto& t = spec.tensors;
+  CHECK(w->embed.f16 == nullptr && w->lm_head.f16 == nullptr);
+  CHECK(SameBytes(w->embed.q8, t[TensorIndex(spec, "model.embed_tokens.weight_q8")].bytes, 3200));
+  CHECK(SameBytes(w->embed.q8_scales, t[TensorIndex(spec, "model.embed_tokens.weight_q8_scales")].bytes, 200));
+  CHECK(SameBytes(w->lm_head.q8, t[TensorIndex(spec, "lm_head.weight_q8")].bytes, 3200));
+  CHECK(SameBytes(w->lm_head.q8_scales, t[TensorIndex(spec, "lm_head.weight_q8_scales")].bytes, 200));
+  CHECK(w->lm_head.rows == 50 && w->lm_head.d == 64 && w->lm_head.data() != w->embed.data());
+
+  FileSpec mixed = TinyModel("llama");
+  mixed.tensors.erase(mixed.tensors.begin() + TensorIndex(mixed, "lm_head.weight"));
+  AddTable(mixed, "lm_head", true);
+  model = Load(Build(mixed));
+  w = &model->impl().weights;
+  CHECK(w->embed.f16 != nullptr && w->embed.q8 == nullptr);
+  CHECK(w->lm_head.f16 == nullptr && w->lm_head.q8 != nullptr);
+
+  mixed = TinyModel("llama", true);
+  mixed.tensors.erase(mixed.tensors.begin() + TensorIndex(mixed, "lm_head.weight_q8_scales"));
+  mixed.tensors.erase(mixed.tensors.begin() + TensorIndex(mixed, "lm_head.weight_q8"));
+  AddTable(mixed, "lm_head", false);
+  model = Load(Build(mixed));
+  w = &model->impl().weights;
+  CHECK(w->embed.q8 != nullptr && w->lm_head.f16 != nullptr);
+
+  // qwen2: tied, one int8 table serves both.
+  model = Load(Build(TinyModel("qwen2", true)));
+  w = &model->impl().weights;
+  CHECK(w->embed.q8 != nullptr && w->lm_head.q8 == w->embed.q8);
+  CHECK(w->lm_head.q8_scales == w->embed.q8_scales && w->lm_head.data() == w->embed.data());
 }
 
 TEST(awqbin_file_exposes_metadata_and_tensors) {
@@ -323,9 +362,9 @@ TEST(tensor_layout_errors_are_named) {
   CHECK_THROWS(Load(Build(spec)), FormatError,
                "duplicate tensor name '" + spec.tensors[2].name + "'");
   spec = TinyModel("llama");
-  spec.tensors[0].dtype = static_cast<DType>(9);
+  spec.tensors[0].dtype = static_cast<DType>(5);  // the first code after i8
   CHECK_THROWS(Load(Build(spec)), FormatError,
-               "tensor 'model.embed_tokens.weight': unknown dtype 9");
+               "tensor 'model.embed_tokens.weight': unknown dtype 5 (expected 0..4)");
   spec = TinyModel("llama");
   spec.tensors[0].dims = {1, 1, 1, 1, 6400 / 2};
   CHECK_THROWS(Load(Build(spec)), FormatError, "ndim 5 is outside 1..4");
@@ -441,6 +480,70 @@ TEST(wrong_tensor_dtype_or_shape_is_named) {
   CHECK_THROWS(
       Load(Build(spec)), FormatError,
       "tensor 'model.layers.0.self_attn.q_proj.scales': expected f16 [64, 2], found f16 [32, 4]");
+}
+
+TEST(bad_int8_tables_are_named) {
+  struct Case {
+    std::string what;
+    std::function<void(FileSpec&)> edit;
+    std::string message;
+  };
+  auto tensor = [](FileSpec& spec, const std::string& name) -> TensorEntry& {
+    return spec.tensors[TensorIndex(spec, name)];
+  };
+  auto erase = [](FileSpec& spec, const std::string& name) {
+    spec.tensors.erase(spec.tensors.begin() + TensorIndex(spec, name));
+  };
+  const std::vector<Case> cases = {
+      {"codes stored as u8",
+       [&](FileSpec& s) { tensor(s, "model.embed_tokens.weight_q8").dtype = DType::kU8; },
+       "tensor 'model.embed_tokens.weight_q8': expected i8 [50, 64], found u8 [50, 64]"},
+      {"codes transposed",  // same bytes, so only the loader can object
+       [&](FileSpec& s) { tensor(s, "lm_head.weight_q8").dims = {64, 50}; },
+       "tensor 'lm_head.weight_q8': expected i8 [50, 64], found i8 [64, 50]"},
+      {"scales stored as f32 (same bytes as f16 [50, 2])",
+       [&](FileSpec& s) {
+         TensorEntry& e = tensor(s, "lm_head.weight_q8_scales");
+         e.dtype = DType::kF32;
+         e.dims = {50, 1};
+       },
+       "tensor 'lm_head.weight_q8_scales': expected f16 [50, 2], found f32 [50, 1]"},
+      {"scales per 16 columns",
+       [&](FileSpec& s) {
+         TensorEntry& e = tensor(s, "model.embed_tokens.weight_q8_scales");
+         e.dims = {50, 4};
+         e.bytes.resize(50 * 4 * 2);
+       },
+       "tensor 'model.embed_tokens.weight_q8_scales': expected f16 [50, 2], found f16 [50, 4]"},
+      {"scales missing", [&](FileSpec& s) { erase(s, "lm_head.weight_q8_scales"); },
+       "missing tensor 'lm_head.weight_q8_scales' required by architecture llama"},
+      {"codes missing", [&](FileSpec& s) { erase(s, "model.embed_tokens.weight_q8"); },
+       "missing tensor 'model.embed_tokens.weight_q8' required by architecture llama"},
+      {"both forms",
+       [&](FileSpec& s) { AddTensor(s, "model.embed_tokens.weight", DType::kF16, {kVocab, kD}); },
+       "tensors 'model.embed_tokens.weight' and 'model.embed_tokens.weight_q8': the file holds "
+       "both forms of one table"},
+      {"both forms, f16 + scales only",
+       [&](FileSpec& s) {
+         erase(s, "lm_head.weight_q8");
+         AddTensor(s, "lm_head.weight", DType::kF16, {kVocab, kD});
+       },
+       "tensors 'lm_head.weight' and 'lm_head.weight_q8': the file holds both forms"},
+  };
+  for (const Case& c : cases) {
+    FileSpec spec = TinyModel("llama", true);
+    c.edit(spec);
+    std::printf("  %s\n", c.what.c_str());
+    CHECK_THROWS(Load(Build(spec)), FormatError, c.message);
+  }
+  // A width that is not a multiple of 32 cannot pass ReadModelConfig (d is a
+  // multiple of the group size, 32, 64 or 128), so the loader's own check is
+  // reached with a config edited after it.
+  auto file = AwqbinFile::Open(WriteFile(Build(TinyModel("llama", true))), true);
+  awqcore::ModelConfig config = awqcore::ReadModelConfig(*file);
+  config.hidden_size = 48;
+  CHECK_THROWS(awqcore::LoadModelWeights(*file, config), FormatError,
+               "tensor 'model.embed_tokens.weight_q8': model.hidden_size=48 is not a multiple of 32");
 }
 
 TEST(metadata_errors_are_named) {

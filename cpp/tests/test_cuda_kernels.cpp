@@ -19,7 +19,7 @@
 #include "half.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
-#include "ops/f16_linear.h"
+#include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
@@ -96,7 +96,8 @@ TEST(f16_gemv_and_embedding_match_reference) {
     for (size_t i = 0; i < w.size(); ++i) w[i] = F32ToF16(wf[i]);
     std::vector<float> x = RandomFloats(static_cast<size_t>(n) * d, rng);
     std::vector<float> want(static_cast<size_t>(n) * rows), got(want.size());
-    F16LinearReference(w.data(), rows, d, x.data(), n, want.data());
+    const EmbeddingTable table{rows, d, w.data(), nullptr, nullptr};
+    TableLinearReference(table, x.data(), n, want.data());
     std::vector<double> tol(want.size());
     for (int t = 0; t < n; ++t)
       for (int r = 0; r < rows; ++r) {
@@ -110,7 +111,7 @@ TEST(f16_gemv_and_embedding_match_reference) {
     std::vector<int> ids(n);
     for (int& id : ids) id = static_cast<int>(rng() % rows);
     std::vector<float> emb_want(static_cast<size_t>(n) * d), emb_got(emb_want.size());
-    EmbeddingGather(w.data(), d, ids.data(), n, emb_want.data());
+    EmbeddingGather(table, ids.data(), n, emb_want.data());
     cuda_test::Embedding(w.data(), rows, d, ids.data(), n, emb_got.data());
     CheckClose("embedding (exact)", emb_got, emb_want, std::vector<double>(emb_want.size(), 0.0));
   }

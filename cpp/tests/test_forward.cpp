@@ -13,7 +13,7 @@
 #include "model_weights.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
-#include "ops/f16_linear.h"
+#include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
@@ -44,19 +44,22 @@ ModelConfig TinyConfig(bool attention_bias) {
 }
 
 // Random weights owning their storage; `weights` points into it. Scales of
-// ~1/(8 sqrt(in)) keep activations O(1) through the layers.
+// ~1/(8 sqrt(in)) keep activations O(1) through the layers. The embedding and
+// lm_head tables are f16, or int8 with `int8_tables`.
 struct TinyModel {
   ModelConfig config;
   ModelWeights weights;
   std::vector<std::vector<uint8_t>> bytes;
+  std::vector<std::vector<int8_t>> codes;
   std::vector<std::vector<uint16_t>> halves;
   std::vector<std::vector<float>> floats;
   std::mt19937 rng{123};
 
-  explicit TinyModel(bool attention_bias) : config(TinyConfig(attention_bias)) {
+  explicit TinyModel(bool attention_bias, bool int8_tables = false)
+      : config(TinyConfig(attention_bias)) {
     const int d = config.hidden_size, hd = config.head_dim;
-    weights.embed = Halves(static_cast<size_t>(config.vocab_size) * d, 1.0f);
-    weights.lm_head = Halves(static_cast<size_t>(config.vocab_size) * d, 0.3f);
+    weights.embed = Table(int8_tables, 1.0f);
+    weights.lm_head = Table(int8_tables, 0.3f);
     weights.final_norm = Floats(d, 0.8f, 1.2f);
     for (int l = 0; l < config.num_layers; ++l) {
       LayerWeights layer;
@@ -84,6 +87,19 @@ struct TinyModel {
     halves.emplace_back(n);
     for (uint16_t& v : halves.back()) v = F32ToF16(dist(rng));
     return halves.back().data();
+  }
+  // [vocab, d] with weights in about [-range, range].
+  EmbeddingTable Table(bool int8, float range) {
+    const int rows = config.vocab_size, d = config.hidden_size;
+    const size_t n = static_cast<size_t>(rows) * d;
+    if (!int8) return EmbeddingTable{rows, d, Halves(n, range), nullptr, nullptr};
+    std::uniform_int_distribution<int> code(-127, 127);
+    codes.emplace_back(n);
+    for (int8_t& q : codes.back()) q = static_cast<int8_t>(code(rng));
+    std::uniform_real_distribution<float> scale(0.5f * range / 127, 1.5f * range / 127);
+    halves.emplace_back(n / EmbeddingTable::kBlock);
+    for (uint16_t& s : halves.back()) s = F32ToF16(scale(rng));
+    return EmbeddingTable{rows, d, nullptr, codes.back().data(), halves.back().data()};
   }
   Int4Linear Linear(int out, int in, bool with_bias) {
     const int g = config.group_size;
@@ -113,7 +129,7 @@ std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& 
   std::vector<float> x(static_cast<size_t>(n) * d), h(x.size()), q(static_cast<size_t>(n) * q_width);
   std::vector<float> k(static_cast<size_t>(n) * kv_width), v(k.size()), attn(q.size()), proj(x.size());
   std::vector<float> gate(static_cast<size_t>(n) * ffn), up(gate.size());
-  EmbeddingGather(model.weights.embed, d, ids.data(), n, x.data());
+  EmbeddingGather(model.weights.embed, ids.data(), n, x.data());
   for (const LayerWeights& w : model.weights.layers) {
     RmsNormReference(x.data(), w.input_norm, d, c.rms_norm_eps, n, h.data());
     Int4LinearReference(w.q, h.data(), n, q.data());
@@ -133,7 +149,7 @@ std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& 
   }
   RmsNormReference(x.data(), model.weights.final_norm, d, c.rms_norm_eps, n, h.data());
   std::vector<float> logits(static_cast<size_t>(n) * c.vocab_size);
-  F16LinearReference(model.weights.lm_head, c.vocab_size, d, h.data(), n, logits.data());
+  TableLinearReference(model.weights.lm_head, h.data(), n, logits.data());
   return logits;
 }
 
@@ -164,24 +180,27 @@ constexpr double kLogitTolerance = 1e-4;
 }  // namespace
 
 TEST(forward_matches_naive_reference) {
-  for (bool attention_bias : {false, true}) {
-    const TinyModel model(attention_bias);
-    ThreadPool pool(2);
-    Transformer transformer(model.config, model.weights, 32, pool);
-    const std::vector<int> ids = RandomIds(9, model.config.vocab_size, 1);
-    std::vector<float> logits(ids.size() * model.config.vocab_size);
-    transformer.Forward(ids.data(), static_cast<int>(ids.size()), Transformer::Logits::kAll, logits.data());
-    CHECK(transformer.position() == 9);
-    const double error = RelativeError(logits, NaiveForward(model, ids));
-    std::printf("  %s: forward vs naive reference, relative error %.3g\n",
-                model.config.architecture.c_str(), error);
-    CHECK(error <= kLogitTolerance);
+  for (bool int8_tables : {false, true}) {
+    for (bool attention_bias : {false, true}) {
+      const TinyModel model(attention_bias, int8_tables);
+      ThreadPool pool(2);
+      Transformer transformer(model.config, model.weights, 32, pool);
+      const std::vector<int> ids = RandomIds(9, model.config.vocab_size, 1);
+      std::vector<float> logits(ids.size() * model.config.vocab_size);
+      transformer.Forward(ids.data(), static_cast<int>(ids.size()), Transformer::Logits::kAll, logits.data());
+      CHECK(transformer.position() == 9);
+      const double error = RelativeError(logits, NaiveForward(model, ids));
+      std::printf("  %s, %s tables: forward vs naive reference, relative error %.3g\n",
+                  model.config.architecture.c_str(), int8_tables ? "int8" : "f16", error);
+      CHECK(error <= kLogitTolerance);
+    }
   }
 }
 
 TEST(prefill_equals_decode_steps) {
   for (bool attention_bias : {false, true}) {
-    const TinyModel model(attention_bias);
+    // Qwen2-shaped (biases) with int8 tables, Llama-shaped with f16 ones.
+    const TinyModel model(attention_bias, attention_bias);
     const int vocab = model.config.vocab_size;
     ThreadPool pool(2);
     // 70 tokens: more than one prefill chunk (kChunkTokens = 64).
@@ -209,17 +228,19 @@ TEST(prefill_equals_decode_steps) {
 }
 
 TEST(last_only_logits_and_reset) {
-  const TinyModel model(true);
-  const int vocab = model.config.vocab_size;
-  ThreadPool pool(1);
-  Transformer transformer(model.config, model.weights, 16, pool);
-  const std::vector<int> ids = RandomIds(5, vocab, 4);
-  std::vector<float> all(5 * vocab), last(vocab);
-  transformer.Forward(ids.data(), 5, Transformer::Logits::kAll, all.data());
-  transformer.Reset();
-  CHECK(transformer.position() == 0);
-  transformer.Forward(ids.data(), 5, Transformer::Logits::kLastOnly, last.data());
-  CHECK(std::equal(last.begin(), last.end(), all.begin() + 4 * vocab));
+  for (bool int8_tables : {false, true}) {
+    const TinyModel model(true, int8_tables);
+    const int vocab = model.config.vocab_size;
+    ThreadPool pool(1);
+    Transformer transformer(model.config, model.weights, 16, pool);
+    const std::vector<int> ids = RandomIds(5, vocab, 4);
+    std::vector<float> all(5 * vocab), last(vocab);
+    transformer.Forward(ids.data(), 5, Transformer::Logits::kAll, all.data());
+    transformer.Reset();
+    CHECK(transformer.position() == 0);
+    transformer.Forward(ids.data(), 5, Transformer::Logits::kLastOnly, last.data());
+    CHECK(std::equal(last.begin(), last.end(), all.begin() + 4 * vocab));
+  }
 }
 
 TEST(logits_do_not_depend_on_thread_count) {

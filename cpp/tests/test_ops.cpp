@@ -20,7 +20,7 @@
 #include "model_weights.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
-#include "ops/f16_linear.h"
+#include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
@@ -183,44 +183,76 @@ TEST(int4_linear_decodes_nibbles_and_groups) {
   }
 }
 
-TEST(f16_linear_matches_reference) {
+TEST(table_linear_matches_reference) {
+  // Both table forms widen to exact f32 weights (model_weights.h), so the
+  // bound is that of an f32 dot product of d terms: gamma(d + 1) sum|w x|.
   std::mt19937 rng(3);
   ThreadPool pool1(1), pool2(2);
-  double worst = 0.0;
-  for (int rows : {1, 7, 37}) {
-    for (int d : {5, 64, 300}) {
-      std::vector<uint16_t> w(static_cast<size_t>(rows) * d);
-      for (uint16_t& v : w) v = F32ToF16(RandomFloats(1, rng)[0]);
-      for (int tokens = 1; tokens <= 5; ++tokens) {
-        const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * d, rng);
-        std::vector<float> ref(static_cast<size_t>(tokens) * rows), y1(ref.size()), y2(ref.size());
-        F16LinearReference(w.data(), rows, d, x.data(), tokens, ref.data());
-        F16LinearForward(w.data(), rows, d, x.data(), tokens, y1.data(), pool1);
-        F16LinearForward(w.data(), rows, d, x.data(), tokens, y2.data(), pool2);
-        CHECK(y1 == y2);
-        for (int t = 0; t < tokens; ++t) {
-          for (int r = 0; r < rows; ++r) {
-            double abs_sum = 0.0;
-            for (int c = 0; c < d; ++c) abs_sum += std::fabs(F16ToF32(w[static_cast<size_t>(r) * d + c]) * x[static_cast<size_t>(t) * d + c]);
-            const size_t i = static_cast<size_t>(t) * rows + r;
-            CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= Gamma(d + 1) * abs_sum);
+  for (bool int8 : {false, true}) {
+    double worst = 0.0;
+    const std::vector<int> widths = int8 ? std::vector<int>{32, 64, 288} : std::vector<int>{5, 64, 300};
+    for (int rows : {1, 7, 37}) {
+      for (int d : widths) {
+        const awqtest::RandomTable w(rows, d, int8, rng);
+        for (int tokens = 1; tokens <= 5; ++tokens) {
+          const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * d, rng);
+          std::vector<float> ref(static_cast<size_t>(tokens) * rows), y1(ref.size()), y2(ref.size());
+          TableLinearReference(w.table, x.data(), tokens, ref.data());
+          TableLinearForward(w.table, x.data(), tokens, y1.data(), pool1);
+          TableLinearForward(w.table, x.data(), tokens, y2.data(), pool2);
+          CHECK(y1 == y2);
+          for (int t = 0; t < tokens; ++t) {
+            for (int r = 0; r < rows; ++r) {
+              const size_t i = static_cast<size_t>(t) * rows + r;
+              const double bound = Gamma(d + 1) * w.AbsProductSum(r, x.data() + static_cast<size_t>(t) * d);
+              CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= bound);
+            }
           }
+          worst = std::max(worst, RelativeError(y1, ref));
         }
-        worst = std::max(worst, RelativeError(y1, ref));
       }
     }
+    std::printf("  %s table linear: max relative error %.3g\n", int8 ? "int8" : "f16", worst);
   }
-  std::printf("  f16_linear: max relative error %.3g\n", worst);
 }
 
 TEST(embedding_gather_converts_rows) {
   const int d = 3;
   std::vector<uint16_t> table = {F32ToF16(1), F32ToF16(2), F32ToF16(3),
                                  F32ToF16(-1), F32ToF16(0.5f), F32ToF16(65504)};
+  const EmbeddingTable f16{2, d, table.data(), nullptr, nullptr};
   const int ids[] = {1, 0, 1};
   std::vector<float> out(3 * d);
-  EmbeddingGather(table.data(), d, ids, 3, out.data());
+  EmbeddingGather(f16, ids, 3, out.data());
   CHECK((out == std::vector<float>{-1, 0.5f, 65504, 1, 2, 3, -1, 0.5f, 65504}));
+}
+
+TEST(embedding_gather_dequantizes_int8_blocks) {
+  // Two rows of d = 64: column c holds code c - 32 (row 0) or 127 - c (row 1,
+  // whose last column holds -128 instead), with per-block scales 0.5 / 2
+  // (row 0) and 0.25 / 0.125 (row 1). Every output is a small integer times a
+  // power of two: exact in f32.
+  const int d = 64;
+  std::vector<int8_t> q(2 * d);
+  std::vector<int> code(2 * d);  // q as ints, for the expected values
+  for (int c = 0; c < d; ++c) {
+    code[c] = c - 32;
+    code[d + c] = c == d - 1 ? -128 : 127 - c;
+  }
+  for (int i = 0; i < 2 * d; ++i) q[i] = static_cast<int8_t>(code[i]);
+  const float scale[2][2] = {{0.5f, 2.f}, {0.25f, 0.125f}};
+  std::vector<uint16_t> scales = {F32ToF16(scale[0][0]), F32ToF16(scale[0][1]),
+                                  F32ToF16(scale[1][0]), F32ToF16(scale[1][1])};
+  const EmbeddingTable int8{2, d, nullptr, q.data(), scales.data()};
+  const int ids[] = {1, 0};
+  std::vector<float> out(2 * d);
+  EmbeddingGather(int8, ids, 2, out.data());
+  int wrong = 0;
+  for (int c = 0; c < d; ++c) {
+    wrong += out[c] != code[d + c] * scale[1][c / 32];
+    wrong += out[d + c] != code[c] * scale[0][c / 32];
+  }
+  CHECK(wrong == 0);
 }
 
 TEST(rmsnorm_matches_reference) {

@@ -2,7 +2,8 @@
 // CPU runs, against the scalar references, over odd shapes: rows not a
 // multiple of the 4-row blocking, K at each group size (and across the
 // 256-column tiles), unaligned weight and activation pointers, strided
-// outputs, batches 1..8 (both the GEMV path, < 4 tokens, and the GEMM path);
+// outputs, batches 1..8 (both the GEMV path, < 4 tokens, and the GEMM path),
+// the lm_head table in both forms (f16, int8);
 // plus the fused q/k/v and gate/up/SwiGLU passes, thread-count independence
 // and the AVX2 attention (one sequence's tokens, and tokens of several
 // sequences with their own caches and positions).
@@ -27,7 +28,7 @@
 #include "model_weights.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
-#include "ops/f16_linear.h"
+#include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
 #include "ops/linear_kernels.h"
 #include "random_weights.h"
@@ -121,54 +122,67 @@ TEST(int4_row_kernels_match_reference) {
   }
 }
 
-TEST(f16_row_kernels_match_reference_and_ignore_batch_size) {
+TEST(table_row_kernels_match_reference_and_ignore_batch_size) {
+  // Both forms widen to exact f32 weights, so the bound is gamma(d + 1)
+  // sum|w x| (header). int8 widths are multiples of 32 (docs/format.md):
+  // within one tile, exactly one, across tiles, and SmolLM2's 576.
   std::mt19937 rng(12);
   for (Isa isa : IsasToTest()) {
-    double worst = 0.0;
-    int bad = 0, batch_dependent = 0;
-    for (int d : {1, 7, 8, 9, 64, 255, 257, 576}) {
-      for (int rows : {1, 3, 5, 13}) {
-        std::vector<uint16_t> w_store(1 + static_cast<size_t>(rows) * d);
-        for (uint16_t& v : w_store) v = F32ToF16(RandomFloats(1, rng)[0]);
-        const uint16_t* w = w_store.data() + 1;
-        for (int tokens = 1; tokens <= 8; ++tokens) {
-          const std::vector<float> x_store = RandomFloats(1 + static_cast<size_t>(tokens) * d, rng);
-          const float* x = x_store.data() + 1;
-          std::vector<float> ref(static_cast<size_t>(tokens) * rows), y(ref.size());
-          F16LinearReference(w, rows, d, x, tokens, ref.data());
-          if (isa == Isa::kAvx2) {
-            F16RowsAvx2(w, d, 0, rows, x, d, tokens, y.data(), rows);
-          } else {
-            F16RowsScalar(w, d, 0, rows, x, d, tokens, y.data(), rows);
-          }
-          double max_diff = 0.0, max_ref = 0.0;
-          for (int t = 0; t < tokens; ++t) {
-            for (int r = 0; r < rows; ++r) {
-              double abs_sum = 0.0;
-              for (int c = 0; c < d; ++c) abs_sum += std::fabs(F16ToF32(w[r * d + c]) * x[t * d + c]);
-              const double diff = std::fabs(static_cast<double>(y[t * rows + r]) - ref[t * rows + r]);
-              bad += !(diff <= Gamma(d + 1) * abs_sum);
-              max_diff = std::max(max_diff, diff);
-              max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[t * rows + r])));
+    for (bool int8 : {false, true}) {
+      double worst = 0.0;
+      int checked = 0, bad = 0, batch_dependent = 0;
+      const std::vector<int> widths = int8 ? std::vector<int>{32, 64, 256, 288, 576}
+                                           : std::vector<int>{1, 7, 8, 9, 64, 255, 257, 576};
+      for (int d : widths) {
+        for (int rows : {1, 3, 5, 13}) {
+          const awqtest::RandomTable w(rows, d, int8, rng, kMisaligned);
+          for (int tokens = 1; tokens <= 8; ++tokens) {
+            // x with a row stride of d + 3 floats, starting 1 float in; rows
+            // [row0, rows) only, into a strided y (the split the pool makes).
+            const int ldx = d + 3, ldy = rows + 2;
+            const int row0 = rows > 4 ? 1 : 0;
+            const std::vector<float> x_store = RandomFloats(1 + static_cast<size_t>(tokens) * ldx, rng);
+            const float* x = x_store.data() + 1;
+            std::vector<float> x_dense(static_cast<size_t>(tokens) * d);
+            for (int t = 0; t < tokens; ++t) std::copy_n(x + t * ldx, d, x_dense.begin() + t * d);
+            std::vector<float> ref(static_cast<size_t>(tokens) * rows);
+            TableLinearReference(w.table, x_dense.data(), tokens, ref.data());
+            std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f);
+            auto run = [&](const float* xs, int n, float* ys) {
+              if (isa == Isa::kAvx2) {
+                TableRowsAvx2(w.table, row0, rows - row0, xs, ldx, n, ys + row0, ldy);
+              } else {
+                TableRowsScalar(w.table, row0, rows - row0, xs, ldx, n, ys + row0, ldy);
+              }
+            };
+            run(x, tokens, y.data());
+            double max_diff = 0.0, max_ref = 0.0;
+            for (int t = 0; t < tokens; ++t) {
+              for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
+              for (int r = row0; r < rows; ++r) {
+                const double diff = std::fabs(static_cast<double>(y[t * ldy + r]) - ref[t * rows + r]);
+                bad += !(diff <= Gamma(d + 1) * w.AbsProductSum(r, x + t * ldx));
+                max_diff = std::max(max_diff, diff);
+                max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[t * rows + r])));
+                ++checked;
+              }
+              // The same token alone gives bit-identical logits (what the
+              // transformer's last-only path relies on).
+              std::vector<float> alone(ldy, -7.f);
+              run(x + t * ldx, 1, alone.data());
+              batch_dependent += !std::equal(alone.begin() + row0, alone.begin() + rows,
+                                             y.begin() + t * ldy + row0);
             }
-            // The same token alone gives bit-identical logits (what the
-            // transformer's last-only path relies on).
-            std::vector<float> alone(rows);
-            if (isa == Isa::kAvx2) {
-              F16RowsAvx2(w, d, 0, rows, x + t * d, d, 1, alone.data(), rows);
-            } else {
-              F16RowsScalar(w, d, 0, rows, x + t * d, d, 1, alone.data(), rows);
-            }
-            batch_dependent += !std::equal(alone.begin(), alone.end(), y.begin() + t * rows);
+            worst = std::max(worst, max_ref > 0 ? max_diff / max_ref : max_diff);
           }
-          worst = std::max(worst, max_ref > 0 ? max_diff / max_ref : max_diff);
         }
       }
+      std::printf("  %s %s table rows: %d outputs, %d outside the bound, %d batch-dependent, "
+                  "max relative error %.3g\n",
+                  IsaName(isa), int8 ? "int8" : "f16", checked, bad, batch_dependent, worst);
+      CHECK(bad == 0);
+      CHECK(batch_dependent == 0);
     }
-    std::printf("  %s f16 rows: %d outside the bound, %d batch-dependent, max relative error %.3g\n",
-                IsaName(isa), bad, batch_dependent, worst);
-    CHECK(bad == 0);
-    CHECK(batch_dependent == 0);
   }
 }
 

@@ -8,7 +8,8 @@ linear P with weight [out, in] and group size g:
 with ORDER = [0, 2, 4, 6, 1, 3, 5, 7], and W[r, c] = (q - z) * s: the same
 asymmetric integer-zero quantizer as .awqbin (docs/format.md), transposed and
 packed differently, so conversion in either direction is lossless for the
-int4 codes, scales and zeros. Everything else is stored in f16.
+int4 codes, scales and zeros. Everything else is stored in f16, int8 tables
+(docs/format.md) dequantized first: that export rounds, see export_hf.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .awqbin import AwqbinWriter, read_awqbin
+from .quantize.int8_table import dequantize_int8_table
 from .quantize.rtn import SUPPORTED_GROUP_SIZES, pack_int4, unpack_int4
 from .source import iter_linears
 
@@ -91,7 +93,14 @@ def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
                                                 for p in ("qweight", "scales", "zeros")))
             tensors.update({f"{prefix}.qweight": qweight, f"{prefix}.qzeros": qzeros,
                             f"{prefix}.scales": scales})
-        elif part not in ("scales", "zeros"):
+        elif part == "weight_q8":
+            # AutoAWQ checkpoints have no int8 tables: store W = q * s in f16.
+            # This rounds: q * s has up to 7 + 11 = 18 significant bits and f16
+            # keeps 11, so each weight moves by up to 2^-11 of itself (the
+            # .awqbin's own readers use the exact f32 product).
+            tensors[f"{prefix}.weight"] = dequantize_int8_table(
+                f.tensor(name), f.tensor(f"{prefix}.weight_q8_scales")).astype(np.float16)
+        elif part not in ("scales", "zeros", "weight_q8_scales"):
             tensors[name] = np.asarray(f.tensor(name)).astype(np.float16)
     eos = list(m["tokenizer.eos_token_ids"])
     bos = m["tokenizer.bos_token_id"]

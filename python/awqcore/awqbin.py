@@ -44,8 +44,9 @@ assert _PREAMBLE_STRUCT.size == 84
 
 # dtype code in the directory <-> numpy dtype (explicitly little-endian).
 DTYPES: dict[int, np.dtype] = {
-    0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("u1"), 3: np.dtype("<i4")}
-DTYPE_NAMES = {0: "f32", 1: "f16", 2: "u8", 3: "i32"}
+    0: np.dtype("<f4"), 1: np.dtype("<f2"), 2: np.dtype("u1"), 3: np.dtype("<i4"),
+    4: np.dtype("i1")}
+DTYPE_NAMES = {0: "f32", 1: "f16", 2: "u8", 3: "i32", 4: "i8"}
 _DTYPE_CODES = {dt: code for code, dt in DTYPES.items()}
 _CODE_BY_NAME = {name: code for code, name in DTYPE_NAMES.items()}
 
@@ -99,7 +100,7 @@ def encode_metadata(metadata: dict[str, Any]) -> bytes:
 
 
 class TensorEntry(NamedTuple):
-    dtype: str                # "f32" | "f16" | "u8" | "i32"
+    dtype: str                # "f32" | "f16" | "u8" | "i32" | "i8"
     shape: tuple[int, ...]
     offset: int               # relative to data_offset
     nbytes: int
@@ -149,7 +150,7 @@ class AwqbinWriter:
         code = _DTYPE_CODES.get(array.dtype.newbyteorder("<"))
         if code is None:
             raise TypeError(f"tensor {name!r}: dtype {array.dtype} is not storable "
-                            "(use float32, float16, uint8 or int32)")
+                            "(use float32, float16, uint8, int32 or int8)")
         if not 1 <= array.ndim <= 4:
             raise ValueError(f"tensor {name!r}: {array.ndim} dimensions; must be 1..4")
         # Little-endian, row-major bytes, copying only if the array is not already.
@@ -438,7 +439,7 @@ def _parse_directory(buf: bytes, data_size: int, fail) -> dict[str, TensorEntry]
             fail(f"tensor directory: duplicate tensor name {name!r}")
         code, ndim = cur.unpack("BB", f"dtype/ndim of {name!r}")
         if code not in DTYPES:
-            fail(f"tensor {name!r}: unknown dtype {code} (expected 0..3)")
+            fail(f"tensor {name!r}: unknown dtype {code} (expected 0..4)")
         if not 1 <= ndim <= 4:
             fail(f"tensor {name!r}: ndim {ndim} is not in 1..4")
         dims = cur.unpack(f"{ndim}Q", f"dims of {name!r}")

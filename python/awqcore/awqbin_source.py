@@ -1,9 +1,12 @@
-"""A `.awqbin` file seen as a SourceModel: its int4 linears dequantized to f32.
+"""A `.awqbin` file seen as a SourceModel: its int4 linears and int8 tables
+dequantized to f32.
 
 This is how tests and evaluation build the torch reference of *the same
 quantized weights* the C++ runtime runs: read with the pure-Python reader
 (independent of the C++ one), dequantize with numpy, hand the getter to
-awqcore.reference.ReferenceModel.
+awqcore.reference.ReferenceModel. An int8 table (`X.weight_q8` +
+`X.weight_q8_scales`) appears as `X.weight`, checked for dtype and shape here
+since the reader itself validates only the container.
 """
 from __future__ import annotations
 
@@ -13,10 +16,12 @@ import numpy as np
 
 from .awqbin import read_awqbin
 from .errors import FormatError
+from .quantize.int8_table import BLOCK, dequantize_int8_table
 from .quantize.rtn import dequantize_int4
 from .source import ModelConfig, TokenizerInfo
 
 _QUANT_SUFFIXES = (".qweight", ".scales", ".zeros")
+_TABLE_SUFFIXES = (".weight_q8", ".weight_q8_scales")  # an int8 table's two tensors
 
 
 class AwqbinSource:
@@ -52,20 +57,50 @@ class AwqbinSource:
             bos_token_id=int(meta.get("tokenizer.bos_token_id", -1)),
             eos_token_ids=list(meta.get("tokenizer.eos_token_ids", [])))
         self.source = f"{os.fspath(path)} (dequantized int4 g{self.group_size})"
+        self._path = os.fspath(path)
         stored = set(self._file.tensors)
-        # Quantized linears appear under their Hugging Face ".weight" name.
-        self._names = sorted({n[: -len(s)] + ".weight" if n.endswith(s) else n
-                              for n in stored for s in _QUANT_SUFFIXES if n.endswith(s)} |
-                             {n for n in stored if not n.endswith(_QUANT_SUFFIXES)})
+        # Quantized linears and int8 tables appear under their Hugging Face
+        # ".weight" name.
+        suffixes = _QUANT_SUFFIXES + _TABLE_SUFFIXES
+        self._names = sorted({n[: -len(s)] + ".weight"
+                              for n in stored for s in suffixes if n.endswith(s)} |
+                             {n for n in stored if not n.endswith(suffixes)})
 
     def tensor_names(self) -> list[str]:
         return list(self._names)
 
     def get(self, name: str) -> np.ndarray:
+        prefix = name[: -len(".weight")] if name.endswith(".weight") else name
+        if any(prefix + s in self._file.tensors for s in _TABLE_SUFFIXES):
+            return self._int8_table(prefix)
         if name in self._file.tensors:
             return np.array(self._file.tensor(name), dtype=np.float32)  # a writable copy
-        prefix = name[: -len(".weight")] if name.endswith(".weight") else name
         if prefix + ".qweight" in self._file.tensors:
             parts = [self._file.tensor(prefix + s) for s in _QUANT_SUFFIXES]
             return dequantize_int4(*parts, self.group_size)
         raise KeyError(f"tensor {name!r} is not in {self.source}")
+
+    def _int8_table(self, prefix: str) -> np.ndarray:
+        """prefix.weight_q8 i8 [vocab, d] and prefix.weight_q8_scales f16 [vocab, d/32],
+        dequantized; FormatError naming the tensor when either is missing or malformed,
+        or when the f16 form is stored as well."""
+        c = self.config
+        if prefix + ".weight" in self._file.tensors:
+            raise FormatError(f"{self._path}: tensors '{prefix}.weight' and '{prefix}.weight_q8': "
+                              "the file holds both forms of one table (expected one)")
+        if c.hidden_size % BLOCK:
+            raise FormatError(f"{self._path}: tensor '{prefix}.weight_q8': model.hidden_size="
+                              f"{c.hidden_size} is not a multiple of {BLOCK}")
+        expected = {".weight_q8": ("i8", (c.vocab_size, c.hidden_size)),
+                    ".weight_q8_scales": ("f16", (c.vocab_size, c.hidden_size // BLOCK))}
+        parts = []
+        for suffix, (dtype, shape) in expected.items():
+            entry = self._file.tensors.get(prefix + suffix)
+            if entry is None:
+                raise FormatError(f"{self._path}: missing tensor '{prefix}{suffix}' (an int8 "
+                                  "table needs both its codes and its scales)")
+            if (entry.dtype, entry.shape) != (dtype, shape):
+                raise FormatError(f"{self._path}: tensor '{prefix}{suffix}': expected {dtype} "
+                                  f"{list(shape)}, found {entry.dtype} {list(entry.shape)}")
+            parts.append(self._file.tensor(prefix + suffix))
+        return dequantize_int8_table(*parts)

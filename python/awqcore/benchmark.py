@@ -211,8 +211,12 @@ def decode_bytes_per_token(path: str) -> tuple[int, int]:
     f = read_awqbin(path)
     total = sum(e.nbytes for e in f.tensors.values())
     per_token = total
-    if "lm_head.weight" in f.tensors and "model.embed_tokens.weight" in f.tensors:
-        per_token -= f.tensors["model.embed_tokens.weight"].nbytes
+    # Either form of each table (docs/format.md): f16 .weight, or int8
+    # .weight_q8 + .weight_q8_scales.
+    table_forms = (".weight", ".weight_q8", ".weight_q8_scales")
+    if any("lm_head" + s in f.tensors for s in table_forms):
+        per_token -= sum(f.tensors[n].nbytes for n in
+                         ("model.embed_tokens" + s for s in table_forms) if n in f.tensors)
     return per_token, total
 
 

@@ -42,12 +42,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     options = {k: v for k, v in given.items() if v is not None}
     source = load_source(args.model)
     summary = quantize_model(source, args.out, method=args.method, group_size=args.group_size,
-                             progress=not args.quiet, **options)
+                             progress=not args.quiet, embeddings=args.embeddings, **options)
     ratio = summary["fp16_bytes"] / summary["file_bytes"]
     print(f"wrote {summary['path']}: {_mb(summary['file_bytes'])} "
           f"(FP16 would be {_mb(summary['fp16_bytes'])}, {ratio:.2f}x smaller); "
           f"{summary['quantized_linears']} linears quantized with {summary['method']}, "
-          f"group size {summary['group_size']}, in {summary['seconds']:.1f} s")
+          f"group size {summary['group_size']}, {summary['embeddings']} embedding tables, "
+          f"in {summary['seconds']:.1f} s")
     report = summary["report"]
     if "stage_seconds" in report:
         print("time per stage: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds
@@ -343,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", default="rtn", choices=("rtn", "awq"),
                    help="rtn: round to nearest; awq: activation-aware scales and clipping "
                    "from calibration text (default rtn)")
+    q.add_argument("--embeddings", default="f16", choices=("f16", "int8"),
+                   help="storage of the token embedding and lm_head tables: f16, or int8 with "
+                   "one f16 scale per 32 columns (half the bytes; for small models the "
+                   "lm_head is about half of what a decode step reads) (default f16)")
     awq = q.add_argument_group("AWQ calibration (--method awq)")
     awq.add_argument("--calib-samples", type=_positive_int,
                      help="calibration blocks (default 128)")

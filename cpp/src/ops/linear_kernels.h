@@ -1,11 +1,11 @@
-// The row kernels behind the linear ops (int4_linear.h, f16_linear.h): each
+// The row kernels behind the linear ops (int4_linear.h, embedding_table.h): each
 // computes output rows [row0, row0 + rows) for num_tokens tokens, the unit of
 // work the ops split across the thread pool:
 //
 //   y[t * ldy + r] = sum_c W[row0 + r, c] x[t * ldx + c] (+ bias[row0 + r]),  r < rows
 //
 // x: [num_tokens, ldx] (ldx >= in), y: [num_tokens, ldy]; y must not alias x.
-// *Scalar: portable C++ (int4_linear.cpp, f16_linear.cpp).
+// *Scalar: portable C++ (int4_linear.cpp, embedding_table.cpp).
 // *Avx2:   AVX2 + FMA + F16C (*_avx2.cpp, compiled with those flags; call only
 //          when DetectedIsa() == Isa::kAvx2).
 #pragma once
@@ -21,10 +21,12 @@ void Int4RowsScalar(const Int4Linear& layer, int row0, int rows, const float* x,
 void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                   int num_tokens, float* y, int ldy);
 
-// weight: [rows_total, d] f16 bits (no bias).
-void F16RowsScalar(const uint16_t* weight, int d, int row0, int rows, const float* x, int ldx,
+// W: the table [table.rows, table.d], f16 or int8 (no bias). A token's
+// outputs are bit-identical whatever num_tokens is (the GEMV and the tiled
+// GEMM paths do the same arithmetic).
+void TableRowsScalar(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+                     int num_tokens, float* y, int ldy);
+void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
                    int num_tokens, float* y, int ldy);
-void F16RowsAvx2(const uint16_t* weight, int d, int row0, int rows, const float* x, int ldx,
-                 int num_tokens, float* y, int ldy);
 
 }  // namespace awqcore

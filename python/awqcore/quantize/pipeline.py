@@ -1,5 +1,9 @@
 """SourceModel -> .awqbin: quantize every decoder linear, keep the rest in float.
 
+The embedding and lm_head tables are stored as f16, or (embeddings="int8") as
+int8 with one f16 scale per 32 columns (int8_table.py): for small models the
+lm_head is half of what a decode step reads, and int8 halves it.
+
 The model is processed one decoder layer at a time, and each finished tensor is
 handed to AwqbinWriter (which spools it to disk), so peak memory is about one
 layer plus the embedding rather than the whole model.
@@ -25,6 +29,8 @@ from ..awqbin import AwqbinWriter
 from ..importers import expected_tensor_shapes
 from ..source import LINEAR_NAMES, SourceModel, layer_prefix
 from .awq import AwqQuantizer
+from .int8_table import BLOCK as INT8_BLOCK
+from .int8_table import TABLE_FORMS, quantize_int8_table
 from .rtn import SUPPORTED_GROUP_SIZES, RtnQuantizer, check_group_size
 
 Int4Tensors = tuple[np.ndarray, np.ndarray, np.ndarray]  # qweight, scales, zeros
@@ -116,6 +122,18 @@ def _to_f16(t: np.ndarray, name: str) -> np.ndarray:
     return h
 
 
+def _add_table(add: Callable, prefix: str, table: np.ndarray, form: str) -> None:
+    """The table `prefix` [vocab, d] ("model.embed_tokens" or "lm_head") in the chosen
+    form: prefix.weight f16, or prefix.weight_q8 + prefix.weight_q8_scales."""
+    name = prefix + ".weight"
+    if form == "f16":
+        add(name, _to_f16(table, name), table.size)
+        return
+    q, scales = quantize_int8_table(table, name)
+    add(prefix + ".weight_q8", q, table.size)
+    add(prefix + ".weight_q8_scales", scales, 0)
+
+
 def _to_f32(t: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(t).all():
         raise ValueError(f"{name}: non-finite values in the source weights")
@@ -152,16 +170,26 @@ def build_metadata(source: SourceModel, method: str, group_size: int) -> dict:
 
 
 def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str = "rtn",
-                   group_size: int = 64, progress: bool = True, **options) -> dict:
-    """Quantizes `source` into `out_path` (written atomically). `options` go to the
-    method (AWQ: awq.AwqOptions' fields). Returns a summary: path, method,
-    group_size, tensors, quantized_linears, file_bytes, fp16_bytes (the same model
-    with every weight in f16), seconds, and the quantizer's report (or {})."""
+                   group_size: int = 64, progress: bool = True, embeddings: str = "f16",
+                   **options) -> dict:
+    """Quantizes `source` into `out_path` (written atomically). `embeddings` is how
+    the embedding and (untied) lm_head tables are stored: "f16", or "int8" with one
+    f16 scale per 32 columns (docs/format.md). `options` go to the method (AWQ:
+    awq.AwqOptions' fields). Returns a summary: path, method, group_size,
+    embeddings, tensors, quantized_linears, file_bytes, fp16_bytes (the same
+    model with every weight in f16), seconds, and the quantizer's report (or {})."""
     start = time.perf_counter()
     c = source.config
     if group_size not in SUPPORTED_GROUP_SIZES:
         raise ValueError(f"group_size must be one of {', '.join(map(str, SUPPORTED_GROUP_SIZES))} "
                          f"(got {group_size!r})")
+    if embeddings not in TABLE_FORMS:
+        raise ValueError(f"embeddings must be one of {', '.join(TABLE_FORMS)} (got {embeddings!r})")
+    # Every width this rejects also fails the group-size check below; checked
+    # first so that the message names the option that needs it.
+    if embeddings == "int8" and c.hidden_size % INT8_BLOCK:
+        raise ValueError(f"embeddings='int8' needs hidden_size to be a multiple of {INT8_BLOCK} "
+                         f"(got {c.hidden_size})")
     # Check every linear's width up front: failing at layer 20 wastes minutes.
     for width in {c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim}:
         check_group_size(width, group_size, f"{c.name or c.architecture} linears")
@@ -178,10 +206,8 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
             params += n_params
             tensors += 1
 
-        name = "model.embed_tokens.weight"
-        embed = _get(source, name, (c.vocab_size, d))
-        add(name, _to_f16(embed, name), embed.size)
-        del embed
+        _add_table(add, "model.embed_tokens",
+                   _get(source, "model.embed_tokens.weight", (c.vocab_size, d)), embeddings)
 
         for layer in tqdm(range(c.num_layers), desc="quantize", unit="layer", disable=not progress):
             names = _layer_float_names(source, layer)
@@ -201,15 +227,15 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
         add("model.norm.weight", _to_f32(_get(source, "model.norm.weight", (d,)),
                                          "model.norm.weight"), d)
         if not c.tie_word_embeddings:
-            head = _get(source, "lm_head.weight", (c.vocab_size, d))
-            add("lm_head.weight", _to_f16(head, "lm_head.weight"), head.size)
-            del head
+            _add_table(add, "lm_head", _get(source, "lm_head.weight", (c.vocab_size, d)),
+                       embeddings)
         writer.finish(build_metadata(source, method, group_size))
 
     return {
         "path": os.fspath(out_path),
         "method": method,
         "group_size": group_size,
+        "embeddings": embeddings,
         "tensors": tensors,
         "quantized_linears": c.num_layers * len(LINEAR_NAMES),
         "file_bytes": os.path.getsize(out_path),

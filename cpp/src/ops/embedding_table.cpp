@@ -1,0 +1,99 @@
+#include "ops/embedding_table.h"
+
+#include <algorithm>
+#include <cstddef>
+
+#include "half.h"
+#include "ops/linear_kernels.h"
+#include "ops/vec.h"
+
+namespace awqcore {
+namespace {
+
+// Tiles as in int4_linear.cpp: 4 rows x 256 columns (4 KiB) of f32, reused
+// for every token; converting a tile first lets the dot product vectorize.
+constexpr int kRowBlock = 4;
+constexpr int kTileColumns = 256;
+
+// out[i] = W[row, column0 + i] in f32 for i < n. Exact: an f16 widens
+// exactly, and q * s has at most 7 + 11 significant bits (< f32's 24).
+void ConvertSpan(const EmbeddingTable& table, int row, int column0, int n, float* out) {
+  const size_t start = static_cast<size_t>(row) * table.d + column0;
+  if (table.f16 != nullptr) {
+    for (int i = 0; i < n; ++i) out[i] = F16ToF32(table.f16[start + i]);
+    return;
+  }
+  const int8_t* q = table.q8 + start;
+  const uint16_t* scales = table.q8_scales + static_cast<size_t>(row) * (table.d / EmbeddingTable::kBlock);
+  for (int i = 0; i < n; ++i) {
+    out[i] = static_cast<float>(q[i]) * F16ToF32(scales[(column0 + i) / EmbeddingTable::kBlock]);
+  }
+}
+
+// Output rows [row0, row0 + rows), rows <= kRowBlock, for all tokens;
+// x: [num_tokens, ldx], y: [num_tokens, ldy] (row0 at y[0]).
+void RowBlock(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+              int num_tokens, float* y, int ldy) {
+  for (int t = 0; t < num_tokens; ++t) std::fill_n(y + static_cast<size_t>(t) * ldy, rows, 0.f);
+  float tile[kRowBlock][kTileColumns];  // f32(W[row0 + r, column0 + i])
+  for (int column0 = 0; column0 < table.d; column0 += kTileColumns) {
+    const int width = std::min(kTileColumns, table.d - column0);
+    for (int r = 0; r < rows; ++r) ConvertSpan(table, row0 + r, column0, width, tile[r]);
+    for (int t = 0; t < num_tokens; ++t) {
+      const float* x_tile = x + static_cast<size_t>(t) * ldx + column0;
+      float* y_row = y + static_cast<size_t>(t) * ldy;
+      for (int r = 0; r < rows; ++r) y_row[r] += DotF32(tile[r], x_tile, width);
+    }
+  }
+}
+
+}  // namespace
+
+void EmbeddingGather(const EmbeddingTable& table, const int* ids, int num_tokens, float* out) {
+  for (int t = 0; t < num_tokens; ++t) {
+    ConvertSpan(table, ids[t], 0, table.d, out + static_cast<size_t>(t) * table.d);
+  }
+}
+
+void TableRowsScalar(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+                     int num_tokens, float* y, int ldy) {
+  for (int r = 0; r < rows; r += kRowBlock) {
+    RowBlock(table, row0 + r, std::min(kRowBlock, rows - r), x, ldx, num_tokens, y + r, ldy);
+  }
+}
+
+void TableLinearForward(const EmbeddingTable& table, const float* x, int num_tokens, float* y,
+                        ThreadPool& pool, Isa isa) {
+  const int rows = table.rows;
+  const int num_blocks = (rows + kRowBlock - 1) / kRowBlock;
+  pool.ParallelFor(num_blocks, [&](int64_t begin, int64_t end) {
+    const int row0 = static_cast<int>(begin) * kRowBlock;
+    const int row1 = std::min(rows, static_cast<int>(end) * kRowBlock);
+    if (isa == Isa::kAvx2) {
+      TableRowsAvx2(table, row0, row1 - row0, x, table.d, num_tokens, y + row0, rows);
+    } else {
+      TableRowsScalar(table, row0, row1 - row0, x, table.d, num_tokens, y + row0, rows);
+    }
+  });
+}
+
+void TableLinearReference(const EmbeddingTable& table, const float* x, int num_tokens, float* y) {
+  const int d = table.d;
+  const int blocks = d / EmbeddingTable::kBlock;  // per row, int8 form only
+  for (int t = 0; t < num_tokens; ++t) {
+    for (int r = 0; r < table.rows; ++r) {
+      double sum = 0.0;
+      for (int c = 0; c < d; ++c) {
+        const size_t i = static_cast<size_t>(r) * d + c;
+        const double w = table.f16 != nullptr
+                             ? F16ToF32(table.f16[i])
+                             : table.q8[i] * static_cast<double>(F16ToF32(
+                                   table.q8_scales[static_cast<size_t>(r) * blocks + c / EmbeddingTable::kBlock]));
+        sum += w * x[static_cast<size_t>(t) * d + c];
+      }
+      y[static_cast<size_t>(t) * table.rows + r] = static_cast<float>(sum);
+    }
+  }
+}
+
+}  // namespace awqcore

@@ -1,0 +1,36 @@
+// Ops on the [rows, d] token tables (model_weights.h EmbeddingTable, f16 or
+// int8 with one f16 scale per 32 columns): the token embedding (a row gather)
+// and the output projection (lm_head, a GEMV/GEMM producing logits).
+//
+// The lm_head is the largest single read of a decode step for small models
+// (SmolLM2-135M: 49152 x 576 x 2 B = 57 MB in f16, half of all bytes per
+// token; 28.3 + 1.8 MB in int8), so its kernels are plain streaming GEMVs:
+// 8 weights converted to f32 per instruction group and 4 rows sharing each
+// load of x (linear_kernels.h).
+#pragma once
+
+#include <cstdint>
+
+#include "cpu_features.h"
+#include "model_weights.h"
+#include "thread_pool.h"
+
+namespace awqcore {
+
+// out[t, :] = W[ids[t], :] in f32 (exact for both forms);
+// out: [num_tokens, table.d]. ids must be valid row indices (the caller
+// validates them).
+void EmbeddingGather(const EmbeddingTable& table, const int* ids, int num_tokens, float* out);
+
+// y[t, r] = sum_c W[r, c] x[t, c];  x: [num_tokens, table.d],
+// y: [num_tokens, table.rows]. Rows are split across the pool; for several
+// tokens a block of rows is converted to f32 once per call and reused for
+// every token. A token's logits do not depend on how many tokens share the
+// call, nor on the thread count.
+void TableLinearForward(const EmbeddingTable& table, const float* x, int num_tokens, float* y,
+                        ThreadPool& pool, Isa isa = DetectedIsa());
+
+// Scalar oracle of TableLinearForward (double accumulator).
+void TableLinearReference(const EmbeddingTable& table, const float* x, int num_tokens, float* y);
+
+}  // namespace awqcore
