@@ -106,10 +106,12 @@ def test_forward_returns_float32_logits(model):
     assert np.isfinite(logits).all()
 
 
-def test_gil_is_released_during_generate(smollm2_awqbin):
-    """A Python thread keeps running while generate computes: the counter of a
-    busy-looping thread advances during the call."""
-    big = awqcore.Model(smollm2_awqbin, threads=1, max_seq_len=64)
+@pytest.mark.parametrize("prompts, max_batch", [([1, 2, 3, 4], 1),
+                                                ([[1, 2, 3, 4], [5, 6]], 2)])
+def test_gil_is_released_during_generate(smollm2_awqbin, prompts, max_batch):
+    """A Python thread keeps running while generate computes (one prompt, or a
+    batch): the counter of a busy-looping thread advances during the call."""
+    big = awqcore.Model(smollm2_awqbin, threads=1, max_seq_len=64, max_batch=max_batch)
     counter = [0]
     stop = threading.Event()
 
@@ -122,7 +124,7 @@ def test_gil_is_released_during_generate(smollm2_awqbin):
     time.sleep(0.05)
     before = counter[0]
     started = time.perf_counter()
-    big.generate([1, 2, 3, 4], max_new_tokens=8, stop=[])
+    big.generate(prompts, max_new_tokens=8, stop=[])
     elapsed = time.perf_counter() - started
     during = counter[0] - before
     stop.set()

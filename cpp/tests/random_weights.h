@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <random>
 #include <vector>
 
@@ -56,6 +57,24 @@ struct RandomInt4 {
     }
     return sum;
   }
+};
+
+// Activations for `tokens` tokens of `width` floats as the kernels may see
+// them: rows `stride` = width + 3 floats apart, starting 1 float into the
+// allocation (no alignment beyond float's); `dense` holds the same values
+// packed [tokens, width] for the references.
+struct StridedTokens {
+  StridedTokens(int tokens, int width, std::mt19937& rng)
+      : stride(width + 3),
+        store(RandomFloats(1 + static_cast<size_t>(tokens) * stride, rng)),
+        dense(static_cast<size_t>(tokens) * width) {
+    for (int t = 0; t < tokens; ++t) std::copy_n(x() + t * stride, width, dense.begin() + t * width);
+  }
+  const float* x() const { return store.data() + 1; }
+
+  int stride;
+  std::vector<float> store;  // [1 + tokens * stride]
+  std::vector<float> dense;  // [tokens, width]
 };
 
 // An EmbeddingTable [rows, d] with random weights in either form, owning its

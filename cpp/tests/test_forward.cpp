@@ -22,6 +22,7 @@
 #include "transformer.h"
 
 using namespace awqcore;
+using awqtest::RelativeError;
 
 namespace {
 
@@ -159,15 +160,6 @@ std::vector<int> RandomIds(int n, int vocab, uint32_t seed) {
   std::vector<int> ids(n);
   for (int& t : ids) t = id(rng);
   return ids;
-}
-
-double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
-  double max_diff = 0.0, max_ref = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    max_diff = std::max(max_diff, std::fabs(static_cast<double>(a[i]) - b[i]));
-    max_ref = std::max(max_ref, std::fabs(static_cast<double>(b[i])));
-  }
-  return max_diff / max_ref;
 }
 
 // Tolerance between two f32 evaluations of the network in different orders

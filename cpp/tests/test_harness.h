@@ -3,6 +3,7 @@
 // and prints "N passed, N failed"; exit status 1 if any failed.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -43,6 +44,17 @@ inline int RunAll() {
   }
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
+}
+
+// max|a - b| / max|b| (max|a - b| when b is all zero): the normwise relative
+// error the tests print and compare with their tolerances.
+inline double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
+  double max_diff = 0.0, max_ref = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    max_diff = std::max(max_diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(b[i])));
+  }
+  return max_ref > 0 ? max_diff / max_ref : max_diff;
 }
 
 }  // namespace awqtest

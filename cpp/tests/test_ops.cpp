@@ -33,6 +33,7 @@ using namespace awqcore;
 using awqtest::AttentionReferencePerToken;
 using awqtest::AttentionTokens;
 using awqtest::RandomFloats;
+using awqtest::RelativeError;
 using awqtest::RandomInt4;
 
 namespace {
@@ -40,16 +41,6 @@ namespace {
 constexpr double kUnitRoundoff = 5.9604644775390625e-08;  // u = 2^-24
 
 double Gamma(int n) { return n * kUnitRoundoff / (1.0 - n * kUnitRoundoff); }
-
-// max|a - b| / max|b|: the normwise relative error printed by the tests.
-double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
-  double max_diff = 0.0, max_ref = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    max_diff = std::max(max_diff, std::fabs(static_cast<double>(a[i]) - b[i]));
-    max_ref = std::max(max_ref, std::fabs(static_cast<double>(b[i])));
-  }
-  return max_ref > 0 ? max_diff / max_ref : max_diff;
-}
 
 }  // namespace
 

@@ -84,14 +84,11 @@ TEST(int4_row_kernels_match_reference) {
           const bool with_bias = (out + in / g) % 2 == 1;
           RandomInt4 w(out, in, g, with_bias, rng, kMisaligned);
           for (int tokens = 1; tokens <= 8; ++tokens) {
-            // x with a row stride of in + 3 floats, starting 1 float in.
-            const int ldx = in + 3, ldy = out + 2;
-            const std::vector<float> x_store = RandomFloats(1 + static_cast<size_t>(tokens) * ldx, rng);
-            const float* x = x_store.data() + 1;
-            std::vector<float> x_dense(static_cast<size_t>(tokens) * in);
-            for (int t = 0; t < tokens; ++t) std::copy_n(x + t * ldx, in, x_dense.begin() + t * in);
+            const awqtest::StridedTokens xs(tokens, in, rng);
+            const float* x = xs.x();
+            const int ldx = xs.stride, ldy = out + 2;
             std::vector<float> ref(static_cast<size_t>(tokens) * out);
-            Int4LinearReference(w.layer, x_dense.data(), tokens, ref.data());
+            Int4LinearReference(w.layer, xs.dense.data(), tokens, ref.data());
             // Rows [row0, out) only, into a strided y: the split the pool makes.
             const int row0 = out > 4 ? 1 : 0;
             std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f);
@@ -137,16 +134,13 @@ TEST(table_row_kernels_match_reference_and_ignore_batch_size) {
         for (int rows : {1, 3, 5, 13}) {
           const awqtest::RandomTable w(rows, d, int8, rng, kMisaligned);
           for (int tokens = 1; tokens <= 8; ++tokens) {
-            // x with a row stride of d + 3 floats, starting 1 float in; rows
-            // [row0, rows) only, into a strided y (the split the pool makes).
-            const int ldx = d + 3, ldy = rows + 2;
+            // Rows [row0, rows) only, into a strided y (the split the pool makes).
+            const awqtest::StridedTokens xs(tokens, d, rng);
+            const float* x = xs.x();
+            const int ldx = xs.stride, ldy = rows + 2;
             const int row0 = rows > 4 ? 1 : 0;
-            const std::vector<float> x_store = RandomFloats(1 + static_cast<size_t>(tokens) * ldx, rng);
-            const float* x = x_store.data() + 1;
-            std::vector<float> x_dense(static_cast<size_t>(tokens) * d);
-            for (int t = 0; t < tokens; ++t) std::copy_n(x + t * ldx, d, x_dense.begin() + t * d);
             std::vector<float> ref(static_cast<size_t>(tokens) * rows);
-            TableLinearReference(w.table, x_dense.data(), tokens, ref.data());
+            TableLinearReference(w.table, xs.dense.data(), tokens, ref.data());
             std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f);
             auto run = [&](const float* xs, int n, float* ys) {
               if (isa == Isa::kAvx2) {
