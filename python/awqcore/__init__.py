@@ -106,8 +106,6 @@ class Model:
         batch = self._is_batch(ids)
         if batch:
             prompts = [self._check_ids(p, where=f"prompt {i}: ") for i, p in enumerate(ids)]
-            if not prompts:
-                raise ValueError("no prompts: pass at least one")
             if on_token is not None:
                 raise ValueError("on_token (and stream) take a single prompt, not a list of prompts")
         else:
