@@ -53,10 +53,12 @@ void CheckMaxNewTokens(int max_new_tokens) {
 // holds one sequence (max_batch is 1 there), so its `seq` is always 0.
 class Backend {
  public:
-  Backend(const Model& model, int max_seq_len, int max_batch, ThreadPool& pool, Device device) {
+  Backend(const Model& model, int max_seq_len, int max_batch, ThreadPool& pool, Device device,
+          CpuActivations activations) {
     if (device == Device::kCpu) {
       cpu_ = std::make_unique<Transformer>(model.impl().config, model.impl().weights, max_seq_len,
-                                           pool, max_batch);
+                                           pool, max_batch,
+                                           activations == CpuActivations::kInt8Decode);
       return;
     }
 #ifdef AWQCORE_WITH_CUDA
@@ -91,13 +93,13 @@ bool IsStop(const std::vector<int>& stop_ids, int token) {
 
 struct Session::Impl {
   Impl(std::shared_ptr<const Model> model_in, int max_seq_len, int num_threads, Device device_in,
-       int max_batch_in)
+       int max_batch_in, CpuActivations activations)
       : model(std::move(model_in)),
         config(model->impl().config),
         device(device_in),
         max_batch(max_batch_in),
         pool(device_in == Device::kCpu ? num_threads : 1),
-        transformer(*model, max_seq_len, max_batch_in, pool, device_in),
+        transformer(*model, max_seq_len, max_batch_in, pool, device_in, activations),
         logits(static_cast<size_t>(max_batch_in) * config.vocab_size) {
     // Built in place: a copy of a Sampler would not keep the reserved
     // capacity that lets Observe run without allocating.
@@ -143,12 +145,13 @@ struct Session::Impl {
 };
 
 Session::Session(std::shared_ptr<const Model> model, int max_seq_len, int num_threads,
-                 Device device, int max_batch) {
+                 Device device, int max_batch, CpuActivations activations) {
   if (!model) throw InvalidArgument("model is null");
   CheckMaxSeqLen(max_seq_len);
   CheckMaxBatch(max_batch, device);
   const int threads = ResolveThreadCount(num_threads);
-  impl_ = std::make_unique<Impl>(std::move(model), max_seq_len, threads, device, max_batch);
+  impl_ = std::make_unique<Impl>(std::move(model), max_seq_len, threads, device, max_batch,
+                                 activations);
 }
 
 Session::~Session() = default;

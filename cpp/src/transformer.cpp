@@ -17,10 +17,11 @@ size_t Floats(int a, int b) { return static_cast<size_t>(a) * static_cast<size_t
 }  // namespace
 
 Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights, int max_seq_len,
-                         ThreadPool& pool, int max_sequences)
+                         ThreadPool& pool, int max_sequences, bool int8_decode)
     : config_(config),
       weights_(weights),
       pool_(pool),
+      int8_decode_(int8_decode),
       max_seq_len_(max_seq_len),
       // No call carries more than max_sequences * max_seq_len tokens, so a
       // tiny context does not get 64 rows of scratch.
@@ -111,7 +112,7 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
   RmsNorm(x_.data(), w.input_norm, d, eps, n, h_.data());
   const Int4Linear* qkv[] = {&w.q, &w.k, &w.v};
   float* qkv_out[] = {q_.data(), k_.data(), v_.data()};
-  Int4LinearsForward(qkv, qkv_out, 3, h_.data(), n, pool_);
+  Int4LinearsForward(qkv, qkv_out, 3, h_.data(), n, pool_, DetectedIsa(), int8_decode_);
   rope_.Apply(q_.data(), n, config_.num_heads, positions);
   rope_.Apply(k_.data(), n, config_.num_kv_heads, positions);
   // Each token's k and v go to row positions[t] of its own sequence's cache,
@@ -128,13 +129,13 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
   }
   AttentionForward(attention_shape_, q_.data(), token_k_cache_.data(), token_v_cache_.data(),
                    positions, n, scores_.data(), attn_.data(), pool_);
-  Int4LinearForward(w.o, attn_.data(), n, proj_.data(), pool_);
+  Int4LinearForward(w.o, attn_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
   AddF32(proj_.data(), x_.data(), n * d);
 
   // MLP block: gate, up and SiLU(gate) * up in one pass.
   RmsNorm(x_.data(), w.post_norm, d, eps, n, h_.data());
-  Int4SwiGluForward(w.gate, w.up, h_.data(), n, gate_.data(), pool_);
-  Int4LinearForward(w.down, gate_.data(), n, proj_.data(), pool_);
+  Int4SwiGluForward(w.gate, w.up, h_.data(), n, gate_.data(), pool_, DetectedIsa(), int8_decode_);
+  Int4LinearForward(w.down, gate_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
   AddF32(proj_.data(), x_.data(), n * d);
 }
 

@@ -51,8 +51,10 @@ class Transformer {
   // `config`, `weights` and `pool` must outlive the Transformer. Allocates the
   // KV caches (2 * max_sequences * layers * max_seq_len * KV * hd floats) and
   // the scratch. max_seq_len >= 1, max_sequences >= 1.
+  // int8_decode: calls of <= kQ8MaxTokens tokens run the int4 linears W4A8
+  // (ops/int4_linear.h); false: f32 throughout.
   Transformer(const ModelConfig& config, const ModelWeights& weights, int max_seq_len,
-              ThreadPool& pool, int max_sequences = 1);
+              ThreadPool& pool, int max_sequences = 1, bool int8_decode = true);
 
   // Appends ids[0 .. n) to sequence `seq` at positions position(seq) ..
   // position(seq) + n - 1 and writes logits [n, vocab] (kAll) or those of the
@@ -89,6 +91,7 @@ class Transformer {
   const ModelConfig& config_;
   const ModelWeights& weights_;
   ThreadPool& pool_;
+  const bool int8_decode_;
   const int max_seq_len_;
   const int chunk_tokens_;  // min(kChunkTokens, max_sequences * max_seq_len)
   const AttentionShape attention_shape_;

@@ -11,6 +11,7 @@
 
 #include "half.h"
 #include "model_weights.h"
+#include "ops/q8_activations.h"
 
 namespace awqtest {
 
@@ -76,6 +77,29 @@ struct StridedTokens {
   std::vector<float> store;  // [1 + tokens * stride]
   std::vector<float> dense;  // [tokens, width]
 };
+
+// The rounded activations a[t, c] = d_b q[c] of x, unpermuted: [tokens, in].
+inline std::vector<float> Dequantized(const awqcore::Q8Activations& x) {
+  std::vector<float> a(static_cast<size_t>(x.num_tokens) * x.in);
+  for (int t = 0; t < x.num_tokens; ++t) {
+    for (int c = 0; c < x.in; ++c) {
+      a[static_cast<size_t>(t) * x.in + c] =
+          x.block_scales[static_cast<size_t>(t) * (x.in / awqcore::kQ8Block) + c / awqcore::kQ8Block] *
+          x.q[static_cast<size_t>(t) * x.in + awqcore::Q8Position(c)];
+    }
+  }
+  return a;
+}
+
+// What the int4 ops multiply for x [tokens, in] (dense): x itself, or, when
+// the call takes the W4A8 path (int8_decode and UsesQ8Activations), x's int8
+// rounding. Int4LinearReference on this is the exact oracle of either path.
+inline std::vector<float> Int4OpInput(const std::vector<float>& x, int tokens, int in,
+                                      int group_size, bool int8_decode = true) {
+  if (!int8_decode || !awqcore::UsesQ8Activations(in, tokens)) return x;
+  awqcore::Q8Buffer buffer;
+  return Dequantized(buffer.Quantize(x.data(), in, tokens, in, group_size));
+}
 
 // An EmbeddingTable [rows, d] with random weights in either form, owning its
 // storage: f16 values in [-1, 1), or int8 codes over the whole -128..127

@@ -123,36 +123,91 @@ TEST(thread_pool_covers_each_index_once) {
 }
 
 TEST(int4_linear_matches_reference) {
+  // Both paths: f32 (int8_decode off, or too many tokens, or in % 64 != 0)
+  // and W4A8 (<= 8 tokens), each against the exact products with the
+  // activations it multiplies (Int4OpInput): x, or its int8 rounding. The
+  // W4A8 integer dots are exact, then per 32-column block one product by d_b
+  // and per group two terms: within the same f32 bound, with |a| for |x|.
   std::mt19937 rng(2);
   ThreadPool pool1(1), pool2(2);
-  double worst = 0.0;
   struct Shape { int out, in, group_size; };
-  for (Shape shape : {Shape{7, 96, 32}, Shape{13, 320, 64}, Shape{37, 640, 128},
-                      Shape{1, 128, 128}, Shape{9, 32, 32}}) {
-    for (bool with_bias : {false, true}) {
-      RandomInt4 w(shape.out, shape.in, shape.group_size, with_bias, rng);
-      for (int tokens = 1; tokens <= 5; ++tokens) {
-        const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * shape.in, rng);
-        std::vector<float> ref(static_cast<size_t>(tokens) * shape.out);
-        std::vector<float> y1(ref.size()), y2(ref.size());
-        Int4LinearReference(w.layer, x.data(), tokens, ref.data());
-        Int4LinearForward(w.layer, x.data(), tokens, y1.data(), pool1);
-        Int4LinearForward(w.layer, x.data(), tokens, y2.data(), pool2);
-        CHECK(y1 == y2);  // a row's arithmetic does not depend on the split
-        for (int t = 0; t < tokens; ++t) {
-          for (int r = 0; r < shape.out; ++r) {
-            const size_t i = static_cast<size_t>(t) * shape.out + r;
-            // in products, in - 1 additions, + the bias: gamma(in + 2).
-            const double bound = Gamma(shape.in + 2) *
-                (w.AbsProductSum(r, x.data() + static_cast<size_t>(t) * shape.in) + (with_bias ? std::fabs(w.bias[r]) : 0.0));
-            CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= bound);
+  for (bool int8_decode : {true, false}) {
+    double worst = 0.0;
+    for (Shape shape : {Shape{7, 96, 32}, Shape{13, 320, 64}, Shape{37, 640, 128},
+                        Shape{1, 128, 128}, Shape{9, 32, 32}, Shape{5, 192, 32}}) {
+      for (bool with_bias : {false, true}) {
+        RandomInt4 w(shape.out, shape.in, shape.group_size, with_bias, rng);
+        for (int tokens : {1, 2, 3, 5, 8, 9}) {
+          const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * shape.in, rng);
+          const std::vector<float> a = awqtest::Int4OpInput(x, tokens, shape.in, shape.group_size, int8_decode);
+          std::vector<float> ref(static_cast<size_t>(tokens) * shape.out);
+          std::vector<float> y1(ref.size()), y2(ref.size());
+          Int4LinearReference(w.layer, a.data(), tokens, ref.data());
+          Int4LinearForward(w.layer, x.data(), tokens, y1.data(), pool1, DetectedIsa(), int8_decode);
+          Int4LinearForward(w.layer, x.data(), tokens, y2.data(), pool2, DetectedIsa(), int8_decode);
+          CHECK(y1 == y2);  // a row's arithmetic does not depend on the split
+          const int groups = shape.in / shape.group_size;
+          for (int t = 0; t < tokens; ++t) {
+            for (int r = 0; r < shape.out; ++r) {
+              const size_t i = static_cast<size_t>(t) * shape.out + r;
+              // in products, in - 1 additions, + the bias: gamma(in + 2); W4A8
+              // adds a product per block and two terms per group.
+              const double bound = Gamma(shape.in + 2 + shape.in / 32 + 2 * groups) *
+                  (w.AbsProductSum(r, a.data() + static_cast<size_t>(t) * shape.in) + (with_bias ? std::fabs(w.bias[r]) : 0.0));
+              CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= bound);
+            }
           }
+          worst = std::max(worst, RelativeError(y1, ref));
         }
-        worst = std::max(worst, RelativeError(y1, ref));
       }
     }
+    std::printf("  int4_linear (%s decode): max relative error %.3g\n", int8_decode ? "int8" : "f32", worst);
   }
-  std::printf("  int4_linear: max relative error %.3g\n", worst);
+}
+
+TEST(q8_activations_round_within_half_a_step) {
+  // The definition (ops/q8_activations.h): per 32-column block, d = max|x| / 127
+  // and q = round(x / d) in [-127, 127], so |x - d q| <= d / 2 (+ the f32
+  // rounding of x * (127 / max), a few ulps of x); group sums are the sums of d q.
+  std::mt19937 rng(21);
+  Q8Buffer buffer;
+  for (int group_size : {32, 64, 128}) {
+    const int tokens = 3, in = 384;
+    std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * in, rng, -3.f, 3.f);
+    std::fill_n(x.begin() + in + 32, 32, 0.f);  // token 1, block 1: all zero
+    const Q8Activations& q8 = buffer.Quantize(x.data(), in, tokens, in, group_size);
+    const std::vector<float> a = awqtest::Dequantized(q8);
+    int bad = 0;
+    for (int t = 0; t < tokens; ++t) {
+      for (int b = 0; b < in / kQ8Block; ++b) {
+        const float d = q8.block_scales[t * (in / kQ8Block) + b];
+        for (int c = b * kQ8Block; c < (b + 1) * kQ8Block; ++c) {
+          bad += q8.q[t * in + Q8Position(c)] < -127;
+          bad += !(std::fabs(x[t * in + c] - a[t * in + c]) <= 0.5 * d + 1e-6 * std::fabs(x[t * in + c]));
+        }
+      }
+      for (int g = 0; g < in / group_size; ++g) {
+        double sum = 0.0;
+        for (int c = g * group_size; c < (g + 1) * group_size; ++c) sum += a[t * in + c];
+        bad += !(std::fabs(q8.group_sums[t * (in / group_size) + g] - sum) <= 1e-5 * (1.0 + std::fabs(sum)));
+      }
+    }
+    CHECK(bad == 0);
+    CHECK(q8.block_scales[(in / kQ8Block) + 1] == 0.f);  // the zero block
+  }
+  // Q8Position is a permutation of each 64-column span.
+  std::vector<int> seen(128, 0);
+  for (int c = 0; c < 128; ++c) seen[Q8Position(c)]++;
+  CHECK(std::count(seen.begin(), seen.end(), 1) == 128);
+  CHECK(Q8Position(0) == 0 && Q8Position(1) == 32 && Q8Position(32) == 16 && Q8Position(63) == 63);
+  // A non-finite activation makes the outputs that read it non-finite.
+  std::vector<float> x(64, 0.5f);
+  x[40] = NAN;
+  RandomInt4 w(3, 64, 32, false, rng);
+  std::vector<float> y(3);
+  ThreadPool pool(1);
+  Int4LinearForward(w.layer, x.data(), 1, y.data(), pool);
+  for (float v : y) CHECK(!std::isfinite(v));
 }
 
 TEST(int4_linear_decodes_nibbles_and_groups) {
@@ -168,9 +223,14 @@ TEST(int4_linear_decodes_nibbles_and_groups) {
     std::vector<float> x(64, 0.f);
     x[c] = 1.f;
     float y = 0.f;
-    Int4LinearForward(layer, x.data(), 1, &y, pool);
+    Int4LinearForward(layer, x.data(), 1, &y, pool, DetectedIsa(), /*int8_decode=*/false);
     const float expected = c < 32 ? (c % 16 - 3) * 0.5f : (c % 16 - 8) * 2.0f;
     CHECK(y == expected);
+    // W4A8: x = 127 e_c rounds to d = 1, q = 127 exactly, so y = 127 W[0, c]
+    // (small integers times 0.5 or 2: exact in f32).
+    x[c] = 127.f;
+    Int4LinearForward(layer, x.data(), 1, &y, pool);
+    CHECK(y == 127.f * expected);
   }
 }
 

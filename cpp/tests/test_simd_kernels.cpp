@@ -2,7 +2,7 @@
 // CPU runs, against the scalar references, over odd shapes: rows not a
 // multiple of the 4-row blocking, K at each group size (and across the
 // 256-column tiles), unaligned weight and activation pointers, strided
-// outputs, batches 1..8 (both the GEMV path, < 4 tokens, and the GEMM path),
+// outputs, batches 1..8 (the f32 GEMM row kernels and the W4A8 GEMV ones),
 // the lm_head table in both forms (f16, int8);
 // plus the fused q/k/v and gate/up/SwiGLU passes, thread-count independence
 // and the AVX2 attention (one sequence's tokens, and tokens of several
@@ -12,7 +12,10 @@
 // any order is within gamma(n) * sum|terms| of the exact sum. The AVX2 int4
 // GEMV computes per group s * (sum q x) - s * z * (sum x), whose terms are
 // bounded by s (|q| + z) |x|; with in products, 2 per-group terms and the bias
-// that is gamma(in + 2 groups + 2) * sum_c s (|q| + z) |x| (+ |bias|). A wrong
+// that is gamma(in + 2 groups + 2) * sum_c s (|q| + z) |x| (+ |bias|). The
+// W4A8 kernels' integer dots are exact, then one product by d_b per 32
+// columns: the same bound with |a| (the rounded activations) for |x| and
+// in / 32 more terms. A wrong
 // nibble, group, row or stride gives errors of the size of the outputs, ~1e6
 // times these bounds.
 #include <algorithm>
@@ -60,6 +63,7 @@ std::vector<Isa> IsasToTest() {
 // The bound on |kernel - exact| for output (row r, token x) (header comment).
 double Bound(const Int4Linear& layer, int r, const float* x) {
   const int groups = layer.in / layer.group_size;
+  const int blocks = layer.in / 32;
   double sum = layer.bias ? std::fabs(layer.bias[r]) : 0.0;
   for (int c = 0; c < layer.in; ++c) {
     const uint8_t b = layer.qweight[static_cast<size_t>(r) * layer.in / 2 + c / 2];
@@ -67,7 +71,7 @@ double Bound(const Int4Linear& layer, int r, const float* x) {
     const size_t g = static_cast<size_t>(r) * groups + c / layer.group_size;
     sum += F16ToF32(layer.scales[g]) * (q + layer.zeros[g]) * std::fabs(x[c]);
   }
-  return Gamma(layer.in + 2 * groups + 2) * sum;
+  return Gamma(layer.in + 2 * groups + blocks + 2) * sum;
 }
 
 }  // namespace
@@ -115,6 +119,63 @@ TEST(int4_row_kernels_match_reference) {
     }
     std::printf("  %s int4 rows: %d outputs, %d outside the bound, max relative error %.3g\n",
                 IsaName(isa), checked, bad, worst);
+    CHECK(bad == 0);
+  }
+}
+
+TEST(int4_q8_row_kernels_match_reference) {
+  // W4A8: against the exact products with the rounded activations. Widths
+  // are multiples of the 64-column span (UsesQ8Activations), within and
+  // across groups, and SmolLM2's 576.
+  std::mt19937 rng(14);
+  Q8Buffer buffer;
+  for (Isa isa : IsasToTest()) {
+    double worst = 0.0;
+    int checked = 0, bad = 0;
+    std::vector<float> all_got, all_f32;  // every output, and its f32 product with x
+    for (int g : {32, 64, 128}) {
+      for (int in : {64, 128, 192, 384, 576}) {
+        if (in % g != 0) continue;
+        for (int out : {1, 3, 5, 13}) {
+          const bool with_bias = (out + in / g) % 2 == 1;
+          RandomInt4 w(out, in, g, with_bias, rng, kMisaligned);
+          for (int tokens = 1; tokens <= kQ8MaxTokens; ++tokens) {
+            const awqtest::StridedTokens xs(tokens, in, rng);
+            const Q8Activations& q8 = buffer.Quantize(xs.x(), xs.stride, tokens, in, g);
+            const std::vector<float> a = awqtest::Dequantized(q8);
+            std::vector<float> ref(static_cast<size_t>(tokens) * out), exact(ref.size());
+            Int4LinearReference(w.layer, a.data(), tokens, ref.data());
+            Int4LinearReference(w.layer, xs.dense.data(), tokens, exact.data());
+            const int row0 = out > 4 ? 1 : 0, ldy = out + 2;
+            std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f);
+            if (isa == Isa::kAvx2) {
+              Int4RowsQ8Avx2(w.layer, row0, out - row0, q8, y.data() + row0, ldy);
+            } else {
+              Int4RowsQ8Scalar(w.layer, row0, out - row0, q8, y.data() + row0, ldy);
+            }
+            std::vector<float> got, want;
+            for (int t = 0; t < tokens; ++t) {
+              for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
+              for (int r = row0; r < out; ++r) {
+                const double diff = std::fabs(static_cast<double>(y[t * ldy + r]) - ref[t * out + r]);
+                bad += !(diff <= Bound(w.layer, r, a.data() + t * in));
+                got.push_back(y[t * ldy + r]);
+                want.push_back(ref[t * out + r]);
+                all_got.push_back(y[t * ldy + r]);
+                all_f32.push_back(exact[t * out + r]);
+                ++checked;
+              }
+            }
+            worst = std::max(worst, awqtest::RelativeError(got, want));
+          }
+        }
+      }
+    }
+    // The last number is the cost of the int8 rounding itself: max |y - W x|
+    // over max |W x|, all outputs.
+    std::printf("  %s int4 W4A8 rows: %d outputs, %d outside the bound, max relative error %.3g "
+                "(vs the f32 product with x: %.3g)\n", IsaName(isa), checked, bad, worst,
+                awqtest::RelativeError(all_got, all_f32));
     CHECK(bad == 0);
   }
 }
@@ -192,6 +253,8 @@ TEST(fused_qkv_and_swiglu_match_separate_references) {
       double worst = 0.0;
       for (int tokens : {1, 2, 5, 70}) {  // 70: two token slices of the SwiGLU pass
         const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * d, rng);
+        // What the ops multiply: x, or its int8 rounding (<= 8 tokens).
+        const std::vector<float> a = awqtest::Int4OpInput(x, tokens, d, g);
         const Int4Linear* layers[] = {&q.layer, &k.layer, &v.layer};
         std::vector<float> refs[3], outs1[3], outs2[3];
         float* ys1[3];
@@ -202,7 +265,7 @@ TEST(fused_qkv_and_swiglu_match_separate_references) {
           outs2[i].resize(refs[i].size());
           ys1[i] = outs1[i].data();
           ys2[i] = outs2[i].data();
-          Int4LinearReference(*layers[i], x.data(), tokens, refs[i].data());
+          Int4LinearReference(*layers[i], a.data(), tokens, refs[i].data());
         }
         Int4LinearsForward(layers, ys1, 3, x.data(), tokens, pool1, isa);
         Int4LinearsForward(layers, ys2, 3, x.data(), tokens, pool2, isa);
@@ -211,7 +274,7 @@ TEST(fused_qkv_and_swiglu_match_separate_references) {
           for (size_t j = 0; j < refs[i].size(); ++j) {
             const int t = static_cast<int>(j) / layers[i]->out, r = static_cast<int>(j) % layers[i]->out;
             const RandomInt4& w = i == 0 ? q : i == 1 ? k : v;
-            CHECK(std::fabs(static_cast<double>(outs1[i][j]) - refs[i][j]) <= Bound(w.layer, r, x.data() + t * d));
+            CHECK(std::fabs(static_cast<double>(outs1[i][j]) - refs[i][j]) <= Bound(w.layer, r, a.data() + t * d));
           }
         }
         // SwiGLU: reference gate and up, then the reference activation. The
@@ -219,8 +282,8 @@ TEST(fused_qkv_and_swiglu_match_separate_references) {
         // amplified by at most |silu'| <= 1.1 and |up|, |silu| factors: a
         // relative 1e-5 of the output scale is ~100x that and ~1e-5 of a bug.
         std::vector<float> g_ref(static_cast<size_t>(tokens) * ffn), u_ref(g_ref.size()), ref(g_ref.size());
-        Int4LinearReference(gate.layer, x.data(), tokens, g_ref.data());
-        Int4LinearReference(up.layer, x.data(), tokens, u_ref.data());
+        Int4LinearReference(gate.layer, a.data(), tokens, g_ref.data());
+        Int4LinearReference(up.layer, a.data(), tokens, u_ref.data());
         SwiGluReference(g_ref.data(), u_ref.data(), tokens * ffn, ref.data());
         std::vector<float> y1(ref.size()), y2(ref.size());
         Int4SwiGluForward(gate.layer, up.layer, x.data(), tokens, y1.data(), pool1, isa);

@@ -121,6 +121,14 @@ using TokenCallback = std::function<bool(int token)>;
 // stays on the host with the same Sampler, over logits copied back.
 enum class Device { kCpu, kCuda };
 
+// The activations the CPU's int4 linears multiply in calls of at most 8
+// tokens (decode steps, batched decode, very short prompts); longer calls
+// (prefill) are f32 in both modes, and the CUDA device ignores this.
+//   kInt8Decode: rounded to int8 per 32 columns (W4A8, as llama.cpp does):
+//     ~2.5x faster kernels; logits move by ~1e-2 relative (README).
+//   kFloat32: exact f32 (the W4A16 arithmetic of AWQ's definition).
+enum class CpuActivations { kInt8Decode, kFloat32 };
+
 class Session {
  public:
   // max_seq_len: KV-cache capacity in tokens of one sequence (1 ..
@@ -133,7 +141,8 @@ class Session {
   // device kCuda: throws Error "awqcore was built without CUDA", "no CUDA
   // device", or naming the sizes when the model and cache do not fit.
   Session(std::shared_ptr<const Model> model, int max_seq_len,
-          int num_threads = 0, Device device = Device::kCpu, int max_batch = 1);
+          int num_threads = 0, Device device = Device::kCpu, int max_batch = 1,
+          CpuActivations activations = CpuActivations::kInt8Decode);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -158,10 +167,12 @@ class Session {
   // leaves the step and the next waiting prompt takes its cache. Resets the
   // session; afterwards position() is meaningless until Reset or Generate.
   //
-  // Greedy results equal one-by-one Generate: up to 3 live sequences run the
-  // linears' per-token GEMV path and match bit for bit; 4 or more run the tiled
-  // GEMM path, whose f32 summation order differs (logits agree to ~1e-6
-  // relative), so a token could differ only where two logits are that close.
+  // Greedy results equal one-by-one Generate: each token of a decode step
+  // (up to 8 live sequences) is computed exactly as alone, bit for bit. With
+  // more than 8 (or kFloat32 and 4 or more), steps run the tiled f32 GEMM,
+  // whose summation order differs (logits agree to ~1e-6 relative with
+  // kFloat32, to the int8 rounding's ~1e-2 with kInt8Decode), so a token could
+  // differ only where two logits are that close.
   // Sampling: prompt i draws from its own generator seeded with
   // options.sampling.seed + i (mod 2^64), so with a seed, prompt i's tokens do
   // not depend on the other prompts or on max_batch (up to the rounding

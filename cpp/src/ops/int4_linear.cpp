@@ -68,13 +68,35 @@ void Int4RowBlockScalar(const Int4Linear& layer, int row0, int rows, const float
   }
 }
 
-void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
-              int num_tokens, float* y, int ldy, Isa isa) {
-  if (isa == Isa::kAvx2) {
-    Int4RowsAvx2(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+// The input of a call: f32 rows, or (decode) their int8 rounding.
+struct Int4Input {
+  const float* x;          // [num_tokens, in]
+  int num_tokens;
+  const Q8Activations* q8; // the rounding of x, or nullptr: the f32 path
+};
+
+// Rows [row0, row0 + rows) of every token of `input`.
+void Int4Rows(const Int4Linear& layer, int row0, int rows, const Int4Input& input, float* y,
+              int ldy, Isa isa) {
+  if (input.q8 && isa == Isa::kAvx2) {
+    Int4RowsQ8Avx2(layer, row0, rows, *input.q8, y, ldy);
+  } else if (input.q8) {
+    Int4RowsQ8Scalar(layer, row0, rows, *input.q8, y, ldy);
+  } else if (isa == Isa::kAvx2) {
+    Int4RowsAvx2(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
   } else {
-    Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+    Int4RowsScalar(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
   }
+}
+
+// Rounds x to int8 once per op, before the row split, when the call takes the
+// W4A8 path. The buffer is per calling thread (each Session decodes on its
+// own thread), so sessions never share it, and it only grows: after the
+// first token, decode does not allocate.
+Int4Input PrepareInput(const float* x, int num_tokens, int in, int group_size, bool int8_decode) {
+  if (!int8_decode || !UsesQ8Activations(in, num_tokens)) return {x, num_tokens, nullptr};
+  thread_local Q8Buffer buffer;
+  return {x, num_tokens, &buffer.Quantize(x, in, num_tokens, in, group_size)};
 }
 
 int NumBlocks(int rows) { return (rows + kRowBlock - 1) / kRowBlock; }
@@ -89,19 +111,54 @@ void Int4RowsScalar(const Int4Linear& layer, int row0, int rows, const float* x,
   }
 }
 
+// Per row and group: s * (sum over the group's 32-column blocks of d_b times
+// the integer dot of codes and int8 activations) - s z (group sum of a).
+void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                      float* y, int ldy) {
+  const int groups = layer.in / layer.group_size;
+  const int blocks_per_group = layer.group_size / kQ8Block;
+  for (int t = 0; t < x.num_tokens; ++t) {
+    const int8_t* q = x.q + static_cast<size_t>(t) * layer.in;
+    const float* d = x.block_scales + static_cast<size_t>(t) * (layer.in / kQ8Block);
+    const float* group_sums = x.group_sums + static_cast<size_t>(t) * groups;
+    for (int r = row0; r < row0 + rows; ++r) {
+      const uint8_t* codes = layer.qweight + static_cast<size_t>(r) * (layer.in / 2);
+      float sum = layer.bias ? layer.bias[r] : 0.f;
+      for (int g = 0; g < groups; ++g) {
+        float group = 0.f;
+        for (int b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
+          int dot = 0;
+          for (int c = b * kQ8Block; c < (b + 1) * kQ8Block; ++c) {
+            const int code = c % 2 == 0 ? codes[c / 2] & 15 : codes[c / 2] >> 4;
+            dot += code * q[Q8Position(c)];
+          }
+          group += d[b] * static_cast<float>(dot);
+        }
+        const size_t index = static_cast<size_t>(r) * groups + g;
+        const float s = F16ToF32(layer.scales[index]);
+        sum += s * group - s * static_cast<float>(layer.zeros[index]) * group_sums[g];
+      }
+      y[static_cast<size_t>(t) * ldy + (r - row0)] = sum;
+    }
+  }
+}
+
 void Int4LinearForward(const Int4Linear& layer, const float* x, int num_tokens, float* y,
-                       ThreadPool& pool, Isa isa) {
+                       ThreadPool& pool, Isa isa, bool int8_decode) {
   const Int4Linear* layers[] = {&layer};
   float* ys[] = {y};
-  Int4LinearsForward(layers, ys, 1, x, num_tokens, pool, isa);
+  Int4LinearsForward(layers, ys, 1, x, num_tokens, pool, isa, int8_decode);
 }
 
 void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int count,
-                        const float* x, int num_tokens, ThreadPool& pool, Isa isa) {
+                        const float* x, int num_tokens, ThreadPool& pool, Isa isa,
+                        bool int8_decode) {
   // Blocks are numbered across the layers in order; a thread's contiguous
   // range of blocks may span two of them (e.g. the end of k and start of v).
   int total_blocks = 0;
   for (int i = 0; i < count; ++i) total_blocks += NumBlocks(layers[i]->out);
+  // The q8 rounding depends on the group size (its group sums): one per call.
+  const Int4Input input = PrepareInput(x, num_tokens, layers[0]->in, layers[0]->group_size, int8_decode);
   pool.ParallelFor(total_blocks, [&](int64_t begin, int64_t end) {
     int first_block = 0;  // of layers[i]
     for (int i = 0; i < count && begin < end; ++i) {
@@ -112,7 +169,7 @@ void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int c
       if (lo < hi) {
         const int row0 = static_cast<int>(lo - first_block) * kRowBlock;
         const int row1 = std::min(layer.out, static_cast<int>(hi - first_block) * kRowBlock);
-        Int4Rows(layer, row0, row1 - row0, x, layer.in, num_tokens, ys[i] + row0, layer.out, isa);
+        Int4Rows(layer, row0, row1 - row0, input, ys[i] + row0, layer.out, isa);
       }
       first_block += blocks;
     }
@@ -120,7 +177,8 @@ void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int c
 }
 
 void Int4SwiGluForward(const Int4Linear& gate, const Int4Linear& up, const float* x,
-                       int num_tokens, float* out, ThreadPool& pool, Isa isa) {
+                       int num_tokens, float* out, ThreadPool& pool, Isa isa,
+                       bool int8_decode) {
   const int ffn = gate.out;
   // A thread's rows go in slices of kSliceRows x kTokenSlice: gate rows
   // straight to `out`, up rows to a stack buffer (8 KiB), then
@@ -128,6 +186,7 @@ void Int4SwiGluForward(const Int4Linear& gate, const Int4Linear& up, const float
   // AVX2 kernel (group sums of x: `in` adds) at ~3% of its 32 * in weights.
   constexpr int kSliceRows = 32;
   constexpr int kTokenSlice = 64;
+  const Int4Input input = PrepareInput(x, num_tokens, gate.in, gate.group_size, int8_decode);
   pool.ParallelFor(NumBlocks(ffn), [&](int64_t begin, int64_t end) {
     float up_rows[kTokenSlice * kSliceRows];  // [tokens, kSliceRows]
     const int row_end = std::min(ffn, static_cast<int>(end) * kRowBlock);
@@ -135,10 +194,11 @@ void Int4SwiGluForward(const Int4Linear& gate, const Int4Linear& up, const float
       const int rows = std::min(kSliceRows, row_end - row0);
       for (int t0 = 0; t0 < num_tokens; t0 += kTokenSlice) {
         const int tokens = std::min(kTokenSlice, num_tokens - t0);
-        const float* x_slice = x + static_cast<size_t>(t0) * gate.in;
+        // W4A8 calls have <= kQ8MaxTokens tokens: one slice, the whole input.
+        const Int4Input slice = input.q8 ? input : Int4Input{x + static_cast<size_t>(t0) * gate.in, tokens, nullptr};
         float* out_slice = out + static_cast<size_t>(t0) * ffn + row0;
-        Int4Rows(gate, row0, rows, x_slice, gate.in, tokens, out_slice, ffn, isa);
-        Int4Rows(up, row0, rows, x_slice, up.in, tokens, up_rows, kSliceRows, isa);
+        Int4Rows(gate, row0, rows, slice, out_slice, ffn, isa);
+        Int4Rows(up, row0, rows, slice, up_rows, kSliceRows, isa);
         for (int t = 0; t < tokens; ++t) {
           float* o = out_slice + static_cast<size_t>(t) * ffn;
           SwiGlu(o, up_rows + t * kSliceRows, rows, o);

@@ -6,31 +6,41 @@
 // cut the fork-join round trips per layer from 8 to 5 (q/k/v as one pass,
 // gate/up/SiLU·mul as one pass). The row kernels are in linear_kernels.h;
 // `isa` picks the family (cpu_features.h), default the best the CPU has.
+//
+// Calls with few tokens (UsesQ8Activations: decode, batched decode) round
+// the activations to int8 first (W4A8, ops/q8_activations.h) unless
+// int8_decode is false: their results are Int4LinearReference's for the
+// rounded activations (Q8Buffer), not for x.
+// Each token's result depends only on that token, so a batch of sequences
+// decodes bit-identically to the sequences one at a time.
 #pragma once
 
 #include "cpu_features.h"
 #include "model_weights.h"
+#include "ops/q8_activations.h"
 #include "thread_pool.h"
 
 namespace awqcore {
 
 // x: [num_tokens, layer.in], y: [num_tokens, layer.out]; y must not alias x.
 // Output rows are split across the pool. Requires group_size in {32, 64, 128}.
+// int8_decode false: the f32 path for every call (exact W4A16 numerics).
 void Int4LinearForward(const Int4Linear& layer, const float* x, int num_tokens, float* y,
-                       ThreadPool& pool, Isa isa = DetectedIsa());
+                       ThreadPool& pool, Isa isa = DetectedIsa(), bool int8_decode = true);
 
 // Several linears with the same input in one pass over the pool (q, k, v):
 // ys[i]: [num_tokens, layers[i].out]; every layers[i].in is the same.
 void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int count,
                         const float* x, int num_tokens, ThreadPool& pool,
-                        Isa isa = DetectedIsa());
+                        Isa isa = DetectedIsa(), bool int8_decode = true);
 
 // out[t, r] = silu(gate(x)[t, r]) * up(x)[t, r]: both projections of a row
 // block are computed by the same thread, so the [num_tokens, ffn] "up"
 // buffer and a separate SwiGLU pass disappear. x: [num_tokens, in],
 // out: [num_tokens, ffn]; gate and up have the same shape.
 void Int4SwiGluForward(const Int4Linear& gate, const Int4Linear& up, const float* x,
-                       int num_tokens, float* out, ThreadPool& pool, Isa isa = DetectedIsa());
+                       int num_tokens, float* out, ThreadPool& pool, Isa isa = DetectedIsa(),
+                       bool int8_decode = true);
 
 // The obvious scalar loop (one weight at a time, double accumulator): the
 // oracle the tests compare the kernels with.

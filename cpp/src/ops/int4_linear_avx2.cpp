@@ -1,33 +1,29 @@
-// AVX2 + FMA + F16C int4 row kernel (contract in linear_kernels.h).
+// AVX2 + FMA + F16C int4 row kernels (contract in linear_kernels.h).
 //
-// Decode (GEMV, few tokens). SmolLM2-135M streams ~56 MB of int4 codes,
-// scales and zeros per token (+57 MB of f16 lm_head); at the ~10-15 GB/s two
-// cores read that is 4-6 ms, so the unpacking must cost less than the bytes
-// take to arrive. Per 8 weights this kernel issues 1 broadcast load of 4 code
-// bytes, 1 variable shift (vpsrlvd), 1 and, 1 int->float convert and 1 FMA:
-// no shuffle-port instruction at all (vpmovzxbd would put 1-2 per 8 weights
-// on port 5), about 1.3 cycles per 8 weights per core.
+// Decode (GEMV, <= kQ8MaxTokens tokens): W4A8. SmolLM2-135M streams ~56 MB
+// of int4 codes, scales and zeros per token; at the ~13-14 GB/s two cores
+// read, that is ~4 ms, so unpacking must cost less than the bytes take to
+// arrive. An exact f32 kernel (per 8 weights: broadcast, vpsrlvd, and,
+// convert, FMA; 32 ALU uops per 64 weights) ran at ~5 GMAC/s per core, in
+// cache as from DRAM: ALU-bound, ~10 ms per token. With the activations in
+// int8 (ops/q8_activations.h), 64 weights of one row cost
+//   1 load of 32 code bytes, and + shift + and (low, high nibbles),
+//   2 vpmaddubsw (codes x int8 activations -> int16 pairs, <= 2*15*127),
+//   1 vpaddw, 1 vpmaddwd by ones (-> 8 int32), 1 convert, 1 FMA by d_b:
+// 9 uops, and no shuffle, as the activations come pre-permuted into the
+// order the nibbles fall out in. Lanes 0-3 of the int32 sums belong to
+// columns [0, 32) of the span, lanes 4-7 to [32, 64): the FMA multiplies them
+// by [d_0 x4, d_1 x4]. Weight scales apply per group (g = 64, 128: once per
+// group; g = 32: per half span, as [s_0 x4, s_1 x4]), and the zero point
+// leaves the loop: sum_c (q - z) s a_c = s (sum_c q a_c) - s z (sum_c a_c),
+// with the group sums of the rounded activations a_c = d_b q8_c precomputed.
+// The integer parts are exact; the float sums differ from the scalar Q8
+// kernel's only in order.
 //
-// The zero point leaves the inner loop: per group g of row r
-//   sum_c (q - z) s x_c = s (sum_c q x_c) - s z (sum_c x_c),
-// with sum_c x_c (the group sums of x) computed once per call and shared by
-// all rows. q is an exact small integer in f32; the two-term form loses at
-// most a few ulps more than dequantize-then-dot, because sum q x and z sum x
-// are each bounded by 15 sum |x|.
-//
-// W4A8/W4A16 (activations to int8/int16 per group, vpmaddubsw/vpmaddwd,
-// zero point as z * sum(x)) was built and measured: 2.5x fewer ALU uops per
-// weight, yet no faster on this 2-vCPU AVX2 machine (best of 3, one thread,
-// 40 MB of 1536x576 g64 codes: 14.6 ms vs 15.0 ms for this kernel), so the
-// loop is not ALU-bound here; and it rounds the activations (15-bit: 1.5e-4
-// relative on the logits of test_forward, above its 1e-4 f32 tolerance). The
-// exact f32 form stays.
-//
-// Prefill (GEMM, >= kGemmMinTokens tokens): a 4-row x 256-column tile is
-// dequantized once per call, exactly ((q - z) s = fma(q, s, -z s), see
-// int4_linear.cpp), and reused for every token by the 4x2 FMA micro-kernel
-// (simd_avx2.h): unpacking is amortised over the tokens and the kernel runs
-// at the FMA rate.
+// Prefill (GEMM, more tokens): a 4-row x 256-column tile is dequantized once
+// per call, exactly ((q - z) s = fma(q, s, -z s), see int4_linear.cpp), and
+// reused for every token by the 4x2 FMA micro-kernel (simd_avx2.h):
+// unpacking is amortised over the tokens and the kernel runs at the FMA rate.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -42,9 +38,6 @@ namespace {
 
 using avx2::kTileColumns;
 
-constexpr int kGemmMinTokens = 4;  // below: GEMV per token (unpacking per token is cheaper than a tile pass)
-constexpr int kMaxGroups = 2048;   // group sums on the stack (8 KiB): in <= 65536 at g = 32
-
 // 8 codes (4 bytes, little-endian: code k in bits 4k..4k+3, which is column k
 // of the span) -> 8 floats in column order.
 inline __m256 Codes8(const uint8_t* p) {
@@ -55,27 +48,32 @@ inline __m256 Codes8(const uint8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
 }
 
-// group_sums[g] = sum of x over group g; x: [in].
-void GroupSums(const float* x, int in, int group_size, float* group_sums) {
-  for (int g = 0; g < in / group_size; ++g) {
-    const float* xg = x + g * group_size;
-    __m256 a = _mm256_loadu_ps(xg), b = _mm256_loadu_ps(xg + 8);
-    for (int c = 16; c < group_size; c += 16) {
-      a = _mm256_add_ps(a, _mm256_loadu_ps(xg + c));
-      b = _mm256_add_ps(b, _mm256_loadu_ps(xg + c + 8));
-    }
-    group_sums[g] = avx2::Hsum(_mm256_add_ps(a, b));
-  }
+// 64 weights of one row (32 code bytes at p) times the span's activations
+// (xe: its even columns, xo: its odd ones) -> 8 int32: lanes 0-3 sum columns
+// [0, 32) of the span, lanes 4-7 columns [32, 64).
+inline __m256i Dot64(const uint8_t* p, __m256i xe, __m256i xo) {
+  const __m256i nibble = _mm256_set1_epi8(15);
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  const __m256i lo = _mm256_and_si256(v, nibble);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+  const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
-// kRows (1 or 4) rows from `row`, one token: y[r] = W[row + r] . x (+ bias).
-// Two accumulators per row (even/odd 8-column steps) keep 2 * kRows FMA
-// chains in flight against the 4-cycle FMA latency.
+// [d_0 x4, d_1 x4] for the two 32-column blocks of a span.
+inline __m256 HalfSpanPair(float d0, float d1) {
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(d0)), _mm_set1_ps(d1), 1);
+}
+
+// kRows (1 or 4) rows from `row`, token t: y[r] = W[row + r] . a_t (+ bias).
 template <int kRows>
-void GemvRows(const Int4Linear& layer, int row, const float* x, const float* group_sums,
-              float* y) {
+void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t, float* y) {
   const int gs = layer.group_size;
   const int groups = layer.in / gs;
+  const int spans = layer.in / kQ8Span;
+  const int8_t* xq = x.q + static_cast<size_t>(t) * layer.in;          // [in], permuted
+  const float* d = x.block_scales + static_cast<size_t>(t) * (layer.in / kQ8Block);
+  const float* group_sums = x.group_sums + static_cast<size_t>(t) * groups;
   const uint8_t* codes[kRows];
   const uint16_t* scales[kRows];
   const uint8_t* zeros[kRows];
@@ -85,25 +83,45 @@ void GemvRows(const Int4Linear& layer, int row, const float* x, const float* gro
     zeros[r] = layer.zeros + static_cast<size_t>(row + r) * groups;
   }
   __m256 acc[kRows];
-  float zero_terms[kRows] = {};  // sum_g s z (sum of x over g)
   for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
-  for (int g = 0; g < groups; ++g) {
-    const float* xg = x + g * gs;
-    __m256 even[kRows], odd[kRows];  // sum q x over the group, 8 lanes
-    for (int r = 0; r < kRows; ++r) even[r] = odd[r] = _mm256_setzero_ps();
-    for (int c = 0; c < gs; c += 16) {
-      const __m256 x0 = _mm256_loadu_ps(xg + c);
-      const __m256 x1 = _mm256_loadu_ps(xg + c + 8);
-      const int byte = (g * gs + c) / 2;
+  if (gs == kQ8Block) {  // a span holds two groups: scales per half span
+    // f16 pair [s_0, s_1] -> [s_0 x4, s_1 x4]
+    const __m128i spread = _mm_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3);
+    for (int sp = 0; sp < spans; ++sp) {
+      const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span));
+      const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span + 32));
+      const __m256 dv = HalfSpanPair(d[2 * sp], d[2 * sp + 1]);
       for (int r = 0; r < kRows; ++r) {
-        even[r] = _mm256_fmadd_ps(Codes8(codes[r] + byte), x0, even[r]);
-        odd[r] = _mm256_fmadd_ps(Codes8(codes[r] + byte + 4), x1, odd[r]);
+        uint32_t pair;
+        std::memcpy(&pair, scales[r] + 2 * sp, sizeof(pair));
+        const __m256 sv = _mm256_cvtph_ps(_mm_shuffle_epi8(_mm_cvtsi32_si128(static_cast<int>(pair)), spread));
+        const __m256 dots = _mm256_cvtepi32_ps(Dot64(codes[r] + sp * 32, xe, xo));
+        acc[r] = _mm256_fmadd_ps(dots, _mm256_mul_ps(dv, sv), acc[r]);
       }
     }
-    for (int r = 0; r < kRows; ++r) {
-      const float s = _cvtsh_ss(scales[r][g]);
-      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(even[r], odd[r]), acc[r]);
-      zero_terms[r] += s * static_cast<float>(zeros[r][g]) * group_sums[g];
+  } else {  // g = 64 or 128: one or two spans per group, weight scale per group
+    const int spans_per_group = gs / kQ8Span;
+    for (int g = 0; g < groups; ++g) {
+      __m256 group_acc[kRows];
+      for (int r = 0; r < kRows; ++r) group_acc[r] = _mm256_setzero_ps();
+      for (int sp = g * spans_per_group; sp < (g + 1) * spans_per_group; ++sp) {
+        const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span));
+        const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span + 32));
+        const __m256 dv = HalfSpanPair(d[2 * sp], d[2 * sp + 1]);
+        for (int r = 0; r < kRows; ++r) {
+          const __m256 dots = _mm256_cvtepi32_ps(Dot64(codes[r] + sp * 32, xe, xo));
+          group_acc[r] = _mm256_fmadd_ps(dots, dv, group_acc[r]);
+        }
+      }
+      for (int r = 0; r < kRows; ++r) {
+        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(scales[r][g])), group_acc[r], acc[r]);
+      }
+    }
+  }
+  float zero_terms[kRows] = {};  // sum_g s z (sum of a over g)
+  for (int r = 0; r < kRows; ++r) {
+    for (int g = 0; g < groups; ++g) {
+      zero_terms[r] += _cvtsh_ss(scales[r][g]) * static_cast<float>(zeros[r][g]) * group_sums[g];
     }
   }
   float sums[kRows];
@@ -168,19 +186,23 @@ void GemmRows(const Int4Linear& layer, int row0, int rows, const float* x, int l
 
 void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                   int num_tokens, float* y, int ldy) {
-  const int groups = layer.in / layer.group_size;
-  if (num_tokens >= kGemmMinTokens || groups > kMaxGroups) {
-    GemmRows(layer, row0, rows, x, ldx, num_tokens, y, ldy);
-    return;
+  GemmRows(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+}
+
+// Tokens inside the row block: its codes (4 rows x in/2 bytes) stay in L1/L2
+// while every token reads them, so a batch shares one pass over the weights.
+void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                    float* y, int ldy) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    for (int t = 0; t < x.num_tokens; ++t) {
+      Q8GemvRows<4>(layer, row0 + r, x, t, y + static_cast<size_t>(t) * ldy + r);
+    }
   }
-  float group_sums[kMaxGroups];
-  for (int t = 0; t < num_tokens; ++t) {
-    const float* x_t = x + static_cast<size_t>(t) * ldx;
-    float* y_t = y + static_cast<size_t>(t) * ldy;
-    GroupSums(x_t, layer.in, layer.group_size, group_sums);
-    int r = 0;
-    for (; r + 4 <= rows; r += 4) GemvRows<4>(layer, row0 + r, x_t, group_sums, y_t + r);
-    for (; r < rows; ++r) GemvRows<1>(layer, row0 + r, x_t, group_sums, y_t + r);
+  for (; r < rows; ++r) {
+    for (int t = 0; t < x.num_tokens; ++t) {
+      Q8GemvRows<1>(layer, row0 + r, x, t, y + static_cast<size_t>(t) * ldy + r);
+    }
   }
 }
 

@@ -8,11 +8,15 @@
 // *Scalar: portable C++ (int4_linear.cpp, embedding_table.cpp).
 // *Avx2:   AVX2 + FMA + F16C (*_avx2.cpp, compiled with those flags; call only
 //          when DetectedIsa() == Isa::kAvx2).
+// *Q8*:    the same sum for activations rounded to int8 (ops/q8_activations.h),
+//          y[t * ldy + r] = sum_c W[row0 + r, c] d_b(c) q_t[c] (+ bias): the
+//          decode path (W4A8).
 #pragma once
 
 #include <cstdint>
 
 #include "model_weights.h"
+#include "ops/q8_activations.h"
 
 namespace awqcore {
 
@@ -20,6 +24,10 @@ void Int4RowsScalar(const Int4Linear& layer, int row0, int rows, const float* x,
                     int num_tokens, float* y, int ldy);
 void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                   int num_tokens, float* y, int ldy);
+void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                      float* y, int ldy);
+void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                    float* y, int ldy);
 
 // W: the table [table.rows, table.d], f16 or int8 (no bias). A token's
 // outputs are bit-identical whatever num_tokens is (the GEMV and the tiled

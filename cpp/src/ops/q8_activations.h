@@ -1,0 +1,76 @@
+// Activations rounded to int8 in blocks of 32 columns (like llama.cpp's
+// Q8_1), the input of the int4 decode kernels (W4A8).
+//
+// Why: a token's int4 GEMV in f32 spends ~4 ALU uops per 8 weights on
+// unpacking (shift, and, convert) and the FMA; with int8 activations, 64
+// weights cost 2 vpmaddubsw, an add, a vpmaddwd, a convert and an FMA (plus 3
+// cheap logic ops), ~2.5x fewer, which on two cores is the difference between
+// ALU-bound and memory-bound decode (README, "CPU speed").
+//
+// Cost in accuracy: x[c] ~ d_b * q[c], d_b = max_{c in b} |x[c]| / 127, so
+// each activation moves by at most d_b / 2, i.e. <= 1/254 of its block's
+// largest value. The weights are unchanged; only the activations are rounded.
+// Outputs move by ~3e-3 relative (test_ops.cpp measures it); perplexity by
+// < 0.1% (README).
+//
+// Layout per token: spans of 64 columns, each stored as 64 int8 in the order
+//   [even columns of block 0 (16) | even of block 1 (16) | odd of block 0 | odd of block 1]
+// which is the order in which a 32-byte load of int4 codes (low nibble = even
+// column) yields them after `and 15` (low nibbles) and `>> 4` (high nibbles),
+// so the AVX2 kernel multiplies codes and activations with no shuffle.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace awqcore {
+
+constexpr int kQ8Block = 32;  // columns per activation scale
+constexpr int kQ8Span = 64;   // columns per permuted span (see layout above)
+
+// Calls of the int4 ops with at most this many tokens (decode; batched decode
+// of up to 8 sequences; prompts this short) take the W4A8 path; longer ones
+// the f32 GEMM, where unpacking is amortised over the tokens anyway.
+constexpr int kQ8MaxTokens = 8;
+
+// Position of column c within its token's permuted row.
+inline int Q8Position(int c) {
+  const int span = c / kQ8Span, in_span = c % kQ8Span;
+  const int block = in_span / kQ8Block, in_block = in_span % kQ8Block;
+  return span * kQ8Span + (in_block % 2) * kQ8Block + block * (kQ8Block / 2) + in_block / 2;
+}
+
+// Quantized activations of num_tokens tokens of width `in` (a multiple of
+// kQ8Span); group sums are per weight group of `group_size` columns.
+struct Q8Activations {
+  int num_tokens = 0;
+  int in = 0;
+  int group_size = 0;
+  const int8_t* q = nullptr;           // [num_tokens, in], permuted (layout above)
+  const float* block_scales = nullptr; // [num_tokens, in/32]   d_b
+  const float* group_sums = nullptr;   // [num_tokens, in/g]    sum_c d_b q[c] over the group
+};
+
+// Owns the storage of a Q8Activations; grows on first use only, so a decode
+// loop that reuses one buffer does not allocate. Not thread-safe.
+class Q8Buffer {
+ public:
+  // Rounds x [num_tokens, in] (row stride ldx). Requires in % kQ8Span == 0 and
+  // group_size in {32, 64, 128}. A non-finite value in a block makes its
+  // scale NaN or inf, so the outputs that read it are non-finite too (never
+  // silently finite).
+  const Q8Activations& Quantize(const float* x, int ldx, int num_tokens, int in, int group_size);
+
+ private:
+  std::vector<int8_t> q_;
+  std::vector<float> block_scales_, group_sums_;
+  Q8Activations view_;
+};
+
+// Whether a call of the int4 ops takes the W4A8 path.
+inline bool UsesQ8Activations(int in, int num_tokens) {
+  return num_tokens <= kQ8MaxTokens && in % kQ8Span == 0;
+}
+
+}  // namespace awqcore
