@@ -7,6 +7,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
@@ -28,16 +29,20 @@ PyObject* g_runtime_error = nullptr;
 // awqcore::Session: the Python wrapper serialises calls with a lock.
 class PyModel {
  public:
-  // device: "cpu" or "cuda" (the Python wrapper validates the spelling).
+  // device: "cpu" or "cuda", activations: "int8" or "f32" (the Python
+  // wrapper validates the spellings).
   PyModel(const std::string& path, int threads, int max_seq_len, bool verify,
-          const std::string& device, int max_batch) {
+          const std::string& device, int max_batch, const std::string& activations) {
     nb::gil_scoped_release release;
+    activations_ = activations;
     awqcore::LoadOptions options;
     options.verify_checksums = verify;
     model_ = awqcore::Model::Load(path, options);
     session_ = std::make_unique<awqcore::Session>(
         model_, max_seq_len, threads,
-        device == "cuda" ? awqcore::Device::kCuda : awqcore::Device::kCpu, max_batch);
+        device == "cuda" ? awqcore::Device::kCuda : awqcore::Device::kCpu, max_batch,
+        activations == "f32" ? awqcore::CpuActivations::kFloat32
+                             : awqcore::CpuActivations::kInt8Decode);
   }
 
   nb::dict config() const {
@@ -67,6 +72,7 @@ class PyModel {
     d["threads"] = session_->num_threads();
     d["max_batch"] = session_->max_batch();
     d["device"] = session_->device() == awqcore::Device::kCuda ? "cuda" : "cpu";
+    d["activations"] = activations_;
     return d;
   }
 
@@ -74,14 +80,21 @@ class PyModel {
     return model_->metadata_string(key);
   }
 
-  // Logits of a fresh sequence: float32 [len(ids), vocab].
-  nb::ndarray<nb::numpy, float, nb::ndim<2>> forward(const std::vector<int>& ids) {
+  // Logits of a fresh sequence: float32 [len(ids), vocab], computed in calls
+  // of `chunk` tokens (the last may be shorter; the caller checks chunk >= 1).
+  nb::ndarray<nb::numpy, float, nb::ndim<2>> forward(const std::vector<int>& ids, int chunk) {
     auto* logits = new std::vector<float>();
     nb::capsule owner(logits, [](void* p) noexcept { delete static_cast<std::vector<float>*>(p); });
     {
       nb::gil_scoped_release release;
       session_->Reset();
-      *logits = session_->Forward(ids);
+      logits->reserve(ids.size() * static_cast<size_t>(model_->config().vocab_size));
+      for (size_t start = 0; start < ids.size(); start += chunk) {
+        const size_t end = std::min(ids.size(), start + static_cast<size_t>(chunk));
+        const std::vector<float> part =
+            session_->Forward(std::vector<int>(ids.begin() + start, ids.begin() + end));
+        logits->insert(logits->end(), part.begin(), part.end());
+      }
     }
     size_t shape[2] = {ids.size(), static_cast<size_t>(model_->config().vocab_size)};
     return nb::ndarray<nb::numpy, float, nb::ndim<2>>(logits->data(), 2, shape, owner);
@@ -154,6 +167,7 @@ class PyModel {
 
   std::shared_ptr<const awqcore::Model> model_;
   std::unique_ptr<awqcore::Session> session_;
+  std::string activations_;
 };
 
 }  // namespace
@@ -181,11 +195,13 @@ NB_MODULE(_core, m) {
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
 
   nb::class_<PyModel>(m, "Model")
-      .def(nb::init<const std::string&, int, int, bool, const std::string&, int>(), "path"_a,
-           "threads"_a, "max_seq_len"_a, "verify"_a, "device"_a, "max_batch"_a)
+      .def(nb::init<const std::string&, int, int, bool, const std::string&, int,
+                    const std::string&>(),
+           "path"_a, "threads"_a, "max_seq_len"_a, "verify"_a, "device"_a, "max_batch"_a,
+           "activations"_a)
       .def("config", &PyModel::config)
       .def("metadata_string", &PyModel::metadata_string, "key"_a)
-      .def("forward", &PyModel::forward, "ids"_a)
+      .def("forward", &PyModel::forward, "ids"_a, "chunk"_a)
       .def("generate", &PyModel::generate, "ids"_a, "max_new_tokens"_a, "temperature"_a, "top_k"_a,
            "top_p"_a, "repetition_penalty"_a, "seed"_a.none(), "stop"_a.none(),
            "on_token"_a.none())

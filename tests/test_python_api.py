@@ -31,6 +31,8 @@ def test_bad_arguments_raise_value_error(model):
         (lambda: model.generate([1], max_new_tokens=-1), "max_new_tokens"),
         (lambda: model.generate([1], stop=[vocab + 5]), "stop id"),
         (lambda: model.generate("hello"), "encode text"),
+        (lambda: model.forward([1, 2], chunk_tokens=0), "chunk_tokens"),
+        (lambda: awqcore.Model(model.path, activations="int4"), "activations"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

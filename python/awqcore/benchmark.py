@@ -26,6 +26,9 @@ same threads; and the torch FP32 reference (awqcore.reference, eager; it has
 no KV cache, so each decode step recomputes the sequence: its decode rate is
 measured over --torch-decode steps).
 
+awqcore runs with int8 decode activations (W4A8, the default) and, with
+--activations int8,f32, also with exact f32 ones (row "awqcore-f32").
+
 Each engine runs in its own subprocess (clean peak RSS, no thread pools
 competing). Kernel timings feed token ids straight in (no tokenizer) and time
 the forward passes only; the "end-to-end" line adds tokenization, sampling and
@@ -87,7 +90,8 @@ def _worker_awqcore(spec: dict) -> dict:
     batch = spec.get("batch", 1)
     start = time.perf_counter()
     model = awqcore.Model(spec["model"], threads=spec["threads"], verify=False,
-                          max_seq_len=spec["prefill"] + spec["decode"] + 1, max_batch=batch)
+                          max_seq_len=spec["prefill"] + spec["decode"] + 1, max_batch=batch,
+                          activations=spec.get("activations", "int8"))
     load_s = time.perf_counter() - start
     ids = _prompt(spec["prefill"], model.config["vocab_size"])
     if batch > 1:
@@ -241,6 +245,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill", default="32,512",
                    help="comma-separated prompt lengths (default 32,512; AutoAWQ sweeps 32..2048)")
     p.add_argument("--decode", default="128", help="comma-separated decode lengths (default 128)")
+    p.add_argument("--activations", default="int8",
+                   help="comma-separated decode activation modes for awqcore: int8 (default, "
+                        "row 'awqcore') and/or f32 (row 'awqcore-f32')")
     p.add_argument("--batch", default="1",
                    help="comma-separated batch sizes for awqcore (default 1; peers run batch 1)")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (default 3)")
@@ -261,11 +268,14 @@ def run(args: argparse.Namespace) -> int:
     prefills = [int(v) for v in str(args.prefill).split(",")]
     decodes = [int(v) for v in str(args.decode).split(",")]
     batches = [int(v) for v in str(args.batch).split(",")]
+    modes = str(args.activations).split(",")
+    if not set(modes) <= {"int8", "f32"}:
+        raise ValueError(f"--activations takes int8 and/or f32 (got {args.activations!r})")
     if min(prefills + decodes + batches) < 1 or args.reps < 1 or args.threads < 1:
         raise ValueError("prefill/decode lengths, batch sizes, --reps and --threads must be positive")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
 
-    engines = ["awqcore"]
+    engines = [{"int8": "awqcore", "f32": "awqcore-f32"}[m] for m in modes]
     gguf = args.gguf or _gguf_for(args.model)
     if not args.no_peers:
         try:
@@ -290,15 +300,16 @@ def run(args: argparse.Namespace) -> int:
     for prefill in prefills:
         for decode in decodes:
             runs = [(engine, batch) for engine in engines
-                    for batch in (batches if engine == "awqcore" else [1])]
+                    for batch in (batches if engine.startswith("awqcore") else [1])]
             for engine, batch in runs:
                 spec = {"model": args.model, "gguf": gguf, "fp_reference": args.fp_reference,
                         "threads": args.threads, "prefill": prefill, "reps": args.reps,
                         "decode": args.torch_decode if engine == "torch-fp32" else decode,
-                        "batch": batch, "end_to_end": engine == "awqcore" and batch == 1}
+                        "batch": batch, "end_to_end": engine == "awqcore" and batch == 1,
+                        "activations": "f32" if engine == "awqcore-f32" else "int8"}
                 say(f"{engine}: batch {batch}, prefill {prefill}, decode {spec['decode']}, "
                     f"{args.reps} reps ...")
-                result = _run_worker(engine, spec)
+                result = _run_worker("awqcore" if engine.startswith("awqcore") else engine, spec)
                 row = {"engine": engine, "batch": batch, "prefill_len": prefill,
                        "decode_len": spec["decode"], "threads": args.threads}
                 if "error" in result:
@@ -311,7 +322,7 @@ def run(args: argparse.Namespace) -> int:
                                                     for r in result["runs"]])
                     row["load_s"] = result["load_s"]
                     row["peak_rss"] = result["peak_rss"]
-                    if engine == "awqcore":
+                    if engine.startswith("awqcore"):
                         row["model_bytes"] = model_bytes
                         # A decode step reads the weights once for the whole batch.
                         gbs = per_token_bytes * row["decode_tok_s"]["median"] / batch

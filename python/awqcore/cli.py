@@ -279,8 +279,12 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     base = _reference_model(args.kl_base, c["vocab_size"], "--kl-base") if args.kl_base else None
     kl, agree, base_nll = [], [], []
 
+    # --decode-path: calls of 8 tokens (kQ8MaxTokens) compute each token exactly
+    # as a decode step does (int8 activations, rounded per token).
+    chunk = 8 if args.decode_path else None
+
     def forward(window: list[int]) -> np.ndarray:
-        logits = np.asarray(model.forward(window))
+        logits = np.asarray(model.forward(window, chunk_tokens=chunk))
         if base is not None:
             with torch.no_grad():
                 base_logits = base.forward(window).numpy()
@@ -294,7 +298,9 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     result = perplexity(forward, windows, progress=not quiet,
                         desc="int4, C++ runtime" + (" + base, torch" if base else ""))
     print(f"text: {text_name}")
-    print(f"protocol: {result.protocol()}")
+    print(f"protocol: {result.protocol()}"
+          + ("; runtime fed 8 tokens per call: decode-step arithmetic (int8 activations)"
+             if args.decode_path else ""))
     print(f"perplexity {result.perplexity:10.3f}  {os.path.basename(args.file)} "
           f"(int4 {c['quant_method']} g{c['group_size']}, C++ runtime)")
     if args.fp_reference:
@@ -410,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also report the mean KL divergence and top-1 agreement of the "
                    "quantized model's next-token distribution against this model's (run "
                    "with the torch reference), usually the unquantized source")
+    p.add_argument("--decode-path", action="store_true",
+                   help="score every position with the arithmetic of generation's decode steps "
+                   "(int8 activations; windows fed 8 tokens per call) instead of the f32 "
+                   "prefill")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ppl)
