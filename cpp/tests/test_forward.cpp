@@ -312,21 +312,26 @@ TEST(batched_decode_steps_equal_each_sequence_alone) {
     }
     // Steps over changing subsets of the sequences, in any order. Up to 8
     // tokens the linears run their per-token W4A8 path (each token's
-    // activations rounded on their own), so a row is computed exactly as
-    // alone: bitwise equal.
+    // activations rounded on their own), computing a row exactly as alone.
+    // But the MLP width here (96) is no multiple of the 64-column span, so
+    // down_proj takes the f32 path: its per-token GEMV up to 3 tokens
+    // (bitwise equal), the tiled GEMM from 4 (another summation order); those
+    // steps come last and are held to the f32 tolerance.
     const std::vector<std::vector<int>> steps = {{2, 0, 1}, {1, 3}, {3}, {0, 2, 1}, {3, 2},
                                                  {0, 1, 2, 3}, {3, 1, 0, 2}, {1, 2}};
     uint32_t seed = 100;
+    bool exact = true;
     double worst = 0.0;
     for (const std::vector<int>& seqs : steps) {
       const int n = static_cast<int>(seqs.size());
+      exact = exact && n < 4;
       const std::vector<int> ids = RandomIds(n, vocab, seed++);
       std::vector<float> got(static_cast<size_t>(n) * vocab), want(got.size());
       batched.DecodeStep(seqs.data(), ids.data(), n, got.data());
       for (int k = 0; k < n; ++k) {
         alone[seqs[k]]->Forward(&ids[k], 1, Transformer::Logits::kAll, want.data() + static_cast<size_t>(k) * vocab);
       }
-      CHECK(got == want);
+      if (exact) CHECK(got == want);
       worst = std::max(worst, RelativeError(got, want));
     }
     for (int s = 0; s < num_seqs; ++s) CHECK(batched.position(s) == alone[s]->position());

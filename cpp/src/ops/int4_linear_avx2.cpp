@@ -1,12 +1,12 @@
 // AVX2 + FMA + F16C int4 row kernels (contract in linear_kernels.h).
 //
-// Decode (GEMV, <= kQ8MaxTokens tokens): W4A8. SmolLM2-135M streams ~56 MB
-// of int4 codes, scales and zeros per token; at the ~13-14 GB/s two cores
-// read, that is ~4 ms, so unpacking must cost less than the bytes take to
-// arrive. An exact f32 kernel (per 8 weights: broadcast, vpsrlvd, and,
-// convert, FMA; 32 ALU uops per 64 weights) ran at ~5 GMAC/s per core, in
-// cache as from DRAM: ALU-bound, ~10 ms per token. With the activations in
-// int8 (ops/q8_activations.h), 64 weights of one row cost
+// Decode streams every weight once per token: SmolLM2-135M's linears are
+// ~56 MB of int4 codes, scales and zeros, ~4 ms at the 13-14 GB/s two cores
+// can read, so unpacking must cost less than the bytes take to arrive.
+//
+// W4A8 GEMV (Int4RowsQ8Avx2, <= kQ8MaxTokens tokens, the default decode):
+// with the activations in int8 (ops/q8_activations.h), 64 weights of one
+// row cost
 //   1 load of 32 code bytes, and + shift + and (low, high nibbles),
 //   2 vpmaddubsw (codes x int8 activations -> int16 pairs, <= 2*15*127),
 //   1 vpaddw, 1 vpmaddwd by ones (-> 8 int32), 1 convert, 1 FMA by d_b:
@@ -18,7 +18,13 @@
 // leaves the loop: sum_c (q - z) s a_c = s (sum_c q a_c) - s z (sum_c a_c),
 // with the group sums of the rounded activations a_c = d_b q8_c precomputed.
 // The integer parts are exact; the float sums differ from the scalar Q8
-// kernel's only in order.
+// kernel's only in order. One core, 1536 x 576 g64 in L2: 10.3 GMAC/s.
+//
+// Exact f32 GEMV (Int4RowsAvx2, < kGemmMinTokens tokens; the kFloat32 mode
+// and widths that are no multiple of 64): per 8 weights 1 broadcast load of 4
+// code bytes, vpsrlvd, and, convert, FMA (32 ALU uops per 64 weights, ~3.5x
+// the W4A8 kernel's), the zero point out of the loop as above with exact
+// group sums of x.
 //
 // Prefill (GEMM, more tokens): a 4-row x 256-column tile is dequantized once
 // per call, exactly ((q - z) s = fma(q, s, -z s), see int4_linear.cpp), and
@@ -38,6 +44,9 @@ namespace {
 
 using avx2::kTileColumns;
 
+constexpr int kGemmMinTokens = 4;  // below: GEMV per token (unpacking per token is cheaper than a tile pass)
+constexpr int kMaxGroups = 2048;   // group sums on the stack (8 KiB): in <= 65536 at g = 32
+
 // 8 codes (4 bytes, little-endian: code k in bits 4k..4k+3, which is column k
 // of the span) -> 8 floats in column order.
 inline __m256 Codes8(const uint8_t* p) {
@@ -46,6 +55,72 @@ inline __m256 Codes8(const uint8_t* p) {
   const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   const __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts);
   return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
+}
+
+// group_sums[g] = sum of x over group g; x: [in].
+void GroupSums(const float* x, int in, int group_size, float* group_sums) {
+  for (int g = 0; g < in / group_size; ++g) {
+    const float* xg = x + g * group_size;
+    __m256 a = _mm256_loadu_ps(xg), b = _mm256_loadu_ps(xg + 8);
+    for (int c = 16; c < group_size; c += 16) {
+      a = _mm256_add_ps(a, _mm256_loadu_ps(xg + c));
+      b = _mm256_add_ps(b, _mm256_loadu_ps(xg + c + 8));
+    }
+    group_sums[g] = avx2::Hsum(_mm256_add_ps(a, b));
+  }
+}
+
+// kRows (1 or 4) rows from `row`, one token: y[r] = W[row + r] . x (+ bias).
+// Two accumulators per row (even/odd 8-column steps) keep 2 * kRows FMA
+// chains in flight against the 4-cycle FMA latency.
+template <int kRows>
+void GemvRows(const Int4Linear& layer, int row, const float* x, const float* group_sums,
+              float* y) {
+  const int gs = layer.group_size;
+  const int groups = layer.in / gs;
+  const uint8_t* codes[kRows];
+  const uint16_t* scales[kRows];
+  const uint8_t* zeros[kRows];
+  #pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r) {
+    codes[r] = layer.qweight + static_cast<size_t>(row + r) * (layer.in / 2);
+    scales[r] = layer.scales + static_cast<size_t>(row + r) * groups;
+    zeros[r] = layer.zeros + static_cast<size_t>(row + r) * groups;
+  }
+  __m256 acc[kRows];
+  float zero_terms[kRows] = {};  // sum_g s z (sum of x over g)
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  for (int g = 0; g < groups; ++g) {
+    const float* xg = x + g * gs;
+    __m256 even[kRows], odd[kRows];  // sum q x over the group, 8 lanes
+    #pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) even[r] = odd[r] = _mm256_setzero_ps();
+    for (int c = 0; c < gs; c += 16) {
+      const __m256 x0 = _mm256_loadu_ps(xg + c);
+      const __m256 x1 = _mm256_loadu_ps(xg + c + 8);
+      const int byte = (g * gs + c) / 2;
+      #pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r) {
+        even[r] = _mm256_fmadd_ps(Codes8(codes[r] + byte), x0, even[r]);
+        odd[r] = _mm256_fmadd_ps(Codes8(codes[r] + byte + 4), x1, odd[r]);
+      }
+    }
+    #pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) {
+      const float s = _cvtsh_ss(scales[r][g]);
+      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(even[r], odd[r]), acc[r]);
+      zero_terms[r] += s * static_cast<float>(zeros[r][g]) * group_sums[g];
+    }
+  }
+  float sums[kRows];
+  if constexpr (kRows == 4) {
+    _mm_storeu_ps(sums, avx2::Hsum4(acc[0], acc[1], acc[2], acc[3]));
+  } else {
+    for (int r = 0; r < kRows; ++r) sums[r] = avx2::Hsum(acc[r]);
+  }
+  for (int r = 0; r < kRows; ++r) {
+    y[r] = sums[r] - zero_terms[r] + (layer.bias ? layer.bias[row + r] : 0.f);
+  }
 }
 
 // 64 weights of one row (32 code bytes at p) times the span's activations
@@ -66,6 +141,9 @@ inline __m256 HalfSpanPair(float d0, float d1) {
 }
 
 // kRows (1 or 4) rows from `row`, token t: y[r] = W[row + r] . a_t (+ bias).
+// GCC does not fully unroll the row loops by itself; left as loops, the
+// accumulators live on the stack (a load and a store around every FMA) and
+// the kernel measured 1.35x slower (10.3 vs 7.6 GMAC/s, one core, in L2).
 template <int kRows>
 void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t, float* y) {
   const int gs = layer.group_size;
@@ -77,12 +155,14 @@ void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t,
   const uint8_t* codes[kRows];
   const uint16_t* scales[kRows];
   const uint8_t* zeros[kRows];
+  #pragma GCC unroll 4
   for (int r = 0; r < kRows; ++r) {
     codes[r] = layer.qweight + static_cast<size_t>(row + r) * (layer.in / 2);
     scales[r] = layer.scales + static_cast<size_t>(row + r) * groups;
     zeros[r] = layer.zeros + static_cast<size_t>(row + r) * groups;
   }
   __m256 acc[kRows];
+  #pragma GCC unroll 4
   for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
   if (gs == kQ8Block) {  // a span holds two groups: scales per half span
     // f16 pair [s_0, s_1] -> [s_0 x4, s_1 x4]
@@ -91,6 +171,7 @@ void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t,
       const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span));
       const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span + 32));
       const __m256 dv = HalfSpanPair(d[2 * sp], d[2 * sp + 1]);
+      #pragma GCC unroll 4
       for (int r = 0; r < kRows; ++r) {
         uint32_t pair;
         std::memcpy(&pair, scales[r] + 2 * sp, sizeof(pair));
@@ -103,16 +184,19 @@ void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t,
     const int spans_per_group = gs / kQ8Span;
     for (int g = 0; g < groups; ++g) {
       __m256 group_acc[kRows];
+      #pragma GCC unroll 4
       for (int r = 0; r < kRows; ++r) group_acc[r] = _mm256_setzero_ps();
       for (int sp = g * spans_per_group; sp < (g + 1) * spans_per_group; ++sp) {
         const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span));
         const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span + 32));
         const __m256 dv = HalfSpanPair(d[2 * sp], d[2 * sp + 1]);
+        #pragma GCC unroll 4
         for (int r = 0; r < kRows; ++r) {
           const __m256 dots = _mm256_cvtepi32_ps(Dot64(codes[r] + sp * 32, xe, xo));
           group_acc[r] = _mm256_fmadd_ps(dots, dv, group_acc[r]);
         }
       }
+      #pragma GCC unroll 4
       for (int r = 0; r < kRows; ++r) {
         acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(scales[r][g])), group_acc[r], acc[r]);
       }
@@ -186,7 +270,20 @@ void GemmRows(const Int4Linear& layer, int row0, int rows, const float* x, int l
 
 void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                   int num_tokens, float* y, int ldy) {
-  GemmRows(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  const int groups = layer.in / layer.group_size;
+  if (num_tokens >= kGemmMinTokens || groups > kMaxGroups) {
+    GemmRows(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+    return;
+  }
+  float group_sums[kMaxGroups];
+  for (int t = 0; t < num_tokens; ++t) {
+    const float* x_t = x + static_cast<size_t>(t) * ldx;
+    float* y_t = y + static_cast<size_t>(t) * ldy;
+    GroupSums(x_t, layer.in, layer.group_size, group_sums);
+    int r = 0;
+    for (; r + 4 <= rows; r += 4) GemvRows<4>(layer, row0 + r, x_t, group_sums, y_t + r);
+    for (; r < rows; ++r) GemvRows<1>(layer, row0 + r, x_t, group_sums, y_t + r);
+  }
 }
 
 // Tokens inside the row block: its codes (4 rows x in/2 bytes) stay in L1/L2
