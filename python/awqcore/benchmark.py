@@ -271,6 +271,11 @@ def run(args: argparse.Namespace) -> int:
     modes = str(args.activations).split(",")
     if not set(modes) <= {"int8", "f32"}:
         raise ValueError(f"--activations takes int8 and/or f32 (got {args.activations!r})")
+    if args.plot:  # fail before the benchmark, not after it
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib (pip install matplotlib)") from None
     if min(prefills + decodes + batches) < 1 or args.reps < 1 or args.threads < 1:
         raise ValueError("prefill/decode lengths, batch sizes, --reps and --threads must be positive")
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
