@@ -70,6 +70,38 @@ void GroupSums(const float* x, int in, int group_size, float* group_sums) {
   }
 }
 
+// The codes, scales and zeros of kRows consecutive rows from `row`.
+template <int kRows>
+struct RowPointers {
+  RowPointers(const Int4Linear& layer, int row) {
+    const int groups = layer.in / layer.group_size;
+    #pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) {
+      codes[r] = layer.qweight + static_cast<size_t>(row + r) * (layer.in / 2);
+      scales[r] = layer.scales + static_cast<size_t>(row + r) * groups;
+      zeros[r] = layer.zeros + static_cast<size_t>(row + r) * groups;
+    }
+  }
+  const uint8_t* codes[kRows];
+  const uint16_t* scales[kRows];
+  const uint8_t* zeros[kRows];
+};
+
+// y[r] = sum(acc[r]) - zero_terms[r] + bias[row + r]: the end of both GEMVs.
+template <int kRows>
+void StoreRows(const Int4Linear& layer, int row, const __m256* acc, const float* zero_terms,
+               float* y) {
+  float sums[kRows];
+  if constexpr (kRows == 4) {
+    _mm_storeu_ps(sums, avx2::Hsum4(acc[0], acc[1], acc[2], acc[3]));
+  } else {
+    for (int r = 0; r < kRows; ++r) sums[r] = avx2::Hsum(acc[r]);
+  }
+  for (int r = 0; r < kRows; ++r) {
+    y[r] = sums[r] - zero_terms[r] + (layer.bias ? layer.bias[row + r] : 0.f);
+  }
+}
+
 // kRows (1 or 4) rows from `row`, one token: y[r] = W[row + r] . x (+ bias).
 // Two accumulators per row (even/odd 8-column steps) keep 2 * kRows FMA
 // chains in flight against the 4-cycle FMA latency.
@@ -78,15 +110,10 @@ void GemvRows(const Int4Linear& layer, int row, const float* x, const float* gro
               float* y) {
   const int gs = layer.group_size;
   const int groups = layer.in / gs;
-  const uint8_t* codes[kRows];
-  const uint16_t* scales[kRows];
-  const uint8_t* zeros[kRows];
-  #pragma GCC unroll 4
-  for (int r = 0; r < kRows; ++r) {
-    codes[r] = layer.qweight + static_cast<size_t>(row + r) * (layer.in / 2);
-    scales[r] = layer.scales + static_cast<size_t>(row + r) * groups;
-    zeros[r] = layer.zeros + static_cast<size_t>(row + r) * groups;
-  }
+  const RowPointers<kRows> rows(layer, row);
+  const uint8_t* const* codes = rows.codes;
+  const uint16_t* const* scales = rows.scales;
+  const uint8_t* const* zeros = rows.zeros;
   __m256 acc[kRows];
   float zero_terms[kRows] = {};  // sum_g s z (sum of x over g)
   for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
@@ -112,15 +139,7 @@ void GemvRows(const Int4Linear& layer, int row, const float* x, const float* gro
       zero_terms[r] += s * static_cast<float>(zeros[r][g]) * group_sums[g];
     }
   }
-  float sums[kRows];
-  if constexpr (kRows == 4) {
-    _mm_storeu_ps(sums, avx2::Hsum4(acc[0], acc[1], acc[2], acc[3]));
-  } else {
-    for (int r = 0; r < kRows; ++r) sums[r] = avx2::Hsum(acc[r]);
-  }
-  for (int r = 0; r < kRows; ++r) {
-    y[r] = sums[r] - zero_terms[r] + (layer.bias ? layer.bias[row + r] : 0.f);
-  }
+  StoreRows<kRows>(layer, row, acc, zero_terms, y);
 }
 
 // 64 weights of one row (32 code bytes at p) times the span's activations
@@ -152,15 +171,10 @@ void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t,
   const int8_t* xq = x.q + static_cast<size_t>(t) * layer.in;          // [in], permuted
   const float* d = x.block_scales + static_cast<size_t>(t) * (layer.in / kQ8Block);
   const float* group_sums = x.group_sums + static_cast<size_t>(t) * groups;
-  const uint8_t* codes[kRows];
-  const uint16_t* scales[kRows];
-  const uint8_t* zeros[kRows];
-  #pragma GCC unroll 4
-  for (int r = 0; r < kRows; ++r) {
-    codes[r] = layer.qweight + static_cast<size_t>(row + r) * (layer.in / 2);
-    scales[r] = layer.scales + static_cast<size_t>(row + r) * groups;
-    zeros[r] = layer.zeros + static_cast<size_t>(row + r) * groups;
-  }
+  const RowPointers<kRows> rows(layer, row);
+  const uint8_t* const* codes = rows.codes;
+  const uint16_t* const* scales = rows.scales;
+  const uint8_t* const* zeros = rows.zeros;
   __m256 acc[kRows];
   #pragma GCC unroll 4
   for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
@@ -208,15 +222,7 @@ void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t,
       zero_terms[r] += _cvtsh_ss(scales[r][g]) * static_cast<float>(zeros[r][g]) * group_sums[g];
     }
   }
-  float sums[kRows];
-  if constexpr (kRows == 4) {
-    _mm_storeu_ps(sums, avx2::Hsum4(acc[0], acc[1], acc[2], acc[3]));
-  } else {
-    for (int r = 0; r < kRows; ++r) sums[r] = avx2::Hsum(acc[r]);
-  }
-  for (int r = 0; r < kRows; ++r) {
-    y[r] = sums[r] - zero_terms[r] + (layer.bias ? layer.bias[row + r] : 0.f);
-  }
+  StoreRows<kRows>(layer, row, acc, zero_terms, y);
 }
 
 // tile[r][0 .. width) = exact dequantized W[row + r, column0 ..), r < rows;
