@@ -45,10 +45,17 @@ void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float*
                    int num_tokens, float* y, int ldy) {
   TableRowsScalar(table, row0, rows, x, ldx, num_tokens, y, ldy);
 }
-void AttentionHeadsAvx2(const AttentionShape&, const float*, const float*, const float*, int, int,
-                        float*, float*, int, int) {
+template <typename CacheT>
+void AttentionHeadsAvx2(const AttentionShape&, const float*, const CacheT* const*,
+                        const CacheT* const*, const int*, int, int, float*, float*, int, int) {
   std::abort();  // unreachable: DetectedIsa() is never kAvx2 in this build
 }
+template void AttentionHeadsAvx2<float>(const AttentionShape&, const float*, const float* const*,
+                                        const float* const*, const int*, int, int, float*, float*,
+                                        int, int);
+template void AttentionHeadsAvx2<uint16_t>(const AttentionShape&, const float*,
+                                           const uint16_t* const*, const uint16_t* const*,
+                                           const int*, int, int, float*, float*, int, int);
 #endif
 
 const char* IsaName(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "scalar"; }

@@ -14,7 +14,20 @@ namespace {
 
 size_t Floats(int a, int b) { return static_cast<size_t>(a) * static_cast<size_t>(b); }
 
+template <typename Caches>
+void SizeCaches(Caches& caches, size_t elements, int chunk_tokens) {
+  caches.k.resize(elements);
+  caches.v.resize(elements);
+  caches.token_k.resize(chunk_tokens);
+  caches.token_v.resize(chunk_tokens);
+}
+
 }  // namespace
+
+template <>
+Transformer::KvCaches<float>& Transformer::Caches<float>() { return f32_caches_; }
+template <>
+Transformer::KvCaches<uint16_t>& Transformer::Caches<uint16_t>() { return f16_caches_; }
 
 Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights, int max_seq_len,
                          ThreadPool& pool, int max_sequences, bool int8_decode)
@@ -33,9 +46,12 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   const int d = config.hidden_size;
   const int q_width = config.num_heads * config.head_dim;
   const int kv_width = config.num_kv_heads * config.head_dim;
-  const size_t cache_floats = Floats(max_sequences, config.num_layers) * max_seq_len * kv_width;
-  k_cache_.resize(cache_floats);
-  v_cache_.resize(cache_floats);
+  const size_t cache_elements = Floats(max_sequences, config.num_layers) * max_seq_len * kv_width;
+  if (int8_decode) {
+    SizeCaches(f16_caches_, cache_elements, chunk_tokens_);
+  } else {
+    SizeCaches(f32_caches_, cache_elements, chunk_tokens_);
+  }
   token_seq_.resize(std::max(max_seq_len, max_sequences));
   token_pos_.resize(token_seq_.size());
   x_.resize(Floats(chunk_tokens_, d));
@@ -43,17 +59,32 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   q_.resize(Floats(chunk_tokens_, q_width));
   k_.resize(Floats(chunk_tokens_, kv_width));
   v_.resize(Floats(chunk_tokens_, kv_width));
-  token_k_cache_.resize(chunk_tokens_);
-  token_v_cache_.resize(chunk_tokens_);
   attn_.resize(Floats(chunk_tokens_, q_width));
   proj_.resize(Floats(chunk_tokens_, d));
   gate_.resize(Floats(chunk_tokens_, config.intermediate_size));
   scores_.resize(Floats(config.num_heads, max_seq_len));
 }
 
-float* Transformer::LayerCache(std::vector<float>& cache, int seq, int layer) {
-  const size_t layer_index = Floats(seq, config_.num_layers) + layer;
-  return cache.data() + layer_index * max_seq_len_ * (config_.num_kv_heads * config_.head_dim);
+template <typename CacheT>
+void Transformer::Attend(int layer, const int* seqs, const int* positions, int n) {
+  const int kv_width = config_.num_kv_heads * config_.head_dim;
+  KvCaches<CacheT>& caches = Caches<CacheT>();
+  // Each token's k and v go to row positions[t] of its own sequence's cache,
+  // where attention reads them with the earlier rows. The copy is 2 * KV * hd
+  // elements per token: 1.5 KB in f32 on SmolLM2, against the ~1.8 MB of
+  // weights the layer streams per decode step.
+  for (int t = 0; t < n; ++t) {
+    const size_t layer_offset =
+        (Floats(seqs[t], config_.num_layers) + layer) * max_seq_len_ * kv_width;
+    CacheT* k_cache = caches.k.data() + layer_offset;
+    CacheT* v_cache = caches.v.data() + layer_offset;
+    StoreKv(k_.data() + Floats(t, kv_width), kv_width, k_cache + Floats(positions[t], kv_width));
+    StoreKv(v_.data() + Floats(t, kv_width), kv_width, v_cache + Floats(positions[t], kv_width));
+    caches.token_k[t] = k_cache;
+    caches.token_v[t] = v_cache;
+  }
+  AttentionForward(attention_shape_, q_.data(), caches.token_k.data(), caches.token_v.data(),
+                   positions, n, scores_.data(), attn_.data(), pool_);
 }
 
 void Transformer::Reset() { std::fill(positions_.begin(), positions_.end(), 0); }
@@ -105,7 +136,6 @@ void Transformer::ForwardChunk(const int* ids, int first, int n) {
 void Transformer::Layer(int layer, const int* seqs, const int* positions, int n) {
   const LayerWeights& w = weights_.layers[layer];
   const int d = config_.hidden_size;
-  const int kv_width = config_.num_kv_heads * config_.head_dim;
   const float eps = config_.rms_norm_eps;
 
   // Attention block.
@@ -115,20 +145,11 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
   Int4LinearsForward(qkv, qkv_out, 3, h_.data(), n, pool_, DetectedIsa(), int8_decode_);
   rope_.Apply(q_.data(), n, config_.num_heads, positions);
   rope_.Apply(k_.data(), n, config_.num_kv_heads, positions);
-  // Each token's k and v go to row positions[t] of its own sequence's cache,
-  // where attention reads them with the earlier rows. The copy is 2 * KV * hd
-  // floats per token: 1.5 KB on SmolLM2, against the ~1.8 MB of weights the
-  // layer streams per decode step.
-  for (int t = 0; t < n; ++t) {
-    float* k_cache = LayerCache(k_cache_, seqs[t], layer);
-    float* v_cache = LayerCache(v_cache_, seqs[t], layer);
-    std::copy_n(k_.data() + Floats(t, kv_width), kv_width, k_cache + Floats(positions[t], kv_width));
-    std::copy_n(v_.data() + Floats(t, kv_width), kv_width, v_cache + Floats(positions[t], kv_width));
-    token_k_cache_[t] = k_cache;
-    token_v_cache_[t] = v_cache;
+  if (int8_decode_) {
+    Attend<uint16_t>(layer, seqs, positions, n);
+  } else {
+    Attend<float>(layer, seqs, positions, n);
   }
-  AttentionForward(attention_shape_, q_.data(), token_k_cache_.data(), token_v_cache_.data(),
-                   positions, n, scores_.data(), attn_.data(), pool_);
   Int4LinearForward(w.o, attn_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
   AddF32(proj_.data(), x_.data(), n * d);
 

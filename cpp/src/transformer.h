@@ -49,10 +49,11 @@ class Transformer {
   enum class Logits { kAll, kLastOnly };
 
   // `config`, `weights` and `pool` must outlive the Transformer. Allocates the
-  // KV caches (2 * max_sequences * layers * max_seq_len * KV * hd floats) and
-  // the scratch. max_seq_len >= 1, max_sequences >= 1.
+  // KV caches (2 * max_sequences * layers * max_seq_len * KV * hd elements)
+  // and the scratch. max_seq_len >= 1, max_sequences >= 1.
   // int8_decode: calls of <= kQ8MaxTokens tokens run the int4 linears W4A8
-  // (ops/int4_linear.h); false: f32 throughout.
+  // (ops/int4_linear.h) and the KV cache is f16 (ops/attention.h); false:
+  // f32 throughout, the cache included.
   Transformer(const ModelConfig& config, const ModelWeights& weights, int max_seq_len,
               ThreadPool& pool, int max_sequences = 1, bool int8_decode = true);
 
@@ -86,7 +87,22 @@ class Transformer {
   // leaving the final residual stream in x_.
   void ForwardChunk(const int* ids, int first, int n);
   void Layer(int layer, const int* seqs, const int* positions, int n);
-  float* LayerCache(std::vector<float>& cache, int seq, int layer);
+  // Writes the tokens' k_ and v_ rows to their caches and runs attention
+  // over them into attn_.
+  template <typename CacheT>
+  void Attend(int layer, const int* seqs, const int* positions, int n);
+
+  // The KV caches of one element type, [max_sequences, layers, max_seq_len,
+  // KV * hd] each, and the per-token cache pointers of a call.
+  template <typename CacheT>
+  struct KvCaches {
+    std::vector<CacheT> k, v;
+    std::vector<const CacheT*> token_k;  // [C] this layer's k cache of token t's sequence
+    std::vector<const CacheT*> token_v;  // [C] same for v
+  };
+  // Both kinds exist; the constructor sizes the one the mode uses.
+  template <typename CacheT>
+  KvCaches<CacheT>& Caches();
 
   const ModelConfig& config_;
   const ModelWeights& weights_;
@@ -98,9 +114,8 @@ class Transformer {
   const RopeTable rope_;
   std::vector<int> positions_;  // [max_sequences] tokens in each sequence's cache
 
-  // KV caches: [max_sequences, layers, max_seq_len, KV * hd] each.
-  std::vector<float> k_cache_;
-  std::vector<float> v_cache_;
+  KvCaches<float> f32_caches_;      // int8_decode_ false
+  KvCaches<uint16_t> f16_caches_;   // int8_decode_ true: IEEE binary16
 
   // The tokens of a Forward or DecodeStep call, T = max(max_seq_len, max_sequences).
   std::vector<int> token_seq_;  // [T] sequence of token t
@@ -112,8 +127,6 @@ class Transformer {
   std::vector<float> q_;         // [C, H * hd]
   std::vector<float> k_;         // [C, KV * hd] new keys, before they go to their caches
   std::vector<float> v_;         // [C, KV * hd] new values
-  std::vector<const float*> token_k_cache_;  // [C] this layer's k cache of token t's sequence
-  std::vector<const float*> token_v_cache_;  // [C] same for v
   std::vector<float> attn_;      // [C, H * hd]  attention output
   std::vector<float> proj_;      // [C, d]       o_proj / down_proj output
   std::vector<float> gate_;      // [C, ffn]     silu(gate) * up

@@ -122,8 +122,10 @@ struct TinyModel {
 };
 
 // The forward pass written out with the reference ops, whole sequence at once:
-// logits [ids.size(), vocab].
-std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& ids) {
+// logits [ids.size(), vocab]. f16_kv_cache: keys and values rounded to f16
+// as the int8-decode mode's cache stores them.
+std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& ids,
+                                bool f16_kv_cache) {
   const ModelConfig& c = model.config;
   const int n = static_cast<int>(ids.size()), d = c.hidden_size, ffn = c.intermediate_size;
   const int q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
@@ -138,6 +140,10 @@ std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& 
     Int4LinearReference(w.v, h.data(), n, v.data());
     RopeReference(q.data(), n, c.num_heads, c.head_dim, c.rope_theta, 0);
     RopeReference(k.data(), n, c.num_kv_heads, c.head_dim, c.rope_theta, 0);
+    if (f16_kv_cache) {
+      for (float& e : k) e = F16ToF32(F32ToF16(e));
+      for (float& e : v) e = F16ToF32(F32ToF16(e));
+    }
     AttentionReference({c.num_heads, c.num_kv_heads, c.head_dim}, q.data(), k.data(), v.data(), 0, n, attn.data());
     Int4LinearReference(w.o, attn.data(), n, proj.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
@@ -172,19 +178,27 @@ constexpr double kLogitTolerance = 1e-4;
 }  // namespace
 
 TEST(forward_matches_naive_reference) {
+  // 9 tokens: the linears run f32 in both modes (int8 activations are for
+  // calls of <= 8), so the modes differ here only in the KV cache's type.
   for (bool int8_tables : {false, true}) {
     for (bool attention_bias : {false, true}) {
-      const TinyModel model(attention_bias, int8_tables);
-      ThreadPool pool(2);
-      Transformer transformer(model.config, model.weights, 32, pool);
-      const std::vector<int> ids = RandomIds(9, model.config.vocab_size, 1);
-      std::vector<float> logits(ids.size() * model.config.vocab_size);
-      transformer.Forward(ids.data(), static_cast<int>(ids.size()), Transformer::Logits::kAll, logits.data());
-      CHECK(transformer.position() == 9);
-      const double error = RelativeError(logits, NaiveForward(model, ids));
-      std::printf("  %s, %s tables: forward vs naive reference, relative error %.3g\n",
-                  model.config.architecture.c_str(), int8_tables ? "int8" : "f16", error);
-      CHECK(error <= kLogitTolerance);
+      for (bool int8_decode : {true, false}) {
+        const TinyModel model(attention_bias, int8_tables);
+        ThreadPool pool(2);
+        Transformer transformer(model.config, model.weights, 32, pool, 1, int8_decode);
+        const std::vector<int> ids = RandomIds(9, model.config.vocab_size, 1);
+        std::vector<float> logits(ids.size() * model.config.vocab_size);
+        transformer.Forward(ids.data(), static_cast<int>(ids.size()), Transformer::Logits::kAll, logits.data());
+        CHECK(transformer.position() == 9);
+        const double error = RelativeError(logits, NaiveForward(model, ids, int8_decode));
+        std::printf("  %s, %s tables, %s KV cache: forward vs naive reference, relative error %.3g\n",
+                    model.config.architecture.c_str(), int8_tables ? "int8" : "f16",
+                    int8_decode ? "f16" : "f32", error);
+        CHECK(error <= kLogitTolerance);
+        if (int8_decode) {  // the cache's rounding is visible: the f32-cache reference is farther
+          CHECK(RelativeError(logits, NaiveForward(model, ids, false)) > 2 * error);
+        }
+      }
     }
   }
 }

@@ -30,6 +30,7 @@
 
 using namespace awqcore;
 
+using awqtest::AsCache;
 using awqtest::AttentionReferencePerToken;
 using awqtest::AttentionTokens;
 using awqtest::RandomFloats;
@@ -418,45 +419,59 @@ TEST(rope_position_zero_is_identity_and_dot_depends_on_offset_only) {
   CHECK(e0[1] == 0.f);
 }
 
+// Runs check(CacheT{}) for both KV-cache element types: f32 and f16.
+template <typename Check>
+void ForEachCacheType(Check check) {
+  check(float{});
+  check(uint16_t{});
+}
+
 TEST(attention_matches_naive_softmax) {
+  // Both cache types: the reference reads the same (f16-rounded) cache, so
+  // the bound below holds for each.
   std::mt19937 rng(8);
   ThreadPool pool1(1), pool2(2);
-  double worst = 0.0;
-  for (AttentionShape shape : {AttentionShape{6, 2, 16}, AttentionShape{4, 4, 8}, AttentionShape{3, 1, 8}}) {
-    const int kv_width = shape.num_kv_heads * shape.head_dim;
-    const int q_width = shape.num_heads * shape.head_dim;
-    const int capacity = 16;
-    for (int start : {0, 5}) {
-      for (int tokens = 1; tokens <= 5; ++tokens) {
-        // Cache rows past start + tokens hold NaN: reading them would show.
-        std::vector<float> k_cache = RandomFloats(static_cast<size_t>(capacity) * kv_width, rng, -2.f, 2.f);
-        std::vector<float> v_cache = RandomFloats(k_cache.size(), rng);
-        std::fill(k_cache.begin() + (start + tokens) * kv_width, k_cache.end(), NAN);
-        std::fill(v_cache.begin() + (start + tokens) * kv_width, v_cache.end(), NAN);
-        const std::vector<float> q = RandomFloats(static_cast<size_t>(tokens) * q_width, rng, -2.f, 2.f);
-        AttentionTokens chunk;
-        chunk.Add(k_cache.data(), v_cache.data(), start, tokens);
-        std::vector<float> scores(chunk.ScoresSize(shape));
-        std::vector<float> out1(q.size()), out2(q.size()), ref(q.size());
-        AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), tokens, scores.data(), out1.data(), pool1);
-        AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), tokens, scores.data(), out2.data(), pool2);
-        AttentionReference(shape, q.data(), k_cache.data(), v_cache.data(), start, tokens, ref.data());
-        CHECK(out1 == out2);
-        // |q_i k_i| <= 4, so |score| <= S = 4 hd / sqrt(hd). A score is off by
-        // <= gamma(hd + 1) S, a weight exp(s - max)/sum by <= 2x that plus
-        // gamma(keys + 4); the output, a weighted mean of |v| <= 1, by the sum
-        // of the weight errors plus gamma(keys): all within the bound below.
-        const int keys = start + tokens;
-        const double score_bound = 4.0 * std::sqrt(static_cast<double>(shape.head_dim));
-        const double bound = 2 * (2 * Gamma(shape.head_dim + 1) * score_bound + 2 * Gamma(keys + 4));
-        for (size_t i = 0; i < out1.size(); ++i) {
-          CHECK(std::fabs(static_cast<double>(out1[i]) - ref[i]) <= bound);
+  ForEachCacheType([&](auto cache_type) {
+    using CacheT = decltype(cache_type);
+    double worst = 0.0;
+    for (AttentionShape shape : {AttentionShape{6, 2, 16}, AttentionShape{4, 4, 8}, AttentionShape{3, 1, 8}}) {
+      const int kv_width = shape.num_kv_heads * shape.head_dim;
+      const int q_width = shape.num_heads * shape.head_dim;
+      const int capacity = 16;
+      for (int start : {0, 5}) {
+        for (int tokens = 1; tokens <= 5; ++tokens) {
+          // Cache rows past start + tokens hold NaN: reading them would show.
+          std::vector<float> k_values = RandomFloats(static_cast<size_t>(capacity) * kv_width, rng, -2.f, 2.f);
+          std::vector<float> v_values = RandomFloats(k_values.size(), rng);
+          std::fill(k_values.begin() + (start + tokens) * kv_width, k_values.end(), NAN);
+          std::fill(v_values.begin() + (start + tokens) * kv_width, v_values.end(), NAN);
+          const std::vector<CacheT> k_cache = AsCache<CacheT>(k_values);
+          const std::vector<CacheT> v_cache = AsCache<CacheT>(v_values);
+          const std::vector<float> q = RandomFloats(static_cast<size_t>(tokens) * q_width, rng, -2.f, 2.f);
+          AttentionTokens<CacheT> chunk;
+          chunk.Add(k_cache.data(), v_cache.data(), start, tokens);
+          std::vector<float> scores(chunk.ScoresSize(shape));
+          std::vector<float> out1(q.size()), out2(q.size()), ref(q.size());
+          AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), tokens, scores.data(), out1.data(), pool1);
+          AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), tokens, scores.data(), out2.data(), pool2);
+          AttentionReference(shape, q.data(), k_cache.data(), v_cache.data(), start, tokens, ref.data());
+          CHECK(out1 == out2);
+          // |q_i k_i| <= 4, so |score| <= S = 4 hd / sqrt(hd). A score is off by
+          // <= gamma(hd + 1) S, a weight exp(s - max)/sum by <= 2x that plus
+          // gamma(keys + 4); the output, a weighted mean of |v| <= 1, by the sum
+          // of the weight errors plus gamma(keys): all within the bound below.
+          const int keys = start + tokens;
+          const double score_bound = 4.0 * std::sqrt(static_cast<double>(shape.head_dim));
+          const double bound = 2 * (2 * Gamma(shape.head_dim + 1) * score_bound + 2 * Gamma(keys + 4));
+          for (size_t i = 0; i < out1.size(); ++i) {
+            CHECK(std::fabs(static_cast<double>(out1[i]) - ref[i]) <= bound);
+          }
+          worst = std::max(worst, RelativeError(out1, ref));
         }
-        worst = std::max(worst, RelativeError(out1, ref));
       }
     }
-  }
-  std::printf("  attention: max relative error %.3g\n", worst);
+    std::printf("  attention, %s cache: max relative error %.3g\n", sizeof(CacheT) == 2 ? "f16" : "f32", worst);
+  });
 }
 
 TEST(attention_tokens_read_their_own_sequence) {
@@ -466,63 +481,73 @@ TEST(attention_tokens_read_their_own_sequence) {
   // sequence's rows or its own future shows as NaN or as a wrong value.
   std::mt19937 rng(9);
   ThreadPool pool1(1), pool2(3);
-  double worst = 0.0;
-  for (AttentionShape shape : {AttentionShape{6, 2, 16}, AttentionShape{3, 1, 8}}) {
-    const int kv_width = shape.num_kv_heads * shape.head_dim;
-    const int q_width = shape.num_heads * shape.head_dim;
-    const int capacity = 16;
-    const std::vector<int> last_rows = {9, 0, 5, 12};  // per sequence; sequence 2 gets 3 tokens
-    std::vector<std::vector<float>> k_caches, v_caches;
-    for (int last : last_rows) {
-      k_caches.push_back(RandomFloats(static_cast<size_t>(capacity) * kv_width, rng, -2.f, 2.f));
-      v_caches.push_back(RandomFloats(k_caches.back().size(), rng));
-      std::fill(k_caches.back().begin() + (last + 1) * kv_width, k_caches.back().end(), NAN);
-      std::fill(v_caches.back().begin() + (last + 1) * kv_width, v_caches.back().end(), NAN);
+  ForEachCacheType([&](auto cache_type) {
+    using CacheT = decltype(cache_type);
+    double worst = 0.0;
+    for (AttentionShape shape : {AttentionShape{6, 2, 16}, AttentionShape{3, 1, 8}}) {
+      const int kv_width = shape.num_kv_heads * shape.head_dim;
+      const int q_width = shape.num_heads * shape.head_dim;
+      const int capacity = 16;
+      const std::vector<int> last_rows = {9, 0, 5, 12};  // per sequence; sequence 2 gets 3 tokens
+      std::vector<std::vector<CacheT>> k_caches, v_caches;
+      for (int last : last_rows) {
+        std::vector<float> k = RandomFloats(static_cast<size_t>(capacity) * kv_width, rng, -2.f, 2.f);
+        std::vector<float> v = RandomFloats(k.size(), rng);
+        std::fill(k.begin() + (last + 1) * kv_width, k.end(), NAN);
+        std::fill(v.begin() + (last + 1) * kv_width, v.end(), NAN);
+        k_caches.push_back(AsCache<CacheT>(k));
+        v_caches.push_back(AsCache<CacheT>(v));
+      }
+      AttentionTokens<CacheT> batch;
+      batch.Add(k_caches[0].data(), v_caches[0].data(), 9)
+          .Add(k_caches[1].data(), v_caches[1].data(), 0)
+          .Add(k_caches[2].data(), v_caches[2].data(), 3, 3)
+          .Add(k_caches[3].data(), v_caches[3].data(), 12);
+      const std::vector<float> q = RandomFloats(static_cast<size_t>(batch.size()) * q_width, rng, -2.f, 2.f);
+      std::vector<float> scores(batch.ScoresSize(shape));
+      std::vector<float> out1(q.size()), out2(q.size()), ref(q.size());
+      AttentionForward(shape, q.data(), batch.k.data(), batch.v.data(), batch.positions.data(), batch.size(), scores.data(), out1.data(), pool1);
+      AttentionForward(shape, q.data(), batch.k.data(), batch.v.data(), batch.positions.data(), batch.size(), scores.data(), out2.data(), pool2);
+      AttentionReferencePerToken(shape, q.data(), batch, ref.data());
+      CHECK(out1 == out2);
+      // The bound of attention_matches_naive_softmax at 13 keys.
+      const double score_bound = 4.0 * std::sqrt(static_cast<double>(shape.head_dim));
+      const double bound = 2 * (2 * Gamma(shape.head_dim + 1) * score_bound + 2 * Gamma(13 + 4));
+      for (size_t i = 0; i < out1.size(); ++i) {
+        CHECK(std::fabs(static_cast<double>(out1[i]) - ref[i]) <= bound);
+      }
+      // The chunk's rows equal those of a call with the chunk alone.
+      AttentionTokens<CacheT> chunk;
+      chunk.Add(k_caches[2].data(), v_caches[2].data(), 3, 3);
+      std::vector<float> chunk_scores(chunk.ScoresSize(shape)), chunk_out(3 * static_cast<size_t>(q_width));
+      AttentionForward(shape, q.data() + 2 * q_width, chunk.k.data(), chunk.v.data(), chunk.positions.data(), 3, chunk_scores.data(), chunk_out.data(), pool1);
+      CHECK(std::equal(chunk_out.begin(), chunk_out.end(), out1.begin() + 2 * q_width));
+      worst = std::max(worst, RelativeError(out1, ref));
     }
-    AttentionTokens batch;
-    batch.Add(k_caches[0].data(), v_caches[0].data(), 9)
-        .Add(k_caches[1].data(), v_caches[1].data(), 0)
-        .Add(k_caches[2].data(), v_caches[2].data(), 3, 3)
-        .Add(k_caches[3].data(), v_caches[3].data(), 12);
-    const std::vector<float> q = RandomFloats(static_cast<size_t>(batch.size()) * q_width, rng, -2.f, 2.f);
-    std::vector<float> scores(batch.ScoresSize(shape));
-    std::vector<float> out1(q.size()), out2(q.size()), ref(q.size());
-    AttentionForward(shape, q.data(), batch.k.data(), batch.v.data(), batch.positions.data(), batch.size(), scores.data(), out1.data(), pool1);
-    AttentionForward(shape, q.data(), batch.k.data(), batch.v.data(), batch.positions.data(), batch.size(), scores.data(), out2.data(), pool2);
-    AttentionReferencePerToken(shape, q.data(), batch, ref.data());
-    CHECK(out1 == out2);
-    // The bound of attention_matches_naive_softmax at 13 keys.
-    const double score_bound = 4.0 * std::sqrt(static_cast<double>(shape.head_dim));
-    const double bound = 2 * (2 * Gamma(shape.head_dim + 1) * score_bound + 2 * Gamma(13 + 4));
-    for (size_t i = 0; i < out1.size(); ++i) {
-      CHECK(std::fabs(static_cast<double>(out1[i]) - ref[i]) <= bound);
-    }
-    // The chunk's rows equal those of a call with the chunk alone.
-    AttentionTokens chunk;
-    chunk.Add(k_caches[2].data(), v_caches[2].data(), 3, 3);
-    std::vector<float> chunk_scores(chunk.ScoresSize(shape)), chunk_out(3 * static_cast<size_t>(q_width));
-    AttentionForward(shape, q.data() + 2 * q_width, chunk.k.data(), chunk.v.data(), chunk.positions.data(), 3, chunk_scores.data(), chunk_out.data(), pool1);
-    CHECK(std::equal(chunk_out.begin(), chunk_out.end(), out1.begin() + 2 * q_width));
-    worst = std::max(worst, RelativeError(out1, ref));
-  }
-  std::printf("  attention, tokens of several sequences: max relative error %.3g\n", worst);
+    std::printf("  attention, tokens of several sequences, %s cache: max relative error %.3g\n",
+                sizeof(CacheT) == 2 ? "f16" : "f32", worst);
+  });
 }
 
 TEST(attention_is_causal_and_grouped) {
   // H = 2 query heads share KV = 1 head, hd = 2. Token 0 (position 0) can see
-  // only key 0, so its output is exactly v[0], whatever key 1 holds.
+  // only key 0, so its output is exactly v[0], whatever key 1 holds. Every
+  // value here is exact in f16 too.
   const AttentionShape shape{2, 1, 2};
-  const std::vector<float> k_cache = {1, 0, 100, 100};
-  const std::vector<float> v_cache = {3, -1, 7, 9};
-  const std::vector<float> q = {1, 1, 1, 1, /* token 1 */ 0, 0, 0, 0};
-  AttentionTokens chunk;
-  chunk.Add(k_cache.data(), v_cache.data(), 0, 2);
-  std::vector<float> scores(2 * 2), out(8);
-  ThreadPool pool(2);
-  AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), 2, scores.data(), out.data(), pool);
-  CHECK((std::vector<float>(out.begin(), out.begin() + 4) == std::vector<float>{3, -1, 3, -1}));
-  // Token 1 has q = 0: equal scores, so the mean of both values.
-  CHECK((std::vector<float>(out.begin() + 4, out.end()) == std::vector<float>{5, 4, 5, 4}));
+  ForEachCacheType([&](auto cache_type) {
+      using CacheT = decltype(cache_type);
+      const std::vector<CacheT> k_cache = AsCache<CacheT>({1, 0, 100, 100});
+      const std::vector<CacheT> v_cache = AsCache<CacheT>({3, -1, 7, 9});
+      const std::vector<float> q = {1, 1, 1, 1, /* token 1 */ 0, 0, 0, 0};
+      AttentionTokens<CacheT> chunk;
+      chunk.Add(k_cache.data(), v_cache.data(), 0, 2);
+      std::vector<float> scores(2 * 2), out(8);
+      ThreadPool pool(2);
+      AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), 2, scores.data(), out.data(), pool);
+      CHECK((std::vector<float>(out.begin(), out.begin() + 4) == std::vector<float>{3, -1, 3, -1}));
+      // Token 1 has q = 0: equal scores, so the mean of both values.
+      CHECK((std::vector<float>(out.begin() + 4, out.end()) == std::vector<float>{5, 4, 5, 4}));
+  });
 }
 
 AWQCORE_TEST_MAIN()

@@ -40,6 +40,7 @@
 
 using namespace awqcore;
 
+using awqtest::AsCache;
 using awqtest::AttentionReferencePerToken;
 using awqtest::AttentionTokens;
 using awqtest::RandomFloats;
@@ -311,46 +312,64 @@ TEST(attention_kernels_match_reference) {
   std::mt19937 rng(14);
   ThreadPool pool(2);
   for (Isa isa : IsasToTest()) {
-    double worst = 0.0;
-    for (int hd : {8, 64}) {
-      const AttentionShape shape{6, 2, hd};
-      const size_t kv_width = 2 * static_cast<size_t>(hd);
-      auto check = [&](const AttentionTokens& tokens) {
-        const std::vector<float> q = RandomFloats(static_cast<size_t>(tokens.size()) * 6 * hd, rng);
-        std::vector<float> ref(q.size()), out(q.size()), scores(tokens.ScoresSize(shape));
-        AttentionReferencePerToken(shape, q.data(), tokens, ref.data());
-        AttentionForward(shape, q.data(), tokens.k.data(), tokens.v.data(), tokens.positions.data(),
-                         tokens.size(), scores.data(), out.data(), pool, isa);
-        double max_diff = 0.0, max_ref = 0.0;
-        for (size_t i = 0; i < ref.size(); ++i) {
-          max_diff = std::max(max_diff, std::fabs(static_cast<double>(out[i]) - ref[i]));
-          max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[i])));
+    for (bool f16_cache : {false, true}) {
+      double worst = 0.0;
+      for (int hd : {8, 64}) {
+        const AttentionShape shape{6, 2, hd};
+        const size_t kv_width = 2 * static_cast<size_t>(hd);
+        auto check = [&](const auto& tokens) {
+          const std::vector<float> q = RandomFloats(static_cast<size_t>(tokens.size()) * 6 * hd, rng);
+          std::vector<float> ref(q.size()), out(q.size()), scores(tokens.ScoresSize(shape));
+          AttentionReferencePerToken(shape, q.data(), tokens, ref.data());
+          AttentionForward(shape, q.data(), tokens.k.data(), tokens.v.data(), tokens.positions.data(),
+                           tokens.size(), scores.data(), out.data(), pool, isa);
+          double max_diff = 0.0, max_ref = 0.0;
+          for (size_t i = 0; i < ref.size(); ++i) {
+            max_diff = std::max(max_diff, std::fabs(static_cast<double>(out[i]) - ref[i]));
+            max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[i])));
+          }
+          worst = std::max(worst, max_diff / max_ref);
+        };
+        // One sequence at consecutive positions (prefill chunks, decode).
+        for (int start : {0, 5, 300}) {
+          for (int tokens : {1, 3, 8}) {
+            const int keys = start + tokens;
+            const std::vector<float> k = RandomFloats(keys * kv_width, rng);
+            const std::vector<float> v = RandomFloats(k.size(), rng);
+            if (f16_cache) {
+              const std::vector<uint16_t> k16 = AsCache<uint16_t>(k), v16 = AsCache<uint16_t>(v);
+              check(AttentionTokens<uint16_t>().Add(k16.data(), v16.data(), start, tokens));
+            } else {
+              check(AttentionTokens<float>().Add(k.data(), v.data(), start, tokens));
+            }
+          }
         }
-        worst = std::max(worst, max_diff / max_ref);
-      };
-      // One sequence at consecutive positions (prefill chunks, decode).
-      for (int start : {0, 5, 300}) {
-        for (int tokens : {1, 3, 8}) {
-          const int keys = start + tokens;
-          const std::vector<float> k = RandomFloats(keys * kv_width, rng);
-          const std::vector<float> v = RandomFloats(k.size(), rng);
-          check(AttentionTokens().Add(k.data(), v.data(), start, tokens));
+        // A batched decode step: one token of each of 4 sequences with their own
+        // caches and positions, plus a 2-token chunk of a fifth.
+        const std::vector<int> positions = {300, 0, 5, 37, 11};
+        std::vector<std::vector<float>> ks, vs;
+        std::vector<std::vector<uint16_t>> ks16, vs16;
+        AttentionTokens<float> batch;
+        AttentionTokens<uint16_t> batch16;
+        for (size_t s = 0; s < positions.size(); ++s) {
+          ks.push_back(RandomFloats((positions[s] + 2) * kv_width, rng));
+          vs.push_back(RandomFloats(ks.back().size(), rng));
+          ks16.push_back(AsCache<uint16_t>(ks.back()));
+          vs16.push_back(AsCache<uint16_t>(vs.back()));
+          const int count = s + 1 == positions.size() ? 2 : 1;
+          batch.Add(ks.back().data(), vs.back().data(), positions[s], count);
+          batch16.Add(ks16.back().data(), vs16.back().data(), positions[s], count);
+        }
+        if (f16_cache) {
+          check(batch16);
+        } else {
+          check(batch);
         }
       }
-      // A batched decode step: one token of each of 4 sequences with their own
-      // caches and positions, plus a 2-token chunk of a fifth.
-      const std::vector<int> positions = {300, 0, 5, 37, 11};
-      std::vector<std::vector<float>> ks, vs;
-      AttentionTokens batch;
-      for (size_t s = 0; s < positions.size(); ++s) {
-        ks.push_back(RandomFloats((positions[s] + 2) * kv_width, rng));
-        vs.push_back(RandomFloats(ks.back().size(), rng));
-        batch.Add(ks.back().data(), vs.back().data(), positions[s], s + 1 == positions.size() ? 2 : 1);
-      }
-      check(batch);
+      std::printf("  %s attention, %s cache: max relative error %.3g\n", IsaName(isa),
+                  f16_cache ? "f16" : "f32", worst);
+      CHECK(worst < 1e-5);
     }
-    std::printf("  %s attention: max relative error %.3g\n", IsaName(isa), worst);
-    CHECK(worst < 1e-5);
   }
 }
 

@@ -126,15 +126,18 @@ enum class Device { kCpu, kCuda };
 // (prefill) are f32 in both modes, and the CUDA device ignores this.
 //   kInt8Decode: rounded to int8 per 32 columns (W4A8, as llama.cpp does):
 //     1.6-1.8x faster int4 kernels; the next-token distribution moves by a
-//     mean KL of ~3e-3 nats on SmolLM2 (README).
-//   kFloat32: exact f32 (the W4A16 arithmetic of AWQ's definition).
+//     mean KL of ~3e-3 nats on SmolLM2 (README). The KV cache is f16 (as
+//     llama.cpp's default): half the memory, and half the cache bytes each
+//     decode step reads at long context.
+//   kFloat32: exact f32 (the W4A16 arithmetic of AWQ's definition), the KV
+//     cache included.
 enum class CpuActivations { kInt8Decode, kFloat32 };
 
 class Session {
  public:
   // max_seq_len: KV-cache capacity in tokens of one sequence (1 ..
-  // max_position_embeddings is not enforced; memory is 2·layers·KV·hd·4 bytes
-  // per token on the CPU, 2·layers·KV·hd·2 bytes on the GPU).
+  // max_position_embeddings is not enforced; memory is 2·layers·KV·hd·2 bytes
+  // per token (f16), 4 bytes on the CPU with CpuActivations::kFloat32).
   // num_threads: 0 means all hardware threads.
   // max_batch: sequences GenerateBatch decodes together; one KV cache of
   // max_seq_len tokens each, all allocated here. Must be 1 with kCuda

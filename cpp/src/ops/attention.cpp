@@ -8,9 +8,24 @@
 #include "ops/vec.h"
 
 namespace awqcore {
+namespace {
 
-void AttentionForward(const AttentionShape& shape, const float* q, const float* const* k_caches,
-                      const float* const* v_caches, const int* positions, int num_tokens,
+float DotKv(const float* q, const float* k, int n) { return DotF32(q, k, n); }
+float DotKv(const float* q, const uint16_t* k, int n) {
+  float sum = 0.f;
+  for (int i = 0; i < n; ++i) sum += q[i] * F16ToF32(k[i]);
+  return sum;
+}
+void AxpyKv(float a, const float* v, float* y, int n) { AxpyF32(a, v, y, n); }
+void AxpyKv(float a, const uint16_t* v, float* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] += a * F16ToF32(v[i]);
+}
+
+}  // namespace
+
+template <typename CacheT>
+void AttentionForward(const AttentionShape& shape, const float* q, const CacheT* const* k_caches,
+                      const CacheT* const* v_caches, const int* positions, int num_tokens,
                       float* scores, float* out, ThreadPool& pool, Isa isa) {
   const int hd = shape.head_dim;
   const int q_stride = shape.num_heads * hd;      // floats per token in q and out
@@ -30,12 +45,12 @@ void AttentionForward(const AttentionShape& shape, const float* q, const float* 
       float* head_scores = scores + static_cast<size_t>(h) * max_keys;  // [max_keys]
       for (int t = 0; t < num_tokens; ++t) {
         const float* query = q + static_cast<size_t>(t) * q_stride + h * hd;
-        const float* k_cache = k_caches[t] + kv_offset;
-        const float* v_cache = v_caches[t] + kv_offset;
+        const CacheT* k_cache = k_caches[t] + kv_offset;
+        const CacheT* v_cache = v_caches[t] + kv_offset;
         const int num_keys = positions[t] + 1;  // causal: positions 0 .. positions[t]
         float max_score = -INFINITY;
         for (int j = 0; j < num_keys; ++j) {
-          const float s = DotF32(query, k_cache + static_cast<size_t>(j) * kv_stride, hd) * scale;
+          const float s = DotKv(query, k_cache + static_cast<size_t>(j) * kv_stride, hd) * scale;
           head_scores[j] = s;
           max_score = std::max(max_score, s);
         }
@@ -47,7 +62,7 @@ void AttentionForward(const AttentionShape& shape, const float* q, const float* 
         float* head_out = out + static_cast<size_t>(t) * q_stride + h * hd;
         std::fill_n(head_out, hd, 0.f);
         for (int j = 0; j < num_keys; ++j) {
-          AxpyF32(head_scores[j], v_cache + static_cast<size_t>(j) * kv_stride, head_out, hd);
+          AxpyKv(head_scores[j], v_cache + static_cast<size_t>(j) * kv_stride, head_out, hd);
         }
         // sum >= 1: the maximum contributes exp(0).
         const float inv_sum = 1.0f / sum;
@@ -57,8 +72,9 @@ void AttentionForward(const AttentionShape& shape, const float* q, const float* 
   });
 }
 
-void AttentionReference(const AttentionShape& shape, const float* q, const float* k_cache,
-                        const float* v_cache, int start_position, int num_tokens, float* out) {
+template <typename CacheT>
+void AttentionReference(const AttentionShape& shape, const float* q, const CacheT* k_cache,
+                        const CacheT* v_cache, int start_position, int num_tokens, float* out) {
   const int hd = shape.head_dim;
   const int kv_stride = shape.num_kv_heads * hd;
   for (int t = 0; t < num_tokens; ++t) {
@@ -71,7 +87,8 @@ void AttentionReference(const AttentionShape& shape, const float* q, const float
       for (int j = 0; j < num_keys; ++j) {
         double dot = 0.0;
         for (int i = 0; i < hd; ++i) {
-          dot += static_cast<double>(query[i]) * k_cache[static_cast<size_t>(j) * kv_stride + kv_head * hd + i];
+          dot += static_cast<double>(query[i]) *
+                 KvToF32(k_cache[static_cast<size_t>(j) * kv_stride + kv_head * hd + i]);
         }
         weights[j] = dot / std::sqrt(static_cast<double>(hd));
         max_score = std::max(max_score, weights[j]);
@@ -81,12 +98,22 @@ void AttentionReference(const AttentionShape& shape, const float* q, const float
       for (int i = 0; i < hd; ++i) {
         double value = 0.0;
         for (int j = 0; j < num_keys; ++j) {
-          value += weights[j] * v_cache[static_cast<size_t>(j) * kv_stride + kv_head * hd + i];
+          value += weights[j] * KvToF32(v_cache[static_cast<size_t>(j) * kv_stride + kv_head * hd + i]);
         }
         out[(static_cast<size_t>(t) * shape.num_heads + h) * hd + i] = static_cast<float>(value / sum);
       }
     }
   }
 }
+
+#define AWQCORE_INSTANTIATE_ATTENTION(CacheT)                                                      \
+  template void AttentionForward<CacheT>(const AttentionShape&, const float*,                   \
+                                         const CacheT* const*, const CacheT* const*, const int*, \
+                                         int, float*, float*, ThreadPool&, Isa);                 \
+  template void AttentionReference<CacheT>(const AttentionShape&, const float*, const CacheT*,   \
+                                           const CacheT*, int, int, float*);
+AWQCORE_INSTANTIATE_ATTENTION(float)
+AWQCORE_INSTANTIATE_ATTENTION(uint16_t)
+#undef AWQCORE_INSTANTIATE_ATTENTION
 
 }  // namespace awqcore
