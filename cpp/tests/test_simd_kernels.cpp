@@ -314,7 +314,7 @@ TEST(attention_kernels_match_reference) {
   for (Isa isa : IsasToTest()) {
     for (bool f16_cache : {false, true}) {
       double worst = 0.0;
-      for (int hd : {8, 64}) {
+      for (int hd : {8, 64, 72, 128}) {  // 72: a 64-column register pass plus an 8-column one
         const AttentionShape shape{6, 2, hd};
         const size_t kv_width = 2 * static_cast<size_t>(hd);
         auto check = [&](const auto& tokens) {
