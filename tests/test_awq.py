@@ -127,7 +127,7 @@ def test_search_without_a_finite_loss_falls_back_to_unit_scales():
     w = torch.randn(8, 64)
     result = search_scales(torch.rand(64), [w], lambda cands: math.nan, 32)
     assert result.ratio is None and torch.equal(result.scales, torch.ones(64))
-    assert len(result.losses) == 20
+    assert len(result.losses) == 20 and not result.finite
 
 
 def test_clip_search_minimises_the_group_output_error():
@@ -280,3 +280,34 @@ def test_kl_top1_against_torch():
     np.testing.assert_allclose(kl, expected.numpy(), rtol=1e-9)
     np.testing.assert_array_equal(agree, base.argmax(-1) == other.argmax(-1))
     assert kl_top1(base, base)[0] == pytest.approx(np.zeros(5), abs=1e-12)
+
+
+def test_search_keeps_unscaled_weights_when_every_ratio_is_worse():
+    """A loss that only round-to-nearest's own weights zero: every grid point has s != 1
+    (a = 0 gives 1 / w_mean), so the unscaled candidate must win, with unit scales."""
+    g, in_f = 32, 128
+    w = torch.randn(48, in_f, generator=torch.Generator().manual_seed(3))
+    x_mean = torch.rand(in_f, generator=torch.Generator().manual_seed(4)) + 0.1
+    x_mean[[7, 70]] *= 20  # outliers, so that a > 0 scales differ from 1 too
+    rtn = fake_quantize(w, g)
+
+    def loss(cands):
+        return float((cands[0] - rtn).pow(2).mean())
+
+    result = search_scales(x_mean, [w], loss, g)
+    assert min(result.losses) > 0 and result.unscaled_loss == 0.0
+    assert result.ratio is None and result.finite
+    assert torch.equal(result.scales, torch.ones(in_f))
+
+
+@pytest.mark.parametrize("n,t,budget", [(16, 256, 1024), (4, 8, 3), (3, 5, 15), (2, 1, 1)])
+def test_loss_sample_takes_every_first_token_and_reweights_to_the_mean(n, t, budget):
+    from awqcore.quantize.awq import stratified_sample
+    mask, weight = stratified_sample(n, t, budget, np.random.default_rng(0))
+    assert mask.shape == weight.shape == (n, t)
+    assert int(mask.sum()) == min(budget, n * t)
+    if budget > n:
+        assert bool(mask[:, 0].all())
+    # Weighted over the drawn tokens, the weights count the whole population, so a
+    # per-token constant averages to itself and the estimator is unbiased.
+    assert float(weight[mask].sum()) == pytest.approx(n * t)

@@ -23,9 +23,14 @@ Where we differ, and why:
     over 512 sampled tokens (512*out*in per step). Same objective, all tokens.
   * The scale-search loss is computed on `loss_tokens` tokens sampled from the
     calibration set (whole sequences for the attention, since it mixes tokens;
-    single tokens for the MLP and the linears), while x_mean and the clip
+    single tokens for the MLP and the linears, stratified: every sequence's first
+    token plus a uniform draw, weighted back to the all-token mean; see
+    stratified_sample), while x_mean and the clip
     statistics use every token. The grid is 20 forward passes of the module, so
     this is what keeps a 128 x 512 calibration within minutes on a CPU.
+  * The unscaled weights (s = 1) are a candidate of the scale search besides the
+    20 ratios (see search_scales): AWQ never does worse than round-to-nearest on
+    the search's own loss.
   * Calibration sequences whose activations turn non-finite are dropped (and
     reported); a search with no finite loss falls back to unscaled weights
     (reported) instead of raising.
@@ -67,6 +72,33 @@ class AwqOptions:
     clip: bool = True
     seed: int = 0
     loss_tokens: int = 1024  # tokens the scale-search loss is computed on; 0 = all
+
+
+def stratified_sample(n: int, t: int, budget: int,
+                      rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The single-token loss sample: mask [n, t] of `budget` tokens and their weights.
+
+    Position 0 of every sequence is always taken, the rest uniformly: on Qwen2.5-Coder
+    the first token (the attention sink, with massive activations) had an MLP output
+    error ~600x a typical token's, 70% of layer 1's loss from 16 of 4,096 tokens, so a
+    uniform sample's loss swung with how many of them it drew (the a it chose gave
+    0.68x RTN's loss on its sample and 1.27x on the other tokens). A drawn token
+    weighs its stratum's size over the number drawn from it, so the weighted mean
+    estimates the all-token mean (AutoAWQ's objective) without that variance."""
+    mask = np.zeros((n, t), dtype=bool)
+    weight = np.zeros((n, t), dtype=np.float32)
+    if budget >= n * t:
+        mask[:], weight[:] = True, 1.0
+    elif budget <= n:  # too small for both strata: a plain uniform draw
+        flat = rng.permutation(n * t)[:budget]
+        mask[flat // t, flat % t] = True
+        weight[:] = n * t / budget
+    else:
+        mask[:, 0], weight[:, 0] = True, 1.0
+        flat = rng.permutation(n * (t - 1))[:budget - n]
+        mask[flat // (t - 1), 1 + flat % (t - 1)] = True
+        weight[:, 1:] = n * (t - 1) / (budget - n)
+    return torch.from_numpy(mask), torch.from_numpy(weight)
 
 
 @dataclass
@@ -113,16 +145,28 @@ def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, ratio: float) -
 
 @dataclass
 class ScaleSearch:
-    scales: torch.Tensor  # [in]; all ones when no ratio gave a finite loss
-    ratio: float | None  # the chosen a; None: fallback
+    scales: torch.Tensor  # [in]; all ones when unscaled (identity won, or no finite loss)
+    ratio: float | None  # the chosen a; None: unscaled
     losses: list[float]  # per grid point
+    unscaled_loss: float  # the loss of the unscaled weights (round-to-nearest)
+
+    @property
+    def finite(self) -> bool:
+        """False when no candidate, unscaled included, gave a finite loss."""
+        return any(math.isfinite(v) for v in (self.unscaled_loss, *self.losses))
 
 
 def search_scales(x_mean: torch.Tensor, weights: list[torch.Tensor],
                   loss: Callable[[list[torch.Tensor]], float], group_size: int,
                   n_grid: int = N_GRID, step: Callable[[], None] | None = None) -> ScaleSearch:
     """The grid search of step 2. loss(candidate weights, one per linear) -> MSE of the
-    inspected module's output. Ties keep the smaller a (the first found)."""
+    inspected module's output. Ties keep the smaller a (the first found).
+
+    Beyond AutoAWQ's grid, the unscaled weights (s = 1, plain round-to-nearest) are a
+    candidate too, kept only when strictly better than every grid point: no grid point
+    is s = 1 (at a = 0, s = 1 / w_mean), and on Qwen2.5-Coder-1.5B (g128, 16 x 256) the
+    whole grid lost to the unscaled weights on the search's own loss in the q/k/v group
+    of layers 0, 1 and 3 (by 3-6%)."""
     w_mean = weight_mean(weights, group_size)
     best, best_loss, losses = None, math.inf, []
     for i in range(n_grid):
@@ -134,9 +178,10 @@ def search_scales(x_mean: torch.Tensor, weights: list[torch.Tensor],
             best, best_loss = (s, ratio), value
         if step:
             step()
-    if best is None:
-        return ScaleSearch(torch.ones_like(x_mean), None, losses)
-    return ScaleSearch(best[0], best[1], losses)
+    unscaled_loss = loss([fake_quantize(w, group_size) for w in weights])
+    if best is None or (math.isfinite(unscaled_loss) and unscaled_loss < best_loss):
+        return ScaleSearch(torch.ones_like(x_mean), None, losses, unscaled_loss)
+    return ScaleSearch(best[0], best[1], losses, unscaled_loss)
 
 
 def search_clip(w: torch.Tensor, gram: torch.Tensor, group_size: int,
@@ -188,8 +233,12 @@ class InputStats:
         return self.gram / self.count * inv[:, :, None] * inv[:, None, :]
 
 
-def _mse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).pow(2).mean())
+def _mse(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    """Mean squared difference; with weights [tokens], the weighted mean over tokens
+    (rows) of each token's mean."""
+    if weights is None:
+        return float((a - b).pow(2).mean())
+    return float(((a - b).pow(2).mean(-1) * weights).sum() / weights.sum())
 
 
 class AwqQuantizer:
@@ -226,9 +275,7 @@ class AwqQuantizer:
         rng = np.random.default_rng(o.seed)
         budget = n * t if o.loss_tokens == 0 else min(o.loss_tokens, n * t)
         self.attn_seqs = np.sort(rng.permutation(n)[:max(1, round(budget / t))])
-        self.loss_mask = np.zeros(n * t, dtype=bool)
-        self.loss_mask[rng.permutation(n * t)[:budget]] = True
-        self.loss_mask = torch.from_numpy(self.loss_mask.reshape(n, t))  # [N, T]
+        self.loss_mask, self.loss_weight = stratified_sample(n, t, budget, rng)  # [N, T] each
         self.times["calibration data"] = time.perf_counter() - start
 
     # ------------------------------------------------------------ per layer
@@ -255,7 +302,7 @@ class AwqQuantizer:
         widths = {"qkv": d, "o": c.num_heads * c.head_dim, "mlp": d,
                   "down": c.intermediate_size}
         stats = {k: InputStats(width, g) for k, width in widths.items()}
-        samples: dict[str, list[torch.Tensor]] = {k: [] for k in (*widths, "attn")}
+        samples: dict[str, list[torch.Tensor]] = {k: [] for k in (*widths, "attn", "weight")}
         keep = torch.ones(n, dtype=torch.bool)
         per_chunk = max(1, CHUNK_TOKENS // t)
         attn_seqs = set(self.attn_seqs.tolist())
@@ -276,6 +323,7 @@ class AwqQuantizer:
             for key, value in inputs.items():
                 stats[key].add(value[finite])
                 samples[key].append(value[mask])  # [tokens, width]
+            samples["weight"].append(self.loss_weight[lo:lo + len(x)][mask])  # [tokens]
             samples["attn"] += [h[i] for i in range(len(x))
                                 if lo + i in attn_seqs and bool(finite[i])]
             self.x[lo:lo + len(x)] = out
@@ -285,12 +333,13 @@ class AwqQuantizer:
                               f"whose activations became non-finite")
             kept = keep.nonzero()[:, 0]
             self.x, self.loss_mask = self.x[kept].contiguous(), self.loss_mask[kept]
+            self.loss_weight = self.loss_weight[kept]
             remap = {int(old): new for new, old in enumerate(kept)}
             self.attn_seqs = np.array([remap[i] for i in self.attn_seqs.tolist() if i in remap],
                                       dtype=np.int64)
             if len(self.attn_seqs) == 0 and len(self.x):
                 self.attn_seqs = np.zeros(1, dtype=np.int64)  # later layers: the first left
-        merged = {k: torch.cat(samples[k]) for k in widths}  # [tokens, width]
+        merged = {k: torch.cat(samples[k]) for k in (*widths, "weight")}  # [tokens, width]
         merged["attn"] = torch.stack(samples["attn"]) if samples["attn"] else None  # [S, T, d]
         return stats, merged
 
@@ -319,7 +368,10 @@ class AwqQuantizer:
             def run(ww: dict) -> torch.Tensor:
                 return x @ ww[name].T
         reference = run(w)
-        return lambda cands: _mse(run(with_(cands)), reference)
+        # Single-token samples carry their stratum weights; the attention's whole
+        # sequences are a plain sample.
+        weights = None if group.name == "qkv" else samples["weight"]
+        return lambda cands: _mse(run(with_(cands)), reference, weights)
 
     def fold_layer(self, layer: int, weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Steps 1-3 for one layer: returns its linears by reference key
@@ -363,7 +415,7 @@ class AwqQuantizer:
                                        [w[n] for n in group.linears],
                                        self._loss(group, w, samples), self.group_size, step=tick)
                 self.ratios.setdefault(group.name, []).append(result.ratio)
-                if result.ratio is None:
+                if not result.finite:
                     self.notes.append(f"layer {layer} {group.name}: no ratio gave a finite loss; "
                                       "kept unscaled weights (plain RTN for these linears)")
                 scales[group.name] = result.scales
@@ -411,6 +463,13 @@ class AwqQuantizer:
         return result
 
     def report(self) -> dict:
-        """Seconds per stage, fallbacks and the chosen ratios per group (one per layer)."""
-        return {"stage_seconds": dict(self.times), "notes": list(self.notes),
+        """Seconds per stage, fallbacks and the chosen ratios per group (one per layer;
+        None: unscaled, the search's loss was lowest without scales)."""
+        unscaled = sum(r is None for v in self.ratios.values() for r in v)
+        searched = sum(len(v) for v in self.ratios.values())
+        notes = list(self.notes)
+        if unscaled:
+            notes.append(f"{unscaled} of {searched} scale searches kept the unscaled weights "
+                         "(lower loss than every ratio)")
+        return {"stage_seconds": dict(self.times), "notes": notes,
                 "ratios": {k: list(v) for k, v in self.ratios.items()}}
