@@ -257,7 +257,11 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     from .data import read_text_file, wiki_texts
     from .evaluate import perplexity, token_windows, window_nll
 
-    model = awqcore.Model(args.file, threads=args.threads, max_seq_len=args.seqlen)
+    # Without --decode-path the runtime computes exactly (f32 activations and KV
+    # cache), so the number measures the quantized weights alone; with it, what
+    # generation's decode steps compute (int8 activations, f16 cache).
+    model = awqcore.Model(args.file, threads=args.threads, max_seq_len=args.seqlen,
+                          activations="int8" if args.decode_path else "f32")
     docs = read_text_file(args.text) if args.text else wiki_texts("evaluation")
     if args.max_windows is not None:
         # Tokenize only what the windows need: English runs ~4 characters per
@@ -299,8 +303,8 @@ def cmd_ppl(args: argparse.Namespace) -> int:
                         desc="int4, C++ runtime" + (" + base, torch" if base else ""))
     print(f"text: {text_name}")
     print(f"protocol: {result.protocol()}"
-          + ("; runtime fed 8 tokens per call: decode-step arithmetic (int8 activations)"
-             if args.decode_path else ""))
+          + ("; runtime fed 8 tokens per call: decode-step arithmetic (int8 activations, "
+             "f16 KV cache)" if args.decode_path else "; runtime exact (f32 activations and cache)"))
     print(f"perplexity {result.perplexity:10.3f}  {os.path.basename(args.file)} "
           f"(int4 {c['quant_method']} g{c['group_size']}, C++ runtime)")
     if args.fp_reference:
@@ -418,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "with the torch reference), usually the unquantized source")
     p.add_argument("--decode-path", action="store_true",
                    help="score every position with the arithmetic of generation's decode steps "
-                   "(int8 activations; windows fed 8 tokens per call) instead of the f32 "
-                   "prefill")
+                   "(int8 activations, f16 KV cache; windows fed 8 tokens per call) "
+                   "instead of the exact f32 arithmetic")
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ppl)
