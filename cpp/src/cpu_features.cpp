@@ -3,7 +3,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "ops/attention.h"
 #include "ops/linear_kernels.h"
 
 namespace awqcore {
@@ -36,7 +35,8 @@ Isa DetectedIsa() {
 #ifndef AWQCORE_HAVE_AVX2_KERNELS
 // Built without the AVX2 files (not x86-64, or not GCC/Clang): DetectedIsa()
 // never returns kAvx2, so these exist only to link and are never reached; a
-// caller forcing Isa::kAvx2 gets the scalar result (attention: an abort).
+// caller forcing Isa::kAvx2 gets the scalar result. (Attention needs no stub:
+// ops/attention.cpp calls its AVX2 heads only when they are built.)
 void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                   int num_tokens, float* y, int ldy) {
   Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
@@ -45,17 +45,6 @@ void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float*
                    int num_tokens, float* y, int ldy) {
   TableRowsScalar(table, row0, rows, x, ldx, num_tokens, y, ldy);
 }
-template <typename CacheT>
-void AttentionHeadsAvx2(const AttentionShape&, const float*, const CacheT* const*,
-                        const CacheT* const*, const int*, int, int, float*, float*, int, int) {
-  std::abort();  // unreachable: DetectedIsa() is never kAvx2 in this build
-}
-template void AttentionHeadsAvx2<float>(const AttentionShape&, const float*, const float* const*,
-                                        const float* const*, const int*, int, int, float*, float*,
-                                        int, int);
-template void AttentionHeadsAvx2<uint16_t>(const AttentionShape&, const float*,
-                                           const uint16_t* const*, const uint16_t* const*,
-                                           const int*, int, int, float*, float*, int, int);
 #endif
 
 const char* IsaName(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "scalar"; }

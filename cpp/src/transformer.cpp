@@ -14,20 +14,7 @@ namespace {
 
 size_t Floats(int a, int b) { return static_cast<size_t>(a) * static_cast<size_t>(b); }
 
-template <typename Caches>
-void SizeCaches(Caches& caches, size_t elements, int chunk_tokens) {
-  caches.k.resize(elements);
-  caches.v.resize(elements);
-  caches.token_k.resize(chunk_tokens);
-  caches.token_v.resize(chunk_tokens);
-}
-
 }  // namespace
-
-template <>
-Transformer::KvCaches<float>& Transformer::Caches<float>() { return f32_caches_; }
-template <>
-Transformer::KvCaches<uint16_t>& Transformer::Caches<uint16_t>() { return f16_caches_; }
 
 Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights, int max_seq_len,
                          ThreadPool& pool, int max_sequences, bool int8_decode)
@@ -48,9 +35,9 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   const int kv_width = config.num_kv_heads * config.head_dim;
   const size_t cache_elements = Floats(max_sequences, config.num_layers) * max_seq_len * kv_width;
   if (int8_decode) {
-    SizeCaches(f16_caches_, cache_elements, chunk_tokens_);
+    f16_caches_.Resize(cache_elements, chunk_tokens_);
   } else {
-    SizeCaches(f32_caches_, cache_elements, chunk_tokens_);
+    f32_caches_.Resize(cache_elements, chunk_tokens_);
   }
   token_seq_.resize(std::max(max_seq_len, max_sequences));
   token_pos_.resize(token_seq_.size());
@@ -66,9 +53,9 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
 }
 
 template <typename CacheT>
-void Transformer::Attend(int layer, const int* seqs, const int* positions, int n) {
+void Transformer::Attend(KvCaches<CacheT>& caches, int layer, const int* seqs,
+                         const int* positions, int n) {
   const int kv_width = config_.num_kv_heads * config_.head_dim;
-  KvCaches<CacheT>& caches = Caches<CacheT>();
   // Each token's k and v go to row positions[t] of its own sequence's cache,
   // where attention reads them with the earlier rows. The copy is 2 * KV * hd
   // elements per token: 1.5 KB in f32 on SmolLM2, against the ~1.8 MB of
@@ -146,9 +133,9 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
   rope_.Apply(q_.data(), n, config_.num_heads, positions);
   rope_.Apply(k_.data(), n, config_.num_kv_heads, positions);
   if (int8_decode_) {
-    Attend<uint16_t>(layer, seqs, positions, n);
+    Attend(f16_caches_, layer, seqs, positions, n);
   } else {
-    Attend<float>(layer, seqs, positions, n);
+    Attend(f32_caches_, layer, seqs, positions, n);
   }
   Int4LinearForward(w.o, attn_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
   AddF32(proj_.data(), x_.data(), n * d);

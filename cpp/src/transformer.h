@@ -32,6 +32,8 @@
 // nothing.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "awqcore/awqcore.h"
@@ -87,22 +89,25 @@ class Transformer {
   // leaving the final residual stream in x_.
   void ForwardChunk(const int* ids, int first, int n);
   void Layer(int layer, const int* seqs, const int* positions, int n);
-  // Writes the tokens' k_ and v_ rows to their caches and runs attention
-  // over them into attn_.
-  template <typename CacheT>
-  void Attend(int layer, const int* seqs, const int* positions, int n);
-
   // The KV caches of one element type, [max_sequences, layers, max_seq_len,
   // KV * hd] each, and the per-token cache pointers of a call.
   template <typename CacheT>
   struct KvCaches {
+    void Resize(size_t elements, int chunk_tokens) {
+      k.resize(elements);
+      v.resize(elements);
+      token_k.resize(chunk_tokens);
+      token_v.resize(chunk_tokens);
+    }
     std::vector<CacheT> k, v;
     std::vector<const CacheT*> token_k;  // [C] this layer's k cache of token t's sequence
     std::vector<const CacheT*> token_v;  // [C] same for v
   };
-  // Both kinds exist; the constructor sizes the one the mode uses.
+
+  // Writes the tokens' k_ and v_ rows to their rows of `caches` and runs
+  // attention over them into attn_.
   template <typename CacheT>
-  KvCaches<CacheT>& Caches();
+  void Attend(KvCaches<CacheT>& caches, int layer, const int* seqs, const int* positions, int n);
 
   const ModelConfig& config_;
   const ModelWeights& weights_;
@@ -114,6 +119,7 @@ class Transformer {
   const RopeTable rope_;
   std::vector<int> positions_;  // [max_sequences] tokens in each sequence's cache
 
+  // Only the one the mode uses is allocated.
   KvCaches<float> f32_caches_;      // int8_decode_ false
   KvCaches<uint16_t> f16_caches_;   // int8_decode_ true: IEEE binary16
 

@@ -33,13 +33,14 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
   const int heads_per_kv = shape.num_heads / shape.num_kv_heads;
   const int max_keys = *std::max_element(positions, positions + num_tokens) + 1;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const bool avx2 = isa == Isa::kAvx2 && hd % 8 == 0;
   pool.ParallelFor(shape.num_heads, [&](int64_t head_begin, int64_t head_end) {
-    if (avx2) {
+#ifdef AWQCORE_HAVE_AVX2_KERNELS  // else attention_avx2.cpp is not built: the portable loop
+    if (isa == Isa::kAvx2 && hd % 8 == 0) {
       AttentionHeadsAvx2(shape, q, k_caches, v_caches, positions, num_tokens, max_keys, scores,
                          out, static_cast<int>(head_begin), static_cast<int>(head_end));
       return;
     }
+#endif
     for (int h = static_cast<int>(head_begin); h < head_end; ++h) {
       const int kv_offset = (h / heads_per_kv) * hd;
       float* head_scores = scores + static_cast<size_t>(h) * max_keys;  // [max_keys]

@@ -258,6 +258,7 @@ class AwqQuantizer:
         self.times = {"calibration data": 0.0, "layer forward": 0.0, "scale search": 0.0,
                       "clip search": 0.0, "int4 quantize": 0.0}
         self.notes: list[str] = []
+        self.kept_unscaled = 0  # searches where s = 1 beat every ratio
         self.ratios: dict[str, list[float | None]] = {}
         start = time.perf_counter()
         ids = calibration_blocks(source.tokenizer.json, o.calib_samples, o.calib_seqlen,
@@ -418,6 +419,8 @@ class AwqQuantizer:
                 if not result.finite:
                     self.notes.append(f"layer {layer} {group.name}: no ratio gave a finite loss; "
                                       "kept unscaled weights (plain RTN for these linears)")
+                elif result.ratio is None:
+                    self.kept_unscaled += 1
                 scales[group.name] = result.scales
             scaled = {n: w[n].clone() for n in INPUT_OF}  # [out, in] each
             for group in groups:
@@ -464,12 +467,11 @@ class AwqQuantizer:
 
     def report(self) -> dict:
         """Seconds per stage, fallbacks and the chosen ratios per group (one per layer;
-        None: unscaled, the search's loss was lowest without scales)."""
-        unscaled = sum(r is None for v in self.ratios.values() for r in v)
+        None: unscaled, because s = 1 won or no loss was finite)."""
         searched = sum(len(v) for v in self.ratios.values())
         notes = list(self.notes)
-        if unscaled:
-            notes.append(f"{unscaled} of {searched} scale searches kept the unscaled weights "
-                         "(lower loss than every ratio)")
+        if self.kept_unscaled:
+            notes.append(f"{self.kept_unscaled} of {searched} scale searches kept the unscaled "
+                         "weights (lower loss than every ratio)")
         return {"stage_seconds": dict(self.times), "notes": notes,
                 "ratios": {k: list(v) for k, v in self.ratios.items()}}
