@@ -127,7 +127,8 @@ TEST(int4_row_kernels_match_reference) {
 TEST(int4_q8_row_kernels_match_reference) {
   // W4A8: against the exact products with the rounded activations. Widths
   // are multiples of the 64-column span (UsesQ8Activations), within and
-  // across groups, and SmolLM2's 576.
+  // across groups, and SmolLM2's 576; 832 has 13 groups of 64 (the zero-point
+  // term's 8-, 4- and 1-group steps all run).
   std::mt19937 rng(14);
   Q8Buffer buffer;
   for (Isa isa : IsasToTest()) {
@@ -135,7 +136,7 @@ TEST(int4_q8_row_kernels_match_reference) {
     int checked = 0, bad = 0;
     std::vector<float> all_got, all_f32;  // every output, and its f32 product with x
     for (int g : {32, 64, 128}) {
-      for (int in : {64, 128, 192, 384, 576}) {
+      for (int in : {64, 128, 192, 384, 576, 832}) {
         if (in % g != 0) continue;
         for (int out : {1, 3, 5, 13}) {
           const bool with_bias = (out + in / g) % 2 == 1;
