@@ -41,9 +41,17 @@ void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, i
                   int num_tokens, float* y, int ldy) {
   Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
 }
+void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                    float* y, int ldy) {
+  Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
+}
 void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
                    int num_tokens, float* y, int ldy) {
   TableRowsScalar(table, row0, rows, x, ldx, num_tokens, y, ldy);
+}
+void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
+                     float* y, int ldy) {
+  TableRowsQ8Scalar(table, row0, rows, x, y, ldy);
 }
 #endif
 

@@ -101,13 +101,17 @@ void Transformer::Run(const int* ids, int n, Logits which, float* logits) {
     const int chunk = std::min(chunk_tokens_, n - done);
     ForwardChunk(ids + done, done, chunk);
     const bool last_chunk = done + chunk == n;
+    // The lm_head takes int8 activations exactly when this chunk's linears
+    // did, whether it computes all the chunk's logits or the last token's.
+    const bool int8_logits = int8_decode_ && chunk <= kQ8MaxTokens;
     if (which == Logits::kAll) {
       RmsNorm(x_.data(), weights_.final_norm, d, config_.rms_norm_eps, chunk, h_.data());
-      TableLinearForward(weights_.lm_head, h_.data(), chunk, logits + Floats(done, vocab), pool_);
+      TableLinearForward(weights_.lm_head, h_.data(), chunk, logits + Floats(done, vocab), pool_,
+                         DetectedIsa(), int8_logits);
     } else if (last_chunk) {
       const float* last_x = x_.data() + Floats(chunk - 1, d);
       RmsNorm(last_x, weights_.final_norm, d, config_.rms_norm_eps, 1, h_.data());
-      TableLinearForward(weights_.lm_head, h_.data(), 1, logits, pool_);
+      TableLinearForward(weights_.lm_head, h_.data(), 1, logits, pool_, DetectedIsa(), int8_logits);
     }
     done += chunk;
   }

@@ -85,7 +85,7 @@ inline std::vector<float> Dequantized(const awqcore::Q8Activations& x) {
     for (int c = 0; c < x.in; ++c) {
       a[static_cast<size_t>(t) * x.in + c] =
           x.block_scales[static_cast<size_t>(t) * (x.in / awqcore::kQ8Block) + c / awqcore::kQ8Block] *
-          x.q[static_cast<size_t>(t) * x.in + awqcore::Q8Position(c)];
+          x.q[static_cast<size_t>(t) * x.in + x.position(c)];
     }
   }
   return a;

@@ -273,18 +273,23 @@ TEST(int8_decode_equals_chunked_prefill_and_stays_near_f32) {
 }
 
 TEST(last_only_logits_and_reset) {
+  // 5 tokens: a chunk the int8-decode mode runs W4A8 (and an int8 lm_head
+  // W8A8); 12: one it runs in f32, although the last-only lm_head call has
+  // a single token (the lm_head follows its chunk, transformer.cpp).
   for (bool int8_tables : {false, true}) {
-    const TinyModel model(true, int8_tables);
-    const int vocab = model.config.vocab_size;
-    ThreadPool pool(1);
-    Transformer transformer(model.config, model.weights, 16, pool);
-    const std::vector<int> ids = RandomIds(5, vocab, 4);
-    std::vector<float> all(5 * vocab), last(vocab);
-    transformer.Forward(ids.data(), 5, Transformer::Logits::kAll, all.data());
-    transformer.Reset();
-    CHECK(transformer.position() == 0);
-    transformer.Forward(ids.data(), 5, Transformer::Logits::kLastOnly, last.data());
-    CHECK(std::equal(last.begin(), last.end(), all.begin() + 4 * vocab));
+    for (int n : {5, 12}) {
+      const TinyModel model(true, int8_tables);
+      const int vocab = model.config.vocab_size;
+      ThreadPool pool(1);
+      Transformer transformer(model.config, model.weights, 16, pool);
+      const std::vector<int> ids = RandomIds(n, vocab, 4);
+      std::vector<float> all(static_cast<size_t>(n) * vocab), last(vocab);
+      transformer.Forward(ids.data(), n, Transformer::Logits::kAll, all.data());
+      transformer.Reset();
+      CHECK(transformer.position() == 0);
+      transformer.Forward(ids.data(), n, Transformer::Logits::kLastOnly, last.data());
+      CHECK(std::equal(last.begin(), last.end(), all.begin() + static_cast<size_t>(n - 1) * vocab));
+    }
   }
 }
 

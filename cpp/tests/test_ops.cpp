@@ -170,20 +170,23 @@ TEST(q8_activations_round_within_half_a_step) {
   // The definition (ops/q8_activations.h): per 32-column block, d = max|x| / 127
   // and q = round(x / d) in [-127, 127], so |x - d q| <= d / 2 (+ the f32
   // rounding of x * (127 / max), a few ulps of x); group sums are the sums of d q.
+  // Both layouts store the same values, only in another order.
   std::mt19937 rng(21);
   Q8Buffer buffer;
+  for (Q8Layout layout : {Q8Layout::kInt4Spans, Q8Layout::kNatural})
   for (int group_size : {32, 64, 128}) {
     const int tokens = 3, in = 384;
     std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * in, rng, -3.f, 3.f);
     std::fill_n(x.begin() + in + 32, 32, 0.f);  // token 1, block 1: all zero
-    const Q8Activations& q8 = buffer.Quantize(x.data(), in, tokens, in, group_size);
+    const Q8Activations& q8 = buffer.Quantize(x.data(), in, tokens, in, group_size, layout);
+    if (layout == Q8Layout::kNatural) CHECK(q8.q[in + 33] == 0 && q8.position(37) == 37);
     const std::vector<float> a = awqtest::Dequantized(q8);
     int bad = 0;
     for (int t = 0; t < tokens; ++t) {
       for (int b = 0; b < in / kQ8Block; ++b) {
         const float d = q8.block_scales[t * (in / kQ8Block) + b];
         for (int c = b * kQ8Block; c < (b + 1) * kQ8Block; ++c) {
-          bad += q8.q[t * in + Q8Position(c)] < -127;
+          bad += q8.q[t * in + q8.position(c)] < -127;
           bad += !(std::fabs(x[t * in + c] - a[t * in + c]) <= 0.5 * d + 1e-6 * std::fabs(x[t * in + c]));
         }
       }
@@ -233,6 +236,46 @@ TEST(int4_linear_decodes_nibbles_and_groups) {
     Int4LinearForward(layer, x.data(), 1, &y, pool);
     CHECK(y == 127.f * expected);
   }
+}
+
+TEST(table_linear_int8_activations_match_reference) {
+  // W8A8 (int8_activations with an int8 table): the exact product of the
+  // table with x's int8 rounding (natural layout), within gamma(d / 4 + 2)
+  // sum|w a| (per 32-column block 8 exact integer lane sums, each times one
+  // rounded s d_b: d / 4 rounded terms summed). Rows split the same way for
+  // 1 and 2 threads; an f16 table ignores the flag.
+  std::mt19937 rng(23);
+  ThreadPool pool1(1), pool2(2);
+  Q8Buffer buffer;
+  double worst = 0.0;
+  for (int rows : {1, 7, 37}) {
+    for (int d : {32, 64, 288}) {
+      const awqtest::RandomTable w(rows, d, /*int8=*/true, rng);
+      const awqtest::RandomTable f16(rows, d, /*int8=*/false, rng);
+      for (int tokens = 1; tokens <= 5; ++tokens) {
+        const std::vector<float> x = RandomFloats(static_cast<size_t>(tokens) * d, rng);
+        const std::vector<float> a = awqtest::Dequantized(
+            buffer.Quantize(x.data(), d, tokens, d, kQ8Block, Q8Layout::kNatural));
+        std::vector<float> ref(static_cast<size_t>(tokens) * rows), y1(ref.size()), y2(ref.size());
+        TableLinearReference(w.table, a.data(), tokens, ref.data());
+        TableLinearForward(w.table, x.data(), tokens, y1.data(), pool1, DetectedIsa(), true);
+        TableLinearForward(w.table, x.data(), tokens, y2.data(), pool2, DetectedIsa(), true);
+        CHECK(y1 == y2);
+        for (int t = 0; t < tokens; ++t) {
+          for (int r = 0; r < rows; ++r) {
+            const size_t i = static_cast<size_t>(t) * rows + r;
+            const double bound = Gamma(d / 4 + 2) * w.AbsProductSum(r, a.data() + static_cast<size_t>(t) * d);
+            CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= bound);
+          }
+        }
+        worst = std::max(worst, RelativeError(y1, ref));
+        TableLinearForward(f16.table, x.data(), tokens, y1.data(), pool1, DetectedIsa(), true);
+        TableLinearForward(f16.table, x.data(), tokens, y2.data(), pool1);
+        CHECK(y1 == y2);
+      }
+    }
+  }
+  std::printf("  int8 table, int8 activations: max relative error %.3g\n", worst);
 }
 
 TEST(table_linear_matches_reference) {

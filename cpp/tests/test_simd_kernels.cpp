@@ -3,7 +3,7 @@
 // multiple of the 4-row blocking, K at each group size (and across the
 // 256-column tiles), unaligned weight and activation pointers, strided
 // outputs, batches 1..8 (the f32 GEMM row kernels and the W4A8 GEMV ones),
-// the lm_head table in both forms (f16, int8);
+// the lm_head table in both forms (f16, int8) and W8A8 (int8 activations);
 // plus the fused q/k/v and gate/up/SwiGLU passes, thread-count independence
 // and the AVX2 attention (one sequence's tokens, and tokens of several
 // sequences with their own caches and positions).
@@ -240,6 +240,69 @@ TEST(table_row_kernels_match_reference_and_ignore_batch_size) {
       CHECK(bad == 0);
       CHECK(batch_dependent == 0);
     }
+  }
+}
+
+TEST(table_q8_row_kernels_match_reference_and_ignore_batch_size) {
+  // W8A8 int8 table rows against the exact product with the rounded
+  // activations: per 32-column block the integer lane sums are exact, then
+  // each is multiplied by one rounded s d_b and the d / 4 terms summed, so
+  // the bound is gamma(d / 4 + 2) sum|w a|. Random codes cover -128 (|w| is
+  // 128 unsigned in vpmaddubsw). Widths: one block, one tile, across tiles,
+  // SmolLM2's 576.
+  std::mt19937 rng(15);
+  Q8Buffer buffer;
+  for (Isa isa : IsasToTest()) {
+    double worst = 0.0;
+    int checked = 0, bad = 0, batch_dependent = 0;
+    for (int d : {32, 64, 256, 288, 576}) {
+      for (int rows : {1, 3, 5, 13}) {
+        const awqtest::RandomTable w(rows, d, /*int8=*/true, rng, kMisaligned);
+        for (int tokens = 1; tokens <= kQ8MaxTokens; ++tokens) {
+          const awqtest::StridedTokens xs(tokens, d, rng);
+          const Q8Activations& q8 =
+              buffer.Quantize(xs.x(), xs.stride, tokens, d, kQ8Block, Q8Layout::kNatural);
+          const std::vector<float> a = awqtest::Dequantized(q8);
+          std::vector<float> ref(static_cast<size_t>(tokens) * rows);
+          TableLinearReference(w.table, a.data(), tokens, ref.data());
+          const int row0 = rows > 4 ? 1 : 0, ldy = rows + 2;
+          auto run = [&](const Q8Activations& x, float* ys) {
+            if (isa == Isa::kAvx2) {
+              TableRowsQ8Avx2(w.table, row0, rows - row0, x, ys + row0, ldy);
+            } else {
+              TableRowsQ8Scalar(w.table, row0, rows - row0, x, ys + row0, ldy);
+            }
+          };
+          std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f), got, want;
+          run(q8, y.data());
+          for (int t = 0; t < tokens; ++t) {
+            for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
+            for (int r = row0; r < rows; ++r) {
+              const double diff = std::fabs(static_cast<double>(y[t * ldy + r]) - ref[t * rows + r]);
+              bad += !(diff <= Gamma(d / 4 + 2) * w.AbsProductSum(r, a.data() + t * d));
+              got.push_back(y[t * ldy + r]);
+              want.push_back(ref[t * rows + r]);
+              ++checked;
+            }
+            // The token alone gives bit-identical logits.
+            Q8Activations alone = q8;
+            alone.num_tokens = 1;
+            alone.q += static_cast<size_t>(t) * d;
+            alone.block_scales += static_cast<size_t>(t) * (d / kQ8Block);
+            std::vector<float> y_alone(ldy, -7.f);
+            run(alone, y_alone.data());
+            batch_dependent += !std::equal(y_alone.begin() + row0, y_alone.begin() + rows,
+                                           y.begin() + t * ldy + row0);
+          }
+          worst = std::max(worst, awqtest::RelativeError(got, want));
+        }
+      }
+    }
+    std::printf("  %s int8 table rows, int8 activations: %d outputs, %d outside the bound, "
+                "%d batch-dependent, max relative error %.3g\n",
+                IsaName(isa), checked, bad, batch_dependent, worst);
+    CHECK(bad == 0);
+    CHECK(batch_dependent == 0);
   }
 }
 

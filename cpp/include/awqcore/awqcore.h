@@ -125,8 +125,9 @@ enum class Device { kCpu, kCuda };
 // tokens (decode steps, batched decode, very short prompts); longer calls
 // (prefill) are f32 in both modes, and the CUDA device ignores this.
 //   kInt8Decode: rounded to int8 per 32 columns (W4A8, as llama.cpp does):
-//     1.6-1.8x faster int4 kernels; the next-token distribution moves by a
-//     mean KL of ~3e-3 nats on SmolLM2 (README). The KV cache is f16 (as
+//     1.6-1.8x faster int4 kernels; an int8 lm_head (`--embeddings int8`)
+//     multiplies W8A8 too, ~2x faster. The next-token distribution moves by
+//     a mean KL of ~3e-3 nats on SmolLM2 (README). The KV cache is f16 (as
 //     llama.cpp's default): half the memory, and half the cache bytes each
 //     decode step reads at long context.
 //   kFloat32: exact f32 (the W4A16 arithmetic of AWQ's definition), the KV

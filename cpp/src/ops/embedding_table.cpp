@@ -62,10 +62,49 @@ void TableRowsScalar(const EmbeddingTable& table, int row0, int rows, const floa
   }
 }
 
+void TableRowsQ8Scalar(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
+                       float* y, int ldy) {
+  const int d = table.d, blocks = d / EmbeddingTable::kBlock;
+  for (int t = 0; t < x.num_tokens; ++t) {
+    const int8_t* xq = x.q + static_cast<size_t>(t) * d;
+    const float* dx = x.block_scales + static_cast<size_t>(t) * blocks;
+    for (int r = row0; r < row0 + rows; ++r) {
+      const int8_t* q = table.q8 + static_cast<size_t>(r) * d;
+      const uint16_t* scales = table.q8_scales + static_cast<size_t>(r) * blocks;
+      float sum = 0.f;
+      for (int b = 0; b < blocks; ++b) {
+        int dot = 0;  // |dot| <= 32 * 128 * 127 < 2^24: exact also as a float
+        for (int c = b * EmbeddingTable::kBlock; c < (b + 1) * EmbeddingTable::kBlock; ++c) {
+          dot += q[c] * xq[c];
+        }
+        sum += F16ToF32(scales[b]) * dx[b] * static_cast<float>(dot);
+      }
+      y[static_cast<size_t>(t) * ldy + (r - row0)] = sum;
+    }
+  }
+}
+
 void TableLinearForward(const EmbeddingTable& table, const float* x, int num_tokens, float* y,
-                        ThreadPool& pool, Isa isa) {
+                        ThreadPool& pool, Isa isa, bool int8_activations) {
   const int rows = table.rows;
   const int num_blocks = (rows + kRowBlock - 1) / kRowBlock;
+  if (int8_activations && table.q8 != nullptr) {
+    // Rounded once per call, before the row split; per calling thread, and it
+    // only grows (as the int4 ops' buffer, int4_linear.cpp).
+    thread_local Q8Buffer buffer;
+    const Q8Activations& xq =
+        buffer.Quantize(x, table.d, num_tokens, table.d, kQ8Block, Q8Layout::kNatural);
+    pool.ParallelFor(num_blocks, [&](int64_t begin, int64_t end) {
+      const int row0 = static_cast<int>(begin) * kRowBlock;
+      const int row1 = std::min(rows, static_cast<int>(end) * kRowBlock);
+      if (isa == Isa::kAvx2) {
+        TableRowsQ8Avx2(table, row0, row1 - row0, xq, y + row0, rows);
+      } else {
+        TableRowsQ8Scalar(table, row0, row1 - row0, xq, y + row0, rows);
+      }
+    });
+    return;
+  }
   pool.ParallelFor(num_blocks, [&](int64_t begin, int64_t end) {
     const int row0 = static_cast<int>(begin) * kRowBlock;
     const int row1 = std::min(rows, static_cast<int>(end) * kRowBlock);

@@ -27,8 +27,19 @@ void EmbeddingGather(const EmbeddingTable& table, const int* ids, int num_tokens
 // tokens a block of rows is converted to f32 once per call and reused for
 // every token. A token's logits do not depend on how many tokens share the
 // call, nor on the thread count.
+// int8_activations with an int8 table: x is rounded to int8 per 32 columns
+// (q8_activations.h) and multiplied in integers (W8A8, TableRowsQ8*), each
+// token on its own. Why: the f32 kernel spends ~12 ALU uops per 32 weights
+// and row on widening and scaling and streams 6-8 GB/s on two cores, the
+// integer one (with a prefetch of the next rows) 13-14.5 GB/s, about what
+// this machine reads (microbenchmark, 151936 x 1536 and 49152 x 576 from
+// DRAM); the lm_head was ~25% of a SmolLM2 decode step. The
+// caller chooses per forward chunk (Transformer: exactly when the chunk's
+// int4 linears take int8 activations), not by num_tokens, so last-only
+// logits still equal the last row of all logits. Ignored for f16 tables.
 void TableLinearForward(const EmbeddingTable& table, const float* x, int num_tokens, float* y,
-                        ThreadPool& pool, Isa isa = DetectedIsa());
+                        ThreadPool& pool, Isa isa = DetectedIsa(),
+                        bool int8_activations = false);
 
 // Scalar oracle of TableLinearForward (double accumulator).
 void TableLinearReference(const EmbeddingTable& table, const float* x, int num_tokens, float* y);

@@ -5,10 +5,11 @@
 // 57 MB (f16) or 28.3 + 1.8 MB (int8) per token. Per 8 weights, f16: one
 // 16-byte load + vcvtph2ps and one FMA; int8: one 8-byte vpmovsxbd load,
 // vcvtdq2ps, a multiply by the block's scale (broadcast once per 32 columns)
-// and one FMA. 4 rows share each 32-byte load of x. At ~5 GB/s per core the
-// f16 table takes ~5.5 ms on two cores and the int8 one ~3 ms; the int8
-// arithmetic (~5 uops per 8 weights, ~0.8 ms on two cores at 3 GHz) stays
-// below that.
+// and one FMA. 4 rows share each 32-byte load of x. That arithmetic turned
+// out to bind on this 2 GHz Xeon: the int8 f32 kernel streams 6-8 GB/s on
+// two cores, so the int8-decode mode multiplies an int8 table by int8
+// activations instead (GemvFourRowsQ8Q8, W8A8, 13-14.5 GB/s with the
+// prefetch of the next rows).
 // Prefill with all logits (perplexity): 4 x 256 tiles converted to f32 once
 // and reused for every token by the shared 4x2 micro-kernel (simd_avx2.h).
 //
@@ -114,6 +115,53 @@ void GemvFourRowsQ8(const EmbeddingTable& table, const int* rows, const float* x
   _mm_storeu_ps(y, total);
 }
 
+// W8A8 for 4 int8 rows and one token (xq: its int8 activations in column
+// order, dx: their block scales). vpmaddubsw multiplies unsigned by signed
+// bytes, so the weights go in as |w| (unsigned: -128 becomes 128, correct)
+// and the activations take w's sign (vpsignb; |x| <= 127, so negating never
+// overflows, and x = 0 where w = 0): |w| (x sign w) = w x, in int16 pairs of
+// at most 2 * 128 * 127 = 32512 < 2^15, no saturation. Per 32 weights and
+// row: abs, sign, maddubs, madd, convert and one FMA by s_b d_b (~7 ALU uops
+// against ~12 for the f32 kernel's widen, convert, scale and FMA).
+void GemvFourRowsQ8Q8(const EmbeddingTable& table, const int* rows, const int8_t* xq,
+                      const float* dx, float* y) {
+  const int d = table.d;
+  const int blocks = d / kBlock;
+  const int8_t* q[4];
+  const uint16_t* s[4];
+  for (int r = 0; r < 4; ++r) {
+    q[r] = table.q8 + static_cast<size_t>(rows[r]) * d;
+    s[r] = table.q8_scales + static_cast<size_t>(rows[r]) * blocks;
+  }
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[4];
+  #pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) acc[r] = _mm256_setzero_ps();
+  for (int b = 0; b < blocks; ++b) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * kBlock));
+    // The next 4 rows follow these (a short final block's repeats aside):
+    // 128 bytes of them per block, as the int4 GEMV does and for the same
+    // reason (int4_linear_avx2.cpp).
+    const char* next = reinterpret_cast<const char*>(q[0]) + 4 * d + 4 * b * kBlock;
+    _mm_prefetch(next, _MM_HINT_T0);
+    _mm_prefetch(next + 64, _MM_HINT_T0);
+    #pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[r] + b * kBlock));
+      const __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+      const __m256 dot = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+      acc[r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(_cvtsh_ss(s[r][b]) * dx[b]), acc[r]);
+    }
+  }
+  _mm_storeu_ps(y, avx2::Hsum4(acc[0], acc[1], acc[2], acc[3]));
+}
+
+// The 4 rows from `row`, the last of them repeated where fewer remain (a
+// short final block).
+void FourRows(int row, int rows_left, int* block) {
+  for (int r = 0; r < 4; ++r) block[r] = row + std::min(r, rows_left - 1);
+}
+
 // tile[r][i] = W[row + r, column0 + i] in f32 for r < rows, 0 for the rest
 // of the 4 rows; tile: [4, kTileColumns], 32-byte aligned.
 void ConvertTile(const EmbeddingTable& table, int row, int rows, int column0, int width,
@@ -148,8 +196,8 @@ void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float*
   if (num_tokens < kGemmMinTokens) {
     for (int r0 = 0; r0 < rows; r0 += 4) {
       const int block_rows = std::min(4, rows - r0);
-      int block[4];  // the block's rows, the last repeated to fill 4
-      for (int r = 0; r < 4; ++r) block[r] = row0 + r0 + std::min(r, block_rows - 1);
+      int block[4];
+      FourRows(row0 + r0, block_rows, block);
       for (int t = 0; t < num_tokens; ++t) {
         float sums[4];
         const float* xt = x + static_cast<size_t>(t) * ldx;
@@ -173,6 +221,22 @@ void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float*
       const int width = std::min(kTileColumns, table.d - column0);
       ConvertTile(table, row0 + r0, block_rows, column0, width, tile);
       avx2::AccumulateTile(tile, width, block_rows, x + column0, ldx, num_tokens, y + r0, ldy);
+    }
+  }
+}
+
+void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
+                     float* y, int ldy) {
+  const int blocks = table.d / kBlock;
+  for (int r0 = 0; r0 < rows; r0 += 4) {
+    const int block_rows = std::min(4, rows - r0);
+    int block[4];
+    FourRows(row0 + r0, block_rows, block);
+    for (int t = 0; t < x.num_tokens; ++t) {
+      float sums[4];
+      GemvFourRowsQ8Q8(table, block, x.q + static_cast<size_t>(t) * table.d,
+                       x.block_scales + static_cast<size_t>(t) * blocks, sums);
+      std::copy_n(sums, block_rows, y + static_cast<size_t>(t) * ldy + r0);
     }
   }
 }

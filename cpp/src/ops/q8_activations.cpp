@@ -5,7 +5,9 @@
 namespace awqcore {
 
 const Q8Activations& Q8Buffer::Quantize(const float* x, int ldx, int num_tokens, int in,
-                                        int group_size) {
+                                        int group_size, Q8Layout layout) {
+  view_ = {num_tokens, in, group_size, layout, nullptr, nullptr, nullptr};
+  const bool natural = layout == Q8Layout::kNatural;
   const int blocks = in / kQ8Block, groups = in / group_size;
   q_.resize(static_cast<size_t>(num_tokens) * in);
   block_scales_.resize(static_cast<size_t>(num_tokens) * blocks);
@@ -34,7 +36,7 @@ const Q8Activations& Q8Buffer::Quantize(const float* x, int ldx, int num_tokens,
         // result stays within +-127.
         const float scaled = xb[i] * inv;
         const int v = static_cast<int>((scaled + 12582912.f) - 12582912.f);
-        qt[Q8Position(b * kQ8Block + i)] = static_cast<int8_t>(v);
+        qt[natural ? b * kQ8Block + i : Q8Position(b * kQ8Block + i)] = static_cast<int8_t>(v);
         sum += v;
       }
       block_scales_[static_cast<size_t>(t) * blocks + b] = d;
@@ -42,7 +44,9 @@ const Q8Activations& Q8Buffer::Quantize(const float* x, int ldx, int num_tokens,
           d * static_cast<float>(sum);
     }
   }
-  view_ = {num_tokens, in, group_size, q_.data(), block_scales_.data(), group_sums_.data()};
+  view_.q = q_.data();
+  view_.block_scales = block_scales_.data();
+  view_.group_sums = group_sums_.data();
   return view_;
 }
 

@@ -43,26 +43,37 @@ inline int Q8Position(int c) {
   return span * kQ8Span + (in_block % 2) * kQ8Block + block * (kQ8Block / 2) + in_block / 2;
 }
 
-// Quantized activations of num_tokens tokens of width `in` (a multiple of
-// kQ8Span); group sums are per weight group of `group_size` columns.
+// Where column c of a token's row is stored: kInt4Spans, the permuted spans
+// above (the int4 kernels; `in` a multiple of kQ8Span); kNatural, at c (the
+// int8 lm_head, whose weights are in column order; `in` a multiple of
+// kQ8Block).
+enum class Q8Layout { kInt4Spans, kNatural };
+
+// Quantized activations of num_tokens tokens of width `in`; group sums are
+// per weight group of `group_size` columns.
 struct Q8Activations {
   int num_tokens = 0;
   int in = 0;
   int group_size = 0;
-  const int8_t* q = nullptr;           // [num_tokens, in], permuted (layout above)
+  Q8Layout layout = Q8Layout::kInt4Spans;
+  const int8_t* q = nullptr;           // [num_tokens, in], in `layout` order
   const float* block_scales = nullptr; // [num_tokens, in/32]   d_b
   const float* group_sums = nullptr;   // [num_tokens, in/g]    sum_c d_b q[c] over the group
+
+  // Index of column c within a token's row of q.
+  int position(int c) const { return layout == Q8Layout::kNatural ? c : Q8Position(c); }
 };
 
 // Owns the storage of a Q8Activations; grows on first use only, so a decode
 // loop that reuses one buffer does not allocate. Not thread-safe.
 class Q8Buffer {
  public:
-  // Rounds x [num_tokens, in] (row stride ldx). Requires in % kQ8Span == 0 and
-  // group_size in {32, 64, 128}. A non-finite value in a block makes its
-  // scale NaN or inf, so the outputs that read it are non-finite too (never
-  // silently finite).
-  const Q8Activations& Quantize(const float* x, int ldx, int num_tokens, int in, int group_size);
+  // Rounds x [num_tokens, in] (row stride ldx). Requires group_size in {32,
+  // 64, 128} dividing in, and in % kQ8Span == 0 for kInt4Spans. A non-finite
+  // value in a block makes its scale NaN or inf, so the outputs that read it
+  // are non-finite too (never silently finite).
+  const Q8Activations& Quantize(const float* x, int ldx, int num_tokens, int in, int group_size,
+                                Q8Layout layout = Q8Layout::kInt4Spans);
 
  private:
   std::vector<int8_t> q_;
