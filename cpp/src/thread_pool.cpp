@@ -1,5 +1,6 @@
 #include "thread_pool.h"
 
+#include <algorithm>
 #include <chrono>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
@@ -35,9 +36,7 @@ bool SpinUntil(const Done& done, int spin_micros) {
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(num_threads < 1 ? 1 : num_threads) {
   workers_.reserve(num_threads_ - 1);
-  for (int chunk_index = 1; chunk_index < num_threads_; ++chunk_index) {
-    workers_.emplace_back([this, chunk_index] { WorkerLoop(chunk_index); });
-  }
+  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -49,35 +48,42 @@ ThreadPool::~ThreadPool() {
   for (std::thread& worker : workers_) worker.join();
 }
 
-void ThreadPool::Run(int64_t n, ChunkFn fn, const void* context) {
-  const int num_chunks = n < num_threads_ ? static_cast<int>(n) : num_threads_;
-  if (num_chunks > 1) {
-    job_fn_ = fn;
-    job_context_ = context;
-    job_n_ = n;
-    job_chunks_ = num_chunks;
-    // Every worker reports, also those without a chunk (fewer chunks than
-    // threads), so no worker can still be reading this job's fields when the
-    // next Run overwrites them.
-    pending_.store(num_threads_ - 1);
-    generation_.fetch_add(1);  // seq_cst: publishes the job, ordered before the read below
-    if (sleepers_.load() > 0) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      work_ready_.notify_all();
-    }
-  }
-  fn(context, 0, ChunkBegin(n, num_chunks, 1));
-  if (num_chunks > 1) {
-    // The workers run chunks of the same size as ours: spin briefly, then
-    // yield the core (a descheduled worker on a busy machine needs it).
-    while (!SpinUntil([this] { return pending_.load(std::memory_order_acquire) == 0; },
-                      kSpinMicros)) {
-      std::this_thread::yield();
-    }
+void ThreadPool::RunChunks() {
+  for (;;) {
+    const int chunk = next_chunk_.fetch_add(1, std::memory_order_relaxed);
+    if (chunk >= job_chunks_) return;
+    job_fn_(job_context_, ChunkBegin(job_n_, job_chunks_, chunk), ChunkBegin(job_n_, job_chunks_, chunk + 1));
   }
 }
 
-void ThreadPool::WorkerLoop(int chunk_index) {
+void ThreadPool::Run(int64_t n, ChunkFn fn, const void* context) {
+  if (num_threads_ == 1 || n == 1) {
+    fn(context, 0, n);
+    return;
+  }
+  job_fn_ = fn;
+  job_context_ = context;
+  job_n_ = n;
+  job_chunks_ = static_cast<int>(std::min<int64_t>(n, int64_t{kChunksPerThread} * num_threads_));
+  next_chunk_.store(0, std::memory_order_relaxed);
+  // Every worker reports, also one that finds no chunk left, so no worker can
+  // still be reading this job's fields when the next Run overwrites them.
+  pending_.store(num_threads_ - 1);
+  generation_.fetch_add(1);  // seq_cst: publishes the job, ordered before the read below
+  if (sleepers_.load() > 0) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    work_ready_.notify_all();
+  }
+  RunChunks();
+  // The last chunks are small: spin briefly, then yield the core (a
+  // descheduled worker on a busy machine needs it).
+  while (!SpinUntil([this] { return pending_.load(std::memory_order_acquire) == 0; },
+                    kSpinMicros)) {
+    std::this_thread::yield();
+  }
+}
+
+void ThreadPool::WorkerLoop() {
   uint64_t seen_generation = 0;
   for (;;) {
     const auto job_ready = [&] { return stop_.load() || generation_.load() != seen_generation; };
@@ -89,11 +95,7 @@ void ThreadPool::WorkerLoop(int chunk_index) {
     }
     if (stop_.load()) return;
     seen_generation = generation_.load();
-    if (chunk_index < job_chunks_) {
-      const int64_t begin = ChunkBegin(job_n_, job_chunks_, chunk_index);
-      const int64_t end = ChunkBegin(job_n_, job_chunks_, chunk_index + 1);
-      job_fn_(job_context_, begin, end);
-    }
+    RunChunks();
     pending_.fetch_sub(1, std::memory_order_release);
   }
 }
