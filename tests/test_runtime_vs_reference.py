@@ -156,16 +156,21 @@ def test_prefill_equals_token_by_token(tiny_awqbin):
     assert np.array_equal(int8.forward(ids, chunk_tokens=1), int8.forward(ids, chunk_tokens=8))
 
 
-def test_int8_decode_stays_close_to_f32(smollm2_awqbin):
-    """The default decode arithmetic (int8 activations, W4A8) against the exact
-    f32 one on SmolLM2, every position computed as a decode step computes it.
-    Rounding moves each activation by <= 1/254 of its 32-block's max, ~3e-3 of
-    a linear's output (test_simd_kernels); through 30 layers the next-token
-    distributions stay close: mean KL measured 2.6e-3 nats (tolerance 2e-2), the
-    top-1 token the same at >= 90% of positions (measured 98.6% of 74). A broken
-    W4A8 path (a wrong nibble or scale) gives KL of order 1 and near-random top-1."""
-    int8 = awqcore.Model(smollm2_awqbin, threads=2, max_seq_len=256)
-    exact = awqcore.Model(smollm2_awqbin, threads=2, max_seq_len=256, activations="f32")
+@pytest.mark.parametrize("table", ["f16", "int8"])
+def test_int8_decode_stays_close_to_f32(table, smollm2_awqbin, smollm2_int8_awqbin):
+    """The default decode arithmetic (int8 activations, W4A8; with an int8
+    table also a W8A8 lm_head) against the exact f32 one on SmolLM2, every
+    position computed as a decode step computes it. Rounding moves each
+    activation by <= 1/254 of its 32-block's max, ~3e-3 of a linear's output
+    (test_simd_kernels); through 30 layers the next-token distributions stay
+    close: mean KL measured 3.1e-3 nats with the f16 table, 3.6e-3 with the
+    int8 one (tolerance 2e-2; both with the f16 KV cache), the top-1 token
+    the same at >= 90% of positions (measured 98.6% of 74 for both). A
+    broken W4A8 or W8A8 path (a wrong nibble or scale) gives KL of order 1 and
+    near-random top-1."""
+    path = smollm2_awqbin if table == "f16" else smollm2_int8_awqbin
+    int8 = awqcore.Model(path, threads=2, max_seq_len=256)
+    exact = awqcore.Model(path, threads=2, max_seq_len=256, activations="f32")
     ids = int8.tokenizer.encode(TEXT + " " + TEXT).ids
     a = int8.forward(ids, chunk_tokens=8).astype(np.float64)
     b = exact.forward(ids, chunk_tokens=8).astype(np.float64)
@@ -175,7 +180,7 @@ def test_int8_decode_stays_close_to_f32(smollm2_awqbin):
     lb -= np.log(np.exp(lb).sum(-1, keepdims=True))
     kl = float((np.exp(lb) * (lb - la)).sum(-1).mean())
     top1 = float((a.argmax(-1) == b.argmax(-1)).mean())
-    print(f"SmolLM2 int8 vs f32 decode over {len(ids)} positions: mean KL {kl:.2e} nats, "
+    print(f"SmolLM2 ({table} table) int8 vs f32 decode over {len(ids)} positions: mean KL {kl:.2e} nats, "
           f"top-1 agreement {100 * top1:.1f}%")
     assert kl < 2e-2
     assert top1 >= 0.9

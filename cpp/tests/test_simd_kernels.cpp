@@ -85,10 +85,12 @@ TEST(int4_row_kernels_match_reference) {
     for (int g : {32, 64, 128}) {
       for (int in : {g, 3 * g, 256 + g, 9 * 64}) {
         if (in % g != 0) continue;
-        for (int out : {1, 3, 5, 13}) {
+        // 29 and 37 rows: many 4-row blocks and a short one; 13 tokens: an
+        // odd count past the 8 of a decode batch (the GEMM pairs tokens).
+        for (int out : {1, 3, 5, 13, 29, 37}) {
           const bool with_bias = (out + in / g) % 2 == 1;
           RandomInt4 w(out, in, g, with_bias, rng, kMisaligned);
-          for (int tokens = 1; tokens <= 8; ++tokens) {
+          for (int tokens : {1, 2, 3, 4, 5, 6, 7, 8, 13}) {
             const awqtest::StridedTokens xs(tokens, in, rng);
             const float* x = xs.x();
             const int ldx = xs.stride, ldy = out + 2;

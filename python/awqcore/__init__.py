@@ -40,8 +40,9 @@ class Model:
     cache. Must be 1 with device="cuda" (batched generation is CPU-only for now).
     activations: "int8" (default) rounds the activations of the int4 linears
     to int8 per 32 columns in decode steps (W4A8, as llama.cpp does: 1.6-1.8x
-    faster int4 kernels, next-token KL ~3e-3 nats) and keeps the KV cache in
-    f16 (half its memory); "f32" keeps both exact (W4A16, f32 cache). Prefill
+    faster int4 kernels, next-token KL ~3e-3 nats), multiplies an int8 lm_head
+    by int8 activations too (W8A8), and keeps the KV cache in f16 (half its
+    memory); "f32" keeps all exact (W4A16, f32 cache). Prefill
     linears are f32 either way; the CUDA device ignores this (its cache is f16).
 
     One Model runs one call at a time; calls from several Python threads are
