@@ -22,6 +22,21 @@
 namespace awqcore {
 namespace {
 
+// Decode reads each kv head's rows with a stride (KV * hd elements apart) and
+// the weights streamed since the last token have evicted them from the
+// caches: the hardware prefetcher alone left attention at ~4 GB/s (perf: 24%
+// of a SmolLM2 decode step at context ~660). Rows kPrefetchRows ahead are
+// requested explicitly (a prefetch past the cache's end never faults).
+constexpr int kPrefetchRows = 16;
+template <typename CacheT>
+inline void PrefetchRows(const CacheT* row, int rows, int stride, int elements) {
+  const int bytes = elements * static_cast<int>(sizeof(CacheT));
+  for (int r = 0; r < rows; ++r) {
+    const char* p = reinterpret_cast<const char*>(row + static_cast<size_t>(r) * stride);
+    for (int b = 0; b < bytes; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+  }
+}
+
 inline __m256 LoadKv8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 LoadKv8(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -36,6 +51,7 @@ float Scores(const float* query, const CacheT* k_cache, int kv_stride, int hd, i
   int j = 0;
   for (; j + 4 <= num_keys; j += 4) {
     const CacheT* key = k_cache + static_cast<size_t>(j) * kv_stride;
+    PrefetchRows(key + kPrefetchRows * kv_stride, 4, kv_stride, hd);
     const __m256 q0 = _mm256_loadu_ps(query);
     __m256 a0 = _mm256_mul_ps(q0, LoadKv8(key));
     __m256 a1 = _mm256_mul_ps(q0, LoadKv8(key + kv_stride));
@@ -117,6 +133,7 @@ void WeightedValues(const float* weights, const CacheT* v_cache, int kv_stride, 
   for (int k = 0; k < kVecs; ++k) acc[k] = _mm256_setzero_ps();
   for (int j = 0; j < num_keys; ++j) {
     const CacheT* value = v_cache + static_cast<size_t>(j) * kv_stride + c;
+    PrefetchRows(value + kPrefetchRows * kv_stride, 1, kv_stride, 8 * kVecs);
     const __m256 w = _mm256_set1_ps(weights[j]);
     #pragma GCC unroll 8
     for (int k = 0; k < kVecs; ++k) acc[k] = _mm256_fmadd_ps(w, LoadKv8(value + 8 * k), acc[k]);
