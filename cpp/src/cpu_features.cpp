@@ -53,6 +53,10 @@ void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Ac
                      float* y, int ldy) {
   TableRowsQ8Scalar(table, row0, rows, x, y, ldy);
 }
+void QuantizeRowAvx2(const float* x, int in, Q8Layout layout, int8_t* q, float* block_scales,
+                     int* block_sums) {
+  QuantizeRowScalar(x, in, layout, q, block_scales, block_sums);
+}
 #endif
 
 const char* IsaName(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "scalar"; }

@@ -34,6 +34,7 @@
 #include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
 #include "ops/linear_kernels.h"
+#include "ops/q8_activations.h"
 #include "random_weights.h"
 #include "test_harness.h"
 #include "thread_pool.h"
@@ -123,6 +124,44 @@ TEST(int4_row_kernels_match_reference) {
     std::printf("  %s int4 rows: %d outputs, %d outside the bound, max relative error %.3g\n",
                 IsaName(isa), checked, bad, worst);
     CHECK(bad == 0);
+  }
+}
+
+TEST(q8_rounding_avx2_equals_scalar) {
+  // Bit for bit: q, block scales and block sums, both layouts, over blocks of
+  // random values, of exact ties (x * inv = k + 0.5, rounded to even), of
+  // zeros, and with an inf and a NaN.
+  if (DetectedIsa() != Isa::kAvx2) {
+    std::printf("  no AVX2 on this CPU: nothing to compare\n");
+    return;
+  }
+  std::mt19937 rng(16);
+  for (Q8Layout layout : {Q8Layout::kInt4Spans, Q8Layout::kNatural}) {
+    for (int in : {64, 576, 1536}) {
+      std::vector<float> x = RandomFloats(static_cast<size_t>(in), rng, -4.f, 4.f);
+      // Block 1: 127 and k + 0.5 for k = -4 .. 4, so x * (127 / 127) ties.
+      x[32] = 127.f;
+      for (int k = -4; k <= 4; ++k) x[33 + k + 4] = static_cast<float>(k) + 0.5f;
+      if (in > 64) {
+        std::fill_n(x.begin() + 64, 32, 0.f);  // block 2: zeros
+        x[100] = INFINITY;                      // block 3
+        x[130] = NAN;                           // block 4
+      }
+      const int blocks = in / kQ8Block;
+      std::vector<int8_t> q1(in, 99), q2(in, 99);
+      std::vector<float> d1(blocks), d2(blocks);
+      std::vector<int> s1(blocks), s2(blocks);
+      QuantizeRowScalar(x.data(), in, layout, q1.data(), d1.data(), s1.data());
+      QuantizeRowAvx2(x.data(), in, layout, q2.data(), d2.data(), s2.data());
+      CHECK(q1 == q2);
+      CHECK(s1 == s2);
+      for (int b = 0; b < blocks; ++b) {
+        CHECK((std::isnan(d1[b]) && std::isnan(d2[b])) || d1[b] == d2[b]);
+      }
+      auto at = [&](int c) { return q1[layout == Q8Layout::kNatural ? c : Q8Position(c)]; };
+      CHECK(at(33) == -4 && at(34) == -2 && at(37) == 0 && at(38) == 2);  // ties to even
+      if (in > 64) CHECK(std::isnan(d1[3]) && std::isnan(d1[4]) && d1[2] == 0.f);
+    }
   }
 }
 
