@@ -265,8 +265,8 @@ void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t,
   for (int r = 0; r < kRows; ++r) {  // minus sum_g s z (sum of a over g)
     acc[r] = _mm256_sub_ps(acc[r], ZeroTerms(scales[r], zeros[r], group_sums, groups));
   }
-  const float no_zero_terms[kRows] = {};
-  StoreRows<kRows>(layer, row, acc, no_zero_terms, y);
+  const float none[kRows] = {};  // the zero-point terms are already in acc
+  StoreRows<kRows>(layer, row, acc, none, y);
 }
 
 // tile[r][0 .. width) = exact dequantized W[row + r, column0 ..), r < rows;
