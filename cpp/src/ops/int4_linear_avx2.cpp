@@ -269,6 +269,73 @@ void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t,
   StoreRows<kRows>(layer, row, acc, none, y);
 }
 
+// Q8GemvRows<4> for tokens t and t + 1 at once (group sizes 64 and 128), for
+// batched decode: each span's codes are loaded and split into nibbles once
+// for both tokens, and the per-call work (row pointers, prefetch, horizontal
+// sums) is shared. Per token the arithmetic is exactly Q8GemvRows<4>'s, so
+// a token's outputs do not depend on its batch (bit for bit).
+void Q8GemvFourRowsTwoTokens(const Int4Linear& layer, int row, const Q8Activations& x, int t,
+                             float* y0, float* y1) {
+  const int gs = layer.group_size;
+  const int groups = layer.in / gs;
+  const int spans_per_group = gs / kQ8Span;
+  const int8_t* xq[2];
+  const float* d[2];
+  const float* group_sums[2];
+  for (int k = 0; k < 2; ++k) {
+    xq[k] = x.q + static_cast<size_t>(t + k) * layer.in;
+    d[k] = x.block_scales + static_cast<size_t>(t + k) * (layer.in / kQ8Block);
+    group_sums[k] = x.group_sums + static_cast<size_t>(t + k) * groups;
+  }
+  const RowPointers<4> rows(layer, row);
+  const __m256i nibble = _mm256_set1_epi8(15);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[2][4];
+  #pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = _mm256_setzero_ps();
+  for (int g = 0; g < groups; ++g) {
+    __m256 group_acc[2][4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) group_acc[0][r] = group_acc[1][r] = _mm256_setzero_ps();
+    for (int sp = g * spans_per_group; sp < (g + 1) * spans_per_group; ++sp) {
+      const char* next = reinterpret_cast<const char*>(rows.codes[0]) + 2 * layer.in + sp * 128;
+      _mm_prefetch(next, _MM_HINT_T0);
+      _mm_prefetch(next + 64, _MM_HINT_T0);
+      const __m256 dv0 = HalfSpanPair(d[0][2 * sp], d[0][2 * sp + 1]);
+      const __m256 dv1 = HalfSpanPair(d[1][2 * sp], d[1][2 * sp + 1]);
+      #pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows.codes[r] + sp * 32));
+        const __m256i lo = _mm256_and_si256(v, nibble);
+        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+        #pragma GCC unroll 2
+        for (int k = 0; k < 2; ++k) {
+          const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[k] + sp * kQ8Span));
+          const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[k] + sp * kQ8Span + 32));
+          const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
+          const __m256 dots = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+          group_acc[k][r] = _mm256_fmadd_ps(dots, k == 0 ? dv0 : dv1, group_acc[k][r]);
+        }
+      }
+    }
+    #pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const __m256 s = _mm256_set1_ps(_cvtsh_ss(rows.scales[r][g]));
+      acc[0][r] = _mm256_fmadd_ps(s, group_acc[0][r], acc[0][r]);
+      acc[1][r] = _mm256_fmadd_ps(s, group_acc[1][r], acc[1][r]);
+    }
+  }
+  const float none[4] = {};  // the zero-point terms are subtracted here
+  float* ys[2] = {y0, y1};
+  for (int k = 0; k < 2; ++k) {
+    #pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      acc[k][r] = _mm256_sub_ps(acc[k][r], ZeroTerms(rows.scales[r], rows.zeros[r], group_sums[k], groups));
+    }
+    StoreRows<4>(layer, row, acc[k], none, ys[k]);
+  }
+}
+
 // tile[r][0 .. width) = exact dequantized W[row + r, column0 ..), r < rows;
 // rows rows..3 are zeroed so the 4-row micro-kernel can run over them.
 void DequantizeTile(const Int4Linear& layer, int row, int rows, int column0, int width,
@@ -340,9 +407,15 @@ void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, i
 // while every token reads them, so a batch shares one pass over the weights.
 void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                     float* y, int ldy) {
+  const bool pairs = layer.group_size > kQ8Block;  // Q8GemvFourRowsTwoTokens' group sizes
   int r = 0;
   for (; r + 4 <= rows; r += 4) {
-    for (int t = 0; t < x.num_tokens; ++t) {
+    int t = 0;
+    for (; pairs && t + 2 <= x.num_tokens; t += 2) {
+      Q8GemvFourRowsTwoTokens(layer, row0 + r, x, t, y + static_cast<size_t>(t) * ldy + r,
+                              y + static_cast<size_t>(t + 1) * ldy + r);
+    }
+    for (; t < x.num_tokens; ++t) {
       Q8GemvRows<4>(layer, row0 + r, x, t, y + static_cast<size_t>(t) * ldy + r);
     }
   }
