@@ -203,13 +203,8 @@ TEST(int4_q8_row_kernels_match_reference) {
             run(q8, y.data());
             std::vector<float> got, want;
             for (int t = 0; t < tokens; ++t) {
-              Q8Activations alone = q8;
-              alone.num_tokens = 1;
-              alone.q += static_cast<size_t>(t) * in;
-              alone.block_scales += static_cast<size_t>(t) * (in / kQ8Block);
-              alone.group_sums += static_cast<size_t>(t) * (in / g);
               std::vector<float> y_alone(ldy, -7.f);
-              run(alone, y_alone.data());
+              run(awqtest::TokenAlone(q8, t), y_alone.data());
               batch_dependent += !std::equal(y_alone.begin() + row0, y_alone.begin() + out,
                                              y.begin() + t * ldy + row0);
               for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
@@ -341,12 +336,8 @@ TEST(table_q8_row_kernels_match_reference_and_ignore_batch_size) {
               ++checked;
             }
             // The token alone gives bit-identical logits.
-            Q8Activations alone = q8;
-            alone.num_tokens = 1;
-            alone.q += static_cast<size_t>(t) * d;
-            alone.block_scales += static_cast<size_t>(t) * (d / kQ8Block);
             std::vector<float> y_alone(ldy, -7.f);
-            run(alone, y_alone.data());
+            run(awqtest::TokenAlone(q8, t), y_alone.data());
             batch_dependent += !std::equal(y_alone.begin() + row0, y_alone.begin() + rows,
                                            y.begin() + t * ldy + row0);
           }

@@ -88,30 +88,21 @@ void TableLinearForward(const EmbeddingTable& table, const float* x, int num_tok
                         ThreadPool& pool, Isa isa, bool int8_activations) {
   const int rows = table.rows;
   const int num_blocks = (rows + kRowBlock - 1) / kRowBlock;
+  // W8A8: x rounded once per call, before the row split; the buffer is per
+  // calling thread and only grows (as the int4 ops' buffer, int4_linear.cpp).
+  const Q8Activations* xq = nullptr;
   if (int8_activations && table.q8 != nullptr) {
-    // Rounded once per call, before the row split; per calling thread, and it
-    // only grows (as the int4 ops' buffer, int4_linear.cpp).
     thread_local Q8Buffer buffer;
-    const Q8Activations& xq =
-        buffer.Quantize(x, table.d, num_tokens, table.d, kQ8Block, Q8Layout::kNatural);
-    pool.ParallelFor(num_blocks, [&](int64_t begin, int64_t end) {
-      const int row0 = static_cast<int>(begin) * kRowBlock;
-      const int row1 = std::min(rows, static_cast<int>(end) * kRowBlock);
-      if (isa == Isa::kAvx2) {
-        TableRowsQ8Avx2(table, row0, row1 - row0, xq, y + row0, rows);
-      } else {
-        TableRowsQ8Scalar(table, row0, row1 - row0, xq, y + row0, rows);
-      }
-    });
-    return;
+    xq = &buffer.Quantize(x, table.d, num_tokens, table.d, kQ8Block, Q8Layout::kNatural);
   }
   pool.ParallelFor(num_blocks, [&](int64_t begin, int64_t end) {
     const int row0 = static_cast<int>(begin) * kRowBlock;
-    const int row1 = std::min(rows, static_cast<int>(end) * kRowBlock);
-    if (isa == Isa::kAvx2) {
-      TableRowsAvx2(table, row0, row1 - row0, x, table.d, num_tokens, y + row0, rows);
+    const int n = std::min(rows, static_cast<int>(end) * kRowBlock) - row0;
+    const bool avx2 = isa == Isa::kAvx2;
+    if (xq != nullptr) {
+      (avx2 ? TableRowsQ8Avx2 : TableRowsQ8Scalar)(table, row0, n, *xq, y + row0, rows);
     } else {
-      TableRowsScalar(table, row0, row1 - row0, x, table.d, num_tokens, y + row0, rows);
+      (avx2 ? TableRowsAvx2 : TableRowsScalar)(table, row0, n, x, table.d, num_tokens, y + row0, rows);
     }
   });
 }

@@ -142,9 +142,7 @@ void GemvFourRowsQ8Q8(const EmbeddingTable& table, const int* rows, const int8_t
     // The next 4 rows follow these (a short final block's repeats aside):
     // 128 bytes of them per block, as the int4 GEMV does and for the same
     // reason (int4_linear_avx2.cpp).
-    const char* next = reinterpret_cast<const char*>(q[0]) + 4 * d + 4 * b * kBlock;
-    _mm_prefetch(next, _MM_HINT_T0);
-    _mm_prefetch(next + 64, _MM_HINT_T0);
+    avx2::PrefetchBytes(q[0] + 4 * d + 4 * b * kBlock, 4 * kBlock);
     #pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[r] + b * kBlock));

@@ -127,10 +127,10 @@ inline __m256 ZeroTerms(const uint16_t* scales, const uint8_t* zeros, const floa
   return _mm256_add_ps(sum, _mm256_castps128_ps256(tail));
 }
 
-// y[r] = sum(acc[r]) - zero_terms[r] + bias[row + r]: the end of both GEMVs.
+// y[r] = sum(acc[r]) + bias[row + r]: the end of both GEMVs, whose
+// accumulators already hold minus the zero-point terms (ZeroTerms).
 template <int kRows>
-void StoreRows(const Int4Linear& layer, int row, const __m256* acc, const float* zero_terms,
-               float* y) {
+void StoreRows(const Int4Linear& layer, int row, const __m256* acc, float* y) {
   float sums[kRows];
   if constexpr (kRows == 4) {
     _mm_storeu_ps(sums, avx2::Hsum4(acc[0], acc[1], acc[2], acc[3]));
@@ -138,7 +138,7 @@ void StoreRows(const Int4Linear& layer, int row, const __m256* acc, const float*
     for (int r = 0; r < kRows; ++r) sums[r] = avx2::Hsum(acc[r]);
   }
   for (int r = 0; r < kRows; ++r) {
-    y[r] = sums[r] - zero_terms[r] + (layer.bias ? layer.bias[row + r] : 0.f);
+    y[r] = sums[r] + (layer.bias ? layer.bias[row + r] : 0.f);
   }
 }
 
@@ -155,7 +155,6 @@ void GemvRows(const Int4Linear& layer, int row, const float* x, const float* gro
   const uint16_t* const* scales = rows.scales;
   const uint8_t* const* zeros = rows.zeros;
   __m256 acc[kRows];
-  float zero_terms[kRows] = {};  // sum_g s z (sum of x over g)
   for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
   for (int g = 0; g < groups; ++g) {
     const float* xg = x + g * gs;
@@ -174,24 +173,36 @@ void GemvRows(const Int4Linear& layer, int row, const float* x, const float* gro
     }
     #pragma GCC unroll 4
     for (int r = 0; r < kRows; ++r) {
-      const float s = _cvtsh_ss(scales[r][g]);
-      acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(s), _mm256_add_ps(even[r], odd[r]), acc[r]);
-      zero_terms[r] += s * static_cast<float>(zeros[r][g]) * group_sums[g];
+      const __m256 s = _mm256_set1_ps(_cvtsh_ss(scales[r][g]));
+      acc[r] = _mm256_fmadd_ps(s, _mm256_add_ps(even[r], odd[r]), acc[r]);
     }
   }
-  StoreRows<kRows>(layer, row, acc, zero_terms, y);
+  #pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r) {  // minus sum_g s z (sum of x over g)
+    acc[r] = _mm256_sub_ps(acc[r], ZeroTerms(scales[r], zeros[r], group_sums, groups));
+  }
+  StoreRows<kRows>(layer, row, acc, y);
 }
 
 // 64 weights of one row (32 code bytes at p) times the span's activations
 // (xe: its even columns, xo: its odd ones) -> 8 int32: lanes 0-3 sum columns
 // [0, 32) of the span, lanes 4-7 columns [32, 64).
-inline __m256i Dot64(const uint8_t* p, __m256i xe, __m256i xo) {
+// Dot64 in two steps, so that a batch splits each span's codes once:
+// 32 code bytes -> their low nibbles (even columns) and high nibbles (odd).
+struct Nibbles {
+  __m256i lo, hi;
+};
+inline Nibbles SplitNibbles(const uint8_t* p) {
   const __m256i nibble = _mm256_set1_epi8(15);
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  const __m256i lo = _mm256_and_si256(v, nibble);
-  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-  const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
+  return {_mm256_and_si256(v, nibble), _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble)};
+}
+inline __m256i DotNibbles(Nibbles n, __m256i xe, __m256i xo) {
+  const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(n.lo, xe), _mm256_maddubs_epi16(n.hi, xo));
   return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+inline __m256i Dot64(const uint8_t* p, __m256i xe, __m256i xo) {
+  return DotNibbles(SplitNibbles(p), xe, xo);
 }
 
 // [d_0 x4, d_1 x4] for the two 32-column blocks of a span.
@@ -199,140 +210,121 @@ inline __m256 HalfSpanPair(float d0, float d1) {
   return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(d0)), _mm_set1_ps(d1), 1);
 }
 
-// kRows (1 or 4) rows from `row`, token t: y[r] = W[row + r] . a_t (+ bias).
+// kRows (1 or 4) rows from `row`, kTokens (1 or 2) tokens from t, group
+// sizes 64 and 128 (one or two spans per group, a weight scale per group):
+// y[k][r] = W[row + r] . a_{t+k} (+ bias). With two tokens (batched decode)
+// each span's codes are loaded and split into nibbles once for both; the
+// per-token arithmetic is the same for kTokens 1 and 2, so a token's outputs
+// do not depend on its batch (bit for bit).
 // GCC does not fully unroll the row loops by itself; left as loops, the
 // accumulators live on the stack (a load and a store around every FMA) and
 // the kernel measured 1.35x slower (10.3 vs 7.6 GMAC/s, one core, in L2).
-template <int kRows>
-void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t, float* y) {
-  const int gs = layer.group_size;
-  const int groups = layer.in / gs;
-  const int spans = layer.in / kQ8Span;
-  const int8_t* xq = x.q + static_cast<size_t>(t) * layer.in;          // [in], permuted
-  const float* d = x.block_scales + static_cast<size_t>(t) * (layer.in / kQ8Block);
-  const float* group_sums = x.group_sums + static_cast<size_t>(t) * groups;
-  const RowPointers<kRows> rows(layer, row);
-  const uint8_t* const* codes = rows.codes;
-  const uint16_t* const* scales = rows.scales;
-  const uint8_t* const* zeros = rows.zeros;
-  __m256 acc[kRows];
-  #pragma GCC unroll 4
-  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
-  if (gs == kQ8Block) {  // a span holds two groups: scales per half span
-    // f16 pair [s_0, s_1] -> [s_0 x4, s_1 x4]
-    const __m128i spread = _mm_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3);
-    for (int sp = 0; sp < spans; ++sp) {
-      const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span));
-      const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span + 32));
-      const __m256 dv = HalfSpanPair(d[2 * sp], d[2 * sp + 1]);
-      #pragma GCC unroll 4
-      for (int r = 0; r < kRows; ++r) {
-        uint32_t pair;
-        std::memcpy(&pair, scales[r] + 2 * sp, sizeof(pair));
-        const __m256 sv = _mm256_cvtph_ps(_mm_shuffle_epi8(_mm_cvtsi32_si128(static_cast<int>(pair)), spread));
-        const __m256 dots = _mm256_cvtepi32_ps(Dot64(codes[r] + sp * 32, xe, xo));
-        acc[r] = _mm256_fmadd_ps(dots, _mm256_mul_ps(dv, sv), acc[r]);
-      }
-    }
-  } else {  // g = 64 or 128: one or two spans per group, weight scale per group
-    const int spans_per_group = gs / kQ8Span;
-    for (int g = 0; g < groups; ++g) {
-      __m256 group_acc[kRows];
-      #pragma GCC unroll 4
-      for (int r = 0; r < kRows; ++r) group_acc[r] = _mm256_setzero_ps();
-      for (int sp = g * spans_per_group; sp < (g + 1) * spans_per_group; ++sp) {
-        const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span));
-        const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span + 32));
-        const __m256 dv = HalfSpanPair(d[2 * sp], d[2 * sp + 1]);
-        if (kRows == 4) {  // the next 4 rows' codes, 128 bytes per span (see header)
-          const char* next = reinterpret_cast<const char*>(codes[0]) + 2 * layer.in + sp * 128;
-          _mm_prefetch(next, _MM_HINT_T0);
-          _mm_prefetch(next + 64, _MM_HINT_T0);
-        }
-        #pragma GCC unroll 4
-        for (int r = 0; r < kRows; ++r) {
-          const __m256 dots = _mm256_cvtepi32_ps(Dot64(codes[r] + sp * 32, xe, xo));
-          group_acc[r] = _mm256_fmadd_ps(dots, dv, group_acc[r]);
-        }
-      }
-      #pragma GCC unroll 4
-      for (int r = 0; r < kRows; ++r) {
-        acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(scales[r][g])), group_acc[r], acc[r]);
-      }
-    }
-  }
-  #pragma GCC unroll 4
-  for (int r = 0; r < kRows; ++r) {  // minus sum_g s z (sum of a over g)
-    acc[r] = _mm256_sub_ps(acc[r], ZeroTerms(scales[r], zeros[r], group_sums, groups));
-  }
-  const float none[kRows] = {};  // the zero-point terms are already in acc
-  StoreRows<kRows>(layer, row, acc, none, y);
-}
-
-// Q8GemvRows<4> for tokens t and t + 1 at once (group sizes 64 and 128), for
-// batched decode: each span's codes are loaded and split into nibbles once
-// for both tokens, and the per-call work (row pointers, prefetch, horizontal
-// sums) is shared. Per token the arithmetic is exactly Q8GemvRows<4>'s, so
-// a token's outputs do not depend on its batch (bit for bit).
-void Q8GemvFourRowsTwoTokens(const Int4Linear& layer, int row, const Q8Activations& x, int t,
-                             float* y0, float* y1) {
+template <int kRows, int kTokens>
+void Q8GemvGroups(const Int4Linear& layer, int row, const Q8Activations& x, int t,
+                  float* const* y) {
   const int gs = layer.group_size;
   const int groups = layer.in / gs;
   const int spans_per_group = gs / kQ8Span;
-  const int8_t* xq[2];
-  const float* d[2];
-  const float* group_sums[2];
-  for (int k = 0; k < 2; ++k) {
+  const int8_t* xq[kTokens];         // [in], permuted
+  const float* d[kTokens];           // [in / 32]
+  const float* group_sums[kTokens];  // [groups]
+  for (int k = 0; k < kTokens; ++k) {
     xq[k] = x.q + static_cast<size_t>(t + k) * layer.in;
     d[k] = x.block_scales + static_cast<size_t>(t + k) * (layer.in / kQ8Block);
     group_sums[k] = x.group_sums + static_cast<size_t>(t + k) * groups;
   }
-  const RowPointers<4> rows(layer, row);
-  const __m256i nibble = _mm256_set1_epi8(15);
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256 acc[2][4];
-  #pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r) acc[0][r] = acc[1][r] = _mm256_setzero_ps();
-  for (int g = 0; g < groups; ++g) {
-    __m256 group_acc[2][4];
+  const RowPointers<kRows> rows(layer, row);
+  __m256 acc[kTokens][kRows];
+  #pragma GCC unroll 2
+  for (int k = 0; k < kTokens; ++k) {
     #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) group_acc[0][r] = group_acc[1][r] = _mm256_setzero_ps();
-    for (int sp = g * spans_per_group; sp < (g + 1) * spans_per_group; ++sp) {
-      const char* next = reinterpret_cast<const char*>(rows.codes[0]) + 2 * layer.in + sp * 128;
-      _mm_prefetch(next, _MM_HINT_T0);
-      _mm_prefetch(next + 64, _MM_HINT_T0);
-      const __m256 dv0 = HalfSpanPair(d[0][2 * sp], d[0][2 * sp + 1]);
-      const __m256 dv1 = HalfSpanPair(d[1][2 * sp], d[1][2 * sp + 1]);
+    for (int r = 0; r < kRows; ++r) acc[k][r] = _mm256_setzero_ps();
+  }
+  for (int g = 0; g < groups; ++g) {
+    __m256 group_acc[kTokens][kRows];
+    #pragma GCC unroll 2
+    for (int k = 0; k < kTokens; ++k) {
       #pragma GCC unroll 4
-      for (int r = 0; r < 4; ++r) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows.codes[r] + sp * 32));
-        const __m256i lo = _mm256_and_si256(v, nibble);
-        const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+      for (int r = 0; r < kRows; ++r) group_acc[k][r] = _mm256_setzero_ps();
+    }
+    for (int sp = g * spans_per_group; sp < (g + 1) * spans_per_group; ++sp) {
+      if (kRows == 4) {  // the next 4 rows' codes, 128 bytes per span (see header)
+        avx2::PrefetchBytes(rows.codes[0] + 2 * layer.in + sp * 128, 128);
+      }
+      __m256 dv[kTokens];
+      #pragma GCC unroll 2
+      for (int k = 0; k < kTokens; ++k) dv[k] = HalfSpanPair(d[k][2 * sp], d[k][2 * sp + 1]);
+      #pragma GCC unroll 4
+      for (int r = 0; r < kRows; ++r) {
+        const Nibbles codes = SplitNibbles(rows.codes[r] + sp * 32);
         #pragma GCC unroll 2
-        for (int k = 0; k < 2; ++k) {
+        for (int k = 0; k < kTokens; ++k) {
           const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[k] + sp * kQ8Span));
           const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[k] + sp * kQ8Span + 32));
-          const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, xe), _mm256_maddubs_epi16(hi, xo));
-          const __m256 dots = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-          group_acc[k][r] = _mm256_fmadd_ps(dots, k == 0 ? dv0 : dv1, group_acc[k][r]);
+          const __m256 dots = _mm256_cvtepi32_ps(DotNibbles(codes, xe, xo));
+          group_acc[k][r] = _mm256_fmadd_ps(dots, dv[k], group_acc[k][r]);
         }
       }
     }
     #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < kRows; ++r) {
       const __m256 s = _mm256_set1_ps(_cvtsh_ss(rows.scales[r][g]));
-      acc[0][r] = _mm256_fmadd_ps(s, group_acc[0][r], acc[0][r]);
-      acc[1][r] = _mm256_fmadd_ps(s, group_acc[1][r], acc[1][r]);
+      #pragma GCC unroll 2
+      for (int k = 0; k < kTokens; ++k) acc[k][r] = _mm256_fmadd_ps(s, group_acc[k][r], acc[k][r]);
     }
   }
-  const float none[4] = {};  // the zero-point terms are subtracted here
-  float* ys[2] = {y0, y1};
-  for (int k = 0; k < 2; ++k) {
+  #pragma GCC unroll 2
+  for (int k = 0; k < kTokens; ++k) {
     #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < kRows; ++r) {  // minus sum_g s z (sum of a over g)
       acc[k][r] = _mm256_sub_ps(acc[k][r], ZeroTerms(rows.scales[r], rows.zeros[r], group_sums[k], groups));
     }
-    StoreRows<4>(layer, row, acc[k], none, ys[k]);
+    StoreRows<kRows>(layer, row, acc[k], y[k]);
+  }
+}
+
+// kRows (1 or 4) rows from `row`, token t, group size 32: a span holds two
+// groups, so the weight scales apply per half span, as [s_0 x4, s_1 x4].
+template <int kRows>
+void Q8GemvRowsG32(const Int4Linear& layer, int row, const Q8Activations& x, int t, float* y) {
+  const int groups = layer.in / kQ8Block;
+  const int spans = layer.in / kQ8Span;
+  const int8_t* xq = x.q + static_cast<size_t>(t) * layer.in;          // [in], permuted
+  const float* d = x.block_scales + static_cast<size_t>(t) * groups;
+  const float* group_sums = x.group_sums + static_cast<size_t>(t) * groups;
+  const RowPointers<kRows> rows(layer, row);
+  __m256 acc[kRows];
+  #pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
+  // f16 pair [s_0, s_1] -> [s_0 x4, s_1 x4]
+  const __m128i spread = _mm_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3);
+  for (int sp = 0; sp < spans; ++sp) {
+    const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span));
+    const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span + 32));
+    const __m256 dv = HalfSpanPair(d[2 * sp], d[2 * sp + 1]);
+    #pragma GCC unroll 4
+    for (int r = 0; r < kRows; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, rows.scales[r] + 2 * sp, sizeof(pair));
+      const __m256 sv = _mm256_cvtph_ps(_mm_shuffle_epi8(_mm_cvtsi32_si128(static_cast<int>(pair)), spread));
+      const __m256 dots = _mm256_cvtepi32_ps(Dot64(rows.codes[r] + sp * 32, xe, xo));
+      acc[r] = _mm256_fmadd_ps(dots, _mm256_mul_ps(dv, sv), acc[r]);
+    }
+  }
+  #pragma GCC unroll 4
+  for (int r = 0; r < kRows; ++r) {  // minus sum_g s z (sum of a over g)
+    acc[r] = _mm256_sub_ps(acc[r], ZeroTerms(rows.scales[r], rows.zeros[r], group_sums, groups));
+  }
+  StoreRows<kRows>(layer, row, acc, y);
+}
+
+// kRows rows from `row`, token t, any group size.
+template <int kRows>
+void Q8GemvRows(const Int4Linear& layer, int row, const Q8Activations& x, int t, float* y) {
+  if (layer.group_size == kQ8Block) {
+    Q8GemvRowsG32<kRows>(layer, row, x, t, y);
+  } else {
+    Q8GemvGroups<kRows, 1>(layer, row, x, t, &y);
   }
 }
 
@@ -407,13 +399,13 @@ void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, i
 // while every token reads them, so a batch shares one pass over the weights.
 void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                     float* y, int ldy) {
-  const bool pairs = layer.group_size > kQ8Block;  // Q8GemvFourRowsTwoTokens' group sizes
+  const bool pairs = layer.group_size > kQ8Block;  // Q8GemvGroups' group sizes
   int r = 0;
   for (; r + 4 <= rows; r += 4) {
     int t = 0;
     for (; pairs && t + 2 <= x.num_tokens; t += 2) {
-      Q8GemvFourRowsTwoTokens(layer, row0 + r, x, t, y + static_cast<size_t>(t) * ldy + r,
-                              y + static_cast<size_t>(t + 1) * ldy + r);
+      float* const ys[2] = {y + static_cast<size_t>(t) * ldy + r, y + static_cast<size_t>(t + 1) * ldy + r};
+      Q8GemvGroups<4, 2>(layer, row0 + r, x, t, ys);
     }
     for (; t < x.num_tokens; ++t) {
       Q8GemvRows<4>(layer, row0 + r, x, t, y + static_cast<size_t>(t) * ldy + r);

@@ -26,6 +26,14 @@ inline float Hsum(__m256 a) {
   return _mm_cvtss_f32(s);
 }
 
+// Requests the cache lines of [p, p + bytes) into L1. A prefetch never
+// faults, so callers may run past the end of their data (the next rows of
+// the last row block, the next keys of the last position).
+inline void PrefetchBytes(const void* p, int bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
+}
+
 // Columns in a tile of kTileColumns f32 weights per row (4 rows: 4 KiB, in L1).
 constexpr int kTileColumns = 256;
 
