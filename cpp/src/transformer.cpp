@@ -49,29 +49,28 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   attn_.resize(Floats(chunk_tokens_, q_width));
   proj_.resize(Floats(chunk_tokens_, d));
   gate_.resize(Floats(chunk_tokens_, config.intermediate_size));
-  scores_.resize(Floats(config.num_heads, max_seq_len));
+  attention_scratch_.resize(
+      AttentionScratchFloats(attention_shape_, chunk_tokens_, max_seq_len));
 }
 
 template <typename CacheT>
 void Transformer::Attend(KvCaches<CacheT>& caches, int layer, const int* seqs,
                          const int* positions, int n) {
   const int kv_width = config_.num_kv_heads * config_.head_dim;
+  for (int t = 0; t < n; ++t) {
+    const size_t layer_offset =
+        (Floats(seqs[t], config_.num_layers) + layer) * max_seq_len_ * kv_width;
+    caches.token_k[t] = caches.k.data() + layer_offset;
+    caches.token_v[t] = caches.v.data() + layer_offset;
+  }
   // Each token's k and v go to row positions[t] of its own sequence's cache,
   // where attention reads them with the earlier rows. The copy is 2 * KV * hd
   // elements per token: 1.5 KB in f32 on SmolLM2, against the ~1.8 MB of
   // weights the layer streams per decode step.
-  for (int t = 0; t < n; ++t) {
-    const size_t layer_offset =
-        (Floats(seqs[t], config_.num_layers) + layer) * max_seq_len_ * kv_width;
-    CacheT* k_cache = caches.k.data() + layer_offset;
-    CacheT* v_cache = caches.v.data() + layer_offset;
-    StoreKv(k_.data() + Floats(t, kv_width), kv_width, k_cache + Floats(positions[t], kv_width));
-    StoreKv(v_.data() + Floats(t, kv_width), kv_width, v_cache + Floats(positions[t], kv_width));
-    caches.token_k[t] = k_cache;
-    caches.token_v[t] = v_cache;
-  }
+  RopeAndStoreKv(attention_shape_, rope_, positions, n, q_.data(), k_.data(), v_.data(),
+                 caches.token_k.data(), caches.token_v.data());
   AttentionForward(attention_shape_, q_.data(), caches.token_k.data(), caches.token_v.data(),
-                   positions, n, scores_.data(), attn_.data(), pool_);
+                   positions, n, attention_scratch_.data(), attn_.data(), pool_);
 }
 
 void Transformer::Reset() { std::fill(positions_.begin(), positions_.end(), 0); }
@@ -134,8 +133,6 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
   const Int4Linear* qkv[] = {&w.q, &w.k, &w.v};
   float* qkv_out[] = {q_.data(), k_.data(), v_.data()};
   Int4LinearsForward(qkv, qkv_out, 3, h_.data(), n, pool_, DetectedIsa(), int8_decode_);
-  rope_.Apply(q_.data(), n, config_.num_heads, positions);
-  rope_.Apply(k_.data(), n, config_.num_kv_heads, positions);
   if (int8_decode_) {
     Attend(f16_caches_, layer, seqs, positions, n);
   } else {

@@ -101,12 +101,12 @@ class Transformer {
       token_v.resize(chunk_tokens);
     }
     std::vector<CacheT> k, v;
-    std::vector<const CacheT*> token_k;  // [C] this layer's k cache of token t's sequence
-    std::vector<const CacheT*> token_v;  // [C] same for v
+    std::vector<CacheT*> token_k;  // [C] this layer's k cache of token t's sequence
+    std::vector<CacheT*> token_v;  // [C] same for v
   };
 
-  // Writes the tokens' k_ and v_ rows to their rows of `caches` and runs
-  // attention over them into attn_.
+  // Rotates q_ and k_, writes the tokens' k_ and v_ rows to their rows of
+  // `caches` and runs attention over them into attn_.
   template <typename CacheT>
   void Attend(KvCaches<CacheT>& caches, int layer, const int* seqs, const int* positions, int n);
 
@@ -137,7 +137,7 @@ class Transformer {
   std::vector<float> attn_;      // [C, H * hd]  attention output
   std::vector<float> proj_;      // [C, d]       o_proj / down_proj output
   std::vector<float> gate_;      // [C, ffn]     silu(gate) * up
-  std::vector<float> scores_;    // [H, max_seq_len] attention weights
+  std::vector<float> attention_scratch_;  // [C, H, splits, hd + 2] (attention.h)
 };
 
 }  // namespace awqcore

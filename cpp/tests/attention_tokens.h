@@ -40,9 +40,10 @@ struct AttentionTokens {
     return *this;
   }
   int size() const { return static_cast<int>(positions.size()); }
-  // Floats of AttentionForward's scores scratch: H * (max position + 1).
-  size_t ScoresSize(const awqcore::AttentionShape& shape) const {
-    return static_cast<size_t>(shape.num_heads) * (*std::max_element(positions.begin(), positions.end()) + 1);
+  // Floats of AttentionForward's scratch for these tokens.
+  size_t ScratchSize(const awqcore::AttentionShape& shape) const {
+    const int max_keys = *std::max_element(positions.begin(), positions.end()) + 1;
+    return awqcore::AttentionScratchFloats(shape, size(), max_keys);
   }
 };
 

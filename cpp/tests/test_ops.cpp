@@ -470,6 +470,54 @@ void ForEachCacheType(Check check) {
   check(uint16_t{});
 }
 
+TEST(rope_and_store_kv_rotates_and_writes_each_tokens_row) {
+  // Two sequences' caches; tokens 0-1 are a chunk of sequence 0 at positions
+  // 3, 4, token 2 is sequence 1 at position 6. The fused pass must equal
+  // RopeTable::Apply on q and k followed by StoreKv into those rows, and
+  // leave every other cache row as it was (NaN here).
+  std::mt19937 rng(10);
+  const AttentionShape shape{4, 2, 8};
+  const int kv_width = 16, q_width = 32, capacity = 8;
+  const RopeTable rope(shape.head_dim, 10000.f, capacity);
+  const std::vector<int> positions = {3, 4, 6};
+  const int seq_of[] = {0, 0, 1};
+  ForEachCacheType([&](auto cache_type) {
+    using CacheT = decltype(cache_type);
+    const std::vector<float> nan_rows(static_cast<size_t>(capacity) * kv_width, NAN);
+    std::vector<std::vector<CacheT>> k_store(2, AsCache<CacheT>(nan_rows)), v_store = k_store;
+    std::vector<CacheT*> k_caches, v_caches;
+    for (int t = 0; t < 3; ++t) {
+      k_caches.push_back(k_store[seq_of[t]].data());
+      v_caches.push_back(v_store[seq_of[t]].data());
+    }
+    const std::vector<float> q0 = RandomFloats(3 * q_width, rng), k0 = RandomFloats(3 * kv_width, rng),
+                             v = RandomFloats(3 * kv_width, rng);
+    std::vector<float> q = q0, k = k0, q_ref = q0, k_ref = k0;
+    RopeAndStoreKv(shape, rope, positions.data(), 3, q.data(), k.data(), v.data(), k_caches.data(),
+                   v_caches.data());
+    rope.Apply(q_ref.data(), 3, shape.num_heads, positions.data());
+    rope.Apply(k_ref.data(), 3, shape.num_kv_heads, positions.data());
+    CHECK(q == q_ref);
+    CHECK(k == k_ref);
+    for (int s = 0; s < 2; ++s) {
+      for (int row = 0; row < capacity; ++row) {
+        int token = -1;
+        for (int t = 0; t < 3; ++t) token = (seq_of[t] == s && positions[t] == row) ? t : token;
+        for (int i = 0; i < kv_width; ++i) {
+          const float stored_k = KvToF32(k_store[s][row * kv_width + i]);
+          const float stored_v = KvToF32(v_store[s][row * kv_width + i]);
+          if (token < 0) {
+            CHECK(std::isnan(stored_k) && std::isnan(stored_v));
+          } else {
+            CHECK(stored_k == KvToF32(AsCache<CacheT>({k_ref[token * kv_width + i]})[0]));
+            CHECK(stored_v == KvToF32(AsCache<CacheT>({v[token * kv_width + i]})[0]));
+          }
+        }
+      }
+    }
+  });
+}
+
 TEST(attention_matches_naive_softmax) {
   // Both cache types: the reference reads the same (f16-rounded) cache, so
   // the bound below holds for each.
@@ -494,7 +542,7 @@ TEST(attention_matches_naive_softmax) {
           const std::vector<float> q = RandomFloats(static_cast<size_t>(tokens) * q_width, rng, -2.f, 2.f);
           AttentionTokens<CacheT> chunk;
           chunk.Add(k_cache.data(), v_cache.data(), start, tokens);
-          std::vector<float> scores(chunk.ScoresSize(shape));
+          std::vector<float> scores(chunk.ScratchSize(shape));
           std::vector<float> out1(q.size()), out2(q.size()), ref(q.size());
           AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), tokens, scores.data(), out1.data(), pool1);
           AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), tokens, scores.data(), out2.data(), pool2);
@@ -548,7 +596,7 @@ TEST(attention_tokens_read_their_own_sequence) {
           .Add(k_caches[2].data(), v_caches[2].data(), 3, 3)
           .Add(k_caches[3].data(), v_caches[3].data(), 12);
       const std::vector<float> q = RandomFloats(static_cast<size_t>(batch.size()) * q_width, rng, -2.f, 2.f);
-      std::vector<float> scores(batch.ScoresSize(shape));
+      std::vector<float> scores(batch.ScratchSize(shape));
       std::vector<float> out1(q.size()), out2(q.size()), ref(q.size());
       AttentionForward(shape, q.data(), batch.k.data(), batch.v.data(), batch.positions.data(), batch.size(), scores.data(), out1.data(), pool1);
       AttentionForward(shape, q.data(), batch.k.data(), batch.v.data(), batch.positions.data(), batch.size(), scores.data(), out2.data(), pool2);
@@ -563,7 +611,7 @@ TEST(attention_tokens_read_their_own_sequence) {
       // The chunk's rows equal those of a call with the chunk alone.
       AttentionTokens<CacheT> chunk;
       chunk.Add(k_caches[2].data(), v_caches[2].data(), 3, 3);
-      std::vector<float> chunk_scores(chunk.ScoresSize(shape)), chunk_out(3 * static_cast<size_t>(q_width));
+      std::vector<float> chunk_scores(chunk.ScratchSize(shape)), chunk_out(3 * static_cast<size_t>(q_width));
       AttentionForward(shape, q.data() + 2 * q_width, chunk.k.data(), chunk.v.data(), chunk.positions.data(), 3, chunk_scores.data(), chunk_out.data(), pool1);
       CHECK(std::equal(chunk_out.begin(), chunk_out.end(), out1.begin() + 2 * q_width));
       worst = std::max(worst, RelativeError(out1, ref));
@@ -571,6 +619,21 @@ TEST(attention_tokens_read_their_own_sequence) {
     std::printf("  attention, tokens of several sequences, %s cache: max relative error %.3g\n",
                 sizeof(CacheT) == 2 ? "f16" : "f32", worst);
   });
+}
+
+TEST(attention_scratch_bound_grows_with_keys) {
+  // The Transformer sizes the scratch once for max_seq_len and then calls
+  // with fewer keys, which is safe only if the bound never shrinks as keys
+  // grow (the split count itself does: 16 at 2,048 keys, 14 at 2,100).
+  const AttentionShape shape{9, 3, 64};
+  size_t previous = 0;
+  for (int keys = 1; keys <= 40000; ++keys) {
+    const size_t floats = AttentionScratchFloats(shape, 1, keys);
+    CHECK(floats >= previous);
+    previous = floats;
+  }
+  // 2,048 keys: 2,048 / kMinSplitKeys splits (within kMaxSplits) of 66 floats per head.
+  CHECK(AttentionScratchFloats(shape, 1, 2048) == static_cast<size_t>(9) * (2048 / kMinSplitKeys) * 66);
 }
 
 TEST(attention_is_causal_and_grouped) {
@@ -585,7 +648,7 @@ TEST(attention_is_causal_and_grouped) {
       const std::vector<float> q = {1, 1, 1, 1, /* token 1 */ 0, 0, 0, 0};
       AttentionTokens<CacheT> chunk;
       chunk.Add(k_cache.data(), v_cache.data(), 0, 2);
-      std::vector<float> scores(2 * 2), out(8);
+      std::vector<float> scores(chunk.ScratchSize(shape)), out(8);
       ThreadPool pool(2);
       AttentionForward(shape, q.data(), chunk.k.data(), chunk.v.data(), chunk.positions.data(), 2, scores.data(), out.data(), pool);
       CHECK((std::vector<float>(out.begin(), out.begin() + 4) == std::vector<float>{3, -1, 3, -1}));

@@ -21,56 +21,181 @@ void AxpyKv(float a, const uint16_t* v, float* y, int n) {
   for (int i = 0; i < n; ++i) y[i] += a * F16ToF32(v[i]);
 }
 
+int CeilDiv(int a, int b) { return (a + b - 1) / b; }
+
+// Below this many state floats to combine, the caller combines alone.
+constexpr int64_t kInlineCombineFloats = 16384;
+
+int Splits(int max_keys) { return CeilDiv(max_keys, AttentionSplitKeys(max_keys)); }
+
+// How AttentionForward cuts a call into work items (attention.h): items are
+// numbered kv head, then token tile, then head part, then split, so that the
+// items a thread claims together read the same kv head's rows (L2 reuse
+// across the tiles of a prefill chunk).
+struct ItemGrid {
+  ItemGrid(const AttentionShape& shape, int num_tokens, bool shared_cache, int max_keys)
+      : group(shape.num_heads / shape.num_kv_heads),
+        heads_per_item(std::min(group, kMaxRows)),
+        head_parts(CeilDiv(group, heads_per_item)),
+        // Tokens of one cache share its K/V rows: up to kMaxRows rows per item.
+        tokens_per_tile(shared_cache ? std::max(1, kMaxRows / heads_per_item) : 1),
+        tiles(CeilDiv(num_tokens, tokens_per_tile)),
+        split_keys(AttentionSplitKeys(max_keys)),
+        splits(Splits(max_keys)),
+        items(static_cast<int64_t>(shape.num_kv_heads) * tiles * head_parts * splits) {}
+  int group, heads_per_item, head_parts, tokens_per_tile, tiles, split_keys, splits;
+  int64_t items;
+};
+
 }  // namespace
+
+int AttentionSplitKeys(int max_keys) {
+  const int per_split = CeilDiv(std::max(max_keys, 1), kMaxSplits);
+  return std::max(kMinSplitKeys, CeilDiv(per_split, kBlockKeys) * kBlockKeys);
+}
+
+size_t AttentionScratchFloats(const AttentionShape& shape, int num_tokens, int max_keys) {
+  // A bound on Splits(k) for every k <= max_keys, which Splits itself is not
+  // (k = 2048: 16 splits of 128 keys; k = 2100: 14 of 160). Splits(k) <=
+  // ceil(k / kMinSplitKeys) because a split has >= kMinSplitKeys keys.
+  const int splits = std::min(kMaxSplits, CeilDiv(std::max(max_keys, 1), kMinSplitKeys));
+  return static_cast<size_t>(num_tokens) * shape.num_heads * splits * (shape.head_dim + 2);
+}
+
+template <typename CacheT>
+void RopeAndStoreKv(const AttentionShape& shape, const RopeTable& rope, const int* positions,
+                    int num_tokens, float* q, float* k, const float* v, CacheT* const* k_caches,
+                    CacheT* const* v_caches) {
+  const size_t kv_width = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
+  for (int t = 0; t < num_tokens; ++t) {
+    rope.Apply(q, 1, shape.num_heads, positions + t);
+    rope.Apply(k, 1, shape.num_kv_heads, positions + t);
+    StoreKv(k, static_cast<int>(kv_width), k_caches[t] + positions[t] * kv_width);
+    StoreKv(v, static_cast<int>(kv_width), v_caches[t] + positions[t] * kv_width);
+    q += static_cast<size_t>(shape.num_heads) * shape.head_dim;
+    k += kv_width;
+    v += kv_width;
+  }
+}
+
+template <typename CacheT>
+void AttendRowsScalar(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
+                      int hd, int key_begin, int key_end) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  float weights[kBlockKeys];
+  for (int r = 0; r < rows.count; ++r) {
+    rows.state[r][0] = -INFINITY;
+    std::fill_n(rows.state[r] + 1, hd + 1, 0.f);
+  }
+  for (int block = key_begin; block < key_end; block += kBlockKeys) {
+    const int block_end = std::min(block + kBlockKeys, key_end);
+    for (int r = 0; r < rows.count; ++r) {
+      const int count = std::min(block_end, rows.num_keys[r]) - block;
+      if (count <= 0) continue;
+      float* state = rows.state[r];
+      float block_max = -INFINITY;
+      for (int j = 0; j < count; ++j) {
+        weights[j] = DotKv(rows.query[r], k + static_cast<size_t>(block + j) * kv_stride, hd) * scale;
+        block_max = std::max(block_max, weights[j]);
+      }
+      const float new_max = std::max(state[0], block_max);
+      const float rescale = std::exp(state[0] - new_max);  // 0 for the first block
+      float sum = 0.f;
+      for (int j = 0; j < count; ++j) sum += (weights[j] = std::exp(weights[j] - new_max));
+      state[0] = new_max;
+      state[1] = state[1] * rescale + sum;
+      float* acc = state + 2;
+      for (int i = 0; i < hd; ++i) acc[i] *= rescale;
+      for (int j = 0; j < count; ++j) {
+        AxpyKv(weights[j], v + static_cast<size_t>(block + j) * kv_stride, acc, hd);
+      }
+    }
+  }
+}
 
 template <typename CacheT>
 void AttentionForward(const AttentionShape& shape, const float* q, const CacheT* const* k_caches,
                       const CacheT* const* v_caches, const int* positions, int num_tokens,
-                      float* scores, float* out, ThreadPool& pool, Isa isa) {
+                      float* scratch, float* out, ThreadPool& pool, Isa isa) {
   const int hd = shape.head_dim;
-  const int q_stride = shape.num_heads * hd;      // floats per token in q and out
-  const int kv_stride = shape.num_kv_heads * hd;  // floats per position in a cache
-  const int heads_per_kv = shape.num_heads / shape.num_kv_heads;
+  const int H = shape.num_heads;
+  const size_t q_stride = static_cast<size_t>(H) * hd;  // floats per token in q and out
+  const int kv_stride = shape.num_kv_heads * hd;         // elements per position in a cache
   const int max_keys = *std::max_element(positions, positions + num_tokens) + 1;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  pool.ParallelFor(shape.num_heads, [&](int64_t head_begin, int64_t head_end) {
-#ifdef AWQCORE_HAVE_AVX2_KERNELS  // else attention_avx2.cpp is not built: the portable loop
-    if (isa == Isa::kAvx2 && hd % 8 == 0) {
-      AttentionHeadsAvx2(shape, q, k_caches, v_caches, positions, num_tokens, max_keys, scores,
-                         out, static_cast<int>(head_begin), static_cast<int>(head_end));
-      return;
-    }
-#endif
-    for (int h = static_cast<int>(head_begin); h < head_end; ++h) {
-      const int kv_offset = (h / heads_per_kv) * hd;
-      float* head_scores = scores + static_cast<size_t>(h) * max_keys;  // [max_keys]
-      for (int t = 0; t < num_tokens; ++t) {
-        const float* query = q + static_cast<size_t>(t) * q_stride + h * hd;
-        const CacheT* k_cache = k_caches[t] + kv_offset;
-        const CacheT* v_cache = v_caches[t] + kv_offset;
-        const int num_keys = positions[t] + 1;  // causal: positions 0 .. positions[t]
-        float max_score = -INFINITY;
-        for (int j = 0; j < num_keys; ++j) {
-          const float s = DotKv(query, k_cache + static_cast<size_t>(j) * kv_stride, hd) * scale;
-          head_scores[j] = s;
-          max_score = std::max(max_score, s);
+  bool shared_cache = true;
+  for (int t = 1; t < num_tokens; ++t) shared_cache &= k_caches[t] == k_caches[0];
+  const ItemGrid grid(shape, num_tokens, shared_cache, max_keys);
+  const size_t state_floats = hd + 2;
+  auto state_of = [&](int t, int h, int split) {  // [2 + hd] in scratch
+    return scratch + ((static_cast<size_t>(t) * H + h) * grid.splits + split) * state_floats;
+  };
+  [[maybe_unused]] const bool use_avx2 = isa == Isa::kAvx2 && hd % 8 == 0;
+  pool.ParallelFor(grid.items, [&](int64_t item_begin, int64_t item_end) {
+    for (int64_t item = item_begin; item < item_end; ++item) {
+      const int split = static_cast<int>(item % grid.splits);
+      int64_t rest = item / grid.splits;
+      const int part = static_cast<int>(rest % grid.head_parts);
+      rest /= grid.head_parts;
+      const int tile = static_cast<int>(rest % grid.tiles);
+      const int kv_head = static_cast<int>(rest / grid.tiles);
+      const int t_begin = tile * grid.tokens_per_tile;
+      const int t_end = std::min(num_tokens, t_begin + grid.tokens_per_tile);
+      const int h_begin = kv_head * grid.group + part * grid.heads_per_item;
+      const int h_end = std::min((kv_head + 1) * grid.group, h_begin + grid.heads_per_item);
+      AttentionRows rows;
+      int tile_keys = 0;
+      for (int t = t_begin; t < t_end; ++t) {
+        for (int h = h_begin; h < h_end; ++h) {
+          rows.query[rows.count] = q + t * q_stride + static_cast<size_t>(h) * hd;
+          rows.num_keys[rows.count] = positions[t] + 1;
+          rows.state[rows.count] = state_of(t, h, split);
+          ++rows.count;
         }
-        float sum = 0.f;
-        for (int j = 0; j < num_keys; ++j) {
-          head_scores[j] = std::exp(head_scores[j] - max_score);
-          sum += head_scores[j];
-        }
-        float* head_out = out + static_cast<size_t>(t) * q_stride + h * hd;
-        std::fill_n(head_out, hd, 0.f);
-        for (int j = 0; j < num_keys; ++j) {
-          AxpyKv(head_scores[j], v_cache + static_cast<size_t>(j) * kv_stride, head_out, hd);
-        }
-        // sum >= 1: the maximum contributes exp(0).
-        const float inv_sum = 1.0f / sum;
-        for (int i = 0; i < hd; ++i) head_out[i] *= inv_sum;
+        tile_keys = std::max(tile_keys, positions[t] + 1);
       }
+      const int key_begin = split * grid.split_keys;
+      const int key_end = std::min(tile_keys, key_begin + grid.split_keys);
+      const CacheT* k = k_caches[t_begin] + kv_head * hd;
+      const CacheT* v = v_caches[t_begin] + kv_head * hd;
+#ifdef AWQCORE_HAVE_AVX2_KERNELS  // else attention_avx2.cpp is not built: the portable loop
+      if (use_avx2) {
+        AttendRowsAvx2(rows, k, v, kv_stride, hd, key_begin, key_end);
+        continue;
+      }
+#endif
+      AttendRowsScalar(rows, k, v, kv_stride, hd, key_begin, key_end);
     }
   });
+  // Combine the splits of each row; split 0 always read key 0, so l > 0.
+  auto combine = [&](int64_t row_begin, int64_t row_end) {
+    for (int64_t row = row_begin; row < row_end; ++row) {
+      const int t = static_cast<int>(row / H), h = static_cast<int>(row % H);
+      float max_m = -INFINITY;
+      for (int s = 0; s < grid.splits; ++s) {
+        if (state_of(t, h, s)[1] > 0.f) max_m = std::max(max_m, state_of(t, h, s)[0]);
+      }
+      float* head_out = out + t * q_stride + static_cast<size_t>(h) * hd;
+      std::fill_n(head_out, hd, 0.f);
+      float denominator = 0.f;
+      for (int s = 0; s < grid.splits; ++s) {
+        const float* state = state_of(t, h, s);
+        if (!(state[1] > 0.f)) continue;  // read no key
+        const float weight = std::exp(state[0] - max_m);
+        denominator += weight * state[1];
+        AxpyF32(weight, state + 2, head_out, hd);
+      }
+      const float inv = 1.0f / denominator;
+      for (int i = 0; i < hd; ++i) head_out[i] *= inv;
+    }
+  };
+  // A decode step's combine is ~H * splits * hd FMAs (SmolLM2 at 512 keys:
+  // 2,300), less than waking the pool costs; a prefill chunk's is 64x that.
+  const int64_t rows_total = static_cast<int64_t>(num_tokens) * H;
+  if (rows_total * grid.splits * hd < kInlineCombineFloats) {
+    combine(0, rows_total);
+  } else {
+    pool.ParallelFor(rows_total, combine);
+  }
 }
 
 template <typename CacheT>
@@ -108,6 +233,11 @@ void AttentionReference(const AttentionShape& shape, const float* q, const Cache
 }
 
 #define AWQCORE_INSTANTIATE_ATTENTION(CacheT)                                                      \
+  template void RopeAndStoreKv<CacheT>(const AttentionShape&, const RopeTable&, const int*, int,  \
+                                       float*, float*, const float*, CacheT* const*,             \
+                                       CacheT* const*);                                          \
+  template void AttendRowsScalar<CacheT>(const AttentionRows&, const CacheT*, const CacheT*, int, \
+                                         int, int, int);                                         \
   template void AttentionForward<CacheT>(const AttentionShape&, const float*,                   \
                                          const CacheT* const*, const CacheT* const*, const int*, \
                                          int, float*, float*, ThreadPool&, Isa);                 \

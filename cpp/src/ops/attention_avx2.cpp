@@ -1,15 +1,13 @@
-// AVX2 + FMA body of AttentionForward (attention.h) for head_dim % 8 == 0.
-//
-// Decode at context p reads the layer's cache once per query head sharing
-// it: 2 * p * hd elements per head (p = 512, hd = 64: 128 KiB per head in
-// f16, L2-resident across the heads of a kv group). Per key and head:
+// AVX2 + FMA body of the attention work item (AttendRowsAvx2, attention.h)
+// for head_dim % 8 == 0. Per block of kBlockKeys keys and per row:
 //   scores: 4 keys at a time, hd/8 FMAs each into 4 independent sums and one
 //     4-way horizontal add (Hsum4), instead of a dependent reduction per key;
-//   values: the output row in 8 ymm registers (64 columns at a time), so a
-//     key costs 8 loads and 8 FMAs and no stores (the earlier loop loaded and
-//     stored the output row for every key: store-bound, ~45% of attention).
-// An f16 cache row converts with F16C (vcvtph2ps: 8 halves -> 8 floats,
-// exact), 1 uop per 8 elements.
+//   values: the row's acc in 8 ymm registers (64 columns at a time), so a
+//     key costs 8 loads and 8 FMAs; acc is loaded, rescaled and stored once
+//     per block, not per key (a per-key load/store was store-bound).
+// The block's K and V rows come from memory for the first row and from L1
+// for the others. An f16 cache row converts with F16C (vcvtph2ps: 8 halves
+// -> 8 floats, exact), 1 uop per 8 elements.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -22,12 +20,13 @@
 namespace awqcore {
 namespace {
 
-// Decode reads each kv head's rows with a stride (KV * hd elements apart) and
-// the weights streamed since the last token have evicted them from the
-// caches: the hardware prefetcher alone left attention at ~4 GB/s (perf: 24%
-// of a SmolLM2 decode step at context ~660). Rows kPrefetchRows ahead are
-// requested explicitly.
-constexpr int kPrefetchRows = 16;
+// A block's rows are kv_stride elements apart and the weights streamed since
+// the last token have evicted them from the caches: the hardware prefetcher
+// alone left attention at ~4 GB/s (perf: 24% of a SmolLM2 decode step at
+// context ~660). The first row of an item requests the K and V rows
+// kPrefetchRows ahead as it goes, spread over its loops (a burst of requests
+// at each block start waits for free fill buffers).
+constexpr int kPrefetchRows = 32;
 template <typename CacheT>
 inline void PrefetchRows(const CacheT* row, int rows, int stride, int elements) {
   for (int r = 0; r < rows; ++r) {
@@ -40,16 +39,17 @@ inline __m256 LoadKv8(const uint16_t* p) {
   return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 
-// scores[j] = scale * q . k_j for j < num_keys; returns their maximum.
+// scores[j] = scale * q . k_j for j < num_keys; returns their maximum. Also
+// requests key rows j + kPrefetchRows for j < prefetch_rows.
 template <typename CacheT>
 float Scores(const float* query, const CacheT* k_cache, int kv_stride, int hd, int num_keys,
-             float scale, float* scores) {
+             float scale, float* scores, int prefetch_rows) {
   __m128 max4 = _mm_set1_ps(-INFINITY);
   const __m128 scale4 = _mm_set1_ps(scale);
   int j = 0;
   for (; j + 4 <= num_keys; j += 4) {
     const CacheT* key = k_cache + static_cast<size_t>(j) * kv_stride;
-    PrefetchRows(key + kPrefetchRows * kv_stride, 4, kv_stride, hd);
+    if (j < prefetch_rows) PrefetchRows(key + kPrefetchRows * kv_stride, 4, kv_stride, hd);
     const __m256 q0 = _mm256_loadu_ps(query);
     __m256 a0 = _mm256_mul_ps(q0, LoadKv8(key));
     __m256 a1 = _mm256_mul_ps(q0, LoadKv8(key + kv_stride));
@@ -121,66 +121,76 @@ float SoftmaxNumerators(float* scores, int num_keys, float max_score) {
   return sum;
 }
 
-// out[c .. c + 8 * kVecs) = inv_sum * sum_j weights[j] * v_j[c ..], the
-// partial sums in kVecs registers.
+// acc[c .. c + 8 * kVecs) = rescale * acc[c ..] + sum_j weights[j] * v_j[c ..],
+// the sums in kVecs registers. Also requests value rows j + kPrefetchRows
+// (hd elements each) for j < prefetch_rows.
 template <int kVecs, typename CacheT>
-void WeightedValues(const float* weights, const CacheT* v_cache, int kv_stride, int num_keys,
-                    int c, float inv_sum, float* out) {
-  __m256 acc[kVecs];
+void AccumulateValues(const float* weights, const CacheT* v_rows, int kv_stride, int hd, int count,
+                      int c, float rescale, float* acc, int prefetch_rows) {
+  __m256 sums[kVecs];
+  const __m256 scale = _mm256_set1_ps(rescale);
   #pragma GCC unroll 8
-  for (int k = 0; k < kVecs; ++k) acc[k] = _mm256_setzero_ps();
-  for (int j = 0; j < num_keys; ++j) {
-    const CacheT* value = v_cache + static_cast<size_t>(j) * kv_stride + c;
-    PrefetchRows(value + kPrefetchRows * kv_stride, 1, kv_stride, 8 * kVecs);
+  for (int k = 0; k < kVecs; ++k) sums[k] = _mm256_mul_ps(scale, _mm256_loadu_ps(acc + c + 8 * k));
+  for (int j = 0; j < count; ++j) {
+    const CacheT* value = v_rows + static_cast<size_t>(j) * kv_stride + c;
+    if (j < prefetch_rows) PrefetchRows(value - c + kPrefetchRows * kv_stride, 1, kv_stride, hd);
     const __m256 w = _mm256_set1_ps(weights[j]);
     #pragma GCC unroll 8
-    for (int k = 0; k < kVecs; ++k) acc[k] = _mm256_fmadd_ps(w, LoadKv8(value + 8 * k), acc[k]);
+    for (int k = 0; k < kVecs; ++k) sums[k] = _mm256_fmadd_ps(w, LoadKv8(value + 8 * k), sums[k]);
   }
-  const __m256 scale = _mm256_set1_ps(inv_sum);
   #pragma GCC unroll 8
-  for (int k = 0; k < kVecs; ++k) _mm256_storeu_ps(out + c + 8 * k, _mm256_mul_ps(acc[k], scale));
+  for (int k = 0; k < kVecs; ++k) _mm256_storeu_ps(acc + c + 8 * k, sums[k]);
 }
 
 }  // namespace
 
 template <typename CacheT>
-void AttentionHeadsAvx2(const AttentionShape& shape, const float* q,
-                        const CacheT* const* k_caches, const CacheT* const* v_caches,
-                        const int* positions, int num_tokens, int max_keys, float* scores,
-                        float* out, int head_begin, int head_end) {
-  const int hd = shape.head_dim;
-  const int q_stride = shape.num_heads * hd;
-  const int kv_stride = shape.num_kv_heads * hd;
-  const int heads_per_kv = shape.num_heads / shape.num_kv_heads;
+void AttendRowsAvx2(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
+                    int hd, int key_begin, int key_end) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  for (int h = head_begin; h < head_end; ++h) {
-    const int kv_offset = (h / heads_per_kv) * hd;
-    float* head_scores = scores + static_cast<size_t>(h) * max_keys;  // [max_keys]
-    for (int t = 0; t < num_tokens; ++t) {
-      const float* query = q + static_cast<size_t>(t) * q_stride + h * hd;
-      const CacheT* k_cache = k_caches[t] + kv_offset;
-      const CacheT* v_cache = v_caches[t] + kv_offset;
-      const int num_keys = positions[t] + 1;
-      const float max_score = Scores(query, k_cache, kv_stride, hd, num_keys, scale, head_scores);
-      // sum >= 1: the maximum contributes exp(0) = 1 exactly (r = 0, n = 0).
-      const float inv_sum = 1.0f / SoftmaxNumerators(head_scores, num_keys, max_score);
-      float* head_out = out + static_cast<size_t>(t) * q_stride + h * hd;
+  alignas(32) float weights[kBlockKeys];
+  for (int r = 0; r < rows.count; ++r) {
+    rows.state[r][0] = -INFINITY;
+    std::fill_n(rows.state[r] + 1, hd + 1, 0.f);
+  }
+  // The item's first kPrefetchRows rows, before the loop starts requesting.
+  const int first_rows = std::min(kPrefetchRows, key_end - key_begin);
+  PrefetchRows(k + static_cast<size_t>(key_begin) * kv_stride, first_rows, kv_stride, hd);
+  PrefetchRows(v + static_cast<size_t>(key_begin) * kv_stride, first_rows, kv_stride, hd);
+  for (int block = key_begin; block < key_end; block += kBlockKeys) {
+    const int block_end = std::min(block + kBlockKeys, key_end);
+    // Rows block + kPrefetchRows + j, j < ahead, are still in the item.
+    const int ahead = std::max(0, key_end - block - kPrefetchRows);
+    const CacheT* k_rows = k + static_cast<size_t>(block) * kv_stride;
+    const CacheT* v_rows = v + static_cast<size_t>(block) * kv_stride;
+    for (int r = 0; r < rows.count; ++r) {
+      const int count = std::min(block_end, rows.num_keys[r]) - block;
+      if (count <= 0) continue;
+      const int prefetch_rows = r == 0 ? ahead : 0;  // the other rows find the block in L1
+      float* state = rows.state[r];
+      const float block_max =
+          Scores(rows.query[r], k_rows, kv_stride, hd, count, scale, weights, prefetch_rows);
+      const float new_max = std::max(state[0], block_max);
+      // e^(m - m') for the acc so far: 0 for the first block (m = -inf, clamped
+      // to e^-87 times an acc and l of 0).
+      const float rescale = _mm256_cvtss_f32(ExpNonPositive(_mm256_set1_ps(state[0] - new_max)));
+      state[0] = new_max;
+      state[1] = state[1] * rescale + SoftmaxNumerators(weights, count, new_max);
+      float* acc = state + 2;
       int c = 0;
       for (; c + 64 <= hd; c += 64) {
-        WeightedValues<8>(head_scores, v_cache, kv_stride, num_keys, c, inv_sum, head_out);
+        AccumulateValues<8>(weights, v_rows, kv_stride, hd, count, c, rescale, acc, c == 0 ? prefetch_rows : 0);
       }
       for (; c < hd; c += 8) {
-        WeightedValues<1>(head_scores, v_cache, kv_stride, num_keys, c, inv_sum, head_out);
+        AccumulateValues<1>(weights, v_rows, kv_stride, hd, count, c, rescale, acc, c == 0 ? prefetch_rows : 0);
       }
     }
   }
 }
 
-template void AttentionHeadsAvx2<float>(const AttentionShape&, const float*, const float* const*,
-                                        const float* const*, const int*, int, int, float*, float*,
-                                        int, int);
-template void AttentionHeadsAvx2<uint16_t>(const AttentionShape&, const float*,
-                                           const uint16_t* const*, const uint16_t* const*,
-                                           const int*, int, int, float*, float*, int, int);
+template void AttendRowsAvx2<float>(const AttentionRows&, const float*, const float*, int, int, int,
+                                    int);
+template void AttendRowsAvx2<uint16_t>(const AttentionRows&, const uint16_t*, const uint16_t*, int,
+                                       int, int, int);
 
 }  // namespace awqcore

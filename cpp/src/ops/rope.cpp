@@ -25,19 +25,23 @@ RopeTable::RopeTable(int head_dim, float theta, int max_positions)
 }
 
 void RopeTable::Apply(float* x, int num_tokens, int num_heads, const int* positions) const {
-  const int half = head_dim_ / 2;
   for (int t = 0; t < num_tokens; ++t) {
-    const float* cos_row = cos_.data() + static_cast<size_t>(positions[t]) * half;
-    const float* sin_row = sin_.data() + static_cast<size_t>(positions[t]) * half;
     for (int h = 0; h < num_heads; ++h) {
       float* head = x + (static_cast<size_t>(t) * num_heads + h) * head_dim_;
-      for (int i = 0; i < half; ++i) {
-        const float first = head[i];
-        const float second = head[i + half];
-        head[i] = first * cos_row[i] - second * sin_row[i];
-        head[i + half] = second * cos_row[i] + first * sin_row[i];
-      }
+      RotateHead(head, positions[t], head);
     }
+  }
+}
+
+void RopeTable::RotateHead(const float* x, int position, float* out) const {
+  const int half = head_dim_ / 2;
+  const float* cos_row = cos_.data() + static_cast<size_t>(position) * half;
+  const float* sin_row = sin_.data() + static_cast<size_t>(position) * half;
+  for (int i = 0; i < half; ++i) {
+    const float first = x[i];
+    const float second = x[i + half];
+    out[i] = first * cos_row[i] - second * sin_row[i];
+    out[i + half] = second * cos_row[i] + first * sin_row[i];
   }
 }
 

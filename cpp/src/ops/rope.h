@@ -20,6 +20,10 @@ class RopeTable {
   // a prefill chunk passes p, p + 1, ....
   void Apply(float* x, int num_tokens, int num_heads, const int* positions) const;
 
+  // out[0 .. head_dim) = one head's x[0 .. head_dim) rotated to `position`;
+  // out may be x.
+  void RotateHead(const float* x, int position, float* out) const;
+
   int head_dim() const { return head_dim_; }
 
  private:
