@@ -414,6 +414,36 @@ TEST(fused_qkv_and_swiglu_match_separate_references) {
   }
 }
 
+TEST(swiglu_kernels_match_reference) {
+  // 1,005 elements (8-lane body plus a 5-element tail), read and written one
+  // float past an aligned start. Gates past -87 take the AVX2 kernel's
+  // underflow branch; -1000 underflows in the scalar loop too.
+  std::mt19937 rng(5);
+  std::vector<float> gate = RandomFloats(1001, rng, -12.f, 12.f);
+  gate.insert(gate.begin() + 500, {0.f, -100.f, 100.f, -1000.f, -86.9f, -87.1f, 88.f, -0.f});
+  gate.insert(gate.begin(), 0.f);  // gate.data() + 1 is misaligned for AVX
+  const int n = static_cast<int>(gate.size()) - 1;
+  const std::vector<float> up = RandomFloats(gate.size(), rng, -2.f, 2.f);
+  std::vector<float> ref(gate.size());
+  SwiGluReference(gate.data() + 1, up.data() + 1, n, ref.data() + 1);
+  for (Isa isa : IsasToTest()) {
+    std::vector<float> y(gate.size());
+    SwiGlu(gate.data() + 1, up.data() + 1, n, y.data() + 1, isa);
+    // exp (glibc <= 1 ulp; the AVX2 polynomial ~1e-7 = 2u), 1 + e, the
+    // product with x or e, the division, the product with up: <= 8 u
+    // relative; the absolute floor covers gates below -87, where the AVX2
+    // kernel returns -0 for a true |SiLU| < 87 e^-87 < 1.4e-36 (without that
+    // branch gate = -1000 would be off by 1.6e-35).
+    double worst = 0.0;
+    for (int i = 1; i <= n; ++i) {
+      const double diff = std::fabs(static_cast<double>(y[i]) - ref[i]);
+      CHECK(diff <= 8 * kUnitRoundoff * std::fabs(ref[i]) + 1.4e-36);
+      if (std::fabs(ref[i]) > 1e-30) worst = std::max(worst, diff / std::fabs(ref[i]));
+    }
+    std::printf("  %s swiglu: max relative error %.3g (%.2f u)\n", IsaName(isa), worst, worst / kUnitRoundoff);
+  }
+}
+
 TEST(attention_kernels_match_reference) {
   // Softmax weights are in [0, 1] and sum to 1, so an output is a convex
   // combination of V rows (|v| <= 1 here): its error is ~gamma(hd) |q||k|

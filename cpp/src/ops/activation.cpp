@@ -4,7 +4,18 @@
 
 namespace awqcore {
 
-void SwiGlu(const float* gate, const float* up, int n, float* out) {
+void SwiGlu(const float* gate, const float* up, int n, float* out, Isa isa) {
+#ifdef AWQCORE_HAVE_AVX2_KERNELS  // else activation_avx2.cpp is not built
+  if (isa == Isa::kAvx2) {
+    SwiGluAvx2(gate, up, n, out);
+    return;
+  }
+#endif
+  (void)isa;
+  SwiGluScalar(gate, up, n, out);
+}
+
+void SwiGluScalar(const float* gate, const float* up, int n, float* out) {
   for (int i = 0; i < n; ++i) {
     // For gate << 0, e^-gate overflows to inf and the quotient is -0: the
     // correct limit, so no clamping is needed.

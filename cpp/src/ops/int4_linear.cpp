@@ -201,7 +201,7 @@ void Int4SwiGluForward(const Int4Linear& gate, const Int4Linear& up, const float
         Int4Rows(up, row0, rows, slice, up_rows, kSliceRows, isa);
         for (int t = 0; t < tokens; ++t) {
           float* o = out_slice + static_cast<size_t>(t) * ffn;
-          SwiGlu(o, up_rows + t * kSliceRows, rows, o);
+          SwiGlu(o, up_rows + t * kSliceRows, rows, o, isa);
         }
       }
     }
