@@ -85,9 +85,16 @@ struct DeviceInt4 {
 
 // ---- int4_gemv.cu ----
 // y[t, :] = (accumulate ? y[t, :] : 0) + W x[t, :] + bias, t < n; x: [n, in], y: [n, out].
-// n of any size: tiles of up to 8 tokens share each weight load.
+// n < kGemmMinTokens: tiles of up to 8 tokens share each weight load (CUDA
+// cores, f32); n >= kGemmMinTokens: Int4Gemm.
+constexpr int kGemmMinTokens = 16;
 void Int4Linear(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate,
                 cudaStream_t stream);
+
+// ---- int4_gemm.cu ----
+// The same product on tensor cores, x and W rounded to f16 (accumulation in
+// f32): for prefill. x and y 16-byte aligned.
+void Int4Gemm(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate, cudaStream_t stream);
 
 // ---- f16_ops.cu ----
 // y[t, r] = sum_c W[r, c] x[t, c]; W: [rows, d] f16, d % 8 == 0.
@@ -102,6 +109,10 @@ void RmsNorm(const float* x, const float* weight, int d, float eps, int n, float
              cudaStream_t stream);
 // out = silu(gate) * up over `count` elements; out may equal gate.
 void SwiGlu(const float* gate, const float* up, size_t count, float* out, cudaStream_t stream);
+
+// ---- sampling.cu ----
+// *out = the index of the largest logit of [n] (n >= 1), as Argmax (sampler.h).
+void Argmax(const float* logits, int n, int* out, cudaStream_t stream);
 
 // ---- attention.cu ----
 struct AttentionDims {

@@ -25,7 +25,10 @@ namespace {
 using cu::DeviceBuffer;
 using cu::DeviceInt4;
 
-constexpr int kChunk = 64;        // tokens per pass through the layers (bounds scratch)
+// Tokens per pass through the layers: bounds the scratch, and is the M of
+// the prefill GEMMs (int4_gemm.cu): 256 tokens give a 4096-row layer
+// 32 x 4 = 128 blocks of 64 x 128, one wave on an H100's 132 SMs (64 gave 32).
+constexpr int kChunk = 256;
 constexpr size_t kAlign = 256;    // arena alignment: 16-byte loads, full sectors
 
 size_t AlignUp(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
@@ -161,8 +164,8 @@ class CudaTransformer final : public CudaForward {
     logits_ = floats(static_cast<size_t>(chunk_) * config.vocab_size);       // [C, vocab]
     att_scratch_ = floats(cu::AttentionScratchFloats(dims_, chunk_));       // [C, H, splits, hd+2]
     UploadRope();
-    ids_ = DeviceBuffer((chunk_ + 1) * sizeof(int));  // [C] ids, then the position
-    AWQ_CUDA_CHECK(cudaMallocHost(&host_ids_, (chunk_ + 1) * sizeof(int)));
+    ids_ = DeviceBuffer((chunk_ + 2) * sizeof(int));  // [C] ids, the position, the argmax
+    AWQ_CUDA_CHECK(cudaMallocHost(&host_ids_, (chunk_ + 2) * sizeof(int)));
     AWQ_CUDA_CHECK(cudaMallocHost(&host_logits_, static_cast<size_t>(chunk_) * config.vocab_size * 4));
     AWQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     AWQ_CUDA_CHECK(cudaDeviceSynchronize());  // random fills / uploads done
@@ -170,30 +173,21 @@ class CudaTransformer final : public CudaForward {
   }
 
   ~CudaTransformer() override {
-    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+    for (cudaGraphExec_t exec : graph_exec_) {
+      if (exec) cudaGraphExecDestroy(exec);
+    }
     if (stream_) cudaStreamDestroy(stream_);
     if (host_ids_) cudaFreeHost(host_ids_);
     if (host_logits_) cudaFreeHost(host_logits_);
   }
 
   void Forward(const int* ids, int n, bool all_logits, float* logits) override {
-    const size_t vocab = config_.vocab_size;
-    for (int done = 0; done < n;) {
-      const int chunk = std::min(chunk_, n - done);
-      const bool last = done + chunk == n;
-      const int rows = all_logits ? chunk : (last ? 1 : 0);
-      std::memcpy(host_ids_, ids + done, chunk * sizeof(int));
-      host_ids_[chunk_] = position_;
-      if (chunk == 1 && rows == 1) {
-        DecodeGraph();
-      } else {
-        Enqueue(chunk, rows);
-      }
-      AWQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      std::memcpy(logits + (all_logits ? done * vocab : 0), host_logits_, rows * vocab * sizeof(float));
-      position_ += chunk;
-      done += chunk;
-    }
+    Run(ids, n, all_logits ? Output::kAllLogits : Output::kLastLogits, logits);
+  }
+
+  int ForwardArgmax(const int* ids, int n) override {
+    Run(ids, n, Output::kLastArgmax, nullptr);
+    return host_ids_[chunk_ + 1];
   }
 
   void Reset() override { position_ = 0; }
@@ -290,9 +284,37 @@ class CudaTransformer final : public CudaForward {
     rope_.Upload(table.data(), table.size() * sizeof(float));
   }
 
+  enum class Output { kAllLogits, kLastLogits, kLastArgmax };
+
+  // Chunk by chunk: stage, enqueue, wait, copy out what `output` asks for.
+  void Run(const int* ids, int n, Output output, float* logits) {
+    const size_t vocab = config_.vocab_size;
+    for (int done = 0; done < n;) {
+      const int chunk = std::min(chunk_, n - done);
+      const bool last = done + chunk == n;
+      const int rows = output == Output::kAllLogits ? chunk : (last ? 1 : 0);
+      const bool argmax = last && output == Output::kLastArgmax;
+      std::memcpy(host_ids_, ids + done, chunk * sizeof(int));
+      host_ids_[chunk_] = position_;
+      if (chunk == 1 && rows == 1) {
+        DecodeGraph(argmax);
+      } else {
+        Enqueue(chunk, rows, argmax);
+      }
+      AWQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      if (rows > 0 && output != Output::kLastArgmax) {
+        const size_t offset = output == Output::kAllLogits ? done * vocab : 0;
+        std::memcpy(logits + offset, host_logits_, rows * vocab * sizeof(float));
+      }
+      position_ += chunk;
+      done += chunk;
+    }
+  }
+
   // Stages ids and position, runs `n` tokens through every layer, and copies
-  // the logits of the last `rows` tokens to host_logits_. Asynchronous.
-  void Enqueue(int n, int rows) {
+  // the logits of the last `rows` tokens to host_logits_, or (argmax, rows
+  // == 1) only their Argmax to host_ids_[chunk_ + 1]. Asynchronous.
+  void Enqueue(int n, int rows, bool argmax) {
     const ModelConfig& c = config_;
     const int d = c.hidden_size;
     const float eps = c.rms_norm_eps;
@@ -325,29 +347,37 @@ class CudaTransformer final : public CudaForward {
     const float* last = x + static_cast<size_t>(n - rows) * d;
     cu::RmsNorm(last, final_norm_, d, eps, rows, h, stream_);
     cu::F16Linear(lm_head_, c.vocab_size, d, h, rows, logits_.as<float>(), stream_);
+    if (argmax) {
+      cu::Argmax(logits_.as<float>(), c.vocab_size, ids + chunk_ + 1, stream_);
+      AWQ_CUDA_CHECK(cudaMemcpyAsync(host_ids_ + chunk_ + 1, ids + chunk_ + 1, sizeof(int), cudaMemcpyDeviceToHost,
+                                     stream_));
+      return;
+    }
     AWQ_CUDA_CHECK(cudaMemcpyAsync(host_logits_, logits_.as<float>(), static_cast<size_t>(rows) * c.vocab_size * 4,
                                    cudaMemcpyDeviceToHost, stream_));
   }
 
-  // One token, last logits: captured on first use, replayed after. The graph
-  // reads the id and position from the pinned staging buffer at replay time.
-  void DecodeGraph() {
-    if (!graph_exec_) {
+  // One token, last logits (or their argmax): captured on first use, replayed
+  // after. The graph reads the id and position from the pinned staging buffer
+  // at replay time.
+  void DecodeGraph(bool argmax) {
+    cudaGraphExec_t& exec = graph_exec_[argmax ? 1 : 0];
+    if (!exec) {
       cudaGraph_t graph = nullptr;
       AWQ_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
       try {
-        Enqueue(1, 1);
+        Enqueue(1, 1, argmax);
       } catch (...) {
         cudaStreamEndCapture(stream_, &graph);
         if (graph) cudaGraphDestroy(graph);
         throw;
       }
       AWQ_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
-      const cudaError_t status = cudaGraphInstantiate(&graph_exec_, graph, 0);
+      const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
       cudaGraphDestroy(graph);
       AWQ_CUDA_CHECK(status);
     }
-    AWQ_CUDA_CHECK(cudaGraphLaunch(graph_exec_, stream_));
+    AWQ_CUDA_CHECK(cudaGraphLaunch(exec, stream_));
   }
 
   const ModelConfig config_;
@@ -366,11 +396,11 @@ class CudaTransformer final : public CudaForward {
   DeviceBuffer k_cache_, v_cache_;  // [layers, max_seq_len, KV*hd] f16
   DeviceBuffer x_, h_, q_, attn_, k_, v_, gate_, up_, logits_, att_scratch_;
   DeviceBuffer rope_;  // [2, max_seq_len, hd/2]: cos then sin
-  DeviceBuffer ids_;   // [C + 1]: ids, position
-  int* host_ids_ = nullptr;        // pinned [C + 1]
+  DeviceBuffer ids_;   // [C + 2]: ids, position, argmax of the last logits
+  int* host_ids_ = nullptr;        // pinned [C + 2]
   float* host_logits_ = nullptr;   // pinned [C, vocab]
   cudaStream_t stream_ = nullptr;
-  cudaGraphExec_t graph_exec_ = nullptr;
+  cudaGraphExec_t graph_exec_[2] = {nullptr, nullptr};  // decode step: logits, argmax
 };
 
 }  // namespace

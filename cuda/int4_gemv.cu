@@ -1,5 +1,5 @@
 // int4 grouped linear y = W x on the GPU, for decode (1 token) and, tiled by
-// 8 tokens, for prefill.
+// 8 tokens, for up to kGemmMinTokens - 1 tokens (more go to int4_gemm.cu).
 //
 // Memory arithmetic (the kernel is bandwidth-bound at batch 1): a 4096x4096
 // layer at g128 holds 8 MiB of nibbles + 4096*32*3 B = 384 KiB of scales and
@@ -208,6 +208,10 @@ void LaunchTile(const DeviceInt4& w, const float* x, float* y, bool accumulate,
 
 void Int4Linear(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate,
                 cudaStream_t stream) {
+  if (n >= kGemmMinTokens) {
+    Int4Gemm(w, x, n, y, accumulate, stream);
+    return;
+  }
   for (int t = 0; t < n; t += kMaxTile) {
     const int tile = n - t < kMaxTile ? n - t : kMaxTile;
     const float* xt = x + static_cast<size_t>(t) * w.in;

@@ -74,6 +74,17 @@ void SwiGlu(const float* gate, const float* up, int n, float* out) {
   Down(out, dout, n);
 }
 
+int Argmax(const float* logits, int n) {
+  cu::RequireDevice();
+  DeviceBuffer dl = Up(logits, n);
+  DeviceBuffer dout(sizeof(int));
+  cu::Argmax(dl.as<float>(), n, dout.as<int>(), 0);
+  int id = -1;
+  AWQ_CUDA_CHECK(cudaDeviceSynchronize());
+  AWQ_CUDA_CHECK(cudaMemcpy(&id, dout.as<void>(), sizeof(int), cudaMemcpyDeviceToHost));
+  return id;
+}
+
 void RopeAttention(const AttentionShape& shape, float theta, int start, int n, const float* cache_k,
                    const float* cache_v, float* q, const float* k, const float* v, float* k_out,
                    float* out) {

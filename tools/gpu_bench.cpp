@@ -1,6 +1,8 @@
 // GPU benchmark (tools/gpu_check.sh builds it with nvcc against libawqcore.a):
-// int4 GEMV bandwidth vs a measured device copy, and end-to-end speed of a
-// Llama-2-7B-shape model with random int4 weights filled on the device.
+// int4 GEMV bandwidth vs a measured device copy, the prefill GEMM's TFLOP/s
+// (tools/gpu_torch_peer.py prints torch.matmul's f16 TFLOP/s to compare),
+// and end-to-end speed of a Llama-2-7B-shape model with random int4 weights
+// filled on the device.
 //
 // Roofline of a decode step: every weight byte once (int4 layers + lm_head)
 // plus the KV cache read at the context length, over the copy bandwidth.
@@ -50,6 +52,15 @@ int main(int argc, char** argv) {
     }
   }
 
+  // Prefill GEMM (tensor cores, int4_gemm.cu) at M tokens: 2 M out in FLOP.
+  std::printf("\n| GEMM M x out x in g128 | us | TFLOP/s |\n|---|---|---|\n");
+  for (const auto& s : shapes) {
+    for (int m : {16, 256, 2048, 8192}) {
+      const double us = cuda_bench::Int4GemvMicros(s[0], s[1], 128, m);
+      std::printf("| %d x %d x %d | %.1f | %.1f |\n", m, s[0], s[1], us, 2.0 * m * s[0] * s[1] / us / 1e6);
+    }
+  }
+
   ModelConfig c;
   c.architecture = "llama"; c.vocab_size = 32000; c.hidden_size = 4096; c.intermediate_size = 11008;
   c.num_layers = 32; c.num_heads = 32; c.num_kv_heads = 32; c.head_dim = 128;
@@ -73,10 +84,11 @@ int main(int argc, char** argv) {
     const double prefill = secs(t0, now());
     if (context == 2048) std::printf("| prefill | %d | %.0f | | |\n", context, context / prefill);
     const int steps = 48;
-    int token = 1;
-    model->Forward(&token, 1, false, logits.data());  // graph capture, outside the timing
+    // Greedy decode as Session runs it: the argmax on the device, the token
+    // fed back (the first call captures the CUDA graph, outside the timing).
+    int token = model->ForwardArgmax(prompt.data(), 1);
     const auto t1 = now();
-    for (int i = 0; i < steps; ++i) model->Forward(&token, 1, false, logits.data());
+    for (int i = 0; i < steps; ++i) token = model->ForwardArgmax(&token, 1);
     const double per_token = secs(t1, now()) / steps;
     const double kv_bytes = 2.0 * 32 * (context + steps / 2) * 4096 * 2;
     const double roof = copy_gbs * 1e9 / (weight_bytes + kv_bytes);

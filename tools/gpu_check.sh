@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command on a CUDA machine: build (CMake, sm_90 only for speed), run the
-# CUDA kernel tests (ctest), the Python GPU-vs-CPU tests, and the benchmark.
+# CUDA kernel tests, the benchmark and its torch fp16 peer, and the Python
+# GPU-vs-CPU tests.
 # Logs go to $OUT (or ./gpu_check_logs). Usage: bash tools/gpu_check.sh [arch]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,9 @@ build-gpu/cpp/tests/test_cuda_kernels 2>&1 | tee "$LOG/kernels.log" | grep -v "^
 step "benchmark"
 nvcc -O3 -std=c++17 -arch=sm_"$ARCH" -Icpp/include -Icpp/src tools/gpu_bench.cpp build-gpu/libawqcore.a \
   -o build-gpu/gpu_bench >>"$LOG/cmake.log" 2>&1 && build-gpu/gpu_bench 2>&1 | tee "$LOG/bench.log" || status=1
+
+step "torch fp16 peer (same GPU, same run)"
+python3 tools/gpu_torch_peer.py 2>&1 | tee "$LOG/torch_peer.log" || status=1
 
 step "Python GPU tests"
 if python3 -m pip install -q --no-build-isolation --no-deps -C cmake.define.AWQCORE_CUDA_ARCHITECTURES="$ARCH" . >"$LOG/pip.log" 2>&1; then

@@ -25,6 +25,9 @@ class CudaForward {
   // Appends ids[0 .. n) and writes logits [n, vocab] (all_logits) or the last
   // token's [vocab]. The caller has validated ids and the length.
   virtual void Forward(const int* ids, int n, bool all_logits, float* logits) = 0;
+  // Appends ids[0 .. n) and returns Argmax (sampler.h) of the last token's
+  // logits, computed on the device: greedy decoding without the logits copy.
+  virtual int ForwardArgmax(const int* ids, int n) = 0;
   virtual void Reset() = 0;
   virtual int position() const = 0;
   virtual int max_seq_len() const = 0;
@@ -57,6 +60,8 @@ void F16Linear(const uint16_t* w, int rows, int d, const float* x, int n, float*
 void Embedding(const uint16_t* table, int rows, int d, const int* ids, int n, float* out);
 void RmsNorm(const float* x, const float* weight, int d, float eps, int n, float* y);
 void SwiGlu(const float* gate, const float* up, int n, float* out);
+// Argmax (sampler.h) of logits [n] computed on the device.
+int Argmax(const float* logits, int n);
 // q: [n, H*hd] rotated in place; k, v: [n, KV*hd] new rows, rotated (k) and
 // written at positions start .. start+n-1 of an f16 cache that already holds
 // cache_k/cache_v (f32, [start, KV*hd], rounded to f16 on upload); out: the
@@ -69,8 +74,9 @@ void RopeAttention(const AttentionShape& shape, float theta, int start, int n,
 // Benchmark hooks (tools/gpu_bench.cpp; defined only in CUDA builds).
 namespace cuda_bench {
 // Median microseconds of a device-to-device copy of `bytes`, and of an int4
-// GEMV y[batch, out] = W[out, in] x at the given group size (random data,
-// several weight copies rotated so L2 (50 MB) holds none of them).
+// linear y[batch, out] = W[out, in] x at the given group size (random data,
+// several weight copies rotated so L2 (50 MB) holds none of them); batch >=
+// 16 runs the tensor-core GEMM.
 double CopyMicros(uint64_t bytes);
 double Int4GemvMicros(int out, int in, int group_size, int batch);
 }  // namespace cuda_bench

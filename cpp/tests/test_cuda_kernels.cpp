@@ -52,6 +52,33 @@ void CheckClose(const char* what, const std::vector<float>& got, const std::vect
   CHECK(bad == 0);
 }
 
+// One int4 linear case: (out, in, group, tokens, bias, residual) through
+// cuda_test::Int4Linear against the double reference. product_error: the
+// relative rounding of each product w x before the f32 sums (0 for the f32
+// GEMV; 2^-10 for the tensor-core GEMM, which rounds x and w to f16).
+void CheckInt4Linear(const int (&c)[6], double product_error, std::mt19937& rng) {
+  const int out = c[0], in = c[1], g = c[2], n = c[3];
+  RandomInt4 w(out, in, g, c[4], rng);
+  std::vector<float> x = RandomFloats(static_cast<size_t>(n) * in, rng);
+  std::vector<float> residual = RandomFloats(static_cast<size_t>(n) * out, rng);
+  std::vector<float> want(static_cast<size_t>(n) * out), got(want.size());
+  Int4LinearReference(w.layer, x.data(), n, want.data());
+  std::vector<double> tol(want.size());
+  for (int t = 0; t < n; ++t)
+    for (int r = 0; r < out; ++r) {
+      const size_t i = static_cast<size_t>(t) * out + r;
+      // Chunk sums of 32, scaled, then summed over in/32 chunks and lanes:
+      // at most in + 3 roundings along any path; + bias/residual adds.
+      tol[i] = (product_error + Gamma(in + 3)) * w.AbsProductSum(r, x.data() + static_cast<size_t>(t) * in) +
+               4 * kU * (std::fabs(want[i]) + 2.0);
+      if (c[5]) want[i] += residual[i];
+    }
+  cuda_test::Int4Linear(w.layer, x.data(), n, c[5] ? residual.data() : nullptr, got.data());
+  const std::string what = "int4 " + std::to_string(out) + "x" + std::to_string(in) + " g" +
+                           std::to_string(g) + " n" + std::to_string(n);
+  CheckClose(what.c_str(), got, want, tol);
+}
+
 TEST(int4_gemv_matches_reference) {
   std::mt19937 rng(1);
   // (out, in, group, tokens, bias, residual): rows not a multiple of the
@@ -62,28 +89,21 @@ TEST(int4_gemv_matches_reference) {
                           {130, 256, 64, 8, 0, 1},   {61, 384, 128, 11, 1, 1},
                           {45, 1056, 32, 2, 0, 0},   {300, 2176, 128, 1, 0, 1},
                           {17, 4096, 128, 5, 1, 0},  {70, 3136, 64, 4, 1, 1}};
-  for (const auto& c : cases) {
-    const int out = c[0], in = c[1], g = c[2], n = c[3];
-    RandomInt4 w(out, in, g, c[4], rng);
-    std::vector<float> x = RandomFloats(static_cast<size_t>(n) * in, rng);
-    std::vector<float> residual = RandomFloats(static_cast<size_t>(n) * out, rng);
-    std::vector<float> want(static_cast<size_t>(n) * out), got(want.size());
-    Int4LinearReference(w.layer, x.data(), n, want.data());
-    std::vector<double> tol(want.size());
-    for (int t = 0; t < n; ++t)
-      for (int r = 0; r < out; ++r) {
-        const size_t i = static_cast<size_t>(t) * out + r;
-        // Chunk sums of 32, scaled, then summed over in/32 chunks and lanes:
-        // at most in + 3 roundings along any path; + bias/residual adds.
-        tol[i] = Gamma(in + 3) * w.AbsProductSum(r, x.data() + static_cast<size_t>(t) * in) +
-                 4 * kU * (std::fabs(want[i]) + 2.0);
-        if (c[5]) want[i] += residual[i];
-      }
-    cuda_test::Int4Linear(w.layer, x.data(), n, c[5] ? residual.data() : nullptr, got.data());
-    const std::string what = "int4 " + std::to_string(out) + "x" + std::to_string(in) + " g" +
-                             std::to_string(g) + " n" + std::to_string(n);
-    CheckClose(what.c_str(), got, want, tol);
-  }
+  for (const auto& c : cases) CheckInt4Linear(c, 0.0, rng);
+}
+
+TEST(int4_gemm_matches_reference) {
+  // Int4Linear with >= kGemmMinTokens (16) tokens: the tensor-core kernel.
+  // x and (q - z) s are each rounded to f16 (2^-11 relative), so a product
+  // is off by <= 2^-10 + 2^-22 of itself before the f32 sums. Cases: tokens
+  // and rows not multiples of the 64 x 128 block (zero-filled edges), one
+  // 32-column step (fewer steps than pipeline stages), every group size,
+  // several blocks along both M and N, bias and residual.
+  std::mt19937 rng(11);
+  const int cases[][6] = {{130, 256, 64, 16, 0, 0},  {61, 384, 128, 17, 1, 1},
+                          {128, 32, 32, 65, 0, 1},   {257, 96, 32, 100, 1, 0},
+                          {300, 2176, 128, 64, 0, 1}, {1000, 1024, 64, 130, 1, 1}};
+  for (const auto& c : cases) CheckInt4Linear(c, std::ldexp(1.0, -10) + std::ldexp(1.0, -22), rng);
 }
 
 TEST(f16_gemv_and_embedding_match_reference) {
