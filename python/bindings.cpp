@@ -4,6 +4,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
@@ -148,6 +149,10 @@ class PyModel {
 
   void reset() { session_->Reset(); }
   int position() const { return session_->position(); }
+  std::pair<double, double> last_timing() const {
+    const awqcore::Session::Timing t = session_->last_timing();
+    return {t.prefill_seconds, t.decode_seconds};
+  }
 
  private:
   static awqcore::GenerateOptions Options(int max_new_tokens, float temperature, int top_k,
@@ -209,5 +214,6 @@ NB_MODULE(_core, m) {
            "temperature"_a, "top_k"_a, "top_p"_a, "repetition_penalty"_a, "seed"_a.none(),
            "stop"_a.none())
       .def("reset", &PyModel::reset)
-      .def("position", &PyModel::position);
+      .def("position", &PyModel::position)
+      .def("last_timing", &PyModel::last_timing);
 }

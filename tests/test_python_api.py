@@ -135,3 +135,18 @@ def test_gil_is_released_during_generate(smollm2_awqbin, prompts, max_batch):
     # (only the 5 ms switch interval slices at most). Released, it loops
     # freely: at least ~100k increments per second on any machine.
     assert during > 100_000 * elapsed * 0.5, (during, elapsed)
+
+
+def test_last_timing_splits_prefill_and_decode(model):
+    """The runtime's own timing of its forward passes, which `awqcore bench`
+    divides token counts by: one new token needs no decode step; more need
+    one step each after the prefill, for a single prompt and for a batch."""
+    model.generate([1, 2, 3], max_new_tokens=1, stop=[])
+    t = model.last_timing()
+    assert t["prefill_s"] > 0 and t["decode_s"] == 0
+    model.generate([1, 2, 3], max_new_tokens=4, stop=[])
+    t = model.last_timing()
+    assert t["prefill_s"] > 0 and t["decode_s"] > 0
+    model.generate([[1, 2, 3], [4, 5]], max_new_tokens=3, stop=[])
+    t = model.last_timing()
+    assert t["prefill_s"] > 0 and t["decode_s"] > 0

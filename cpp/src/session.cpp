@@ -3,6 +3,7 @@
 // step touches (KV caches, activations, logits, sampler buffers) is
 // allocated in the constructor.
 #include <algorithm>
+#include <chrono>
 #include <string>
 #include <thread>
 
@@ -75,6 +76,10 @@ class Backend {
     if (cpu_) return cpu_->DecodeStep(seqs, ids, n, logits);
     gpu_->Forward(ids, n, /*all_logits=*/true, logits);  // n == 1, seqs[0] == 0
   }
+  bool on_gpu() const { return gpu_ != nullptr; }
+  // GPU only: Forward of the last logits, returning their Argmax computed on
+  // the device (4 bytes cross to the host instead of the logits).
+  int ForwardArgmax(const int* ids, int n) { return gpu_->ForwardArgmax(ids, n); }
   void Reset() { cpu_ ? cpu_->Reset() : gpu_->Reset(); }
   void Reset(int seq) { cpu_ ? cpu_->Reset(seq) : gpu_->Reset(); }
   int position() const { return cpu_ ? cpu_->position() : gpu_->position(); }
@@ -84,6 +89,11 @@ class Backend {
   std::unique_ptr<Transformer> cpu_;  // exactly one of the two is set
   std::unique_ptr<CudaForward> gpu_;
 };
+
+using Clock = std::chrono::steady_clock;
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
 
 bool IsStop(const std::vector<int>& stop_ids, int token) {
   return std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
@@ -141,6 +151,7 @@ struct Session::Impl {
   ThreadPool pool;      // CPU matrix products (one idle thread on the GPU)
   Backend transformer;  // KV caches + activation scratch
   std::vector<Sampler> samplers;  // [max_batch] one per sequence slot
+  Session::Timing timing;         // of the last Generate / GenerateBatch
   std::vector<float> logits;      // [max_batch, vocab] of the positions being sampled
 };
 
@@ -177,9 +188,22 @@ std::vector<int> Session::Generate(const std::vector<int>& prompt, const Generat
   s.transformer.Reset();
   sampler.Start(options.sampling);
   for (int token : prompt) sampler.Observe(token);
-  const int prompt_length = static_cast<int>(prompt.size());
-  s.transformer.Forward(0, prompt.data(), prompt_length, Transformer::Logits::kLastOnly,
-                        s.logits.data());
+  // Appends ids to the sequence and picks the token after them.
+  const bool device_argmax = s.transformer.on_gpu() && Sampler::IsPlainArgmax(options.sampling);
+  s.timing = {};
+  auto next_token = [&](const int* ids, int n, double& seconds) {
+    const Clock::time_point start = Clock::now();
+    if (device_argmax) {
+      const int token = s.transformer.ForwardArgmax(ids, n);
+      seconds += SecondsSince(start);
+      return token;
+    }
+    s.transformer.Forward(0, ids, n, Transformer::Logits::kLastOnly, s.logits.data());
+    seconds += SecondsSince(start);
+    return sampler.Sample(s.logits.data());
+  };
+  const int after_prompt =
+      next_token(prompt.data(), static_cast<int>(prompt.size()), s.timing.prefill_seconds);
 
   // A token is fed back only when another one is wanted after it: the last
   // token is returned without a forward pass of its own.
@@ -187,11 +211,7 @@ std::vector<int> Session::Generate(const std::vector<int>& prompt, const Generat
   std::vector<int> generated;
   generated.reserve(budget);
   for (int i = 0; i < budget; ++i) {
-    if (i > 0) {
-      s.transformer.Forward(0, &generated.back(), 1, Transformer::Logits::kLastOnly,
-                            s.logits.data());
-    }
-    const int token = sampler.Sample(s.logits.data());
+    const int token = i == 0 ? after_prompt : next_token(&generated.back(), 1, s.timing.decode_seconds);
     generated.push_back(token);
     sampler.Observe(token);
     if (on_token && !on_token(token)) break;
@@ -225,6 +245,7 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
   live.reserve(s.max_batch);
   std::vector<int> step_ids(s.max_batch);
   s.transformer.Reset();
+  s.timing = {};
 
   // Samples the next token of the sequence in `slot` from logits [vocab];
   // returns whether that sequence wants another one.
@@ -253,8 +274,10 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
       s.samplers[slot].Start(sampling);
       for (int token : prompt) s.samplers[slot].Observe(token);
       s.transformer.Reset(slot);
+      const Clock::time_point start = Clock::now();
       s.transformer.Forward(slot, prompt.data(), static_cast<int>(prompt.size()),
                             Transformer::Logits::kLastOnly, s.logits.data());
+      s.timing.prefill_seconds += SecondsSince(start);
       if (sample(slot, s.logits.data())) {
         live.push_back(slot);
       } else {
@@ -266,7 +289,9 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
     // One decode step over every live sequence; row k of the logits is live[k]'s.
     const int n = static_cast<int>(live.size());
     for (int k = 0; k < n; ++k) step_ids[k] = results[slot_prompt[live[k]]].back();
+    const Clock::time_point start = Clock::now();
     s.transformer.DecodeStep(live.data(), step_ids.data(), n, s.logits.data());
+    s.timing.decode_seconds += SecondsSince(start);
     int kept = 0;
     for (int k = 0; k < n; ++k) {
       const int slot = live[k];
@@ -281,6 +306,7 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
   return results;
 }
 
+Session::Timing Session::last_timing() const { return impl_->timing; }
 void Session::Reset() { impl_->transformer.Reset(); }
 int Session::position() const { return impl_->transformer.position(); }
 int Session::max_seq_len() const { return impl_->transformer.max_seq_len(); }

@@ -185,6 +185,14 @@ class Model:
         with self._lock:
             self._core.reset()
 
+    def last_timing(self) -> dict:
+        """Seconds the last generate() spent in forward passes: {"prefill_s":
+        the prompts, "decode_s": the decode steps}; sampling and callbacks
+        excluded."""
+        with self._lock:
+            prefill_s, decode_s = self._core.last_timing()
+        return {"prefill_s": prefill_s, "decode_s": decode_s}
+
     @staticmethod
     def _is_batch(ids) -> bool:
         """Whether `ids` is a list of prompts: an indexable non-string whose

@@ -127,18 +127,18 @@ def _worker_awqcore(spec: dict) -> dict:
 
 
 def _batch_runs(model, spec: dict, ids: list[int]) -> list[dict]:
-    """Prefill and decode seconds of `batch` prompts generated together."""
+    """Prefill and decode seconds of `batch` prompts generated together, as
+    the runtime timed its forward passes (Model.last_timing): decode + 1 new
+    tokens are `decode` steps after the prefill. (Timing a 1-token run and
+    subtracting it from a longer one gave negative decode times for short
+    decodes on tiny models.)"""
     vocab = model.config["vocab_size"]
     # Different prompts (the first id shifted), so no two sequences are alike.
     prompts = [[(ids[0] + 1 + b) % vocab] + ids[1:] for b in range(spec["batch"])]
     runs = []
     for _ in range(spec["reps"] + 1):  # the first run warms caches and page mappings
-        start = time.perf_counter()
-        model.generate(prompts, max_new_tokens=1, stop=[])
-        prefill_s = time.perf_counter() - start
-        start = time.perf_counter()
         model.generate(prompts, max_new_tokens=spec["decode"] + 1, stop=[])
-        runs.append({"prefill_s": prefill_s, "decode_s": time.perf_counter() - start - prefill_s})
+        runs.append(model.last_timing())
     return runs[1:]
 
 

@@ -188,6 +188,15 @@ class Session {
   std::vector<std::vector<int>> GenerateBatch(const std::vector<std::vector<int>>& prompts,
                                               const GenerateOptions& options);
 
+  // Wall seconds the last Generate or GenerateBatch spent in forward passes:
+  // of prompts (prefill) and of decode steps; sampling, callbacks and
+  // validation excluded. What benchmarks divide token counts by.
+  struct Timing {
+    double prefill_seconds = 0.0;
+    double decode_seconds = 0.0;
+  };
+  Timing last_timing() const;
+
   void Reset();                 // empties the KV cache(s)
   int position() const;         // tokens in the cache of Forward/Generate's sequence
   int max_seq_len() const;
