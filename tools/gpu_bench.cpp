@@ -12,7 +12,8 @@
 // For kernel-only time run one shape under Nsight Compute:
 //   ncu -k regex:Int4Gemv -s 3 -c 1 --clock-control none \
 //       --metrics gpu__time_duration.sum,dram__bytes_read.sum gpu_bench gemv OUT IN BATCH
-// ("gemv OUT IN BATCH" times just that GEMV and prints one table row).
+// ("gemv OUT IN BATCH" times just that GEMV and prints one table row;
+// "decode" runs 256 greedy decode steps and nothing else, for nsys).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -30,7 +31,29 @@ double GemvBytes(int out, int in, int batch) {
 }
 }  // namespace
 
+// The Llama-2-7B shape: 4096 hidden, 32 layers, 11008 FFN, 32 heads, vocab 32000.
+ModelConfig Llama7BShape() {
+  ModelConfig c;
+  c.architecture = "llama"; c.vocab_size = 32000; c.hidden_size = 4096; c.intermediate_size = 11008;
+  c.num_layers = 32; c.num_heads = 32; c.num_kv_heads = 32; c.head_dim = 128;
+  c.max_position_embeddings = 4096; c.rms_norm_eps = 1e-5f;
+  return c;
+}
+
+// Greedy decode steps only (after a 64-token prompt), for a profiler's
+// per-kernel table of a decode step: gpu_check.sh runs it under nsys.
+int DecodeOnly() {
+  auto model = CreateRandomCudaForward(Llama7BShape(), 128, 512, 1);
+  std::vector<int> prompt(64);
+  for (int i = 0; i < 64; ++i) prompt[i] = (i * 7919) % 32000;
+  int token = model->ForwardArgmax(prompt.data(), 64);
+  for (int i = 0; i < 256; ++i) token = model->ForwardArgmax(&token, 1);
+  std::printf("256 decode steps done (last token %d)\n", token);
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 2 && std::string(argv[1]) == "decode") return DecodeOnly();
   if (argc == 5 && std::string(argv[1]) == "gemv") {
     const int out = std::atoi(argv[2]), in = std::atoi(argv[3]), batch = std::atoi(argv[4]);
     const double us = cuda_bench::Int4GemvMicros(out, in, 128, batch);
@@ -61,12 +84,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  ModelConfig c;
-  c.architecture = "llama"; c.vocab_size = 32000; c.hidden_size = 4096; c.intermediate_size = 11008;
-  c.num_layers = 32; c.num_heads = 32; c.num_kv_heads = 32; c.head_dim = 128;
-  c.max_position_embeddings = 4096; c.rms_norm_eps = 1e-5f;
   const int max_seq = 2048 + 64;
-  auto model = CreateRandomCudaForward(c, 128, max_seq, 1);
+  auto model = CreateRandomCudaForward(Llama7BShape(), 128, max_seq, 1);
   std::printf("\n7B-shape model on the device: %.0f MiB (weights + f16 KV cache for %d + scratch)\n",
               model->device_bytes() / 1048576.0, max_seq);
   const double layer_bytes = 4.0 * (4096.0 * 4096 / 2 + 4096 * 32 * 3) + 3.0 * (11008.0 * 4096 / 2 + 11008 * 32 * 3);

@@ -23,6 +23,18 @@ step "benchmark"
 nvcc -O3 -std=c++17 -arch=sm_"$ARCH" -Icpp/include -Icpp/src tools/gpu_bench.cpp build-gpu/libawqcore.a \
   -o build-gpu/gpu_bench >>"$LOG/cmake.log" 2>&1 && build-gpu/gpu_bench 2>&1 | tee "$LOG/bench.log" || status=1
 
+step "per-kernel time shares of decode steps (nsys)"
+if command -v nsys >/dev/null 2>&1; then
+  # Graph replays are traced per kernel node; the 64-token prompt's GEMM rows
+  # are the int4 GEMM kernel, every other row is the decode step's.
+  nsys profile --cuda-graph-trace=node --force-overwrite true -o "$LOG/decode" build-gpu/gpu_bench decode \
+    >"$LOG/nsys.log" 2>&1 \
+    && nsys stats --report cuda_gpu_kern_sum --format table "$LOG/decode.nsys-rep" 2>&1 | tee "$LOG/kernel_shares.txt" | head -25 \
+    || { tail -5 "$LOG/nsys.log"; status=1; }
+else
+  echo "nsys not installed: no per-kernel table"
+fi
+
 step "torch fp16 peer (same GPU, same run)"
 python3 tools/gpu_torch_peer.py 2>&1 | tee "$LOG/torch_peer.log" || status=1
 
