@@ -188,8 +188,9 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
       for (int i = 0; i < hd; ++i) head_out[i] *= inv;
     }
   };
-  // A decode step's combine is ~H * splits * hd FMAs (SmolLM2 at 512 keys:
-  // 2,300), less than waking the pool costs; a prefill chunk's is 64x that.
+  // A decode step's combine is H * splits * hd FMAs (SmolLM2 at 512 keys:
+  // 9 * 2 * 64 = 1,152), less than waking the pool costs; a prefill chunk's
+  // is 64x that.
   const int64_t rows_total = static_cast<int64_t>(num_tokens) * H;
   if (rows_total * grid.splits * hd < kInlineCombineFloats) {
     combine(0, rows_total);
