@@ -30,27 +30,27 @@ __device__ __forceinline__ bool Beats(Candidate a, Candidate b) {
 
 __device__ __forceinline__ Candidate Better(Candidate a, Candidate b) { return Beats(a, b) ? a : b; }
 
-__global__ void __launch_bounds__(kArgmaxThreads) ArgmaxKernel(const float* __restrict__ logits, int n, int* out) {
-  __shared__ Candidate warp_best[kArgmaxThreads / 32];
-  Candidate best{logits[min(static_cast<int>(threadIdx.x), n - 1)], min(static_cast<int>(threadIdx.x), n - 1)};
-  for (int i = threadIdx.x + kArgmaxThreads; i < n; i += kArgmaxThreads) best = Better(best, {logits[i], i});
+// The best candidate of the warp, in every lane.
+__device__ __forceinline__ Candidate WarpBest(Candidate best) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
     const Candidate other{__shfl_xor_sync(0xffffffffu, best.value, offset),
                           __shfl_xor_sync(0xffffffffu, best.id, offset)};
     best = Better(best, other);
   }
+  return best;
+}
+
+__global__ void __launch_bounds__(kArgmaxThreads) ArgmaxKernel(const float* __restrict__ logits, int n, int* out) {
+  __shared__ Candidate warp_best[kArgmaxThreads / 32];
+  Candidate best{logits[min(static_cast<int>(threadIdx.x), n - 1)], min(static_cast<int>(threadIdx.x), n - 1)};
+  for (int i = threadIdx.x + kArgmaxThreads; i < n; i += kArgmaxThreads) best = Better(best, {logits[i], i});
+  best = WarpBest(best);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) warp_best[warp] = best;
   __syncthreads();
   if (warp == 0) {
-    best = warp_best[lane];  // kArgmaxThreads / 32 == 32 warps: one per lane
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      const Candidate other{__shfl_xor_sync(0xffffffffu, best.value, offset),
-                            __shfl_xor_sync(0xffffffffu, best.id, offset)};
-      best = Better(best, other);
-    }
+    best = WarpBest(warp_best[lane]);  // kArgmaxThreads / 32 == 32 warps: one per lane
     if (lane == 0) *out = best.id;
   }
 }

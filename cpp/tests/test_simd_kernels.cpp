@@ -76,6 +76,41 @@ double Bound(const Int4Linear& layer, int r, const float* x) {
   return Gamma(layer.in + 2 * groups + blocks + 2) * sum;
 }
 
+// Checks a W4A8 / W8A8 row kernel the way the pool calls it: rows [row0,
+// rows) of every token of a batch into a strided y (row0 = 1 when rows > 4,
+// ldy = rows + 2). run(x, row0, ldy, y) runs the kernel on x. Counts
+// outputs outside bound(t, r) of ref[t * rows + r], rows before row0 that
+// were written, and tokens whose outputs differ, bit for bit, from those of
+// the token alone (batched decode relies on it).
+struct Q8RowKernelTally {
+  int checked = 0, bad = 0, batch_dependent = 0;
+  double worst = 0.0;
+
+  // Returns y [tokens, ldy].
+  template <typename Run, typename BoundOf>
+  std::vector<float> Check(const Q8Activations& q8, int rows, const std::vector<float>& ref, Run run,
+                           BoundOf bound) {
+    const int row0 = rows > 4 ? 1 : 0, ldy = rows + 2;
+    std::vector<float> y(static_cast<size_t>(q8.num_tokens) * ldy, -7.f), got, want;
+    run(q8, row0, ldy, y.data());
+    for (int t = 0; t < q8.num_tokens; ++t) {
+      for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
+      for (int r = row0; r < rows; ++r) {
+        const double diff = std::fabs(static_cast<double>(y[t * ldy + r]) - ref[t * rows + r]);
+        bad += !(diff <= bound(t, r));
+        got.push_back(y[t * ldy + r]);
+        want.push_back(ref[t * rows + r]);
+        ++checked;
+      }
+      std::vector<float> y_alone(ldy, -7.f);
+      run(awqtest::TokenAlone(q8, t), row0, ldy, y_alone.data());
+      batch_dependent += !std::equal(y_alone.begin() + row0, y_alone.begin() + rows, y.begin() + t * ldy + row0);
+    }
+    worst = std::max(worst, awqtest::RelativeError(got, want));
+    return y;
+  }
+};
+
 }  // namespace
 
 TEST(int4_row_kernels_match_reference) {
@@ -175,8 +210,7 @@ TEST(int4_q8_row_kernels_match_reference) {
   std::mt19937 rng(14);
   Q8Buffer buffer;
   for (Isa isa : IsasToTest()) {
-    double worst = 0.0;
-    int checked = 0, bad = 0, batch_dependent = 0;
+    Q8RowKernelTally tally;
     std::vector<float> all_got, all_f32;  // every output, and its f32 product with x
     for (int g : {32, 64, 128}) {
       for (int in : {64, 128, 192, 384, 576, 832}) {
@@ -191,34 +225,22 @@ TEST(int4_q8_row_kernels_match_reference) {
             std::vector<float> ref(static_cast<size_t>(tokens) * out), exact(ref.size());
             Int4LinearReference(w.layer, a.data(), tokens, ref.data());
             Int4LinearReference(w.layer, xs.dense.data(), tokens, exact.data());
-            const int row0 = out > 4 ? 1 : 0, ldy = out + 2;
-            auto run = [&](const Q8Activations& x, float* ys) {
+            auto run = [&](const Q8Activations& x, int row0, int ldy, float* ys) {
               if (isa == Isa::kAvx2) {
                 Int4RowsQ8Avx2(w.layer, row0, out - row0, x, ys + row0, ldy);
               } else {
                 Int4RowsQ8Scalar(w.layer, row0, out - row0, x, ys + row0, ldy);
               }
             };
-            std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f);
-            run(q8, y.data());
-            std::vector<float> got, want;
+            const std::vector<float> y = tally.Check(
+                q8, out, ref, run, [&](int t, int r) { return Bound(w.layer, r, a.data() + t * in); });
+            const int row0 = out > 4 ? 1 : 0, ldy = out + 2;
             for (int t = 0; t < tokens; ++t) {
-              std::vector<float> y_alone(ldy, -7.f);
-              run(awqtest::TokenAlone(q8, t), y_alone.data());
-              batch_dependent += !std::equal(y_alone.begin() + row0, y_alone.begin() + out,
-                                             y.begin() + t * ldy + row0);
-              for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
               for (int r = row0; r < out; ++r) {
-                const double diff = std::fabs(static_cast<double>(y[t * ldy + r]) - ref[t * out + r]);
-                bad += !(diff <= Bound(w.layer, r, a.data() + t * in));
-                got.push_back(y[t * ldy + r]);
-                want.push_back(ref[t * out + r]);
                 all_got.push_back(y[t * ldy + r]);
                 all_f32.push_back(exact[t * out + r]);
-                ++checked;
               }
             }
-            worst = std::max(worst, awqtest::RelativeError(got, want));
           }
         }
       }
@@ -226,10 +248,10 @@ TEST(int4_q8_row_kernels_match_reference) {
     // The last number is the cost of the int8 rounding itself: max |y - W x|
     // over max |W x|, all outputs.
     std::printf("  %s int4 W4A8 rows: %d outputs, %d outside the bound, %d batch-dependent, max "
-                "relative error %.3g (vs the f32 product with x: %.3g)\n", IsaName(isa), checked, bad,
-                batch_dependent, worst, awqtest::RelativeError(all_got, all_f32));
-    CHECK(bad == 0);
-    CHECK(batch_dependent == 0);
+                "relative error %.3g (vs the f32 product with x: %.3g)\n", IsaName(isa), tally.checked,
+                tally.bad, tally.batch_dependent, tally.worst, awqtest::RelativeError(all_got, all_f32));
+    CHECK(tally.bad == 0);
+    CHECK(tally.batch_dependent == 0);
   }
 }
 
@@ -304,8 +326,7 @@ TEST(table_q8_row_kernels_match_reference_and_ignore_batch_size) {
   std::mt19937 rng(15);
   Q8Buffer buffer;
   for (Isa isa : IsasToTest()) {
-    double worst = 0.0;
-    int checked = 0, bad = 0, batch_dependent = 0;
+    Q8RowKernelTally tally;
     for (int d : {32, 64, 256, 288, 576}) {
       for (int rows : {1, 3, 5, 13}) {
         const awqtest::RandomTable w(rows, d, /*int8=*/true, rng, kMisaligned);
@@ -316,40 +337,24 @@ TEST(table_q8_row_kernels_match_reference_and_ignore_batch_size) {
           const std::vector<float> a = awqtest::Dequantized(q8);
           std::vector<float> ref(static_cast<size_t>(tokens) * rows);
           TableLinearReference(w.table, a.data(), tokens, ref.data());
-          const int row0 = rows > 4 ? 1 : 0, ldy = rows + 2;
-          auto run = [&](const Q8Activations& x, float* ys) {
+          auto run = [&](const Q8Activations& x, int row0, int ldy, float* ys) {
             if (isa == Isa::kAvx2) {
               TableRowsQ8Avx2(w.table, row0, rows - row0, x, ys + row0, ldy);
             } else {
               TableRowsQ8Scalar(w.table, row0, rows - row0, x, ys + row0, ldy);
             }
           };
-          std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f), got, want;
-          run(q8, y.data());
-          for (int t = 0; t < tokens; ++t) {
-            for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
-            for (int r = row0; r < rows; ++r) {
-              const double diff = std::fabs(static_cast<double>(y[t * ldy + r]) - ref[t * rows + r]);
-              bad += !(diff <= Gamma(d / 4 + 2) * w.AbsProductSum(r, a.data() + t * d));
-              got.push_back(y[t * ldy + r]);
-              want.push_back(ref[t * rows + r]);
-              ++checked;
-            }
-            // The token alone gives bit-identical logits.
-            std::vector<float> y_alone(ldy, -7.f);
-            run(awqtest::TokenAlone(q8, t), y_alone.data());
-            batch_dependent += !std::equal(y_alone.begin() + row0, y_alone.begin() + rows,
-                                           y.begin() + t * ldy + row0);
-          }
-          worst = std::max(worst, awqtest::RelativeError(got, want));
+          tally.Check(q8, rows, ref, run, [&](int t, int r) {
+            return Gamma(d / 4 + 2) * w.AbsProductSum(r, a.data() + t * d);
+          });
         }
       }
     }
     std::printf("  %s int8 table rows, int8 activations: %d outputs, %d outside the bound, "
                 "%d batch-dependent, max relative error %.3g\n",
-                IsaName(isa), checked, bad, batch_dependent, worst);
-    CHECK(bad == 0);
-    CHECK(batch_dependent == 0);
+                IsaName(isa), tally.checked, tally.bad, tally.batch_dependent, tally.worst);
+    CHECK(tally.bad == 0);
+    CHECK(tally.batch_dependent == 0);
   }
 }
 

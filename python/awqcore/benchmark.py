@@ -101,19 +101,8 @@ def _worker_awqcore(spec: dict) -> dict:
                           activations=spec.get("activations", "int8"))
     load_s = time.perf_counter() - start
     ids = _prompt(spec["prefill"], model.config["vocab_size"])
-    if batch > 1:
-        return {"load_s": load_s, "runs": _batch_runs(model, spec, ids), "peak_rss": _peak_rss()}
-    runs = []
-    for _ in range(spec["reps"] + 1):  # the first run warms caches and page mappings
-        stamps: list[float] = []
-        start = time.perf_counter()
-        # Greedy, no stop ids: the first token marks the end of the prefill;
-        # each later one costs one decode step (plus a negligible argmax).
-        model.generate(ids, max_new_tokens=spec["decode"] + 1, stop=[],
-                       on_token=lambda _t: stamps.append(time.perf_counter()))
-        runs.append({"prefill_s": stamps[0] - start, "decode_s": stamps[-1] - stamps[0]})
-    result = {"load_s": load_s, "runs": runs[1:]}
-    if spec.get("end_to_end"):
+    result = {"load_s": load_s, "runs": _timed_runs(model, spec, ids)}
+    if spec.get("end_to_end"):  # batch 1 only
         tok = model.tokenizer
         text = "The history of the printing press " * max(1, spec["prefill"] // 6)
         start = time.perf_counter()
@@ -126,18 +115,19 @@ def _worker_awqcore(spec: dict) -> dict:
     return result
 
 
-def _batch_runs(model, spec: dict, ids: list[int]) -> list[dict]:
-    """Prefill and decode seconds of `batch` prompts generated together, as
-    the runtime timed its forward passes (Model.last_timing): decode + 1 new
-    tokens are `decode` steps after the prefill. (Timing a 1-token run and
-    subtracting it from a longer one gave negative decode times for short
-    decodes on tiny models.)"""
+def _timed_runs(model, spec: dict, ids: list[int]) -> list[dict]:
+    """Prefill and decode seconds of the prompt (or of `batch` prompts generated
+    together), as the runtime timed its forward passes (Model.last_timing):
+    greedy, no stop ids, decode + 1 new tokens are `decode` steps after the
+    prefill. (Timing a 1-token batch run and subtracting it from a longer one
+    gave negative decode times for short decodes on tiny models.)"""
+    batch = spec.get("batch", 1)
     vocab = model.config["vocab_size"]
     # Different prompts (the first id shifted), so no two sequences are alike.
-    prompts = [[(ids[0] + 1 + b) % vocab] + ids[1:] for b in range(spec["batch"])]
+    work = ids if batch == 1 else [[(ids[0] + 1 + b) % vocab] + ids[1:] for b in range(batch)]
     runs = []
     for _ in range(spec["reps"] + 1):  # the first run warms caches and page mappings
-        model.generate(prompts, max_new_tokens=spec["decode"] + 1, stop=[])
+        model.generate(work, max_new_tokens=spec["decode"] + 1, stop=[])
         runs.append(model.last_timing())
     return runs[1:]
 

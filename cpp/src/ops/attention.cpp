@@ -83,10 +83,6 @@ void AttendRowsScalar(const AttentionRows& rows, const CacheT* k, const CacheT* 
                       int hd, int key_begin, int key_end) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   float weights[kBlockKeys];
-  for (int r = 0; r < rows.count; ++r) {
-    rows.state[r][0] = -INFINITY;
-    std::fill_n(rows.state[r] + 1, hd + 1, 0.f);
-  }
   for (int block = key_begin; block < key_end; block += kBlockKeys) {
     const int block_end = std::min(block + kBlockKeys, key_end);
     for (int r = 0; r < rows.count; ++r) {
@@ -148,8 +144,10 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
         for (int h = h_begin; h < h_end; ++h) {
           rows.query[rows.count] = q + t * q_stride + static_cast<size_t>(h) * hd;
           rows.num_keys[rows.count] = positions[t] + 1;
-          rows.state[rows.count] = state_of(t, h, split);
-          ++rows.count;
+          float* state = state_of(t, h, split);
+          state[0] = -INFINITY;  // (m, l, acc) before any key
+          std::fill_n(state + 1, hd + 1, 0.f);
+          rows.state[rows.count++] = state;
         }
         tile_keys = std::max(tile_keys, positions[t] + 1);
       }
@@ -172,7 +170,8 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
       const int t = static_cast<int>(row / H), h = static_cast<int>(row % H);
       float max_m = -INFINITY;
       for (int s = 0; s < grid.splits; ++s) {
-        if (state_of(t, h, s)[1] > 0.f) max_m = std::max(max_m, state_of(t, h, s)[0]);
+        const float* state = state_of(t, h, s);
+        if (state[1] > 0.f) max_m = std::max(max_m, state[0]);
       }
       float* head_out = out + t * q_stride + static_cast<size_t>(h) * hd;
       std::fill_n(head_out, hd, 0.f);

@@ -106,8 +106,9 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
 
 // One work item: `count` rows reading one kv head of one cache, whose keys
 // are rows kv_stride elements apart from k / v. Row r reads keys
-// [key_begin, min(key_end, num_keys[r])) and writes its state to
-// state[r]: [m, l, acc[hd]] (acc unnormalised; l = 0 when it read no key).
+// [key_begin, min(key_end, num_keys[r])) and updates its state
+// state[r]: [m, l, acc[hd]] (acc unnormalised), which the caller sets to
+// (-inf, 0, 0) first; l stays 0 when the row reads no key.
 struct AttentionRows {
   int count = 0;
   const float* query[kMaxRows];  // [hd] each

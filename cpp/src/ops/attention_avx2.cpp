@@ -125,10 +125,6 @@ void AttendRowsAvx2(const AttentionRows& rows, const CacheT* k, const CacheT* v,
                     int hd, int key_begin, int key_end) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   alignas(32) float weights[kBlockKeys];
-  for (int r = 0; r < rows.count; ++r) {
-    rows.state[r][0] = -INFINITY;
-    std::fill_n(rows.state[r] + 1, hd + 1, 0.f);
-  }
   // The item's first kPrefetchRows rows, before the loop starts requesting.
   const int first_rows = std::min(kPrefetchRows, key_end - key_begin);
   PrefetchRows(k + static_cast<size_t>(key_begin) * kv_stride, first_rows, kv_stride, hd);
