@@ -11,6 +11,11 @@
 // so the launch shape does not depend on the position and a captured decode
 // graph stays valid for every step.
 //
+// Each token carries its own (sequence, position) (TokenPlaces): a prefill
+// chunk is one sequence at consecutive positions, a batched decode step one
+// token of each of several sequences. Sequence s's rows start at row
+// s * max_seq_len of the layer's cache.
+//
 // Bytes: a decode step at context T reads 2 * T * KV * hd * 2 B per layer
 // (Llama-2-7B, T = 2048: 32 MiB per layer, 1 GiB per token, vs 3.5 GiB of
 // int4 weights), so K and V rows are read with 16-byte loads, each once.
@@ -39,15 +44,21 @@ __device__ __forceinline__ float BlockReduce(float v, float* shared, bool is_max
   return r;
 }
 
+// First cache row of token t's sequence, in rows of KV * hd.
+__device__ __forceinline__ size_t SequenceRow(const AttentionDims& dims, TokenPlaces places, int t) {
+  return static_cast<size_t>(places.sequence[t]) * dims.max_seq_len;
+}
+
 // One block per token; threads stride over (head, i < hd/2) rotation pairs of
-// q and k, then over v. Position of token t: *pos + t.
+// q and k, then over v.
 __global__ void RopeWriteCacheKernel(AttentionDims dims, const float* __restrict__ rope_cos,
-                                     const float* __restrict__ rope_sin, const int* __restrict__ pos,
+                                     const float* __restrict__ rope_sin, TokenPlaces places,
                                      float* q, const float* __restrict__ k,
                                      const float* __restrict__ v, __half* k_cache,
                                      __half* v_cache) {
   const int t = blockIdx.x;
-  const int p = *pos + t;
+  const int p = places.position[t];
+  const size_t row = SequenceRow(dims, places, t) + p;
   const int hd = dims.head_dim, half = hd / 2;
   const int q_width = dims.num_heads * hd, kv_width = dims.num_kv_heads * hd;
   const float* cos_row = rope_cos + static_cast<size_t>(p) * half;
@@ -60,7 +71,7 @@ __global__ void RopeWriteCacheKernel(AttentionDims dims, const float* __restrict
     qt[base + half] = b * cos_row[i] + a * sin_row[i];
   }
   const float* kt = k + static_cast<size_t>(t) * kv_width;
-  __half* kc = k_cache + static_cast<size_t>(p) * kv_width;
+  __half* kc = k_cache + row * kv_width;
   for (int pair = threadIdx.x; pair < kv_width / 2; pair += blockDim.x) {
     const int i = pair % half, base = (pair / half) * hd + i;
     const float a = kt[base], b = kt[base + half];
@@ -68,23 +79,24 @@ __global__ void RopeWriteCacheKernel(AttentionDims dims, const float* __restrict
     kc[base + half] = __float2half_rn(b * cos_row[i] + a * sin_row[i]);
   }
   const float* vt = v + static_cast<size_t>(t) * kv_width;
-  __half* vc = v_cache + static_cast<size_t>(p) * kv_width;
+  __half* vc = v_cache + row * kv_width;
   for (int c = threadIdx.x; c < kv_width; c += blockDim.x) vc[c] = __float2half_rn(vt[c]);
 }
 
 // Dynamic shared memory: q [hd] | e [kSplit] | partial sums [2048] | reduce [8].
 __global__ void __launch_bounds__(kThreads)
-    AttentionPartialKernel(AttentionDims dims, const int* __restrict__ pos,
+    AttentionPartialKernel(AttentionDims dims, TokenPlaces places,
                            const float* __restrict__ q, const __half* __restrict__ k_cache,
                            const __half* __restrict__ v_cache, float* __restrict__ scratch) {
   const int split = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
-  const int len = *pos + t + 1;  // causal: positions 0 .. pos + t
+  const int len = places.position[t] + 1;  // causal: positions 0 .. the token's own
   const int begin = split * kSplit;
   if (begin >= len) return;
   const int count = min(kSplit, len - begin);
   const int hd = dims.head_dim;
   const int kv_width = dims.num_kv_heads * hd;
   const int kv_off = (h / (dims.num_heads / dims.num_kv_heads)) * hd;
+  const size_t first_row = SequenceRow(dims, places, t);
 
   extern __shared__ float smem[];
   float* qs = smem;            // [hd], pre-scaled by 1/sqrt(hd)
@@ -102,7 +114,7 @@ __global__ void __launch_bounds__(kThreads)
   float score = -FLT_MAX;
   if (j < count) {
     const uint4* row = reinterpret_cast<const uint4*>(
-        k_cache + static_cast<size_t>(begin + j) * kv_width + kv_off);
+        k_cache + (first_row + begin + j) * kv_width + kv_off);
     float dot = 0.f;
     for (int c8 = 0; c8 < hd / 8; ++c8) {
       const uint4 raw = __ldg(row + c8);
@@ -130,7 +142,7 @@ __global__ void __launch_bounds__(kThreads)
     float acc[8] = {};
     for (int p = group; p < count; p += groups) {
       const uint4 raw = __ldg(reinterpret_cast<const uint4*>(
-          v_cache + static_cast<size_t>(begin + p) * kv_width + kv_off) + chunk);
+          v_cache + (first_row + begin + p) * kv_width + kv_off) + chunk);
       const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
       const float w = e[p];
 #pragma unroll
@@ -158,10 +170,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // One block per (head, token): rescales and sums the splits that ran.
-__global__ void AttentionCombineKernel(AttentionDims dims, int splits, const int* __restrict__ pos,
+__global__ void AttentionCombineKernel(AttentionDims dims, int splits, TokenPlaces places,
                                        const float* __restrict__ scratch, float* __restrict__ out) {
   const int h = blockIdx.x, t = blockIdx.y, hd = dims.head_dim;
-  const int used = (*pos + t + 1 + kSplit - 1) / kSplit;
+  const int used = (places.position[t] + 1 + kSplit - 1) / kSplit;
   const float* base = scratch + (static_cast<size_t>(t) * dims.num_heads + h) * splits * (hd + 2);
   float m = -FLT_MAX;
   for (int s = 0; s < used; ++s) m = fmaxf(m, base[s * (hd + 2) + hd]);
@@ -185,25 +197,25 @@ size_t AttentionScratchFloats(const AttentionDims& dims, int n) {
 }
 
 void RopeWriteCache(const AttentionDims& dims, const float* rope_cos, const float* rope_sin,
-                    const int* pos, int n, float* q, const float* k, const float* v,
+                    TokenPlaces places, int n, float* q, const float* k, const float* v,
                     __half* k_cache, __half* v_cache, cudaStream_t stream) {
   if (n == 0) return;
-  RopeWriteCacheKernel<<<n, 256, 0, stream>>>(dims, rope_cos, rope_sin, pos, q, k, v, k_cache,
+  RopeWriteCacheKernel<<<n, 256, 0, stream>>>(dims, rope_cos, rope_sin, places, q, k, v, k_cache,
                                               v_cache);
   AWQ_CUDA_LAUNCH_CHECK();
 }
 
-void Attention(const AttentionDims& dims, const int* pos, int n, const float* q,
+void Attention(const AttentionDims& dims, TokenPlaces places, int n, const float* q,
                const __half* k_cache, const __half* v_cache, float* scratch, float* out,
                cudaStream_t stream) {
   if (n == 0) return;
   const int splits = AttentionSplits(dims.max_seq_len);
   const size_t smem = (dims.head_dim + kSplit + 8 * kThreads + kThreads / 32) * sizeof(float);
   AttentionPartialKernel<<<dim3(splits, dims.num_heads, n), kThreads, smem, stream>>>(
-      dims, pos, q, k_cache, v_cache, scratch);
+      dims, places, q, k_cache, v_cache, scratch);
   AWQ_CUDA_LAUNCH_CHECK();
   const int threads = dims.head_dim < 128 ? dims.head_dim : 128;
-  AttentionCombineKernel<<<dim3(dims.num_heads, n), threads, 0, stream>>>(dims, splits, pos,
+  AttentionCombineKernel<<<dim3(dims.num_heads, n), threads, 0, stream>>>(dims, splits, places,
                                                                           scratch, out);
   AWQ_CUDA_LAUNCH_CHECK();
 }

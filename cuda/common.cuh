@@ -5,7 +5,7 @@
 // Activations are f32 on the device (as on the CPU, so GPU and CPU logits
 // differ only by summation order and the f16 KV cache); weights stay in the
 // file's int4/f16 encodings. Positions are read from device memory
-// (`const int* pos`) so that one captured decode graph serves every step.
+// (TokenPlaces) so that one captured decode graph serves every step.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -117,20 +117,29 @@ void Argmax(const float* logits, int n, int* out, cudaStream_t stream);
 // ---- attention.cu ----
 struct AttentionDims {
   int num_heads = 0, num_kv_heads = 0, head_dim = 0;  // hd % 8 == 0
-  int max_seq_len = 0;
+  int max_seq_len = 0;  // cache rows per sequence
+};
+// Where the tokens of a pass go, device arrays [n]: token t is at
+// position[t] of sequence sequence[t], whose cache rows are
+// [sequence * max_seq_len, (sequence + 1) * max_seq_len) of a layer's cache
+// [sequences * max_seq_len, KV*hd].
+struct TokenPlaces {
+  const int* position = nullptr;
+  const int* sequence = nullptr;
 };
 // Number of sequence splits of the decode/prefill attention kernel and the
 // partial-result scratch it needs: [n, H, splits, hd + 2] floats.
 int AttentionSplits(int max_seq_len);
 size_t AttentionScratchFloats(const AttentionDims& dims, int n);
 // Rotates q [n, H*hd] in place, rotates k and writes k, v [n, KV*hd] as f16
-// into the caches [max_seq_len, KV*hd] at rows *pos .. *pos + n - 1.
+// into token t's cache row (its sequence's, at its position).
 // rope_cos/sin: [max_seq_len, hd/2].
 void RopeWriteCache(const AttentionDims& dims, const float* rope_cos, const float* rope_sin,
-                    const int* pos, int n, float* q, const float* k, const float* v,
+                    TokenPlaces places, int n, float* q, const float* k, const float* v,
                     __half* k_cache, __half* v_cache, cudaStream_t stream);
-// out [n, H*hd] = causal GQA attention of q over cache rows 0 .. *pos + t.
-void Attention(const AttentionDims& dims, const int* pos, int n, const float* q,
+// out [n, H*hd] = causal GQA attention of token t's q over its sequence's
+// cache rows 0 .. position[t] (written by RopeWriteCache before).
+void Attention(const AttentionDims& dims, TokenPlaces places, int n, const float* q,
                const __half* k_cache, const __half* v_cache, float* scratch, float* out,
                cudaStream_t stream);
 

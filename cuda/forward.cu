@@ -3,11 +3,18 @@
 //
 // Memory, allocated once in the constructor: one arena for the weights (the
 // file's encodings, uploaded once; ~0.56 B per parameter at g128), the f16 KV
-// cache (2 * layers * max_seq_len * KV * hd * 2 B: Llama-2-7B at 2048 tokens
-// is 1 GiB) and f32 scratch for kChunk tokens. Pinned host buffers stage ids,
-// the position and logits, so the decode step (one token, last logits) is
-// captured once as a CUDA graph and replayed: ~10 launches per layer would
-// otherwise cost ~3 us each on the host, ~1 ms per token on a 32-layer model.
+// caches of max_sequences sequences (2 * layers * max_sequences * max_seq_len
+// * KV * hd * 2 B: Llama-2-7B at 2048 tokens is 1 GiB per sequence) and f32
+// scratch for kChunk tokens. Pinned host buffers stage each token's id,
+// position and sequence, and take back logits or picked tokens, so a decode
+// step (one token of each of n sequences) is captured once per n as a CUDA
+// graph and replayed: ~10 launches per layer would otherwise cost ~3 us each
+// on the host, ~1 ms per token on a 32-layer model.
+//
+// Several sequences share every weight read: a decode step of n sequences
+// runs each linear once over n tokens (the GEMV's tiles of up to 8 tokens
+// dequantize each weight once for all of them, int4_gemv.cu), and only
+// attention reads per-sequence data, each token its own cache rows.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -111,6 +118,19 @@ class Arena {
   uint64_t seed_;
 };
 
+// The staging buffers' layout, in ints, for C = chunk tokens: what a pass
+// reads (ids, and each token's place) and what it returns (picked tokens).
+struct StagingLayout {
+  explicit StagingLayout(int c) : chunk(c) {}
+  int ids() const { return 0; }             // [C] token ids
+  int positions() const { return chunk; }   // [C] position of token t in its sequence
+  int sequences() const { return 2 * chunk; }  // [C] its sequence
+  int inputs() const { return 3 * chunk; }  // ints copied to the device per pass
+  int tokens() const { return 3 * chunk; }  // [C] argmax of each logits row
+  int total() const { return 4 * chunk; }
+  int chunk;
+};
+
 struct DeviceLayer {
   const float* input_norm = nullptr;  // [d]
   DeviceInt4 q, k, v, o;
@@ -122,8 +142,18 @@ class CudaTransformer final : public CudaForward {
  public:
   // weights == nullptr: random weights of the config's shapes at group_size.
   CudaTransformer(const ModelConfig& config, const ModelWeights* weights, int group_size,
-                  int max_seq_len, uint64_t seed)
-      : config_(config), max_seq_len_(max_seq_len), chunk_(std::min(kChunk, max_seq_len)), arena_(seed) {
+                  int max_seq_len, int max_sequences, uint64_t seed)
+      : config_(config),
+        max_seq_len_(max_seq_len),
+        chunk_(std::min(kChunk, std::max(max_seq_len, max_sequences))),
+        staging_(chunk_),
+        positions_(max_sequences, 0),
+        graph_exec_(2 * max_sequences, nullptr),
+        arena_(seed) {
+    if (max_sequences > kChunk) {
+      throw Error("the CUDA backend decodes at most " + std::to_string(kChunk) +
+                  " sequences together (got max_batch " + std::to_string(max_sequences) + ")");
+    }
     cu::RequireDevice();
     const int d = config.hidden_size, hd = config.head_dim;
     if (d % 8 != 0 || hd % 8 != 0) {
@@ -134,7 +164,7 @@ class CudaTransformer final : public CudaForward {
     PlaceWeights(weights, group_size);  // pass 1: sizes only
     const size_t weight_bytes = arena_.size();
     const int q_width = config.num_heads * hd, kv_width = config.num_kv_heads * hd;
-    const size_t cache_bytes = 2ull * config.num_layers * max_seq_len * kv_width * sizeof(__half);
+    const size_t cache_bytes = 2ull * config.num_layers * max_sequences * max_seq_len * kv_width * sizeof(__half);
     const size_t scratch_floats =
         static_cast<size_t>(chunk_) * (2 * d + 2 * q_width + 2 * kv_width + 2 * config.intermediate_size +
                                        config.vocab_size) +
@@ -145,8 +175,9 @@ class CudaTransformer final : public CudaForward {
     if (total > free_bytes) {
       throw Error("the CUDA model needs " + MiB(total) + " (weights " + MiB(weight_bytes) +
                   ", KV cache " + MiB(cache_bytes) + " for max_seq_len " + std::to_string(max_seq_len) +
-                  ", scratch " + MiB(scratch_floats * 4) + ") but the device has " + MiB(free_bytes) +
-                  " free of " + MiB(total_bytes) + "; lower max_seq_len");
+                  " x max_batch " + std::to_string(max_sequences) + ", scratch " + MiB(scratch_floats * 4) +
+                  ") but the device has " + MiB(free_bytes) + " free of " + MiB(total_bytes) +
+                  "; lower max_seq_len or max_batch");
     }
     arena_.Allocate();
     PlaceWeights(weights, group_size);  // pass 2: upload or fill
@@ -164,8 +195,8 @@ class CudaTransformer final : public CudaForward {
     logits_ = floats(static_cast<size_t>(chunk_) * config.vocab_size);       // [C, vocab]
     att_scratch_ = floats(cu::AttentionScratchFloats(dims_, chunk_));       // [C, H, splits, hd+2]
     UploadRope();
-    ids_ = DeviceBuffer((chunk_ + 2) * sizeof(int));  // [C] ids, the position, the argmax
-    AWQ_CUDA_CHECK(cudaMallocHost(&host_ids_, (chunk_ + 2) * sizeof(int)));
+    staged_ = DeviceBuffer(staging_.total() * sizeof(int));
+    AWQ_CUDA_CHECK(cudaMallocHost(&host_staged_, staging_.total() * sizeof(int)));
     AWQ_CUDA_CHECK(cudaMallocHost(&host_logits_, static_cast<size_t>(chunk_) * config.vocab_size * 4));
     AWQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     AWQ_CUDA_CHECK(cudaDeviceSynchronize());  // random fills / uploads done
@@ -177,22 +208,34 @@ class CudaTransformer final : public CudaForward {
       if (exec) cudaGraphExecDestroy(exec);
     }
     if (stream_) cudaStreamDestroy(stream_);
-    if (host_ids_) cudaFreeHost(host_ids_);
+    if (host_staged_) cudaFreeHost(host_staged_);
     if (host_logits_) cudaFreeHost(host_logits_);
   }
 
-  void Forward(const int* ids, int n, bool all_logits, float* logits) override {
-    Run(ids, n, all_logits ? Output::kAllLogits : Output::kLastLogits, logits);
+  void Forward(int seq, const int* ids, int n, bool all_logits, float* logits) override {
+    Run(seq, ids, n, all_logits ? Output::kAllLogits : Output::kLastLogits, logits);
   }
 
-  int ForwardArgmax(const int* ids, int n) override {
-    Run(ids, n, Output::kLastArgmax, nullptr);
-    return host_ids_[chunk_ + 1];
+  int ForwardArgmax(int seq, const int* ids, int n) override {
+    Run(seq, ids, n, Output::kLastArgmax, nullptr);
+    return host_staged_[staging_.tokens()];
   }
 
-  void Reset() override { position_ = 0; }
-  int position() const override { return position_; }
+  void DecodeStep(const int* seqs, const int* ids, int n, float* logits) override {
+    Step(seqs, ids, n, /*argmax=*/false);
+    std::memcpy(logits, host_logits_, static_cast<size_t>(n) * config_.vocab_size * sizeof(float));
+  }
+
+  void DecodeStepArgmax(const int* seqs, const int* ids, int n, int* tokens) override {
+    Step(seqs, ids, n, /*argmax=*/true);
+    std::memcpy(tokens, host_staged_ + staging_.tokens(), n * sizeof(int));
+  }
+
+  void Reset() override { std::fill(positions_.begin(), positions_.end(), 0); }
+  void Reset(int seq) override { positions_[seq] = 0; }
+  int position(int seq) const override { return positions_[seq]; }
   int max_seq_len() const override { return max_seq_len_; }
+  int max_sequences() const override { return static_cast<int>(positions_.size()); }
   uint64_t device_bytes() const override { return device_bytes_; }
 
  private:
@@ -286,18 +329,23 @@ class CudaTransformer final : public CudaForward {
 
   enum class Output { kAllLogits, kLastLogits, kLastArgmax };
 
-  // Chunk by chunk: stage, enqueue, wait, copy out what `output` asks for.
-  void Run(const int* ids, int n, Output output, float* logits) {
+  // Sequence `seq`, chunk by chunk: stage, enqueue, wait, copy out what
+  // `output` asks for.
+  void Run(int seq, const int* ids, int n, Output output, float* logits) {
     const size_t vocab = config_.vocab_size;
+    int* staged = host_staged_;
     for (int done = 0; done < n;) {
       const int chunk = std::min(chunk_, n - done);
       const bool last = done + chunk == n;
       const int rows = output == Output::kAllLogits ? chunk : (last ? 1 : 0);
       const bool argmax = last && output == Output::kLastArgmax;
-      std::memcpy(host_ids_, ids + done, chunk * sizeof(int));
-      host_ids_[chunk_] = position_;
+      for (int t = 0; t < chunk; ++t) {
+        staged[staging_.ids() + t] = ids[done + t];
+        staged[staging_.positions() + t] = positions_[seq] + t;
+        staged[staging_.sequences() + t] = seq;
+      }
       if (chunk == 1 && rows == 1) {
-        DecodeGraph(argmax);
+        DecodeGraph(1, argmax);
       } else {
         Enqueue(chunk, rows, argmax);
       }
@@ -306,22 +354,39 @@ class CudaTransformer final : public CudaForward {
         const size_t offset = output == Output::kAllLogits ? done * vocab : 0;
         std::memcpy(logits + offset, host_logits_, rows * vocab * sizeof(float));
       }
-      position_ += chunk;
+      positions_[seq] += chunk;
       done += chunk;
     }
   }
 
-  // Stages ids and position, runs `n` tokens through every layer, and copies
-  // the logits of the last `rows` tokens to host_logits_, or (argmax, rows
-  // == 1) only their Argmax to host_ids_[chunk_ + 1]. Asynchronous.
+  // One token of each of seqs[0 .. n): logits of every row to host_logits_,
+  // or (argmax) their argmaxes to the staged tokens. Synchronous.
+  void Step(const int* seqs, const int* ids, int n, bool argmax) {
+    int* staged = host_staged_;
+    for (int i = 0; i < n; ++i) {
+      staged[staging_.ids() + i] = ids[i];
+      staged[staging_.positions() + i] = positions_[seqs[i]];
+      staged[staging_.sequences() + i] = seqs[i];
+    }
+    DecodeGraph(n, argmax);
+    AWQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (int i = 0; i < n; ++i) ++positions_[seqs[i]];
+  }
+
+  // Uploads the staged ids and places, runs `n` tokens through every layer,
+  // and copies the logits of the last `rows` tokens to host_logits_, or
+  // (argmax) only their Argmax to the staged tokens. Asynchronous.
   void Enqueue(int n, int rows, bool argmax) {
     const ModelConfig& c = config_;
     const int d = c.hidden_size;
     const float eps = c.rms_norm_eps;
-    int* ids = ids_.as<int>();
-    const int* pos = ids + chunk_;
-    const size_t kv_layer = static_cast<size_t>(max_seq_len_) * c.num_kv_heads * c.head_dim;
-    AWQ_CUDA_CHECK(cudaMemcpyAsync(ids, host_ids_, (chunk_ + 1) * sizeof(int), cudaMemcpyHostToDevice, stream_));
+    int* staged = staged_.as<int>();
+    const int* ids = staged + staging_.ids();
+    const cu::TokenPlaces places{staged + staging_.positions(), staged + staging_.sequences()};
+    // A layer's caches: [max_sequences, max_seq_len, KV*hd].
+    const size_t kv_layer = positions_.size() * max_seq_len_ * c.num_kv_heads * c.head_dim;
+    AWQ_CUDA_CHECK(cudaMemcpyAsync(staged, host_staged_, staging_.inputs() * sizeof(int), cudaMemcpyHostToDevice,
+                                   stream_));
     float* x = x_.as<float>();
     float* h = h_.as<float>();
     cu::Embedding(embed_, d, ids, n, x, stream_);
@@ -334,8 +399,8 @@ class CudaTransformer final : public CudaForward {
       cu::Int4Linear(l.k, h, n, k_.as<float>(), false, stream_);
       cu::Int4Linear(l.v, h, n, v_.as<float>(), false, stream_);
       cu::RopeWriteCache(dims_, rope_.as<float>(), rope_.as<float>() + static_cast<size_t>(max_seq_len_) * (c.head_dim / 2),
-                         pos, n, q_.as<float>(), k_.as<float>(), v_.as<float>(), kc, vc, stream_);
-      cu::Attention(dims_, pos, n, q_.as<float>(), kc, vc, att_scratch_.as<float>(), attn_.as<float>(), stream_);
+                         places, n, q_.as<float>(), k_.as<float>(), v_.as<float>(), kc, vc, stream_);
+      cu::Attention(dims_, places, n, q_.as<float>(), kc, vc, att_scratch_.as<float>(), attn_.as<float>(), stream_);
       cu::Int4Linear(l.o, attn_.as<float>(), n, x, true, stream_);  // x += o_proj(attn)
       cu::RmsNorm(x, l.post_norm, d, eps, n, h, stream_);
       cu::Int4Linear(l.gate, h, n, gate_.as<float>(), false, stream_);
@@ -348,25 +413,29 @@ class CudaTransformer final : public CudaForward {
     cu::RmsNorm(last, final_norm_, d, eps, rows, h, stream_);
     cu::F16Linear(lm_head_, c.vocab_size, d, h, rows, logits_.as<float>(), stream_);
     if (argmax) {
-      cu::Argmax(logits_.as<float>(), c.vocab_size, ids + chunk_ + 1, stream_);
-      AWQ_CUDA_CHECK(cudaMemcpyAsync(host_ids_ + chunk_ + 1, ids + chunk_ + 1, sizeof(int), cudaMemcpyDeviceToHost,
-                                     stream_));
+      int* tokens = staged + staging_.tokens();
+      for (int r = 0; r < rows; ++r) {
+        cu::Argmax(logits_.as<float>() + static_cast<size_t>(r) * c.vocab_size, c.vocab_size, tokens + r, stream_);
+      }
+      AWQ_CUDA_CHECK(cudaMemcpyAsync(host_staged_ + staging_.tokens(), tokens, rows * sizeof(int),
+                                     cudaMemcpyDeviceToHost, stream_));
       return;
     }
     AWQ_CUDA_CHECK(cudaMemcpyAsync(host_logits_, logits_.as<float>(), static_cast<size_t>(rows) * c.vocab_size * 4,
                                    cudaMemcpyDeviceToHost, stream_));
   }
 
-  // One token, last logits (or their argmax): captured on first use, replayed
-  // after. The graph reads the id and position from the pinned staging buffer
-  // at replay time.
-  void DecodeGraph(bool argmax) {
-    cudaGraphExec_t& exec = graph_exec_[argmax ? 1 : 0];
+  // n staged tokens (one per sequence, or one of one sequence), the logits
+  // of each (or their argmaxes): captured on first use for each (n, argmax),
+  // replayed after. The graph reads ids and places from the pinned staging
+  // buffer at replay time.
+  void DecodeGraph(int n, bool argmax) {
+    cudaGraphExec_t& exec = graph_exec_[2 * (n - 1) + (argmax ? 1 : 0)];
     if (!exec) {
       cudaGraph_t graph = nullptr;
       AWQ_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
       try {
-        Enqueue(1, 1, argmax);
+        Enqueue(n, n, argmax);
       } catch (...) {
         cudaStreamEndCapture(stream_, &graph);
         if (graph) cudaGraphDestroy(graph);
@@ -382,9 +451,11 @@ class CudaTransformer final : public CudaForward {
 
   const ModelConfig config_;
   const int max_seq_len_;
-  const int chunk_;  // min(kChunk, max_seq_len)
+  const int chunk_;  // min(kChunk, max(max_seq_len, max_sequences))
+  const StagingLayout staging_;
+  std::vector<int> positions_;  // [max_sequences] tokens in each sequence's cache
+  std::vector<cudaGraphExec_t> graph_exec_;  // [max_sequences, 2]: (n - 1, argmax)
   cu::AttentionDims dims_;
-  int position_ = 0;
   uint64_t device_bytes_ = 0;
 
   Arena arena_;  // every weight
@@ -393,26 +464,25 @@ class CudaTransformer final : public CudaForward {
   const float* final_norm_ = nullptr;
   std::vector<DeviceLayer> layers_;
 
-  DeviceBuffer k_cache_, v_cache_;  // [layers, max_seq_len, KV*hd] f16
+  DeviceBuffer k_cache_, v_cache_;  // [layers, max_sequences, max_seq_len, KV*hd] f16
   DeviceBuffer x_, h_, q_, attn_, k_, v_, gate_, up_, logits_, att_scratch_;
   DeviceBuffer rope_;  // [2, max_seq_len, hd/2]: cos then sin
-  DeviceBuffer ids_;   // [C + 2]: ids, position, argmax of the last logits
-  int* host_ids_ = nullptr;        // pinned [C + 2]
+  DeviceBuffer staged_;            // [staging_.total()] ints
+  int* host_staged_ = nullptr;     // pinned, the same layout
   float* host_logits_ = nullptr;   // pinned [C, vocab]
   cudaStream_t stream_ = nullptr;
-  cudaGraphExec_t graph_exec_[2] = {nullptr, nullptr};  // decode step: logits, argmax
 };
 
 }  // namespace
 
 std::unique_ptr<CudaForward> CreateCudaForward(const ModelConfig& config, const ModelWeights& weights,
-                                               int max_seq_len) {
-  return std::make_unique<CudaTransformer>(config, &weights, config.group_size, max_seq_len, 0);
+                                               int max_seq_len, int max_sequences) {
+  return std::make_unique<CudaTransformer>(config, &weights, config.group_size, max_seq_len, max_sequences, 0);
 }
 
 std::unique_ptr<CudaForward> CreateRandomCudaForward(const ModelConfig& config, int group_size,
-                                                     int max_seq_len, uint64_t seed) {
-  return std::make_unique<CudaTransformer>(config, nullptr, group_size, max_seq_len, seed);
+                                                     int max_seq_len, int max_sequences, uint64_t seed) {
+  return std::make_unique<CudaTransformer>(config, nullptr, group_size, max_seq_len, max_sequences, seed);
 }
 
 }  // namespace awqcore

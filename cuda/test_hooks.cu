@@ -87,7 +87,7 @@ int Argmax(const float* logits, int n) {
 
 void RopeAttention(const AttentionShape& shape, float theta, int start, int n, const float* cache_k,
                    const float* cache_v, float* q, const float* k, const float* v, float* k_out,
-                   float* out) {
+                   float* out, int sequence) {
   cu::RequireDevice();
   const int hd = shape.head_dim, half = hd / 2, total = start + n;
   const size_t q_width = static_cast<size_t>(shape.num_heads) * hd;
@@ -101,24 +101,33 @@ void RopeAttention(const AttentionShape& shape, float theta, int start, int n, c
       table[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(angle));
       table[static_cast<size_t>(total + p) * half + i] = static_cast<float>(std::sin(angle));
     }
-  std::vector<__half> cache(static_cast<size_t>(total) * kv_width * 2, __float2half(0.f));
-  for (size_t i = 0; i < static_cast<size_t>(start) * kv_width; ++i) {
-    cache[i] = __float2half_rn(cache_k[i]);
-    cache[total * kv_width + i] = __float2half_rn(cache_v[i]);
+  // Caches of sequence + 2 sequences [sequences, total, KV*hd]; every row
+  // outside this sequence's is NaN, so reading another sequence's rows shows.
+  const int sequences = sequence + 2;
+  const size_t cache_rows = static_cast<size_t>(sequences) * total;
+  std::vector<__half> cache(cache_rows * kv_width * 2, __float2half(NAN));
+  const size_t first = static_cast<size_t>(sequence) * total * kv_width;
+  for (size_t i = 0; i < static_cast<size_t>(total) * kv_width; ++i) {
+    const bool old = i < static_cast<size_t>(start) * kv_width;
+    cache[first + i] = __float2half_rn(old ? cache_k[i] : 0.f);
+    cache[cache_rows * kv_width + first + i] = __float2half_rn(old ? cache_v[i] : 0.f);
   }
+  std::vector<int> positions(n), sequence_ids(n, sequence);
+  for (int t = 0; t < n; ++t) positions[t] = start + t;
   DeviceBuffer dcache = Up(cache.data(), cache.size()), drope = Up(table.data(), table.size());
   DeviceBuffer dq = Up(q, n * q_width), dk = Up(k, n * kv_width), dv = Up(v, n * kv_width);
-  DeviceBuffer dpos = Up(&start, 1), dout = Poisoned(n * q_width);
+  DeviceBuffer dpos = Up(positions.data(), n), dseq = Up(sequence_ids.data(), n), dout = Poisoned(n * q_width);
   DeviceBuffer scratch(cu::AttentionScratchFloats(dims, n) * sizeof(float));
+  const cu::TokenPlaces places{dpos.as<int>(), dseq.as<int>()};
   __half* kc = dcache.as<__half>();
-  __half* vc = kc + total * kv_width;
+  __half* vc = kc + cache_rows * kv_width;
   cu::RopeWriteCache(dims, drope.as<float>(), drope.as<float>() + static_cast<size_t>(total) * half,
-                     dpos.as<int>(), n, dq.as<float>(), dk.as<float>(), dv.as<float>(), kc, vc, 0);
-  cu::Attention(dims, dpos.as<int>(), n, dq.as<float>(), kc, vc, scratch.as<float>(), dout.as<float>(), 0);
+                     places, n, dq.as<float>(), dk.as<float>(), dv.as<float>(), kc, vc, 0);
+  cu::Attention(dims, places, n, dq.as<float>(), kc, vc, scratch.as<float>(), dout.as<float>(), 0);
   Down(q, dq, n * q_width);
   Down(out, dout, n * q_width);
   std::vector<__half> rows(n * kv_width);
-  AWQ_CUDA_CHECK(cudaMemcpy(rows.data(), kc + start * kv_width, rows.size() * 2, cudaMemcpyDeviceToHost));
+  AWQ_CUDA_CHECK(cudaMemcpy(rows.data(), kc + first + start * kv_width, rows.size() * 2, cudaMemcpyDeviceToHost));
   for (size_t i = 0; i < rows.size(); ++i) k_out[i] = __half2float(rows[i]);
 }
 

@@ -64,7 +64,6 @@ def test_bad_batches_name_the_prompt(tiny):
         (lambda: model.generate([[1], [2]], on_token=print), "single prompt"),
         (lambda: list(model.stream([[1], [2]])), "single prompt"),
         (lambda: awqcore.Model(tiny, max_batch=0), "max_batch"),
-        (lambda: awqcore.Model(tiny, max_batch=2, device="cuda"), "CPU-only"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

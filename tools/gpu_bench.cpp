@@ -43,11 +43,11 @@ ModelConfig Llama7BShape() {
 // Greedy decode steps only (after a 64-token prompt), for a profiler's
 // per-kernel table of a decode step: gpu_check.sh runs it under nsys.
 int DecodeOnly() {
-  auto model = CreateRandomCudaForward(Llama7BShape(), 128, 512, 1);
+  auto model = CreateRandomCudaForward(Llama7BShape(), 128, 512, 1, 1);
   std::vector<int> prompt(64);
   for (int i = 0; i < 64; ++i) prompt[i] = (i * 7919) % 32000;
-  int token = model->ForwardArgmax(prompt.data(), 64);
-  for (int i = 0; i < 256; ++i) token = model->ForwardArgmax(&token, 1);
+  int token = model->ForwardArgmax(0, prompt.data(), 64);
+  for (int i = 0; i < 256; ++i) token = model->ForwardArgmax(0, &token, 1);
   std::printf("256 decode steps done (last token %d)\n", token);
   return 0;
 }
@@ -84,10 +84,10 @@ int main(int argc, char** argv) {
     }
   }
 
-  const int max_seq = 2048 + 64;
-  auto model = CreateRandomCudaForward(Llama7BShape(), 128, max_seq, 1);
-  std::printf("\n7B-shape model on the device: %.0f MiB (weights + f16 KV cache for %d + scratch)\n",
-              model->device_bytes() / 1048576.0, max_seq);
+  const int max_seq = 2048 + 64, batch = 8;
+  auto model = CreateRandomCudaForward(Llama7BShape(), 128, max_seq, batch, 1);
+  std::printf("\n7B-shape model on the device: %.0f MiB (weights + f16 KV caches for %d x %d tokens + scratch)\n",
+              model->device_bytes() / 1048576.0, batch, max_seq);
   const double layer_bytes = 4.0 * (4096.0 * 4096 / 2 + 4096 * 32 * 3) + 3.0 * (11008.0 * 4096 / 2 + 11008 * 32 * 3);
   const double weight_bytes = 32 * layer_bytes + 32000.0 * 4096 * 2;
   std::vector<float> logits(32000 * 64);
@@ -99,19 +99,40 @@ int main(int argc, char** argv) {
     std::vector<int> prompt(context);
     for (int i = 0; i < context; ++i) prompt[i] = (i * 7919) % 32000;
     const auto t0 = now();
-    model->Forward(prompt.data(), context, false, logits.data());
+    model->Forward(0, prompt.data(), context, false, logits.data());
     const double prefill = secs(t0, now());
     if (context == 2048) std::printf("| prefill | %d | %.0f | | |\n", context, context / prefill);
     const int steps = 48;
     // Greedy decode as Session runs it: the argmax on the device, the token
     // fed back (the first call captures the CUDA graph, outside the timing).
-    int token = model->ForwardArgmax(prompt.data(), 1);
+    int token = model->ForwardArgmax(0, prompt.data(), 1);
     const auto t1 = now();
-    for (int i = 0; i < steps; ++i) token = model->ForwardArgmax(&token, 1);
+    for (int i = 0; i < steps; ++i) token = model->ForwardArgmax(0, &token, 1);
     const double per_token = secs(t1, now()) / steps;
     const double kv_bytes = 2.0 * 32 * (context + steps / 2) * 4096 * 2;
     const double roof = copy_gbs * 1e9 / (weight_bytes + kv_bytes);
     std::printf("| decode b1 | %d | %.1f | %.1f | %.0f%% |\n", context, 1 / per_token, roof, 100 / per_token / roof);
+
+    // Batch 8: the same prompt prefilled into 8 sequences (greedy decoding
+    // then keeps them identical, which costs the same as distinct ones), then
+    // steps of one token each; tok/s summed over the batch. Roofline: weights
+    // once per step plus 8 caches.
+    std::vector<int> seqs(batch), ids(batch), tokens(batch);
+    for (int s = 0; s < batch; ++s) {
+      seqs[s] = s;
+      model->Reset(s);
+      ids[s] = model->ForwardArgmax(s, prompt.data(), context);
+    }
+    model->DecodeStepArgmax(seqs.data(), ids.data(), batch, tokens.data());  // graph capture
+    const auto t2 = now();
+    for (int i = 0; i < steps; ++i) {
+      ids.swap(tokens);
+      model->DecodeStepArgmax(seqs.data(), ids.data(), batch, tokens.data());
+    }
+    const double per_step = secs(t2, now()) / steps;
+    const double roof8 = batch * copy_gbs * 1e9 / (weight_bytes + batch * kv_bytes);
+    std::printf("| decode b%d | %d | %.1f | %.1f | %.0f%% |\n", batch, context, batch / per_step, roof8,
+                100 * batch / per_step / roof8);
   }
   return 0;
 }

@@ -18,34 +18,44 @@
 namespace awqcore {
 
 // The forward pass on one GPU (cuda/forward.cu): the same contract as
-// Transformer (transformer.h), logits copied back to the host in f32.
+// Transformer (transformer.h), several sequences with their own KV caches
+// included; logits copied back to the host in f32.
 class CudaForward {
  public:
   virtual ~CudaForward() = default;
-  // Appends ids[0 .. n) and writes logits [n, vocab] (all_logits) or the last
-  // token's [vocab]. The caller has validated ids and the length.
-  virtual void Forward(const int* ids, int n, bool all_logits, float* logits) = 0;
-  // Appends ids[0 .. n) and returns Argmax (sampler.h) of the last token's
-  // logits, computed on the device: greedy decoding without the logits copy.
-  virtual int ForwardArgmax(const int* ids, int n) = 0;
-  virtual void Reset() = 0;
-  virtual int position() const = 0;
+  // Appends ids[0 .. n) to sequence seq and writes logits [n, vocab]
+  // (all_logits) or the last token's [vocab]. The caller has validated seq,
+  // ids and the length.
+  virtual void Forward(int seq, const int* ids, int n, bool all_logits, float* logits) = 0;
+  // The same, returning Argmax (sampler.h) of the last token's logits,
+  // computed on the device: greedy decoding without the logits copy.
+  virtual int ForwardArgmax(int seq, const int* ids, int n) = 0;
+  // Appends ids[i] to sequence seqs[i] for i < n in one pass over the
+  // weights (Transformer::DecodeStep's contract); logits: [n, vocab].
+  virtual void DecodeStep(const int* seqs, const int* ids, int n, float* logits) = 0;
+  // The same, tokens[i] = Argmax of row i, computed on the device.
+  virtual void DecodeStepArgmax(const int* seqs, const int* ids, int n, int* tokens) = 0;
+  virtual void Reset() = 0;         // empties every sequence
+  virtual void Reset(int seq) = 0;
+  virtual int position(int seq) const = 0;
   virtual int max_seq_len() const = 0;
-  // Device memory allocated at construction (weights + KV cache + scratch).
+  virtual int max_sequences() const = 0;
+  // Device memory allocated at construction (weights + KV caches + scratch).
   virtual uint64_t device_bytes() const = 0;
 };
 
-// Uploads the weights once, allocates cache and scratch once. Throws Error
-// "no CUDA device" when none is present, and Error naming the sizes when
-// max_seq_len does not fit in free device memory (checked before allocating).
-std::unique_ptr<CudaForward> CreateCudaForward(const ModelConfig& config,
-                                               const ModelWeights& weights, int max_seq_len);
+// Uploads the weights once, allocates the caches of max_sequences sequences
+// of max_seq_len tokens and the scratch once. Throws Error "no CUDA device"
+// when none is present, and Error naming the sizes when they do not fit in
+// free device memory (checked before allocating).
+std::unique_ptr<CudaForward> CreateCudaForward(const ModelConfig& config, const ModelWeights& weights,
+                                               int max_seq_len, int max_sequences);
 
 // Random weights of `config`'s shapes filled on the device (no file, no host
 // copy): the speed benchmark's 7B-shape model. int4 codes uniform in 0..15,
 // scales ~1/(8 sqrt(in)) so activations stay O(1) through the layers.
 std::unique_ptr<CudaForward> CreateRandomCudaForward(const ModelConfig& config, int group_size,
-                                                     int max_seq_len, uint64_t seed);
+                                                     int max_seq_len, int max_sequences, uint64_t seed);
 
 // Test hooks: each runs one kernel on host data (upload, launch, download) so
 // cpp/tests/test_cuda_kernels.cpp can compare it with the CPU reference. They
@@ -66,9 +76,11 @@ int Argmax(const float* logits, int n);
 // written at positions start .. start+n-1 of an f16 cache that already holds
 // cache_k/cache_v (f32, [start, KV*hd], rounded to f16 on upload); out: the
 // attention output [n, H*hd]. k_out: the rotated k rows as stored (f16 -> f32).
+// The tokens belong to sequence `sequence` of a cache holding sequence + 2
+// sequences; the others' rows are NaN, so reading them shows in `out`.
 void RopeAttention(const AttentionShape& shape, float theta, int start, int n,
                    const float* cache_k, const float* cache_v, float* q, const float* k,
-                   const float* v, float* k_out, float* out);
+                   const float* v, float* k_out, float* out, int sequence);
 }  // namespace cuda_test
 
 // Benchmark hooks (tools/gpu_bench.cpp; defined only in CUDA builds).

@@ -32,13 +32,9 @@ void CheckMaxSeqLen(int max_seq_len) {
   }
 }
 
-void CheckMaxBatch(int max_batch, Device device) {
+void CheckMaxBatch(int max_batch) {
   if (max_batch < 1) {
     throw InvalidArgument("max_batch must be >= 1 (got " + std::to_string(max_batch) + ")");
-  }
-  if (device == Device::kCuda && max_batch != 1) {
-    throw InvalidArgument("batched generation is CPU-only for now: max_batch must be 1 with the "
-                          "CUDA device (got " + std::to_string(max_batch) + ")");
   }
 }
 
@@ -50,8 +46,7 @@ void CheckMaxNewTokens(int max_new_tokens) {
 }
 
 // The forward pass of a Session on its device: the CPU Transformer or the
-// CUDA backend (cuda_backend.h), behind the Transformer's interface. The GPU
-// holds one sequence (max_batch is 1 there), so its `seq` is always 0.
+// CUDA backend (cuda_backend.h), behind the Transformer's interface.
 class Backend {
  public:
   Backend(const Model& model, int max_seq_len, int max_batch, ThreadPool& pool, Device device,
@@ -63,26 +58,30 @@ class Backend {
       return;
     }
 #ifdef AWQCORE_WITH_CUDA
-    gpu_ = CreateCudaForward(model.impl().config, model.impl().weights, max_seq_len);
+    gpu_ = CreateCudaForward(model.impl().config, model.impl().weights, max_seq_len, max_batch);
 #else
     throw Error("awqcore was built without CUDA");
 #endif
   }
   void Forward(int seq, const int* ids, int n, Transformer::Logits which, float* logits) {
     if (cpu_) return cpu_->Forward(seq, ids, n, which, logits);
-    gpu_->Forward(ids, n, which == Transformer::Logits::kAll, logits);
+    gpu_->Forward(seq, ids, n, which == Transformer::Logits::kAll, logits);
   }
   void DecodeStep(const int* seqs, const int* ids, int n, float* logits) {
     if (cpu_) return cpu_->DecodeStep(seqs, ids, n, logits);
-    gpu_->Forward(ids, n, /*all_logits=*/true, logits);  // n == 1, seqs[0] == 0
+    gpu_->DecodeStep(seqs, ids, n, logits);
   }
   bool on_gpu() const { return gpu_ != nullptr; }
-  // GPU only: Forward of the last logits, returning their Argmax computed on
-  // the device (4 bytes cross to the host instead of the logits).
-  int ForwardArgmax(const int* ids, int n) { return gpu_->ForwardArgmax(ids, n); }
+  // GPU only: Forward of the last logits / DecodeStep, returning their Argmax
+  // computed on the device (4 bytes per sequence cross to the host instead
+  // of the logits).
+  int ForwardArgmax(int seq, const int* ids, int n) { return gpu_->ForwardArgmax(seq, ids, n); }
+  void DecodeStepArgmax(const int* seqs, const int* ids, int n, int* tokens) {
+    gpu_->DecodeStepArgmax(seqs, ids, n, tokens);
+  }
   void Reset() { cpu_ ? cpu_->Reset() : gpu_->Reset(); }
-  void Reset(int seq) { cpu_ ? cpu_->Reset(seq) : gpu_->Reset(); }
-  int position() const { return cpu_ ? cpu_->position() : gpu_->position(); }
+  void Reset(int seq) { cpu_ ? cpu_->Reset(seq) : gpu_->Reset(seq); }
+  int position() const { return cpu_ ? cpu_->position() : gpu_->position(0); }
   int max_seq_len() const { return cpu_ ? cpu_->max_seq_len() : gpu_->max_seq_len(); }
 
  private:
@@ -159,7 +158,7 @@ Session::Session(std::shared_ptr<const Model> model, int max_seq_len, int num_th
                  Device device, int max_batch, CpuActivations activations) {
   if (!model) throw InvalidArgument("model is null");
   CheckMaxSeqLen(max_seq_len);
-  CheckMaxBatch(max_batch, device);
+  CheckMaxBatch(max_batch);
   const int threads = ResolveThreadCount(num_threads);
   impl_ = std::make_unique<Impl>(std::move(model), max_seq_len, threads, device, max_batch,
                                  activations);
@@ -194,7 +193,7 @@ std::vector<int> Session::Generate(const std::vector<int>& prompt, const Generat
   auto next_token = [&](const int* ids, int n, double& seconds) {
     const Clock::time_point start = Clock::now();
     if (device_argmax) {
-      const int token = s.transformer.ForwardArgmax(ids, n);
+      const int token = s.transformer.ForwardArgmax(0, ids, n);
       seconds += SecondsSince(start);
       return token;
     }
@@ -244,14 +243,15 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
   std::vector<int> live;  // [<= max_batch]
   live.reserve(s.max_batch);
   std::vector<int> step_ids(s.max_batch);
+  std::vector<int> step_tokens(s.max_batch);  // picked on the device
   s.transformer.Reset();
   s.timing = {};
+  const bool device_argmax = s.transformer.on_gpu() && Sampler::IsPlainArgmax(options.sampling);
 
-  // Samples the next token of the sequence in `slot` from logits [vocab];
-  // returns whether that sequence wants another one.
-  auto sample = [&](int slot, float* logits) {
+  // Appends `token` to the sequence in `slot`; returns whether that sequence
+  // wants another one.
+  auto accept = [&](int slot, int token) {
     const int i = slot_prompt[slot];
-    const int token = s.samplers[slot].Sample(logits);
     results[i].push_back(token);
     s.samplers[slot].Observe(token);
     return static_cast<int>(results[i].size()) < budgets[i] && !IsStop(stop_ids, token);
@@ -275,10 +275,16 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
       for (int token : prompt) s.samplers[slot].Observe(token);
       s.transformer.Reset(slot);
       const Clock::time_point start = Clock::now();
-      s.transformer.Forward(slot, prompt.data(), static_cast<int>(prompt.size()),
-                            Transformer::Logits::kLastOnly, s.logits.data());
+      const int length = static_cast<int>(prompt.size());
+      int token = -1;
+      if (device_argmax) {
+        token = s.transformer.ForwardArgmax(slot, prompt.data(), length);
+      } else {
+        s.transformer.Forward(slot, prompt.data(), length, Transformer::Logits::kLastOnly, s.logits.data());
+      }
       s.timing.prefill_seconds += SecondsSince(start);
-      if (sample(slot, s.logits.data())) {
+      if (!device_argmax) token = s.samplers[slot].Sample(s.logits.data());
+      if (accept(slot, token)) {
         live.push_back(slot);
       } else {
         slot_prompt[slot] = -1;
@@ -290,12 +296,18 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
     const int n = static_cast<int>(live.size());
     for (int k = 0; k < n; ++k) step_ids[k] = results[slot_prompt[live[k]]].back();
     const Clock::time_point start = Clock::now();
-    s.transformer.DecodeStep(live.data(), step_ids.data(), n, s.logits.data());
+    if (device_argmax) {
+      s.transformer.DecodeStepArgmax(live.data(), step_ids.data(), n, step_tokens.data());
+    } else {
+      s.transformer.DecodeStep(live.data(), step_ids.data(), n, s.logits.data());
+    }
     s.timing.decode_seconds += SecondsSince(start);
     int kept = 0;
     for (int k = 0; k < n; ++k) {
       const int slot = live[k];
-      if (sample(slot, s.logits.data() + static_cast<size_t>(k) * vocab)) {
+      const int token = device_argmax ? step_tokens[k]
+                                      : s.samplers[slot].Sample(s.logits.data() + static_cast<size_t>(k) * vocab);
+      if (accept(slot, token)) {
         live[kept++] = slot;
       } else {
         slot_prompt[slot] = -1;

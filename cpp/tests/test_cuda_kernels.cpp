@@ -162,9 +162,10 @@ TEST(rmsnorm_and_swiglu_match_reference) {
 
 TEST(rope_and_attention_match_reference) {
   std::mt19937 rng(4);
-  // (H, KV, hd, cached positions, new tokens): GQA groups of 1..3, splits of
-  // 256 crossed (300 + 3, 700 + 1), a multi-token prefill from empty.
-  const int cases[][5] = {{4, 2, 16, 0, 5}, {9, 3, 64, 300, 3}, {2, 1, 128, 700, 1}, {3, 3, 8, 0, 70}};
+  // (H, KV, hd, cached positions, new tokens, sequence): GQA groups of 1..3,
+  // splits of 256 crossed (300 + 3, 700 + 1), a multi-token prefill from
+  // empty; sequences 0, 1 and 3 of a multi-sequence cache.
+  const int cases[][6] = {{4, 2, 16, 0, 5, 0}, {9, 3, 64, 300, 3, 1}, {2, 1, 128, 700, 1, 3}, {3, 3, 8, 0, 70, 1}};
   const float theta = 10000.f;
   for (const auto& c : cases) {
     const AttentionShape shape{c[0], c[1], c[2]};
@@ -175,7 +176,7 @@ TEST(rope_and_attention_match_reference) {
     std::vector<float> q = RandomFloats(n * qw, rng, -2.f, 2.f), k = RandomFloats(n * kvw, rng), v = RandomFloats(n * kvw, rng);
     std::vector<float> q_gpu = q, k_gpu(n * kvw), out_gpu(n * qw);
     cuda_test::RopeAttention(shape, theta, start, n, cache_k.data(), cache_v.data(), q_gpu.data(),
-                             k.data(), v.data(), k_gpu.data(), out_gpu.data());
+                             k.data(), v.data(), k_gpu.data(), out_gpu.data(), c[5]);
     // Rotation: the GPU's f32 cos/sin table vs angles in double: a few ulp.
     std::vector<float> q_ref = q, k_ref = k;
     RopeReference(q_ref.data(), n, shape.num_heads, shape.head_dim, theta, start);

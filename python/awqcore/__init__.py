@@ -37,7 +37,7 @@ class Model:
     when awqcore was built without CUDA or no device is present).
     max_batch: prompts `generate([...])` decodes together (one KV cache of
     max_seq_len tokens each, allocated here); more prompts wait for a free
-    cache. Must be 1 with device="cuda" (batched generation is CPU-only for now).
+    cache (on the GPU too).
     activations: "int8" (default) rounds the activations of the int4 linears
     to int8 per 32 columns in decode steps (W4A8, as llama.cpp does: 1.6-1.8x
     faster int4 kernels, next-token KL ~3e-3 nats), multiplies an int8 lm_head

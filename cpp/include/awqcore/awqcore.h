@@ -141,8 +141,8 @@ class Session {
   // per token (f16), 4 bytes on the CPU with CpuActivations::kFloat32).
   // num_threads: 0 means all hardware threads.
   // max_batch: sequences GenerateBatch decodes together; one KV cache of
-  // max_seq_len tokens each, all allocated here. Must be 1 with kCuda
-  // (batched generation is CPU-only for now).
+  // max_seq_len tokens each, all allocated here (on the device with kCuda,
+  // at most 256 there).
   // device kCuda: throws Error "awqcore was built without CUDA", "no CUDA
   // device", or naming the sizes when the model and cache do not fit.
   Session(std::shared_ptr<const Model> model, int max_seq_len,
@@ -177,7 +177,9 @@ class Session {
   // more than 8 (or kFloat32 and 4 or more), steps run the tiled f32 GEMM,
   // whose summation order differs (logits agree to ~1e-6 relative with
   // kFloat32, to the int8 rounding's ~1e-2 with kInt8Decode), so a token could
-  // differ only where two logits are that close.
+  // differ only where two logits are that close. On the GPU the same holds
+  // up to 15 live sequences (the GEMV computes each token of its tiles as
+  // alone); from 16 the steps run the tensor-core GEMM (f16 products).
   // Sampling: prompt i draws from its own generator seeded with
   // options.sampling.seed + i (mod 2^64), so with a seed, prompt i's tokens do
   // not depend on the other prompts or on max_batch (up to the rounding
