@@ -73,6 +73,7 @@ class PyModel {
     d["threads"] = session_->num_threads();
     d["max_batch"] = session_->max_batch();
     d["device"] = session_->device() == awqcore::Device::kCuda ? "cuda" : "cpu";
+    d["device_memory_bytes"] = session_->device_memory_bytes();
     d["activations"] = activations_;
     return d;
   }

@@ -98,3 +98,16 @@ def test_batched_generation_equals_one_by_one(tiny_awqbin):
                               **({**kwargs, "seed": kwargs["seed"] + i} if kwargs else kwargs))
                  for i, p in enumerate(prompts)]
         assert batched == alone, kwargs
+
+
+def test_device_memory_is_reported_and_covers_weights_and_caches(tiny_awqbin):
+    """All device memory is allocated at load: at least the file's tensors
+    (each padded to 256 B on the device, to 64 B in the file, docs/format.md;
+    int8 tables grow to f16 there) plus one f16 K and V cache per sequence.
+    The file's data section may end in up to 63 B of padding."""
+    _, path = tiny_awqbin
+    gpu = awqcore.Model(path, max_seq_len=128, device="cuda", max_batch=3)
+    c = gpu.config
+    cache = 2 * c["num_layers"] * 3 * 128 * c["num_kv_heads"] * c["head_dim"] * 2
+    print(f"device memory {c['device_memory_bytes']} B: file tensors {c['weight_bytes']}, caches {cache}")
+    assert c["device_memory_bytes"] >= c["weight_bytes"] - 63 + cache

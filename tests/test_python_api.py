@@ -102,6 +102,10 @@ def test_sampling_is_reproducible_with_a_seed(model):
     assert len(others) > 1, "different seeds should give different samples"
 
 
+def test_cpu_model_reports_no_device_memory(model):
+    assert model.config["device"] == "cpu" and model.config["device_memory_bytes"] == 0
+
+
 def test_forward_returns_float32_logits(model):
     logits = model.forward([1, 2, 3])
     assert logits.dtype == np.float32 and logits.shape == (3, model.config["vocab_size"])
@@ -150,3 +154,18 @@ def test_last_timing_splits_prefill_and_decode(model):
     model.generate([[1, 2, 3], [4, 5]], max_new_tokens=3, stop=[])
     t = model.last_timing()
     assert t["prefill_s"] > 0 and t["decode_s"] > 0
+
+
+def test_run_command_on_a_missing_cuda_device_is_a_one_line_error(tiny_awqbin, capsys):
+    """Without a CUDA build or device, `awqcore run --device cuda` exits 2 with
+    the runtime's reason, not a traceback. With a GPU it runs (test_cuda.py
+    covers the results)."""
+    from awqcore.cli import main
+
+    info = awqcore.cuda_device_info()
+    code = main(["run", str(tiny_awqbin[1]), "-p", "hello", "-n", "2", "--device", "cuda"])
+    err = capsys.readouterr().err
+    if awqcore.built_with_cuda() and not info.startswith("no CUDA device"):
+        assert code == 0 and "MiB of device memory" in err
+    else:
+        assert code == 2 and err.startswith("awqcore: error: ") and "CUDA" in err

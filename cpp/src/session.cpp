@@ -83,6 +83,7 @@ class Backend {
   void Reset(int seq) { cpu_ ? cpu_->Reset(seq) : gpu_->Reset(seq); }
   int position() const { return cpu_ ? cpu_->position() : gpu_->position(0); }
   int max_seq_len() const { return cpu_ ? cpu_->max_seq_len() : gpu_->max_seq_len(); }
+  uint64_t device_bytes() const { return gpu_ ? gpu_->device_bytes() : 0; }
 
  private:
   std::unique_ptr<Transformer> cpu_;  // exactly one of the two is set
@@ -325,6 +326,7 @@ int Session::max_seq_len() const { return impl_->transformer.max_seq_len(); }
 int Session::max_batch() const { return impl_->max_batch; }
 int Session::num_threads() const { return impl_->pool.num_threads(); }
 Device Session::device() const { return impl_->device; }
+uint64_t Session::device_memory_bytes() const { return impl_->transformer.device_bytes(); }
 const Model& Session::model() const { return *impl_->model; }
 
 }  // namespace awqcore

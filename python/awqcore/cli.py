@@ -17,6 +17,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from .errors import Error
+
 if TYPE_CHECKING:  # numpy is imported lazily: `awqcore inspect` does not need it
     import numpy as np
 
@@ -175,7 +177,11 @@ def render_chat(template: str, messages: list[dict], bos_token: str, eos_token: 
 def cmd_run(args: argparse.Namespace) -> int:
     import awqcore
 
-    model = awqcore.Model(args.file, threads=args.threads, max_seq_len=args.max_seq_len)
+    model = awqcore.Model(args.file, threads=args.threads, max_seq_len=args.max_seq_len,
+                          device=args.device)
+    if args.device == "cuda":
+        print(f"{awqcore.cuda_device_info()}: {model.config['device_memory_bytes'] / 2**20:.0f} MiB "
+              f"of device memory (weights, KV cache, scratch)", file=sys.stderr)
     tok = model.tokenizer
     if args.chat:
         bos = model.config.get("bos_token_id", -1)
@@ -404,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="worker threads (default: all cores)")
     r.add_argument("--max-seq-len", type=_positive_int, default=2048,
                    help="KV-cache capacity in tokens (default 2048)")
+    r.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the forward pass runs (default cpu; cuda: GPU 0)")
     r.set_defaults(func=cmd_run)
 
     p = sub.add_parser("ppl", help="perplexity through the C++ runtime (and the FP reference)")
@@ -439,8 +447,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:
-        # FormatError is a ValueError; FileNotFoundError and friends are OSErrors.
+    except (ValueError, OSError, Error) as e:
+        # FormatError is a ValueError; FileNotFoundError and friends are OSErrors;
+        # Error is the runtime's ("built without CUDA", "no CUDA device", ...).
         print(f"awqcore: error: {_describe(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

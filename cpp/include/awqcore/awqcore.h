@@ -205,6 +205,9 @@ class Session {
   int max_batch() const;
   int num_threads() const;
   Device device() const;
+  // Device memory allocated at construction with kCuda (weights, KV caches,
+  // scratch: all a session ever uses there); 0 on the CPU.
+  uint64_t device_memory_bytes() const;
   const Model& model() const;
 
   struct Impl;
