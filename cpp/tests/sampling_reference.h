@@ -10,9 +10,10 @@
 // decision compares a cumulative sum C <= total with theta * total (theta =
 // the uniform, or top_p), and each side moves by at most 2^-22 total + n
 // 2^-148 from the p's; on top of that come n 2^-53 total per double sum
-// (host, this reference) and n 2^-(F+1) from the device's fixed-point weights
-// (units of 2^-F, F = min(52, 63 - ceil(log2 n)): FixedPointBits). So
-//   tol = total (2^-21 + 3 n 2^-53) + n (2^-147 + 2^-F)
+// (host, this reference) and up to n 2^-F per side from the device's
+// fixed-point weights (each p rounded up to a unit of 2^-F, F = min(52,
+// 63 - ceil(log2 n)): FixedPointBits). So
+//   tol = total (2^-21 + 3 n 2^-53) + n (2^-147 + 2^-(F-1))
 // bounds |C - theta total| on every case the implementations can decide
 // differently; total >= 1 (the maximum weighs 1), so that is ~4.8e-7 of the
 // mass, nearly all of it from expf. A pick is marked near_boundary when a
@@ -125,7 +126,7 @@ class ReferencePick {
 
  private:
   double Tolerance(double total) const {
-    return total * (0x1p-21 + 3.0 * n_ * 0x1p-53) + n_ * (0x1p-147 + std::ldexp(1.0, -FixedPointBits(n_)));
+    return total * (0x1p-21 + 3.0 * n_ * 0x1p-53) + n_ * (0x1p-147 + std::ldexp(1.0, 1 - FixedPointBits(n_)));
   }
 
   int n_;
