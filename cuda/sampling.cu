@@ -38,7 +38,7 @@
 // the LM head wrote it; ~149 logits per thread). top_k and top_p each cost 4
 // passes (+1 for ties across the cut), the maximum 1 when top_k does not find
 // it, the final walk 1 pass plus ~5k ids: 2 passes for plain temperature
-// sampling, 10-12 with both cuts.
+// sampling, 9-11 with both cuts.
 #include "common.cuh"
 #include "sampler.h"
 
