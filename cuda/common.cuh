@@ -17,6 +17,9 @@
 #include "awqcore/awqcore.h"
 
 namespace awqcore {
+
+struct TokenPick;  // sampler.h
+
 namespace cu {
 
 [[noreturn]] inline void ThrowCuda(cudaError_t status, const char* what, const char* file,
@@ -113,6 +116,11 @@ void SwiGlu(const float* gate, const float* up, size_t count, float* out, cudaSt
 // ---- sampling.cu ----
 // *out = the index of the largest logit of [n] (n >= 1), as Argmax (sampler.h).
 void Argmax(const float* logits, int n, int* out, cudaStream_t stream);
+// out[r] = Sampler::Pick(logits[r, :], picks[r]) (sampler.h) for r < n;
+// logits [n, vocab], picks [n], out [n], all on the device; vocab >= 1. The
+// same token as the host up to f32 expf rounding at a CDF step (see the file).
+void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, int* out,
+                cudaStream_t stream);
 
 // ---- attention.cu ----
 struct AttentionDims {

@@ -4,6 +4,7 @@
 
 #include "common.cuh"
 #include "cuda_backend.h"
+#include "sampler.h"
 
 namespace awqcore {
 namespace cuda_test {
@@ -83,6 +84,17 @@ int Argmax(const float* logits, int n) {
   AWQ_CUDA_CHECK(cudaDeviceSynchronize());
   AWQ_CUDA_CHECK(cudaMemcpy(&id, dout.as<void>(), sizeof(int), cudaMemcpyDeviceToHost));
   return id;
+}
+
+void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, int* out) {
+  cu::RequireDevice();
+  if (n == 0) return;
+  DeviceBuffer dl = Up(logits, static_cast<size_t>(n) * vocab), dp = Up(picks, n);
+  DeviceBuffer dout(static_cast<size_t>(n) * sizeof(int));
+  AWQ_CUDA_CHECK(cudaMemset(dout.as<void>(), 0xFF, dout.bytes()));  // -1: an unwritten row shows up
+  cu::PickTokens(dl.as<float>(), vocab, n, dp.as<TokenPick>(), dout.as<int>(), 0);
+  AWQ_CUDA_CHECK(cudaDeviceSynchronize());
+  AWQ_CUDA_CHECK(cudaMemcpy(out, dout.as<void>(), dout.bytes(), cudaMemcpyDeviceToHost));
 }
 
 void RopeAttention(const AttentionShape& shape, float theta, int start, int n, const float* cache_k,

@@ -17,6 +17,8 @@
 
 namespace awqcore {
 
+struct TokenPick;  // sampler.h
+
 // The forward pass on one GPU (cuda/forward.cu): the same contract as
 // Transformer (transformer.h), several sequences with their own KV caches
 // included; logits copied back to the host in f32.
@@ -72,6 +74,9 @@ void RmsNorm(const float* x, const float* weight, int d, float eps, int n, float
 void SwiGlu(const float* gate, const float* up, int n, float* out);
 // Argmax (sampler.h) of logits [n] computed on the device.
 int Argmax(const float* logits, int n);
+// out[r] = the device's Sampler::Pick (sampler.h) of logits [n, vocab] row r
+// for picks[r], r < n.
+void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, int* out);
 // q: [n, H*hd] rotated in place; k, v: [n, KV*hd] new rows, rotated (k) and
 // written at positions start .. start+n-1 of an f16 cache that already holds
 // cache_k/cache_v (f32, [start, KV*hd], rounded to f16 on upload); out: the

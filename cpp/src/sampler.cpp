@@ -78,57 +78,69 @@ bool Sampler::IsPlainArgmax(const SamplingOptions& options) {
 
 int Sampler::Sample(float* logits) {
   if (options_.repetition_penalty != 1.0f) ApplyRepetitionPenalty(logits);
-  if (options_.temperature == 0.0f || options_.top_k == 1) return Argmax(logits, vocab_size_);
-  return SampleFromDistribution(logits);
+  return Pick(logits, NextPick());
 }
 
-int Sampler::SampleFromDistribution(const float* logits) {
-  // Candidates ordered by (logit desc, id asc): a total order, so the result
-  // is reproducible whatever the sort algorithm does with ties.
-  const auto more_likely = [logits](int a, int b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+TokenPick Sampler::NextPick() {
+  TokenPick pick{options_.temperature, options_.top_k, options_.top_p, 0.0};
+  // Greedy picks draw nothing, as Sample never did for them.
+  if (pick.temperature != 0.0f && pick.top_k != 1) pick.uniform = UniformDraw();
+  return pick;
+}
+
+int Sampler::Pick(const float* logits, const TokenPick& pick) {
+  if (pick.temperature == 0.0f || pick.top_k == 1) return Argmax(logits, vocab_size_);
+  // Candidates ordered by (logit desc, id asc), NaN ranking as -inf: a total
+  // order, so the kept set is reproducible whatever the sort algorithm does
+  // with ties (and the device's radix select finds the same one).
+  const auto rank = [logits](int token) {
+    return std::isnan(logits[token]) ? -INFINITY : logits[token];
+  };
+  const auto more_likely = [&rank](int a, int b) {
+    const float la = rank(a), lb = rank(b);
+    return la > lb || (la == lb && a < b);
   };
   for (int i = 0; i < vocab_size_; ++i) candidates_[i] = i;
   int num_candidates = vocab_size_;
-  if (options_.top_k > 0 && options_.top_k < vocab_size_) {
-    num_candidates = options_.top_k;
+  if (pick.top_k > 0 && pick.top_k < vocab_size_) {
+    num_candidates = pick.top_k;
     std::nth_element(candidates_.begin(), candidates_.begin() + (num_candidates - 1),
                      candidates_.end(), more_likely);
   }
-  // softmax(logit / T) up to normalization; subtracting the maximum keeps
-  // exp() in (0, 1]. The maximum is among the candidates (top-k keeps it).
+  // The maximum is among the candidates (top-k keeps it); subtracting it keeps
+  // the weights in [0, 1].
   float max_logit = -INFINITY;
-  for (int i = 0; i < num_candidates; ++i) max_logit = std::max(max_logit, logits[candidates_[i]]);
-  // Divide rather than multiply by 1/T: for a tiny T, 1/T is inf and the
-  // maximum's 0 * inf would be NaN, while 0 / T stays 0.
+  for (int i = 0; i < num_candidates; ++i) max_logit = std::max(max_logit, rank(candidates_[i]));
   double total_mass = 0.0;
   for (int i = 0; i < num_candidates; ++i) {
     const int token = candidates_[i];
-    probabilities_[token] = std::exp((logits[token] - max_logit) / options_.temperature);
+    probabilities_[token] = SamplingWeight(logits[token], max_logit, pick.temperature);
     total_mass += probabilities_[token];
   }
-  if (options_.top_p < 1.0f) {
-    num_candidates = NucleusSize(total_mass);
+  const bool reordered = num_candidates < vocab_size_ || pick.top_p < 1.0f;
+  if (pick.top_p < 1.0f) {
+    num_candidates = NucleusSize(num_candidates, static_cast<double>(pick.top_p) * total_mass);
     total_mass = 0.0;
     for (int i = 0; i < num_candidates; ++i) total_mass += probabilities_[candidates_[i]];
   }
-  // Inverse CDF over the candidates; the last one absorbs rounding.
-  const double target = UniformDraw() * total_mass;
+  // Inverse CDF over the kept tokens in id order (nth_element and
+  // partial_sort leave them in an order the standard does not specify). With
+  // neither top_k nor top_p they are 0 .. vocab-1 already: no 150k-id sort.
+  if (reordered) std::sort(candidates_.begin(), candidates_.begin() + num_candidates);
+  const double target = pick.uniform * total_mass;
   double cumulative = 0.0;
   for (int i = 0; i < num_candidates - 1; ++i) {
     cumulative += probabilities_[candidates_[i]];
     if (target < cumulative) return candidates_[i];
   }
-  return candidates_[num_candidates - 1];
+  return candidates_[num_candidates - 1];  // the last one absorbs rounding
 }
 
-int Sampler::NucleusSize(double total_mass) {
+int Sampler::NucleusSize(int num_candidates, double needed) {
   // top_k == 0 leaves the whole vocabulary in play, and sorting 50k-150k ids
   // per token would cost more than a small model's forward pass. The nucleus
   // is usually a few dozen tokens, so sort a prefix and widen it (x8) only
   // while it holds less than top_p of the mass.
-  const int num_candidates = options_.top_k > 0 ? std::min(options_.top_k, vocab_size_) : vocab_size_;
-  const double needed = static_cast<double>(options_.top_p) * total_mass;
   const auto more_probable = [this](int a, int b) {
     return probabilities_[a] > probabilities_[b] || (probabilities_[a] == probabilities_[b] && a < b);
   };

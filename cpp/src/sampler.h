@@ -5,19 +5,62 @@
 //   3. otherwise softmax(logits / temperature) restricted to the top_k most
 //      likely tokens (0: all), then to the smallest most-likely prefix whose
 //      probability reaches top_p (at least one token), renormalized, and a
-//      draw from a std::mt19937_64.
+//      draw from a std::mt19937_64: the inverse CDF over the kept tokens in
+//      ascending id order, an order a GPU reproduces with a prefix sum
+//      (cuda/sampling.cu, PickTokens), so both pick the same token for the
+//      same draw.
+//
+// Non-finite logits in step 3 (SamplingWeight): NaN ranks and weighs as -inf;
+// -inf weighs 0; if the maximum is +inf, the +inf tokens share the mass; if
+// every logit is -inf or NaN, the kept tokens are equally likely. Step 2 keeps
+// Argmax's rule instead (NaN never beats a number).
 //
 // Thread safety: none (owned by one Session). Sample allocates nothing: the
 // candidate buffers are sized for the vocabulary at construction.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <random>
 #include <vector>
 
 #include "awqcore/awqcore.h"
 
+// Compiled by nvcc for the device as well: the host and the device weigh
+// tokens with the same code.
+#ifdef __CUDACC__
+#define AWQCORE_HOST_DEVICE __host__ __device__
+#else
+#define AWQCORE_HOST_DEVICE
+#endif
+
 namespace awqcore {
+
+// One token pick as Sampler::Sample makes it after the repetition penalty: the
+// options and this step's uniform draw. Plain data, no CUDA types: the device
+// sampler takes an array of these. temperature 0 or top_k 1 means argmax (then
+// `uniform` is unused); otherwise top_k 0 or >= vocab keeps every token, top_p
+// in (0, 1], and uniform in [0, 1) (the device reads it at 2^-53 resolution,
+// the resolution Sampler draws it at).
+struct TokenPick {
+  float temperature = 0.f;
+  int top_k = 0;
+  float top_p = 1.f;
+  double uniform = 0.0;
+};
+
+// The unnormalized probability of a kept token: exp((logit - max) / T) in f32,
+// max being the largest kept logit (NaN counted as -inf), so in [0, 1] and 1
+// exactly at the maximum. Divides rather than multiplies by 1/T: for a tiny T,
+// 1/T is inf and the maximum's 0 * inf would be NaN, while 0 / T stays 0. The
+// special cases give non-finite logits the weights described at the top of
+// the file; for finite ones they give what exp gives.
+AWQCORE_HOST_DEVICE inline float SamplingWeight(float logit, float max_logit, float temperature) {
+  if (logit != logit) logit = -INFINITY;  // NaN
+  if (logit == max_logit) return 1.0f;
+  if (logit == -INFINITY || max_logit == INFINITY) return 0.0f;
+  return expf((logit - max_logit) / temperature);
+}
 
 class Sampler {
  public:
@@ -38,15 +81,23 @@ class Sampler {
   void Observe(int token);
 
   // Picks the next token from logits [vocab]; the penalty is applied to
-  // `logits` in place.
+  // `logits` in place. Same as Pick(logits, NextPick()) after the penalty.
   int Sample(float* logits);
+
+  // The options of this sequence and, unless they are greedy, the next
+  // uniform draw: the generator advances exactly as Sample advances it, so a
+  // pick made elsewhere (on the device) from it keeps the seeded stream.
+  TokenPick NextPick();
+
+  // The token Sample picks from logits [vocab] (penalty already applied) for
+  // `pick`: the host reference of the device's PickTokens (common.cuh).
+  int Pick(const float* logits, const TokenPick& pick);
 
  private:
   void ApplyRepetitionPenalty(float* logits) const;
-  int SampleFromDistribution(const float* logits);
-  // Sorts candidates_ until its most likely prefix holds top_p of the mass;
-  // returns that prefix's length.
-  int NucleusSize(double total_mass);
+  // Sorts candidates_[0, num_candidates) until its most likely prefix holds
+  // `needed` of the mass; returns that prefix's length.
+  int NucleusSize(int num_candidates, double needed);
   double UniformDraw();  // in [0, 1)
 
   int vocab_size_;

@@ -1,5 +1,5 @@
-// Each CUDA kernel family against its CPU scalar reference (cpp/src/ops/*.h)
-// on random data over odd shapes. Without CUDA (build or device) it prints
+// Each CUDA kernel family against its CPU scalar reference (cpp/src/ops/*.h,
+// Sampler::Pick for the token picks) on random data over odd shapes. Without CUDA (build or device) it prints
 // "skipped: ..." and exits 0, so ctest passes on CPU-only CI.
 //
 // Tolerances: a sum of n f32 products in any order is within
@@ -24,6 +24,8 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "random_weights.h"
+#include "sampler.h"
+#include "sampling_reference.h"
 #include "test_harness.h"
 
 using namespace awqcore;
@@ -206,6 +208,66 @@ TEST(rope_and_attention_match_reference) {
                              std::to_string(shape.num_kv_heads) + " hd" + std::to_string(shape.head_dim) +
                              " @" + std::to_string(start) + "+" + std::to_string(n);
     CheckClose(what.c_str(), out_gpu, want, std::vector<double>(want.size(), tol));
+  }
+}
+
+TEST(pick_tokens_match_the_host_sampler) {
+  // PickTokens against Sampler::Pick and the double-precision reference
+  // (sampling_reference.h) for vocab sizes up to Qwen2.5's 151936, every mix
+  // of greedy, temperature, top_k (none, 1, small, large, > vocab) and top_p
+  // (none, 0.9, 0.5, one token), on rows with ties at the cuts, a single
+  // huge logit and non-finite logits, for uniforms 0, 1 - 2^-53 and random.
+  // All three must agree unless the reference marks the pick near a boundary:
+  // within its tolerance (~4.8e-7 of the mass: f32 expf on either side is
+  // within 2 ulp, plus double and fixed-point summation) of a CDF step or a
+  // nucleus cut; those are counted, with how many differ.
+  std::mt19937 rng(5);
+  std::mt19937_64 draws(6);
+  for (int vocab : {1, 37, 1000, 50257, 151936}) {
+    int picks = 0, near = 0, near_differ = 0, far_differ = 0;
+    Sampler sampler(vocab);
+    const std::vector<std::vector<float>> rows = awqtest::SamplingRows(vocab, rng);
+    for (size_t r = 0; r < rows.size(); ++r) {
+      for (float temperature : {0.0f, 0.3f, 1.0f, 2.5f}) {
+        for (int top_k : {0, 1, 5, 1000, vocab + 3}) {
+          // One launch per (row, temperature, top_k): every top_p x uniform.
+          std::vector<TokenPick> batch;
+          std::vector<awqtest::ReferencePick::Answer> want;
+          for (float top_p : {1.0f, 0.9f, 0.5f, 1e-6f}) {
+            const TokenPick options{temperature, top_k, top_p, 0.0};
+            const awqtest::ReferencePick reference(rows[r], options);
+            for (double uniform : awqtest::SamplingUniforms(draws)) {
+              batch.push_back(options);
+              batch.back().uniform = uniform;
+              want.push_back(reference.Token(uniform));
+            }
+          }
+          const int n = static_cast<int>(batch.size());
+          std::vector<float> logits;
+          logits.reserve(static_cast<size_t>(n) * vocab);
+          for (int j = 0; j < n; ++j) logits.insert(logits.end(), rows[r].begin(), rows[r].end());
+          std::vector<int> got(n);
+          cuda_test::PickTokens(logits.data(), vocab, n, batch.data(), got.data());
+          for (int j = 0; j < n; ++j) {
+            const int host = sampler.Pick(rows[r].data(), batch[j]);
+            ++picks;
+            if (want[j].near_boundary) {
+              ++near;
+              near_differ += got[j] != host;
+            } else if (got[j] != host || host != want[j].token) {
+              if (++far_differ <= 10) {
+                std::printf("  row %zu T %g top_k %d top_p %g uniform %.17g: device %d, host %d, reference %d\n",
+                            r, batch[j].temperature, batch[j].top_k, batch[j].top_p, batch[j].uniform, got[j],
+                            host, want[j].token);
+              }
+            }
+          }
+        }
+      }
+    }
+    std::printf("  vocab %d: %d picks, %d near a boundary (%d of them device != host), %d differ elsewhere\n",
+                vocab, picks, near, near_differ, far_differ);
+    CHECK(far_differ == 0);
   }
 }
 

@@ -1,11 +1,14 @@
 // Sampler semantics (cpp/src/sampler.h): greedy, top-k, top-p, temperature,
-// repetition penalty, seeding and option validation.
+// repetition penalty, seeding, option validation, non-finite logits, and Pick
+// against an independent double-precision reference (sampling_reference.h).
 #include <cmath>
+#include <cstdio>
 #include <random>
 #include <vector>
 
 #include "awqcore/awqcore.h"
 #include "sampler.h"
+#include "sampling_reference.h"
 #include "test_harness.h"
 
 using namespace awqcore;
@@ -195,6 +198,105 @@ TEST(repetition_penalty_divides_positive_and_multiplies_negative_logits) {
   sampler.Start(Options(0.0f, 0, 1.0f, 2.0f));
   logits = {1.0f, 4.0f, -1.0f, 3.0f, 0.0f};
   CHECK(sampler.Sample(logits.data()) == 1);
+}
+
+TEST(non_finite_logits_weigh_as_documented) {
+  // NaN counts as -inf (weight 0), and a +inf maximum leaves the mass to the
+  // +inf tokens; a row of NaN and -inf only is uniform. Greedy keeps
+  // Argmax's rule (NaN never beats a number).
+  Sampler sampler(4);
+  sampler.Start(Options(1.0f, 0, 1.0f, 1.0f, 21));
+  CheckFrequencies(sampler, {NAN, 0.f, NAN, std::log(3.f)}, {0, 0.25, 0, 0.75}, 20000);
+  sampler.Start(Options(1.0f, 0, 1.0f, 1.0f, 22));
+  CheckFrequencies(sampler, {1.f, INFINITY, 2.f, INFINITY}, {0, 0.5, 0, 0.5}, 20000);
+  sampler.Start(Options(1.0f, 0, 1.0f, 1.0f, 23));
+  CheckFrequencies(sampler, {NAN, -INFINITY, NAN, -INFINITY}, {0.25, 0.25, 0.25, 0.25}, 20000);
+  // top_k 3 of four equal ranks keeps the lowest ids.
+  sampler.Start(Options(1.0f, 3, 1.0f, 1.0f, 24));
+  CheckFrequencies(sampler, {NAN, -INFINITY, NAN, -INFINITY}, {1.0 / 3, 1.0 / 3, 1.0 / 3, 0}, 20000);
+  sampler.Start(Options(0.0f));
+  CHECK(SampleCopy(sampler, {NAN, -INFINITY, NAN, -INFINITY}) == 1);
+}
+
+TEST(sample_is_pick_of_next_pick) {
+  // Sample == Pick(logits, NextPick()) draw for draw, with the same seed: the
+  // generator stream a device pick continues is the one Sample consumes.
+  std::mt19937 rng(8);
+  const std::vector<float> logits = RandomLogits(300, rng);
+  for (SamplingOptions options : {Options(0.0f), Options(0.9f, 1), Options(1.0f),
+                                  Options(0.8f, 40), Options(1.2f, 0, 0.9f)}) {
+    Sampler a(300), b(300);
+    a.Start(options);
+    b.Start(options);
+    for (int i = 0; i < 100; ++i) {
+      const TokenPick pick = b.NextPick();
+      CHECK(pick.temperature == options.temperature && pick.top_k == options.top_k &&
+            pick.top_p == options.top_p);
+      if (Sampler::IsPlainArgmax(options)) CHECK(pick.uniform == 0.0);  // no draw
+      CHECK(SampleCopy(a, logits) == b.Pick(logits.data(), pick));
+    }
+  }
+}
+
+TEST(pick_walks_the_kept_tokens_in_id_order) {
+  // Kept: ids 1, 3, 4 with weights e^-1, e^-1.5, 1 (most likely last), by
+  // top_k 3 or by top_p 0.9 (sorted masses 1, 1.37, 1.59 of 1.67: 0.60,
+  // 0.82, 0.95). The inverse CDF runs over ids 1, 3, 4 in that order, so a
+  // uniform just below / above each step of that CDF picks the ids on either
+  // side. Steps come from the softmax in double; +-1e-6 relative clears the
+  // f32 weights' rounding (~1e-7) by 10x.
+  const std::vector<float> logits = {-1.f, 1.f, -2.f, 0.5f, 2.f, -3.f};
+  const int kept[] = {1, 3, 4};
+  double total = 0.0;
+  for (int id : kept) total += std::exp(static_cast<double>(logits[id]) - 2.0);
+  const double step1 = std::exp(1.0 - 2.0) / total;                    // after id 1
+  const double step2 = step1 + std::exp(0.5 - 2.0) / total;            // after id 3
+  const double below = 1.0 - 1e-6, above = 1.0 + 1e-6;
+  const double uniforms[] = {0.0, step1 * below, step1 * above, step2 * below, step2 * above, 1.0 - 0x1p-53};
+  const int expected[] = {1, 1, 3, 3, 4, 4};
+  Sampler sampler(6);
+  for (const TokenPick options : {TokenPick{1.0f, 3, 1.0f, 0.0}, TokenPick{1.0f, 0, 0.9f, 0.0}}) {
+    for (int i = 0; i < 6; ++i) {
+      TokenPick pick = options;
+      pick.uniform = uniforms[i];
+      CHECK(sampler.Pick(logits.data(), pick) == expected[i]);
+    }
+  }
+}
+
+TEST(pick_matches_the_double_precision_reference) {
+  // Every option mix on rows with ties and non-finite logits: Pick equals the
+  // reference except on picks the reference marks near a boundary (within
+  // the tolerance of sampling_reference.h), which are counted.
+  std::mt19937 rng(9);
+  std::mt19937_64 draws(10);
+  int picks = 0, near = 0, near_differ = 0;
+  for (int vocab : {1, 37, 1000, 50257}) {
+    Sampler sampler(vocab);
+    for (const std::vector<float>& row : awqtest::SamplingRows(vocab, rng)) {
+      for (float temperature : {0.0f, 0.3f, 1.0f, 2.5f})
+        for (int top_k : {0, 1, 5, 1000, vocab + 3})
+          for (float top_p : {1.0f, 0.9f, 0.5f, 1e-6f}) {
+            const TokenPick options{temperature, top_k, top_p, 0.0};
+            const awqtest::ReferencePick reference(row, options);
+            for (double uniform : awqtest::SamplingUniforms(draws)) {
+              TokenPick pick = options;
+              pick.uniform = uniform;
+              const int got = sampler.Pick(row.data(), pick);
+              const awqtest::ReferencePick::Answer want = reference.Token(uniform);
+              ++picks;
+              if (want.near_boundary) {
+                ++near;
+                near_differ += got != want.token;
+              } else {
+                CHECK(got == want.token);
+              }
+            }
+          }
+    }
+  }
+  std::printf("  %d picks, %d near a boundary (%d of them differ from the reference)\n", picks, near,
+              near_differ);
 }
 
 TEST(invalid_options_throw_with_the_value) {
