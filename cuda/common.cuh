@@ -114,8 +114,6 @@ void RmsNorm(const float* x, const float* weight, int d, float eps, int n, float
 void SwiGlu(const float* gate, const float* up, size_t count, float* out, cudaStream_t stream);
 
 // ---- sampling.cu ----
-// *out = the index of the largest logit of [n] (n >= 1), as Argmax (sampler.h).
-void Argmax(const float* logits, int n, int* out, cudaStream_t stream);
 // out[r] = Sampler::Pick(logits[r, :], picks[r]) (sampler.h) for r < n;
 // logits [n, vocab], picks [n], out [n], all on the device; vocab >= 1. The
 // same token as the host up to f32 expf rounding at a CDF step (see the file).

@@ -25,6 +25,7 @@
 #include "common.cuh"
 #include "cuda_backend.h"
 #include "half.h"
+#include "sampler.h"
 
 namespace awqcore {
 namespace {
@@ -126,7 +127,7 @@ struct StagingLayout {
   int positions() const { return chunk; }   // [C] position of token t in its sequence
   int sequences() const { return 2 * chunk; }  // [C] its sequence
   int inputs() const { return 3 * chunk; }  // ints copied to the device per pass
-  int tokens() const { return 3 * chunk; }  // [C] argmax of each logits row
+  int tokens() const { return 3 * chunk; }  // [C] the token picked from each logits row
   int total() const { return 4 * chunk; }
   int chunk;
 };
@@ -197,6 +198,8 @@ class CudaTransformer final : public CudaForward {
     UploadRope();
     staged_ = DeviceBuffer(staging_.total() * sizeof(int));
     AWQ_CUDA_CHECK(cudaMallocHost(&host_staged_, staging_.total() * sizeof(int)));
+    picks_ = DeviceBuffer(chunk_ * sizeof(TokenPick));
+    AWQ_CUDA_CHECK(cudaMallocHost(&host_picks_, chunk_ * sizeof(TokenPick)));
     AWQ_CUDA_CHECK(cudaMallocHost(&host_logits_, static_cast<size_t>(chunk_) * config.vocab_size * 4));
     AWQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     AWQ_CUDA_CHECK(cudaDeviceSynchronize());  // random fills / uploads done
@@ -209,6 +212,7 @@ class CudaTransformer final : public CudaForward {
     }
     if (stream_) cudaStreamDestroy(stream_);
     if (host_staged_) cudaFreeHost(host_staged_);
+    if (host_picks_) cudaFreeHost(host_picks_);
     if (host_logits_) cudaFreeHost(host_logits_);
   }
 
@@ -216,18 +220,20 @@ class CudaTransformer final : public CudaForward {
     Run(seq, ids, n, all_logits ? Output::kAllLogits : Output::kLastLogits, logits);
   }
 
-  int ForwardArgmax(int seq, const int* ids, int n) override {
-    Run(seq, ids, n, Output::kLastArgmax, nullptr);
+  int ForwardPick(int seq, const int* ids, int n, const TokenPick& pick) override {
+    host_picks_[0] = pick;
+    Run(seq, ids, n, Output::kLastPick, nullptr);
     return host_staged_[staging_.tokens()];
   }
 
   void DecodeStep(const int* seqs, const int* ids, int n, float* logits) override {
-    Step(seqs, ids, n, /*argmax=*/false);
+    Step(seqs, ids, n, /*pick=*/false);
     std::memcpy(logits, host_logits_, static_cast<size_t>(n) * config_.vocab_size * sizeof(float));
   }
 
-  void DecodeStepArgmax(const int* seqs, const int* ids, int n, int* tokens) override {
-    Step(seqs, ids, n, /*argmax=*/true);
+  void DecodeStepPick(const int* seqs, const int* ids, int n, const TokenPick* picks, int* tokens) override {
+    std::copy(picks, picks + n, host_picks_);
+    Step(seqs, ids, n, /*pick=*/true);
     std::memcpy(tokens, host_staged_ + staging_.tokens(), n * sizeof(int));
   }
 
@@ -327,7 +333,7 @@ class CudaTransformer final : public CudaForward {
     rope_.Upload(table.data(), table.size() * sizeof(float));
   }
 
-  enum class Output { kAllLogits, kLastLogits, kLastArgmax };
+  enum class Output { kAllLogits, kLastLogits, kLastPick };
 
   // Sequence `seq`, chunk by chunk: stage, enqueue, wait, copy out what
   // `output` asks for.
@@ -338,19 +344,19 @@ class CudaTransformer final : public CudaForward {
       const int chunk = std::min(chunk_, n - done);
       const bool last = done + chunk == n;
       const int rows = output == Output::kAllLogits ? chunk : (last ? 1 : 0);
-      const bool argmax = last && output == Output::kLastArgmax;
+      const bool pick = last && output == Output::kLastPick;
       for (int t = 0; t < chunk; ++t) {
         staged[staging_.ids() + t] = ids[done + t];
         staged[staging_.positions() + t] = positions_[seq] + t;
         staged[staging_.sequences() + t] = seq;
       }
       if (chunk == 1 && rows == 1) {
-        DecodeGraph(1, argmax);
+        DecodeGraph(1, pick);
       } else {
-        Enqueue(chunk, rows, argmax);
+        Enqueue(chunk, rows, pick);
       }
       AWQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      if (rows > 0 && output != Output::kLastArgmax) {
+      if (rows > 0 && output != Output::kLastPick) {
         const size_t offset = output == Output::kAllLogits ? done * vocab : 0;
         std::memcpy(logits + offset, host_logits_, rows * vocab * sizeof(float));
       }
@@ -360,23 +366,25 @@ class CudaTransformer final : public CudaForward {
   }
 
   // One token of each of seqs[0 .. n): logits of every row to host_logits_,
-  // or (argmax) their argmaxes to the staged tokens. Synchronous.
-  void Step(const int* seqs, const int* ids, int n, bool argmax) {
+  // or (pick) the tokens picked for host_picks_ to the staged tokens.
+  // Synchronous.
+  void Step(const int* seqs, const int* ids, int n, bool pick) {
     int* staged = host_staged_;
     for (int i = 0; i < n; ++i) {
       staged[staging_.ids() + i] = ids[i];
       staged[staging_.positions() + i] = positions_[seqs[i]];
       staged[staging_.sequences() + i] = seqs[i];
     }
-    DecodeGraph(n, argmax);
+    DecodeGraph(n, pick);
     AWQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
     for (int i = 0; i < n; ++i) ++positions_[seqs[i]];
   }
 
   // Uploads the staged ids and places, runs `n` tokens through every layer,
   // and copies the logits of the last `rows` tokens to host_logits_, or
-  // (argmax) only their Argmax to the staged tokens. Asynchronous.
-  void Enqueue(int n, int rows, bool argmax) {
+  // (pick) only the tokens PickTokens takes from them for host_picks_[0 ..
+  // rows) to the staged tokens. Asynchronous.
+  void Enqueue(int n, int rows, bool pick) {
     const ModelConfig& c = config_;
     const int d = c.hidden_size;
     const float eps = c.rms_norm_eps;
@@ -412,11 +420,11 @@ class CudaTransformer final : public CudaForward {
     const float* last = x + static_cast<size_t>(n - rows) * d;
     cu::RmsNorm(last, final_norm_, d, eps, rows, h, stream_);
     cu::F16Linear(lm_head_, c.vocab_size, d, h, rows, logits_.as<float>(), stream_);
-    if (argmax) {
+    if (pick) {
       int* tokens = staged + staging_.tokens();
-      for (int r = 0; r < rows; ++r) {
-        cu::Argmax(logits_.as<float>() + static_cast<size_t>(r) * c.vocab_size, c.vocab_size, tokens + r, stream_);
-      }
+      TokenPick* picks = picks_.as<TokenPick>();
+      AWQ_CUDA_CHECK(cudaMemcpyAsync(picks, host_picks_, rows * sizeof(TokenPick), cudaMemcpyHostToDevice, stream_));
+      cu::PickTokens(logits_.as<float>(), c.vocab_size, rows, picks, tokens, stream_);
       AWQ_CUDA_CHECK(cudaMemcpyAsync(host_staged_ + staging_.tokens(), tokens, rows * sizeof(int),
                                      cudaMemcpyDeviceToHost, stream_));
       return;
@@ -426,16 +434,16 @@ class CudaTransformer final : public CudaForward {
   }
 
   // n staged tokens (one per sequence, or one of one sequence), the logits
-  // of each (or their argmaxes): captured on first use for each (n, argmax),
-  // replayed after. The graph reads ids and places from the pinned staging
-  // buffer at replay time.
-  void DecodeGraph(int n, bool argmax) {
-    cudaGraphExec_t& exec = graph_exec_[2 * (n - 1) + (argmax ? 1 : 0)];
+  // of each (or their picked tokens): captured on first use for each (n,
+  // pick), replayed after. The graph reads ids, places and picks from the
+  // pinned staging buffers at replay time.
+  void DecodeGraph(int n, bool pick) {
+    cudaGraphExec_t& exec = graph_exec_[2 * (n - 1) + (pick ? 1 : 0)];
     if (!exec) {
       cudaGraph_t graph = nullptr;
       AWQ_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
       try {
-        Enqueue(n, n, argmax);
+        Enqueue(n, n, pick);
       } catch (...) {
         cudaStreamEndCapture(stream_, &graph);
         if (graph) cudaGraphDestroy(graph);
@@ -454,7 +462,7 @@ class CudaTransformer final : public CudaForward {
   const int chunk_;  // min(kChunk, max(max_seq_len, max_sequences))
   const StagingLayout staging_;
   std::vector<int> positions_;  // [max_sequences] tokens in each sequence's cache
-  std::vector<cudaGraphExec_t> graph_exec_;  // [max_sequences, 2]: (n - 1, argmax)
+  std::vector<cudaGraphExec_t> graph_exec_;  // [max_sequences, 2]: (n - 1, pick)
   cu::AttentionDims dims_;
   uint64_t device_bytes_ = 0;
 
@@ -469,6 +477,8 @@ class CudaTransformer final : public CudaForward {
   DeviceBuffer rope_;  // [2, max_seq_len, hd/2]: cos then sin
   DeviceBuffer staged_;            // [staging_.total()] ints
   int* host_staged_ = nullptr;     // pinned, the same layout
+  DeviceBuffer picks_;             // [C] TokenPick of each logits row
+  TokenPick* host_picks_ = nullptr;  // pinned [C]
   float* host_logits_ = nullptr;   // pinned [C, vocab]
   cudaStream_t stream_ = nullptr;
 };

@@ -91,12 +91,6 @@ __device__ int BlockArgmax(const float* __restrict__ row, int n, Candidate* warp
   return best.id;
 }
 
-__global__ void __launch_bounds__(kThreads) ArgmaxKernel(const float* __restrict__ logits, int n, int* out) {
-  __shared__ Candidate warp_best[kWarps];
-  const int id = BlockArgmax(logits, n, warp_best);
-  if (threadIdx.x == 0) *out = id;
-}
-
 // ---- PickTokens ----
 
 // Shared memory of one row (3.6 KB).
@@ -426,11 +420,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 }  // namespace
-
-void Argmax(const float* logits, int n, int* out, cudaStream_t stream) {
-  ArgmaxKernel<<<1, kThreads, 0, stream>>>(logits, n, out);
-  AWQ_CUDA_LAUNCH_CHECK();
-}
 
 void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, int* out,
                 cudaStream_t stream) {

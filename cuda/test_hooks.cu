@@ -75,17 +75,6 @@ void SwiGlu(const float* gate, const float* up, int n, float* out) {
   Down(out, dout, n);
 }
 
-int Argmax(const float* logits, int n) {
-  cu::RequireDevice();
-  DeviceBuffer dl = Up(logits, n);
-  DeviceBuffer dout(sizeof(int));
-  cu::Argmax(dl.as<float>(), n, dout.as<int>(), 0);
-  int id = -1;
-  AWQ_CUDA_CHECK(cudaDeviceSynchronize());
-  AWQ_CUDA_CHECK(cudaMemcpy(&id, dout.as<void>(), sizeof(int), cudaMemcpyDeviceToHost));
-  return id;
-}
-
 void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, int* out) {
   cu::RequireDevice();
   if (n == 0) return;

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cuda_backend.h"
+#include "sampler.h"
 
 using namespace awqcore;
 
@@ -46,8 +47,9 @@ int DecodeOnly() {
   auto model = CreateRandomCudaForward(Llama7BShape(), 128, 512, 1, 1);
   std::vector<int> prompt(64);
   for (int i = 0; i < 64; ++i) prompt[i] = (i * 7919) % 32000;
-  int token = model->ForwardArgmax(0, prompt.data(), 64);
-  for (int i = 0; i < 256; ++i) token = model->ForwardArgmax(0, &token, 1);
+  const TokenPick greedy;
+  int token = model->ForwardPick(0, prompt.data(), 64, greedy);
+  for (int i = 0; i < 256; ++i) token = model->ForwardPick(0, &token, 1, greedy);
   std::printf("256 decode steps done (last token %d)\n", token);
   return 0;
 }
@@ -84,7 +86,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  const int max_seq = 2048 + 64, batch = 8;
+  const int max_seq = 2048 + 128, batch = 8;  // room for the prompt + 2 x (1 + 48) decode steps
   auto model = CreateRandomCudaForward(Llama7BShape(), 128, max_seq, batch, 1);
   std::printf("\n7B-shape model on the device: %.0f MiB (weights + f16 KV caches for %d x %d tokens + scratch)\n",
               model->device_bytes() / 1048576.0, batch, max_seq);
@@ -103,31 +105,38 @@ int main(int argc, char** argv) {
     const double prefill = secs(t0, now());
     if (context == 2048) std::printf("| prefill | %d | %.0f | | |\n", context, context / prefill);
     const int steps = 48;
-    // Greedy decode as Session runs it: the argmax on the device, the token
-    // fed back (the first call captures the CUDA graph, outside the timing).
-    int token = model->ForwardArgmax(0, prompt.data(), 1);
-    const auto t1 = now();
-    for (int i = 0; i < steps; ++i) token = model->ForwardArgmax(0, &token, 1);
-    const double per_token = secs(t1, now()) / steps;
-    const double kv_bytes = 2.0 * 32 * (context + steps / 2) * 4096 * 2;
+    // Decode as Session runs it: the token picked on the device and fed
+    // back (the first call captures the CUDA graph, outside the timing);
+    // greedy, then sampled (temperature, top-k 40, top-p 0.95: PickTokens'
+    // radix selects over the 32000 logits instead of one argmax).
+    const double kv_bytes = 2.0 * 32 * (context + steps) * 4096 * 2;
     const double roof = copy_gbs * 1e9 / (weight_bytes + kv_bytes);
-    std::printf("| decode b1 | %d | %.1f | %.1f | %.0f%% |\n", context, 1 / per_token, roof, 100 / per_token / roof);
+    const TokenPick greedy, sampled{0.8f, 40, 0.95f, 0.5};
+    for (const TokenPick* pick : {&greedy, &sampled}) {
+      int token = model->ForwardPick(0, prompt.data(), 1, *pick);
+      const auto t1 = now();
+      for (int i = 0; i < steps; ++i) token = model->ForwardPick(0, &token, 1, *pick);
+      const double per_token = secs(t1, now()) / steps;
+      std::printf("| decode b1 %s | %d | %.1f | %.1f | %.0f%% |\n", pick == &greedy ? "greedy" : "top-k/top-p",
+                  context, 1 / per_token, roof, 100 / per_token / roof);
+    }
 
     // Batch 8: the same prompt prefilled into 8 sequences (greedy decoding
     // then keeps them identical, which costs the same as distinct ones), then
     // steps of one token each; tok/s summed over the batch. Roofline: weights
     // once per step plus 8 caches.
     std::vector<int> seqs(batch), ids(batch), tokens(batch);
+    const std::vector<TokenPick> picks(batch);  // greedy
     for (int s = 0; s < batch; ++s) {
       seqs[s] = s;
       model->Reset(s);
-      ids[s] = model->ForwardArgmax(s, prompt.data(), context);
+      ids[s] = model->ForwardPick(s, prompt.data(), context, greedy);
     }
-    model->DecodeStepArgmax(seqs.data(), ids.data(), batch, tokens.data());  // graph capture
+    model->DecodeStepPick(seqs.data(), ids.data(), batch, picks.data(), tokens.data());  // graph capture
     const auto t2 = now();
     for (int i = 0; i < steps; ++i) {
       ids.swap(tokens);
-      model->DecodeStepArgmax(seqs.data(), ids.data(), batch, tokens.data());
+      model->DecodeStepPick(seqs.data(), ids.data(), batch, picks.data(), tokens.data());
     }
     const double per_step = secs(t2, now()) / steps;
     const double roof8 = batch * copy_gbs * 1e9 / (weight_bytes + batch * kv_bytes);

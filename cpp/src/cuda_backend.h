@@ -29,14 +29,16 @@ class CudaForward {
   // (all_logits) or the last token's [vocab]. The caller has validated seq,
   // ids and the length.
   virtual void Forward(int seq, const int* ids, int n, bool all_logits, float* logits) = 0;
-  // The same, returning Argmax (sampler.h) of the last token's logits,
-  // computed on the device: greedy decoding without the logits copy.
-  virtual int ForwardArgmax(int seq, const int* ids, int n) = 0;
+  // The same, returning the token Sampler::Pick (sampler.h) takes from the
+  // last token's logits for `pick`, computed on the device: only the id
+  // crosses to the host, not vocab * 4 bytes of logits.
+  virtual int ForwardPick(int seq, const int* ids, int n, const TokenPick& pick) = 0;
   // Appends ids[i] to sequence seqs[i] for i < n in one pass over the
   // weights (Transformer::DecodeStep's contract); logits: [n, vocab].
   virtual void DecodeStep(const int* seqs, const int* ids, int n, float* logits) = 0;
-  // The same, tokens[i] = Argmax of row i, computed on the device.
-  virtual void DecodeStepArgmax(const int* seqs, const int* ids, int n, int* tokens) = 0;
+  // The same, tokens[i] = Sampler::Pick of row i for picks[i], on the device.
+  virtual void DecodeStepPick(const int* seqs, const int* ids, int n, const TokenPick* picks,
+                              int* tokens) = 0;
   virtual void Reset() = 0;         // empties every sequence
   virtual void Reset(int seq) = 0;
   virtual int position(int seq) const = 0;
@@ -72,8 +74,6 @@ void F16Linear(const uint16_t* w, int rows, int d, const float* x, int n, float*
 void Embedding(const uint16_t* table, int rows, int d, const int* ids, int n, float* out);
 void RmsNorm(const float* x, const float* weight, int d, float eps, int n, float* y);
 void SwiGlu(const float* gate, const float* up, int n, float* out);
-// Argmax (sampler.h) of logits [n] computed on the device.
-int Argmax(const float* logits, int n);
 // out[r] = the device's Sampler::Pick (sampler.h) of logits [n, vocab] row r
 // for picks[r], r < n.
 void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, int* out);

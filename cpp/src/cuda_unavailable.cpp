@@ -15,7 +15,6 @@ void F16Linear(const uint16_t*, int, int, const float*, int, float*) { Unavailab
 void Embedding(const uint16_t*, int, int, const int*, int, float*) { Unavailable(); }
 void RmsNorm(const float*, const float*, int, float, int, float*) { Unavailable(); }
 void SwiGlu(const float*, const float*, int, float*) { Unavailable(); }
-int Argmax(const float*, int) { Unavailable(); }
 void PickTokens(const float*, int, int, const TokenPick*, int*) { Unavailable(); }
 void RopeAttention(const AttentionShape&, float, int, int, const float*, const float*, float*,
                    const float*, const float*, float*, float*, int) {

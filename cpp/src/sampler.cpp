@@ -72,10 +72,6 @@ void Sampler::ApplyRepetitionPenalty(float* logits) const {
   }
 }
 
-bool Sampler::IsPlainArgmax(const SamplingOptions& options) {
-  return (options.temperature == 0.0f || options.top_k == 1) && options.repetition_penalty == 1.0f;
-}
-
 int Sampler::Sample(float* logits) {
   if (options_.repetition_penalty != 1.0f) ApplyRepetitionPenalty(logits);
   return Pick(logits, NextPick());

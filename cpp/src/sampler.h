@@ -69,10 +69,6 @@ class Sampler {
   // Throws InvalidArgument naming the first bad field and its value.
   static void Validate(const SamplingOptions& options);
 
-  // True when Sample is Argmax of the raw logits (greedy, no penalty): the
-  // GPU then picks the token on the device (CudaForward::ForwardArgmax).
-  static bool IsPlainArgmax(const SamplingOptions& options);
-
   // Starts a new sequence: options (validated by the caller), an empty history,
   // the generator seeded from options.seed or std::random_device.
   void Start(const SamplingOptions& options);

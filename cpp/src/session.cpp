@@ -72,12 +72,14 @@ class Backend {
     gpu_->DecodeStep(seqs, ids, n, logits);
   }
   bool on_gpu() const { return gpu_ != nullptr; }
-  // GPU only: Forward of the last logits / DecodeStep, returning their Argmax
-  // computed on the device (4 bytes per sequence cross to the host instead
-  // of the logits).
-  int ForwardArgmax(int seq, const int* ids, int n) { return gpu_->ForwardArgmax(seq, ids, n); }
-  void DecodeStepArgmax(const int* seqs, const int* ids, int n, int* tokens) {
-    gpu_->DecodeStepArgmax(seqs, ids, n, tokens);
+  // GPU only: Forward of the last logits / DecodeStep, returning the tokens
+  // picked on the device (4 bytes per sequence cross to the host instead of
+  // the logits).
+  int ForwardPick(int seq, const int* ids, int n, const TokenPick& pick) {
+    return gpu_->ForwardPick(seq, ids, n, pick);
+  }
+  void DecodeStepPick(const int* seqs, const int* ids, int n, const TokenPick* picks, int* tokens) {
+    gpu_->DecodeStepPick(seqs, ids, n, picks, tokens);
   }
   void Reset() { cpu_ ? cpu_->Reset() : gpu_->Reset(); }
   void Reset(int seq) { cpu_ ? cpu_->Reset(seq) : gpu_->Reset(seq); }
@@ -93,6 +95,13 @@ class Backend {
 using Clock = std::chrono::steady_clock;
 double SecondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// On the GPU the token is picked on the device unless a repetition penalty
+// must first change the logits (sampler.h; it stays on the host, so those
+// logits cross).
+bool PicksOnDevice(const Backend& backend, const SamplingOptions& sampling) {
+  return backend.on_gpu() && sampling.repetition_penalty == 1.0f;
 }
 
 bool IsStop(const std::vector<int>& stop_ids, int token) {
@@ -189,15 +198,17 @@ std::vector<int> Session::Generate(const std::vector<int>& prompt, const Generat
   sampler.Start(options.sampling);
   for (int token : prompt) sampler.Observe(token);
   // Appends ids to the sequence and picks the token after them.
-  const bool device_argmax = s.transformer.on_gpu() && Sampler::IsPlainArgmax(options.sampling);
+  const bool device_pick = PicksOnDevice(s.transformer, options.sampling);
   s.timing = {};
   auto next_token = [&](const int* ids, int n, double& seconds) {
-    const Clock::time_point start = Clock::now();
-    if (device_argmax) {
-      const int token = s.transformer.ForwardArgmax(0, ids, n);
+    if (device_pick) {
+      const TokenPick pick = sampler.NextPick();
+      const Clock::time_point start = Clock::now();
+      const int token = s.transformer.ForwardPick(0, ids, n, pick);
       seconds += SecondsSince(start);
       return token;
     }
+    const Clock::time_point start = Clock::now();
     s.transformer.Forward(0, ids, n, Transformer::Logits::kLastOnly, s.logits.data());
     seconds += SecondsSince(start);
     return sampler.Sample(s.logits.data());
@@ -244,10 +255,11 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
   std::vector<int> live;  // [<= max_batch]
   live.reserve(s.max_batch);
   std::vector<int> step_ids(s.max_batch);
-  std::vector<int> step_tokens(s.max_batch);  // picked on the device
+  std::vector<int> step_tokens(s.max_batch);      // picked on the device
+  std::vector<TokenPick> step_picks(s.max_batch);  // how, with each slot's draw
   s.transformer.Reset();
   s.timing = {};
-  const bool device_argmax = s.transformer.on_gpu() && Sampler::IsPlainArgmax(options.sampling);
+  const bool device_pick = PicksOnDevice(s.transformer, options.sampling);
 
   // Appends `token` to the sequence in `slot`; returns whether that sequence
   // wants another one.
@@ -278,13 +290,14 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
       const Clock::time_point start = Clock::now();
       const int length = static_cast<int>(prompt.size());
       int token = -1;
-      if (device_argmax) {
-        token = s.transformer.ForwardArgmax(slot, prompt.data(), length);
+      if (device_pick) {
+        const TokenPick pick = s.samplers[slot].NextPick();
+        token = s.transformer.ForwardPick(slot, prompt.data(), length, pick);
       } else {
         s.transformer.Forward(slot, prompt.data(), length, Transformer::Logits::kLastOnly, s.logits.data());
       }
       s.timing.prefill_seconds += SecondsSince(start);
-      if (!device_argmax) token = s.samplers[slot].Sample(s.logits.data());
+      if (!device_pick) token = s.samplers[slot].Sample(s.logits.data());
       if (accept(slot, token)) {
         live.push_back(slot);
       } else {
@@ -295,10 +308,13 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
 
     // One decode step over every live sequence; row k of the logits is live[k]'s.
     const int n = static_cast<int>(live.size());
-    for (int k = 0; k < n; ++k) step_ids[k] = results[slot_prompt[live[k]]].back();
+    for (int k = 0; k < n; ++k) {
+      step_ids[k] = results[slot_prompt[live[k]]].back();
+      if (device_pick) step_picks[k] = s.samplers[live[k]].NextPick();
+    }
     const Clock::time_point start = Clock::now();
-    if (device_argmax) {
-      s.transformer.DecodeStepArgmax(live.data(), step_ids.data(), n, step_tokens.data());
+    if (device_pick) {
+      s.transformer.DecodeStepPick(live.data(), step_ids.data(), n, step_picks.data(), step_tokens.data());
     } else {
       s.transformer.DecodeStep(live.data(), step_ids.data(), n, s.logits.data());
     }
@@ -306,7 +322,7 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
     int kept = 0;
     for (int k = 0; k < n; ++k) {
       const int slot = live[k];
-      const int token = device_argmax ? step_tokens[k]
+      const int token = device_pick ? step_tokens[k]
                                       : s.samplers[slot].Sample(s.logits.data() + static_cast<size_t>(k) * vocab);
       if (accept(slot, token)) {
         live[kept++] = slot;
