@@ -180,5 +180,16 @@ void Attention(const AttentionDims& dims, TokenPlaces places, int n, const float
                const __half* k_cache, const __half* v_cache, float* scratch, float* out,
                cudaStream_t stream);
 
+// ---- attention_prefill.cu ----
+// The same attention for a prefill chunk on tensor cores, when all n tokens
+// belong to ONE sequence at consecutive positions: token t at position
+// places.position[0] + t of sequence places.sequence[0] (both read on the
+// device; start + n <= max_seq_len). q rounded to f16, P to f16, f32
+// accumulation: within ~1e-3 max|v| of Attention. No scratch.
+bool AttentionPrefillSupports(const AttentionDims& dims);  // hd 64 or 128
+// Throws Error when !AttentionPrefillSupports(dims).
+void AttentionPrefill(const AttentionDims& dims, TokenPlaces places, int n, const float* q,
+                      const __half* k_cache, const __half* v_cache, float* out, cudaStream_t stream);
+
 }  // namespace cu
 }  // namespace awqcore
