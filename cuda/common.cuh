@@ -1,6 +1,7 @@
-// Shared helpers of the CUDA backend: error checking, device buffers, and the
-// launchers of every kernel family (one .cu file each), so forward.cu and the
-// test hooks call the same code.
+// Shared helpers of the CUDA backend: error checking, device buffers, the
+// device helpers of the tensor-core kernels, and the launchers of every
+// kernel family (one .cu file each), so forward.cu and the test hooks call
+// the same code.
 //
 // Activations are f32 on the device (as on the CPU, so GPU and CPU logits
 // differ only by summation order and the f16 KV cache); weights stay in the
@@ -73,6 +74,42 @@ class DeviceBuffer {
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
 };
+
+// ---- shared by the tensor-core kernels (int4_gemm.cu, attention_prefill.cu), sm_80+ ----
+__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy, asynchronous; src_bytes = 0 writes zeros and
+// reads nothing. The "memory" clobbers keep the compiler from moving shared
+// accesses across the copy and the wait (the __syncthreads after the wait
+// publishes the data to the other threads).
+__device__ __forceinline__ void CopyAsync16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SharedAddress(dst)), "l"(src),
+               "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void CommitCopies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most kPending committed groups of this thread are in flight.
+template <int kPending>
+__device__ __forceinline__ void WaitCopies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+__device__ __forceinline__ uint32_t HalfBits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+
+// c += a b for one 16 x 8 x 16 tile: mma.sync.m16n8k16, f16 inputs, f32
+// accumulators. Fragments (PTX ISA, g = lane / 4, t = lane % 4):
+//   a: {A[g][2t..2t+1], A[g+8][2t..2t+1], A[g][2t+8..2t+9], A[g+8][2t+8..2t+9]}
+//   b: {B[2t..2t+1][g], B[2t+8..2t+9][g]}
+//   c: {C[g][2t..2t+1], C[g+8][2t..2t+1]}
+__device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
 // An int4 linear on the device, in the file's layout (docs/format.md):
 // qweight [out, in/2] bytes, scales [out, in/g] f16, zeros [out, in/g] u8.
@@ -148,6 +185,17 @@ void RopeWriteCache(const AttentionDims& dims, const float* rope_cos, const floa
 void Attention(const AttentionDims& dims, TokenPlaces places, int n, const float* q,
                const __half* k_cache, const __half* v_cache, float* scratch, float* out,
                cudaStream_t stream);
+
+// ---- attention_prefill.cu ----
+// The same attention for a prefill chunk on tensor cores, when all n tokens
+// belong to ONE sequence at consecutive positions: token t at position
+// places.position[0] + t of sequence places.sequence[0] (both read on the
+// device; start + n <= max_seq_len). q rounded to f16, P to f16, f32
+// accumulation: within ~1e-3 max|v| of Attention. No scratch.
+bool AttentionPrefillSupports(const AttentionDims& dims);  // hd 64 or 128
+// Throws Error when !AttentionPrefillSupports(dims).
+void AttentionPrefill(const AttentionDims& dims, TokenPlaces places, int n, const float* q,
+                      const __half* k_cache, const __half* v_cache, float* out, cudaStream_t stream);
 
 }  // namespace cu
 }  // namespace awqcore

@@ -37,6 +37,11 @@ using cu::DeviceInt4;
 // the prefill GEMMs (int4_gemm.cu): 256 tokens give a 4096-row layer
 // 32 x 4 = 128 blocks of 64 x 128, one wave on an H100's 132 SMs (64 gave 32).
 constexpr int kChunk = 256;
+// Prefill chunks of at least one 64-row query tile go through the
+// tensor-core attention (attention_prefill.cu) when the head dim has one;
+// shorter ones, and decode steps, through the split kernel (attention.cu),
+// which wastes no rows. The cut-over is the tile size, not yet measured.
+constexpr int kPrefillAttentionMinTokens = 64;
 constexpr size_t kAlign = 256;    // arena alignment: 16-byte loads, full sectors
 
 size_t AlignUp(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
@@ -353,7 +358,7 @@ class CudaTransformer final : public CudaForward {
       if (chunk == 1 && rows == 1) {
         DecodeGraph(1, pick);
       } else {
-        Enqueue(chunk, rows, pick);
+        Enqueue(chunk, rows, pick, /*one_sequence=*/true);
       }
       AWQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
       if (rows > 0 && output != Output::kLastPick) {
@@ -383,8 +388,9 @@ class CudaTransformer final : public CudaForward {
   // Uploads the staged ids and places, runs `n` tokens through every layer,
   // and copies the logits of the last `rows` tokens to host_logits_, or
   // (pick) only the tokens PickTokens takes from them for host_picks_[0 ..
-  // rows) to the staged tokens. Asynchronous.
-  void Enqueue(int n, int rows, bool pick) {
+  // rows) to the staged tokens. one_sequence: the tokens are consecutive
+  // positions of one sequence (a prefill chunk). Asynchronous.
+  void Enqueue(int n, int rows, bool pick, bool one_sequence) {
     const ModelConfig& c = config_;
     const int d = c.hidden_size;
     const float eps = c.rms_norm_eps;
@@ -395,6 +401,8 @@ class CudaTransformer final : public CudaForward {
     const size_t kv_layer = positions_.size() * max_seq_len_ * c.num_kv_heads * c.head_dim;
     AWQ_CUDA_CHECK(cudaMemcpyAsync(staged, host_staged_, staging_.inputs() * sizeof(int), cudaMemcpyHostToDevice,
                                    stream_));
+    const bool prefill_attention =
+        one_sequence && n >= kPrefillAttentionMinTokens && cu::AttentionPrefillSupports(dims_);
     float* x = x_.as<float>();
     float* h = h_.as<float>();
     cu::Embedding(embed_, d, ids, n, x, stream_);
@@ -408,7 +416,11 @@ class CudaTransformer final : public CudaForward {
       cu::Int4Linear(l.v, h, n, v_.as<float>(), false, stream_);
       cu::RopeWriteCache(dims_, rope_.as<float>(), rope_.as<float>() + static_cast<size_t>(max_seq_len_) * (c.head_dim / 2),
                          places, n, q_.as<float>(), k_.as<float>(), v_.as<float>(), kc, vc, stream_);
-      cu::Attention(dims_, places, n, q_.as<float>(), kc, vc, att_scratch_.as<float>(), attn_.as<float>(), stream_);
+      if (prefill_attention) {
+        cu::AttentionPrefill(dims_, places, n, q_.as<float>(), kc, vc, attn_.as<float>(), stream_);
+      } else {
+        cu::Attention(dims_, places, n, q_.as<float>(), kc, vc, att_scratch_.as<float>(), attn_.as<float>(), stream_);
+      }
       cu::Int4Linear(l.o, attn_.as<float>(), n, x, true, stream_);  // x += o_proj(attn)
       cu::RmsNorm(x, l.post_norm, d, eps, n, h, stream_);
       cu::Int4Linear(l.gate, h, n, gate_.as<float>(), false, stream_);
@@ -443,7 +455,7 @@ class CudaTransformer final : public CudaForward {
       cudaGraph_t graph = nullptr;
       AWQ_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
       try {
-        Enqueue(n, n, pick);
+        Enqueue(n, n, pick, /*one_sequence=*/n == 1);
       } catch (...) {
         cudaStreamEndCapture(stream_, &graph);
         if (graph) cudaGraphDestroy(graph);

@@ -53,37 +53,11 @@ struct Stage {
   uint4 w[kBN];         // [128] 32 nibbles of each output row
 };
 
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy, asynchronous; src_bytes = 0 writes zeros.
-__device__ __forceinline__ void CopyAsync16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SharedAddress(dst)), "l"(src),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void CommitCopies() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void WaitCopies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
-
-__device__ __forceinline__ uint32_t HalfBits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
-
 // The two weights of `byte` (low nibble: the even column) as f16 (q - z) * s.
 __device__ __forceinline__ uint32_t DequantPair(uint32_t byte, __half2 zero_offset, __half2 scale) {
   const uint32_t bits = (byte & 0x0Fu) | ((byte & 0xF0u) << 12) | 0x64006400u;  // 1024 + q, twice
   const __half2 q_minus_z = __hsub2(*reinterpret_cast<const __half2*>(&bits), zero_offset);
   return HalfBits(__hmul2(q_minus_z, scale));
-}
-
-// c += a b for one 16 x 8 x 16 tile.
-__device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // Copies step kt's x and W tiles into `stage`: x 64 x 8 float4 (4 per

@@ -88,7 +88,7 @@ void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, i
 
 void RopeAttention(const AttentionShape& shape, float theta, int start, int n, const float* cache_k,
                    const float* cache_v, float* q, const float* k, const float* v, float* k_out,
-                   float* out, int sequence) {
+                   float* out, int sequence, bool prefill_kernel) {
   cu::RequireDevice();
   const int hd = shape.head_dim, half = hd / 2, total = start + n;
   const size_t q_width = static_cast<size_t>(shape.num_heads) * hd;
@@ -118,13 +118,17 @@ void RopeAttention(const AttentionShape& shape, float theta, int start, int n, c
   DeviceBuffer dcache = Up(cache.data(), cache.size()), drope = Up(table.data(), table.size());
   DeviceBuffer dq = Up(q, n * q_width), dk = Up(k, n * kv_width), dv = Up(v, n * kv_width);
   DeviceBuffer dpos = Up(positions.data(), n), dseq = Up(sequence_ids.data(), n), dout = Poisoned(n * q_width);
-  DeviceBuffer scratch(cu::AttentionScratchFloats(dims, n) * sizeof(float));
+  DeviceBuffer scratch(prefill_kernel ? 0 : cu::AttentionScratchFloats(dims, n) * sizeof(float));
   const cu::TokenPlaces places{dpos.as<int>(), dseq.as<int>()};
   __half* kc = dcache.as<__half>();
   __half* vc = kc + cache_rows * kv_width;
   cu::RopeWriteCache(dims, drope.as<float>(), drope.as<float>() + static_cast<size_t>(total) * half,
                      places, n, dq.as<float>(), dk.as<float>(), dv.as<float>(), kc, vc, 0);
-  cu::Attention(dims, places, n, dq.as<float>(), kc, vc, scratch.as<float>(), dout.as<float>(), 0);
+  if (prefill_kernel) {
+    cu::AttentionPrefill(dims, places, n, dq.as<float>(), kc, vc, dout.as<float>(), 0);
+  } else {
+    cu::Attention(dims, places, n, dq.as<float>(), kc, vc, scratch.as<float>(), dout.as<float>(), 0);
+  }
   Down(q, dq, n * q_width);
   Down(out, dout, n * q_width);
   std::vector<__half> rows(n * kv_width);

@@ -77,6 +77,26 @@ def test_smollm2_matches_cpu(smollm2_awqbin):
     compare(smollm2_awqbin, [504, 3575, 282, 4649, 314, 5675, 30])
 
 
+@pytest.mark.parametrize("arch, head_dim", [("llama", 64), ("qwen2", 128)])
+def test_prefill_attention_on_tensor_cores_matches_cpu(arch, head_dim, tmp_path):
+    """Head dims 64 and 128 send prefill chunks of >= 64 tokens through the
+    tensor-core attention (cuda/attention_prefill.cu; the tiny models' 16
+    does not): 300 tokens are a chunk of 256 through it and one of 44 through
+    the split kernel, then decode steps over both chunks' cache rows. GQA
+    groups of 2 (llama) and 3 (qwen2, with q/k/v biases)."""
+    from awqcore.importers.synthetic import SyntheticSource, tiny_config
+    from awqcore.quantize.pipeline import quantize_model
+
+    heads, kv_heads = (4, 2) if arch == "llama" else (6, 2)
+    config = tiny_config(arch)
+    config.hidden_size, config.num_heads, config.num_kv_heads = heads * head_dim, heads, kv_heads
+    config.head_dim, config.intermediate_size = head_dim, 2 * heads * head_dim
+    path = tmp_path / f"{arch}-hd{head_dim}.awqbin"
+    quantize_model(SyntheticSource(config, seed=3), path, method="rtn", group_size=64, progress=False)
+    rng = np.random.default_rng(2)
+    compare(path, rng.integers(0, config.vocab_size, size=300).tolist(), n_new=24, max_seq_len=512)
+
+
 def test_bad_device_name(tiny_awqbin):
     with pytest.raises(ValueError, match="device"):
         awqcore.Model(tiny_awqbin[1], device="gpu")

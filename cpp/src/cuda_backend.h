@@ -83,9 +83,11 @@ void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, i
 // attention output [n, H*hd]. k_out: the rotated k rows as stored (f16 -> f32).
 // The tokens belong to sequence `sequence` of a cache holding sequence + 2
 // sequences; the others' rows are NaN, so reading them shows in `out`.
+// prefill_kernel: attention by AttentionPrefill (tensor cores, one sequence)
+// instead of Attention.
 void RopeAttention(const AttentionShape& shape, float theta, int start, int n,
                    const float* cache_k, const float* cache_v, float* q, const float* k,
-                   const float* v, float* k_out, float* out, int sequence);
+                   const float* v, float* k_out, float* out, int sequence, bool prefill_kernel);
 }  // namespace cuda_test
 
 // Benchmark hooks (tools/gpu_bench.cpp; defined only in CUDA builds).

@@ -17,7 +17,7 @@ void RmsNorm(const float*, const float*, int, float, int, float*) { Unavailable(
 void SwiGlu(const float*, const float*, int, float*) { Unavailable(); }
 void PickTokens(const float*, int, int, const TokenPick*, int*) { Unavailable(); }
 void RopeAttention(const AttentionShape&, float, int, int, const float*, const float*, float*,
-                   const float*, const float*, float*, float*, int) {
+                   const float*, const float*, float*, float*, int, bool) {
   Unavailable();
 }
 }  // namespace cuda_test

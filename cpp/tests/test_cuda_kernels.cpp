@@ -6,8 +6,10 @@
 // gamma(n) * sum|a_i b_i| of the exact sum, gamma(n) = n u / (1 - n u),
 // u = 2^-24 (Higham 3.1); the references accumulate in double. The attention
 // test gives the reference the same f16-rounded cache the GPU holds, so only
-// f32 ordering and __expf (2 ulp) remain. A wrong nibble, group, head or
-// position gives errors the size of the values, far above these bounds.
+// f32 ordering and __expf (2 ulp) remain; the tensor-core prefill attention's
+// reference also gets its f16-rounded q, and its bound adds p's f16 rounding
+// (derived at the test). A wrong nibble, group, head or position gives errors
+// the size of the values, far above these bounds.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -162,52 +164,78 @@ TEST(rmsnorm_and_swiglu_match_reference) {
   CheckClose("swiglu", got, want, tol);
 }
 
+constexpr float kTheta = 10000.f;
+
+// One case through cuda_test::RopeAttention on random data: `start` cached
+// rows, then n new tokens of sequence `sequence`.
+struct AttentionRun {
+  std::vector<float> q, k;          // inputs before rotary: [n, H*hd], [n, KV*hd]
+  std::vector<float> q_gpu, k_gpu;  // q rotated on the device; k rotated as stored (f16)
+  std::vector<float> kc, vc;        // the sequence's cache as the device holds it: [start + n, KV*hd]
+  std::vector<float> out;           // attention output [n, H*hd]
+};
+AttentionRun RunRopeAttention(const AttentionShape& shape, int start, int n, int sequence, bool prefill_kernel,
+                              std::mt19937& rng) {
+  const size_t qw = static_cast<size_t>(shape.num_heads) * shape.head_dim;
+  const size_t kvw = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
+  AttentionRun r;
+  std::vector<float> cache_k = RandomFloats(start * kvw, rng), cache_v = RandomFloats(start * kvw, rng);
+  r.q = RandomFloats(n * qw, rng, -2.f, 2.f);
+  r.k = RandomFloats(n * kvw, rng);
+  std::vector<float> v = RandomFloats(n * kvw, rng);
+  r.q_gpu = r.q;
+  r.k_gpu.resize(n * kvw);
+  r.out.resize(n * qw);
+  cuda_test::RopeAttention(shape, kTheta, start, n, cache_k.data(), cache_v.data(), r.q_gpu.data(), r.k.data(),
+                           v.data(), r.k_gpu.data(), r.out.data(), sequence, prefill_kernel);
+  // f16 values of the old rows and of v; the GPU's rotated k rows.
+  r.kc.resize((start + n) * kvw);
+  r.vc.resize(r.kc.size());
+  for (size_t i = 0; i < start * kvw; ++i) {
+    r.kc[i] = F16ToF32(F32ToF16(cache_k[i]));
+    r.vc[i] = F16ToF32(F32ToF16(cache_v[i]));
+  }
+  for (size_t i = 0; i < n * kvw; ++i) {
+    r.kc[start * kvw + i] = r.k_gpu[i];
+    r.vc[start * kvw + i] = F16ToF32(F32ToF16(v[i]));
+  }
+  return r;
+}
+
+std::string AttentionCase(const char* what, const AttentionShape& shape, int start, int n, int sequence) {
+  return std::string(what) + " H" + std::to_string(shape.num_heads) + " KV" + std::to_string(shape.num_kv_heads) +
+         " hd" + std::to_string(shape.head_dim) + " @" + std::to_string(start) + "+" + std::to_string(n) + " seq" +
+         std::to_string(sequence);
+}
+
 TEST(rope_and_attention_match_reference) {
   std::mt19937 rng(4);
   // (H, KV, hd, cached positions, new tokens, sequence): GQA groups of 1..3,
   // splits of 256 crossed (300 + 3, 700 + 1), a multi-token prefill from
   // empty; sequences 0, 1 and 3 of a multi-sequence cache.
   const int cases[][6] = {{4, 2, 16, 0, 5, 0}, {9, 3, 64, 300, 3, 1}, {2, 1, 128, 700, 1, 3}, {3, 3, 8, 0, 70, 1}};
-  const float theta = 10000.f;
   for (const auto& c : cases) {
     const AttentionShape shape{c[0], c[1], c[2]};
     const int start = c[3], n = c[4], total = start + n;
-    const size_t qw = static_cast<size_t>(shape.num_heads) * shape.head_dim;
-    const size_t kvw = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
-    std::vector<float> cache_k = RandomFloats(start * kvw, rng), cache_v = RandomFloats(start * kvw, rng);
-    std::vector<float> q = RandomFloats(n * qw, rng, -2.f, 2.f), k = RandomFloats(n * kvw, rng), v = RandomFloats(n * kvw, rng);
-    std::vector<float> q_gpu = q, k_gpu(n * kvw), out_gpu(n * qw);
-    cuda_test::RopeAttention(shape, theta, start, n, cache_k.data(), cache_v.data(), q_gpu.data(),
-                             k.data(), v.data(), k_gpu.data(), out_gpu.data(), c[5]);
+    const AttentionRun run = RunRopeAttention(shape, start, n, c[5], false, rng);
     // Rotation: the GPU's f32 cos/sin table vs angles in double: a few ulp.
-    std::vector<float> q_ref = q, k_ref = k;
-    RopeReference(q_ref.data(), n, shape.num_heads, shape.head_dim, theta, start);
-    RopeReference(k_ref.data(), n, shape.num_kv_heads, shape.head_dim, theta, start);
+    std::vector<float> q_ref = run.q, k_ref = run.k;
+    RopeReference(q_ref.data(), n, shape.num_heads, shape.head_dim, kTheta, start);
+    RopeReference(k_ref.data(), n, shape.num_kv_heads, shape.head_dim, kTheta, start);
     // |a cos - b sin| <= |a| + |b|: a few roundings of values up to 4 (q) or 2 (k).
     std::vector<double> q_tol(q_ref.size(), 16 * kU * 4), k_tol(k_ref.size());
-    CheckClose("rope q", q_gpu, q_ref, q_tol);
+    CheckClose("rope q", run.q_gpu, q_ref, q_tol);
     for (size_t i = 0; i < k_ref.size(); ++i) k_tol[i] = std::fabs(k_ref[i]) / 1024.0 + 16 * kU * 2;  // + 1 f16 ulp
-    CheckClose("rope k as stored (f16)", k_gpu, k_ref, k_tol);
+    CheckClose("rope k as stored (f16)", run.k_gpu, k_ref, k_tol);
     // Attention over the cache the GPU holds: f16 values, GPU's rotated rows.
-    std::vector<float> kc(total * kvw), vc(total * kvw);
-    for (size_t i = 0; i < start * kvw; ++i) {
-      kc[i] = F16ToF32(F32ToF16(cache_k[i]));
-      vc[i] = F16ToF32(F32ToF16(cache_v[i]));
-    }
-    for (size_t i = 0; i < n * kvw; ++i) {
-      kc[start * kvw + i] = k_gpu[i];
-      vc[start * kvw + i] = F16ToF32(F32ToF16(v[i]));
-    }
-    std::vector<float> want(n * qw);
-    AttentionReference(shape, q_gpu.data(), kc.data(), vc.data(), start, n, want.data());
+    std::vector<float> want(run.out.size());
+    AttentionReference(shape, run.q_gpu.data(), run.kc.data(), run.vc.data(), start, n, want.data());
     // Outputs are convex combinations of |v| <= 1: softmax weights carry
     // relative errors of ~gamma(hd) |score| (scores <= 2 sqrt(hd)) plus __expf's
     // 2 ulp, and the sum over <= total terms adds gamma(total).
     const double tol = 4 * (Gamma(shape.head_dim) * 2 * std::sqrt(shape.head_dim) + Gamma(total) + 4 * kU);
-    const std::string what = "attention H" + std::to_string(shape.num_heads) + " KV" +
-                             std::to_string(shape.num_kv_heads) + " hd" + std::to_string(shape.head_dim) +
-                             " @" + std::to_string(start) + "+" + std::to_string(n);
-    CheckClose(what.c_str(), out_gpu, want, std::vector<double>(want.size(), tol));
+    CheckClose(AttentionCase("attention", shape, start, n, c[5]).c_str(), run.out, want,
+               std::vector<double>(want.size(), tol));
   }
 }
 
@@ -269,6 +297,75 @@ TEST(pick_tokens_match_the_host_sampler) {
                 vocab, picks, near, near_differ, far_differ);
     CHECK(far_differ == 0);
   }
+}
+
+TEST(attention_prefill_matches_reference) {
+  // AttentionPrefill (tensor cores, one sequence per call) over head dims 64
+  // and 128, GQA groups 1, 3, 4, token counts below, at and across the 64-row
+  // query tile (1, 17, 64, 100, 300) and starts on and off the 64-key tile
+  // (0, 5, 64, 700: the diagonal then spans two key tiles, and the last key
+  // tile runs past start + n, where the next sequence's rows are NaN: those
+  // keys must be zero-filled, never read); sequences 0 and 2.
+  //
+  // The kernel rounds q to f16: the reference gets the same f16 q (as it gets
+  // the f16 cache), so what remains is, per output, with E = ||q|| max||k||
+  // / sqrt(hd) >= |every score| (Cauchy-Schwarz) and T = ceil(total / 64):
+  //  - exponent error of each weight: delta = 2 gamma(hd) E (the mma's f32
+  //    sums, truncating adds: 2u each) + (2T + 4) 4u (E + 1) (the f32 roundings
+  //    of the exponent and of each tile's rescale, ex2.approx's 2 ulp); the
+  //    normalised weights then move by <= 2 delta (1.01) of themselves;
+  //  - p rounded to f16 for PV: 2^-11 relative, or 2^-25 absolute below 2^-14
+  //    (l >= 1, so <= total 2^-25 in all);
+  //  - f32 sums of PV and l over <= total keys, T rescales, one division:
+  //    4 gamma(total + T + 1);
+  // each times max|v|. At hd 128, total 1000: ~(4.9 + 0.3 + 4.5 + 2.4)e-4
+  // max|v|. In a host emulation of the kernel a skipped key tile at 700 keys,
+  // a mask off by one, h % KV for the kv head or a 0.2% scale error on l
+  // each failed cases here; another sequence's row gives NaN.
+  std::mt19937 rng(5);
+  const int groups[][2] = {{4, 4}, {9, 3}, {8, 2}};  // H, KV
+  const int tokens[] = {1, 17, 64, 100, 300};
+  const int starts[] = {0, 5, 64, 700};
+  for (int hd : {64, 128})
+    for (int gi = 0; gi < 3; ++gi)
+      for (int ni = 0; ni < 5; ++ni)
+        for (int si = 0; si < 4; ++si) {
+          const AttentionShape shape{groups[gi][0], groups[gi][1], hd};
+          const int start = starts[si], n = tokens[ni], total = start + n;
+          const int sequence = 2 * ((gi + ni + si) % 2);  // both for every (n, start) pair
+          AttentionRun run = RunRopeAttention(shape, start, n, sequence, true, rng);
+          for (float& x : run.q_gpu) x = F16ToF32(F32ToF16(x));
+          std::vector<float> want(run.out.size());
+          AttentionReference(shape, run.q_gpu.data(), run.kc.data(), run.vc.data(), start, n, want.data());
+
+          const size_t kvw = static_cast<size_t>(shape.num_kv_heads) * hd;
+          std::vector<double> k_norm(shape.num_kv_heads, 0.0);  // max over keys of ||k||
+          double max_v = 0.0;
+          for (int p = 0; p < total; ++p)
+            for (int kv = 0; kv < shape.num_kv_heads; ++kv) {
+              double sq = 0.0;
+              for (int d = 0; d < hd; ++d) {
+                const size_t i = p * kvw + kv * hd + d;
+                sq += static_cast<double>(run.kc[i]) * run.kc[i];
+                max_v = std::max(max_v, std::fabs(static_cast<double>(run.vc[i])));
+              }
+              k_norm[kv] = std::max(k_norm[kv], std::sqrt(sq));
+            }
+          const int tiles = (total + 63) / 64;
+          std::vector<double> tol(want.size());
+          for (int t = 0; t < n; ++t)
+            for (int h = 0; h < shape.num_heads; ++h) {
+              const size_t row = (static_cast<size_t>(t) * shape.num_heads + h) * hd;
+              double sq = 0.0;
+              for (int d = 0; d < hd; ++d) sq += static_cast<double>(run.q_gpu[row + d]) * run.q_gpu[row + d];
+              const double e = std::sqrt(sq) * k_norm[h / (shape.num_heads / shape.num_kv_heads)] / std::sqrt(hd);
+              const double delta = 2 * Gamma(hd) * e + (2 * tiles + 4) * 4 * kU * (e + 1);
+              const double bound = max_v * (std::ldexp(1.0, -11) + total * std::ldexp(1.0, -25) + 2.02 * delta +
+                                            4 * Gamma(total + tiles + 1));
+              for (int d = 0; d < hd; ++d) tol[row + d] = bound + 2 * kU * std::fabs(want[row + d]);
+            }
+          CheckClose(AttentionCase("prefill attention", shape, start, n, sequence).c_str(), run.out, want, tol);
+        }
 }
 
 }  // namespace
