@@ -117,8 +117,10 @@ struct GenerateOptions {
 using TokenCallback = std::function<bool(int token)>;
 
 // Where a Session computes. kCuda runs the whole forward pass on GPU 0 (the
-// weights are uploaded once, the KV cache is f16 on the device); sampling
-// stays on the host with the same Sampler, over logits copied back.
+// weights are uploaded once, the KV caches are f16 on the device) and picks
+// each token there too, as the host sampler would for the same seeded draw,
+// so only token ids cross; with a repetition penalty the logits are copied
+// back and sampled on the host.
 enum class Device { kCpu, kCuda };
 
 // The activations the CPU's int4 linears multiply in calls of at most 8
