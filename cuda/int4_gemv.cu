@@ -186,6 +186,17 @@ __global__ void __launch_bounds__(kThreads, R == 1 ? 4 : (B <= 5 ? 2 : 1))
   }
 }
 
+// No split-K: a block's rows span all of `in`, and a warp walks it in steps
+// of D * 1024 columns. Splitting `in` across blocks pays where a layer has
+// too few rows to fill the GPU and many steps per row; in Llama/Qwen shapes
+// the few-row layers are the k/v projections, whose `in` is d: Qwen2.5-1.5B's
+// 256 x 1536 and SmolLM2's 192 x 576 are one step per warp already (latency
+// of one load round trip, which splitting cannot shorten), and every
+// Llama-2-7B layer has >= 4096 rows, >= 128 blocks of 32 rows for 132 SMs.
+// A split would also have to keep each token's summation order independent
+// of the batch (GenerateBatch's bitwise guarantee), i.e. split boundaries on
+// 2048 columns, which these shapes do not have.
+//
 // Tile shapes: R rows per warp and D chunks per step, staged x = B * D * 4 KiB
 // (<= 32 KiB of static shared memory). Chosen by measurement (CUDA events,
 // us for 4096x4096 / 11008x4096 / 4096x11008): B = 1: R = 1, D = 2
