@@ -96,17 +96,20 @@ __device__ __forceinline__ float Exp2(float x) {
 
 // Four 8 x 8 f16 matrices; lanes 8i .. 8i + 7 give the row addresses of
 // matrix i, and lane (g, t) receives row g, columns 2t, 2t + 1 of each (with
-// .trans: column g, rows 2t, 2t + 1). volatile: the data comes from cp.async
-// and __syncthreads, which the compiler cannot see through.
+// .trans: column g, rows 2t, 2t + 1). volatile and a "memory" clobber: the
+// data comes from cp.async and __syncthreads, which the compiler cannot see
+// through, so the loads must stay after them.
 __device__ __forceinline__ void LoadMatrixX4(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
+               : "r"(address)
+               : "memory");
 }
 __device__ __forceinline__ void LoadMatrixX4Trans(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address));
+               : "r"(address)
+               : "memory");
 }
 
 // Copies keys key0 .. key0 + 63 of K and V (this head's hd columns) into one

@@ -35,8 +35,10 @@ Sampler::Sampler(int vocab_size)
 
 void Sampler::Validate(const SamplingOptions& options) {
   // The negated comparisons also reject NaN.
-  if (!(options.temperature >= 0.0f)) {
-    throw InvalidArgument("temperature must be >= 0 (got " + Format(options.temperature) + ")");
+  // +inf is rejected too: (logit - max) / inf is NaN for an infinite gap,
+  // a weight the host and the device would treat differently.
+  if (!(options.temperature >= 0.0f && options.temperature < INFINITY)) {
+    throw InvalidArgument("temperature must be >= 0 and finite (got " + Format(options.temperature) + ")");
   }
   if (options.top_k < 0) {
     throw InvalidArgument("top_k must be >= 0 (got " + std::to_string(options.top_k) + ")");

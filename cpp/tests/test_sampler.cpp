@@ -278,7 +278,8 @@ TEST(pick_matches_the_double_precision_reference) {
 }
 
 TEST(invalid_options_throw_with_the_value) {
-  CHECK_THROWS(Sampler::Validate(Options(-1.0f)), InvalidArgument, "temperature must be >= 0 (got -1)");
+  CHECK_THROWS(Sampler::Validate(Options(-1.0f)), InvalidArgument, "temperature must be >= 0 and finite (got -1)");
+  CHECK_THROWS(Sampler::Validate(Options(INFINITY)), InvalidArgument, "temperature must be >= 0 and finite (got inf)");
   CHECK_THROWS(Sampler::Validate(Options(NAN)), InvalidArgument, "temperature must be >= 0");
   CHECK_THROWS(Sampler::Validate(Options(1.0f, -3)), InvalidArgument, "top_k must be >= 0 (got -3)");
   CHECK_THROWS(Sampler::Validate(Options(1.0f, 0, 1.5f)), InvalidArgument, "top_p must be in (0, 1] (got 1.5)");

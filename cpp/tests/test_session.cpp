@@ -74,7 +74,7 @@ TEST(validation_happens_before_any_state_change) {
   CHECK_THROWS(s.Generate({1}, negative), InvalidArgument, "max_new_tokens must be >= 0 (got -1)");
   GenerateOptions cold = Exactly(4);
   cold.sampling.temperature = -1;
-  CHECK_THROWS(s.Generate({1}, cold), InvalidArgument, "temperature must be >= 0 (got -1)");
+  CHECK_THROWS(s.Generate({1}, cold), InvalidArgument, "temperature must be >= 0 and finite (got -1)");
   CHECK_THROWS(s.Generate(std::vector<int>(9, 1), Exactly(1)), InvalidArgument,
                "sequence of 9 tokens exceeds max_seq_len 8");
   CHECK(s.position() == 5);  // none of the rejected calls touched the cache
