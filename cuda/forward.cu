@@ -246,7 +246,6 @@ class CudaTransformer final : public CudaForward {
   void Reset(int seq) override { positions_[seq] = 0; }
   int position(int seq) const override { return positions_[seq]; }
   int max_seq_len() const override { return max_seq_len_; }
-  int max_sequences() const override { return static_cast<int>(positions_.size()); }
   uint64_t device_bytes() const override { return device_bytes_; }
 
  private:
@@ -340,21 +339,23 @@ class CudaTransformer final : public CudaForward {
 
   enum class Output { kAllLogits, kLastLogits, kLastPick };
 
+  // Token t of the next pass: `id` at `position` of sequence `seq`.
+  void Stage(int t, int id, int seq, int position) {
+    host_staged_[staging_.ids() + t] = id;
+    host_staged_[staging_.positions() + t] = position;
+    host_staged_[staging_.sequences() + t] = seq;
+  }
+
   // Sequence `seq`, chunk by chunk: stage, enqueue, wait, copy out what
   // `output` asks for.
   void Run(int seq, const int* ids, int n, Output output, float* logits) {
     const size_t vocab = config_.vocab_size;
-    int* staged = host_staged_;
     for (int done = 0; done < n;) {
       const int chunk = std::min(chunk_, n - done);
       const bool last = done + chunk == n;
       const int rows = output == Output::kAllLogits ? chunk : (last ? 1 : 0);
       const bool pick = last && output == Output::kLastPick;
-      for (int t = 0; t < chunk; ++t) {
-        staged[staging_.ids() + t] = ids[done + t];
-        staged[staging_.positions() + t] = positions_[seq] + t;
-        staged[staging_.sequences() + t] = seq;
-      }
+      for (int t = 0; t < chunk; ++t) Stage(t, ids[done + t], seq, positions_[seq] + t);
       if (chunk == 1 && rows == 1) {
         DecodeGraph(1, pick);
       } else {
@@ -374,12 +375,7 @@ class CudaTransformer final : public CudaForward {
   // or (pick) the tokens picked for host_picks_ to the staged tokens.
   // Synchronous.
   void Step(const int* seqs, const int* ids, int n, bool pick) {
-    int* staged = host_staged_;
-    for (int i = 0; i < n; ++i) {
-      staged[staging_.ids() + i] = ids[i];
-      staged[staging_.positions() + i] = positions_[seqs[i]];
-      staged[staging_.sequences() + i] = seqs[i];
-    }
+    for (int i = 0; i < n; ++i) Stage(i, ids[i], seqs[i], positions_[seqs[i]]);
     DecodeGraph(n, pick);
     AWQ_CUDA_CHECK(cudaStreamSynchronize(stream_));
     for (int i = 0; i < n; ++i) ++positions_[seqs[i]];

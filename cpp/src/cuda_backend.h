@@ -43,7 +43,6 @@ class CudaForward {
   virtual void Reset(int seq) = 0;
   virtual int position(int seq) const = 0;
   virtual int max_seq_len() const = 0;
-  virtual int max_sequences() const = 0;
   // Device memory allocated at construction (weights + KV caches + scratch).
   virtual uint64_t device_bytes() const = 0;
 };

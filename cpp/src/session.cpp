@@ -119,7 +119,8 @@ struct Session::Impl {
         max_batch(max_batch_in),
         pool(device_in == Device::kCpu ? num_threads : 1),
         transformer(*model, max_seq_len, max_batch_in, pool, device_in, activations),
-        logits(static_cast<size_t>(max_batch_in) * config.vocab_size) {
+        logits(static_cast<size_t>(max_batch_in) * config.vocab_size),
+        step_picks(max_batch_in) {
     // Built in place: a copy of a Sampler would not keep the reserved
     // capacity that lets Observe run without allocating.
     samplers.reserve(max_batch_in);
@@ -146,6 +147,43 @@ struct Session::Impl {
     }
   }
 
+  // Appends ids[0 .. n) to sequence `seq` and returns the token samplers[seq]
+  // picks after them: on the device when it can (only the id crosses), else
+  // from the last logits on the host. Adds the forward pass's wall time to
+  // `seconds`.
+  int ForwardAndPick(int seq, const int* ids, int n, bool device_pick, double& seconds) {
+    Sampler& sampler = samplers[seq];
+    const Clock::time_point start = Clock::now();
+    if (device_pick) {
+      const int token = transformer.ForwardPick(seq, ids, n, sampler.NextPick());
+      seconds += SecondsSince(start);
+      return token;
+    }
+    transformer.Forward(seq, ids, n, Transformer::Logits::kLastOnly, logits.data());
+    seconds += SecondsSince(start);
+    return sampler.Sample(logits.data());
+  }
+
+  // Appends ids[k] to sequence seqs[k] for k < n in one step and writes the
+  // token samplers[seqs[k]] picks after each to tokens[k], as ForwardAndPick.
+  void DecodeStepAndPick(const int* seqs, const int* ids, int n, bool device_pick, int* tokens,
+                         double& seconds) {
+    if (device_pick) {
+      for (int k = 0; k < n; ++k) step_picks[k] = samplers[seqs[k]].NextPick();
+    }
+    const Clock::time_point start = Clock::now();
+    if (device_pick) {
+      transformer.DecodeStepPick(seqs, ids, n, step_picks.data(), tokens);
+      seconds += SecondsSince(start);
+      return;
+    }
+    transformer.DecodeStep(seqs, ids, n, logits.data());
+    seconds += SecondsSince(start);
+    for (int k = 0; k < n; ++k) {
+      tokens[k] = samplers[seqs[k]].Sample(logits.data() + static_cast<size_t>(k) * config.vocab_size);
+    }
+  }
+
   // New tokens a prompt may get: prompt + generated never exceeds
   // max_seq_len, so every returned token has a place in the cache.
   int Budget(const GenerateOptions& options, size_t prompt_length) const {
@@ -162,6 +200,7 @@ struct Session::Impl {
   std::vector<Sampler> samplers;  // [max_batch] one per sequence slot
   Session::Timing timing;         // of the last Generate / GenerateBatch
   std::vector<float> logits;      // [max_batch, vocab] of the positions being sampled
+  std::vector<TokenPick> step_picks;  // [max_batch] a device decode step's picks
 };
 
 Session::Session(std::shared_ptr<const Model> model, int max_seq_len, int num_threads,
@@ -197,24 +236,10 @@ std::vector<int> Session::Generate(const std::vector<int>& prompt, const Generat
   s.transformer.Reset();
   sampler.Start(options.sampling);
   for (int token : prompt) sampler.Observe(token);
-  // Appends ids to the sequence and picks the token after them.
   const bool device_pick = PicksOnDevice(s.transformer, options.sampling);
   s.timing = {};
-  auto next_token = [&](const int* ids, int n, double& seconds) {
-    if (device_pick) {
-      const TokenPick pick = sampler.NextPick();
-      const Clock::time_point start = Clock::now();
-      const int token = s.transformer.ForwardPick(0, ids, n, pick);
-      seconds += SecondsSince(start);
-      return token;
-    }
-    const Clock::time_point start = Clock::now();
-    s.transformer.Forward(0, ids, n, Transformer::Logits::kLastOnly, s.logits.data());
-    seconds += SecondsSince(start);
-    return sampler.Sample(s.logits.data());
-  };
-  const int after_prompt =
-      next_token(prompt.data(), static_cast<int>(prompt.size()), s.timing.prefill_seconds);
+  const int after_prompt = s.ForwardAndPick(0, prompt.data(), static_cast<int>(prompt.size()), device_pick,
+                                            s.timing.prefill_seconds);
 
   // A token is fed back only when another one is wanted after it: the last
   // token is returned without a forward pass of its own.
@@ -222,7 +247,8 @@ std::vector<int> Session::Generate(const std::vector<int>& prompt, const Generat
   std::vector<int> generated;
   generated.reserve(budget);
   for (int i = 0; i < budget; ++i) {
-    const int token = i == 0 ? after_prompt : next_token(&generated.back(), 1, s.timing.decode_seconds);
+    const int token =
+        i == 0 ? after_prompt : s.ForwardAndPick(0, &generated.back(), 1, device_pick, s.timing.decode_seconds);
     generated.push_back(token);
     sampler.Observe(token);
     if (on_token && !on_token(token)) break;
@@ -243,7 +269,6 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
   }
   const std::vector<int>& stop_ids = options.stop_ids ? *options.stop_ids : s.config.eos_token_ids;
   const int num_prompts = static_cast<int>(prompts.size());
-  const int vocab = s.config.vocab_size;
 
   // Sequence slots (KV cache + sampler): slot_prompt[slot] is the prompt a
   // slot generates for, -1 when free; `live` lists the slots in the next
@@ -255,8 +280,7 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
   std::vector<int> live;  // [<= max_batch]
   live.reserve(s.max_batch);
   std::vector<int> step_ids(s.max_batch);
-  std::vector<int> step_tokens(s.max_batch);      // picked on the device
-  std::vector<TokenPick> step_picks(s.max_batch);  // how, with each slot's draw
+  std::vector<int> step_tokens(s.max_batch);
   s.transformer.Reset();
   s.timing = {};
   const bool device_pick = PicksOnDevice(s.transformer, options.sampling);
@@ -287,17 +311,8 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
       s.samplers[slot].Start(sampling);
       for (int token : prompt) s.samplers[slot].Observe(token);
       s.transformer.Reset(slot);
-      const Clock::time_point start = Clock::now();
-      const int length = static_cast<int>(prompt.size());
-      int token = -1;
-      if (device_pick) {
-        const TokenPick pick = s.samplers[slot].NextPick();
-        token = s.transformer.ForwardPick(slot, prompt.data(), length, pick);
-      } else {
-        s.transformer.Forward(slot, prompt.data(), length, Transformer::Logits::kLastOnly, s.logits.data());
-      }
-      s.timing.prefill_seconds += SecondsSince(start);
-      if (!device_pick) token = s.samplers[slot].Sample(s.logits.data());
+      const int token = s.ForwardAndPick(slot, prompt.data(), static_cast<int>(prompt.size()), device_pick,
+                                         s.timing.prefill_seconds);
       if (accept(slot, token)) {
         live.push_back(slot);
       } else {
@@ -308,23 +323,12 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
 
     // One decode step over every live sequence; row k of the logits is live[k]'s.
     const int n = static_cast<int>(live.size());
-    for (int k = 0; k < n; ++k) {
-      step_ids[k] = results[slot_prompt[live[k]]].back();
-      if (device_pick) step_picks[k] = s.samplers[live[k]].NextPick();
-    }
-    const Clock::time_point start = Clock::now();
-    if (device_pick) {
-      s.transformer.DecodeStepPick(live.data(), step_ids.data(), n, step_picks.data(), step_tokens.data());
-    } else {
-      s.transformer.DecodeStep(live.data(), step_ids.data(), n, s.logits.data());
-    }
-    s.timing.decode_seconds += SecondsSince(start);
+    for (int k = 0; k < n; ++k) step_ids[k] = results[slot_prompt[live[k]]].back();
+    s.DecodeStepAndPick(live.data(), step_ids.data(), n, device_pick, step_tokens.data(), s.timing.decode_seconds);
     int kept = 0;
     for (int k = 0; k < n; ++k) {
       const int slot = live[k];
-      const int token = device_pick ? step_tokens[k]
-                                      : s.samplers[slot].Sample(s.logits.data() + static_cast<size_t>(k) * vocab);
-      if (accept(slot, token)) {
+      if (accept(slot, step_tokens[k])) {
         live[kept++] = slot;
       } else {
         slot_prompt[slot] = -1;
