@@ -8,16 +8,16 @@ demand as float32 numpy arrays, so a quantizer can stream one layer at a time.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Protocol
+from typing import Iterator, Optional, Protocol
 
 import numpy as np
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 
 
 @dataclass
 class ModelConfig:
-    architecture: str  # "llama" | "qwen2"
+    architecture: str  # one of SUPPORTED_ARCHITECTURES
     name: str
     vocab_size: int
     hidden_size: int  # d
@@ -31,6 +31,17 @@ class ModelConfig:
     rms_norm_eps: float
     tie_word_embeddings: bool
     attention_bias: bool  # q/k/v biases (Qwen2)
+    # The decoder-layer description (docs/format.md); the defaults are Llama's.
+    norm_placement: str = "pre"  # "pre" | "sandwich" (Gemma 3's four norms per layer)
+    activation: str = "silu"  # "silu" | "gelu_tanh": the gated MLP's gate
+    qk_norm: bool = False  # per-head RMSNorm of q and k before rotary (Qwen3, Gemma 3)
+    attention_scale: Optional[float] = None  # None: 1/sqrt(head_dim)
+    embedding_scale: float = 1.0  # Gemma 3: sqrt(hidden_size)
+    final_logit_softcap: float = 0.0  # 0: off
+    sliding_window: int = 0  # 0: none
+    layer_types: Optional[list] = None  # [num_layers] of "full_attention" | "sliding_attention"
+    rope_local_theta: Optional[float] = None  # Gemma 3: sliding layers' base, unscaled
+    rope_scaling: Optional[dict] = None  # transformers' dict ("rope_type": linear | llama3 | yarn)
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:

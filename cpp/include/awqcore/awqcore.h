@@ -44,9 +44,29 @@ class InvalidArgument : public Error {
   using Error::Error;
 };
 
+// How a family's decoder layer differs from Llama's: read from the file's
+// metadata (docs/format.md, "The decoder-layer description"); one forward
+// pass reads it on every device.
+enum class NormPlacement { kPre, kSandwich };  // sandwich: Gemma 3's four norms
+enum class Activation { kSilu, kGeluTanh };     // the gated MLP's gate
+
+// The rotary frequencies' transform, as transformers' ROPE_INIT_FUNCTIONS.
+struct RopeScaling {
+  enum class Type { kNone, kLinear, kLlama3, kYarn };
+  Type type = Type::kNone;
+  double factor = 1.0;                       // linear, llama3, yarn
+  int original_max_position_embeddings = 0;  // llama3, yarn
+  double low_freq_factor = 1.0;              // llama3
+  double high_freq_factor = 4.0;             // llama3
+  double beta_fast = 32.0;                   // yarn
+  double beta_slow = 1.0;                    // yarn
+  bool truncate = true;                      // yarn
+  double attention_factor = 1.0;             // multiplies cos and sin (yarn)
+};
+
 // Hyperparameters read from the file's metadata (docs/format.md).
 struct ModelConfig {
-  std::string architecture;  // "llama" or "qwen2"
+  std::string architecture;  // "llama", "mistral", "qwen2", "qwen3" or "gemma3"
   std::string name;
   int vocab_size = 0;
   int hidden_size = 0;        // d
@@ -60,6 +80,17 @@ struct ModelConfig {
   float rms_norm_eps = 1e-5f;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // Qwen2: q/k/v carry biases
+  // The decoder-layer description (defaults: Llama).
+  NormPlacement norm_placement = NormPlacement::kPre;
+  Activation activation = Activation::kSilu;
+  bool qk_norm = false;                // per-head RMSNorm of q and k before rotary
+  float attention_scale = 0.0f;        // scores multiplier; the reader sets 1/sqrt(hd) by default
+  float embedding_scale = 1.0f;        // x = embed[ids] * embedding_scale
+  float final_logit_softcap = 0.0f;    // 0: off; c: logits = c * tanh(logits / c)
+  int sliding_window = 0;              // 0: none; W: keys p-W+1 .. p on sliding layers
+  std::vector<uint8_t> layer_sliding;  // [num_layers] 1: sliding layer (empty: none)
+  RopeScaling rope_scaling;            // applies to full-attention layers (all, without local theta)
+  float rope_local_theta = 0.0f;       // > 0: sliding layers' base, unscaled (Gemma 3)
   std::string quant_method;     // "rtn" or "awq"
   int bits = 4;
   int group_size = 0;
