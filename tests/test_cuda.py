@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import awqcore
+from checks import assert_context_dependent
 
 INFO = awqcore.cuda_device_info()
 pytestmark = pytest.mark.skipif(
@@ -38,6 +39,7 @@ def compare(path, prompt, n_new=32, max_seq_len=256):
     assert rel <= REL_TOL, rel
 
     cpu_tokens = cpu.generate(prompt, max_new_tokens=n_new, stop=[])
+    assert_context_dependent(cpu_tokens)
     gpu_tokens = gpu.generate(prompt, max_new_tokens=n_new, stop=[])
     if cpu_tokens != gpu_tokens:
         # Greedy paths may part where the CPU's top two logits nearly tie: the

@@ -31,17 +31,12 @@ from awqcore.awqbin import read_awqbin
 from awqcore.awqbin_source import AwqbinSource
 from awqcore.importers.synthetic import SyntheticSource, tiny_config
 from awqcore.reference import ReferenceModel
+from checks import assert_context_dependent
 
 TEXT = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, "
         "France. It is named after the engineer Gustave Eiffel, whose company designed it.")
 REL_TOL_TINY = 1e-5
 REL_TOL_SMOLLM2 = 1e-4
-
-
-def assert_context_dependent(tokens: list[int]) -> None:
-    """A greedy comparison only tests attention when the tokens vary: a model whose greedy
-    choice ignores the context repeats one token, and would pass with attention broken."""
-    assert len(set(tokens)) > 1, f"greedy output is one repeated token: {tokens}"
 
 
 def reference_of(path) -> ReferenceModel:
