@@ -7,7 +7,7 @@ demand as float32 numpy arrays, so a quantizer can stream one layer at a time.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterator, Optional, Protocol
 
 import numpy as np
@@ -53,9 +53,6 @@ class ModelConfig:
                              f"num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

@@ -187,10 +187,6 @@ class GGUFSource:
     def tensor_names(self) -> list[str]:
         return list(self._tensors)
 
-    def gguf_type(self, name: str) -> str:
-        """The GGUF storage type of a tensor, e.g. 'Q4_1' or 'F32'."""
-        return self._tensor(name).tensor_type.name
-
     @staticmethod
     def _dequantize(t: gguf.ReaderTensor, shape: tuple[int, ...]) -> np.ndarray:
         """The block-quantized tensor as float32 `shape`, dequantized in blocks of rows:
