@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
-python3 -m pytest tests -m "not slow" -ra "$@"
+python3 -m pytest tests -ra "$@"
