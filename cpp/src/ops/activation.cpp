@@ -5,13 +5,10 @@
 namespace awqcore {
 
 void SwiGlu(const float* gate, const float* up, int n, float* out, Isa isa) {
-#ifdef AWQCORE_HAVE_AVX2_KERNELS  // else activation_avx2.cpp is not built
   if (isa == Isa::kAvx2) {
     SwiGluAvx2(gate, up, n, out);
     return;
   }
-#endif
-  (void)isa;
   SwiGluScalar(gate, up, n, out);
 }
 

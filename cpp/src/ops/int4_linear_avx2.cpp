@@ -53,9 +53,6 @@
 namespace awqcore {
 namespace {
 
-using avx2::kTileColumns;
-
-constexpr int kGemmMinTokens = 4;  // below: GEMV per token (unpacking per token is cheaper than a tile pass)
 constexpr int kMaxGroups = 2048;   // group sums on the stack (8 KiB): in <= 65536 at g = 32
 
 // 8 codes (4 bytes, little-endian: code k in bits 4k..4k+3, which is column k
