@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 from pathlib import Path
 
+from ..atomic_write import atomic_write
 from ..source import SourceModel
 
 BUILTIN_MODELS = {
@@ -81,17 +81,11 @@ def qwen_coder_gguf_path() -> Path:
     target = cache_dir() / QWEN_CODER_FILE
     if not (target.is_file() and target.stat().st_size == total):
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for part in parts:
-                    with open(part, "rb") as src:
-                        while chunk := src.read(16 << 20):
-                            out.write(chunk)
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_write(target) as out:
+            for part in parts:
+                with open(part, "rb") as src:
+                    while chunk := src.read(16 << 20):
+                        out.write(chunk)
     with open(target, "rb") as f:
         magic = f.read(len(GGUF_MAGIC))
     if magic != GGUF_MAGIC:
