@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+import random
 
 import gguf
 import pytest
@@ -40,7 +41,13 @@ SAMPLES = [
 
 # --- a synthetic vocabulary, trained and written here --------------------------------------
 
-CORPUS = "\n".join(SAMPLES[:3] + SAMPLES[6:9]) * 2
+# Training text unlike the samples, and few merges, so that the samples are cut
+# into many pieces whose merge order matters.
+CORPUS = ("the then than that this these there their other brother rather weather "
+          "and sand band hand land stand and an a cat at hat fat 12 123 1234 2024 ... --- "
+          "quick quickly brown fox foxes jumps jumped over lazy dog dogs capital France "
+          "Paris fib(n): return if n < 2 print(fib(10)) Café naïve résumé Zürich Ελληνικά "
+          "don't I'll we've they're aaaa bbbb ==== ")
 
 
 def _train(corpus: str, n_merges: int) -> tuple[list[str], list[float]]:
@@ -71,11 +78,19 @@ def _train(corpus: str, n_merges: int) -> tuple[list[str], list[float]]:
 
 
 def synthetic_vocab() -> tuple[list[str], list[float], list[int]]:
-    pieces, piece_scores = _train(CORPUS, 400)
+    pieces, piece_scores = _train(CORPUS, 150)
     head = [("<unk>", T.UNKNOWN), ("<s>", T.CONTROL), ("</s>", T.CONTROL), ("<pad>", T.CONTROL)]
     user = ["<br>", "<b>", "</b>", "\n", "\n\n", "  ", "   ", "\t"]
     kept = [(p, s) for p, s in zip(pieces, piece_scores) if p not in user]
+    # Ids in shuffled order, so that neither id nor training order can stand in for
+    # the score; and one score in five swapped with a random other, so that a
+    # longer token may score below its competitors (llama.cpp takes any scores).
+    rng = random.Random(0)
+    rng.shuffle(kept)
     pieces, piece_scores = [p for p, _ in kept], [s for _, s in kept]
+    for i in rng.sample(range(len(pieces)), len(pieces) // 5):
+        j = rng.randrange(len(pieces))
+        piece_scores[i], piece_scores[j] = piece_scores[j], piece_scores[i]
     tokens = [t for t, _ in head] + [f"<0x{b:02X}>" for b in range(256)] + user + pieces
     types = [int(k) for _, k in head] + [int(T.BYTE)] * 256 + [int(T.USER_DEFINED)] * len(user) \
         + [int(T.NORMAL)] * len(pieces)
@@ -120,6 +135,18 @@ def synthetic(request, tmp_path_factory):
 def test_synthetic_ids_match_reference(synthetic, text):
     _, tokenizer, reference = synthetic
     assert tokenizer.encode(text).ids == reference.encode(text)
+
+
+def test_synthetic_random_texts_match_reference(synthetic):
+    """Random strings over the training text's characters (plus a few that need
+    byte fallback, and special tokens) put many overlapping pairs in competition,
+    where the merge order decides."""
+    _, tokenizer, reference = synthetic
+    rng = random.Random(1)
+    alphabet = list(CORPUS) + list("ö中é😀\t\n") + ["<s>", "<br>", "  "]
+    for _ in range(400):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 40)))
+        assert tokenizer.encode(text).ids == reference.encode(text), repr(text)
 
 
 def test_synthetic_vocabulary_exercises_every_path(synthetic):
@@ -239,6 +266,15 @@ GEMMA_EXTRA = ["<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n",
 def test_gemma3_ids_match_reference(gemma, text):
     _, _, tokenizer, reference = gemma
     assert tokenizer.encode(text).ids == reference.encode(text)
+
+
+def test_gemma3_random_texts_match_reference(gemma):
+    _, _, tokenizer, reference = gemma
+    rng = random.Random(2)
+    alphabet = list("".join(SAMPLES)) + ["<start_of_turn>", "<td>", "\n\n", "    "]
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 60)))
+        assert tokenizer.encode(text).ids == reference.encode(text), repr(text)
 
 
 def test_gemma3_known_ids(gemma):
