@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .awqbin import AwqbinWriter, read_awqbin
-from .quantize.int8_table import dequantize_int8_table
-from .quantize.rtn import SUPPORTED_GROUP_SIZES, pack_int4, unpack_int4
-from .source import iter_linears
+from ..awqbin import AwqbinWriter, read_awqbin
+from ..quantize.int8_table import dequantize_int8_table
+from ..quantize.rtn import SUPPORTED_GROUP_SIZES, pack_int4, unpack_int4
+from ..source import iter_linears
 
 ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a packed int32 holds column ORDER[i]
 _HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -155,9 +155,9 @@ def convert_hf(folder: str | os.PathLike, out_path: str | os.PathLike) -> dict:
     import torch
     from safetensors import safe_open
 
-    from .importers import expected_tensor_shapes
-    from .importers.hf_model import _config_from_json, _read_json, _tokenizer_info
-    from .quantize.pipeline import _layer_float_names, build_metadata
+    from . import expected_tensor_shapes
+    from .hf_model import _config_from_json, _read_json, _tokenizer_info
+    from ..quantize.pipeline import _layer_float_names, build_metadata
 
     folder = Path(folder)
     cfg = _read_json(folder / "config.json")
