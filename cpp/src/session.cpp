@@ -116,8 +116,9 @@ bool IsStop(const std::vector<int>& stop_ids, int token) {
 // exponent field (+ 0x00800000) then carries into bit 31, which the masked
 // value never has otherwise. The OR of those sums is a branch-free loop of
 // and/add/or that the compiler vectorizes with baseline SSE2 (4 floats per
-// 1-cycle step): vocab 49152 is ~12k steps, ~4 us, against milliseconds per
-// decode step, and the row was just written by the lm_head, so in cache.
+// 1-cycle step): vocab 49152 is ~12k steps, against milliseconds per decode
+// step (awqcore.h has the measurement), and the row was just written by the
+// lm_head, so it is in cache.
 int FirstNonFinite(const float* x, int n) {
   uint32_t carries = 0;
   for (int i = 0; i < n; ++i) {
