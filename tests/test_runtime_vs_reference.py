@@ -218,8 +218,9 @@ def test_ppl_command_matches_reference_perplexity(tiny_awqbin, tmp_path, capsys)
     reference's perplexity over the same windows. Each token's nll moves by at most
     2 * REL_TOL_TINY * max|logit| (~1e-4 here), so the perplexity by ~1e-4 relative, plus
     the printing's 3 decimals. --decode-path against the runtime's own decode-step
-    arithmetic (int8 activations, f16 KV cache: forward in calls of 8 tokens) over the
-    same windows: the same computation, so equal to the printed digits."""
+    arithmetic (int8 activations, f16 KV cache: forward in calls of
+    INT8_DECODE_MAX_TOKENS tokens) over the same windows: the same computation, so
+    equal to the printed digits."""
     from awqcore.cli import main
     from awqcore.evaluate import perplexity, token_windows
 
@@ -244,10 +245,11 @@ def test_ppl_command_matches_reference_perplexity(tiny_awqbin, tmp_path, capsys)
     output = capsys.readouterr().out
     assert "decode-step arithmetic" in output
     decode = _printed_perplexity(output)
-    decode_steps = perplexity(lambda w: decode_model.forward(w, chunk_tokens=8), windows,
+    step = awqcore.INT8_DECODE_MAX_TOKENS
+    decode_steps = perplexity(lambda w: decode_model.forward(w, chunk_tokens=step), windows,
                               progress=False)
     print(f"ppl command {ours:.3f}, torch reference {theirs.perplexity:.4f}, "
-          f"--decode-path {decode:.3f}, forward(chunk_tokens=8) {decode_steps.perplexity:.4f}")
+          f"--decode-path {decode:.3f}, forward(chunk_tokens={step}) {decode_steps.perplexity:.4f}")
     assert decode == pytest.approx(decode_steps.perplexity, rel=1e-6, abs=1e-3)
     # The int8 rounding is visible at the printed precision, so the line above tells
     # the decode-step arithmetic from the exact one.
