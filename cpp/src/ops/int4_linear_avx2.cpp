@@ -31,7 +31,7 @@
 //     while this one computes. Prefetching past the matrix's end is harmless
 //     (a prefetch never faults).
 //
-// Exact f32 GEMV (Int4RowsAvx2, < kGemmMinTokens tokens; the kFloat32 mode
+// Exact f32 GEMV (Int4RowsAvx2, < kTileMinTokens tokens; the kFloat32 mode
 // and widths that are no multiple of 64): per 8 weights 1 broadcast load of 4
 // code bytes, vpsrlvd, and, convert, FMA (32 ALU uops per 64 weights, ~3.5x
 // the W4A8 kernel's), the zero point out of the loop as above with exact
@@ -376,7 +376,7 @@ void GemmRows(const Int4Linear& layer, int row0, int rows, const float* x, int l
 void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                   int num_tokens, float* y, int ldy) {
   const int groups = layer.in / layer.group_size;
-  if (num_tokens >= kGemmMinTokens || groups > kMaxGroups) {
+  if (num_tokens >= kTileMinTokens || groups > kMaxGroups) {
     GemmRows(layer, row0, rows, x, ldx, num_tokens, y, ldy);
     return;
   }

@@ -29,9 +29,10 @@ namespace awqcore {
 // every allowed group size and of the int8 tables' 32-column blocks.
 constexpr int kRowBlock = 4;
 constexpr int kTileColumns = 256;
-// The AVX2 row kernels take the tiled path from this many tokens on; below it
-// they run a GEMV per token, as unpacking per token costs less than a tile pass.
-constexpr int kGemmMinTokens = 4;
+// From this many tokens the AVX2 row kernels dequantize a tile that serves
+// them all (GEMM); below, a GEMV per token (unpacking per token is cheaper
+// than a tile pass).
+constexpr int kTileMinTokens = 4;
 
 void Int4RowsScalar(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                     int num_tokens, float* y, int ldy);
