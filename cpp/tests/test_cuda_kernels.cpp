@@ -1,6 +1,6 @@
 // Each CUDA kernel family against its CPU scalar reference (cpp/src/ops/*.h,
 // Sampler::Pick for the token picks) on random data over odd shapes. Without CUDA (build or device) it prints
-// "skipped: ..." and exits 0, so ctest passes on CPU-only CI.
+// "skipped: ..." and exits 77, which ctest reports as skipped.
 //
 // Tolerances: a sum of n f32 products in any order is within
 // gamma(n) * sum|a_i b_i| of the exact sum, gamma(n) = n u / (1 - n u),
@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda_backend.h"
+#include "cuda_testing.h"
 #include "half.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
@@ -36,6 +36,10 @@ using awqtest::RandomFloats;
 using awqtest::RandomInt4;
 
 namespace {
+
+// The exit code of a run without CUDA (build or device): ctest reports the
+// test as skipped (SKIP_RETURN_CODE in cpp/tests/CMakeLists.txt), not passed.
+constexpr int kSkipped = 77;
 
 constexpr double kU = 5.9604644775390625e-08;  // 2^-24
 double Gamma(int n) { return n * kU / (1.0 - n * kU); }
@@ -134,34 +138,71 @@ TEST(f16_gemv_and_embedding_match_reference) {
 
     std::vector<int> ids(n);
     for (int& id : ids) id = static_cast<int>(rng() % rows);
+    // Scaled as Gemma's sqrt(d): one f32 product per element on both sides.
+    const float scale = std::sqrt(static_cast<float>(d));
     std::vector<float> emb_want(static_cast<size_t>(n) * d), emb_got(emb_want.size());
     EmbeddingGather(table, ids.data(), n, emb_want.data());
-    cuda_test::Embedding(w.data(), rows, d, ids.data(), n, emb_got.data());
-    CheckClose("embedding (exact)", emb_got, emb_want, std::vector<double>(emb_want.size(), 0.0));
+    for (float& e : emb_want) e *= scale;
+    cuda_test::Embedding(w.data(), rows, d, ids.data(), n, scale, emb_got.data());
+    CheckClose("embedding x sqrt(d) (exact)", emb_got, emb_want, std::vector<double>(emb_want.size(), 0.0));
   }
 }
 
-TEST(rmsnorm_and_swiglu_match_reference) {
+TEST(rmsnorm_matches_reference) {
+  // Rows of d = 64 .. 4100, and rows of hd = 256 as the per-head q/k norms
+  // run them (n * heads rows); with a residual: the sandwich norms' add.
   std::mt19937 rng(3);
-  for (int d : {64, 576, 4100}) {
-    const int n = 3;
+  const int cases[][2] = {{64, 3}, {576, 3}, {4100, 3}, {256, 4 * 7}};  // d, rows
+  for (const auto& c : cases) {
+    const int d = c[0], n = c[1];
     std::vector<float> x = RandomFloats(static_cast<size_t>(n) * d, rng, -3.f, 3.f), w = RandomFloats(d, rng);
+    std::vector<float> residual = RandomFloats(x.size(), rng, -3.f, 3.f);
     std::vector<float> want(x.size()), got(x.size());
     RmsNormReference(x.data(), w.data(), d, 1e-5f, n, want.data());
-    cuda_test::RmsNorm(x.data(), w.data(), d, 1e-5f, n, got.data());
+    cuda_test::RmsNorm(x.data(), w.data(), d, 1e-5f, n, nullptr, got.data());
     // Sum of d squares (gamma(d)), rsqrt (2 ulp), two products.
     std::vector<double> tol(want.size());
     for (size_t i = 0; i < tol.size(); ++i) tol[i] = (Gamma(d) + 8 * kU) * std::fabs(want[i]) + 1e-30;
     CheckClose(("rmsnorm d" + std::to_string(d)).c_str(), got, want, tol);
+    // + residual: one more rounding, of the sum.
+    for (size_t i = 0; i < tol.size(); ++i) {
+      want[i] += residual[i];
+      tol[i] += kU * (std::fabs(want[i]) + tol[i]);
+    }
+    cuda_test::RmsNorm(x.data(), w.data(), d, 1e-5f, n, residual.data(), got.data());
+    CheckClose(("residual + rmsnorm d" + std::to_string(d)).c_str(), got, want, tol);
   }
+}
+
+TEST(gated_activations_match_reference) {
+  std::mt19937 rng(13);
   const int n = 10007;
   std::vector<float> g = RandomFloats(n, rng, -8.f, 8.f), u = RandomFloats(n, rng, -2.f, 2.f);
   std::vector<float> want(n), got(n);
   SwiGluReference(g.data(), u.data(), n, want.data());
-  cuda_test::SwiGlu(g.data(), u.data(), n, got.data());
+  cuda_test::GatedActivation(Activation::kSilu, g.data(), u.data(), n, got.data());
   std::vector<double> tol(n);
   for (int i = 0; i < n; ++i) tol[i] = 8 * kU * std::fabs(want[i]) + 1e-30;  // expf, 1 div, 2 mul
   CheckClose("swiglu", got, want, tol);
+}
+
+TEST(soft_cap_matches_reference) {
+  // cap tanh(x / cap) against double: 1/cap, the product, tanhf (2 ulp; tanh
+  // passes its argument's relative error on at most 1x) and the final
+  // product: <= 6 ulp, checked at 8 u |want|. Values on both sides of the
+  // cap, Gemma 2's 30 and 50.
+  std::mt19937 rng(14);
+  for (float cap : {30.f, 50.f}) {
+    const int n = 4099;
+    std::vector<float> x = RandomFloats(n, rng, -4 * cap, 4 * cap), got(n), want(n);
+    std::vector<double> tol(n);
+    for (int i = 0; i < n; ++i) {
+      want[i] = static_cast<float>(cap * std::tanh(static_cast<double>(x[i]) / cap));
+      tol[i] = 8 * kU * std::fabs(want[i]) + 1e-30;
+    }
+    cuda_test::SoftCap(x.data(), n, cap, got.data());
+    CheckClose(("soft-cap " + std::to_string(static_cast<int>(cap))).c_str(), got, want, tol);
+  }
 }
 
 constexpr float kTheta = 10000.f;
@@ -186,8 +227,10 @@ AttentionRun RunRopeAttention(const AttentionShape& shape, int start, int n, int
   r.q_gpu = r.q;
   r.k_gpu.resize(n * kvw);
   r.out.resize(n * qw);
-  cuda_test::RopeAttention(shape, kTheta, start, n, cache_k.data(), cache_v.data(), r.q_gpu.data(), r.k.data(),
-                           v.data(), r.k_gpu.data(), r.out.data(), sequence, prefill_kernel);
+  const RopeTable rope(shape.head_dim, kTheta, start + n);
+  cuda_test::RopeAttention(shape, 1.f / std::sqrt(static_cast<float>(shape.head_dim)), 0, rope, start, n,
+                           cache_k.data(), cache_v.data(), r.q_gpu.data(), r.k.data(), v.data(), r.k_gpu.data(),
+                           r.out.data(), sequence, prefill_kernel);
   // f16 values of the old rows and of v; the GPU's rotated k rows.
   r.kc.resize((start + n) * kvw);
   r.vc.resize(r.kc.size());
@@ -374,7 +417,7 @@ int main() {
   const std::string info = CudaDeviceInfo();
   if (!BuiltWithCuda() || info.rfind("no CUDA device", 0) == 0) {
     std::printf("skipped: %s\n", BuiltWithCuda() ? "no CUDA device" : "built without CUDA");
-    return 0;
+    return kSkipped;
   }
   std::printf("device: %s\n", info.c_str());
   return awqtest::RunAll();
