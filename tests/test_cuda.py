@@ -121,6 +121,65 @@ def test_prefill_attention_on_tensor_cores_matches_cpu(arch, head_dim, tmp_path)
     compare(path, rng.integers(0, config.vocab_size, size=300).tolist(), n_new=24, max_seq_len=512)
 
 
+def family_model(family, tmp_path, **overrides):
+    """A tiny model of `family` with every option of its decoder-layer
+    description on (importers/synthetic.py), quantized RTN g32; skips when
+    this tree's synthetic importer does not know the family."""
+    from awqcore.importers.synthetic import SyntheticSource, tiny_config
+    from awqcore.quantize.pipeline import quantize_model
+
+    try:
+        config = tiny_config(family, **overrides)
+    except (ValueError, TypeError) as e:
+        pytest.skip(f"no tiny {family} model here: {e}")
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{family}.awqbin"
+    quantize_model(SyntheticSource(config, seed=5), path, method="rtn", group_size=32, progress=False)
+    return config, path
+
+
+@needs_gpu
+@pytest.mark.parametrize("family", ["llama3", "mistral", "qwen3", "gemma3"])
+def test_layer_descriptions_match_cpu(family, tmp_path):
+    """The decoder-layer description on the GPU: llama3 rope scaling, mistral's
+    sliding window on every layer, qwen3's q/k norms (H*hd != d) and yarn
+    (attention factor on cos/sin), gemma3's sandwich norms, GELU-tanh,
+    embedding and attention scales, soft-cap, a sliding and a full layer with
+    their own rotary bases. 100 tokens run past the window (8) and the
+    scaling's original context (32) through the prefill GEMM, then decode
+    steps (the split kernel) read windows of the cache."""
+    config, path = family_model(family, tmp_path)
+    rng = np.random.default_rng(4)
+    compare(path, rng.integers(0, config.vocab_size, size=100).tolist(), n_new=24, max_seq_len=160)
+
+
+@needs_gpu
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_sliding_window_on_tensor_core_prefill_matches_cpu(head_dim, tmp_path):
+    """Gemma 3's description at head dims the tensor-core prefill attention
+    takes: a 300-token prompt is a chunk of 256 through it (windows of 8 and
+    80 keys inside and across its 64-key tiles) and one of 44 through the
+    split kernel."""
+    for window in (8, 80):
+        config, path = family_model("gemma3", tmp_path / f"window{window}", hidden_size=2 * head_dim, num_heads=2,
+                                    num_kv_heads=1, head_dim=head_dim, intermediate_size=4 * head_dim,
+                                    attention_scale=head_dim ** -0.5, sliding_window=window,
+                                    max_position_embeddings=512)
+        rng = np.random.default_rng(window)
+        compare(path, rng.integers(0, config.vocab_size, size=300).tolist(), n_new=16, max_seq_len=512)
+
+
+@needs_gpu
+def test_head_dim_256_uses_the_split_kernel(tmp_path):
+    """Gemma 3 270M's head_dim 256: prefill chunks too go through the split
+    kernel (the tensor-core one takes 64 and 128)."""
+    config, path = family_model("gemma3", tmp_path, hidden_size=256, num_heads=2, num_kv_heads=1,
+                                head_dim=256, intermediate_size=512, attention_scale=256 ** -0.5,
+                                max_position_embeddings=512)
+    rng = np.random.default_rng(9)
+    compare(path, rng.integers(0, config.vocab_size, size=120).tolist(), n_new=16, max_seq_len=256)
+
+
 @needs_gpu
 def test_batched_generation_equals_one_by_one(tiny_awqbin):
     """Several sequences in one decode step on the GPU: each token of a step
