@@ -145,7 +145,7 @@ def family_config(family: str) -> ModelConfig:
 
 class SharpSource:
     """SourceModel of one family with weights strong enough that greedy tokens depend on
-    the context (the 0.02-std synthetic weights make every context continue alike):
+    the context, sharper still than SyntheticSource's variance-1/in matrices:
     embeddings N(0, 1), linears N(0, (gain²)/in) with q/k gain 2 so attention is peaked,
     norm multipliers 1 + 0.3·N(0, 1) and biases N(0, 0.3²), so that a (1 + w) or a
     bias mistake moves the logits by O(1)."""
