@@ -1,13 +1,12 @@
-// The model as the forward pass sees it: config plus typed pointers into the
-// mapped file. Built and validated by LoadModelWeights (model_loader.cpp); the
-// compute code (transformer.cpp) trusts these shapes.
+// The model as the forward pass sees it: typed pointers into the mapped file.
+// Built and validated by LoadModelWeights (model_loader.h); the compute code
+// (transformer.cpp) trusts these shapes.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "awqcore/awqcore.h"
-#include "awqbin_file.h"
 
 namespace awqcore {
 
@@ -40,16 +39,25 @@ struct EmbeddingTable {
   const void* data() const { return f16 != nullptr ? static_cast<const void*>(f16) : q8; }
 };
 
+// Norm weights are the multipliers of the normalized vector (Gemma's 1 + w
+// already added in the file). The norms' roles follow the file's names:
+//   pre placement:      x += o(attn(input_norm(x)));  x += mlp(post_norm(x))
+//   sandwich placement: x += post_norm(o(attn(input_norm(x))));
+//                       x += post_ffn_norm(mlp(pre_ffn_norm(x)))
 struct LayerWeights {
-  const float* input_norm = nullptr;  // [d]
-  Int4Linear q;                       // [H*hd, d]
-  Int4Linear k;                       // [KV*hd, d]
-  Int4Linear v;                       // [KV*hd, d]
-  Int4Linear o;                       // [d, H*hd]
-  const float* post_norm = nullptr;   // [d]
-  Int4Linear gate;                    // [ffn, d]
-  Int4Linear up;                      // [ffn, d]
-  Int4Linear down;                    // [d, ffn]
+  const float* input_norm = nullptr;     // [d]
+  Int4Linear q;                          // [H*hd, d]
+  Int4Linear k;                          // [KV*hd, d]
+  Int4Linear v;                          // [KV*hd, d]
+  const float* q_norm = nullptr;         // [hd] with qk_norm, else nullptr
+  const float* k_norm = nullptr;         // [hd] with qk_norm, else nullptr
+  Int4Linear o;                          // [d, H*hd]
+  const float* post_norm = nullptr;      // [d] post_attention_layernorm
+  const float* pre_ffn_norm = nullptr;   // [d] sandwich only, else nullptr
+  const float* post_ffn_norm = nullptr;  // [d] sandwich only, else nullptr
+  Int4Linear gate;                       // [ffn, d]
+  Int4Linear up;                         // [ffn, d]
+  Int4Linear down;                       // [d, ffn]
 };
 
 struct ModelWeights {
@@ -58,12 +66,5 @@ struct ModelWeights {
   const float* final_norm = nullptr;     // [d]
   std::vector<LayerWeights> layers;      // [num_layers]
 };
-
-// Reads ModelConfig from the metadata and resolves every tensor the
-// architecture needs, checking dtype and shape. Throws FormatError naming the
-// missing/mismatched tensor or bad hyperparameter, and InvalidArgument... never.
-// Unknown architecture -> FormatError "unknown architecture 'x' (supported: llama, qwen2)".
-ModelConfig ReadModelConfig(const AwqbinFile& file);
-ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config);
 
 }  // namespace awqcore
