@@ -191,8 +191,8 @@ void ReadLayerDescription(const AwqbinFile& file, ModelConfig& c) {
                  std::to_string(c.sliding_window));
   c.layer_sliding.clear();
   if (Has(file, "model.layer_types")) {
-    std::optional<std::vector<int64_t>> types = file.GetIntArray("model.layer_types");
-    if (!types) FailFormat("model.layer_types must be an i64 array");
+    // Present (Has), so GetIntArray returns it or throws naming its type.
+    const std::optional<std::vector<int64_t>> types = file.GetIntArray("model.layer_types");
     if (types->size() != static_cast<size_t>(c.num_layers)) {
       FailFormat("model.layer_types has ", types->size(), " entries, model.num_layers=", c.num_layers);
     }
