@@ -38,6 +38,11 @@ class RopeTable {
   // out may be x.
   void RotateHead(const float* x, int position, float* out) const;
 
+  // The tables [max_positions, head_dim / 2], as Apply reads them (the CUDA
+  // backend uploads these, so both devices rotate by the same factors).
+  const std::vector<float>& cos_table() const { return cos_; }
+  const std::vector<float>& sin_table() const { return sin_; }
+
  private:
   int head_dim_;
   std::vector<float> cos_;  // [max_positions, head_dim / 2]  a * cos(pos * f_i)
