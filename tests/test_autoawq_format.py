@@ -178,3 +178,13 @@ def test_convert_rejects_other_quantizations(tmp_path):
     with pytest.raises(ValueError, match=r"quantization_config.version is 'gemv'; only "
                                          r"version='gemm'"):
         convert_hf(folder, tmp_path / "x.awqbin")
+
+
+def test_export_refuses_what_the_family_config_cannot_express(tmp_path):
+    # transformers' Gemma 3 always multiplies the embedding by sqrt(hidden_size).
+    source = SyntheticSource(tiny_config("gemma3", embedding_scale=2.0), seed=1)
+    quantize_model(source, tmp_path / "m.awqbin", method="rtn", group_size=32, progress=False)
+    with pytest.raises(ValueError, match=r"Gemma3ForCausalLM config.json cannot express this "
+                                         r"model: embedding_scale 2.0 -> 8.0"):
+        export_hf(tmp_path / "m.awqbin", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
