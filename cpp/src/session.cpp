@@ -112,18 +112,21 @@ bool IsStop(const std::vector<int>& stop_ids, int token) {
 }
 
 // Index of the first NaN or infinity in x[0 .. n), or -1. A float is not
-// finite exactly when its exponent bits are all ones, i.e. when its bits
-// without the sign are >= 0x7f800000; the max over those is a branch-free
-// loop the compiler vectorizes, so the common all-finite case costs one read
-// of the row (vocab * 4 bytes, just written by the lm_head, so in cache).
+// finite exactly when its exponent bits are all ones; adding 1 to the
+// exponent field (+ 0x00800000) then carries into bit 31, which the masked
+// value never has otherwise. The OR of those sums is a branch-free loop of
+// and/add/or that the compiler vectorizes with baseline SSE2 (4 floats per
+// 1-cycle step): vocab 49152 is ~12k steps, against milliseconds per decode
+// step (awqcore.h has the measurement), and the row was just written by the
+// lm_head, so it is in cache.
 int FirstNonFinite(const float* x, int n) {
-  uint32_t largest = 0;
+  uint32_t carries = 0;
   for (int i = 0; i < n; ++i) {
     uint32_t bits;
     std::memcpy(&bits, x + i, sizeof bits);
-    largest = std::max(largest, bits & 0x7fffffffu);
+    carries |= (bits & 0x7f800000u) + 0x00800000u;
   }
-  if (largest < 0x7f800000u) return -1;
+  if (!(carries & 0x80000000u)) return -1;
   for (int i = 0; i < n; ++i) {
     if (!std::isfinite(x[i])) return i;
   }
