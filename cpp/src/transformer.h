@@ -139,7 +139,8 @@ class Transformer final : public ForwardPass {
   std::vector<int> token_seq_;  // [T] sequence of token t
   std::vector<int> token_pos_;  // [T] its position in that sequence
 
-  // Scratch, C = chunk_tokens_.
+  // Scratch, C = chunk_tokens_ (cpu_memory.cpp counts these buffers for the
+  // memory check a Session makes before constructing the Transformer).
   std::vector<float> x_;         // [C, d]       residual stream
   std::vector<float> h_;         // [C, d]       normalized input of a block
   std::vector<float> q_;         // [C, H * hd]
