@@ -42,6 +42,10 @@ void SwiGluAvx2(const float* gate, const float* up, int n, float* out) {
   SwiGluScalar(gate, up, n, out);
 }
 
+void GeGluAvx2(const float* gate, const float* up, int n, float* out) {
+  GeGluScalar(gate, up, n, out);
+}
+
 template <typename CacheT>
 void AttendRowsAvx2(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
                     int hd, int key_begin, int key_end) {
