@@ -391,7 +391,9 @@ TEST(fused_qkv_and_swiglu_match_separate_references) {
           for (size_t j = 0; j < refs[i].size(); ++j) {
             const int t = static_cast<int>(j) / layers[i]->out, r = static_cast<int>(j) % layers[i]->out;
             const RandomInt4& w = i == 0 ? q : i == 1 ? k : v;
-            CHECK(std::fabs(static_cast<double>(outs1[i][j]) - refs[i][j]) <= Bound(w.layer, r, a.data() + t * d));
+            CHECK_LE(std::fabs(static_cast<double>(outs1[i][j]) - refs[i][j]), Bound(w.layer, r, a.data() + t * d),
+                     awqtest::Case(IsaName(isa), " ", "qkv"[i], "_proj group=", g, " tokens=", tokens,
+                                   " token=", t, " row=", r));
           }
         }
         // SwiGLU: reference gate and up, then the reference activation. The
@@ -442,7 +444,8 @@ TEST(swiglu_kernels_match_reference) {
     double worst = 0.0;
     for (int i = 1; i <= n; ++i) {
       const double diff = std::fabs(static_cast<double>(y[i]) - ref[i]);
-      CHECK(diff <= 8 * kUnitRoundoff * std::fabs(ref[i]) + 1.4e-36);
+      CHECK_LE(diff, 8 * kUnitRoundoff * std::fabs(ref[i]) + 1.4e-36,
+               awqtest::Case(IsaName(isa), " n=", n, " element=", i, " gate=", gate[i], " up=", up[i]));
       if (std::fabs(ref[i]) > 1e-30) worst = std::max(worst, diff / std::fabs(ref[i]));
     }
     std::printf("  %s swiglu: max relative error %.3g (%.2f u)\n", IsaName(isa), worst, worst / kUnitRoundoff);
