@@ -154,6 +154,13 @@ class PyModel {
     const awqcore::Session::Timing t = session_->last_timing();
     return {t.prefill_seconds, t.decode_seconds};
   }
+  std::vector<std::string> last_stop_reasons() const {
+    std::vector<std::string> names;
+    for (awqcore::StopReason r : session_->last_stop_reasons()) {
+      names.emplace_back(awqcore::StopReasonName(r));
+    }
+    return names;
+  }
 
  private:
   static awqcore::GenerateOptions Options(int max_new_tokens, float temperature, int top_k,
@@ -199,6 +206,7 @@ NB_MODULE(_core, m) {
   m.def("version", &awqcore::Version);
   m.def("built_with_cuda", &awqcore::BuiltWithCuda);
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
+  m.attr("int8_decode_max_tokens") = awqcore::kInt8DecodeMaxTokens;
 
   nb::class_<PyModel>(m, "Model")
       .def(nb::init<const std::string&, int, int, bool, const std::string&, int,
@@ -216,5 +224,6 @@ NB_MODULE(_core, m) {
            "stop"_a.none())
       .def("reset", &PyModel::reset)
       .def("position", &PyModel::position)
-      .def("last_timing", &PyModel::last_timing);
+      .def("last_timing", &PyModel::last_timing)
+      .def("last_stop_reasons", &PyModel::last_stop_reasons);
 }

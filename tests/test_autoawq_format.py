@@ -1,4 +1,4 @@
-"""AutoAWQ GEMM export/import (awqcore.autoawq_format) against the format's definition."""
+"""AutoAWQ GEMM export/import (awqcore.importers.autoawq_format) against the format's definition."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from awqcore.autoawq_format import convert_hf, export_hf, pack_gemm, to_gemm
+from awqcore.importers.autoawq_format import convert_hf, export_hf, pack_gemm, to_gemm
 from awqcore.awqbin import read_awqbin
 from awqcore.importers.synthetic import SyntheticSource, tiny_config
 from awqcore.quantize import quantize_model

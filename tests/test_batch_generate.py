@@ -57,7 +57,6 @@ def test_bad_batches_name_the_prompt(tiny):
         (lambda: model.generate([[1], []]), "prompt 1: empty prompt"),
         (lambda: model.generate([[1], [2], [3, vocab]]),
          f"prompt 2: token id {vocab} at position 1 is out of range"),
-        (lambda: model.generate([[1], ["a"]]), "prompt 1: expected a sequence of integer"),
         (lambda: model.generate([list(range(1, 50)), [1]]), "prompt 0: .*max_seq_len 48"),
         (lambda: model.generate([[1], [2]], max_new_tokens=-1), "max_new_tokens"),
         (lambda: model.generate([[1], [2]], top_p=0.0), "top_p"),
@@ -68,6 +67,8 @@ def test_bad_batches_name_the_prompt(tiny):
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+    with pytest.raises(TypeError, match="prompt 1: token id at position 0 is str 'a'"):
+        model.generate([[1], ["a"]])
     assert model.generate([[1], [2, 3]], max_new_tokens=2, stop=[]) == \
         [model.generate([1], max_new_tokens=2, stop=[]), model.generate([2, 3], max_new_tokens=2, stop=[])]
 

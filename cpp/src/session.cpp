@@ -4,10 +4,13 @@
 // allocated in the constructor.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstring>
 #include <string>
 #include <thread>
 
 #include "awqcore/awqcore.h"
+#include "cpu_memory.h"
 #include "cuda_backend.h"
 #include "model_impl.h"
 #include "sampler.h"
@@ -108,6 +111,46 @@ bool IsStop(const std::vector<int>& stop_ids, int token) {
   return std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
 }
 
+// Index of the first NaN or infinity in x[0 .. n), or -1. A float is not
+// finite exactly when its exponent bits are all ones, i.e. when its bits
+// without the sign are >= 0x7f800000; the max over those is a branch-free
+// loop the compiler vectorizes, so the common all-finite case costs one read
+// of the row (vocab * 4 bytes, just written by the lm_head, so in cache).
+int FirstNonFinite(const float* x, int n) {
+  uint32_t largest = 0;
+  for (int i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    largest = std::max(largest, bits & 0x7fffffffu);
+  }
+  if (largest < 0x7f800000u) return -1;
+  for (int i = 0; i < n; ++i) {
+    if (!std::isfinite(x[i])) return i;
+  }
+  return -1;
+}
+
+// Marks a Session busy for the length of one call, so that a call from inside
+// Generate's on_token (the same thread; a Session is not thread-safe) is an
+// Error instead of corrupting the caches the outer call is using.
+class BusyScope {
+ public:
+  BusyScope(bool& busy, const char* method) : busy_(busy) {
+    if (busy_) {
+      throw Error(std::string("Session::") + method +
+                  " called while this Session is generating (from its on_token callback?); "
+                  "a Session runs one call at a time: use a second Session on the same Model");
+    }
+    busy_ = true;
+  }
+  ~BusyScope() { busy_ = false; }
+  BusyScope(const BusyScope&) = delete;
+  BusyScope& operator=(const BusyScope&) = delete;
+
+ private:
+  bool& busy_;
+};
+
 }  // namespace
 
 struct Session::Impl {
@@ -120,7 +163,8 @@ struct Session::Impl {
         pool(device_in == Device::kCpu ? num_threads : 1),
         transformer(*model, max_seq_len, max_batch_in, pool, device_in, activations),
         logits(static_cast<size_t>(max_batch_in) * config.vocab_size),
-        step_picks(max_batch_in) {
+        step_picks(max_batch_in),
+        slot_prompt(max_batch_in, -1) {
     // Built in place: a copy of a Sampler would not keep the reserved
     // capacity that lets Observe run without allocating.
     samplers.reserve(max_batch_in);
@@ -147,10 +191,24 @@ struct Session::Impl {
     }
   }
 
+  // Throws Error when the logits row of sequence `seq` (just computed for its
+  // next token) holds a NaN or infinity: sampling from it would return an
+  // arbitrary token (greedy: the last id) for every step after.
+  void CheckLogitsFinite(const float* row, int seq) const {
+    const int bad = FirstNonFinite(row, config.vocab_size);
+    if (bad < 0) return;
+    const std::string whose =
+        slot_prompt[seq] >= 0 ? "prompt " + std::to_string(slot_prompt[seq]) + "'s" : "the";
+    throw Error("the logits of " + whose + " next token are not finite (token id " +
+                std::to_string(bad) + ": " + std::to_string(row[bad]) +
+                "); the weights are corrupt or the arithmetic overflowed. Check the file with "
+                "`awqcore inspect --verify`");
+  }
+
   // Appends ids[0 .. n) to sequence `seq` and returns the token samplers[seq]
   // picks after them: on the device when it can (only the id crosses), else
-  // from the last logits on the host. Adds the forward pass's wall time to
-  // `seconds`.
+  // from the last logits on the host (Error if not finite). Adds the forward
+  // pass's wall time to `seconds`.
   int ForwardAndPick(int seq, const int* ids, int n, bool device_pick, double& seconds) {
     Sampler& sampler = samplers[seq];
     const Clock::time_point start = Clock::now();
@@ -161,6 +219,7 @@ struct Session::Impl {
     }
     transformer.Forward(seq, ids, n, Transformer::Logits::kLastOnly, logits.data());
     seconds += SecondsSince(start);
+    CheckLogitsFinite(logits.data(), seq);
     return sampler.Sample(logits.data());
   }
 
@@ -180,7 +239,9 @@ struct Session::Impl {
     transformer.DecodeStep(seqs, ids, n, logits.data());
     seconds += SecondsSince(start);
     for (int k = 0; k < n; ++k) {
-      tokens[k] = samplers[seqs[k]].Sample(logits.data() + static_cast<size_t>(k) * config.vocab_size);
+      float* row = logits.data() + static_cast<size_t>(k) * config.vocab_size;
+      CheckLogitsFinite(row, seqs[k]);
+      tokens[k] = samplers[seqs[k]].Sample(row);
     }
   }
 
@@ -189,6 +250,16 @@ struct Session::Impl {
   int Budget(const GenerateOptions& options, size_t prompt_length) const {
     return std::min(options.max_new_tokens,
                     transformer.max_seq_len() - static_cast<int>(prompt_length));
+  }
+
+  // Why a sequence that produced `tokens` stopped when the loop ended it
+  // without a callback: its last token is a stop id, or it used its budget
+  // (max_new_tokens, or fewer because the context is full).
+  static StopReason ReasonAfter(const std::vector<int>& tokens, const std::vector<int>& stop_ids,
+                                const GenerateOptions& options) {
+    if (!tokens.empty() && IsStop(stop_ids, tokens.back())) return StopReason::kStopToken;
+    return static_cast<int>(tokens.size()) == options.max_new_tokens ? StopReason::kMaxNewTokens
+                                                                     : StopReason::kContextFull;
   }
 
   std::shared_ptr<const Model> model;  // keeps the weights mapped
@@ -201,6 +272,9 @@ struct Session::Impl {
   Session::Timing timing;         // of the last Generate / GenerateBatch
   std::vector<float> logits;      // [max_batch, vocab] of the positions being sampled
   std::vector<TokenPick> step_picks;  // [max_batch] a device decode step's picks
+  std::vector<StopReason> stop_reasons;  // of the last Generate / GenerateBatch, per prompt
+  std::vector<int> slot_prompt;          // [max_batch] GenerateBatch's prompt in each slot, -1: none
+  bool busy = false;                     // a call is running (BusyScope)
 };
 
 Session::Session(std::shared_ptr<const Model> model, int max_seq_len, int num_threads,
@@ -209,6 +283,10 @@ Session::Session(std::shared_ptr<const Model> model, int max_seq_len, int num_th
   CheckMaxSeqLen(max_seq_len);
   CheckMaxBatch(max_batch);
   const int threads = ResolveThreadCount(num_threads);
+  if (device == Device::kCpu) {
+    CheckCpuSessionFits(model->impl().config, max_seq_len, max_batch,
+                        activations == CpuActivations::kInt8Decode, QueryMachineMemory());
+  }
   impl_ = std::make_unique<Impl>(std::move(model), max_seq_len, threads, device, max_batch,
                                  activations);
 }
@@ -216,6 +294,7 @@ Session::Session(std::shared_ptr<const Model> model, int max_seq_len, int num_th
 Session::~Session() = default;
 
 std::vector<float> Session::Forward(const std::vector<int>& ids) {
+  BusyScope busy(impl_->busy, "Forward");
   impl_->ValidateIds(ids, impl_->transformer.position(), "input");
   std::vector<float> logits(ids.size() * static_cast<size_t>(impl_->config.vocab_size));
   impl_->transformer.Forward(0, ids.data(), static_cast<int>(ids.size()),
@@ -226,6 +305,8 @@ std::vector<float> Session::Forward(const std::vector<int>& ids) {
 std::vector<int> Session::Generate(const std::vector<int>& prompt, const GenerateOptions& options,
                                    const TokenCallback& on_token) {
   Impl& s = *impl_;
+  BusyScope busy(s.busy, "Generate");
+  s.stop_reasons.clear();
   // Validate everything before touching the cache.
   CheckMaxNewTokens(options.max_new_tokens);
   Sampler::Validate(options.sampling);
@@ -233,6 +314,7 @@ std::vector<int> Session::Generate(const std::vector<int>& prompt, const Generat
   const std::vector<int>& stop_ids = options.stop_ids ? *options.stop_ids : s.config.eos_token_ids;
 
   Sampler& sampler = s.samplers[0];
+  s.slot_prompt.assign(s.max_batch, -1);
   s.transformer.Reset();
   sampler.Start(options.sampling);
   for (int token : prompt) sampler.Observe(token);
@@ -246,20 +328,28 @@ std::vector<int> Session::Generate(const std::vector<int>& prompt, const Generat
   const int budget = s.Budget(options, prompt.size());
   std::vector<int> generated;
   generated.reserve(budget);
+  bool callback_stopped = false;
   for (int i = 0; i < budget; ++i) {
     const int token =
         i == 0 ? after_prompt : s.ForwardAndPick(0, &generated.back(), 1, device_pick, s.timing.decode_seconds);
     generated.push_back(token);
     sampler.Observe(token);
-    if (on_token && !on_token(token)) break;
+    if (on_token && !on_token(token)) {
+      callback_stopped = true;
+      break;
+    }
     if (IsStop(stop_ids, token)) break;
   }
+  s.stop_reasons.assign(1, callback_stopped ? StopReason::kCallback
+                                            : Impl::ReasonAfter(generated, stop_ids, options));
   return generated;
 }
 
 std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vector<int>>& prompts,
                                                      const GenerateOptions& options) {
   Impl& s = *impl_;
+  BusyScope busy(s.busy, "GenerateBatch");
+  s.stop_reasons.clear();
   // Validate everything before touching the caches.
   if (prompts.empty()) throw InvalidArgument("no prompts: pass at least one");
   CheckMaxNewTokens(options.max_new_tokens);
@@ -276,7 +366,8 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
   // loop allocates nothing beyond the results' reserved storage.
   std::vector<std::vector<int>> results(prompts.size());
   std::vector<int> budgets(prompts.size());
-  std::vector<int> slot_prompt(s.max_batch, -1);
+  std::vector<int>& slot_prompt = s.slot_prompt;
+  slot_prompt.assign(s.max_batch, -1);
   std::vector<int> live;  // [<= max_batch]
   live.reserve(s.max_batch);
   std::vector<int> step_ids(s.max_batch);
@@ -336,11 +427,19 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
     }
     live.resize(kept);
   }
+  s.stop_reasons.reserve(results.size());
+  for (const std::vector<int>& tokens : results) {
+    s.stop_reasons.push_back(Impl::ReasonAfter(tokens, stop_ids, options));
+  }
   return results;
 }
 
 Session::Timing Session::last_timing() const { return impl_->timing; }
-void Session::Reset() { impl_->transformer.Reset(); }
+const std::vector<StopReason>& Session::last_stop_reasons() const { return impl_->stop_reasons; }
+void Session::Reset() {
+  BusyScope busy(impl_->busy, "Reset");
+  impl_->transformer.Reset();
+}
 int Session::position() const { return impl_->transformer.position(); }
 int Session::max_seq_len() const { return impl_->transformer.max_seq_len(); }
 int Session::max_batch() const { return impl_->max_batch; }
@@ -348,5 +447,15 @@ int Session::num_threads() const { return impl_->pool.num_threads(); }
 Device Session::device() const { return impl_->device; }
 uint64_t Session::device_memory_bytes() const { return impl_->transformer.device_bytes(); }
 const Model& Session::model() const { return *impl_->model; }
+
+const char* StopReasonName(StopReason reason) {
+  switch (reason) {
+    case StopReason::kStopToken: return "stop_token";
+    case StopReason::kMaxNewTokens: return "max_new_tokens";
+    case StopReason::kContextFull: return "context_full";
+    case StopReason::kCallback: return "callback";
+  }
+  return "unknown";
+}
 
 }  // namespace awqcore

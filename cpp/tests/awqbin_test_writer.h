@@ -306,7 +306,7 @@ std::shared_ptr<const Model> Load(const Bytes& bytes, bool verify = true) {
 // computes finite logits, so give every tensor sane random values: scales
 // ~0.02 (weights of the magnitude of a trained model's), norms ~1, zero points
 // in 0..15.
-std::shared_ptr<const Model> TinySaneModel(const char* arch) {
+FileSpec TinySaneSpec(const char* arch) {
   FileSpec spec = TinyModel(arch);
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
@@ -328,7 +328,11 @@ std::shared_ptr<const Model> TinySaneModel(const char* arch) {
       for (uint8_t& b : t.bytes) b &= 15;
     }
   }
-  return Load(Build(spec));
+  return spec;
+}
+
+std::shared_ptr<const Model> TinySaneModel(const char* arch) {
+  return Load(Build(TinySaneSpec(arch)));
 }
 
 }  // namespace

@@ -1,13 +1,18 @@
 // Tests of Session (session.cpp): argument validation before any state change,
-// greedy generation equal to step-by-step Forward + argmax, stop rules, the
-// cache-capacity limit, callbacks, seeded sampling, and batched generation
-// equal to one-by-one generation.
+// greedy generation equal to step-by-step Forward + argmax, stop rules and
+// stop reasons, the cache-capacity limit, callbacks (and calls from inside
+// them), non-finite logits, memory errors, seeded sampling, and batched
+// generation equal to one-by-one generation.
+#include <algorithm>
+#include <climits>
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <stdexcept>
 #include <vector>
 
 #include "awqbin_test_writer.h"
+#include "cpu_memory.h"
 #include "half.h"
 #include "sampler.h"
 #include "test_harness.h"
@@ -15,6 +20,7 @@
 using awqcore::GenerateOptions;
 using awqcore::InvalidArgument;
 using awqcore::Session;
+using awqcore::StopReason;
 
 namespace {
 
@@ -72,21 +78,33 @@ TEST(greedy_generate_equals_forward_and_argmax) {
 TEST(stop_rules_capacity_and_callbacks) {
   auto model = TinySaneModel("qwen2");
   Session s(model, 16, 2);
+  using Reasons = std::vector<StopReason>;
   const std::vector<int> free = s.Generate({1, 5, 7}, Exactly(6));
-  // prompt + generated never exceeds max_seq_len: 14 of 16 leaves 2 tokens.
+  CHECK(s.last_stop_reasons() == Reasons{StopReason::kMaxNewTokens});
+  // prompt + generated never exceeds max_seq_len: 14 of 16 leaves 2 tokens,
+  // and the reason says the context, not max_new_tokens, ended it.
   CHECK(s.Generate(std::vector<int>(14, 4), Exactly(6)).size() == 2);
+  CHECK(s.last_stop_reasons() == Reasons{StopReason::kContextFull});
   CHECK(s.Generate(std::vector<int>(16, 4), Exactly(6)).empty());
+  CHECK(s.last_stop_reasons() == Reasons{StopReason::kContextFull});
+  // Exactly filling the context with the tokens asked for is max_new_tokens.
+  CHECK(s.Generate(std::vector<int>(10, 4), Exactly(6)).size() == 6);
+  CHECK(s.last_stop_reasons() == Reasons{StopReason::kMaxNewTokens});
   // A callback returning false stops; the token it saw is included.
   int calls = 0;
   CHECK(s.Generate({1, 5, 7}, Exactly(6), [&](int) { return ++calls < 3; }).size() == 3);
   CHECK(calls == 3);
+  CHECK(s.last_stop_reasons() == Reasons{StopReason::kCallback});
   CHECK_THROWS(s.Generate({1}, Exactly(6), [](int) -> bool { throw std::out_of_range("boom"); }),
                std::out_of_range, "boom");
+  CHECK(s.last_stop_reasons().empty());
   // An explicit stop id ends generation at its first occurrence, included.
   GenerateOptions stop_at = Exactly(6);
   stop_at.stop_ids = std::vector<int>{free[2]};
   std::vector<int> stopped = s.Generate({1, 5, 7}, stop_at);
   CHECK(!stopped.empty() && stopped.back() == free[2] && stopped.size() <= 3);
+  CHECK(s.last_stop_reasons() == Reasons{StopReason::kStopToken});
+  CHECK(std::string(awqcore::StopReasonName(StopReason::kContextFull)) == "context_full");
   // Default stop ids: the file's eos ids {2, 3}.
   GenerateOptions defaults;
   defaults.max_new_tokens = 6;
@@ -187,6 +205,106 @@ TEST(batched_sampling_uses_one_stream_per_prompt) {
   }
   CHECK(batched.GenerateBatch({prompts[0]}, sampled)[0] == got[0]);
   CHECK(batched.GenerateBatch(prompts, sampled) == got);
+}
+
+TEST(batch_reports_a_stop_reason_per_prompt) {
+  auto model = TinySaneModel("llama");
+  Session s(model, 16, 2, awqcore::Device::kCpu, 2);
+  const std::vector<int> short_prompt = {1, 5, 7}, long_prompt(14, 9), full_prompt(16, 9);
+  const std::vector<int> a = s.Generate(short_prompt, Exactly(6));
+  const std::vector<int> b = s.Generate(long_prompt, Exactly(6));  // room for 2
+  // A stop id that prompt 0 produces and prompt 1 does not.
+  const auto stop = std::find_if(a.begin(), a.end(), [&](int t) {
+    return std::find(b.begin(), b.end(), t) == b.end();
+  });
+  CHECK(stop != a.end());
+  GenerateOptions options = Exactly(6);
+  options.stop_ids = std::vector<int>{*stop};
+  s.GenerateBatch({short_prompt, long_prompt, full_prompt}, options);
+  const std::vector<StopReason> expected = {StopReason::kStopToken, StopReason::kContextFull,
+                                            StopReason::kContextFull};
+  CHECK(s.last_stop_reasons() == expected);
+  s.GenerateBatch({short_prompt, full_prompt}, Exactly(0));
+  CHECK(s.last_stop_reasons() == std::vector<StopReason>(2, StopReason::kMaxNewTokens));
+}
+
+TEST(calls_from_inside_on_token_are_errors_not_corruption) {
+  auto model = TinySaneModel("llama");
+  Session s(model, 32, 2);
+  const std::vector<int> expected = s.Generate({1, 5, 7}, Exactly(4));
+  auto reenter = [&](const char* method) {
+    CHECK_THROWS(s.Generate({1, 5, 7}, Exactly(4),
+                            [&](int) -> bool {
+                              if (std::string(method) == "Generate") s.Generate({2}, Exactly(1));
+                              if (std::string(method) == "Forward") s.Forward({2});
+                              if (std::string(method) == "Reset") s.Reset();
+                              if (std::string(method) == "GenerateBatch") {
+                                s.GenerateBatch({{2}}, Exactly(1));
+                              }
+                              return true;
+                            }),
+                 awqcore::Error, std::string("Session::") + method + " called while");
+  };
+  for (const char* method : {"Generate", "Forward", "Reset", "GenerateBatch"}) reenter(method);
+  // The outer call unwound cleanly: the Session works and gives the same tokens.
+  CHECK(s.Generate({1, 5, 7}, Exactly(4)) == expected);
+}
+
+TEST(non_finite_logits_are_an_error_not_a_token) {
+  // A final norm weight of 3e38 is finite, so the file loads, but the
+  // normalized activations times it overflow f32 and the logits become
+  // inf/NaN: greedy would pick an arbitrary id at every step.
+  FileSpec spec = TinySaneSpec("llama");
+  for (TensorEntry& t : spec.tensors) {
+    if (t.name != "model.norm.weight") continue;
+    for (size_t i = 0; i < t.bytes.size(); i += 4) {
+      const float huge = 3e38f;
+      std::memcpy(&t.bytes[i], &huge, 4);
+    }
+  }
+  auto model = Load(Build(spec));
+  for (auto activations : {awqcore::CpuActivations::kInt8Decode, awqcore::CpuActivations::kFloat32}) {
+    Session s(model, 16, 1, awqcore::Device::kCpu, 2, activations);
+    CHECK_THROWS(s.Generate({1, 5, 7}, Exactly(3)), awqcore::Error,
+                 "the logits of the next token are not finite");
+    CHECK_THROWS(s.GenerateBatch({{1, 5}, {4}}, Exactly(3)), awqcore::Error,
+                 "the logits of prompt 0's next token are not finite");
+    // Forward returns the logits as computed, for the caller to inspect.
+    const std::vector<float> logits = s.Forward({1});
+    CHECK(!std::isfinite(*std::max_element(logits.begin(), logits.end(), [](float a, float b) {
+      return !std::isfinite(b) ? true : (std::isfinite(a) && a < b);
+    })));
+  }
+}
+
+TEST(memory_errors_name_the_sizes_before_allocating) {
+  auto model = TinySaneModel("llama");
+  const awqcore::ModelConfig& c = model->config();
+  // The KV cache's size, computed here from its definition: k and v, per
+  // sequence, layer, position and key/value head, hd elements of 2 bytes.
+  const uint64_t kv_bytes = 2ull * 3 * c.num_layers * 100000 * c.num_kv_heads * c.head_dim * 2;
+  const awqcore::CpuSessionBytes bytes = awqcore::CpuSessionMemory(c, 100000, 3, true);
+  CHECK(bytes.kv_cache == kv_bytes);
+  CHECK(awqcore::CpuSessionMemory(c, 100000, 3, false).kv_cache == 2 * kv_bytes);
+  CHECK(bytes.scratch > 0);
+  awqcore::MachineMemory small;
+  small.available = 1 << 20;
+  small.total = 2 << 20;
+  small.source = "MemAvailable";
+  CHECK_THROWS(awqcore::CheckCpuSessionFits(c, 100000, 3, true, small), awqcore::Error,
+               "KV cache " + std::to_string((kv_bytes + (1 << 20) - 1) >> 20) +
+                   " MiB for max_seq_len 100000 x max_batch 3 in f16");
+  CHECK_THROWS(awqcore::CheckCpuSessionFits(c, 100000, 3, true, small), awqcore::Error,
+               "but the machine has 1 MiB (MemAvailable of 2 MiB physical)");
+  awqcore::CheckCpuSessionFits(c, 10, 1, true, awqcore::MachineMemory{});  // unknown: no check
+  // Through the Session, on this machine: the KV cache of 2^19 sequences of
+  // 2^31 - 1 tokens is ~2^58 bytes, more than any machine has; INT_MAX
+  // sequences make it ~2^70, which must be an Error too, not a size wrapped
+  // around to something small.
+  CHECK_THROWS(Session(model, INT_MAX, 1, awqcore::Device::kCpu, 1 << 19), awqcore::Error,
+               "lower max_seq_len or max_batch");
+  CHECK_THROWS(Session(model, INT_MAX, 1, awqcore::Device::kCpu, INT_MAX), awqcore::Error,
+               "overflows 64 bits");
 }
 
 AWQCORE_TEST_MAIN()

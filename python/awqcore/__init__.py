@@ -10,8 +10,10 @@ needs the `quantize` extra (torch, gguf, safetensors, tqdm).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
+import stat
 import threading
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -20,8 +22,8 @@ import numpy as np
 from . import _core
 from .errors import Error, FormatError
 
-__all__ = ["Model", "Error", "FormatError", "__version__", "built_with_cuda", "cuda_device_info",
-           "cmake_dir"]
+__all__ = ["Model", "Error", "FormatError", "STOP_REASONS", "__version__", "built_with_cuda",
+           "cuda_device_info", "cmake_dir"]
 __version__ = _core.version()
 built_with_cuda = _core.built_with_cuda
 cuda_device_info = _core.cuda_device_info
@@ -46,23 +48,22 @@ class Model:
     linears are f32 either way; the CUDA device ignores this (its cache is f16).
 
     One Model runs one call at a time; calls from several Python threads are
-    serialised by a lock (the GIL is released while the C++ code computes).
+    serialised by a lock (the GIL is released while the C++ code computes). A
+    call from inside its own on_token callback raises awqcore.Error (it would
+    wait for itself).
     """
 
     def __init__(self, path: str | os.PathLike, threads: Optional[int] = None,
                  max_seq_len: int = 2048, verify: bool = True, device: str = "cpu",
                  max_batch: int = 1, activations: str = "int8"):
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"model file not found: {path}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None (got {threads!r})")
-        if not isinstance(max_seq_len, int) or max_seq_len < 1:
-            raise ValueError(f"max_seq_len must be a positive integer (got {max_seq_len!r})")
+        _check_model_path(path)
+        if threads is not None:
+            threads = _integer(threads, "threads", low=1)
+        max_seq_len = _integer(max_seq_len, "max_seq_len", low=1)
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda' (got {device!r})")
-        if not isinstance(max_batch, int) or max_batch < 1:
-            raise ValueError(f"max_batch must be a positive integer (got {max_batch!r})")
+        max_batch = _integer(max_batch, "max_batch", low=1)
         if activations not in ("int8", "f32"):
             raise ValueError(f"activations must be 'int8' or 'f32' (got {activations!r})")
         self.path = path
@@ -70,7 +71,9 @@ class Model:
                                  activations)
         self.config: dict = self._core.config()
         self._lock = threading.Lock()
+        self._lock_owner: Optional[int] = None  # thread id holding _lock
         self._tokenizer = None
+        self._last_stop_reason: str | list[str] | None = None
 
     @property
     def tokenizer(self):
@@ -98,9 +101,8 @@ class Model:
         ids = self._check_ids(ids)
         if chunk_tokens is None:
             chunk_tokens = max(1, len(ids))
-        if not isinstance(chunk_tokens, int) or chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be a positive integer (got {chunk_tokens!r})")
-        with self._lock:
+        chunk_tokens = _integer(chunk_tokens, "chunk_tokens", low=1)
+        with self._exclusive("forward"):
             return self._core.forward(ids, chunk_tokens)
 
     def generate(self, ids: Sequence[int] | Sequence[Sequence[int]], max_new_tokens: int = 128,
@@ -129,20 +131,44 @@ class Model:
                 raise ValueError("on_token (and stream) take a single prompt, not a list of prompts")
         else:
             ids = self._check_ids(ids)
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative integer (got {max_new_tokens!r})")
-        if seed is not None and not 0 <= int(seed) < 2**64:
-            raise ValueError(f"seed must be in [0, 2**64) (got {seed!r})")
+        max_new_tokens = _integer(max_new_tokens, "max_new_tokens", low=0)
+        top_k = _integer(top_k, "top_k")
+        if seed is not None:
+            seed = _integer(seed, "seed", low=0, high=2**64 - 1)
         if stop is not None:
-            stop = self._check_ids(list(stop), what="stop id", allow_empty=True)
+            if isinstance(stop, (str, bytes)) or not hasattr(stop, "__iter__"):
+                raise TypeError(f"stop must be None or an iterable of token ids (got "
+                                f"{type(stop).__name__} {stop!r}; for one id write stop=[id])")
+            stop = self._check_ids(stop, what="stop id", allow_empty=True)
         if on_token is not None and not callable(on_token):
-            raise ValueError("on_token must be callable")
-        sampling = (max_new_tokens, float(temperature), int(top_k), float(top_p),
-                    float(repetition_penalty), None if seed is None else int(seed), stop)
-        with self._lock:
-            if batch:
-                return self._core.generate_batch(prompts, *sampling)
-            return self._core.generate(ids, *sampling, on_token)
+            raise TypeError("on_token must be callable")
+        sampling = (max_new_tokens, _real(temperature, "temperature"), top_k,
+                    _real(top_p, "top_p"), _real(repetition_penalty, "repetition_penalty"),
+                    seed, stop)
+        with self._exclusive("generate"):
+            self._last_stop_reason = None
+            try:
+                if batch:
+                    return self._core.generate_batch(prompts, *sampling)
+                return self._core.generate(ids, *sampling, on_token)
+            finally:  # also when on_token raised (reason "callback")
+                reasons = self._core.last_stop_reasons()  # empty after a rejected call
+                self._last_stop_reason = reasons if batch else (reasons[0] if reasons else None)
+
+    @property
+    def last_stop_reason(self) -> str | list[str] | None:
+        """Why the last generate() stopped: one of STOP_REASONS for a single
+        prompt, a list of them (one per prompt, in order) for a batch; None
+        before the first generate() or after one that was rejected.
+
+        "stop_token": it produced a stop id (the model's end-of-sequence ids by
+        default), which is the result's last token; "max_new_tokens": it
+        produced that many; "context_full": prompt + result filled max_seq_len
+        first, so the result is shorter than max_new_tokens (empty for a
+        prompt of max_seq_len tokens); "callback": on_token returned False or
+        raised (also when a stream was closed early).
+        """
+        return self._last_stop_reason
 
     def stream(self, ids: Sequence[int], **options) -> Iterator[int]:
         """Like generate(), but yields each token as it is produced.
@@ -182,14 +208,14 @@ class Model:
 
     def reset(self) -> None:
         """Empties the KV cache."""
-        with self._lock:
+        with self._exclusive("reset"):
             self._core.reset()
 
     def last_timing(self) -> dict:
         """Seconds the last generate() spent in forward passes: {"prefill_s":
         the prompts, "decode_s": the decode steps}; sampling and callbacks
         excluded."""
-        with self._lock:
+        with self._exclusive("last_timing"):
             prefill_s, decode_s = self._core.last_timing()
         return {"prefill_s": prefill_s, "decode_s": decode_s}
 
@@ -206,15 +232,41 @@ class Model:
             return False
         return not isinstance(first, (str, bytes)) and hasattr(first, "__iter__")
 
-    def _check_ids(self, ids: Sequence[int], what: str = "token id",
+    @contextlib.contextmanager
+    def _exclusive(self, method: str) -> Iterator[None]:
+        """Holds the Model's lock for one call. The lock is not reentrant: a
+        call from the thread that holds it (an on_token callback calling
+        generate on its own Model) would wait for itself forever, so it raises."""
+        if self._lock_owner == threading.get_ident():
+            raise Error(f"Model.{method}() called while this Model is generating on the same "
+                        "thread (from its on_token callback?): one Model runs one call at a "
+                        "time; collect the tokens and call it after generate() returns, or use "
+                        "a second Model")
+        with self._lock:
+            self._lock_owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._lock_owner = None
+
+    def _check_ids(self, ids: Iterable[int], what: str = "token id",
                    allow_empty: bool = False, where: str = "") -> list[int]:
         if isinstance(ids, (str, bytes)):
-            raise ValueError(f"{where}expected a sequence of {what}s, got {type(ids).__name__} "
-                             "(encode text with model.tokenizer first)")
-        try:
-            out = [int(i) for i in ids]
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}expected a sequence of integer {what}s: {e}") from None
+            raise TypeError(f"{where}expected a sequence of {what}s, got {type(ids).__name__} "
+                            "(encode text with model.tokenizer first)")
+        if isinstance(ids, np.ndarray) and ids.ndim == 1 and ids.dtype.kind in "iu":
+            out = ids.tolist()
+        else:
+            if not hasattr(ids, "__iter__"):
+                raise TypeError(f"{where}expected a sequence of {what}s, got "
+                                f"{type(ids).__name__} {ids!r}")
+            out = list(ids)
+            for position, token in enumerate(out):
+                if not _is_integer(token):
+                    raise TypeError(f"{where}{what} at position {position} is "
+                                    f"{type(token).__name__} {token!r}; {what}s must be Python "
+                                    "or numpy integers")
+            out = [int(token) for token in out]
         if not out and not allow_empty:
             raise ValueError(f"{where}empty prompt: pass at least one token id")
         vocab = self.config["vocab_size"]
@@ -234,3 +286,47 @@ def cmake_dir() -> str:
     """Folder of the installed CMake package: pass it as -Dawqcore_DIR=... to
     find_package(awqcore) in a C++ project (see examples/embed)."""
     return os.path.join(os.path.dirname(__file__), "lib", "cmake", "awqcore")
+
+
+STOP_REASONS = ("stop_token", "max_new_tokens", "context_full", "callback")
+
+_INT32_MAX = 2**31 - 1  # the runtime's int arguments
+
+
+def _is_integer(value) -> bool:
+    """Python ints and numpy integers, not bools (True is not token 1)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _integer(value, name: str, low: Optional[int] = None, high: int = _INT32_MAX) -> int:
+    """`value` as an int within [low, high], else an error naming the argument."""
+    if not _is_integer(value):
+        raise TypeError(f"{name} must be an integer (got {type(value).__name__} {value!r})")
+    value = int(value)
+    if (low is not None and value < low) or value > high:
+        rule = f"in [{low}, {high}]" if low is not None else f"at most {high}"
+        raise ValueError(f"{name} must be {rule} (got {value})")
+    return value
+
+
+def _real(value, name: str) -> float:
+    """A Python or numpy int or float as a float, else an error naming the argument.
+    The range rules (temperature >= 0, ...) are the runtime's."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{name} must be a number (got {type(value).__name__} {value!r})")
+    return float(value)
+
+
+def _check_model_path(path: str) -> None:
+    """A regular file, checked before the runtime opens it: open() of a FIFO
+    blocks until a writer appears, and a folder or device is no model."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model file not found: {path}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode)
+                or stat.S_ISBLK(mode) else "a special file")
+        raise FormatError(f"{path}: is {kind}, not a regular .awqbin file")

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .atomic_write import atomic_write
 # One class for both readers: the bindings raise this same FormatError for a
 # file the C++ runtime rejects.
 from .errors import FormatError
@@ -193,33 +194,16 @@ class AwqbinWriter:
             struct.pack_into("<I", head, _PREAMBLE_CRC_END, zlib.crc32(head[:_PREAMBLE_CRC_END]))
             head += b"\0" * (PREAMBLE_SIZE - len(head))  # reserved
 
-            fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(self.path)}.",
-                                            suffix=".tmp", dir=self._dir)
-            try:
-                # mkstemp creates the file 0600; give it the permissions an
-                # ordinary open() would have, since it becomes the output.
-                umask = os.umask(0)
-                os.umask(umask)
-                os.fchmod(fd, 0o666 & ~umask)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(head)
-                    out.write(meta)
-                    out.write(directory)
-                    out.write(b"\0" * (data_offset - dir_offset - len(directory)))
-                    self._spool.flush()
-                    self._spool.seek(0)
-                    shutil.copyfileobj(self._spool, out, 16 << 20)
-                    out.flush()
-                    # Data must be on disk before the rename makes it visible,
-                    # or a crash could publish a file with missing contents.
-                    os.fsync(out.fileno())
-                    if out.tell() != file_size:
-                        raise RuntimeError(f"wrote {out.tell()} bytes, expected {file_size}")
-                os.replace(tmp_path, self.path)
-            except BaseException:
-                _remove(tmp_path)
-                raise
-            _fsync_dir(self._dir)
+            with atomic_write(self.path) as out:
+                out.write(head)
+                out.write(meta)
+                out.write(directory)
+                out.write(b"\0" * (data_offset - dir_offset - len(directory)))
+                self._spool.flush()
+                self._spool.seek(0)
+                shutil.copyfileobj(self._spool, out, 16 << 20)
+                if out.tell() != file_size:
+                    raise RuntimeError(f"wrote {out.tell()} bytes, expected {file_size}")
             self._finished = True
         finally:
             self._close_spool()
@@ -240,20 +224,6 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(path: str) -> None:
-    """Makes the rename itself durable (POSIX); not possible on some platforms."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class _Cursor:

@@ -48,6 +48,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .atomic_write import atomic_write, write_atomic
+
 
 # ---------------------------------------------------------------- bandwidth
 
@@ -339,10 +341,7 @@ def run(args: argparse.Namespace) -> int:
               "decode_bytes_per_token": per_token_bytes, "load_avg": os.getloadavg(), "rows": rows}
     print(format_table(report))
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as out:
-            json.dump(report, out, indent=1)
-        os.replace(tmp, args.json)
+        write_atomic(args.json, json.dumps(report, indent=1))
     if args.plot:
         plot(report, args.plot)
     return 0
@@ -403,7 +402,9 @@ def plot(report: dict, path: str) -> None:
         ax.bar(labels, [r[key]["median"] for r in rows])
         ax.set_title(key.replace("_", " "))
     fig.tight_layout()
-    fig.savefig(path)
+    # savefig given a file object takes the format from its argument, not a name.
+    with atomic_write(path) as out:
+        fig.savefig(out, format=os.path.splitext(path)[1][1:] or "png")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

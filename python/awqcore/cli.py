@@ -61,7 +61,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(f"peak resident memory: {_mb(peak)}")
     if args.export_hf:
-        from .autoawq_format import export_hf
+        from .importers.autoawq_format import export_hf
 
         print(f"wrote {export_hf(args.out, args.export_hf)}: AutoAWQ GEMM checkpoint "
               "(config.json, model.safetensors, tokenizer)")
@@ -69,7 +69,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .autoawq_format import convert_hf
+    from .importers.autoawq_format import convert_hf
 
     summary = convert_hf(args.folder, args.out)
     print(f"wrote {summary['path']}: {summary['linears']} int4 linears (group size "

@@ -14,7 +14,8 @@
 //     worker threads for the matrix products.
 //
 // Errors: every failure throws a subclass of awqcore::Error whose message names
-// the problem (the field of a corrupt file, the bad argument and its value).
+// the problem (the field of a corrupt file, the bad argument and its value, the
+// sizes of a KV cache that does not fit in memory).
 #pragma once
 
 #include <cstdint>
@@ -144,8 +145,20 @@ struct GenerateOptions {
   std::optional<std::vector<int>> stop_ids;
 };
 
-// Called with each new token; return false to stop generation.
+// Called with each new token; return false to stop generation. It must not
+// call the Session that is generating (Error: the Session is busy).
 using TokenCallback = std::function<bool(int token)>;
+
+// Why the generation of one sequence ended.
+enum class StopReason {
+  kStopToken,     // it produced a stop id, the result's last token
+  kMaxNewTokens,  // it produced options.max_new_tokens tokens
+  kContextFull,   // prompt + result reached max_seq_len first: fewer tokens
+                  // than max_new_tokens (none for a prompt of max_seq_len)
+  kCallback,      // on_token returned false
+};
+// "stop_token", "max_new_tokens", "context_full", "callback".
+const char* StopReasonName(StopReason reason);
 
 // Where a Session computes. kCuda runs the whole forward pass on GPU 0 (the
 // weights are uploaded once, the KV caches are f16 on the device) and picks
@@ -154,9 +167,10 @@ using TokenCallback = std::function<bool(int token)>;
 // back and sampled on the host.
 enum class Device { kCpu, kCuda };
 
-// The activations the CPU's int4 linears multiply in calls of at most 8
-// tokens (decode steps, batched decode, very short prompts); longer calls
-// (prefill) are f32 in both modes, and the CUDA device ignores this.
+// The activations the CPU's int4 linears multiply in calls of at most
+// kInt8DecodeMaxTokens tokens (decode steps, batched decode, very short
+// prompts); longer calls (prefill) are f32 in both modes, and the CUDA device
+// ignores this.
 //   kInt8Decode: rounded to int8 per 32 columns (W4A8, as llama.cpp does):
 //     1.6-1.8x faster int4 kernels; an int8 lm_head (`--embeddings int8`)
 //     multiplies W8A8 too, ~2x faster. The next-token distribution moves by
@@ -166,6 +180,10 @@ enum class Device { kCpu, kCuda };
 //   kFloat32: exact f32 (the W4A16 arithmetic of AWQ's definition), the KV
 //     cache included.
 enum class CpuActivations { kInt8Decode, kFloat32 };
+// The most tokens a call runs with int8 activations under kInt8Decode: a
+// perplexity run that feeds this many tokens per call scores every position
+// with decode-step arithmetic.
+constexpr int kInt8DecodeMaxTokens = 8;
 
 class Session {
  public:
@@ -176,8 +194,11 @@ class Session {
   // max_batch: sequences GenerateBatch decodes together; one KV cache of
   // max_seq_len tokens each, all allocated here (on the device with kCuda,
   // at most 256 there).
-  // device kCuda: throws Error "awqcore was built without CUDA", "no CUDA
-  // device", or naming the sizes when the model and cache do not fit.
+  // Throws Error naming the sizes, before allocating, when the KV caches and
+  // scratch do not fit: on the CPU in the memory the machine has available
+  // (/proc/meminfo MemAvailable, else its physical memory), with kCuda in the
+  // device's free memory. device kCuda also throws Error "awqcore was built
+  // without CUDA" or "no CUDA device".
   Session(std::shared_ptr<const Model> model, int max_seq_len,
           int num_threads = 0, Device device = Device::kCpu, int max_batch = 1,
           CpuActivations activations = CpuActivations::kInt8Decode);
@@ -186,12 +207,22 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   // Appends `ids` to the sequence held in the cache and returns the logits of
-  // every appended position, row-major [ids.size(), vocab].
+  // every appended position, row-major [ids.size(), vocab], as computed
+  // (non-finite values included: the caller sees them).
   std::vector<float> Forward(const std::vector<int>& ids);
 
   // Resets the session, prefills `prompt`, then samples up to
   // options.max_new_tokens tokens. Returns the new tokens only. A stop token
-  // ends generation and is included in the result.
+  // ends generation and is included in the result; last_stop_reasons() says
+  // why it ended (a result shorter than max_new_tokens without a stop token
+  // is kContextFull or kCallback).
+  // Throws Error when logits to sample from are not finite (NaN or inf:
+  // overflowed or corrupt weights), naming the prompt, instead of sampling
+  // garbage; the check reads the logits once more per token (vocab floats,
+  // ~5 us for 49152 against a decode step's milliseconds). On the GPU with
+  // on-device picking (no repetition penalty) the logits never reach the host
+  // and are not checked. Throws Error when called from inside on_token of a
+  // call on the same Session (as do Forward, GenerateBatch and Reset).
   std::vector<int> Generate(const std::vector<int>& prompt,
                             const GenerateOptions& options,
                             const TokenCallback& on_token = nullptr);
@@ -219,7 +250,8 @@ class Session {
   // above), and a batch of one prompt equals Generate with the same seed.
   // Throws InvalidArgument naming the prompt index for an empty list, an empty
   // prompt, a token out of range or a prompt longer than max_seq_len, before
-  // any state changes.
+  // any state changes; Error for non-finite logits, as Generate.
+  // last_stop_reasons()[i] says why prompt i's generation ended.
   std::vector<std::vector<int>> GenerateBatch(const std::vector<std::vector<int>>& prompts,
                                               const GenerateOptions& options);
 
@@ -231,6 +263,10 @@ class Session {
     double decode_seconds = 0.0;
   };
   Timing last_timing() const;
+
+  // Why each sequence of the last Generate (one entry) or GenerateBatch (one
+  // per prompt, in order) ended; empty after a call that threw.
+  const std::vector<StopReason>& last_stop_reasons() const;
 
   void Reset();                 // empties the KV cache(s)
   int position() const;         // tokens in the cache of Forward/Generate's sequence

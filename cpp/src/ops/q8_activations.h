@@ -26,6 +26,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "awqcore/awqcore.h"
+
 namespace awqcore {
 
 constexpr int kQ8Block = 32;  // columns per activation scale
@@ -33,8 +35,9 @@ constexpr int kQ8Span = 64;   // columns per permuted span (see layout above)
 
 // Calls of the int4 ops with at most this many tokens (decode; batched decode
 // of up to 8 sequences; prompts this short) take the W4A8 path; longer ones
-// the f32 GEMM, where unpacking is amortised over the tokens anyway.
-constexpr int kQ8MaxTokens = 8;
+// the f32 GEMM, where unpacking is amortised over the tokens anyway. Public as
+// awqcore::kInt8DecodeMaxTokens (the perplexity tool feeds calls of this size).
+constexpr int kQ8MaxTokens = kInt8DecodeMaxTokens;
 
 // Position of column c within its token's permuted row.
 inline int Q8Position(int c) {

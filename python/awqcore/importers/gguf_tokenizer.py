@@ -18,7 +18,11 @@ Where the definitions come from:
   as transformers' `Qwen2Converter` (src/transformers/convert_slow_tokenizer.py);
 - how the GGUF converter types added tokens (CONTROL when special or when they
   look like `<|...|>`, else USER_DEFINED): llama.cpp convert_hf_to_gguf.py,
-  `get_vocab_base` and `does_token_look_special`.
+  `get_vocab_base` and `does_token_look_special`;
+- SentencePiece-style vocabularies (`tokenizer.ggml.model = llama`: Llama-2,
+  Mistral, Gemma) as llama.cpp tokenizes them: src/llama-vocab.cpp,
+  `llm_tokenizer_spm_session` and `llama_vocab::impl::tokenize` (see
+  `_spm_tokenizer` below).
 """
 from __future__ import annotations
 
@@ -28,7 +32,11 @@ from tokenizers import pre_tokenizers, processors
 
 from ..source import TokenizerInfo
 
-SUPPORTED_MODELS = ("gpt2",)
+SUPPORTED_MODELS = ("gpt2", "llama")
+
+# SentencePiece's stand-in for a space, and the byte-fallback token names.
+SPM_SPACE = "\u2581"
+SPM_BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 
 # Qwen2's tokenizer.json Split pattern, verbatim: contractions are matched
 # case-insensitively, a letter run may take one leading non-letter (usually the
@@ -121,13 +129,15 @@ def _merges(raw: list[str]) -> list[tuple[str, str]]:
     return merges
 
 
-def _added_tokens(tokens: list[str], types: list[int], pre: str) -> list[AddedToken]:
-    """CONTROL and USER_DEFINED entries, which the original held as added tokens:
-    matched whole in the raw text before any normalization or splitting."""
+def _added_tokens(tokens: list[str], types: list[int], pre: str,
+                  special_kinds=(gguf.TokenType.CONTROL,)) -> list[AddedToken]:
+    """CONTROL and USER_DEFINED entries (and whatever else `special_kinds` names),
+    which the original held as added tokens: matched whole in the raw text before
+    any normalization or splitting."""
     not_special = _NOT_SPECIAL_IN_ORIGINAL.get(pre, frozenset())
     added = []
     for token, kind in zip(tokens, types):
-        if kind == gguf.TokenType.CONTROL:
+        if kind in special_kinds:
             special = token not in not_special
         elif kind == gguf.TokenType.USER_DEFINED:
             special = False
@@ -168,7 +178,7 @@ def _token_id(reader: gguf.GGUFReader, key: str, n_tokens: int) -> int:
 
 
 def _eos_token_ids(reader: gguf.GGUFReader, tokens: list[str], types: list[int],
-                   chat_template: str) -> list[int]:
+                   chat_template: str, eos_id: int) -> list[int]:
     """Every id that should stop generation.
 
     The GGUF's eos is the end of a whole document (for a base model, e.g.
@@ -179,9 +189,9 @@ def _eos_token_ids(reader: gguf.GGUFReader, tokens: list[str], types: list[int],
     template uses, and the GGUF's explicit end-of-turn/message ids, stop too.
     """
     n = len(tokens)
-    ids = [token_id for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
-                                "tokenizer.ggml.eom_token_id")
-           if (token_id := _token_id(reader, key, n)) >= 0]
+    ids = [token_id for token_id in (eos_id, _token_id(reader, "tokenizer.ggml.eot_token_id", n),
+                                     _token_id(reader, "tokenizer.ggml.eom_token_id", n))
+           if token_id >= 0]
     added = {token: token_id for token_id, (token, kind) in enumerate(zip(tokens, types))
              if kind in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)}
     ids += [added[marker] for marker in _END_OF_TURN_MARKERS
@@ -189,25 +199,107 @@ def _eos_token_ids(reader: gguf.GGUFReader, tokens: list[str], types: list[int],
     return list(dict.fromkeys(ids))  # de-duplicated, first-seen order
 
 
-def tokenizer_from_gguf(reader: gguf.GGUFReader) -> TokenizerInfo:
-    """The tokenizer of a GGUF model as a `tokenizers` JSON document, plus its
-    chat template and special ids. ValueError for a tokenizer it cannot rebuild
-    faithfully (another model type or pre-tokenizer family)."""
-    model = _required(reader, "tokenizer.ggml.model")
-    if model not in SUPPORTED_MODELS:
-        raise ValueError(f"unsupported GGUF tokenizer model {model!r} (supported: "
-                         f"{', '.join(SUPPORTED_MODELS)}, i.e. byte-level BPE)")
+def _spm_merges(tokens: list[str], scores: list[float],
+                vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Every pair (a, b) of tokens whose concatenation is a token, ranked as
+    llama.cpp's SPM loop ranks them: by the score of a + b, highest first.
+
+    llama.cpp merges the adjacent pair whose concatenation is the highest-scoring
+    token, the leftmost on ties; a BPE model merges the adjacent pair of lowest
+    rank, the leftmost on ties. With ranks in score order the two pick the same
+    pair whenever distinct tokens have distinct scores (true of the NORMAL
+    tokens of Llama-2, Mistral and Gemma 3; their CONTROL, USER_DEFINED and
+    BYTE tokens share scores but are cut out before merging or have no
+    mergeable halves). Equal scores are ranked by token id, then split point.
+    """
+    ranked = []
+    for token_id, token in enumerate(tokens):
+        for cut in range(1, len(token)):
+            left, right = token[:cut], token[cut:]
+            if left in vocab and right in vocab:
+                ranked.append((-scores[token_id], token_id, cut, left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
+def _check_spm_vocab(tokens: list[str], vocab: dict[str, int]) -> None:
+    """ValueError for a vocabulary whose llama.cpp tokenization a BPE model with
+    byte fallback cannot reproduce.
+
+    llama.cpp starts from one symbol per character and turns a character that is
+    no token into its <0xXX> byte tokens only after merging, so such a character
+    can still merge with a neighbour; a BPE model replaces it by bytes first. The
+    two agree unless some token is such a character plus a neighbour that can be
+    a symbol (a token, or one character). Spaces never reach the merge loop
+    (they are escaped to U+2581 first), so tokens holding them are exempt.
+    """
+    missing = [t for t in SPM_BYTE_TOKENS if t not in vocab]
+    if missing:
+        raise ValueError(f"SentencePiece-style GGUF vocabulary lacks {len(missing)} byte-fallback "
+                         f"tokens ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})")
+
+    def symbol(text: str) -> bool:
+        return len(text) == 1 or text in vocab
+
+    for token in tokens:
+        for char, rest in ((token[:1], token[1:]), (token[-1:], token[:-1])):
+            if len(token) > 1 and char not in vocab and char != " " and symbol(rest):
+                raise ValueError(f"SentencePiece-style GGUF token {token!r} merges the character "
+                                 f"{char!r}, which is no token of its own: llama.cpp's "
+                                 f"tokenization of it cannot be rebuilt exactly")
+
+
+def _flag(reader: gguf.GGUFReader, key: str, default: bool) -> bool:
+    value = _field(reader, key)
+    return default if value is None else bool(value)
+
+
+def _spm_tokenizer(reader: gguf.GGUFReader, tokens: list[str],
+                   types: list[int]) -> tuple[Tokenizer, bool]:
+    """llama.cpp's SPM tokenizer as a `tokenizers` document; also whether it adds BOS.
+
+    llama.cpp (src/llama-vocab.cpp) cuts CONTROL, USER_DEFINED and UNKNOWN tokens
+    out of the raw text first (added tokens here, matched before normalization);
+    then, in each remaining fragment, prefixes a space when add_space_prefix is
+    set (every fragment is either the first or follows a cut-out token, so the
+    Prepend normalizer, which runs per fragment, is the same rule), replaces
+    spaces by U+2581, merges characters pairwise by score (see `_spm_merges`)
+    and writes a character that is no token as its <0xXX> byte tokens.
+
+    llama.cpp cuts special tokens out longest first, one token at a time;
+    `tokenizers` takes the leftmost-longest match. They differ only where a
+    special token's end overlaps a longer one's start (none in Gemma 3's 6,414).
+    """
+    scores = [float(s) for s in _required(reader, "tokenizer.ggml.scores")]
+    if len(scores) != len(tokens):
+        raise ValueError(f"GGUF has {len(tokens)} tokens but {len(scores)} scores")
+    vocab = _vocab(tokens)
+    _check_spm_vocab(tokens, vocab)
+    bpe = models.BPE(vocab=vocab, merges=_spm_merges(tokens, scores, vocab), dropout=None,
+                     unk_token=None, fuse_unk=False, byte_fallback=True, ignore_merges=False)
+    tokenizer = Tokenizer(bpe)
+    # llama.cpp's defaults for an SPM vocabulary whose GGUF leaves the flags out.
+    space_prefix = _flag(reader, "tokenizer.ggml.add_space_prefix", True)
+    escape = normalizers.Replace(" ", SPM_SPACE)
+    tokenizer.normalizer = (normalizers.Sequence([normalizers.Prepend(SPM_SPACE), escape])
+                            if space_prefix else escape)
+    steps = [decoders.Replace(SPM_SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if space_prefix:  # the prefixed space is no part of the text
+        steps.append(decoders.Strip(" ", 1, 0))
+    tokenizer.decoder = decoders.Sequence(steps)
+    tokenizer.add_tokens(_added_tokens(
+        tokens, types, "", special_kinds=(gguf.TokenType.CONTROL, gguf.TokenType.UNKNOWN)))
+    return tokenizer, _flag(reader, "tokenizer.ggml.add_bos_token", True)
+
+
+def _bpe_tokenizer(reader: gguf.GGUFReader, tokens: list[str], types: list[int],
+                   model: str) -> tuple[Tokenizer, bool]:
+    """A byte-level BPE vocabulary under its original pipeline; also whether it adds BOS."""
     pre = _field(reader, "tokenizer.ggml.pre") or "default"
     if pre not in _PIPELINES:
         raise ValueError(f"unsupported GGUF pre-tokenizer {pre!r} for tokenizer model {model!r} "
                          f"(supported: {', '.join(_PIPELINES)})")
-
-    tokens = list(_required(reader, "tokenizer.ggml.tokens"))
-    types = [int(t) for t in _required(reader, "tokenizer.ggml.token_type")]
-    if len(types) != len(tokens):
-        raise ValueError(f"GGUF has {len(tokens)} tokens but {len(types)} token types")
     merges = _merges(list(_required(reader, "tokenizer.ggml.merges")))
-
     try:
         # unk_token stays None as in the originals: a byte missing from the
         # vocabulary is dropped, never turned into <unk>.
@@ -222,16 +314,39 @@ def tokenizer_from_gguf(reader: gguf.GGUFReader) -> TokenizerInfo:
     tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_tokens(_added_tokens(tokens, types, pre))
+    return tokenizer, _flag(reader, "tokenizer.ggml.add_bos_token", False)
+
+
+def tokenizer_from_gguf(reader: gguf.GGUFReader) -> TokenizerInfo:
+    """The tokenizer of a GGUF model as a `tokenizers` JSON document, plus its
+    chat template and special ids. ValueError for a tokenizer it cannot rebuild
+    faithfully (another model type or pre-tokenizer family)."""
+    model = _required(reader, "tokenizer.ggml.model")
+    if model not in SUPPORTED_MODELS:
+        raise ValueError(f"unsupported GGUF tokenizer model {model!r} (supported: "
+                         f"gpt2, i.e. byte-level BPE, and llama, i.e. SentencePiece-style)")
+    tokens = list(_required(reader, "tokenizer.ggml.tokens"))
+    types = [int(t) for t in _required(reader, "tokenizer.ggml.token_type")]
+    if len(types) != len(tokens):
+        raise ValueError(f"GGUF has {len(tokens)} tokens but {len(types)} token types")
+    if model == "llama":
+        tokenizer, add_bos = _spm_tokenizer(reader, tokens, types)
+    else:
+        tokenizer, add_bos = _bpe_tokenizer(reader, tokens, types, model)
 
     n = len(tokens)
+    # llama.cpp's SPM defaults (bos 1, eos 2) stand where such a GGUF leaves the ids out.
     bos_id = _token_id(reader, "tokenizer.ggml.bos_token_id", n)
     eos_id = _token_id(reader, "tokenizer.ggml.eos_token_id", n)
-    post = _post_processor(tokens, bool(_field(reader, "tokenizer.ggml.add_bos_token")), bos_id,
-                           bool(_field(reader, "tokenizer.ggml.add_eos_token")), eos_id)
+    if model == "llama":
+        bos_id = 1 if bos_id < 0 and n > 1 else bos_id
+        eos_id = 2 if eos_id < 0 and n > 2 else eos_id
+    post = _post_processor(tokens, add_bos, bos_id,
+                           _flag(reader, "tokenizer.ggml.add_eos_token", False), eos_id)
     if post is not None:
         tokenizer.post_processor = post
 
     chat_template = _field(reader, "tokenizer.chat_template") or ""
     return TokenizerInfo(json=tokenizer.to_str(), chat_template=chat_template,
                          bos_token_id=bos_id,
-                         eos_token_ids=_eos_token_ids(reader, tokens, types, chat_template))
+                         eos_token_ids=_eos_token_ids(reader, tokens, types, chat_template, eos_id))

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .awqbin import AwqbinWriter, read_awqbin
-from .quantize.int8_table import dequantize_int8_table
-from .quantize.rtn import SUPPORTED_GROUP_SIZES, pack_int4, unpack_int4
-from .source import iter_linears
+from ..atomic_write import write_atomic
+from ..awqbin import AwqbinWriter, read_awqbin
+from ..quantize.int8_table import dequantize_int8_table
+from ..quantize.rtn import SUPPORTED_GROUP_SIZES, pack_int4, unpack_int4
+from ..source import iter_linears
 
 ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a packed int32 holds column ORDER[i]
 _HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -63,17 +63,6 @@ def from_gemm(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray
     q = np.ascontiguousarray(unpack_gemm(qweight).T)  # [out, in]
     return (pack_int4(q), np.ascontiguousarray(scales.T).astype(np.float16),
             np.ascontiguousarray(unpack_gemm(qzeros).T))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -122,12 +111,12 @@ def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
                                 "group_size": m["quant.group_size"], "zero_point": True,
                                 "version": "gemm"},
     }
-    _write_atomic(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))
-    _write_atomic(out / "config.json", json.dumps(config, indent=2).encode())
-    _write_atomic(out / "tokenizer.json", m["tokenizer.json"].encode())
-    _write_atomic(out / "tokenizer_config.json", json.dumps(
+    write_atomic(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    write_atomic(out / "config.json", json.dumps(config, indent=2).encode())
+    write_atomic(out / "tokenizer.json", m["tokenizer.json"].encode())
+    write_atomic(out / "tokenizer_config.json", json.dumps(
         {"chat_template": m.get("tokenizer.chat_template", "")}, indent=2).encode())
-    _write_atomic(out / "generation_config.json", json.dumps(
+    write_atomic(out / "generation_config.json", json.dumps(
         {"bos_token_id": config["bos_token_id"], "eos_token_id": eos}, indent=2).encode())
     return out
 
@@ -155,9 +144,9 @@ def convert_hf(folder: str | os.PathLike, out_path: str | os.PathLike) -> dict:
     import torch
     from safetensors import safe_open
 
-    from .importers import expected_tensor_shapes
-    from .importers.hf_model import _config_from_json, _read_json, _tokenizer_info
-    from .quantize.pipeline import _layer_float_names, build_metadata
+    from . import expected_tensor_shapes
+    from .hf_model import _config_from_json, _read_json, _tokenizer_info
+    from ..quantize.pipeline import _layer_float_names, build_metadata
 
     folder = Path(folder)
     cfg = _read_json(folder / "config.json")

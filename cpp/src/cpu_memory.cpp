@@ -1,0 +1,111 @@
+#include "cpu_memory.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+#include <initializer_list>
+#include <sstream>
+
+#include "ops/attention.h"
+#include "transformer.h"
+
+namespace awqcore {
+namespace {
+
+// The product of `factors`, or Error naming them when it exceeds 2^64 - 1.
+uint64_t CheckedProduct(std::initializer_list<uint64_t> factors, const char* what) {
+  uint64_t product = 1;
+  for (uint64_t f : factors) {
+    if (__builtin_mul_overflow(product, f, &product)) {
+      std::string list;
+      for (uint64_t g : factors) list += (list.empty() ? "" : " x ") + std::to_string(g);
+      throw Error(std::string("the ") + what + " size " + list + " overflows 64 bits");
+    }
+  }
+  return product;
+}
+
+uint64_t CheckedSum(uint64_t a, uint64_t b, const char* what) {
+  uint64_t sum = 0;
+  if (__builtin_add_overflow(a, b, &sum)) {
+    throw Error(std::string("the ") + what + " size overflows 64 bits");
+  }
+  return sum;
+}
+
+std::string MiB(uint64_t bytes) { return std::to_string((bytes + (1u << 20) - 1) >> 20) + " MiB"; }
+
+}  // namespace
+
+CpuSessionBytes CpuSessionMemory(const ModelConfig& c, int max_seq_len, int max_batch,
+                                 bool f16_cache) {
+  CpuSessionBytes bytes;
+  const uint64_t kv_width = static_cast<uint64_t>(c.num_kv_heads) * c.head_dim;
+  bytes.kv_cache = CheckedProduct({2, static_cast<uint64_t>(max_batch),
+                                   static_cast<uint64_t>(c.num_layers),
+                                   static_cast<uint64_t>(max_seq_len), kv_width,
+                                   f16_cache ? 2u : 4u},
+                                  "KV cache");
+  // The Transformer's buffers, C = chunk rows (transformer.h).
+  const uint64_t chunk = std::min<uint64_t>(
+      Transformer::kChunkTokens, static_cast<uint64_t>(max_batch) * max_seq_len);
+  const uint64_t q_width = static_cast<uint64_t>(c.num_heads) * c.head_dim;
+  const uint64_t row_floats = 3 * static_cast<uint64_t>(c.hidden_size) + 2 * q_width +
+                              2 * kv_width + static_cast<uint64_t>(c.intermediate_size);
+  const uint64_t positions = std::max<uint64_t>(max_seq_len, max_batch);
+  uint64_t floats = CheckedProduct({chunk, row_floats}, "scratch");
+  const AttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim};
+  floats = CheckedSum(floats, AttentionScratchFloats(shape, static_cast<int>(chunk), max_seq_len),
+                      "scratch");
+  // Rotary cos and sin tables [max_seq_len, hd / 2] each.
+  floats = CheckedSum(floats, CheckedProduct({static_cast<uint64_t>(max_seq_len),
+                                              static_cast<uint64_t>(c.head_dim)}, "rotary table"),
+                      "scratch");
+  // Token bookkeeping (2 ints per position) and the Session's logits [max_batch, vocab].
+  floats = CheckedSum(floats, CheckedProduct({2, positions}, "scratch"), "scratch");
+  floats = CheckedSum(floats, CheckedProduct({static_cast<uint64_t>(max_batch),
+                                              static_cast<uint64_t>(c.vocab_size)}, "logits"),
+                      "scratch");
+  bytes.scratch = CheckedProduct({floats, 4}, "scratch");
+  return bytes;
+}
+
+MachineMemory QueryMachineMemory() {
+  MachineMemory m;
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages > 0 && page_size > 0) {
+    m.total = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+    m.available = m.total;
+    m.source = "physical memory";
+  }
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  while (std::getline(meminfo, line)) {
+    std::istringstream fields(line);
+    std::string key;
+    uint64_t kib = 0;
+    if (fields >> key >> kib && key == "MemAvailable:") {
+      m.available = kib * 1024;
+      m.source = "MemAvailable";
+      break;
+    }
+  }
+  return m;
+}
+
+void CheckCpuSessionFits(const ModelConfig& config, int max_seq_len, int max_batch,
+                         bool f16_cache, const MachineMemory& machine) {
+  const CpuSessionBytes need = CpuSessionMemory(config, max_seq_len, max_batch, f16_cache);
+  const uint64_t total = CheckedSum(need.kv_cache, need.scratch, "session");
+  if (machine.available == 0 || total <= machine.available) return;
+  throw Error("the CPU session needs " + MiB(total) + " (KV cache " + MiB(need.kv_cache) +
+              " for max_seq_len " + std::to_string(max_seq_len) + " x max_batch " +
+              std::to_string(max_batch) + " in " + (f16_cache ? "f16" : "f32") + ", scratch " +
+              MiB(need.scratch) + ") but the machine has " + MiB(machine.available) + " (" +
+              machine.source + (machine.total ? " of " + MiB(machine.total) + " physical" : "") +
+              "); lower max_seq_len or max_batch");
+}
+
+}  // namespace awqcore

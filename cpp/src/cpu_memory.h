@@ -1,0 +1,43 @@
+// What a CPU Session allocates at construction, checked against the machine's
+// memory before anything is allocated, so an oversized max_seq_len or
+// max_batch is an Error naming the sizes instead of std::bad_alloc (or the
+// OOM killer, since the caches are zero-filled and so touched at once).
+//
+// The sizes are those of the Transformer's buffers (transformer.h): the KV
+// caches exactly, the scratch as declared there (chunk rows of activations,
+// attention's split scratch, the rotary table, the per-token bookkeeping).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "awqcore/awqcore.h"
+
+namespace awqcore {
+
+struct CpuSessionBytes {
+  uint64_t kv_cache = 0;  // 2 (k, v) * max_batch * layers * max_seq_len * KV * hd * element
+  uint64_t scratch = 0;   // activations, attention scratch, rotary table, logits
+};
+
+// Throws Error when a size does not fit in 64 bits (naming the factors).
+CpuSessionBytes CpuSessionMemory(const ModelConfig& config, int max_seq_len, int max_batch,
+                                 bool f16_cache);
+
+// The memory the machine can give a new allocation without swapping:
+// /proc/meminfo's MemAvailable (Linux), else the physical memory
+// (sysconf pages x page size); `source` says which, 0 bytes: unknown.
+struct MachineMemory {
+  uint64_t available = 0;
+  uint64_t total = 0;
+  std::string source;
+};
+MachineMemory QueryMachineMemory();
+
+// Throws Error naming the KV-cache and scratch sizes, max_seq_len, max_batch
+// and the machine's memory when the session's buffers exceed `machine`'s
+// available memory (unknown memory: no check).
+void CheckCpuSessionFits(const ModelConfig& config, int max_seq_len, int max_batch,
+                         bool f16_cache, const MachineMemory& machine);
+
+}  // namespace awqcore
