@@ -127,6 +127,15 @@ class TensorResolver {
     linear.qweight = U8(prefix + ".qweight", {rows, static_cast<uint64_t>(in / 2)});
     linear.scales = F16(prefix + ".scales", {rows, groups});
     linear.zeros = U8(prefix + ".zeros", {rows, groups});
+    // Zero points are 4-bit codes (docs/format.md): the kernels subtract them
+    // from 4-bit weights in narrow integer lanes, so a larger byte would give
+    // results that differ between kernels rather than an error.
+    for (uint64_t i = 0; i < rows * groups; ++i) {
+      if (linear.zeros[i] > 15) {
+        FailFormat("tensor '", prefix, ".zeros': element ", i, " is ", unsigned{linear.zeros[i]},
+                   ", outside the 4-bit range 0..15");
+      }
+    }
     if (has_bias) linear.bias = F32(prefix + ".bias", {rows});
     return linear;
   }

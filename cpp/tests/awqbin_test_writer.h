@@ -185,6 +185,7 @@ void AddLinear(FileSpec& spec, const std::string& prefix, uint64_t out, uint64_t
   AddTensor(spec, prefix + ".qweight", DType::kU8, {out, in / 2});
   AddTensor(spec, prefix + ".scales", DType::kF16, {out, in / kGroup});
   AddTensor(spec, prefix + ".zeros", DType::kU8, {out, in / kGroup});
+  for (uint8_t& zero : spec.tensors.back().bytes) zero &= 15;  // 4-bit codes
   if (bias) AddTensor(spec, prefix + ".bias", DType::kF32, {out});
 }
 

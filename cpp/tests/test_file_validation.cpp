@@ -228,6 +228,13 @@ TEST(head_counts_that_trade_against_head_dim_are_rejected) {
   CHECK(LoadError(spec).empty());
 }
 
+TEST(zero_points_outside_four_bits_are_rejected) {
+  FileSpec spec = TinyModel("llama");
+  spec.tensors[TensorIndex(spec, "model.layers.1.mlp.down_proj.zeros")].bytes[77] = 16;
+  CHECK_LOAD_FAILS(spec, "tensor 'model.layers.1.mlp.down_proj.zeros': element 77 is 16, outside the "
+                         "4-bit range 0..15");
+}
+
 // ---- non-finite weights ----
 
 TEST(nan_and_infinity_in_weights_are_rejected_by_tensor) {
