@@ -1,7 +1,6 @@
 """What the C++ loader rejects beyond the format's structure, seen from Python:
 every error is an awqcore.FormatError naming the file and the field (never a
-UnicodeDecodeError from a message quoting file bytes), and models are usable
-from several threads at once.
+UnicodeDecodeError from a message quoting file bytes).
 
 The C++ side of each check is tested case by case in
 cpp/tests/test_file_validation.cpp; here the point is what reaches Python.
@@ -10,7 +9,6 @@ from __future__ import annotations
 
 import re
 import struct
-import threading
 import zlib
 from pathlib import Path
 
@@ -105,33 +103,6 @@ def test_nan_and_infinity_in_weights_are_rejected(tmp_path, tiny_path, name, val
 def test_contradicting_metadata_is_rejected(tmp_path, tiny_path, metadata, add, pattern):
     message = load_error(rewritten(tiny_path, tmp_path / "bad.awqbin", metadata=metadata, add=add))
     assert re.search(pattern, message), message
-
-
-def test_models_work_from_several_threads(tiny_path):
-    """Two Models in parallel threads, and one Model shared by several threads
-    (its lock serialises the calls), give the tokens of a single thread."""
-    prompts = [[1, 5, 9, 13], [2, 40, 7], [3, 3, 8], [60, 1]]
-    alone = awqcore.Model(tiny_path, threads=2, max_seq_len=32)
-    expected = [alone.generate(p, max_new_tokens=10, stop=[]) for p in prompts]
-    got: dict[tuple, list[int]] = {}
-    errors: list[BaseException] = []
-
-    def run(model, index, key):
-        try:
-            got[key] = model.generate(prompts[index], max_new_tokens=10, stop=[])
-        except BaseException as error:  # noqa: BLE001 (re-raised below)
-            errors.append(error)
-
-    models = [awqcore.Model(tiny_path, threads=2, max_seq_len=32) for _ in range(2)]
-    threads = [threading.Thread(target=run, args=(models[i], i, ("own", i))) for i in range(2)]
-    threads += [threading.Thread(target=run, args=(alone, i, ("shared", i))) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    assert [got[("own", i)] for i in range(2)] == expected[:2]
-    assert [got[("shared", i)] for i in range(4)] == expected
 
 
 SEEDS = sorted((Path(__file__).resolve().parents[1] / "cpp" / "fuzz" / "corpus").glob("*.awqbin"))

@@ -2,8 +2,9 @@
 # The C++ tests under sanitizers, and the .awqbin reader under a fuzzer; run by
 # tools/test.sh after the main suite. Steps (default: all three):
 #   asan  every ctest suite built with AddressSanitizer + UndefinedBehaviorSanitizer
-#   tsan  test_concurrency (Sessions on one Model in parallel threads) and
-#         test_session under ThreadSanitizer
+#   tsan  test_concurrency (Sessions on one Model in parallel threads),
+#         test_session and tests/test_threads.py (Python Models from several
+#         threads, over an extension built with TSan) under ThreadSanitizer
 #   fuzz  cpp/fuzz/fuzz_awqbin (libFuzzer, Clang, with ASan + UBSan) for
 #         AWQCORE_FUZZ_SECONDS (default 60) from the seed corpus cpp/fuzz/corpus
 # Builds go to build/sanitize-*/ and build/fuzz/ (reused when present). Any
@@ -31,10 +32,19 @@ step_asan() {
 }
 
 step_tsan() {
-  configure build/sanitize-thread -DAWQCORE_BUILD_TESTS=ON -DAWQCORE_SANITIZE=thread
-  cmake --build build/sanitize-thread -j "$jobs" --target test_concurrency test_session >/dev/null
+  configure build/sanitize-thread -DAWQCORE_BUILD_TESTS=ON -DAWQCORE_SANITIZE=thread \
+    -DAWQCORE_BUILD_PYTHON=ON -DPython_EXECUTABLE="$(command -v python3)" \
+    -Dnanobind_DIR="$(python3 -c 'import nanobind; print(nanobind.cmake_dir())')"
+  cmake --build build/sanitize-thread -j "$jobs" --target test_concurrency test_session _core >/dev/null
   TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/sanitize-thread --output-on-failure \
     -R '^(test_concurrency|test_session)$'
+  # Python threads over the TSan-built extension: the package's sources with
+  # that _core, and the TSan runtime preloaded (python is not instrumented).
+  local package=build/sanitize-thread/python
+  rm -rf "$package" && mkdir -p "$package"
+  cp -r python/awqcore "$package/" && cp build/sanitize-thread/_core*.so "$package/awqcore/"
+  LD_PRELOAD="$(${CXX:-g++} -print-file-name=libtsan.so)" TSAN_OPTIONS=halt_on_error=1 \
+    PYTHONPATH="$package" python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_threads.py
 }
 
 step_fuzz() {
