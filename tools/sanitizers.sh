@@ -32,8 +32,12 @@ step_asan() {
 }
 
 step_tsan() {
+  # The interpreter itself, not a launcher script (pyenv's python3 is a bash
+  # script, and bash under the preloaded TSan runtime below dies by SIGSEGV).
+  local python
+  python=$(python3 -c 'import sys; print(sys.executable)')
   configure build/sanitize-thread -DAWQCORE_BUILD_TESTS=ON -DAWQCORE_SANITIZE=thread \
-    -DAWQCORE_BUILD_PYTHON=ON -DPython_EXECUTABLE="$(command -v python3)" \
+    -DAWQCORE_BUILD_PYTHON=ON -DPython_EXECUTABLE="$python" \
     -Dnanobind_DIR="$(python3 -c 'import nanobind; print(nanobind.cmake_dir())')"
   cmake --build build/sanitize-thread -j "$jobs" --target test_concurrency test_session _core >/dev/null
   TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/sanitize-thread --output-on-failure \
@@ -43,8 +47,8 @@ step_tsan() {
   local package=build/sanitize-thread/python
   rm -rf "$package" && mkdir -p "$package"
   cp -r python/awqcore "$package/" && cp build/sanitize-thread/_core*.so "$package/awqcore/"
-  LD_PRELOAD="$(${CXX:-g++} -print-file-name=libtsan.so)" TSAN_OPTIONS=halt_on_error=1 \
-    PYTHONPATH="$package" python3 -m pytest -q -p no:cacheprovider --noconftest tests/test_threads.py
+  env LD_PRELOAD="$(${CXX:-g++} -print-file-name=libtsan.so)" TSAN_OPTIONS=halt_on_error=1 \
+    PYTHONPATH="$package" "$python" -m pytest -q -p no:cacheprovider --noconftest tests/test_threads.py
 }
 
 step_fuzz() {
