@@ -1,6 +1,8 @@
 // Causal GQA attention of a prefill chunk on tensor cores (FlashAttention-2's
 // recurrence): n tokens of ONE sequence at consecutive positions start ..
-// start + n - 1, each attending to its sequence's cache rows 0 .. its own.
+// start + n - 1, each attending to its sequence's cache rows 0 .. its own, or
+// on a sliding layer (window W > 0) rows max(0, p - W + 1) .. p of the token
+// at p. Scores are (q . k) * params.scale.
 //
 // Why: Attention (attention.cu) runs a block per (split, head, token), so each
 // query token re-reads all its keys: a 2048-token prefill on Llama-2-7B
@@ -24,9 +26,12 @@
 //
 // Per key tile of 64 (K and V double-buffered in shared memory, cp.async):
 //   S = Q K^T    mma m16n8k16: A = Q (registers, f16), B = K rows (ldmatrix)
-//   causal mask  only on the tiles that cross the warp's diagonal
+//   mask         causal, only on the tiles that cross the warp's diagonal;
+//                the window, only on tiles that reach below the window of
+//                the warp's last row (tiles below its first row's window
+//                are skipped, as those past its last row)
 //   softmax      running max m and sum l per row in f32; p = 2^(s c - m c),
-//                c = log2(e) / sqrt(hd), rescaling O and l by 2^((m - m') c)
+//                c = log2(e) scale, rescaling O and l by 2^((m - m') c)
 //   O += P V     A = P (the S accumulators as f16: C's row/column pairs are
 //                A's), B = V rows (ldmatrix.trans)
 // and out = O / l in f32. Tiles past the block's last query are never loaded
@@ -34,9 +39,11 @@
 // range (and rows past max_seq_len) are zero-filled by cp.async, never read,
 // so a masked key multiplies a finite 0, never another sequence's NaN.
 //
-// Tile 0 holds key 0, visible to every row (padding rows too, at positions
-// >= start + n), so after it m is finite: 2^((m - m') c) and 2^(-inf) are
-// then 0 or finite, never NaN.
+// A row whose keys in the tiles so far are all masked (its window starts in
+// a later tile, or a padding row at positions >= start + n) still has m =
+// -inf: the exponents then use 0 in place of m c (p = 2^-inf = 0, alpha =
+// 1 on O = l = 0), so no -inf - -inf = NaN arises. Every row < n sees its
+// own key, so it ends with l >= 1.
 //
 // Precision: q is rounded to f16 (|q| < 65504, as x in Int4Gemm), the scale c
 // applied in f32 after the mma; p is rounded to f16 for PV (2^-11 relative,
@@ -44,7 +51,7 @@
 // cache, the output is within ~2^-11 max|v| of the exact softmax (weights
 // w_i (1 + rho_i), |rho_i| <= 2^-11: sum |w_i rho_i v_i| <= 2^-11 max|v|),
 // plus f32 sums (tensor-core adds truncate: <= 2u each) and ex2.approx;
-// rounding q costs a further 2 x 2^-11 sum_d |q_d k_d| / sqrt(hd) of max|v|
+// rounding q costs a further 2 x 2^-11 sum_d |q_d k_d| scale of max|v|
 // at most (the test gives its reference the f16 q, as it gives it the f16
 // cache; its tolerance is derived there).
 //
@@ -82,9 +89,7 @@ constexpr int kRow = kHd + kPad;  // shared row in halves
 template <int kHd>
 constexpr size_t kSmemBytes = 2 * 2 * kTileK * kRow<kHd> * sizeof(__half);  // K, V x 2 stages
 
-// log2(e) / sqrt(hd): scores in log2 units, so softmax uses ex2.
-template <int kHd>
-constexpr float kScale = 1.4426950408889634f / (kHd == 64 ? 8.f : 11.313708498984761f);
+constexpr float kLog2e = 1.4426950408889634f;  // scores in log2 units, so softmax uses ex2
 
 // 2^x, ex2.approx (2 ulp, PTX ISA): 2^-inf = +0; results below 2^-126 flush
 // to 0, far under the f32 resolution of l >= 1.
@@ -133,7 +138,7 @@ __device__ __forceinline__ void LoadKvTile(__half* k_stage, __half* v_stage, con
 
 template <int kHd>
 __global__ void __launch_bounds__(kThreads)
-    AttentionPrefillKernel(AttentionDims dims, TokenPlaces places, int n, const float* __restrict__ q,
+    AttentionPrefillKernel(AttentionParams params, TokenPlaces places, int n, const float* __restrict__ q,
                            const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
                            float* __restrict__ out) {
   constexpr int kR = kRow<kHd>;
@@ -147,30 +152,40 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;  // fragment row / column pair
   const int start = places.position[0];
-  const int kv_width = dims.num_kv_heads * kHd;
-  const int kv_head = h / (dims.num_heads / dims.num_kv_heads);
-  const size_t first_row = static_cast<size_t>(places.sequence[0]) * dims.max_seq_len;
+  const AttentionShape& shape = params.shape;
+  const int kv_width = shape.num_kv_heads * kHd;
+  const int kv_head = h / (shape.num_heads / shape.num_kv_heads);
+  const size_t first_row = static_cast<size_t>(places.sequence[0]) * params.max_seq_len;
+  const float scale = params.scale * kLog2e;  // c
+  const int window = params.window;
   const __half* k_head = k_cache + first_row * kv_width + kv_head * kHd;
   const __half* v_head = v_cache + first_row * kv_width + kv_head * kHd;
 
-  // The block's queries are q0 .. q_end - 1; the last reads keys 0 .. start +
-  // q_end - 1 (never past the sequence's rows, whatever start is).
+  // The block's queries are q0 .. q_end - 1; the last reads keys up to start
+  // + q_end - 1 (never past the sequence's rows, whatever start is), the
+  // first from its window's first key: tiles first_tile .. num_tiles - 1.
   const int q_end = min(q0 + kTileQ, n);
-  const int key_end = min(start + q_end, dims.max_seq_len);
+  const int key_end = min(start + q_end, params.max_seq_len);
   const int num_tiles = (key_end + kTileK - 1) / kTileK;
+  const int first_tile = window > 0 ? max(0, start + q0 - window + 1) / kTileK : 0;
   // This warp's rows: tokens q0 + 16 warp + {g, g + 8}, positions from warp_pos.
   const int row0 = q0 + 16 * warp + g, row1 = row0 + 8;
   const int warp_pos = start + q0 + 16 * warp;
   const bool warp_has_rows = q0 + 16 * warp < n;  // else all its rows are padding
   const int warp_last = start + min(q0 + 16 * warp + 16, n) - 1;  // position of its last row < n
+  // Keys below warp_below are outside every one of its rows' windows; keys
+  // below warp_mask_below are outside some row's (row 15's window starts
+  // 15 keys after row 0's).
+  const int warp_below = window > 0 ? warp_pos - window + 1 : 0;
+  const int warp_mask_below = window > 0 ? warp_pos + 15 - window + 1 : 0;
 
-  LoadKvTile<kHd>(k_tiles, v_tiles, k_head, v_head, kv_width, 0, key_end);
+  LoadKvTile<kHd>(k_tiles, v_tiles, k_head, v_head, kv_width, first_tile * kTileK, key_end);
   CommitCopies();
 
   // Q as A fragments, f16: qa[s] covers columns 16 s .. 16 s + 15; rows past n are 0.
   uint32_t qa[kSteps][4];
   {
-    const size_t width = static_cast<size_t>(dims.num_heads) * kHd;
+    const size_t width = static_cast<size_t>(shape.num_heads) * kHd;
     const float* q_row0 = q + min(row0, n - 1) * width + h * kHd + 2 * t;
     const float* q_row1 = q + min(row1, n - 1) * width + h * kHd + 2 * t;
     const float2 zero = make_float2(0.f, 0.f);
@@ -204,18 +219,20 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t v_lane = SharedAddress(v_tiles + ((lane & 7) + ((lane >> 3) & 1) * 8) * kR + (lane >> 4) * 8);
   constexpr uint32_t kStageBytes = kTileK * kR * sizeof(__half);
 
-  for (int tile = 0; tile < num_tiles; ++tile) {
+  for (int tile = first_tile; tile < num_tiles; ++tile) {
     WaitCopies<0>();  // this thread's copies of `tile`
     __syncthreads();  // everyone's; and every warp is done reading tile - 1's stage
+    const int step = tile - first_tile;  // the stage of `tile` is step & 1
     if (tile + 1 < num_tiles) {
-      const int next = (tile + 1) & 1;
+      const int next = (step + 1) & 1;
       LoadKvTile<kHd>(k_tiles + next * kTileK * kR, v_tiles + next * kTileK * kR, k_head, v_head,
                       kv_width, (tile + 1) * kTileK, key_end);
     }
     CommitCopies();
     const int key0 = tile * kTileK;
-    if (!warp_has_rows || key0 > warp_last) continue;  // nothing to write, or all above its diagonal
-    const uint32_t stage = (tile & 1) * kStageBytes;
+    // Nothing to write, all above its diagonal, or all below its windows.
+    if (!warp_has_rows || key0 > warp_last || key0 + kTileK <= warp_below) continue;
+    const uint32_t stage = (step & 1) * kStageBytes;
 
     // S [16 rows][64 keys] as 8 C fragments of 8 keys.
     float s[8][4];
@@ -233,15 +250,16 @@ __global__ void __launch_bounds__(kThreads)
         Mma16816(s[2 * kp + 1], qa[ks], b[2], b[3]);
       }
 
-    // Causal mask where the tile reaches past the warp's first position.
-    if (key0 + kTileK - 1 > warp_pos) {
+    // Mask where the tile reaches past the warp's first position, or below
+    // the window of its last row.
+    if (key0 + kTileK - 1 > warp_pos || key0 < warp_mask_below) {
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = key0 + 8 * j + 2 * t + (e & 1);
           const int pos = warp_pos + g + (e >> 1) * 8;
-          if (key > pos) s[j][e] = -INFINITY;
+          if (key > pos || (window > 0 && key <= pos - window)) s[j][e] = -INFINITY;
         }
     }
 
@@ -258,10 +276,11 @@ __global__ void __launch_bounds__(kThreads)
     for (int r = 0; r < 2; ++r) {
       tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 1));
       tile_max[r] = fmaxf(tile_max[r], __shfl_xor_sync(0xffffffffu, tile_max[r], 2));
-      const float m_new = fmaxf(m[r], tile_max[r]);  // finite from tile 0 on (key 0)
-      alpha[r] = Exp2((m[r] - m_new) * kScale<kHd>);  // 0 on tile 0 (m = -inf)
+      const float m_new = fmaxf(m[r], tile_max[r]);  // -inf while every key so far is masked
+      // 0 on a row's first visible tile (m = -inf); 1 while none is visible.
+      alpha[r] = m_new == -INFINITY ? 1.f : Exp2((m[r] - m_new) * scale);
       m[r] = m_new;
-      m_scaled[r] = m_new * kScale<kHd>;
+      m_scaled[r] = m_new == -INFINITY ? 0.f : m_new * scale;
       l[r] *= alpha[r];
     }
 #pragma unroll
@@ -276,10 +295,10 @@ __global__ void __launch_bounds__(kThreads)
     uint32_t pa[4][4];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const float p0 = Exp2(fmaf(s[j][0], kScale<kHd>, -m_scaled[0]));
-      const float p1 = Exp2(fmaf(s[j][1], kScale<kHd>, -m_scaled[0]));
-      const float p2 = Exp2(fmaf(s[j][2], kScale<kHd>, -m_scaled[1]));
-      const float p3 = Exp2(fmaf(s[j][3], kScale<kHd>, -m_scaled[1]));
+      const float p0 = Exp2(fmaf(s[j][0], scale, -m_scaled[0]));
+      const float p1 = Exp2(fmaf(s[j][1], scale, -m_scaled[0]));
+      const float p2 = Exp2(fmaf(s[j][2], scale, -m_scaled[1]));
+      const float p3 = Exp2(fmaf(s[j][3], scale, -m_scaled[1]));
       l[0] += p0 + p1;
       l[1] += p2 + p3;
       pa[j >> 1][(j & 1) * 2] = HalfBits(__floats2half2_rn(p0, p1));
@@ -304,7 +323,7 @@ __global__ void __launch_bounds__(kThreads)
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
     l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
   }
-  const size_t width = static_cast<size_t>(dims.num_heads) * kHd;
+  const size_t width = static_cast<size_t>(shape.num_heads) * kHd;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = r == 0 ? row0 : row1;
@@ -318,38 +337,39 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <int kHd>
-void Launch(const AttentionDims& dims, TokenPlaces places, int n, const float* q, const __half* k_cache,
+void Launch(const AttentionParams& params, TokenPlaces places, int n, const float* q, const __half* k_cache,
             const __half* v_cache, float* out, cudaStream_t stream) {
   // Above 48 KiB of dynamic shared memory needs the opt-in, once per kernel
   // (a host-side attribute, outside any stream or captured graph).
   static const cudaError_t opt_in = cudaFuncSetAttribute(
       AttentionPrefillKernel<kHd>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes<kHd>));
   AWQ_CUDA_CHECK(opt_in);
-  const dim3 grid(dims.num_heads, (n + kTileQ - 1) / kTileQ);
-  AttentionPrefillKernel<kHd><<<grid, kThreads, kSmemBytes<kHd>, stream>>>(dims, places, n, q, k_cache, v_cache,
+  const dim3 grid(params.shape.num_heads, (n + kTileQ - 1) / kTileQ);
+  AttentionPrefillKernel<kHd><<<grid, kThreads, kSmemBytes<kHd>, stream>>>(params, places, n, q, k_cache, v_cache,
                                                                             out);
   AWQ_CUDA_LAUNCH_CHECK();
 }
 
 }  // namespace
 
-bool AttentionPrefillSupports(const AttentionDims& dims) {
-  return (dims.head_dim == 64 || dims.head_dim == 128) && dims.num_kv_heads > 0 &&
-         dims.num_heads % dims.num_kv_heads == 0;
+bool AttentionPrefillSupports(const AttentionShape& shape) {
+  return (shape.head_dim == 64 || shape.head_dim == 128) && shape.num_kv_heads > 0 &&
+         shape.num_heads % shape.num_kv_heads == 0;
 }
 
-void AttentionPrefill(const AttentionDims& dims, TokenPlaces places, int n, const float* q,
+void AttentionPrefill(const AttentionParams& params, TokenPlaces places, int n, const float* q,
                       const __half* k_cache, const __half* v_cache, float* out, cudaStream_t stream) {
-  if (!AttentionPrefillSupports(dims)) {
-    throw Error("AttentionPrefill: head_dim " + std::to_string(dims.head_dim) + " with " +
-                std::to_string(dims.num_heads) + " heads and " + std::to_string(dims.num_kv_heads) +
+  const AttentionShape& shape = params.shape;
+  if (!AttentionPrefillSupports(shape)) {
+    throw Error("AttentionPrefill: head_dim " + std::to_string(shape.head_dim) + " with " +
+                std::to_string(shape.num_heads) + " heads and " + std::to_string(shape.num_kv_heads) +
                 " kv heads is not supported (head_dim 64 or 128, kv heads dividing heads)");
   }
   if (n == 0) return;
-  if (dims.head_dim == 64) {
-    Launch<64>(dims, places, n, q, k_cache, v_cache, out, stream);
+  if (shape.head_dim == 64) {
+    Launch<64>(params, places, n, q, k_cache, v_cache, out, stream);
   } else {
-    Launch<128>(dims, places, n, q, k_cache, v_cache, out, stream);
+    Launch<128>(params, places, n, q, k_cache, v_cache, out, stream);
   }
 }
 

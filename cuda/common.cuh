@@ -13,9 +13,12 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "awqcore/awqcore.h"
+#include "forward_pass.h"
+#include "ops/attention.h"
 
 namespace awqcore {
 
@@ -75,6 +78,19 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+// ---- warp reductions (all 32 lanes take part and get the result) ----
+template <typename T>
+__device__ __forceinline__ T WarpSum(T v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+__device__ __forceinline__ float WarpMax(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
 // ---- shared by the tensor-core kernels (int4_gemm.cu, attention_prefill.cu), sm_80+ ----
 __device__ __forceinline__ uint32_t SharedAddress(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -125,9 +141,10 @@ struct DeviceInt4 {
 
 // ---- int4_gemv.cu ----
 // y[t, :] = (accumulate ? y[t, :] : 0) + W x[t, :] + bias, t < n; x: [n, in], y: [n, out].
-// n < kGemmMinTokens: tiles of up to 8 tokens share each weight load (CUDA
-// cores, f32); n >= kGemmMinTokens: Int4Gemm.
-constexpr int kGemmMinTokens = 16;
+// n < kTensorCoreMinTokens: tiles of up to 8 tokens share each weight load
+// (CUDA cores, f32); from kTensorCoreMinTokens tokens on: Int4Gemm (tensor
+// cores, f16 inputs).
+constexpr int kTensorCoreMinTokens = 16;
 void Int4Linear(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate,
                 cudaStream_t stream);
 
@@ -140,15 +157,25 @@ void Int4Gemm(const DeviceInt4& w, const float* x, int n, float* y, bool accumul
 // y[t, r] = sum_c W[r, c] x[t, c]; W: [rows, d] f16, d % 8 == 0.
 void F16Linear(const __half* w, int rows, int d, const float* x, int n, float* y,
                cudaStream_t stream);
-// out[t, :] = table[ids[t], :]; ids on the device.
-void Embedding(const __half* table, int d, const int* ids, int n, float* out, cudaStream_t stream);
+// out[t, :] = table[ids[t], :] * scale in f32; ids on the device.
+void Embedding(const __half* table, int d, const int* ids, int n, float scale, float* out,
+               cudaStream_t stream);
 
 // ---- norm.cu ----
-// y = x / sqrt(mean(x^2) + eps) * weight per row of d; y may equal x.
+// y = x / sqrt(mean(x^2) + eps) * weight per row of d, n rows; y may equal x.
+// The per-head q/k norms are n * heads rows of d = hd.
 void RmsNorm(const float* x, const float* weight, int d, float eps, int n, float* y,
              cudaStream_t stream);
-// out = silu(gate) * up over `count` elements; out may equal gate.
-void SwiGlu(const float* gate, const float* up, size_t count, float* out, cudaStream_t stream);
+// y += x / sqrt(mean(x^2) + eps) * weight per row: a sandwich norm's output
+// added to the residual stream y (y != x).
+void AddRmsNorm(const float* x, const float* weight, int d, float eps, int n, float* y,
+                cudaStream_t stream);
+// out = act(gate) * up over `count` elements, act = silu or GELU's tanh
+// approximation (ops/activation.h); out may equal gate.
+void GatedActivation(Activation act, const float* gate, const float* up, size_t count, float* out,
+                     cudaStream_t stream);
+// x = cap * tanh(x / cap) over `count` elements (the final logit soft-cap).
+void SoftCap(float* x, size_t count, float cap, cudaStream_t stream);
 
 // ---- sampling.cu ----
 // out[r] = Sampler::Pick(logits[r, :], picks[r]) (sampler.h) for r < n;
@@ -158,9 +185,16 @@ void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, i
                 cudaStream_t stream);
 
 // ---- attention.cu ----
-struct AttentionDims {
-  int num_heads = 0, num_kv_heads = 0, head_dim = 0;  // hd % 8 == 0
-  int max_seq_len = 0;  // cache rows per sequence
+// The widest head the split kernel takes: its hd / 8 column chunks of a row
+// are read by one thread each of a 256-thread block.
+constexpr int kMaxHeadDim = 2048;
+// One layer's attention: the head layout (shared with the CPU), the cache
+// rows per sequence, the scores' scale and the layer's sliding window.
+struct AttentionParams {
+  AttentionShape shape;  // hd % 8 == 0
+  int max_seq_len = 0;   // cache rows per sequence
+  float scale = 0.f;     // scores = (q . k) * scale
+  int window = 0;        // 0: a query at p reads keys 0 .. p; W > 0: max(0, p - W + 1) .. p
 };
 // Where the tokens of a pass go, device arrays [n]: token t is at
 // position[t] of sequence sequence[t], whose cache rows are
@@ -173,16 +207,20 @@ struct TokenPlaces {
 // Number of sequence splits of the decode/prefill attention kernel and the
 // partial-result scratch it needs: [n, H, splits, hd + 2] floats.
 int AttentionSplits(int max_seq_len);
-size_t AttentionScratchFloats(const AttentionDims& dims, int n);
+size_t AttentionScratchFloats(const AttentionParams& params, int n);
+// The device copy of a rotary table (ops/rope.h): [2, positions, hd/2], cos
+// then sin, the host's values bit for bit.
+DeviceBuffer UploadRopeTable(const RopeTable& table);
 // Rotates q [n, H*hd] in place, rotates k and writes k, v [n, KV*hd] as f16
 // into token t's cache row (its sequence's, at its position).
-// rope_cos/sin: [max_seq_len, hd/2].
-void RopeWriteCache(const AttentionDims& dims, const float* rope_cos, const float* rope_sin,
+// rope_cos/sin: [max_seq_len, hd/2] (RopeTable's, ops/rope.h).
+void RopeWriteCache(const AttentionParams& params, const float* rope_cos, const float* rope_sin,
                     TokenPlaces places, int n, float* q, const float* k, const float* v,
                     __half* k_cache, __half* v_cache, cudaStream_t stream);
 // out [n, H*hd] = causal GQA attention of token t's q over its sequence's
-// cache rows 0 .. position[t] (written by RopeWriteCache before).
-void Attention(const AttentionDims& dims, TokenPlaces places, int n, const float* q,
+// cache rows (0 or the window's first) .. position[t], written by
+// RopeWriteCache before. Any head_dim % 8 == 0 up to 2048.
+void Attention(const AttentionParams& params, TokenPlaces places, int n, const float* q,
                const __half* k_cache, const __half* v_cache, float* scratch, float* out,
                cudaStream_t stream);
 
@@ -192,10 +230,29 @@ void Attention(const AttentionDims& dims, TokenPlaces places, int n, const float
 // places.position[0] + t of sequence places.sequence[0] (both read on the
 // device; start + n <= max_seq_len). q rounded to f16, P to f16, f32
 // accumulation: within ~1e-3 max|v| of Attention. No scratch.
-bool AttentionPrefillSupports(const AttentionDims& dims);  // hd 64 or 128
-// Throws Error when !AttentionPrefillSupports(dims).
-void AttentionPrefill(const AttentionDims& dims, TokenPlaces places, int n, const float* q,
+bool AttentionPrefillSupports(const AttentionShape& shape);  // hd 64 or 128
+// Throws Error when !AttentionPrefillSupports(params.shape).
+void AttentionPrefill(const AttentionParams& params, TokenPlaces places, int n, const float* q,
                       const __half* k_cache, const __half* v_cache, float* out, cudaStream_t stream);
+
+// ---- forward.cu ----
+// Fills weights on the device where no host data exists: the benchmark's
+// random model (cuda/testing/random_model.cu, a test-only target).
+class DeviceFill {
+ public:
+  virtual ~DeviceFill() = default;
+  // p[0 .. n) = random bytes & mask (int4 codes, zero points).
+  virtual void Bytes(uint8_t* p, size_t n, uint8_t mask) = 0;
+  // p[0 .. n) = uniform in [lo, hi) as f16; the constant lo when hi == lo.
+  virtual void Halves(__half* p, size_t n, float lo, float hi) = 0;
+  // p[0 .. n) = value (norm weights).
+  virtual void Floats(float* p, size_t n, float value) = 0;
+};
+// The forward pass of cuda_backend.h with every weight of `config`'s shapes
+// (int4 layers at group_size) filled by `fill` instead of uploaded.
+std::unique_ptr<ForwardPass> CreateFilledCudaForward(const ModelConfig& config, int group_size,
+                                                     DeviceFill& fill, int max_seq_len,
+                                                     int max_sequences);
 
 }  // namespace cu
 }  // namespace awqcore

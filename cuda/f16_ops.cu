@@ -54,20 +54,19 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int b = 0; b < B; ++b) {
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      float v = acc[b][r];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      const float v = WarpSum(acc[b][r]);
       if (lane == 0 && row0 + r < rows) y[static_cast<size_t>(b) * rows + row0 + r] = v;
     }
   }
 }
 
-// One block per token; out row = table row, converted to f32 (8 halves per thread step).
+// One block per token; out row = table row in f32, times scale (in f32, as
+// the CPU's gather: ops/embedding_table.h).
 __global__ void EmbeddingKernel(const __half* __restrict__ table, int d, const int* __restrict__ ids,
-                                float* __restrict__ out) {
+                                float scale, float* __restrict__ out) {
   const size_t src = static_cast<size_t>(ids[blockIdx.x]) * d;
   float* dst = out + static_cast<size_t>(blockIdx.x) * d;
-  for (int c = threadIdx.x; c < d; c += blockDim.x) dst[c] = __half2float(table[src + c]);
+  for (int c = threadIdx.x; c < d; c += blockDim.x) dst[c] = __half2float(table[src + c]) * scale;
 }
 
 template <int B>
@@ -94,9 +93,10 @@ void F16Linear(const __half* w, int rows, int d, const float* x, int n, float* y
   }
 }
 
-void Embedding(const __half* table, int d, const int* ids, int n, float* out, cudaStream_t stream) {
+void Embedding(const __half* table, int d, const int* ids, int n, float scale, float* out,
+               cudaStream_t stream) {
   if (n == 0) return;
-  EmbeddingKernel<<<n, 256, 0, stream>>>(table, d, ids, out);
+  EmbeddingKernel<<<n, 256, 0, stream>>>(table, d, ids, scale, out);
   AWQ_CUDA_LAUNCH_CHECK();
 }
 

@@ -1,5 +1,22 @@
-// The forward pass on one GPU: CudaForward (cpp/src/cuda_backend.h), the
-// device twin of Transformer (cpp/src/transformer.h), same step order.
+// The forward pass on one GPU (cpp/src/cuda_backend.h), the device twin of
+// Transformer (cpp/src/transformer.h): the same decoder-layer description
+// (docs/format.md), the same step order:
+//
+//   x = embed[ids] * embedding_scale
+//   per layer: h = rmsnorm(x) * input_norm; q, k, v = linears(h)
+//              qk_norm: per-head rmsnorm of q and k
+//              rotary (the layer's table), cache write, attention (the
+//              layer's window, scores * attention_scale), a = o_proj(...)
+//              pre:      x += a;                     h = rmsnorm(x) * post_norm
+//              sandwich: x += rmsnorm(a) * post_norm; h = rmsnorm(x) * pre_ffn_norm
+//              m = down(act(gate(h)) * up(h))
+//              pre: x += m;  sandwich: x += rmsnorm(m) * post_ffn_norm
+//   logits = lm_head(rmsnorm(x) * final_norm), soft-capped when configured
+//   (before the device sampling too).
+//
+// The rotary tables are RopeTable's (ops/rope.h), built on the host by the
+// CPU's code and uploaded: one for rope_theta with the rope scaling, and one
+// for rope_local_theta when the sliding layers have their own base.
 //
 // Memory, allocated once in the constructor: one arena for the weights (the
 // file's encodings, uploaded once; ~0.56 B per parameter at g128), the f16 KV
@@ -25,6 +42,7 @@
 #include "common.cuh"
 #include "cuda_backend.h"
 #include "half.h"
+#include "ops/rope.h"
 #include "sampler.h"
 
 namespace awqcore {
@@ -47,67 +65,46 @@ constexpr size_t kAlign = 256;    // arena alignment: 16-byte loads, full sector
 size_t AlignUp(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
 std::string MiB(uint64_t bytes) { return std::to_string((bytes + (1u << 20) - 1) >> 20) + " MiB"; }
 
-// ---- random fill for the synthetic benchmark model (splitmix64 per element) ----
-__device__ uint64_t Mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-__global__ void FillBytes(uint8_t* p, size_t n, uint8_t mask, uint64_t seed) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    p[i] = static_cast<uint8_t>(Mix(seed ^ i)) & mask;
-}
-// Uniform in [lo, hi) as f16, or the constant lo when hi == lo (f32 out when f32).
-__global__ void FillHalf(__half* p, size_t n, float lo, float hi, uint64_t seed) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    p[i] = __float2half_rn(lo + (hi - lo) * (Mix(seed ^ i) >> 40) * (1.0f / 16777216.f));
-}
-__global__ void FillFloat(float* p, size_t n, float value) {
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-    p[i] = value;
-}
-
 // Places tensors in one device arena. Pass 1 (Reserve) only counts bytes;
-// pass 2 returns device pointers and uploads (or random-fills) the data.
+// pass 2 returns device pointers and uploads the data, or where there is no
+// host data (the random model) has `fill` write it.
 class Arena {
  public:
-  explicit Arena(uint64_t seed) : seed_(seed) {}
+  explicit Arena(cu::DeviceFill* fill) : fill_(fill) {}
   void Allocate() { buffer_ = DeviceBuffer(size_); size_ = 0; placing_ = true; }
   size_t size() const { return size_; }
   bool placing() const { return placing_; }  // pass 2: pointers are real, data is read
 
-  // Host data (or random bytes & mask when src is null).
+  // Host data, or fill's random bytes & mask when src is null.
   void* Bytes(const void* src, size_t bytes, uint8_t mask) {
     void* p = Next(bytes);
     if (!p) return nullptr;
     if (src) {
       AWQ_CUDA_CHECK(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
     } else {
-      FillBytes<<<1024, 256>>>(static_cast<uint8_t*>(p), bytes, mask, seed_ += 0x1234567);
-      AWQ_CUDA_LAUNCH_CHECK();
+      Fill().Bytes(static_cast<uint8_t*>(p), bytes, mask);
     }
     return p;
   }
+  // Host f16 bits, or fill's uniform [lo, hi) when src is null.
   __half* Half(const uint16_t* src, size_t count, float lo, float hi) {
     void* p = Next(count * 2);
     if (!p) return nullptr;
     if (src) {
       AWQ_CUDA_CHECK(cudaMemcpy(p, src, count * 2, cudaMemcpyHostToDevice));
     } else {
-      FillHalf<<<1024, 256>>>(static_cast<__half*>(p), count, lo, hi, seed_ += 0x7654321);
-      AWQ_CUDA_LAUNCH_CHECK();
+      Fill().Halves(static_cast<__half*>(p), count, lo, hi);
     }
     return static_cast<__half*>(p);
   }
+  // Host floats, or `value` everywhere when src is null.
   float* Float(const float* src, size_t count, float value) {
     void* p = Next(count * 4);
     if (!p) return nullptr;
     if (src) {
       AWQ_CUDA_CHECK(cudaMemcpy(p, src, count * 4, cudaMemcpyHostToDevice));
     } else {
-      FillFloat<<<256, 256>>>(static_cast<float*>(p), count, value);
-      AWQ_CUDA_LAUNCH_CHECK();
+      Fill().Floats(static_cast<float*>(p), count, value);
     }
     return static_cast<float*>(p);
   }
@@ -118,10 +115,14 @@ class Arena {
     size_ += AlignUp(bytes);
     return placing_ ? buffer_.as<uint8_t>() + offset : nullptr;
   }
+  cu::DeviceFill& Fill() {
+    if (!fill_) throw Error("internal: a weight tensor of the model is missing");
+    return *fill_;
+  }
   DeviceBuffer buffer_;
   size_t size_ = 0;
   bool placing_ = false;
-  uint64_t seed_;
+  cu::DeviceFill* fill_;  // nullptr: every tensor comes from the host
 };
 
 // The staging buffers' layout, in ints, for C = chunk tokens: what a pass
@@ -137,44 +138,58 @@ struct StagingLayout {
   int chunk;
 };
 
+// Norm weights as LayerWeights (model_weights.h) names them; those the
+// description does not use stay null.
 struct DeviceLayer {
-  const float* input_norm = nullptr;  // [d]
+  const float* input_norm = nullptr;     // [d]
   DeviceInt4 q, k, v, o;
-  const float* post_norm = nullptr;   // [d]
+  const float* q_norm = nullptr;         // [hd]  qk_norm
+  const float* k_norm = nullptr;         // [hd]  qk_norm
+  const float* post_norm = nullptr;      // [d]
+  const float* pre_ffn_norm = nullptr;   // [d]   sandwich
+  const float* post_ffn_norm = nullptr;  // [d]   sandwich
   DeviceInt4 gate, up, down;
+  bool sliding = false;                  // config.layer_sliding[layer]
 };
 
-class CudaTransformer final : public CudaForward {
+class CudaTransformer final : public ForwardPass {
  public:
-  // weights == nullptr: random weights of the config's shapes at group_size.
+  // weights == nullptr: weights of the config's shapes at group_size written
+  // by `fill`.
   CudaTransformer(const ModelConfig& config, const ModelWeights* weights, int group_size,
-                  int max_seq_len, int max_sequences, uint64_t seed)
+                  cu::DeviceFill* fill, int max_seq_len, int max_sequences)
       : config_(config),
         max_seq_len_(max_seq_len),
         chunk_(std::min(kChunk, std::max(max_seq_len, max_sequences))),
         staging_(chunk_),
         positions_(max_sequences, 0),
         graph_exec_(2 * max_sequences, nullptr),
-        arena_(seed) {
+        arena_(fill) {
     if (max_sequences > kChunk) {
       throw Error("the CUDA backend decodes at most " + std::to_string(kChunk) +
                   " sequences together (got max_batch " + std::to_string(max_sequences) + ")");
     }
     cu::RequireDevice();
     const int d = config.hidden_size, hd = config.head_dim;
-    if (d % 8 != 0 || hd % 8 != 0) {
-      throw Error("the CUDA backend needs hidden_size and head_dim divisible by 8 (got " +
-                  std::to_string(d) + ", " + std::to_string(hd) + ")");
+    if (d % 8 != 0 || hd % 8 != 0 || hd > cu::kMaxHeadDim) {
+      throw Error("the CUDA backend needs hidden_size and head_dim divisible by 8 and head_dim <= " +
+                  std::to_string(cu::kMaxHeadDim) + " (got " + std::to_string(d) + ", " + std::to_string(hd) + ")");
     }
-    dims_ = {config.num_heads, config.num_kv_heads, hd, max_seq_len};
+    const float scale = config.attention_scale > 0 ? config.attention_scale
+                                                   : 1.f / std::sqrt(static_cast<float>(hd));
+    full_attention_ = {{config.num_heads, config.num_kv_heads, hd}, max_seq_len, scale, 0};
+    sliding_attention_ = full_attention_;
+    sliding_attention_.window = config.sliding_window;
+    const bool local_rope = config.rope_local_theta > 0 && !config.layer_sliding.empty();
     PlaceWeights(weights, group_size);  // pass 1: sizes only
     const size_t weight_bytes = arena_.size();
     const int q_width = config.num_heads * hd, kv_width = config.num_kv_heads * hd;
     const size_t cache_bytes = 2ull * config.num_layers * max_sequences * max_seq_len * kv_width * sizeof(__half);
+    const size_t rope_floats = (local_rope ? 2 : 1) * static_cast<size_t>(max_seq_len) * hd;  // cos + sin
     const size_t scratch_floats =
         static_cast<size_t>(chunk_) * (2 * d + 2 * q_width + 2 * kv_width + 2 * config.intermediate_size +
                                        config.vocab_size) +
-        cu::AttentionScratchFloats(dims_, chunk_) + static_cast<size_t>(max_seq_len) * hd;
+        cu::AttentionScratchFloats(full_attention_, chunk_) + rope_floats;
     const uint64_t total = weight_bytes + cache_bytes + scratch_floats * 4 + 4 * kAlign;
     size_t free_bytes = 0, total_bytes = 0;
     AWQ_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -191,7 +206,7 @@ class CudaTransformer final : public CudaForward {
     v_cache_ = DeviceBuffer(cache_bytes / 2);
     auto floats = [&](size_t n) { return DeviceBuffer(n * sizeof(float)); };
     x_ = floats(static_cast<size_t>(chunk_) * d);                // [C, d]   residual stream
-    h_ = floats(static_cast<size_t>(chunk_) * d);                // [C, d]   normalized
+    h_ = floats(static_cast<size_t>(chunk_) * d);                // [C, d]   normalized, or a sandwich's o/down output
     q_ = floats(static_cast<size_t>(chunk_) * q_width);          // [C, H*hd]
     attn_ = floats(static_cast<size_t>(chunk_) * q_width);       // [C, H*hd]
     k_ = floats(static_cast<size_t>(chunk_) * kv_width);         // [C, KV*hd] before rope
@@ -199,15 +214,16 @@ class CudaTransformer final : public CudaForward {
     gate_ = floats(static_cast<size_t>(chunk_) * config.intermediate_size);  // [C, ffn]
     up_ = floats(static_cast<size_t>(chunk_) * config.intermediate_size);    // [C, ffn]
     logits_ = floats(static_cast<size_t>(chunk_) * config.vocab_size);       // [C, vocab]
-    att_scratch_ = floats(cu::AttentionScratchFloats(dims_, chunk_));       // [C, H, splits, hd+2]
-    UploadRope();
+    att_scratch_ = floats(cu::AttentionScratchFloats(full_attention_, chunk_));  // [C, H, splits, hd+2]
+    rope_ = cu::UploadRopeTable(RopeTable(hd, config.rope_theta, max_seq_len));
+    if (local_rope) local_rope_ = cu::UploadRopeTable(RopeTable(hd, config.rope_local_theta, max_seq_len));
     staged_ = DeviceBuffer(staging_.total() * sizeof(int));
     AWQ_CUDA_CHECK(cudaMallocHost(&host_staged_, staging_.total() * sizeof(int)));
     picks_ = DeviceBuffer(chunk_ * sizeof(TokenPick));
     AWQ_CUDA_CHECK(cudaMallocHost(&host_picks_, chunk_ * sizeof(TokenPick)));
     AWQ_CUDA_CHECK(cudaMallocHost(&host_logits_, static_cast<size_t>(chunk_) * config.vocab_size * 4));
     AWQ_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    AWQ_CUDA_CHECK(cudaDeviceSynchronize());  // random fills / uploads done
+    AWQ_CUDA_CHECK(cudaDeviceSynchronize());  // fills / uploads done
     device_bytes_ = weight_bytes + cache_bytes + scratch_floats * 4;
   }
 
@@ -221,9 +237,11 @@ class CudaTransformer final : public CudaForward {
     if (host_logits_) cudaFreeHost(host_logits_);
   }
 
-  void Forward(int seq, const int* ids, int n, bool all_logits, float* logits) override {
-    Run(seq, ids, n, all_logits ? Output::kAllLogits : Output::kLastLogits, logits);
+  void Forward(int seq, const int* ids, int n, Logits which, float* logits) override {
+    Run(seq, ids, n, which == Logits::kAll ? Output::kAllLogits : Output::kLastLogits, logits);
   }
+
+  bool picks_on_device() const override { return true; }
 
   int ForwardPick(int seq, const int* ids, int n, const TokenPick& pick) override {
     host_picks_[0] = pick;
@@ -294,7 +312,9 @@ class CudaTransformer final : public CudaForward {
 
   void PlaceWeights(const ModelWeights* w, int group_size) {
     const ModelConfig& c = config_;
-    const int d = c.hidden_size, q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+    const int d = c.hidden_size, hd = c.head_dim;
+    const int q_width = c.num_heads * hd, kv_width = c.num_kv_heads * hd;
+    const bool sandwich = c.norm_placement == NormPlacement::kSandwich;
     const size_t table = static_cast<size_t>(c.vocab_size) * d;
     std::vector<uint16_t> staging;  // [vocab, d] f16 bits of an int8 table (pass 2 only)
     embed_ = arena_.Half(w ? TableHalves(w->embed, staging) : nullptr, table, -1.f, 1.f);
@@ -311,30 +331,20 @@ class CudaTransformer final : public CudaForward {
       l.k = PlaceInt4(lw ? &lw->k : nullptr, kv_width, d, group_size);
       l.v = PlaceInt4(lw ? &lw->v : nullptr, kv_width, d, group_size);
       l.o = PlaceInt4(lw ? &lw->o : nullptr, d, q_width, group_size);
+      if (c.qk_norm) {
+        l.q_norm = arena_.Float(lw ? lw->q_norm : nullptr, hd, 1.f);
+        l.k_norm = arena_.Float(lw ? lw->k_norm : nullptr, hd, 1.f);
+      }
       l.post_norm = arena_.Float(lw ? lw->post_norm : nullptr, d, 1.f);
+      if (sandwich) {
+        l.pre_ffn_norm = arena_.Float(lw ? lw->pre_ffn_norm : nullptr, d, 1.f);
+        l.post_ffn_norm = arena_.Float(lw ? lw->post_ffn_norm : nullptr, d, 1.f);
+      }
+      l.sliding = !c.layer_sliding.empty() && c.layer_sliding[i] != 0;
       l.gate = PlaceInt4(lw ? &lw->gate : nullptr, c.intermediate_size, d, group_size);
       l.up = PlaceInt4(lw ? &lw->up : nullptr, c.intermediate_size, d, group_size);
       l.down = PlaceInt4(lw ? &lw->down : nullptr, d, c.intermediate_size, group_size);
     }
-  }
-
-  // cos/sin [max_seq_len, hd/2], computed exactly as RopeTable (ops/rope.cpp)
-  // does, so GPU and CPU rotate by bit-identical factors.
-  void UploadRope() {
-    const int half = config_.head_dim / 2;
-    std::vector<float> table(static_cast<size_t>(max_seq_len_) * half * 2);
-    std::vector<double> frequencies(half);
-    for (int i = 0; i < half; ++i)
-      frequencies[i] = std::pow(static_cast<double>(config_.rope_theta), -2.0 * i / config_.head_dim);
-    for (int pos = 0; pos < max_seq_len_; ++pos) {
-      for (int i = 0; i < half; ++i) {
-        const double angle = pos * frequencies[i];
-        table[static_cast<size_t>(pos) * half + i] = static_cast<float>(std::cos(angle));
-        table[static_cast<size_t>(max_seq_len_ + pos) * half + i] = static_cast<float>(std::sin(angle));
-      }
-    }
-    rope_ = DeviceBuffer(table.size() * sizeof(float));
-    rope_.Upload(table.data(), table.size() * sizeof(float));
   }
 
   enum class Output { kAllLogits, kLastLogits, kLastPick };
@@ -398,36 +408,63 @@ class CudaTransformer final : public CudaForward {
     AWQ_CUDA_CHECK(cudaMemcpyAsync(staged, host_staged_, staging_.inputs() * sizeof(int), cudaMemcpyHostToDevice,
                                    stream_));
     const bool prefill_attention =
-        one_sequence && n >= kPrefillAttentionMinTokens && cu::AttentionPrefillSupports(dims_);
+        one_sequence && n >= kPrefillAttentionMinTokens && cu::AttentionPrefillSupports(full_attention_.shape);
+    const bool sandwich = c.norm_placement == NormPlacement::kSandwich;
+    const int hd = c.head_dim;
     float* x = x_.as<float>();
     float* h = h_.as<float>();
-    cu::Embedding(embed_, d, ids, n, x, stream_);
+    float* q = q_.as<float>();
+    float* k = k_.as<float>();
+    float* attn = attn_.as<float>();
+    float* gate = gate_.as<float>();
+    cu::Embedding(embed_, d, ids, n, c.embedding_scale, x, stream_);
     for (int i = 0; i < c.num_layers; ++i) {
       const DeviceLayer& l = layers_[i];
       __half* kc = k_cache_.as<__half>() + i * kv_layer;
       __half* vc = v_cache_.as<__half>() + i * kv_layer;
+      const cu::AttentionParams& attention = l.sliding ? sliding_attention_ : full_attention_;
+      const DeviceBuffer& rope = l.sliding && local_rope_.bytes() > 0 ? local_rope_ : rope_;
       cu::RmsNorm(x, l.input_norm, d, eps, n, h, stream_);
-      cu::Int4Linear(l.q, h, n, q_.as<float>(), false, stream_);
-      cu::Int4Linear(l.k, h, n, k_.as<float>(), false, stream_);
+      cu::Int4Linear(l.q, h, n, q, false, stream_);
+      cu::Int4Linear(l.k, h, n, k, false, stream_);
       cu::Int4Linear(l.v, h, n, v_.as<float>(), false, stream_);
-      cu::RopeWriteCache(dims_, rope_.as<float>(), rope_.as<float>() + static_cast<size_t>(max_seq_len_) * (c.head_dim / 2),
-                         places, n, q_.as<float>(), k_.as<float>(), v_.as<float>(), kc, vc, stream_);
-      if (prefill_attention) {
-        cu::AttentionPrefill(dims_, places, n, q_.as<float>(), kc, vc, attn_.as<float>(), stream_);
-      } else {
-        cu::Attention(dims_, places, n, q_.as<float>(), kc, vc, att_scratch_.as<float>(), attn_.as<float>(), stream_);
+      if (c.qk_norm) {  // rows of hd: n * H of q, n * KV of k
+        cu::RmsNorm(q, l.q_norm, hd, eps, n * c.num_heads, q, stream_);
+        cu::RmsNorm(k, l.k_norm, hd, eps, n * c.num_kv_heads, k, stream_);
       }
-      cu::Int4Linear(l.o, attn_.as<float>(), n, x, true, stream_);  // x += o_proj(attn)
-      cu::RmsNorm(x, l.post_norm, d, eps, n, h, stream_);
-      cu::Int4Linear(l.gate, h, n, gate_.as<float>(), false, stream_);
+      cu::RopeWriteCache(attention, rope.as<float>(), rope.as<float>() + static_cast<size_t>(max_seq_len_) * (hd / 2),
+                         places, n, q, k, v_.as<float>(), kc, vc, stream_);
+      if (prefill_attention) {
+        cu::AttentionPrefill(attention, places, n, q, kc, vc, attn, stream_);
+      } else {
+        cu::Attention(attention, places, n, q, kc, vc, att_scratch_.as<float>(), attn, stream_);
+      }
+      if (sandwich) {
+        cu::Int4Linear(l.o, attn, n, h, false, stream_);
+        cu::AddRmsNorm(h, l.post_norm, d, eps, n, x, stream_);  // x += norm(o_proj(attn))
+        cu::RmsNorm(x, l.pre_ffn_norm, d, eps, n, h, stream_);
+      } else {
+        cu::Int4Linear(l.o, attn, n, x, true, stream_);  // x += o_proj(attn)
+        cu::RmsNorm(x, l.post_norm, d, eps, n, h, stream_);
+      }
+      cu::Int4Linear(l.gate, h, n, gate, false, stream_);
       cu::Int4Linear(l.up, h, n, up_.as<float>(), false, stream_);
-      cu::SwiGlu(gate_.as<float>(), up_.as<float>(), static_cast<size_t>(n) * c.intermediate_size, gate_.as<float>(), stream_);
-      cu::Int4Linear(l.down, gate_.as<float>(), n, x, true, stream_);  // x += down_proj(...)
+      cu::GatedActivation(c.activation, gate, up_.as<float>(), static_cast<size_t>(n) * c.intermediate_size, gate,
+                          stream_);
+      if (sandwich) {
+        cu::Int4Linear(l.down, gate, n, h, false, stream_);
+        cu::AddRmsNorm(h, l.post_ffn_norm, d, eps, n, x, stream_);  // x += norm(down_proj(...))
+      } else {
+        cu::Int4Linear(l.down, gate, n, x, true, stream_);  // x += down_proj(...)
+      }
     }
     if (rows == 0) return;
     const float* last = x + static_cast<size_t>(n - rows) * d;
     cu::RmsNorm(last, final_norm_, d, eps, rows, h, stream_);
     cu::F16Linear(lm_head_, c.vocab_size, d, h, rows, logits_.as<float>(), stream_);
+    if (c.final_logit_softcap > 0) {
+      cu::SoftCap(logits_.as<float>(), static_cast<size_t>(rows) * c.vocab_size, c.final_logit_softcap, stream_);
+    }
     if (pick) {
       int* tokens = staged + staging_.tokens();
       TokenPick* picks = picks_.as<TokenPick>();
@@ -471,7 +508,8 @@ class CudaTransformer final : public CudaForward {
   const StagingLayout staging_;
   std::vector<int> positions_;  // [max_sequences] tokens in each sequence's cache
   std::vector<cudaGraphExec_t> graph_exec_;  // [max_sequences, 2]: (n - 1, pick)
-  cu::AttentionDims dims_;
+  cu::AttentionParams full_attention_;     // every key up to the token's own
+  cu::AttentionParams sliding_attention_;  // window config.sliding_window (sliding layers)
   uint64_t device_bytes_ = 0;
 
   Arena arena_;  // every weight
@@ -482,7 +520,8 @@ class CudaTransformer final : public CudaForward {
 
   DeviceBuffer k_cache_, v_cache_;  // [layers, max_sequences, max_seq_len, KV*hd] f16
   DeviceBuffer x_, h_, q_, attn_, k_, v_, gate_, up_, logits_, att_scratch_;
-  DeviceBuffer rope_;  // [2, max_seq_len, hd/2]: cos then sin
+  DeviceBuffer rope_;        // [2, max_seq_len, hd/2]: cos then sin (rope_theta, scaled)
+  DeviceBuffer local_rope_;  // the same for rope_local_theta (sliding layers), or empty
   DeviceBuffer staged_;            // [staging_.total()] ints
   int* host_staged_ = nullptr;     // pinned, the same layout
   DeviceBuffer picks_;             // [C] TokenPick of each logits row
@@ -493,14 +532,18 @@ class CudaTransformer final : public CudaForward {
 
 }  // namespace
 
-std::unique_ptr<CudaForward> CreateCudaForward(const ModelConfig& config, const ModelWeights& weights,
+std::unique_ptr<ForwardPass> CreateCudaForward(const ModelConfig& config, const ModelWeights& weights,
                                                int max_seq_len, int max_sequences) {
-  return std::make_unique<CudaTransformer>(config, &weights, config.group_size, max_seq_len, max_sequences, 0);
+  return std::make_unique<CudaTransformer>(config, &weights, config.group_size, nullptr, max_seq_len,
+                                           max_sequences);
 }
 
-std::unique_ptr<CudaForward> CreateRandomCudaForward(const ModelConfig& config, int group_size,
-                                                     int max_seq_len, int max_sequences, uint64_t seed) {
-  return std::make_unique<CudaTransformer>(config, nullptr, group_size, max_seq_len, max_sequences, seed);
+namespace cu {
+std::unique_ptr<ForwardPass> CreateFilledCudaForward(const ModelConfig& config, int group_size,
+                                                     DeviceFill& fill, int max_seq_len,
+                                                     int max_sequences) {
+  return std::make_unique<CudaTransformer>(config, nullptr, group_size, &fill, max_seq_len, max_sequences);
 }
+}  // namespace cu
 
 }  // namespace awqcore

@@ -1,5 +1,6 @@
 // int4 grouped linear y = W x on the GPU, for decode (1 token) and, tiled by
-// 8 tokens, for up to kGemmMinTokens - 1 tokens (more go to int4_gemm.cu).
+// 8 tokens, for up to kTensorCoreMinTokens - 1 tokens (more go to
+// int4_gemm.cu).
 //
 // Memory arithmetic (the kernel is bandwidth-bound at batch 1): a 4096x4096
 // layer at g128 holds 8 MiB of nibbles + 4096*32*3 B = 384 KiB of scales and
@@ -10,38 +11,29 @@
 // because in % 32 == 0 and g in {32, 64, 128}. The file's layout already
 // gives each lane 32 consecutive-k nibbles per uint4, so no repacking.
 //
-// Why version 1 (x read per lane from L1 with __ldg) reached only 26-37% of
-// copy bandwidth: lane l read x[32 l .. 32 l + 32) as 8 float4 loads, so each
-// warp-wide load touched 32 different 128-byte lines (32 L1 wavefronts for
-// 512 B, vs 4 when coalesced): 256 L1 cycles per 2 KiB of weights, i.e.
-// 8 MiB / 132 SMs / 2 KiB * 256 = ~8000 cycles = ~4.6 us per SM for the
-// 4096x4096 layer before any DRAM time; the K split and the one-warp-per-row
-// variant kept the same x pattern, hence "no change".
+// x is staged per block in shared memory with an XOR swizzle (float4 i of
+// 32-column chunk j lives at slot 8 j + (i ^ (j & 7))), so the 8 lanes of a
+// quarter-warp read 8 different bank quads and a warp-wide float4 read costs
+// the minimum 4 wavefronts. Read straight from global memory instead, lane
+// l's 8 float4 loads of x[32 l .. 32 l + 32) would touch 32 different
+// 128-byte lines per warp-wide load (32 L1 wavefronts for 512 B instead of
+// 4): 256 L1 cycles per 2 KiB of weights, ~4.6 us per SM for a 4096x4096
+// layer before any DRAM time. A block of 8 warps covers 8 R rows, so one
+// staging of x (B * 4 bytes per column) serves 8 R * 0.5 bytes per column of
+// weights: x / W traffic = B / R. Weights for a whole step (D chunks of 1024
+// columns, R rows: R D 16-byte loads per lane) are issued before the x
+// staging and its barriers, so the L2 round trip of x hides under the DRAM
+// round trip of W. Bytes in flight at B = 1 (R = 1, D = 2, 4 blocks = 32
+// warps per SM): out * 512 * D = 4 MiB for 4096x4096, above the ~3 MB
+// (3 TB/s * ~1 us) that Little's law asks for.
 //
-// Version 2 (this one): x is staged per block in shared memory with an XOR
-// swizzle (float4 i of 32-column chunk j lives at slot 8 j + (i ^ (j & 7))),
-// so the 8 lanes of a quarter-warp read 8 different bank quads: a warp-wide
-// float4 read costs the minimum 4 wavefronts. A block of 8 warps covers
-// 8 R rows, so one staging of x (B * 4 bytes per column) serves 8 R * 0.5
-// bytes per column of weights: x / W traffic = B / R. Weights for a whole
-// step (D chunks of 1024 columns, R rows: R D 16-byte loads per lane) are
-// issued before the x staging and its barriers, so the L2 round trip of x
-// hides under the DRAM round trip of W. Bytes in flight at B = 1 (R = 1,
-// D = 2, 4 blocks = 32 warps per SM): out * 512 * D = 4 MiB for 4096x4096,
-// above the ~3 MB (3 TB/s * ~1 us) that Little's law asks for.
-//
-// Measured on an H100 (ncu gpu__time_duration, kernel only, caches flushed):
-// batch 8 at 4096x4096 went 44.1 -> 22.6 us (x reads were the bottleneck
-// there: L1 wavefronts 9.3 M -> 1.6 M), batch 1 only 11.2 -> 9.3 us
-// (~950 GB/s, 29% of DRAM peak). Batch 1 is now issue-bound, not
-// memory-bound: ncu counts ~6.9 warp instructions per 32 weights (per lane:
-// PRMT + FADD + FFMA per weight, plus x loads, staging, addressing), i.e.
-// ~3.5 us of issue per scheduler at 1.96 GHz against 2.9 us of DRAM time,
-// with latency phases not fully overlapped. Getting to >= 80% of copy
-// bandwidth needs fewer instructions per weight: f16x2 dequant (two weights
-// per LOP3 / HSUB2) with HFMA2 or mma.sync on tensor cores; both take x in
-// f16 (exact to f32 level only with an x = hi + lo split), which is the next
-// version's job.
+// At batch 1 the kernel is bound by instruction issue rather than memory:
+// per 32 weights a warp issues ~7 instructions (per lane: PRMT + FADD + FFMA
+// per weight, plus x loads, staging, addressing), ~3.5 us of issue per
+// scheduler at 1.96 GHz for the 4096x4096 layer against 2.9 us of DRAM time
+// (the README gives the measured bandwidth). Fewer instructions per weight
+// would need f16x2 dequantization (two weights per LOP3 / HSUB2) with HFMA2
+// or mma.sync, both of which take x in f16.
 //
 // Dequantization: w = (q - z) * s, q - z formed exactly in f32 with the
 // magic-number trick: the bits 0x4B000000 | q are the float 2^23 + q, so one
@@ -61,12 +53,6 @@ constexpr int kWarps = 8;         // warps per block, each taking R rows
 constexpr int kThreads = kWarps * 32;
 constexpr int kMaxTile = 8;       // tokens per launch: weights read once per tile
 constexpr int kChunkCols = 1024;  // one warp-wide 16-byte load per row: 32 lanes x 32 columns
-
-__device__ __forceinline__ float WarpSum(float v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 // Swizzled float4 slot of float4 f (4 columns) of a staged x row: chunk
 // j = f / 8 (32 columns) keeps its 8 slots, permuted by j & 7.
@@ -219,7 +205,7 @@ void LaunchTile(const DeviceInt4& w, const float* x, float* y, bool accumulate,
 
 void Int4Linear(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate,
                 cudaStream_t stream) {
-  if (n >= kGemmMinTokens) {
+  if (n >= kTensorCoreMinTokens) {
     Int4Gemm(w, x, n, y, accumulate, stream);
     return;
   }

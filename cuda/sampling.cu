@@ -131,11 +131,6 @@ __device__ __forceinline__ unsigned long long ToFixed(float p, float scale) {
   return __float2ull_ru(p * scale);
 }
 
-__device__ __forceinline__ unsigned long long WarpSum(unsigned long long v) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
-  return v;
-}
 __device__ __forceinline__ unsigned long long WarpInclusiveSum(unsigned long long v) {
   const int lane = threadIdx.x & 31;
 #pragma unroll

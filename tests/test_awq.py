@@ -268,7 +268,7 @@ def test_awq_beats_rtn_on_smollm2(smollm2_source, tmp_path):
 
 
 def test_kl_top1_against_torch():
-    from awqcore.cli import kl_top1
+    from awqcore.evaluate import kl_top1
 
     rng = np.random.default_rng(0)
     base, other = rng.standard_normal((2, 5, 50)).astype(np.float32) * 3

@@ -126,3 +126,117 @@ def write_tiny_model(path: str | os.PathLike, source: TinySource | None = None,
             add_table(w, "lm_head")
         w.finish(tiny_metadata(source, group_size))
     return source
+
+
+# --- Tiny checkpoints of every family, as Hugging Face folders ----------------
+
+# Each family's tiny config (awqcore.importers.synthetic.FAMILIES) over a 64-token
+# vocabulary, so tiny_tokenizer_json covers it.
+FAMILY_NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma3")
+_HF_CLASSES = {"llama": ("llama", "LlamaForCausalLM"), "mistral": ("mistral", "MistralForCausalLM"),
+               "qwen2": ("qwen2", "Qwen2ForCausalLM"), "qwen3": ("qwen3", "Qwen3ForCausalLM"),
+               "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
+
+
+def family_config(family: str) -> ModelConfig:
+    from awqcore.importers.synthetic import tiny_config
+    return tiny_config(family, vocab_size=64)
+
+
+class SharpSource:
+    """SourceModel of one family with weights strong enough that greedy tokens depend on
+    the context (the 0.02-std synthetic weights make every context continue alike):
+    embeddings N(0, 1), linears N(0, (gain²)/in) with q/k gain 2 so attention is peaked,
+    norm multipliers 1 + 0.3·N(0, 1) and biases N(0, 0.3²), so that a (1 + w) or a
+    bias mistake moves the logits by O(1)."""
+
+    def __init__(self, family: str, seed: int = 0):
+        self.config = family_config(family)
+        self.tokenizer = TokenizerInfo(json=tiny_tokenizer_json(64), chat_template=CHATML_TEMPLATE,
+                                       bos_token_id=1, eos_token_ids=[2])
+        self.source = f"sharp random {family} (seed {seed})"
+        rng = np.random.default_rng(seed)
+        self._tensors: dict[str, np.ndarray] = {}
+        for name, shape in expected_tensor_shapes(self.config).items():
+            if name.endswith("norm.weight"):
+                t = 1.0 + 0.3 * rng.standard_normal(shape)
+            elif name.endswith(".bias"):
+                t = 0.3 * rng.standard_normal(shape)
+            elif "embed_tokens" in name or name == "lm_head.weight":
+                t = rng.standard_normal(shape)
+            else:
+                gain = 2.0 if ("q_proj" in name or "k_proj" in name) else 1.0
+                t = gain * rng.standard_normal(shape) / np.sqrt(shape[-1])
+            self._tensors[name] = t.astype(np.float32)
+
+    def tensor_names(self) -> list[str]:
+        return list(self._tensors)
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self._tensors:
+            raise KeyError(f"{self.source}: no tensor {name!r}")
+        return self._tensors[name].copy()
+
+    def hf_tensors(self) -> dict[str, np.ndarray]:
+        """The tensors as a Hugging Face checkpoint holds them: Gemma's norms as w, the
+        checkpoint's parameter, where the source (and the file format) hold 1 + w."""
+        gemma = self.config.architecture == "gemma3"
+        return {n: (t - np.float32(1.0) if gemma and n.endswith("norm.weight") else t)
+                for n, t in self._tensors.items()}
+
+
+def hf_config_json(c: ModelConfig) -> dict:
+    """config.json as the family's checkpoints on the Hub spell it (transformers 4 keys:
+    rope_theta, rope_scaling, rope_local_base_freq)."""
+    model_type, cls = _HF_CLASSES[c.architecture]
+    cfg = {
+        "architectures": [cls], "model_type": model_type, "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
+        "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim,
+        "max_position_embeddings": c.max_position_embeddings, "rope_theta": c.rope_theta,
+        "rms_norm_eps": c.rms_norm_eps, "tie_word_embeddings": c.tie_word_embeddings,
+        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32",
+    }
+    if c.rope_scaling is not None:
+        cfg["rope_scaling"] = {k: v for k, v in c.rope_scaling.items()
+                               if k not in ("truncate", "attention_factor")}
+    if c.architecture == "gemma3":
+        cfg.update(hidden_activation="gelu_pytorch_tanh", sliding_window=c.sliding_window,
+                   layer_types=c.layer_types, rope_local_base_freq=c.rope_local_theta,
+                   query_pre_attn_scalar=round(c.attention_scale ** -2),
+                   final_logit_softcapping=c.final_logit_softcap or None,
+                   attn_logit_softcapping=None)
+    else:
+        cfg["hidden_act"] = "silu"
+    if c.architecture == "mistral":
+        cfg["sliding_window"] = c.sliding_window or None
+    return cfg
+
+
+def write_hf_checkpoint(folder, source: SharpSource, dtype=None) -> None:
+    """A Hugging Face folder of `source`: config.json, model.safetensors (f32, or
+    `dtype`, a torch dtype), tokenizer.json and tokenizer_config.json."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    tensors = {n: torch.from_numpy(t) for n, t in source.hf_tensors().items()}
+    if dtype is not None:
+        tensors = {n: t.to(dtype) for n, t in tensors.items()}
+    save_file(tensors, os.path.join(folder, "model.safetensors"))
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(hf_config_json(source.config), f, indent=1)
+    write_hf_tokenizer(folder, source)
+
+
+def write_hf_tokenizer(folder, source) -> None:
+    import json
+
+    with open(os.path.join(folder, "tokenizer.json"), "w") as f:
+        f.write(source.tokenizer.json)
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": source.tokenizer.chat_template, "bos_token": "<s>",
+                   "eos_token": "</s>"}, f)

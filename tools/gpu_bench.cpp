@@ -1,4 +1,5 @@
-// GPU benchmark (tools/gpu_check.sh builds it with nvcc against libawqcore.a):
+// GPU benchmark (CMake target gpu_bench in CUDA builds with tests; run by
+// tools/gpu_check.sh):
 // int4 GEMV bandwidth vs a measured device copy, the prefill GEMM's TFLOP/s
 // (tools/gpu_torch_peer.py prints torch.matmul's f16 TFLOP/s to compare),
 // and end-to-end speed of a Llama-2-7B-shape model with random int4 weights
@@ -20,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda_backend.h"
+#include "cuda_testing.h"
 #include "sampler.h"
 
 using namespace awqcore;
@@ -101,7 +102,7 @@ int main(int argc, char** argv) {
     std::vector<int> prompt(context);
     for (int i = 0; i < context; ++i) prompt[i] = (i * 7919) % 32000;
     const auto t0 = now();
-    model->Forward(0, prompt.data(), context, false, logits.data());
+    model->Forward(0, prompt.data(), context, ForwardPass::Logits::kLastOnly, logits.data());
     const double prefill = secs(t0, now());
     if (context == 2048) std::printf("| prefill | %d | %.0f | | |\n", context, context / prefill);
     const int steps = 48;

@@ -40,16 +40,25 @@ struct EmbeddingTable {
   const void* data() const { return f16 != nullptr ? static_cast<const void*>(f16) : q8; }
 };
 
+// Norm weights are the multipliers of the normalized vector (Gemma's 1 + w
+// already added in the file). The norms' roles follow the file's names:
+//   pre placement:      x += o(attn(input_norm(x)));  x += mlp(post_norm(x))
+//   sandwich placement: x += post_norm(o(attn(input_norm(x))));
+//                       x += post_ffn_norm(mlp(pre_ffn_norm(x)))
 struct LayerWeights {
-  const float* input_norm = nullptr;  // [d]
-  Int4Linear q;                       // [H*hd, d]
-  Int4Linear k;                       // [KV*hd, d]
-  Int4Linear v;                       // [KV*hd, d]
-  Int4Linear o;                       // [d, H*hd]
-  const float* post_norm = nullptr;   // [d]
-  Int4Linear gate;                    // [ffn, d]
-  Int4Linear up;                      // [ffn, d]
-  Int4Linear down;                    // [d, ffn]
+  const float* input_norm = nullptr;     // [d]
+  Int4Linear q;                          // [H*hd, d]
+  Int4Linear k;                          // [KV*hd, d]
+  Int4Linear v;                          // [KV*hd, d]
+  const float* q_norm = nullptr;         // [hd] with qk_norm, else nullptr
+  const float* k_norm = nullptr;         // [hd] with qk_norm, else nullptr
+  Int4Linear o;                          // [d, H*hd]
+  const float* post_norm = nullptr;      // [d] post_attention_layernorm
+  const float* pre_ffn_norm = nullptr;   // [d] sandwich only, else nullptr
+  const float* post_ffn_norm = nullptr;  // [d] sandwich only, else nullptr
+  Int4Linear gate;                       // [ffn, d]
+  Int4Linear up;                         // [ffn, d]
+  Int4Linear down;                       // [d, ffn]
 };
 
 struct ModelWeights {

@@ -48,52 +48,18 @@ void CheckMaxNewTokens(int max_new_tokens) {
   }
 }
 
-// The forward pass of a Session on its device: the CPU Transformer or the
-// CUDA backend (cuda_backend.h), behind the Transformer's interface.
-class Backend {
- public:
-  Backend(const Model& model, int max_seq_len, int max_batch, ThreadPool& pool, Device device,
-          CpuActivations activations) {
-    if (device == Device::kCpu) {
-      cpu_ = std::make_unique<Transformer>(model.impl().config, model.impl().weights, max_seq_len,
-                                           pool, max_batch,
-                                           activations == CpuActivations::kInt8Decode);
-      return;
-    }
-#ifdef AWQCORE_WITH_CUDA
-    gpu_ = CreateCudaForward(model.impl().config, model.impl().weights, max_seq_len, max_batch);
-#else
-    throw Error("awqcore was built without CUDA");
-#endif
+// The forward pass of a Session on its device, chosen once here: the CPU
+// Transformer or the CUDA backend (cuda_backend.h), both behind ForwardPass.
+std::unique_ptr<ForwardPass> CreateForwardPass(const Model& model, int max_seq_len, int max_batch,
+                                               ThreadPool& pool, Device device,
+                                               CpuActivations activations) {
+  if (device == Device::kCpu) {
+    return std::make_unique<Transformer>(model.impl().config, model.impl().weights, max_seq_len,
+                                         pool, max_batch,
+                                         activations == CpuActivations::kInt8Decode);
   }
-  void Forward(int seq, const int* ids, int n, Transformer::Logits which, float* logits) {
-    if (cpu_) return cpu_->Forward(seq, ids, n, which, logits);
-    gpu_->Forward(seq, ids, n, which == Transformer::Logits::kAll, logits);
-  }
-  void DecodeStep(const int* seqs, const int* ids, int n, float* logits) {
-    if (cpu_) return cpu_->DecodeStep(seqs, ids, n, logits);
-    gpu_->DecodeStep(seqs, ids, n, logits);
-  }
-  bool on_gpu() const { return gpu_ != nullptr; }
-  // GPU only: Forward of the last logits / DecodeStep, returning the tokens
-  // picked on the device (4 bytes per sequence cross to the host instead of
-  // the logits).
-  int ForwardPick(int seq, const int* ids, int n, const TokenPick& pick) {
-    return gpu_->ForwardPick(seq, ids, n, pick);
-  }
-  void DecodeStepPick(const int* seqs, const int* ids, int n, const TokenPick* picks, int* tokens) {
-    gpu_->DecodeStepPick(seqs, ids, n, picks, tokens);
-  }
-  void Reset() { cpu_ ? cpu_->Reset() : gpu_->Reset(); }
-  void Reset(int seq) { cpu_ ? cpu_->Reset(seq) : gpu_->Reset(seq); }
-  int position() const { return cpu_ ? cpu_->position() : gpu_->position(0); }
-  int max_seq_len() const { return cpu_ ? cpu_->max_seq_len() : gpu_->max_seq_len(); }
-  uint64_t device_bytes() const { return gpu_ ? gpu_->device_bytes() : 0; }
-
- private:
-  std::unique_ptr<Transformer> cpu_;  // exactly one of the two is set
-  std::unique_ptr<CudaForward> gpu_;
-};
+  return CreateCudaForward(model.impl().config, model.impl().weights, max_seq_len, max_batch);
+}
 
 using Clock = std::chrono::steady_clock;
 double SecondsSince(Clock::time_point start) {
@@ -103,8 +69,8 @@ double SecondsSince(Clock::time_point start) {
 // On the GPU the token is picked on the device unless a repetition penalty
 // must first change the logits (sampler.h; it stays on the host, so those
 // logits cross).
-bool PicksOnDevice(const Backend& backend, const SamplingOptions& sampling) {
-  return backend.on_gpu() && sampling.repetition_penalty == 1.0f;
+bool PicksOnDevice(const ForwardPass& forward, const SamplingOptions& sampling) {
+  return forward.picks_on_device() && sampling.repetition_penalty == 1.0f;
 }
 
 bool IsStop(const std::vector<int>& stop_ids, int token) {
@@ -112,18 +78,21 @@ bool IsStop(const std::vector<int>& stop_ids, int token) {
 }
 
 // Index of the first NaN or infinity in x[0 .. n), or -1. A float is not
-// finite exactly when its exponent bits are all ones, i.e. when its bits
-// without the sign are >= 0x7f800000; the max over those is a branch-free
-// loop the compiler vectorizes, so the common all-finite case costs one read
-// of the row (vocab * 4 bytes, just written by the lm_head, so in cache).
+// finite exactly when its exponent bits are all ones; adding 1 to the
+// exponent field (+ 0x00800000) then carries into bit 31, which the masked
+// value never has otherwise. The OR of those sums is a branch-free loop of
+// and/add/or that the compiler vectorizes with baseline SSE2 (4 floats per
+// 1-cycle step): vocab 49152 is ~12k steps, against milliseconds per decode
+// step (awqcore.h has the measurement), and the row was just written by the
+// lm_head, so it is in cache.
 int FirstNonFinite(const float* x, int n) {
-  uint32_t largest = 0;
+  uint32_t carries = 0;
   for (int i = 0; i < n; ++i) {
     uint32_t bits;
     std::memcpy(&bits, x + i, sizeof bits);
-    largest = std::max(largest, bits & 0x7fffffffu);
+    carries |= (bits & 0x7f800000u) + 0x00800000u;
   }
-  if (largest < 0x7f800000u) return -1;
+  if (!(carries & 0x80000000u)) return -1;
   for (int i = 0; i < n; ++i) {
     if (!std::isfinite(x[i])) return i;
   }
@@ -161,7 +130,8 @@ struct Session::Impl {
         device(device_in),
         max_batch(max_batch_in),
         pool(device_in == Device::kCpu ? num_threads : 1),
-        transformer(*model, max_seq_len, max_batch_in, pool, device_in, activations),
+        forward_pass(CreateForwardPass(*model, max_seq_len, max_batch_in, pool, device_in, activations)),
+        transformer(*forward_pass),
         logits(static_cast<size_t>(max_batch_in) * config.vocab_size),
         step_picks(max_batch_in),
         slot_prompt(max_batch_in, -1) {
@@ -217,7 +187,7 @@ struct Session::Impl {
       seconds += SecondsSince(start);
       return token;
     }
-    transformer.Forward(seq, ids, n, Transformer::Logits::kLastOnly, logits.data());
+    transformer.Forward(seq, ids, n, ForwardPass::Logits::kLastOnly, logits.data());
     seconds += SecondsSince(start);
     CheckLogitsFinite(logits.data(), seq);
     return sampler.Sample(logits.data());
@@ -267,7 +237,8 @@ struct Session::Impl {
   const Device device;
   const int max_batch;
   ThreadPool pool;      // CPU matrix products (one idle thread on the GPU)
-  Backend transformer;  // KV caches + activation scratch
+  std::unique_ptr<ForwardPass> forward_pass;  // KV caches + activation scratch
+  ForwardPass& transformer;                   // *forward_pass
   std::vector<Sampler> samplers;  // [max_batch] one per sequence slot
   Session::Timing timing;         // of the last Generate / GenerateBatch
   std::vector<float> logits;      // [max_batch, vocab] of the positions being sampled
@@ -295,10 +266,10 @@ Session::~Session() = default;
 
 std::vector<float> Session::Forward(const std::vector<int>& ids) {
   BusyScope busy(impl_->busy, "Forward");
-  impl_->ValidateIds(ids, impl_->transformer.position(), "input");
+  impl_->ValidateIds(ids, impl_->transformer.position(0), "input");
   std::vector<float> logits(ids.size() * static_cast<size_t>(impl_->config.vocab_size));
   impl_->transformer.Forward(0, ids.data(), static_cast<int>(ids.size()),
-                             Transformer::Logits::kAll, logits.data());
+                             ForwardPass::Logits::kAll, logits.data());
   return logits;
 }
 
@@ -440,7 +411,7 @@ void Session::Reset() {
   BusyScope busy(impl_->busy, "Reset");
   impl_->transformer.Reset();
 }
-int Session::position() const { return impl_->transformer.position(); }
+int Session::position() const { return impl_->transformer.position(0); }
 int Session::max_seq_len() const { return impl_->transformer.max_seq_len(); }
 int Session::max_batch() const { return impl_->max_batch; }
 int Session::num_threads() const { return impl_->pool.num_threads(); }

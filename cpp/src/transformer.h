@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "awqcore/awqcore.h"
+#include "forward_pass.h"
 #include "model_weights.h"
 #include "ops/attention.h"
 #include "ops/rope.h"
@@ -44,11 +45,9 @@
 
 namespace awqcore {
 
-class Transformer {
+class Transformer final : public ForwardPass {
  public:
   static constexpr int kChunkTokens = 64;
-
-  enum class Logits { kAll, kLastOnly };
 
   // `config`, `weights` and `pool` must outlive the Transformer. Allocates the
   // KV caches (2 * max_sequences * layers * max_seq_len * KV * hd elements)
@@ -60,26 +59,19 @@ class Transformer {
   Transformer(const ModelConfig& config, const ModelWeights& weights, int max_seq_len,
               ThreadPool& pool, int max_sequences = 1, bool int8_decode = true);
 
-  // Appends ids[0 .. n) to sequence `seq` at positions position(seq) ..
-  // position(seq) + n - 1 and writes logits [n, vocab] (kAll) or those of the
-  // last token only [vocab] (kLastOnly). The caller has validated: 0 <= seq <
-  // max_sequences(), n >= 1, ids in [0, vocab), position(seq) + n <= max_seq_len().
-  void Forward(int seq, const int* ids, int n, Logits which, float* logits);
+  // ForwardPass (forward_pass.h).
+  void Forward(int seq, const int* ids, int n, Logits which, float* logits) override;
   // The single-sequence form: sequence 0.
   void Forward(const int* ids, int n, Logits which, float* logits) {
     Forward(0, ids, n, which, logits);
   }
 
-  // Appends ids[i] to sequence seqs[i] (at position(seqs[i])) for i < n, in
-  // one pass over the weights; logits: [n, vocab]. The caller has validated:
-  // 1 <= n <= max_sequences(), the seqs are distinct, ids in [0, vocab), and
-  // every position(seqs[i]) < max_seq_len().
-  void DecodeStep(const int* seqs, const int* ids, int n, float* logits);
+  void DecodeStep(const int* seqs, const int* ids, int n, float* logits) override;
 
-  void Reset();             // empties every sequence
-  void Reset(int seq) { positions_[seq] = 0; }
-  int position(int seq = 0) const { return positions_[seq]; }
-  int max_seq_len() const { return max_seq_len_; }
+  void Reset() override;
+  void Reset(int seq) override { positions_[seq] = 0; }
+  int position(int seq = 0) const override { return positions_[seq]; }
+  int max_seq_len() const override { return max_seq_len_; }
   int max_sequences() const { return static_cast<int>(positions_.size()); }
 
  private:
@@ -128,7 +120,8 @@ class Transformer {
   std::vector<int> token_seq_;  // [T] sequence of token t
   std::vector<int> token_pos_;  // [T] its position in that sequence
 
-  // Scratch, C = chunk_tokens_.
+  // Scratch, C = chunk_tokens_ (cpu_memory.cpp counts these buffers for the
+  // memory check a Session makes before constructing the Transformer).
   std::vector<float> x_;         // [C, d]       residual stream
   std::vector<float> h_;         // [C, d]       normalized input of a block
   std::vector<float> q_;         // [C, H * hd]

@@ -1,6 +1,6 @@
 // Each CUDA kernel family against its CPU scalar reference (cpp/src/ops/*.h,
 // Sampler::Pick for the token picks) on random data over odd shapes. Without CUDA (build or device) it prints
-// "skipped: ..." and exits 0, so ctest passes on CPU-only CI.
+// "skipped: ..." and exits 77, which ctest reports as skipped.
 //
 // Tolerances: a sum of n f32 products in any order is within
 // gamma(n) * sum|a_i b_i| of the exact sum, gamma(n) = n u / (1 - n u),
@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda_backend.h"
+#include "cuda_testing.h"
 #include "half.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
@@ -97,7 +97,7 @@ TEST(int4_gemv_matches_reference) {
 }
 
 TEST(int4_gemm_matches_reference) {
-  // Int4Linear with >= kGemmMinTokens (16) tokens: the tensor-core kernel.
+  // Int4Linear with >= kTensorCoreMinTokens (16) tokens: the tensor-core kernel.
   // x and (q - z) s are each rounded to f16 (2^-11 relative), so a product
   // is off by <= 2^-10 + 2^-22 of itself before the f32 sums. Cases: tokens
   // and rows not multiples of the 64 x 128 block (zero-filled edges), one
@@ -134,37 +134,94 @@ TEST(f16_gemv_and_embedding_match_reference) {
 
     std::vector<int> ids(n);
     for (int& id : ids) id = static_cast<int>(rng() % rows);
+    // Scaled as Gemma's sqrt(d): one f32 product per element on both sides.
+    const float scale = std::sqrt(static_cast<float>(d));
     std::vector<float> emb_want(static_cast<size_t>(n) * d), emb_got(emb_want.size());
     EmbeddingGather(table, ids.data(), n, emb_want.data());
-    cuda_test::Embedding(w.data(), rows, d, ids.data(), n, emb_got.data());
-    CheckClose("embedding (exact)", emb_got, emb_want, std::vector<double>(emb_want.size(), 0.0));
+    for (float& e : emb_want) e *= scale;
+    cuda_test::Embedding(w.data(), rows, d, ids.data(), n, scale, emb_got.data());
+    CheckClose("embedding x sqrt(d) (exact)", emb_got, emb_want, std::vector<double>(emb_want.size(), 0.0));
   }
 }
 
-TEST(rmsnorm_and_swiglu_match_reference) {
+TEST(rmsnorm_matches_reference) {
+  // Rows of d = 64 .. 4100, and rows of hd = 256 as the per-head q/k norms
+  // run them (n * heads rows); with a residual: the sandwich norms' add.
   std::mt19937 rng(3);
-  for (int d : {64, 576, 4100}) {
-    const int n = 3;
+  const int cases[][2] = {{64, 3}, {576, 3}, {4100, 3}, {256, 4 * 7}};  // d, rows
+  for (const auto& c : cases) {
+    const int d = c[0], n = c[1];
     std::vector<float> x = RandomFloats(static_cast<size_t>(n) * d, rng, -3.f, 3.f), w = RandomFloats(d, rng);
+    std::vector<float> residual = RandomFloats(x.size(), rng, -3.f, 3.f);
     std::vector<float> want(x.size()), got(x.size());
     RmsNormReference(x.data(), w.data(), d, 1e-5f, n, want.data());
-    cuda_test::RmsNorm(x.data(), w.data(), d, 1e-5f, n, got.data());
+    cuda_test::RmsNorm(x.data(), w.data(), d, 1e-5f, n, nullptr, got.data());
     // Sum of d squares (gamma(d)), rsqrt (2 ulp), two products.
     std::vector<double> tol(want.size());
     for (size_t i = 0; i < tol.size(); ++i) tol[i] = (Gamma(d) + 8 * kU) * std::fabs(want[i]) + 1e-30;
     CheckClose(("rmsnorm d" + std::to_string(d)).c_str(), got, want, tol);
+    // + residual: one more rounding, of the sum.
+    for (size_t i = 0; i < tol.size(); ++i) {
+      want[i] += residual[i];
+      tol[i] += kU * (std::fabs(want[i]) + tol[i]);
+    }
+    cuda_test::RmsNorm(x.data(), w.data(), d, 1e-5f, n, residual.data(), got.data());
+    CheckClose(("residual + rmsnorm d" + std::to_string(d)).c_str(), got, want, tol);
   }
+}
+
+TEST(gated_activations_match_reference) {
+  std::mt19937 rng(13);
   const int n = 10007;
   std::vector<float> g = RandomFloats(n, rng, -8.f, 8.f), u = RandomFloats(n, rng, -2.f, 2.f);
   std::vector<float> want(n), got(n);
   SwiGluReference(g.data(), u.data(), n, want.data());
-  cuda_test::SwiGlu(g.data(), u.data(), n, got.data());
+  cuda_test::GatedActivation(Activation::kSilu, g.data(), u.data(), n, got.data());
   std::vector<double> tol(n);
   for (int i = 0; i < n; ++i) tol[i] = 8 * kU * std::fabs(want[i]) + 1e-30;  // expf, 1 div, 2 mul
   CheckClose("swiglu", got, want, tol);
+
+  // GELU-tanh: 0.5 g (1 + tanh(u)) up, u = sqrt(2/pi) (g + 0.044715 g^3), in
+  // double. The device's f32 u carries ~4 roundings (4 u |u| relative);
+  // d/du tanh(u) = 1 - tanh^2 <= 1 moves 1 + tanh by <= 4 u |u|, tanhf adds
+  // 2 ulp of tanh, and the products 3 roundings: at most (4 |u| + 6) u of
+  // 0.5 |g| (1 + |tanh|) |up| + ..., checked at (4 |u| + 8) u |g up|.
+  for (int i = 0; i < n; ++i) {
+    const double x = g[i], inner = std::sqrt(2.0 / 3.141592653589793) * (x + 0.044715 * x * x * x);
+    want[i] = static_cast<float>(0.5 * x * (1.0 + std::tanh(inner)) * u[i]);
+    tol[i] = (4 * std::fabs(inner) + 8) * kU * std::fabs(x * u[i]) + 1e-30;
+  }
+  cuda_test::GatedActivation(Activation::kGeluTanh, g.data(), u.data(), n, got.data());
+  CheckClose("gelu-tanh gate", got, want, tol);
 }
 
-constexpr float kTheta = 10000.f;
+TEST(soft_cap_matches_reference) {
+  // cap tanh(x / cap) against double: 1/cap, the product, tanhf (2 ulp; tanh
+  // passes its argument's relative error on at most 1x) and the final
+  // product: <= 6 ulp, checked at 8 u |want|. Values on both sides of the
+  // cap, Gemma 2's 30 and 50.
+  std::mt19937 rng(14);
+  for (float cap : {30.f, 50.f}) {
+    const int n = 4099;
+    std::vector<float> x = RandomFloats(n, rng, -4 * cap, 4 * cap), got(n), want(n);
+    std::vector<double> tol(n);
+    for (int i = 0; i < n; ++i) {
+      want[i] = static_cast<float>(cap * std::tanh(static_cast<double>(x[i]) / cap));
+      tol[i] = 8 * kU * std::fabs(want[i]) + 1e-30;
+    }
+    cuda_test::SoftCap(x.data(), n, cap, got.data());
+    CheckClose(("soft-cap " + std::to_string(static_cast<int>(cap))).c_str(), got, want, tol);
+  }
+}
+
+// One layer's attention as a test case gives it: the scores' scale and the
+// sliding window (0: none), with the rotary base.
+struct AttentionOptions {
+  float scale = 0.f;  // 0: 1/sqrt(hd)
+  int window = 0;
+  float theta = 10000.f;
+  float Scale(int hd) const { return scale > 0 ? scale : 1.f / std::sqrt(static_cast<float>(hd)); }
+};
 
 // One case through cuda_test::RopeAttention on random data: `start` cached
 // rows, then n new tokens of sequence `sequence`.
@@ -174,8 +231,8 @@ struct AttentionRun {
   std::vector<float> kc, vc;        // the sequence's cache as the device holds it: [start + n, KV*hd]
   std::vector<float> out;           // attention output [n, H*hd]
 };
-AttentionRun RunRopeAttention(const AttentionShape& shape, int start, int n, int sequence, bool prefill_kernel,
-                              std::mt19937& rng) {
+AttentionRun RunRopeAttention(const AttentionShape& shape, const AttentionOptions& options, int start, int n,
+                              int sequence, bool prefill_kernel, std::mt19937& rng) {
   const size_t qw = static_cast<size_t>(shape.num_heads) * shape.head_dim;
   const size_t kvw = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
   AttentionRun r;
@@ -186,8 +243,10 @@ AttentionRun RunRopeAttention(const AttentionShape& shape, int start, int n, int
   r.q_gpu = r.q;
   r.k_gpu.resize(n * kvw);
   r.out.resize(n * qw);
-  cuda_test::RopeAttention(shape, kTheta, start, n, cache_k.data(), cache_v.data(), r.q_gpu.data(), r.k.data(),
-                           v.data(), r.k_gpu.data(), r.out.data(), sequence, prefill_kernel);
+  const RopeTable rope(shape.head_dim, options.theta, start + n);
+  cuda_test::RopeAttention(shape, options.Scale(shape.head_dim), options.window, rope, start, n, cache_k.data(),
+                           cache_v.data(), r.q_gpu.data(), r.k.data(), v.data(), r.k_gpu.data(), r.out.data(),
+                           sequence, prefill_kernel);
   // f16 values of the old rows and of v; the GPU's rotated k rows.
   r.kc.resize((start + n) * kvw);
   r.vc.resize(r.kc.size());
@@ -202,26 +261,65 @@ AttentionRun RunRopeAttention(const AttentionShape& shape, int start, int n, int
   return r;
 }
 
-std::string AttentionCase(const char* what, const AttentionShape& shape, int start, int n, int sequence) {
+// AttentionReference (ops/attention.h) with the case's scale and window: per
+// token, over the cache rows from its window's first key (the rows shifted
+// so the reference's causal range is the window), q multiplied by scale *
+// sqrt(hd) for the reference's 1/sqrt(hd) (one f32 rounding, 2^-24 of each
+// score).
+void WindowedAttentionReference(const AttentionShape& shape, const AttentionOptions& options, const float* q,
+                                const float* kc, const float* vc, int start, int n, float* out) {
+  const int hd = shape.head_dim;
+  const size_t qw = static_cast<size_t>(shape.num_heads) * hd, kvw = static_cast<size_t>(shape.num_kv_heads) * hd;
+  const float q_factor = options.Scale(hd) * std::sqrt(static_cast<float>(hd));
+  std::vector<float> qt(qw);
+  for (int t = 0; t < n; ++t) {
+    const int p = start + t;
+    const int first = options.window > 0 ? std::max(0, p - options.window + 1) : 0;
+    for (size_t i = 0; i < qw; ++i) qt[i] = q[t * qw + i] * q_factor;
+    AttentionReference(shape, qt.data(), kc + first * kvw, vc + first * kvw, p - first, 1, out + t * qw);
+  }
+}
+
+std::string AttentionCase(const char* what, const AttentionShape& shape, const AttentionOptions& options,
+                          int start, int n, int sequence) {
   return std::string(what) + " H" + std::to_string(shape.num_heads) + " KV" + std::to_string(shape.num_kv_heads) +
-         " hd" + std::to_string(shape.head_dim) + " @" + std::to_string(start) + "+" + std::to_string(n) + " seq" +
-         std::to_string(sequence);
+         " hd" + std::to_string(shape.head_dim) + " scale " + std::to_string(options.Scale(shape.head_dim)) +
+         " window " + std::to_string(options.window) + " @" + std::to_string(start) + "+" + std::to_string(n) +
+         " seq" + std::to_string(sequence);
 }
 
 TEST(rope_and_attention_match_reference) {
   std::mt19937 rng(4);
-  // (H, KV, hd, cached positions, new tokens, sequence): GQA groups of 1..3,
-  // splits of 256 crossed (300 + 3, 700 + 1), a multi-token prefill from
-  // empty; sequences 0, 1 and 3 of a multi-sequence cache.
-  const int cases[][6] = {{4, 2, 16, 0, 5, 0}, {9, 3, 64, 300, 3, 1}, {2, 1, 128, 700, 1, 3}, {3, 3, 8, 0, 70, 1}};
-  for (const auto& c : cases) {
-    const AttentionShape shape{c[0], c[1], c[2]};
-    const int start = c[3], n = c[4], total = start + n;
-    const AttentionRun run = RunRopeAttention(shape, start, n, c[5], false, rng);
+  // (H, KV, hd, cached positions, new tokens, sequence) and (scale, window,
+  // theta): GQA groups of 1..4, splits of 256 crossed (300 + 3, 700 + 1), a
+  // multi-token prefill from empty; sequences 0 .. 3 of a multi-sequence
+  // cache; head_dim 256 (Gemma 3 270M; its chunks never take the tensor-core
+  // kernel); Gemma 3's scale 24^-0.5 and a local base; windows that start
+  // inside a split, skip whole splits (600: keys 345 .. 604), cover the
+  // whole context, or are a few keys of a prefill chunk (7 of 70 tokens).
+  struct Case {
+    int shape[6];
+    AttentionOptions options;
+  };
+  const Case cases[] = {{{4, 2, 16, 0, 5, 0}, {}},
+                        {{9, 3, 64, 300, 3, 1}, {}},
+                        {{2, 1, 128, 700, 1, 3}, {}},
+                        {{3, 3, 8, 0, 70, 1}, {}},
+                        {{4, 1, 256, 300, 3, 1}, {}},
+                        {{8, 2, 256, 0, 40, 0}, {0.0625f, 16, 1e6f}},
+                        {{4, 2, 64, 600, 5, 2}, {0.f, 256, 10000.f}},
+                        {{4, 2, 32, 40, 9, 0}, {0.2041241452f, 16, 1e4f}},
+                        {{3, 3, 8, 0, 70, 1}, {0.f, 7, 10000.f}},
+                        {{6, 2, 16, 20, 4, 3}, {0.f, 512, 10000.f}}};
+  for (const Case& c : cases) {
+    const AttentionShape shape{c.shape[0], c.shape[1], c.shape[2]};
+    const AttentionOptions& options = c.options;
+    const int start = c.shape[3], n = c.shape[4], total = start + n;
+    const AttentionRun run = RunRopeAttention(shape, options, start, n, c.shape[5], false, rng);
     // Rotation: the GPU's f32 cos/sin table vs angles in double: a few ulp.
     std::vector<float> q_ref = run.q, k_ref = run.k;
-    RopeReference(q_ref.data(), n, shape.num_heads, shape.head_dim, kTheta, start);
-    RopeReference(k_ref.data(), n, shape.num_kv_heads, shape.head_dim, kTheta, start);
+    RopeReference(q_ref.data(), n, shape.num_heads, shape.head_dim, options.theta, start);
+    RopeReference(k_ref.data(), n, shape.num_kv_heads, shape.head_dim, options.theta, start);
     // |a cos - b sin| <= |a| + |b|: a few roundings of values up to 4 (q) or 2 (k).
     std::vector<double> q_tol(q_ref.size(), 16 * kU * 4), k_tol(k_ref.size());
     CheckClose("rope q", run.q_gpu, q_ref, q_tol);
@@ -229,12 +327,15 @@ TEST(rope_and_attention_match_reference) {
     CheckClose("rope k as stored (f16)", run.k_gpu, k_ref, k_tol);
     // Attention over the cache the GPU holds: f16 values, GPU's rotated rows.
     std::vector<float> want(run.out.size());
-    AttentionReference(shape, run.q_gpu.data(), run.kc.data(), run.vc.data(), start, n, want.data());
+    WindowedAttentionReference(shape, options, run.q_gpu.data(), run.kc.data(), run.vc.data(), start, n,
+                               want.data());
     // Outputs are convex combinations of |v| <= 1: softmax weights carry
-    // relative errors of ~gamma(hd) |score| (scores <= 2 sqrt(hd)) plus __expf's
-    // 2 ulp, and the sum over <= total terms adds gamma(total).
-    const double tol = 4 * (Gamma(shape.head_dim) * 2 * std::sqrt(shape.head_dim) + Gamma(total) + 4 * kU);
-    CheckClose(AttentionCase("attention", shape, start, n, c[5]).c_str(), run.out, want,
+    // relative errors of ~gamma(hd) |score| (|score| <= 2 hd scale, 2 sqrt(hd)
+    // at 1/sqrt(hd)) plus __expf's 2 ulp, and the sum over <= total terms
+    // adds gamma(total).
+    const double max_score = 2.0 * shape.head_dim * options.Scale(shape.head_dim);
+    const double tol = 4 * (Gamma(shape.head_dim) * max_score + Gamma(total) + 4 * kU);
+    CheckClose(AttentionCase("attention", shape, options, start, n, c.shape[5]).c_str(), run.out, want,
                std::vector<double>(want.size(), tol));
   }
 }
@@ -322,21 +423,30 @@ TEST(attention_prefill_matches_reference) {
   // max|v|. In a host emulation of the kernel a skipped key tile at 700 keys,
   // a mask off by one, h % KV for the kv head or a 0.2% scale error on l
   // each failed cases here; another sequence's row gives NaN.
+  //
+  // Scales and windows: every (n, start) pair runs with 1/sqrt(hd) and no
+  // window, and with one of: a window of 7 keys (inside one 64-key tile for
+  // most rows, across two for the rest, and rows whose first tiles are all
+  // masked), 100 (a warp's rows start in different tiles) or 64 with the
+  // scale 0.1; E below is then ||q|| max||k|| scale.
   std::mt19937 rng(5);
   const int groups[][2] = {{4, 4}, {9, 3}, {8, 2}};  // H, KV
   const int tokens[] = {1, 17, 64, 100, 300};
   const int starts[] = {0, 5, 64, 700};
+  const AttentionOptions windowed[] = {{0.f, 7, 10000.f}, {0.f, 100, 10000.f}, {0.1f, 64, 10000.f}};
   for (int hd : {64, 128})
     for (int gi = 0; gi < 3; ++gi)
       for (int ni = 0; ni < 5; ++ni)
-        for (int si = 0; si < 4; ++si) {
+        for (int si = 0; si < 4; ++si)
+          for (const AttentionOptions& options : {AttentionOptions{}, windowed[(gi + ni + si) % 3]}) {
           const AttentionShape shape{groups[gi][0], groups[gi][1], hd};
           const int start = starts[si], n = tokens[ni], total = start + n;
           const int sequence = 2 * ((gi + ni + si) % 2);  // both for every (n, start) pair
-          AttentionRun run = RunRopeAttention(shape, start, n, sequence, true, rng);
+          AttentionRun run = RunRopeAttention(shape, options, start, n, sequence, true, rng);
           for (float& x : run.q_gpu) x = F16ToF32(F32ToF16(x));
           std::vector<float> want(run.out.size());
-          AttentionReference(shape, run.q_gpu.data(), run.kc.data(), run.vc.data(), start, n, want.data());
+          WindowedAttentionReference(shape, options, run.q_gpu.data(), run.kc.data(), run.vc.data(), start, n,
+                                     want.data());
 
           const size_t kvw = static_cast<size_t>(shape.num_kv_heads) * hd;
           std::vector<double> k_norm(shape.num_kv_heads, 0.0);  // max over keys of ||k||
@@ -358,13 +468,13 @@ TEST(attention_prefill_matches_reference) {
               const size_t row = (static_cast<size_t>(t) * shape.num_heads + h) * hd;
               double sq = 0.0;
               for (int d = 0; d < hd; ++d) sq += static_cast<double>(run.q_gpu[row + d]) * run.q_gpu[row + d];
-              const double e = std::sqrt(sq) * k_norm[h / (shape.num_heads / shape.num_kv_heads)] / std::sqrt(hd);
+              const double e = std::sqrt(sq) * k_norm[h / (shape.num_heads / shape.num_kv_heads)] * options.Scale(hd);
               const double delta = 2 * Gamma(hd) * e + (2 * tiles + 4) * 4 * kU * (e + 1);
               const double bound = max_v * (std::ldexp(1.0, -11) + total * std::ldexp(1.0, -25) + 2.02 * delta +
                                             4 * Gamma(total + tiles + 1));
               for (int d = 0; d < hd; ++d) tol[row + d] = bound + 2 * kU * std::fabs(want[row + d]);
             }
-          CheckClose(AttentionCase("prefill attention", shape, start, n, sequence).c_str(), run.out, want, tol);
+          CheckClose(AttentionCase("prefill attention", shape, options, start, n, sequence).c_str(), run.out, want, tol);
         }
 }
 

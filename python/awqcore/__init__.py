@@ -22,9 +22,13 @@ import numpy as np
 from . import _core
 from .errors import Error, FormatError
 
-__all__ = ["Model", "Error", "FormatError", "STOP_REASONS", "__version__", "built_with_cuda",
-           "cuda_device_info", "cmake_dir"]
+__all__ = ["Model", "Error", "FormatError", "STOP_REASONS", "INT8_DECODE_MAX_TOKENS",
+           "__version__", "built_with_cuda", "cuda_device_info", "cmake_dir"]
 __version__ = _core.version()
+# Calls of at most this many tokens run the int4 linears with int8 activations
+# (activations="int8"): forward(ids, chunk_tokens=INT8_DECODE_MAX_TOKENS)
+# scores every position with decode-step arithmetic.
+INT8_DECODE_MAX_TOKENS: int = _core.int8_decode_max_tokens
 built_with_cuda = _core.built_with_cuda
 cuda_device_info = _core.cuda_device_info
 

@@ -26,7 +26,10 @@ from .atomic_write import atomic_write
 # file the C++ runtime rejects.
 from .errors import FormatError
 
-__all__ = ["AwqbinFile", "AwqbinWriter", "FormatError", "TensorEntry", "read_awqbin"]
+from .source import ModelConfig
+
+__all__ = ["AwqbinFile", "AwqbinWriter", "FormatError", "TensorEntry", "config_from_metadata",
+           "model_metadata", "read_awqbin"]
 
 MAGIC = b"AWQCORE\0"
 VERSION = 1
@@ -98,6 +101,108 @@ def encode_metadata(metadata: dict[str, Any]) -> bytes:
         raw_key = _encode_name(key, "metadata key")
         parts.append(struct.pack("<H", len(raw_key)) + raw_key + _encode_meta_value(key, value))
     return b"".join(parts)
+
+
+# The decoder-layer description (docs/format.md): ModelConfig field -> file key, for
+# the fields stored as they are; each is written only when it differs from its
+# default, so a Llama or Qwen2 file carries none of them.
+_DESCRIPTION_KEYS = {
+    "norm_placement": "model.norm_placement", "activation": "model.activation",
+    "qk_norm": "model.qk_norm", "attention_scale": "model.attention_scale",
+    "embedding_scale": "model.embedding_scale",
+    "final_logit_softcap": "model.final_logit_softcap",
+    "sliding_window": "model.sliding_window", "rope_local_theta": "model.rope_local_theta",
+}
+_FLOAT_FIELDS = {"attention_scale", "embedding_scale", "final_logit_softcap", "rope_local_theta"}
+_LAYER_TYPE_CODES = {"full_attention": 0, "sliding_attention": 1}
+# model.rope_scaling.<key> -> its type in the file, for every key any type uses.
+_ROPE_SCALING_KEYS = {"factor": float, "original_max_position_embeddings": int,
+                      "low_freq_factor": float, "high_freq_factor": float,
+                      "beta_fast": float, "beta_slow": float, "truncate": int,
+                      "attention_factor": float}
+
+
+def model_metadata(c: ModelConfig) -> dict[str, Any]:
+    """The general.* and model.* metadata of a model (docs/format.md)."""
+    meta: dict[str, Any] = {
+        "general.architecture": c.architecture,
+        "general.name": c.name,
+        "model.vocab_size": c.vocab_size,
+        "model.hidden_size": c.hidden_size,
+        "model.intermediate_size": c.intermediate_size,
+        "model.num_layers": c.num_layers,
+        "model.num_heads": c.num_heads,
+        "model.num_kv_heads": c.num_kv_heads,
+        "model.head_dim": c.head_dim,
+        "model.max_position_embeddings": c.max_position_embeddings,
+        "model.rope_theta": float(c.rope_theta),
+        "model.rms_norm_eps": float(c.rms_norm_eps),
+        "model.tie_word_embeddings": int(c.tie_word_embeddings),
+        "model.attention_bias": int(c.attention_bias),
+    }
+    defaults = ModelConfig.__dataclass_fields__
+    for field, key in _DESCRIPTION_KEYS.items():
+        value = getattr(c, field)
+        if value != defaults[field].default:
+            meta[key] = float(value) if field in _FLOAT_FIELDS else \
+                int(value) if isinstance(value, (bool, int)) else value
+    if c.layer_types is not None:
+        meta["model.layer_types"] = [_LAYER_TYPE_CODES[t] for t in c.layer_types]
+    if c.rope_scaling is not None:
+        meta["model.rope_scaling.type"] = c.rope_scaling["rope_type"]
+        for key, kind in _ROPE_SCALING_KEYS.items():
+            if key in c.rope_scaling:
+                meta["model.rope_scaling." + key] = kind(c.rope_scaling[key])
+    return meta
+
+
+def config_from_metadata(meta: dict[str, Any], path: str) -> ModelConfig:
+    """The ModelConfig a file's metadata describes; FormatError naming a missing or
+    invalid key. Description keys that are absent take their defaults (Llama's)."""
+    def need(key: str):
+        if key not in meta:
+            raise FormatError(f"{path}: metadata key {key!r} is missing")
+        return meta[key]
+
+    fields: dict[str, Any] = {}
+    for field, key in _DESCRIPTION_KEYS.items():
+        if key in meta:
+            value = meta[key]
+            fields[field] = float(value) if field in _FLOAT_FIELDS else \
+                bool(value) if field == "qk_norm" else value
+    if "model.layer_types" in meta:
+        names = {code: name for name, code in _LAYER_TYPE_CODES.items()}
+        codes = meta["model.layer_types"]
+        if not isinstance(codes, list) or any(c not in names for c in codes):
+            raise FormatError(f"{path}: model.layer_types {codes!r} must be a list of 0 and 1")
+        fields["layer_types"] = [names[c] for c in codes]
+    kind = meta.get("model.rope_scaling.type", "none")
+    if kind != "none":
+        scaling: dict[str, Any] = {"rope_type": kind}
+        for key, cast in _ROPE_SCALING_KEYS.items():
+            if "model.rope_scaling." + key in meta:
+                value = meta["model.rope_scaling." + key]
+                scaling[key] = bool(value) if key == "truncate" else cast(value)
+        fields["rope_scaling"] = scaling
+    try:
+        return ModelConfig(
+            architecture=need("general.architecture"),
+            name=meta.get("general.name", ""),
+            vocab_size=need("model.vocab_size"),
+            hidden_size=need("model.hidden_size"),
+            intermediate_size=need("model.intermediate_size"),
+            num_layers=need("model.num_layers"),
+            num_heads=need("model.num_heads"),
+            num_kv_heads=need("model.num_kv_heads"),
+            head_dim=need("model.head_dim"),
+            max_position_embeddings=need("model.max_position_embeddings"),
+            rope_theta=float(need("model.rope_theta")),
+            rms_norm_eps=float(need("model.rms_norm_eps")),
+            tie_word_embeddings=bool(need("model.tie_word_embeddings")),
+            attention_bias=bool(need("model.attention_bias")),
+            **fields)
+    except (TypeError, ValueError) as e:
+        raise FormatError(f"{path}: the model metadata is invalid: {e}") from None
 
 
 class TensorEntry(NamedTuple):

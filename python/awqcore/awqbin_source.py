@@ -14,11 +14,11 @@ import os
 
 import numpy as np
 
-from .awqbin import read_awqbin
+from .awqbin import config_from_metadata, read_awqbin
 from .errors import FormatError
 from .quantize.int8_table import BLOCK, dequantize_int8_table
 from .quantize.rtn import dequantize_int4
-from .source import ModelConfig, TokenizerInfo
+from .source import TokenizerInfo
 
 _QUANT_SUFFIXES = (".qweight", ".scales", ".zeros")
 _TABLE_SUFFIXES = (".weight_q8", ".weight_q8_scales")  # an int8 table's two tensors
@@ -29,28 +29,10 @@ class AwqbinSource:
         self._file = read_awqbin(path)
         meta = self._file.metadata
 
-        def need(key: str):
-            if key not in meta:
-                raise FormatError(f"{path}: metadata key {key!r} is missing")
-            return meta[key]
-
-        self.config = ModelConfig(
-            architecture=need("general.architecture"),
-            name=meta.get("general.name", ""),
-            vocab_size=need("model.vocab_size"),
-            hidden_size=need("model.hidden_size"),
-            intermediate_size=need("model.intermediate_size"),
-            num_layers=need("model.num_layers"),
-            num_heads=need("model.num_heads"),
-            num_kv_heads=need("model.num_kv_heads"),
-            head_dim=need("model.head_dim"),
-            max_position_embeddings=need("model.max_position_embeddings"),
-            rope_theta=float(need("model.rope_theta")),
-            rms_norm_eps=float(need("model.rms_norm_eps")),
-            tie_word_embeddings=bool(need("model.tie_word_embeddings")),
-            attention_bias=bool(need("model.attention_bias")),
-        )
-        self.group_size = int(need("quant.group_size"))
+        self.config = config_from_metadata(meta, os.fspath(path))
+        if "quant.group_size" not in meta:
+            raise FormatError(f"{path}: metadata key 'quant.group_size' is missing")
+        self.group_size = int(meta["quant.group_size"])
         self.tokenizer = TokenizerInfo(
             json=meta.get("tokenizer.json", ""),
             chat_template=meta.get("tokenizer.chat_template", ""),

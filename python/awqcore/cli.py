@@ -15,12 +15,9 @@ import argparse
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 from .errors import Error
-
-if TYPE_CHECKING:  # numpy is imported lazily: `awqcore inspect` does not need it
-    import numpy as np
 
 EXIT_USAGE = 2
 
@@ -145,35 +142,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------- run
 
-def render_chat(template: str, messages: list[dict], bos_token: str, eos_token: str) -> str:
-    """Renders `messages` with the model's chat template, generation prompt added,
-    the way transformers' apply_chat_template does (same jinja2 settings).
-
-    jinja2 is required: hand-rendering ChatML is not equivalent, because real
-    templates add more than the markers (SmolLM2's and Qwen2's insert a default
-    system prompt when the conversation has none).
-    """
-    if not template:
-        raise ValueError("this model has no chat template; run without --chat")
-    try:
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:
-        raise ValueError("--chat needs jinja2 to render the model's chat template "
-                         "(pip install jinja2)") from None
-
-    def raise_exception(message: str):
-        raise ValueError(f"chat template: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=True,
-                                                bos_token=bos_token, eos_token=eos_token)
-    except jinja2.TemplateError as e:
-        raise ValueError(f"chat template cannot be rendered: {e}") from None
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     import awqcore
 
@@ -184,13 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"of device memory (weights, KV cache, scratch)", file=sys.stderr)
     tok = model.tokenizer
     if args.chat:
-        bos = model.config.get("bos_token_id", -1)
-        eos = model.config.get("eos_token_ids") or []
-        text = render_chat(model.chat_template, [{"role": "user", "content": args.prompt}],
-                           bos_token=(tok.id_to_token(bos) or "") if bos >= 0 else "",
-                           eos_token=(tok.id_to_token(eos[0]) or "") if eos else "")
-        # The template already wrote the special tokens (BOS included) as text.
-        ids = tok.encode(text, add_special_tokens=False).ids
+        from .chat import chat_prompt_ids
+
+        ids = chat_prompt_ids(model, args.prompt)
     else:
         ids = tok.encode(args.prompt).ids
     if not ids:
@@ -201,7 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     first = None
     for token in model.stream(ids, max_new_tokens=args.n_predict, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+                              top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                              repetition_penalty=args.repetition_penalty):
         if first is None:
             first = time.perf_counter()
         generated.append(token)
@@ -225,43 +190,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         decode_rate = f"{decode_n / (end - first):.1f} tok/s" if decode_n and end > first else "n/a"
         print(f"prefill: {len(ids)} tokens in {prefill:.3f} s ({len(ids) / prefill:.1f} tok/s); "
               f"decode: {decode_n} tokens, {decode_rate}", file=sys.stderr)
+    reason = model.last_stop_reason
+    if reason == "context_full":
+        reason += f" (prompt + output reached --max-seq-len {args.max_seq_len})"
+    print(f"stopped: {reason}", file=sys.stderr)
     return 0
 
 
 # --------------------------------------------------------------------- ppl
 
-def kl_top1(base: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per position of logits [T, vocab]: KL(softmax(base) || softmax(other)) in nats
-    (float64) and whether the two argmaxes agree."""
-    import numpy as np
-
-    def log_softmax(z: np.ndarray) -> np.ndarray:
-        z = z.astype(np.float64)
-        z = z - z.max(-1, keepdims=True)
-        return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-    lp, lq = log_softmax(base), log_softmax(other)
-    return (np.exp(lp) * (lp - lq)).sum(-1), base.argmax(-1) == other.argmax(-1)
-
-
-def _reference_model(name: str, vocab_size: int, option: str):
-    from .importers import load_source
-    from .reference import ReferenceModel
-
-    source = load_source(name)
-    if source.config.vocab_size != vocab_size:
-        raise ValueError(f"{option} {name} has vocabulary {source.config.vocab_size}, the "
-                         f"quantized model {vocab_size}")
-    return ReferenceModel(source.config, source.get)
-
-
 def cmd_ppl(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
     import awqcore
     from .data import read_text_file, wiki_texts
-    from .evaluate import perplexity, token_windows, window_nll
+    from .evaluate import (documents_for_windows, evaluate_runtime, reference_model,
+                           reference_perplexity, token_windows)
 
     # Without --decode-path the runtime computes exactly (f32 activations and KV
     # cache), so the number measures the quantized weights alone; with it, what
@@ -269,64 +211,34 @@ def cmd_ppl(args: argparse.Namespace) -> int:
     model = awqcore.Model(args.file, threads=args.threads, max_seq_len=args.seqlen,
                           activations="int8" if args.decode_path else "f32")
     docs = read_text_file(args.text) if args.text else wiki_texts("evaluation")
-    if args.max_windows is not None:
-        # Tokenize only what the windows need: English runs ~4 characters per
-        # token, so 8 per token leaves a wide margin.
-        budget, taken = 8 * args.seqlen * args.max_windows, []
-        for doc in docs:
-            taken.append(doc)
-            budget -= len(doc)
-            if budget <= 0:
-                break
-        docs = taken
+    docs = documents_for_windows(docs, args.seqlen, args.max_windows)
     ids = model.tokenizer.encode("\n\n".join(docs)).ids
     windows = token_windows(ids, args.seqlen, args.max_windows)
     text_name = args.text or "Wikipedia summaries, evaluation split (disjoint from calibration)"
-    quiet = args.quiet
     c = model.config
-    # --kl-base runs the base model on each window next to the runtime, so the
-    # runtime's logits need not be kept (40 windows x 512 x 49152 f32 = 4 GB).
-    base = _reference_model(args.kl_base, c["vocab_size"], "--kl-base") if args.kl_base else None
-    kl, agree, base_nll = [], [], []
-
-    # --decode-path: calls of 8 tokens (kQ8MaxTokens) compute each token exactly
-    # as a decode step does (int8 activations, rounded per token).
-    chunk = 8 if args.decode_path else None
-
-    def forward(window: list[int]) -> np.ndarray:
-        logits = np.asarray(model.forward(window, chunk_tokens=chunk))
-        if base is not None:
-            with torch.no_grad():
-                base_logits = base.forward(window).numpy()
-            base_nll.append(window_nll(base_logits, window))
-            # The positions perplexity scores: each predicts the next token.
-            k, a = kl_top1(base_logits[:-1], logits[:-1])
-            kl.append(k)
-            agree.append(a)
-        return logits
-
-    result = perplexity(forward, windows, progress=not quiet,
-                        desc="int4, C++ runtime" + (" + base, torch" if base else ""))
+    base = reference_model(args.kl_base, c["vocab_size"], "--kl-base") if args.kl_base else None
+    evaluation = evaluate_runtime(model, windows, base=base, decode_path=args.decode_path,
+                                  progress=not args.quiet)
+    result = evaluation.result
     print(f"text: {text_name}")
     print(f"protocol: {result.protocol()}"
-          + ("; runtime fed 8 tokens per call: decode-step arithmetic (int8 activations, "
-             "f16 KV cache)" if args.decode_path else "; runtime exact (f32 activations and cache)"))
+          + (f"; runtime fed {awqcore.INT8_DECODE_MAX_TOKENS} tokens per call: decode-step "
+             "arithmetic (int8 activations, f16 KV cache)" if args.decode_path
+             else "; runtime exact (f32 activations and cache)"))
     print(f"perplexity {result.perplexity:10.3f}  {os.path.basename(args.file)} "
           f"(int4 {c['quant_method']} g{c['group_size']}, C++ runtime)")
     if args.fp_reference:
         if args.fp_reference == args.kl_base:  # already computed on the same windows
-            fp = float(np.exp(np.concatenate(base_nll).mean()))
+            fp = evaluation.base_perplexity
         else:
-            reference = _reference_model(args.fp_reference, c["vocab_size"], "--fp-reference")
-            with torch.no_grad():
-                fp = perplexity(lambda w: reference.forward(w).numpy(), windows,
-                                progress=not quiet, desc="unquantized, torch").perplexity
+            reference = reference_model(args.fp_reference, c["vocab_size"], "--fp-reference")
+            fp = reference_perplexity(reference, windows, progress=not args.quiet).perplexity
         print(f"perplexity {fp:10.3f}  {args.fp_reference} "
               f"(unquantized source weights, torch reference)")
     if base is not None:
         print(f"vs {args.kl_base} (torch reference) over the {result.scored_tokens} scored "
-              f"positions: mean KL(base || int4) {np.concatenate(kl).mean():.5f} nats, "
-              f"top-1 agreement {100 * np.concatenate(agree).mean():.2f}%")
+              f"positions: mean KL(base || int4) {evaluation.mean_kl:.5f} nats, "
+              f"top-1 agreement {100 * evaluation.top1_agreement:.2f}%")
     return 0
 
 
@@ -405,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     r.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
     r.add_argument("--top-p", type=float, default=1.0, help="1 = off (default)")
+    r.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="CTRL-style penalty of tokens already in the sequence; 1 = off (default)")
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--threads", type=_positive_int, default=None,
                    help="worker threads (default: all cores)")

@@ -1,8 +1,19 @@
-"""An independent plain-torch forward pass of the Llama / Qwen2 decoder.
+"""An independent plain-torch forward pass of every supported decoder family.
 
-It shares no code with the runtime or the quantizer: weights come from any
-getter (an importer's `get`, or a dequantized `.awqbin`), and every step
-recomputes the whole sequence with full causal attention, so no KV cache can
+It follows transformers' definitions (modeling_llama/mistral/qwen2/qwen3/
+gemma3 and modeling_rope_utils), driven by the decoder-layer description of
+ModelConfig (docs/format.md): norm placement, gate activation, q/k norm,
+attention and embedding scales, sliding windows, per-layer rotary bases and
+rope scaling, logit soft-capping. It shares no code with the C++ runtime or
+with the importers (the rotary frequencies, scaling included, are computed
+here from the config's parameters). The quantizer's AWQ calibration
+(awqcore.quantize.awq) imports its per-layer building blocks on purpose, so
+that calibration computes exactly the reference's function.
+
+Weights come from any getter (an importer's `get`, or a dequantized
+`.awqbin`) in Hugging Face names and layout, norms as the multiplier of the
+normalized vector (Gemma's 1 + w, as the file stores them). Every step
+recomputes the whole sequence with full attention masks, so no KV cache can
 hide a bug. It is the ground truth the C++ runtime is compared against.
 """
 from __future__ import annotations
@@ -26,19 +37,68 @@ LayerWeights = dict  # "input_layernorm", "self_attn.q_proj", ... -> tensor (Hug
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """x [..., d] normalised in float32 and returned in x's dtype."""
+    """x [..., d] normalised in float32 and returned in x's dtype; `weight` is the
+    multiplier (Gemma's 1 + w already added)."""
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return (x32 * weight.float()).to(x.dtype)
 
 
-def rotary_tables(config: ModelConfig, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [T, hd]: angle p * theta^(-2i/hd) at dims i and i + hd/2 (rotate half)."""
+def inverse_frequencies(config: ModelConfig, sliding: bool) -> tuple[torch.Tensor, float]:
+    """(inv_freq [hd/2] float64, cos/sin multiplier) of a layer, as transformers'
+    ROPE_INIT_FUNCTIONS define them. Gemma 3's sliding layers use rope_local_theta
+    unscaled; every other layer uses rope_theta with config.rope_scaling."""
     hd = config.head_dim
-    inv_freq = config.rope_theta ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    exponents = torch.arange(0, hd, 2, dtype=torch.float64) / hd  # [hd/2]
+    if sliding and config.rope_local_theta is not None:
+        return config.rope_local_theta ** -exponents, 1.0
+    base = config.rope_theta
+    inv_freq = base ** -exponents
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq, 1.0
+    kind, factor = scaling["rope_type"], scaling["factor"]
+    if kind == "linear":  # positions divided by factor
+        return inv_freq / factor, 1.0
+    if kind == "llama3":
+        # Wavelengths longer than original/low_freq_factor are stretched by factor, those
+        # shorter than original/high_freq_factor kept, and the band between interpolated.
+        original = scaling["original_max_position_embeddings"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        wavelength = 2 * math.pi / inv_freq
+        smooth = (original / wavelength - low) / (high - low)
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        out = torch.where(wavelength > original / low, inv_freq / factor, blended)
+        return torch.where(wavelength < original / high, inv_freq, out), 1.0
+    if kind == "yarn":
+        # Dimensions that rotate fewer than beta_slow times over the original context
+        # are interpolated (divided by factor), those above beta_fast kept, with a
+        # linear ramp between the two dimension indices.
+        original = scaling["original_max_position_embeddings"]
+
+        def dimension(rotations: float) -> float:  # inverse of rotations(dim)
+            return hd * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+        low, high = dimension(scaling["beta_fast"]), dimension(scaling["beta_slow"])
+        if scaling.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, hd - 1)
+        if low == high:
+            high += 0.001  # transformers' guard against a zero-width ramp
+        ramp = ((torch.arange(hd // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        keep = 1 - ramp  # 1: extrapolate (keep the frequency), 0: interpolate
+        return inv_freq / factor * (1 - keep) + inv_freq * keep, scaling["attention_factor"]
+    raise ValueError(f"rope scaling type {kind!r} has no reference implementation")
+
+
+def rotary_tables(config: ModelConfig, n_tokens: int,
+                  layer: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, hd] of `layer`: angle p * inv_freq[i] at dims i and i + hd/2
+    (rotate half), times the rope scaling's attention factor."""
+    inv_freq, multiplier = inverse_frequencies(config, config.is_sliding(layer))
     angles = torch.outer(torch.arange(n_tokens, dtype=torch.float64), inv_freq)  # [T, hd/2]
     angles = torch.cat([angles, angles], dim=-1)  # [T, hd]
-    return angles.cos().float(), angles.sin().float()
+    return (angles.cos() * multiplier).float(), (angles.sin() * multiplier).float()
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -49,9 +109,20 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (x32 * cos[:, None, :] + rotated * sin[:, None, :]).to(x.dtype)
 
 
+def attention_mask(config: ModelConfig, n_tokens: int, layer: int) -> torch.Tensor:
+    """[T, T] True where query t must not see key s: the future, and on a sliding layer
+    keys more than sliding_window - 1 positions back (t - W < s <= t stay visible)."""
+    t = torch.arange(n_tokens)
+    hidden = t[None, :] > t[:, None]
+    if config.is_sliding(layer):
+        hidden |= t[None, :] <= t[:, None] - config.sliding_window
+    return hidden
+
+
 def attention_heads(config: ModelConfig, h: torch.Tensor, w: LayerWeights, cos: torch.Tensor,
-                    sin: torch.Tensor) -> torch.Tensor:
-    """The attention's heads concatenated, before o_proj: h [..., T, d] -> [..., T, H*hd]."""
+                    sin: torch.Tensor, layer: int = 0) -> torch.Tensor:
+    """The attention's heads concatenated, before o_proj: h [..., T, d] -> [..., T, H*hd].
+    cos, sin: rotary_tables(config, T, layer)."""
     c = config
     T, H, KV, hd = h.shape[-2], c.num_heads, c.num_kv_heads, c.head_dim
     lead = h.shape[:-2]
@@ -62,33 +133,54 @@ def attention_heads(config: ModelConfig, h: torch.Tensor, w: LayerWeights, cos: 
         q = q + w["self_attn.q_proj.bias"]
         k = k + w["self_attn.k_proj.bias"]
         v = v + w["self_attn.v_proj.bias"]
-    q = apply_rotary(q.view(*lead, T, H, hd), cos, sin)  # [..., T, H, hd]
-    k = apply_rotary(k.view(*lead, T, KV, hd), cos, sin)  # [..., T, KV, hd]
+    q = q.view(*lead, T, H, hd)
+    k = k.view(*lead, T, KV, hd)
+    if c.qk_norm:  # one RMSNorm over each head's hd values, before rotary
+        q = rms_norm(q, w["self_attn.q_norm"], c.rms_norm_eps)
+        k = rms_norm(k, w["self_attn.k_norm"], c.rms_norm_eps)
+    q = apply_rotary(q, cos, sin)  # [..., T, H, hd]
+    k = apply_rotary(k, cos, sin)  # [..., T, KV, hd]
     v = v.view(*lead, T, KV, hd)
     # Grouped-query attention: query head j reads key/value head j // (H / KV).
     k = k.repeat_interleave(H // KV, dim=-2)  # [..., T, H, hd]
     v = v.repeat_interleave(H // KV, dim=-2)  # [..., T, H, hd]
-    scores = torch.einsum("...thd,...shd->...hts", q.float(), k.float()) / math.sqrt(hd)
-    causal = torch.ones(T, T, dtype=torch.bool).triu(1)  # True above the diagonal: the future
-    probs = scores.masked_fill(causal, float("-inf")).softmax(-1)  # [..., H, T, T]
+    scale = c.attention_scale if c.attention_scale is not None else 1 / math.sqrt(hd)
+    scores = torch.einsum("...thd,...shd->...hts", q.float(), k.float()) * scale
+    hidden = attention_mask(c, T, layer)
+    probs = scores.masked_fill(hidden, float("-inf")).softmax(-1)  # [..., H, T, T]
     out = torch.einsum("...hts,...shd->...thd", probs, v.float()).to(h.dtype)  # [..., T, H, hd]
     return out.reshape(*lead, T, H * hd)
 
 
-def mlp_hidden(h: torch.Tensor, w: LayerWeights) -> torch.Tensor:
-    """SwiGLU's input to down_proj: h [..., d] -> silu(gate) * up [..., ffn]."""
-    gate = torch.nn.functional.silu(h @ w["mlp.gate_proj"].T)  # [..., ffn]
+def mlp_hidden(h: torch.Tensor, w: LayerWeights, activation: str = "silu") -> torch.Tensor:
+    """The gated MLP's input to down_proj: h [..., d] -> act(gate) * up [..., ffn], act
+    SiLU (SwiGLU) or GELU's tanh approximation (GeGLU, gelu_pytorch_tanh)."""
+    gate = h @ w["mlp.gate_proj"].T  # [..., ffn]
+    if activation == "silu":
+        gate = torch.nn.functional.silu(gate)
+    elif activation == "gelu_tanh":
+        gate = torch.nn.functional.gelu(gate, approximate="tanh")
+    else:
+        raise ValueError(f"activation {activation!r} has no reference implementation")
     return gate * (h @ w["mlp.up_proj"].T)
 
 
 def decoder_layer(config: ModelConfig, x: torch.Tensor, w: LayerWeights, cos: torch.Tensor,
-                  sin: torch.Tensor) -> torch.Tensor:
-    """One pre-norm decoder layer with its residuals: x [..., T, d] -> [..., T, d]."""
+                  sin: torch.Tensor, layer: int = 0) -> torch.Tensor:
+    """One decoder layer with its residuals: x [..., T, d] -> [..., T, d]. "pre" places
+    one norm before attention and one before the MLP; "sandwich" (Gemma 3) also
+    normalizes each block's output before adding it to the residual."""
     eps = config.rms_norm_eps
-    h = rms_norm(x, w["input_layernorm"], eps)
-    x = x + attention_heads(config, h, w, cos, sin) @ w["self_attn.o_proj"].T
+    attention = attention_heads(config, rms_norm(x, w["input_layernorm"], eps), w, cos, sin,
+                                layer) @ w["self_attn.o_proj"].T
+    if config.norm_placement == "sandwich":
+        x = x + rms_norm(attention, w["post_attention_layernorm"], eps)
+        h = rms_norm(x, w["pre_feedforward_layernorm"], eps)
+        mlp = mlp_hidden(h, w, config.activation) @ w["mlp.down_proj"].T
+        return x + rms_norm(mlp, w["post_feedforward_layernorm"], eps)
+    x = x + attention
     h = rms_norm(x, w["post_attention_layernorm"], eps)
-    return x + mlp_hidden(h, w) @ w["mlp.down_proj"].T
+    return x + mlp_hidden(h, w, config.activation) @ w["mlp.down_proj"].T
 
 
 class ReferenceModel:
@@ -111,9 +203,8 @@ class ReferenceModel:
         for layer in range(config.num_layers):
             p = layer_prefix(layer)
             w = {key: load(p + key + ".weight") for key in (
-                "input_layernorm", "post_attention_layernorm", "self_attn.q_proj",
-                "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
+                "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj") + config.layer_norm_names()}
             if config.attention_bias:
                 for proj in ("q_proj", "k_proj", "v_proj"):
                     w[f"self_attn.{proj}.bias"] = load(f"{p}self_attn.{proj}.bias")
@@ -124,16 +215,23 @@ class ReferenceModel:
     @torch.inference_mode()
     def forward(self, ids: Union[Sequence[int], torch.Tensor]) -> torch.Tensor:
         """Logits float32 [T, vocab] of every position of `ids` (a fresh sequence)."""
+        c = self.config
         ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)  # [T]
         if ids.numel() == 0:
             raise ValueError("forward needs at least one token")
-        if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.config.vocab_size})")
-        cos, sin = rotary_tables(self.config, ids.numel())
+        if int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size:
+            raise ValueError(f"token ids must be in [0, {c.vocab_size})")
+        T = ids.numel()
         x = self.embed[ids]  # [T, d]
-        for w in self.layers:
-            x = decoder_layer(self.config, x, w, cos, sin)
-        return (rms_norm(x, self.norm, self.config.rms_norm_eps) @ self.lm_head.T).float()
+        if c.embedding_scale != 1.0:  # Gemma: sqrt(d), applied in the embedding's dtype
+            x = x * torch.tensor(c.embedding_scale, dtype=self.dtype)
+        for layer, w in enumerate(self.layers):
+            cos, sin = rotary_tables(c, T, layer)
+            x = decoder_layer(c, x, w, cos, sin, layer)
+        logits = (rms_norm(x, self.norm, c.rms_norm_eps) @ self.lm_head.T).float()
+        if c.final_logit_softcap > 0:
+            logits = torch.tanh(logits / c.final_logit_softcap) * c.final_logit_softcap
+        return logits
 
     def greedy_generate(self, ids: Union[Sequence[int], torch.Tensor], n: int) -> list[int]:
         """The n tokens that greedy decoding appends to `ids` (no stop token), recomputing

@@ -13,6 +13,12 @@ from typing import Iterator, Optional, Protocol
 import numpy as np
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+NORM_PLACEMENTS = ("pre", "sandwich")
+ACTIVATIONS = ("silu", "gelu_tanh")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+# The rope_scaling dict after the importers' normalisation (awqcore.importers.rope_scaling):
+# "rope_type" plus the parameters its formula reads, defaults resolved.
+ROPE_TYPES = ("linear", "llama3", "yarn")
 
 
 @dataclass
@@ -41,7 +47,8 @@ class ModelConfig:
     sliding_window: int = 0  # 0: none
     layer_types: Optional[list] = None  # [num_layers] of "full_attention" | "sliding_attention"
     rope_local_theta: Optional[float] = None  # Gemma 3: sliding layers' base, unscaled
-    rope_scaling: Optional[dict] = None  # transformers' dict ("rope_type": linear | llama3 | yarn)
+    # {"rope_type": linear | llama3 | yarn, and that type's parameters, defaults resolved}
+    rope_scaling: Optional[dict] = None
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -53,9 +60,43 @@ class ModelConfig:
                              f"num_kv_heads={self.num_kv_heads}")
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+        if self.norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(f"norm_placement {self.norm_placement!r} is not one of "
+                             f"{', '.join(NORM_PLACEMENTS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} is not one of "
+                             f"{', '.join(ACTIVATIONS)}")
+        if self.sliding_window < 0:
+            raise ValueError(f"sliding_window={self.sliding_window} must be >= 0")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_layers:
+                raise ValueError(f"layer_types has {len(self.layer_types)} entries for "
+                                 f"{self.num_layers} layers")
+            unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if unknown:
+                raise ValueError(f"layer_types: unknown {unknown} "
+                                 f"(expected {', '.join(LAYER_TYPES)})")
+            if "sliding_attention" in self.layer_types and self.sliding_window <= 0:
+                raise ValueError("layer_types has sliding layers but sliding_window is 0")
+        if self.rope_scaling is not None and self.rope_scaling.get("rope_type") not in ROPE_TYPES:
+            raise ValueError(f"rope_scaling type {self.rope_scaling.get('rope_type')!r} is not one "
+                             f"of {', '.join(ROPE_TYPES)}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def is_sliding(self, layer: int) -> bool:
+        """Whether `layer` attends to the last sliding_window positions only. Without
+        layer_types a sliding_window applies to every layer (Mistral)."""
+        if self.layer_types is not None:
+            return self.layer_types[layer] == "sliding_attention"
+        return self.sliding_window > 0
+
+    def layer_norm_names(self) -> tuple[str, ...]:
+        """The norm weights inside a decoder layer (suffixes after the layer prefix)."""
+        names = ("input_layernorm", "post_attention_layernorm")
+        if self.norm_placement == "sandwich":
+            names += ("pre_feedforward_layernorm", "post_feedforward_layernorm")
+        if self.qk_norm:
+            names += ("self_attn.q_norm", "self_attn.k_norm")
+        return names
 
 
 @dataclass

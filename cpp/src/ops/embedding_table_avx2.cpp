@@ -30,7 +30,7 @@ namespace {
 
 using avx2::kTileColumns;
 
-constexpr int kGemmMinTokens = 4;
+constexpr int kTileMinTokens = 4;  // from this many tokens a dequantized tile serves them all
 constexpr int kBlock = EmbeddingTable::kBlock;
 static_assert(kTileColumns % kBlock == 0, "a tile holds whole int8 blocks");
 
@@ -191,7 +191,7 @@ void ConvertTile(const EmbeddingTable& table, int row, int rows, int column0, in
 
 void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
                    int num_tokens, float* y, int ldy) {
-  if (num_tokens < kGemmMinTokens) {
+  if (num_tokens < kTileMinTokens) {
     for (int r0 = 0; r0 < rows; r0 += 4) {
       const int block_rows = std::min(4, rows - r0);
       int block[4];

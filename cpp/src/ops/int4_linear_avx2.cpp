@@ -32,7 +32,7 @@
 // Together: 8960 x 1536 from 4.5 to 10-12 GB/s, 1536 x 8960 from 7.1 to
 // 11-13 GB/s (this machine reads ~15 GB/s with 2 threads).
 //
-// Exact f32 GEMV (Int4RowsAvx2, < kGemmMinTokens tokens; the kFloat32 mode
+// Exact f32 GEMV (Int4RowsAvx2, < kTileMinTokens tokens; the kFloat32 mode
 // and widths that are no multiple of 64): per 8 weights 1 broadcast load of 4
 // code bytes, vpsrlvd, and, convert, FMA (32 ALU uops per 64 weights, ~3.5x
 // the W4A8 kernel's), the zero point out of the loop as above with exact
@@ -56,7 +56,9 @@ namespace {
 
 using avx2::kTileColumns;
 
-constexpr int kGemmMinTokens = 4;  // below: GEMV per token (unpacking per token is cheaper than a tile pass)
+// From this many tokens a dequantized tile serves them all (GEMM); below,
+// a GEMV per token (unpacking per token is cheaper than a tile pass).
+constexpr int kTileMinTokens = 4;
 constexpr int kMaxGroups = 2048;   // group sums on the stack (8 KiB): in <= 65536 at g = 32
 
 // 8 codes (4 bytes, little-endian: code k in bits 4k..4k+3, which is column k
@@ -380,7 +382,7 @@ void GemmRows(const Int4Linear& layer, int row0, int rows, const float* x, int l
 void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                   int num_tokens, float* y, int ldy) {
   const int groups = layer.in / layer.group_size;
-  if (num_tokens >= kGemmMinTokens || groups > kMaxGroups) {
+  if (num_tokens >= kTileMinTokens || groups > kMaxGroups) {
     GemmRows(layer, row0, rows, x, ldx, num_tokens, y, ldy);
     return;
   }

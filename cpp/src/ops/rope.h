@@ -25,6 +25,10 @@ class RopeTable {
   void RotateHead(const float* x, int position, float* out) const;
 
   int head_dim() const { return head_dim_; }
+  // The tables [max_positions, head_dim / 2], as Apply reads them (the CUDA
+  // backend uploads these, so both devices rotate by the same factors).
+  const std::vector<float>& cos_table() const { return cos_; }
+  const std::vector<float>& sin_table() const { return sin_; }
 
  private:
   int head_dim_;

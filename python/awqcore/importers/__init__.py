@@ -22,8 +22,10 @@ def expected_tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     linears = linear_shapes(config)
     for layer in range(config.num_layers):
         p = layer_prefix(layer)
-        shapes[p + "input_layernorm.weight"] = (d,)
-        shapes[p + "post_attention_layernorm.weight"] = (d,)
+        for norm in config.layer_norm_names():
+            # q_norm and k_norm act on one head at a time.
+            per_head = norm.startswith("self_attn.")
+            shapes[f"{p}{norm}.weight"] = (config.head_dim,) if per_head else (d,)
         for suffix in LINEAR_NAMES:
             shapes[f"{p}{suffix}.weight"] = linears[suffix]
         if config.attention_bias:

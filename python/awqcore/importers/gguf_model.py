@@ -1,20 +1,28 @@
-"""GGUF importer: llama.cpp files of the llama and qwen2 architectures.
+"""GGUF importer: llama.cpp files of the llama (Llama 2/3, Mistral), qwen2, qwen3
+and gemma3 architectures.
 
 The file is memory-mapped by `gguf.GGUFReader`; each `get()` dequantizes one
 tensor, converts it to the Hugging Face [out, in] layout and, for the llama
-architecture, undoes the q/k row permutation that llama.cpp's converter applies.
+architecture only, undoes the q/k row permutation that llama.cpp's converter
+applies. llama.cpp's converter already stores Gemma's norm weights as 1 + w,
+the multiplier this format holds, so they pass through unchanged.
 """
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 
 import gguf
 import numpy as np
 
-from ..source import SUPPORTED_ARCHITECTURES, ModelConfig, TokenizerInfo
+from ..source import ModelConfig, TokenizerInfo
 from . import check_tensor_shapes
+from .rope_scaling import normalize_rope_scaling
+
+# GGUF general.architecture values this importer reads (Mistral's files use llama).
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 
 # Block-quantized tensors are dequantized this many elements (16 MB of float32) at a time.
 DEQUANTIZE_BLOCK_ELEMENTS = 1 << 22
@@ -31,21 +39,30 @@ _LAYER_NAMES = {
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
     "ffn_norm": "post_attention_layernorm",
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+# Gemma 3's four norms: llama.cpp's ffn_norm is the MLP's input norm, which Gemma
+# calls pre_feedforward_layernorm (its post_attention_layernorm normalizes the
+# attention output).
+_GEMMA3_LAYER_NAMES = {**_LAYER_NAMES, "post_attention_norm": "post_attention_layernorm",
+                       "ffn_norm": "pre_feedforward_layernorm",
+                       "post_ffw_norm": "post_feedforward_layernorm"}
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _GLOBAL_RE = re.compile(r"(\w+)\.(weight|bias)")
 
 
-def hf_name(gguf_name: str) -> str | None:
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
     """The Hugging Face name of a GGUF tensor, or None when it has no counterpart."""
     if m := _LAYER_RE.fullmatch(gguf_name):
         layer, base, kind = m.groups()
-        if base in _LAYER_NAMES:
-            return f"model.layers.{layer}.{_LAYER_NAMES[base]}.{kind}"
+        names = _GEMMA3_LAYER_NAMES if arch == "gemma3" else _LAYER_NAMES
+        if base in names:
+            return f"model.layers.{layer}.{names[base]}.{kind}"
         return None
     if (m := _GLOBAL_RE.fullmatch(gguf_name)) and m.group(1) in _GLOBAL_NAMES:
         return f"{_GLOBAL_NAMES[m.group(1)]}.{m.group(2)}"
@@ -86,6 +103,29 @@ def _file_type_name(value: int | None) -> str:
         return f"file type {value}"
 
 
+def _llama3_from_rope_freqs(divisors: np.ndarray, theta: float, head_dim: int,
+                            original: int, origin: str) -> dict:
+    """Llama 3's rope scaling whose per-frequency divisors (inv_freq / scaled inv_freq, as
+    llama.cpp's converter stores them in rope_freqs) match `divisors` [hd/2]. The file
+    keeps only the divisors; Llama 3.1 to 3.3 all use low_freq_factor 1, high_freq_factor 4
+    and an original context of 8192, with the stretch factor the largest divisor."""
+    if divisors.shape != (head_dim // 2,):
+        raise ValueError(f"{origin}: rope_freqs has {divisors.size} values, expected "
+                         f"{head_dim // 2}")
+    factor, low, high = float(divisors.max()), 1.0, 4.0
+    inv_freq = theta ** (-np.arange(0, head_dim, 2) / head_dim)
+    wavelength = 2 * math.pi / inv_freq
+    smooth = np.clip((original / wavelength - low) / (high - low), 0.0, 1.0)
+    expected = 1.0 / ((1 - smooth) / factor + smooth)
+    if not np.allclose(divisors, expected, rtol=1e-5, atol=0):
+        raise ValueError(f"{origin}: rope_freqs does not match Llama 3 rope scaling (factor "
+                         f"{factor}, low_freq_factor 1, high_freq_factor 4, original context "
+                         f"{original}); other per-frequency factors are not supported")
+    return normalize_rope_scaling(
+        {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+         "high_freq_factor": high, "original_max_position_embeddings": original}, 0, origin)
+
+
 class _Metadata:
     """Typed access to the key/value fields of a GGUF file, with errors naming the key."""
 
@@ -114,16 +154,20 @@ class GGUFSource:
         self.reader = gguf.GGUFReader(self.path)
         meta = _Metadata(self.reader, self.path)
         arch = meta.require("general.architecture")
-        if arch not in SUPPORTED_ARCHITECTURES:
+        if arch not in GGUF_ARCHITECTURES:
             raise ValueError(f"{self.path.name}: unknown architecture {arch!r} "
-                             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+                             f"(supported: {', '.join(GGUF_ARCHITECTURES)})")
 
         # HF name -> GGUF tensor. Unmapped tensors are refused rather than
-        # skipped: e.g. llama 3's rope_freqs changes the rotary and would be
-        # silently lost.
+        # skipped, since each changes the computation; rope_freqs (Llama 3's
+        # rope scaling as per-frequency divisors) is read into the config instead.
         self._tensors: dict[str, gguf.ReaderTensor] = {}
+        self._rope_freqs = None
         for t in self.reader.tensors:
-            hf = hf_name(t.name)
+            if t.name == "rope_freqs.weight":
+                self._rope_freqs = t
+                continue
+            hf = hf_name(t.name, arch)
             if hf is None:
                 raise ValueError(f"{self.path.name}: tensor {t.name!r} has no Hugging Face "
                                  f"counterpart in the {arch} architecture (unsupported)")
@@ -149,28 +193,91 @@ class GGUFSource:
         if rope_dim != head_dim:
             raise ValueError(f"{self.path.name}: partial rotary (rope.dimension_count="
                              f"{rope_dim}, head_dim={head_dim}) is not supported")
-        scaling = meta.get(a + "rope.scaling.type", "none")
-        if scaling != "none":
-            raise ValueError(f"{self.path.name}: rope scaling {scaling!r} is not supported")
         # The embedding's row count is the vocabulary the weights cover; the
         # optional vocab_size key is absent from many files.
         vocab = int(self._tensors["model.embed_tokens.weight"].shape[1])
+        layers = int(meta.require(a + "block_count"))
+        max_positions = int(meta.require(a + "context_length"))
+        theta = _from_float32(meta.get(a + "rope.freq_base", 10000.0))
+        if meta.get(a + "attn_logit_softcapping"):
+            raise ValueError(f"{self.path.name}: {a}attn_logit_softcapping is not supported")
+        fields: dict = {}
+        if arch == "qwen3":
+            fields["qk_norm"] = True
+        if arch == "gemma3":
+            fields = self._gemma3_fields(meta, a, d, heads, head_dim, layers)
+        elif meta.get(a + "attention.sliding_window"):
+            raise ValueError(f"{self.path.name}: {a}attention.sliding_window is not supported "
+                             f"for the {arch} architecture")
         return ModelConfig(
             architecture=arch,
             name=name or meta.get("general.name") or self.path.stem,
             vocab_size=vocab,
             hidden_size=d,
             intermediate_size=int(meta.require(a + "feed_forward_length")),
-            num_layers=int(meta.require(a + "block_count")),
+            num_layers=layers,
             num_heads=heads,
             num_kv_heads=kv_heads,
             head_dim=head_dim,
-            max_position_embeddings=int(meta.require(a + "context_length")),
-            rope_theta=_from_float32(meta.get(a + "rope.freq_base", 10000.0)),
+            max_position_embeddings=max_positions,
+            rope_theta=theta,
             rms_norm_eps=_from_float32(meta.require(a + "attention.layer_norm_rms_epsilon")),
             tie_word_embeddings="lm_head.weight" not in self._tensors,
             attention_bias="model.layers.0.self_attn.q_proj.bias" in self._tensors,
+            rope_scaling=self._rope_scaling(meta, a, theta, head_dim, max_positions),
+            **fields,
         )
+
+    def _gemma3_fields(self, meta: _Metadata, a: str, d: int, heads: int, head_dim: int,
+                       layers: int) -> dict:
+        """Gemma 3's description as llama.cpp reads it: a sliding window with every
+        `pattern`-th layer global (default 6), the sliding layers' base 10000 unless
+        rope.freq_base_swa says otherwise, attention scale 1/sqrt(hd) except for the
+        62-layer 27B (1/sqrt(d/H), its query_pre_attn_scalar)."""
+        window = int(meta.require(a + "attention.sliding_window"))
+        pattern = meta.get(a + "attention.sliding_window_pattern", 6)
+        if isinstance(pattern, list):  # per layer: true where the layer slides
+            if len(pattern) != layers:
+                raise ValueError(f"{self.path.name}: {a}attention.sliding_window_pattern has "
+                                 f"{len(pattern)} entries for {layers} layers")
+            sliding = [bool(p) for p in pattern]
+        else:
+            pattern = int(pattern)
+            sliding = [pattern <= 0 or (i + 1) % pattern != 0 for i in range(layers)]
+        scalar = d / heads if layers == 62 else head_dim
+        softcap = meta.get(a + "final_logit_softcapping")
+        return dict(
+            norm_placement="sandwich", activation="gelu_tanh", qk_norm=True,
+            attention_scale=float(scalar) ** -0.5, embedding_scale=math.sqrt(d),
+            final_logit_softcap=_from_float32(softcap) if softcap else 0.0,
+            sliding_window=window,
+            layer_types=["sliding_attention" if s else "full_attention" for s in sliding],
+            rope_local_theta=_from_float32(meta.get(a + "rope.freq_base_swa", 10000.0)))
+
+    def _rope_scaling(self, meta: _Metadata, a: str, theta: float, head_dim: int,
+                      max_positions: int) -> dict | None:
+        """The rope scaling from rope.scaling.* keys, or Llama 3's from the rope_freqs
+        tensor (checked against the llama3 formula, since its parameters are not stored)."""
+        kind = meta.get(a + "rope.scaling.type", "none")
+        if self._rope_freqs is not None:
+            if kind not in ("none", "linear") or meta.get(a + "rope.scaling.factor", 1.0) != 1.0:
+                raise ValueError(f"{self.path.name}: rope_freqs together with rope scaling "
+                                 f"{kind!r} is not supported")
+            return _llama3_from_rope_freqs(
+                np.asarray(self._rope_freqs.data, dtype=np.float64).reshape(-1), theta, head_dim,
+                int(meta.get(a + "rope.scaling.original_context_length", 8192)), self.path.name)
+        if kind == "none":
+            return None
+        raw = {"rope_type": kind, "factor": meta.get(a + "rope.scaling.factor")}
+        if kind == "yarn":
+            if meta.get(a + "rope.scaling.yarn_log_multiplier") or \
+                    meta.get(a + "rope.scaling.yarn_ext_factor") not in (None, -1.0, 1.0):
+                raise ValueError(f"{self.path.name}: these YaRN options are not supported")
+            raw.update(original_max_position_embeddings=meta.get(
+                a + "rope.scaling.original_context_length"),
+                beta_fast=meta.get(a + "rope.scaling.yarn_beta_fast"),
+                beta_slow=meta.get(a + "rope.scaling.yarn_beta_slow"))
+        return normalize_rope_scaling(raw, max_positions, self.path.name)
 
     @staticmethod
     def _hf_shape(t: gguf.ReaderTensor) -> tuple[int, ...]:
@@ -186,10 +293,6 @@ class GGUFSource:
 
     def tensor_names(self) -> list[str]:
         return list(self._tensors)
-
-    def gguf_type(self, name: str) -> str:
-        """The GGUF storage type of a tensor, e.g. 'Q4_1' or 'F32'."""
-        return self._tensor(name).tensor_type.name
 
     @staticmethod
     def _dequantize(t: gguf.ReaderTensor, shape: tuple[int, ...]) -> np.ndarray:

@@ -1,5 +1,10 @@
 """Hugging Face folder importer: config.json + safetensors (single or sharded) + tokenizer.json.
 
+Families: Llama (2 and 3.x), Mistral, Qwen2, Qwen3 and Gemma 3 text; config.json
+as transformers 4 writes it (`rope_theta`, `rope_scaling`) or as transformers 5
+does (`rope_parameters`). Gemma's norm weights w are returned as 1 + w, the
+multiplier the file format stores.
+
 Tensors are already in Hugging Face names and layout; each `get()` opens the
 shard holding the tensor with `safe_open`, which memory-maps it, so only that
 tensor is read. They are loaded through torch because numpy has no bfloat16.
@@ -7,14 +12,44 @@ tensor is read. They are loaded through torch because numpy has no bfloat16.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from ..source import ModelConfig, TokenizerInfo
 from . import check_tensor_shapes, expected_tensor_shapes
+from .rope_scaling import normalize_rope_scaling
 
-_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# model_type -> the causal-LM class its checkpoints name in "architectures".
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                  "gemma3_text": "Gemma3ForCausalLM"}
+# Relatives that look close but compute something else, with what to use instead.
+_REFUSED = {
+    "gemma3": "a Gemma 3 vision-language checkpoint (Gemma3ForConditionalGeneration); only the "
+              "text-only Gemma3ForCausalLM (model_type gemma3_text, e.g. gemma-3-270m or 1b) "
+              "is supported",
+    "gemma2": "Gemma 2 (attention logit soft-capping, a different layer pattern) is not "
+              "supported; Gemma 3 text models are",
+    "gemma": "Gemma 1 is not supported; Gemma 3 text models are",
+}
+# transformers' config defaults where config.json may omit a key; per model_type,
+# since they differ (Gemma 3's head_dim is 256, Qwen3's 128; Gemma ties its embedding).
+_DEFAULTS = {
+    "llama": dict(max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False),
+    "mistral": dict(max_position_embeddings=131072, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                    sliding_window=4096),
+    "qwen2": dict(max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False),
+    "qwen3": dict(max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                  head_dim=128),
+    "gemma3_text": dict(max_position_embeddings=131072, rms_norm_eps=1e-6,
+                        tie_word_embeddings=True, head_dim=256, sliding_window=4096,
+                        query_pre_attn_scalar=256, rope_theta=1_000_000.0,
+                        rope_local_base_freq=10_000.0, sliding_window_pattern=6),
+}
+# The gate activation each family's config names, and its name in the file.
+_ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
 def _read_json(path: Path) -> dict:
@@ -24,48 +59,121 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: invalid JSON ({e})") from None
 
 
+def _rope(cfg: dict, layer_type: str | None, default_theta: float,
+          max_positions: int, origin: str) -> tuple[float, dict | None]:
+    """(base, normalised scaling) from either transformers 4's `rope_theta` + `rope_scaling`
+    or transformers 5's `rope_parameters` (one dict, or one per layer type as Gemma 3 saves)."""
+    params = cfg.get("rope_parameters")
+    if isinstance(params, dict) and layer_type in params:
+        params = params[layer_type]
+    if isinstance(params, dict) and params:
+        theta = params.get("rope_theta", cfg.get("rope_theta", default_theta))
+        scaling = params
+    else:
+        theta = cfg.get("rope_theta", default_theta)
+        scaling = cfg.get("rope_scaling")
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 1:
+        raise ValueError(f"{origin}: rope_theta {theta!r} must be a number > 1")
+    return float(theta), normalize_rope_scaling(scaling, max_positions, origin)
+
+
 def _config_from_json(cfg: dict, folder: Path) -> ModelConfig:
+    origin = str(folder / "config.json")
     model_type = cfg.get("model_type")
+    if model_type in _REFUSED:
+        raise ValueError(f"{origin}: model_type {model_type!r} is {_REFUSED[model_type]}")
     if model_type not in _ARCHITECTURES:
-        raise ValueError(f"{folder / 'config.json'}: unknown model_type {model_type!r} "
+        raise ValueError(f"{origin}: unknown model_type {model_type!r} "
                          f"(supported: {', '.join(_ARCHITECTURES)})")
     expected_class = _ARCHITECTURES[model_type]
     classes = cfg.get("architectures") or [expected_class]
     if expected_class not in classes:
-        raise ValueError(f"{folder / 'config.json'}: architectures {classes} do not include "
+        raise ValueError(f"{origin}: architectures {classes} do not include "
                          f"{expected_class} (only causal language models are supported)")
-    # These change the computation in ways the runtime does not implement;
-    # refusing them beats producing a model that silently computes something else.
-    if cfg.get("rope_scaling"):
-        raise ValueError(f"{folder}: rope_scaling {cfg['rope_scaling']} is not supported")
-    if cfg.get("mlp_bias"):
-        raise ValueError(f"{folder}: mlp_bias is not supported")
-    if model_type == "llama" and cfg.get("attention_bias"):
-        raise ValueError(f"{folder}: llama attention_bias (which includes o_proj) is not supported")
+    defaults = _DEFAULTS[model_type]
 
     def need(key: str):
-        if key not in cfg:
-            raise ValueError(f"{folder / 'config.json'}: {key!r} is missing")
+        if cfg.get(key) is None:
+            raise ValueError(f"{origin}: {key!r} is missing")
         return cfg[key]
 
+    def get(key: str):
+        value = cfg.get(key)
+        return defaults.get(key) if value is None else value
+
+    # These change the computation in ways the runtime does not implement;
+    # refusing them beats producing a model that silently computes something else.
+    if cfg.get("mlp_bias"):
+        raise ValueError(f"{origin}: mlp_bias is not supported")
+    if model_type != "qwen2" and cfg.get("attention_bias"):
+        raise ValueError(f"{origin}: {model_type} attention_bias (which includes o_proj) "
+                         "is not supported")
+    activation_key = "hidden_activation" if model_type == "gemma3_text" else "hidden_act"
+    act = cfg.get(activation_key) or ("gelu_pytorch_tanh" if model_type == "gemma3_text"
+                                      else "silu")
+    if act not in _ACTIVATIONS or (model_type == "gemma3_text") != (act == "gelu_pytorch_tanh"):
+        raise ValueError(f"{origin}: {activation_key}={act!r} is not supported for {model_type}")
+    for key in ("attn_logit_softcapping", "use_bidirectional_attention"):
+        if cfg.get(key):
+            raise ValueError(f"{origin}: {key}={cfg[key]!r} is not supported")
+
     d, heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    layers = int(need("num_hidden_layers"))
+    max_positions = int(get("max_position_embeddings"))
+    fields: dict = {}
+    if model_type == "gemma3_text":
+        theta, scaling = _rope(cfg, "full_attention", defaults["rope_theta"], max_positions, origin)
+        local_theta, local_scaling = _rope(
+            {**cfg, "rope_theta": get("rope_local_base_freq"), "rope_scaling": None},
+            "sliding_attention", defaults["rope_local_base_freq"], max_positions, origin)
+        if local_scaling is not None:
+            raise ValueError(f"{origin}: rope scaling on sliding layers is not supported")
+        pattern = int(cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern")
+                      or defaults["sliding_window_pattern"])
+        layer_types = cfg.get("layer_types") or [
+            "full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+            for i in range(layers)]
+        softcap = cfg.get("final_logit_softcapping")
+        fields = dict(norm_placement="sandwich", activation="gelu_tanh", qk_norm=True,
+                      attention_scale=float(get("query_pre_attn_scalar")) ** -0.5,
+                      embedding_scale=math.sqrt(d), final_logit_softcap=float(softcap or 0.0),
+                      sliding_window=int(get("sliding_window")), layer_types=list(layer_types),
+                      rope_local_theta=local_theta)
+    else:
+        theta, scaling = _rope(cfg, None, 10000.0, max_positions, origin)
+        if model_type == "qwen3":
+            fields["qk_norm"] = True
+        if model_type == "mistral":
+            # transformers' Mistral slides every layer and ignores layer_types; an explicit
+            # null (Mistral 7B v0.2 and later) means no window, a missing key 4096.
+            window = cfg["sliding_window"] if "sliding_window" in cfg else get("sliding_window")
+            fields["sliding_window"] = int(window or 0)
+        if model_type in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
+            window_layers = int(cfg.get("max_window_layers", 28))
+            types = cfg.get("layer_types") or ["sliding_attention" if i >= window_layers
+                                              else "full_attention" for i in range(layers)]
+            if "sliding_attention" in types and cfg.get("sliding_window") is not None:
+                raise ValueError(f"{origin}: use_sliding_window (sliding attention from layer "
+                                 f"{types.index('sliding_attention')}) is not supported for "
+                                 f"{model_type}")
     return ModelConfig(
-        architecture=model_type,
+        architecture="gemma3" if model_type == "gemma3_text" else model_type,
         name=cfg.get("_name_or_path") or folder.name,
         vocab_size=int(need("vocab_size")),
         hidden_size=d,
         intermediate_size=int(need("intermediate_size")),
-        num_layers=int(need("num_hidden_layers")),
+        num_layers=layers,
         num_heads=heads,
         num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or d // heads),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        # transformers' LlamaConfig and Qwen2Config both default to untied.
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        # Qwen2 always has q/k/v biases; Llama's (rejected above) would include o_proj.
+        head_dim=int(get("head_dim") or d // heads),
+        max_position_embeddings=max_positions,
+        rope_theta=theta,
+        rms_norm_eps=float(get("rms_norm_eps")),
+        tie_word_embeddings=bool(get("tie_word_embeddings")),
+        # Qwen2 always has q/k/v biases; the others' (rejected above) would include o_proj.
         attention_bias=model_type == "qwen2",
+        rope_scaling=scaling,
+        **fields,
     )
 
 
@@ -181,5 +289,8 @@ class HFSource:
         if name not in self._shards:
             raise KeyError(f"tensor {name!r} is not in {self.folder}")
         with safe_open(self._shards[name], framework="pt") as f:
-            t = f.get_tensor(name)
-        return t.float().numpy()
+            t = f.get_tensor(name).float()
+        if self.config.architecture == "gemma3" and name.endswith("norm.weight"):
+            # Gemma's RMSNorm computes x̂ · (1 + w) in f32; the file holds that multiplier.
+            t = t + 1.0
+        return t.numpy()

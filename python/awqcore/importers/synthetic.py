@@ -7,6 +7,7 @@ do not depend on which tensors were generated before it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import zlib
 
 import numpy as np
@@ -24,18 +25,48 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
-def tiny_config(arch: str = "llama", **overrides) -> ModelConfig:
-    """A small model of the given architecture (d=64, 2 layers, 4/2 heads of 16, vocab 300).
+# Family -> the decoder-layer description of its tiny config: every feature the family
+# has, at sizes where it acts within a short prompt (windows of 8 positions, rope
+# scaling whose original context is 32 positions).
+FAMILIES = {
+    "llama": dict(),
+    "llama3": dict(architecture="llama", rope_theta=500000.0, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, original_max_position_embeddings=32,
+        low_freq_factor=1.0, high_freq_factor=4.0)),
+    "mistral": dict(sliding_window=8),
+    "qwen2": dict(tie_word_embeddings=True, attention_bias=True),
+    # Qwen3: H*hd = 128 differs from d = 64, as Qwen3's explicit head_dim allows.
+    "qwen3": dict(qk_norm=True, head_dim=32, rope_theta=1000000.0, max_position_embeddings=128,
+                  rope_scaling=dict(
+        rope_type="yarn", factor=4.0, original_max_position_embeddings=32, beta_fast=32.0,
+        beta_slow=1.0, truncate=True, attention_factor=0.1 * math.log(4.0) + 1.0)),
+    "gemma3": dict(tie_word_embeddings=True, norm_placement="sandwich", activation="gelu_tanh",
+                   qk_norm=True, attention_scale=24 ** -0.5, embedding_scale=8.0,
+                   final_logit_softcap=5.0, sliding_window=8,
+                   layer_types=["sliding_attention", "full_attention"], rope_theta=1000000.0,
+                   rope_local_theta=10000.0,
+                   rope_scaling=dict(rope_type="linear", factor=4.0)),
+}
+
+
+def tiny_config(family: str = "llama", **overrides) -> ModelConfig:
+    """A small model of the given family (FAMILIES: d=64, 2 layers, 4/2 heads of 16,
+    vocab 300) with every feature of its decoder-layer description switched on.
 
     Llama is untied and Qwen2 tied (as Qwen2.5's small models), so the two
     configs cover both lm_head paths; fields can be overridden by keyword.
     """
-    config = ModelConfig(
-        architecture=arch, name=f"tiny-{arch}", vocab_size=300, hidden_size=64,
+    if family not in FAMILIES:
+        raise ValueError(f"unknown architecture or family {family!r} "
+                         f"(known: {', '.join(FAMILIES)})")
+    fields = dict(
+        architecture=family, name=f"tiny-{family}", vocab_size=300, hidden_size=64,
         intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
         max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-5,
-        tie_word_embeddings=arch == "qwen2", attention_bias=arch == "qwen2")
-    return dataclasses.replace(config, **overrides)
+        tie_word_embeddings=False, attention_bias=False)
+    fields.update(FAMILIES[family])
+    fields.update(overrides)
+    return ModelConfig(**fields)
 
 
 def llama2_7b_config() -> ModelConfig:
@@ -111,7 +142,8 @@ def source_from_spec(spec: str) -> "SyntheticSource":
 
 
 class SyntheticSource:
-    """A SourceModel with random weights: linears N(0, 0.02²), norms uniform in 1 ± 0.1."""
+    """A SourceModel with random weights: linears and biases N(0, 0.02²), norms (the
+    multiplier, also for Gemma's 1 + w) uniform in 1 ± 0.1."""
 
     def __init__(self, config: ModelConfig, seed: int = 0):
         n_tokens = 256 + len(SPECIAL_TOKENS)

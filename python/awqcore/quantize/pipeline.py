@@ -25,7 +25,7 @@ from typing import Callable, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from ..awqbin import AwqbinWriter
+from ..awqbin import AwqbinWriter, model_metadata
 from ..importers import expected_tensor_shapes
 from ..source import LINEAR_NAMES, SourceModel, layer_prefix
 from .awq import AwqQuantizer
@@ -74,16 +74,24 @@ def get_quantizer(method: str, source: SourceModel, group_size: int, progress: b
 
 
 def _layer_float_names(source: SourceModel, layer: int) -> list[str]:
-    """The layer's tensors in the order docs/format.md lists them."""
-    p = layer_prefix(layer)
+    """The layer's tensors: linears and their biases in LINEAR_NAMES order, each norm
+    before the linears it feeds (q/k norms after the projections they follow)."""
+    c, p = source.config, layer_prefix(layer)
+    norms = set(c.layer_norm_names())
     names = [p + "input_layernorm.weight"]
     for suffix in LINEAR_NAMES:
+        if suffix == "self_attn.o_proj":
+            names += [f"{p}{n}.weight" for n in ("self_attn.q_norm", "self_attn.k_norm")
+                      if n in norms]
         if suffix == "mlp.gate_proj":
-            names.append(p + "post_attention_layernorm.weight")
+            names += [f"{p}{n}.weight" for n in ("post_attention_layernorm",
+                                                  "pre_feedforward_layernorm") if n in norms]
         names.append(f"{p}{suffix}.weight")
-        if source.config.attention_bias and suffix in ("self_attn.q_proj", "self_attn.k_proj",
-                                                       "self_attn.v_proj"):
+        if c.attention_bias and suffix in ("self_attn.q_proj", "self_attn.k_proj",
+                                           "self_attn.v_proj"):
             names.append(f"{p}{suffix}.bias")
+    if "post_feedforward_layernorm" in norms:
+        names.append(p + "post_feedforward_layernorm.weight")
     return names
 
 
@@ -142,22 +150,12 @@ def _to_f32(t: np.ndarray, name: str) -> np.ndarray:
 
 def build_metadata(source: SourceModel, method: str, group_size: int) -> dict:
     c, tok = source.config, source.tokenizer
+    model = model_metadata(c)
     return {
-        "general.architecture": c.architecture,
-        "general.name": c.name,
+        "general.architecture": model.pop("general.architecture"),
+        "general.name": model.pop("general.name"),
         "general.source": source.source,
-        "model.vocab_size": c.vocab_size,
-        "model.hidden_size": c.hidden_size,
-        "model.intermediate_size": c.intermediate_size,
-        "model.num_layers": c.num_layers,
-        "model.num_heads": c.num_heads,
-        "model.num_kv_heads": c.num_kv_heads,
-        "model.head_dim": c.head_dim,
-        "model.max_position_embeddings": c.max_position_embeddings,
-        "model.rope_theta": float(c.rope_theta),
-        "model.rms_norm_eps": float(c.rms_norm_eps),
-        "model.tie_word_embeddings": int(c.tie_word_embeddings),
-        "model.attention_bias": int(c.attention_bias),
+        **model,
         "quant.method": method,
         "quant.bits": 4,
         "quant.group_size": group_size,

@@ -1,9 +1,9 @@
-// cuda_test:: (cpp/src/cuda_backend.h): each kernel family run on host data,
-// for cpp/tests/test_cuda_kernels.cpp. Synchronous; allocates per call.
+// cuda_test:: (cuda_testing.h): each kernel family run on host data, for
+// cpp/tests/test_cuda_kernels.cpp. Synchronous; allocates per call.
 #include <vector>
 
 #include "common.cuh"
-#include "cuda_backend.h"
+#include "cuda_testing.h"
 #include "sampler.h"
 
 namespace awqcore {
@@ -52,27 +52,40 @@ void F16Linear(const uint16_t* w, int rows, int d, const float* x, int n, float*
   Down(y, dy, static_cast<size_t>(n) * rows);
 }
 
-void Embedding(const uint16_t* table, int rows, int d, const int* ids, int n, float* out) {
+void Embedding(const uint16_t* table, int rows, int d, const int* ids, int n, float scale, float* out) {
   cu::RequireDevice();
   DeviceBuffer dt = Up(table, static_cast<size_t>(rows) * d), di = Up(ids, n);
   DeviceBuffer dout = Poisoned(static_cast<size_t>(n) * d);
-  cu::Embedding(dt.as<__half>(), d, di.as<int>(), n, dout.as<float>(), 0);
+  cu::Embedding(dt.as<__half>(), d, di.as<int>(), n, scale, dout.as<float>(), 0);
   Down(out, dout, static_cast<size_t>(n) * d);
 }
 
-void RmsNorm(const float* x, const float* weight, int d, float eps, int n, float* y) {
+void RmsNorm(const float* x, const float* weight, int d, float eps, int n, const float* residual,
+             float* y) {
   cu::RequireDevice();
-  DeviceBuffer dx = Up(x, static_cast<size_t>(n) * d), dw = Up(weight, d);
-  DeviceBuffer dy = Poisoned(static_cast<size_t>(n) * d);
-  cu::RmsNorm(dx.as<float>(), dw.as<float>(), d, eps, n, dy.as<float>(), 0);
-  Down(y, dy, static_cast<size_t>(n) * d);
+  const size_t count = static_cast<size_t>(n) * d;
+  DeviceBuffer dx = Up(x, count), dw = Up(weight, d);
+  DeviceBuffer dy = residual ? Up(residual, count) : Poisoned(count);
+  if (residual) {
+    cu::AddRmsNorm(dx.as<float>(), dw.as<float>(), d, eps, n, dy.as<float>(), 0);
+  } else {
+    cu::RmsNorm(dx.as<float>(), dw.as<float>(), d, eps, n, dy.as<float>(), 0);
+  }
+  Down(y, dy, count);
 }
 
-void SwiGlu(const float* gate, const float* up, int n, float* out) {
+void GatedActivation(Activation act, const float* gate, const float* up, int n, float* out) {
   cu::RequireDevice();
   DeviceBuffer dg = Up(gate, n), du = Up(up, n), dout = Poisoned(n);
-  cu::SwiGlu(dg.as<float>(), du.as<float>(), n, dout.as<float>(), 0);
+  cu::GatedActivation(act, dg.as<float>(), du.as<float>(), n, dout.as<float>(), 0);
   Down(out, dout, n);
+}
+
+void SoftCap(const float* x, int n, float cap, float* out) {
+  cu::RequireDevice();
+  DeviceBuffer dx = Up(x, n);
+  cu::SoftCap(dx.as<float>(), n, cap, 0);
+  Down(out, dx, n);
 }
 
 void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, int* out) {
@@ -86,22 +99,17 @@ void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, i
   AWQ_CUDA_CHECK(cudaMemcpy(out, dout.as<void>(), dout.bytes(), cudaMemcpyDeviceToHost));
 }
 
-void RopeAttention(const AttentionShape& shape, float theta, int start, int n, const float* cache_k,
-                   const float* cache_v, float* q, const float* k, const float* v, float* k_out,
-                   float* out, int sequence, bool prefill_kernel) {
+void RopeAttention(const AttentionShape& shape, float scale, int window, const RopeTable& rope,
+                   int start, int n, const float* cache_k, const float* cache_v, float* q,
+                   const float* k, const float* v, float* k_out, float* out, int sequence,
+                   bool prefill_kernel) {
   cu::RequireDevice();
   const int hd = shape.head_dim, half = hd / 2, total = start + n;
   const size_t q_width = static_cast<size_t>(shape.num_heads) * hd;
   const size_t kv_width = static_cast<size_t>(shape.num_kv_heads) * hd;
-  cu::AttentionDims dims{shape.num_heads, shape.num_kv_heads, hd, total};
-  // Same table as RopeTable / forward.cu.
-  std::vector<float> table(static_cast<size_t>(2) * total * half);
-  for (int p = 0; p < total; ++p)
-    for (int i = 0; i < half; ++i) {
-      const double angle = p * std::pow(static_cast<double>(theta), -2.0 * i / hd);
-      table[static_cast<size_t>(p) * half + i] = static_cast<float>(std::cos(angle));
-      table[static_cast<size_t>(total + p) * half + i] = static_cast<float>(std::sin(angle));
-    }
+  const size_t rope_positions = rope.cos_table().size() / half;
+  if (rope_positions < static_cast<size_t>(total)) throw Error("RopeAttention: the rotary table is too short");
+  const cu::AttentionParams params{shape, total, scale, window};
   // Caches of sequence + 2 sequences [sequences, total, KV*hd]; every row
   // outside this sequence's is NaN, so reading another sequence's rows shows.
   const int sequences = sequence + 2;
@@ -115,19 +123,20 @@ void RopeAttention(const AttentionShape& shape, float theta, int start, int n, c
   }
   std::vector<int> positions(n), sequence_ids(n, sequence);
   for (int t = 0; t < n; ++t) positions[t] = start + t;
-  DeviceBuffer dcache = Up(cache.data(), cache.size()), drope = Up(table.data(), table.size());
+  DeviceBuffer dcache = Up(cache.data(), cache.size());
+  const DeviceBuffer drope = cu::UploadRopeTable(rope);  // as forward.cu uploads its tables
   DeviceBuffer dq = Up(q, n * q_width), dk = Up(k, n * kv_width), dv = Up(v, n * kv_width);
   DeviceBuffer dpos = Up(positions.data(), n), dseq = Up(sequence_ids.data(), n), dout = Poisoned(n * q_width);
-  DeviceBuffer scratch(prefill_kernel ? 0 : cu::AttentionScratchFloats(dims, n) * sizeof(float));
+  DeviceBuffer scratch(prefill_kernel ? 0 : cu::AttentionScratchFloats(params, n) * sizeof(float));
   const cu::TokenPlaces places{dpos.as<int>(), dseq.as<int>()};
   __half* kc = dcache.as<__half>();
   __half* vc = kc + cache_rows * kv_width;
-  cu::RopeWriteCache(dims, drope.as<float>(), drope.as<float>() + static_cast<size_t>(total) * half,
-                     places, n, dq.as<float>(), dk.as<float>(), dv.as<float>(), kc, vc, 0);
+  cu::RopeWriteCache(params, drope.as<float>(), drope.as<float>() + rope_positions * half, places, n,
+                     dq.as<float>(), dk.as<float>(), dv.as<float>(), kc, vc, 0);
   if (prefill_kernel) {
-    cu::AttentionPrefill(dims, places, n, dq.as<float>(), kc, vc, dout.as<float>(), 0);
+    cu::AttentionPrefill(params, places, n, dq.as<float>(), kc, vc, dout.as<float>(), 0);
   } else {
-    cu::Attention(dims, places, n, dq.as<float>(), kc, vc, scratch.as<float>(), dout.as<float>(), 0);
+    cu::Attention(params, places, n, dq.as<float>(), kc, vc, scratch.as<float>(), dout.as<float>(), 0);
   }
   Down(q, dq, n * q_width);
   Down(out, dout, n * q_width);

@@ -1,4 +1,4 @@
-// cuda_bench:: (cpp/src/cuda_backend.h): kernel timings for tools/gpu_bench.cpp.
+// cuda_bench:: (cuda_testing.h): kernel timings for tools/gpu_bench.cpp.
 // Timed with CUDA events over many launches after a warm-up; the median of
 // several repetitions is returned. Inputs rotate over enough copies that the
 // 50 MB L2 cannot serve them, so the numbers are HBM numbers.
@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "common.cuh"
-#include "cuda_backend.h"
+#include "cuda_testing.h"
 
 namespace awqcore {
 namespace cuda_bench {
