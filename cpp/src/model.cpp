@@ -5,6 +5,7 @@
 
 #include "awqcore/awqcore.h"
 #include "model_impl.h"
+#include "model_loader.h"
 #include "text_checks.h"
 
 namespace awqcore {

@@ -204,10 +204,10 @@ TEST(tensors_the_model_would_not_read_are_rejected_by_name) {
   SetMeta(spec, "model.tie_word_embeddings", Int(1));
   CHECK_LOAD_FAILS(spec, "tensor 'lm_head.weight' is in the file but the model does not read it "
                          "(model.tie_word_embeddings=1: the logits use model.embed_tokens)");
-  spec = TinyModel("qwen2");
-  SetMeta(spec, "model.attention_bias", Int(0));
+  spec = TinyModel("llama");
+  AddTensor(spec, "model.layers.0.self_attn.q_proj.bias", DType::kF32, {kHeads * kHeadDim});
   CHECK_LOAD_FAILS(spec, "tensor 'model.layers.0.self_attn.q_proj.bias' is in the file but the model "
-                         "does not read it (not used by architecture qwen2 with model.num_layers=2, "
+                         "does not read it (not used by architecture llama with model.num_layers=2, "
                          "model.attention_bias=0)");
 }
 
