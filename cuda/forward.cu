@@ -215,7 +215,7 @@ class CudaTransformer final : public ForwardPass {
     up_ = floats(static_cast<size_t>(chunk_) * config.intermediate_size);    // [C, ffn]
     logits_ = floats(static_cast<size_t>(chunk_) * config.vocab_size);       // [C, vocab]
     att_scratch_ = floats(cu::AttentionScratchFloats(full_attention_, chunk_));  // [C, H, splits, hd+2]
-    rope_ = cu::UploadRopeTable(RopeTable(hd, config.rope_theta, max_seq_len));
+    rope_ = cu::UploadRopeTable(RopeTable(hd, config.rope_theta, max_seq_len, config.rope_scaling));
     if (local_rope) local_rope_ = cu::UploadRopeTable(RopeTable(hd, config.rope_local_theta, max_seq_len));
     staged_ = DeviceBuffer(staging_.total() * sizeof(int));
     AWQ_CUDA_CHECK(cudaMallocHost(&host_staged_, staging_.total() * sizeof(int)));

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from awqcore.importers.autoawq_format import convert_hf, export_hf, pack_gemm, to_gemm
-from awqcore.awqbin import read_awqbin
+from awqcore.awqbin import config_from_metadata, read_awqbin
 from awqcore.importers.synthetic import SyntheticSource, tiny_config
 from awqcore.quantize import quantize_model
 from awqcore.quantize.rtn import unpack_int4
@@ -52,35 +52,87 @@ def test_gemm_layout_matches_the_definition():
     np.testing.assert_array_equal(gs, scales.T)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-def test_export_then_convert_is_bit_exact(tmp_path, arch):
-    source = SyntheticSource(tiny_config(arch), seed=6)
+# The family's model_type in Hugging Face configs, spelled out (not read from FAMILIES).
+MODEL_TYPES = {"llama": "llama", "llama3": "llama", "mistral": "mistral", "qwen2": "qwen2",
+               "qwen3": "qwen3", "gemma3": "gemma3_text"}
+
+
+@pytest.mark.parametrize("family", list(MODEL_TYPES))
+def test_export_then_convert_is_bit_exact(tmp_path, family):
+    source = SyntheticSource(tiny_config(family), seed=6)
+    c = source.config
     original = tmp_path / "model.awqbin"
     quantize_model(source, original, method="rtn", group_size=32, progress=False)
     folder = export_hf(original, tmp_path / "hf")
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["quantization_config"] == {"quant_method": "awq", "bits": 4, "group_size": 32,
                                           "zero_point": True, "version": "gemm"}
+    assert cfg["model_type"] == MODEL_TYPES[family]
     back = tmp_path / "back.awqbin"
     convert_hf(folder, back)
     a, b = read_awqbin(original), read_awqbin(back)
     assert list(a.tensors) == list(b.tensors)
     int4 = [n for n in a.tensors if n.endswith((".qweight", ".scales", ".zeros"))]
-    assert len(int4) == 3 * 7 * source.config.num_layers
+    assert len(int4) == 3 * 7 * c.num_layers
     for name in int4:
         assert a.tensor(name).dtype == b.tensor(name).dtype
         np.testing.assert_array_equal(a.tensor(name), b.tensor(name), err_msg=name)
         assert a.tensors[name].crc == b.tensors[name].crc
-    # Unquantized tensors went through f16, as AutoAWQ stores them.
+    # Unquantized tensors went through f16, as AutoAWQ stores them; Gemma's norms as
+    # the checkpoint's w = stored - 1 (the file's multiplier is 1 + w).
+    offset = np.float32(1.0 if family == "gemma3" else 0.0)
+    norms = [n for n in a.tensors if n.endswith("norm.weight")]
+    assert len(norms) == len(c.layer_norm_names()) * c.num_layers + 1
     for name in set(a.tensors) - set(int4):
-        np.testing.assert_array_equal(np.asarray(a.tensor(name)).astype(np.float16),
-                                      np.asarray(b.tensor(name)).astype(np.float16))
-    for key in ("model.num_layers", "model.num_kv_heads", "model.tie_word_embeddings",
-                "quant.group_size", "tokenizer.json", "tokenizer.eos_token_ids"):
+        shift = offset if name in norms else np.float32(0)
+        np.testing.assert_array_equal((np.asarray(a.tensor(name)) - shift).astype(np.float16),
+                                      np.asarray(b.tensor(name)) - shift, err_msg=name)
+    # The whole decoder-layer description survives (sliding windows, layer types, rope
+    # scaling, q/k norm, scales, soft-cap), and so does the tokenizer.
+    assert config_from_metadata(b.metadata, "back") == config_from_metadata(a.metadata, "a")
+    for key in ("quant.group_size", "tokenizer.json", "tokenizer.eos_token_ids",
+                "tokenizer.bos_token_id", "tokenizer.chat_template"):
         assert a.metadata[key] == b.metadata[key], key
     # The packed codes really are the model's: the first linear unpacks to the same q.
     name = "model.layers.0.self_attn.q_proj.qweight"
     assert np.array_equal(unpack_int4(b.tensor(name)), unpack_int4(a.tensor(name)))
+
+
+@pytest.mark.parametrize("family", list(MODEL_TYPES))
+def test_export_config_reads_in_transformers(tmp_path, family):
+    """transformers (an independent reader) sees the family's config class and the
+    description's fields in the exported config.json."""
+    transformers = pytest.importorskip("transformers")
+    source = SyntheticSource(tiny_config(family), seed=6)
+    c = source.config
+    quantize_model(source, tmp_path / "m.awqbin", method="rtn", group_size=32, progress=False)
+    folder = export_hf(tmp_path / "m.awqbin", tmp_path / "hf")
+    hf = transformers.AutoConfig.from_pretrained(folder)
+    assert hf.model_type == MODEL_TYPES[family]
+    assert (hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads, hf.head_dim,
+            hf.hidden_size, hf.intermediate_size, hf.tie_word_embeddings) == \
+        (c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim, c.hidden_size,
+         c.intermediate_size, c.tie_word_embeddings)
+    if family in ("mistral", "gemma3"):
+        assert hf.sliding_window == c.sliding_window
+    if family == "gemma3":
+        assert hf.layer_types == c.layer_types
+        assert hf.query_pre_attn_scalar ** -0.5 == pytest.approx(c.attention_scale, rel=1e-12)
+        assert hf.final_logit_softcapping == c.final_logit_softcap
+    # rope: transformers 5 keeps it as rope_parameters (per layer type for Gemma 3),
+    # transformers 4 as rope_theta + rope_scaling.
+    params = getattr(hf, "rope_parameters", None)
+    if params is not None:
+        full = params.get("full_attention", params)
+        assert full["rope_theta"] == c.rope_theta
+        if c.rope_scaling:
+            assert full["rope_type"] == c.rope_scaling["rope_type"]
+            assert full["factor"] == c.rope_scaling["factor"]
+        if family == "gemma3":
+            assert params["sliding_attention"]["rope_theta"] == c.rope_local_theta
+    else:
+        assert hf.rope_theta == c.rope_theta
+        assert (hf.rope_scaling or {}).get("factor") == (c.rope_scaling or {}).get("factor")
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -126,3 +178,13 @@ def test_convert_rejects_other_quantizations(tmp_path):
     with pytest.raises(ValueError, match=r"quantization_config.version is 'gemv'; only "
                                          r"version='gemm'"):
         convert_hf(folder, tmp_path / "x.awqbin")
+
+
+def test_export_refuses_what_the_family_config_cannot_express(tmp_path):
+    # transformers' Gemma 3 always multiplies the embedding by sqrt(hidden_size).
+    source = SyntheticSource(tiny_config("gemma3", embedding_scale=2.0), seed=1)
+    quantize_model(source, tmp_path / "m.awqbin", method="rtn", group_size=32, progress=False)
+    with pytest.raises(ValueError, match=r"Gemma3ForCausalLM config.json cannot express this "
+                                         r"model: embedding_scale 2.0 -> 8.0"):
+        export_hf(tmp_path / "m.awqbin", tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()

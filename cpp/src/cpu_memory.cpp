@@ -58,8 +58,10 @@ CpuSessionBytes CpuSessionMemory(const ModelConfig& c, int max_seq_len, int max_
   const AttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim};
   floats = CheckedSum(floats, AttentionScratchFloats(shape, static_cast<int>(chunk), max_seq_len),
                       "scratch");
-  // Rotary cos and sin tables [max_seq_len, hd / 2] each.
-  floats = CheckedSum(floats, CheckedProduct({static_cast<uint64_t>(max_seq_len),
+  // Rotary cos and sin tables [max_seq_len, hd / 2] each, twice with a
+  // local base for the sliding layers (rope_local_theta).
+  const uint64_t rope_tables = c.rope_local_theta > 0.0f ? 2 : 1;
+  floats = CheckedSum(floats, CheckedProduct({rope_tables, static_cast<uint64_t>(max_seq_len),
                                               static_cast<uint64_t>(c.head_dim)}, "rotary table"),
                       "scratch");
   // Token bookkeeping (2 ints per position) and the Session's logits [max_batch, vocab].

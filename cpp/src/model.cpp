@@ -4,6 +4,7 @@
 
 #include "awqcore/awqcore.h"
 #include "model_impl.h"
+#include "model_loader.h"
 
 namespace awqcore {
 

@@ -1,5 +1,6 @@
-// ReadModelConfig / LoadModelWeights: from a validated AwqbinFile to the typed
-// config and weight pointers the forward pass uses (docs/format.md).
+// ReadModelConfig / LoadModelWeights (model_loader.h): from a validated
+// AwqbinFile to the typed config and weight pointers the forward pass uses
+// (docs/format.md).
 //
 // The file's structure is already known to be sound (AwqbinFile::Open); here
 // the hyperparameters are checked for what the compute code assumes (heads
@@ -12,9 +13,10 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "model_weights.h"
+#include "model_loader.h"
 
 namespace awqcore {
 namespace {
@@ -75,6 +77,18 @@ class TensorResolver {
   }
   const uint8_t* U8(const std::string& name, std::vector<uint64_t> dims) const {
     return Get(name, DType::kU8, dims).data;
+  }
+
+  // An f32 tensor of the decoder-layer description: required when `used`,
+  // else rejected when present (`unused_because` names the key that leaves it
+  // unused), so a weight the forward pass would ignore cannot go unnoticed.
+  const float* Optional(const std::string& name, std::vector<uint64_t> dims, bool used,
+                        const char* unused_because) const {
+    if (used) return F32(name, std::move(dims));
+    if (file_.Find(name) != nullptr) {
+      FailFormat("tensor '", name, "' is not used by this model (", unused_because, ")");
+    }
+    return nullptr;
   }
 
   // The table `prefix` [vocab, d] ("model.embed_tokens" or "lm_head") in
@@ -147,9 +161,7 @@ class TensorResolver {
 ModelConfig ReadModelConfig(const AwqbinFile& file) {
   ModelConfig c;
   c.architecture = file.RequireString("general.architecture");
-  if (c.architecture != "llama" && c.architecture != "qwen2") {
-    FailFormat("unknown architecture '", c.architecture, "' (supported: llama, qwen2)");
-  }
+  RequireKnownArchitecture(c.architecture);
   c.name = file.GetString("general.name").value_or("");
 
   c.vocab_size = PositiveInt(file, "model.vocab_size");
@@ -205,6 +217,7 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
   if (!eos) FailFormat("metadata key 'tokenizer.eos_token_ids' is missing");
   for (int64_t id : *eos)
     c.eos_token_ids.push_back(TokenId(id, c.vocab_size, "tokenizer.eos_token_ids"));
+  ReadLayerDescription(file, c);
   return c;
 }
 
@@ -215,6 +228,8 @@ ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config)
   const int64_t q_width = int64_t{config.num_heads} * config.head_dim;      // H*hd
   const int64_t kv_width = int64_t{config.num_kv_heads} * config.head_dim;  // KV*hd
   const std::vector<uint64_t> norm_dims = {static_cast<uint64_t>(d)};
+  const std::vector<uint64_t> head_norm_dims = {static_cast<uint64_t>(config.head_dim)};
+  const bool sandwich = config.norm_placement == NormPlacement::kSandwich;
 
   ModelWeights w;
   w.embed = tensors.Table("model.embed_tokens");
@@ -234,8 +249,14 @@ ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config)
     layer.q = tensors.Linear(attn + "q_proj", q_width, d, bias);
     layer.k = tensors.Linear(attn + "k_proj", kv_width, d, bias);
     layer.v = tensors.Linear(attn + "v_proj", kv_width, d, bias);
+    layer.q_norm = tensors.Optional(attn + "q_norm.weight", head_norm_dims, config.qk_norm, "model.qk_norm=0");
+    layer.k_norm = tensors.Optional(attn + "k_norm.weight", head_norm_dims, config.qk_norm, "model.qk_norm=0");
     layer.o = tensors.Linear(attn + "o_proj", d, q_width, false);
     layer.post_norm = tensors.F32(prefix + "post_attention_layernorm.weight", norm_dims);
+    layer.pre_ffn_norm = tensors.Optional(prefix + "pre_feedforward_layernorm.weight", norm_dims,
+                                          sandwich, "model.norm_placement=pre");
+    layer.post_ffn_norm = tensors.Optional(prefix + "post_feedforward_layernorm.weight", norm_dims,
+                                           sandwich, "model.norm_placement=pre");
     layer.gate = tensors.Linear(mlp + "gate_proj", ffn, d, false);
     layer.up = tensors.Linear(mlp + "up_proj", ffn, d, false);
     layer.down = tensors.Linear(mlp + "down_proj", d, ffn, false);

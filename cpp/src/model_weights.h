@@ -1,13 +1,12 @@
-// The model as the forward pass sees it: config plus typed pointers into the
-// mapped file. Built and validated by LoadModelWeights (model_loader.cpp); the
-// compute code (transformer.cpp) trusts these shapes.
+// The model as the forward pass sees it: typed pointers into the mapped file.
+// Built and validated by LoadModelWeights (model_loader.h); the compute code
+// (transformer.cpp) trusts these shapes.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "awqcore/awqcore.h"
-#include "awqbin_file.h"
 
 namespace awqcore {
 
@@ -67,12 +66,5 @@ struct ModelWeights {
   const float* final_norm = nullptr;     // [d]
   std::vector<LayerWeights> layers;      // [num_layers]
 };
-
-// Reads ModelConfig from the metadata and resolves every tensor the
-// architecture needs, checking dtype and shape. Throws FormatError naming the
-// missing/mismatched tensor or bad hyperparameter, and InvalidArgument... never.
-// Unknown architecture -> FormatError "unknown architecture 'x' (supported: llama, qwen2)".
-ModelConfig ReadModelConfig(const AwqbinFile& file);
-ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config);
 
 }  // namespace awqcore

@@ -1,6 +1,7 @@
 #include "transformer.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -13,6 +14,22 @@ namespace awqcore {
 namespace {
 
 size_t Floats(int a, int b) { return static_cast<size_t>(a) * static_cast<size_t>(b); }
+
+AttentionShape ShapeOf(const ModelConfig& config, int window) {
+  return {config.num_heads, config.num_kv_heads, config.head_dim, config.attention_scale, window};
+}
+
+// The sliding layers' table: their own base and no scaling (Gemma 3's
+// rope_local_base_freq); absent when every layer uses rope_theta.
+std::optional<RopeTable> LocalRope(const ModelConfig& config, int max_seq_len) {
+  if (!(config.rope_local_theta > 0.0f)) return std::nullopt;
+  return RopeTable(config.head_dim, config.rope_local_theta, max_seq_len);
+}
+
+// x[i] = c tanh(x[i] / c) for i < n: the final logit soft-cap.
+void SoftCap(float cap, float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) x[i] = cap * std::tanh(x[i] / cap);
+}
 
 }  // namespace
 
@@ -27,8 +44,10 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
       // tiny context does not get 64 rows of scratch.
       chunk_tokens_(static_cast<int>(std::min<int64_t>(
           kChunkTokens, static_cast<int64_t>(max_sequences) * max_seq_len))),
-      attention_shape_{config.num_heads, config.num_kv_heads, config.head_dim},
-      rope_(config.head_dim, config.rope_theta, max_seq_len),
+      full_shape_(ShapeOf(config, 0)),
+      sliding_shape_(ShapeOf(config, config.sliding_window)),
+      rope_(config.head_dim, config.rope_theta, max_seq_len, config.rope_scaling),
+      local_rope_(LocalRope(config, max_seq_len)),
       positions_(max_sequences, 0) {
   const int d = config.hidden_size;
   const int q_width = config.num_heads * config.head_dim;
@@ -50,12 +69,12 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   proj_.resize(Floats(chunk_tokens_, d));
   gate_.resize(Floats(chunk_tokens_, config.intermediate_size));
   attention_scratch_.resize(
-      AttentionScratchFloats(attention_shape_, chunk_tokens_, max_seq_len));
+      AttentionScratchFloats(full_shape_, chunk_tokens_, max_seq_len));
 }
 
 template <typename CacheT>
-void Transformer::Attend(KvCaches<CacheT>& caches, int layer, const int* seqs,
-                         const int* positions, int n) {
+void Transformer::Attend(KvCaches<CacheT>& caches, int layer, const AttentionShape& shape,
+                         const RopeTable& rope, const int* seqs, const int* positions, int n) {
   const int kv_width = config_.num_kv_heads * config_.head_dim;
   for (int t = 0; t < n; ++t) {
     const size_t layer_offset =
@@ -67,9 +86,9 @@ void Transformer::Attend(KvCaches<CacheT>& caches, int layer, const int* seqs,
   // where attention reads them with the earlier rows. The copy is 2 * KV * hd
   // elements per token: 1.5 KB in f32 on SmolLM2, against the ~1.8 MB of
   // weights the layer streams per decode step.
-  RopeAndStoreKv(attention_shape_, rope_, positions, n, q_.data(), k_.data(), v_.data(),
+  RopeAndStoreKv(shape, rope, positions, n, q_.data(), k_.data(), v_.data(),
                  caches.token_k.data(), caches.token_v.data());
-  AttentionForward(attention_shape_, q_.data(), caches.token_k.data(), caches.token_v.data(),
+  AttentionForward(shape, q_.data(), caches.token_k.data(), caches.token_v.data(),
                    positions, n, attention_scratch_.data(), attn_.data(), pool_);
 }
 
@@ -103,14 +122,17 @@ void Transformer::Run(const int* ids, int n, Logits which, float* logits) {
     // The lm_head takes int8 activations exactly when this chunk's linears
     // did, whether it computes all the chunk's logits or the last token's.
     const bool int8_logits = int8_decode_ && chunk <= kQ8MaxTokens;
+    const float cap = config_.final_logit_softcap;
     if (which == Logits::kAll) {
       RmsNorm(x_.data(), weights_.final_norm, d, config_.rms_norm_eps, chunk, h_.data());
       TableLinearForward(weights_.lm_head, h_.data(), chunk, logits + Floats(done, vocab), pool_,
                          DetectedIsa(), int8_logits);
+      if (cap > 0.0f) SoftCap(cap, logits + Floats(done, vocab), Floats(chunk, vocab));
     } else if (last_chunk) {
       const float* last_x = x_.data() + Floats(chunk - 1, d);
       RmsNorm(last_x, weights_.final_norm, d, config_.rms_norm_eps, 1, h_.data());
       TableLinearForward(weights_.lm_head, h_.data(), 1, logits, pool_, DetectedIsa(), int8_logits);
+      if (cap > 0.0f) SoftCap(cap, logits, Floats(1, vocab));
     }
     done += chunk;
   }
@@ -118,6 +140,9 @@ void Transformer::Run(const int* ids, int n, Logits which, float* logits) {
 
 void Transformer::ForwardChunk(const int* ids, int first, int n) {
   EmbeddingGather(weights_.embed, ids, n, x_.data());
+  if (config_.embedding_scale != 1.0f) {
+    for (size_t i = 0; i < Floats(n, config_.hidden_size); ++i) x_[i] *= config_.embedding_scale;
+  }
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     Layer(layer, token_seq_.data() + first, token_pos_.data() + first, n);
   }
@@ -126,25 +151,37 @@ void Transformer::ForwardChunk(const int* ids, int first, int n) {
 void Transformer::Layer(int layer, const int* seqs, const int* positions, int n) {
   const LayerWeights& w = weights_.layers[layer];
   const int d = config_.hidden_size;
+  const int hd = config_.head_dim;
   const float eps = config_.rms_norm_eps;
+  const bool sandwich = config_.norm_placement == NormPlacement::kSandwich;
+  const bool sliding = !config_.layer_sliding.empty() && config_.layer_sliding[layer] != 0;
 
   // Attention block.
   RmsNorm(x_.data(), w.input_norm, d, eps, n, h_.data());
   const Int4Linear* qkv[] = {&w.q, &w.k, &w.v};
   float* qkv_out[] = {q_.data(), k_.data(), v_.data()};
   Int4LinearsForward(qkv, qkv_out, 3, h_.data(), n, pool_, DetectedIsa(), int8_decode_);
+  if (config_.qk_norm) {  // per head: q_ is [n * H, hd] rows, k_ [n * KV, hd]
+    RmsNorm(q_.data(), w.q_norm, hd, eps, n * config_.num_heads, q_.data());
+    RmsNorm(k_.data(), w.k_norm, hd, eps, n * config_.num_kv_heads, k_.data());
+  }
+  const AttentionShape& shape = sliding ? sliding_shape_ : full_shape_;
+  const RopeTable& rope = sliding && local_rope_ ? *local_rope_ : rope_;
   if (int8_decode_) {
-    Attend(f16_caches_, layer, seqs, positions, n);
+    Attend(f16_caches_, layer, shape, rope, seqs, positions, n);
   } else {
-    Attend(f32_caches_, layer, seqs, positions, n);
+    Attend(f32_caches_, layer, shape, rope, seqs, positions, n);
   }
   Int4LinearForward(w.o, attn_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
+  if (sandwich) RmsNorm(proj_.data(), w.post_norm, d, eps, n, proj_.data());
   AddF32(proj_.data(), x_.data(), n * d);
 
-  // MLP block: gate, up and SiLU(gate) * up in one pass.
-  RmsNorm(x_.data(), w.post_norm, d, eps, n, h_.data());
-  Int4SwiGluForward(w.gate, w.up, h_.data(), n, gate_.data(), pool_, DetectedIsa(), int8_decode_);
+  // MLP block: gate, up and act(gate) * up in one pass.
+  RmsNorm(x_.data(), sandwich ? w.pre_ffn_norm : w.post_norm, d, eps, n, h_.data());
+  Int4GatedMlpForward(w.gate, w.up, config_.activation, h_.data(), n, gate_.data(), pool_,
+                      DetectedIsa(), int8_decode_);
   Int4LinearForward(w.down, gate_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
+  if (sandwich) RmsNorm(proj_.data(), w.post_ffn_norm, d, eps, n, proj_.data());
   AddF32(proj_.data(), x_.data(), n * d);
 }
 

@@ -1,13 +1,27 @@
-// The decoder-only forward pass shared by Llama and Qwen2 (they differ only in
-// the q/k/v biases, which Int4Linear carries when present):
+// The decoder-only forward pass of every supported family, driven by the
+// decoder-layer description in ModelConfig (docs/format.md); it branches on
+// the description's fields only, never on the architecture's name:
 //
-//   x = embed[ids]
-//   per layer:  h = rmsnorm(x) * w_in
-//               q, k, v = q_proj(h), k_proj(h), v_proj(h); rope(q), rope(k)
-//               cache[pos] = k, v;  x += o_proj(attention(q, cache))
-//               h = rmsnorm(x) * w_post
-//               x += down_proj(silu(gate_proj(h)) * up_proj(h))
-//   logits = lm_head(rmsnorm(x) * w_final)
+//   x = embed[ids] * embedding_scale
+//   per layer l:
+//     h = rmsnorm(x) * input_norm
+//     q, k, v = q_proj(h), k_proj(h), v_proj(h)       (+ biases when present)
+//     qk_norm: q, k = rmsnorm(q) * q_norm, rmsnorm(k) * k_norm, per head [hd]
+//     rope(q), rope(k): rope_theta with rope_scaling, or on a sliding layer
+//       with rope_local_theta set, that base unscaled
+//     cache[pos] = k, v
+//     a = o_proj(attention(q, cache)): scores (q . k) * attention_scale over
+//       keys 0 .. pos, or pos - W + 1 .. pos on a sliding layer (W =
+//       sliding_window)
+//     pre:      x += a;                h = rmsnorm(x) * post_norm
+//     sandwich: x += rmsnorm(a) * post_norm;  h = rmsnorm(x) * pre_ffn_norm
+//     m = down_proj(act(gate_proj(h)) * up_proj(h)), act = SiLU or GELU-tanh
+//     pre: x += m;   sandwich: x += rmsnorm(m) * post_ffn_norm
+//   logits = lm_head(rmsnorm(x) * final_norm)
+//   final_logit_softcap c > 0: logits = c * tanh(logits / c)
+//
+// The Llama/Qwen2 description (pre norms, SiLU, no q/k norm, no window, unit
+// embedding scale, no soft-cap) takes none of the optional steps.
 //
 // Inputs longer than kChunkTokens run through the layers in chunks so the
 // scratch stays bounded; results do not depend on the chunking beyond f32
@@ -24,9 +38,10 @@
 // attends to are per token; everything else is per row and does not care.
 //
 // A layer makes 5 fork-join passes over the thread pool: q/k/v as one pass,
-// attention, o_proj, gate/up/SiLU·mul as one pass, down_proj (int4_linear.h);
-// the norms, rotary, cache writes and residual adds run on the calling thread
-// (O(d) each).
+// attention, o_proj, gate/up/act·mul as one pass, down_proj (int4_linear.h);
+// the norms (q/k and sandwich norms included), rotary, cache writes, residual
+// adds and the soft-cap run on the calling thread (O(d) per token each, the
+// soft-cap O(vocab)).
 //
 // Thread safety: none (owned by one Session). Forward and DecodeStep allocate
 // nothing.
@@ -34,6 +49,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "awqcore/awqcore.h"
@@ -100,7 +116,8 @@ class Transformer final : public ForwardPass {
   // Rotates q_ and k_, writes the tokens' k_ and v_ rows to their rows of
   // `caches` and runs attention over them into attn_.
   template <typename CacheT>
-  void Attend(KvCaches<CacheT>& caches, int layer, const int* seqs, const int* positions, int n);
+  void Attend(KvCaches<CacheT>& caches, int layer, const AttentionShape& shape,
+              const RopeTable& rope, const int* seqs, const int* positions, int n);
 
   const ModelConfig& config_;
   const ModelWeights& weights_;
@@ -108,8 +125,10 @@ class Transformer final : public ForwardPass {
   const bool int8_decode_;
   const int max_seq_len_;
   const int chunk_tokens_;  // min(kChunkTokens, max_sequences * max_seq_len)
-  const AttentionShape attention_shape_;
-  const RopeTable rope_;
+  const AttentionShape full_shape_;     // all keys
+  const AttentionShape sliding_shape_;  // window config.sliding_window (layer_sliding layers)
+  const RopeTable rope_;                // rope_theta with config.rope_scaling
+  const std::optional<RopeTable> local_rope_;  // sliding layers' with rope_local_theta > 0
   std::vector<int> positions_;  // [max_sequences] tokens in each sequence's cache
 
   // Only the one the mode uses is allocated.
@@ -120,7 +139,8 @@ class Transformer final : public ForwardPass {
   std::vector<int> token_seq_;  // [T] sequence of token t
   std::vector<int> token_pos_;  // [T] its position in that sequence
 
-  // Scratch, C = chunk_tokens_.
+  // Scratch, C = chunk_tokens_ (cpu_memory.cpp counts these buffers for the
+  // memory check a Session makes before constructing the Transformer).
   std::vector<float> x_;         // [C, d]       residual stream
   std::vector<float> h_;         // [C, d]       normalized input of a block
   std::vector<float> q_;         // [C, H * hd]
@@ -128,7 +148,7 @@ class Transformer final : public ForwardPass {
   std::vector<float> v_;         // [C, KV * hd] new values
   std::vector<float> attn_;      // [C, H * hd]  attention output
   std::vector<float> proj_;      // [C, d]       o_proj / down_proj output
-  std::vector<float> gate_;      // [C, ffn]     silu(gate) * up
+  std::vector<float> gate_;      // [C, ffn]     act(gate) * up
   std::vector<float> attention_scratch_;  // [C, H, splits, hd + 2] (attention.h)
 };
 

@@ -191,9 +191,15 @@ void AddTable(FileSpec& spec, const std::string& prefix, bool int8) {
 }
 
 // llama: untied lm_head, no biases. qwen2: tied embeddings, q/k/v biases.
+// mistral: llama with a sliding window of 8 on every layer. qwen3: tied,
+// q/k norms. gemma3: tied, the whole Gemma 3 description (sandwich norms,
+// GeGLU, q/k norms, scales, soft-cap, layer 0 sliding with a local base).
 // The embedding and lm_head tables are f16, or int8 with `int8_tables`.
 FileSpec TinyModel(const std::string& arch, bool int8_tables = false) {
   const bool qwen2 = arch == "qwen2";
+  const bool gemma3 = arch == "gemma3";
+  const bool qk_norm = arch == "qwen3" || gemma3;
+  const bool tied = qwen2 || qk_norm;
   FileSpec spec;
   spec.meta = {
       {"general.architecture", Str(arch)},
@@ -209,7 +215,7 @@ FileSpec TinyModel(const std::string& arch, bool int8_tables = false) {
       {"model.max_position_embeddings", Int(256)},
       {"model.rope_theta", Float(1e6)},
       {"model.rms_norm_eps", Float(1e-6)},
-      {"model.tie_word_embeddings", Int(qwen2)},
+      {"model.tie_word_embeddings", Int(tied)},
       {"model.attention_bias", Int(qwen2)},
       {"quant.method", Str("awq")},
       {"quant.bits", Int(4)},
@@ -220,6 +226,18 @@ FileSpec TinyModel(const std::string& arch, bool int8_tables = false) {
       {"tokenizer.bos_token_id", Int(1)},
       {"tokenizer.eos_token_ids", Ints({2, 3})},
   };
+  if (arch == "mistral") spec.meta.emplace_back("model.sliding_window", Int(8));
+  if (qk_norm) spec.meta.emplace_back("model.qk_norm", Int(1));
+  if (gemma3) {
+    spec.meta.emplace_back("model.norm_placement", Str("sandwich"));
+    spec.meta.emplace_back("model.activation", Str("gelu_tanh"));
+    spec.meta.emplace_back("model.attention_scale", Float(0.2));
+    spec.meta.emplace_back("model.embedding_scale", Float(8.0));
+    spec.meta.emplace_back("model.final_logit_softcap", Float(30.0));
+    spec.meta.emplace_back("model.sliding_window", Int(4));
+    spec.meta.emplace_back("model.layer_types", Ints({1, 0}));
+    spec.meta.emplace_back("model.rope_local_theta", Float(10000.0));
+  }
   AddTable(spec, "model.embed_tokens", int8_tables);
   for (uint64_t l = 0; l < kLayers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
@@ -227,14 +245,22 @@ FileSpec TinyModel(const std::string& arch, bool int8_tables = false) {
     AddLinear(spec, p + "self_attn.q_proj", kHeads * kHeadDim, kD, qwen2);
     AddLinear(spec, p + "self_attn.k_proj", kKvHeads * kHeadDim, kD, qwen2);
     AddLinear(spec, p + "self_attn.v_proj", kKvHeads * kHeadDim, kD, qwen2);
+    if (qk_norm) {
+      AddTensor(spec, p + "self_attn.q_norm.weight", DType::kF32, {kHeadDim});
+      AddTensor(spec, p + "self_attn.k_norm.weight", DType::kF32, {kHeadDim});
+    }
     AddLinear(spec, p + "self_attn.o_proj", kD, kHeads * kHeadDim, false);
     AddTensor(spec, p + "post_attention_layernorm.weight", DType::kF32, {kD});
+    if (gemma3) {
+      AddTensor(spec, p + "pre_feedforward_layernorm.weight", DType::kF32, {kD});
+      AddTensor(spec, p + "post_feedforward_layernorm.weight", DType::kF32, {kD});
+    }
     AddLinear(spec, p + "mlp.gate_proj", kFfn, kD, false);
     AddLinear(spec, p + "mlp.up_proj", kFfn, kD, false);
     AddLinear(spec, p + "mlp.down_proj", kD, kFfn, false);
   }
   AddTensor(spec, "model.norm.weight", DType::kF32, {kD});
-  if (!qwen2) AddTable(spec, "lm_head", int8_tables);
+  if (!tied) AddTable(spec, "lm_head", int8_tables);
   return spec;
 }
 

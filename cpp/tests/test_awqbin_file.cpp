@@ -24,6 +24,7 @@
 #include "awqbin_file.h"
 #include "awqcore/awqcore.h"
 #include "model_impl.h"
+#include "model_loader.h"
 #include "awqbin_test_writer.h"
 #include "test_harness.h"
 
@@ -548,9 +549,9 @@ TEST(bad_int8_tables_are_named) {
 
 TEST(metadata_errors_are_named) {
   FileSpec spec = TinyModel("llama");
-  SetMeta(spec, "general.architecture", Str("mistral"));
+  SetMeta(spec, "general.architecture", Str("gemma2"));
   CHECK_THROWS(Load(Build(spec)), FormatError,
-               "unknown architecture 'mistral' (supported: llama, qwen2)");
+               "unknown architecture 'gemma2' (supported: llama, mistral, qwen2, qwen3, gemma3)");
   spec = TinyModel("llama");
   spec.meta.emplace_back("model.hidden_size", Int(64));
   CHECK_THROWS(Load(Build(spec)), FormatError, "metadata: duplicate key 'model.hidden_size'");

@@ -1,12 +1,17 @@
-// The transformer forward pass (cpp/src/transformer.h) on a tiny random model
-// built in memory: against a naive composition of the reference ops, prefill
-// against token-by-token decode (KV-cache consistency; f32, and int8 decode
-// against chunked prefill), batched decode steps of several sequences against
-// each sequence alone, and thread-count independence.
+// The transformer forward pass (cpp/src/transformer.h) on tiny random models
+// built in memory, one per family's decoder-layer description (Llama, Qwen2,
+// Mistral's sliding window, Qwen3's q/k norm with head_dim * H != d and yarn
+// rotary, Gemma 3's sandwich norms, GeGLU, embedding scale, local/global
+// layers and soft-cap, Llama 3's rope scaling): against a naive composition
+// of the reference ops, prefill against token-by-token decode (KV-cache
+// consistency and chunking; f32, and int8 decode against chunked prefill),
+// batched decode steps of several sequences against each sequence alone, and
+// thread-count independence.
 #include <algorithm>
 #include <cmath>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "half.h"
@@ -26,9 +31,15 @@ using awqtest::RelativeError;
 
 namespace {
 
-ModelConfig TinyConfig(bool attention_bias) {
+enum class Family { kLlama, kQwen2, kMistral, kQwen3, kGemma3, kLlama3Rope };
+const Family kAllFamilies[] = {Family::kLlama, Family::kQwen2, Family::kMistral,
+                               Family::kQwen3, Family::kGemma3, Family::kLlama3Rope};
+
+// The tiny model's description per family. Windows of 5-6 keys and rope
+// scaling contexts of 16 positions make the 9- to 70-token prompts below
+// reach past both.
+ModelConfig TinyConfig(Family family) {
   ModelConfig config;
-  config.architecture = attention_bias ? "qwen2" : "llama";
   config.vocab_size = 97;
   config.hidden_size = 64;
   config.intermediate_size = 96;
@@ -39,9 +50,61 @@ ModelConfig TinyConfig(bool attention_bias) {
   config.max_position_embeddings = 256;
   config.rope_theta = 10000.0f;
   config.rms_norm_eps = 1e-5f;
-  config.attention_bias = attention_bias;
   config.group_size = 32;
+  switch (family) {
+    case Family::kLlama:
+      config.architecture = "llama";
+      break;
+    case Family::kQwen2:
+      config.architecture = "qwen2";
+      config.attention_bias = true;
+      break;
+    case Family::kMistral:
+      config.architecture = "mistral";
+      config.sliding_window = 5;
+      config.layer_sliding = {1, 1};
+      break;
+    case Family::kQwen3:  // q width H * hd = 128 != d; yarn as Qwen3's long-context configs
+      config.architecture = "qwen3";
+      config.head_dim = 32;
+      config.qk_norm = true;
+      config.rope_scaling.type = RopeScaling::Type::kYarn;
+      config.rope_scaling.factor = 4.0;
+      config.rope_scaling.original_max_position_embeddings = 16;
+      config.rope_scaling.attention_factor = 0.1 * std::log(4.0) + 1.0;
+      break;
+    case Family::kGemma3:  // layer 0 sliding with the local base, layer 1 global and scaled
+      config.architecture = "gemma3";
+      config.num_kv_heads = 1;
+      config.head_dim = 32;
+      config.norm_placement = NormPlacement::kSandwich;
+      config.activation = Activation::kGeluTanh;
+      config.qk_norm = true;
+      config.attention_scale = 1.0f / std::sqrt(24.0f);  // query_pre_attn_scalar 24
+      config.embedding_scale = 8.0f;                     // sqrt(d)
+      config.final_logit_softcap = 2.0f;                 // below the raw logits' range: it acts
+      config.sliding_window = 6;
+      config.layer_sliding = {1, 0};
+      config.rope_theta = 1000000.0f;
+      config.rope_local_theta = 10000.0f;
+      config.rope_scaling.type = RopeScaling::Type::kLinear;
+      config.rope_scaling.factor = 8.0;
+      break;
+    case Family::kLlama3Rope:
+      config.architecture = "llama";
+      config.rope_theta = 500000.0f;
+      config.rope_scaling.type = RopeScaling::Type::kLlama3;
+      config.rope_scaling.factor = 8.0;
+      config.rope_scaling.original_max_position_embeddings = 16;
+      config.rope_scaling.low_freq_factor = 1.0;
+      config.rope_scaling.high_freq_factor = 4.0;
+      break;
+  }
   return config;
+}
+
+std::string FamilyName(Family family) {
+  return family == Family::kLlama3Rope ? "llama (llama3 rope)" : TinyConfig(family).architecture;
 }
 
 // Random weights owning their storage; `weights` points into it. Scales of
@@ -56,20 +119,31 @@ struct TinyModel {
   std::vector<std::vector<float>> floats;
   std::mt19937 rng{123};
 
-  explicit TinyModel(bool attention_bias, bool int8_tables = false)
-      : config(TinyConfig(attention_bias)) {
+  explicit TinyModel(Family family, bool int8_tables = false) : config(TinyConfig(family)) {
     const int d = config.hidden_size, hd = config.head_dim;
-    weights.embed = Table(int8_tables, 1.0f);
+    const bool bias = config.attention_bias;
+    // Gemma's embedding scale multiplies x by sqrt(d) = 8: a table 8x
+    // smaller keeps the residual stream O(1) as in the other families.
+    weights.embed = Table(int8_tables, 1.0f / config.embedding_scale);
     weights.lm_head = Table(int8_tables, 0.3f);
     weights.final_norm = Floats(d, 0.8f, 1.2f);
+    const bool sandwich = config.norm_placement == NormPlacement::kSandwich;
     for (int l = 0; l < config.num_layers; ++l) {
       LayerWeights layer;
       layer.input_norm = Floats(d, 0.8f, 1.2f);
-      layer.q = Linear(config.num_heads * hd, d, attention_bias);
-      layer.k = Linear(config.num_kv_heads * hd, d, attention_bias);
-      layer.v = Linear(config.num_kv_heads * hd, d, attention_bias);
+      layer.q = Linear(config.num_heads * hd, d, bias);
+      layer.k = Linear(config.num_kv_heads * hd, d, bias);
+      layer.v = Linear(config.num_kv_heads * hd, d, bias);
+      if (config.qk_norm) {
+        layer.q_norm = Floats(hd, 0.5f, 1.5f);
+        layer.k_norm = Floats(hd, 0.5f, 1.5f);
+      }
       layer.o = Linear(d, config.num_heads * hd, false);
       layer.post_norm = Floats(d, 0.8f, 1.2f);
+      if (sandwich) {
+        layer.pre_ffn_norm = Floats(d, 0.8f, 1.2f);
+        layer.post_ffn_norm = Floats(d, 0.8f, 1.2f);
+      }
       layer.gate = Linear(config.intermediate_size, d, false);
       layer.up = Linear(config.intermediate_size, d, false);
       layer.down = Linear(d, config.intermediate_size, false);
@@ -129,34 +203,57 @@ std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& 
   const ModelConfig& c = model.config;
   const int n = static_cast<int>(ids.size()), d = c.hidden_size, ffn = c.intermediate_size;
   const int q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+  const bool sandwich = c.norm_placement == NormPlacement::kSandwich;
   std::vector<float> x(static_cast<size_t>(n) * d), h(x.size()), q(static_cast<size_t>(n) * q_width);
   std::vector<float> k(static_cast<size_t>(n) * kv_width), v(k.size()), attn(q.size()), proj(x.size());
   std::vector<float> gate(static_cast<size_t>(n) * ffn), up(gate.size());
   EmbeddingGather(model.weights.embed, ids.data(), n, x.data());
-  for (const LayerWeights& w : model.weights.layers) {
+  for (float& e : x) e *= c.embedding_scale;
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& w = model.weights.layers[l];
+    const bool sliding = !c.layer_sliding.empty() && c.layer_sliding[l];
     RmsNormReference(x.data(), w.input_norm, d, c.rms_norm_eps, n, h.data());
     Int4LinearReference(w.q, h.data(), n, q.data());
     Int4LinearReference(w.k, h.data(), n, k.data());
     Int4LinearReference(w.v, h.data(), n, v.data());
-    RopeReference(q.data(), n, c.num_heads, c.head_dim, c.rope_theta, 0);
-    RopeReference(k.data(), n, c.num_kv_heads, c.head_dim, c.rope_theta, 0);
+    if (c.qk_norm) {  // every head of every token is a row of hd
+      RmsNormReference(q.data(), w.q_norm, c.head_dim, c.rms_norm_eps, n * c.num_heads, q.data());
+      RmsNormReference(k.data(), w.k_norm, c.head_dim, c.rms_norm_eps, n * c.num_kv_heads, k.data());
+    }
+    const bool local = sliding && c.rope_local_theta > 0.0f;
+    const float theta = local ? c.rope_local_theta : c.rope_theta;
+    const RopeScaling scaling = local ? RopeScaling{} : c.rope_scaling;
+    RopeReference(q.data(), n, c.num_heads, c.head_dim, theta, 0, scaling);
+    RopeReference(k.data(), n, c.num_kv_heads, c.head_dim, theta, 0, scaling);
     if (f16_kv_cache) {
       for (float& e : k) e = F16ToF32(F32ToF16(e));
       for (float& e : v) e = F16ToF32(F32ToF16(e));
     }
-    AttentionReference({c.num_heads, c.num_kv_heads, c.head_dim}, q.data(), k.data(), v.data(), 0, n, attn.data());
+    const AttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim, c.attention_scale,
+                               sliding ? c.sliding_window : 0};
+    AttentionReference(shape, q.data(), k.data(), v.data(), 0, n, attn.data());
     Int4LinearReference(w.o, attn.data(), n, proj.data());
+    if (sandwich) RmsNormReference(proj.data(), w.post_norm, d, c.rms_norm_eps, n, proj.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
-    RmsNormReference(x.data(), w.post_norm, d, c.rms_norm_eps, n, h.data());
+    RmsNormReference(x.data(), sandwich ? w.pre_ffn_norm : w.post_norm, d, c.rms_norm_eps, n, h.data());
     Int4LinearReference(w.gate, h.data(), n, gate.data());
     Int4LinearReference(w.up, h.data(), n, up.data());
-    SwiGluReference(gate.data(), up.data(), n * ffn, gate.data());
+    if (c.activation == Activation::kSilu) {
+      SwiGluReference(gate.data(), up.data(), n * ffn, gate.data());
+    } else {
+      GeGluReference(gate.data(), up.data(), n * ffn, gate.data());
+    }
     Int4LinearReference(w.down, gate.data(), n, proj.data());
+    if (sandwich) RmsNormReference(proj.data(), w.post_ffn_norm, d, c.rms_norm_eps, n, proj.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
   }
   RmsNormReference(x.data(), model.weights.final_norm, d, c.rms_norm_eps, n, h.data());
   std::vector<float> logits(static_cast<size_t>(n) * c.vocab_size);
   TableLinearReference(model.weights.lm_head, h.data(), n, logits.data());
+  if (c.final_logit_softcap > 0.0f) {
+    const double cap = c.final_logit_softcap;
+    for (float& e : logits) e = static_cast<float>(cap * std::tanh(e / cap));
+  }
   return logits;
 }
 
@@ -181,9 +278,9 @@ TEST(forward_matches_naive_reference) {
   // 9 tokens: the linears run f32 in both modes (int8 activations are for
   // calls of <= 8), so the modes differ here only in the KV cache's type.
   for (bool int8_tables : {false, true}) {
-    for (bool attention_bias : {false, true}) {
+    for (Family family : kAllFamilies) {
       for (bool int8_decode : {true, false}) {
-        const TinyModel model(attention_bias, int8_tables);
+        const TinyModel model(family, int8_tables);
         ThreadPool pool(2);
         Transformer transformer(model.config, model.weights, 32, pool, 1, int8_decode);
         const std::vector<int> ids = RandomIds(9, model.config.vocab_size, 1);
@@ -192,7 +289,7 @@ TEST(forward_matches_naive_reference) {
         CHECK(transformer.position() == 9);
         const double error = RelativeError(logits, NaiveForward(model, ids, int8_decode));
         std::printf("  %s, %s tables, %s KV cache: forward vs naive reference, relative error %.3g\n",
-                    model.config.architecture.c_str(), int8_tables ? "int8" : "f16",
+                    FamilyName(family).c_str(), int8_tables ? "int8" : "f16",
                     int8_decode ? "f16" : "f32", error);
         CHECK(error <= kLogitTolerance);
         if (int8_decode) {  // the cache's rounding is visible: the f32-cache reference is farther
@@ -204,9 +301,10 @@ TEST(forward_matches_naive_reference) {
 }
 
 TEST(prefill_equals_decode_steps) {
-  for (bool attention_bias : {false, true}) {
-    // Qwen2-shaped (biases) with int8 tables, Llama-shaped with f16 ones.
-    const TinyModel model(attention_bias, attention_bias);
+  for (Family family : kAllFamilies) {
+    // Int8 tables for some families, f16 for the others.
+    const bool int8_tables = family == Family::kQwen2 || family == Family::kGemma3;
+    const TinyModel model(family, int8_tables);
     const int vocab = model.config.vocab_size;
     ThreadPool pool(2);
     // 70 tokens: more than one prefill chunk (kChunkTokens = 64). f32
@@ -222,7 +320,7 @@ TEST(prefill_equals_decode_steps) {
     }
     CHECK(prefill.position() == n && decode.position() == n);
     const double error = RelativeError(prefill_logits, decode_logits);
-    std::printf("  %s: prefill vs decode, relative error %.3g\n", model.config.architecture.c_str(), error);
+    std::printf("  %s: prefill vs decode, relative error %.3g\n", FamilyName(family).c_str(), error);
     CHECK(error <= kLogitTolerance);
 
     // Continuing after a prefill: 3 more tokens in one call vs decode.
@@ -242,9 +340,13 @@ TEST(int8_decode_equals_chunked_prefill_and_stays_near_f32) {
   // test above. Against all-f32 logits they differ by the int8 rounding of
   // the activations (<= 1/254 of each 32-block's max per activation); through
   // these random 2-layer models that measures ~1e-2 of the logits' scale, and
-  // 5e-2 still sits far below a wrong position or cache slot (O(1)).
-  for (bool attention_bias : {false, true}) {
-    const TinyModel model(attention_bias, attention_bias);
+  // 5e-2 still sits far below a wrong position or cache slot (O(1)). The
+  // Gemma-shaped model measures ~4e-2 before its soft-cap: q/k norms make
+  // |q|, |k| ~ sqrt(hd), so scores reach ~6 and the same relative rounding
+  // of q and k moves the softmax more; the cap at 2 then shrinks max|logit|
+  // ~2.5x while |tanh'| <= 1 keeps the absolute error, 1e-1 measured: 0.15.
+  for (Family family : kAllFamilies) {
+    const TinyModel model(family, family == Family::kQwen2 || family == Family::kGemma3);
     const int vocab = model.config.vocab_size, n = 20;
     ThreadPool pool(2);
     Transformer decode(model.config, model.weights, n, pool);
@@ -266,9 +368,9 @@ TEST(int8_decode_equals_chunked_prefill_and_stays_near_f32) {
     const double chunk_error = RelativeError(chunked_logits, decode_logits);
     const double int8_error = RelativeError(decode_logits, exact_logits);
     std::printf("  %s: int8 decode vs chunked prefill %.3g, vs f32 decode %.3g\n",
-                model.config.architecture.c_str(), chunk_error, int8_error);
+                FamilyName(family).c_str(), chunk_error, int8_error);
     CHECK(chunk_error <= kLogitTolerance);
-    CHECK(int8_error <= 5e-2);
+    CHECK(int8_error <= (family == Family::kGemma3 ? 0.15 : 5e-2));
   }
 }
 
@@ -278,7 +380,7 @@ TEST(last_only_logits_and_reset) {
   // a single token (the lm_head follows its chunk, transformer.cpp).
   for (bool int8_tables : {false, true}) {
     for (int n : {5, 12}) {
-      const TinyModel model(true, int8_tables);
+      const TinyModel model(Family::kQwen2, int8_tables);
       const int vocab = model.config.vocab_size;
       ThreadPool pool(1);
       Transformer transformer(model.config, model.weights, 16, pool);
@@ -294,26 +396,28 @@ TEST(last_only_logits_and_reset) {
 }
 
 TEST(logits_do_not_depend_on_thread_count) {
-  const TinyModel model(false);
-  const int vocab = model.config.vocab_size;
-  const std::vector<int> ids = RandomIds(6, vocab, 5);
-  std::vector<std::vector<float>> results;
-  for (int threads : {1, 2, 3}) {
-    ThreadPool pool(threads);
-    Transformer transformer(model.config, model.weights, 8, pool);
-    std::vector<float> logits(7 * vocab);
-    transformer.Forward(ids.data(), 6, Transformer::Logits::kAll, logits.data());
-    transformer.Forward(&ids[0], 1, Transformer::Logits::kAll, logits.data() + 6 * vocab);
-    results.push_back(logits);
+  for (Family family : {Family::kLlama, Family::kGemma3}) {
+    const TinyModel model(family);
+    const int vocab = model.config.vocab_size;
+    const std::vector<int> ids = RandomIds(6, vocab, 5);
+    std::vector<std::vector<float>> results;
+    for (int threads : {1, 2, 3}) {
+      ThreadPool pool(threads);
+      Transformer transformer(model.config, model.weights, 8, pool);
+      std::vector<float> logits(7 * vocab);
+      transformer.Forward(ids.data(), 6, Transformer::Logits::kAll, logits.data());
+      transformer.Forward(&ids[0], 1, Transformer::Logits::kAll, logits.data() + 6 * vocab);
+      results.push_back(logits);
+    }
+    // Rows are split across threads but each row's arithmetic is the same.
+    CHECK(results[0] == results[1]);
+    CHECK(results[0] == results[2]);
   }
-  // Rows are split across threads but each row's arithmetic is the same.
-  CHECK(results[0] == results[1]);
-  CHECK(results[0] == results[2]);
 }
 
 TEST(batched_decode_steps_equal_each_sequence_alone) {
-  for (bool attention_bias : {false, true}) {
-    const TinyModel model(attention_bias);
+  for (Family family : {Family::kLlama, Family::kQwen2, Family::kMistral, Family::kGemma3}) {
+    const TinyModel model(family);
     const int vocab = model.config.vocab_size;
     ThreadPool pool(2);
     // Prompts of 1 token, a few, and more than one prefill chunk (64).
@@ -355,7 +459,7 @@ TEST(batched_decode_steps_equal_each_sequence_alone) {
     }
     for (int s = 0; s < num_seqs; ++s) CHECK(batched.position(s) == alone[s]->position());
     std::printf("  %s: batched decode vs each sequence alone, relative error %.3g\n",
-                model.config.architecture.c_str(), worst);
+                FamilyName(family).c_str(), worst);
     CHECK(worst <= kLogitTolerance);
   }
 }
@@ -365,7 +469,7 @@ TEST(decode_step_wider_than_a_chunk_and_reset_of_one_sequence) {
   // activations throughout (int8 decode would round the chunk of 6 and the
   // `alone` steps, not the 64), so each token's products are those of
   // `alone` up to f32 summation order.
-  const TinyModel model(false);
+  const TinyModel model(Family::kLlama);
   const int vocab = model.config.vocab_size, num_seqs = 70;
   ThreadPool pool(2);
   Transformer batched(model.config, model.weights, 2, pool, num_seqs, /*int8_decode=*/false);

@@ -358,7 +358,7 @@ TEST(table_q8_row_kernels_match_reference_and_ignore_batch_size) {
   }
 }
 
-TEST(fused_qkv_and_swiglu_match_separate_references) {
+TEST(fused_qkv_and_gated_mlp_match_separate_references) {
   std::mt19937 rng(13);
   ThreadPool pool1(1), pool2(2);
   const int d = 192, kv = 64, ffn = 2 * 192 + 4 * 37 + 3;  // rows not a multiple of 4 or 32
@@ -394,58 +394,85 @@ TEST(fused_qkv_and_swiglu_match_separate_references) {
             CHECK(std::fabs(static_cast<double>(outs1[i][j]) - refs[i][j]) <= Bound(w.layer, r, a.data() + t * d));
           }
         }
-        // SwiGLU: reference gate and up, then the reference activation. The
-        // fused result differs by the linears' rounding (bounded above)
-        // amplified by at most |silu'| <= 1.1 and |up|, |silu| factors: a
-        // relative 1e-5 of the output scale is ~100x that and ~1e-5 of a bug.
-        std::vector<float> g_ref(static_cast<size_t>(tokens) * ffn), u_ref(g_ref.size()), ref(g_ref.size());
-        Int4LinearReference(gate.layer, a.data(), tokens, g_ref.data());
-        Int4LinearReference(up.layer, a.data(), tokens, u_ref.data());
-        SwiGluReference(g_ref.data(), u_ref.data(), tokens * ffn, ref.data());
-        std::vector<float> y1(ref.size()), y2(ref.size());
-        Int4SwiGluForward(gate.layer, up.layer, x.data(), tokens, y1.data(), pool1, isa);
-        Int4SwiGluForward(gate.layer, up.layer, x.data(), tokens, y2.data(), pool2, isa);
-        CHECK(y1 == y2);
-        double max_diff = 0.0, max_ref = 0.0;
-        for (size_t j = 0; j < ref.size(); ++j) {
-          max_diff = std::max(max_diff, std::fabs(static_cast<double>(y1[j]) - ref[j]));
-          max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[j])));
+        // SwiGLU / GeGLU: reference gate and up, then the reference
+        // activation. The fused result differs by the linears' rounding
+        // (bounded above) amplified by at most |act'| <= 1.13 (GELU-tanh's
+        // maximum slope; SiLU's is 1.1) and |up|, |act| factors: a relative
+        // 1e-5 of the output scale is ~100x that and ~1e-5 of a bug.
+        for (Activation act : {Activation::kSilu, Activation::kGeluTanh}) {
+          std::vector<float> g_ref(static_cast<size_t>(tokens) * ffn), u_ref(g_ref.size()), ref(g_ref.size());
+          Int4LinearReference(gate.layer, a.data(), tokens, g_ref.data());
+          Int4LinearReference(up.layer, a.data(), tokens, u_ref.data());
+          if (act == Activation::kSilu) {
+            SwiGluReference(g_ref.data(), u_ref.data(), tokens * ffn, ref.data());
+          } else {
+            GeGluReference(g_ref.data(), u_ref.data(), tokens * ffn, ref.data());
+          }
+          std::vector<float> y1(ref.size()), y2(ref.size());
+          Int4GatedMlpForward(gate.layer, up.layer, act, x.data(), tokens, y1.data(), pool1, isa);
+          Int4GatedMlpForward(gate.layer, up.layer, act, x.data(), tokens, y2.data(), pool2, isa);
+          CHECK(y1 == y2);
+          double max_diff = 0.0, max_ref = 0.0;
+          for (size_t j = 0; j < ref.size(); ++j) {
+            max_diff = std::max(max_diff, std::fabs(static_cast<double>(y1[j]) - ref[j]));
+            max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[j])));
+          }
+          const double error = max_diff / max_ref;
+          worst = std::max(worst, error);
+          if (!(error < 1e-5)) {
+            std::printf("  FAILED case: %s g%d %s tokens=%d error %.3g\n", IsaName(isa), g,
+                        act == Activation::kSilu ? "silu" : "gelu_tanh", tokens, error);
+          }
         }
-        worst = std::max(worst, max_diff / max_ref);
       }
-      std::printf("  %s g%d fused swiglu: max relative error %.3g\n", IsaName(isa), g, worst);
+      std::printf("  %s g%d fused swiglu and geglu: max relative error %.3g\n", IsaName(isa), g, worst);
       CHECK(worst < 1e-5);
     }
   }
 }
 
-TEST(swiglu_kernels_match_reference) {
+TEST(gated_activation_kernels_match_reference) {
   // 1,005 elements (8-lane body plus a 5-element tail), read and written one
   // float past an aligned start. Gates past -87 take the AVX2 kernel's
-  // underflow branch; -1000 underflows in the scalar loop too.
+  // underflow branch (GELU: z = -87 near x = -9.9); -1000 underflows in the
+  // scalar loop too.
   std::mt19937 rng(5);
   std::vector<float> gate = RandomFloats(1001, rng, -12.f, 12.f);
-  gate.insert(gate.begin() + 500, {0.f, -100.f, 100.f, -1000.f, -86.9f, -87.1f, 88.f, -0.f});
+  gate.insert(gate.begin() + 500, {0.f, -100.f, 100.f, -1000.f, -86.9f, -87.1f, 88.f, -0.f, -9.8f, -10.f});
   gate.insert(gate.begin(), 0.f);  // gate.data() + 1 is misaligned for AVX
   const int n = static_cast<int>(gate.size()) - 1;
   const std::vector<float> up = RandomFloats(gate.size(), rng, -2.f, 2.f);
-  std::vector<float> ref(gate.size());
-  SwiGluReference(gate.data() + 1, up.data() + 1, n, ref.data() + 1);
-  for (Isa isa : IsasToTest()) {
-    std::vector<float> y(gate.size());
-    SwiGlu(gate.data() + 1, up.data() + 1, n, y.data() + 1, isa);
-    // exp (glibc <= 1 ulp; the AVX2 polynomial ~1e-7 = 2u), 1 + e, the
-    // product with x or e, the division, the product with up: <= 8 u
-    // relative; the absolute floor covers gates below -87, where the AVX2
-    // kernel returns -0 for a true |SiLU| < 87 e^-87 < 1.4e-36 (without that
-    // branch gate = -1000 would be off by 1.6e-35).
-    double worst = 0.0;
-    for (int i = 1; i <= n; ++i) {
-      const double diff = std::fabs(static_cast<double>(y[i]) - ref[i]);
-      CHECK(diff <= 8 * kUnitRoundoff * std::fabs(ref[i]) + 1.4e-36);
-      if (std::fabs(ref[i]) > 1e-30) worst = std::max(worst, diff / std::fabs(ref[i]));
+  for (Activation act : {Activation::kSilu, Activation::kGeluTanh}) {
+    const bool silu = act == Activation::kSilu;
+    std::vector<float> ref(gate.size());
+    (silu ? SwiGluReference : GeGluReference)(gate.data() + 1, up.data() + 1, n, ref.data() + 1);
+    for (Isa isa : IsasToTest()) {
+      std::vector<float> y(gate.size());
+      GatedActivation(act, gate.data() + 1, up.data() + 1, n, y.data() + 1, isa);
+      // Both are x * sigmoid(z) * up (activation.h). exp (glibc <= 1 ulp; the
+      // AVX2 polynomial ~1e-7 = 2u), 1 + e, the product with x or e, the
+      // division, the product with up: <= 8 u relative. GELU's z = x (a +
+      // b x^2) carries 3 more roundings (3u |z| absolute), which exp turns
+      // into a relative 3u |z| where sigmoid(z) is ~e^z (z < 0): the bound
+      // adds 4u |z|. The absolute floor covers z below -87, where the AVX2
+      // kernel returns -0 for a true |x sigmoid(z) up| < 12 e^-87 2 < 4e-37
+      // (SiLU: < 1.4e-36).
+      double worst = 0.0;
+      for (int i = 1; i <= n; ++i) {
+        const double x = gate[i];
+        const double z = silu ? 0.0 : std::fabs(1.5957691216057308 * (x + 0.044715 * x * x * x));
+        const double diff = std::fabs(static_cast<double>(y[i]) - ref[i]);
+        const double bound = (8 + 4 * z) * kUnitRoundoff * std::fabs(ref[i]) + 1.4e-36;
+        if (!(diff <= bound)) {
+          std::printf("  FAILED case: %s %s gate=%.9g up=%.9g: got %.9g, want %.9g\n", IsaName(isa),
+                      silu ? "silu" : "gelu_tanh", x, up[i], y[i], ref[i]);
+        }
+        CHECK(diff <= bound);
+        if (std::fabs(ref[i]) > 1e-30) worst = std::max(worst, diff / std::fabs(ref[i]));
+      }
+      std::printf("  %s %s: max relative error %.3g (%.2f u)\n", IsaName(isa), silu ? "swiglu" : "geglu",
+                  worst, worst / kUnitRoundoff);
     }
-    std::printf("  %s swiglu: max relative error %.3g (%.2f u)\n", IsaName(isa), worst, worst / kUnitRoundoff);
   }
 }
 

@@ -166,21 +166,30 @@ def mlp_hidden(h: torch.Tensor, w: LayerWeights, activation: str = "silu") -> to
 
 
 def decoder_layer(config: ModelConfig, x: torch.Tensor, w: LayerWeights, cos: torch.Tensor,
-                  sin: torch.Tensor, layer: int = 0) -> torch.Tensor:
+                  sin: torch.Tensor, layer: int = 0, taps: dict | None = None) -> torch.Tensor:
     """One decoder layer with its residuals: x [..., T, d] -> [..., T, d]. "pre" places
     one norm before attention and one before the MLP; "sandwich" (Gemma 3) also
-    normalizes each block's output before adding it to the residual."""
+    normalizes each block's output before adding it to the residual. `taps`, when
+    given, receives the input of every linear ("qkv": q/k/v's, "o": the heads,
+    "mlp": gate/up's, "down": down_proj's), which AWQ's calibration records."""
     eps = config.rms_norm_eps
-    attention = attention_heads(config, rms_norm(x, w["input_layernorm"], eps), w, cos, sin,
-                                layer) @ w["self_attn.o_proj"].T
-    if config.norm_placement == "sandwich":
+    sandwich = config.norm_placement == "sandwich"
+    h = rms_norm(x, w["input_layernorm"], eps)
+    heads = attention_heads(config, h, w, cos, sin, layer)  # [..., T, H*hd]
+    attention = heads @ w["self_attn.o_proj"].T
+    if sandwich:
         x = x + rms_norm(attention, w["post_attention_layernorm"], eps)
-        h = rms_norm(x, w["pre_feedforward_layernorm"], eps)
-        mlp = mlp_hidden(h, w, config.activation) @ w["mlp.down_proj"].T
-        return x + rms_norm(mlp, w["post_feedforward_layernorm"], eps)
-    x = x + attention
-    h = rms_norm(x, w["post_attention_layernorm"], eps)
-    return x + mlp_hidden(h, w, config.activation) @ w["mlp.down_proj"].T
+        h2 = rms_norm(x, w["pre_feedforward_layernorm"], eps)
+    else:
+        x = x + attention
+        h2 = rms_norm(x, w["post_attention_layernorm"], eps)
+    hidden = mlp_hidden(h2, w, config.activation)  # [..., T, ffn]
+    mlp = hidden @ w["mlp.down_proj"].T
+    if sandwich:
+        mlp = rms_norm(mlp, w["post_feedforward_layernorm"], eps)
+    if taps is not None:
+        taps.update(qkv=h, o=heads, mlp=h2, down=hidden)
+    return x + mlp
 
 
 class ReferenceModel:

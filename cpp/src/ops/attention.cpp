@@ -49,6 +49,10 @@ struct ItemGrid {
 
 }  // namespace
 
+float AttentionShape::ScoreScale() const {
+  return scale > 0.0f ? scale : 1.0f / std::sqrt(static_cast<float>(head_dim));
+}
+
 int AttentionSplitKeys(int max_keys) {
   const int per_split = CeilDiv(std::max(max_keys, 1), kMaxSplits);
   return std::max(kMinSplitKeys, CeilDiv(per_split, kBlockKeys) * kBlockKeys);
@@ -81,17 +85,17 @@ void RopeAndStoreKv(const AttentionShape& shape, const RopeTable& rope, const in
 template <typename CacheT>
 void AttendRowsScalar(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
                       int hd, int key_begin, int key_end) {
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   float weights[kBlockKeys];
   for (int block = key_begin; block < key_end; block += kBlockKeys) {
     const int block_end = std::min(block + kBlockKeys, key_end);
     for (int r = 0; r < rows.count; ++r) {
-      const int count = std::min(block_end, rows.num_keys[r]) - block;
+      const int first = std::max(block, rows.first_key[r]);  // the row's keys in this block
+      const int count = std::min(block_end, rows.num_keys[r]) - first;
       if (count <= 0) continue;
       float* state = rows.state[r];
       float block_max = -INFINITY;
       for (int j = 0; j < count; ++j) {
-        weights[j] = DotKv(rows.query[r], k + static_cast<size_t>(block + j) * kv_stride, hd) * scale;
+        weights[j] = DotKv(rows.query[r], k + static_cast<size_t>(first + j) * kv_stride, hd) * rows.scale;
         block_max = std::max(block_max, weights[j]);
       }
       const float new_max = std::max(state[0], block_max);
@@ -103,7 +107,7 @@ void AttendRowsScalar(const AttentionRows& rows, const CacheT* k, const CacheT* 
       float* acc = state + 2;
       for (int i = 0; i < hd; ++i) acc[i] *= rescale;
       for (int j = 0; j < count; ++j) {
-        AxpyKv(weights[j], v + static_cast<size_t>(block + j) * kv_stride, acc, hd);
+        AxpyKv(weights[j], v + static_cast<size_t>(first + j) * kv_stride, acc, hd);
       }
     }
   }
@@ -117,10 +121,13 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
   const int H = shape.num_heads;
   const size_t q_stride = static_cast<size_t>(H) * hd;  // floats per token in q and out
   const int kv_stride = shape.num_kv_heads * hd;         // elements per position in a cache
-  const int max_keys = *std::max_element(positions, positions + num_tokens) + 1;
+  // The span of keys any token reads, [call_first, call_end): splits cut it.
+  const int call_end = *std::max_element(positions, positions + num_tokens) + 1;
+  int call_first = call_end;
+  for (int t = 0; t < num_tokens; ++t) call_first = std::min(call_first, shape.FirstKey(positions[t]));
   bool shared_cache = true;
   for (int t = 1; t < num_tokens; ++t) shared_cache &= k_caches[t] == k_caches[0];
-  const ItemGrid grid(shape, num_tokens, shared_cache, max_keys);
+  const ItemGrid grid(shape, num_tokens, shared_cache, call_end - call_first);
   const size_t state_floats = hd + 2;
   auto state_of = [&](int t, int h, int split) {  // [2 + hd] in scratch
     return scratch + ((static_cast<size_t>(t) * H + h) * grid.splits + split) * state_floats;
@@ -139,20 +146,24 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
       const int h_begin = kv_head * grid.group + part * grid.heads_per_item;
       const int h_end = std::min((kv_head + 1) * grid.group, h_begin + grid.heads_per_item);
       AttentionRows rows;
-      int tile_keys = 0;
+      rows.scale = shape.ScoreScale();
+      int tile_first = call_end, tile_end = 0;  // the keys the tile's rows read
       for (int t = t_begin; t < t_end; ++t) {
         for (int h = h_begin; h < h_end; ++h) {
           rows.query[rows.count] = q + t * q_stride + static_cast<size_t>(h) * hd;
+          rows.first_key[rows.count] = shape.FirstKey(positions[t]);
           rows.num_keys[rows.count] = positions[t] + 1;
           float* state = state_of(t, h, split);
           state[0] = -INFINITY;  // (m, l, acc) before any key
           std::fill_n(state + 1, hd + 1, 0.f);
           rows.state[rows.count++] = state;
         }
-        tile_keys = std::max(tile_keys, positions[t] + 1);
+        tile_first = std::min(tile_first, shape.FirstKey(positions[t]));
+        tile_end = std::max(tile_end, positions[t] + 1);
       }
-      const int key_begin = split * grid.split_keys;
-      const int key_end = std::min(tile_keys, key_begin + grid.split_keys);
+      const int split_begin = call_first + split * grid.split_keys;
+      const int key_begin = std::max(tile_first, split_begin);
+      const int key_end = std::min(tile_end, split_begin + grid.split_keys);
       const CacheT* k = k_caches[t_begin] + kv_head * hd;
       const CacheT* v = v_caches[t_begin] + kv_head * hd;
 #ifdef AWQCORE_HAVE_AVX2_KERNELS  // else attention_avx2.cpp is not built: the portable loop
@@ -164,7 +175,8 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
       AttendRowsScalar(rows, k, v, kv_stride, hd, key_begin, key_end);
     }
   });
-  // Combine the splits of each row; split 0 always read key 0, so l > 0.
+  // Combine the splits of each row; the split holding the row's own key read
+  // it, so some l > 0.
   auto combine = [&](int64_t row_begin, int64_t row_end) {
     for (int64_t row = row_begin; row < row_end; ++row) {
       const int t = static_cast<int>(row / H), h = static_cast<int>(row % H);
@@ -203,8 +215,13 @@ void AttentionReference(const AttentionShape& shape, const float* q, const Cache
                         const CacheT* v_cache, int start_position, int num_tokens, float* out) {
   const int hd = shape.head_dim;
   const int kv_stride = shape.num_kv_heads * hd;
+  const double scale = shape.scale > 0.0f ? shape.scale : 1.0 / std::sqrt(static_cast<double>(hd));
   for (int t = 0; t < num_tokens; ++t) {
-    const int num_keys = start_position + t + 1;
+    const int position = start_position + t;
+    // Keys position - W + 1 .. position with a window W (transformers' mask
+    // kv > q - W), written out here rather than through FirstKey.
+    const int first_key = shape.window > 0 ? std::max(0, position - shape.window + 1) : 0;
+    const int num_keys = position + 1 - first_key;
     for (int h = 0; h < shape.num_heads; ++h) {
       const int kv_head = h / (shape.num_heads / shape.num_kv_heads);
       const float* query = q + (static_cast<size_t>(t) * shape.num_heads + h) * hd;
@@ -214,9 +231,9 @@ void AttentionReference(const AttentionShape& shape, const float* q, const Cache
         double dot = 0.0;
         for (int i = 0; i < hd; ++i) {
           dot += static_cast<double>(query[i]) *
-                 KvToF32(k_cache[static_cast<size_t>(j) * kv_stride + kv_head * hd + i]);
+                 KvToF32(k_cache[static_cast<size_t>(first_key + j) * kv_stride + kv_head * hd + i]);
         }
-        weights[j] = dot / std::sqrt(static_cast<double>(hd));
+        weights[j] = dot * scale;
         max_score = std::max(max_score, weights[j]);
       }
       double sum = 0.0;
@@ -224,7 +241,8 @@ void AttentionReference(const AttentionShape& shape, const float* q, const Cache
       for (int i = 0; i < hd; ++i) {
         double value = 0.0;
         for (int j = 0; j < num_keys; ++j) {
-          value += weights[j] * KvToF32(v_cache[static_cast<size_t>(j) * kv_stride + kv_head * hd + i]);
+          value += weights[j] *
+                   KvToF32(v_cache[static_cast<size_t>(first_key + j) * kv_stride + kv_head * hd + i]);
         }
         out[(static_cast<size_t>(t) * shape.num_heads + h) * hd + i] = static_cast<float>(value / sum);
       }

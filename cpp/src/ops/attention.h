@@ -2,9 +2,11 @@
 // softmax (flash attention's recurrence) and split along the keys.
 //
 // Query head h reads kv head h / (H / KV). Token t of a call sits at position
-// positions[t] of its own sequence, whose cache starts at k_caches[t] /
-// v_caches[t], and attends to that cache's rows 0 .. positions[t]: the cache
-// already holds the token's own key and value. The tokens of a prefill chunk
+// p = positions[t] of its own sequence, whose cache starts at k_caches[t] /
+// v_caches[t], and attends to that cache's rows 0 .. p (the cache already
+// holds the token's own key and value), or with a sliding window W to rows
+// max(0, p - W + 1) .. p only: W keys, itself included, as transformers'
+// sliding-window mask (kv > q - W). Scores are (q . k) * scale. The tokens of a prefill chunk
 // share one cache (positions p, p + 1, ...); a batched decode step has one
 // token per sequence, each with its own cache, so position and cache are per
 // token.
@@ -18,13 +20,16 @@
 // whole cache for every token: at context 2048 on SmolLM2 attention was 30%
 // of a prefill + decode profile, and decode read each kv head 3 times.
 // Splitting the keys gives threads work when heads are few (Qwen2.5-1.5B has
-// KV = 2, so one token has 2 groups for any number of threads).
+// KV = 2, so one token has 2 groups for any number of threads). The splits
+// cover only the keys some token of the call reads, and an item only the
+// keys its own rows read, so a sliding layer's work is O(W) per token
+// whatever the position.
 //
 // Per row the item keeps the running maximum m, the sum l of e^(s - m) and
 // acc = sum e^(s - m) v; a block with a larger maximum m' rescales l and acc
 // by e^(m - m') (<= 1, so nothing overflows). Items write (m, l, acc) to the
 // scratch, and a combine pass gives out = sum_i e^(m_i - M) acc_i /
-// sum_i e^(m_i - M) l_i over the splits i, M = max m_i. Scores are taken in
+// sum_i e^(m_i - M) l_i over the splits i that read a key, M = max m_i. Scores are taken in
 // f32 with the maximum subtracted before exp, so exp never overflows. The
 // items and their key ranges depend on the call alone, never on the thread
 // count, so any pool gives bit-identical outputs.
@@ -51,6 +56,12 @@ struct AttentionShape {
   int num_heads = 0;     // H
   int num_kv_heads = 0;  // KV, divides H
   int head_dim = 0;      // hd
+  float scale = 0.0f;    // scores = (q . k) * scale; 0: 1/sqrt(hd)
+  int window = 0;        // 0: keys 0 .. p; W > 0: keys max(0, p - W + 1) .. p
+
+  float ScoreScale() const;
+  // The first key a query at `position` reads.
+  int FirstKey(int position) const { return window > 0 && position >= window ? position - window + 1 : 0; }
 };
 
 inline float KvToF32(float x) { return x; }
@@ -85,19 +96,21 @@ constexpr int kBlockKeys = 32;
 constexpr int kMinSplitKeys = 256;
 constexpr int kMaxSplits = 16;
 
-// Keys per split for a call whose longest row reads max_keys keys: a
-// multiple of kBlockKeys, >= kMinSplitKeys, and enough for kMaxSplits splits.
+// Keys per split for a call whose tokens read keys from a span of max_keys
+// positions: a multiple of kBlockKeys, >= kMinSplitKeys, and enough for
+// kMaxSplits splits.
 int AttentionSplitKeys(int max_keys);
 
-// Floats of scratch AttentionForward needs for num_tokens tokens reading at
-// most max_keys keys: (m, l, acc) of every row and split,
-// num_tokens * H * splits * (hd + 2), splits bounded for any call whose
-// tokens read up to max_keys keys.
+// Floats of scratch AttentionForward needs for num_tokens tokens reading
+// keys from a span of at most max_keys positions: (m, l, acc) of every row
+// and split, num_tokens * H * splits * (hd + 2), splits bounded for any call
+// whose span is up to max_keys keys.
 size_t AttentionScratchFloats(const AttentionShape& shape, int num_tokens, int max_keys);
 
 // q, out: [num_tokens, H * hd] (q already rotated); k_caches, v_caches,
 // positions: [num_tokens], cache t: [> positions[t], KV * hd]. scratch:
 // AttentionScratchFloats(shape, num_tokens, max_t positions[t] + 1) floats.
+// shape.window selects the keys (top comment).
 // Instantiated for CacheT = float and uint16_t (f16).
 template <typename CacheT>
 void AttentionForward(const AttentionShape& shape, const float* q, const CacheT* const* k_caches,
@@ -106,12 +119,15 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
 
 // One work item: `count` rows reading one kv head of one cache, whose keys
 // are rows kv_stride elements apart from k / v. Row r reads keys
-// [key_begin, min(key_end, num_keys[r])) and updates its state
-// state[r]: [m, l, acc[hd]] (acc unnormalised), which the caller sets to
-// (-inf, 0, 0) first; l stays 0 when the row reads no key.
+// [max(key_begin, first_key[r]), min(key_end, num_keys[r])), its scores
+// multiplied by `scale`, and updates its state state[r]: [m, l, acc[hd]]
+// (acc unnormalised), which the caller sets to (-inf, 0, 0) first; l stays
+// 0 when the row reads no key.
 struct AttentionRows {
   int count = 0;
+  float scale = 0.0f;            // AttentionShape::ScoreScale()
   const float* query[kMaxRows];  // [hd] each
+  int first_key[kMaxRows];       // window start: AttentionShape::FirstKey(positions[t])
   int num_keys[kMaxRows];        // causal limit: positions[t] + 1
   float* state[kMaxRows];        // [2 + hd] each
 };
@@ -125,10 +141,11 @@ template <typename CacheT>
 void AttendRowsAvx2(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
                     int hd, int key_begin, int key_end);
 
-// The naive computation in double (full softmax per query, no scratch reuse),
-// for the tokens of one sequence at positions p .. p + num_tokens - 1
-// (p = start_position) of one cache [>= p + num_tokens, KV * hd]. The
-// per-token form of AttentionForward is checked against one call per token.
+// The naive computation in double (full softmax per query over the keys its
+// window admits, no scratch reuse), for the tokens of one sequence at
+// positions p .. p + num_tokens - 1 (p = start_position) of one cache
+// [>= p + num_tokens, KV * hd]. The per-token form of AttentionForward is
+// checked against one call per token.
 template <typename CacheT>
 void AttentionReference(const AttentionShape& shape, const float* q, const CacheT* k_cache,
                         const CacheT* v_cache, int start_position, int num_tokens, float* out);

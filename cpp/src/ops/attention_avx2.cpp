@@ -123,7 +123,6 @@ void AccumulateValues(const float* weights, const CacheT* v_rows, int kv_stride,
 template <typename CacheT>
 void AttendRowsAvx2(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
                     int hd, int key_begin, int key_end) {
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   alignas(32) float weights[kBlockKeys];
   // The item's first kPrefetchRows rows, before the loop starts requesting.
   const int first_rows = std::min(kPrefetchRows, key_end - key_begin);
@@ -136,12 +135,15 @@ void AttendRowsAvx2(const AttentionRows& rows, const CacheT* k, const CacheT* v,
     const CacheT* k_rows = k + static_cast<size_t>(block) * kv_stride;
     const CacheT* v_rows = v + static_cast<size_t>(block) * kv_stride;
     for (int r = 0; r < rows.count; ++r) {
-      const int count = std::min(block_end, rows.num_keys[r]) - block;
+      const int skip = std::max(0, rows.first_key[r] - block);  // keys before the row's window
+      const int count = std::min(block_end, rows.num_keys[r]) - block - skip;
       if (count <= 0) continue;
       const int prefetch_rows = r == 0 ? ahead : 0;  // the other rows find the block in L1
       float* state = rows.state[r];
+      const CacheT* k_row = k_rows + static_cast<size_t>(skip) * kv_stride;
+      const CacheT* v_row = v_rows + static_cast<size_t>(skip) * kv_stride;
       const float block_max =
-          Scores(rows.query[r], k_rows, kv_stride, hd, count, scale, weights, prefetch_rows);
+          Scores(rows.query[r], k_row, kv_stride, hd, count, rows.scale, weights, prefetch_rows);
       const float new_max = std::max(state[0], block_max);
       // e^(m - m') for the acc so far: 0 for the first block (m = -inf, clamped
       // to e^-87 times an acc and l of 0).
@@ -151,10 +153,10 @@ void AttendRowsAvx2(const AttentionRows& rows, const CacheT* k, const CacheT* v,
       float* acc = state + 2;
       int c = 0;
       for (; c + 64 <= hd; c += 64) {
-        AccumulateValues<8>(weights, v_rows, kv_stride, hd, count, c, rescale, acc, c == 0 ? prefetch_rows : 0);
+        AccumulateValues<8>(weights, v_row, kv_stride, hd, count, c, rescale, acc, c == 0 ? prefetch_rows : 0);
       }
       for (; c < hd; c += 8) {
-        AccumulateValues<1>(weights, v_rows, kv_stride, hd, count, c, rescale, acc, c == 0 ? prefetch_rows : 0);
+        AccumulateValues<1>(weights, v_row, kv_stride, hd, count, c, rescale, acc, c == 0 ? prefetch_rows : 0);
       }
     }
   }

@@ -176,13 +176,13 @@ void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int c
   });
 }
 
-void Int4SwiGluForward(const Int4Linear& gate, const Int4Linear& up, const float* x,
-                       int num_tokens, float* out, ThreadPool& pool, Isa isa,
-                       bool int8_decode) {
+void Int4GatedMlpForward(const Int4Linear& gate, const Int4Linear& up, Activation activation,
+                         const float* x, int num_tokens, float* out, ThreadPool& pool, Isa isa,
+                         bool int8_decode) {
   const int ffn = gate.out;
   // A thread's rows go in slices of kSliceRows x kTokenSlice: gate rows
   // straight to `out`, up rows to a stack buffer (8 KiB), then
-  // out = silu(gate) * up. Slices of 32 rows keep the per-call setup of the
+  // out = act(gate) * up. Slices of 32 rows keep the per-call setup of the
   // AVX2 kernel (group sums of x: `in` adds) at ~3% of its 32 * in weights.
   constexpr int kSliceRows = 32;
   constexpr int kTokenSlice = 64;
@@ -201,7 +201,7 @@ void Int4SwiGluForward(const Int4Linear& gate, const Int4Linear& up, const float
         Int4Rows(up, row0, rows, slice, up_rows, kSliceRows, isa);
         for (int t = 0; t < tokens; ++t) {
           float* o = out_slice + static_cast<size_t>(t) * ffn;
-          SwiGlu(o, up_rows + t * kSliceRows, rows, o, isa);
+          GatedActivation(activation, o, up_rows + t * kSliceRows, rows, o, isa);
         }
       }
     }

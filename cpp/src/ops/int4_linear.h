@@ -4,7 +4,7 @@
 // Decode (one token) is memory-bound: every weight byte is read once per
 // token, so the ops make one pass over each matrix and the fused forms below
 // cut the fork-join round trips per layer from 8 to 5 (q/k/v as one pass,
-// gate/up/SiLU·mul as one pass). The row kernels are in linear_kernels.h;
+// gate/up/activation·mul as one pass). The row kernels are in linear_kernels.h;
 // `isa` picks the family (cpu_features.h), default the best the CPU has.
 //
 // Calls with few tokens (UsesQ8Activations: decode, batched decode) round
@@ -34,13 +34,14 @@ void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int c
                         const float* x, int num_tokens, ThreadPool& pool,
                         Isa isa = DetectedIsa(), bool int8_decode = true);
 
-// out[t, r] = silu(gate(x)[t, r]) * up(x)[t, r]: both projections of a row
-// block are computed by the same thread, so the [num_tokens, ffn] "up"
-// buffer and a separate SwiGLU pass disappear. x: [num_tokens, in],
-// out: [num_tokens, ffn]; gate and up have the same shape.
-void Int4SwiGluForward(const Int4Linear& gate, const Int4Linear& up, const float* x,
-                       int num_tokens, float* out, ThreadPool& pool, Isa isa = DetectedIsa(),
-                       bool int8_decode = true);
+// out[t, r] = act(gate(x)[t, r]) * up(x)[t, r] (SwiGLU or GeGLU,
+// ops/activation.h): both projections of a row block are computed by the
+// same thread, so the [num_tokens, ffn] "up" buffer and a separate
+// activation pass disappear. x: [num_tokens, in], out: [num_tokens, ffn];
+// gate and up have the same shape.
+void Int4GatedMlpForward(const Int4Linear& gate, const Int4Linear& up, Activation activation,
+                         const float* x, int num_tokens, float* out, ThreadPool& pool,
+                         Isa isa = DetectedIsa(), bool int8_decode = true);
 
 // The obvious scalar loop (one weight at a time, double accumulator): the
 // oracle the tests compare the kernels with.

@@ -10,23 +10,111 @@ asymmetric integer-zero quantizer as .awqbin (docs/format.md), transposed and
 packed differently, so conversion in either direction is lossless for the
 int4 codes, scales and zeros. Everything else is stored in f16, int8 tables
 (docs/format.md) dequantized first: that export rounds, see export_hf.
+
+config.json is the family's own transformers config (FAMILIES: model_type,
+class, the fields its decoder-layer description needs), so transformers, vLLM
+and our own HF importer read the same model; Gemma's norms go back to the w of
+x̂·(1 + w) that its checkpoints hold (the .awqbin stores the multiplier 1 + w).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ..atomic_write import write_atomic
-from ..awqbin import AwqbinWriter, read_awqbin
+from ..awqbin import AwqbinWriter, config_from_metadata, read_awqbin
 from ..quantize.int8_table import dequantize_int8_table
 from ..quantize.rtn import SUPPORTED_GROUP_SIZES, pack_int4, unpack_int4
-from ..source import iter_linears
+from ..source import ModelConfig, iter_linears
 
 ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a packed int32 holds column ORDER[i]
-_HF_ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+class Family(NamedTuple):
+    model_type: str  # config.json's model_type
+    hf_class: str  # config.json's architectures[0]
+    norm_offset: float  # checkpoint norm weight = stored multiplier - norm_offset
+
+
+# architecture -> how its Hugging Face checkpoints name and store it.
+FAMILIES = {
+    "llama": Family("llama", "LlamaForCausalLM", 0.0),
+    "mistral": Family("mistral", "MistralForCausalLM", 0.0),
+    "qwen2": Family("qwen2", "Qwen2ForCausalLM", 0.0),
+    "qwen3": Family("qwen3", "Qwen3ForCausalLM", 0.0),
+    "gemma3": Family("gemma3_text", "Gemma3ForCausalLM", 1.0),
+}
+
+
+def _family_fields(c: ModelConfig) -> dict:
+    """config.json fields beyond the shared ones: what each family's transformers
+    config reads for the parts of the description it has."""
+    if c.architecture == "gemma3":
+        # attention_scale = query_pre_attn_scalar^-0.5; the scalar is an integer in
+        # every Gemma config (256, or d / H), so round away the power's rounding.
+        scalar = c.attention_scale ** -2 if c.attention_scale else c.head_dim
+        if abs(scalar - round(scalar)) < 1e-6 * scalar:
+            scalar = round(scalar)
+        fields = {"hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": scalar,
+                  "sliding_window": c.sliding_window, "layer_types": c.layer_types,
+                  "rope_local_base_freq": c.rope_local_theta,
+                  "final_logit_softcapping": c.final_logit_softcap or None,
+                  "attn_logit_softcapping": None}
+        # Readers older than layer_types (transformers < 4.53, older vLLM) take a period.
+        types = c.layer_types or []
+        for period in range(1, len(types) + 1):
+            if types == ["full_attention" if (i + 1) % period == 0 else "sliding_attention"
+                         for i in range(len(types))]:
+                fields["sliding_window_pattern"] = period
+                break
+        return fields
+    fields = {"hidden_act": "silu"}
+    if c.architecture == "mistral":
+        fields["sliding_window"] = c.sliding_window or None
+    if c.architecture in ("qwen2", "qwen3"):
+        fields["use_sliding_window"] = False
+    if c.architecture in ("llama", "qwen3"):
+        fields.update(attention_bias=c.attention_bias, mlp_bias=False)
+    return fields
+
+
+def hf_config(c: ModelConfig, bos: int, eos: list[int], group_size: int) -> dict:
+    """The config.json of an AutoAWQ GEMM checkpoint of the model `c` describes.
+    ValueError when the family's transformers config cannot express `c` (checked by
+    reading the result back with our own HF importer)."""
+    from .hf_model import _config_from_json
+
+    if c.architecture not in FAMILIES:
+        raise ValueError(f"no Hugging Face family for architecture {c.architecture!r}")
+    family = FAMILIES[c.architecture]
+    config = {
+        "architectures": [family.hf_class], "model_type": family.model_type,
+        "_name_or_path": c.name, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_layers,
+        "num_attention_heads": c.num_heads, "num_key_value_heads": c.num_kv_heads,
+        "head_dim": c.head_dim, "max_position_embeddings": c.max_position_embeddings,
+        "rope_theta": c.rope_theta, "rope_scaling": c.rope_scaling,
+        "rms_norm_eps": c.rms_norm_eps, "tie_word_embeddings": c.tie_word_embeddings,
+        **_family_fields(c),
+        "torch_dtype": "float16",
+        "bos_token_id": bos if bos >= 0 else None,
+        "eos_token_id": eos[0] if len(eos) == 1 else eos,
+        "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": group_size,
+                                "zero_point": True, "version": "gemm"},
+    }
+    back = _config_from_json(config, Path("export"))
+    if dataclasses.replace(back, name=c.name) != c:
+        differ = [f"{f.name} {getattr(c, f.name)!r} -> {getattr(back, f.name)!r}"
+                  for f in dataclasses.fields(c)
+                  if f.name != "name" and getattr(c, f.name) != getattr(back, f.name)]
+        raise ValueError(f"a {family.hf_class} config.json cannot express this model: "
+                         + "; ".join(differ))
+    return config
 
 
 def pack_gemm(codes: np.ndarray) -> np.ndarray:
@@ -72,6 +160,10 @@ def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
 
     f = read_awqbin(awqbin_path)
     m = f.metadata
+    c = config_from_metadata(m, os.fspath(awqbin_path))
+    eos = list(m["tokenizer.eos_token_ids"])
+    config = hf_config(c, m["tokenizer.bos_token_id"], eos, m["quant.group_size"])
+    norm_offset = FAMILIES[c.architecture].norm_offset
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -89,28 +181,13 @@ def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
             # .awqbin's own readers use the exact f32 product).
             tensors[f"{prefix}.weight"] = dequantize_int8_table(
                 f.tensor(name), f.tensor(f"{prefix}.weight_q8_scales")).astype(np.float16)
+        elif name.endswith("norm.weight"):
+            # Gemma: the checkpoint's w = (1 + w) - 1, exact in f32 for |w| >= 2^-24
+            # relative to 1 (Sterbenz), then rounded to f16 like every float tensor.
+            tensors[name] = (np.asarray(f.tensor(name)) - np.float32(norm_offset)
+                             ).astype(np.float16)
         elif part not in ("scales", "zeros", "weight_q8_scales"):
             tensors[name] = np.asarray(f.tensor(name)).astype(np.float16)
-    eos = list(m["tokenizer.eos_token_ids"])
-    bos = m["tokenizer.bos_token_id"]
-    config = {
-        "architectures": [_HF_ARCH[m["general.architecture"]]],
-        "model_type": m["general.architecture"],
-        "_name_or_path": m.get("general.name", ""),
-        "vocab_size": m["model.vocab_size"], "hidden_size": m["model.hidden_size"],
-        "intermediate_size": m["model.intermediate_size"],
-        "num_hidden_layers": m["model.num_layers"], "num_attention_heads": m["model.num_heads"],
-        "num_key_value_heads": m["model.num_kv_heads"], "head_dim": m["model.head_dim"],
-        "max_position_embeddings": m["model.max_position_embeddings"],
-        "rope_theta": m["model.rope_theta"], "rms_norm_eps": m["model.rms_norm_eps"],
-        "tie_word_embeddings": bool(m["model.tie_word_embeddings"]),
-        "hidden_act": "silu", "torch_dtype": "float16",
-        "bos_token_id": bos if bos >= 0 else None,
-        "eos_token_id": eos[0] if len(eos) == 1 else eos,
-        "quantization_config": {"quant_method": "awq", "bits": 4,
-                                "group_size": m["quant.group_size"], "zero_point": True,
-                                "version": "gemm"},
-    }
     write_atomic(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))
     write_atomic(out / "config.json", json.dumps(config, indent=2).encode())
     write_atomic(out / "tokenizer.json", m["tokenizer.json"].encode())
@@ -160,11 +237,15 @@ def convert_hf(folder: str | os.PathLike, out_path: str | os.PathLike) -> dict:
         with safe_open(path, framework="pt") as sf:
             where.update({key: path for key in sf.keys()})
 
+    norm_offset = FAMILIES[config.architecture].norm_offset
+
     def get(name: str) -> np.ndarray:
         if name not in where:
             raise ValueError(f"{folder}: tensor {name!r} is missing")
         with safe_open(where[name], framework="pt") as sf:
             t = sf.get_tensor(name)
+        if name.endswith("norm.weight"):  # the multiplier .awqbin stores (Gemma: 1 + w, in f32)
+            return (t.float() + norm_offset).numpy()
         return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
     class _Source:  # what build_metadata and _layer_float_names read

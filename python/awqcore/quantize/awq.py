@@ -10,6 +10,8 @@ Per decoder layer, as AutoAWQ does (arXiv 2306.00978 and its reference code):
     (the attention for q/k/v, the MLP for gate/up, the linear itself for o, down).
     Fold 1/s into the op before (norm weight, or v/up output rows) and s into
     the linears' input columns: the FP function is unchanged, x*W^T = (x/s)(W*s)^T.
+    Which linears share an input, and which op produces it, depends on the
+    architecture: SCALE_GROUPS, after AutoAWQ's get_layers_for_scaling.
  3. Clip search for every linear but q/k: per output row and group, clamp the
     weights to +-(1 - i/20)*absmax for i in 0..9 and keep the one minimising the
     group's output error.
@@ -46,7 +48,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..reference import attention_heads, mlp_hidden, rms_norm, rotary_tables
+from ..reference import attention_heads, decoder_layer, mlp_hidden, rotary_tables
 from ..source import SourceModel, layer_prefix
 from .calibration import calibration_blocks
 from .rtn import MAX_Q, MIN_SCALE, quantize_int4
@@ -101,14 +103,43 @@ def stratified_sample(n: int, t: int, budget: int,
     return torch.from_numpy(mask), torch.from_numpy(weight)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScaleGroup:
     """Linears sharing one input, searched together. `prev` receives 1/s: a norm
-    weight [in], or a linear whose output rows feed the group."""
+    weight [in] (the stored multiplier, so Gemma's 1 + w too: (1 + w) / s), or a
+    linear whose output rows feed the group."""
     name: str
     prev: str
-    linears: list[str]
+    linears: tuple[str, ...]
     source: str  # which recorded input the group's linears read ("qkv", "o", "mlp", "down")
+
+
+_QKV = ScaleGroup("qkv", "input_layernorm",
+                  ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "qkv")
+# v -> o: the attention mixes v's rows over tokens with weights that do not depend on
+# v, so 1/s on v's output rows reaches o's input columns unchanged. This holds through
+# q/k norms (they see q and k only) and before Gemma's post-attention norm (which
+# follows o). It needs v's rows to be o's columns one to one (scale_groups checks).
+_VO = ScaleGroup("vo", "self_attn.v_proj", ("self_attn.o_proj",), "o")
+_DOWN = ScaleGroup("down", "mlp.up_proj", ("mlp.down_proj",), "down")
+
+
+def _gate_up(norm: str) -> ScaleGroup:
+    """gate/up scaled from the norm in front of the MLP."""
+    return ScaleGroup("mlp", norm, ("mlp.gate_proj", "mlp.up_proj"), "mlp")
+
+
+# architecture -> its scale groups in search order. Per-head q/k norms (Qwen3, Gemma 3)
+# act on q/k's outputs, so scaling their input columns leaves them alone, as AutoAWQ's
+# qwen3.py does; Gemma 3's MLP reads pre_feedforward_layernorm (as AutoAWQ's gemma2.py).
+_PRE_NORM = (_QKV, _VO, _gate_up("post_attention_layernorm"), _DOWN)
+SCALE_GROUPS = {
+    "llama": _PRE_NORM,
+    "mistral": _PRE_NORM,
+    "qwen2": _PRE_NORM,
+    "qwen3": _PRE_NORM,
+    "gemma3": (_QKV, _VO, _gate_up("pre_feedforward_layernorm"), _DOWN),
+}
 
 
 def fake_quantize(w: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -269,8 +300,11 @@ class AwqQuantizer:
         embed = source.get("model.embed_tokens.weight")  # [vocab, d]
         self.x = torch.from_numpy(np.ascontiguousarray(embed[ids]))  # [N, T, d]
         del embed
+        if c.embedding_scale != 1.0:  # Gemma: sqrt(d), in f32 as the reference
+            self.x *= torch.tensor(c.embedding_scale, dtype=self.x.dtype)
         n, t = ids.shape
-        self.cos, self.sin = rotary_tables(c, t)
+        # The rotary tables (cos, sin [T, hd]) of the layer being quantized.
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
         # The loss subsample, fixed for all layers: whole sequences for the attention
         # and single tokens for the MLP and linears (loss_tokens of each; 0 = all).
         rng = np.random.default_rng(o.seed)
@@ -281,24 +315,18 @@ class AwqQuantizer:
 
     # ------------------------------------------------------------ per layer
     def scale_groups(self) -> list[ScaleGroup]:
-        groups = [ScaleGroup("qkv", "input_layernorm",
-                             ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "qkv")]
+        """The architecture's groups, v -> o only when v's output rows are o's input
+        columns one to one: not under grouped-query attention, where each v row feeds
+        H/KV heads."""
         c = self.config
-        # v -> o only when v's output rows are o's input columns one to one: not
-        # under grouped-query attention, where each v row feeds H/KV heads.
-        if c.num_kv_heads == c.num_heads and c.num_heads * c.head_dim == c.hidden_size:
-            groups.append(ScaleGroup("vo", "self_attn.v_proj", ["self_attn.o_proj"], "o"))
-        groups.append(ScaleGroup("mlp", "post_attention_layernorm",
-                                 ["mlp.gate_proj", "mlp.up_proj"], "mlp"))
-        groups.append(ScaleGroup("down", "mlp.up_proj", ["mlp.down_proj"], "down"))
-        return groups
+        return [g for g in SCALE_GROUPS[c.architecture]
+                if g is not _VO or c.num_kv_heads == c.num_heads]
 
     def _forward(self, layer: int, w: dict) -> tuple[dict, dict]:
         """The FP layer over every calibration sequence, in chunks. Returns the input
         statistics and the loss samples per input ("qkv", "o", "mlp", "down"), and
         replaces self.x by the layer's output (dropping sequences gone non-finite)."""
         c, g = self.config, self.group_size
-        eps = c.rms_norm_eps
         n, t, d = self.x.shape
         widths = {"qkv": d, "o": c.num_heads * c.head_dim, "mlp": d,
                   "down": c.intermediate_size}
@@ -309,13 +337,9 @@ class AwqQuantizer:
         attn_seqs = set(self.attn_seqs.tolist())
         for lo in range(0, n, per_chunk):
             x = self.x[lo:lo + per_chunk]  # [b, T, d]
-            h = rms_norm(x, w["input_layernorm"], eps)  # [b, T, d]
-            heads = attention_heads(c, h, w, self.cos, self.sin)  # [b, T, H*hd]
-            x_mid = x + heads @ w["self_attn.o_proj"].T
-            h2 = rms_norm(x_mid, w["post_attention_layernorm"], eps)  # [b, T, d]
-            hidden = mlp_hidden(h2, w)  # [b, T, ffn]
-            out = x_mid + hidden @ w["mlp.down_proj"].T  # [b, T, d]
-            inputs = {"qkv": h, "o": heads, "mlp": h2, "down": hidden}
+            inputs: dict[str, torch.Tensor] = {}  # the linears' inputs, [b, T, width] each
+            out = decoder_layer(c, x, w, *self.rope, layer, taps=inputs)  # [b, T, d]
+            h = inputs["qkv"]
             finite = out.isfinite().flatten(1).all(1)  # [b]
             for value in inputs.values():
                 finite &= value.isfinite().flatten(1).all(1)
@@ -344,7 +368,7 @@ class AwqQuantizer:
         merged["attn"] = torch.stack(samples["attn"]) if samples["attn"] else None  # [S, T, d]
         return stats, merged
 
-    def _loss(self, group: ScaleGroup, w: dict, samples: dict) -> Callable:
+    def _loss(self, layer: int, group: ScaleGroup, w: dict, samples: dict) -> Callable:
         """loss(candidate weights of group.linears) -> MSE against the FP module output."""
         c = self.config
 
@@ -358,11 +382,11 @@ class AwqQuantizer:
             per_chunk = max(1, CHUNK_TOKENS // h.shape[1])
 
             def run(ww: dict) -> torch.Tensor:
-                return torch.cat([attention_heads(c, h[i:i + per_chunk], ww, self.cos, self.sin)
+                return torch.cat([attention_heads(c, h[i:i + per_chunk], ww, *self.rope, layer)
                                   for i in range(0, len(h), per_chunk)]) @ w["self_attn.o_proj"].T
         elif group.name == "mlp":
             def run(ww: dict) -> torch.Tensor:
-                return mlp_hidden(samples["mlp"], ww) @ w["mlp.down_proj"].T
+                return mlp_hidden(samples["mlp"], ww, c.activation) @ w["mlp.down_proj"].T
         else:  # a single linear: its own output
             x, name = samples[group.source], group.linears[0]
 
@@ -397,6 +421,7 @@ class AwqQuantizer:
 
         start = time.perf_counter()
         stats = samples = None
+        self.rope = rotary_tables(self.config, self.x.shape[1], layer)
         if len(self.x):
             with torch.no_grad():
                 stats, samples = self._forward(layer, w)
@@ -414,7 +439,7 @@ class AwqQuantizer:
             for group in groups:
                 result = search_scales(stats[group.source].x_mean(),
                                        [w[n] for n in group.linears],
-                                       self._loss(group, w, samples), self.group_size, step=tick)
+                                       self._loss(layer, group, w, samples), self.group_size, step=tick)
                 self.ratios.setdefault(group.name, []).append(result.ratio)
                 if not result.finite:
                     self.notes.append(f"layer {layer} {group.name}: no ratio gave a finite loss; "
