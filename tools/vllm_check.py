@@ -35,6 +35,9 @@ FAMILIES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma3")
 SHAPES = dict(hidden_size=256, intermediate_size=512, num_heads=4, head_dim=64)
 SHARPEN = 4.0  # linears and tables std 0.02 -> 0.08: logits spread of a few units
 N_PROMPTS, PROMPT_LEN, NEW_TOKENS = 4, 24, 16
+TEXT_PROMPTS = ("The capital of France is", "def fibonacci(n):\n    ",
+                "Once upon a time, in a small village by the sea,",
+                "The three primary colors are")
 
 
 def worker(folder: str, request: str, result: str, dtype: str) -> None:
@@ -141,9 +144,17 @@ def check(args, family: str, awqbin: str, folder: str) -> dict:
 
     from awqcore.awqbin import config_from_metadata, read_awqbin
 
-    config = config_from_metadata(read_awqbin(awqbin).metadata, awqbin)
-    rng = np.random.default_rng(1)
-    prompts = [rng.integers(0, 256, PROMPT_LEN).tolist() for _ in range(N_PROMPTS)]
+    meta = read_awqbin(awqbin).metadata
+    config = config_from_metadata(meta, awqbin)
+    if args.awqbin:  # a real model: text through its own tokenizer, after its BOS
+        from tokenizers import Tokenizer
+        tokenizer = Tokenizer.from_str(meta["tokenizer.json"])
+        bos = [meta["tokenizer.bos_token_id"]] if meta["tokenizer.bos_token_id"] >= 0 else []
+        prompts = [bos + tokenizer.encode(text, add_special_tokens=False).ids
+                   for text in TEXT_PROMPTS]
+    else:
+        rng = np.random.default_rng(1)
+        prompts = [rng.integers(0, 256, PROMPT_LEN).tolist() for _ in range(N_PROMPTS)]
     start = time.perf_counter()
     ours, our_logits = our_greedy(awqbin, prompts, args.ours)
     # Gemma 3 is refused in f16 by vLLM (activations overflow f16 in real Gemma models).

@@ -4,7 +4,9 @@
 // tensor directory completely in Open(): every offset and size is compared with
 // the real file size before any byte it points at is read, so a truncated or
 // corrupt file raises FormatError (naming the field) and never reads out of
-// bounds. Tensor data CRCs are checked when `verify_checksums` is set.
+// bounds. Every key, tensor name and string value is checked to be UTF-8, and
+// every f16/f32 tensor to hold only finite values. Tensor data CRCs are
+// checked when `verify_checksums` is set.
 //
 // Thread safety: immutable after Open(); safe to share between threads.
 #pragma once
@@ -98,5 +100,9 @@ template <typename... Args>
 
 // zlib's CRC-32 (reflected 0xEDB88320), continuing from `crc` (0 to start).
 uint32_t Crc32(const uint8_t* data, size_t n, uint32_t crc = 0);
+
+// The index of the first NaN or infinite element of an f16 or f32 tensor, or
+// -1 when all are finite (and for the other dtypes).
+int64_t FirstNonFinite(const TensorView& tensor);
 
 }  // namespace awqcore

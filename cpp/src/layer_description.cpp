@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model_loader.h"
+#include "text_checks.h"
 
 namespace awqcore {
 namespace {
@@ -114,7 +115,7 @@ const ArchitectureRules& RulesOf(const std::string& architecture) {
   for (const ArchitectureRules& r : kArchitectures) {
     if (architecture == r.name) return r;
   }
-  FailFormat("unknown architecture '", architecture, "' (supported: llama, mistral, qwen2, qwen3, gemma3)");
+  FailFormat("unknown architecture '", EscapeForMessage(architecture), "' (supported: llama, mistral, qwen2, qwen3, gemma3)");
 }
 
 }  // namespace
@@ -130,7 +131,7 @@ void ReadLayerDescription(const AwqbinFile& file, ModelConfig& c) {
   } else if (placement == "sandwich") {
     c.norm_placement = NormPlacement::kSandwich;
   } else {
-    FailFormat("model.norm_placement='", placement, "' (expected pre or sandwich)");
+    FailFormat("model.norm_placement='", EscapeForMessage(placement), "' (expected pre or sandwich)");
   }
   const std::string activation = file.GetString("model.activation").value_or("silu");
   if (activation == "silu") {
@@ -138,7 +139,7 @@ void ReadLayerDescription(const AwqbinFile& file, ModelConfig& c) {
   } else if (activation == "gelu_tanh") {
     c.activation = Activation::kGeluTanh;
   } else {
-    FailFormat("model.activation='", activation, "' (expected silu or gelu_tanh)");
+    FailFormat("model.activation='", EscapeForMessage(activation), "' (expected silu or gelu_tanh)");
   }
   c.qk_norm = Has(file, "model.qk_norm") && IntInRange(file, "model.qk_norm", 0, 1) == 1;
 

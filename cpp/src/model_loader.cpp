@@ -11,12 +11,14 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "model_loader.h"
+#include "text_checks.h"
 
 namespace awqcore {
 namespace {
@@ -30,14 +32,13 @@ int PositiveInt(const AwqbinFile& file, const char* key) {
   return static_cast<int>(value);
 }
 
-float PositiveFloat(const AwqbinFile& file, const char* key) {
-  double value = file.RequireFloat(key);
-  // The range is checked in double because narrowing a value beyond FLT_MAX
-  // (1e300, inf) is undefined; NaN fails both comparisons. A positive value
-  // too small for float narrows to 0 and is rejected too.
-  if (!(value > 0.0 && value <= std::numeric_limits<float>::max()) ||
-      !(static_cast<float>(value) > 0.0f)) {
-    FailFormat(key, "=", value, " must be positive and finite");
+// A float in [low, high]: positive and finite is not enough for a value whose
+// meaning bounds it; `why` says where the bounds come from.
+float FloatInRange(const AwqbinFile& file, const char* key, double low, double high,
+                   const char* why) {
+  const double value = file.RequireFloat(key);
+  if (!(value >= low && value <= high)) {
+    FailFormat(key, "=", value, " is outside [", low, ", ", high, "] (", why, ")");
   }
   return static_cast<float>(value);
 }
@@ -62,7 +63,8 @@ void RequireDivides(int group_size, int64_t width, const char* what) {
 }
 
 // Resolves tensors by name, naming the architecture when one is missing so the
-// user can tell an incomplete export from a wrong --arch.
+// user can tell an incomplete export from a wrong --arch. Records every name it
+// resolves, so that RequireAllUsed can reject what the model never reads.
 class TensorResolver {
  public:
   TensorResolver(const AwqbinFile& file, const ModelConfig& config)
@@ -139,8 +141,36 @@ class TensorResolver {
     linear.qweight = U8(prefix + ".qweight", {rows, static_cast<uint64_t>(in / 2)});
     linear.scales = F16(prefix + ".scales", {rows, groups});
     linear.zeros = U8(prefix + ".zeros", {rows, groups});
+    // Zero points are 4-bit codes (docs/format.md): the kernels subtract them
+    // from 4-bit weights in narrow integer lanes, so a larger byte would give
+    // results that differ between kernels rather than an error.
+    for (uint64_t i = 0; i < rows * groups; ++i) {
+      if (linear.zeros[i] > 15) {
+        FailFormat("tensor '", prefix, ".zeros': element ", i, " is ", unsigned{linear.zeros[i]},
+                   ", outside the 4-bit range 0..15");
+      }
+    }
     if (has_bias) linear.bias = F32(prefix + ".bias", {rows});
     return linear;
+  }
+
+  // A tensor the loader did not resolve is a file that says one thing in its
+  // metadata and another in its tensors (num_layers=1 over two layers of
+  // weights, a tied file with an lm_head, a bias the config turns off): the
+  // model would run without it, silently. Reject it by name.
+  void RequireAllUsed() const {
+    for (const TensorView& tensor : file_.tensors()) {
+      if (used_.count(tensor.name) != 0) continue;
+      const std::string name = EscapeForMessage(tensor.name);
+      std::string why = "not used by architecture " + config_.architecture;
+      if (config_.tie_word_embeddings && tensor.name.rfind("lm_head.", 0) == 0) {
+        why = "model.tie_word_embeddings=1: the logits use model.embed_tokens";
+      } else if (tensor.name.rfind("model.layers.", 0) == 0) {
+        why += " with model.num_layers=" + std::to_string(config_.num_layers) +
+               (config_.attention_bias ? "" : ", model.attention_bias=0");
+      }
+      FailFormat("tensor '", name, "' is in the file but the model does not read it (", why, ")");
+    }
   }
 
  private:
@@ -149,11 +179,13 @@ class TensorResolver {
     if (file_.Find(name) == nullptr) {
       FailFormat("missing tensor '", name, "' required by architecture ", config_.architecture);
     }
+    used_.insert(name);
     return file_.Require(name, dtype, dims);
   }
 
   const AwqbinFile& file_;
   const ModelConfig& config_;
+  mutable std::set<std::string> used_;  // names Get resolved
 };
 
 }  // namespace
@@ -172,8 +204,15 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
   c.num_kv_heads = PositiveInt(file, "model.num_kv_heads");
   c.head_dim = PositiveInt(file, "model.head_dim");
   c.max_position_embeddings = PositiveInt(file, "model.max_position_embeddings");
-  c.rope_theta = PositiveFloat(file, "model.rope_theta");
-  c.rms_norm_eps = PositiveFloat(file, "model.rms_norm_eps");
+  // Published checkpoints use rotary bases of 1e4 (Llama 2, Gemma 3's local
+  // layers) to 1e6-1e7 (Qwen, Mistral, long-context Llama), and norm epsilons
+  // of 1e-6 to 1e-5; the bounds leave two or more orders of magnitude either
+  // side, so what falls outside is a misread field (1e-45 and 3.4e38 are
+  // float's smallest denormal and largest value), not a model.
+  c.rope_theta = FloatInRange(file, "model.rope_theta", 100.0, 1e10,
+                              "a rotary base: 1e4 to 1e7 in published models");
+  c.rms_norm_eps = FloatInRange(file, "model.rms_norm_eps", 1e-12, 1e-2,
+                                "an epsilon far below the mean square it is added to");
   c.tie_word_embeddings = Flag(file, "model.tie_word_embeddings");
   c.attention_bias = Flag(file, "model.attention_bias");
 
@@ -183,6 +222,20 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
   }
   // Rotate-half pairs dimension i with i + head_dim/2.
   if (c.head_dim % 2 != 0) FailFormat("model.head_dim=", c.head_dim, " must be even");
+  // Head counts and head_dim trade against each other at equal tensor sizes
+  // (H=64, KV=32, hd=2 has the q/k/v shapes of H=4, KV=2, hd=32 on d=128), so
+  // the shapes cannot catch a corrupt head count. hd = d / H cannot be required
+  // either: qwen3, gemma3 and mistral (Nemo) define head_dim independently
+  // (Qwen3-0.6B: d=1024, H=16, hd=128). What every family shares is a head
+  // wide enough to carry a rotary spectrum: published checkpoints use hd of 64
+  // to 256, random test models 8 to 32; a head of 2 or 4 dimensions has one or
+  // two rotary frequencies and is a misread count, not a model.
+  constexpr int kMinHeadDim = 8;
+  if (c.head_dim < kMinHeadDim) {
+    FailFormat("model.head_dim=", c.head_dim, " is below ", kMinHeadDim, " (model.num_heads=",
+               c.num_heads, ", model.num_kv_heads=", c.num_kv_heads, ", model.hidden_size=",
+               c.hidden_size, "): heads this narrow mean a head count that contradicts the model");
+  }
   // The q projection's width H*hd is an Int4Linear::out (an int).
   const int64_t q_width = int64_t{c.num_heads} * c.head_dim;
   if (q_width > kIntMax) {
@@ -191,7 +244,7 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
 
   c.quant_method = file.RequireString("quant.method");
   if (c.quant_method != "rtn" && c.quant_method != "awq") {
-    FailFormat("quant.method='", c.quant_method, "' (expected rtn or awq)");
+    FailFormat("quant.method='", EscapeForMessage(c.quant_method), "' (expected rtn or awq)");
   }
   const int64_t bits = file.RequireInt("quant.bits");
   if (bits != 4) FailFormat("quant.bits=", bits, " is not supported (this runtime reads 4-bit weights)");
@@ -209,6 +262,15 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
   const int64_t zero_point = file.RequireInt("quant.zero_point");
   if (zero_point != 1) {
     FailFormat("quant.zero_point=", zero_point, " is not supported (expected 1: integer zero points)");
+  }
+
+  // The tokenizer is optional (an empty string: none), but one that is there
+  // must parse, or the error would surface only when Python builds it.
+  const std::string tokenizer_json = file.GetString("tokenizer.json").value_or("");
+  if (!tokenizer_json.empty()) {
+    if (std::optional<std::string> error = JsonSyntaxError(tokenizer_json)) {
+      FailFormat("metadata key 'tokenizer.json' is not valid JSON: ", *error);
+    }
   }
 
   const int64_t bos = file.RequireInt("tokenizer.bos_token_id");
@@ -262,6 +324,7 @@ ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config)
     layer.down = tensors.Linear(mlp + "down_proj", d, ffn, false);
     w.layers.push_back(layer);
   }
+  tensors.RequireAllUsed();
   return w;
 }
 

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
+#include <system_error>
+
+#include "awqcore/awqcore.h"
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
@@ -36,10 +40,26 @@ bool SpinUntil(const Done& done, int spin_micros) {
 
 ThreadPool::ThreadPool(int num_threads) : num_threads_(num_threads < 1 ? 1 : num_threads) {
   workers_.reserve(num_threads_ - 1);
-  for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  // A thread that cannot be created (EAGAIN: a process or cgroup thread
+  // limit) throws std::system_error after others have started. The destructor
+  // does not run for a constructor that throws, and the members would be
+  // destroyed under the started workers (work_ready_ while they wait on it,
+  // then joinable std::threads, which terminates): stop and join them here,
+  // and say which thread failed.
+  int started = 0;
+  try {
+    for (int i = 1; i < num_threads_; ++i, ++started) workers_.emplace_back([this] { WorkerLoop(); });
+  } catch (const std::system_error& e) {
+    StopWorkers();
+    throw Error("cannot start worker thread " + std::to_string(started + 1) + " of " +
+                std::to_string(num_threads_ - 1) + " (num_threads=" + std::to_string(num_threads_) +
+                "): " + e.what());
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { StopWorkers(); }
+
+void ThreadPool::StopWorkers() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stop_ = true;

@@ -70,6 +70,7 @@ class ThreadPool {
   void Run(int64_t n, ChunkFn fn, const void* context);
   void RunChunks();  // claims chunks of the current job until none is left
   void WorkerLoop();
+  void StopWorkers();  // sets stop_ and joins every started worker
 
   int num_threads_;
   std::vector<std::thread> workers_;  // [num_threads - 1]

@@ -11,12 +11,14 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "awqbin_file.h"
+#include "half.h"
 #include "awqcore/awqcore.h"
 
 using awqcore::AwqbinFile;
@@ -167,15 +169,23 @@ Bytes Pattern(const std::string& name, uint64_t n) {
 }
 
 void AddTensor(FileSpec& spec, const std::string& name, DType dtype, std::vector<uint64_t> dims) {
-  uint64_t n = awqcore::DTypeSize(dtype);
+  const uint64_t width = awqcore::DTypeSize(dtype);
+  uint64_t n = width;
   for (uint64_t dim : dims) n *= dim;
-  spec.tensors.push_back({name, dtype, std::move(dims), Pattern(name, n), {}, {}});
+  Bytes bytes = Pattern(name, n);
+  // The reader rejects NaN and infinity: clearing the top exponent bit (bit 6
+  // of the high byte, little-endian) keeps every f16/f32 value finite, below 2.
+  if (dtype == DType::kF16 || dtype == DType::kF32) {
+    for (uint64_t high = width - 1; high < n; high += width) bytes[high] &= 0xBF;
+  }
+  spec.tensors.push_back({name, dtype, std::move(dims), std::move(bytes), {}, {}});
 }
 
 void AddLinear(FileSpec& spec, const std::string& prefix, uint64_t out, uint64_t in, bool bias) {
   AddTensor(spec, prefix + ".qweight", DType::kU8, {out, in / 2});
   AddTensor(spec, prefix + ".scales", DType::kF16, {out, in / kGroup});
   AddTensor(spec, prefix + ".zeros", DType::kU8, {out, in / kGroup});
+  for (uint8_t& zero : spec.tensors.back().bytes) zero &= 15;  // 4-bit codes
   if (bias) AddTensor(spec, prefix + ".bias", DType::kF32, {out});
 }
 
@@ -314,6 +324,42 @@ std::string WriteFile(const Bytes& bytes, const std::string& name = "model.awqbi
 
 std::shared_ptr<const Model> Load(const Bytes& bytes, bool verify = true) {
   return Model::Load(WriteFile(bytes), awqcore::LoadOptions{verify});
+}
+
+// ---- a model that computes finite logits ----
+
+// The writer's pattern bytes are finite but nothing like trained weights
+// (scales up to 2, zero points up to 255); a session test needs a model that
+// computes finite logits, so give every tensor sane random values: scales
+// ~0.02 (weights of the magnitude of a trained model's), norms ~1, zero points
+// in 0..15.
+FileSpec TinySaneSpec(const char* arch) {
+  FileSpec spec = TinyModel(arch);
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  for (TensorEntry& t : spec.tensors) {
+    const bool is_scale = t.name.find(".scales") != std::string::npos;
+    const bool is_zero = t.name.find(".zeros") != std::string::npos;
+    const bool is_norm = t.name.find("norm") != std::string::npos;
+    if (t.dtype == DType::kF16) {
+      for (size_t i = 0; i < t.bytes.size(); i += 2) {
+        uint16_t h = awqcore::F32ToF16(is_scale ? 0.02f * (1.5f + uniform(rng)) : uniform(rng));
+        std::memcpy(&t.bytes[i], &h, 2);
+      }
+    } else if (t.dtype == DType::kF32) {
+      for (size_t i = 0; i < t.bytes.size(); i += 4) {
+        float f = is_norm ? 1.0f + 0.2f * uniform(rng) : 0.3f * uniform(rng);
+        std::memcpy(&t.bytes[i], &f, 4);
+      }
+    } else if (is_zero) {
+      for (uint8_t& b : t.bytes) b &= 15;
+    }
+  }
+  return spec;
+}
+
+std::shared_ptr<const Model> TinySaneModel(const char* arch) {
+  return Load(Build(TinySaneSpec(arch)));
 }
 
 }  // namespace

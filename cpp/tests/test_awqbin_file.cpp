@@ -246,7 +246,7 @@ TEST(missing_file_and_directory_are_io_errors) {
 TEST(bad_magic_and_version_are_named) {
   Bytes bytes = Build(TinyModel("llama"));
   bytes[3] = 'X';
-  CHECK_THROWS(Load(bytes), FormatError, "awqbin: bad magic (not an .awqbin file)");
+  CHECK_THROWS(Load(bytes), FormatError, "awqbin: '" + WriteFile(bytes) + "': bad magic (not an .awqbin file)");
   CHECK_THROWS(Load(Bytes{'{', '"', 'a', '"', ':', ' ', '1', '}', '\n'}), FormatError, "bad magic");
   FileSpec spec = TinyModel("llama");
   spec.version = 2;
@@ -450,7 +450,7 @@ TEST(missing_tensors_are_named_with_the_architecture) {
   spec.tensors.erase(spec.tensors.begin() + TensorIndex(spec, "model.layers.1.mlp.up_proj.scales"));
   CHECK_THROWS(
       Load(Build(spec)), FormatError,
-      "awqbin: missing tensor 'model.layers.1.mlp.up_proj.scales' required by architecture llama");
+      "missing tensor 'model.layers.1.mlp.up_proj.scales' required by architecture llama");
   spec = TinyModel("llama");
   spec.tensors.pop_back();  // lm_head.weight: llama here is untied
   CHECK_THROWS(Load(Build(spec)), FormatError,
@@ -582,11 +582,15 @@ TEST(bad_hyperparameters_are_named) {
       {"model.num_layers", Int(int64_t{1} << 31), "model.num_layers=2147483648 must be in 1.."},
       {"model.num_kv_heads", Int(3), "model.num_kv_heads=3 does not divide model.num_heads=4"},
       {"model.head_dim", Int(15), "model.head_dim=15 must be even"},
-      {"model.rope_theta", Float(0.0), "model.rope_theta=0 must be positive and finite"},
-      {"model.rope_theta", Float(1e300), "model.rope_theta=1e+300 must be positive and finite"},
-      {"model.rope_theta", Float(std::nan("")), "model.rope_theta=nan must be positive"},
-      {"model.rms_norm_eps", Float(-1e-6), "model.rms_norm_eps=-1e-06 must be positive"},
-      {"model.rms_norm_eps", Float(1e-50), "model.rms_norm_eps=1e-50 must be positive"},
+      {"model.rope_theta", Float(0.0), "model.rope_theta=0 is outside [100, 1e+10] (a rotary base"},
+      {"model.rope_theta", Float(1e300), "model.rope_theta=1e+300 is outside [100, 1e+10]"},
+      {"model.rope_theta", Float(std::nan("")), "model.rope_theta=nan is outside"},
+      {"model.rope_theta", Float(1.401298464324817e-45), "model.rope_theta=1.4013e-45 is outside"},
+      {"model.rope_theta", Float(3.4028234663852886e38), "model.rope_theta=3.40282e+38 is outside"},
+      {"model.rms_norm_eps", Float(-1e-6), "model.rms_norm_eps=-1e-06 is outside [1e-12, 0.01]"},
+      {"model.rms_norm_eps", Float(1e-50), "model.rms_norm_eps=1e-50 is outside"},
+      {"model.rms_norm_eps", Float(1.401298464324817e-45), "model.rms_norm_eps=1.4013e-45 is outside"},
+      {"model.rms_norm_eps", Float(3.4028234663852886e38), "model.rms_norm_eps=3.40282e+38 is outside"},
       {"model.tie_word_embeddings", Int(2), "model.tie_word_embeddings=2 must be 0 or 1"},
       {"quant.method", Str("gptq"), "quant.method='gptq' (expected rtn or awq)"},
       {"quant.bits", Int(8), "quant.bits=8 is not supported"},

@@ -37,10 +37,6 @@ using awqtest::RandomInt4;
 
 namespace {
 
-// The exit code of a run without CUDA (build or device): ctest reports the
-// test as skipped (SKIP_RETURN_CODE in cpp/tests/CMakeLists.txt), not passed.
-constexpr int kSkipped = 77;
-
 constexpr double kU = 5.9604644775390625e-08;  // 2^-24
 double Gamma(int n) { return n * kU / (1.0 - n * kU); }
 
@@ -488,7 +484,7 @@ int main() {
   const std::string info = CudaDeviceInfo();
   if (!BuiltWithCuda() || info.rfind("no CUDA device", 0) == 0) {
     std::printf("skipped: %s\n", BuiltWithCuda() ? "no CUDA device" : "built without CUDA");
-    return kSkipped;
+    return awqtest::kSkipReturnCode;
   }
   std::printf("device: %s\n", info.c_str());
   return awqtest::RunAll();

@@ -1,16 +1,22 @@
-// A minimal test harness: TEST(name) { CHECK(...); CHECK_THROWS(expr, Type, "substr"); }
+// A minimal test harness: TEST(name) { CHECK(...); CHECK_LE(err, tol, case);
+// CHECK_THROWS(expr, Type, "substr"); }
 // Each test binary's main() comes from AWQCORE_TEST_MAIN(); it runs every test
-// and prints "N passed, N failed"; exit status 1 if any failed.
+// and prints "N passed, N failed"; exit status 1 if any failed, and
+// kSkipReturnCode when the binary has nothing to test on this machine (ctest
+// reports it as skipped, not passed).
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <vector>
 
 namespace awqtest {
+
+constexpr int kSkipReturnCode = 77;  // ctest's SKIP_RETURN_CODE (cpp/tests/CMakeLists.txt)
 
 struct Registry {
   std::vector<std::pair<std::string, std::function<void()>>> tests;
@@ -46,6 +52,15 @@ inline int RunAll() {
   return failed == 0 ? 0 : 1;
 }
 
+// The arguments written one after another: the case description of a
+// CHECK_LE, e.g. Case("out=", 7, " in=", 96, " token=", t).
+template <typename... Args>
+std::string Case(const Args&... args) {
+  std::ostringstream text;
+  (text << ... << args);
+  return text.str();
+}
+
 // max|a - b| / max|b| (max|a - b| when b is all zero): the normwise relative
 // error the tests print and compare with their tolerances.
 inline double RelativeError(const std::vector<float>& a, const std::vector<float>& b) {
@@ -76,6 +91,21 @@ inline double RelativeError(const std::vector<float>& a, const std::vector<float
       awqtest::Fail(__FILE__, __LINE__,                                           \
                     "CHECK_NEAR(" #a ", " #b "): " + std::to_string(a_) + " vs " + \
                         std::to_string(b_));                                      \
+  } while (0)
+
+// value <= bound, else a failure that prints both numbers and `what`, a
+// string naming the case (shape, group size, token, ...), so a failure inside
+// nested loops says which case failed and by how much. NaN fails.
+#define CHECK_LE(value, bound, what)                                                    \
+  do {                                                                                  \
+    const double value_ = (value), bound_ = (bound);                                    \
+    if (!(value_ <= bound_)) {                                                          \
+      char numbers_[96];                                                                \
+      std::snprintf(numbers_, sizeof(numbers_), "%.6g > %.6g", value_, bound_);         \
+      awqtest::Fail(__FILE__, __LINE__,                                                 \
+                    std::string("CHECK_LE(" #value ", " #bound "): ") + numbers_ + " [" + \
+                        std::string(what) + "]");                                       \
+    }                                                                                   \
   } while (0)
 
 // The expression must throw `type` whose what() contains `substr`.

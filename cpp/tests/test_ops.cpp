@@ -156,7 +156,10 @@ TEST(int4_linear_matches_reference) {
               // adds a product per block and two terms per group.
               const double bound = Gamma(shape.in + 2 + shape.in / 32 + 2 * groups) *
                   (w.AbsProductSum(r, a.data() + static_cast<size_t>(t) * shape.in) + (with_bias ? std::fabs(w.bias[r]) : 0.0));
-              CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= bound);
+              CHECK_LE(std::fabs(static_cast<double>(y1[i]) - ref[i]), bound,
+                       awqtest::Case("out=", shape.out, " in=", shape.in, " group=", shape.group_size,
+                                     " bias=", with_bias, " int8_decode=", int8_decode,
+                                     " tokens=", tokens, " token=", t, " row=", r));
             }
           }
           worst = std::max(worst, RelativeError(y1, ref));
@@ -266,7 +269,9 @@ TEST(table_linear_int8_activations_match_reference) {
           for (int r = 0; r < rows; ++r) {
             const size_t i = static_cast<size_t>(t) * rows + r;
             const double bound = Gamma(d / 4 + 2) * w.AbsProductSum(r, a.data() + static_cast<size_t>(t) * d);
-            CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= bound);
+            CHECK_LE(std::fabs(static_cast<double>(y1[i]) - ref[i]), bound,
+                     awqtest::Case("int8 table rows=", rows, " d=", d, " tokens=", tokens,
+                                   " token=", t, " row=", r));
           }
         }
         worst = std::max(worst, RelativeError(y1, ref));
@@ -301,7 +306,9 @@ TEST(table_linear_matches_reference) {
             for (int r = 0; r < rows; ++r) {
               const size_t i = static_cast<size_t>(t) * rows + r;
               const double bound = Gamma(d + 1) * w.AbsProductSum(r, x.data() + static_cast<size_t>(t) * d);
-              CHECK(std::fabs(static_cast<double>(y1[i]) - ref[i]) <= bound);
+              CHECK_LE(std::fabs(static_cast<double>(y1[i]) - ref[i]), bound,
+                       awqtest::Case(int8 ? "int8" : "f16", " table rows=", rows, " d=", d,
+                                     " tokens=", tokens, " token=", t, " row=", r));
             }
           }
           worst = std::max(worst, RelativeError(y1, ref));
@@ -366,7 +373,8 @@ TEST(rmsnorm_matches_reference) {
       // Sum of d squares: gamma(d) relative; then /d, +eps, sqrt, 1/x and two
       // products add a few roundings each: gamma(d + 8) relative per element.
       for (size_t i = 0; i < y.size(); ++i) {
-        CHECK(std::fabs(static_cast<double>(y[i]) - ref[i]) <= Gamma(d + 8) * std::fabs(ref[i]));
+        CHECK_LE(std::fabs(static_cast<double>(y[i]) - ref[i]), Gamma(d + 8) * std::fabs(ref[i]),
+                 awqtest::Case("d=", d, " tokens=", tokens, " token=", i / d, " column=", i % d));
       }
       worst = std::max(worst, RelativeError(y, ref));
     }
@@ -402,7 +410,9 @@ TEST(rope_matches_direct_formula) {
             for (int i = 0; i < head_dim; ++i) {
               const int pair = i < head_dim / 2 ? i + head_dim / 2 : i - head_dim / 2;
               const double bound = 4 * kUnitRoundoff * (std::fabs(x[base + i]) + std::fabs(x[base + pair]));
-              CHECK(std::fabs(static_cast<double>(y[base + i]) - ref[base + i]) <= bound);
+              CHECK_LE(std::fabs(static_cast<double>(y[base + i]) - ref[base + i]), bound,
+                       awqtest::Case("head_dim=", head_dim, " theta=", theta, " position=",
+                                     positions[t], " head=", h, " column=", i));
             }
           }
         }
@@ -540,7 +550,10 @@ TEST(attention_matches_naive_softmax) {
           const double score_bound = 4.0 * std::sqrt(static_cast<double>(shape.head_dim));
           const double bound = 2 * (2 * Gamma(shape.head_dim + 1) * score_bound + 2 * Gamma(keys + 4));
           for (size_t i = 0; i < out1.size(); ++i) {
-            CHECK(std::fabs(static_cast<double>(out1[i]) - ref[i]) <= bound);
+            CHECK_LE(std::fabs(static_cast<double>(out1[i]) - ref[i]), bound,
+                     awqtest::Case("H=", shape.num_heads, " KV=", shape.num_kv_heads, " hd=",
+                                   shape.head_dim, " start=", start, " tokens=", tokens,
+                                   " token=", i / q_width, " column=", i % q_width));
           }
           worst = std::max(worst, RelativeError(out1, ref));
         }
@@ -590,7 +603,9 @@ TEST(attention_tokens_read_their_own_sequence) {
       const double score_bound = 4.0 * std::sqrt(static_cast<double>(shape.head_dim));
       const double bound = 2 * (2 * Gamma(shape.head_dim + 1) * score_bound + 2 * Gamma(13 + 4));
       for (size_t i = 0; i < out1.size(); ++i) {
-        CHECK(std::fabs(static_cast<double>(out1[i]) - ref[i]) <= bound);
+        CHECK_LE(std::fabs(static_cast<double>(out1[i]) - ref[i]), bound,
+                 awqtest::Case("H=", shape.num_heads, " KV=", shape.num_kv_heads, " hd=",
+                               shape.head_dim, " token=", i / q_width, " column=", i % q_width));
       }
       // The chunk's rows equal those of a call with the chunk alone.
       AttentionTokens<CacheT> chunk;

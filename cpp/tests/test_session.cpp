@@ -24,39 +24,6 @@ using awqcore::StopReason;
 
 namespace {
 
-// The writer's pattern bytes make NaN f16 values; a session test needs a model
-// that computes finite logits, so give every tensor sane random values: scales
-// ~0.02 (weights of the magnitude of a trained model's), norms ~1, zero points
-// in 0..15.
-FileSpec TinySaneSpec(const char* arch) {
-  FileSpec spec = TinyModel(arch);
-  std::mt19937 rng(5);
-  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
-  for (TensorEntry& t : spec.tensors) {
-    const bool is_scale = t.name.find(".scales") != std::string::npos;
-    const bool is_zero = t.name.find(".zeros") != std::string::npos;
-    const bool is_norm = t.name.find("norm") != std::string::npos;
-    if (t.dtype == DType::kF16) {
-      for (size_t i = 0; i < t.bytes.size(); i += 2) {
-        uint16_t h = awqcore::F32ToF16(is_scale ? 0.02f * (1.5f + uniform(rng)) : uniform(rng));
-        std::memcpy(&t.bytes[i], &h, 2);
-      }
-    } else if (t.dtype == DType::kF32) {
-      for (size_t i = 0; i < t.bytes.size(); i += 4) {
-        float f = is_norm ? 1.0f + 0.2f * uniform(rng) : 0.3f * uniform(rng);
-        std::memcpy(&t.bytes[i], &f, 4);
-      }
-    } else if (is_zero) {
-      for (uint8_t& b : t.bytes) b &= 15;
-    }
-  }
-  return spec;
-}
-
-std::shared_ptr<const Model> TinySaneModel(const char* arch) {
-  return Load(Build(TinySaneSpec(arch)));
-}
-
 GenerateOptions Exactly(int n) {
   GenerateOptions options;
   options.max_new_tokens = n;

@@ -391,7 +391,9 @@ TEST(fused_qkv_and_gated_mlp_match_separate_references) {
           for (size_t j = 0; j < refs[i].size(); ++j) {
             const int t = static_cast<int>(j) / layers[i]->out, r = static_cast<int>(j) % layers[i]->out;
             const RandomInt4& w = i == 0 ? q : i == 1 ? k : v;
-            CHECK(std::fabs(static_cast<double>(outs1[i][j]) - refs[i][j]) <= Bound(w.layer, r, a.data() + t * d));
+            CHECK_LE(std::fabs(static_cast<double>(outs1[i][j]) - refs[i][j]), Bound(w.layer, r, a.data() + t * d),
+                     awqtest::Case(IsaName(isa), " ", "qkv"[i], "_proj group=", g, " tokens=", tokens,
+                                   " token=", t, " row=", r));
           }
         }
         // SwiGLU / GeGLU: reference gate and up, then the reference
@@ -463,11 +465,8 @@ TEST(gated_activation_kernels_match_reference) {
         const double z = silu ? 0.0 : std::fabs(1.5957691216057308 * (x + 0.044715 * x * x * x));
         const double diff = std::fabs(static_cast<double>(y[i]) - ref[i]);
         const double bound = (8 + 4 * z) * kUnitRoundoff * std::fabs(ref[i]) + 1.4e-36;
-        if (!(diff <= bound)) {
-          std::printf("  FAILED case: %s %s gate=%.9g up=%.9g: got %.9g, want %.9g\n", IsaName(isa),
-                      silu ? "silu" : "gelu_tanh", x, up[i], y[i], ref[i]);
-        }
-        CHECK(diff <= bound);
+        CHECK_LE(diff, bound, awqtest::Case(IsaName(isa), " ", silu ? "silu" : "gelu_tanh", " gate=", x,
+                                            " up=", up[i], " got=", y[i], " want=", ref[i]));
         if (std::fabs(ref[i]) > 1e-30) worst = std::max(worst, diff / std::fabs(ref[i]));
       }
       std::printf("  %s %s: max relative error %.3g (%.2f u)\n", IsaName(isa), silu ? "swiglu" : "geglu",
