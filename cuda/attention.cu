@@ -11,8 +11,8 @@
 // so the launch shape does not depend on the position and a captured decode
 // graph stays valid for every step.
 //
-// Scores are (q . k) * params.scale (1/sqrt(hd) for most families, Gemma 3's
-// query_pre_attn_scalar^-0.5). On a sliding layer (params.window = W > 0) a
+// Scores are (q . k) * shape.ScoreScale() (1/sqrt(hd) for most families, Gemma
+// 3's query_pre_attn_scalar^-0.5). On a sliding layer (shape.window = W > 0) a
 // query at position p reads keys max(0, p - W + 1) .. p: splits wholly
 // before that range exit at once, as those after p do, and the split that
 // holds its first key starts there.
@@ -53,9 +53,11 @@ __device__ __forceinline__ size_t SequenceRow(const AttentionParams& params, Tok
   return static_cast<size_t>(places.sequence[t]) * params.max_seq_len;
 }
 
-// The first key a query at `position` reads: 0, or its window's first.
+// The first key a query at `position` reads: 0, or its window's first
+// (AttentionShape::FirstKey on the device).
 __device__ __forceinline__ int FirstKey(const AttentionParams& params, int position) {
-  return params.window > 0 ? max(0, position - params.window + 1) : 0;
+  const int window = params.shape.window;
+  return window > 0 ? max(0, position - window + 1) : 0;
 }
 
 // One block per token; threads stride over (head, i < hd/2) rotation pairs of
@@ -94,7 +96,7 @@ __global__ void RopeWriteCacheKernel(AttentionParams params, const float* __rest
 
 // Dynamic shared memory: q [hd] | e [kSplit] | partial sums [2048] | reduce [8].
 __global__ void __launch_bounds__(kThreads)
-    AttentionPartialKernel(AttentionParams params, TokenPlaces places,
+    AttentionPartialKernel(AttentionParams params, float scale, TokenPlaces places,
                            const float* __restrict__ q, const __half* __restrict__ k_cache,
                            const __half* __restrict__ v_cache, float* __restrict__ scratch) {
   const int split = blockIdx.x, h = blockIdx.y, t = blockIdx.z;
@@ -118,7 +120,7 @@ __global__ void __launch_bounds__(kThreads)
   float* part = e + kSplit;    // [groups, hd] with groups * hd <= 8 * kThreads
   float* red = part + 8 * kThreads;
   const float* qt = q + (static_cast<size_t>(t) * shape.num_heads + h) * hd;
-  for (int c = threadIdx.x; c < hd; c += kThreads) qs[c] = qt[c] * params.scale;
+  for (int c = threadIdx.x; c < hd; c += kThreads) qs[c] = qt[c] * scale;
   __syncthreads();
 
   // Scores: thread j takes position begin + j, reading its key row (hd halves)
@@ -242,7 +244,7 @@ void Attention(const AttentionParams& params, TokenPlaces places, int n, const f
   const int splits = AttentionSplits(params.max_seq_len);
   const size_t smem = (shape.head_dim + kSplit + 8 * kThreads + kThreads / 32) * sizeof(float);
   AttentionPartialKernel<<<dim3(splits, shape.num_heads, n), kThreads, smem, stream>>>(
-      params, places, q, k_cache, v_cache, scratch);
+      params, shape.ScoreScale(), places, q, k_cache, v_cache, scratch);
   AWQ_CUDA_LAUNCH_CHECK();
   const int threads = shape.head_dim < 128 ? shape.head_dim : 128;
   AttentionCombineKernel<<<dim3(shape.num_heads, n), threads, 0, stream>>>(params, splits, places,

@@ -2,7 +2,7 @@
 // recurrence): n tokens of ONE sequence at consecutive positions start ..
 // start + n - 1, each attending to its sequence's cache rows 0 .. its own, or
 // on a sliding layer (window W > 0) rows max(0, p - W + 1) .. p of the token
-// at p. Scores are (q . k) * params.scale.
+// at p. Scores are (q . k) * shape.ScoreScale().
 //
 // Why: Attention (attention.cu) runs a block per (split, head, token), so each
 // query token re-reads all its keys: a 2048-token prefill on Llama-2-7B
@@ -138,7 +138,8 @@ __device__ __forceinline__ void LoadKvTile(__half* k_stage, __half* v_stage, con
 
 template <int kHd>
 __global__ void __launch_bounds__(kThreads)
-    AttentionPrefillKernel(AttentionParams params, TokenPlaces places, int n, const float* __restrict__ q,
+    AttentionPrefillKernel(AttentionParams params, float score_scale, TokenPlaces places, int n,
+                           const float* __restrict__ q,
                            const __half* __restrict__ k_cache, const __half* __restrict__ v_cache,
                            float* __restrict__ out) {
   constexpr int kR = kRow<kHd>;
@@ -156,8 +157,8 @@ __global__ void __launch_bounds__(kThreads)
   const int kv_width = shape.num_kv_heads * kHd;
   const int kv_head = h / (shape.num_heads / shape.num_kv_heads);
   const size_t first_row = static_cast<size_t>(places.sequence[0]) * params.max_seq_len;
-  const float scale = params.scale * kLog2e;  // c
-  const int window = params.window;
+  const float scale = score_scale * kLog2e;  // c
+  const int window = shape.window;
   const __half* k_head = k_cache + first_row * kv_width + kv_head * kHd;
   const __half* v_head = v_cache + first_row * kv_width + kv_head * kHd;
 
@@ -345,7 +346,7 @@ void Launch(const AttentionParams& params, TokenPlaces places, int n, const floa
       AttentionPrefillKernel<kHd>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemBytes<kHd>));
   AWQ_CUDA_CHECK(opt_in);
   const dim3 grid(params.shape.num_heads, (n + kTileQ - 1) / kTileQ);
-  AttentionPrefillKernel<kHd><<<grid, kThreads, kSmemBytes<kHd>, stream>>>(params, places, n, q, k_cache, v_cache,
+  AttentionPrefillKernel<kHd><<<grid, kThreads, kSmemBytes<kHd>, stream>>>(params, params.shape.ScoreScale(), places, n, q, k_cache, v_cache,
                                                                             out);
   AWQ_CUDA_LAUNCH_CHECK();
 }

@@ -188,13 +188,11 @@ void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, i
 // The widest head the split kernel takes: its hd / 8 column chunks of a row
 // are read by one thread each of a 256-thread block.
 constexpr int kMaxHeadDim = 2048;
-// One layer's attention: the head layout (shared with the CPU), the cache
-// rows per sequence, the scores' scale and the layer's sliding window.
+// One layer's attention: its description as the CPU has it (ops/attention.h:
+// heads, scores' scale, sliding window) and the cache rows per sequence.
 struct AttentionParams {
   AttentionShape shape;  // hd % 8 == 0
   int max_seq_len = 0;   // cache rows per sequence
-  float scale = 0.f;     // scores = (q . k) * scale
-  int window = 0;        // 0: a query at p reads keys 0 .. p; W > 0: max(0, p - W + 1) .. p
 };
 // Where the tokens of a pass go, device arrays [n]: token t is at
 // position[t] of sequence sequence[t], whose cache rows are

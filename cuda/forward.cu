@@ -175,12 +175,11 @@ class CudaTransformer final : public ForwardPass {
       throw Error("the CUDA backend needs hidden_size and head_dim divisible by 8 and head_dim <= " +
                   std::to_string(cu::kMaxHeadDim) + " (got " + std::to_string(d) + ", " + std::to_string(hd) + ")");
     }
-    const float scale = config.attention_scale > 0 ? config.attention_scale
-                                                   : 1.f / std::sqrt(static_cast<float>(hd));
-    full_attention_ = {{config.num_heads, config.num_kv_heads, hd}, max_seq_len, scale, 0};
+    // As the CPU's Transformer builds them (transformer.cpp).
+    full_attention_ = {{config.num_heads, config.num_kv_heads, hd, config.attention_scale, 0}, max_seq_len};
     sliding_attention_ = full_attention_;
-    sliding_attention_.window = config.sliding_window;
-    const bool local_rope = config.rope_local_theta > 0 && !config.layer_sliding.empty();
+    sliding_attention_.shape.window = config.sliding_window;
+    const bool local_rope = config.rope_local_theta > 0;
     PlaceWeights(weights, group_size);  // pass 1: sizes only
     const size_t weight_bytes = arena_.size();
     const int q_width = config.num_heads * hd, kv_width = config.num_kv_heads * hd;
@@ -509,7 +508,7 @@ class CudaTransformer final : public ForwardPass {
   std::vector<int> positions_;  // [max_sequences] tokens in each sequence's cache
   std::vector<cudaGraphExec_t> graph_exec_;  // [max_sequences, 2]: (n - 1, pick)
   cu::AttentionParams full_attention_;     // every key up to the token's own
-  cu::AttentionParams sliding_attention_;  // window config.sliding_window (sliding layers)
+  cu::AttentionParams sliding_attention_;  // window config.sliding_window (layer_sliding layers)
   uint64_t device_bytes_ = 0;
 
   Arena arena_;  // every weight

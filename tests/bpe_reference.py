@@ -4,8 +4,13 @@ tokenizer rebuilt from a GGUF file.
 It shares nothing with the `tokenizers` library: the splitting regexes run on
 the `regex` module (not Oniguruma), merges are applied by rank in the classic
 GPT-2 loop (not a priority queue), and added tokens are cut out with a plain
-alternation. Agreement between the two therefore checks the rebuilt pipeline,
-not one implementation against itself.
+alternation. Nor does it share the importer's text: Qwen2's split regex comes
+from transformers' Qwen2 tokenizer module (PRETOKENIZE_REGEX, written by others),
+not retyped here, so a copying mistake in the importer's QWEN2_SPLIT_REGEX shows
+as a mismatch; GPT-2's split is the `tokenizers` library's built-in one on the
+importer's side (ByteLevel(use_regex=True)) and typed here from GPT-2's encoder.
+Agreement between the two therefore checks the rebuilt pipeline, not one
+implementation or one copy of a pattern against itself.
 """
 from __future__ import annotations
 
@@ -13,14 +18,13 @@ import unicodedata
 from functools import lru_cache
 
 import regex
+from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 # GPT-2's split, which ByteLevel(use_regex=True) applies.
 GPT2_PATTERN = regex.compile(
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
-# Qwen2's tokenizer.json Split regex.
-QWEN2_PATTERN = regex.compile(
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
-    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+# Qwen2's tokenizer.json Split regex, as transformers ships it.
+QWEN2_PATTERN = regex.compile(PRETOKENIZE_REGEX)
 DIGIT = regex.compile(r"(\p{N})")
 
 

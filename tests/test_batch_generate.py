@@ -1,7 +1,8 @@
 """Batched generation through the Python API: `Model.generate([p1, p2, ...])`
 gives what `generate(p)` gives for each prompt alone under greedy decoding
 (tiny random models and the real SmolLM2), per-prompt sampling streams and
-errors that name the bad prompt."""
+errors that name the bad prompt. More prompts than max_batch, so prompts join
+slots that others freed, and stop ids that occur, so sequences end mid-batch."""
 from __future__ import annotations
 
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import awqcore
+from checks import assert_context_dependent
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +31,18 @@ def test_batch_equals_one_by_one_on_tiny_models(tiny, max_batch):
     assert model.config["max_batch"] == max_batch
     # 1 token, a few, and one that leaves room for only 3 new tokens.
     prompts = prompts_of_lengths([1, 4, 9, 45, 17], vocab)
-    for options in (dict(max_new_tokens=12, stop=[]), dict(max_new_tokens=12)):
+    free = [model.generate(p, max_new_tokens=12, stop=[]) for p in prompts]
+    assert len(free[3]) <= 3
+    for tokens in free:
+        assert_context_dependent(tokens)
+    stop_id = free[1][3]  # occurs: prompt 1 (at least) ends after at most 4 tokens
+    for options in (dict(max_new_tokens=12, stop=[]), dict(max_new_tokens=12),
+                    dict(max_new_tokens=12, stop=[stop_id])):
         expected = [model.generate(p, **options) for p in prompts]
-        assert len(expected[3]) <= 3
         got = model.generate(prompts, **options)
         assert isinstance(got, list) and all(isinstance(t, list) for t in got)
         assert got == expected, (max_batch, options)
+    assert len(expected[1]) <= 4 and expected[1][-1] == stop_id
     # Tuples and a 2-D array of prompts are lists of prompts too.
     same = prompts_of_lengths([6, 6], vocab, seed=1)
     assert model.generate(np.array(same), max_new_tokens=5, stop=[]) == \
@@ -74,12 +82,27 @@ def test_bad_batches_name_the_prompt(tiny):
 
 
 def test_seeded_sampling_gives_prompt_i_the_stream_seed_plus_i(tiny):
-    model = awqcore.Model(tiny, threads=2, max_seq_len=48, max_batch=3)
-    kwargs = dict(max_new_tokens=10, temperature=1.0, top_k=20, stop=[])
-    prompts = [[1, 2], [3], [4, 5, 6]]
-    got = model.generate(prompts, seed=7, **kwargs)
-    assert got == [model.generate(p, seed=7 + i, **kwargs) for i, p in enumerate(prompts)]
-    assert model.generate(prompts, seed=7, **kwargs) == got
+    """5 prompts over 2 slots with every sampling option: prompts 2..4 take slots that
+    others freed, so a seed by slot instead of by prompt gives them other tokens (checked
+    below), and a stop id that occurs ends prompt 1 early, changing when slots free."""
+    model = awqcore.Model(tiny, threads=2, max_seq_len=48, max_batch=2)
+    kwargs = dict(max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9,
+                  repetition_penalty=1.3)
+    prompts = prompts_of_lengths([2, 1, 3, 5, 4], model.config["vocab_size"], seed=2)
+    free = [model.generate(p, seed=7 + i, stop=[], **kwargs) for i, p in enumerate(prompts)]
+    for option, neutral in (("top_p", 1.0), ("repetition_penalty", 1.0)):  # both matter here
+        assert free != [model.generate(p, seed=7 + i, stop=[], **{**kwargs, option: neutral})
+                        for i, p in enumerate(prompts)], option
+    stop_id = free[1][2]
+    expected = [model.generate(p, seed=7 + i, stop=[stop_id], **kwargs)
+                for i, p in enumerate(prompts)]
+    assert len(expected[1]) <= 3 and expected[1][-1] == stop_id
+    for i in range(2, 5):  # the streams of slots 0 and 1 differ from prompt i's own
+        assert all(model.generate(prompts[i], seed=7 + slot, stop=[stop_id], **kwargs)
+                   != expected[i] for slot in (0, 1)), i
+    got = model.generate(prompts, seed=7, stop=[stop_id], **kwargs)
+    assert got == expected
+    assert model.generate(prompts, seed=7, stop=[stop_id], **kwargs) == got
 
 
 def test_smollm2_batch_equals_one_by_one(smollm2_awqbin):

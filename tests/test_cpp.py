@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import awqcore
+from checks import assert_context_dependent
 
 REPO = Path(__file__).resolve().parents[1]
 JOBS = str(max(1, min(2, os.cpu_count() or 1)))
@@ -68,6 +69,7 @@ def test_embedding_example_matches_python(build_dir, tiny_awqbin):
                *map(str, prompt)]).stdout
     cpp_tokens = [int(t) for t in out.splitlines()[0].split(":")[1].split()]
     py_tokens = awqcore.Model(path).generate(prompt, max_new_tokens=12, stop=[])
+    assert_context_dependent(py_tokens)
     assert cpp_tokens == py_tokens
 
 

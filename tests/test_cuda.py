@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 import awqcore
+from checks import assert_context_dependent
 
 INFO = awqcore.cuda_device_info()
 needs_gpu = pytest.mark.skipif(
@@ -50,6 +51,7 @@ def compare(path, prompt, n_new=32, max_seq_len=256):
     assert rel <= REL_TOL, rel
 
     cpu_tokens = cpu.generate(prompt, max_new_tokens=n_new, stop=[])
+    assert_context_dependent(cpu_tokens)
     gpu_tokens = gpu.generate(prompt, max_new_tokens=n_new, stop=[])
     if cpu_tokens != gpu_tokens:
         # Greedy paths may part where the CPU's top two logits nearly tie: the

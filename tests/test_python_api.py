@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import awqcore
+from checks import assert_context_dependent
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,7 @@ def test_stop_rules(model):
     ids = [4, 8, 15, 16, 23, 42]
     free = model.generate(ids, max_new_tokens=12, stop=[])
     assert len(free) == 12
+    assert_context_dependent(free)
     # Stopping at the 4th token's id: output ends there (stop token included).
     stop_token = free[3]
     first = free.index(stop_token)
@@ -147,8 +149,9 @@ def test_on_token_can_stop_and_exceptions_propagate(model):
 
 def test_stream_equals_generate(model):
     ids = [9, 8, 7]
-    assert list(model.stream(ids, max_new_tokens=10, stop=[])) == \
-        model.generate(ids, max_new_tokens=10, stop=[])
+    expected = model.generate(ids, max_new_tokens=10, stop=[])
+    assert_context_dependent(expected)
+    assert list(model.stream(ids, max_new_tokens=10, stop=[])) == expected
     # Closing a stream early stops the worker; the model is usable right after.
     stream = model.stream(ids, max_new_tokens=40, stop=[])
     next(stream)

@@ -15,10 +15,11 @@ float64 and transformers in float32 (an angle p·f of up to ~70 radians carries
 ~4e-6 of absolute rounding). Measured over 72 tokens: 4e-7 to 2.3e-6 (Mistral)
 of the largest logit, so 2e-5 leaves a margin of 8x or more. Each feature,
 broken on purpose in the reference, moves the logits by 5e-2 (YaRN without
-its truncation) to 13 (Gemma without its soft-cap): Gemma's norms as w instead
-of 1 + w 2.0, a window one position wider 0.38 to 0.59, Llama 3 without its
-scaling 0.86, YaRN without its attention factor 0.16, Gemma's attention scale
-as 1/sqrt(hd) 0.13, Qwen3 without q/k norms 0.82, Qwen2 without biases 0.26.
+its truncation) to 1.9: Gemma's norms as w instead of 1 + w 1.9, Gemma without
+its soft-cap 1.9, a window one position wider 0.59 (Mistral) and 1.3 (Gemma),
+Llama 3 without its scaling 0.86, YaRN without its attention factor 0.16,
+Gemma's attention scale as 1/sqrt(hd) 0.46, Qwen3 without q/k norms 0.82,
+Qwen2 without biases 0.96.
 """
 from __future__ import annotations
 

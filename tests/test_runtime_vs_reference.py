@@ -5,12 +5,20 @@ The runtime runs with activations="f32" here: its default int8 decode
 activations (W4A8) are an approximation of this arithmetic by design, checked
 against it in test_int8_decode_stays_close_to_f32.
 
-Tolerance: both sides compute in float32 from identical dequantized weights; they
-differ only in summation order (the C++ runtime accumulates per row in a
-different order than torch's BLAS) and in the attention softmax. Over 30 layers
-of d=576 such differences grow to ~1e-5 of the logits' scale, so 1e-3 of the
-largest logit magnitude leaves a wide margin while catching any real mistake
-(a wrong rotary convention or a transposed weight moves logits by O(1)).
+Tolerance: both sides compute in float32 from identical dequantized weights and
+differ only in summation order (the runtime's blocked row sums against torch's BLAS)
+and the softmax/exp implementations. A length-K f32 sum of terms of random sign
+carries a relative rounding error of about u*sqrt(K) (u = 2^-24 = 6.0e-8), and the
+roundings of successive ops are independent, so over n ops in series they add in
+quadrature: u * sqrt(K) * sqrt(n).
+  tiny models: K <= 128 (MLP), n = 2 layers x 5 (qkv, scores, o, gate/up, down) + lm_head
+  = 11: 6.0e-8 * 11.3 * 3.3 = 2.2e-6; REL_TOL_TINY = 1e-5 (4.5x that; measured 9e-7).
+  SmolLM2-135M: K <= 1536, n = 30 x 5 + 1 = 151: 6.0e-8 * 39 * 12.3 = 2.9e-5;
+  REL_TOL_SMOLLM2 = 1e-4 (3.4x that; measured 5e-6).
+A wrong rotary pairing, no rotary, a transposed weight or an f16-rounded residual
+stream move the logits by far more. Measured on the tiny models (seed 7) with the
+reference so broken: interleaved rotary pairs 0.99 (Llama) / 0.92 (Qwen2), no rotary
+0.96 / 1.1, the residual stream rounded to f16 after each layer 3.7e-4 / 2.7e-4.
 """
 from __future__ import annotations
 
@@ -23,10 +31,12 @@ from awqcore.awqbin import read_awqbin
 from awqcore.awqbin_source import AwqbinSource
 from awqcore.importers.synthetic import SyntheticSource, tiny_config
 from awqcore.reference import ReferenceModel
+from checks import assert_context_dependent
 
 TEXT = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, "
         "France. It is named after the engineer Gustave Eiffel, whose company designed it.")
-REL_TOL = 1e-3
+REL_TOL_TINY = 1e-5
+REL_TOL_SMOLLM2 = 1e-4
 
 
 def reference_of(path) -> ReferenceModel:
@@ -53,7 +63,7 @@ def test_smollm2_logits_match_reference(smollm2):
     assert ours.shape == theirs.shape == (len(ids), model.config["vocab_size"])
     error = max_relative_error(ours, theirs)
     print(f"SmolLM2 int4 g64: max |logit diff| / max |logit| = {error:.2e} over {len(ids)} tokens")
-    assert error < REL_TOL
+    assert error < REL_TOL_SMOLLM2
     assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
 
 
@@ -80,10 +90,12 @@ def test_tiny_models_match_reference(tiny_awqbin):
         theirs = reference.forward(ids).numpy()
     error = max_relative_error(ours, theirs)
     print(f"tiny {arch}: max relative logit error {error:.2e}")
-    assert error < REL_TOL
+    assert error < REL_TOL_TINY
     generated = model.generate(ids[:8], max_new_tokens=32, stop=[])
     with torch.no_grad():
-        assert generated == reference.greedy_generate(ids[:8], 32)
+        expected = reference.greedy_generate(ids[:8], 32)
+    assert_context_dependent(expected)
+    assert generated == expected
 
 
 def test_tiny_int8_tables_match_reference(tiny_int8_awqbin):
@@ -114,11 +126,13 @@ def test_tiny_int8_tables_match_reference(tiny_int8_awqbin):
     distance_to_f16 = max_relative_error(ours, with_f16)
     print(f"tiny {arch} int8 tables: max relative logit error {error:.2e}; "
           f"{distance_to_f16:.2e} from the f16-table reference")
-    assert error < REL_TOL
+    assert error < REL_TOL_TINY
     assert distance_to_f16 > 10 * error
     generated = model.generate(ids[:8], max_new_tokens=32, stop=[])
     with torch.no_grad():
-        assert generated == ReferenceModel(source.config, source.get).greedy_generate(ids[:8], 32)
+        expected = ReferenceModel(source.config, source.get).greedy_generate(ids[:8], 32)
+    assert_context_dependent(expected)
+    assert generated == expected
 
 
 def test_smollm2_int8_table_matches_reference(smollm2_int8_awqbin):
@@ -131,7 +145,7 @@ def test_smollm2_int8_table_matches_reference(smollm2_int8_awqbin):
     error = max_relative_error(ours, theirs)
     print(f"SmolLM2 int4 g64, int8 table: max |logit diff| / max |logit| = {error:.2e} "
           f"over {len(ids)} tokens")
-    assert error < REL_TOL
+    assert error < REL_TOL_SMOLLM2
     assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
     prompt = model.tokenizer.encode("The capital of France is").ids
     generated = model.generate(prompt, max_new_tokens=32, stop=[])
@@ -201,10 +215,12 @@ def _printed_perplexity(output: str) -> float:
 
 def test_ppl_command_matches_reference_perplexity(tiny_awqbin, tmp_path, capsys):
     """`awqcore ppl` (exact f32 arithmetic unless --decode-path) against the torch
-    reference's perplexity over the same windows. Printed to 3 decimals, so the
-    tolerance is that rounding plus the logits' 1e-3 relative (REL_TOL) through a
-    softmax: 1e-3 relative. --decode-path (int8 activations, f16 KV cache) may move
-    it by its rounding, measured well below 5% on these models."""
+    reference's perplexity over the same windows. Each token's nll moves by at most
+    2 * REL_TOL_TINY * max|logit| (~1e-4 here), so the perplexity by ~1e-4 relative, plus
+    the printing's 3 decimals. --decode-path against the runtime's own decode-step
+    arithmetic (int8 activations, f16 KV cache: forward in calls of
+    INT8_DECODE_MAX_TOKENS tokens) over the same windows: the same computation, so
+    equal to the printed digits."""
     from awqcore.cli import main
     from awqcore.evaluate import perplexity, token_windows
 
@@ -217,18 +233,24 @@ def test_ppl_command_matches_reference_perplexity(tiny_awqbin, tmp_path, capsys)
     assert "3 non-overlapping windows x 24 tokens" in output and "runtime exact" in output
     ours = _printed_perplexity(output)
 
-    tokenizer = awqcore.Model(path, max_seq_len=24).tokenizer
-    windows = token_windows(tokenizer.encode("\n\n".join([TEXT] * 8)).ids, 24, 3)
+    decode_model = awqcore.Model(path, threads=2, max_seq_len=24)
+    windows = token_windows(decode_model.tokenizer.encode("\n\n".join([TEXT] * 8)).ids, 24, 3)
     reference = reference_of(path)
     with torch.no_grad():
         theirs = perplexity(lambda w: reference.forward(w).numpy(), windows, progress=False)
-    assert ours == pytest.approx(theirs.perplexity, rel=1e-3, abs=1e-3)
+    assert ours == pytest.approx(theirs.perplexity, rel=1e-4, abs=1e-3)
 
     assert main(["ppl", str(path), "--text", str(text), "--seqlen", "24", "--max-windows", "3",
                  "-q", "--threads", "2", "--decode-path"]) == 0
     output = capsys.readouterr().out
     assert "decode-step arithmetic" in output
     decode = _printed_perplexity(output)
+    step = awqcore.INT8_DECODE_MAX_TOKENS
+    decode_steps = perplexity(lambda w: decode_model.forward(w, chunk_tokens=step), windows,
+                              progress=False)
     print(f"ppl command {ours:.3f}, torch reference {theirs.perplexity:.4f}, "
-          f"--decode-path {decode:.3f}")
-    assert decode == pytest.approx(theirs.perplexity, rel=5e-2)
+          f"--decode-path {decode:.3f}, forward(chunk_tokens={step}) {decode_steps.perplexity:.4f}")
+    assert decode == pytest.approx(decode_steps.perplexity, rel=1e-6, abs=1e-3)
+    # The int8 rounding is visible at the printed precision, so the line above tells
+    # the decode-step arithmetic from the exact one.
+    assert abs(decode - ours) > 1e-2

@@ -145,10 +145,15 @@ def family_config(family: str) -> ModelConfig:
 
 class SharpSource:
     """SourceModel of one family with weights strong enough that greedy tokens depend on
-    the context (the 0.02-std synthetic weights make every context continue alike):
+    the context, sharper still than SyntheticSource's variance-1/in matrices:
     embeddings N(0, 1), linears N(0, (gain²)/in) with q/k gain 2 so attention is peaked,
     norm multipliers 1 + 0.3·N(0, 1) and biases N(0, 0.3²), so that a (1 + w) or a
-    bias mistake moves the logits by O(1)."""
+    bias mistake moves the logits by O(1).
+
+    A tied model scores each token by its own embedding, so an embedding as large as
+    the layers' outputs makes greedy repeat the last token whatever the context; there
+    the embedding enters the residual at RMS 0.25 (after Gemma's embedding scale) and
+    the final norm's multiplier is 16x larger, keeping logits of O(1..10)."""
 
     def __init__(self, family: str, seed: int = 0):
         self.config = family_config(family)
@@ -158,12 +163,17 @@ class SharpSource:
         rng = np.random.default_rng(seed)
         self._tensors: dict[str, np.ndarray] = {}
         for name, shape in expected_tensor_shapes(self.config).items():
+            tied = self.config.tie_word_embeddings
             if name.endswith("norm.weight"):
                 t = 1.0 + 0.3 * rng.standard_normal(shape)
+                if tied and name == "model.norm.weight":
+                    t *= 16.0
             elif name.endswith(".bias"):
                 t = 0.3 * rng.standard_normal(shape)
             elif "embed_tokens" in name or name == "lm_head.weight":
                 t = rng.standard_normal(shape)
+                if tied:
+                    t *= 0.25 / self.config.embedding_scale
             else:
                 gain = 2.0 if ("q_proj" in name or "k_proj" in name) else 1.0
                 t = gain * rng.standard_normal(shape) / np.sqrt(shape[-1])

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install.sh
-python3 -m pytest tests -m "not slow" -ra "$@"
+python3 -m pytest tests -ra "$@"
 if [ "${AWQCORE_SANITIZERS:-1}" != 0 ]; then
   bash tools/sanitizers.sh
 fi

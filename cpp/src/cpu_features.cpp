@@ -7,8 +7,6 @@
 #include <cpuid.h>
 #endif
 
-#include "ops/linear_kernels.h"
-
 namespace awqcore {
 namespace {
 
@@ -38,33 +36,6 @@ Isa DetectedIsa() {
   static const Isa isa = Detect();
   return isa;
 }
-
-#ifndef AWQCORE_HAVE_AVX2_KERNELS
-// Built without the AVX2 files (not x86-64, or not GCC/Clang): DetectedIsa()
-// never returns kAvx2, so these exist only to link and are never reached; a
-// caller forcing Isa::kAvx2 gets the scalar result. (Attention needs no stub:
-// ops/attention.cpp calls its AVX2 heads only when they are built.)
-void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
-                  int num_tokens, float* y, int ldy) {
-  Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
-}
-void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
-                    float* y, int ldy) {
-  Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
-}
-void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
-                   int num_tokens, float* y, int ldy) {
-  TableRowsScalar(table, row0, rows, x, ldx, num_tokens, y, ldy);
-}
-void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
-                     float* y, int ldy) {
-  TableRowsQ8Scalar(table, row0, rows, x, y, ldy);
-}
-void QuantizeRowAvx2(const float* x, int in, Q8Layout layout, int8_t* q, float* block_scales,
-                     int* block_sums) {
-  QuantizeRowScalar(x, in, layout, q, block_scales, block_sums);
-}
-#endif
 
 const char* IsaName(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "scalar"; }
 

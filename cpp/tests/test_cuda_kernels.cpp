@@ -181,14 +181,14 @@ TEST(gated_activations_match_reference) {
   for (int i = 0; i < n; ++i) tol[i] = 8 * kU * std::fabs(want[i]) + 1e-30;  // expf, 1 div, 2 mul
   CheckClose("swiglu", got, want, tol);
 
-  // GELU-tanh: 0.5 g (1 + tanh(u)) up, u = sqrt(2/pi) (g + 0.044715 g^3), in
-  // double. The device's f32 u carries ~4 roundings (4 u |u| relative);
-  // d/du tanh(u) = 1 - tanh^2 <= 1 moves 1 + tanh by <= 4 u |u|, tanhf adds
-  // 2 ulp of tanh, and the products 3 roundings: at most (4 |u| + 6) u of
-  // 0.5 |g| (1 + |tanh|) |up| + ..., checked at (4 |u| + 8) u |g up|.
+  // GELU-tanh against GeGluReference (double): with u = sqrt(2/pi) (g +
+  // 0.044715 g^3), the device's f32 u carries ~4 roundings (4 u |u|
+  // relative); d/du tanh(u) = 1 - tanh^2 <= 1 moves 1 + tanh by <= 4 u |u|,
+  // tanhf adds 2 ulp of tanh, and the products 3 roundings: checked at
+  // (4 |u| + 8) u |g up|.
+  GeGluReference(g.data(), u.data(), n, want.data());
   for (int i = 0; i < n; ++i) {
     const double x = g[i], inner = std::sqrt(2.0 / 3.141592653589793) * (x + 0.044715 * x * x * x);
-    want[i] = static_cast<float>(0.5 * x * (1.0 + std::tanh(inner)) * u[i]);
     tol[i] = (4 * std::fabs(inner) + 8) * kU * std::fabs(x * u[i]) + 1e-30;
   }
   cuda_test::GatedActivation(Activation::kGeluTanh, g.data(), u.data(), n, got.data());
@@ -214,13 +214,10 @@ TEST(soft_cap_matches_reference) {
   }
 }
 
-// One layer's attention as a test case gives it: the scores' scale and the
-// sliding window (0: none), with the rotary base.
-struct AttentionOptions {
-  float scale = 0.f;  // 0: 1/sqrt(hd)
-  int window = 0;
+// The rotary table of a test case: its base and scaling.
+struct RopeOptions {
   float theta = 10000.f;
-  float Scale(int hd) const { return scale > 0 ? scale : 1.f / std::sqrt(static_cast<float>(hd)); }
+  RopeScaling scaling;
 };
 
 // One case through cuda_test::RopeAttention on random data: `start` cached
@@ -231,7 +228,7 @@ struct AttentionRun {
   std::vector<float> kc, vc;        // the sequence's cache as the device holds it: [start + n, KV*hd]
   std::vector<float> out;           // attention output [n, H*hd]
 };
-AttentionRun RunRopeAttention(const AttentionShape& shape, const AttentionOptions& options, int start, int n,
+AttentionRun RunRopeAttention(const AttentionShape& shape, const RopeOptions& rope_options, int start, int n,
                               int sequence, bool prefill_kernel, std::mt19937& rng) {
   const size_t qw = static_cast<size_t>(shape.num_heads) * shape.head_dim;
   const size_t kvw = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
@@ -243,10 +240,9 @@ AttentionRun RunRopeAttention(const AttentionShape& shape, const AttentionOption
   r.q_gpu = r.q;
   r.k_gpu.resize(n * kvw);
   r.out.resize(n * qw);
-  const RopeTable rope(shape.head_dim, options.theta, start + n);
-  cuda_test::RopeAttention(shape, options.Scale(shape.head_dim), options.window, rope, start, n, cache_k.data(),
-                           cache_v.data(), r.q_gpu.data(), r.k.data(), v.data(), r.k_gpu.data(), r.out.data(),
-                           sequence, prefill_kernel);
+  const RopeTable rope(shape.head_dim, rope_options.theta, start + n, rope_options.scaling);
+  cuda_test::RopeAttention(shape, rope, start, n, cache_k.data(), cache_v.data(), r.q_gpu.data(), r.k.data(),
+                           v.data(), r.k_gpu.data(), r.out.data(), sequence, prefill_kernel);
   // f16 values of the old rows and of v; the GPU's rotated k rows.
   r.kc.resize((start + n) * kvw);
   r.vc.resize(r.kc.size());
@@ -261,81 +257,77 @@ AttentionRun RunRopeAttention(const AttentionShape& shape, const AttentionOption
   return r;
 }
 
-// AttentionReference (ops/attention.h) with the case's scale and window: per
-// token, over the cache rows from its window's first key (the rows shifted
-// so the reference's causal range is the window), q multiplied by scale *
-// sqrt(hd) for the reference's 1/sqrt(hd) (one f32 rounding, 2^-24 of each
-// score).
-void WindowedAttentionReference(const AttentionShape& shape, const AttentionOptions& options, const float* q,
-                                const float* kc, const float* vc, int start, int n, float* out) {
-  const int hd = shape.head_dim;
-  const size_t qw = static_cast<size_t>(shape.num_heads) * hd, kvw = static_cast<size_t>(shape.num_kv_heads) * hd;
-  const float q_factor = options.Scale(hd) * std::sqrt(static_cast<float>(hd));
-  std::vector<float> qt(qw);
-  for (int t = 0; t < n; ++t) {
-    const int p = start + t;
-    const int first = options.window > 0 ? std::max(0, p - options.window + 1) : 0;
-    for (size_t i = 0; i < qw; ++i) qt[i] = q[t * qw + i] * q_factor;
-    AttentionReference(shape, qt.data(), kc + first * kvw, vc + first * kvw, p - first, 1, out + t * qw);
-  }
+std::string AttentionCase(const char* what, const AttentionShape& shape, int start, int n, int sequence) {
+  return std::string(what) + " H" + std::to_string(shape.num_heads) + " KV" + std::to_string(shape.num_kv_heads) +
+         " hd" + std::to_string(shape.head_dim) + " scale " + std::to_string(shape.ScoreScale()) +
+         " window " + std::to_string(shape.window) + " @" + std::to_string(start) + "+" + std::to_string(n) +
+         " seq" + std::to_string(sequence);
 }
 
-std::string AttentionCase(const char* what, const AttentionShape& shape, const AttentionOptions& options,
-                          int start, int n, int sequence) {
-  return std::string(what) + " H" + std::to_string(shape.num_heads) + " KV" + std::to_string(shape.num_kv_heads) +
-         " hd" + std::to_string(shape.head_dim) + " scale " + std::to_string(options.Scale(shape.head_dim)) +
-         " window " + std::to_string(options.window) + " @" + std::to_string(start) + "+" + std::to_string(n) +
-         " seq" + std::to_string(sequence);
+RopeScaling Scaling(RopeScaling::Type type, double factor, int original, double attention_factor = 1.0) {
+  RopeScaling s;
+  s.type = type;
+  s.factor = factor;
+  s.original_max_position_embeddings = original;
+  s.attention_factor = attention_factor;
+  return s;
 }
 
 TEST(rope_and_attention_match_reference) {
   std::mt19937 rng(4);
-  // (H, KV, hd, cached positions, new tokens, sequence) and (scale, window,
-  // theta): GQA groups of 1..4, splits of 256 crossed (300 + 3, 700 + 1), a
-  // multi-token prefill from empty; sequences 0 .. 3 of a multi-sequence
-  // cache; head_dim 256 (Gemma 3 270M; its chunks never take the tensor-core
-  // kernel); Gemma 3's scale 24^-0.5 and a local base; windows that start
-  // inside a split, skip whole splits (600: keys 345 .. 604), cover the
-  // whole context, or are a few keys of a prefill chunk (7 of 70 tokens).
+  // (H, KV, hd, cached positions, new tokens, sequence), the layer's scale
+  // and window, the rotary base and scaling: GQA groups of 1..4, splits of
+  // 256 crossed (300 + 3, 700 + 1), a multi-token prefill from empty;
+  // sequences 0 .. 3 of a multi-sequence cache; head_dim 256 (Gemma 3 270M;
+  // its chunks never take the tensor-core kernel); Gemma 3's scale 24^-0.5
+  // and a local base; windows that start inside a split, skip whole splits
+  // (600: keys 345 .. 604), cover the whole context, or are a few keys of a
+  // prefill chunk (7 of 70 tokens); llama3, yarn (attention factor on cos and
+  // sin) and linear rope scaling, past their original context of 32.
   struct Case {
-    int shape[6];
-    AttentionOptions options;
+    int dims[6];
+    float scale;
+    int window;
+    RopeOptions rope;
   };
-  const Case cases[] = {{{4, 2, 16, 0, 5, 0}, {}},
-                        {{9, 3, 64, 300, 3, 1}, {}},
-                        {{2, 1, 128, 700, 1, 3}, {}},
-                        {{3, 3, 8, 0, 70, 1}, {}},
-                        {{4, 1, 256, 300, 3, 1}, {}},
-                        {{8, 2, 256, 0, 40, 0}, {0.0625f, 16, 1e6f}},
-                        {{4, 2, 64, 600, 5, 2}, {0.f, 256, 10000.f}},
-                        {{4, 2, 32, 40, 9, 0}, {0.2041241452f, 16, 1e4f}},
-                        {{3, 3, 8, 0, 70, 1}, {0.f, 7, 10000.f}},
-                        {{6, 2, 16, 20, 4, 3}, {0.f, 512, 10000.f}}};
+  using T = RopeScaling::Type;
+  const Case cases[] = {
+      {{4, 2, 16, 0, 5, 0}, 0.f, 0, {}},
+      {{9, 3, 64, 300, 3, 1}, 0.f, 0, {}},
+      {{2, 1, 128, 700, 1, 3}, 0.f, 0, {}},
+      {{3, 3, 8, 0, 70, 1}, 0.f, 0, {}},
+      {{4, 1, 256, 300, 3, 1}, 0.f, 0, {}},
+      {{8, 2, 256, 0, 40, 0}, 0.0625f, 16, {1e6f, {}}},
+      {{4, 2, 64, 600, 5, 2}, 0.f, 256, {500000.f, Scaling(T::kLlama3, 8.0, 32)}},
+      {{4, 2, 32, 40, 9, 0}, 0.2041241452f, 16, {1e6f, Scaling(T::kYarn, 4.0, 32, 0.1 * std::log(4.0) + 1.0)}},
+      {{3, 3, 8, 0, 70, 1}, 0.f, 7, {10000.f, Scaling(T::kLinear, 4.0, 0)}},
+      {{6, 2, 16, 20, 4, 3}, 0.f, 512, {}}};
   for (const Case& c : cases) {
-    const AttentionShape shape{c.shape[0], c.shape[1], c.shape[2]};
-    const AttentionOptions& options = c.options;
-    const int start = c.shape[3], n = c.shape[4], total = start + n;
-    const AttentionRun run = RunRopeAttention(shape, options, start, n, c.shape[5], false, rng);
-    // Rotation: the GPU's f32 cos/sin table vs angles in double: a few ulp.
+    const AttentionShape shape{c.dims[0], c.dims[1], c.dims[2], c.scale, c.window};
+    const int start = c.dims[3], n = c.dims[4], total = start + n;
+    const AttentionRun run = RunRopeAttention(shape, c.rope, start, n, c.dims[5], false, rng);
+    // Rotation: the GPU applies the host's f32 cos/sin table (RopeTable, the
+    // scaling's attention factor a included) vs angles in double: a few ulp.
     std::vector<float> q_ref = run.q, k_ref = run.k;
-    RopeReference(q_ref.data(), n, shape.num_heads, shape.head_dim, options.theta, start);
-    RopeReference(k_ref.data(), n, shape.num_kv_heads, shape.head_dim, options.theta, start);
-    // |a cos - b sin| <= |a| + |b|: a few roundings of values up to 4 (q) or 2 (k).
-    std::vector<double> q_tol(q_ref.size(), 16 * kU * 4), k_tol(k_ref.size());
+    RopeReference(q_ref.data(), n, shape.num_heads, shape.head_dim, c.rope.theta, start, c.rope.scaling);
+    RopeReference(k_ref.data(), n, shape.num_kv_heads, shape.head_dim, c.rope.theta, start, c.rope.scaling);
+    // a |a cos - b sin| <= a (|a| + |b|): a few roundings of values up to 4a (q) or 2a (k).
+    const double a = c.rope.scaling.attention_factor;
+    std::vector<double> q_tol(q_ref.size(), 16 * kU * 4 * a), k_tol(k_ref.size());
     CheckClose("rope q", run.q_gpu, q_ref, q_tol);
-    for (size_t i = 0; i < k_ref.size(); ++i) k_tol[i] = std::fabs(k_ref[i]) / 1024.0 + 16 * kU * 2;  // + 1 f16 ulp
+    for (size_t i = 0; i < k_ref.size(); ++i) k_tol[i] = std::fabs(k_ref[i]) / 1024.0 + 16 * kU * 2 * a;  // + 1 f16 ulp
     CheckClose("rope k as stored (f16)", run.k_gpu, k_ref, k_tol);
-    // Attention over the cache the GPU holds: f16 values, GPU's rotated rows.
+    // Attention over the cache the GPU holds: f16 values, GPU's rotated rows;
+    // the reference reads each token's window with the shape's scale.
     std::vector<float> want(run.out.size());
-    WindowedAttentionReference(shape, options, run.q_gpu.data(), run.kc.data(), run.vc.data(), start, n,
-                               want.data());
+    AttentionReference(shape, run.q_gpu.data(), run.kc.data(), run.vc.data(), start, n, want.data());
     // Outputs are convex combinations of |v| <= 1: softmax weights carry
-    // relative errors of ~gamma(hd) |score| (|score| <= 2 hd scale, 2 sqrt(hd)
-    // at 1/sqrt(hd)) plus __expf's 2 ulp, and the sum over <= total terms
-    // adds gamma(total).
-    const double max_score = 2.0 * shape.head_dim * options.Scale(shape.head_dim);
+    // relative errors of ~gamma(hd) |score| (|score| <= 2 a^2 hd scale with
+    // |q| <= 2 a, |k| <= a after rotation) plus __expf's 2 ulp, and the sum
+    // over <= total terms adds gamma(total).
+    const double max_score = 2.0 * a * a * shape.head_dim * shape.ScoreScale();
     const double tol = 4 * (Gamma(shape.head_dim) * max_score + Gamma(total) + 4 * kU);
-    CheckClose(AttentionCase("attention", shape, options, start, n, c.shape[5]).c_str(), run.out, want,
+    CheckClose(AttentionCase("attention", shape, start, n, c.dims[5]).c_str(), run.out, want,
                std::vector<double>(want.size(), tol));
   }
 }
@@ -433,20 +425,22 @@ TEST(attention_prefill_matches_reference) {
   const int groups[][2] = {{4, 4}, {9, 3}, {8, 2}};  // H, KV
   const int tokens[] = {1, 17, 64, 100, 300};
   const int starts[] = {0, 5, 64, 700};
-  const AttentionOptions windowed[] = {{0.f, 7, 10000.f}, {0.f, 100, 10000.f}, {0.1f, 64, 10000.f}};
+  const float scales[] = {0.f, 0.f, 0.1f};  // with windows 7, 100, 64
+  const int windows[] = {7, 100, 64};
   for (int hd : {64, 128})
     for (int gi = 0; gi < 3; ++gi)
       for (int ni = 0; ni < 5; ++ni)
         for (int si = 0; si < 4; ++si)
-          for (const AttentionOptions& options : {AttentionOptions{}, windowed[(gi + ni + si) % 3]}) {
-          const AttentionShape shape{groups[gi][0], groups[gi][1], hd};
+          for (int variant = 0; variant < 2; ++variant) {
+          const int w = (gi + ni + si) % 3;
+          const AttentionShape shape{groups[gi][0], groups[gi][1], hd, variant ? scales[w] : 0.f,
+                                     variant ? windows[w] : 0};
           const int start = starts[si], n = tokens[ni], total = start + n;
           const int sequence = 2 * ((gi + ni + si) % 2);  // both for every (n, start) pair
-          AttentionRun run = RunRopeAttention(shape, options, start, n, sequence, true, rng);
+          AttentionRun run = RunRopeAttention(shape, RopeOptions{}, start, n, sequence, true, rng);
           for (float& x : run.q_gpu) x = F16ToF32(F32ToF16(x));
           std::vector<float> want(run.out.size());
-          WindowedAttentionReference(shape, options, run.q_gpu.data(), run.kc.data(), run.vc.data(), start, n,
-                                     want.data());
+          AttentionReference(shape, run.q_gpu.data(), run.kc.data(), run.vc.data(), start, n, want.data());
 
           const size_t kvw = static_cast<size_t>(shape.num_kv_heads) * hd;
           std::vector<double> k_norm(shape.num_kv_heads, 0.0);  // max over keys of ||k||
@@ -468,13 +462,13 @@ TEST(attention_prefill_matches_reference) {
               const size_t row = (static_cast<size_t>(t) * shape.num_heads + h) * hd;
               double sq = 0.0;
               for (int d = 0; d < hd; ++d) sq += static_cast<double>(run.q_gpu[row + d]) * run.q_gpu[row + d];
-              const double e = std::sqrt(sq) * k_norm[h / (shape.num_heads / shape.num_kv_heads)] * options.Scale(hd);
+              const double e = std::sqrt(sq) * k_norm[h / (shape.num_heads / shape.num_kv_heads)] * shape.ScoreScale();
               const double delta = 2 * Gamma(hd) * e + (2 * tiles + 4) * 4 * kU * (e + 1);
               const double bound = max_v * (std::ldexp(1.0, -11) + total * std::ldexp(1.0, -25) + 2.02 * delta +
                                             4 * Gamma(total + tiles + 1));
               for (int d = 0; d < hd; ++d) tol[row + d] = bound + 2 * kU * std::fabs(want[row + d]);
             }
-          CheckClose(AttentionCase("prefill attention", shape, options, start, n, sequence).c_str(), run.out, want, tol);
+          CheckClose(AttentionCase("prefill attention", shape, start, n, sequence).c_str(), run.out, want, tol);
         }
 }
 

@@ -374,6 +374,41 @@ TEST(int8_decode_equals_chunked_prefill_and_stays_near_f32) {
   }
 }
 
+TEST(sliding_window_bounds_what_a_position_sees) {
+  // With window W on every layer, position p reads keys p - W + 1 .. p, which
+  // read their own windows one layer down: after L layers p depends on tokens
+  // p - L (W - 1) .. p only. Two prompts that differ in token 0 alone give
+  // bit-identical logits from position L (W - 1) + 1 on (each row's arithmetic
+  // is the same), and differ before; without the window they differ
+  // everywhere. A check independent of the reference's window.
+  for (Family family : {Family::kMistral, Family::kLlama}) {
+    const TinyModel model(family);
+    const int vocab = model.config.vocab_size, n = 24;
+    const int reach = model.config.num_layers * (model.config.sliding_window - 1);  // 8 (Mistral)
+    ThreadPool pool(2);
+    std::vector<int> a = RandomIds(n, vocab, 30), b = a;
+    b[0] = (a[0] + 1) % vocab;
+    std::vector<float> logits_a(static_cast<size_t>(n) * vocab), logits_b(logits_a.size());
+    for (bool int8_decode : {false, true}) {
+      Transformer ta(model.config, model.weights, n, pool, 1, int8_decode);
+      Transformer tb(model.config, model.weights, n, pool, 1, int8_decode);
+      ta.Forward(a.data(), n, Transformer::Logits::kAll, logits_a.data());
+      tb.Forward(b.data(), n, Transformer::Logits::kAll, logits_b.data());
+      int first_equal = n;
+      for (int t = n - 1; t >= 0; --t) {
+        if (!std::equal(logits_a.begin() + t * vocab, logits_a.begin() + (t + 1) * vocab,
+                        logits_b.begin() + t * vocab)) {
+          break;
+        }
+        first_equal = t;
+      }
+      std::printf("  %s, %s: logits equal from position %d on\n", FamilyName(family).c_str(),
+                  int8_decode ? "int8 decode" : "f32", first_equal);
+      CHECK(first_equal == (family == Family::kMistral ? reach + 1 : n));
+    }
+  }
+}
+
 TEST(last_only_logits_and_reset) {
   // 5 tokens: a chunk the int8-decode mode runs W4A8 (and an int8 lm_head
   // W8A8); 12: one it runs in f32, although the last-only lm_head call has

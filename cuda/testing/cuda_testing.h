@@ -52,16 +52,15 @@ void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, i
 // uploads its tables); k, v: [n, KV*hd] new rows, rotated (k) and written at
 // positions start .. start+n-1 of an f16 cache that already holds
 // cache_k/cache_v (f32, [start, KV*hd], rounded to f16 on upload); out: the
-// attention output [n, H*hd] with scores (q . k) * scale over each token's
-// keys (window > 0: the last `window` positions). k_out: the rotated k rows
+// attention output [n, H*hd] with shape's scores scale over each token's
+// keys (shape.window > 0: the last `window` positions). k_out: the rotated k rows
 // as stored (f16 -> f32). The tokens belong to sequence `sequence` of a
 // cache holding sequence + 2 sequences; the others' rows are NaN, so reading
 // them shows in `out`. prefill_kernel: attention by AttentionPrefill (tensor
 // cores, one sequence) instead of Attention.
-void RopeAttention(const AttentionShape& shape, float scale, int window, const RopeTable& rope,
-                   int start, int n, const float* cache_k, const float* cache_v, float* q,
-                   const float* k, const float* v, float* k_out, float* out, int sequence,
-                   bool prefill_kernel);
+void RopeAttention(const AttentionShape& shape, const RopeTable& rope, int start, int n,
+                   const float* cache_k, const float* cache_v, float* q, const float* k, const float* v,
+                   float* k_out, float* out, int sequence, bool prefill_kernel);
 }  // namespace cuda_test
 
 // Benchmark hooks (tools/gpu_bench.cpp; CUDA builds only).

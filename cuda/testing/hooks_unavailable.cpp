@@ -15,7 +15,7 @@ void RmsNorm(const float*, const float*, int, float, int, const float*, float*) 
 void GatedActivation(Activation, const float*, const float*, int, float*) { Unavailable(); }
 void SoftCap(const float*, int, float, float*) { Unavailable(); }
 void PickTokens(const float*, int, int, const TokenPick*, int*) { Unavailable(); }
-void RopeAttention(const AttentionShape&, float, int, const RopeTable&, int, int, const float*,
+void RopeAttention(const AttentionShape&, const RopeTable&, int, int, const float*,
                    const float*, float*, const float*, const float*, float*, float*, int, bool) {
   Unavailable();
 }

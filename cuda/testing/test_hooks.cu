@@ -99,17 +99,16 @@ void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, i
   AWQ_CUDA_CHECK(cudaMemcpy(out, dout.as<void>(), dout.bytes(), cudaMemcpyDeviceToHost));
 }
 
-void RopeAttention(const AttentionShape& shape, float scale, int window, const RopeTable& rope,
-                   int start, int n, const float* cache_k, const float* cache_v, float* q,
-                   const float* k, const float* v, float* k_out, float* out, int sequence,
-                   bool prefill_kernel) {
+void RopeAttention(const AttentionShape& shape, const RopeTable& rope, int start, int n,
+                   const float* cache_k, const float* cache_v, float* q, const float* k, const float* v,
+                   float* k_out, float* out, int sequence, bool prefill_kernel) {
   cu::RequireDevice();
   const int hd = shape.head_dim, half = hd / 2, total = start + n;
   const size_t q_width = static_cast<size_t>(shape.num_heads) * hd;
   const size_t kv_width = static_cast<size_t>(shape.num_kv_heads) * hd;
   const size_t rope_positions = rope.cos_table().size() / half;
   if (rope_positions < static_cast<size_t>(total)) throw Error("RopeAttention: the rotary table is too short");
-  const cu::AttentionParams params{shape, total, scale, window};
+  const cu::AttentionParams params{shape, total};
   // Caches of sequence + 2 sequences [sequences, total, KV*hd]; every row
   // outside this sequence's is NaN, so reading another sequence's rows shows.
   const int sequences = sequence + 2;

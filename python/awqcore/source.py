@@ -7,7 +7,7 @@ demand as float32 numpy arrays, so a quantizer can stream one layer at a time.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterator, Optional, Protocol
 
 import numpy as np

@@ -14,13 +14,10 @@ constexpr float kGeluCubic = 1.5957691216057308f * 0.044715f;
 void GatedActivation(Activation activation, const float* gate, const float* up, int n, float* out,
                      Isa isa) {
   const bool silu = activation == Activation::kSilu;
-#ifdef AWQCORE_HAVE_AVX2_KERNELS  // else activation_avx2.cpp is not built
   if (isa == Isa::kAvx2) {
     silu ? SwiGluAvx2(gate, up, n, out) : GeGluAvx2(gate, up, n, out);
     return;
   }
-#endif
-  (void)isa;
   silu ? SwiGluScalar(gate, up, n, out) : GeGluScalar(gate, up, n, out);
 }
 

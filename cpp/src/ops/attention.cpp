@@ -134,7 +134,7 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
   auto state_of = [&](int t, int h, int split) {  // [2 + hd] in scratch
     return scratch + ((static_cast<size_t>(t) * H + h) * grid.splits + split) * state_floats;
   };
-  [[maybe_unused]] const bool use_avx2 = isa == Isa::kAvx2 && hd % 8 == 0;
+  const bool use_avx2 = isa == Isa::kAvx2 && hd % 8 == 0;
   pool.ParallelFor(grid.items, [&](int64_t item_begin, int64_t item_end) {
     for (int64_t item = item_begin; item < item_end; ++item) {
       const int split = static_cast<int>(item % grid.splits);
@@ -168,12 +168,10 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
       const int key_end = std::min(tile_end, split_begin + grid.split_keys);
       const CacheT* k = k_caches[t_begin] + kv_head * hd;
       const CacheT* v = v_caches[t_begin] + kv_head * hd;
-#ifdef AWQCORE_HAVE_AVX2_KERNELS  // else attention_avx2.cpp is not built: the portable loop
       if (use_avx2) {
         AttendRowsAvx2(rows, k, v, kv_stride, hd, key_begin, key_end);
         continue;
       }
-#endif
       AttendRowsScalar(rows, k, v, kv_stride, hd, key_begin, key_end);
     }
   });

@@ -16,9 +16,10 @@
 // heads of a group, times several tokens when the call's tokens share one
 // cache) and a range of at most AttentionSplitKeys(max_keys) keys. It walks
 // its keys in blocks of kBlockKeys: the block's K and V rows come from memory
-// once and serve every row of the item from L1. Before, each head re-read its
-// whole cache for every token: at context 2048 on SmolLM2 attention was 30%
-// of a prefill + decode profile, and decode read each kv head 3 times.
+// once and serve every row of the item from L1, so a kv head's cache is read
+// once per item rather than once per query head and token (SmolLM2's 3 query
+// heads per kv head would read it 3 times per decode step; the profile shares
+// are in the README).
 // Splitting the keys gives threads work when heads are few (Qwen2.5-1.5B has
 // KV = 2, so one token has 2 groups for any number of threads). The splits
 // cover only the keys some token of the call reads, and an item only the

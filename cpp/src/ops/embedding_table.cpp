@@ -10,10 +10,7 @@
 namespace awqcore {
 namespace {
 
-// Tiles as in int4_linear.cpp: 4 rows x 256 columns (4 KiB) of f32, reused
-// for every token; converting a tile first lets the dot product vectorize.
-constexpr int kRowBlock = 4;
-constexpr int kTileColumns = 256;
+// Tiles of kRowBlock x kTileColumns weights in f32 (linear_kernels.h).
 
 // out[i] = W[row, column0 + i] in f32 for i < n. Exact: an f16 widens
 // exactly, and q * s has at most 7 + 11 significant bits (< f32's 24).

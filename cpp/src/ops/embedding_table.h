@@ -33,7 +33,7 @@ void EmbeddingGather(const EmbeddingTable& table, const int* ids, int num_tokens
 // and row on widening and scaling and streams 6-8 GB/s on two cores, the
 // integer one (with a prefetch of the next rows) 13-14.5 GB/s, about what
 // this machine reads (microbenchmark, 151936 x 1536 and 49152 x 576 from
-// DRAM); the lm_head was ~25% of a SmolLM2 decode step. The
+// DRAM); the f32 lm_head takes ~25% of a SmolLM2 decode step. The
 // caller chooses per forward chunk (Transformer: exactly when the chunk's
 // int4 linears take int8 activations), not by num_tokens, so last-only
 // logits still equal the last row of all logits. Ignored for f16 tables.

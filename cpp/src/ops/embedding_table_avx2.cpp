@@ -28,9 +28,6 @@
 namespace awqcore {
 namespace {
 
-using avx2::kTileColumns;
-
-constexpr int kTileMinTokens = 4;  // from this many tokens a dequantized tile serves them all
 constexpr int kBlock = EmbeddingTable::kBlock;
 static_assert(kTileColumns % kBlock == 0, "a tile holds whole int8 blocks");
 

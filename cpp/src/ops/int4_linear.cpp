@@ -11,16 +11,7 @@
 namespace awqcore {
 namespace {
 
-// The pool splits rows in blocks of kRowBlock: a multiple of the 4-row
-// register blocking of the AVX2 kernel, so only a matrix's last block is short.
-constexpr int kRowBlock = 4;
-
-// Scalar kernel: tiles of kRowBlock rows x kTileColumns columns of
-// dequantized weights (4 KiB on the stack, L1-resident) are reused across all
-// tokens of the call. Dequantizing into a tile and then running a plain f32
-// dot product (which the compiler vectorizes) measured ~2x faster than
-// dequantizing inside the dot product.
-constexpr int kTileColumns = 256;  // a multiple of every allowed group size
+// The scalar kernel tiles kRowBlock x kTileColumns weights (linear_kernels.h).
 
 // Dequantizes W[row, column0 .. column0 + width) into out[width]; column0 and
 // width are multiples of the group size.

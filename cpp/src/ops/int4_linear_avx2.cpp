@@ -18,19 +18,18 @@
 // leaves the loop: sum_c (q - z) s a_c = s (sum_c q a_c) - s z (sum_c a_c),
 // with the group sums of the rounded activations a_c = d_b q8_c precomputed.
 // The integer parts are exact; the float sums differ from the scalar Q8
-// kernel's only in order. Two things the loop alone does not show cost most
-// of the time before they were fixed (perf annotate; Qwen2.5-1.5B shapes,
-// g128, weights in DRAM, 2 threads):
-//   - the zero-point term sum_g s z (sum of a over g) was a scalar loop, one
-//     dependent FMA per group and row: now 8 groups per vector (ZeroTerms);
+// kernel's only in order. Two things the loop alone does not show would
+// otherwise take most of the time (perf annotate; Qwen2.5-1.5B shapes, g128,
+// weights in DRAM, 2 threads; the GB/s gained are in the README):
+//   - the zero-point term sum_g s z (sum of a over g): as a scalar loop it is
+//     one dependent FMA per group and row, so ZeroTerms takes 8 groups per
+//     vector;
 //   - 4 rows are 4 interleaved streams through the same pages, which the
 //     hardware prefetcher follows poorly when rows are short (1536 columns:
-//     768 bytes): each span now prefetches 128 bytes of the next 4 rows,
-//     which lie right after these (rows are contiguous), so the next block
-//     arrives while this one computes. Prefetching past the matrix's end is
-//     harmless (a prefetch never faults).
-// Together: 8960 x 1536 from 4.5 to 10-12 GB/s, 1536 x 8960 from 7.1 to
-// 11-13 GB/s (this machine reads ~15 GB/s with 2 threads).
+//     768 bytes): each span prefetches 128 bytes of the next 4 rows, which
+//     lie right after these (rows are contiguous), so the next block arrives
+//     while this one computes. Prefetching past the matrix's end is harmless
+//     (a prefetch never faults).
 //
 // Exact f32 GEMV (Int4RowsAvx2, < kTileMinTokens tokens; the kFloat32 mode
 // and widths that are no multiple of 64): per 8 weights 1 broadcast load of 4
@@ -54,11 +53,6 @@
 namespace awqcore {
 namespace {
 
-using avx2::kTileColumns;
-
-// From this many tokens a dequantized tile serves them all (GEMM); below,
-// a GEMV per token (unpacking per token is cheaper than a tile pass).
-constexpr int kTileMinTokens = 4;
 constexpr int kMaxGroups = 2048;   // group sums on the stack (8 KiB): in <= 65536 at g = 32
 
 // 8 codes (4 bytes, little-endian: code k in bits 4k..4k+3, which is column k
@@ -103,8 +97,8 @@ struct RowPointers {
 
 // sum_g s[g] z[g] group_sums[g] over one row's groups, 8 groups per step as a
 // vector (the caller subtracts it from the row's accumulator before the one
-// horizontal sum). A scalar loop here was one dependent FMA per group, ~4
-// cycles each: 40% of the W4A8 GEMV's time at g = 64 (perf annotate).
+// horizontal sum). A scalar loop here would be one dependent FMA per group,
+// ~4 cycles each: 40% of the W4A8 GEMV's time at g = 64 (perf annotate).
 inline __m256 ZeroTerms(const uint16_t* scales, const uint8_t* zeros, const float* group_sums,
                         int groups) {
   __m256 sum = _mm256_setzero_ps();

@@ -7,6 +7,8 @@
 
 #include <cstddef>
 
+#include "ops/linear_kernels.h"  // kTileColumns, the tiles' row stride
+
 namespace awqcore {
 namespace avx2 {
 
@@ -41,7 +43,7 @@ inline void PrefetchBytes(const void* p, int bytes) {
 // put in the exponent field. x is clamped at -87 so that 2^n stays normal
 // (e^-87 ~ 1.6e-38, no weight of a softmax whose maximum contributes 1);
 // NaN passes through (MAXPS returns its second operand when one is NaN).
-// libm's expf, called per score, was ~9% of attention.
+// libm's expf, called per score, takes ~9% of attention.
 inline __m256 ExpNonPositive(__m256 x) {
   x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
@@ -58,9 +60,6 @@ inline __m256 ExpNonPositive(__m256 x) {
   const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(y, _mm256_castsi256_ps(two_n));
 }
-
-// Columns in a tile of kTileColumns f32 weights per row (4 rows: 4 KiB, in L1).
-constexpr int kTileColumns = 256;
 
 // The prefill micro-kernel: 4 tile rows (stride kTileColumns) times one or
 // two token rows over `width` columns. Accumulators: 4 rows x 2 tokens = 8

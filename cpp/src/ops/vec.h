@@ -1,6 +1,8 @@
-// Small vector primitives shared by the ops. Plain loops written so that -O3
-// can keep several independent accumulators in flight; the SIMD versions that
-// come later replace these bodies, not their callers.
+// Small vector primitives for the scalar references and for the op bodies that
+// have no hand-written SIMD kernel. Plain loops written so that -O3 can keep
+// several independent accumulators in flight. The AVX2 kernels do not call
+// these: they live in the ops' *_avx2.cpp files (helpers in simd_avx2.h), and
+// each op chooses between its scalar and AVX2 body at run time.
 #pragma once
 
 namespace awqcore {

@@ -15,7 +15,7 @@ import numpy as np
 from ..source import ModelConfig, TokenizerInfo
 from . import expected_tensor_shapes
 
-LINEAR_STD = 0.02  # like the usual initializer_range; keeps activations O(1)
+BIAS_STD = 0.1  # q/k/v biases: small next to the projections' O(1) outputs, but visible
 NORM_SPREAD = 0.1  # norm weights uniform in 1 ± NORM_SPREAD
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHATML_TEMPLATE = (
@@ -142,8 +142,18 @@ def source_from_spec(spec: str) -> "SyntheticSource":
 
 
 class SyntheticSource:
-    """A SourceModel with random weights: linears and biases N(0, 0.02²), norms (the
-    multiplier, also for Gemma's 1 + w) uniform in 1 ± 0.1."""
+    """A SourceModel with random weights: every matrix [out, in] (linears, embedding and
+    lm_head tables) N(0, 1/in), biases N(0, 0.1²), norms (the multiplier, also for
+    Gemma's 1 + w) uniform in 1 ± 0.1.
+
+    Variance 1/in keeps each linear's output as large as its input, so the attention and
+    MLP outputs outweigh a token's own embedding in the residual stream, scores are far
+    from uniform and logits spread by about 1: greedy decoding then depends on the whole
+    context and on the rotary positions. (With a fixed 0.02, a tied model's residual stream
+    is its input embedding and greedy repeats the last prompt token whatever the context.)
+    For Llama-2-7B's shapes 1/in gives std 0.016 (d=4096) and 0.0095 (down_proj), close to
+    the usual initializer_range of 0.02.
+    """
 
     def __init__(self, config: ModelConfig, seed: int = 0):
         n_tokens = 256 + len(SPECIAL_TOKENS)
@@ -170,4 +180,5 @@ class SyntheticSource:
         rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
         if name.endswith("norm.weight"):
             return rng.uniform(1 - NORM_SPREAD, 1 + NORM_SPREAD, size=shape).astype(np.float32)
-        return rng.standard_normal(size=shape, dtype=np.float32) * np.float32(LINEAR_STD)
+        std = BIAS_STD if len(shape) == 1 else 1.0 / np.sqrt(shape[-1])
+        return rng.standard_normal(size=shape, dtype=np.float32) * np.float32(std)
