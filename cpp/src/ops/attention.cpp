@@ -21,7 +21,9 @@ void AxpyKv(float a, const uint16_t* v, float* y, int n) {
   for (int i = 0; i < n; ++i) y[i] += a * F16ToF32(v[i]);
 }
 
-int CeilDiv(int a, int b) { return (a + b - 1) / b; }
+// a >= 0, b > 0; without forming a + b - 1, which overflows for a near INT_MAX
+// (max_seq_len = INT_MAX in the Session memory check: UBSan found it).
+int CeilDiv(int a, int b) { return a / b + (a % b != 0 ? 1 : 0); }
 
 // Below this many state floats to combine, the caller combines alone.
 constexpr int64_t kInlineCombineFloats = 16384;
