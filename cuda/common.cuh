@@ -145,8 +145,8 @@ struct DeviceInt4 {
 // (CUDA cores, f32); from kTensorCoreMinTokens tokens on: Int4Gemm (tensor
 // cores, f16 inputs).
 constexpr int kTensorCoreMinTokens = 16;
-void Int4Linear(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate,
-                cudaStream_t stream);
+void Int4LinearForward(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate,
+                       cudaStream_t stream);
 
 // ---- int4_gemm.cu ----
 // The same product on tensor cores, x and W rounded to f16 (accumulation in

@@ -424,9 +424,9 @@ class CudaTransformer final : public ForwardPass {
       const cu::AttentionParams& attention = l.sliding ? sliding_attention_ : full_attention_;
       const DeviceBuffer& rope = l.sliding && local_rope_.bytes() > 0 ? local_rope_ : rope_;
       cu::RmsNorm(x, l.input_norm, d, eps, n, h, stream_);
-      cu::Int4Linear(l.q, h, n, q, false, stream_);
-      cu::Int4Linear(l.k, h, n, k, false, stream_);
-      cu::Int4Linear(l.v, h, n, v_.as<float>(), false, stream_);
+      cu::Int4LinearForward(l.q, h, n, q, false, stream_);
+      cu::Int4LinearForward(l.k, h, n, k, false, stream_);
+      cu::Int4LinearForward(l.v, h, n, v_.as<float>(), false, stream_);
       if (c.qk_norm) {  // rows of hd: n * H of q, n * KV of k
         cu::RmsNorm(q, l.q_norm, hd, eps, n * c.num_heads, q, stream_);
         cu::RmsNorm(k, l.k_norm, hd, eps, n * c.num_kv_heads, k, stream_);
@@ -439,22 +439,22 @@ class CudaTransformer final : public ForwardPass {
         cu::Attention(attention, places, n, q, kc, vc, att_scratch_.as<float>(), attn, stream_);
       }
       if (sandwich) {
-        cu::Int4Linear(l.o, attn, n, h, false, stream_);
+        cu::Int4LinearForward(l.o, attn, n, h, false, stream_);
         cu::AddRmsNorm(h, l.post_norm, d, eps, n, x, stream_);  // x += norm(o_proj(attn))
         cu::RmsNorm(x, l.pre_ffn_norm, d, eps, n, h, stream_);
       } else {
-        cu::Int4Linear(l.o, attn, n, x, true, stream_);  // x += o_proj(attn)
+        cu::Int4LinearForward(l.o, attn, n, x, true, stream_);  // x += o_proj(attn)
         cu::RmsNorm(x, l.post_norm, d, eps, n, h, stream_);
       }
-      cu::Int4Linear(l.gate, h, n, gate, false, stream_);
-      cu::Int4Linear(l.up, h, n, up_.as<float>(), false, stream_);
+      cu::Int4LinearForward(l.gate, h, n, gate, false, stream_);
+      cu::Int4LinearForward(l.up, h, n, up_.as<float>(), false, stream_);
       cu::GatedActivation(c.activation, gate, up_.as<float>(), static_cast<size_t>(n) * c.intermediate_size, gate,
                           stream_);
       if (sandwich) {
-        cu::Int4Linear(l.down, gate, n, h, false, stream_);
+        cu::Int4LinearForward(l.down, gate, n, h, false, stream_);
         cu::AddRmsNorm(h, l.post_ffn_norm, d, eps, n, x, stream_);  // x += norm(down_proj(...))
       } else {
-        cu::Int4Linear(l.down, gate, n, x, true, stream_);  // x += down_proj(...)
+        cu::Int4LinearForward(l.down, gate, n, x, true, stream_);  // x += down_proj(...)
       }
     }
     if (rows == 0) return;

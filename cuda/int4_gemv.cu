@@ -203,8 +203,8 @@ void LaunchTile(const DeviceInt4& w, const float* x, float* y, bool accumulate,
 
 }  // namespace
 
-void Int4Linear(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate,
-                cudaStream_t stream) {
+void Int4LinearForward(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate,
+                       cudaStream_t stream) {
   if (n >= kTensorCoreMinTokens) {
     Int4Gemm(w, x, n, y, accumulate, stream);
     return;

@@ -77,7 +77,7 @@ void CheckInt4Linear(const int (&c)[6], double product_error, std::mt19937& rng)
                4 * kU * (std::fabs(want[i]) + 2.0);
       if (c[5]) want[i] += residual[i];
     }
-  cuda_test::Int4Linear(w.layer, x.data(), n, c[5] ? residual.data() : nullptr, got.data());
+  cuda_test::Int4LinearForward(w.layer, x.data(), n, c[5] ? residual.data() : nullptr, got.data());
   const std::string what = "int4 " + std::to_string(out) + "x" + std::to_string(in) + " g" +
                            std::to_string(g) + " n" + std::to_string(n);
   CheckClose(what.c_str(), got, want, tol);

@@ -73,7 +73,7 @@ double Int4GemvMicros(int out, int in, int group_size, int batch) {
   }
   DeviceBuffer x = RandomBuffer(static_cast<size_t>(batch) * in * 4, 7), y(static_cast<size_t>(batch) * out * 4);
   AWQ_CUDA_CHECK(cudaMemset(x.as<void>(), 0x3C, static_cast<size_t>(batch) * in * 4));  // finite floats
-  return MedianMicros([&](int i) { cu::Int4Linear(w[i % copies], x.as<float>(), batch, y.as<float>(), false, 0); }, 50);
+  return MedianMicros([&](int i) { cu::Int4LinearForward(w[i % copies], x.as<float>(), batch, y.as<float>(), false, 0); }, 50);
 }
 
 }  // namespace cuda_bench

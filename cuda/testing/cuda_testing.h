@@ -31,8 +31,8 @@ std::unique_ptr<ForwardPass> CreateRandomCudaForward(const ModelConfig& config, 
 // shows. They throw Error when built without CUDA or when there is no device.
 namespace cuda_test {
 // y[t, :] = (residual ? residual[t, :] : 0) + W x[t, :] (+ bias); x: [n, in], y: [n, out].
-void Int4Linear(const awqcore::Int4Linear& w, const float* x, int n, const float* residual,
-                float* y);
+void Int4LinearForward(const awqcore::Int4Linear& w, const float* x, int n, const float* residual,
+                       float* y);
 // y[t, r] = sum_c W[r, c] x[t, c]; W: [rows, d] f16 bits.
 void F16Linear(const uint16_t* w, int rows, int d, const float* x, int n, float* y);
 // out[t, :] = table[ids[t], :] * scale in f32.

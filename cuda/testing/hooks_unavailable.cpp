@@ -8,7 +8,7 @@ namespace {
 [[noreturn]] void Unavailable() { throw Error("awqcore was built without CUDA"); }
 }  // namespace
 
-void Int4Linear(const awqcore::Int4Linear&, const float*, int, const float*, float*) { Unavailable(); }
+void Int4LinearForward(const awqcore::Int4Linear&, const float*, int, const float*, float*) { Unavailable(); }
 void F16Linear(const uint16_t*, int, int, const float*, int, float*) { Unavailable(); }
 void Embedding(const uint16_t*, int, int, const int*, int, float, float*) { Unavailable(); }
 void RmsNorm(const float*, const float*, int, float, int, const float*, float*) { Unavailable(); }

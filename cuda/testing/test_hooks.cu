@@ -31,7 +31,7 @@ void Down(float* dst, const DeviceBuffer& b, size_t floats) {
 
 }  // namespace
 
-void Int4Linear(const awqcore::Int4Linear& w, const float* x, int n, const float* residual, float* y) {
+void Int4LinearForward(const awqcore::Int4Linear& w, const float* x, int n, const float* residual, float* y) {
   cu::RequireDevice();
   const size_t groups = static_cast<size_t>(w.out) * (w.in / w.group_size);
   DeviceBuffer q = Up(w.qweight, static_cast<size_t>(w.out) * w.in / 2);
@@ -40,7 +40,7 @@ void Int4Linear(const awqcore::Int4Linear& w, const float* x, int n, const float
   DeviceBuffer dx = Up(x, static_cast<size_t>(n) * w.in);
   DeviceBuffer dy = residual ? Up(residual, static_cast<size_t>(n) * w.out) : Poisoned(static_cast<size_t>(n) * w.out);
   cu::DeviceInt4 dw{w.out, w.in, w.group_size, q.as<uint8_t>(), s.as<__half>(), z.as<uint8_t>(), b.as<float>()};
-  cu::Int4Linear(dw, dx.as<float>(), n, dy.as<float>(), residual != nullptr, 0);
+  cu::Int4LinearForward(dw, dx.as<float>(), n, dy.as<float>(), residual != nullptr, 0);
   Down(y, dy, static_cast<size_t>(n) * w.out);
 }
 
