@@ -29,6 +29,7 @@ from awqcore.awqbin_source import AwqbinSource
 from awqcore.importers import load_source
 from awqcore.quantize.pipeline import quantize_model
 from awqcore.reference import ReferenceModel
+from checks import assert_logits_match
 from tiny_models import FAMILY_NAMES, SharpSource, write_hf_checkpoint
 
 REL_TOL = 2e-5
@@ -48,10 +49,6 @@ def family_model(request, tmp_path_factory):
     return family, model, ReferenceModel(source.config, source.get)
 
 
-def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
-    return float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
-
-
 def prompt(seed: int, vocab: int) -> list[int]:
     return np.random.default_rng(seed).integers(5, vocab, size=PROMPT_TOKENS).tolist()
 
@@ -63,11 +60,7 @@ def test_logits_match_reference(family_model, chunk_tokens):
     ours = model.forward(ids, chunk_tokens=chunk_tokens)
     with torch.no_grad():
         theirs = reference.forward(ids).numpy()
-    error = relative_error(ours, theirs)
-    print(f"{family} chunk_tokens={chunk_tokens}: max |C++ - reference| / max |logit| "
-          f"= {error:.1e}")
-    assert error < REL_TOL
-    assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
+    assert_logits_match(ours, theirs, REL_TOL, f"{family} chunk_tokens={chunk_tokens}")
 
 
 def test_greedy_tokens_match_reference(family_model):

@@ -7,7 +7,6 @@ The tolerance is that of test_runtime_vs_reference.py (both sides in float32
 from identical dequantized weights, differing in summation order only)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -16,6 +15,7 @@ from awqcore.awqbin_source import AwqbinSource
 from awqcore.importers import load_source, registry
 from awqcore.quantize.pipeline import quantize_model
 from awqcore.reference import ReferenceModel
+from checks import assert_logits_match
 
 pytestmark = pytest.mark.slow
 
@@ -51,10 +51,7 @@ def test_gemma3_logits_match_reference(gemma3):
     with torch.no_grad():
         theirs = reference.forward(ids).numpy()
     assert ours.shape == theirs.shape == (len(ids), 262_144)
-    error = float(np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs)))
-    print(f"Gemma 3 270M int4 g128: max |logit diff| / max |logit| = {error:.2e}")
-    assert error < REL_TOL
-    assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
+    assert_logits_match(ours, theirs, REL_TOL, "Gemma 3 270M int4 g128")
 
 
 def test_gemma3_greedy_matches_reference(gemma3):

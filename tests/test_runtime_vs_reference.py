@@ -31,7 +31,7 @@ from awqcore.awqbin import read_awqbin
 from awqcore.awqbin_source import AwqbinSource
 from awqcore.importers.synthetic import SyntheticSource, tiny_config
 from awqcore.reference import ReferenceModel
-from checks import assert_context_dependent
+from checks import assert_context_dependent, assert_logits_match, max_relative_error
 
 TEXT = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, "
         "France. It is named after the engineer Gustave Eiffel, whose company designed it.")
@@ -42,10 +42,6 @@ REL_TOL_SMOLLM2 = 1e-4
 def reference_of(path) -> ReferenceModel:
     source = AwqbinSource(path)
     return ReferenceModel(source.config, source.get)
-
-
-def max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +57,7 @@ def test_smollm2_logits_match_reference(smollm2):
     with torch.no_grad():
         theirs = reference.forward(ids).numpy()
     assert ours.shape == theirs.shape == (len(ids), model.config["vocab_size"])
-    error = max_relative_error(ours, theirs)
-    print(f"SmolLM2 int4 g64: max |logit diff| / max |logit| = {error:.2e} over {len(ids)} tokens")
-    assert error < REL_TOL_SMOLLM2
-    assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
+    assert_logits_match(ours, theirs, REL_TOL_SMOLLM2, f"SmolLM2 int4 g64, {len(ids)} tokens")
 
 
 def test_smollm2_greedy_matches_reference_for_32_tokens(smollm2):
@@ -142,11 +135,8 @@ def test_smollm2_int8_table_matches_reference(smollm2_int8_awqbin):
     ours = model.forward(ids)
     with torch.no_grad():
         theirs = reference.forward(ids).numpy()
-    error = max_relative_error(ours, theirs)
-    print(f"SmolLM2 int4 g64, int8 table: max |logit diff| / max |logit| = {error:.2e} "
-          f"over {len(ids)} tokens")
-    assert error < REL_TOL_SMOLLM2
-    assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
+    assert_logits_match(ours, theirs, REL_TOL_SMOLLM2,
+                        f"SmolLM2 int4 g64, int8 table, {len(ids)} tokens")
     prompt = model.tokenizer.encode("The capital of France is").ids
     generated = model.generate(prompt, max_new_tokens=32, stop=[])
     with torch.no_grad():

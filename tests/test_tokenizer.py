@@ -14,6 +14,7 @@ from tokenizers import Tokenizer
 
 from awqcore.importers.gguf_tokenizer import tokenizer_from_gguf
 from bpe_reference import ReferenceBPE
+from tiny_models import write_tokenizer_gguf
 
 SAMPLES = [
     "The quick brown fox jumps over the lazy dog. The capital of France is Paris.",
@@ -79,19 +80,8 @@ def smollm2_reference(vocab):
 
 
 def write_gguf(path, tokens, types, merges, pre="smollm", model="gpt2", **extra) -> str:
-    """A tensor-less GGUF holding only tokenizer metadata."""
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_tokenizer_model(model)
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    for key, value in extra.items():
-        getattr(writer, f"add_{key}")(value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.close()
-    return str(path)
+    """A tensor-less GGUF holding only BPE tokenizer metadata."""
+    return write_tokenizer_gguf(path, model, pre, tokens, types, merges=merges, **extra)
 
 
 # --- SmolLM2, from its real GGUF ---------------------------------------------------------

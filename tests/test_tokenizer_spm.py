@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from awqcore.importers.gguf_tokenizer import tokenizer_from_gguf
 from spm_reference import ReferenceSPM
+from tiny_models import write_tokenizer_gguf
 
 T = gguf.TokenType
 SAMPLES = [
@@ -105,18 +106,7 @@ def synthetic_vocab() -> tuple[list[str], list[float], list[int]]:
 
 def write_spm_gguf(path, tokens, scores, types, **extra) -> str:
     """A tensor-less GGUF holding only SentencePiece-style tokenizer metadata."""
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    for key, value in extra.items():
-        getattr(writer, f"add_{key}")(value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.close()
-    return str(path)
+    return write_tokenizer_gguf(path, "llama", "default", tokens, types, scores=scores, **extra)
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["space-prefix", "no-prefix"])

@@ -4,6 +4,8 @@
 2 key/value heads of 16, MLP 128, vocabulary 64); `write_tiny_model` quantizes
 it and writes the file with AwqbinWriter directly (not through the quantize
 pipeline), so format tests do not depend on the pipeline they may be checking.
+The same goes for the other files tests write here: Hugging Face folders of every
+family (`SharpSource`) and tokenizer-only GGUF files (`write_tokenizer_gguf`).
 """
 from __future__ import annotations
 
@@ -40,27 +42,16 @@ def tiny_tokenizer_json(vocab_size: int = 64) -> str:
     return tok.to_str()
 
 
-class TinySource:
-    """SourceModel of seeded random weights, llama (or qwen2 with q/k/v biases)."""
+class TensorDictSource:
+    """SourceModel of `config` with the tiny 64-token tokenizer over a dict of f32
+    tensors that the subclass fills; get returns copies so callers cannot alter them."""
 
-    def __init__(self, seed: int = 0, architecture: str = "llama",
-                 tie_word_embeddings: bool = True):
-        self.config = ModelConfig(
-            architecture=architecture, name=f"tiny-{architecture}", vocab_size=64, hidden_size=64,
-            intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-            max_position_embeddings=128, rope_theta=10000.0, rms_norm_eps=1e-5,
-            tie_word_embeddings=tie_word_embeddings, attention_bias=architecture == "qwen2")
+    def __init__(self, config: ModelConfig, source: str):
+        self.config = config
         self.tokenizer = TokenizerInfo(json=tiny_tokenizer_json(64), chat_template=CHATML_TEMPLATE,
                                        bos_token_id=1, eos_token_ids=[2])
-        self.source = f"random (seed {seed})"
-        rng = np.random.default_rng(seed)
+        self.source = source
         self._tensors: dict[str, np.ndarray] = {}
-        for name, shape in expected_tensor_shapes(self.config).items():
-            if name.endswith("norm.weight"):  # around 1, as trained RMSNorm weights are
-                t = 1.0 + 0.1 * rng.standard_normal(shape)
-            else:  # Kaiming-like scale keeps activations O(1) through the layers
-                t = rng.standard_normal(shape) / np.sqrt(shape[-1])
-            self._tensors[name] = t.astype(np.float32)
 
     def tensor_names(self) -> list[str]:
         return list(self._tensors)
@@ -69,6 +60,26 @@ class TinySource:
         if name not in self._tensors:
             raise KeyError(f"{self.source}: no tensor {name!r}")
         return self._tensors[name].copy()
+
+
+class TinySource(TensorDictSource):
+    """SourceModel of seeded random weights, llama (or qwen2 with q/k/v biases)."""
+
+    def __init__(self, seed: int = 0, architecture: str = "llama",
+                 tie_word_embeddings: bool = True):
+        super().__init__(ModelConfig(
+            architecture=architecture, name=f"tiny-{architecture}", vocab_size=64, hidden_size=64,
+            intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+            max_position_embeddings=128, rope_theta=10000.0, rms_norm_eps=1e-5,
+            tie_word_embeddings=tie_word_embeddings, attention_bias=architecture == "qwen2"),
+            f"random (seed {seed})")
+        rng = np.random.default_rng(seed)
+        for name, shape in expected_tensor_shapes(self.config).items():
+            if name.endswith("norm.weight"):  # around 1, as trained RMSNorm weights are
+                t = 1.0 + 0.1 * rng.standard_normal(shape)
+            else:  # Kaiming-like scale keeps activations O(1) through the layers
+                t = rng.standard_normal(shape) / np.sqrt(shape[-1])
+            self._tensors[name] = t.astype(np.float32)
 
 
 def tiny_metadata(source: TinySource, group_size: int = GROUP_SIZE) -> dict:
@@ -143,7 +154,7 @@ def family_config(family: str) -> ModelConfig:
     return tiny_config(family, vocab_size=64)
 
 
-class SharpSource:
+class SharpSource(TensorDictSource):
     """SourceModel of one family with weights strong enough that greedy tokens depend on
     the context, sharper still than SyntheticSource's variance-1/in matrices:
     embeddings N(0, 1), linears N(0, (gain²)/in) with q/k gain 2 so attention is peaked,
@@ -156,12 +167,8 @@ class SharpSource:
     the final norm's multiplier is 16x larger, keeping logits of O(1..10)."""
 
     def __init__(self, family: str, seed: int = 0):
-        self.config = family_config(family)
-        self.tokenizer = TokenizerInfo(json=tiny_tokenizer_json(64), chat_template=CHATML_TEMPLATE,
-                                       bos_token_id=1, eos_token_ids=[2])
-        self.source = f"sharp random {family} (seed {seed})"
+        super().__init__(family_config(family), f"sharp random {family} (seed {seed})")
         rng = np.random.default_rng(seed)
-        self._tensors: dict[str, np.ndarray] = {}
         for name, shape in expected_tensor_shapes(self.config).items():
             tied = self.config.tie_word_embeddings
             if name.endswith("norm.weight"):
@@ -178,14 +185,6 @@ class SharpSource:
                 gain = 2.0 if ("q_proj" in name or "k_proj" in name) else 1.0
                 t = gain * rng.standard_normal(shape) / np.sqrt(shape[-1])
             self._tensors[name] = t.astype(np.float32)
-
-    def tensor_names(self) -> list[str]:
-        return list(self._tensors)
-
-    def get(self, name: str) -> np.ndarray:
-        if name not in self._tensors:
-            raise KeyError(f"{self.source}: no tensor {name!r}")
-        return self._tensors[name].copy()
 
     def hf_tensors(self) -> dict[str, np.ndarray]:
         """The tensors as a Hugging Face checkpoint holds them: Gemma's norms as w, the
@@ -240,6 +239,31 @@ def write_hf_checkpoint(folder, source: SharpSource, dtype=None) -> None:
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(hf_config_json(source.config), f, indent=1)
     write_hf_tokenizer(folder, source)
+
+
+def write_tokenizer_gguf(path, model: str, pre: str, tokens: list[str], types: list[int],
+                         scores: list[float] | None = None, merges: list[str] | None = None,
+                         **extra) -> str:
+    """A tensor-less GGUF holding only tokenizer metadata: tokenizer.ggml.model `model`
+    ("gpt2" BPE with `merges`, "llama" SentencePiece with `scores`), its pre-tokenizer,
+    and each `extra` key through GGUFWriter's add_<key>. Returns the path as a string."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model(model)
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    if scores is not None:
+        writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    if merges is not None:
+        writer.add_token_merges(merges)
+    for key, value in extra.items():
+        getattr(writer, f"add_{key}")(value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return str(path)
 
 
 def write_hf_tokenizer(folder, source) -> None:
