@@ -24,12 +24,11 @@ using namespace awqcore;
 using awqtest::AsCache;
 using awqtest::AttentionReferencePerToken;
 using awqtest::AttentionTokens;
+using awqtest::Gamma;
+using awqtest::kUnitRoundoff;
 using awqtest::RandomFloats;
 
 namespace {
-
-constexpr double kUnitRoundoff = 5.9604644775390625e-08;  // 2^-24
-double Gamma(int n) { return n * kUnitRoundoff / (1.0 - n * kUnitRoundoff); }
 
 std::vector<Isa> IsasToTest() {
   std::vector<Isa> isas = {Isa::kScalar};

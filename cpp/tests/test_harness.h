@@ -72,6 +72,12 @@ inline double RelativeError(const std::vector<float>& a, const std::vector<float
   return max_ref > 0 ? max_diff / max_ref : max_diff;
 }
 
+// u = 2^-24, the unit roundoff of f32, and gamma(n) = n u / (1 - n u): a sum of
+// n f32 terms in any order is within gamma(n) * sum|terms| of the exact sum,
+// the a-priori bound the kernel tests build their tolerances from.
+constexpr double kUnitRoundoff = 5.9604644775390625e-08;
+inline double Gamma(int n) { return n * kUnitRoundoff / (1.0 - n * kUnitRoundoff); }
+
 }  // namespace awqtest
 
 #define TEST(name)                                                     \

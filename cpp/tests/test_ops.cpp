@@ -33,17 +33,11 @@ using namespace awqcore;
 using awqtest::AsCache;
 using awqtest::AttentionReferencePerToken;
 using awqtest::AttentionTokens;
+using awqtest::Gamma;
+using awqtest::kUnitRoundoff;
 using awqtest::RandomFloats;
 using awqtest::RelativeError;
 using awqtest::RandomInt4;
-
-namespace {
-
-constexpr double kUnitRoundoff = 5.9604644775390625e-08;  // u = 2^-24
-
-double Gamma(int n) { return n * kUnitRoundoff / (1.0 - n * kUnitRoundoff); }
-
-}  // namespace
 
 TEST(f16_round_trips_every_half) {
   int mismatches = 0;

@@ -44,6 +44,8 @@ using namespace awqcore;
 using awqtest::AsCache;
 using awqtest::AttentionReferencePerToken;
 using awqtest::AttentionTokens;
+using awqtest::Gamma;
+using awqtest::kUnitRoundoff;
 using awqtest::RandomFloats;
 using awqtest::RandomInt4;
 
@@ -52,9 +54,6 @@ namespace {
 // Weights start 1 element past their allocation, so the kernels see pointers
 // with no alignment beyond that of the element type.
 constexpr size_t kMisaligned = 1;
-
-constexpr double kUnitRoundoff = 5.9604644775390625e-08;  // 2^-24
-double Gamma(int n) { return n * kUnitRoundoff / (1.0 - n * kUnitRoundoff); }
 
 std::vector<Isa> IsasToTest() {
   std::vector<Isa> isas = {Isa::kScalar};
