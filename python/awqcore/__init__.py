@@ -178,11 +178,14 @@ class Model:
         """Like generate(), but yields each token as it is produced.
 
         Generation runs in a worker thread (the GIL is released while it
-        computes); closing the iterator early stops it at the next token.
+        computes). The hand-over queue holds one token, so the worker runs at
+        most two tokens ahead of the consumer: closing the iterator early
+        stops generation there, with last_stop_reason "callback", however
+        fast the model is.
         """
         if "on_token" in options:
             raise ValueError("stream() yields tokens itself; on_token is not accepted")
-        tokens: queue.Queue = queue.Queue()
+        tokens: queue.Queue = queue.Queue(maxsize=1)
         done = object()
         cancelled = threading.Event()
         failure: list[BaseException] = []
@@ -201,11 +204,17 @@ class Model:
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
+        finished = False
         try:
             while (item := tokens.get()) is not done:
                 yield item
+            finished = True
         finally:
             cancelled.set()
+            # Draining unblocks the worker's put(); its callback then sees
+            # `cancelled` and generation ends.
+            while not finished and tokens.get() is not done:
+                pass
             worker.join()
         if failure:
             raise failure[0]
