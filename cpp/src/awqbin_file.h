@@ -104,5 +104,7 @@ uint32_t Crc32(const uint8_t* data, size_t n, uint32_t crc = 0);
 // The index of the first NaN or infinite element of an f16 or f32 tensor, or
 // -1 when all are finite (and for the other dtypes).
 int64_t FirstNonFinite(const TensorView& tensor);
+// The same for n floats in memory (the Session's per-step logits check).
+int64_t FirstNonFiniteF32(const float* x, uint64_t n);
 
 }  // namespace awqcore

@@ -4,11 +4,10 @@
 // allocated in the constructor.
 #include <algorithm>
 #include <chrono>
-#include <cmath>
-#include <cstring>
 #include <string>
 #include <thread>
 
+#include "awqbin_file.h"
 #include "awqcore/awqcore.h"
 #include "cpu_memory.h"
 #include "cuda_backend.h"
@@ -77,28 +76,6 @@ bool IsStop(const std::vector<int>& stop_ids, int token) {
   return std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
 }
 
-// Index of the first NaN or infinity in x[0 .. n), or -1. A float is not
-// finite exactly when its exponent bits are all ones; adding 1 to the
-// exponent field (+ 0x00800000) then carries into bit 31, which the masked
-// value never has otherwise. The OR of those sums is a branch-free loop of
-// and/add/or that the compiler vectorizes with baseline SSE2 (4 floats per
-// 1-cycle step): vocab 49152 is ~12k steps, against milliseconds per decode
-// step (awqcore.h has the measurement), and the row was just written by the
-// lm_head, so it is in cache.
-int FirstNonFinite(const float* x, int n) {
-  uint32_t carries = 0;
-  for (int i = 0; i < n; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, x + i, sizeof bits);
-    carries |= (bits & 0x7f800000u) + 0x00800000u;
-  }
-  if (!(carries & 0x80000000u)) return -1;
-  for (int i = 0; i < n; ++i) {
-    if (!std::isfinite(x[i])) return i;
-  }
-  return -1;
-}
-
 // Marks a Session busy for the length of one call, so that a call from inside
 // Generate's on_token (the same thread; a Session is not thread-safe) is an
 // Error instead of corrupting the caches the outer call is using.
@@ -165,7 +142,9 @@ struct Session::Impl {
   // next token) holds a NaN or infinity: sampling from it would return an
   // arbitrary token (greedy: the last id) for every step after.
   void CheckLogitsFinite(const float* row, int seq) const {
-    const int bad = FirstNonFinite(row, config.vocab_size);
+    // vocab floats just written by the lm_head: microseconds against the
+    // milliseconds of the decode step that produced them.
+    const int64_t bad = FirstNonFiniteF32(row, static_cast<uint64_t>(config.vocab_size));
     if (bad < 0) return;
     const std::string whose =
         slot_prompt[seq] >= 0 ? "prompt " + std::to_string(slot_prompt[seq]) + "'s" : "the";

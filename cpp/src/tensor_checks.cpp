@@ -95,4 +95,8 @@ int64_t FirstNonFinite(const TensorView& tensor) {
   }
 }
 
+int64_t FirstNonFiniteF32(const float* x, uint64_t n) {
+  return FirstWithExponentAllOnes<uint32_t>(reinterpret_cast<const uint8_t*>(x), n, 0x7f800000u);
+}
+
 }  // namespace awqcore
