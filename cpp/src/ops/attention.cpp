@@ -135,6 +135,7 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
     return scratch + ((static_cast<size_t>(t) * H + h) * grid.splits + split) * state_floats;
   };
   const bool use_avx2 = isa == Isa::kAvx2 && hd % 8 == 0;
+  const float score_scale = shape.ScoreScale();  // once, not per work item
   pool.ParallelFor(grid.items, [&](int64_t item_begin, int64_t item_end) {
     for (int64_t item = item_begin; item < item_end; ++item) {
       const int split = static_cast<int>(item % grid.splits);
@@ -148,7 +149,7 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
       const int h_begin = kv_head * grid.group + part * grid.heads_per_item;
       const int h_end = std::min((kv_head + 1) * grid.group, h_begin + grid.heads_per_item);
       AttentionRows rows;
-      rows.scale = shape.ScoreScale();
+      rows.scale = score_scale;
       int tile_first = call_end, tile_end = 0;  // the keys the tile's rows read
       for (int t = t_begin; t < t_end; ++t) {
         for (int h = h_begin; h < h_end; ++h) {
