@@ -44,6 +44,18 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (x32 * weight.float()).to(x.dtype)
 
 
+def llama3_inverse_frequencies(inv_freq: torch.Tensor, factor: float, low: float,
+                               high: float, original: int) -> torch.Tensor:
+    """inv_freq [hd/2] float64 under Llama 3's rope scaling: wavelengths longer than
+    original/low are stretched by factor, those shorter than original/high kept, and the
+    band between interpolated."""
+    wavelength = 2 * math.pi / inv_freq
+    smooth = (original / wavelength - low) / (high - low)
+    blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    out = torch.where(wavelength > original / low, inv_freq / factor, blended)
+    return torch.where(wavelength < original / high, inv_freq, out)
+
+
 def inverse_frequencies(config: ModelConfig, sliding: bool) -> tuple[torch.Tensor, float]:
     """(inv_freq [hd/2] float64, cos/sin multiplier) of a layer, as transformers'
     ROPE_INIT_FUNCTIONS define them. Gemma 3's sliding layers use rope_local_theta
@@ -61,15 +73,9 @@ def inverse_frequencies(config: ModelConfig, sliding: bool) -> tuple[torch.Tenso
     if kind == "linear":  # positions divided by factor
         return inv_freq / factor, 1.0
     if kind == "llama3":
-        # Wavelengths longer than original/low_freq_factor are stretched by factor, those
-        # shorter than original/high_freq_factor kept, and the band between interpolated.
-        original = scaling["original_max_position_embeddings"]
-        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-        wavelength = 2 * math.pi / inv_freq
-        smooth = (original / wavelength - low) / (high - low)
-        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
-        out = torch.where(wavelength > original / low, inv_freq / factor, blended)
-        return torch.where(wavelength < original / high, inv_freq, out), 1.0
+        return llama3_inverse_frequencies(
+            inv_freq, factor, scaling["low_freq_factor"], scaling["high_freq_factor"],
+            scaling["original_max_position_embeddings"]), 1.0
     if kind == "yarn":
         # Dimensions that rotate fewer than beta_slow times over the original context
         # are interpolated (divided by factor), those above beta_fast kept, with a

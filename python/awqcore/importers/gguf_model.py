@@ -16,7 +16,9 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+import torch
 
+from ..reference import llama3_inverse_frequencies
 from ..source import ModelConfig, TokenizerInfo
 from . import check_tensor_shapes
 from .rope_scaling import normalize_rope_scaling
@@ -113,10 +115,9 @@ def _llama3_from_rope_freqs(divisors: np.ndarray, theta: float, head_dim: int,
         raise ValueError(f"{origin}: rope_freqs has {divisors.size} values, expected "
                          f"{head_dim // 2}")
     factor, low, high = float(divisors.max()), 1.0, 4.0
-    inv_freq = theta ** (-np.arange(0, head_dim, 2) / head_dim)
-    wavelength = 2 * math.pi / inv_freq
-    smooth = np.clip((original / wavelength - low) / (high - low), 0.0, 1.0)
-    expected = 1.0 / ((1 - smooth) / factor + smooth)
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    expected = (inv_freq / llama3_inverse_frequencies(inv_freq, factor, low, high,
+                                                      original)).numpy()
     if not np.allclose(divisors, expected, rtol=1e-5, atol=0):
         raise ValueError(f"{origin}: rope_freqs does not match Llama 3 rope scaling (factor "
                          f"{factor}, low_freq_factor 1, high_freq_factor 4, original context "
