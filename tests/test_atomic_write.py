@@ -51,7 +51,8 @@ def test_quantize_and_export_write_files_readable_by_others(tmp_path, umask_022,
     out = tmp_path / "model.awqbin"
     export = tmp_path / "hf"
     code = cli.main(["quantize", "synthetic:arch=llama,layers=1", "--out", str(out),
-                     "--group-size", "32", "--quiet", "--export-hf", str(export)])
+                     "--method", "rtn", "--group-size", "32", "--quiet", "--export-hf",
+                     str(export)])
     assert code == 0, capsys.readouterr().err
     written = [out, *sorted(export.iterdir())]
     assert len(written) >= 6  # the .awqbin, config, weights, tokenizer, its config, generation

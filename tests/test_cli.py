@@ -125,8 +125,8 @@ def _int4_tensors(path) -> dict[str, np.ndarray]:
 
 def test_quantize_export_hf_then_convert(tmp_path, capsys):
     out, folder, back = tmp_path / "m.awqbin", tmp_path / "hf", tmp_path / "back.awqbin"
-    assert main(["quantize", SPEC, "--out", str(out), "--group-size", "32", "-q",
-                 "--export-hf", str(folder)]) == 0
+    assert main(["quantize", SPEC, "--out", str(out), "--method", "rtn", "--group-size", "32",
+                 "-q", "--export-hf", str(folder)]) == 0
     assert f"wrote {folder}: AutoAWQ GEMM checkpoint" in capsys.readouterr().out
     assert main(["convert", str(folder), "--out", str(back)]) == 0
     assert "7 int4 linears (group size 32)" in capsys.readouterr().out

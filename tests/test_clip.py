@@ -94,3 +94,16 @@ def test_bad_clip_mode_and_device_are_rejected(tmp_path):
         with pytest.raises(ValueError, match=r"device 'cuda' asked for, but torch sees no CUDA"):
             quantize_model(load_source(SPEC), tmp_path / "x.awqbin", method="awq",
                            device="cuda", progress=False, calib_samples=2, calib_seqlen=32)
+
+
+def test_cli_default_method_calibrates(tmp_path):
+    """`awqcore quantize MODEL` uses the calibrated default, not round-to-nearest, and
+    the parser's method list is the pipeline's."""
+    from awqcore.cli import DEFAULT_METHOD, QUANTIZE_METHODS
+    from awqcore.quantize.pipeline import QUANTIZERS
+
+    assert set(QUANTIZE_METHODS) == set(QUANTIZERS) and DEFAULT_METHOD != "rtn"
+    out = tmp_path / "default.awqbin"
+    assert main(["quantize", SPEC, "--group-size", "32", "-q", "--calib-samples", "2",
+                 "--calib-seqlen", "32", "--out", str(out)]) == 0
+    assert read_awqbin(out).metadata["quant.method"] == DEFAULT_METHOD

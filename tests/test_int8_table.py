@@ -139,8 +139,8 @@ def test_cli_flag_reaches_the_pipeline(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(awqcore.importers, "load_source", lambda name: TinySource())
     out = tmp_path / "m.awqbin"
-    assert main(["quantize", "tiny", "--group-size", "32", "--embeddings", "int8", "-q",
-                 "--out", str(out)]) == 0
+    assert main(["quantize", "tiny", "--method", "rtn", "--group-size", "32", "--embeddings",
+                 "int8", "-q", "--out", str(out)]) == 0
     assert "int8 embedding tables" in capsys.readouterr().out
     assert read_awqbin(out).tensors["model.embed_tokens.weight_q8"].dtype == "i8"
     with pytest.raises(SystemExit) as info:  # argparse's own exit

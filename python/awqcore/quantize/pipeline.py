@@ -68,8 +68,9 @@ def _gptq(source: SourceModel, group_size: int, progress: bool = True,
 
 def _awq_gptq(source: SourceModel, group_size: int, progress: bool = True,
               **options) -> LayerQuantizer:
-    """AWQ's scales (and clip bounds), then GPTQ instead of rounding."""
-    return AwqQuantizer(source, group_size, progress, **{**options, "gptq": True})
+    """AWQ's scales and held-out-checked clip bounds, then GPTQ instead of rounding."""
+    return AwqQuantizer(source, group_size, progress,
+                        **{"clip": "heldout", **options, "gptq": True})
 
 
 # method name -> factory(source, group_size, progress, **method options). Layers

@@ -1,0 +1,150 @@
+"""Compare quantization variants of one model from ONE calibration pass, in and out of domain.
+
+    python3 tools/quality_sweep.py smollm2-135m --calib-samples 32 --calib-seqlen 256 \
+        --ood-text ood.txt [--group-size 64] [--wiki-windows 40] [--ood-windows 12]
+
+AWQ's layer-by-layer calibration pass runs once (scale search included, no clip); every
+variant is then derived per layer from the same activation statistics and scales:
+  rtn           round to nearest, unscaled weights
+  gptq          GPTQ on the unscaled weights
+  awq-noclip    AWQ scales, then round to nearest
+  awq-full      AWQ scales + the full clip search (AutoAWQ's grid)
+  awq-heldout   AWQ scales + clip chosen on the even sequences, kept only where it also
+                helps on the odd ones
+  awq-mild      AWQ scales + the clip search over shrinks >= 0.85
+  awq-gptq      AWQ scales, then GPTQ
+  awq-gptq-heldout  AWQ scales + held-out clip, then GPTQ
+Each variant is written as a .awqbin and evaluated through the C++ runtime (exact f32
+mode) on the same windows; FP through the torch reference. Prints perplexities and each
+variant's share of RTN's increase: (ppl - FP) / (RTN - FP).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+
+VARIANTS = ("rtn", "gptq", "awq-noclip", "awq-full", "awq-heldout", "awq-mild", "awq-gptq",
+            "awq-gptq-heldout")
+
+
+def main() -> int:
+    import awqcore
+    from awqcore.data import read_text_file, wiki_texts
+    from awqcore.evaluate import (documents_for_windows, evaluate_runtime, reference_model,
+                                  reference_perplexity, token_windows)
+    from awqcore.importers import load_source
+    from awqcore.quantize import pipeline
+    from awqcore.quantize.awq import CLIP_EXCLUDED, INPUT_OF, AwqQuantizer, fake_quantize
+    from awqcore.quantize.clip import clip_bounds
+    from awqcore.quantize.gptq import gptq_int4
+    from awqcore.quantize.pipeline import _layer_float_names
+    from awqcore.quantize.rtn import quantize_int4
+    from awqcore.source import LINEAR_NAMES, layer_prefix
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model")
+    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-seqlen", type=int, default=256)
+    p.add_argument("--loss-tokens", type=int, default=1024)
+    p.add_argument("--ood-text", required=True, help="out-of-domain text file")
+    p.add_argument("--wiki-windows", type=int, default=40)
+    p.add_argument("--ood-windows", type=int, default=12)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch and runtime threads (1 on a machine shared with other jobs: "
+                   "oversubscribed threads wait on each other)")
+    args = p.parse_args()
+    variants = args.variants.split(",")
+    g = args.group_size
+    torch.set_num_threads(args.threads)
+
+    source = load_source(args.model)
+    start = time.perf_counter()
+    quantizer = AwqQuantizer(source, g, progress=False, calib_samples=args.calib_samples,
+                             calib_seqlen=args.calib_seqlen, loss_tokens=args.loss_tokens,
+                             clip="off", gptq=True)
+    results = {v: {} for v in variants}  # variant -> layer -> (norms, {prefix: int4})
+    for layer in range(source.config.num_layers):
+        names = _layer_float_names(source, layer)
+        original = {n: np.asarray(source.get(n), dtype=np.float32) for n in names}
+        weights = dict(original)
+        scaled = quantizer.fold_layer(layer, weights)
+        stats, scales = quantizer.layer_stats, quantizer.input_scale
+        pre = layer_prefix(layer)
+        for v in variants:
+            awq = v.startswith("awq")
+            norms = {n: (weights if awq else original)[n] for n in names
+                     if not (n.endswith(".weight") and n[len(pre):-7] in INPUT_OF)}
+            out = {}
+            for key in LINEAR_NAMES:
+                w = scaled[key].clone() if awq else torch.from_numpy(original[pre + key + ".weight"]).clone()
+                s = scales[key] if awq else torch.ones(w.shape[1])
+                mode = v.split("-")[-1] if v.split("-")[-1] in ("full", "heldout", "mild") else None
+                if mode and key not in CLIP_EXCLUDED:
+                    bound = clip_bounds(w, stats[INPUT_OF[key]], s, mode, fake_quantize)
+                    wg = w.view(w.shape[0], -1, g)
+                    torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
+                if "gptq" in v:
+                    out[pre + key] = gptq_int4(w, stats[INPUT_OF[key]].hessian(s), g)
+                else:
+                    out[pre + key] = quantize_int4(w.numpy(), g)
+            results[v][layer] = (norms, out)
+        print(f"layer {layer} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    print(f"calibration pass + variants: {time.perf_counter() - start:.0f} s; stages "
+          f"{ {k: round(t) for k, t in quantizer.times.items()} }", file=sys.stderr)
+
+    class Replay:
+        def __init__(self, variant):
+            self.variant = variant
+
+        def quantize_layer(self, layer, weights, linears):
+            norms, out = results[self.variant][layer]
+            weights.update(norms)
+            return out
+
+    tmp = tempfile.mkdtemp(prefix="quality_sweep_")
+    first_model = None
+    texts = {"wiki": wiki_texts("evaluation"), "ood": read_text_file(args.ood_text)}
+    n_windows = {"wiki": args.wiki_windows, "ood": args.ood_windows}
+    windows = {}
+    ppl = {k: {} for k in texts}
+    for v in variants:
+        path = os.path.join(tmp, v + ".awqbin")
+        pipeline.QUANTIZERS["awq"] = lambda source, group_size, progress=True, v=v: Replay(v)
+        pipeline.quantize_model(source, path, method="awq", group_size=g, progress=False)
+        model = awqcore.Model(path, threads=args.threads, max_seq_len=512,
+                              activations="f32")
+        for k, docs in texts.items():
+            if k not in windows:
+                docs = documents_for_windows(docs, 512, n_windows[k])
+                windows[k] = token_windows(model.tokenizer.encode("\n\n".join(docs)).ids, 512,
+                                           n_windows[k])
+            ppl[k][v] = evaluate_runtime(model, windows[k], progress=False).result.perplexity
+        print(f"{v}: wiki {ppl['wiki'][v]:.3f}, ood {ppl['ood'][v]:.3f}", file=sys.stderr)
+        os.remove(path)
+        first_model = first_model or model
+    reference = reference_model(args.model, source.config.vocab_size, "model")
+    fp = {k: reference_perplexity(reference, windows[k], progress=False).perplexity
+          for k in texts}
+    print(f"{args.model} g{g}, calibration {args.calib_samples} x {args.calib_seqlen}, "
+          f"wiki {len(windows['wiki'])} x 512, ood {len(windows['ood'])} x 512 ({args.ood_text})")
+    print(f"{'variant':18s} {'wiki ppl':>9s} {'share':>6s} {'ood ppl':>9s} {'share':>6s}")
+    print(f"{'FP':18s} {fp['wiki']:9.3f} {0:6.3f} {fp['ood']:9.3f} {0:6.3f}")
+    for v in variants:
+        share = {k: (ppl[k][v] - fp[k]) / (ppl[k]["rtn"] - fp[k]) if "rtn" in ppl[k] else
+                 float("nan") for k in texts}
+        print(f"{v:18s} {ppl['wiki'][v]:9.3f} {share['wiki']:6.3f} {ppl['ood'][v]:9.3f} "
+              f"{share['ood']:6.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
