@@ -69,14 +69,10 @@ struct Int4Input {
 // Rows [row0, row0 + rows) of every token of `input`.
 void Int4Rows(const Int4Linear& layer, int row0, int rows, const Int4Input& input, float* y,
               int ldy, Isa isa) {
-  if (input.q8 && isa == Isa::kAvx2) {
-    Int4RowsQ8Avx2(layer, row0, rows, *input.q8, y, ldy);
-  } else if (input.q8) {
-    Int4RowsQ8Scalar(layer, row0, rows, *input.q8, y, ldy);
-  } else if (isa == Isa::kAvx2) {
-    Int4RowsAvx2(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
+  if (input.q8) {
+    Int4RowsQ8ForIsa(isa, layer, row0, rows, *input.q8, y, ldy);
   } else {
-    Int4RowsScalar(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
+    Int4RowsForIsa(isa, layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
   }
 }
 
@@ -99,6 +95,28 @@ void Int4RowsScalar(const Int4Linear& layer, int row0, int rows, const float* x,
   for (int r = 0; r < rows; r += kRowBlock) {
     Int4RowBlockScalar(layer, row0 + r, std::min(kRowBlock, rows - r), x, ldx, num_tokens, y + r,
                        ldy);
+  }
+}
+
+void Int4RowsForIsa(Isa isa, const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
+                    int num_tokens, float* y, int ldy) {
+  if (isa >= Isa::kAvx2) {
+    Int4RowsAvx2(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  } else {
+    Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  }
+}
+
+void Int4RowsQ8ForIsa(Isa isa, const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                      float* y, int ldy) {
+  if (isa >= Isa::kAvx512Vnni) {
+    Int4RowsQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx512) {
+    Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx2) {
+    Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
+  } else {
+    Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
   }
 }
 
