@@ -5,7 +5,7 @@
 // W8A8 int8 lm_head (TableLinearForward), at Qwen2.5-1.5B's and SmolLM2's
 // shapes. Dev tool, not part of the library.
 //
-//   build/.../isa_bench [--threads 2] [--reps 9] [--megabytes 256]
+//   build/.../isa_bench [--threads 2] [--reps 9] [--megabytes 256] [--only qwen]
 //
 // Each shape is allocated as copies totalling --megabytes (8x this machine's
 // 32 MB L3), and one timed pass runs the GEMV once over every copy, so the
@@ -76,6 +76,17 @@ double ReadBandwidth(const std::vector<uint64_t>& buffer, ThreadPool& pool) {
   return static_cast<double>(per_chunk * chunks * sizeof(uint64_t)) / seconds;
 }
 
+// Bytes per CPU-second of the calling thread summing `buffer`: the ceiling
+// of the kernels' "GB per CPU-second".
+double ReadBandwidthPerCpuSecond(const std::vector<uint64_t>& buffer) {
+  const double start = ThreadCpuSeconds();
+  uint64_t sum = 0;
+  for (uint64_t v : buffer) sum += v;
+  const double seconds = ThreadCpuSeconds() - start;
+  if (sum == 12345) std::printf(" ");  // keeps the sum live
+  return static_cast<double>(buffer.size() * sizeof(uint64_t)) / seconds;
+}
+
 // `copies` int4 matrices [out, in] with random codes, scales and zeros.
 struct Int4Copies {
   Int4Copies(int out, int in, int group_size, int copies, std::mt19937& rng) {
@@ -134,14 +145,16 @@ struct Shape {
 
 int main(int argc, char** argv) {
   int threads = 2, reps = 9, megabytes = 256;
+  std::string only;  // run the shapes whose name contains it
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     const int value = std::atoi(argv[i + 1]);
-    if (flag == "--threads") threads = value;
+    if (flag == "--only") only = argv[i + 1];
+    else if (flag == "--threads") threads = value;
     else if (flag == "--reps") reps = value;
     else if (flag == "--megabytes") megabytes = value;
     else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--megabytes N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--megabytes N] [--only NAME_PART]\n", argv[0]);
       return 2;
     }
   }
@@ -162,7 +175,7 @@ int main(int argc, char** argv) {
               threads, reps, megabytes);
   ThreadPool pool(threads);
   std::vector<uint64_t> probe(static_cast<size_t>(512) << 17, 1);  // 512 MB
-  std::vector<double> bandwidths;
+  std::vector<double> bandwidths, bandwidths_per_cpu_second;
   const Shape shapes[] = {
       {"qwen2.5-1.5b gate/up 8960x1536 g128", 8960, 1536, 128},
       {"qwen2.5-1.5b down 1536x8960 g128", 1536, 8960, 128},
@@ -175,6 +188,7 @@ int main(int argc, char** argv) {
   };
   std::mt19937 rng(1);
   for (const Shape& shape : shapes) {
+    if (std::string(shape.name).find(only) == std::string::npos) continue;
     const size_t matrix_bytes = static_cast<size_t>(shape.out) * shape.in / (shape.group_size ? 2 : 1);
     const int copies = static_cast<int>(std::max<size_t>(1, (static_cast<size_t>(megabytes) << 20) / matrix_bytes));
     std::vector<float> x(shape.in), y(shape.out);
@@ -188,6 +202,7 @@ int main(int argc, char** argv) {
       for (size_t i = 0; i < levels.size(); ++i) op(levels[i], 0);  // warm-up (allocations)
       for (int rep = 0; rep < reps; ++rep) {
         bandwidths.push_back(ReadBandwidth(probe, pool));
+        bandwidths_per_cpu_second.push_back(ReadBandwidthPerCpuSecond(probe));
         for (size_t j = 0; j < levels.size(); ++j) {
           const size_t i = (j + rep) % levels.size();
           const double start = Seconds();
@@ -222,7 +237,8 @@ int main(int argc, char** argv) {
                   bytes / Median(kernel_seconds[i]) / 1e9);
     }
   }
-  std::printf("read bandwidth, %d threads: %.1f GB/s (median of %zu probes between repetitions)\n", threads,
-              Median(bandwidths) / 1e9, bandwidths.size());
+  std::printf("read bandwidth (median of %zu probes between repetitions): %d threads %.1f GB/s, "
+              "1 thread %.1f GB per CPU-second\n", bandwidths.size(), threads, Median(bandwidths) / 1e9,
+              Median(bandwidths_per_cpu_second) / 1e9);
   return 0;
 }
