@@ -73,9 +73,14 @@ class Tokenizer {
 // Incremental decode of a token stream, for printing text as it is generated.
 // Push returns the text that became complete (valid UTF-8, possibly ""); text
 // that may still change (an incomplete UTF-8 sequence at the end) is held back.
-// Flush returns what is held back (invalid trailing bytes as U+FFFD, as Decode
-// gives them) and starts a new stream. The concatenation of everything returned
-// equals Decode(all ids, skip_special). Not thread-safe: one per stream.
+// Flush returns what is held back (invalid trailing bytes as U+FFFD) and starts
+// a new stream. The concatenation of everything returned equals
+// Decode(all ids, skip_special), with one exception: where an incomplete
+// character's byte-fallback tokens (<0xNN>) run straight into more byte tokens,
+// the stream has already emitted the complete text before them and gives the
+// dangling bytes as U+FFFD on their own, whereas Decode turns every byte of such
+// a run into U+FFFD (as `tokenizers`' ByteFallback decoder does).
+// Not thread-safe: one per stream.
 class StreamDecoder {
  public:
   explicit StreamDecoder(std::shared_ptr<const Tokenizer> tokenizer, bool skip_special = true);
@@ -83,6 +88,7 @@ class StreamDecoder {
   std::string Flush();
 
  private:
+  std::string NewText() const;  // the text of ids_[read_offset_, end)
   std::shared_ptr<const Tokenizer> tokenizer_;
   bool skip_special_;
   std::vector<int> ids_;    // the ids since the last emitted text's start

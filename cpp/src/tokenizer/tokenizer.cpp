@@ -414,32 +414,36 @@ StreamDecoder::StreamDecoder(std::shared_ptr<const Tokenizer> tokenizer, bool sk
   if (!tokenizer_) throw InvalidArgument("StreamDecoder needs a tokenizer");
 }
 
-// The ids since the last emitted text are decoded with the one before them
+// The ids since the last emitted text are decoded with the ones before them
 // (so decoders that treat the first token differently, e.g. Strip, see the
-// same context as in a full decode); the text past that token's own is new
-// once it no longer ends in U+FFFD, i.e. no UTF-8 sequence is left open.
+// same context as in a full decode); the text past theirs is new once it no
+// longer ends in U+FFFD, i.e. no UTF-8 sequence is left open. When the longer
+// decode does not extend the shorter one (ByteFallback turns a whole byte-token
+// run into U+FFFDs once any of it is invalid), the new ids are decoded alone.
+std::string StreamDecoder::NewText() const {
+  const std::vector<int> emitted(ids_.begin(), ids_.begin() + read_offset_);
+  const std::string prefix = tokenizer_->Decode(emitted, skip_special_);
+  std::string text = tokenizer_->Decode(ids_, skip_special_);
+  if (text.compare(0, prefix.size(), prefix) == 0) return text.substr(prefix.size());
+  return tokenizer_->Decode(std::vector<int>(ids_.begin() + read_offset_, ids_.end()), skip_special_);
+}
+
 std::string StreamDecoder::Push(int id) {
   ids_.push_back(id);
-  const std::string prefix = tokenizer_->Decode(
-      std::vector<int>(ids_.begin(), ids_.begin() + read_offset_), skip_special_);
-  const std::string text = tokenizer_->Decode(ids_, skip_special_);
-  if (text.size() <= prefix.size() || text.compare(0, prefix.size(), prefix) != 0 ||
-      (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0)) {
+  std::string text = NewText();
+  if (text.empty() || (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0)) {
     return "";
   }
   ids_.erase(ids_.begin(), ids_.begin() + read_offset_);
   read_offset_ = ids_.size();
-  return text.substr(prefix.size());
+  return text;
 }
 
 std::string StreamDecoder::Flush() {
-  const std::string prefix = tokenizer_->Decode(
-      std::vector<int>(ids_.begin(), ids_.begin() + read_offset_), skip_special_);
-  const std::string text = tokenizer_->Decode(ids_, skip_special_);
+  std::string text = NewText();
   ids_.clear();
   read_offset_ = 0;
-  if (text.size() <= prefix.size() || text.compare(0, prefix.size(), prefix) != 0) return "";
-  return text.substr(prefix.size());
+  return text;
 }
 
 }  // namespace awqcore
