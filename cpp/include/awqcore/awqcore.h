@@ -309,3 +309,6 @@ std::string CudaDeviceInfo();
 const char* Version();
 
 }  // namespace awqcore
+
+// Text in and out: awqcore::Tokenizer and StreamDecoder.
+#include "awqcore/tokenizer.h"
