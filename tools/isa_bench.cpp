@@ -220,14 +220,14 @@ int main(int argc, char** argv) {
       bytes = w.bytes;
       const Q8Activations& a = q8.Quantize(x.data(), shape.in, 1, shape.in, shape.group_size);
       run_all([&](Isa isa, int k) { Int4LinearForward(w.layers[k], x.data(), 1, y.data(), pool, isa); },
-              [&](Isa isa, int k) { Int4RowsQ8ForIsa(isa, w.layers[k], 0, shape.out, a, y.data(), shape.out); },
+              [&](Isa isa, int k) { Int4RowsQ8(w.layers[k], 0, shape.out, a, y.data(), shape.out, isa); },
               copies);
     } else {
       const TableCopies w(shape.out, shape.in, copies, rng);
       bytes = w.bytes;
       const Q8Activations& a = q8.Quantize(x.data(), shape.in, 1, shape.in, kQ8Block, Q8Layout::kNatural);
       run_all([&](Isa isa, int k) { TableLinearForward(w.tables[k], x.data(), 1, y.data(), pool, isa, true); },
-              [&](Isa isa, int k) { TableRowsQ8ForIsa(isa, w.tables[k], 0, shape.out, a, y.data(), shape.out); },
+              [&](Isa isa, int k) { TableRowsQ8(w.tables[k], 0, shape.out, a, y.data(), shape.out, isa); },
               copies);
     }
     std::printf("%s (%.0f MB)\n", shape.name, bytes / 1e6);

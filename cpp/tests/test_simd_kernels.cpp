@@ -137,7 +137,7 @@ TEST(int4_row_kernels_match_reference) {
             // Rows [row0, out) only, into a strided y: the split the pool makes.
             const int row0 = out > 4 ? 1 : 0;
             std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f);
-            Int4RowsForIsa(isa, w.layer, row0, out - row0, x, ldx, tokens, y.data() + row0, ldy);
+            Int4Rows(w.layer, row0, out - row0, x, ldx, tokens, y.data() + row0, ldy, isa);
             double max_diff = 0.0, max_ref = 0.0;
             for (int t = 0; t < tokens; ++t) {
               for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
@@ -224,7 +224,7 @@ TEST(int4_q8_row_kernels_match_reference) {
             Int4LinearReference(w.layer, a.data(), tokens, ref.data());
             Int4LinearReference(w.layer, xs.dense.data(), tokens, exact.data());
             auto run = [&](const Q8Activations& x, int row0, int ldy, float* ys) {
-              Int4RowsQ8ForIsa(isa, w.layer, row0, out - row0, x, ys + row0, ldy);
+              Int4RowsQ8(w.layer, row0, out - row0, x, ys + row0, ldy, isa);
             };
             const std::vector<float> y = tally.Check(
                 q8, out, ref, run, [&](int t, int r) { return Bound(w.layer, r, a.data() + t * in); });
@@ -278,7 +278,7 @@ TEST(int4_q8_row_kernels_are_exact_on_exact_data) {
             std::vector<float> exact(static_cast<size_t>(tokens) * out);
             Int4LinearReference(w.layer, x.data(), tokens, exact.data());
             std::vector<float> y(static_cast<size_t>(tokens) * out, -7.f);
-            Int4RowsQ8ForIsa(isa, w.layer, 0, out, q8, y.data(), out);
+            Int4RowsQ8(w.layer, 0, out, q8, y.data(), out, isa);
             for (size_t i = 0; i < y.size(); ++i) {
               if (y[i] != exact[i] && bad++ < 3) {
                 std::printf("  FAILED case: %s g%d in=%d out=%d tokens=%d output %zu: %.9g, exact %.9g\n",
@@ -319,7 +319,7 @@ TEST(table_row_kernels_match_reference_and_ignore_batch_size) {
             TableLinearReference(w.table, xs.dense.data(), tokens, ref.data());
             std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f);
             auto run = [&](const float* xs, int n, float* ys) {
-              TableRowsForIsa(isa, w.table, row0, rows - row0, xs, ldx, n, ys + row0, ldy);
+              TableRows(w.table, row0, rows - row0, xs, ldx, n, ys + row0, ldy, isa);
             };
             run(x, tokens, y.data());
             double max_diff = 0.0, max_ref = 0.0;
@@ -374,7 +374,7 @@ TEST(table_q8_row_kernels_match_reference_and_ignore_batch_size) {
           std::vector<float> ref(static_cast<size_t>(tokens) * rows);
           TableLinearReference(w.table, a.data(), tokens, ref.data());
           auto run = [&](const Q8Activations& x, int row0, int ldy, float* ys) {
-            TableRowsQ8ForIsa(isa, w.table, row0, rows - row0, x, ys + row0, ldy);
+            TableRowsQ8(w.table, row0, rows - row0, x, ys + row0, ldy, isa);
           };
           tally.Check(q8, rows, ref, run, [&](int t, int r) {
             return Gamma(d / 4 + 2) * w.AbsProductSum(r, a.data() + t * d);

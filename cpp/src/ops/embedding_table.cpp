@@ -81,8 +81,8 @@ void TableRowsQ8Scalar(const EmbeddingTable& table, int row0, int rows, const Q8
   }
 }
 
-void TableRowsForIsa(Isa isa, const EmbeddingTable& table, int row0, int rows, const float* x,
-                     int ldx, int num_tokens, float* y, int ldy) {
+void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+               int num_tokens, float* y, int ldy, Isa isa) {
   if (isa >= Isa::kAvx2) {
     TableRowsAvx2(table, row0, rows, x, ldx, num_tokens, y, ldy);
   } else {
@@ -90,8 +90,8 @@ void TableRowsForIsa(Isa isa, const EmbeddingTable& table, int row0, int rows, c
   }
 }
 
-void TableRowsQ8ForIsa(Isa isa, const EmbeddingTable& table, int row0, int rows,
-                       const Q8Activations& x, float* y, int ldy) {
+void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
+                 int ldy, Isa isa) {
   if (isa >= Isa::kAvx2) {
     TableRowsQ8Avx2(table, row0, rows, x, y, ldy);
   } else {
@@ -114,9 +114,9 @@ void TableLinearForward(const EmbeddingTable& table, const float* x, int num_tok
     const int row0 = static_cast<int>(begin) * kRowBlock;
     const int n = std::min(rows, static_cast<int>(end) * kRowBlock) - row0;
     if (xq != nullptr) {
-      TableRowsQ8ForIsa(isa, table, row0, n, *xq, y + row0, rows);
+      TableRowsQ8(table, row0, n, *xq, y + row0, rows, isa);
     } else {
-      TableRowsForIsa(isa, table, row0, n, x, table.d, num_tokens, y + row0, rows);
+      TableRows(table, row0, n, x, table.d, num_tokens, y + row0, rows, isa);
     }
   });
 }
