@@ -41,8 +41,9 @@ from tqdm import tqdm
 
 from ..reference import decoder_layer, expert_weights, mlp_hidden, route, rotary_tables
 from ..source import EXPERT_PROJECTIONS, ROUTER_NAME, expert_linear, layer_prefix
-from .awq import (CHUNK_TOKENS, CLIP_EXCLUDED, N_GRID, AwqQuantizer, InputStats, _mse,
-                  candidate_scales, fake_quantize, search_clip, search_scales, weight_mean)
+from .awq import (CHUNK_TOKENS, N_GRID, AwqQuantizer, _mse, candidate_scales, fake_quantize,
+                  search_scales, weight_mean)
+from .clip import InputStats, clip_bounds
 from .rtn import quantize_int4
 
 
@@ -51,6 +52,9 @@ class MoeAwqQuantizer(AwqQuantizer):
     Same contract and thread safety as AwqQuantizer."""
 
     def __init__(self, source, group_size: int, progress: bool = True, **options):
+        if options.get("gptq") or options.get("scale_search") is False:
+            raise ValueError("GPTQ (--method gptq, awq-gptq) is not implemented for "
+                             "mixture-of-experts models; use --method awq or rtn")
         super().__init__(source, group_size, progress, **options)
         self.unrouted: dict[int, list[int]] = {}  # MoE layer -> experts no token reached
 
@@ -61,7 +65,7 @@ class MoeAwqQuantizer(AwqQuantizer):
         p = layer_prefix(layer)
         scaled = self._fold_moe_layer(layer, weights)
         start = time.perf_counter()
-        result = {prefix: quantize_int4(scaled[prefix[len(p):]].numpy(), self.group_size,
+        result = {prefix: quantize_int4(scaled[prefix[len(p):]].cpu().numpy(), self.group_size,
                                         name=prefix + ".weight") for prefix in linears}
         self.times["int4 quantize"] += time.perf_counter() - start
         return result
@@ -74,14 +78,17 @@ class MoeAwqQuantizer(AwqQuantizer):
         c, g = self.config, self.group_size
         n, t, d = self.x.shape
         f, E = c.moe_intermediate_size, c.num_experts
-        stats: dict = {"qkv": InputStats(d, g), "o": InputStats(c.num_heads * c.head_dim, g),
-                       "mlp": InputStats(d, g)}
+        dev = self.device
+        stats: dict = {"qkv": InputStats(d, g, device=dev),
+                       "o": InputStats(c.num_heads * c.head_dim, g, device=dev),
+                       "mlp": InputStats(d, g, device=dev)}
         for e in range(E):
-            stats["mlp", e], stats["down", e] = InputStats(d, g), InputStats(f, g)
+            stats["mlp", e] = InputStats(d, g, device=dev)
+            stats["down", e] = InputStats(f, g, device=dev)
         samples: dict = {"attn": [], "o": [], "mlp": [], "weight": []}
         down: dict[int, list[torch.Tensor]] = {e: [] for e in range(E)}
         cap = self.options.loss_tokens or n * t  # down_proj loss samples per expert
-        keep = torch.ones(n, dtype=torch.bool)
+        keep = torch.ones(n, dtype=torch.bool, device=dev)
         per_chunk = max(1, CHUNK_TOKENS // t)
         attn_seqs = set(self.attn_seqs.tolist())
         for lo in range(0, n, per_chunk):
@@ -93,8 +100,10 @@ class MoeAwqQuantizer(AwqQuantizer):
                 finite &= taps[key].isfinite().flatten(1).all(1)
             keep[lo:lo + len(x)] = finite
             mask = self.loss_mask[lo:lo + len(x)] & finite[:, None]  # [b, T]
+            # Clip statistics per even / odd sequence (clip.InputStats' held-out mode).
+            parity = torch.arange(lo, lo + len(x), device=dev) % 2  # [b]
             for key in ("qkv", "o", "mlp"):
-                stats[key].add(taps[key][finite])
+                stats[key].add(taps[key][finite], parity[finite])
             for key in ("o", "mlp"):
                 samples[key].append(taps[key][mask])
             samples["weight"].append(self.loss_weight[lo:lo + len(x)][mask])
@@ -104,9 +113,10 @@ class MoeAwqQuantizer(AwqQuantizer):
             token_finite = finite.repeat_interleave(t)  # [b*T]
             for e, (tokens, hidden) in taps["routed"].items():
                 ok = token_finite[tokens]
-                tokens, hidden = tokens[ok], hidden[ok]
-                stats["mlp", e].add(h[tokens])
-                stats["down", e].add(hidden)
+                tokens, hidden = tokens[ok], hidden[ok]  # [m], [m, f]
+                part = parity[tokens // t]  # each routed token counts as a 1-token sequence
+                stats["mlp", e].add(h[tokens][:, None], part)
+                stats["down", e].add(hidden[:, None], part)
                 room = cap - sum(len(s) for s in down[e])
                 if room > 0:
                     down[e].append(hidden[:room])
@@ -223,7 +233,7 @@ class MoeAwqQuantizer(AwqQuantizer):
             if not np.isfinite(value).all():
                 raise ValueError(f"{name}: {int((~np.isfinite(value)).sum())} non-finite "
                                  "value(s) in the source weights; the model is corrupt")
-        w = {name[len(p):].removesuffix(".weight"): torch.tensor(value)
+        w = {name[len(p):].removesuffix(".weight"): torch.tensor(value, device=self.device)
              for name, value in weights.items()}
         linears = [k for k in w if k.endswith("_proj")]
         attention_groups = [grp for grp in self.scale_groups() if grp.source in ("qkv", "o")]
@@ -233,7 +243,7 @@ class MoeAwqQuantizer(AwqQuantizer):
         tick = lambda: bar.update(1)  # noqa: E731
 
         start = time.perf_counter()
-        self.rope = rotary_tables(c, self.x.shape[1], layer)
+        self.rope = tuple(t.to(self.device) for t in rotary_tables(c, self.x.shape[1], layer))
         stats = samples = None
         if len(self.x):
             with torch.no_grad():
@@ -288,28 +298,21 @@ class MoeAwqQuantizer(AwqQuantizer):
             self.notes.append(f"layer {layer}: experts {unrouted} got no calibration token; "
                               "their down_proj is unscaled and nothing of theirs is clipped")
         start = time.perf_counter()
-        if self.options.clip:
+        if self.options.clip != "off":  # v and o as in a dense layer, every expert linear
             with torch.no_grad():
-                for n in ("self_attn.v_proj", "self_attn.o_proj"):
-                    if n in CLIP_EXCLUDED:
-                        continue
-                    source = "qkv" if n == "self_attn.v_proj" else "o"
-                    s = input_scale.get(n, torch.ones(scaled[n].shape[1]))
-                    self._clip(scaled[n], stats[source].scaled_gram(s))
-                for e in range(E):
-                    if e in unrouted:
-                        continue
-                    for proj in EXPERT_PROJECTIONS:
-                        n = expert_linear(e, proj)
-                        key = ("down", e) if proj == "down_proj" else ("mlp", e)
-                        s = input_scale.get(n, torch.ones(scaled[n].shape[1]))
-                        self._clip(scaled[n], stats[key].scaled_gram(s))
+                todo = [("self_attn.v_proj", "qkv"), ("self_attn.o_proj", "o")]
+                todo += [(expert_linear(e, proj), ("down", e) if proj == "down_proj"
+                          else ("mlp", e))
+                         for e in range(E) if e not in unrouted for proj in EXPERT_PROJECTIONS]
+                for n, key in todo:
+                    s = input_scale.get(n, torch.ones(scaled[n].shape[1], device=self.device))
+                    self._clip(scaled[n], stats[key], s)
         self.times["clip search"] += time.perf_counter() - start
         bar.close()
         for name in weights:  # norms, biases and the router with the scales folded in
             key = name[len(p):].removesuffix(".weight")
             if not key.endswith("_proj"):
-                weights[name] = w[key].numpy()
+                weights[name] = w[key].cpu().numpy()
         return scaled
 
     def _search_attention(self, layer: int, group, w: dict, stats: dict, samples: dict,
@@ -324,9 +327,10 @@ class MoeAwqQuantizer(AwqQuantizer):
             self.kept_unscaled += 1
         return result.scales
 
-    def _clip(self, weight: torch.Tensor, gram: torch.Tensor) -> None:
-        """Clamps `weight` [out, in] in place to the clip search's per-group bounds."""
-        bound = search_clip(weight, gram, self.group_size)
+    def _clip(self, weight: torch.Tensor, stats: InputStats, s: torch.Tensor) -> None:
+        """Clamps `weight` [out, in] (input scaled by s) in place to the clip mode's
+        per-group bounds on the tokens `stats` saw."""
+        bound = clip_bounds(weight, stats, s, self.options.clip, fake_quantize)
         wg = weight.view(weight.shape[0], -1, self.group_size)  # [out, G, g]
         torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
 
