@@ -111,6 +111,10 @@ class ModelConfig:
             raise ValueError(f"{self.architecture}: qk_norm must be "
                              f"{int(self.architecture == 'qwen3_moe')} (Qwen3's attention "
                              "normalizes q and k, Mistral's does not)")
+        if self.architecture == "mixtral" and self.intermediate_size != self.moe_intermediate_size:
+            raise ValueError(f"mixtral's experts are its MLP: intermediate_size="
+                             f"{self.intermediate_size} must equal moe_intermediate_size="
+                             f"{self.moe_intermediate_size}")
         if self.architecture == "mixtral" and not self.norm_topk_prob:
             raise ValueError("mixtral always renormalizes the chosen router weights "
                              "(norm_topk_prob must be true)")
