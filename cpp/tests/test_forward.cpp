@@ -22,6 +22,7 @@
 #include "ops/int4_linear.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "random_weights.h"
 #include "test_harness.h"
 #include "thread_pool.h"
 #include "transformer.h"
@@ -195,11 +196,19 @@ struct TinyModel {
   }
 };
 
+// What an int4 linear multiplies: x [n, layer.in], rounded to int8 in the
+// int8 mode.
+std::vector<float> Int4Input(const Int4Linear& layer, const std::vector<float>& x, int n, bool int8) {
+  return awqtest::Int4OpInput(std::vector<float>(x.begin(), x.begin() + static_cast<size_t>(n) * layer.in),
+                              n, layer.in, layer.group_size, int8);
+}
+
 // The forward pass written out with the reference ops, whole sequence at once:
-// logits [ids.size(), vocab]. f16_kv_cache: keys and values rounded to f16
-// as the int8-decode mode's cache stores them.
+// logits [ids.size(), vocab]. int8: the int8 mode's numerics, every int4
+// linear's input rounded to int8 (awqtest::Int4OpInput) and keys and values
+// rounded to f16 as its cache stores them.
 std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& ids,
-                                bool f16_kv_cache) {
+                                bool int8) {
   const ModelConfig& c = model.config;
   const int n = static_cast<int>(ids.size()), d = c.hidden_size, ffn = c.intermediate_size;
   const int q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
@@ -213,9 +222,9 @@ std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& 
     const LayerWeights& w = model.weights.layers[l];
     const bool sliding = !c.layer_sliding.empty() && c.layer_sliding[l];
     RmsNormReference(x.data(), w.input_norm, d, c.rms_norm_eps, n, h.data());
-    Int4LinearReference(w.q, h.data(), n, q.data());
-    Int4LinearReference(w.k, h.data(), n, k.data());
-    Int4LinearReference(w.v, h.data(), n, v.data());
+    Int4LinearReference(w.q, Int4Input(w.q, h, n, int8).data(), n, q.data());
+    Int4LinearReference(w.k, Int4Input(w.k, h, n, int8).data(), n, k.data());
+    Int4LinearReference(w.v, Int4Input(w.v, h, n, int8).data(), n, v.data());
     if (c.qk_norm) {  // every head of every token is a row of hd
       RmsNormReference(q.data(), w.q_norm, c.head_dim, c.rms_norm_eps, n * c.num_heads, q.data());
       RmsNormReference(k.data(), w.k_norm, c.head_dim, c.rms_norm_eps, n * c.num_kv_heads, k.data());
@@ -225,25 +234,25 @@ std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& 
     const RopeScaling scaling = local ? RopeScaling{} : c.rope_scaling;
     RopeReference(q.data(), n, c.num_heads, c.head_dim, theta, 0, scaling);
     RopeReference(k.data(), n, c.num_kv_heads, c.head_dim, theta, 0, scaling);
-    if (f16_kv_cache) {
+    if (int8) {
       for (float& e : k) e = F16ToF32(F32ToF16(e));
       for (float& e : v) e = F16ToF32(F32ToF16(e));
     }
     const AttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim, c.attention_scale,
                                sliding ? c.sliding_window : 0};
     AttentionReference(shape, q.data(), k.data(), v.data(), 0, n, attn.data());
-    Int4LinearReference(w.o, attn.data(), n, proj.data());
+    Int4LinearReference(w.o, Int4Input(w.o, attn, n, int8).data(), n, proj.data());
     if (sandwich) RmsNormReference(proj.data(), w.post_norm, d, c.rms_norm_eps, n, proj.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
     RmsNormReference(x.data(), sandwich ? w.pre_ffn_norm : w.post_norm, d, c.rms_norm_eps, n, h.data());
-    Int4LinearReference(w.gate, h.data(), n, gate.data());
-    Int4LinearReference(w.up, h.data(), n, up.data());
+    Int4LinearReference(w.gate, Int4Input(w.gate, h, n, int8).data(), n, gate.data());
+    Int4LinearReference(w.up, Int4Input(w.up, h, n, int8).data(), n, up.data());
     if (c.activation == Activation::kSilu) {
       SwiGluReference(gate.data(), up.data(), n * ffn, gate.data());
     } else {
       GeGluReference(gate.data(), up.data(), n * ffn, gate.data());
     }
-    Int4LinearReference(w.down, gate.data(), n, proj.data());
+    Int4LinearReference(w.down, Int4Input(w.down, gate, n, int8).data(), n, proj.data());
     if (sandwich) RmsNormReference(proj.data(), w.post_ffn_norm, d, c.rms_norm_eps, n, proj.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
   }
@@ -275,8 +284,8 @@ constexpr double kLogitTolerance = 1e-4;
 }  // namespace
 
 TEST(forward_matches_naive_reference) {
-  // 9 tokens: the linears run f32 in both modes (int8 activations are for
-  // calls of <= 8), so the modes differ here only in the KV cache's type.
+  // 9 tokens: a prefill call (the lm_head multiplies f32 activations, the
+  // int4 linears int8 ones in the int8 mode, as the reference does).
   for (bool int8_tables : {false, true}) {
     for (Family family : kAllFamilies) {
       for (bool int8_decode : {true, false}) {
@@ -288,11 +297,11 @@ TEST(forward_matches_naive_reference) {
         transformer.Forward(ids.data(), static_cast<int>(ids.size()), Transformer::Logits::kAll, logits.data());
         CHECK(transformer.position() == 9);
         const double error = RelativeError(logits, NaiveForward(model, ids, int8_decode));
-        std::printf("  %s, %s tables, %s KV cache: forward vs naive reference, relative error %.3g\n",
+        std::printf("  %s, %s tables, %s mode: forward vs naive reference, relative error %.3g\n",
                     FamilyName(family).c_str(), int8_tables ? "int8" : "f16",
-                    int8_decode ? "f16" : "f32", error);
+                    int8_decode ? "int8" : "f32", error);
         CHECK(error <= kLogitTolerance);
-        if (int8_decode) {  // the cache's rounding is visible: the f32-cache reference is farther
+        if (int8_decode) {  // the int8 rounding is visible: the f32 reference is farther
           CHECK(RelativeError(logits, NaiveForward(model, ids, false)) > 2 * error);
         }
       }

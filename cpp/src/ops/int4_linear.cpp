@@ -83,9 +83,9 @@ void Int4Rows(const Int4Linear& layer, int row0, int rows, const Int4Input& inpu
 // Rounds x to int8 once per op, before the row split, when the call takes the
 // W4A8 path. The buffer is per calling thread (each Session decodes on its
 // own thread), so sessions never share it, and it only grows: after the
-// first token, decode does not allocate.
-Int4Input PrepareInput(const float* x, int num_tokens, int in, int group_size, bool int8_decode) {
-  if (!int8_decode || !UsesQ8Activations(in, num_tokens)) return {x, num_tokens, nullptr};
+// first token (and the longest prompt), decode does not allocate.
+Int4Input PrepareInput(const float* x, int num_tokens, int in, int group_size, bool int8) {
+  if (!int8 || !UsesQ8Activations(in)) return {x, num_tokens, nullptr};
   thread_local Q8Buffer buffer;
   return {x, num_tokens, &buffer.Quantize(x, in, num_tokens, in, group_size)};
 }
@@ -185,8 +185,8 @@ void Int4GatedMlpForward(const Int4Linear& gate, const Int4Linear& up, Activatio
       const int rows = std::min(kSliceRows, row_end - row0);
       for (int t0 = 0; t0 < num_tokens; t0 += kTokenSlice) {
         const int tokens = std::min(kTokenSlice, num_tokens - t0);
-        // W4A8 calls have <= kQ8MaxTokens tokens: one slice, the whole input.
-        const Int4Input slice = input.q8 ? input : Int4Input{x + static_cast<size_t>(t0) * gate.in, tokens, nullptr};
+        const Q8Activations q8_slice = input.q8 ? input.q8->Tokens(t0, tokens) : Q8Activations{};
+        const Int4Input slice{x + static_cast<size_t>(t0) * gate.in, tokens, input.q8 ? &q8_slice : nullptr};
         float* out_slice = out + static_cast<size_t>(t0) * ffn + row0;
         Int4Rows(gate, row0, rows, slice, out_slice, ffn, isa);
         Int4Rows(up, row0, rows, slice, up_rows, kSliceRows, isa);

@@ -42,6 +42,13 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
                       float* y, int ldy);
 void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                     float* y, int ldy);
+// The W4A8 GEMM (int4_gemm_q8_avx512vnni.cpp, AVX-512 F/BW/VL/DQ + VNNI; call
+// only when the CPU has them): any number of tokens, 4 rows x 4 tokens per
+// register block. Every token's outputs are bit-identical to
+// Int4RowsQ8Avx2's for that token alone, so prefill, batched decode and
+// single-token decode agree whichever of the two runs.
+void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                          float* y, int ldy);
 
 // W: the table [table.rows, table.d], f16 or int8 (no bias). A token's
 // outputs are bit-identical whatever num_tokens is (the GEMV and the tiled
