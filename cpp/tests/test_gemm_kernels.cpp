@@ -140,8 +140,7 @@ TEST(w4a8_gemm_matches_reference_and_equals_gemv_per_token) {
                 const float v = y[t * ldy + r];
                 const double diff = std::fabs(static_cast<double>(v) - ref[t * out + r]);
                 const double bound = Bound(w.layer, r, a.data() + static_cast<size_t>(t) * in);
-                if (!(diff <= bound)) {
-                  ++bad[l];
+                if (!(diff <= bound) && ++bad[l] <= 3) {  // the first few cases, named
                   CHECK_LE(diff, bound, awqtest::Case(levels[l].name, " g=", g, " in=", in, " out=", out,
                                                       " tokens=", tokens, " t=", t, " r=", r));
                 }
