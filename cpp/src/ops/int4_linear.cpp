@@ -66,13 +66,23 @@ struct Int4Input {
   const Q8Activations* q8; // the rounding of x, or nullptr: the f32 path
 };
 
+// Whether the CPU runs the AVX-512 VNNI GEMM (Int4GemmQ8Avx512Vnni).
+bool CpuHasAvx512Vnni() {
+#if defined(AWQCORE_HAVE_AVX2_KERNELS) && (defined(__GNUC__) || defined(__clang__))
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512vnni");
+  return has;
+#else
+  return false;
+#endif
+}
+
 // Rows [row0, row0 + rows) of every token of `input`.
 void Int4Rows(const Int4Linear& layer, int row0, int rows, const Int4Input& input, float* y,
               int ldy, Isa isa) {
-  if (input.q8 && isa == Isa::kAvx2) {
-    Int4RowsQ8Avx2(layer, row0, rows, *input.q8, y, ldy);
-  } else if (input.q8) {
-    Int4RowsQ8Scalar(layer, row0, rows, *input.q8, y, ldy);
+  if (input.q8) {
+    Int4RowsQ8(layer, row0, rows, *input.q8, y, ldy, isa);
   } else if (isa == Isa::kAvx2) {
     Int4RowsAvx2(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
   } else {
@@ -131,6 +141,21 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
       }
       y[static_cast<size_t>(t) * ldy + (r - row0)] = sum;
     }
+  }
+}
+
+// W4A8 calls of several tokens (prefill, batched decode) run the VNNI GEMM
+// where the CPU has it: its results equal the AVX2 kernel's bit for bit,
+// 1.3-1.5x faster (one core, 1536 x 1536 and 768 x 8960 at g = 128, 8 to
+// 256 tokens; interleaved medians on a loaded machine).
+void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
+                int ldy, Isa isa) {
+  if (isa == Isa::kAvx2 && x.num_tokens > 1 && CpuHasAvx512Vnni()) {
+    Int4GemmQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+  } else if (isa == Isa::kAvx2) {
+    Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
+  } else {
+    Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
   }
 }
 
