@@ -165,9 +165,9 @@ TEST(experts_match_each_token_through_each_expert_alone) {
           std::vector<float> y(static_cast<size_t>(tokens) * s.d);
           MoeExpertsForward(experts.moe, Activation::kSilu, x.data(), tokens, routes.data(), weights.data(),
                             s.k, y.data(), scratch, pool, DetectedIsa(), int8_decode);
-          // The same ops one token and one expert at a time, with the
-          // activation mode the call's token count gives the whole call.
-          const bool call_int8 = int8_decode && tokens <= kQ8MaxTokens;
+          // The same ops one token and one expert at a time, in the call's
+          // activation mode (the int8 mode rounds every call's input).
+          const bool call_int8 = int8_decode;
           std::vector<float> alone(y.size(), 0.0f), act(s.f), out(s.d);
           std::vector<float> exact(y.size(), 0.0f);
           for (int t = 0; t < tokens; ++t) {
@@ -194,9 +194,10 @@ TEST(experts_match_each_token_through_each_expert_alone) {
           }
           // Grouping changes which tokens share a kernel call, never a
           // token's arithmetic, on the W4A8 path (every linear's input a
-          // multiple of 64 columns wide) and the f32 GEMV (< 4 tokens per
-          // group); the tiled f32 GEMM (4 or more) sums in another order,
-          // within the f32 bound below.
+          // multiple of 64 columns wide: the GEMV, or for several tokens the
+          // GEMM, which keeps each token's arithmetic) and the f32 GEMV (< 4
+          // tokens per group); the tiled f32 GEMM (4 or more) sums in
+          // another order, within the f32 bound below.
           const double grouped_error = awqtest::RelativeError(y, alone);
           // Each linear within gamma(in + 8) ~ 1e-5 of exact for in <= 128,
           // three in a row and a sum of k weighted terms: < 1e-4. On the
