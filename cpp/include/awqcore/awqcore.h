@@ -187,8 +187,9 @@ enum class Device { kCpu, kCuda };
 //     every call: decode steps, batched decode and prefill. Decode kernels
 //     1.6-1.8x faster than f32; prefill runs an int8 GEMM (vpdpbusd on
 //     AVX-512 VNNI, vpmaddubsw on AVX2), 3-4x the f32 GEMM's rate. A token's
-//     int4 linears give the same result, bit for bit, in a prompt, a batch or
-//     alone. An int8 lm_head (`--embeddings int8`) multiplies W8A8 too in
+//     int4 linears give the same result, bit for bit, in a batch of up to 8
+//     or alone (in a prompt too on AVX2 CPUs; with VNNI a prompt's GEMM sums
+//     in another order: f32 rounding, ~1e-6 relative). An int8 lm_head (`--embeddings int8`) multiplies W8A8 too in
 //     calls of at most kInt8DecodeMaxTokens tokens, ~2x faster. The
 //     next-token distribution moves by a mean KL of ~3e-3 nats on SmolLM2
 //     (README). The KV cache is f16 (as llama.cpp's default): half the
@@ -257,9 +258,9 @@ class Session {
   //
   // Greedy results equal one-by-one Generate: each token of a decode step is
   // computed exactly as alone, bit for bit, with kInt8Decode up to 8 live
-  // sequences (its int4 linears at any count: the int8 GEMM keeps each
-  // token's arithmetic; from 9, an int8 lm_head multiplies f32 activations,
-  // which moves the logits by the int8 rounding, ~1e-2 relative), and with
+  // sequences (from 9, an int8 lm_head multiplies f32 activations, which
+  // moves the logits by the int8 rounding, ~1e-2 relative, and on AVX-512
+  // VNNI CPUs the int4 linears run the GEMM, ~1e-6 relative), and with
   // kFloat32 up to 3 (from 4 the tiled f32 GEMM sums in another order: ~1e-6
   // relative), so a token could differ only where two logits are that close. On the GPU the same holds
   // up to 15 live sequences (the GEMV computes each token of its tiles as
@@ -309,6 +310,13 @@ class Session {
 bool BuiltWithCuda();
 // "no CUDA device" (or "built without CUDA"), else e.g. "NVIDIA H100 (sm_90)".
 std::string CudaDeviceInfo();
+
+// The CPU kernels' instruction set level in use and the levels this build
+// and CPU offer, e.g. "avx512vnni (available: scalar avx2 avx512 avx512vnni)".
+// The environment variable AWQCORE_ISA=scalar|avx2|avx512|avx512vnni picks a
+// level (for comparisons); one the CPU or build lacks, or an unknown name,
+// makes this and every CPU model load throw Error naming it.
+std::string CpuKernelsInfo();
 
 const char* Version();
 

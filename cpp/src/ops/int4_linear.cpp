@@ -66,27 +66,13 @@ struct Int4Input {
   const Q8Activations* q8; // the rounding of x, or nullptr: the f32 path
 };
 
-// Whether the CPU runs the AVX-512 VNNI GEMM (Int4GemmQ8Avx512Vnni).
-bool CpuHasAvx512Vnni() {
-#if defined(AWQCORE_HAVE_AVX2_KERNELS) && (defined(__GNUC__) || defined(__clang__))
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("avx512vnni");
-  return has;
-#else
-  return false;
-#endif
-}
-
 // Rows [row0, row0 + rows) of every token of `input`.
-void Int4Rows(const Int4Linear& layer, int row0, int rows, const Int4Input& input, float* y,
-              int ldy, Isa isa) {
+void InputRows(const Int4Linear& layer, int row0, int rows, const Int4Input& input, float* y,
+               int ldy, Isa isa) {
   if (input.q8) {
     Int4RowsQ8(layer, row0, rows, *input.q8, y, ldy, isa);
-  } else if (isa == Isa::kAvx2) {
-    Int4RowsAvx2(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
   } else {
-    Int4RowsScalar(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
+    Int4Rows(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy, isa);
   }
 }
 
@@ -144,15 +130,28 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
   }
 }
 
-// W4A8 calls of several tokens (prefill, batched decode) run the VNNI GEMM
-// where the CPU has it: its results equal the AVX2 kernel's bit for bit,
-// 1.3-1.5x faster (one core, 1536 x 1536 and 768 x 8960 at g = 128, 8 to
-// 256 tokens; interleaved medians on a loaded machine).
+void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx, int num_tokens,
+              float* y, int ldy, Isa isa) {
+  if (isa >= Isa::kAvx2) {
+    Int4RowsAvx2(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  } else {
+    Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  }
+}
+
 void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
                 int ldy, Isa isa) {
-  if (isa == Isa::kAvx2 && x.num_tokens > 1 && CpuHasAvx512Vnni()) {
+  if (isa >= Isa::kAvx512Vnni && x.num_tokens > kQ8MaxTokens) {
+    // Prefill: the GEMM (4 x 4 register blocks, 1.1-5x the GEMV's token
+    // pairs from 8 tokens on: interleaved medians, one core, loaded machine).
+    // Calls of decode size stay on the GEMV, so a batch of up to 8 decodes
+    // bit for bit as its sequences alone.
     Int4GemmQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
-  } else if (isa == Isa::kAvx2) {
+  } else if (isa >= Isa::kAvx512Vnni) {
+    Int4RowsQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx512) {
+    Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx2) {
     Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
   } else {
     Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
@@ -185,7 +184,7 @@ void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int c
       if (lo < hi) {
         const int row0 = static_cast<int>(lo - first_block) * kRowBlock;
         const int row1 = std::min(layer.out, static_cast<int>(hi - first_block) * kRowBlock);
-        Int4Rows(layer, row0, row1 - row0, input, ys[i] + row0, layer.out, isa);
+        InputRows(layer, row0, row1 - row0, input, ys[i] + row0, layer.out, isa);
       }
       first_block += blocks;
     }
@@ -213,8 +212,8 @@ void Int4GatedMlpForward(const Int4Linear& gate, const Int4Linear& up, Activatio
         const Q8Activations q8_slice = input.q8 ? input.q8->Tokens(t0, tokens) : Q8Activations{};
         const Int4Input slice{x + static_cast<size_t>(t0) * gate.in, tokens, input.q8 ? &q8_slice : nullptr};
         float* out_slice = out + static_cast<size_t>(t0) * ffn + row0;
-        Int4Rows(gate, row0, rows, slice, out_slice, ffn, isa);
-        Int4Rows(up, row0, rows, slice, up_rows, kSliceRows, isa);
+        InputRows(gate, row0, rows, slice, out_slice, ffn, isa);
+        InputRows(up, row0, rows, slice, up_rows, kSliceRows, isa);
         for (int t = 0; t < tokens; ++t) {
           float* o = out_slice + static_cast<size_t>(t) * ffn;
           GatedActivation(activation, o, up_rows + t * kSliceRows, rows, o, isa);

@@ -11,10 +11,12 @@
 // that are multiples of 64) rounds the activations to int8 first (W4A8,
 // ops/q8_activations.h) unless int8_decode is false: its results are
 // Int4LinearReference's for the rounded activations (Q8Buffer), not for x.
-// Calls of several tokens run a GEMM (each unpacked weight block serves
-// many tokens). Each token's result depends only on that token, bit for bit
-// whatever the call's token count, so a batch of sequences decodes
-// bit-identically to the sequences one at a time.
+// Prefill calls run a GEMM (each unpacked weight block serves many tokens).
+// Each token's result depends only on that token, bit for bit whatever the
+// call's token count up to kQ8MaxTokens, so a batch of up to 8 sequences
+// decodes bit-identically to the sequences one at a time (on AVX2 CPUs at
+// any count; with AVX-512 VNNI longer calls take the GEMM, whose sums agree
+// with the GEMV's to f32 rounding).
 #pragma once
 
 #include "cpu_features.h"
