@@ -180,11 +180,14 @@ int main(int argc, char** argv) {
       {"qwen2.5-1.5b gate/up 8960x1536 g128", 8960, 1536, 128},
       {"qwen2.5-1.5b down 1536x8960 g128", 1536, 8960, 128},
       {"qwen2.5-1.5b q/o 1536x1536 g128", 1536, 1536, 128},
+      {"llama2-7b gate/up 11008x4096 g128", 11008, 4096, 128},
+      {"llama2-7b down 4096x11008 g128", 4096, 11008, 128},
       {"smollm2 gate/up 1536x576 g64", 1536, 576, 64},
       {"smollm2 down 576x1536 g64", 576, 1536, 64},
       {"smollm2 down 576x1536 g32", 576, 1536, 32},
       {"qwen2.5-1.5b lm_head int8 151936x1536", 151936, 1536, 0},
       {"smollm2 lm_head int8 49152x576", 49152, 576, 0},
+      {"llama2-7b lm_head int8 32000x4096", 32000, 4096, 0},
   };
   std::mt19937 rng(1);
   for (const Shape& shape : shapes) {
