@@ -87,11 +87,16 @@ double ReadBandwidthPerCpuSecond(const std::vector<uint64_t>& buffer) {
   return static_cast<double>(buffer.size() * sizeof(uint64_t)) / seconds;
 }
 
+template <typename T>
+const T* Aligned64(const T* p) {
+  return reinterpret_cast<const T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
+}
+
 // `copies` int4 matrices [out, in] with random codes, scales and zeros.
 struct Int4Copies {
   Int4Copies(int out, int in, int group_size, int copies, std::mt19937& rng) {
     const size_t codes = static_cast<size_t>(out) * in / 2, groups = static_cast<size_t>(out) * (in / group_size);
-    qweight.resize(codes * copies);
+    qweight.resize(codes * copies + 64);
     scales.resize(groups * copies);
     zeros.resize(groups * copies);
     for (size_t i = 0; i < qweight.size(); i += 4) {
@@ -100,8 +105,10 @@ struct Int4Copies {
     }
     for (uint16_t& s : scales) s = 0x2000 + (rng() & 0x3ff);  // f16 ~ 0.008 .. 0.016
     for (uint8_t& z : zeros) z = rng() & 15;
+    // 64-byte aligned, as .awqbin tensors are (docs/format.md).
+    const uint8_t* base = Aligned64(qweight.data());
     for (int k = 0; k < copies; ++k) {
-      layers.push_back(Int4Linear{out, in, group_size, qweight.data() + k * codes, scales.data() + k * groups,
+      layers.push_back(Int4Linear{out, in, group_size, base + k * codes, scales.data() + k * groups,
                                   zeros.data() + k * groups, nullptr});
     }
     bytes = (codes + groups * 3) * copies;
@@ -116,7 +123,7 @@ struct Int4Copies {
 struct TableCopies {
   TableCopies(int rows, int d, int copies, std::mt19937& rng) {
     const size_t codes = static_cast<size_t>(rows) * d, blocks = codes / EmbeddingTable::kBlock;
-    q8.resize(codes * copies);
+    q8.resize(codes * copies + 64);
     scales.resize(blocks * copies);
     for (int8_t& q : q8) q = static_cast<int8_t>(rng());
     for (uint16_t& s : scales) s = 0x2000 + (rng() & 0x3ff);
@@ -124,7 +131,7 @@ struct TableCopies {
       EmbeddingTable table;
       table.rows = rows;
       table.d = d;
-      table.q8 = q8.data() + k * codes;
+      table.q8 = Aligned64(q8.data()) + k * codes;  // as .awqbin tensors are
       table.q8_scales = scales.data() + k * blocks;
       tables.push_back(table);
     }
