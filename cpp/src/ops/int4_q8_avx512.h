@@ -4,6 +4,8 @@
 // (set by -mavx512vnni) picks the integer dot product. Include ONLY from
 // those files: everything here has internal linkage, so the two copies built
 // with different flags never meet (no one-definition-rule clash).
+// Decode is memory-bound, and the ops use this body only for the shapes where
+// it streams faster than the AVX2 one (Avx512Pays, int4_linear.cpp).
 //
 // A step is 128 columns of a row: 64 code bytes, one 512-bit load, which is
 // two of the activations' 64-column spans (q8_activations.h: each span holds
