@@ -2,7 +2,8 @@
 //   logits = W x            W [E, d] f32, computed in f32
 //   p = softmax(logits)     f32
 //   the k largest p, in descending order; among equal p the lower expert
-//     index first (torch.topk's order for ties on the CPU)
+//     index first (the format's rule: torch.topk has no stable order for
+//     exact ties, so transformers has none; such ties need equal router rows)
 //   w_i = p_i, divided by the sum of the k chosen p when `normalize`
 //   (norm_topk_prob).
 // The experts then run on the tokens routed to them (ops/moe_experts.h).
