@@ -14,10 +14,11 @@
 namespace awqcore {
 
 // x: [num_tokens, d]; scores: [num_tokens, E] scratch (holds the
-// probabilities p on return); experts, weights: [num_tokens, k], rank order. 1 <= k <= E. The GEMV's rows
-// (token, expert) are split across the pool; each token's logits are
-// computed alike whatever num_tokens is, so its routing does not depend on
-// the other tokens of the call.
+// probabilities p on return); experts, weights: [num_tokens, k], rank
+// order; 1 <= k <= E. The GEMV's rows (token, expert) are split across the
+// pool when there are more than 2^16 weights to read, else computed on the
+// calling thread; a token's logits are computed alike either way, so its
+// routing does not depend on the other tokens of the call.
 void MoeRouterForward(const float* router, int num_experts, int d, const float* x, int num_tokens,
                       int k, bool normalize, float* scores, int* experts, float* weights,
                       ThreadPool& pool);
