@@ -141,7 +141,7 @@ void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int l
 
 // Where the AVX-512 W4A8 body beats the AVX2 one: decode is memory-bound, so
 // the wider body pays only where the AVX2 one spends more than the memory
-// stream allows: g = 32 (its scales per half span; 2.9-3.0x), rows under
+// stream allows: g = 32 (one weight scale per half span; 1.0-1.16x), rows under
 // 1024 columns (SmolLM2's 576: 1.06-1.38x), and rows whose next block is
 // prefetched into L2 (kL1PrefetchBlockBytes; Qwen2.5-1.5B's and Llama-2-7B's
 // down projections: 1.01-1.13x). In between (1536 and 4096 columns, g >= 64)
