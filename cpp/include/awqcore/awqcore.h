@@ -294,3 +294,6 @@ std::string CudaDeviceInfo();
 const char* Version();
 
 }  // namespace awqcore
+
+// Chat prompts from the file's chat.* keys (awqcore::ChatFormat).
+#include "awqcore/chat_format.h"
