@@ -26,8 +26,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#if defined(_WIN32)
+#if defined(_WIN32) && defined(AWQCORE_C_BUILDING)
 #define AWQ_API __declspec(dllexport)
+#elif defined(_WIN32)
+#define AWQ_API __declspec(dllimport)
 #else
 #define AWQ_API __attribute__((visibility("default")))
 #endif
@@ -110,8 +112,9 @@ AWQ_API void awq_generate_options_init(awq_generate_options* options);
 
 /* Called with each new token and the text it completes (UTF-8, possibly
  * empty: a character split over tokens arrives with its last token; special
- * tokens give no text), not NUL-terminated. Return nonzero to stop. It must
- * not call the same session. */
+ * tokens give no text; bytes of a character that generation cut off are not
+ * passed), not NUL-terminated. Return nonzero to stop. It must not call the
+ * same session. */
 typedef int (*awq_token_callback)(int32_t token, const char* text, size_t text_len,
                                   void* user_data);
 
