@@ -114,3 +114,20 @@ def test_malformed_keys_are_named():
     del missing["chat.user.prefix"]
     with pytest.raises(FormatError, match=r"chat\.user\.prefix"):
         _cpp(missing, [_m("user", "hi")], True)
+
+
+def test_quantize_stores_the_keys_or_notes_why(tmp_path):
+    from awqcore.awqbin import read_awqbin
+    from awqcore.importers.synthetic import SyntheticSource, tiny_config
+    from awqcore.quantize.pipeline import quantize_model
+
+    source = SyntheticSource(tiny_config("llama"), seed=7)
+    summary = quantize_model(source, tmp_path / "chatml.awqbin", group_size=32, progress=False)
+    meta = read_awqbin(tmp_path / "chatml.awqbin").metadata
+    assert meta["chat.format"] == "turns" and meta["chat.user.prefix"] == "<|im_start|>user\n"
+    assert not summary["report"].get("notes")
+
+    source.tokenizer.chat_template = CONTENT_DEPENDENT
+    summary = quantize_model(source, tmp_path / "odd.awqbin", group_size=32, progress=False)
+    assert not any(k.startswith("chat.") for k in read_awqbin(tmp_path / "odd.awqbin").metadata)
+    assert any("cannot be reduced" in note for note in summary["report"]["notes"])
