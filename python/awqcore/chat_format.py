@@ -124,8 +124,8 @@ def _split(text: str, sentinels: list[str]) -> list[str]:
         if text.count(s) != 1:
             raise NotReducible(f"the message content {s!r} appears {text.count(s)} times in the "
                                "rendering, not once")
-        head, _, rest = rest.partition(s)
-        if _ == "":
+        head, found, rest = rest.partition(s)
+        if not found:
             raise NotReducible("the template reorders the messages")
         pieces.append(head)
     return pieces + [rest]
