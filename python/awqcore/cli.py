@@ -106,7 +106,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     tokenizer_json = m.get("tokenizer.json", "")
     template = m.get("tokenizer.chat_template", "")
     print(f"tokenizer: {len(tokenizer_json):,} chars of JSON, chat template "
-          f"{'%d chars' % len(template) if template else 'absent'}, "
+          f"{'%d chars' % len(template) if template else 'absent'}"
+          f"{' (reduced for C++: chat.* keys)' if 'chat.format' in m else ''}, "
           f"bos {m.get('tokenizer.bos_token_id', '?')}, eos {m.get('tokenizer.eos_token_ids', '?')}")
 
     by_dtype: dict[str, list[int]] = {}
