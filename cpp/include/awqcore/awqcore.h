@@ -295,5 +295,8 @@ const char* Version();
 
 }  // namespace awqcore
 
+// Text in and out: awqcore::Tokenizer and StreamDecoder.
+#include "awqcore/tokenizer.h"
+
 // Chat prompts from the file's chat.* keys (awqcore::ChatFormat).
 #include "awqcore/chat_format.h"
