@@ -294,6 +294,12 @@ int awq_generate(awq_session* session, const int32_t* prompt, size_t prompt_coun
       const std::string piece = decoder ? decoder->Push(token) : std::string();
       return callback == nullptr || callback(token, piece.data(), piece.size(), user_data) == 0;
     });
+    if (decoder) {
+      // The held-back bytes of a character cut off by the end: the text then
+      // equals awq_detokenize of all the tokens.
+      const std::string rest = decoder->Flush();
+      if (!rest.empty()) callback(-1, rest.data(), rest.size(), user_data);
+    }
     s.stop_reason = awqcore::StopReasonName(s.session->last_stop_reasons().at(0));
     if (out_generated != nullptr) *out_generated = result.size();
   });

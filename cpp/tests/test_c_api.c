@@ -82,8 +82,10 @@ typedef struct {
 
 static int collect(int32_t token, const char* text, size_t text_len, void* user_data) {
   Collected* c = (Collected*)user_data;
-  if (c->calls < 64) c->tokens[c->calls] = token;
-  ++c->calls;
+  if (token >= 0) { /* -1: the text of a character cut off by the end */
+    if (c->calls < 64) c->tokens[c->calls] = token;
+    ++c->calls;
+  }
   if (c->text_len + text_len < sizeof c->text) {
     memcpy(c->text + c->text_len, text, text_len);
     c->text_len += text_len;

@@ -112,8 +112,9 @@ AWQ_API void awq_generate_options_init(awq_generate_options* options);
 
 /* Called with each new token and the text it completes (UTF-8, possibly
  * empty: a character split over tokens arrives with its last token; special
- * tokens give no text; bytes of a character that generation cut off are not
- * passed), not NUL-terminated. Return nonzero to stop. It must not call the
+ * tokens give no text), not NUL-terminated. When generation ends inside a
+ * character, one last call with token -1 passes the U+FFFD that detokenizing
+ * all the tokens gives for it. Return nonzero to stop. It must not call the
  * same session. */
 typedef int (*awq_token_callback)(int32_t token, const char* text, size_t text_len,
                                   void* user_data);
