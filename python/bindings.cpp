@@ -245,6 +245,7 @@ NB_MODULE(_core, m) {
       "keys"_a, "messages"_a, "add_generation_prompt"_a);
   m.def("built_with_cuda", &awqcore::BuiltWithCuda);
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
+  m.def("cpu_kernels_info", &awqcore::CpuKernelsInfo);
   m.attr("int8_decode_max_tokens") = awqcore::kInt8DecodeMaxTokens;
 
   // encode takes str, encode_bytes bytes that may hold invalid UTF-8.
