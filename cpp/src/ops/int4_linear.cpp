@@ -139,11 +139,24 @@ void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int l
   }
 }
 
+// Where the AVX-512 W4A8 body beats the AVX2 one: decode is memory-bound, so
+// the wider body pays only where the AVX2 one spends more than the memory
+// stream allows: g = 32 (one weight scale per half span; 1.0-1.16x), rows under
+// 1024 columns (SmolLM2's 576: 1.06-1.38x), and rows whose next block is
+// prefetched into L2 (kL1PrefetchBlockBytes; Qwen2.5-1.5B's and Llama-2-7B's
+// down projections: 1.01-1.13x). In between (1536 and 4096 columns, g >= 64)
+// the AVX2 body streams about as fast (0.88-1.07x, median 0.97x). GB per
+// CPU-second of tools/isa_bench.cpp on Zen 4, three runs of 7-9 interleaved
+// repetitions on a loaded machine (noise ~5%).
+static bool Avx512Pays(const Int4Linear& layer) {
+  return layer.group_size == kQ8Block || layer.in < 1024 || 2 * layer.in > kL1PrefetchBlockBytes;
+}
+
 void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
                 int ldy, Isa isa) {
-  if (isa >= Isa::kAvx512Vnni) {
+  if (isa >= Isa::kAvx512Vnni && Avx512Pays(layer)) {
     Int4RowsQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
-  } else if (isa >= Isa::kAvx512) {
+  } else if (isa >= Isa::kAvx512 && Avx512Pays(layer)) {
     Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
   } else if (isa >= Isa::kAvx2) {
     Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);

@@ -40,6 +40,15 @@ constexpr int kTileColumns = 256;
 // them all (GEMM); below, a GEMV per token (unpacking per token is cheaper
 // than a tile pass).
 constexpr int kTileMinTokens = 4;
+// The GEMV kernels stream 4 rows at a time and prefetch the next 4 rows (the
+// next row block, contiguous after these) at the offset they read, one block
+// ahead. Into L1 while a block is at most this many bytes (a quarter of a
+// 32 KiB L1, so the lines stay there until used), into L2 beyond: with
+// Qwen2.5-1.5B's down projection (8960 columns, 17.5 KiB blocks) L1
+// prefetches that far ahead evict each other, and the L2 hint streams
+// 1.3-1.7x more bytes per CPU-second (tools/isa_bench.cpp, Zen 4; at 4096
+// columns both hints measure the same).
+constexpr int kL1PrefetchBlockBytes = 8192;
 
 void Int4RowsScalar(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                     int num_tokens, float* y, int ldy);
