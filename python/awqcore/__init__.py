@@ -14,6 +14,7 @@ import contextlib
 import os
 import queue
 import stat
+import sys
 import threading
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -23,7 +24,8 @@ from . import _core
 from .errors import Error, FormatError
 
 __all__ = ["Model", "Error", "FormatError", "STOP_REASONS", "INT8_DECODE_MAX_TOKENS",
-           "__version__", "built_with_cuda", "cuda_device_info", "cpu_kernels_info", "cmake_dir"]
+           "__version__", "built_with_cuda", "cuda_device_info", "cpu_kernels_info", "cmake_dir",
+           "c_library_path"]
 __version__ = _core.version()
 # Calls of at most this many tokens also give an int8 lm_head int8
 # activations (activations="int8"; the int4 linears take them in every call):
@@ -306,6 +308,13 @@ def cmake_dir() -> str:
     """Folder of the installed CMake package: pass it as -Dawqcore_DIR=... to
     find_package(awqcore) in a C++ project (see examples/embed)."""
     return os.path.join(os.path.dirname(__file__), "lib", "cmake", "awqcore")
+
+
+def c_library_path() -> str:
+    """Path of the installed C API library (awqcore/awqcore_c.h), for FFIs:
+    ctypes.CDLL(awqcore.c_library_path())."""
+    names = {"win32": "awqcore_c.dll", "darwin": "libawqcore_c.dylib"}
+    return os.path.join(os.path.dirname(__file__), "lib", names.get(sys.platform, "libawqcore_c.so"))
 
 
 STOP_REASONS = ("stop_token", "max_new_tokens", "context_full", "callback")

@@ -327,3 +327,6 @@ const char* Version();
 
 // Text in and out: awqcore::Tokenizer and StreamDecoder.
 #include "awqcore/tokenizer.h"
+
+// Chat prompts from the file's chat.* keys (awqcore::ChatFormat).
+#include "awqcore/chat_format.h"
