@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from ..awqbin import AwqbinWriter, model_metadata
+from ..chat_format import chat_format_metadata
 from ..importers import expected_tensor_shapes
 from ..source import (EXPERT_PROJECTIONS, LINEAR_NAMES, ROUTER_NAME, SourceModel,
                       expert_linear, layer_linears, layer_prefix, stacked_expert_name)
@@ -178,9 +179,16 @@ def _to_f32(t: np.ndarray, name: str) -> np.ndarray:
     return t
 
 
-def build_metadata(source: SourceModel, method: str, group_size: int) -> dict:
+def build_metadata(source: SourceModel, method: str, group_size: int,
+                   notes: Optional[list] = None) -> dict:
+    """The file's metadata. The chat template is also stored reduced to fixed
+    strings per turn (chat.* keys, for C++) when it reduces; when it does not,
+    a note saying why goes to `notes`."""
     c, tok = source.config, source.tokenizer
     model = model_metadata(c)
+    chat_keys, chat_note = chat_format_metadata(tok)
+    if chat_note and notes is not None:
+        notes.append(chat_note)
     return {
         "general.architecture": model.pop("general.architecture"),
         "general.name": model.pop("general.name"),
@@ -194,6 +202,7 @@ def build_metadata(source: SourceModel, method: str, group_size: int) -> dict:
         "tokenizer.chat_template": tok.chat_template or "",
         "tokenizer.bos_token_id": int(tok.bos_token_id),
         "tokenizer.eos_token_ids": [int(i) for i in tok.eos_token_ids],
+        **chat_keys,
     }
 
 
@@ -274,7 +283,8 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
         if not c.tie_word_embeddings:
             _add_table(add, "lm_head", _get(source, "lm_head.weight", (c.vocab_size, d)),
                        embeddings)
-        writer.finish(build_metadata(source, method, group_size))
+        notes: list[str] = []
+        writer.finish(build_metadata(source, method, group_size, notes))
 
     return {
         "path": os.fspath(out_path),
@@ -286,5 +296,11 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
         "file_bytes": os.path.getsize(out_path),
         "fp16_bytes": 2 * params,
         "seconds": time.perf_counter() - start,
-        "report": quantizer.report() if hasattr(quantizer, "report") else {},
+        "report": _with_notes(quantizer.report() if hasattr(quantizer, "report") else {}, notes),
     }
+
+
+def _with_notes(report: dict, notes: list[str]) -> dict:
+    if notes:
+        report = {**report, "notes": [*report.get("notes", []), *notes]}
+    return report
