@@ -67,7 +67,7 @@ struct RopeScaling {
 
 // Hyperparameters read from the file's metadata (docs/format.md).
 struct ModelConfig {
-  std::string architecture;  // "llama", "mistral", "qwen2", "qwen3" or "gemma3"
+  std::string architecture;  // "llama", "mistral", "qwen2", "qwen3", "gemma3", "mixtral" or "qwen3_moe"
   std::string name;
   int vocab_size = 0;
   int hidden_size = 0;        // d
@@ -92,6 +92,14 @@ struct ModelConfig {
   std::vector<uint8_t> layer_sliding;  // [num_layers] 1: sliding layer (empty: none)
   RopeScaling rope_scaling;            // applies to full-attention layers (all, without local theta)
   float rope_local_theta = 0.0f;       // > 0: sliding layers' base, unscaled (Gemma 3)
+  // Mixture of experts (mixtral, qwen3_moe; docs/format.md): an MoE layer's
+  // MLP is a router [E, d] choosing k of E gated experts of width
+  // moe_intermediate_size per token. num_experts 0: every layer is dense.
+  int num_experts = 0;               // E
+  int num_experts_per_tok = 0;       // k, 1 <= k <= E
+  int moe_intermediate_size = 0;     // expert MLP width f
+  bool norm_topk_prob = false;       // the k chosen probabilities divided by their sum
+  std::vector<uint8_t> moe_layers;   // [num_layers] 1: MoE, 0: dense MLP (empty: all MoE when E > 0)
   std::string quant_method;     // "rtn" or "awq"
   int bits = 4;
   int group_size = 0;
@@ -120,6 +128,12 @@ class Model {
   std::optional<std::string> metadata_string(const std::string& key) const;
   // Bytes of tensor data in the file (what a forward pass streams).
   uint64_t weight_bytes() const;
+  // Bytes of weights one decode token reads: every layer's attention and
+  // norms, a mixture-of-experts layer's router and k of its E experts (a dense
+  // layer's whole MLP), one row of the embedding table, the final norm and the
+  // lm_head. What "active" GB/s divides by; weight_bytes() less the idle
+  // experts and all embedding rows but one.
+  uint64_t active_bytes_per_token() const;
 
   struct Impl;
   const Impl& impl() const { return *impl_; }
@@ -167,22 +181,29 @@ const char* StopReasonName(StopReason reason);
 // back and sampled on the host.
 enum class Device { kCpu, kCuda };
 
-// The activations the CPU's int4 linears multiply in calls of at most
-// kInt8DecodeMaxTokens tokens (decode steps, batched decode, very short
-// prompts); longer calls (prefill) are f32 in both modes, and the CUDA device
-// ignores this.
-//   kInt8Decode: rounded to int8 per 32 columns (W4A8, as llama.cpp does):
-//     1.6-1.8x faster int4 kernels; an int8 lm_head (`--embeddings int8`)
-//     multiplies W8A8 too, ~2x faster. The next-token distribution moves by
-//     a mean KL of ~3e-3 nats on SmolLM2 (README). The KV cache is f16 (as
-//     llama.cpp's default): half the memory, and half the cache bytes each
-//     decode step reads at long context.
+// The activations the CPU's int4 linears multiply (the CUDA device ignores
+// this).
+//   kInt8Decode: rounded to int8 per 32 columns (W4A8, as llama.cpp does) in
+//     every call: decode steps, batched decode and prefill. Decode kernels
+//     1.6-1.8x faster than f32; prefill runs an int8 GEMM (vpdpbusd on
+//     AVX-512 VNNI, vpmaddubsw on AVX2), 3-4x the f32 GEMM's rate. A token's
+//     int4 linears give the same result, bit for bit, in a batch of up to 8
+//     or alone (in a prompt too on AVX2 CPUs; with AVX-512 a prompt's GEMM
+//     sums in another order than the decode GEMV, which can move int8
+//     roundings: a prompt's next-token distributions then differ from
+//     decode's by about as much as either differs from f32, KL ~2e-3 nats on
+//     SmolLM2). An int8 lm_head (`--embeddings int8`) multiplies W8A8 too in
+//     calls of at most kInt8DecodeMaxTokens tokens, ~2x faster. The
+//     next-token distribution moves by a mean KL of ~3e-3 nats on SmolLM2
+//     (README). The KV cache is f16 (as llama.cpp's default): half the
+//     memory, and half the cache bytes each decode step reads at long
+//     context.
 //   kFloat32: exact f32 (the W4A16 arithmetic of AWQ's definition), the KV
 //     cache included.
 enum class CpuActivations { kInt8Decode, kFloat32 };
-// The most tokens a call runs with int8 activations under kInt8Decode: a
-// perplexity run that feeds this many tokens per call scores every position
-// with decode-step arithmetic.
+// The most tokens a call computes its logits W8A8 (int8 lm_head) with under
+// kInt8Decode: a perplexity run that feeds this many tokens per call scores
+// every position with decode-step arithmetic.
 constexpr int kInt8DecodeMaxTokens = 8;
 
 class Session {
@@ -198,7 +219,8 @@ class Session {
   // scratch do not fit: on the CPU in the memory the machine has available
   // (/proc/meminfo MemAvailable, else its physical memory), with kCuda in the
   // device's free memory. device kCuda also throws Error "awqcore was built
-  // without CUDA" or "no CUDA device".
+  // without CUDA", "no CUDA device", or, for a model with experts, "the CUDA
+  // backend does not run mixture-of-experts models".
   Session(std::shared_ptr<const Model> model, int max_seq_len,
           int num_threads = 0, Device device = Device::kCpu, int max_batch = 1,
           CpuActivations activations = CpuActivations::kInt8Decode);
@@ -237,12 +259,13 @@ class Session {
   // leaves the step and the next waiting prompt takes its cache. Resets the
   // session; afterwards position() is meaningless until Reset or Generate.
   //
-  // Greedy results equal one-by-one Generate: each token of a decode step
-  // (up to 8 live sequences) is computed exactly as alone, bit for bit. With
-  // more than 8 (or kFloat32 and 4 or more), steps run the tiled f32 GEMM,
-  // whose summation order differs (logits agree to ~1e-6 relative with
-  // kFloat32, to the int8 rounding's ~1e-2 with kInt8Decode), so a token could
-  // differ only where two logits are that close. On the GPU the same holds
+  // Greedy results equal one-by-one Generate: each token of a decode step is
+  // computed exactly as alone, bit for bit, with kInt8Decode up to 8 live
+  // sequences (from 9, an int8 lm_head multiplies f32 activations, which
+  // moves the logits by the int8 rounding, ~1e-2 relative, and on AVX-512
+  // VNNI CPUs the int4 linears run the GEMM, ~1e-6 relative), and with
+  // kFloat32 up to 3 (from 4 the tiled f32 GEMM sums in another order: ~1e-6
+  // relative), so a token could differ only where two logits are that close. On the GPU the same holds
   // up to 15 live sequences (the GEMV computes each token of its tiles as
   // alone); from 16 the steps run the tensor-core GEMM (f16 products).
   // Sampling: prompt i draws from its own generator seeded with
@@ -291,6 +314,19 @@ bool BuiltWithCuda();
 // "no CUDA device" (or "built without CUDA"), else e.g. "NVIDIA H100 (sm_90)".
 std::string CudaDeviceInfo();
 
+// The CPU kernels' instruction set level in use and the levels this build
+// and CPU offer, e.g. "avx512vnni (available: scalar avx2 avx512 avx512vnni)".
+// The environment variable AWQCORE_ISA=scalar|avx2|avx512|avx512vnni picks a
+// level (for comparisons); one the CPU or build lacks, or an unknown name,
+// makes this and every CPU model load throw Error naming it.
+std::string CpuKernelsInfo();
+
 const char* Version();
 
 }  // namespace awqcore
+
+// Text in and out: awqcore::Tokenizer and StreamDecoder.
+#include "awqcore/tokenizer.h"
+
+// Chat prompts from the file's chat.* keys (awqcore::ChatFormat).
+#include "awqcore/chat_format.h"
