@@ -370,3 +370,14 @@ def test_qwen25_coder_matches_tokenizers():
                  TEXTS + wiki_sample(300) + python_code() + random_texts(300, seed=6) +
                  special_texts(reference))
     check_decode("qwen2.5-coder", cpp, reference, TEXTS + random_texts(100, seed=7))
+
+
+def test_from_model_reads_the_files_tokenizer(tiny_awqbin):
+    """Tokenizer::FromModel takes the document from the .awqbin's metadata: the
+    same ids as the Python Model's `tokenizers` tokenizer of that file."""
+    import awqcore
+    _, path = tiny_awqbin
+    model = awqcore.Model(str(path), threads=1)
+    cpp = model._core.tokenizer()
+    for text in TEXTS[:12] + ["<|im_start|>user\nHi<|im_end|>"]:
+        assert cpp.encode(text, add_special=True) == model.tokenizer.encode(text).ids, text
