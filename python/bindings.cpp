@@ -84,7 +84,13 @@ class PyModel {
     d["group_size"] = c.group_size;
     d["bos_token_id"] = c.bos_token_id;
     d["eos_token_ids"] = c.eos_token_ids;
+    d["num_experts"] = c.num_experts;
+    d["num_experts_per_tok"] = c.num_experts_per_tok;
+    d["moe_intermediate_size"] = c.moe_intermediate_size;
+    d["norm_topk_prob"] = c.norm_topk_prob;
+    d["moe_layers"] = std::vector<int>(c.moe_layers.begin(), c.moe_layers.end());
     d["weight_bytes"] = model_->weight_bytes();
+    d["active_bytes_per_token"] = model_->active_bytes_per_token();
     d["max_seq_len"] = session_->max_seq_len();
     d["threads"] = session_->num_threads();
     d["max_batch"] = session_->max_batch();
@@ -227,6 +233,7 @@ NB_MODULE(_core, m) {
   m.def("version", &awqcore::Version);
   m.def("built_with_cuda", &awqcore::BuiltWithCuda);
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
+  m.def("cpu_kernels_info", &awqcore::CpuKernelsInfo);
   m.attr("int8_decode_max_tokens") = awqcore::kInt8DecodeMaxTokens;
 
   // encode takes str, encode_bytes bytes that may hold invalid UTF-8.

@@ -7,6 +7,7 @@
 
 #include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
+#include "ops/moe_router.h"
 #include "ops/rmsnorm.h"
 #include "ops/vec.h"
 
@@ -49,6 +50,7 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
       rope_(config.head_dim, config.rope_theta, max_seq_len, config.rope_scaling),
       local_rope_(LocalRope(config, max_seq_len)),
       positions_(max_sequences, 0) {
+  DetectedIsa();  // a bad AWQCORE_ISA (cpu_features.h) fails here, at load, not mid-generation
   const int d = config.hidden_size;
   const int q_width = config.num_heads * config.head_dim;
   const int kv_width = config.num_kv_heads * config.head_dim;
@@ -68,6 +70,13 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   attn_.resize(Floats(chunk_tokens_, q_width));
   proj_.resize(Floats(chunk_tokens_, d));
   gate_.resize(Floats(chunk_tokens_, config.intermediate_size));
+  if (config.num_experts > 0) {
+    const int k = config.num_experts_per_tok;
+    router_scores_.resize(Floats(chunk_tokens_, config.num_experts));
+    route_experts_.resize(Floats(chunk_tokens_, k));
+    route_weights_.resize(Floats(chunk_tokens_, k));
+    moe_scratch_ = MoeScratch(chunk_tokens_, k, config.num_experts, d, config.moe_intermediate_size);
+  }
   attention_scratch_.resize(
       AttentionScratchFloats(full_shape_, chunk_tokens_, max_seq_len));
 }
@@ -176,11 +185,21 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
   if (sandwich) RmsNorm(proj_.data(), w.post_norm, d, eps, n, proj_.data());
   AddF32(proj_.data(), x_.data(), n * d);
 
-  // MLP block: gate, up and act(gate) * up in one pass.
+  // MLP block: gate, up and act(gate) * up in one pass, then down; or the
+  // router and the chosen experts.
   RmsNorm(x_.data(), sandwich ? w.pre_ffn_norm : w.post_norm, d, eps, n, h_.data());
-  Int4GatedMlpForward(w.gate, w.up, config_.activation, h_.data(), n, gate_.data(), pool_,
-                      DetectedIsa(), int8_decode_);
-  Int4LinearForward(w.down, gate_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
+  if (w.moe.router != nullptr) {
+    const int k = config_.num_experts_per_tok;
+    MoeRouterForward(w.moe.router, config_.num_experts, d, h_.data(), n, k, config_.norm_topk_prob,
+                     router_scores_.data(), route_experts_.data(), route_weights_.data(), pool_);
+    MoeExpertsForward(w.moe, config_.activation, h_.data(), n, route_experts_.data(),
+                      route_weights_.data(), k, proj_.data(), moe_scratch_, pool_, DetectedIsa(),
+                      int8_decode_);
+  } else {
+    Int4GatedMlpForward(w.gate, w.up, config_.activation, h_.data(), n, gate_.data(), pool_,
+                        DetectedIsa(), int8_decode_);
+    Int4LinearForward(w.down, gate_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
+  }
   if (sandwich) RmsNorm(proj_.data(), w.post_ffn_norm, d, eps, n, proj_.data());
   AddF32(proj_.data(), x_.data(), n * d);
 }

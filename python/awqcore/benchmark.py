@@ -294,6 +294,8 @@ def run(args: argparse.Namespace) -> int:
             engines.append("torch-fp32")
 
     per_token_bytes, model_bytes = decode_bytes_per_token(args.model)
+    from . import cpu_kernels_info
+    say(f"awqcore CPU kernels: {cpu_kernels_info()}")
     say(f"measuring read bandwidth ({args.threads} threads, 1 GB) ...")
     # In a subprocess too: the 1 GB buffer must not count in the engines' peak RSS.
     measured = _run_worker("bandwidth", {"threads": args.threads})

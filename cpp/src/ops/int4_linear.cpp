@@ -67,16 +67,12 @@ struct Int4Input {
 };
 
 // Rows [row0, row0 + rows) of every token of `input`.
-void Int4Rows(const Int4Linear& layer, int row0, int rows, const Int4Input& input, float* y,
-              int ldy, Isa isa) {
-  if (input.q8 && isa == Isa::kAvx2) {
-    Int4RowsQ8Avx2(layer, row0, rows, *input.q8, y, ldy);
-  } else if (input.q8) {
-    Int4RowsQ8Scalar(layer, row0, rows, *input.q8, y, ldy);
-  } else if (isa == Isa::kAvx2) {
-    Int4RowsAvx2(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
+void InputRows(const Int4Linear& layer, int row0, int rows, const Int4Input& input, float* y,
+               int ldy, Isa isa) {
+  if (input.q8) {
+    Int4RowsQ8(layer, row0, rows, *input.q8, y, ldy, isa);
   } else {
-    Int4RowsScalar(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
+    Int4Rows(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy, isa);
   }
 }
 
@@ -134,6 +130,28 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
   }
 }
 
+void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx, int num_tokens,
+              float* y, int ldy, Isa isa) {
+  if (isa >= Isa::kAvx2) {
+    Int4RowsAvx2(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  } else {
+    Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  }
+}
+
+void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
+                int ldy, Isa isa) {
+  if (isa >= Isa::kAvx512Vnni) {
+    Int4RowsQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx512) {
+    Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx2) {
+    Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
+  } else {
+    Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
+  }
+}
+
 void Int4LinearForward(const Int4Linear& layer, const float* x, int num_tokens, float* y,
                        ThreadPool& pool, Isa isa, bool int8_decode) {
   const Int4Linear* layers[] = {&layer};
@@ -160,7 +178,7 @@ void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int c
       if (lo < hi) {
         const int row0 = static_cast<int>(lo - first_block) * kRowBlock;
         const int row1 = std::min(layer.out, static_cast<int>(hi - first_block) * kRowBlock);
-        Int4Rows(layer, row0, row1 - row0, input, ys[i] + row0, layer.out, isa);
+        InputRows(layer, row0, row1 - row0, input, ys[i] + row0, layer.out, isa);
       }
       first_block += blocks;
     }
@@ -188,8 +206,8 @@ void Int4GatedMlpForward(const Int4Linear& gate, const Int4Linear& up, Activatio
         // W4A8 calls have <= kQ8MaxTokens tokens: one slice, the whole input.
         const Int4Input slice = input.q8 ? input : Int4Input{x + static_cast<size_t>(t0) * gate.in, tokens, nullptr};
         float* out_slice = out + static_cast<size_t>(t0) * ffn + row0;
-        Int4Rows(gate, row0, rows, slice, out_slice, ffn, isa);
-        Int4Rows(up, row0, rows, slice, up_rows, kSliceRows, isa);
+        InputRows(gate, row0, rows, slice, out_slice, ffn, isa);
+        InputRows(up, row0, rows, slice, up_rows, kSliceRows, isa);
         for (int t = 0; t < tokens; ++t) {
           float* o = out_slice + static_cast<size_t>(t) * ffn;
           GatedActivation(activation, o, up_rows + t * kSliceRows, rows, o, isa);

@@ -7,7 +7,13 @@
 // x: [num_tokens, ldx] (ldx >= in), y: [num_tokens, ldy]; y must not alias x.
 // *Scalar: portable C++ (int4_linear.cpp, embedding_table.cpp).
 // *Avx2:   AVX2 + FMA + F16C (*_avx2.cpp, compiled with those flags; call only
-//          when DetectedIsa() == Isa::kAvx2).
+//          when IsaSupported(Isa::kAvx2)).
+// *Avx512, *Avx512Vnni: the AVX-512 levels (cpu_features.h; *_avx512.cpp,
+//          *_avx512vnni.cpp), only where they pay; call only when the CPU
+//          supports the level.
+// Int4Rows, Int4RowsQ8, TableRows, TableRowsQ8 (no suffix, `isa` last): the
+//          kernel of the best level at or below `isa`, the one dispatch point
+//          of the ops and the tests.
 // *Q8*:    the same sum for activations rounded to int8 (ops/q8_activations.h),
 //          y[t * ldy + r] = sum_c W[row0 + r, c] d_b(c) q_t[c] (+ bias): the
 //          decode path (W4A8).
@@ -15,6 +21,7 @@
 
 #include <cstdint>
 
+#include "cpu_features.h"
 #include "model_weights.h"
 #include "ops/q8_activations.h"
 
@@ -42,6 +49,16 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
                       float* y, int ldy);
 void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                     float* y, int ldy);
+void Int4RowsQ8Avx512(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                      float* y, int ldy);
+void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                          float* y, int ldy);
+// The row kernels `isa` picks (int4_linear.cpp): the one dispatch of the ops
+// that split rows themselves (int4_linear.cpp, ops/moe_experts.cpp).
+void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx, int num_tokens,
+              float* y, int ldy, Isa isa);
+void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
+                int ldy, Isa isa);
 
 // W: the table [table.rows, table.d], f16 or int8 (no bias). A token's
 // outputs are bit-identical whatever num_tokens is (the GEMV and the tiled
@@ -58,5 +75,9 @@ void TableRowsQ8Scalar(const EmbeddingTable& table, int row0, int rows, const Q8
                        float* y, int ldy);
 void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
                      float* y, int ldy);
+void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+               int num_tokens, float* y, int ldy, Isa isa);
+void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
+                 int ldy, Isa isa);
 
 }  // namespace awqcore
