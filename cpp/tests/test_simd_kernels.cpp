@@ -64,6 +64,19 @@ std::vector<Isa> IsasToTest() {
   return SupportedIsas();
 }
 
+// The W4A8 int4 row kernel of each level itself (the op's dispatcher,
+// Int4RowsQ8, may route a level to the one below for some shapes).
+using Int4Q8Kernel = void (*)(const Int4Linear&, int, int, const Q8Activations&, float*, int);
+Int4Q8Kernel Int4Q8KernelOf(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return Int4RowsQ8Scalar;
+    case Isa::kAvx2: return Int4RowsQ8Avx2;
+    case Isa::kAvx512: return Int4RowsQ8Avx512;
+    case Isa::kAvx512Vnni: return Int4RowsQ8Avx512Vnni;
+  }
+  return nullptr;
+}
+
 // The bound on |kernel - exact| for output (row r, token x) (header comment).
 double Bound(const Int4Linear& layer, int r, const float* x) {
   const int groups = layer.in / layer.group_size;
@@ -224,7 +237,7 @@ TEST(int4_q8_row_kernels_match_reference) {
             Int4LinearReference(w.layer, a.data(), tokens, ref.data());
             Int4LinearReference(w.layer, xs.dense.data(), tokens, exact.data());
             auto run = [&](const Q8Activations& x, int row0, int ldy, float* ys) {
-              Int4RowsQ8(w.layer, row0, out - row0, x, ys + row0, ldy, isa);
+              Int4Q8KernelOf(isa)(w.layer, row0, out - row0, x, ys + row0, ldy);
             };
             const std::vector<float> y = tally.Check(
                 q8, out, ref, run, [&](int t, int r) { return Bound(w.layer, r, a.data() + t * in); });
@@ -252,19 +265,20 @@ TEST(int4_q8_row_kernels_match_reference) {
 TEST(int4_q8_row_kernels_are_exact_on_exact_data) {
   // Bit for bit, at every level: activations that are integers in
   // [-127, 127] with 127 in every 32-column block round to themselves (d_b =
-  // 1), and weight scales in {0.5, 1, 2} make every product and partial sum a
-  // multiple of 0.5 below 2^23 (the kernels' two terms, s sum q a and
-  // s z sum a, are each <= 1536 * 15 * 127 * 2 < 5.9e6), all exact in f32 in
-  // any order. So each output must equal the exact
-  // integer result: the integer dot products, nibble order, zero points and
-  // the half step (576 = 4.5 x 128) are checked with no tolerance.
+  // 1), and weight scales in {1, 2} make every product and partial sum an
+  // integer below 2^24 (the kernels' two terms, s sum q a and s z sum a, are
+  // each <= 4160 * 15 * 127 * 2 < 1.6e7), all exact in f32 in any order. So
+  // each output must equal the exact integer result: the integer dot
+  // products, nibble order, zero points, the half step (576 = 4.5 x 128,
+  // 4160 = 32.5 x 128) and the long rows' L2 prefetch (4160 columns) are
+  // checked with no tolerance.
   std::mt19937 rng(17);
-  std::uniform_int_distribution<int> value(-127, 127), power(-1, 1);
+  std::uniform_int_distribution<int> value(-127, 127), power(0, 1);
   Q8Buffer buffer;
   for (Isa isa : IsasToTest()) {
     int checked = 0, bad = 0;
     for (int g : {32, 64, 128}) {
-      for (int in : {64, 192, 576, 1536}) {
+      for (int in : {64, 192, 576, 1536, 4160}) {
         if (in % g != 0) continue;
         for (int out : {1, 5, 13}) {
           RandomInt4 w(out, in, g, false, rng, kMisaligned);
@@ -278,7 +292,7 @@ TEST(int4_q8_row_kernels_are_exact_on_exact_data) {
             std::vector<float> exact(static_cast<size_t>(tokens) * out);
             Int4LinearReference(w.layer, x.data(), tokens, exact.data());
             std::vector<float> y(static_cast<size_t>(tokens) * out, -7.f);
-            Int4RowsQ8(w.layer, 0, out, q8, y.data(), out, isa);
+            Int4Q8KernelOf(isa)(w.layer, 0, out, q8, y.data(), out);
             for (size_t i = 0; i < y.size(); ++i) {
               if (y[i] != exact[i] && bad++ < 3) {
                 std::printf("  FAILED case: %s g%d in=%d out=%d tokens=%d output %zu: %.9g, exact %.9g\n",

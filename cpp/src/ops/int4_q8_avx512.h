@@ -4,6 +4,8 @@
 // (set by -mavx512vnni) picks the integer dot product. Include ONLY from
 // those files: everything here has internal linkage, so the two copies built
 // with different flags never meet (no one-definition-rule clash).
+// Decode is memory-bound, and the ops use this body only for the shapes where
+// it streams faster than the AVX2 one (Avx512Pays, int4_linear.cpp).
 //
 // A step is 128 columns of a row: 64 code bytes, one 512-bit load, which is
 // two of the activations' 64-column spans (q8_activations.h: each span holds
@@ -36,7 +38,7 @@
 // bit). Each step prefetches the next row block's 256 bytes at the same
 // offset (the 4 rows are contiguous, so the next block is the next 2 * in
 // bytes), keeping the 4 interleaved row streams ahead of the computation as
-// the AVX2 kernel does.
+// the AVX2 kernel does (into L1, or L2 for long rows: kL1PrefetchBlockBytes).
 #pragma once
 
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() values, which
@@ -93,6 +95,7 @@ void Q8GemvSteps(const Int4Linear& layer, int row, const Q8Activations& x, int t
   const int gs = layer.group_size;
   const int groups = layer.in / gs;
   const int row_bytes = layer.in / 2;
+  const bool near = 4 * row_bytes <= kL1PrefetchBlockBytes;
   const uint8_t* codes[kRows];
   const uint16_t* scales[kRows];
   const uint8_t* zeros[kRows];
@@ -125,9 +128,14 @@ void Q8GemvSteps(const Int4Linear& layer, int row, const Q8Activations& x, int t
     const bool half = layer.in - c < kStepColumns;  // one 64-column span left
     const int byte = c / 2;
     if (kRows == 4) {  // the next row block, 4 rows x 64 bytes at this offset
-      const uint8_t* next = codes[0] + 4 * static_cast<size_t>(row_bytes) + 4 * byte;
-      #pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) _mm_prefetch(reinterpret_cast<const char*>(next) + 64 * i, _MM_HINT_T0);
+      const char* next = reinterpret_cast<const char*>(codes[0] + 4 * static_cast<size_t>(row_bytes) + 4 * byte);
+      if (near) {
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) _mm_prefetch(next + 64 * i, _MM_HINT_T0);
+      } else {
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) _mm_prefetch(next + 64 * i, _MM_HINT_T1);
+      }
     }
     __m512i xe[kTokens], xo[kTokens];
     __m512 dv[kTokens];

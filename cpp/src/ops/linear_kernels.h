@@ -40,6 +40,15 @@ constexpr int kTileColumns = 256;
 // them all (GEMM); below, a GEMV per token (unpacking per token is cheaper
 // than a tile pass).
 constexpr int kTileMinTokens = 4;
+// The GEMV kernels stream 4 rows at a time and prefetch the next 4 rows (the
+// next row block, contiguous after these) at the offset they read, one block
+// ahead. Into L1 while a block is at most this many bytes (a quarter of a
+// 32 KiB L1, so the lines stay there until used), into L2 beyond: with
+// Qwen2.5-1.5B's down projection (8960 columns, 17.5 KiB blocks) L1
+// prefetches that far ahead evict each other, and the L2 hint streams
+// 1.3-1.7x more bytes per CPU-second (tools/isa_bench.cpp, Zen 4; at 4096
+// columns both hints measure the same).
+constexpr int kL1PrefetchBlockBytes = 8192;
 
 void Int4RowsScalar(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                     int num_tokens, float* y, int ldy);
@@ -52,6 +61,13 @@ void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activat
 void Int4RowsQ8Avx512(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                       float* y, int ldy);
 void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                          float* y, int ldy);
+// The W4A8 GEMM (int4_gemm_q8_avx512vnni.cpp, AVX-512 F/BW/VL/DQ + VNNI; call
+// only when the CPU has them): any number of tokens, 4 rows x 4 tokens per
+// register block, for prefill. Every token's outputs are bit-identical to
+// Int4RowsQ8Avx2's for that token alone (not to the AVX-512 GEMV's, whose
+// float sums run in another order).
+void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy);
 // The row kernels `isa` picks (int4_linear.cpp): the one dispatch of the ops
 // that split rows themselves (int4_linear.cpp, ops/moe_experts.cpp).
