@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "awqcore/awqcore.h"
+#include "op_profile.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -207,6 +208,22 @@ NB_MODULE(_core, m) {
   m.def("built_with_cuda", &awqcore::BuiltWithCuda);
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
   m.attr("int8_decode_max_tokens") = awqcore::kInt8DecodeMaxTokens;
+  // The op profile of CPU decode steps (cpp/src/op_profile.h).
+  m.def("set_op_profiling", &awqcore::SetOpProfiling, "enabled"_a);
+  m.def("op_profiling_enabled", &awqcore::OpProfilingEnabled);
+  m.def("reset_op_profile", &awqcore::ResetOpProfile);
+  m.def("op_profile", [] {
+    const awqcore::OpProfile totals = awqcore::OpProfileTotals();
+    nb::dict seconds;
+    for (int i = 0; i < static_cast<int>(awqcore::Op::kCount); ++i) {
+      seconds[awqcore::OpName(static_cast<awqcore::Op>(i))] = totals.nanos[i] * 1e-9;
+    }
+    nb::dict d;
+    d["seconds"] = seconds;
+    d["decode_calls"] = totals.decode_calls;
+    d["decode_tokens"] = totals.decode_tokens;
+    return d;
+  });
 
   nb::class_<PyModel>(m, "Model")
       .def(nb::init<const std::string&, int, int, bool, const std::string&, int,
