@@ -119,13 +119,21 @@ struct TinyModel {
   std::vector<std::vector<float>> floats;
   std::mt19937 rng{123};
 
-  explicit TinyModel(Family family, bool int8_tables = false) : config(TinyConfig(family)) {
+  // int4_lm_head: the lm_head is a 4-bit linear [vocab, d] (an untied file's
+  // `--lm-head int4` form) and `lm_head` stays empty.
+  explicit TinyModel(Family family, bool int8_tables = false, bool int4_lm_head = false)
+      : config(TinyConfig(family)) {
     const int d = config.hidden_size, hd = config.head_dim;
     const bool bias = config.attention_bias;
     // Gemma's embedding scale multiplies x by sqrt(d) = 8: a table 8x
     // smaller keeps the residual stream O(1) as in the other families.
     weights.embed = Table(int8_tables, 1.0f / config.embedding_scale);
-    weights.lm_head = Table(int8_tables, 0.3f);
+    if (int4_lm_head) {
+      config.tie_word_embeddings = false;
+      weights.lm_head_int4 = Linear(config.vocab_size, d, false);
+    } else {
+      weights.lm_head = Table(int8_tables, 0.3f);
+    }
     weights.final_norm = Floats(d, 0.8f, 1.2f);
     const bool sandwich = config.norm_placement == NormPlacement::kSandwich;
     for (int l = 0; l < config.num_layers; ++l) {
@@ -249,7 +257,11 @@ std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& 
   }
   RmsNormReference(x.data(), model.weights.final_norm, d, c.rms_norm_eps, n, h.data());
   std::vector<float> logits(static_cast<size_t>(n) * c.vocab_size);
-  TableLinearReference(model.weights.lm_head, h.data(), n, logits.data());
+  if (model.weights.lm_head_int4.out > 0) {
+    Int4LinearReference(model.weights.lm_head_int4, h.data(), n, logits.data());
+  } else {
+    TableLinearReference(model.weights.lm_head, h.data(), n, logits.data());
+  }
   if (c.final_logit_softcap > 0.0f) {
     const double cap = c.final_logit_softcap;
     for (float& e : logits) e = static_cast<float>(cap * std::tanh(e / cap));
@@ -296,6 +308,36 @@ TEST(forward_matches_naive_reference) {
           CHECK(RelativeError(logits, NaiveForward(model, ids, false)) > 2 * error);
         }
       }
+    }
+  }
+}
+
+TEST(int4_lm_head_matches_naive_reference) {
+  // Prefill (9 tokens: f32 in both modes) against the reference tightly, then
+  // decode steps: exact in the f32 mode; in the int8 mode the lm_head rounds
+  // the activations as the other linears do (W4A8), which moves the logits by
+  // ~1e-2 of their scale (int8_decode_equals_chunked_prefill_... below), far
+  // below what the f16-table logits of a wrong lm_head would differ by (O(1)).
+  for (Family family : {Family::kLlama, Family::kQwen2, Family::kGemma3}) {
+    for (bool int8_decode : {false, true}) {
+      const TinyModel model(family, /*int8_tables=*/family == Family::kQwen2, /*int4_lm_head=*/true);
+      const int vocab = model.config.vocab_size, n = 12;
+      ThreadPool pool(2);
+      Transformer prefill(model.config, model.weights, n, pool, 1, int8_decode);
+      Transformer decode(model.config, model.weights, n, pool, 1, int8_decode);
+      const std::vector<int> ids = RandomIds(n, vocab, 11);
+      std::vector<float> prefill_logits(static_cast<size_t>(n) * vocab), decode_logits(prefill_logits.size());
+      prefill.Forward(ids.data(), n, Transformer::Logits::kAll, prefill_logits.data());
+      for (int t = 0; t < n; ++t) {
+        decode.Forward(&ids[t], 1, Transformer::Logits::kAll, decode_logits.data() + static_cast<size_t>(t) * vocab);
+      }
+      const std::vector<float> expected = NaiveForward(model, ids, int8_decode);
+      const double prefill_error = RelativeError(prefill_logits, expected);
+      const double decode_error = RelativeError(decode_logits, expected);
+      std::printf("  %s, int4 lm_head, %s decode: prefill vs naive %.3g, decode vs naive %.3g\n",
+                  FamilyName(family).c_str(), int8_decode ? "int8" : "f32", prefill_error, decode_error);
+      CHECK(prefill_error <= kLogitTolerance);
+      CHECK(decode_error <= (int8_decode ? (family == Family::kGemma3 ? 0.15 : 5e-2) : kLogitTolerance));
     }
   }
 }
