@@ -62,6 +62,16 @@ def machine() -> dict:
     return {"cpu": model, "isa": [f for f in ISA_FLAGS if f in flags], "cores": os.cpu_count()}
 
 
+def cached_gguf(name: str):
+    """The built-in model's GGUF already assembled in the cache (its packages
+    may be installed in another environment), else None."""
+    from awqcore.importers import registry
+
+    files = {"gemma3-270m": registry.GEMMA3_FILE, "qwen2.5-coder-1.5b": registry.QWEN_CODER_FILE}
+    path = registry.cache_dir() / files[name] if name in files else None
+    return str(path) if path is not None and path.is_file() else None
+
+
 def say(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
 
@@ -109,8 +119,9 @@ def model_table(label: str, reports: list[dict], peer_rows: dict) -> list[str]:
         gbs = fmt(ours.get("decode_GB_s"), ".2f") if key == "decode_tok_s" else "-"
         pct = "-"
         if key == "decode_tok_s":
-            pct = f"{fmt(ours.get('decode_bw_pct'), '.0f')}% / " \
-                  f"{fmt(theirs.get('decode_bw_pct') if theirs else None, '.0f')}%"
+            pct = f"{fmt(ours.get('decode_bw_pct'), '.0f')}%"
+            if theirs and theirs.get("decode_bw_pct") is not None:
+                pct += f" / {theirs['decode_bw_pct']:.0f}%"
         lines.append(f"| {what} | {mine:.1f} | {fmt(peer)} | {ratio} | {gbs} | {pct} |")
 
     prompts = sorted({p for (_, b, p) in rows if b == 1})
@@ -174,7 +185,7 @@ def main() -> int:
                 model = base + ".awqbin"
                 if not os.path.exists(model):
                     try:
-                        source = load_source(source_name)
+                        source = load_source(cached_gguf(source_name) or source_name)
                     except Exception as e:  # a missing package: skip the model
                         md += [f"### {label}", "", f"skipped: {e}", ""]
                         continue
