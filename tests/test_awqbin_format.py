@@ -412,8 +412,9 @@ def test_pipeline_output_matches_direct_write(tmp_path, architecture, tied, embe
 
 
 def test_pipeline_rejects_unknown_method_and_bad_group_size(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown quantization method 'gptq' \(available: rtn, awq\)"):
-        quantize_model(TinySource(), tmp_path / "a.awqbin", method="gptq", progress=False)
+    with pytest.raises(ValueError, match=r"unknown quantization method 'squeezellm' "
+                       r"\(available: rtn, awq, gptq, awq-gptq\)"):
+        quantize_model(TinySource(), tmp_path / "a.awqbin", method="squeezellm", progress=False)
     with pytest.raises(ValueError, match=r"in_features=64 is not divisible by group_size=128; "
                                          r"use --group-size 64 or 32"):
         quantize_model(TinySource(), tmp_path / "a.awqbin", group_size=128, progress=False)

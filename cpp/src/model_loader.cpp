@@ -268,8 +268,11 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
   }
 
   c.quant_method = file.RequireString("quant.method");
-  if (c.quant_method != "rtn" && c.quant_method != "awq") {
-    FailFormat("quant.method='", EscapeForMessage(c.quant_method), "' (expected rtn or awq)");
+  // Informative only: every method stores the same asymmetric int4 groups.
+  if (c.quant_method != "rtn" && c.quant_method != "awq" && c.quant_method != "gptq" &&
+      c.quant_method != "awq-gptq") {
+    FailFormat("quant.method='", EscapeForMessage(c.quant_method),
+               "' (expected rtn, awq, gptq or awq-gptq)");
   }
   const int64_t bits = file.RequireInt("quant.bits");
   if (bits != 4) FailFormat("quant.bits=", bits, " is not supported (this runtime reads 4-bit weights)");

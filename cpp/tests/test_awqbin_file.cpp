@@ -592,7 +592,7 @@ TEST(bad_hyperparameters_are_named) {
       {"model.rms_norm_eps", Float(1.401298464324817e-45), "model.rms_norm_eps=1.4013e-45 is outside"},
       {"model.rms_norm_eps", Float(3.4028234663852886e38), "model.rms_norm_eps=3.40282e+38 is outside"},
       {"model.tie_word_embeddings", Int(2), "model.tie_word_embeddings=2 must be 0 or 1"},
-      {"quant.method", Str("gptq"), "quant.method='gptq' (expected rtn or awq)"},
+      {"quant.method", Str("squeezellm"), "quant.method='squeezellm' (expected rtn, awq, gptq or awq-gptq)"},
       {"quant.bits", Int(8), "quant.bits=8 is not supported"},
       {"quant.group_size", Int(48), "quant.group_size=48 (expected 32, 64 or 128)"},
       {"quant.group_size", Int(128), "quant.group_size=128 does not divide model.hidden_size=64"},

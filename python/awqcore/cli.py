@@ -37,8 +37,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     # Only the options the user gave: the method rejects those that do not apply.
     given = {"calib_samples": args.calib_samples, "calib_seqlen": args.calib_seqlen,
              "calib_text": args.calib_text, "seed": args.seed, "loss_tokens": args.loss_tokens,
-             "clip": False if args.no_clip else None}
+             "clip": "off" if args.no_clip else args.clip, "device": args.device}
     options = {k: v for k, v in given.items() if v is not None}
+    if args.method != "rtn":
+        import torch
+
+        # torch's default is the physical cores it detects; the searches are
+        # matmul-bound, so every core the process may use helps (on a machine busy
+        # with other jobs, fewer threads than cores avoid threads waiting on each other).
+        torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     source = load_source(args.model)
     summary = quantize_model(source, args.out, method=args.method, group_size=args.group_size,
                              progress=not args.quiet, embeddings=args.embeddings,
@@ -52,7 +59,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
           f"in {summary['seconds']:.1f} s")
     report = summary["report"]
     if "stage_seconds" in report:
-        print("time per stage: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds
+        print(f"time per stage ({report['device']}): " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds
                                              in report["stage_seconds"].items()))
     for note in report.get("notes", []):
         print(f"note: {note}")
@@ -271,9 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", "-o", required=True, help="output .awqbin path")
     q.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128),
                    help="input columns per quantization group (default 64)")
-    q.add_argument("--method", default="rtn", choices=("rtn", "awq"),
-                   help="rtn: round to nearest; awq: activation-aware scales and clipping "
-                   "from calibration text (default rtn)")
+    q.add_argument("--method", default="rtn", choices=("rtn", "awq", "gptq", "awq-gptq"),
+                   help="rtn: round to nearest (no calibration, seconds); awq: "
+                   "activation-aware scales and clipping from calibration text; gptq: "
+                   "GPTQ's second-order error compensation; awq-gptq: AWQ's scales, then "
+                   "GPTQ (default rtn)")
     q.add_argument("--embeddings", default="int8", choices=("f16", "int8"),
                    help="storage of the token embedding and lm_head tables: int8 with one f16 "
                    "scale per 32 columns (half the bytes of f16; for small models the lm_head "
@@ -285,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--group-size), the smallest file and the fewest bytes per decoded token, "
                    "at a measured quality cost (README); a tied model's file becomes untied "
                    "(default table)")
-    awq = q.add_argument_group("AWQ calibration (--method awq)")
+    awq = q.add_argument_group("calibration (--method awq, gptq, awq-gptq)")
     awq.add_argument("--calib-samples", type=_positive_int,
                      help="calibration blocks (default 128)")
     awq.add_argument("--calib-seqlen", type=_positive_int,
@@ -294,7 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calibrate on this plain text (documents separated by blank lines) "
                      "or JSONL with a 'text' field; default: the Wikipedia summaries' "
                      "calibration split (disjoint from the one `awqcore ppl` evaluates on)")
-    awq.add_argument("--no-clip", action="store_true", help="skip the clip search (scales only)")
+    awq.add_argument("--clip", choices=("full", "heldout", "mild", "off"),
+                     help="AWQ's clip search: full (AutoAWQ's: shrinks down to 0.55 of a "
+                     "group's max, chosen on all calibration tokens), heldout (chosen on half "
+                     "the calibration sequences, kept only where it also helps on the other "
+                     "half), mild (shrinks down to 0.85), off (default: full for awq and "
+                     "awq-gptq, off for gptq)")
+    awq.add_argument("--no-clip", action="store_true", help="the same as --clip off")
+    awq.add_argument("--threads", type=_positive_int,
+                     help="torch threads on the CPU (default: every core the process may use)")
+    awq.add_argument("--device", choices=("cpu", "cuda"),
+                     help="where torch runs the calibration (default: cuda when torch sees "
+                     "one, else cpu with all cores)")
     awq.add_argument("--seed", type=int, help="picks the calibration text sample (default 0)")
     awq.add_argument("--loss-tokens", type=int, metavar="N",
                      help="tokens the scale search's loss is computed on (default 1024; "

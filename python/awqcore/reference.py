@@ -152,7 +152,7 @@ def attention_heads(config: ModelConfig, h: torch.Tensor, w: LayerWeights, cos: 
     v = v.repeat_interleave(H // KV, dim=-2)  # [..., T, H, hd]
     scale = c.attention_scale if c.attention_scale is not None else 1 / math.sqrt(hd)
     scores = torch.einsum("...thd,...shd->...hts", q.float(), k.float()) * scale
-    hidden = attention_mask(c, T, layer)
+    hidden = attention_mask(c, T, layer).to(scores.device)
     probs = scores.masked_fill(hidden, float("-inf")).softmax(-1)  # [..., H, T, T]
     out = torch.einsum("...hts,...shd->...thd", probs, v.float()).to(h.dtype)  # [..., T, H, hd]
     return out.reshape(*lead, T, H * hd)

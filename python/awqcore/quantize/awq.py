@@ -12,17 +12,16 @@ Per decoder layer, as AutoAWQ does (arXiv 2306.00978 and its reference code):
     the linears' input columns: the FP function is unchanged, x*W^T = (x/s)(W*s)^T.
     Which linears share an input, and which op produces it, depends on the
     architecture: SCALE_GROUPS, after AutoAWQ's get_layers_for_scaling.
- 3. Clip search for every linear but q/k: per output row and group, clamp the
-    weights to +-(1 - i/20)*absmax for i in 0..9 and keep the one minimising the
-    group's output error.
- 4. Quantize with the round-to-nearest int4 quantizer (rtn.quantize_int4).
+ 3. Clip search for every linear but q/k (clip.py): per output row and group, clamp
+    the weights to +-(1 - i/20)*absmax for i in 0..9 and keep the one minimising the
+    group's output error; --clip picks a milder or held-out-checked variant.
+ 4. Quantize with the round-to-nearest int4 quantizer (rtn.quantize_int4), or with
+    GPTQ's error compensation (gptq.py; methods gptq and awq-gptq) from the Gram
+    matrix of the same (scaled) inputs.
 
 Where we differ, and why:
-  * The clip error of row o and group j is mean_t (x_tj . d_oj)^2 = d_oj^T C_j d_oj
-    with C_j = mean_t x_tj x_tj^T, the g x g Gram matrix of the group's inputs.
-    Accumulated once over *all* calibration tokens (n*in*g flops), each shrink
-    step then costs out*in*g flops whatever n is, where AutoAWQ multiplies out
-    over 512 sampled tokens (512*out*in per step). Same objective, all tokens.
+  * The clip error is computed exactly over all calibration tokens from per-group
+    Gram matrices (clip.py), not over 512 sampled tokens.
   * The scale-search loss is computed on `loss_tokens` tokens sampled from the
     calibration set (whole sequences for the attention, since it mixes tokens;
     single tokens for the MLP and the linears, stratified: every sequence's first
@@ -36,6 +35,11 @@ Where we differ, and why:
   * Calibration sequences whose activations turn non-finite are dropped (and
     reported); a search with no finite loss falls back to unscaled weights
     (reported) instead of raising.
+
+Device: the activations, statistics, searches and GPTQ run on AwqOptions.device (cuda
+when torch sees one, else cpu); tensors are created on it, and only the finished int4
+tensors and folded norms come back to the host. Memory on it: one layer's weights, the
+calibration activations [N, T, d] and the layer's input statistics.
 """
 from __future__ import annotations
 
@@ -51,11 +55,11 @@ from tqdm import tqdm
 from ..reference import attention_heads, decoder_layer, mlp_hidden, rotary_tables
 from ..source import SourceModel, layer_prefix
 from .calibration import calibration_blocks
+from .clip import CLIP_MODES, CLIP_STEPS, MILD_STEPS, InputStats, clip_bounds
+from .gptq import gptq_int4
 from .rtn import MAX_Q, MIN_SCALE, quantize_int4
 
 N_GRID = 20  # ratios a = i / 20, i = 0..19
-CLIP_GRID = 20  # shrink factors 1 - i / 20 ...
-CLIP_STEPS = 10  # ... for i = 0..9 (down to 0.55 of the group's max |w|)
 CLIP_EXCLUDED = ("self_attn.q_proj", "self_attn.k_proj")  # their error is seen through softmax
 # Which recorded input each linear reads.
 INPUT_OF = {"self_attn.q_proj": "qkv", "self_attn.k_proj": "qkv", "self_attn.v_proj": "qkv",
@@ -71,9 +75,12 @@ class AwqOptions:
     calib_samples: int = 128
     calib_seqlen: int = 512
     calib_text: str | None = None  # None: the Wikipedia summaries' calibration split
-    clip: bool = True
+    clip: str | bool = "full"  # a clip.CLIP_MODES entry; True = "full", False = "off"
     seed: int = 0
     loss_tokens: int = 1024  # tokens the scale-search loss is computed on; 0 = all
+    scale_search: bool = True  # False: unscaled weights (plain GPTQ, or RTN + clip)
+    gptq: bool = False  # quantize with GPTQ's error compensation instead of rounding
+    device: str | None = None  # torch device of the searches; None: cuda if torch sees one
 
 
 def stratified_sample(n: int, t: int, budget: int,
@@ -215,55 +222,6 @@ def search_scales(x_mean: torch.Tensor, weights: list[torch.Tensor],
     return ScaleSearch(best[0], best[1], losses, unscaled_loss)
 
 
-def search_clip(w: torch.Tensor, gram: torch.Tensor, group_size: int,
-                step: Callable[[], None] | None = None) -> torch.Tensor:
-    """Per (row, group) clip bound [out, G, 1] for w [out, in] whose input has per-group
-    Gram matrices gram [G, g, g] (mean over tokens of x_j x_j^T)."""
-    out_f, in_f = w.shape
-    wg = w.reshape(out_f, in_f // group_size, group_size)  # [out, G, g]
-    absmax = wg.abs().amax(-1, keepdim=True)  # [out, G, 1]
-    best = absmax.clone()
-    best_err = torch.full(absmax.shape[:2], math.inf)  # [out, G]
-    for i in range(CLIP_STEPS):
-        bound = absmax * (1 - i / CLIP_GRID)
-        clipped = torch.minimum(torch.maximum(wg, -bound), bound)
-        d = fake_quantize(clipped.reshape(out_f, in_f), group_size).reshape(wg.shape) - wg
-        # err[o, j] = d[o, j] . (C_j d[o, j]): one [G, out, g] x [G, g, g] batched matmul
-        err = (torch.bmm(d.transpose(0, 1), gram).transpose(0, 1) * d).sum(-1)  # [out, G]
-        better = err < best_err  # NaN/inf never win: a bad step keeps the previous bound
-        best_err = torch.where(better, err, best_err)
-        best = torch.where(better[..., None], bound, best)
-        if step:
-            step()
-    return best
-
-
-class InputStats:
-    """Statistics of one linear input over all calibration tokens: sum |x| per channel
-    (for x_mean) and the per-group Gram matrices (for the clip search)."""
-
-    def __init__(self, width: int, group_size: int):
-        self.g = group_size
-        self.abs_sum = torch.zeros(width, dtype=torch.float64)  # [in]
-        self.gram = torch.zeros(width // group_size, group_size, group_size)  # [G, g, g]
-        self.count = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1])  # [n, in]
-        self.abs_sum += x.abs().sum(0, dtype=torch.float64)
-        xg = x.reshape(x.shape[0], self.gram.shape[0], self.g).transpose(0, 1)  # [G, n, g]
-        self.gram.baddbmm_(xg.transpose(1, 2), xg)
-        self.count += x.shape[0]
-
-    def x_mean(self) -> torch.Tensor:
-        return (self.abs_sum / self.count).float()
-
-    def scaled_gram(self, s: torch.Tensor) -> torch.Tensor:
-        """Mean Gram matrices of x / s (the input once scales are folded)."""
-        inv = (1.0 / s).reshape(-1, self.g)  # [G, g]
-        return self.gram / self.count * inv[:, :, None] * inv[:, None, :]
-
-
 def _mse(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | None = None) -> float:
     """Mean squared difference; with weights [tokens], the weighted mean over tokens
     (rows) of each token's mean."""
@@ -283,11 +241,18 @@ class AwqQuantizer:
         o = self.options
         if o.loss_tokens < 0:
             raise ValueError(f"loss_tokens must be >= 0 (0 = all), got {o.loss_tokens}")
+        if isinstance(o.clip, bool):
+            o.clip = "full" if o.clip else "off"
+        if o.clip not in CLIP_MODES:
+            raise ValueError(f"clip must be one of {', '.join(CLIP_MODES)} (got {o.clip!r})")
+        self.device = torch.device(o.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' asked for, but torch sees no CUDA device")
         self.config = c = source.config
         self.group_size = group_size
         self.progress = progress
         self.times = {"calibration data": 0.0, "layer forward": 0.0, "scale search": 0.0,
-                      "clip search": 0.0, "int4 quantize": 0.0}
+                      "clip search": 0.0, "gptq" if o.gptq else "int4 quantize": 0.0}
         self.notes: list[str] = []
         self.kept_unscaled = 0  # searches where s = 1 beat every ratio
         self.ratios: dict[str, list[float | None]] = {}
@@ -298,7 +263,7 @@ class AwqQuantizer:
             raise ValueError(f"the tokenizer produced id {int(ids.max())}, outside the model's "
                              f"vocabulary of {c.vocab_size}")
         embed = source.get("model.embed_tokens.weight")  # [vocab, d]
-        self.x = torch.from_numpy(np.ascontiguousarray(embed[ids]))  # [N, T, d]
+        self.x = torch.from_numpy(np.ascontiguousarray(embed[ids])).to(self.device)  # [N, T, d]
         del embed
         if c.embedding_scale != 1.0:  # Gemma: sqrt(d), in f32 as the reference
             self.x *= torch.tensor(c.embedding_scale, dtype=self.x.dtype)
@@ -310,7 +275,8 @@ class AwqQuantizer:
         rng = np.random.default_rng(o.seed)
         budget = n * t if o.loss_tokens == 0 else min(o.loss_tokens, n * t)
         self.attn_seqs = np.sort(rng.permutation(n)[:max(1, round(budget / t))])
-        self.loss_mask, self.loss_weight = stratified_sample(n, t, budget, rng)  # [N, T] each
+        mask, weight = stratified_sample(n, t, budget, rng)  # [N, T] each
+        self.loss_mask, self.loss_weight = mask.to(self.device), weight.to(self.device)
         self.times["calibration data"] = time.perf_counter() - start
 
     # ------------------------------------------------------------ per layer
@@ -330,9 +296,10 @@ class AwqQuantizer:
         n, t, d = self.x.shape
         widths = {"qkv": d, "o": c.num_heads * c.head_dim, "mlp": d,
                   "down": c.intermediate_size}
-        stats = {k: InputStats(width, g) for k, width in widths.items()}
+        stats = {k: InputStats(width, g, full_gram=self.options.gptq, device=self.device)
+                 for k, width in widths.items()}
         samples: dict[str, list[torch.Tensor]] = {k: [] for k in (*widths, "attn", "weight")}
-        keep = torch.ones(n, dtype=torch.bool)
+        keep = torch.ones(n, dtype=torch.bool, device=self.device)
         per_chunk = max(1, CHUNK_TOKENS // t)
         attn_seqs = set(self.attn_seqs.tolist())
         for lo in range(0, n, per_chunk):
@@ -345,8 +312,9 @@ class AwqQuantizer:
                 finite &= value.isfinite().flatten(1).all(1)
             keep[lo:lo + len(x)] = finite
             mask = self.loss_mask[lo:lo + len(x)] & finite[:, None]  # [b, T]
+            part = (torch.arange(lo, lo + len(x), device=self.device) % 2)[finite]  # [b']
             for key, value in inputs.items():
-                stats[key].add(value[finite])
+                stats[key].add(value[finite], part)
                 samples[key].append(value[mask])  # [tokens, width]
             samples["weight"].append(self.loss_weight[lo:lo + len(x)][mask])  # [tokens]
             samples["attn"] += [h[i] for i in range(len(x))
@@ -410,18 +378,22 @@ class AwqQuantizer:
                                  "value(s) in the source weights; the model is corrupt")
         # Reference-model keys ("self_attn.q_proj", "input_layernorm", "...bias"), copied:
         # the folded norms and biases are handed back through `weights` at the end.
-        w = {name[len(p):].removesuffix(".weight"): torch.tensor(value)
+        w = {name[len(p):].removesuffix(".weight"): torch.tensor(value, device=self.device)
              for name, value in weights.items()}
-        groups = self.scale_groups()
-        clipped = [n for n in INPUT_OF if n not in CLIP_EXCLUDED] if self.options.clip else []
-        bar = tqdm(total=len(groups) * N_GRID + len(clipped) * CLIP_STEPS,
+        o = self.options
+        groups = self.scale_groups() if o.scale_search else []
+        clipped = [n for n in INPUT_OF if n not in CLIP_EXCLUDED] if o.clip != "off" else []
+        steps = MILD_STEPS if o.clip == "mild" else CLIP_STEPS
+        bar = tqdm(total=len(groups) * N_GRID + len(clipped) * steps,
                    desc=f"layer {layer} search", unit="step", leave=False,
                    disable=not self.progress)
         tick = lambda: bar.update(1)  # noqa: E731
 
         start = time.perf_counter()
         stats = samples = None
-        self.rope = rotary_tables(self.config, self.x.shape[1], layer)
+        self.rope = tuple(t.to(self.device)
+                          for t in rotary_tables(self.config, self.x.shape[1], layer))
+        self.layer_stats, self.input_scale = None, {}
         if len(self.x):
             with torch.no_grad():
                 stats, samples = self._forward(layer, w)
@@ -430,6 +402,7 @@ class AwqQuantizer:
             self.notes.append(f"layer {layer}: no finite calibration activations left; "
                               "quantized with plain RTN")
             bar.close()
+            self._hand_back_norms(layer, weights, w)
             return {n: w[n] for n in INPUT_OF}
 
         # Step 2: every search sees the FP weights (as AutoAWQ); folding comes after.
@@ -465,29 +438,47 @@ class AwqQuantizer:
         # (o_proj under GQA, which AutoAWQ clips all the same).
         start = time.perf_counter()
         input_scale = {n: scales[g.name] for g in groups for n in g.linears}
+        self.layer_stats = stats
+        self.input_scale = {n: input_scale.get(n, torch.ones(scaled[n].shape[1],
+                                                             device=self.device))
+                            for n in INPUT_OF}  # [in] each
         with torch.no_grad():
             for n in clipped:
-                s = input_scale.get(n, torch.ones(scaled[n].shape[1]))
-                bound = search_clip(scaled[n], stats[INPUT_OF[n]].scaled_gram(s),
-                                    self.group_size, step=tick)
+                bound = clip_bounds(scaled[n], stats[INPUT_OF[n]], self.input_scale[n], o.clip,
+                                    fake_quantize, step=tick)
                 wg = scaled[n].view(scaled[n].shape[0], -1, self.group_size)  # [out, G, g]
                 torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
         self.times["clip search"] += time.perf_counter() - start
         bar.close()
-        for name in weights:  # norms and biases, with the inverse scales folded in
+        self._hand_back_norms(layer, weights, w)
+        return scaled
+
+    @staticmethod
+    def _hand_back_norms(layer: int, weights: dict[str, np.ndarray], w: dict) -> None:
+        """Norms and biases (with the inverse scales folded in) back into `weights`."""
+        p = layer_prefix(layer)
+        for name in weights:
             key = name[len(p):].removesuffix(".weight")
             if not key.endswith("_proj"):
-                weights[name] = w[key].numpy()
-        return scaled
+                weights[name] = w[key].cpu().numpy()
 
     def quantize_layer(self, layer: int, weights: dict[str, np.ndarray],
                        linears: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         p = layer_prefix(layer)
         scaled = self.fold_layer(layer, weights)
         start = time.perf_counter()
-        result = {prefix: quantize_int4(scaled[prefix[len(p):]].numpy(), self.group_size,
-                                        name=prefix + ".weight") for prefix in linears}
-        self.times["int4 quantize"] += time.perf_counter() - start
+        result = {}
+        with torch.no_grad():
+            for prefix in linears:
+                key, name = prefix[len(p):], prefix + ".weight"
+                if self.options.gptq and self.layer_stats is not None:
+                    hessian = self.layer_stats[INPUT_OF[key]].hessian(self.input_scale[key])
+                    result[prefix] = gptq_int4(scaled[key], hessian, self.group_size, name)
+                else:
+                    result[prefix] = quantize_int4(scaled[key].cpu().numpy(), self.group_size,
+                                                   name=name)
+        self.times["gptq" if self.options.gptq else "int4 quantize"] += (
+            time.perf_counter() - start)
         return result
 
     def report(self) -> dict:
@@ -498,5 +489,7 @@ class AwqQuantizer:
         if self.kept_unscaled:
             notes.append(f"{self.kept_unscaled} of {searched} scale searches kept the unscaled "
                          "weights (lower loss than every ratio)")
-        return {"stage_seconds": dict(self.times), "notes": notes,
+        where = (str(self.device) if self.device.type != "cpu" else
+                 f"cpu, {torch.get_num_threads()} threads")
+        return {"stage_seconds": dict(self.times), "device": where, "notes": notes,
                 "ratios": {k: list(v) for k, v in self.ratios.items()}}

@@ -59,15 +59,31 @@ class LayerQuantizer(Protocol):
 def _rtn(source: SourceModel, group_size: int, progress: bool = True,
          **options) -> LayerQuantizer:
     if options:
-        raise ValueError(f"option(s) {', '.join(sorted(options))} apply to --method awq only")
+        raise ValueError(f"option(s) {', '.join(sorted(options))} apply to the calibrated "
+                         f"methods ({', '.join(CALIBRATED_METHODS)}) only")
     return RtnQuantizer(source, group_size)
+
+
+def _gptq(source: SourceModel, group_size: int, progress: bool = True,
+          **options) -> LayerQuantizer:
+    """GPTQ on the unscaled weights (AWQ's calibration pass, no scale search)."""
+    return AwqQuantizer(source, group_size, progress,
+                        **{"clip": "off", **options, "scale_search": False, "gptq": True})
+
+
+def _awq_gptq(source: SourceModel, group_size: int, progress: bool = True,
+              **options) -> LayerQuantizer:
+    """AWQ's scales (and clip bounds), then GPTQ instead of rounding."""
+    return AwqQuantizer(source, group_size, progress, **{**options, "gptq": True})
 
 
 # method name -> factory(source, group_size, progress, **method options). Layers
 # are quantized in order, so a quantizer may keep state between layers (AWQ's
 # calibration activations). A quantizer may also have report() -> dict, which
 # quantize_model returns as summary["report"].
-QUANTIZERS: dict[str, Callable[..., LayerQuantizer]] = {"rtn": _rtn, "awq": AwqQuantizer}
+QUANTIZERS: dict[str, Callable[..., LayerQuantizer]] = {
+    "rtn": _rtn, "awq": AwqQuantizer, "gptq": _gptq, "awq-gptq": _awq_gptq}
+CALIBRATED_METHODS = ("awq", "gptq", "awq-gptq")
 
 
 def get_quantizer(method: str, source: SourceModel, group_size: int, progress: bool = True,

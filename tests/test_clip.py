@@ -1,0 +1,96 @@
+"""AWQ's clip modes (awqcore.quantize.clip) and the calibration options of the CLI."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from awqcore.awqbin import read_awqbin
+from awqcore.cli import main
+from awqcore.importers import load_source
+from awqcore.quantize import quantize_model
+from awqcore.quantize.awq import fake_quantize
+from awqcore.quantize.clip import CLIP_GRID, CLIP_STEPS, InputStats, clip_bounds, search_clip
+
+SPEC = "synthetic:arch=llama,layers=1,seed=3"
+
+
+def group_errors(w: torch.Tensor, bound: torch.Tensor, gram: torch.Tensor, g: int) -> torch.Tensor:
+    """[out, G]: d^T C d of each group after clamping to bound and quantizing."""
+    out_f, in_f = w.shape
+    wg = w.reshape(out_f, -1, g)
+    d = fake_quantize(torch.clamp(wg, -bound, bound).reshape(out_f, in_f), g).reshape(wg.shape) - wg
+    return torch.einsum("ojk,jkl,ojl->oj", d, gram, d)
+
+
+def test_heldout_clip_keeps_a_bound_only_where_the_other_half_agrees():
+    """Each (row, group) gets the bound chosen on the first Gram where that bound also
+    lowers the error under the second Gram, and no clipping elsewhere; with differing
+    halves both outcomes occur."""
+    g = 32
+    rng = np.random.default_rng(1)
+    w = torch.from_numpy(rng.standard_normal((16, 64)).astype(np.float32))
+    grams = []
+    for seed in (2, 3):  # two token sets with different channel correlations
+        x = torch.from_numpy(np.random.default_rng(seed).standard_normal((300, 64))
+                             .astype(np.float32))
+        x = x * torch.from_numpy(np.random.default_rng(seed + 10).uniform(0.2, 3, 64)
+                                 .astype(np.float32))
+        xg = x.reshape(300, 2, g).transpose(0, 1)  # [G, n, g]
+        grams.append(xg.transpose(1, 2) @ xg / 300)
+    chosen = search_clip(w, grams[0], g, fake_quantize)
+    bound = search_clip(w, grams[0], g, fake_quantize, check_gram=grams[1])
+    absmax = w.reshape(16, 2, g).abs().amax(-1, keepdim=True)
+    helps = group_errors(w, chosen, grams[1], g) < group_errors(w, absmax, grams[1], g)
+    expected = torch.where(helps[..., None], chosen, absmax)
+    torch.testing.assert_close(bound, expected, rtol=0, atol=0)
+    clipped = (chosen < absmax)[..., 0]  # [out, G]
+    assert bool((clipped & helps).any()) and bool((clipped & ~helps).any())
+
+
+def test_mild_clip_shrinks_less_than_full():
+    g = 32
+    rng = np.random.default_rng(4)
+    w = torch.from_numpy(rng.standard_normal((32, 64)).astype(np.float32))
+    x = torch.from_numpy(rng.standard_normal((200, 64)).astype(np.float32))
+    stats = InputStats(64, g)
+    stats.add(x.reshape(2, 100, 64), torch.tensor([0, 1]))
+    ones = torch.ones(64)
+    absmax = w.reshape(32, 2, g).abs().amax(-1, keepdim=True)
+    full = clip_bounds(w, stats, ones, "full", fake_quantize) / absmax
+    mild = clip_bounds(w, stats, ones, "mild", fake_quantize) / absmax
+    assert float(full.min()) >= 1 - (CLIP_STEPS - 1) / CLIP_GRID - 1e-6
+    # Mild searches a prefix of full's grid: the same answer wherever full's is in it.
+    assert float(mild.min()) >= 0.85 - 1e-6
+    within = full >= 0.85 - 1e-6
+    assert bool(within.any()) and torch.equal(mild[within], full[within])
+    with pytest.raises(ValueError, match="unknown clip mode 'wide'"):
+        clip_bounds(w, stats, ones, "wide", fake_quantize)
+
+
+def test_cli_calibration_options_reach_the_quantizer(tmp_path):
+    """--method awq-gptq --clip heldout --device cpu writes the file quantize_model
+    writes with those options, and it differs from --clip off's."""
+    calibration = ["--calib-samples", "2", "--calib-seqlen", "32"]
+    cli_file = tmp_path / "cli.awqbin"
+    assert main(["quantize", SPEC, "--method", "awq-gptq", "--clip", "heldout", "--device",
+                 "cpu", "--group-size", "32", "-q", "--out", str(cli_file), *calibration]) == 0
+    options = dict(method="awq-gptq", group_size=32, progress=False, calib_samples=2,
+                   calib_seqlen=32, device="cpu")
+    for clip in ("heldout", "off"):
+        quantize_model(load_source(SPEC), tmp_path / f"{clip}.awqbin", clip=clip, **options)
+    ours, heldout, off = (read_awqbin(tmp_path / f"{n}.awqbin") for n in ("cli", "heldout", "off"))
+    assert ours.metadata["quant.method"] == "awq-gptq"
+    names = [n for n in ours.tensors if n.endswith(".qweight")]
+    assert all(np.array_equal(ours.tensor(n), heldout.tensor(n)) for n in names)
+    assert not all(np.array_equal(ours.tensor(n), off.tensor(n)) for n in names)
+
+
+def test_bad_clip_mode_and_device_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"clip must be one of full, heldout, mild, off"):
+        quantize_model(load_source(SPEC), tmp_path / "x.awqbin", method="awq", clip="wide",
+                       progress=False, calib_samples=2, calib_seqlen=32)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"device 'cuda' asked for, but torch sees no CUDA"):
+            quantize_model(load_source(SPEC), tmp_path / "x.awqbin", method="awq",
+                           device="cuda", progress=False, calib_samples=2, calib_seqlen=32)
