@@ -533,6 +533,13 @@ class CudaTransformer final : public ForwardPass {
 
 std::unique_ptr<ForwardPass> CreateCudaForward(const ModelConfig& config, const ModelWeights& weights,
                                                int max_seq_len, int max_sequences) {
+  // The device forward pass has no router or expert kernels: a mixture-of-
+  // experts file runs on the CPU (Device::kCpu) only.
+  if (config.num_experts > 0) {
+    throw Error("the CUDA backend does not run mixture-of-experts models (architecture " +
+                config.architecture + ", " + std::to_string(config.num_experts) +
+                " experts): use the CPU device");
+  }
   return std::make_unique<CudaTransformer>(config, &weights, config.group_size, nullptr, max_seq_len,
                                            max_sequences);
 }

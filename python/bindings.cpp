@@ -6,6 +6,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/string_view.h>
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
@@ -26,6 +27,21 @@ namespace {
 // raise the same exception types. Held for the life of the interpreter.
 PyObject* g_format_error = nullptr;
 PyObject* g_runtime_error = nullptr;
+
+// The C++ tokenizer (awqcore/tokenizer.h): immutable, so the GIL is released
+// while it works.
+struct PyTokenizer {
+  std::shared_ptr<const awqcore::Tokenizer> tokenizer;
+
+  std::vector<int> encode(std::string_view text, bool add_special, bool parse_special) const {
+    nb::gil_scoped_release release;
+    return tokenizer->Encode(text, add_special, parse_special);
+  }
+  std::string decode(const std::vector<int>& ids, bool skip_special) const {
+    nb::gil_scoped_release release;
+    return tokenizer->Decode(ids, skip_special);
+  }
+};
 
 // One model and the session (KV cache) that runs it. Not thread-safe, like
 // awqcore::Session: the Python wrapper serialises calls with a lock.
@@ -69,7 +85,13 @@ class PyModel {
     d["group_size"] = c.group_size;
     d["bos_token_id"] = c.bos_token_id;
     d["eos_token_ids"] = c.eos_token_ids;
+    d["num_experts"] = c.num_experts;
+    d["num_experts_per_tok"] = c.num_experts_per_tok;
+    d["moe_intermediate_size"] = c.moe_intermediate_size;
+    d["norm_topk_prob"] = c.norm_topk_prob;
+    d["moe_layers"] = std::vector<int>(c.moe_layers.begin(), c.moe_layers.end());
     d["weight_bytes"] = model_->weight_bytes();
+    d["active_bytes_per_token"] = model_->active_bytes_per_token();
     d["max_seq_len"] = session_->max_seq_len();
     d["threads"] = session_->num_threads();
     d["max_batch"] = session_->max_batch();
@@ -81,6 +103,11 @@ class PyModel {
 
   std::optional<std::string> metadata_string(const std::string& key) const {
     return model_->metadata_string(key);
+  }
+
+  PyTokenizer tokenizer() const {
+    nb::gil_scoped_release release;
+    return PyTokenizer{awqcore::Tokenizer::FromModel(*model_)};
   }
 
   // Logits of a fresh sequence: float32 [len(ids), vocab], computed in calls
@@ -225,6 +252,32 @@ NB_MODULE(_core, m) {
     return d;
   });
 
+  // encode takes str, encode_bytes bytes that may hold invalid UTF-8.
+  nb::class_<PyTokenizer>(m, "Tokenizer")
+      .def_static("from_json", [](std::string_view json) {
+        nb::gil_scoped_release release;
+        return PyTokenizer{awqcore::Tokenizer::FromJson(json)};
+      }, "json"_a)
+      .def("encode", &PyTokenizer::encode, "text"_a, "add_special"_a = false,
+           "parse_special"_a = true)
+      .def("encode_bytes", [](const PyTokenizer& t, nb::bytes text, bool add_special,
+                              bool parse_special) {
+        return t.encode(std::string_view(text.c_str(), text.size()), add_special, parse_special);
+      }, "text"_a, "add_special"_a = false, "parse_special"_a = true)
+      .def("decode", &PyTokenizer::decode, "ids"_a, "skip_special"_a = false)
+      .def("vocab_size", [](const PyTokenizer& t) { return t.tokenizer->vocab_size(); })
+      .def("token_text", [](const PyTokenizer& t, int id) { return t.tokenizer->TokenText(id); }, "id"_a)
+      .def("token_id", [](const PyTokenizer& t, std::string_view piece) {
+        return t.tokenizer->TokenId(piece);
+      }, "piece"_a)
+      .def("is_special", [](const PyTokenizer& t, int id) { return t.tokenizer->IsSpecial(id); }, "id"_a)
+      .def("stream_decoder", [](const PyTokenizer& t, bool skip_special) {
+        return awqcore::StreamDecoder(t.tokenizer, skip_special);
+      }, "skip_special"_a = true);
+  nb::class_<awqcore::StreamDecoder>(m, "StreamDecoder")
+      .def("push", &awqcore::StreamDecoder::Push, "id"_a)
+      .def("flush", &awqcore::StreamDecoder::Flush);
+
   nb::class_<PyModel>(m, "Model")
       .def(nb::init<const std::string&, int, int, bool, const std::string&, int,
                     const std::string&>(),
@@ -232,6 +285,7 @@ NB_MODULE(_core, m) {
            "activations"_a)
       .def("config", &PyModel::config)
       .def("metadata_string", &PyModel::metadata_string, "key"_a)
+      .def("tokenizer", &PyModel::tokenizer)
       .def("forward", &PyModel::forward, "ids"_a, "chunk"_a)
       .def("generate", &PyModel::generate, "ids"_a, "max_new_tokens"_a, "temperature"_a, "top_k"_a,
            "top_p"_a, "repetition_penalty"_a, "seed"_a.none(), "stop"_a.none(),

@@ -65,7 +65,7 @@ def test_bench_profile_covers_the_decode_step(tiny_awqbin, tmp_path, capsys):
     (row,) = json.loads(out.read_text())["rows"]
     ops = {op["op"]: op for op in row["profile"]}
     assert list(ops) == ["embedding", "norms", "q/k/v", "rope+cache write", "attention", "o",
-                         "gate/up+act", "down", "lm_head", "sampling", "other"]
+                         "gate/up+act", "down", "router+experts", "lm_head", "sampling", "other"]
     assert all(op["ms"] >= 0 for op in ops.values())
     assert abs(sum(op["pct"] for op in ops.values()) - 100) < 1e-6
     assert ops["q/k/v"]["GB_s"] > 0 and ops["lm_head"]["GB_s"] > 0

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Quality cost of a storage choice: two .awqbin files of one model (e.g. f16
-vs int8 tables, or an f16 vs int4 lm_head) run through the C++ runtime on the
-same held-out windows; prints each file's perplexity and the mean next-token
-KL(base || other) in nats with the top-1 agreement.
+"""Quality cost of a storage choice: .awqbin files of one model (e.g. f16 vs
+int8 tables, or a table vs an int4 lm_head) run through the C++ runtime on the
+same held-out windows; prints each file's perplexity and, for each file after
+the first, the mean next-token KL(base || other) in nats with the top-1
+agreement.
 
-    python tools/compare_files.py base.awqbin other.awqbin --max-windows 8
+    python tools/compare_files.py base.awqbin other.awqbin [more.awqbin ...] --max-windows 8
 
 Both runs are exact (f32 activations and KV cache, as `awqcore ppl`), so the
 difference is the stored weights alone.
@@ -22,35 +23,42 @@ from awqcore.evaluate import documents_for_windows, kl_top1, token_windows, wind
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("base")
-    p.add_argument("other")
+    p.add_argument("others", nargs="+", metavar="other")
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--max-windows", type=int, default=8)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
+    paths = [args.base, *args.others]
     models = [awqcore.Model(f, threads=args.threads, max_seq_len=args.seqlen, activations="f32")
-              for f in (args.base, args.other)]
-    if models[0].config["vocab_size"] != models[1].config["vocab_size"]:
-        raise SystemExit("the two files have different vocabularies")
+              for f in paths]
+    if len({m.config["vocab_size"] for m in models}) != 1:
+        raise SystemExit("the files have different vocabularies")
     docs = documents_for_windows(wiki_texts("evaluation"), args.seqlen, args.max_windows)
     ids = models[0].tokenizer.encode("\n\n".join(docs)).ids
     windows = token_windows(ids, args.seqlen, args.max_windows)
-    nll = [[], []]
-    kl, agree = [], []
+    nll = [[] for _ in models]
+    kl = [[] for _ in models]  # [0] unused: the base against itself
+    agree = [[] for _ in models]
     for i, window in enumerate(windows):
-        logits = [np.asarray(m.forward(window)) for m in models]
-        for side in (0, 1):
-            nll[side].append(window_nll(logits[side], window))
-        for row in range(0, len(window) - 1, 128):  # bounded f64 copies (262k vocabularies)
-            end = min(row + 128, len(window) - 1)
-            k, a = kl_top1(logits[0][row:end], logits[1][row:end])
-            kl.append(k)
-            agree.append(a)
+        base = np.asarray(models[0].forward(window))
+        nll[0].append(window_nll(base, window))
+        for j, model in enumerate(models[1:], 1):
+            logits = np.asarray(model.forward(window))
+            nll[j].append(window_nll(logits, window))
+            for row in range(0, len(window) - 1, 128):  # bounded f64 copies (262k vocabularies)
+                end = min(row + 128, len(window) - 1)
+                k, a = kl_top1(base[row:end], logits[row:end])
+                kl[j].append(k)
+                agree[j].append(a)
         print(f"window {i + 1}/{len(windows)}", file=sys.stderr, flush=True)
-    for path, values in zip((args.base, args.other), nll):
-        print(f"perplexity {float(np.exp(np.concatenate(values).mean())):.4f}  {path}")
-    print(f"mean KL(base || other) {float(np.concatenate(kl).mean()):.3e} nats, top-1 agreement "
-          f"{100 * float(np.concatenate(agree).mean()):.2f}% over {sum(map(len, kl))} positions "
-          f"({len(windows)} windows x {args.seqlen})")
+    for j, path in enumerate(paths):
+        line = f"perplexity {float(np.exp(np.concatenate(nll[j]).mean())):.4f}  {path}"
+        if j:
+            line += (f"; mean KL(base || this) {float(np.concatenate(kl[j]).mean()):.3e} nats, "
+                     f"top-1 agreement {100 * float(np.concatenate(agree[j]).mean()):.2f}%")
+        print(line)
+    print(f"{sum(len(w) - 1 for w in windows)} scored positions ({len(windows)} windows x "
+          f"{args.seqlen}); base {args.base}")
     return 0
 
 

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "ops/attention.h"
+#include "ops/moe_experts.h"
 #include "transformer.h"
 
 namespace awqcore {
@@ -69,6 +70,16 @@ CpuSessionBytes CpuSessionMemory(const ModelConfig& c, int max_seq_len, int max_
   floats = CheckedSum(floats, CheckedProduct({static_cast<uint64_t>(max_batch),
                                               static_cast<uint64_t>(c.vocab_size)}, "logits"),
                       "scratch");
+  if (c.num_experts > 0) {
+    // The router's [C, E] probabilities and [C, k] choices, and the experts'
+    // buffers (ops/moe_experts.h); E and k are validated against the file's
+    // tensors, so these sizes are those of real models.
+    floats = CheckedSum(floats, chunk * (c.num_experts + 2 * static_cast<uint64_t>(c.num_experts_per_tok)), "scratch");
+    floats = CheckedSum(floats, MoeScratch::Bytes(static_cast<int>(chunk), c.num_experts_per_tok,
+                                                  c.num_experts, c.hidden_size,
+                                                  c.moe_intermediate_size) / 4 + 1,
+                        "scratch");
+  }
   bytes.scratch = CheckedProduct({floats, 4}, "scratch");
   return bytes;
 }

@@ -27,14 +27,18 @@ struct ArchitectureRules {
   bool sliding_layers;     // sliding_window may be set
   bool mixed_layer_types;  // layer_types may mix full and sliding layers
   bool gemma_scales;       // embedding_scale, attention_scale, soft-cap, rope_local_theta
+  bool experts;            // mixture of experts: model.num_experts >= 1 required, else absent or 0
 };
 
 constexpr ArchitectureRules kArchitectures[] = {
-    {"llama", NormPlacement::kPre, Activation::kSilu, false, 0, false, false, false},
-    {"mistral", NormPlacement::kPre, Activation::kSilu, false, 0, true, false, false},
-    {"qwen2", NormPlacement::kPre, Activation::kSilu, false, 1, false, false, false},
-    {"qwen3", NormPlacement::kPre, Activation::kSilu, true, -1, false, false, false},
-    {"gemma3", NormPlacement::kSandwich, Activation::kGeluTanh, true, 0, true, true, true},
+    {"llama", NormPlacement::kPre, Activation::kSilu, false, 0, false, false, false, false},
+    {"mistral", NormPlacement::kPre, Activation::kSilu, false, 0, true, false, false, false},
+    {"qwen2", NormPlacement::kPre, Activation::kSilu, false, 1, false, false, false, false},
+    {"qwen3", NormPlacement::kPre, Activation::kSilu, true, -1, false, false, false, false},
+    {"gemma3", NormPlacement::kSandwich, Activation::kGeluTanh, true, 0, true, true, true, false},
+    // Mistral's attention and Qwen3's, with mixture-of-experts MLPs.
+    {"mixtral", NormPlacement::kPre, Activation::kSilu, false, 0, true, false, false, true},
+    {"qwen3_moe", NormPlacement::kPre, Activation::kSilu, true, -1, false, false, false, true},
 };
 
 const char* PlacementName(NormPlacement p) { return p == NormPlacement::kPre ? "pre" : "sandwich"; }
@@ -115,7 +119,60 @@ const ArchitectureRules& RulesOf(const std::string& architecture) {
   for (const ArchitectureRules& r : kArchitectures) {
     if (architecture == r.name) return r;
   }
-  FailFormat("unknown architecture '", EscapeForMessage(architecture), "' (supported: llama, mistral, qwen2, qwen3, gemma3)");
+  FailFormat("unknown architecture '", EscapeForMessage(architecture),
+             "' (supported: llama, mistral, qwen2, qwen3, gemma3, mixtral, qwen3_moe)");
+}
+
+constexpr const char* kMoeKeys[] = {"model.num_experts", "model.num_experts_per_tok",
+                                    "model.moe_intermediate_size", "model.norm_topk_prob",
+                                    "model.moe_layers"};
+
+// The mixture-of-experts keys (docs/format.md): required by an architecture
+// with experts, absent (or num_experts 0) from every other.
+void ReadExperts(const AwqbinFile& file, const ArchitectureRules& rules, ModelConfig& c) {
+  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+  if (!rules.experts) {
+    for (const char* key : kMoeKeys) {
+      if (!Has(file, key)) continue;
+      if (std::string(key) == "model.num_experts" && file.RequireInt(key) == 0) continue;
+      FailFormat(key, " is set but architecture ", c.architecture, " has no experts");
+    }
+    return;
+  }
+  c.num_experts = static_cast<int>(IntInRange(file, "model.num_experts", 1, kIntMax));
+  const int64_t k = file.RequireInt("model.num_experts_per_tok");
+  if (k < 1 || k > c.num_experts) {
+    FailFormat("model.num_experts_per_tok=", k, " must be in 1..model.num_experts=", c.num_experts);
+  }
+  c.num_experts_per_tok = static_cast<int>(k);
+  c.moe_intermediate_size = static_cast<int>(IntInRange(file, "model.moe_intermediate_size", 1, kIntMax));
+  if (c.moe_intermediate_size % c.group_size != 0) {
+    FailFormat("quant.group_size=", c.group_size, " does not divide model.moe_intermediate_size=",
+               c.moe_intermediate_size);
+  }
+  // Mixtral always renormalizes the chosen weights; its files may leave the key out.
+  const bool mixtral = std::string(rules.name) == "mixtral";
+  c.norm_topk_prob = mixtral && !Has(file, "model.norm_topk_prob")
+                         ? true
+                         : IntInRange(file, "model.norm_topk_prob", 0, 1) == 1;
+  if (mixtral && !c.norm_topk_prob) {
+    FailFormat("model.norm_topk_prob=0 contradicts architecture mixtral (expected 1)");
+  }
+  c.moe_layers.assign(c.num_layers, 1);
+  if (Has(file, "model.moe_layers")) {
+    const std::optional<std::vector<int64_t>> layers = file.GetIntArray("model.moe_layers");
+    if (layers->size() != static_cast<size_t>(c.num_layers)) {
+      FailFormat("model.moe_layers has ", layers->size(), " entries, model.num_layers=", c.num_layers);
+    }
+    for (size_t l = 0; l < layers->size(); ++l) {
+      const int64_t kind = (*layers)[l];
+      if (kind != 0 && kind != 1) FailFormat("model.moe_layers[", l, "]=", kind, " (expected 0 dense or 1 MoE)");
+      if (kind == 0 && mixtral) {
+        FailFormat("model.moe_layers[", l, "]=0 contradicts architecture mixtral (every layer is MoE)");
+      }
+      c.moe_layers[l] = static_cast<uint8_t>(kind);
+    }
+  }
 }
 
 }  // namespace
@@ -212,6 +269,7 @@ void ReadLayerDescription(const AwqbinFile& file, ModelConfig& c) {
     c.layer_sliding.assign(c.num_layers, 1);  // Mistral: every layer slides
   }
 
+  ReadExperts(file, *rules, c);
   c.rope_scaling = ReadRopeScaling(file);
   if (Has(file, "model.rope_local_theta")) {
     c.rope_local_theta = static_cast<float>(PositiveFinite(file, "model.rope_local_theta"));

@@ -45,4 +45,41 @@ std::optional<std::string> Model::metadata_string(const std::string& key) const 
 
 uint64_t Model::weight_bytes() const { return impl_->file->data_size(); }
 
+namespace {
+
+// Codes, f16 scales, zero points and bias of a 4-bit linear (docs/format.md).
+uint64_t LinearBytes(const Int4Linear& w) {
+  const uint64_t weights = static_cast<uint64_t>(w.out) * w.in;
+  return weights / 2 + 3 * (weights / w.group_size) + (w.bias ? 4 * static_cast<uint64_t>(w.out) : 0);
+}
+
+// One row of a table: d f16, or d int8 with an f16 scale per 32 columns.
+uint64_t TableRowBytes(const EmbeddingTable& t) {
+  return t.f16 != nullptr ? 2 * static_cast<uint64_t>(t.d) : static_cast<uint64_t>(t.d) + 2 * (t.d / EmbeddingTable::kBlock);
+}
+
+}  // namespace
+
+uint64_t Model::active_bytes_per_token() const {
+  const ModelConfig& c = impl_->config;
+  const ModelWeights& w = impl_->weights;
+  const uint64_t d = c.hidden_size;
+  const uint64_t norm = 4 * d, head_norm = 4 * static_cast<uint64_t>(c.head_dim);
+  uint64_t bytes = TableRowBytes(w.embed) + norm;
+  bytes += w.lm_head_int4.out > 0 ? LinearBytes(w.lm_head_int4) : TableRowBytes(w.lm_head) * w.lm_head.rows;
+  for (const LayerWeights& layer : w.layers) {
+    bytes += LinearBytes(layer.q) + LinearBytes(layer.k) + LinearBytes(layer.v) + LinearBytes(layer.o);
+    bytes += norm * (layer.pre_ffn_norm != nullptr ? 4 : 2);
+    if (layer.q_norm != nullptr) bytes += 2 * head_norm;
+    if (layer.moe.router != nullptr) {
+      const uint64_t expert = LinearBytes(layer.moe.gate[0]) + LinearBytes(layer.moe.up[0]) +
+                              LinearBytes(layer.moe.down[0]);
+      bytes += 4 * static_cast<uint64_t>(c.num_experts) * d + static_cast<uint64_t>(c.num_experts_per_tok) * expert;
+    } else {
+      bytes += LinearBytes(layer.gate) + LinearBytes(layer.up) + LinearBytes(layer.down);
+    }
+  }
+  return bytes;
+}
+
 }  // namespace awqcore

@@ -8,6 +8,7 @@
 // every tensor is checked to have exactly the dtype and shape those
 // hyperparameters imply, so transformer.cpp can trust them without checks.
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -156,20 +157,26 @@ class TensorResolver {
   // The three (or four, with a bias) tensors of a 4-bit linear W [out, in]:
   //   P.qweight u8 [out, in/2], P.scales f16 [out, in/g], P.zeros u8 [out, in/g],
   //   P.bias f32 [out].
-  Int4Linear Linear(const std::string& prefix, int64_t out, int64_t in, bool has_bias) const {
+  // stack > 0: E = stack linears stacked expert-major, each tensor with a
+  // leading dimension E; the result is expert 0's view (Experts).
+  Int4Linear Linear(const std::string& prefix, int64_t out, int64_t in, bool has_bias,
+                    uint64_t stack = 0) const {
     const uint64_t rows = static_cast<uint64_t>(out);
     const uint64_t groups = static_cast<uint64_t>(in / config_.group_size);
+    const auto dims = [stack](uint64_t r, uint64_t c) {
+      return stack > 0 ? std::vector<uint64_t>{stack, r, c} : std::vector<uint64_t>{r, c};
+    };
     Int4Linear linear;
     linear.out = static_cast<int>(out);
     linear.in = static_cast<int>(in);
     linear.group_size = config_.group_size;
-    linear.qweight = U8(prefix + ".qweight", {rows, static_cast<uint64_t>(in / 2)});
-    linear.scales = F16(prefix + ".scales", {rows, groups});
-    linear.zeros = U8(prefix + ".zeros", {rows, groups});
+    linear.qweight = U8(prefix + ".qweight", dims(rows, static_cast<uint64_t>(in / 2)));
+    linear.scales = F16(prefix + ".scales", dims(rows, groups));
+    linear.zeros = U8(prefix + ".zeros", dims(rows, groups));
     // Zero points are 4-bit codes (docs/format.md): the kernels subtract them
     // from 4-bit weights in narrow integer lanes, so a larger byte would give
     // results that differ between kernels rather than an error.
-    for (uint64_t i = 0; i < rows * groups; ++i) {
+    for (uint64_t i = 0; i < std::max<uint64_t>(stack, 1) * rows * groups; ++i) {
       if (linear.zeros[i] > 15) {
         FailFormat("tensor '", prefix, ".zeros': element ", i, " is ", unsigned{linear.zeros[i]},
                    ", outside the 4-bit range 0..15");
@@ -177,6 +184,32 @@ class TensorResolver {
     }
     if (has_bias) linear.bias = F32(prefix + ".bias", {rows});
     return linear;
+  }
+
+  // Expert e's slice of the stacked tensors P.{qweight,scales,zeros}, shapes
+  // [E, out, in/2], [E, out, in/g], [E, out, in/g] (docs/format.md): each of
+  // the E views is a 4-bit linear [out, in] of its own. A leading dimension
+  // other than E is named as an expert count, the likely misreading.
+  std::vector<Int4Linear> Experts(const std::string& prefix, int64_t out, int64_t in) const {
+    const uint64_t experts = static_cast<uint64_t>(config_.num_experts);
+    for (const char* part : {".qweight", ".scales", ".zeros"}) {
+      const TensorView* tensor = file_.Find(prefix + part);
+      if (tensor != nullptr && (tensor->dims.empty() || tensor->dims[0] != experts)) {
+        FailFormat("tensor '", prefix, part, "' holds ",
+                   tensor->dims.empty() ? 0 : tensor->dims[0],
+                   " experts (its leading dimension), model.num_experts=", experts);
+      }
+    }
+    const Int4Linear stacked = Linear(prefix, out, in, false, experts);
+    const size_t code_bytes = static_cast<size_t>(out) * (in / 2);          // per expert
+    const size_t groups = static_cast<size_t>(out) * (in / config_.group_size);
+    std::vector<Int4Linear> views(experts, stacked);
+    for (size_t e = 0; e < experts; ++e) {
+      views[e].qweight = stacked.qweight + e * code_bytes;
+      views[e].scales = stacked.scales + e * groups;
+      views[e].zeros = stacked.zeros + e * groups;
+    }
+    return views;
   }
 
   // A tensor the loader did not resolve is a file that says one thing in its
@@ -212,6 +245,46 @@ class TensorResolver {
   const ModelConfig& config_;
   mutable std::set<std::string> used_;  // names Get resolved
 };
+
+// Layer l's router and experts (docs/format.md, mixture of experts). A dense
+// MLP tensor in the layer is named, as the file's two descriptions of it
+// disagree.
+void LoadExperts(const AwqbinFile& file, const TensorResolver& tensors, const ModelConfig& config,
+                 int l, MoeWeights& moe) {
+  const std::string mlp = "model.layers." + std::to_string(l) + ".mlp.";
+  for (const char* dense : {"gate_proj", "up_proj", "down_proj"}) {
+    const std::string name = mlp + dense + ".qweight";
+    if (file.Find(name) != nullptr) {
+      FailFormat("tensor '", name, "' is a dense MLP in a mixture-of-experts layer (model.moe_layers[",
+                 l, "]=1)");
+    }
+  }
+  const uint64_t experts = static_cast<uint64_t>(config.num_experts);
+  const uint64_t d = static_cast<uint64_t>(config.hidden_size);
+  const std::string router = mlp + "gate.weight";
+  const TensorView* router_tensor = file.Find(router);
+  if (router_tensor != nullptr && router_tensor->dims.size() == 2 && router_tensor->dims[0] != experts) {
+    FailFormat("tensor '", router, "' (the router) has ", router_tensor->dims[0],
+               " rows, model.num_experts=", experts);
+  }
+  moe.router = tensors.F32(router, {experts, d});
+  const int64_t f = config.moe_intermediate_size;
+  moe.gate = tensors.Experts(mlp + "experts.gate_proj", f, d);
+  moe.up = tensors.Experts(mlp + "experts.up_proj", f, d);
+  moe.down = tensors.Experts(mlp + "experts.down_proj", d, f);
+}
+
+// A dense layer of a model with experts: a router or expert tensor there is
+// named (RequireAllUsed would only call it unused).
+void RejectExperts(const AwqbinFile& file, int l, const std::string& mlp) {
+  for (const std::string& name : {mlp + "gate.weight", mlp + "experts.gate_proj.qweight",
+                                  mlp + "experts.up_proj.qweight", mlp + "experts.down_proj.qweight"}) {
+    if (file.Find(name) != nullptr) {
+      FailFormat("tensor '", name, "' holds experts but layer ", l,
+                 " is a dense MLP layer (model.moe_layers[", l, "]=0)");
+    }
+  }
+}
 
 }  // namespace
 
@@ -351,9 +424,14 @@ ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config)
                                           sandwich, "model.norm_placement=pre");
     layer.post_ffn_norm = tensors.Optional(prefix + "post_feedforward_layernorm.weight", norm_dims,
                                            sandwich, "model.norm_placement=pre");
-    layer.gate = tensors.Linear(mlp + "gate_proj", ffn, d, false);
-    layer.up = tensors.Linear(mlp + "up_proj", ffn, d, false);
-    layer.down = tensors.Linear(mlp + "down_proj", d, ffn, false);
+    if (config.num_experts > 0 && config.moe_layers[l] != 0) {
+      LoadExperts(file, tensors, config, l, layer.moe);
+    } else {
+      if (config.num_experts > 0) RejectExperts(file, l, mlp);
+      layer.gate = tensors.Linear(mlp + "gate_proj", ffn, d, false);
+      layer.up = tensors.Linear(mlp + "up_proj", ffn, d, false);
+      layer.down = tensors.Linear(mlp + "down_proj", d, ffn, false);
+    }
     w.layers.push_back(layer);
   }
   tensors.RequireAllUsed();

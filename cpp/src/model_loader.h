@@ -14,7 +14,7 @@ namespace awqcore {
 
 // Reads ModelConfig from the metadata, the decoder-layer description
 // included. Throws FormatError naming the bad or missing key, e.g.
-// "unknown architecture 'x' (supported: llama, mistral, qwen2, qwen3, gemma3)"
+// "unknown architecture 'x' (supported: llama, mistral, qwen2, qwen3, gemma3, mixtral, qwen3_moe)"
 // or a description value that contradicts the architecture.
 ModelConfig ReadModelConfig(const AwqbinFile& file);
 

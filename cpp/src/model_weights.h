@@ -39,6 +39,17 @@ struct EmbeddingTable {
   const void* data() const { return f16 != nullptr ? static_cast<const void*>(f16) : q8; }
 };
 
+// The MLP of a mixture-of-experts layer (docs/format.md): a router and E
+// gated experts of width f. The file stacks each projection of all experts
+// expert-major, so expert e's rows are one contiguous slice laid out as a
+// 4-bit linear of its own; gate[e], up[e], down[e] are views of those slices.
+struct MoeWeights {
+  const float* router = nullptr;  // [E, d] f32; nullptr: the layer's MLP is dense
+  std::vector<Int4Linear> gate;   // [E] expert e's [f, d]
+  std::vector<Int4Linear> up;     // [E] expert e's [f, d]
+  std::vector<Int4Linear> down;   // [E] expert e's [d, f]
+};
+
 // Norm weights are the multipliers of the normalized vector (Gemma's 1 + w
 // already added in the file). The norms' roles follow the file's names:
 //   pre placement:      x += o(attn(input_norm(x)));  x += mlp(post_norm(x))
@@ -55,9 +66,11 @@ struct LayerWeights {
   const float* post_norm = nullptr;      // [d] post_attention_layernorm
   const float* pre_ffn_norm = nullptr;   // [d] sandwich only, else nullptr
   const float* post_ffn_norm = nullptr;  // [d] sandwich only, else nullptr
+  // A dense layer's MLP (moe.router == nullptr), else unset (out == 0).
   Int4Linear gate;                       // [ffn, d]
   Int4Linear up;                         // [ffn, d]
   Int4Linear down;                       // [d, ffn]
+  MoeWeights moe;                        // a mixture-of-experts layer's MLP
 };
 
 struct ModelWeights {

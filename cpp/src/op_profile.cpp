@@ -33,6 +33,7 @@ const char* OpName(Op op) {
     case Op::kO: return "o";
     case Op::kGateUpAct: return "gate/up+act";
     case Op::kDown: return "down";
+    case Op::kMoe: return "router+experts";
     case Op::kLmHead: return "lm_head";
     case Op::kSampling: return "sampling";
     case Op::kOther: return "other";

@@ -27,6 +27,7 @@ enum class Op {
   kO,               // o_proj
   kGateUpAct,       // gate and up projections with act(gate) * up
   kDown,            // down_proj
+  kMoe,             // an MoE block: router and the chosen experts' gate/up/down
   kLmHead,          // the logits (+ soft-cap)
   kSampling,        // finiteness check and the sampler's pick (session.cpp)
   kOther,           // residual adds and the rest of the step

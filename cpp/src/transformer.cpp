@@ -7,6 +7,7 @@
 
 #include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
+#include "ops/moe_router.h"
 #include "ops/rmsnorm.h"
 #include "ops/vec.h"
 
@@ -68,6 +69,13 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
   attn_.resize(Floats(chunk_tokens_, q_width));
   proj_.resize(Floats(chunk_tokens_, d));
   gate_.resize(Floats(chunk_tokens_, config.intermediate_size));
+  if (config.num_experts > 0) {
+    const int k = config.num_experts_per_tok;
+    router_scores_.resize(Floats(chunk_tokens_, config.num_experts));
+    route_experts_.resize(Floats(chunk_tokens_, k));
+    route_weights_.resize(Floats(chunk_tokens_, k));
+    moe_scratch_ = MoeScratch(chunk_tokens_, k, config.num_experts, d, config.moe_intermediate_size);
+  }
   attention_scratch_.resize(
       AttentionScratchFloats(full_shape_, chunk_tokens_, max_seq_len));
 }
@@ -202,14 +210,25 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
   AddF32(proj_.data(), x_.data(), n * d);
   lap_.Lap(Op::kOther);
 
-  // MLP block: gate, up and act(gate) * up in one pass.
+  // MLP block: gate, up and act(gate) * up in one pass, then down; or the
+  // router and the chosen experts.
   RmsNorm(x_.data(), sandwich ? w.pre_ffn_norm : w.post_norm, d, eps, n, h_.data());
   lap_.Lap(Op::kNorms);
-  Int4GatedMlpForward(w.gate, w.up, config_.activation, h_.data(), n, gate_.data(), pool_,
-                      DetectedIsa(), int8_decode_);
-  lap_.Lap(Op::kGateUpAct);
-  Int4LinearForward(w.down, gate_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
-  lap_.Lap(Op::kDown);
+  if (w.moe.router != nullptr) {
+    const int k = config_.num_experts_per_tok;
+    MoeRouterForward(w.moe.router, config_.num_experts, d, h_.data(), n, k, config_.norm_topk_prob,
+                     router_scores_.data(), route_experts_.data(), route_weights_.data(), pool_);
+    MoeExpertsForward(w.moe, config_.activation, h_.data(), n, route_experts_.data(),
+                      route_weights_.data(), k, proj_.data(), moe_scratch_, pool_, DetectedIsa(),
+                      int8_decode_);
+    lap_.Lap(Op::kMoe);
+  } else {
+    Int4GatedMlpForward(w.gate, w.up, config_.activation, h_.data(), n, gate_.data(), pool_,
+                        DetectedIsa(), int8_decode_);
+    lap_.Lap(Op::kGateUpAct);
+    Int4LinearForward(w.down, gate_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
+    lap_.Lap(Op::kDown);
+  }
   if (sandwich) RmsNorm(proj_.data(), w.post_ffn_norm, d, eps, n, proj_.data());
   lap_.Lap(Op::kNorms);
   AddF32(proj_.data(), x_.data(), n * d);

@@ -15,7 +15,10 @@
 //       sliding_window)
 //     pre:      x += a;                h = rmsnorm(x) * post_norm
 //     sandwich: x += rmsnorm(a) * post_norm;  h = rmsnorm(x) * pre_ffn_norm
-//     m = down_proj(act(gate_proj(h)) * up_proj(h)), act = SiLU or GELU-tanh
+//     m = down_proj(act(gate_proj(h)) * up_proj(h)), act = SiLU or GELU-tanh;
+//       in a mixture-of-experts layer (moe_layers), m = the weighted sum of
+//       the k experts the router picks for the token (ops/moe_router.h,
+//       ops/moe_experts.h)
 //     pre: x += m;   sandwich: x += rmsnorm(m) * post_ffn_norm
 //   logits = lm_head(rmsnorm(x) * final_norm)
 //   final_logit_softcap c > 0: logits = c * tanh(logits / c)
@@ -39,7 +42,9 @@
 //
 // A layer makes 5 fork-join passes over the thread pool: q/k/v as one pass,
 // attention, o_proj, gate/up/act·mul as one pass, down_proj (int4_linear.h);
-// the norms (q/k and sandwich norms included), rotary, cache writes, residual
+// a mixture-of-experts layer's MLP makes one for the router, then 2 over the
+// chosen experts' rows together in decode, 2 per chosen expert in prefill
+// (ops/moe_experts.h); the norms (q/k and sandwich norms included), rotary, cache writes, residual
 // adds and the soft-cap run on the calling thread (O(d) per token each, the
 // soft-cap O(vocab)).
 //
@@ -57,6 +62,7 @@
 #include "model_weights.h"
 #include "op_profile.h"
 #include "ops/attention.h"
+#include "ops/moe_experts.h"
 #include "ops/rope.h"
 #include "thread_pool.h"
 
@@ -154,6 +160,11 @@ class Transformer final : public ForwardPass {
   std::vector<float> attn_;      // [C, H * hd]  attention output
   std::vector<float> proj_;      // [C, d]       o_proj / down_proj output
   std::vector<float> gate_;      // [C, ffn]     act(gate) * up
+  // Mixture-of-experts layers only (empty without experts), E experts, k per token.
+  std::vector<float> router_scores_;  // [C, E]  router probabilities
+  std::vector<int> route_experts_;    // [C, k]  chosen experts, rank order
+  std::vector<float> route_weights_;  // [C, k]  their weights
+  MoeScratch moe_scratch_;            // ops/moe_experts.h, C tokens
   std::vector<float> attention_scratch_;  // [C, H, splits, hd + 2] (attention.h)
 };
 

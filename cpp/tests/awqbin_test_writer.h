@@ -290,6 +290,46 @@ void SetMeta(FileSpec& spec, const std::string& key, MetaValue value) {
   throw std::logic_error("test bug: no key " + key);
 }
 
+// The int4 linears of E experts stacked expert-major (docs/format.md):
+// P.qweight [E, out, in/2], P.scales, P.zeros [E, out, in/g].
+void AddExperts(FileSpec& spec, const std::string& prefix, uint64_t experts, uint64_t out, uint64_t in) {
+  AddTensor(spec, prefix + ".qweight", DType::kU8, {experts, out, in / 2});
+  AddTensor(spec, prefix + ".scales", DType::kF16, {experts, out, in / kGroup});
+  AddTensor(spec, prefix + ".zeros", DType::kU8, {experts, out, in / kGroup});
+  for (uint8_t& zero : spec.tensors.back().bytes) zero &= 15;  // 4-bit codes
+}
+
+// A mixture-of-experts model: mixtral (Mistral's attention, window 8, every
+// layer MoE, renormalized) or qwen3_moe (Qwen3's, layer 0 a dense MLP, no
+// renormalization), with kExperts experts of width kExpertFfn, top-2.
+constexpr uint64_t kExperts = 4, kExpertsPerToken = 2, kExpertFfn = 64;
+FileSpec TinyMoeModel(const std::string& arch) {
+  const bool mixtral = arch == "mixtral";
+  FileSpec dense = TinyModel(mixtral ? "mistral" : "qwen3");
+  FileSpec spec;
+  spec.meta = dense.meta;
+  SetMeta(spec, "general.architecture", Str(arch));
+  SetMeta(spec, "general.name", Str("tiny-" + arch));
+  spec.meta.emplace_back("model.num_experts", Int(kExperts));
+  spec.meta.emplace_back("model.num_experts_per_tok", Int(kExpertsPerToken));
+  spec.meta.emplace_back("model.moe_intermediate_size", Int(kExpertFfn));
+  spec.meta.emplace_back("model.norm_topk_prob", Int(mixtral));
+  spec.meta.emplace_back("model.moe_layers", Ints({mixtral ? 1 : 0, 1}));
+  for (TensorEntry& t : dense.tensors) {
+    const bool layer0 = t.name.rfind("model.layers.0.", 0) == 0;
+    if (t.name.find(".mlp.") != std::string::npos && (mixtral || !layer0)) continue;
+    spec.tensors.push_back(std::move(t));
+  }
+  for (uint64_t l = mixtral ? 0 : 1; l < kLayers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
+    AddTensor(spec, p + "gate.weight", DType::kF32, {kExperts, kD});
+    AddExperts(spec, p + "experts.gate_proj", kExperts, kExpertFfn, kD);
+    AddExperts(spec, p + "experts.up_proj", kExperts, kExpertFfn, kD);
+    AddExperts(spec, p + "experts.down_proj", kExperts, kD, kExpertFfn);
+  }
+  return spec;
+}
+
 // ---- files on disk ----
 
 // A per-process scratch directory, removed at exit.
@@ -333,8 +373,7 @@ std::shared_ptr<const Model> Load(const Bytes& bytes, bool verify = true) {
 // computes finite logits, so give every tensor sane random values: scales
 // ~0.02 (weights of the magnitude of a trained model's), norms ~1, zero points
 // in 0..15.
-FileSpec TinySaneSpec(const char* arch) {
-  FileSpec spec = TinyModel(arch);
+FileSpec TinySaneSpec(FileSpec spec) {
   std::mt19937 rng(5);
   std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
   for (TensorEntry& t : spec.tensors) {
@@ -357,6 +396,8 @@ FileSpec TinySaneSpec(const char* arch) {
   }
   return spec;
 }
+
+FileSpec TinySaneSpec(const char* arch) { return TinySaneSpec(TinyModel(arch)); }
 
 std::shared_ptr<const Model> TinySaneModel(const char* arch) {
   return Load(Build(TinySaneSpec(arch)));

@@ -551,7 +551,7 @@ TEST(metadata_errors_are_named) {
   FileSpec spec = TinyModel("llama");
   SetMeta(spec, "general.architecture", Str("gemma2"));
   CHECK_THROWS(Load(Build(spec)), FormatError,
-               "unknown architecture 'gemma2' (supported: llama, mistral, qwen2, qwen3, gemma3)");
+               "unknown architecture 'gemma2' (supported: llama, mistral, qwen2, qwen3, gemma3, mixtral, qwen3_moe)");
   spec = TinyModel("llama");
   spec.meta.emplace_back("model.hidden_size", Int(64));
   CHECK_THROWS(Load(Build(spec)), FormatError, "metadata: duplicate key 'model.hidden_size'");

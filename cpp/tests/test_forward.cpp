@@ -24,10 +24,15 @@
 #include "ops/rope.h"
 #include "test_harness.h"
 #include "thread_pool.h"
+#include "tiny_transformer.h"
 #include "transformer.h"
 
 using namespace awqcore;
+using awqtest::kLogitTolerance;
+using awqtest::NaiveForward;
+using awqtest::RandomIds;
 using awqtest::RelativeError;
+using awqtest::TinyModel;
 
 namespace {
 
@@ -107,182 +112,6 @@ std::string FamilyName(Family family) {
   return family == Family::kLlama3Rope ? "llama (llama3 rope)" : TinyConfig(family).architecture;
 }
 
-// Random weights owning their storage; `weights` points into it. Scales of
-// ~1/(8 sqrt(in)) keep activations O(1) through the layers. The embedding and
-// lm_head tables are f16, or int8 with `int8_tables`.
-struct TinyModel {
-  ModelConfig config;
-  ModelWeights weights;
-  std::vector<std::vector<uint8_t>> bytes;
-  std::vector<std::vector<int8_t>> codes;
-  std::vector<std::vector<uint16_t>> halves;
-  std::vector<std::vector<float>> floats;
-  std::mt19937 rng{123};
-
-  // int4_lm_head: the lm_head is a 4-bit linear [vocab, d] (an untied file's
-  // `--lm-head int4` form) and `lm_head` stays empty.
-  explicit TinyModel(Family family, bool int8_tables = false, bool int4_lm_head = false)
-      : config(TinyConfig(family)) {
-    const int d = config.hidden_size, hd = config.head_dim;
-    const bool bias = config.attention_bias;
-    // Gemma's embedding scale multiplies x by sqrt(d) = 8: a table 8x
-    // smaller keeps the residual stream O(1) as in the other families.
-    weights.embed = Table(int8_tables, 1.0f / config.embedding_scale);
-    if (int4_lm_head) {
-      config.tie_word_embeddings = false;
-      weights.lm_head_int4 = Linear(config.vocab_size, d, false);
-    } else {
-      weights.lm_head = Table(int8_tables, 0.3f);
-    }
-    weights.final_norm = Floats(d, 0.8f, 1.2f);
-    const bool sandwich = config.norm_placement == NormPlacement::kSandwich;
-    for (int l = 0; l < config.num_layers; ++l) {
-      LayerWeights layer;
-      layer.input_norm = Floats(d, 0.8f, 1.2f);
-      layer.q = Linear(config.num_heads * hd, d, bias);
-      layer.k = Linear(config.num_kv_heads * hd, d, bias);
-      layer.v = Linear(config.num_kv_heads * hd, d, bias);
-      if (config.qk_norm) {
-        layer.q_norm = Floats(hd, 0.5f, 1.5f);
-        layer.k_norm = Floats(hd, 0.5f, 1.5f);
-      }
-      layer.o = Linear(d, config.num_heads * hd, false);
-      layer.post_norm = Floats(d, 0.8f, 1.2f);
-      if (sandwich) {
-        layer.pre_ffn_norm = Floats(d, 0.8f, 1.2f);
-        layer.post_ffn_norm = Floats(d, 0.8f, 1.2f);
-      }
-      layer.gate = Linear(config.intermediate_size, d, false);
-      layer.up = Linear(config.intermediate_size, d, false);
-      layer.down = Linear(d, config.intermediate_size, false);
-      weights.layers.push_back(layer);
-    }
-  }
-
-  const float* Floats(size_t n, float lo, float hi) {
-    std::uniform_real_distribution<float> dist(lo, hi);
-    floats.emplace_back(n);
-    for (float& v : floats.back()) v = dist(rng);
-    return floats.back().data();
-  }
-  const uint16_t* Halves(size_t n, float range) {
-    std::uniform_real_distribution<float> dist(-range, range);
-    halves.emplace_back(n);
-    for (uint16_t& v : halves.back()) v = F32ToF16(dist(rng));
-    return halves.back().data();
-  }
-  // [vocab, d] with weights in about [-range, range].
-  EmbeddingTable Table(bool int8, float range) {
-    const int rows = config.vocab_size, d = config.hidden_size;
-    const size_t n = static_cast<size_t>(rows) * d;
-    if (!int8) return EmbeddingTable{rows, d, Halves(n, range), nullptr, nullptr};
-    std::uniform_int_distribution<int> code(-127, 127);
-    codes.emplace_back(n);
-    for (int8_t& q : codes.back()) q = static_cast<int8_t>(code(rng));
-    std::uniform_real_distribution<float> scale(0.5f * range / 127, 1.5f * range / 127);
-    halves.emplace_back(n / EmbeddingTable::kBlock);
-    for (uint16_t& s : halves.back()) s = F32ToF16(scale(rng));
-    return EmbeddingTable{rows, d, nullptr, codes.back().data(), halves.back().data()};
-  }
-  Int4Linear Linear(int out, int in, bool with_bias) {
-    const int g = config.group_size;
-    std::uniform_int_distribution<int> byte(0, 255), nibble(0, 15);
-    const float scale = 1.0f / (8.0f * std::sqrt(static_cast<float>(in)));
-    Int4Linear layer{out, in, g, nullptr, nullptr, nullptr, nullptr};
-    bytes.emplace_back(static_cast<size_t>(out) * in / 2);
-    for (uint8_t& b : bytes.back()) b = static_cast<uint8_t>(byte(rng));
-    layer.qweight = bytes.back().data();
-    bytes.emplace_back(static_cast<size_t>(out) * in / g);
-    for (uint8_t& z : bytes.back()) z = static_cast<uint8_t>(nibble(rng));
-    layer.zeros = bytes.back().data();
-    layer.scales = Halves(static_cast<size_t>(out) * in / g, 0.0f);
-    std::uniform_real_distribution<float> scale_dist(0.5f * scale, 1.5f * scale);
-    for (size_t i = 0; i < halves.back().size(); ++i) halves.back()[i] = F32ToF16(scale_dist(rng));
-    if (with_bias) layer.bias = Floats(out, -0.5f, 0.5f);
-    return layer;
-  }
-};
-
-// The forward pass written out with the reference ops, whole sequence at once:
-// logits [ids.size(), vocab]. f16_kv_cache: keys and values rounded to f16
-// as the int8-decode mode's cache stores them.
-std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& ids,
-                                bool f16_kv_cache) {
-  const ModelConfig& c = model.config;
-  const int n = static_cast<int>(ids.size()), d = c.hidden_size, ffn = c.intermediate_size;
-  const int q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
-  const bool sandwich = c.norm_placement == NormPlacement::kSandwich;
-  std::vector<float> x(static_cast<size_t>(n) * d), h(x.size()), q(static_cast<size_t>(n) * q_width);
-  std::vector<float> k(static_cast<size_t>(n) * kv_width), v(k.size()), attn(q.size()), proj(x.size());
-  std::vector<float> gate(static_cast<size_t>(n) * ffn), up(gate.size());
-  EmbeddingGather(model.weights.embed, ids.data(), n, x.data());
-  for (float& e : x) e *= c.embedding_scale;
-  for (int l = 0; l < c.num_layers; ++l) {
-    const LayerWeights& w = model.weights.layers[l];
-    const bool sliding = !c.layer_sliding.empty() && c.layer_sliding[l];
-    RmsNormReference(x.data(), w.input_norm, d, c.rms_norm_eps, n, h.data());
-    Int4LinearReference(w.q, h.data(), n, q.data());
-    Int4LinearReference(w.k, h.data(), n, k.data());
-    Int4LinearReference(w.v, h.data(), n, v.data());
-    if (c.qk_norm) {  // every head of every token is a row of hd
-      RmsNormReference(q.data(), w.q_norm, c.head_dim, c.rms_norm_eps, n * c.num_heads, q.data());
-      RmsNormReference(k.data(), w.k_norm, c.head_dim, c.rms_norm_eps, n * c.num_kv_heads, k.data());
-    }
-    const bool local = sliding && c.rope_local_theta > 0.0f;
-    const float theta = local ? c.rope_local_theta : c.rope_theta;
-    const RopeScaling scaling = local ? RopeScaling{} : c.rope_scaling;
-    RopeReference(q.data(), n, c.num_heads, c.head_dim, theta, 0, scaling);
-    RopeReference(k.data(), n, c.num_kv_heads, c.head_dim, theta, 0, scaling);
-    if (f16_kv_cache) {
-      for (float& e : k) e = F16ToF32(F32ToF16(e));
-      for (float& e : v) e = F16ToF32(F32ToF16(e));
-    }
-    const AttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim, c.attention_scale,
-                               sliding ? c.sliding_window : 0};
-    AttentionReference(shape, q.data(), k.data(), v.data(), 0, n, attn.data());
-    Int4LinearReference(w.o, attn.data(), n, proj.data());
-    if (sandwich) RmsNormReference(proj.data(), w.post_norm, d, c.rms_norm_eps, n, proj.data());
-    for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
-    RmsNormReference(x.data(), sandwich ? w.pre_ffn_norm : w.post_norm, d, c.rms_norm_eps, n, h.data());
-    Int4LinearReference(w.gate, h.data(), n, gate.data());
-    Int4LinearReference(w.up, h.data(), n, up.data());
-    if (c.activation == Activation::kSilu) {
-      SwiGluReference(gate.data(), up.data(), n * ffn, gate.data());
-    } else {
-      GeGluReference(gate.data(), up.data(), n * ffn, gate.data());
-    }
-    Int4LinearReference(w.down, gate.data(), n, proj.data());
-    if (sandwich) RmsNormReference(proj.data(), w.post_ffn_norm, d, c.rms_norm_eps, n, proj.data());
-    for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
-  }
-  RmsNormReference(x.data(), model.weights.final_norm, d, c.rms_norm_eps, n, h.data());
-  std::vector<float> logits(static_cast<size_t>(n) * c.vocab_size);
-  if (model.weights.lm_head_int4.out > 0) {
-    Int4LinearReference(model.weights.lm_head_int4, h.data(), n, logits.data());
-  } else {
-    TableLinearReference(model.weights.lm_head, h.data(), n, logits.data());
-  }
-  if (c.final_logit_softcap > 0.0f) {
-    const double cap = c.final_logit_softcap;
-    for (float& e : logits) e = static_cast<float>(cap * std::tanh(e / cap));
-  }
-  return logits;
-}
-
-std::vector<int> RandomIds(int n, int vocab, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> id(0, vocab - 1);
-  std::vector<int> ids(n);
-  for (int& t : ids) t = id(rng);
-  return ids;
-}
-
-// Tolerance between two f32 evaluations of the network in different orders
-// (or against the double-accumulating references). Each op is within
-// gamma(width + 8) ~ 6e-6 relative of exact for widths <= 96 (test_ops); two
-// layers of ~10 ops, with RMSNorm re-normalizing between blocks, compound
-// that to well under 1e-4 of the logits' scale.
-constexpr double kLogitTolerance = 1e-4;
 
 }  // namespace
 
@@ -292,7 +121,7 @@ TEST(forward_matches_naive_reference) {
   for (bool int8_tables : {false, true}) {
     for (Family family : kAllFamilies) {
       for (bool int8_decode : {true, false}) {
-        const TinyModel model(family, int8_tables);
+        const TinyModel model(TinyConfig(family), int8_tables);
         ThreadPool pool(2);
         Transformer transformer(model.config, model.weights, 32, pool, 1, int8_decode);
         const std::vector<int> ids = RandomIds(9, model.config.vocab_size, 1);
@@ -313,14 +142,15 @@ TEST(forward_matches_naive_reference) {
 }
 
 TEST(int4_lm_head_matches_naive_reference) {
-  // Prefill (9 tokens: f32 in both modes) against the reference tightly, then
+  // Prefill (12 tokens: f32 in both modes) against the reference tightly, then
   // decode steps: exact in the f32 mode; in the int8 mode the lm_head rounds
   // the activations as the other linears do (W4A8), which moves the logits by
   // ~1e-2 of their scale (int8_decode_equals_chunked_prefill_... below), far
   // below what the f16-table logits of a wrong lm_head would differ by (O(1)).
   for (Family family : {Family::kLlama, Family::kQwen2, Family::kGemma3}) {
     for (bool int8_decode : {false, true}) {
-      const TinyModel model(family, /*int8_tables=*/family == Family::kQwen2, /*int4_lm_head=*/true);
+      const TinyModel model(TinyConfig(family), /*int8_tables=*/family == Family::kQwen2,
+                            /*int4_lm_head=*/true);
       const int vocab = model.config.vocab_size, n = 12;
       ThreadPool pool(2);
       Transformer prefill(model.config, model.weights, n, pool, 1, int8_decode);
@@ -346,7 +176,7 @@ TEST(prefill_equals_decode_steps) {
   for (Family family : kAllFamilies) {
     // Int8 tables for some families, f16 for the others.
     const bool int8_tables = family == Family::kQwen2 || family == Family::kGemma3;
-    const TinyModel model(family, int8_tables);
+    const TinyModel model(TinyConfig(family), int8_tables);
     const int vocab = model.config.vocab_size;
     ThreadPool pool(2);
     // 70 tokens: more than one prefill chunk (kChunkTokens = 64). f32
@@ -388,7 +218,7 @@ TEST(int8_decode_equals_chunked_prefill_and_stays_near_f32) {
   // of q and k moves the softmax more; the cap at 2 then shrinks max|logit|
   // ~2.5x while |tanh'| <= 1 keeps the absolute error, 1e-1 measured: 0.15.
   for (Family family : kAllFamilies) {
-    const TinyModel model(family, family == Family::kQwen2 || family == Family::kGemma3);
+    const TinyModel model(TinyConfig(family), family == Family::kQwen2 || family == Family::kGemma3);
     const int vocab = model.config.vocab_size, n = 20;
     ThreadPool pool(2);
     Transformer decode(model.config, model.weights, n, pool);
@@ -424,7 +254,7 @@ TEST(sliding_window_bounds_what_a_position_sees) {
   // is the same), and differ before; without the window they differ
   // everywhere. A check independent of the reference's window.
   for (Family family : {Family::kMistral, Family::kLlama}) {
-    const TinyModel model(family);
+    const TinyModel model(TinyConfig(family));
     const int vocab = model.config.vocab_size, n = 24;
     const int reach = model.config.num_layers * (model.config.sliding_window - 1);  // 8 (Mistral)
     ThreadPool pool(2);
@@ -457,7 +287,7 @@ TEST(last_only_logits_and_reset) {
   // a single token (the lm_head follows its chunk, transformer.cpp).
   for (bool int8_tables : {false, true}) {
     for (int n : {5, 12}) {
-      const TinyModel model(Family::kQwen2, int8_tables);
+      const TinyModel model(TinyConfig(Family::kQwen2), int8_tables);
       const int vocab = model.config.vocab_size;
       ThreadPool pool(1);
       Transformer transformer(model.config, model.weights, 16, pool);
@@ -474,7 +304,7 @@ TEST(last_only_logits_and_reset) {
 
 TEST(logits_do_not_depend_on_thread_count) {
   for (Family family : {Family::kLlama, Family::kGemma3}) {
-    const TinyModel model(family);
+    const TinyModel model(TinyConfig(family));
     const int vocab = model.config.vocab_size;
     const std::vector<int> ids = RandomIds(6, vocab, 5);
     std::vector<std::vector<float>> results;
@@ -494,7 +324,7 @@ TEST(logits_do_not_depend_on_thread_count) {
 
 TEST(batched_decode_steps_equal_each_sequence_alone) {
   for (Family family : {Family::kLlama, Family::kQwen2, Family::kMistral, Family::kGemma3}) {
-    const TinyModel model(family);
+    const TinyModel model(TinyConfig(family));
     const int vocab = model.config.vocab_size;
     ThreadPool pool(2);
     // Prompts of 1 token, a few, and more than one prefill chunk (64).
@@ -546,7 +376,7 @@ TEST(decode_step_wider_than_a_chunk_and_reset_of_one_sequence) {
   // activations throughout (int8 decode would round the chunk of 6 and the
   // `alone` steps, not the 64), so each token's products are those of
   // `alone` up to f32 summation order.
-  const TinyModel model(Family::kLlama);
+  const TinyModel model(TinyConfig(Family::kLlama));
   const int vocab = model.config.vocab_size, num_seqs = 70;
   ThreadPool pool(2);
   Transformer batched(model.config, model.weights, 2, pool, num_seqs, /*int8_decode=*/false);

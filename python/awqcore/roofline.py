@@ -25,8 +25,8 @@ from typing import Optional
 LINEAR_OPS = {"self_attn.q_proj": "q/k/v", "self_attn.k_proj": "q/k/v",
               "self_attn.v_proj": "q/k/v", "self_attn.o_proj": "o", "mlp.gate_proj": "gate/up+act",
               "mlp.up_proj": "gate/up+act", "mlp.down_proj": "down",
-              "mlp.experts.gate_proj": "gate/up+act", "mlp.experts.up_proj": "gate/up+act",
-              "mlp.experts.down_proj": "down", "mlp.gate": "router"}
+              "mlp.experts.gate_proj": "router+experts", "mlp.experts.up_proj": "router+experts",
+              "mlp.experts.down_proj": "router+experts", "mlp.gate": "router+experts"}
 
 
 @dataclass

@@ -67,7 +67,7 @@ struct RopeScaling {
 
 // Hyperparameters read from the file's metadata (docs/format.md).
 struct ModelConfig {
-  std::string architecture;  // "llama", "mistral", "qwen2", "qwen3" or "gemma3"
+  std::string architecture;  // "llama", "mistral", "qwen2", "qwen3", "gemma3", "mixtral" or "qwen3_moe"
   std::string name;
   int vocab_size = 0;
   int hidden_size = 0;        // d
@@ -92,6 +92,14 @@ struct ModelConfig {
   std::vector<uint8_t> layer_sliding;  // [num_layers] 1: sliding layer (empty: none)
   RopeScaling rope_scaling;            // applies to full-attention layers (all, without local theta)
   float rope_local_theta = 0.0f;       // > 0: sliding layers' base, unscaled (Gemma 3)
+  // Mixture of experts (mixtral, qwen3_moe; docs/format.md): an MoE layer's
+  // MLP is a router [E, d] choosing k of E gated experts of width
+  // moe_intermediate_size per token. num_experts 0: every layer is dense.
+  int num_experts = 0;               // E
+  int num_experts_per_tok = 0;       // k, 1 <= k <= E
+  int moe_intermediate_size = 0;     // expert MLP width f
+  bool norm_topk_prob = false;       // the k chosen probabilities divided by their sum
+  std::vector<uint8_t> moe_layers;   // [num_layers] 1: MoE, 0: dense MLP (empty: all MoE when E > 0)
   std::string quant_method;     // "rtn" or "awq"
   int bits = 4;
   int group_size = 0;
@@ -120,6 +128,12 @@ class Model {
   std::optional<std::string> metadata_string(const std::string& key) const;
   // Bytes of tensor data in the file (what a forward pass streams).
   uint64_t weight_bytes() const;
+  // Bytes of weights one decode token reads: every layer's attention and
+  // norms, a mixture-of-experts layer's router and k of its E experts (a dense
+  // layer's whole MLP), one row of the embedding table, the final norm and the
+  // lm_head. What "active" GB/s divides by; weight_bytes() less the idle
+  // experts and all embedding rows but one.
+  uint64_t active_bytes_per_token() const;
 
   struct Impl;
   const Impl& impl() const { return *impl_; }
@@ -198,7 +212,8 @@ class Session {
   // scratch do not fit: on the CPU in the memory the machine has available
   // (/proc/meminfo MemAvailable, else its physical memory), with kCuda in the
   // device's free memory. device kCuda also throws Error "awqcore was built
-  // without CUDA" or "no CUDA device".
+  // without CUDA", "no CUDA device", or, for a model with experts, "the CUDA
+  // backend does not run mixture-of-experts models".
   Session(std::shared_ptr<const Model> model, int max_seq_len,
           int num_threads = 0, Device device = Device::kCpu, int max_batch = 1,
           CpuActivations activations = CpuActivations::kInt8Decode);
@@ -294,3 +309,6 @@ std::string CudaDeviceInfo();
 const char* Version();
 
 }  // namespace awqcore
+
+// Text in and out: awqcore::Tokenizer and StreamDecoder.
+#include "awqcore/tokenizer.h"

@@ -69,10 +69,8 @@ struct Int4Input {
 // Rows [row0, row0 + rows) of every token of `input`.
 void Int4Rows(const Int4Linear& layer, int row0, int rows, const Int4Input& input, float* y,
               int ldy, Isa isa) {
-  if (input.q8 && isa == Isa::kAvx2) {
-    Int4RowsQ8Avx2(layer, row0, rows, *input.q8, y, ldy);
-  } else if (input.q8) {
-    Int4RowsQ8Scalar(layer, row0, rows, *input.q8, y, ldy);
+  if (input.q8) {
+    Int4RowsQ8(layer, row0, rows, *input.q8, y, ldy, isa);
   } else if (isa == Isa::kAvx2) {
     Int4RowsAvx2(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
   } else {
@@ -131,6 +129,15 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
       }
       y[static_cast<size_t>(t) * ldy + (r - row0)] = sum;
     }
+  }
+}
+
+void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
+                int ldy, Isa isa) {
+  if (isa == Isa::kAvx2) {
+    Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
+  } else {
+    Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
   }
 }
 

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 
+#include "cpu_features.h"
 #include "model_weights.h"
 #include "ops/q8_activations.h"
 
@@ -42,6 +43,10 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
                       float* y, int ldy);
 void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                     float* y, int ldy);
+// The W4A8 row kernel `isa` picks (int4_linear.cpp): the one dispatch of the
+// ops that split rows themselves (int4_linear.cpp, ops/moe_experts.cpp).
+void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
+                int ldy, Isa isa);
 
 // W: the table [table.rows, table.d], f16 or int8 (no bias). A token's
 // outputs are bit-identical whatever num_tokens is (the GEMV and the tiled
