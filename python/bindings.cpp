@@ -234,6 +234,7 @@ NB_MODULE(_core, m) {
   m.def("version", &awqcore::Version);
   m.def("built_with_cuda", &awqcore::BuiltWithCuda);
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
+  m.def("cpu_kernels_info", &awqcore::CpuKernelsInfo);
   m.attr("int8_decode_max_tokens") = awqcore::kInt8DecodeMaxTokens;
   // The op profile of CPU decode steps (cpp/src/op_profile.h).
   m.def("set_op_profiling", &awqcore::SetOpProfiling, "enabled"_a);

@@ -50,6 +50,7 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
       rope_(config.head_dim, config.rope_theta, max_seq_len, config.rope_scaling),
       local_rope_(LocalRope(config, max_seq_len)),
       positions_(max_sequences, 0) {
+  DetectedIsa();  // a bad AWQCORE_ISA (cpu_features.h) fails here, at load, not mid-generation
   const int d = config.hidden_size;
   const int q_width = config.num_heads * config.head_dim;
   const int kv_width = config.num_kv_heads * config.head_dim;

@@ -32,7 +32,7 @@ namespace {
 
 std::vector<Isa> IsasToTest() {
   std::vector<Isa> isas = {Isa::kScalar};
-  if (DetectedIsa() == Isa::kAvx2) isas.push_back(Isa::kAvx2);
+  if (IsaSupported(Isa::kAvx2)) isas.push_back(Isa::kAvx2);
   return isas;
 }
 

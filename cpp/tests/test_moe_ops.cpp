@@ -81,8 +81,8 @@ TEST(router_matches_reference) {
 
 TEST(router_breaks_ties_to_the_lower_index) {
   // x = e_0 makes logit e = router[e, 0]: logits {1, 3, 2, 3, 0.5, 2}. The
-  // order by p descending, equal p by ascending index, is 1, 3, 2, 5, 0, 4
-  // (torch.topk's order on the CPU).
+  // order by p descending, equal p by ascending index (docs/format.md), is
+  // 1, 3, 2, 5, 0, 4.
   const int num_experts = 6, d = 4;
   const float column0[num_experts] = {1.0f, 3.0f, 2.0f, 3.0f, 0.5f, 2.0f};
   std::vector<float> router(num_experts * d, 0.0f), x = {1.0f, 0.0f, 0.0f, 0.0f};

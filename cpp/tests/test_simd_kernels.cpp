@@ -55,10 +55,26 @@ namespace {
 // with no alignment beyond that of the element type.
 constexpr size_t kMisaligned = 1;
 
+// Every level this build and CPU run (CI's CPU may have fewer: the others
+// are named as skipped, once per test).
 std::vector<Isa> IsasToTest() {
-  std::vector<Isa> isas = {Isa::kScalar};
-  if (DetectedIsa() == Isa::kAvx2) isas.push_back(Isa::kAvx2);
-  return isas;
+  for (Isa isa : AllIsas()) {
+    if (!IsaSupported(isa)) std::printf("  %s: not supported by this CPU or build, skipped\n", IsaName(isa));
+  }
+  return SupportedIsas();
+}
+
+// The W4A8 int4 row kernel of each level itself (the op's dispatcher,
+// Int4RowsQ8, may route a level to the one below for some shapes).
+using Int4Q8Kernel = void (*)(const Int4Linear&, int, int, const Q8Activations&, float*, int);
+Int4Q8Kernel Int4Q8KernelOf(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return Int4RowsQ8Scalar;
+    case Isa::kAvx2: return Int4RowsQ8Avx2;
+    case Isa::kAvx512: return Int4RowsQ8Avx512;
+    case Isa::kAvx512Vnni: return Int4RowsQ8Avx512Vnni;
+  }
+  return nullptr;
 }
 
 // The bound on |kernel - exact| for output (row r, token x) (header comment).
@@ -134,11 +150,7 @@ TEST(int4_row_kernels_match_reference) {
             // Rows [row0, out) only, into a strided y: the split the pool makes.
             const int row0 = out > 4 ? 1 : 0;
             std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f);
-            if (isa == Isa::kAvx2) {
-              Int4RowsAvx2(w.layer, row0, out - row0, x, ldx, tokens, y.data() + row0, ldy);
-            } else {
-              Int4RowsScalar(w.layer, row0, out - row0, x, ldx, tokens, y.data() + row0, ldy);
-            }
+            Int4Rows(w.layer, row0, out - row0, x, ldx, tokens, y.data() + row0, ldy, isa);
             double max_diff = 0.0, max_ref = 0.0;
             for (int t = 0; t < tokens; ++t) {
               for (int r = 0; r < row0; ++r) bad += y[t * ldy + r] != -7.f;  // untouched
@@ -165,7 +177,7 @@ TEST(q8_rounding_avx2_equals_scalar) {
   // Bit for bit: q, block scales and block sums, both layouts, over blocks of
   // random values, of exact ties (x * inv = k + 0.5, rounded to even), of
   // zeros, and with an inf and a NaN.
-  if (DetectedIsa() != Isa::kAvx2) {
+  if (!IsaSupported(Isa::kAvx2)) {
     std::printf("  no AVX2 on this CPU: nothing to compare\n");
     return;
   }
@@ -225,11 +237,7 @@ TEST(int4_q8_row_kernels_match_reference) {
             Int4LinearReference(w.layer, a.data(), tokens, ref.data());
             Int4LinearReference(w.layer, xs.dense.data(), tokens, exact.data());
             auto run = [&](const Q8Activations& x, int row0, int ldy, float* ys) {
-              if (isa == Isa::kAvx2) {
-                Int4RowsQ8Avx2(w.layer, row0, out - row0, x, ys + row0, ldy);
-              } else {
-                Int4RowsQ8Scalar(w.layer, row0, out - row0, x, ys + row0, ldy);
-              }
+              Int4Q8KernelOf(isa)(w.layer, row0, out - row0, x, ys + row0, ldy);
             };
             const std::vector<float> y = tally.Check(
                 q8, out, ref, run, [&](int t, int r) { return Bound(w.layer, r, a.data() + t * in); });
@@ -251,6 +259,53 @@ TEST(int4_q8_row_kernels_match_reference) {
                 tally.bad, tally.batch_dependent, tally.worst, awqtest::RelativeError(all_got, all_f32));
     CHECK(tally.bad == 0);
     CHECK(tally.batch_dependent == 0);
+  }
+}
+
+TEST(int4_q8_row_kernels_are_exact_on_exact_data) {
+  // Bit for bit, at every level: activations that are integers in
+  // [-127, 127] with 127 in every 32-column block round to themselves (d_b =
+  // 1), and weight scales in {1, 2} make every product and partial sum an
+  // integer below 2^24 (the kernels' two terms, s sum q a and s z sum a, are
+  // each <= 4160 * 15 * 127 * 2 < 1.6e7), all exact in f32 in any order. So
+  // each output must equal the exact integer result: the integer dot
+  // products, nibble order, zero points, the half step (576 = 4.5 x 128,
+  // 4160 = 32.5 x 128) and the long rows' L2 prefetch (4160 columns) are
+  // checked with no tolerance.
+  std::mt19937 rng(17);
+  std::uniform_int_distribution<int> value(-127, 127), power(0, 1);
+  Q8Buffer buffer;
+  for (Isa isa : IsasToTest()) {
+    int checked = 0, bad = 0;
+    for (int g : {32, 64, 128}) {
+      for (int in : {64, 192, 576, 1536, 4160}) {
+        if (in % g != 0) continue;
+        for (int out : {1, 5, 13}) {
+          RandomInt4 w(out, in, g, false, rng, kMisaligned);
+          for (size_t i = 0; i < static_cast<size_t>(out) * (in / g); ++i) {
+            w.scales[kMisaligned + i] = F32ToF16(std::ldexp(1.f, power(rng)));
+          }
+          for (int tokens = 1; tokens <= 3; ++tokens) {
+            std::vector<float> x(static_cast<size_t>(tokens) * in);
+            for (size_t c = 0; c < x.size(); ++c) x[c] = static_cast<float>(c % kQ8Block == 5 ? 127 : value(rng));
+            const Q8Activations& q8 = buffer.Quantize(x.data(), in, tokens, in, g);
+            std::vector<float> exact(static_cast<size_t>(tokens) * out);
+            Int4LinearReference(w.layer, x.data(), tokens, exact.data());
+            std::vector<float> y(static_cast<size_t>(tokens) * out, -7.f);
+            Int4Q8KernelOf(isa)(w.layer, 0, out, q8, y.data(), out);
+            for (size_t i = 0; i < y.size(); ++i) {
+              if (y[i] != exact[i] && bad++ < 3) {
+                std::printf("  FAILED case: %s g%d in=%d out=%d tokens=%d output %zu: %.9g, exact %.9g\n",
+                            IsaName(isa), g, in, out, tokens, i, y[i], exact[i]);
+              }
+              ++checked;
+            }
+          }
+        }
+      }
+    }
+    std::printf("  %s int4 W4A8 rows on exact data: %d outputs, %d not exact\n", IsaName(isa), checked, bad);
+    CHECK(bad == 0);
   }
 }
 
@@ -278,11 +333,7 @@ TEST(table_row_kernels_match_reference_and_ignore_batch_size) {
             TableLinearReference(w.table, xs.dense.data(), tokens, ref.data());
             std::vector<float> y(static_cast<size_t>(tokens) * ldy, -7.f);
             auto run = [&](const float* xs, int n, float* ys) {
-              if (isa == Isa::kAvx2) {
-                TableRowsAvx2(w.table, row0, rows - row0, xs, ldx, n, ys + row0, ldy);
-              } else {
-                TableRowsScalar(w.table, row0, rows - row0, xs, ldx, n, ys + row0, ldy);
-              }
+              TableRows(w.table, row0, rows - row0, xs, ldx, n, ys + row0, ldy, isa);
             };
             run(x, tokens, y.data());
             double max_diff = 0.0, max_ref = 0.0;
@@ -337,11 +388,7 @@ TEST(table_q8_row_kernels_match_reference_and_ignore_batch_size) {
           std::vector<float> ref(static_cast<size_t>(tokens) * rows);
           TableLinearReference(w.table, a.data(), tokens, ref.data());
           auto run = [&](const Q8Activations& x, int row0, int ldy, float* ys) {
-            if (isa == Isa::kAvx2) {
-              TableRowsQ8Avx2(w.table, row0, rows - row0, x, ys + row0, ldy);
-            } else {
-              TableRowsQ8Scalar(w.table, row0, rows - row0, x, ys + row0, ldy);
-            }
+            TableRowsQ8(w.table, row0, rows - row0, x, ys + row0, ldy, isa);
           };
           tally.Check(q8, rows, ref, run, [&](int t, int r) {
             return Gamma(d / 4 + 2) * w.AbsProductSum(r, a.data() + t * d);

@@ -23,7 +23,7 @@ from . import _core
 from .errors import Error, FormatError
 
 __all__ = ["Model", "Error", "FormatError", "STOP_REASONS", "INT8_DECODE_MAX_TOKENS",
-           "__version__", "built_with_cuda", "cuda_device_info", "cmake_dir"]
+           "__version__", "built_with_cuda", "cuda_device_info", "cpu_kernels_info", "cmake_dir"]
 __version__ = _core.version()
 # Calls of at most this many tokens run the int4 linears with int8 activations
 # (activations="int8"): forward(ids, chunk_tokens=INT8_DECODE_MAX_TOKENS)
@@ -31,6 +31,9 @@ __version__ = _core.version()
 INT8_DECODE_MAX_TOKENS: int = _core.int8_decode_max_tokens
 built_with_cuda = _core.built_with_cuda
 cuda_device_info = _core.cuda_device_info
+# The CPU kernels' instruction set level in use and those available (AWQCORE_ISA
+# picks a lower one), e.g. "avx512vnni (available: scalar avx2 avx512 avx512vnni)".
+cpu_kernels_info = _core.cpu_kernels_info
 
 
 class Model:

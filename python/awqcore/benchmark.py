@@ -349,8 +349,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.fp_reference:
             engines.append("torch-fp32")
 
+    from . import cpu_kernels_info
     from .roofline import decode_bytes, gguf_decode_bytes
 
+    say(f"awqcore CPU kernels: {cpu_kernels_info()}")
     counts = {mode: decode_bytes(args.model, mode) for mode in modes}
     peer_counts = {"llama.cpp": gguf_decode_bytes(gguf) if gguf and "llama.cpp" in engines else None}
     say(f"measuring read bandwidth ({args.threads} threads, 1 GB) ...")

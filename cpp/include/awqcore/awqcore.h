@@ -306,6 +306,13 @@ bool BuiltWithCuda();
 // "no CUDA device" (or "built without CUDA"), else e.g. "NVIDIA H100 (sm_90)".
 std::string CudaDeviceInfo();
 
+// The CPU kernels' instruction set level in use and the levels this build
+// and CPU offer, e.g. "avx512vnni (available: scalar avx2 avx512 avx512vnni)".
+// The environment variable AWQCORE_ISA=scalar|avx2|avx512|avx512vnni picks a
+// level (for comparisons); one the CPU or build lacks, or an unknown name,
+// makes this and every CPU model load throw Error naming it.
+std::string CpuKernelsInfo();
+
 const char* Version();
 
 }  // namespace awqcore

@@ -14,7 +14,7 @@ constexpr float kGeluCubic = 1.5957691216057308f * 0.044715f;
 void GatedActivation(Activation activation, const float* gate, const float* up, int n, float* out,
                      Isa isa) {
   const bool silu = activation == Activation::kSilu;
-  if (isa == Isa::kAvx2) {
+  if (isa >= Isa::kAvx2) {
     silu ? SwiGluAvx2(gate, up, n, out) : GeGluAvx2(gate, up, n, out);
     return;
   }

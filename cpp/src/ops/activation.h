@@ -12,7 +12,7 @@
 namespace awqcore {
 
 // gate, up, out: [n]; out may equal gate or up. Dispatches to the AVX2
-// versions (activation_avx2.cpp) when isa is kAvx2.
+// versions (activation_avx2.cpp) when isa is kAvx2 or above.
 void GatedActivation(Activation activation, const float* gate, const float* up, int n, float* out,
                      Isa isa = DetectedIsa());
 

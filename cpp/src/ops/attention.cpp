@@ -134,7 +134,7 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
   auto state_of = [&](int t, int h, int split) {  // [2 + hd] in scratch
     return scratch + ((static_cast<size_t>(t) * H + h) * grid.splits + split) * state_floats;
   };
-  const bool use_avx2 = isa == Isa::kAvx2 && hd % 8 == 0;
+  const bool use_avx2 = isa >= Isa::kAvx2 && hd % 8 == 0;
   const float score_scale = shape.ScoreScale();  // once, not per work item
   pool.ParallelFor(grid.items, [&](int64_t item_begin, int64_t item_end) {
     for (int64_t item = item_begin; item < item_end; ++item) {

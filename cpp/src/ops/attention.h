@@ -134,7 +134,7 @@ struct AttentionRows {
 };
 
 // The item kernels: the portable loop (attention.cpp) and AVX2 + FMA + F16C
-// (attention_avx2.cpp, used when isa is kAvx2 and hd % 8 == 0).
+// (attention_avx2.cpp, used when isa is kAvx2 or above and hd % 8 == 0).
 template <typename CacheT>
 void AttendRowsScalar(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
                       int hd, int key_begin, int key_end);

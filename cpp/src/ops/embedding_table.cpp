@@ -81,6 +81,24 @@ void TableRowsQ8Scalar(const EmbeddingTable& table, int row0, int rows, const Q8
   }
 }
 
+void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+               int num_tokens, float* y, int ldy, Isa isa) {
+  if (isa >= Isa::kAvx2) {
+    TableRowsAvx2(table, row0, rows, x, ldx, num_tokens, y, ldy);
+  } else {
+    TableRowsScalar(table, row0, rows, x, ldx, num_tokens, y, ldy);
+  }
+}
+
+void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
+                 int ldy, Isa isa) {
+  if (isa >= Isa::kAvx2) {
+    TableRowsQ8Avx2(table, row0, rows, x, y, ldy);
+  } else {
+    TableRowsQ8Scalar(table, row0, rows, x, y, ldy);
+  }
+}
+
 void TableLinearForward(const EmbeddingTable& table, const float* x, int num_tokens, float* y,
                         ThreadPool& pool, Isa isa, bool int8_activations) {
   const int rows = table.rows;
@@ -95,11 +113,10 @@ void TableLinearForward(const EmbeddingTable& table, const float* x, int num_tok
   pool.ParallelFor(num_blocks, [&](int64_t begin, int64_t end) {
     const int row0 = static_cast<int>(begin) * kRowBlock;
     const int n = std::min(rows, static_cast<int>(end) * kRowBlock) - row0;
-    const bool avx2 = isa == Isa::kAvx2;
     if (xq != nullptr) {
-      (avx2 ? TableRowsQ8Avx2 : TableRowsQ8Scalar)(table, row0, n, *xq, y + row0, rows);
+      TableRowsQ8(table, row0, n, *xq, y + row0, rows, isa);
     } else {
-      (avx2 ? TableRowsAvx2 : TableRowsScalar)(table, row0, n, x, table.d, num_tokens, y + row0, rows);
+      TableRows(table, row0, n, x, table.d, num_tokens, y + row0, rows, isa);
     }
   });
 }

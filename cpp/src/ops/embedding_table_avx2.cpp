@@ -131,6 +131,7 @@ void GemvFourRowsQ8Q8(const EmbeddingTable& table, const int* rows, const int8_t
     s[r] = table.q8_scales + static_cast<size_t>(rows[r]) * blocks;
   }
   const __m256i ones = _mm256_set1_epi16(1);
+  const bool near = 4 * d <= kL1PrefetchBlockBytes;  // the next 4 rows (linear_kernels.h)
   __m256 acc[4];
   #pragma GCC unroll 4
   for (int r = 0; r < 4; ++r) acc[r] = _mm256_setzero_ps();
@@ -139,7 +140,11 @@ void GemvFourRowsQ8Q8(const EmbeddingTable& table, const int* rows, const int8_t
     // The next 4 rows follow these (a short final block's repeats aside):
     // 128 bytes of them per block, as the int4 GEMV does and for the same
     // reason (int4_linear_avx2.cpp).
-    avx2::PrefetchBytes(q[0] + 4 * d + 4 * b * kBlock, 4 * kBlock);
+    if (near) {
+      avx2::PrefetchBytes(q[0] + 4 * d + 4 * b * kBlock, 4 * kBlock);
+    } else {
+      avx2::PrefetchBytesToL2(q[0] + 4 * d + 4 * b * kBlock, 4 * kBlock);
+    }
     #pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
       const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[r] + b * kBlock));

@@ -67,14 +67,12 @@ struct Int4Input {
 };
 
 // Rows [row0, row0 + rows) of every token of `input`.
-void Int4Rows(const Int4Linear& layer, int row0, int rows, const Int4Input& input, float* y,
-              int ldy, Isa isa) {
+void InputRows(const Int4Linear& layer, int row0, int rows, const Int4Input& input, float* y,
+               int ldy, Isa isa) {
   if (input.q8) {
     Int4RowsQ8(layer, row0, rows, *input.q8, y, ldy, isa);
-  } else if (isa == Isa::kAvx2) {
-    Int4RowsAvx2(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
   } else {
-    Int4RowsScalar(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy);
+    Int4Rows(layer, row0, rows, input.x, layer.in, input.num_tokens, y, ldy, isa);
   }
 }
 
@@ -132,9 +130,35 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
   }
 }
 
+void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx, int num_tokens,
+              float* y, int ldy, Isa isa) {
+  if (isa >= Isa::kAvx2) {
+    Int4RowsAvx2(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  } else {
+    Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+  }
+}
+
+// Where the AVX-512 W4A8 body beats the AVX2 one: decode is memory-bound, so
+// the wider body pays only where the AVX2 one spends more than the memory
+// stream allows: g = 32 (its scales per half span; 2.9-3.0x), rows under
+// 1024 columns (SmolLM2's 576: 1.05-1.4x), and rows whose next block is
+// prefetched into L2 (kL1PrefetchBlockBytes; Qwen2.5-1.5B's and Llama-2-7B's
+// down projections: 1.0-1.13x). In between (1536 and 4096 columns, g >= 64)
+// the AVX2 body streams as fast or faster (0.87-1.0x). GB per CPU-second of
+// tools/isa_bench.cpp on Zen 4, two runs of 7-9 interleaved repetitions on a
+// loaded machine (noise ~5%).
+static bool Avx512Pays(const Int4Linear& layer) {
+  return layer.group_size == kQ8Block || layer.in < 1024 || 2 * layer.in > kL1PrefetchBlockBytes;
+}
+
 void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
                 int ldy, Isa isa) {
-  if (isa == Isa::kAvx2) {
+  if (isa >= Isa::kAvx512Vnni && Avx512Pays(layer)) {
+    Int4RowsQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx512 && Avx512Pays(layer)) {
+    Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx2) {
     Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
   } else {
     Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
@@ -167,7 +191,7 @@ void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int c
       if (lo < hi) {
         const int row0 = static_cast<int>(lo - first_block) * kRowBlock;
         const int row1 = std::min(layer.out, static_cast<int>(hi - first_block) * kRowBlock);
-        Int4Rows(layer, row0, row1 - row0, input, ys[i] + row0, layer.out, isa);
+        InputRows(layer, row0, row1 - row0, input, ys[i] + row0, layer.out, isa);
       }
       first_block += blocks;
     }
@@ -195,8 +219,8 @@ void Int4GatedMlpForward(const Int4Linear& gate, const Int4Linear& up, Activatio
         // W4A8 calls have <= kQ8MaxTokens tokens: one slice, the whole input.
         const Int4Input slice = input.q8 ? input : Int4Input{x + static_cast<size_t>(t0) * gate.in, tokens, nullptr};
         float* out_slice = out + static_cast<size_t>(t0) * ffn + row0;
-        Int4Rows(gate, row0, rows, slice, out_slice, ffn, isa);
-        Int4Rows(up, row0, rows, slice, up_rows, kSliceRows, isa);
+        InputRows(gate, row0, rows, slice, out_slice, ffn, isa);
+        InputRows(up, row0, rows, slice, up_rows, kSliceRows, isa);
         for (int t = 0; t < tokens; ++t) {
           float* o = out_slice + static_cast<size_t>(t) * ffn;
           GatedActivation(activation, o, up_rows + t * kSliceRows, rows, o, isa);

@@ -28,7 +28,8 @@
 //     hardware prefetcher follows poorly when rows are short (1536 columns:
 //     768 bytes): each span prefetches 128 bytes of the next 4 rows, which
 //     lie right after these (rows are contiguous), so the next block arrives
-//     while this one computes. Prefetching past the matrix's end is harmless
+//     while this one computes: into L1, or L2 for long rows
+//     (kL1PrefetchBlockBytes). Prefetching past the matrix's end is harmless
 //     (a prefetch never faults).
 //
 // Exact f32 GEMV (Int4RowsAvx2, < kTileMinTokens tokens; the kFloat32 mode
@@ -230,6 +231,7 @@ void Q8GemvGroups(const Int4Linear& layer, int row, const Q8Activations& x, int 
     group_sums[k] = x.group_sums + static_cast<size_t>(t + k) * groups;
   }
   const RowPointers<kRows> rows(layer, row);
+  const bool near = 2 * layer.in <= kL1PrefetchBlockBytes;  // the next block's 4 rows, in / 2 bytes each
   __m256 acc[kTokens][kRows];
   #pragma GCC unroll 2
   for (int k = 0; k < kTokens; ++k) {
@@ -245,7 +247,12 @@ void Q8GemvGroups(const Int4Linear& layer, int row, const Q8Activations& x, int 
     }
     for (int sp = g * spans_per_group; sp < (g + 1) * spans_per_group; ++sp) {
       if (kRows == 4) {  // the next 4 rows' codes, 128 bytes per span (see header)
-        avx2::PrefetchBytes(rows.codes[0] + 2 * layer.in + sp * 128, 128);
+        const uint8_t* next = rows.codes[0] + 2 * layer.in + sp * 128;
+        if (near) {
+          avx2::PrefetchBytes(next, 128);
+        } else {
+          avx2::PrefetchBytesToL2(next, 128);
+        }
       }
       __m256 dv[kTokens];
       #pragma GCC unroll 2

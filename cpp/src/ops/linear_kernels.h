@@ -7,7 +7,13 @@
 // x: [num_tokens, ldx] (ldx >= in), y: [num_tokens, ldy]; y must not alias x.
 // *Scalar: portable C++ (int4_linear.cpp, embedding_table.cpp).
 // *Avx2:   AVX2 + FMA + F16C (*_avx2.cpp, compiled with those flags; call only
-//          when DetectedIsa() == Isa::kAvx2).
+//          when IsaSupported(Isa::kAvx2)).
+// *Avx512, *Avx512Vnni: the AVX-512 levels (cpu_features.h; *_avx512.cpp,
+//          *_avx512vnni.cpp), only where they pay; call only when the CPU
+//          supports the level.
+// Int4Rows, Int4RowsQ8, TableRows, TableRowsQ8 (no suffix, `isa` last): the
+//          kernel of the best level at or below `isa`, the one dispatch point
+//          of the ops and the tests.
 // *Q8*:    the same sum for activations rounded to int8 (ops/q8_activations.h),
 //          y[t * ldy + r] = sum_c W[row0 + r, c] d_b(c) q_t[c] (+ bias): the
 //          decode path (W4A8).
@@ -34,6 +40,15 @@ constexpr int kTileColumns = 256;
 // them all (GEMM); below, a GEMV per token (unpacking per token is cheaper
 // than a tile pass).
 constexpr int kTileMinTokens = 4;
+// The GEMV kernels stream 4 rows at a time and prefetch the next 4 rows (the
+// next row block, contiguous after these) at the offset they read, one block
+// ahead. Into L1 while a block is at most this many bytes (a quarter of a
+// 32 KiB L1, so the lines stay there until used), into L2 beyond: with
+// Qwen2.5-1.5B's down projection (8960 columns, 17.5 KiB blocks) L1
+// prefetches that far ahead evict each other, and the L2 hint streams
+// 1.3-1.7x more bytes per CPU-second (tools/isa_bench.cpp, Zen 4; at 4096
+// columns both hints measure the same).
+constexpr int kL1PrefetchBlockBytes = 8192;
 
 void Int4RowsScalar(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                     int num_tokens, float* y, int ldy);
@@ -43,8 +58,14 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
                       float* y, int ldy);
 void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                     float* y, int ldy);
-// The W4A8 row kernel `isa` picks (int4_linear.cpp): the one dispatch of the
-// ops that split rows themselves (int4_linear.cpp, ops/moe_experts.cpp).
+void Int4RowsQ8Avx512(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                      float* y, int ldy);
+void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                          float* y, int ldy);
+// The row kernels `isa` picks (int4_linear.cpp): the one dispatch of the ops
+// that split rows themselves (int4_linear.cpp, ops/moe_experts.cpp).
+void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx, int num_tokens,
+              float* y, int ldy, Isa isa);
 void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
                 int ldy, Isa isa);
 
@@ -63,5 +84,9 @@ void TableRowsQ8Scalar(const EmbeddingTable& table, int row0, int rows, const Q8
                        float* y, int ldy);
 void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
                      float* y, int ldy);
+void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+               int num_tokens, float* y, int ldy, Isa isa);
+void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
+                 int ldy, Isa isa);
 
 }  // namespace awqcore

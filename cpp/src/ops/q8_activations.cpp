@@ -47,7 +47,7 @@ const Q8Activations& Q8Buffer::Quantize(const float* x, int ldx, int num_tokens,
   block_scales_.resize(static_cast<size_t>(num_tokens) * blocks);
   block_sums_.resize(blocks);
   group_sums_.assign(static_cast<size_t>(num_tokens) * groups, 0.f);
-  const bool avx2 = DetectedIsa() == Isa::kAvx2;
+  const bool avx2 = DetectedIsa() >= Isa::kAvx2;
   for (int t = 0; t < num_tokens; ++t) {
     const float* xt = x + static_cast<size_t>(t) * ldx;
     int8_t* qt = q_.data() + static_cast<size_t>(t) * in;

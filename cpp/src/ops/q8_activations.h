@@ -70,7 +70,7 @@ struct Q8Activations {
 // One token's row x [in] rounded as above: q [in] in `layout` order,
 // block_scales [in/32] the d_b, block_sums [in/32] the sums of each block's
 // q. *Scalar is the reference; *Avx2 (q8_activations_avx2.cpp, call only
-// when DetectedIsa() is kAvx2) gives bit-identical results several times
+// when IsaSupported(Isa::kAvx2)) gives bit-identical results several times
 // faster (README): the rounding runs on the calling thread between two
 // parallel ops while the workers wait, so its time adds to every decode step
 // (1536 columns: 7.2 us scalar, 1.1 us AVX2).

@@ -36,6 +36,12 @@ inline void PrefetchBytes(const void* p, int bytes) {
   for (int b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
 }
 
+// PrefetchBytes into L2 (kL1PrefetchBlockBytes, linear_kernels.h).
+inline void PrefetchBytesToL2(const void* p, int bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T1);
+}
+
 // e^x for 8 lanes of x <= 0 (attention: scores minus their maximum; SiLU:
 // -|x|), as Cephes' expf:
 // x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in two so n ln2 is exact),

@@ -1,0 +1,17 @@
+// The ops' *Avx512Vnni entry points in a build without the AVX-512 VNNI files
+// (the compiler lacks -mavx512vnni, or a level below is left out):
+// CMakeLists.txt compiles this file exactly when it leaves the
+// *_avx512vnni.cpp files out. Such a build's DetectedIsa() never returns
+// Isa::kAvx512Vnni, so the ops never reach these; a caller that names the
+// level itself gets the AVX-512 result (avx512_unavailable.cpp: AVX2 or
+// scalar where that is left out too).
+#include "ops/linear_kernels.h"
+
+namespace awqcore {
+
+void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                          float* y, int ldy) {
+  Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
+}
+
+}  // namespace awqcore

@@ -1,0 +1,254 @@
+// Micro-benchmark of the decode GEMVs at every instruction set level this
+// CPU runs (cpu_features.h), in one process so the levels share the
+// machine's state: the W4A8 int4 linear (Int4LinearForward, one token: the
+// activation rounding, the row split over the pool and the kernels) and the
+// W8A8 int8 lm_head (TableLinearForward), at Qwen2.5-1.5B's and SmolLM2's
+// shapes. Dev tool, not part of the library.
+//
+//   build/.../isa_bench [--threads 2] [--reps 9] [--megabytes 256] [--only qwen]
+//
+// Each shape is allocated as copies totalling --megabytes (8x this machine's
+// 32 MB L3), and one timed pass runs the GEMV once over every copy, so the
+// weights stream from DRAM as in decode. Repetitions interleave the levels
+// (level order rotates each repetition) and each level reports the median
+// pass in GB/s of weight bytes read, next to the read bandwidth of the same
+// threads measured in the same run (median of the probes taken between
+// repetitions). On a shared machine wall time mostly measures the scheduler,
+// so each level also runs the row kernel alone over every row on the calling
+// thread and reports GB per CPU-second of that thread (memory stalls
+// included, time descheduled not): the kernel's cost per byte streamed from
+// DRAM. Compare levels within one run.
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cpu_features.h"
+#include "model_weights.h"
+#include "ops/embedding_table.h"
+#include "ops/int4_linear.h"
+#include "ops/linear_kernels.h"
+#include "ops/q8_activations.h"
+#include "thread_pool.h"
+
+using namespace awqcore;
+
+namespace {
+
+double Seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double ThreadCpuSeconds() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// Bytes/s of the pool's threads reading disjoint slices of `buffer` (a sum
+// of 64-bit words, which the compiler vectorises far past memory speed).
+double ReadBandwidth(const std::vector<uint64_t>& buffer, ThreadPool& pool) {
+  std::vector<uint64_t> sums(64, 0);
+  const int64_t chunks = pool.num_threads();
+  const int64_t per_chunk = static_cast<int64_t>(buffer.size()) / chunks;
+  const double start = Seconds();
+  pool.ParallelFor(chunks, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      uint64_t sum = 0;
+      const uint64_t* p = buffer.data() + c * per_chunk;
+      for (int64_t i = 0; i < per_chunk; ++i) sum += p[i];
+      sums[c * 8] = sum;  // one cache line per chunk
+    }
+  });
+  const double seconds = Seconds() - start;
+  if (sums[0] == 12345) std::printf(" ");  // keeps the sums live
+  return static_cast<double>(per_chunk * chunks * sizeof(uint64_t)) / seconds;
+}
+
+// Bytes per CPU-second of the calling thread summing `buffer`: the ceiling
+// of the kernels' "GB per CPU-second".
+double ReadBandwidthPerCpuSecond(const std::vector<uint64_t>& buffer) {
+  const double start = ThreadCpuSeconds();
+  uint64_t sum = 0;
+  for (uint64_t v : buffer) sum += v;
+  const double seconds = ThreadCpuSeconds() - start;
+  if (sum == 12345) std::printf(" ");  // keeps the sum live
+  return static_cast<double>(buffer.size() * sizeof(uint64_t)) / seconds;
+}
+
+template <typename T>
+const T* Aligned64(const T* p) {
+  return reinterpret_cast<const T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
+}
+
+// `copies` int4 matrices [out, in] with random codes, scales and zeros.
+struct Int4Copies {
+  Int4Copies(int out, int in, int group_size, int copies, std::mt19937& rng) {
+    const size_t codes = static_cast<size_t>(out) * in / 2, groups = static_cast<size_t>(out) * (in / group_size);
+    qweight.resize(codes * copies + 64);
+    scales.resize(groups * copies);
+    zeros.resize(groups * copies);
+    for (size_t i = 0; i < qweight.size(); i += 4) {
+      const uint32_t v = rng();
+      std::memcpy(&qweight[i], &v, std::min<size_t>(4, qweight.size() - i));
+    }
+    for (uint16_t& s : scales) s = 0x2000 + (rng() & 0x3ff);  // f16 ~ 0.008 .. 0.016
+    for (uint8_t& z : zeros) z = rng() & 15;
+    // 64-byte aligned, as .awqbin tensors are (docs/format.md).
+    const uint8_t* base = Aligned64(qweight.data());
+    for (int k = 0; k < copies; ++k) {
+      layers.push_back(Int4Linear{out, in, group_size, base + k * codes, scales.data() + k * groups,
+                                  zeros.data() + k * groups, nullptr});
+    }
+    bytes = (codes + groups * 3) * copies;
+  }
+  std::vector<uint8_t> qweight, zeros;
+  std::vector<uint16_t> scales;
+  std::vector<Int4Linear> layers;
+  size_t bytes = 0;
+};
+
+// `copies` int8 tables [rows, d] with one f16 scale per 32 columns.
+struct TableCopies {
+  TableCopies(int rows, int d, int copies, std::mt19937& rng) {
+    const size_t codes = static_cast<size_t>(rows) * d, blocks = codes / EmbeddingTable::kBlock;
+    q8.resize(codes * copies + 64);
+    scales.resize(blocks * copies);
+    for (int8_t& q : q8) q = static_cast<int8_t>(rng());
+    for (uint16_t& s : scales) s = 0x2000 + (rng() & 0x3ff);
+    for (int k = 0; k < copies; ++k) {
+      EmbeddingTable table;
+      table.rows = rows;
+      table.d = d;
+      table.q8 = Aligned64(q8.data()) + k * codes;  // as .awqbin tensors are
+      table.q8_scales = scales.data() + k * blocks;
+      tables.push_back(table);
+    }
+    bytes = (codes + blocks * 2) * copies;
+  }
+  std::vector<int8_t> q8;
+  std::vector<uint16_t> scales;
+  std::vector<EmbeddingTable> tables;
+  size_t bytes = 0;
+};
+
+struct Shape {
+  const char* name;
+  int out, in, group_size;  // group_size 0: an int8 table (lm_head)
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 2, reps = 9, megabytes = 256;
+  std::string only;  // run the shapes whose name contains it
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i];
+    const int value = std::atoi(argv[i + 1]);
+    if (flag == "--only") only = argv[i + 1];
+    else if (flag == "--threads") threads = value;
+    else if (flag == "--reps") reps = value;
+    else if (flag == "--megabytes") megabytes = value;
+    else {
+      std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--megabytes N] [--only NAME_PART]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (threads < 1 || reps < 1 || megabytes < 1) {
+    std::fprintf(stderr, "--threads, --reps and --megabytes must be positive\n");
+    return 2;
+  }
+  // The scalar kernels are the references, ~50x slower: left out.
+  std::vector<Isa> levels = SupportedIsas();
+  levels.erase(std::remove(levels.begin(), levels.end(), Isa::kScalar), levels.end());
+  if (levels.empty()) {
+    std::fprintf(stderr, "no SIMD level on this CPU or build: nothing to compare\n");
+    return 1;
+  }
+  std::printf("levels on this CPU:");
+  for (Isa isa : levels) std::printf(" %s", IsaName(isa));
+  std::printf("; %d threads, %d interleaved repetitions, medians, %d MB of weights per shape\n",
+              threads, reps, megabytes);
+  ThreadPool pool(threads);
+  std::vector<uint64_t> probe(static_cast<size_t>(512) << 17, 1);  // 512 MB
+  std::vector<double> bandwidths, bandwidths_per_cpu_second;
+  const Shape shapes[] = {
+      {"qwen2.5-1.5b gate/up 8960x1536 g128", 8960, 1536, 128},
+      {"qwen2.5-1.5b down 1536x8960 g128", 1536, 8960, 128},
+      {"qwen2.5-1.5b q/o 1536x1536 g128", 1536, 1536, 128},
+      {"llama2-7b gate/up 11008x4096 g128", 11008, 4096, 128},
+      {"llama2-7b down 4096x11008 g128", 4096, 11008, 128},
+      {"smollm2 gate/up 1536x576 g64", 1536, 576, 64},
+      {"smollm2 down 576x1536 g64", 576, 1536, 64},
+      {"smollm2 down 576x1536 g32", 576, 1536, 32},
+      {"qwen2.5-1.5b lm_head int8 151936x1536", 151936, 1536, 0},
+      {"smollm2 lm_head int8 49152x576", 49152, 576, 0},
+      {"llama2-7b lm_head int8 32000x4096", 32000, 4096, 0},
+  };
+  std::mt19937 rng(1);
+  for (const Shape& shape : shapes) {
+    if (std::string(shape.name).find(only) == std::string::npos) continue;
+    const size_t matrix_bytes = static_cast<size_t>(shape.out) * shape.in / (shape.group_size ? 2 : 1);
+    const int copies = static_cast<int>(std::max<size_t>(1, (static_cast<size_t>(megabytes) << 20) / matrix_bytes));
+    std::vector<float> x(shape.in), y(shape.out);
+    for (float& v : x) v = std::uniform_real_distribution<float>(-1.f, 1.f)(rng);
+    // [level]: the op's wall seconds (the pool's threads), the kernel's
+    // CPU seconds (the calling thread alone).
+    std::vector<std::vector<double>> op_seconds(levels.size()), kernel_seconds(levels.size());
+    size_t bytes = 0;
+    // op(isa, k) runs the op on copy k; kernel(isa, k) the row kernel over all its rows.
+    auto run_all = [&](auto&& op, auto&& kernel, int count) {
+      for (size_t i = 0; i < levels.size(); ++i) op(levels[i], 0);  // warm-up (allocations)
+      for (int rep = 0; rep < reps; ++rep) {
+        bandwidths.push_back(ReadBandwidth(probe, pool));
+        bandwidths_per_cpu_second.push_back(ReadBandwidthPerCpuSecond(probe));
+        for (size_t j = 0; j < levels.size(); ++j) {
+          const size_t i = (j + rep) % levels.size();
+          const double start = Seconds();
+          for (int k = 0; k < count; ++k) op(levels[i], k);
+          op_seconds[i].push_back(Seconds() - start);
+          const double cpu_start = ThreadCpuSeconds();
+          for (int k = 0; k < count; ++k) kernel(levels[i], k);
+          kernel_seconds[i].push_back(ThreadCpuSeconds() - cpu_start);
+        }
+      }
+    };
+    Q8Buffer q8;
+    if (shape.group_size > 0) {
+      const Int4Copies w(shape.out, shape.in, shape.group_size, copies, rng);
+      bytes = w.bytes;
+      const Q8Activations& a = q8.Quantize(x.data(), shape.in, 1, shape.in, shape.group_size);
+      run_all([&](Isa isa, int k) { Int4LinearForward(w.layers[k], x.data(), 1, y.data(), pool, isa); },
+              [&](Isa isa, int k) { Int4RowsQ8(w.layers[k], 0, shape.out, a, y.data(), shape.out, isa); },
+              copies);
+    } else {
+      const TableCopies w(shape.out, shape.in, copies, rng);
+      bytes = w.bytes;
+      const Q8Activations& a = q8.Quantize(x.data(), shape.in, 1, shape.in, kQ8Block, Q8Layout::kNatural);
+      run_all([&](Isa isa, int k) { TableLinearForward(w.tables[k], x.data(), 1, y.data(), pool, isa, true); },
+              [&](Isa isa, int k) { TableRowsQ8(w.tables[k], 0, shape.out, a, y.data(), shape.out, isa); },
+              copies);
+    }
+    std::printf("%s (%.0f MB)\n", shape.name, bytes / 1e6);
+    for (size_t i = 0; i < levels.size(); ++i) {
+      std::printf("  %-11s op, %d threads: %6.2f GB/s   kernel, 1 thread: %6.2f GB per CPU-second\n",
+                  IsaName(levels[i]), threads, bytes / Median(op_seconds[i]) / 1e9,
+                  bytes / Median(kernel_seconds[i]) / 1e9);
+    }
+  }
+  std::printf("read bandwidth (median of %zu probes between repetitions): %d threads %.1f GB/s, "
+              "1 thread %.1f GB per CPU-second\n", bandwidths.size(), threads, Median(bandwidths) / 1e9,
+              Median(bandwidths_per_cpu_second) / 1e9);
+  return 0;
+}
