@@ -50,13 +50,14 @@ def main() -> int:
                 k, a = kl_top1(base[row:end], logits[row:end])
                 kl[j].append(k)
                 agree[j].append(a)
-        print(f"window {i + 1}/{len(windows)}", file=sys.stderr, flush=True)
-    for j, path in enumerate(paths):
-        line = f"perplexity {float(np.exp(np.concatenate(nll[j]).mean())):.4f}  {path}"
-        if j:
-            line += (f"; mean KL(base || this) {float(np.concatenate(kl[j]).mean()):.3e} nats, "
-                     f"top-1 agreement {100 * float(np.concatenate(agree[j]).mean()):.2f}%")
-        print(line)
+        # Results so far after every window: a long run can be read (or cut) early.
+        print(f"after window {i + 1}/{len(windows)}:", flush=True)
+        for j, path in enumerate(paths):
+            line = f"perplexity {float(np.exp(np.concatenate(nll[j]).mean())):.4f}  {path}"
+            if j:
+                line += (f"; mean KL(base || this) {float(np.concatenate(kl[j]).mean()):.3e} "
+                         f"nats, top-1 agreement {100 * float(np.concatenate(agree[j]).mean()):.2f}%")
+            print(line, flush=True)
     print(f"{sum(len(w) - 1 for w in windows)} scored positions ({len(windows)} windows x "
           f"{args.seqlen}); base {args.base}")
     return 0
