@@ -5,6 +5,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/map.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/string_view.h>
 #include <nanobind/stl/vector.h>
@@ -232,6 +233,17 @@ NB_MODULE(_core, m) {
   });
 
   m.def("version", &awqcore::Version);
+  // The C++ chat formatter over given chat.* keys (role, content) pairs: what
+  // the tests compare with jinja2 for each family's template.
+  m.def(
+      "apply_chat_format",
+      [](const std::map<std::string, std::string>& keys,
+         const std::vector<std::pair<std::string, std::string>>& messages, bool add_generation_prompt) {
+        std::vector<awqcore::ChatMessage> conversation;
+        for (const auto& [role, content] : messages) conversation.push_back({role, content});
+        return awqcore::ChatFormat::FromMetadata(keys).Apply(conversation, add_generation_prompt);
+      },
+      "keys"_a, "messages"_a, "add_generation_prompt"_a);
   m.def("built_with_cuda", &awqcore::BuiltWithCuda);
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
   m.def("cpu_kernels_info", &awqcore::CpuKernelsInfo);

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import awqcore
+from awqcore.chat import chat_prompt_ids
 from checks import assert_context_dependent
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,16 +48,18 @@ def test_ctest_suite(build_dir):
     # may, and only without a GPU.
     outcomes = dict(re.findall(r"Test +#\d+: (\S+) \.+[ *]*(Passed|Skipped|Failed|Not Run)",
                                result.stdout))
-    expected = {path.stem for path in (REPO / "cpp" / "tests").glob("test_*.cpp")}
+    expected = {path.stem for pattern in ("test_*.cpp", "test_*.c")
+                for path in (REPO / "cpp" / "tests").glob(pattern)}
     assert set(outcomes) == expected, (sorted(outcomes), sorted(expected))
     may_skip = set() if has_gpu else {"test_cuda_kernels"}
     for name, outcome in outcomes.items():
         assert outcome == "Passed" or (outcome == "Skipped" and name in may_skip), (name, outcome)
 
 
-def test_embedding_example_matches_python(build_dir, tiny_awqbin):
-    """examples/embed, built against the installed CMake package, generates the
-    same greedy tokens as the Python binding."""
+def test_embedding_examples_match_python(build_dir, tiny_awqbin):
+    """examples/embed, built against the installed CMake package: the C++ program
+    (text in, text out) prints the greedy text the Python binding gives, plain
+    and as a chat; the C program (the shared C API) the same chat answer."""
     config_dir = awqcore.cmake_dir()
     assert os.path.isfile(os.path.join(config_dir, "awqcoreConfig.cmake")), config_dir
     example_build = build_dir / "embed"
@@ -64,13 +67,19 @@ def test_embedding_example_matches_python(build_dir, tiny_awqbin):
          f"-Dawqcore_DIR={config_dir}", "-DCMAKE_BUILD_TYPE=Release"])
     run(["cmake", "--build", str(example_build), "-j", JOBS])
     _, path = tiny_awqbin
-    prompt = [5, 17, 42, 99]
-    out = run([str(example_build / "embed_generate"), str(path), "-n", "12",
-               *map(str, prompt)]).stdout
-    cpp_tokens = [int(t) for t in out.splitlines()[0].split(":")[1].split()]
-    py_tokens = awqcore.Model(path).generate(prompt, max_new_tokens=12, stop=[])
-    assert_context_dependent(py_tokens)
-    assert cpp_tokens == py_tokens
+    model = awqcore.Model(path)
+    tok = model.tokenizer
+    prompt = "the quick brown fox"
+    plain = model.generate(tok.encode(prompt).ids, max_new_tokens=12)
+    assert_context_dependent(plain)
+    out = run([str(example_build / "embed_generate"), str(path), "-n", "12", prompt]).stdout
+    assert out == tok.decode(plain, skip_special_tokens=True) + "\n"
+    chat = model.generate(chat_prompt_ids(model, [{"role": "user", "content": prompt}]),
+                          max_new_tokens=12)
+    expected = tok.decode(chat, skip_special_tokens=True) + "\n"
+    assert run([str(example_build / "embed_generate"), str(path), "-n", "12", "--chat",
+                prompt]).stdout == expected
+    assert run([str(example_build / "embed_chat_c"), str(path), prompt, "12"]).stdout == expected
 
 
 def test_cuda_query_reports_cleanly():

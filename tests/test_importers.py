@@ -268,7 +268,7 @@ def test_gguf_unknown_architecture(tmp_path):
     writer.write_tensors_to_file()
     writer.close()
     with pytest.raises(ValueError,
-                       match=r"unknown architecture 'mamba' \(supported: llama, qwen2, qwen3, gemma3\)"):
+                       match=r"unknown architecture 'mamba' \(supported: llama, qwen2, qwen3, qwen3moe, gemma3\)"):
         GGUFSource(path)
     with pytest.raises(ValueError, match="unknown architecture 'mamba'"):
         load_source(str(path))

@@ -144,9 +144,15 @@ def write_tiny_model(path: str | os.PathLike, source: TinySource | None = None,
 # Each family's tiny config (awqcore.importers.synthetic.FAMILIES) over a 64-token
 # vocabulary, so tiny_tokenizer_json covers it.
 FAMILY_NAMES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma3")
+# The mixture-of-experts families, tested by their own files (test_moe_*.py).
+MOE_FAMILY_NAMES = ("mixtral", "qwen3_moe")
 _HF_CLASSES = {"llama": ("llama", "LlamaForCausalLM"), "mistral": ("mistral", "MistralForCausalLM"),
                "qwen2": ("qwen2", "Qwen2ForCausalLM"), "qwen3": ("qwen3", "Qwen3ForCausalLM"),
-               "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
+               "gemma3": ("gemma3_text", "Gemma3ForCausalLM"),
+               "mixtral": ("mixtral", "MixtralForCausalLM"),
+               "qwen3_moe": ("qwen3_moe", "Qwen3MoeForCausalLM")}
+# Mixtral's checkpoint names for the source's expert projections.
+_MIXTRAL_NAMES = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
 
 
 def family_config(family: str) -> ModelConfig:
@@ -159,7 +165,8 @@ class SharpSource(TensorDictSource):
     the context, sharper still than SyntheticSource's variance-1/in matrices:
     embeddings N(0, 1), linears N(0, (gain²)/in) with q/k gain 2 so attention is peaked,
     norm multipliers 1 + 0.3·N(0, 1) and biases N(0, 0.3²), so that a (1 + w) or a
-    bias mistake moves the logits by O(1).
+    bias mistake moves the logits by O(1). Routers have gain 2: router logits of std ~2
+    spread the softmax so that tokens pick different experts with clear margins.
 
     A tied model scores each token by its own embedding, so an embedding as large as
     the layers' outputs makes greedy repeat the last token whatever the context; there
@@ -182,16 +189,42 @@ class SharpSource(TensorDictSource):
                 if tied:
                     t *= 0.25 / self.config.embedding_scale
             else:
-                gain = 2.0 if ("q_proj" in name or "k_proj" in name) else 1.0
+                gain = 2.0 if ("q_proj" in name or "k_proj" in name
+                               or name.endswith("mlp.gate.weight")) else 1.0
                 t = gain * rng.standard_normal(shape) / np.sqrt(shape[-1])
             self._tensors[name] = t.astype(np.float32)
 
-    def hf_tensors(self) -> dict[str, np.ndarray]:
+    def hf_tensors(self, fused_experts: bool = False) -> dict[str, np.ndarray]:
         """The tensors as a Hugging Face checkpoint holds them: Gemma's norms as w, the
-        checkpoint's parameter, where the source (and the file format) hold 1 + w."""
+        checkpoint's parameter, where the source (and the file format) hold 1 + w;
+        Mixtral's experts and router under block_sparse_moe (w1 gate, w3 up, w2 down),
+        as save_pretrained writes them. fused_experts: each layer's experts as
+        transformers 5 holds them in memory instead, mlp.experts.gate_up_proj
+        [E, 2f, d] (gate rows first) and mlp.experts.down_proj [E, d, f]."""
         gemma = self.config.architecture == "gemma3"
-        return {n: (t - np.float32(1.0) if gemma and n.endswith("norm.weight") else t)
-                for n, t in self._tensors.items()}
+        out = {n: (t - np.float32(1.0) if gemma and n.endswith("norm.weight") else t)
+               for n, t in self._tensors.items()}
+        c = self.config
+        for layer in range(c.num_layers):
+            if not c.is_moe_layer(layer):
+                continue
+            p = layer_prefix(layer)
+            experts = {(e, proj): out.pop(f"{p}mlp.experts.{e}.{proj}.weight")
+                       for e in range(c.num_experts) for proj in _MIXTRAL_NAMES}
+            if fused_experts:
+                E = range(c.num_experts)
+                out[p + "mlp.experts.gate_up_proj"] = np.stack(
+                    [np.concatenate([experts[e, "gate_proj"], experts[e, "up_proj"]]) for e in E])
+                out[p + "mlp.experts.down_proj"] = np.stack([experts[e, "down_proj"] for e in E])
+            elif c.architecture == "mixtral":
+                for (e, proj), t in experts.items():
+                    out[f"{p}block_sparse_moe.experts.{e}.{_MIXTRAL_NAMES[proj]}.weight"] = t
+            else:
+                for (e, proj), t in experts.items():
+                    out[f"{p}mlp.experts.{e}.{proj}.weight"] = t
+            if c.architecture == "mixtral" and not fused_experts:
+                out[p + "block_sparse_moe.gate.weight"] = out.pop(p + "mlp.gate.weight")
+        return out
 
 
 def hf_config_json(c: ModelConfig) -> dict:
@@ -218,21 +251,32 @@ def hf_config_json(c: ModelConfig) -> dict:
                    attn_logit_softcapping=None)
     else:
         cfg["hidden_act"] = "silu"
-    if c.architecture == "mistral":
+    if c.architecture in ("mistral", "mixtral"):
         cfg["sliding_window"] = c.sliding_window or None
+    if c.architecture == "mixtral":
+        cfg.update(num_local_experts=c.num_experts, num_experts_per_tok=c.num_experts_per_tok)
+    if c.architecture == "qwen3_moe":
+        layers = c.moe_layers or [1] * c.num_layers
+        cfg.update(num_experts=c.num_experts, num_experts_per_tok=c.num_experts_per_tok,
+                   moe_intermediate_size=c.moe_intermediate_size,
+                   norm_topk_prob=c.norm_topk_prob, decoder_sparse_step=1,
+                   mlp_only_layers=[i for i, moe in enumerate(layers) if not moe])
     return cfg
 
 
-def write_hf_checkpoint(folder, source: SharpSource, dtype=None) -> None:
+def write_hf_checkpoint(folder, source: SharpSource, dtype=None,
+                        fused_experts: bool = False) -> None:
     """A Hugging Face folder of `source`: config.json, model.safetensors (f32, or
-    `dtype`, a torch dtype), tokenizer.json and tokenizer_config.json."""
+    `dtype`, a torch dtype), tokenizer.json and tokenizer_config.json; experts fused
+    or one by one (SharpSource.hf_tensors)."""
     import json
 
     import torch
     from safetensors.torch import save_file
 
     os.makedirs(folder, exist_ok=True)
-    tensors = {n: torch.from_numpy(t) for n, t in source.hf_tensors().items()}
+    tensors = {n: torch.from_numpy(np.ascontiguousarray(t))
+               for n, t in source.hf_tensors(fused_experts).items()}
     if dtype is not None:
         tensors = {n: t.to(dtype) for n, t in tensors.items()}
     save_file(tensors, os.path.join(folder, "model.safetensors"))

@@ -14,8 +14,8 @@
 // pass in GB/s of weight bytes read, next to the read bandwidth of the same
 // threads measured in the same run (median of the probes taken between
 // repetitions). On a shared machine wall time mostly measures the scheduler,
-// so each level also runs the row kernel alone over every row on the calling
-// thread and reports GB per CPU-second of that thread (memory stalls
+// so each level also runs its own row kernel alone over every row on the
+// calling thread and reports GB per CPU-second of that thread (memory stalls
 // included, time descheduled not): the kernel's cost per byte streamed from
 // DRAM. Compare levels within one run.
 #include <algorithm>
@@ -143,6 +143,19 @@ struct TableCopies {
   size_t bytes = 0;
 };
 
+// Each level's own W4A8 kernel (the op's dispatcher, Int4RowsQ8, routes a
+// level to the one below for the shapes where that is faster: these runs
+// are how that choice is made).
+using Int4Q8Kernel = void (*)(const Int4Linear&, int, int, const Q8Activations&, float*, int);
+Int4Q8Kernel Int4Q8KernelOf(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx2: return Int4RowsQ8Avx2;
+    case Isa::kAvx512: return Int4RowsQ8Avx512;
+    case Isa::kAvx512Vnni: return Int4RowsQ8Avx512Vnni;
+    default: return Int4RowsQ8Scalar;
+  }
+}
+
 struct Shape {
   const char* name;
   int out, in, group_size;  // group_size 0: an int8 table (lm_head)
@@ -230,7 +243,7 @@ int main(int argc, char** argv) {
       bytes = w.bytes;
       const Q8Activations& a = q8.Quantize(x.data(), shape.in, 1, shape.in, shape.group_size);
       run_all([&](Isa isa, int k) { Int4LinearForward(w.layers[k], x.data(), 1, y.data(), pool, isa); },
-              [&](Isa isa, int k) { Int4RowsQ8(w.layers[k], 0, shape.out, a, y.data(), shape.out, isa); },
+              [&](Isa isa, int k) { Int4Q8KernelOf(isa)(w.layers[k], 0, shape.out, a, y.data(), shape.out); },
               copies);
     } else {
       const TableCopies w(shape.out, shape.in, copies, rng);

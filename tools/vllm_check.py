@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FAMILIES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma3")
+FAMILIES = ("llama", "llama3", "mistral", "qwen2", "qwen3", "gemma3", "mixtral", "qwen3_moe")
 # vLLM's CPU attention takes head sizes from 32 up in steps of 16: 64 here, d = 256.
 SHAPES = dict(hidden_size=256, intermediate_size=512, num_heads=4, head_dim=64)
 SHARPEN = 4.0  # linears and tables std 0.02 -> 0.08: logits spread of a few units
@@ -62,6 +62,10 @@ def sharpened_source(family: str, seed: int):
     from awqcore.importers.synthetic import SyntheticSource, tiny_config
 
     overrides = dict(SHAPES)
+    if family == "mixtral":  # Mixtral's experts are its MLP: one width for both
+        overrides.update(intermediate_size=256, moe_intermediate_size=256)
+    if family == "qwen3_moe":  # experts a multiple of the group size (64)
+        overrides.update(moe_intermediate_size=256)
     if family == "gemma3":  # Gemma's embedding multiplier is sqrt(d) by definition
         overrides.update(embedding_scale=SHAPES["hidden_size"] ** 0.5, num_kv_heads=1)
 

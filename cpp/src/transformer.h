@@ -75,10 +75,10 @@ class Transformer final : public ForwardPass {
   // `config`, `weights` and `pool` must outlive the Transformer. Allocates the
   // KV caches (2 * max_sequences * layers * max_seq_len * KV * hd elements)
   // and the scratch. max_seq_len >= 1, max_sequences >= 1.
-  // int8_decode: calls of <= kQ8MaxTokens tokens run the int4 linears W4A8
-  // (ops/int4_linear.h), and an int8 lm_head W8A8 (ops/embedding_table.h);
-  // the KV cache is f16 (ops/attention.h). false: f32 throughout, the cache
-  // included.
+  // int8_decode: every call runs the int4 linears W4A8 (ops/int4_linear.h),
+  // calls of <= kQ8MaxTokens tokens an int8 lm_head W8A8
+  // (ops/embedding_table.h); the KV cache is f16 (ops/attention.h). false:
+  // f32 throughout, the cache included.
   Transformer(const ModelConfig& config, const ModelWeights& weights, int max_seq_len,
               ThreadPool& pool, int max_sequences = 1, bool int8_decode = true);
 

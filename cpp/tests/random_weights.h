@@ -93,20 +93,15 @@ inline std::vector<float> Dequantized(const awqcore::Q8Activations& x) {
 
 // Token t of x as a call of its own (a view into x's storage).
 inline awqcore::Q8Activations TokenAlone(const awqcore::Q8Activations& x, int t) {
-  awqcore::Q8Activations alone = x;
-  alone.num_tokens = 1;
-  alone.q += static_cast<size_t>(t) * x.in;
-  alone.block_scales += static_cast<size_t>(t) * (x.in / awqcore::kQ8Block);
-  alone.group_sums += static_cast<size_t>(t) * (x.in / x.group_size);
-  return alone;
+  return x.Tokens(t, 1);
 }
 
 // What the int4 ops multiply for x [tokens, in] (dense): x itself, or, when
-// the call takes the W4A8 path (int8_decode and UsesQ8Activations), x's int8
+// the call takes the W4A8 path (int8 mode and UsesQ8Activations), x's int8
 // rounding. Int4LinearReference on this is the exact oracle of either path.
 inline std::vector<float> Int4OpInput(const std::vector<float>& x, int tokens, int in,
                                       int group_size, bool int8_decode = true) {
-  if (!int8_decode || !awqcore::UsesQ8Activations(in, tokens)) return x;
+  if (!int8_decode || !awqcore::UsesQ8Activations(in)) return x;
   awqcore::Q8Buffer buffer;
   return Dequantized(buffer.Quantize(x.data(), in, tokens, in, group_size));
 }

@@ -165,9 +165,9 @@ TEST(experts_match_each_token_through_each_expert_alone) {
           std::vector<float> y(static_cast<size_t>(tokens) * s.d);
           MoeExpertsForward(experts.moe, Activation::kSilu, x.data(), tokens, routes.data(), weights.data(),
                             s.k, y.data(), scratch, pool, DetectedIsa(), int8_decode);
-          // The same ops one token and one expert at a time, with the
-          // activation mode the call's token count gives the whole call.
-          const bool call_int8 = int8_decode && tokens <= kQ8MaxTokens;
+          // The same ops one token and one expert at a time, in the call's
+          // activation mode (the int8 mode rounds every call's input).
+          const bool call_int8 = int8_decode;
           std::vector<float> alone(y.size(), 0.0f), act(s.f), out(s.d);
           std::vector<float> exact(y.size(), 0.0f);
           for (int t = 0; t < tokens; ++t) {
@@ -194,9 +194,12 @@ TEST(experts_match_each_token_through_each_expert_alone) {
           }
           // Grouping changes which tokens share a kernel call, never a
           // token's arithmetic, on the W4A8 path (every linear's input a
-          // multiple of 64 columns wide) and the f32 GEMV (< 4 tokens per
-          // group); the tiled f32 GEMM (4 or more) sums in another order,
-          // within the f32 bound below.
+          // multiple of 64 columns wide) in calls of decode size and the f32
+          // GEMV (< 4 tokens per group); the tiled f32 GEMM (4 or more) sums
+          // in another order, within the f32 bound below, and so does the
+          // W4A8 GEMM (more than kQ8MaxTokens tokens, AVX-512 VNNI CPUs),
+          // which can then move an int8 rounding of act by one step: within
+          // the 1e-3 bound below.
           const double grouped_error = awqtest::RelativeError(y, alone);
           // Each linear within gamma(in + 8) ~ 1e-5 of exact for in <= 128,
           // three in a row and a sum of k weighted terms: < 1e-4. On the
@@ -207,8 +210,10 @@ TEST(experts_match_each_token_through_each_expert_alone) {
           const double exact_error = awqtest::RelativeError(y, exact);
           const bool all_int8 = call_int8 && s.d % kQ8Span == 0 && s.f % kQ8Span == 0;
           std::printf("  %s: vs alone %.3g, vs reference %.3g\n", what.c_str(), grouped_error, exact_error);
-          if (all_int8 || tokens < 4) {
+          if ((all_int8 && tokens <= kQ8MaxTokens) || tokens < 4) {
             CHECK(y == alone);
+          } else if (all_int8) {
+            CHECK_LE(grouped_error, 1e-3, what);
           } else {
             CHECK_LE(grouped_error, 1e-5, what);
           }

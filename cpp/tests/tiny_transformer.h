@@ -19,6 +19,7 @@
 #include "ops/moe_router.h"
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
+#include "random_weights.h"
 
 namespace awqtest {
 
@@ -132,25 +133,34 @@ struct TinyModel {
   }
 };
 
-// y [n, d] = down(act(gate(x)) * up(x)) for x [n, in] with the reference ops.
+// What an int4 linear multiplies: x [n, layer.in], rounded to int8 in the
+// int8 mode (every call of the runtime's int4 linears, ops/int4_linear.h).
+std::vector<float> LinearInput(const Int4Linear& layer, const float* x, int n, bool int8) {
+  return Int4OpInput(std::vector<float>(x, x + static_cast<size_t>(n) * layer.in), n, layer.in,
+                     layer.group_size, int8);
+}
+
+// y [n, d] = down(act(gate(x)) * up(x)) for x [n, in] with the reference ops;
+// int8: the int8 mode's rounding of each linear's input.
 void NaiveMlp(Activation activation, const Int4Linear& gate_proj, const Int4Linear& up_proj,
-              const Int4Linear& down_proj, const float* x, int n, float* y) {
+              const Int4Linear& down_proj, const float* x, int n, float* y, bool int8) {
   const size_t width = static_cast<size_t>(n) * gate_proj.out;
   std::vector<float> gate(width), up(width);
-  Int4LinearReference(gate_proj, x, n, gate.data());
-  Int4LinearReference(up_proj, x, n, up.data());
+  Int4LinearReference(gate_proj, LinearInput(gate_proj, x, n, int8).data(), n, gate.data());
+  Int4LinearReference(up_proj, LinearInput(up_proj, x, n, int8).data(), n, up.data());
   if (activation == Activation::kSilu) {
     SwiGluReference(gate.data(), up.data(), static_cast<int>(width), gate.data());
   } else {
     GeGluReference(gate.data(), up.data(), static_cast<int>(width), gate.data());
   }
-  Int4LinearReference(down_proj, gate.data(), n, y);
+  Int4LinearReference(down_proj, LinearInput(down_proj, gate.data(), n, int8).data(), n, y);
 }
 
 // A mixture-of-experts MLP, token by token as docs/format.md defines it: the
 // reference router's k experts, each run alone on the token, summed in rank
 // order with their weights (in double). x, y: [n, d].
-void NaiveExperts(const ModelConfig& c, const MoeWeights& moe, const float* x, int n, float* y) {
+void NaiveExperts(const ModelConfig& c, const MoeWeights& moe, const float* x, int n, float* y,
+                  bool int8) {
   const int d = c.hidden_size, k = c.num_experts_per_tok;
   std::vector<int> experts(k);
   std::vector<float> weights(k), expert_out(d);
@@ -162,7 +172,7 @@ void NaiveExperts(const ModelConfig& c, const MoeWeights& moe, const float* x, i
     std::fill(sum.begin(), sum.end(), 0.0);
     for (int r = 0; r < k; ++r) {
       const int e = experts[r];
-      NaiveMlp(c.activation, moe.gate[e], moe.up[e], moe.down[e], xt, 1, expert_out.data());
+      NaiveMlp(c.activation, moe.gate[e], moe.up[e], moe.down[e], xt, 1, expert_out.data(), int8);
       for (int i = 0; i < d; ++i) sum[i] += static_cast<double>(weights[r]) * expert_out[i];
     }
     for (int i = 0; i < d; ++i) y[static_cast<size_t>(t) * d + i] = static_cast<float>(sum[i]);
@@ -170,10 +180,11 @@ void NaiveExperts(const ModelConfig& c, const MoeWeights& moe, const float* x, i
 }
 
 // The forward pass written out with the reference ops, whole sequence at once:
-// logits [ids.size(), vocab]. f16_kv_cache: keys and values rounded to f16
-// as the int8-decode mode's cache stores them.
-std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& ids,
-                                bool f16_kv_cache) {
+// logits [ids.size(), vocab]. int8: the int8 mode's numerics, every int4
+// linear's input rounded to int8 (LinearInput) and keys and values rounded
+// to f16 as its cache stores them (the lm_head stays f32: a call of more
+// than kQ8MaxTokens tokens, as the tests run it).
+std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& ids, bool int8) {
   const ModelConfig& c = model.config;
   const int n = static_cast<int>(ids.size()), d = c.hidden_size;
   const int q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
@@ -186,9 +197,9 @@ std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& 
     const LayerWeights& w = model.weights.layers[l];
     const bool sliding = !c.layer_sliding.empty() && c.layer_sliding[l];
     RmsNormReference(x.data(), w.input_norm, d, c.rms_norm_eps, n, h.data());
-    Int4LinearReference(w.q, h.data(), n, q.data());
-    Int4LinearReference(w.k, h.data(), n, k.data());
-    Int4LinearReference(w.v, h.data(), n, v.data());
+    Int4LinearReference(w.q, LinearInput(w.q, h.data(), n, int8).data(), n, q.data());
+    Int4LinearReference(w.k, LinearInput(w.k, h.data(), n, int8).data(), n, k.data());
+    Int4LinearReference(w.v, LinearInput(w.v, h.data(), n, int8).data(), n, v.data());
     if (c.qk_norm) {  // every head of every token is a row of hd
       RmsNormReference(q.data(), w.q_norm, c.head_dim, c.rms_norm_eps, n * c.num_heads, q.data());
       RmsNormReference(k.data(), w.k_norm, c.head_dim, c.rms_norm_eps, n * c.num_kv_heads, k.data());
@@ -198,21 +209,21 @@ std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& 
     const RopeScaling scaling = local ? RopeScaling{} : c.rope_scaling;
     RopeReference(q.data(), n, c.num_heads, c.head_dim, theta, 0, scaling);
     RopeReference(k.data(), n, c.num_kv_heads, c.head_dim, theta, 0, scaling);
-    if (f16_kv_cache) {
+    if (int8) {
       for (float& e : k) e = F16ToF32(F32ToF16(e));
       for (float& e : v) e = F16ToF32(F32ToF16(e));
     }
     const AttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim, c.attention_scale,
                                sliding ? c.sliding_window : 0};
     AttentionReference(shape, q.data(), k.data(), v.data(), 0, n, attn.data());
-    Int4LinearReference(w.o, attn.data(), n, proj.data());
+    Int4LinearReference(w.o, LinearInput(w.o, attn.data(), n, int8).data(), n, proj.data());
     if (sandwich) RmsNormReference(proj.data(), w.post_norm, d, c.rms_norm_eps, n, proj.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
     RmsNormReference(x.data(), sandwich ? w.pre_ffn_norm : w.post_norm, d, c.rms_norm_eps, n, h.data());
     if (w.moe.router != nullptr) {
-      NaiveExperts(c, w.moe, h.data(), n, proj.data());
+      NaiveExperts(c, w.moe, h.data(), n, proj.data(), int8);
     } else {
-      NaiveMlp(c.activation, w.gate, w.up, w.down, h.data(), n, proj.data());
+      NaiveMlp(c.activation, w.gate, w.up, w.down, h.data(), n, proj.data(), int8);
     }
     if (sandwich) RmsNormReference(proj.data(), w.post_ffn_norm, d, c.rms_norm_eps, n, proj.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];

@@ -1,46 +1,54 @@
-// Embedding awqcore in a C++ program: load a model, generate greedily from
-// token ids, print the new ids and the decode speed.
-//   embed_generate MODEL.awqbin [-n N] [-t THREADS] ID [ID ...]
-// Tokenization is the caller's business (the file's "tokenizer.json" metadata
-// holds a Hugging Face tokenizers document for whatever library you use).
+// Embedding awqcore in a C++ program, text in and text out: load a model,
+// format the prompt with the model's chat template (--chat) or take it as is,
+// generate greedily and print the text as it is produced.
+//   embed_generate MODEL.awqbin [-n N] [-t THREADS] [--chat] PROMPT
 #include <awqcore/awqcore.h>
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <vector>
 
 int main(int argc, char** argv) {
-  if (argc < 3) {
-    std::fprintf(stderr, "usage: %s MODEL.awqbin [-n N] [-t THREADS] ID [ID ...]\n", argv[0]);
-    return 2;
-  }
-  int max_new_tokens = 16, threads = 0;
-  std::vector<int> prompt;
+  int max_new_tokens = 32, threads = 0;
+  bool chat = false;
+  std::string prompt;
   for (int i = 2; i < argc; ++i) {
-    std::string arg = argv[i];
+    const std::string arg = argv[i];
     if ((arg == "-n" || arg == "-t") && i + 1 < argc) {
       (arg == "-n" ? max_new_tokens : threads) = std::atoi(argv[++i]);
+    } else if (arg == "--chat") {
+      chat = true;
     } else {
-      prompt.push_back(std::atoi(arg.c_str()));
+      prompt = arg;
     }
+  }
+  if (argc < 3 || prompt.empty()) {
+    std::fprintf(stderr, "usage: %s MODEL.awqbin [-n N] [-t THREADS] [--chat] PROMPT\n", argv[0]);
+    return 2;
   }
   try {
     auto model = awqcore::Model::Load(argv[1]);
-    awqcore::Session session(model, /*max_seq_len=*/static_cast<int>(prompt.size()) + max_new_tokens,
-                             threads);
+    auto tokenizer = awqcore::Tokenizer::FromModel(*model);
+    // A chat prompt holds its special tokens as text; a plain one gets the
+    // tokenizer's own (BOS where the model wants one).
+    const std::vector<int> ids =
+        chat ? tokenizer->Encode(awqcore::ChatFormat::FromModel(*model).Apply({{"user", prompt}}))
+             : tokenizer->Encode(prompt, /*add_special=*/true);
+    awqcore::Session session(model, static_cast<int>(ids.size()) + max_new_tokens, threads);
     awqcore::GenerateOptions options;
     options.max_new_tokens = max_new_tokens;
-    options.stop_ids = std::vector<int>{};  // exactly max_new_tokens tokens
-    auto start = std::chrono::steady_clock::now();
-    std::vector<int> tokens = session.Generate(prompt, options);
-    double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("tokens:");
-    for (int t : tokens) std::printf(" %d", t);
-    std::printf("\n%s: %zu tokens in %.3f s (%.1f tok/s, prefill included)\n",
-                model->config().architecture.c_str(), tokens.size(), seconds,
-                tokens.size() / seconds);
+    awqcore::StreamDecoder text(tokenizer);
+    const std::vector<int> tokens = session.Generate(ids, options, [&](int id) {
+      std::fputs(text.Push(id).c_str(), stdout);
+      std::fflush(stdout);
+      return true;
+    });
+    std::printf("%s\n", text.Flush().c_str());
+    const awqcore::Session::Timing t = session.last_timing();
+    std::fprintf(stderr, "%s: %zu prompt tokens, %zu new in %.3f s (%.1f tok/s decode)\n",
+                 model->config().architecture.c_str(), ids.size(), tokens.size(),
+                 t.prefill_seconds + t.decode_seconds,
+                 tokens.size() > 1 ? (tokens.size() - 1) / t.decode_seconds : 0.0);
   } catch (const awqcore::Error& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

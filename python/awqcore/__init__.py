@@ -14,6 +14,7 @@ import contextlib
 import os
 import queue
 import stat
+import sys
 import threading
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -23,11 +24,13 @@ from . import _core
 from .errors import Error, FormatError
 
 __all__ = ["Model", "Error", "FormatError", "STOP_REASONS", "INT8_DECODE_MAX_TOKENS",
-           "__version__", "built_with_cuda", "cuda_device_info", "cpu_kernels_info", "cmake_dir"]
+           "__version__", "built_with_cuda", "cuda_device_info", "cpu_kernels_info", "cmake_dir",
+           "c_library_path"]
 __version__ = _core.version()
-# Calls of at most this many tokens run the int4 linears with int8 activations
-# (activations="int8"): forward(ids, chunk_tokens=INT8_DECODE_MAX_TOKENS)
-# scores every position with decode-step arithmetic.
+# Calls of at most this many tokens also give an int8 lm_head int8
+# activations (activations="int8"; the int4 linears take them in every call):
+# forward(ids, chunk_tokens=INT8_DECODE_MAX_TOKENS) scores every position with
+# decode-step arithmetic.
 INT8_DECODE_MAX_TOKENS: int = _core.int8_decode_max_tokens
 built_with_cuda = _core.built_with_cuda
 cuda_device_info = _core.cuda_device_info
@@ -48,11 +51,12 @@ class Model:
     max_seq_len tokens each, allocated here); more prompts wait for a free
     cache (on the GPU too).
     activations: "int8" (default) rounds the activations of the int4 linears
-    to int8 per 32 columns in decode steps (W4A8, as llama.cpp does: 1.6-1.8x
-    faster int4 kernels, next-token KL ~3e-3 nats), multiplies an int8 lm_head
-    by int8 activations too (W8A8), and keeps the KV cache in f16 (half its
-    memory); "f32" keeps all exact (W4A16, f32 cache). Prefill
-    linears are f32 either way; the CUDA device ignores this (its cache is f16).
+    to int8 per 32 columns in every call, decode steps and prefill alike
+    (W4A8, as llama.cpp does: 1.6-1.8x faster decode kernels, a 3-4x faster
+    prefill GEMM, next-token KL ~3e-3 nats), multiplies an int8 lm_head by
+    int8 activations too in calls of at most INT8_DECODE_MAX_TOKENS tokens
+    (W8A8), and keeps the KV cache in f16 (half its memory); "f32" keeps all
+    exact (W4A16, f32 cache). The CUDA device ignores this (its cache is f16).
 
     One Model runs one call at a time; calls from several Python threads are
     serialised by a lock (the GIL is released while the C++ code computes). A
@@ -101,9 +105,11 @@ class Model:
         """Logits float32 [len(ids), vocab] for a fresh sequence (resets the cache).
 
         chunk_tokens: feed the ids in calls of this many tokens (default: one
-        call, as a prompt's prefill). chunk_tokens=1 computes every position
-        exactly as generation's decode steps do (int8 activations, unless the
-        model was opened with activations="f32").
+        call, as a prompt's prefill). The int4 linears compute each token the
+        same, bit for bit, whatever the chunking; chunk_tokens <=
+        INT8_DECODE_MAX_TOKENS also gives the int8 lm_head int8 activations,
+        so every position is computed exactly as generation's decode steps
+        compute it (up to the attention's summation order).
         """
         ids = self._check_ids(ids)
         if chunk_tokens is None:
@@ -302,6 +308,13 @@ def cmake_dir() -> str:
     """Folder of the installed CMake package: pass it as -Dawqcore_DIR=... to
     find_package(awqcore) in a C++ project (see examples/embed)."""
     return os.path.join(os.path.dirname(__file__), "lib", "cmake", "awqcore")
+
+
+def c_library_path() -> str:
+    """Path of the installed C API library (awqcore/awqcore_c.h), for FFIs:
+    ctypes.CDLL(awqcore.c_library_path())."""
+    names = {"win32": "awqcore_c.dll", "darwin": "libawqcore_c.dylib"}
+    return os.path.join(os.path.dirname(__file__), "lib", names.get(sys.platform, "libawqcore_c.so"))
 
 
 STOP_REASONS = ("stop_token", "max_new_tokens", "context_full", "callback")

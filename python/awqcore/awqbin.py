@@ -120,6 +120,11 @@ _ROPE_SCALING_KEYS = {"factor": float, "original_max_position_embeddings": int,
                       "low_freq_factor": float, "high_freq_factor": float,
                       "beta_fast": float, "beta_slow": float, "truncate": int,
                       "attention_factor": float}
+# Mixture of experts: ModelConfig field -> file key, all written when num_experts > 0.
+_EXPERT_KEYS = {"num_experts": "model.num_experts",
+                "num_experts_per_tok": "model.num_experts_per_tok",
+                "moe_intermediate_size": "model.moe_intermediate_size",
+                "norm_topk_prob": "model.norm_topk_prob"}
 
 
 def model_metadata(c: ModelConfig) -> dict[str, Any]:
@@ -153,6 +158,11 @@ def model_metadata(c: ModelConfig) -> dict[str, Any]:
         for key, kind in _ROPE_SCALING_KEYS.items():
             if key in c.rope_scaling:
                 meta["model.rope_scaling." + key] = kind(c.rope_scaling[key])
+    if c.num_experts:
+        for field, key in _EXPERT_KEYS.items():
+            meta[key] = int(getattr(c, field))
+        if c.moe_layers is not None:
+            meta["model.moe_layers"] = [int(v) for v in c.moe_layers]
     return meta
 
 
@@ -184,6 +194,17 @@ def config_from_metadata(meta: dict[str, Any], path: str) -> ModelConfig:
                 value = meta["model.rope_scaling." + key]
                 scaling[key] = bool(value) if key == "truncate" else cast(value)
         fields["rope_scaling"] = scaling
+    for field, key in _EXPERT_KEYS.items():
+        if key in meta:
+            value = meta[key]
+            if not isinstance(value, int):
+                raise FormatError(f"{path}: metadata {key} {value!r} must be an integer")
+            fields[field] = bool(value) if field == "norm_topk_prob" else value
+    if "model.moe_layers" in meta:
+        layers = meta["model.moe_layers"]
+        if not isinstance(layers, list) or any(v not in (0, 1) for v in layers):
+            raise FormatError(f"{path}: model.moe_layers {layers!r} must be a list of 0 and 1")
+        fields["moe_layers"] = layers
     try:
         return ModelConfig(
             architecture=need("general.architecture"),

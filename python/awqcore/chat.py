@@ -7,9 +7,11 @@ if TYPE_CHECKING:
     from . import Model
 
 
-def render_chat(template: str, messages: list[dict], bos_token: str, eos_token: str) -> str:
-    """Renders `messages` with the model's chat template, generation prompt added,
-    the way transformers' apply_chat_template does (same jinja2 settings).
+def render_chat(template: str, messages: list[dict], bos_token: str, eos_token: str,
+                add_generation_prompt: bool = True) -> str:
+    """Renders `messages` with the model's chat template (the assistant's generation
+    prompt added unless add_generation_prompt is False) the way transformers'
+    apply_chat_template does (same jinja2 settings).
 
     jinja2 is required: hand-rendering ChatML is not equivalent, because real
     templates add more than the markers (SmolLM2's and Qwen2's insert a default
@@ -30,20 +32,21 @@ def render_chat(template: str, messages: list[dict], bos_token: str, eos_token: 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = raise_exception
     try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=True,
+        return env.from_string(template).render(messages=messages,
+                                                add_generation_prompt=add_generation_prompt,
                                                 bos_token=bos_token, eos_token=eos_token)
     except jinja2.TemplateError as e:
         raise ValueError(f"chat template cannot be rendered: {e}") from None
 
 
-def chat_prompt_ids(model: "Model", user_message: str) -> list[int]:
-    """The token ids of `user_message` as the one user turn of a conversation in
+def chat_prompt_ids(model: "Model", messages: list[dict]) -> list[int]:
+    """The token ids of the conversation `messages` ({"role", "content"} dicts) in
     the model's chat template, ready for the assistant's reply."""
-    tok = model.tokenizer
-    bos = model.config.get("bos_token_id", -1)
-    eos = model.config.get("eos_token_ids") or []
-    text = render_chat(model.chat_template, [{"role": "user", "content": user_message}],
-                       bos_token=(tok.id_to_token(bos) or "") if bos >= 0 else "",
-                       eos_token=(tok.id_to_token(eos[0]) or "") if eos else "")
+    from .chat_format import special_token_texts
+
+    c = model.config
+    bos, eos = special_token_texts(model.tokenizer, c.get("bos_token_id", -1),
+                                   c.get("eos_token_ids") or [])
+    text = render_chat(model.chat_template, messages, bos_token=bos, eos_token=eos)
     # The template already wrote the special tokens (BOS included) as text.
-    return tok.encode(text, add_special_tokens=False).ids
+    return model.tokenizer.encode(text, add_special_tokens=False).ids

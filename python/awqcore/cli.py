@@ -3,6 +3,7 @@
     awqcore quantize smollm2-135m --out smollm2.awqbin
     awqcore inspect smollm2.awqbin --verify
     awqcore run smollm2.awqbin -p "What is the capital of France?" --chat
+    awqcore run smollm2.awqbin --chat          (interactive, multi-turn)
     awqcore ppl smollm2.awqbin --fp-reference smollm2-135m --kl-base smollm2-135m
     awqcore convert autoawq-folder --out model.awqbin
 
@@ -114,7 +115,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     tokenizer_json = m.get("tokenizer.json", "")
     template = m.get("tokenizer.chat_template", "")
     print(f"tokenizer: {len(tokenizer_json):,} chars of JSON, chat template "
-          f"{'%d chars' % len(template) if template else 'absent'}, "
+          f"{'%d chars' % len(template) if template else 'absent'}"
+          f"{' (reduced for C++: chat.* keys)' if 'chat.format' in m else ''}, "
           f"bos {m.get('tokenizer.bos_token_id', '?')}, eos {m.get('tokenizer.eos_token_ids', '?')}")
 
     by_dtype: dict[str, list[int]] = {}
@@ -154,39 +156,96 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import awqcore
 
+    if args.prompt is None and not args.chat:
+        raise ValueError("give a prompt (-p TEXT), or --chat for an interactive chat")
+    if args.system is not None and not args.chat:
+        raise ValueError("--system needs --chat")
     model = awqcore.Model(args.file, threads=args.threads, max_seq_len=args.max_seq_len,
                           device=args.device)
     if args.device == "cuda":
         print(f"{awqcore.cuda_device_info()}: {model.config['device_memory_bytes'] / 2**20:.0f} MiB "
               f"of device memory (weights, KV cache, scratch)", file=sys.stderr)
-    tok = model.tokenizer
+    system = [{"role": "system", "content": args.system}] if args.system is not None else []
+    if args.chat and args.prompt is None:
+        return _interactive_chat(model, args, system)
     if args.chat:
         from .chat import chat_prompt_ids
 
-        ids = chat_prompt_ids(model, args.prompt)
+        ids = chat_prompt_ids(model, [*system, {"role": "user", "content": args.prompt}])
     else:
-        ids = tok.encode(args.prompt).ids
+        ids = model.tokenizer.encode(args.prompt).ids
+    _answer(model, ids, args)
+    return 0
+
+
+def _interactive_chat(model, args: argparse.Namespace, system: list[dict]) -> int:
+    """Multi-turn chat on stdin: the whole conversation is the prompt of each
+    answer. Ctrl-C stops the answer being written (it stays in the history as
+    far as it got); at the prompt it ends the program, as Ctrl-D does."""
+    from .chat import chat_prompt_ids
+
+    if not model.chat_template:
+        raise ValueError("this model has no chat template; run without --chat")
+    history = list(system)
+    print(f"chat with {model.config.get('name') or args.file}: Ctrl-C stops an answer, "
+          "/reset forgets, Ctrl-D quits", file=sys.stderr)
+    while True:
+        # The prompt goes to stderr: stdout carries the answers alone.
+        print("> ", end="", file=sys.stderr, flush=True)
+        try:
+            line = input()
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if line == "/reset":
+            history = list(system)
+            continue
+        if not line:
+            continue
+        history.append({"role": "user", "content": line})
+        try:
+            answer = _answer(model, chat_prompt_ids(model, history), args, interruptible=True)
+        except (ValueError, Error) as e:
+            # The conversation may have outgrown the cache: say so, keep the program.
+            print(f"awqcore: error: {_describe(e)} (/reset starts over)", file=sys.stderr)
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": answer})
+
+
+def _answer(model, ids: list[int], args: argparse.Namespace, interruptible: bool = False) -> str:
+    """Streams the continuation of `ids` to stdout, the speed and stop reason to
+    stderr; returns the text. interruptible: Ctrl-C ends the answer, not the program."""
     if not ids:
         raise ValueError("the prompt encodes to no tokens")
-
+    tok = model.tokenizer
     generated: list[int] = []
     printed = ""
+    interrupted = False
     start = time.perf_counter()
     first = None
-    for token in model.stream(ids, max_new_tokens=args.n_predict, temperature=args.temperature,
-                              top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                              repetition_penalty=args.repetition_penalty):
-        if first is None:
-            first = time.perf_counter()
-        generated.append(token)
-        # Decoding the whole continuation each time (not token by token) gets
-        # multi-token characters and tokenizer-specific spacing right.
-        text = tok.decode(generated, skip_special_tokens=True)
-        # A trailing U+FFFD is half of a UTF-8 character whose rest is yet to come.
-        if text.startswith(printed) and not text.endswith("\ufffd"):
-            sys.stdout.write(text[len(printed):])
-            sys.stdout.flush()
-            printed = text
+    stream = model.stream(ids, max_new_tokens=args.n_predict, temperature=args.temperature,
+                          top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                          repetition_penalty=args.repetition_penalty)
+    try:
+        for token in stream:
+            if first is None:
+                first = time.perf_counter()
+            generated.append(token)
+            # Decoding the whole continuation each time (not token by token) gets
+            # multi-token characters and tokenizer-specific spacing right.
+            text = tok.decode(generated, skip_special_tokens=True)
+            # A trailing U+FFFD is half of a UTF-8 character whose rest is yet to come.
+            if text.startswith(printed) and not text.endswith("\ufffd"):
+                sys.stdout.write(text[len(printed):])
+                sys.stdout.flush()
+                printed = text
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        interrupted = True
+    finally:
+        stream.close()  # stops the worker at once when the loop ended early
     end = time.perf_counter()
     text = tok.decode(generated, skip_special_tokens=True)
     sys.stdout.write(text[len(printed):] if text.startswith(printed) else "\n" + text)
@@ -199,11 +258,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         decode_rate = f"{decode_n / (end - first):.1f} tok/s" if decode_n and end > first else "n/a"
         print(f"prefill: {len(ids)} tokens in {prefill:.3f} s ({len(ids) / prefill:.1f} tok/s); "
               f"decode: {decode_n} tokens, {decode_rate}", file=sys.stderr)
-    reason = model.last_stop_reason
+    reason = "interrupted (Ctrl-C)" if interrupted else model.last_stop_reason
     if reason == "context_full":
         reason += f" (prompt + output reached --max-seq-len {args.max_seq_len})"
     print(f"stopped: {reason}", file=sys.stderr)
-    return 0
+    return text
 
 
 # --------------------------------------------------------------------- ppl
@@ -269,7 +328,10 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="awqcore", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"awqcore {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     q = sub.add_parser("quantize", help="quantize a model to a .awqbin file")
@@ -339,10 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="generate text with a .awqbin model")
     r.add_argument("file", metavar="FILE")
-    r.add_argument("-p", "--prompt", required=True)
+    r.add_argument("-p", "--prompt",
+                   help="the text to continue (with --chat: the user's message; --chat without "
+                   "it: an interactive multi-turn chat)")
     r.add_argument("-n", "--n-predict", type=int, default=64, help="max new tokens (default 64)")
     r.add_argument("--chat", action="store_true",
-                   help="wrap the prompt in the model's chat template as a user message")
+                   help="wrap the prompt in the model's chat template as a user message; "
+                   "without -p, chat interactively (history kept; Ctrl-C stops an answer, "
+                   "/reset forgets the conversation, Ctrl-D quits)")
+    r.add_argument("--system", help="the chat's system message (with --chat)")
     r.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     r.add_argument("--top-k", type=int, default=0, help="0 = off (default)")
     r.add_argument("--top-p", type=float, default=1.0, help="1 = off (default)")

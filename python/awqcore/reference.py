@@ -1,7 +1,7 @@
 """An independent plain-torch forward pass of every supported decoder family.
 
 It follows transformers' definitions (modeling_llama/mistral/qwen2/qwen3/
-gemma3 and modeling_rope_utils), driven by the decoder-layer description of
+gemma3/mixtral/qwen3_moe and modeling_rope_utils), driven by the decoder-layer description of
 ModelConfig (docs/format.md): norm placement, gate activation, q/k norm,
 attention and embedding scales, sliding windows, per-layer rotary bases and
 rope scaling, logit soft-capping. It shares no code with the C++ runtime or
@@ -24,7 +24,8 @@ from typing import Callable, Sequence, Union
 import numpy as np
 import torch
 
-from .source import ModelConfig, layer_prefix
+from .source import (EXPERT_PROJECTIONS, ROUTER_NAME, ModelConfig, expert_linear,
+                     layer_linears, layer_prefix)
 
 Getter = Callable[[str], Union[np.ndarray, torch.Tensor]]
 
@@ -171,13 +172,65 @@ def mlp_hidden(h: torch.Tensor, w: LayerWeights, activation: str = "silu") -> to
     return gate * (h @ w["mlp.up_proj"].T)
 
 
+def route(config: ModelConfig, h: torch.Tensor,
+          router: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MoE router: h [n, d] -> (weights [n, k] f32, experts [n, k] long), rank order.
+
+    softmax over the E router logits in f32, the k largest probabilities in descending
+    order, renormalized to sum 1 when norm_topk_prob (as transformers' Mixtral and
+    Qwen3-MoE routers). Equal probabilities rank the lower expert index first, by a
+    stable sort. transformers' torch.topk has no such rule: on CPU it breaks exact ties
+    in an order its selection algorithm sets (all-equal probabilities over 8 experts
+    give experts 6 and 5 for k = 2; tests/test_moe_reference.py shows it), so the format
+    fixes the lower index, which a runtime can reproduce. Without exact ties both agree."""
+    logits = h.float() @ router.float().T  # [n, E]
+    probs = logits.softmax(-1)
+    order = torch.sort(probs, dim=-1, descending=True, stable=True)
+    k = config.num_experts_per_tok
+    weights, experts = order.values[:, :k], order.indices[:, :k]  # [n, k] each
+    if config.norm_topk_prob:
+        weights = weights / weights.sum(-1, keepdim=True)
+    return weights, experts
+
+
+def expert_weights(w: LayerWeights, expert: int) -> LayerWeights:
+    """One expert's gate/up/down under the dense MLP's keys, for mlp_hidden."""
+    return {f"mlp.{p}": w[expert_linear(expert, p)] for p in EXPERT_PROJECTIONS}
+
+
+def moe_block(config: ModelConfig, h: torch.Tensor, w: LayerWeights,
+              routed: dict | None = None) -> torch.Tensor:
+    """The mixture-of-experts MLP: h [..., d] -> [..., d], each token the sum, in rank
+    order, of its k experts' gated MLPs weighted by the router (docs/format.md).
+    `routed`, when given, receives expert -> (token indices [m] into h flattened, the
+    down_proj inputs [m, f]) for every expert that got a token, which AWQ records."""
+    flat = h.reshape(-1, h.shape[-1])  # [n, d]
+    weights, experts = route(config, flat, w[ROUTER_NAME])  # [n, k] each
+    n, k = experts.shape
+    ranked = torch.zeros(n, k, flat.shape[-1], dtype=h.dtype)  # [n, k, d]: each rank's term
+    for e in torch.unique(experts).tolist():
+        tokens, ranks = (experts == e).nonzero(as_tuple=True)  # [m] each
+        ew = expert_weights(w, e)
+        hidden = mlp_hidden(flat[tokens], ew, config.activation)  # [m, f]
+        out = hidden @ ew["mlp.down_proj"].T  # [m, d]
+        ranked[tokens, ranks] = (out.float() * weights[tokens, ranks, None]).to(h.dtype)
+        if routed is not None:
+            routed[e] = (tokens, hidden)
+    total = ranked[:, 0]
+    for r in range(1, k):
+        total = total + ranked[:, r]
+    return total.reshape(h.shape)
+
+
 def decoder_layer(config: ModelConfig, x: torch.Tensor, w: LayerWeights, cos: torch.Tensor,
                   sin: torch.Tensor, layer: int = 0, taps: dict | None = None) -> torch.Tensor:
     """One decoder layer with its residuals: x [..., T, d] -> [..., T, d]. "pre" places
     one norm before attention and one before the MLP; "sandwich" (Gemma 3) also
     normalizes each block's output before adding it to the residual. `taps`, when
     given, receives the input of every linear ("qkv": q/k/v's, "o": the heads,
-    "mlp": gate/up's, "down": down_proj's), which AWQ's calibration records."""
+    "mlp": gate/up's, "down": down_proj's), which AWQ's calibration records. An MoE
+    layer's MLP is moe_block; its taps have no "down" but "routed" (moe_block's `routed`,
+    token indices into the flattened [..., T] positions)."""
     eps = config.rms_norm_eps
     sandwich = config.norm_placement == "sandwich"
     h = rms_norm(x, w["input_layernorm"], eps)
@@ -189,12 +242,20 @@ def decoder_layer(config: ModelConfig, x: torch.Tensor, w: LayerWeights, cos: to
     else:
         x = x + attention
         h2 = rms_norm(x, w["post_attention_layernorm"], eps)
-    hidden = mlp_hidden(h2, w, config.activation)  # [..., T, ffn]
-    mlp = hidden @ w["mlp.down_proj"].T
+    if config.is_moe_layer(layer):
+        routed = {} if taps is not None else None
+        hidden, mlp = None, moe_block(config, h2, w, routed)
+    else:
+        hidden = mlp_hidden(h2, w, config.activation)  # [..., T, ffn]
+        mlp = hidden @ w["mlp.down_proj"].T
     if sandwich:
         mlp = rms_norm(mlp, w["post_feedforward_layernorm"], eps)
     if taps is not None:
-        taps.update(qkv=h, o=heads, mlp=h2, down=hidden)
+        taps.update(qkv=h, o=heads, mlp=h2)
+        if hidden is not None:
+            taps["down"] = hidden
+        else:
+            taps["routed"] = routed
     return x + mlp
 
 
@@ -217,9 +278,10 @@ class ReferenceModel:
         self.layers = []
         for layer in range(config.num_layers):
             p = layer_prefix(layer)
-            w = {key: load(p + key + ".weight") for key in (
-                "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj") + config.layer_norm_names()}
+            keys = [s for s, _ in layer_linears(config, layer)] + list(config.layer_norm_names())
+            w = {key: load(p + key + ".weight") for key in keys}
+            if config.is_moe_layer(layer):  # the router stays f32, as the file stores it
+                w[ROUTER_NAME] = torch.as_tensor(get(p + ROUTER_NAME + ".weight")).float()
             if config.attention_bias:
                 for proj in ("q_proj", "k_proj", "v_proj"):
                     w[f"self_attn.{proj}.bias"] = load(f"{p}self_attn.{proj}.bias")

@@ -181,22 +181,29 @@ const char* StopReasonName(StopReason reason);
 // back and sampled on the host.
 enum class Device { kCpu, kCuda };
 
-// The activations the CPU's int4 linears multiply in calls of at most
-// kInt8DecodeMaxTokens tokens (decode steps, batched decode, very short
-// prompts); longer calls (prefill) are f32 in both modes, and the CUDA device
-// ignores this.
-//   kInt8Decode: rounded to int8 per 32 columns (W4A8, as llama.cpp does):
-//     1.6-1.8x faster int4 kernels; an int8 lm_head (`--embeddings int8`)
-//     multiplies W8A8 too, ~2x faster. The next-token distribution moves by
-//     a mean KL of ~3e-3 nats on SmolLM2 (README). The KV cache is f16 (as
-//     llama.cpp's default): half the memory, and half the cache bytes each
-//     decode step reads at long context.
+// The activations the CPU's int4 linears multiply (the CUDA device ignores
+// this).
+//   kInt8Decode: rounded to int8 per 32 columns (W4A8, as llama.cpp does) in
+//     every call: decode steps, batched decode and prefill. Decode kernels
+//     1.6-1.8x faster than f32; prefill runs an int8 GEMM (vpdpbusd on
+//     AVX-512 VNNI, vpmaddubsw on AVX2), 3-4x the f32 GEMM's rate. A token's
+//     int4 linears give the same result, bit for bit, in a batch of up to 8
+//     or alone (in a prompt too on AVX2 CPUs; with AVX-512 a prompt's GEMM
+//     sums in another order than the decode GEMV, which can move int8
+//     roundings: a prompt's next-token distributions then differ from
+//     decode's by about as much as either differs from f32, KL ~2e-3 nats on
+//     SmolLM2). An int8 lm_head (`--embeddings int8`) multiplies W8A8 too in
+//     calls of at most kInt8DecodeMaxTokens tokens, ~2x faster. The
+//     next-token distribution moves by a mean KL of ~3e-3 nats on SmolLM2
+//     (README). The KV cache is f16 (as llama.cpp's default): half the
+//     memory, and half the cache bytes each decode step reads at long
+//     context.
 //   kFloat32: exact f32 (the W4A16 arithmetic of AWQ's definition), the KV
 //     cache included.
 enum class CpuActivations { kInt8Decode, kFloat32 };
-// The most tokens a call runs with int8 activations under kInt8Decode: a
-// perplexity run that feeds this many tokens per call scores every position
-// with decode-step arithmetic.
+// The most tokens a call computes its logits W8A8 (int8 lm_head) with under
+// kInt8Decode: a perplexity run that feeds this many tokens per call scores
+// every position with decode-step arithmetic.
 constexpr int kInt8DecodeMaxTokens = 8;
 
 class Session {
@@ -252,12 +259,13 @@ class Session {
   // leaves the step and the next waiting prompt takes its cache. Resets the
   // session; afterwards position() is meaningless until Reset or Generate.
   //
-  // Greedy results equal one-by-one Generate: each token of a decode step
-  // (up to 8 live sequences) is computed exactly as alone, bit for bit. With
-  // more than 8 (or kFloat32 and 4 or more), steps run the tiled f32 GEMM,
-  // whose summation order differs (logits agree to ~1e-6 relative with
-  // kFloat32, to the int8 rounding's ~1e-2 with kInt8Decode), so a token could
-  // differ only where two logits are that close. On the GPU the same holds
+  // Greedy results equal one-by-one Generate: each token of a decode step is
+  // computed exactly as alone, bit for bit, with kInt8Decode up to 8 live
+  // sequences (from 9, an int8 lm_head multiplies f32 activations, which
+  // moves the logits by the int8 rounding, ~1e-2 relative, and on AVX-512
+  // VNNI CPUs the int4 linears run the GEMM, ~1e-6 relative), and with
+  // kFloat32 up to 3 (from 4 the tiled f32 GEMM sums in another order: ~1e-6
+  // relative), so a token could differ only where two logits are that close. On the GPU the same holds
   // up to 15 live sequences (the GEMV computes each token of its tiles as
   // alone); from 16 the steps run the tensor-core GEMM (f16 products).
   // Sampling: prompt i draws from its own generator seeded with
@@ -319,3 +327,6 @@ const char* Version();
 
 // Text in and out: awqcore::Tokenizer and StreamDecoder.
 #include "awqcore/tokenizer.h"
+
+// Chat prompts from the file's chat.* keys (awqcore::ChatFormat).
+#include "awqcore/chat_format.h"

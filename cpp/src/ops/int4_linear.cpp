@@ -79,9 +79,9 @@ void InputRows(const Int4Linear& layer, int row0, int rows, const Int4Input& inp
 // Rounds x to int8 once per op, before the row split, when the call takes the
 // W4A8 path. The buffer is per calling thread (each Session decodes on its
 // own thread), so sessions never share it, and it only grows: after the
-// first token, decode does not allocate.
-Int4Input PrepareInput(const float* x, int num_tokens, int in, int group_size, bool int8_decode) {
-  if (!int8_decode || !UsesQ8Activations(in, num_tokens)) return {x, num_tokens, nullptr};
+// first token (and the longest prompt), decode does not allocate.
+Int4Input PrepareInput(const float* x, int num_tokens, int in, int group_size, bool int8) {
+  if (!int8 || !UsesQ8Activations(in)) return {x, num_tokens, nullptr};
   thread_local Q8Buffer buffer;
   return {x, num_tokens, &buffer.Quantize(x, in, num_tokens, in, group_size)};
 }
@@ -141,20 +141,26 @@ void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int l
 
 // Where the AVX-512 W4A8 body beats the AVX2 one: decode is memory-bound, so
 // the wider body pays only where the AVX2 one spends more than the memory
-// stream allows: g = 32 (its scales per half span; 2.9-3.0x), rows under
-// 1024 columns (SmolLM2's 576: 1.05-1.4x), and rows whose next block is
+// stream allows: g = 32 (one weight scale per half span; 1.0-1.16x), rows under
+// 1024 columns (SmolLM2's 576: 1.06-1.38x), and rows whose next block is
 // prefetched into L2 (kL1PrefetchBlockBytes; Qwen2.5-1.5B's and Llama-2-7B's
-// down projections: 1.0-1.13x). In between (1536 and 4096 columns, g >= 64)
-// the AVX2 body streams as fast or faster (0.87-1.0x). GB per CPU-second of
-// tools/isa_bench.cpp on Zen 4, two runs of 7-9 interleaved repetitions on a
-// loaded machine (noise ~5%).
+// down projections: 1.01-1.13x). In between (1536 and 4096 columns, g >= 64)
+// the AVX2 body streams about as fast (0.88-1.07x, median 0.97x). GB per
+// CPU-second of tools/isa_bench.cpp on Zen 4, three runs of 7-9 interleaved
+// repetitions on a loaded machine (noise ~5%).
 static bool Avx512Pays(const Int4Linear& layer) {
   return layer.group_size == kQ8Block || layer.in < 1024 || 2 * layer.in > kL1PrefetchBlockBytes;
 }
 
 void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
                 int ldy, Isa isa) {
-  if (isa >= Isa::kAvx512Vnni && Avx512Pays(layer)) {
+  if (isa >= Isa::kAvx512Vnni && x.num_tokens > kQ8MaxTokens) {
+    // Prefill: the GEMM (4 x 4 register blocks, 1.1-5x the GEMV's token
+    // pairs from 8 tokens on: interleaved medians, one core, loaded machine).
+    // Calls of decode size stay on the GEMV, so a batch of up to 8 decodes
+    // bit for bit as its sequences alone.
+    Int4GemmQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx512Vnni && Avx512Pays(layer)) {
     Int4RowsQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
   } else if (isa >= Isa::kAvx512 && Avx512Pays(layer)) {
     Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
@@ -216,8 +222,8 @@ void Int4GatedMlpForward(const Int4Linear& gate, const Int4Linear& up, Activatio
       const int rows = std::min(kSliceRows, row_end - row0);
       for (int t0 = 0; t0 < num_tokens; t0 += kTokenSlice) {
         const int tokens = std::min(kTokenSlice, num_tokens - t0);
-        // W4A8 calls have <= kQ8MaxTokens tokens: one slice, the whole input.
-        const Int4Input slice = input.q8 ? input : Int4Input{x + static_cast<size_t>(t0) * gate.in, tokens, nullptr};
+        const Q8Activations q8_slice = input.q8 ? input.q8->Tokens(t0, tokens) : Q8Activations{};
+        const Int4Input slice{x + static_cast<size_t>(t0) * gate.in, tokens, input.q8 ? &q8_slice : nullptr};
         float* out_slice = out + static_cast<size_t>(t0) * ffn + row0;
         InputRows(gate, row0, rows, slice, out_slice, ffn, isa);
         InputRows(up, row0, rows, slice, up_rows, kSliceRows, isa);

@@ -7,12 +7,16 @@
 // gate/up/activation·mul as one pass). The row kernels are in linear_kernels.h;
 // `isa` picks the family (cpu_features.h), default the best the CPU has.
 //
-// Calls with few tokens (UsesQ8Activations: decode, batched decode) round
-// the activations to int8 first (W4A8, ops/q8_activations.h) unless
-// int8_decode is false: their results are Int4LinearReference's for the
-// rounded activations (Q8Buffer), not for x.
-// Each token's result depends only on that token, so a batch of sequences
-// decodes bit-identically to the sequences one at a time.
+// Every call (decode, batched decode, prefill; UsesQ8Activations: widths
+// that are multiples of 64) rounds the activations to int8 first (W4A8,
+// ops/q8_activations.h) unless int8_decode is false: its results are
+// Int4LinearReference's for the rounded activations (Q8Buffer), not for x.
+// Prefill calls run a GEMM (each unpacked weight block serves many tokens).
+// Each token's result depends only on that token, bit for bit whatever the
+// call's token count up to kQ8MaxTokens, so a batch of up to 8 sequences
+// decodes bit-identically to the sequences one at a time (on AVX2 CPUs at
+// any count; with AVX-512 VNNI longer calls take the GEMM, whose sums agree
+// with the GEMV's to f32 rounding).
 #pragma once
 
 #include "cpu_features.h"

@@ -301,7 +301,16 @@ void Q8GemvRowsG32(const Int4Linear& layer, int row, const Q8Activations& x, int
   for (int r = 0; r < kRows; ++r) acc[r] = _mm256_setzero_ps();
   // f16 pair [s_0, s_1] -> [s_0 x4, s_1 x4]
   const __m128i spread = _mm_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3);
+  const bool near = 2 * layer.in <= kL1PrefetchBlockBytes;  // the next block's 4 rows, in / 2 bytes each
   for (int sp = 0; sp < spans; ++sp) {
+    if (kRows == 4) {  // the next 4 rows' codes, 128 bytes per span (see header)
+      const uint8_t* next = rows.codes[0] + 2 * layer.in + sp * 128;
+      if (near) {
+        avx2::PrefetchBytes(next, 128);
+      } else {
+        avx2::PrefetchBytesToL2(next, 128);
+      }
+    }
     const __m256i xe = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span));
     const __m256i xo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + sp * kQ8Span + 32));
     const __m256 dv = HalfSpanPair(d[2 * sp], d[2 * sp + 1]);

@@ -62,6 +62,13 @@ void Int4RowsQ8Avx512(const Int4Linear& layer, int row0, int rows, const Q8Activ
                       float* y, int ldy);
 void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy);
+// The W4A8 GEMM (int4_gemm_q8_avx512vnni.cpp, AVX-512 F/BW/VL/DQ + VNNI; call
+// only when the CPU has them): any number of tokens, 4 rows x 4 tokens per
+// register block, for prefill. Every token's outputs are bit-identical to
+// Int4RowsQ8Avx2's for that token alone (not to the AVX-512 GEMV's, whose
+// float sums run in another order).
+void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                          float* y, int ldy);
 // The row kernels `isa` picks (int4_linear.cpp): the one dispatch of the ops
 // that split rows themselves (int4_linear.cpp, ops/moe_experts.cpp).
 void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx, int num_tokens,

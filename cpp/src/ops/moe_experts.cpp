@@ -92,7 +92,8 @@ void MoeExpertsForward(const MoeWeights& moe, Activation activation, const float
   for (int e = num_experts; e > 0; --e) s.group_begin_[e] = s.group_begin_[e - 1];
   s.group_begin_[0] = 0;
 
-  const bool q8 = int8_decode && UsesQ8Activations(d, num_tokens) && UsesQ8Activations(f, num_tokens);
+  const bool q8 = int8_decode && num_tokens <= kQ8MaxTokens && UsesQ8Activations(d) &&
+                  UsesQ8Activations(f);
   if (q8) {
     // Every slot's row is rounded on its own, so a group's rows are a call
     // of that group alone: the per-expert results are those of
@@ -127,15 +128,14 @@ void MoeExpertsForward(const MoeWeights& moe, Activation activation, const float
       });
     });
   } else {
-    const bool group_int8 = int8_decode && num_tokens <= kQ8MaxTokens;
     for (int i = 0; i < num_active; ++i) {
       const int e = s.active_[i];
       const int first = s.group_begin_[e], count = s.group_begin_[e + 1] - first;
       float* act = s.act_.data() + Floats(first, f);
       Int4GatedMlpForward(moe.gate[e], moe.up[e], activation, s.x_.data() + Floats(first, d), count,
-                          act, pool, isa, group_int8);
+                          act, pool, isa, int8_decode);
       Int4LinearForward(moe.down[e], act, count, s.out_.data() + Floats(first, d), pool, isa,
-                        group_int8);
+                        int8_decode);
     }
   }
 

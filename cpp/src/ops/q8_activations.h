@@ -33,9 +33,9 @@ namespace awqcore {
 constexpr int kQ8Block = 32;  // columns per activation scale
 constexpr int kQ8Span = 64;   // columns per permuted span (see layout above)
 
-// Calls of the int4 ops with at most this many tokens (decode; batched decode
-// of up to 8 sequences; prompts this short) take the W4A8 path; longer ones
-// the f32 GEMM, where unpacking is amortised over the tokens anyway. Public as
+// Calls with at most this many tokens (decode; batched decode of up to 8
+// sequences) compute their logits W8A8 with an int8 lm_head; longer ones
+// (all of a prompt's logits) multiply the table by f32 activations. Public as
 // awqcore::kInt8DecodeMaxTokens (the perplexity tool feeds calls of this size).
 constexpr int kQ8MaxTokens = kInt8DecodeMaxTokens;
 
@@ -53,7 +53,8 @@ inline int Q8Position(int c) {
 enum class Q8Layout { kInt4Spans, kNatural };
 
 // Quantized activations of num_tokens tokens of width `in`; group sums are
-// per weight group of `group_size` columns.
+// per weight group of `group_size` columns. A view: Tokens() takes a range of
+// its tokens without copying.
 struct Q8Activations {
   int num_tokens = 0;
   int in = 0;
@@ -65,6 +66,16 @@ struct Q8Activations {
 
   // Index of column c within a token's row of q.
   int position(int c) const { return layout == Q8Layout::kNatural ? c : Q8Position(c); }
+
+  // Tokens [t0, t0 + count) as a call of their own.
+  Q8Activations Tokens(int t0, int count) const {
+    Q8Activations slice = *this;
+    slice.num_tokens = count;
+    slice.q += static_cast<size_t>(t0) * in;
+    slice.block_scales += static_cast<size_t>(t0) * (in / kQ8Block);
+    slice.group_sums += static_cast<size_t>(t0) * (in / group_size);
+    return slice;
+  }
 };
 
 // One token's row x [in] rounded as above: q [in] in `layout` order,
@@ -97,9 +108,9 @@ class Q8Buffer {
   Q8Activations view_;
 };
 
-// Whether a call of the int4 ops takes the W4A8 path.
-inline bool UsesQ8Activations(int in, int num_tokens) {
-  return num_tokens <= kQ8MaxTokens && in % kQ8Span == 0;
-}
+// Whether a call of the int4 ops takes the W4A8 path in the int8 mode: every
+// call (decode, batched decode, prefill) whose width is a multiple of the
+// 64-column span.
+inline bool UsesQ8Activations(int in) { return in % kQ8Span == 0; }
 
 }  // namespace awqcore

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..source import LINEAR_NAMES, ModelConfig, SourceModel, layer_prefix, linear_shapes
+from ..source import ROUTER_NAME, ModelConfig, SourceModel, layer_linears, layer_prefix
 
 
 def expected_tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -19,15 +19,17 @@ def expected_tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """
     d, vocab = config.hidden_size, config.vocab_size
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, d)}
-    linears = linear_shapes(config)
     for layer in range(config.num_layers):
         p = layer_prefix(layer)
         for norm in config.layer_norm_names():
             # q_norm and k_norm act on one head at a time.
             per_head = norm.startswith("self_attn.")
             shapes[f"{p}{norm}.weight"] = (config.head_dim,) if per_head else (d,)
-        for suffix in LINEAR_NAMES:
-            shapes[f"{p}{suffix}.weight"] = linears[suffix]
+        linears = dict(layer_linears(config, layer))
+        for suffix, shape in linears.items():
+            shapes[f"{p}{suffix}.weight"] = shape
+        if config.is_moe_layer(layer):  # the router, one row per expert
+            shapes[f"{p}{ROUTER_NAME}.weight"] = (config.num_experts, d)
         if config.attention_bias:
             for proj in ("q_proj", "k_proj", "v_proj"):
                 shapes[f"{p}self_attn.{proj}.bias"] = (linears[f"self_attn.{proj}"][0],)

@@ -15,6 +15,11 @@ config.json is the family's own transformers config (FAMILIES: model_type,
 class, the fields its decoder-layer description needs), so transformers, vLLM
 and our own HF importer read the same model; Gemma's norms go back to the w of
 x̂·(1 + w) that its checkpoints hold (the .awqbin stores the multiplier 1 + w).
+
+Experts: the .awqbin's stacked experts become one AutoAWQ linear per expert, in
+AutoAWQ's module names (Mixtral `block_sparse_moe.experts.N.w1/w3/w2` and router
+`block_sparse_moe.gate`, Qwen3-MoE `mlp.experts.N.{gate,up,down}_proj` and
+`mlp.gate`); the f32 router is stored in f16 like every float tensor.
 """
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ from ..atomic_write import write_atomic
 from ..awqbin import AwqbinWriter, config_from_metadata, read_awqbin
 from ..quantize.int8_table import dequantize_int8_table
 from ..quantize.rtn import SUPPORTED_GROUP_SIZES, dequantize_int4, pack_int4, unpack_int4
-from ..source import ModelConfig, iter_linears
+from ..source import (EXPERT_PROJECTIONS, ModelConfig, expert_linear, iter_linears,
+                      layer_prefix, stacked_expert_name)
 
 ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a packed int32 holds column ORDER[i]
 
@@ -48,7 +54,23 @@ FAMILIES = {
     "qwen2": Family("qwen2", "Qwen2ForCausalLM", 0.0),
     "qwen3": Family("qwen3", "Qwen3ForCausalLM", 0.0),
     "gemma3": Family("gemma3_text", "Gemma3ForCausalLM", 1.0),
+    "mixtral": Family("mixtral", "MixtralForCausalLM", 0.0),
+    "qwen3_moe": Family("qwen3_moe", "Qwen3MoeForCausalLM", 0.0),
 }
+# Mixtral's checkpoint names for the expert projections and the router.
+_MIXTRAL_EXPERT = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+
+
+def checkpoint_name(c: ModelConfig, name: str) -> str:
+    """The Hugging Face / AutoAWQ name of a source-named tensor or linear prefix:
+    the same, except Mixtral's experts and router (under block_sparse_moe)."""
+    if c.architecture != "mixtral" or ".mlp." not in name:
+        return name
+    head, tail = name.split(".mlp.", 1)
+    parts = tail.split(".")
+    if parts[0] == "experts" and len(parts) >= 3:
+        parts[2] = _MIXTRAL_EXPERT[parts[2]]
+    return f"{head}.block_sparse_moe.{'.'.join(parts)}"
 
 
 def _family_fields(c: ModelConfig) -> dict:
@@ -74,12 +96,20 @@ def _family_fields(c: ModelConfig) -> dict:
                 break
         return fields
     fields = {"hidden_act": "silu"}
-    if c.architecture == "mistral":
+    if c.architecture in ("mistral", "mixtral"):
         fields["sliding_window"] = c.sliding_window or None
-    if c.architecture in ("qwen2", "qwen3"):
+    if c.architecture in ("qwen2", "qwen3", "qwen3_moe"):
         fields["use_sliding_window"] = False
-    if c.architecture in ("llama", "qwen3"):
+    if c.architecture in ("llama", "qwen3", "qwen3_moe"):
         fields.update(attention_bias=c.attention_bias, mlp_bias=False)
+    if c.architecture == "mixtral":
+        fields.update(num_local_experts=c.num_experts, num_experts_per_tok=c.num_experts_per_tok)
+    if c.architecture == "qwen3_moe":
+        layers = c.moe_layers or [1] * c.num_layers
+        fields.update(num_experts=c.num_experts, num_experts_per_tok=c.num_experts_per_tok,
+                      moe_intermediate_size=c.moe_intermediate_size,
+                      norm_topk_prob=c.norm_topk_prob, decoder_sparse_step=1,
+                      mlp_only_layers=[i for i, moe in enumerate(layers) if not moe])
     return fields
 
 
@@ -175,6 +205,14 @@ def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
             tensors["lm_head.weight"] = dequantize_int4(
                 *(f.tensor(f"lm_head.{p}") for p in ("qweight", "scales", "zeros")),
                 int(m["quant.group_size"])).astype(np.float16)
+        elif part == "qweight" and ".mlp.experts." in prefix:  # stacked: one linear per expert
+            stacked = [f.tensor(f"{prefix}.{p}") for p in ("qweight", "scales", "zeros")]
+            layer_head, proj = prefix.split(".mlp.experts.")
+            for e in range(stacked[0].shape[0]):
+                target = checkpoint_name(c, f"{layer_head}.{expert_linear(e, proj)}")
+                qweight, qzeros, scales = to_gemm(*(t[e] for t in stacked))
+                tensors.update({f"{target}.qweight": qweight, f"{target}.qzeros": qzeros,
+                                f"{target}.scales": scales})
         elif part == "qweight":
             qweight, qzeros, scales = to_gemm(*(f.tensor(f"{prefix}.{p}")
                                                 for p in ("qweight", "scales", "zeros")))
@@ -193,7 +231,7 @@ def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
             tensors[name] = (np.asarray(f.tensor(name)) - np.float32(norm_offset)
                              ).astype(np.float16)
         elif part not in ("scales", "zeros", "weight_q8_scales"):
-            tensors[name] = np.asarray(f.tensor(name)).astype(np.float16)
+            tensors[checkpoint_name(c, name)] = np.asarray(f.tensor(name)).astype(np.float16)
     write_atomic(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))
     write_atomic(out / "config.json", json.dumps(config, indent=2).encode())
     write_atomic(out / "tokenizer.json", m["tokenizer.json"].encode())
@@ -261,25 +299,42 @@ def convert_hf(folder: str | os.PathLike, out_path: str | os.PathLike) -> dict:
     source.source = f"{folder.name} (AutoAWQ GEMM checkpoint)"
     shapes = expected_tensor_shapes(config)
     linears = dict(iter_linears(config))
+
+    def int4(prefix: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The linear `prefix` (source name) unpacked to the .awqbin's three tensors."""
+        out_f, in_f = linears[prefix]
+        stored = checkpoint_name(config, prefix)
+        parts = from_gemm(get(stored + ".qweight"), get(stored + ".qzeros"),
+                          get(stored + ".scales"))
+        want = ((out_f, in_f // 2), (out_f, in_f // group_size), (out_f, in_f // group_size))
+        for part, array, shape in zip(("qweight", "scales", "zeros"), parts, want):
+            if array.shape != shape:
+                raise ValueError(f"{folder}: {stored} unpacks to {part} "
+                                 f"{list(array.shape)}, expected {list(shape)}")
+        return parts
+
     with AwqbinWriter(out_path) as writer:
         writer.add_tensor("model.embed_tokens.weight",
                           get("model.embed_tokens.weight").astype(np.float16))
         for layer in range(config.num_layers):
+            p = layer_prefix(layer)
             for name in _layer_float_names(source, layer):
                 prefix = name.rsplit(".", 1)[0]
-                if name.endswith(".weight") and prefix in linears:
-                    out_f, in_f = linears[prefix]
-                    parts = from_gemm(get(prefix + ".qweight"), get(prefix + ".qzeros"),
-                                      get(prefix + ".scales"))
-                    want = ((out_f, in_f // 2), (out_f, in_f // group_size),
-                            (out_f, in_f // group_size))
-                    for part, array, shape in zip(("qweight", "scales", "zeros"), parts, want):
-                        if array.shape != shape:
-                            raise ValueError(f"{folder}: {prefix} unpacks to {part} "
-                                             f"{list(array.shape)}, expected {list(shape)}")
+                if prefix == p + expert_linear(0, "gate_proj"):
+                    # Every expert, stacked expert-major, where expert 0's gate comes.
+                    for proj in EXPERT_PROJECTIONS:
+                        parts = [int4(p + expert_linear(e, proj))
+                                 for e in range(config.num_experts)]
+                        for i, part in enumerate(("qweight", "scales", "zeros")):
+                            writer.add_tensor(f"{p}{stacked_expert_name(proj)}.{part}",
+                                              np.stack([x[i] for x in parts]))
+                elif ".mlp.experts." in prefix:
+                    continue  # stacked with expert 0's gate
+                elif name.endswith(".weight") and prefix in linears:
+                    for part, array in zip(("qweight", "scales", "zeros"), int4(prefix)):
                         writer.add_tensor(f"{prefix}.{part}", array)
                 else:
-                    t = get(name).astype(np.float32)
+                    t = get(checkpoint_name(config, name)).astype(np.float32)
                     if t.shape != shapes[name]:
                         raise ValueError(f"{folder}: tensor {name!r} has shape {list(t.shape)}, "
                                          f"expected {list(shapes[name])}")

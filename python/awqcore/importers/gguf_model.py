@@ -1,11 +1,16 @@
-"""GGUF importer: llama.cpp files of the llama (Llama 2/3, Mistral), qwen2, qwen3
-and gemma3 architectures.
+"""GGUF importer: llama.cpp files of the llama (Llama 2/3, Mistral, and Mixtral: llama
+with an expert count), qwen2, qwen3, qwen3moe and gemma3 architectures.
 
 The file is memory-mapped by `gguf.GGUFReader`; each `get()` dequantizes one
 tensor, converts it to the Hugging Face [out, in] layout and, for the llama
 architecture only, undoes the q/k row permutation that llama.cpp's converter
 applies. llama.cpp's converter already stores Gemma's norm weights as 1 + w,
 the multiplier this format holds, so they pass through unchanged.
+
+Experts: llama.cpp stacks each layer's experts (`ffn_gate_exps` [E, f, d] in
+Hugging Face order, ...) and calls the router `ffn_gate_inp`; the source names
+them one expert at a time (`mlp.experts.N.gate_proj.weight`), and `get()`
+dequantizes only that expert's rows. A layer is MoE when it holds a router.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from . import check_tensor_shapes
 from .rope_scaling import normalize_rope_scaling
 
 # GGUF general.architecture values this importer reads (Mistral's files use llama).
-GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3", "qwen3moe", "gemma3")
 
 # Block-quantized tensors are dequantized this many elements (16 MB of float32) at a time.
 DEQUANTIZE_BLOCK_ELEMENTS = 1 << 22
@@ -47,7 +52,11 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "ffn_gate_inp": "mlp.gate",
 }
+# Stacked experts [E, rows, cols] -> the projection each expert's slice is.
+_EXPERT_NAMES = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj",
+                 "ffn_down_exps": "down_proj"}
 # Gemma 3's four norms: llama.cpp's ffn_norm is the MLP's input norm, which Gemma
 # calls pre_feedforward_layernorm (its post_attention_layernorm normalizes the
 # attention output).
@@ -164,9 +173,16 @@ class GGUFSource:
         # rope scaling as per-frequency divisors) is read into the config instead.
         self._tensors: dict[str, gguf.ReaderTensor] = {}
         self._rope_freqs = None
+        # source name -> (stacked tensor, expert index); filled once E is known
+        self._experts: dict[str, tuple[gguf.ReaderTensor, int]] = {}
+        stacked: list[tuple[str, str, gguf.ReaderTensor]] = []  # (layer prefix, projection, t)
         for t in self.reader.tensors:
             if t.name == "rope_freqs.weight":
                 self._rope_freqs = t
+                continue
+            m = _LAYER_RE.fullmatch(t.name)
+            if m and m.group(2) in _EXPERT_NAMES and m.group(3) == "weight":
+                stacked.append((f"model.layers.{m.group(1)}.", _EXPERT_NAMES[m.group(2)], t))
                 continue
             hf = hf_name(t.name, arch)
             if hf is None:
@@ -177,8 +193,17 @@ class GGUFSource:
             raise ValueError(f"{self.path.name}: tensor 'token_embd.weight' is missing")
 
         self.config = self._read_config(meta, arch, name)
-        check_tensor_shapes({n: self._hf_shape(t) for n, t in self._tensors.items()},
-                            self.config, self.path.name)
+        shapes = {n: self._hf_shape(t) for n, t in self._tensors.items()}
+        for prefix, proj, t in stacked:
+            shape = self._hf_shape(t)
+            if len(shape) != 3:
+                raise ValueError(f"{self.path.name}: tensor {t.name!r} has shape {list(shape)}, "
+                                 "expected [experts, rows, columns]")
+            for e in range(shape[0]):
+                source = f"{prefix}mlp.experts.{e}.{proj}.weight"
+                self._experts[source] = (t, e)
+                shapes[source] = shape[1:]
+        check_tensor_shapes(shapes, self.config, self.path.name)
         self.source = f"{self.path.name} ({_file_type_name(meta.get('general.file_type'))})"
 
     def _read_config(self, meta: _Metadata, arch: str, name: str | None) -> ModelConfig:
@@ -203,15 +228,57 @@ class GGUFSource:
         if meta.get(a + "attn_logit_softcapping"):
             raise ValueError(f"{self.path.name}: {a}attn_logit_softcapping is not supported")
         fields: dict = {}
-        if arch == "qwen3":
+        if arch in ("qwen3", "qwen3moe"):
             fields["qk_norm"] = True
+        experts = int(meta.get(a + "expert_count", 0) or 0)
+        if experts or arch == "qwen3moe":
+            fields.update(self._expert_fields(meta, a, arch, experts, layers))
         if arch == "gemma3":
             fields = self._gemma3_fields(meta, a, d, heads, head_dim, layers)
         elif meta.get(a + "attention.sliding_window"):
             raise ValueError(f"{self.path.name}: {a}attention.sliding_window is not supported "
                              f"for the {arch} architecture")
+        architecture = {"qwen3moe": "qwen3_moe"}.get(arch, arch)
+        if arch == "llama" and experts:
+            architecture = "mixtral"
+        try:
+            return self._model_config(meta, a, architecture, name, vocab, d, layers, heads,
+                                      kv_heads, head_dim, max_positions, theta, fields)
+        except ValueError as e:
+            raise ValueError(f"{self.path.name}: {e}") from None
+
+    def _expert_fields(self, meta: _Metadata, a: str, arch: str, experts: int,
+                       layers: int) -> dict:
+        """E and k from expert_count / expert_used_count; each expert's width from
+        expert_feed_forward_length (qwen3moe) or feed_forward_length (Mixtral's llama
+        files); the MoE layers are those holding a router (ffn_gate_inp). llama.cpp
+        renormalizes the chosen weights for both unless expert_weights_norm says not."""
+        if not experts:
+            raise ValueError(f"{self.path.name}: GGUF metadata key {a + 'expert_count'!r} "
+                             "is missing")
+        if meta.get(a + "expert_shared_count"):
+            raise ValueError(f"{self.path.name}: shared experts are not supported")
+        gating = meta.get(a + "expert_gating_func")
+        if gating not in (None, 1):  # 1: softmax
+            raise ValueError(f"{self.path.name}: {a}expert_gating_func={gating} is not "
+                             "supported (softmax only)")
+        width_key = a + ("expert_feed_forward_length" if arch == "qwen3moe"
+                         else "feed_forward_length")
+        # Mixtral's are all MoE: a layer without a router is then reported as missing one.
+        routers = [arch != "qwen3moe" or f"model.layers.{i}.mlp.gate.weight" in self._tensors
+                   for i in range(layers)]
+        return dict(num_experts=experts,
+                    num_experts_per_tok=int(meta.require(a + "expert_used_count")),
+                    moe_intermediate_size=int(meta.require(width_key)),
+                    norm_topk_prob=bool(meta.get(a + "expert_weights_norm", True)),
+                    moe_layers=[int(r) for r in routers])
+
+    def _model_config(self, meta: _Metadata, a: str, architecture: str, name: str | None,
+                      vocab: int, d: int, layers: int, heads: int, kv_heads: int,
+                      head_dim: int, max_positions: int, theta: float,
+                      fields: dict) -> ModelConfig:
         return ModelConfig(
-            architecture=arch,
+            architecture=architecture,
             name=name or meta.get("general.name") or self.path.stem,
             vocab_size=vocab,
             hidden_size=d,
@@ -293,14 +360,18 @@ class GGUFSource:
         return tokenizer_from_gguf(self.reader)
 
     def tensor_names(self) -> list[str]:
-        return list(self._tensors)
+        return list(self._tensors) + list(self._experts)
 
     @staticmethod
-    def _dequantize(t: gguf.ReaderTensor, shape: tuple[int, ...]) -> np.ndarray:
-        """The block-quantized tensor as float32 `shape`, dequantized in blocks of rows:
-        gguf's dequantize makes several float temporaries of its input's size, which for
-        a whole 151936 x 1536 embedding (Qwen2.5) would be gigabytes on top of the result."""
+    def _dequantize(t: gguf.ReaderTensor, shape: tuple[int, ...],
+                    expert: int | None = None) -> np.ndarray:
+        """The block-quantized tensor (or one expert's slice [rows, cols] of stacked
+        experts) as float32 `shape`, dequantized in blocks of rows: gguf's dequantize
+        makes several float temporaries of its input's size, which for a whole
+        151936 x 1536 embedding (Qwen2.5) would be gigabytes on top of the result."""
         raw = t.data.reshape(-1, t.data.shape[-1])  # [rows, bytes per row]
+        if expert is not None:
+            raw = raw[expert * shape[0]:(expert + 1) * shape[0]]
         out = np.empty(shape, dtype=np.float32)
         flat = out.reshape(raw.shape[0], -1)  # [rows, columns], a view of out
         step = max(1, DEQUANTIZE_BLOCK_ELEMENTS // flat.shape[1])
@@ -314,7 +385,16 @@ class GGUFSource:
         except KeyError:
             raise KeyError(f"tensor {name!r} is not in {self.path.name}") from None
 
+    def _expert(self, name: str) -> np.ndarray:
+        t, e = self._experts[name]
+        shape = self._hf_shape(t)[1:]  # [rows, cols]
+        if t.data.dtype == np.uint8:  # block-quantized: raw bytes per row
+            return self._dequantize(t, shape, e)
+        return t.data.reshape(-1, *shape)[e].astype(np.float32)
+
     def get(self, name: str) -> np.ndarray:
+        if name in self._experts:
+            return self._expert(name)
         t = self._tensor(name)
         shape = self._hf_shape(t)
         if t.data.dtype == np.uint8:  # block-quantized (and BF16): raw bytes per row
@@ -322,7 +402,7 @@ class GGUFSource:
         else:
             # astype copies out of the read-only memory map, so callers may modify the result.
             w = t.data.reshape(shape).astype(np.float32)
-        if self.config.architecture == "llama":
+        if self.config.architecture in ("llama", "mixtral"):  # llama.cpp's llama architecture
             if name.endswith("self_attn.q_proj.weight") or name.endswith("self_attn.q_proj.bias"):
                 w = undo_llama_permutation(w, self.config.num_heads)
             elif name.endswith("self_attn.k_proj.weight") or name.endswith("self_attn.k_proj.bias"):

@@ -1,6 +1,7 @@
 """Hugging Face folder importer: config.json + safetensors (single or sharded) + tokenizer.json.
 
-Families: Llama (2 and 3.x), Mistral, Qwen2, Qwen3 and Gemma 3 text; config.json
+Families: Llama (2 and 3.x), Mistral, Qwen2, Qwen3, Gemma 3 text, Mixtral and
+Qwen3-MoE; config.json
 as transformers 4 writes it (`rope_theta`, `rope_scaling`) or as transformers 5
 does (`rope_parameters`). Gemma's norm weights w are returned as 1 + w, the
 multiplier the file format stores.
@@ -8,11 +9,18 @@ multiplier the file format stores.
 Tensors are already in Hugging Face names and layout; each `get()` opens the
 shard holding the tensor with `safe_open`, which memory-maps it, so only that
 tensor is read. They are loaded through torch because numpy has no bfloat16.
+
+Experts appear under the source names (`mlp.experts.N.gate_proj.weight`, router
+`mlp.gate.weight`): Mixtral's `block_sparse_moe.experts.N.w1/w3/w2` are renamed,
+and checkpoints holding the experts fused (`mlp.experts.gate_up_proj` [E, 2f, d],
+gate rows first, `mlp.experts.down_proj` [E, d, f], as transformers 5 holds them
+in memory) are read one expert's slice at a time.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +32,8 @@ from .rope_scaling import normalize_rope_scaling
 # model_type -> the causal-LM class its checkpoints name in "architectures".
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                   "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                  "gemma3_text": "Gemma3ForCausalLM"}
+                  "gemma3_text": "Gemma3ForCausalLM", "mixtral": "MixtralForCausalLM",
+                  "qwen3_moe": "Qwen3MoeForCausalLM"}
 # Relatives that look close but compute something else, with what to use instead.
 _REFUSED = {
     "gemma3": "a Gemma 3 vision-language checkpoint (Gemma3ForConditionalGeneration); only the "
@@ -43,11 +52,24 @@ _DEFAULTS = {
     "qwen2": dict(max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False),
     "qwen3": dict(max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False,
                   head_dim=128),
+    "mixtral": dict(max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                    num_local_experts=8, num_experts_per_tok=2),
+    "qwen3_moe": dict(max_position_embeddings=32768, rms_norm_eps=1e-6,
+                      tie_word_embeddings=False, head_dim=128, num_experts=128,
+                      num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=False,
+                      decoder_sparse_step=1),
     "gemma3_text": dict(max_position_embeddings=131072, rms_norm_eps=1e-6,
                         tie_word_embeddings=True, head_dim=256, sliding_window=4096,
                         query_pre_attn_scalar=256, rope_theta=1_000_000.0,
                         rope_local_base_freq=10_000.0, sliding_window_pattern=6),
 }
+# Expert tensors as checkpoints name them -> the source names (awqcore.source).
+_EXPERT_RE = re.compile(r"(model\.layers\.\d+\.)(?:block_sparse_moe|mlp)\.experts\.(\d+)\."
+                        r"(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight")
+_FUSED_RE = re.compile(r"(model\.layers\.\d+\.)(?:block_sparse_moe|mlp)\.experts\."
+                       r"(gate_up_proj|down_proj)(?:\.weight)?")
+_MIXTRAL_ROUTER_RE = re.compile(r"(model\.layers\.\d+\.)block_sparse_moe\.gate\.weight")
+_MIXTRAL_PROJECTIONS = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
 # The gate activation each family's config names, and its name in the file.
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 
@@ -141,14 +163,16 @@ def _config_from_json(cfg: dict, folder: Path) -> ModelConfig:
                       rope_local_theta=local_theta)
     else:
         theta, scaling = _rope(cfg, None, 10000.0, max_positions, origin)
-        if model_type == "qwen3":
+        if model_type in ("qwen3", "qwen3_moe"):
             fields["qk_norm"] = True
-        if model_type == "mistral":
+        if model_type in ("mixtral", "qwen3_moe"):
+            fields.update(_expert_fields(cfg, get, layers, origin))
+        if model_type in ("mistral", "mixtral"):
             # transformers' Mistral slides every layer and ignores layer_types; an explicit
             # null (Mistral 7B v0.2 and later) means no window, a missing key 4096.
             window = cfg["sliding_window"] if "sliding_window" in cfg else get("sliding_window")
             fields["sliding_window"] = int(window or 0)
-        if model_type in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
+        if model_type in ("qwen2", "qwen3", "qwen3_moe") and cfg.get("use_sliding_window"):
             window_layers = int(cfg.get("max_window_layers", 28))
             types = cfg.get("layer_types") or ["sliding_attention" if i >= window_layers
                                               else "full_attention" for i in range(layers)]
@@ -156,6 +180,41 @@ def _config_from_json(cfg: dict, folder: Path) -> ModelConfig:
                 raise ValueError(f"{origin}: use_sliding_window (sliding attention from layer "
                                  f"{types.index('sliding_attention')}) is not supported for "
                                  f"{model_type}")
+    try:
+        return _model_config(cfg, folder, model_type, need, get, d, heads, layers, max_positions,
+                             theta, scaling, fields)
+    except ValueError as e:
+        raise ValueError(f"{origin}: {e}") from None
+
+
+def _expert_fields(cfg: dict, get, layers: int, origin: str) -> dict:
+    """The mixture-of-experts fields. Mixtral: num_local_experts experts of
+    intermediate_size in every layer, always renormalized. Qwen3-MoE: num_experts (which
+    transformers 5 saves as num_local_experts) of moe_intermediate_size; layer L is MoE
+    unless in mlp_only_layers, and only when (L + 1) % decoder_sparse_step == 0."""
+    if cfg.get("model_type") == "mixtral":
+        return dict(num_experts=int(get("num_local_experts")),
+                    num_experts_per_tok=int(get("num_experts_per_tok")),
+                    moe_intermediate_size=int(cfg.get("intermediate_size") or 0),
+                    norm_topk_prob=True)
+    for key in ("shared_expert_intermediate_size", "n_shared_experts"):
+        if cfg.get(key):
+            raise ValueError(f"{origin}: {key}={cfg[key]!r}: shared experts are not supported")
+    experts = cfg.get("num_experts", cfg.get("num_local_experts"))
+    experts = int(get("num_experts") if experts is None else experts)
+    step = int(get("decoder_sparse_step"))
+    if step < 1:
+        raise ValueError(f"{origin}: decoder_sparse_step={step} must be >= 1")
+    dense = set(cfg.get("mlp_only_layers") or [])
+    return dict(num_experts=experts, num_experts_per_tok=int(get("num_experts_per_tok")),
+                moe_intermediate_size=int(get("moe_intermediate_size")),
+                norm_topk_prob=bool(get("norm_topk_prob")),
+                moe_layers=[int(i not in dense and (i + 1) % step == 0) for i in range(layers)])
+
+
+def _model_config(cfg: dict, folder: Path, model_type: str, need, get, d: int, heads: int,
+                  layers: int, max_positions: int, theta: float, scaling, fields: dict
+                  ) -> ModelConfig:
     return ModelConfig(
         architecture="gemma3" if model_type == "gemma3_text" else model_type,
         name=cfg.get("_name_or_path") or folder.name,
@@ -254,7 +313,42 @@ class HFSource:
         if missing:
             raise ValueError(f"{self.folder}: the index lists tensors absent from their shard: "
                              f"{sorted(missing)[:8]}")
+        # source name -> (checkpoint name, expert index or None, row range or None)
+        self._parts, shapes = self._source_names(shapes)
         check_tensor_shapes(shapes, self.config, str(self.folder))
+
+    def _source_names(self, shapes: dict[str, tuple[int, ...]]
+                      ) -> tuple[dict[str, tuple], dict[str, tuple[int, ...]]]:
+        """Where each source tensor lives, and the source tensors' shapes: checkpoint
+        names as they are, except the experts (renamed, and fused ones split per expert)."""
+        parts: dict[str, tuple] = {}
+        out: dict[str, tuple[int, ...]] = {}
+        moe = self.config.num_experts > 0
+        for name, shape in shapes.items():
+            if moe and (m := _EXPERT_RE.fullmatch(name)):
+                prefix, expert, proj = m.groups()
+                source = f"{prefix}mlp.experts.{expert}.{_MIXTRAL_PROJECTIONS.get(proj, proj)}.weight"
+                parts[source], out[source] = (name, None, None), shape
+            elif moe and (m := _MIXTRAL_ROUTER_RE.fullmatch(name)):
+                source = f"{m.group(1)}mlp.gate.weight"
+                parts[source], out[source] = (name, None, None), shape
+            elif moe and (m := _FUSED_RE.fullmatch(name)):
+                prefix, kind = m.groups()
+                if len(shape) != 3 or (kind == "gate_up_proj" and shape[1] % 2):
+                    raise ValueError(f"{self.folder}: fused experts {name!r} have shape "
+                                     f"{list(shape)}, expected [experts, 2 x width, hidden] "
+                                     "(gate_up_proj) or [experts, hidden, width] (down_proj)")
+                rows = shape[1] // 2
+                pieces = ((("gate_proj", (0, rows)), ("up_proj", (rows, 2 * rows)))
+                          if kind == "gate_up_proj" else (("down_proj", None),))
+                for e in range(shape[0]):
+                    for proj, span in pieces:
+                        source = f"{prefix}mlp.experts.{e}.{proj}.weight"
+                        parts[source] = (name, e, span)
+                        out[source] = (span[1] - span[0] if span else shape[1], shape[2])
+            else:
+                parts[name], out[name] = (name, None, None), shape
+        return parts, out
 
     def _tensor_files(self) -> dict[str, Path]:
         """Tensor name -> the safetensors file holding it, for the tensors the model uses."""
@@ -282,14 +376,20 @@ class HFSource:
                 if n in wanted or not (n.endswith("rotary_emb.inv_freq") or n == "lm_head.weight")}
 
     def tensor_names(self) -> list[str]:
-        return list(self._shards)
+        return list(self._parts)
 
     def get(self, name: str) -> np.ndarray:
         from safetensors import safe_open
-        if name not in self._shards:
+        if name not in self._parts:
             raise KeyError(f"tensor {name!r} is not in {self.folder}")
-        with safe_open(self._shards[name], framework="pt") as f:
-            t = f.get_tensor(name).float()
+        stored, expert, rows = self._parts[name]
+        with safe_open(self._shards[stored], framework="pt") as f:
+            if expert is None:
+                t = f.get_tensor(stored).float()
+            else:  # one expert's slice of fused experts, read without the rest
+                fused = f.get_slice(stored)
+                t = (fused[expert:expert + 1] if rows is None else
+                     fused[expert:expert + 1, rows[0]:rows[1]])[0].float()
         if self.config.architecture == "gemma3" and name.endswith("norm.weight"):
             # Gemma's RMSNorm computes x̂ · (1 + w) in f32; the file holds that multiplier.
             t = t + 1.0

@@ -46,6 +46,14 @@ FAMILIES = {
                    layer_types=["sliding_attention", "full_attention"], rope_theta=1000000.0,
                    rope_local_theta=10000.0,
                    rope_scaling=dict(rope_type="linear", factor=4.0)),
+    # Mixtral: Mistral's attention, 4 experts of width 64, top-2, renormalized.
+    "mixtral": dict(sliding_window=8, intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+                    moe_intermediate_size=64, norm_topk_prob=True),
+    # Qwen3-MoE: Qwen3's attention; layer 0 dense (mlp_only_layers=[0]), 8 experts of width
+    # 32, top-3 (not a power of two), the chosen weights not renormalized.
+    "qwen3_moe": dict(qk_norm=True, head_dim=32, rope_theta=1000000.0, num_layers=3,
+                      num_experts=8, num_experts_per_tok=3, moe_intermediate_size=32,
+                      norm_topk_prob=False, moe_layers=[0, 1, 1]),
 }
 
 
@@ -78,6 +86,44 @@ def llama2_7b_config() -> ModelConfig:
         tie_word_embeddings=False, attention_bias=False)
 
 
+def mixtral_small_config(dense: bool = False) -> ModelConfig:
+    """Mixtral's shape scaled to fit a small machine: 8 experts of width 3584, top-2,
+    d = 1024, 16 layers, 8 query heads of 128 sharing 2 key/value heads (Mixtral's 4:1),
+    vocabulary 32000; 1.4 G expert parameters, ~0.8 GB at 4 bits. dense: the same model
+    with all 8 experts chosen per token (k = E), which reads every expert, for contrast."""
+    return ModelConfig(
+        architecture="mixtral", name="mixtral-small-shapes" + ("-dense" if dense else ""),
+        vocab_size=32000, hidden_size=1024, intermediate_size=3584, num_layers=16,
+        num_heads=8, num_kv_heads=2, head_dim=128, max_position_embeddings=4096,
+        rope_theta=1000000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        attention_bias=False, num_experts=8, num_experts_per_tok=8 if dense else 2,
+        moe_intermediate_size=3584, norm_topk_prob=True)
+
+
+def qwen3_moe_small_config(dense: bool = False) -> ModelConfig:
+    """Qwen3-30B-A3B's shape scaled down: 64 experts of width 768, top-8 renormalized,
+    d = 1024, 16 layers, 16 query heads of 128 (H·hd = 2d, as Qwen3-30B's 32 x 128 over
+    2048) sharing 4 key/value heads, q/k norms, vocabulary 32000; 2.4 G expert
+    parameters, ~1.3 GB at 4 bits. dense: all 64 experts chosen per token."""
+    return ModelConfig(
+        architecture="qwen3_moe", name="qwen3-moe-small-shapes" + ("-dense" if dense else ""),
+        vocab_size=32000, hidden_size=1024, intermediate_size=3072, num_layers=16,
+        num_heads=16, num_kv_heads=4, head_dim=128, max_position_embeddings=4096,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+        attention_bias=False, qk_norm=True, num_experts=64,
+        num_experts_per_tok=64 if dense else 8, moe_intermediate_size=768, norm_topk_prob=True)
+
+
+# Named shapes of "synthetic:<name>", for speed benchmarks.
+NAMED_SHAPES = {
+    "llama2-7b": llama2_7b_config,
+    "mixtral-small": mixtral_small_config,
+    "mixtral-small-dense": lambda: mixtral_small_config(dense=True),
+    "qwen3-moe-small": qwen3_moe_small_config,
+    "qwen3-moe-small-dense": lambda: qwen3_moe_small_config(dense=True),
+}
+
+
 def byte_level_tokenizer():
     """A `tokenizers.Tokenizer`: byte-level BPE (GPT-2's byte alphabet, no merges) plus the
     ChatML specials.
@@ -98,19 +144,20 @@ def byte_level_tokenizer():
 
 # Fields a "synthetic:" spec may set, and how to parse each.
 SPEC_FIELDS = {"arch": str, "layers": int, "hidden": int, "ffn": int, "heads": int,
-               "kv_heads": int, "head_dim": int, "vocab": int, "tied": int, "seed": int}
+               "kv_heads": int, "head_dim": int, "vocab": int, "tied": int, "seed": int,
+               "experts": int, "top_k": int, "expert_ffn": int}
 
 
 def source_from_spec(spec: str) -> "SyntheticSource":
     """A random model from a command-line spec, so any shape can be quantized and timed:
-    "synthetic:llama2-7b" (Llama-2-7B's shapes) or "synthetic:" followed by comma-separated
-    key=value pairs over a Llama-style default (e.g.
-    "synthetic:layers=48,hidden=1024,ffn=4096,heads=16,kv_heads=4,vocab=32000").
+    a NAMED_SHAPES entry ("synthetic:llama2-7b", "synthetic:mixtral-small", ...) or
+    "synthetic:" followed by comma-separated key=value pairs over the arch's tiny config
+    (e.g. "synthetic:layers=48,hidden=1024,ffn=4096,heads=16,kv_heads=4,vocab=32000").
     Keys: arch, layers, hidden, ffn, heads, kv_heads, head_dim (default hidden/heads),
-    vocab, tied (0/1), seed."""
+    vocab, tied (0/1), seed; with an MoE arch also experts, top_k, expert_ffn."""
     body = spec.removeprefix("synthetic:")
-    if body == "llama2-7b":
-        return SyntheticSource(llama2_7b_config())
+    if body in NAMED_SHAPES:
+        return SyntheticSource(NAMED_SHAPES[body]())
     values = {}
     for item in filter(None, body.split(",")):
         key, sep, text = item.partition("=")
@@ -125,7 +172,8 @@ def source_from_spec(spec: str) -> "SyntheticSource":
     config = tiny_config(arch, name=spec)
     mapping = {"layers": "num_layers", "hidden": "hidden_size", "ffn": "intermediate_size",
                "heads": "num_heads", "kv_heads": "num_kv_heads", "head_dim": "head_dim",
-               "vocab": "vocab_size"}
+               "vocab": "vocab_size", "experts": "num_experts", "top_k": "num_experts_per_tok",
+               "expert_ffn": "moe_intermediate_size"}
     fields = {mapping[k]: v for k, v in values.items() if k in mapping}
     if "tied" in values:
         fields["tie_word_embeddings"] = bool(values["tied"])

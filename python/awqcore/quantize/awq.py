@@ -146,6 +146,10 @@ SCALE_GROUPS = {
     "qwen2": _PRE_NORM,
     "qwen3": _PRE_NORM,
     "gemma3": (_QKV, _VO, _gate_up("pre_feedforward_layernorm"), _DOWN),
+    # Dense layers of these; their MoE layers take the attention groups from here
+    # and search the experts in awq_moe.
+    "mixtral": _PRE_NORM,
+    "qwen3_moe": _PRE_NORM,
 }
 
 

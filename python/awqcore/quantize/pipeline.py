@@ -23,15 +23,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from ..awqbin import AwqbinWriter, model_metadata
+from ..chat_format import chat_format_metadata
 from ..importers import expected_tensor_shapes
-from ..source import LINEAR_NAMES, SourceModel, layer_prefix
+from ..source import (EXPERT_PROJECTIONS, LINEAR_NAMES, ROUTER_NAME, SourceModel,
+                      expert_linear, layer_linears, layer_prefix, stacked_expert_name)
 from .awq import AwqQuantizer
+from .awq_moe import MoeAwqQuantizer
 from .int8_table import BLOCK as INT8_BLOCK
 from .int8_table import TABLE_FORMS, quantize_int8_table
 from .rtn import SUPPORTED_GROUP_SIZES, RtnQuantizer, check_group_size, quantize_int4
@@ -64,17 +67,24 @@ def _rtn(source: SourceModel, group_size: int, progress: bool = True,
     return RtnQuantizer(source, group_size)
 
 
+def _awq(source: SourceModel, group_size: int, progress: bool = True,
+         **options) -> LayerQuantizer:
+    """AWQ; with experts, awq_moe's quantizer (the same for dense layers, plus MoE ones)."""
+    quantizer = MoeAwqQuantizer if source.config.num_experts else AwqQuantizer
+    return quantizer(source, group_size, progress=progress, **options)
+
+
 def _gptq(source: SourceModel, group_size: int, progress: bool = True,
           **options) -> LayerQuantizer:
     """GPTQ on the unscaled weights (AWQ's calibration pass, no scale search)."""
-    return AwqQuantizer(source, group_size, progress,
-                        **{"clip": "off", **options, "scale_search": False, "gptq": True})
+    return _awq(source, group_size, progress,
+                **{"clip": "off", **options, "scale_search": False, "gptq": True})
 
 
 def _awq_gptq(source: SourceModel, group_size: int, progress: bool = True,
               **options) -> LayerQuantizer:
     """AWQ's scales (and clip bounds), then GPTQ instead of rounding."""
-    return AwqQuantizer(source, group_size, progress, **{**options, "gptq": True})
+    return _awq(source, group_size, progress, **{**options, "gptq": True})
 
 
 # method name -> factory(source, group_size, progress, **method options). Layers
@@ -82,7 +92,7 @@ def _awq_gptq(source: SourceModel, group_size: int, progress: bool = True,
 # calibration activations). A quantizer may also have report() -> dict, which
 # quantize_model returns as summary["report"].
 QUANTIZERS: dict[str, Callable[..., LayerQuantizer]] = {
-    "rtn": _rtn, "awq": AwqQuantizer, "gptq": _gptq, "awq-gptq": _awq_gptq}
+    "rtn": _rtn, "awq": _awq, "gptq": _gptq, "awq-gptq": _awq_gptq}
 CALIBRATED_METHODS = ("awq", "gptq", "awq-gptq")
 
 
@@ -96,15 +106,20 @@ def get_quantizer(method: str, source: SourceModel, group_size: int, progress: b
 
 def _layer_float_names(source: SourceModel, layer: int) -> list[str]:
     """The layer's tensors: linears and their biases in LINEAR_NAMES order, each norm
-    before the linears it feeds (q/k norms after the projections they follow)."""
+    before the linears it feeds (q/k norms after the projections they follow). An MoE
+    layer has the router and each expert's gate, up and down where the MLP's are."""
     c, p = source.config, layer_prefix(layer)
     norms = set(c.layer_norm_names())
     names = [p + "input_layernorm.weight"]
-    for suffix in LINEAR_NAMES:
+    suffixes: list[str] = list(LINEAR_NAMES)
+    if c.is_moe_layer(layer):
+        suffixes = [s for s, _ in layer_linears(c, layer)]
+        suffixes.insert(suffixes.index(expert_linear(0, "gate_proj")), ROUTER_NAME)
+    for suffix in suffixes:
         if suffix == "self_attn.o_proj":
             names += [f"{p}{n}.weight" for n in ("self_attn.q_norm", "self_attn.k_norm")
                       if n in norms]
-        if suffix == "mlp.gate_proj":
+        if suffix in ("mlp.gate_proj", ROUTER_NAME):
             names += [f"{p}{n}.weight" for n in ("post_attention_layernorm",
                                                   "pre_feedforward_layernorm") if n in norms]
         names.append(f"{p}{suffix}.weight")
@@ -170,13 +185,18 @@ def _to_f32(t: np.ndarray, name: str) -> np.ndarray:
 
 
 def build_metadata(source: SourceModel, method: str, group_size: int,
-                   untie: bool = False) -> dict:
-    """The file's metadata; `untie`: the file stores its own lm_head (int4) even
-    when the source ties it to the embedding."""
+                   notes: Optional[list] = None, untie: bool = False) -> dict:
+    """The file's metadata. The chat template is also stored reduced to fixed
+    strings per turn (chat.* keys, for C++) when it reduces; when it does not,
+    a note saying why goes to `notes`. `untie`: the file stores its own lm_head
+    (int4) even when the source ties it to the embedding."""
     c, tok = source.config, source.tokenizer
     model = model_metadata(c)
     if untie:
         model["model.tie_word_embeddings"] = 0
+    chat_keys, chat_note = chat_format_metadata(tok)
+    if chat_note and notes is not None:
+        notes.append(chat_note)
     return {
         "general.architecture": model.pop("general.architecture"),
         "general.name": model.pop("general.name"),
@@ -190,6 +210,7 @@ def build_metadata(source: SourceModel, method: str, group_size: int,
         "tokenizer.chat_template": tok.chat_template or "",
         "tokenizer.bos_token_id": int(tok.bos_token_id),
         "tokenizer.eos_token_ids": [int(i) for i in tok.eos_token_ids],
+        **chat_keys,
     }
 
 
@@ -220,7 +241,10 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
         raise ValueError(f"embeddings='int8' needs hidden_size to be a multiple of {INT8_BLOCK} "
                          f"(got {c.hidden_size})")
     # Check every linear's width up front: failing at layer 20 wastes minutes.
-    for width in {c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim}:
+    widths = {c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim}
+    if c.num_experts:
+        widths.add(c.moe_intermediate_size)
+    for width in widths:
         check_group_size(width, group_size, f"{c.name or c.architecture} linears")
     quantizer = get_quantizer(method, source, group_size, progress, **options)
     shapes = expected_tensor_shapes(c)
@@ -239,13 +263,27 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
                    _get(source, "model.embed_tokens.weight", (c.vocab_size, d)), embeddings)
 
         for layer in tqdm(range(c.num_layers), desc="quantize", unit="layer", disable=not progress):
+            p = layer_prefix(layer)
             names = _layer_float_names(source, layer)
             weights = {n: _get(source, n, shapes[n]) for n in names}
-            linears = [layer_prefix(layer) + s for s in LINEAR_NAMES]
+            linears = [p + s for s, _ in layer_linears(c, layer)]
             quantized = quantizer.quantize_layer(layer, weights, linears)
             for n in names:
                 prefix = n.rsplit(".", 1)[0]
-                if n.endswith(".weight") and prefix in linears:
+                if n == p + expert_linear(0, "gate_proj") + ".weight":
+                    # All experts, stacked expert-major, where expert 0's gate comes.
+                    for proj in EXPERT_PROJECTIONS:
+                        parts = [_checked_int4(p + expert_linear(e, proj), quantized,
+                                               shapes[p + expert_linear(e, proj) + ".weight"],
+                                               group_size) for e in range(c.num_experts)]
+                        stacked = p + stacked_expert_name(proj)
+                        add(stacked + ".qweight", np.stack([q for q, _, _ in parts]),
+                            c.num_experts * c.hidden_size * c.moe_intermediate_size)
+                        add(stacked + ".scales", np.stack([s for _, s, _ in parts]), 0)
+                        add(stacked + ".zeros", np.stack([z for _, _, z in parts]), 0)
+                elif ".mlp.experts." in n:
+                    continue  # written with expert 0's gate
+                elif n.endswith(".weight") and prefix in linears:
                     qweight, scales, zeros = _checked_int4(prefix, quantized, shapes[n], group_size)
                     add(prefix + ".qweight", qweight, weights[n].size)
                     add(prefix + ".scales", scales, 0)
@@ -269,7 +307,9 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
         elif not c.tie_word_embeddings:
             _add_table(add, "lm_head", _get(source, "lm_head.weight", (c.vocab_size, d)),
                        embeddings)
-        writer.finish(build_metadata(source, method, group_size, untie=lm_head == "int4"))
+        notes: list[str] = []
+        writer.finish(build_metadata(source, method, group_size, notes,
+                                     untie=lm_head == "int4"))
 
     return {
         "path": os.fspath(out_path),
@@ -278,9 +318,15 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
         "embeddings": embeddings,
         "lm_head": lm_head,
         "tensors": tensors,
-        "quantized_linears": c.num_layers * len(LINEAR_NAMES),
+        "quantized_linears": sum(len(layer_linears(c, layer)) for layer in range(c.num_layers)),
         "file_bytes": os.path.getsize(out_path),
         "fp16_bytes": 2 * params,
         "seconds": time.perf_counter() - start,
-        "report": quantizer.report() if hasattr(quantizer, "report") else {},
+        "report": _with_notes(quantizer.report() if hasattr(quantizer, "report") else {}, notes),
     }
+
+
+def _with_notes(report: dict, notes: list[str]) -> dict:
+    if notes:
+        report = {**report, "notes": [*report.get("notes", []), *notes]}
+    return report
