@@ -101,9 +101,22 @@ def smollm2_json() -> str:
     return tokenizer_from_gguf(gguf.GGUFReader(str(smollm2_gguf_path()))).json
 
 
+def with_digit_merges(doc: dict) -> dict:
+    """SmolLM2's vocabulary has no multi-digit tokens, so how a pattern groups
+    digits (Qwen2 one by one, Llama 3 up to three) would not show in its ids:
+    add some, merged last."""
+    vocab, merges = doc["model"]["vocab"], doc["model"]["merges"]
+    for left, right in (("1", "2"), ("12", "3"), ("123", "4"), ("4", "5"), ("45", "6"),
+                        ("2", "3"), ("3", "4"), ("Ġ", "1")):
+        if left + right not in vocab:
+            vocab[left + right] = len(vocab)
+        merges.append([left, right])
+    return doc
+
+
 def qwen2_doc(base: dict) -> dict:
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-    doc = copy.deepcopy(base)
+    doc = with_digit_merges(copy.deepcopy(base))
     doc["normalizer"] = {"type": "NFC"}
     doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": PRETOKENIZE_REGEX}, "behavior": "Isolated",
@@ -115,7 +128,7 @@ def qwen2_doc(base: dict) -> dict:
 def llama3_doc(base: dict) -> dict:
     from transformers.convert_slow_tokenizer import TikTokenConverter
     pattern = inspect.signature(TikTokenConverter.__init__).parameters["pattern"].default
-    doc = copy.deepcopy(base)
+    doc = with_digit_merges(copy.deepcopy(base))
     doc["model"]["ignore_merges"] = True
     doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
         {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
@@ -227,6 +240,23 @@ def test_encode_wiki_and_code(pair):
 def test_decode_matches_tokenizers(pair):
     name, cpp, reference = pair
     check_decode(name, cpp, reference, TEXTS + special_texts(reference) + random_texts(100, seed=5))
+
+
+def test_decode_of_arbitrary_ids_matches_tokenizers(pair):
+    """Random id sequences (byte tokens, pieces of characters, special tokens,
+    ids past the vocabulary) decode to the same text, including the U+FFFD
+    that invalid UTF-8 becomes: one per maximal invalid subpart after
+    ByteLevel, one per byte of an invalid byte-fallback run after ByteFallback."""
+    name, cpp, reference = pair
+    rng = random.Random(11)
+    n = reference.get_vocab_size(with_added_tokens=True)
+    byte_ids = [i for i in (reference.token_to_id(f"<0x{b:02X}>") for b in range(256)) if i is not None]
+    for _ in range(300):
+        ids = [rng.choice(byte_ids) if byte_ids and rng.random() < 0.5 else rng.randrange(n + 3)
+               for _ in range(rng.randrange(1, 12))]
+        for skip in (False, True):
+            assert cpp.decode(ids, skip_special=skip) == \
+                reference.decode(ids, skip_special_tokens=skip), (name, ids, skip)
 
 
 def test_round_trip_where_tokenizers_has_it(pair):
@@ -370,3 +400,14 @@ def test_qwen25_coder_matches_tokenizers():
                  TEXTS + wiki_sample(300) + python_code() + random_texts(300, seed=6) +
                  special_texts(reference))
     check_decode("qwen2.5-coder", cpp, reference, TEXTS + random_texts(100, seed=7))
+
+
+def test_from_model_reads_the_files_tokenizer(tiny_awqbin):
+    """Tokenizer::FromModel takes the document from the .awqbin's metadata: the
+    same ids as the Python Model's `tokenizers` tokenizer of that file."""
+    import awqcore
+    _, path = tiny_awqbin
+    model = awqcore.Model(str(path), threads=1)
+    cpp = model._core.tokenizer()
+    for text in TEXTS[:12] + ["<|im_start|>user\nHi<|im_end|>"]:
+        assert cpp.encode(text, add_special=True) == model.tokenizer.encode(text).ids, text

@@ -25,61 +25,62 @@ uint64_t Mix(uint64_t x) {  // splitmix64's finalizer: spreads pair keys over th
   return x ^ (x >> 31);
 }
 
-constexpr uint64_t kEmptyKey = ~0ULL;
-
 }  // namespace
 
 void VocabIndex::Build(const std::vector<std::string>* texts) {
   texts_ = texts;
   size_t entries = 0;
   for (const std::string& t : *texts) entries += !t.empty();
-  slots_.assign(TableSize(entries), -1);
+  slots_.assign(TableSize(entries), Slot{});
   const size_t mask = slots_.size() - 1;
   for (size_t id = 0; id < texts->size(); ++id) {
     const std::string& text = (*texts)[id];
     if (text.empty()) continue;
-    size_t slot = std::hash<std::string_view>()(text) & mask;
-    while (slots_[slot] >= 0) slot = (slot + 1) & mask;
-    slots_[slot] = static_cast<int32_t>(id);
+    const size_t hash = std::hash<std::string_view>()(text);
+    size_t slot = hash & mask;
+    while (slots_[slot].id >= 0) slot = (slot + 1) & mask;
+    slots_[slot] = {static_cast<uint32_t>(hash >> 32), static_cast<int32_t>(id)};
   }
 }
 
 int VocabIndex::Find(std::string_view text) const {
   if (slots_.empty() || text.empty()) return -1;
   const size_t mask = slots_.size() - 1;
-  for (size_t slot = std::hash<std::string_view>()(text) & mask;; slot = (slot + 1) & mask) {
-    const int32_t id = slots_[slot];
-    if (id < 0) return -1;
-    if ((*texts_)[id] == text) return id;
+  const size_t hash = std::hash<std::string_view>()(text);
+  const uint32_t tag = static_cast<uint32_t>(hash >> 32);
+  for (size_t slot = hash & mask;; slot = (slot + 1) & mask) {
+    const Slot& s = slots_[slot];
+    if (s.id < 0) return -1;
+    if (s.tag == tag && (*texts_)[s.id] == text) return s.id;
   }
 }
 
 void MergeTable::Reserve(size_t count) {
-  keys_.assign(TableSize(count), kEmptyKey);
-  values_.assign(keys_.size(), Merge{});
-  mask_ = keys_.size() - 1;
+  slots_.assign(TableSize(count), Slot{kEmpty, Merge{}});
+  mask_ = slots_.size() - 1;
 }
 
 bool MergeTable::Insert(int left, int right, Merge merge) {
   const uint64_t key = static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32 |
                        static_cast<uint32_t>(right);
   for (size_t slot = Mix(key) & mask_;; slot = (slot + 1) & mask_) {
-    if (keys_[slot] == key || keys_[slot] == kEmptyKey) {
-      const bool inserted = keys_[slot] == kEmptyKey;
-      keys_[slot] = key;
-      values_[slot] = merge;
+    Slot& s = slots_[slot];
+    if (s.key == key || s.key == kEmpty) {
+      const bool inserted = s.key == kEmpty;
+      s = {key, merge};
       return inserted;
     }
   }
 }
 
 MergeTable::Merge MergeTable::Find(int left, int right) const {
-  if (keys_.empty()) return {};
+  if (slots_.empty()) return {};
   const uint64_t key = static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32 |
                        static_cast<uint32_t>(right);
   for (size_t slot = Mix(key) & mask_;; slot = (slot + 1) & mask_) {
-    if (keys_[slot] == key) return values_[slot];
-    if (keys_[slot] == kEmptyKey) return {};
+    const Slot& s = slots_[slot];
+    if (s.key == key) return s.merge;
+    if (s.key == kEmpty) return {};
   }
 }
 

@@ -18,8 +18,12 @@ class VocabIndex {
   int Find(std::string_view text) const;               // -1 if absent
 
  private:
+  struct Slot {
+    uint32_t tag;     // the text's hash: most probes that miss end here
+    int32_t id = -1;  // -1: empty
+  };
   const std::vector<std::string>* texts_ = nullptr;
-  std::vector<int32_t> slots_;  // id or -1; size a power of two >= 2 * entries
+  std::vector<Slot> slots_;  // size a power of two >= 2 * entries
 };
 
 // Open-addressing map from an id pair (left << 32 | right) to its merge.
@@ -35,8 +39,12 @@ class MergeTable {
   Merge Find(int left, int right) const;
 
  private:
-  std::vector<uint64_t> keys_;
-  std::vector<Merge> values_;
+  struct Slot {
+    uint64_t key;  // kEmpty when unused
+    Merge merge;
+  };
+  static constexpr uint64_t kEmpty = ~0ULL;
+  std::vector<Slot> slots_;  // key and value together: one cache miss per probe
   size_t mask_ = 0;
 };
 

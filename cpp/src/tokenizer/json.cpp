@@ -129,10 +129,27 @@ class Scanner {
   const std::string& name_;
 };
 
-// Values inside a checked document: skipping cannot fail.
+// The end of the value at text[pos] in a checked document: only brackets and
+// string ends matter, so this is much cheaper than the checking scan.
 size_t SkipChecked(std::string_view text, size_t pos) {
-  static const std::string kName = "json";
-  return Scanner(text, kName).SkipValue(pos, 0);
+  int depth = 0;
+  do {
+    const char c = text[pos++];
+    if (c == '"') {
+      while (text[pos] != '"') pos += text[pos] == '\\' ? 2 : 1;
+      ++pos;
+    } else if (c == '[' || c == '{') {
+      ++depth;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    } else if (depth == 0) {  // a number or literal: up to the next delimiter
+      while (pos < text.size() && text[pos] != ',' && text[pos] != ']' && text[pos] != '}' &&
+             !IsSpace(text[pos])) {
+        ++pos;
+      }
+    }
+  } while (depth > 0);
+  return pos;
 }
 
 size_t SkipSpace(std::string_view text, size_t pos) {
@@ -218,7 +235,7 @@ JsonView::Type JsonView::type() const {
   }
 }
 
-void JsonView::Fail(const std::string& what) const { throw FormatError(path_ + ": " + what); }
+void JsonView::Fail(const std::string& what) const { throw FormatError(path() + ": " + what); }
 
 std::string JsonView::AsString() const {
   if (type() != Type::kString) Fail(std::string("expected a string, got ") + TypeName(type()));
@@ -244,13 +261,14 @@ long long JsonView::AsInt() const {
 void JsonView::ForEachMember(
     const std::function<void(const std::string&, const JsonView&)>& visit) const {
   if (type() != Type::kObject) Fail(std::string("expected an object, got ") + TypeName(type()));
+  const auto base = std::make_shared<const std::string>(path());
   size_t pos = SkipSpace(text_, 1);
   while (text_[pos] != '}') {
     const size_t key_end = SkipChecked(text_, pos);
     const std::string key = DecodeString(text_.substr(pos, key_end - pos), *this);
     const size_t value_start = SkipSpace(text_, SkipSpace(text_, key_end) + 1);
     const size_t value_end = SkipChecked(text_, value_start);
-    visit(key, JsonView(text_.substr(value_start, value_end - value_start), path_ + "." + key));
+    visit(key, JsonView(text_.substr(value_start, value_end - value_start), base, "." + key));
     pos = SkipSpace(text_, value_end);
     if (text_[pos] == ',') pos = SkipSpace(text_, pos + 1);
   }
@@ -258,13 +276,29 @@ void JsonView::ForEachMember(
 
 void JsonView::ForEachElement(const std::function<void(size_t, const JsonView&)>& visit) const {
   if (type() != Type::kArray) Fail(std::string("expected an array, got ") + TypeName(type()));
+  const auto base = std::make_shared<const std::string>(path());
   size_t pos = SkipSpace(text_, 1);
   for (size_t index = 0; text_[pos] != ']'; ++index) {
     const size_t end = SkipChecked(text_, pos);
-    visit(index, JsonView(text_.substr(pos, end - pos), path_ + "[" + std::to_string(index) + "]"));
+    visit(index, JsonView(text_.substr(pos, end - pos), base, "[" + std::to_string(index) + "]"));
     pos = SkipSpace(text_, end);
     if (text_[pos] == ',') pos = SkipSpace(text_, pos + 1);
   }
+}
+
+std::pair<std::string, std::string> JsonView::AsStringPair() const {
+  if (type() != Type::kArray) Fail(std::string("expected an array, got ") + TypeName(type()));
+  std::string parts[2];
+  size_t pos = SkipSpace(text_, 1);
+  for (std::string& part : parts) {
+    if (text_[pos] != '"') Fail("expected a pair of strings");
+    const size_t end = SkipChecked(text_, pos);
+    part = DecodeString(text_.substr(pos, end - pos), *this);
+    pos = SkipSpace(text_, end);
+    if (text_[pos] == ',') pos = SkipSpace(text_, pos + 1);
+  }
+  if (text_[pos] != ']') Fail("expected a pair of strings");
+  return {std::move(parts[0]), std::move(parts[1])};
 }
 
 size_t JsonView::ArraySize() const {

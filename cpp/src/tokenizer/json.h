@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -24,10 +25,14 @@ class JsonView {
  public:
   enum class Type { kNull, kBool, kNumber, kString, kArray, kObject };
 
-  JsonView(std::string_view text, std::string path) : text_(text), path_(std::move(path)) {}
+  // The root: `name` is its path.
+  JsonView(std::string_view text, std::string name) : text_(text), suffix_(std::move(name)) {}
+  // A member or element of the value whose path is *parent.
+  JsonView(std::string_view text, std::shared_ptr<const std::string> parent, std::string suffix)
+      : text_(text), parent_(std::move(parent)), suffix_(std::move(suffix)) {}
 
   Type type() const;
-  const std::string& path() const { return path_; }
+  std::string path() const { return parent_ ? *parent_ + suffix_ : suffix_; }
   bool is_null() const { return type() == Type::kNull; }
 
   // Each accessor throws FormatError naming path() when the type differs.
@@ -41,6 +46,8 @@ class JsonView {
   // Array elements in order.
   void ForEachElement(const std::function<void(size_t, const JsonView&)>& visit) const;
   size_t ArraySize() const;
+  // A two-string array ["left", "right"] (a merge), read without visiting it.
+  std::pair<std::string, std::string> AsStringPair() const;
   // The member `key` of an object, if present (and not null when skip_null).
   std::optional<JsonView> Find(std::string_view key, bool skip_null = true) const;
   JsonView Get(std::string_view key) const;  // FormatError when missing or null
@@ -51,7 +58,10 @@ class JsonView {
 
  private:
   std::string_view text_;  // exactly this value's text, no surrounding space
-  std::string path_;
+  // The path, built only for errors: the container's (shared by its children)
+  // and this value's own part, "[index]" or ".key".
+  std::shared_ptr<const std::string> parent_;
+  std::string suffix_;
 };
 
 // The root of `text`, after a full syntax check; `name` starts every path.

@@ -343,7 +343,9 @@ std::shared_ptr<const Tokenizer> Tokenizer::FromJson(std::string_view tokenizer_
 
 std::shared_ptr<const Tokenizer> Tokenizer::FromModel(const Model& model) {
   const std::optional<std::string> text = model.metadata_string("tokenizer.json");
-  if (!text) throw FormatError("model file has no tokenizer.json metadata: it cannot tokenize text");
+  if (!text || text->empty()) {  // docs/format.md: an empty entry means none
+    throw FormatError("model file has no tokenizer.json metadata: it cannot tokenize text");
+  }
   return FromJson(*text);
 }
 

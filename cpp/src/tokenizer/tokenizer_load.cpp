@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <tuple>
 
 #include "awqcore/awqcore.h"
 #include "tokenizer/json.h"
@@ -172,9 +173,37 @@ void LoadPostProcessor(const JsonView& p, Pipeline* pipeline, bool* have_templat
   }
 }
 
-void LoadModel(const JsonView& m, BpeModel* model) {
+// An object's members read once: the model object is the whole vocabulary,
+// too large to rescan for every key.
+class Object {
+ public:
+  explicit Object(const JsonView& view) : view_(view), members_(view.Members()) {}
+  std::optional<JsonView> Find(std::string_view key) const {
+    for (const auto& [name, value] : members_) {
+      if (name == key) return value.is_null() ? std::nullopt : std::optional<JsonView>(value);
+    }
+    return std::nullopt;
+  }
+  JsonView Get(std::string_view key) const {
+    const std::optional<JsonView> value = Find(key);
+    if (!value) view_.Fail("missing \"" + std::string(key) + "\"");
+    return *value;
+  }
+  bool BoolOr(std::string_view key, bool fallback) const {
+    const std::optional<JsonView> value = Find(key);
+    return value ? value->AsBool() : fallback;
+  }
+  const JsonView& view() const { return view_; }
+
+ private:
+  JsonView view_;
+  std::vector<std::pair<std::string, JsonView>> members_;
+};
+
+void LoadModel(const JsonView& model_view, BpeModel* model) {
+  const Object m(model_view);
   const std::string type = m.Get("type").AsString();
-  if (type != "BPE") m.Fail("unsupported model type \"" + type + "\" (supported: BPE)");
+  if (type != "BPE") m.view().Fail("unsupported model type \"" + type + "\" (supported: BPE)");
   if (const std::optional<JsonView> dropout = m.Find("dropout"); dropout && dropout->AsNumber() != 0) {
     dropout->Fail("BPE dropout is not supported");
   }
@@ -183,9 +212,9 @@ void LoadModel(const JsonView& m, BpeModel* model) {
       v->Fail("not supported (byte-level and SentencePiece-style BPE have none)");
     }
   }
-  model->fuse_unk = BoolOr(m, "fuse_unk", false);
-  model->byte_fallback = BoolOr(m, "byte_fallback", false);
-  model->ignore_merges = BoolOr(m, "ignore_merges", false);
+  model->fuse_unk = m.BoolOr("fuse_unk", false);
+  model->byte_fallback = m.BoolOr("byte_fallback", false);
+  model->ignore_merges = m.BoolOr("ignore_merges", false);
 
   m.Get("vocab").ForEachMember([&](const std::string& text, const JsonView& id_view) {
     const long long id = id_view.AsInt();
@@ -221,8 +250,7 @@ void LoadModel(const JsonView& m, BpeModel* model) {
       left = text.substr(0, space);
       right = text.substr(space + 1);
     } else {  // ["left", "right"]
-      if (merge.ArraySize() != 2) merge.Fail("expected a pair of tokens");
-      merge.ForEachElement([&](size_t i, const JsonView& part) { (i == 0 ? left : right) = part.AsString(); });
+      std::tie(left, right) = merge.AsStringPair();
     }
     const int left_id = model->vocab.Find(left), right_id = model->vocab.Find(right);
     const int result = model->vocab.Find(left + right);
