@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "awqcore/awqcore.h"
+#include "op_profile.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -247,6 +248,22 @@ NB_MODULE(_core, m) {
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
   m.def("cpu_kernels_info", &awqcore::CpuKernelsInfo);
   m.attr("int8_decode_max_tokens") = awqcore::kInt8DecodeMaxTokens;
+  // The op profile of CPU decode steps (cpp/src/op_profile.h).
+  m.def("set_op_profiling", &awqcore::SetOpProfiling, "enabled"_a);
+  m.def("op_profiling_enabled", &awqcore::OpProfilingEnabled);
+  m.def("reset_op_profile", &awqcore::ResetOpProfile);
+  m.def("op_profile", [] {
+    const awqcore::OpProfile totals = awqcore::OpProfileTotals();
+    nb::dict seconds;
+    for (int i = 0; i < static_cast<int>(awqcore::Op::kCount); ++i) {
+      seconds[awqcore::OpName(static_cast<awqcore::Op>(i))] = totals.nanos[i] * 1e-9;
+    }
+    nb::dict d;
+    d["seconds"] = seconds;
+    d["decode_calls"] = totals.decode_calls;
+    d["decode_tokens"] = totals.decode_tokens;
+    return d;
+  });
 
   // encode takes str, encode_bytes bytes that may hold invalid UTF-8.
   nb::class_<PyTokenizer>(m, "Tokenizer")

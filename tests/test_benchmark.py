@@ -49,3 +49,48 @@ def test_bench_rejects_bad_options(tiny_awqbin, tmp_path):
         bench_main([str(path), "--prefill", "4", "--decode", "2", "--reps", "1",
                     "--no-peers", "--quiet", "--plot", str(png)])
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_profile_covers_the_decode_step(tiny_awqbin, tmp_path, capsys):
+    """--profile: every op of op_profile.h appears once with a non-negative time,
+    the ops' shares sum to 100%, the ops that read weights report GB/s, and the
+    timed steps are the decode steps (the timers are off afterwards)."""
+    from awqcore import _core
+
+    _, path = tiny_awqbin
+    out = tmp_path / "bench.json"
+    assert bench_main([str(path), "--threads", "2", "--prefill", "5", "--decode", "6",
+                       "--reps", "1", "--no-peers", "--quiet", "--profile",
+                       "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    ops = {op["op"]: op for op in row["profile"]}
+    assert list(ops) == ["embedding", "norms", "q/k/v", "rope+cache write", "attention", "o",
+                         "gate/up+act", "down", "router+experts", "lm_head", "sampling", "other"]
+    assert all(op["ms"] >= 0 for op in ops.values())
+    assert abs(sum(op["pct"] for op in ops.values()) - 100) < 1e-6
+    assert ops["q/k/v"]["GB_s"] > 0 and ops["lm_head"]["GB_s"] > 0
+    assert ops["attention"]["GB_s"] is None and ops["sampling"]["GB_s"] is None
+    assert "profile of a decode step: awqcore, batch 1, prompt 5" in capsys.readouterr().out
+    assert not _core.op_profiling_enabled()
+
+
+def test_op_timers_count_decode_calls_only(tiny_awqbin):
+    """The runtime's op timers: a prompt (several tokens in one call) is not
+    timed, each decode step is, once per token."""
+    import awqcore
+    from awqcore import _core
+
+    _, path = tiny_awqbin
+    model = awqcore.Model(str(path), threads=2, max_seq_len=32)
+    _core.set_op_profiling(True)
+    try:
+        _core.reset_op_profile()
+        model.generate([5, 6, 7, 8], max_new_tokens=4, stop=[])  # 1 prefill + 3 decode steps
+        profile = _core.op_profile()
+    finally:
+        _core.set_op_profiling(False)
+    assert profile["decode_calls"] == 3 and profile["decode_tokens"] == 3
+    assert profile["seconds"]["q/k/v"] > 0 and profile["seconds"]["lm_head"] > 0
+    _core.reset_op_profile()
+    model.generate([5, 6, 7, 8], max_new_tokens=4, stop=[])
+    assert _core.op_profile()["decode_calls"] == 0  # off: nothing recorded

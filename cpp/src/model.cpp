@@ -65,7 +65,8 @@ uint64_t Model::active_bytes_per_token() const {
   const ModelWeights& w = impl_->weights;
   const uint64_t d = c.hidden_size;
   const uint64_t norm = 4 * d, head_norm = 4 * static_cast<uint64_t>(c.head_dim);
-  uint64_t bytes = TableRowBytes(w.embed) + norm + TableRowBytes(w.lm_head) * w.lm_head.rows;
+  uint64_t bytes = TableRowBytes(w.embed) + norm;
+  bytes += w.lm_head_int4.out > 0 ? LinearBytes(w.lm_head_int4) : TableRowBytes(w.lm_head) * w.lm_head.rows;
   for (const LayerWeights& layer : w.layers) {
     bytes += LinearBytes(layer.q) + LinearBytes(layer.k) + LinearBytes(layer.v) + LinearBytes(layer.o);
     bytes += norm * (layer.pre_ffn_norm != nullptr ? 4 : 2);

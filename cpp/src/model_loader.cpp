@@ -129,6 +129,31 @@ class TensorResolver {
     return table;
   }
 
+  // Whether the file stores the lm_head as a 4-bit linear (docs/format.md):
+  // any of its three tensors selects that form, so a file missing another is
+  // told which one (Linear). Only an untied file can, and never with a table
+  // form of the lm_head as well.
+  bool HasInt4LmHead() const {
+    std::string present;
+    for (const char* suffix : {".qweight", ".scales", ".zeros"}) {
+      if (present.empty() && file_.Find(std::string("lm_head") + suffix) != nullptr) {
+        present = std::string("lm_head") + suffix;
+      }
+    }
+    if (present.empty()) return false;
+    if (config_.tie_word_embeddings) {
+      FailFormat("tensor '", present, "': model.tie_word_embeddings=1, but an int4 lm_head is "
+                 "stored only in untied files (the embedding table stays a table)");
+    }
+    for (const char* suffix : {".weight", ".weight_q8", ".weight_q8_scales"}) {
+      if (file_.Find(std::string("lm_head") + suffix) != nullptr) {
+        FailFormat("tensors '", present, "' and 'lm_head", suffix,
+                   "': the file holds two forms of the lm_head (expected one)");
+      }
+    }
+    return true;
+  }
+
   // The three (or four, with a bias) tensors of a 4-bit linear W [out, in]:
   //   P.qweight u8 [out, in/2], P.scales f16 [out, in/g], P.zeros u8 [out, in/g],
   //   P.bias f32 [out].
@@ -371,7 +396,11 @@ ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config)
 
   ModelWeights w;
   w.embed = tensors.Table("model.embed_tokens");
-  w.lm_head = config.tie_word_embeddings ? w.embed : tensors.Table("lm_head");
+  if (tensors.HasInt4LmHead()) {
+    w.lm_head_int4 = tensors.Linear("lm_head", config.vocab_size, d, false);
+  } else {
+    w.lm_head = config.tie_word_embeddings ? w.embed : tensors.Table("lm_head");
+  }
   w.final_norm = tensors.F32("model.norm.weight", norm_dims);
 
   // Layers are appended as their tensors resolve rather than allocated up

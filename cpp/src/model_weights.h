@@ -75,7 +75,10 @@ struct LayerWeights {
 
 struct ModelWeights {
   EmbeddingTable embed;                  // [vocab, d]
-  EmbeddingTable lm_head;                // [vocab, d] (a copy of embed when tied)
+  EmbeddingTable lm_head;                // [vocab, d] (a copy of embed when tied); empty
+                                         // (rows 0) when lm_head_int4 is set
+  Int4Linear lm_head_int4;               // [vocab, d] when the file stores the lm_head as
+                                         // a 4-bit linear (out > 0), else out == 0
   const float* final_norm = nullptr;     // [d]
   std::vector<LayerWeights> layers;      // [num_layers]
 };

@@ -12,6 +12,7 @@
 #include "cpu_memory.h"
 #include "cuda_backend.h"
 #include "model_impl.h"
+#include "op_profile.h"
 #include "sampler.h"
 #include "thread_pool.h"
 #include "transformer.h"
@@ -56,6 +57,10 @@ std::unique_ptr<ForwardPass> CreateForwardPass(const Model& model, int max_seq_l
     return std::make_unique<Transformer>(model.impl().config, model.impl().weights, max_seq_len,
                                          pool, max_batch,
                                          activations == CpuActivations::kInt8Decode);
+  }
+  if (model.impl().weights.lm_head_int4.out > 0) {
+    throw Error("device cuda does not run an int4 lm_head (this file was quantized with "
+                "--lm-head int4); use device cpu, or quantize with --lm-head table");
   }
   return CreateCudaForward(model.impl().config, model.impl().weights, max_seq_len, max_batch);
 }
@@ -168,8 +173,12 @@ struct Session::Impl {
     }
     transformer.Forward(seq, ids, n, ForwardPass::Logits::kLastOnly, logits.data());
     seconds += SecondsSince(start);
+    OpLap lap;  // a decode step's sampling, for the op profile (op_profile.h)
+    lap.Start(n == 1 && OpProfilingEnabled());
     CheckLogitsFinite(logits.data(), seq);
-    return sampler.Sample(logits.data());
+    const int token = sampler.Sample(logits.data());
+    lap.Lap(Op::kSampling);
+    return token;
   }
 
   // Appends ids[k] to sequence seqs[k] for k < n in one step and writes the
@@ -187,11 +196,14 @@ struct Session::Impl {
     }
     transformer.DecodeStep(seqs, ids, n, logits.data());
     seconds += SecondsSince(start);
+    OpLap lap;
+    lap.Start(OpProfilingEnabled());
     for (int k = 0; k < n; ++k) {
       float* row = logits.data() + static_cast<size_t>(k) * config.vocab_size;
       CheckLogitsFinite(row, seqs[k]);
       tokens[k] = samplers[seqs[k]].Sample(row);
     }
+    lap.Lap(Op::kSampling);
   }
 
   // New tokens a prompt may get: prompt + generated never exceeds

@@ -97,8 +97,10 @@ void Transformer::Attend(KvCaches<CacheT>& caches, int layer, const AttentionSha
   // weights the layer streams per decode step.
   RopeAndStoreKv(shape, rope, positions, n, q_.data(), k_.data(), v_.data(),
                  caches.token_k.data(), caches.token_v.data());
+  lap_.Lap(Op::kRopeCacheWrite);
   AttentionForward(shape, q_.data(), caches.token_k.data(), caches.token_v.data(),
                    positions, n, attention_scratch_.data(), attn_.data(), pool_);
+  lap_.Lap(Op::kAttention);
 }
 
 void Transformer::Reset() { std::fill(positions_.begin(), positions_.end(), 0); }
@@ -108,6 +110,8 @@ void Transformer::Forward(int seq, const int* ids, int n, Logits which, float* l
     token_seq_[t] = seq;
     token_pos_[t] = positions_[seq] + t;
   }
+  lap_.Start(n == 1 && OpProfilingEnabled());
+  if (n == 1 && OpProfilingEnabled()) AddDecodeCall(1);
   Run(ids, n, which, logits);
   positions_[seq] += n;
 }
@@ -117,6 +121,8 @@ void Transformer::DecodeStep(const int* seqs, const int* ids, int n, float* logi
     token_seq_[t] = seqs[t];
     token_pos_[t] = positions_[seqs[t]];
   }
+  lap_.Start(OpProfilingEnabled());
+  if (OpProfilingEnabled()) AddDecodeCall(n);
   Run(ids, n, Logits::kAll, logits);
   for (int t = 0; t < n; ++t) ++positions_[seqs[t]];
 }
@@ -134,16 +140,29 @@ void Transformer::Run(const int* ids, int n, Logits which, float* logits) {
     const float cap = config_.final_logit_softcap;
     if (which == Logits::kAll) {
       RmsNorm(x_.data(), weights_.final_norm, d, config_.rms_norm_eps, chunk, h_.data());
-      TableLinearForward(weights_.lm_head, h_.data(), chunk, logits + Floats(done, vocab), pool_,
-                         DetectedIsa(), int8_logits);
+      lap_.Lap(Op::kNorms);
+      LmHead(h_.data(), chunk, logits + Floats(done, vocab), int8_logits);
       if (cap > 0.0f) SoftCap(cap, logits + Floats(done, vocab), Floats(chunk, vocab));
+      lap_.Lap(Op::kLmHead);
     } else if (last_chunk) {
       const float* last_x = x_.data() + Floats(chunk - 1, d);
       RmsNorm(last_x, weights_.final_norm, d, config_.rms_norm_eps, 1, h_.data());
-      TableLinearForward(weights_.lm_head, h_.data(), 1, logits, pool_, DetectedIsa(), int8_logits);
+      lap_.Lap(Op::kNorms);
+      LmHead(h_.data(), 1, logits, int8_logits);
       if (cap > 0.0f) SoftCap(cap, logits, Floats(1, vocab));
+      lap_.Lap(Op::kLmHead);
     }
     done += chunk;
+  }
+}
+
+void Transformer::LmHead(const float* h, int n, float* logits, bool int8) {
+  if (weights_.lm_head_int4.out > 0) {
+    // Int4LinearForward rounds the activations of calls of <= kQ8MaxTokens
+    // tokens unless told not to: `int8` carries the chunk's choice.
+    Int4LinearForward(weights_.lm_head_int4, h, n, logits, pool_, DetectedIsa(), int8);
+  } else {
+    TableLinearForward(weights_.lm_head, h, n, logits, pool_, DetectedIsa(), int8);
   }
 }
 
@@ -152,6 +171,7 @@ void Transformer::ForwardChunk(const int* ids, int first, int n) {
   if (config_.embedding_scale != 1.0f) {
     for (size_t i = 0; i < Floats(n, config_.hidden_size); ++i) x_[i] *= config_.embedding_scale;
   }
+  lap_.Lap(Op::kEmbedding);
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     Layer(layer, token_seq_.data() + first, token_pos_.data() + first, n);
   }
@@ -167,12 +187,15 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
 
   // Attention block.
   RmsNorm(x_.data(), w.input_norm, d, eps, n, h_.data());
+  lap_.Lap(Op::kNorms);
   const Int4Linear* qkv[] = {&w.q, &w.k, &w.v};
   float* qkv_out[] = {q_.data(), k_.data(), v_.data()};
   Int4LinearsForward(qkv, qkv_out, 3, h_.data(), n, pool_, DetectedIsa(), int8_decode_);
+  lap_.Lap(Op::kQkv);
   if (config_.qk_norm) {  // per head: q_ is [n * H, hd] rows, k_ [n * KV, hd]
     RmsNorm(q_.data(), w.q_norm, hd, eps, n * config_.num_heads, q_.data());
     RmsNorm(k_.data(), w.k_norm, hd, eps, n * config_.num_kv_heads, k_.data());
+    lap_.Lap(Op::kNorms);
   }
   const AttentionShape& shape = sliding ? sliding_shape_ : full_shape_;
   const RopeTable& rope = sliding && local_rope_ ? *local_rope_ : rope_;
@@ -182,12 +205,16 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
     Attend(f32_caches_, layer, shape, rope, seqs, positions, n);
   }
   Int4LinearForward(w.o, attn_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
+  lap_.Lap(Op::kO);
   if (sandwich) RmsNorm(proj_.data(), w.post_norm, d, eps, n, proj_.data());
+  lap_.Lap(Op::kNorms);
   AddF32(proj_.data(), x_.data(), n * d);
+  lap_.Lap(Op::kOther);
 
   // MLP block: gate, up and act(gate) * up in one pass, then down; or the
   // router and the chosen experts.
   RmsNorm(x_.data(), sandwich ? w.pre_ffn_norm : w.post_norm, d, eps, n, h_.data());
+  lap_.Lap(Op::kNorms);
   if (w.moe.router != nullptr) {
     const int k = config_.num_experts_per_tok;
     MoeRouterForward(w.moe.router, config_.num_experts, d, h_.data(), n, k, config_.norm_topk_prob,
@@ -195,13 +222,18 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
     MoeExpertsForward(w.moe, config_.activation, h_.data(), n, route_experts_.data(),
                       route_weights_.data(), k, proj_.data(), moe_scratch_, pool_, DetectedIsa(),
                       int8_decode_);
+    lap_.Lap(Op::kMoe);
   } else {
     Int4GatedMlpForward(w.gate, w.up, config_.activation, h_.data(), n, gate_.data(), pool_,
                         DetectedIsa(), int8_decode_);
+    lap_.Lap(Op::kGateUpAct);
     Int4LinearForward(w.down, gate_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
+    lap_.Lap(Op::kDown);
   }
   if (sandwich) RmsNorm(proj_.data(), w.post_ffn_norm, d, eps, n, proj_.data());
+  lap_.Lap(Op::kNorms);
   AddF32(proj_.data(), x_.data(), n * d);
+  lap_.Lap(Op::kOther);
 }
 
 }  // namespace awqcore

@@ -60,6 +60,7 @@
 #include "awqcore/awqcore.h"
 #include "forward_pass.h"
 #include "model_weights.h"
+#include "op_profile.h"
 #include "ops/attention.h"
 #include "ops/moe_experts.h"
 #include "ops/rope.h"
@@ -104,6 +105,9 @@ class Transformer final : public ForwardPass {
   // leaving the final residual stream in x_.
   void ForwardChunk(const int* ids, int first, int n);
   void Layer(int layer, const int* seqs, const int* positions, int n);
+  // logits [n, vocab] = lm_head(h [n, d]), whichever form the lm_head has;
+  // int8: the activations of a short call are rounded to int8 (W8A8 / W4A8).
+  void LmHead(const float* h, int n, float* logits, bool int8);
   // The KV caches of one element type, [max_sequences, layers, max_seq_len,
   // KV * hd] each, and the per-token cache pointers of a call.
   template <typename CacheT>
@@ -136,6 +140,7 @@ class Transformer final : public ForwardPass {
   const RopeTable rope_;                // rope_theta with config.rope_scaling
   const std::optional<RopeTable> local_rope_;  // sliding layers' with rope_local_theta > 0
   std::vector<int> positions_;  // [max_sequences] tokens in each sequence's cache
+  OpLap lap_;  // per-op timing of decode calls while op profiling is on (op_profile.h)
 
   // Only the one the mode uses is allocated.
   KvCaches<float> f32_caches_;      // int8_decode_ false

@@ -142,6 +142,37 @@ TEST(forward_matches_naive_reference) {
   }
 }
 
+TEST(int4_lm_head_matches_naive_reference) {
+  // Prefill (12 tokens: f32 in both modes) against the reference tightly, then
+  // decode steps: exact in the f32 mode; in the int8 mode the lm_head rounds
+  // the activations as the other linears do (W4A8), which moves the logits by
+  // ~1e-2 of their scale (int8_decode_equals_chunked_prefill_... below), far
+  // below what the f16-table logits of a wrong lm_head would differ by (O(1)).
+  for (Family family : {Family::kLlama, Family::kQwen2, Family::kGemma3}) {
+    for (bool int8_decode : {false, true}) {
+      const TinyModel model(TinyConfig(family), /*int8_tables=*/family == Family::kQwen2,
+                            /*int4_lm_head=*/true);
+      const int vocab = model.config.vocab_size, n = 12;
+      ThreadPool pool(2);
+      Transformer prefill(model.config, model.weights, n, pool, 1, int8_decode);
+      Transformer decode(model.config, model.weights, n, pool, 1, int8_decode);
+      const std::vector<int> ids = RandomIds(n, vocab, 11);
+      std::vector<float> prefill_logits(static_cast<size_t>(n) * vocab), decode_logits(prefill_logits.size());
+      prefill.Forward(ids.data(), n, Transformer::Logits::kAll, prefill_logits.data());
+      for (int t = 0; t < n; ++t) {
+        decode.Forward(&ids[t], 1, Transformer::Logits::kAll, decode_logits.data() + static_cast<size_t>(t) * vocab);
+      }
+      const std::vector<float> expected = NaiveForward(model, ids, int8_decode);
+      const double prefill_error = RelativeError(prefill_logits, expected);
+      const double decode_error = RelativeError(decode_logits, expected);
+      std::printf("  %s, int4 lm_head, %s decode: prefill vs naive %.3g, decode vs naive %.3g\n",
+                  FamilyName(family).c_str(), int8_decode ? "int8" : "f32", prefill_error, decode_error);
+      CHECK(prefill_error <= kLogitTolerance);
+      CHECK(decode_error <= (int8_decode ? (family == Family::kGemma3 ? 0.15 : 5e-2) : kLogitTolerance));
+    }
+  }
+}
+
 TEST(prefill_equals_decode_steps) {
   for (Family family : kAllFamilies) {
     // Int8 tables for some families, f16 for the others.

@@ -37,14 +37,21 @@ struct TinyModel {
   std::vector<std::vector<float>> floats;
   std::mt19937 rng{123};
 
-  explicit TinyModel(ModelConfig model_config, bool int8_tables = false)
+  // int4_lm_head: the lm_head is a 4-bit linear [vocab, d] (an untied file's
+  // `--lm-head int4` form) and `lm_head` stays empty.
+  explicit TinyModel(ModelConfig model_config, bool int8_tables = false, bool int4_lm_head = false)
       : config(std::move(model_config)) {
     const int d = config.hidden_size, hd = config.head_dim;
     const bool bias = config.attention_bias;
     // Gemma's embedding scale multiplies x by sqrt(d) = 8: a table 8x
     // smaller keeps the residual stream O(1) as in the other families.
     weights.embed = Table(int8_tables, 1.0f / config.embedding_scale);
-    weights.lm_head = Table(int8_tables, 0.3f);
+    if (int4_lm_head) {
+      config.tie_word_embeddings = false;
+      weights.lm_head_int4 = Linear(config.vocab_size, d, false);
+    } else {
+      weights.lm_head = Table(int8_tables, 0.3f);
+    }
     weights.final_norm = Floats(d, 0.8f, 1.2f);
     const bool sandwich = config.norm_placement == NormPlacement::kSandwich;
     for (int l = 0; l < config.num_layers; ++l) {
@@ -223,7 +230,11 @@ std::vector<float> NaiveForward(const TinyModel& model, const std::vector<int>& 
   }
   RmsNormReference(x.data(), model.weights.final_norm, d, c.rms_norm_eps, n, h.data());
   std::vector<float> logits(static_cast<size_t>(n) * c.vocab_size);
-  TableLinearReference(model.weights.lm_head, h.data(), n, logits.data());
+  if (model.weights.lm_head_int4.out > 0) {
+    Int4LinearReference(model.weights.lm_head_int4, h.data(), n, logits.data());
+  } else {
+    TableLinearReference(model.weights.lm_head, h.data(), n, logits.data());
+  }
   if (c.final_logit_softcap > 0.0f) {
     const double cap = c.final_logit_softcap;
     for (float& e : logits) e = static_cast<float>(cap * std::tanh(e / cap));

@@ -7,10 +7,24 @@
 One row per (engine, batch, prefill length, decode length), AutoAWQ-style:
 prefill and decode tokens/s (median of --reps repetitions, with min..max),
 peak RSS of the engine's process, model bytes, and the decode bandwidth
-achieved: bytes a decode step must read (every weight once, the tied or
-separate lm_head included) x tokens/s, also as % of this machine's read
-bandwidth, measured by the tool in the same run (threads summing a 1 GB
-buffer with numpy, best of 3).
+achieved: bytes a decode step must read (roofline.py: every weight once, the
+tied or separate lm_head included, one embedding row, k of E experts on MoE
+layers, and the KV cache at the step's position, averaged over the decode)
+x steps/s, also as % of this machine's read bandwidth, measured by the tool
+in the same run (threads reading a 1 GB buffer with numpy, best of 3). That
+percentage is the share of the roofline reached: the roofline is read
+bandwidth / bytes per token, shown as "roofline tok/s". llama.cpp's rows are
+counted the same way from its GGUF (its own quantization types).
+
+--profile: where a decode step's time goes. After the timed runs, awqcore's
+batch rows generate once more with the runtime's op timers on
+(cpp/src/op_profile.h; AWQCORE_PROFILE=1 does the same for any program) and
+print per op ms/token, % of the step and, for ops that read weights, GB/s.
+"other" is the rest of the step (residual adds, the pass's own overhead).
+
+A "synthetic:..." model (e.g. synthetic:llama2-7b) is written first as a file
+of random int4 codes with the shapes of the quantized model (bench_models.py),
+into a temporary folder removed afterwards: speed only, no quality.
 
 Batch B > 1 (awqcore only; the peers run batch 1): B different prompts of
 the prefill length go through one `generate([...])` with max_batch B, so each
@@ -104,6 +118,8 @@ def _worker_awqcore(spec: dict) -> dict:
     load_s = time.perf_counter() - start
     ids = _prompt(spec["prefill"], model.config["vocab_size"])
     result = {"load_s": load_s, "runs": _timed_runs(model, spec, ids)}
+    if spec.get("profile"):
+        result["profile"] = _profiled_run(model, spec, ids)
     if spec.get("end_to_end"):  # batch 1 only
         tok = model.tokenizer
         text = "The history of the printing press " * max(1, spec["prefill"] // 6)
@@ -134,7 +150,28 @@ def _timed_runs(model, spec: dict, ids: list[int]) -> list[dict]:
     return runs[1:]
 
 
+def _profiled_run(model, spec: dict, ids: list[int]) -> dict:
+    """One more generate with the op timers on: seconds per op over its decode
+    steps (op_profile.h), the steps' tokens and the runtime's decode seconds."""
+    from . import _core
+
+    batch = spec.get("batch", 1)
+    vocab = model.config["vocab_size"]
+    work = ids if batch == 1 else [[(ids[0] + 1 + b) % vocab] + ids[1:] for b in range(batch)]
+    _core.set_op_profiling(True)
+    _core.reset_op_profile()
+    try:
+        model.generate(work, max_new_tokens=spec["decode"] + 1, stop=[])
+        profile = _core.op_profile()
+    finally:
+        _core.set_op_profiling(False)
+    profile["decode_s"] = model.last_timing()["decode_s"]
+    return profile
+
+
 def _worker_llamacpp(spec: dict) -> dict:
+    if spec.get("llama_cpp_path"):
+        sys.path.append(spec["llama_cpp_path"])  # last: its packages never shadow ours
     from llama_cpp import Llama
 
     start = time.perf_counter()
@@ -206,32 +243,23 @@ def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def decode_bytes_per_token(path: str) -> tuple[int, int]:
-    """(bytes one decode step reads, model tensor bytes): every tensor once,
-    except that an untied embedding table is only gathered (one row)."""
-    from .awqbin import read_awqbin
-
-    f = read_awqbin(path)
-    total = sum(e.nbytes for e in f.tensors.values())
-    per_token = total
-    # Either form of each table (docs/format.md): f16 .weight, or int8
-    # .weight_q8 + .weight_q8_scales.
-    table_forms = (".weight", ".weight_q8", ".weight_q8_scales")
-    if any("lm_head" + s in f.tensors for s in table_forms):
-        per_token -= sum(f.tensors[n].nbytes for n in
-                         ("model.embed_tokens" + s for s in table_forms) if n in f.tensors)
-    return per_token, total
-
-
 def _gguf_for(path: str) -> Optional[str]:
-    """The GGUF the .awqbin came from, when it is the built-in SmolLM2/Qwen file."""
+    """The GGUF the .awqbin came from, when it is a built-in model's (SmolLM2,
+    Qwen2.5-Coder-1.5B, Gemma 3 270M) and is on this machine."""
     from .awqbin import read_awqbin
     from .importers import registry
 
     source = str(read_awqbin(path).metadata.get("general.source", ""))
-    if registry.SMOLLM2_FILE in source:
+    for name, locate in ((registry.SMOLLM2_FILE, registry.smollm2_gguf_path),
+                         (registry.QWEN_CODER_FILE, registry.qwen_coder_gguf_path),
+                         (registry.GEMMA3_FILE, registry.gemma3_gguf_path)):
+        if name not in source:
+            continue
+        cached = registry.cache_dir() / name
+        if cached.is_file():
+            return str(cached)
         try:
-            return str(registry.smollm2_gguf_path())
+            return str(locate())
         except Exception:
             return None
     return None
@@ -256,14 +284,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-decode", type=int, default=8,
                    help="decode steps timed for the torch peer (it recomputes the sequence; default 8)")
     p.add_argument("--no-peers", action="store_true", help="awqcore only")
+    p.add_argument("--llama-cpp-path", metavar="DIR", default=os.environ.get("AWQCORE_LLAMA_CPP_PATH"),
+                   help="a site-packages folder holding llama_cpp, searched after this "
+                        "environment's own (default: $AWQCORE_LLAMA_CPP_PATH)")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each op of awqcore's decode steps (one extra generate per "
+                        "awqcore row) and print ms/token, %% and GB/s per op")
+    p.add_argument("--synthetic-lm-head", default="table", choices=("table", "int4"),
+                   help="lm_head form of a synthetic:... model's random file (default table)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--plot", metavar="PNG", help="bar chart of decode/prefill tok/s (needs matplotlib)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
-    if not os.path.isfile(args.model):
-        raise FileNotFoundError(f"model file not found: {args.model}")
+    if not str(args.model).startswith("synthetic:"):
+        if not os.path.isfile(args.model):
+            raise FileNotFoundError(f"model file not found: {args.model}")
+        return _run(args)
+    import shutil
+    import tempfile
+
+    from .bench_models import write_random_int4_file
+
+    folder = tempfile.mkdtemp(prefix="awqcore-bench-")
+    try:
+        path = os.path.join(folder, "synthetic.awqbin")
+        write_random_int4_file(args.model, path, lm_head=args.synthetic_lm_head,
+                               progress=not args.quiet)
+        return _run(argparse.Namespace(**{**vars(args), "model": path, "label": args.model}))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace) -> int:
     prefills = [int(v) for v in str(args.prefill).split(",")]
     decodes = [int(v) for v in str(args.decode).split(",")]
     batches = [int(v) for v in str(args.batch).split(",")]
@@ -282,6 +336,8 @@ def run(args: argparse.Namespace) -> int:
     engines = [{"int8": "awqcore", "f32": "awqcore-f32"}[m] for m in modes]
     gguf = args.gguf or _gguf_for(args.model)
     if not args.no_peers:
+        if args.llama_cpp_path and args.llama_cpp_path not in sys.path:
+            sys.path.append(args.llama_cpp_path)
         try:
             import llama_cpp  # noqa: F401
             if gguf:
@@ -293,9 +349,12 @@ def run(args: argparse.Namespace) -> int:
         if args.fp_reference:
             engines.append("torch-fp32")
 
-    per_token_bytes, model_bytes = decode_bytes_per_token(args.model)
     from . import cpu_kernels_info
+    from .roofline import decode_bytes, gguf_decode_bytes
+
     say(f"awqcore CPU kernels: {cpu_kernels_info()}")
+    counts = {mode: decode_bytes(args.model, mode) for mode in modes}
+    peer_counts = {"llama.cpp": gguf_decode_bytes(gguf) if gguf and "llama.cpp" in engines else None}
     say(f"measuring read bandwidth ({args.threads} threads, 1 GB) ...")
     # In a subprocess too: the 1 GB buffer must not count in the engines' peak RSS.
     measured = _run_worker("bandwidth", {"threads": args.threads})
@@ -309,10 +368,12 @@ def run(args: argparse.Namespace) -> int:
                     for batch in (batches if engine.startswith("awqcore") else [1])]
             for engine, batch in runs:
                 spec = {"model": args.model, "gguf": gguf, "fp_reference": args.fp_reference,
+                        "llama_cpp_path": args.llama_cpp_path,
                         "threads": args.threads, "prefill": prefill, "reps": args.reps,
                         "decode": args.torch_decode if engine == "torch-fp32" else decode,
                         "batch": batch, "end_to_end": engine == "awqcore" and batch == 1,
-                        "activations": "f32" if engine == "awqcore-f32" else "int8"}
+                        "activations": "f32" if engine == "awqcore-f32" else "int8",
+                        "profile": args.profile and engine.startswith("awqcore")}
                 say(f"{engine}: batch {batch}, prefill {prefill}, decode {spec['decode']}, "
                     f"{args.reps} reps ...")
                 result = _run_worker("awqcore" if engine.startswith("awqcore") else engine, spec)
@@ -328,19 +389,23 @@ def run(args: argparse.Namespace) -> int:
                                                     for r in result["runs"]])
                     row["load_s"] = result["load_s"]
                     row["peak_rss"] = result["peak_rss"]
-                    if engine.startswith("awqcore"):
-                        row["model_bytes"] = model_bytes
-                        # A decode step reads the weights once for the whole batch.
-                        gbs = per_token_bytes * row["decode_tok_s"]["median"] / batch
-                        row["decode_GB_s"] = gbs / 1e9
-                        row["decode_bw_pct"] = 100 * gbs / bandwidth
-                        if "end_to_end_s" in result:
-                            row["end_to_end_tok_s"] = ((result["end_to_end_tokens"] + prefill)
-                                                       / result["end_to_end_s"])
+                    count = (counts["f32" if engine == "awqcore-f32" else "int8"]
+                             if engine.startswith("awqcore") else peer_counts.get(engine))
+                    if count is not None:
+                        _add_roofline(row, count, bandwidth)
+                    if "profile" in result:
+                        row["profile"] = _profile_rows(result["profile"], count)
+                    if "end_to_end_s" in result:
+                        row["end_to_end_tok_s"] = ((result["end_to_end_tokens"] + prefill)
+                                                   / result["end_to_end_s"])
                 rows.append(row)
 
-    report = {"model": args.model, "threads": args.threads, "read_bandwidth_GB_s": bandwidth / 1e9,
-              "decode_bytes_per_token": per_token_bytes, "load_avg": os.getloadavg(), "rows": rows}
+    report = {"model": getattr(args, "label", args.model), "threads": args.threads,
+              "read_bandwidth_GB_s": bandwidth / 1e9,
+              "decode_weight_bytes": counts[modes[0]].weights,
+              "decode_weight_bytes_by_op": counts[modes[0]].by_op,
+              "kv_bytes_per_cached_token": counts[modes[0]].kv(0), "load_avg": os.getloadavg(),
+              "rows": rows}
     print(format_table(report))
     if args.json:
         write_atomic(args.json, json.dumps(report, indent=1))
@@ -349,15 +414,53 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_roofline(row: dict, count, bandwidth: float) -> None:
+    """Decode GB/s and the roofline of one row: a step of B sequences reads the
+    weights once and each sequence's cache at its position, averaged over the
+    decode (position prefill .. prefill + decode - 1)."""
+    batch = row["batch"]
+    position = row["prefill_len"] + (row["decode_len"] - 1) / 2
+    step_bytes = count.per_step(position, batch)
+    steps_per_s = row["decode_tok_s"]["median"] / batch
+    row["model_bytes"] = count.model
+    row["decode_bytes_per_step"] = step_bytes
+    row["decode_GB_s"] = step_bytes * steps_per_s / 1e9
+    row["decode_bw_pct"] = 100 * step_bytes * steps_per_s / bandwidth
+    row["roofline_tok_s"] = batch * bandwidth / step_bytes
+
+
+def _profile_rows(profile: dict, count) -> list[dict]:
+    """Per op: ms per decode step, % of the step, GB/s for ops that read weights.
+    The step is the runtime's decode time (forward passes) plus sampling; what
+    the timers do not cover is "other"."""
+    steps = max(profile["decode_calls"], 1)
+    seconds = dict(profile["seconds"])
+    timed = sum(v for k, v in seconds.items() if k not in ("sampling", "other"))
+    seconds["other"] += max(0.0, profile["decode_s"] - timed - seconds["other"])
+    total = sum(seconds.values())
+    rows = []
+    for op, sec in seconds.items():
+        per_step = sec / steps
+        weight_bytes = count.by_op.get(op, 0) if count is not None else 0
+        if op == "attention" and count is not None:
+            weight_bytes = 0  # the cache, not weights: shown without GB/s
+        rows.append({"op": op, "ms": 1e3 * per_step, "pct": 100 * sec / total if total else 0.0,
+                     "GB_s": weight_bytes / per_step / 1e9 if weight_bytes and per_step > 0 else None})
+    return rows
+
+
 def format_table(report: dict) -> str:
     def rate(s: Optional[dict]) -> str:
         return f"{s['median']:.1f} ({s['min']:.1f}..{s['max']:.1f})" if s else "-"
 
-    lines = [f"read bandwidth {report['read_bandwidth_GB_s']:.1f} GB/s ({report['threads']} threads); "
-             f"decode reads {report['decode_bytes_per_token'] / 1e6:.1f} MB/token; "
+    nan = float("nan")
+    lines = [f"{report['model']}: read bandwidth {report['read_bandwidth_GB_s']:.1f} GB/s "
+             f"({report['threads']} threads); decode reads "
+             f"{report['decode_weight_bytes'] / 1e6:.1f} MB of weights per step + "
+             f"{report['kv_bytes_per_cached_token'] / 1e3:.1f} KB of KV cache per cached token; "
              f"load average {' '.join(f'{v:.1f}' for v in report['load_avg'])}",
              "engine      batch  prefill  decode  prefill tok/s (min..max)  decode tok/s (min..max)"
-             "  peak RSS  model MB  decode GB/s  % of read BW  load s"]
+             "  peak RSS  model MB  decode GB/s  % of read BW  roofline tok/s  load s"]
     for r in report["rows"]:
         if "error" in r:
             lines.append(f"{r['engine']:<11} {r['error']}")
@@ -366,9 +469,20 @@ def format_table(report: dict) -> str:
             f"{r['engine']:<11} {r['batch']:>5}  {r['prefill_len']:>7}  {r['decode_len']:>6}  "
             f"{rate(r['prefill_tok_s']):>24}  {rate(r['decode_tok_s']):>23}  "
             f"{r['peak_rss'] / 1e6:>6.0f}MB  "
-            f"{(r['model_bytes'] / 1e6 if 'model_bytes' in r else float('nan')):>8.1f}  "
-            f"{r.get('decode_GB_s', float('nan')):>11.2f}  {r.get('decode_bw_pct', float('nan')):>12.1f}"
-            f"  {r['load_s']:>6.3f}")
+            f"{(r['model_bytes'] / 1e6 if 'model_bytes' in r else nan):>8.1f}  "
+            f"{r.get('decode_GB_s', nan):>11.2f}  {r.get('decode_bw_pct', nan):>12.1f}"
+            f"  {r.get('roofline_tok_s', nan):>14.1f}  {r['load_s']:>6.3f}")
+    lines.append("% of read BW = % of the roofline (read bandwidth / bytes per decode step: "
+                 "weights + KV cache at the step's position)")
+    for r in report["rows"]:
+        if "profile" not in r:
+            continue
+        lines.append(f"profile of a decode step: {r['engine']}, batch {r['batch']}, prompt "
+                     f"{r['prefill_len']} (one run, wall clock; noisy on a loaded machine)")
+        lines.append("  op                 ms/step      %     GB/s")
+        for op in r["profile"]:
+            gbs = f"{op['GB_s']:8.1f}" if op["GB_s"] is not None else "       -"
+            lines.append(f"  {op['op']:<17} {op['ms']:>8.3f}  {op['pct']:>5.1f}  {gbs}")
     if any(r["batch"] > 1 for r in report["rows"]):
         lines.append("batch > 1: tok/s summed over the batch's sequences; GB/s counts the weights "
                      "once per decode step")

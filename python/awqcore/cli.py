@@ -55,12 +55,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     source = load_source(args.model)
     summary = quantize_model(source, args.out, method=args.method, group_size=args.group_size,
-                             progress=not args.quiet, embeddings=args.embeddings, **options)
+                             progress=not args.quiet, embeddings=args.embeddings,
+                             lm_head=args.lm_head, **options)
     ratio = summary["fp16_bytes"] / summary["file_bytes"]
     print(f"wrote {summary['path']}: {_mb(summary['file_bytes'])} "
           f"(FP16 would be {_mb(summary['fp16_bytes'])}, {ratio:.2f}x smaller); "
           f"{summary['quantized_linears']} linears quantized with {summary['method']}, "
-          f"group size {summary['group_size']}, {summary['embeddings']} embedding tables, "
+          f"group size {summary['group_size']}, {summary['embeddings']} embedding tables"
+          f"{', int4 lm_head' if summary['lm_head'] == 'int4' else ''}, "
           f"in {summary['seconds']:.1f} s")
     report = summary["report"]
     if "stage_seconds" in report:
@@ -349,10 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "activation-aware scales and clipping from calibration text; gptq: "
                    "GPTQ's second-order error compensation; awq-gptq: AWQ's scales, then "
                    f"GPTQ (default {DEFAULT_METHOD})")
-    q.add_argument("--embeddings", default="f16", choices=("f16", "int8"),
-                   help="storage of the token embedding and lm_head tables: f16, or int8 with "
-                   "one f16 scale per 32 columns (half the bytes; for small models the "
-                   "lm_head is about half of what a decode step reads) (default f16)")
+    q.add_argument("--embeddings", default="int8", choices=("f16", "int8"),
+                   help="storage of the token embedding and lm_head tables: int8 with one f16 "
+                   "scale per 32 columns (half the bytes of f16; for small models the lm_head "
+                   "is about half of what a decode step reads; its quality cost, measured per "
+                   "model, is in the README), or f16 (default int8)")
+    q.add_argument("--lm-head", default="table", choices=("table", "int4"),
+                   help="table: the lm_head in the --embeddings form (shared with the embedding "
+                   "when the model ties them); int4: a 4-bit linear (round to nearest at "
+                   "--group-size), the smallest file and the fewest bytes per decoded token, "
+                   "at a measured quality cost (README); a tied model's file becomes untied "
+                   "(default table)")
     awq = q.add_argument_group("calibration (--method awq, gptq, awq-gptq)")
     awq.add_argument("--calib-samples", type=_positive_int,
                      help="calibration blocks (default 32)")

@@ -34,7 +34,7 @@ import numpy as np
 from ..atomic_write import write_atomic
 from ..awqbin import AwqbinWriter, config_from_metadata, read_awqbin
 from ..quantize.int8_table import dequantize_int8_table
-from ..quantize.rtn import SUPPORTED_GROUP_SIZES, pack_int4, unpack_int4
+from ..quantize.rtn import SUPPORTED_GROUP_SIZES, dequantize_int4, pack_int4, unpack_int4
 from ..source import (EXPERT_PROJECTIONS, ModelConfig, expert_linear, iter_linears,
                       layer_prefix, stacked_expert_name)
 
@@ -199,7 +199,13 @@ def export_hf(awqbin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Pat
     tensors = {}
     for name in f.tensors:
         prefix, part = name.rsplit(".", 1)
-        if part == "qweight" and ".mlp.experts." in prefix:  # stacked: one linear per expert
+        if name == "lm_head.qweight":
+            # AutoAWQ checkpoints keep the lm_head in float: store the int4
+            # lm_head's dequantized weights (exact in f32) in f16.
+            tensors["lm_head.weight"] = dequantize_int4(
+                *(f.tensor(f"lm_head.{p}") for p in ("qweight", "scales", "zeros")),
+                int(m["quant.group_size"])).astype(np.float16)
+        elif part == "qweight" and ".mlp.experts." in prefix:  # stacked: one linear per expert
             stacked = [f.tensor(f"{prefix}.{p}") for p in ("qweight", "scales", "zeros")]
             layer_head, proj = prefix.split(".mlp.experts.")
             for e in range(stacked[0].shape[0]):

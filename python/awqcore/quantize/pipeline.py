@@ -2,7 +2,10 @@
 
 The embedding and lm_head tables are stored as f16, or (embeddings="int8") as
 int8 with one f16 scale per 32 columns (int8_table.py): for small models the
-lm_head is half of what a decode step reads, and int8 halves it.
+lm_head is half of what a decode step reads, and int8 halves it. With
+lm_head="int4" the lm_head is a 4-bit linear instead (RTN at the file's group
+size, ~4.25-4.5 bits per weight); a tied model's file is then untied: the
+embedding table in the `embeddings` form plus the int4 lm_head.
 
 The model is processed one decoder layer at a time, and each finished tensor is
 handed to AwqbinWriter (which spools it to disk), so peak memory is about one
@@ -34,9 +37,11 @@ from .awq import AwqQuantizer
 from .awq_moe import MoeAwqQuantizer
 from .int8_table import BLOCK as INT8_BLOCK
 from .int8_table import TABLE_FORMS, quantize_int8_table
-from .rtn import SUPPORTED_GROUP_SIZES, RtnQuantizer, check_group_size
+from .rtn import SUPPORTED_GROUP_SIZES, RtnQuantizer, check_group_size, quantize_int4
 
 Int4Tensors = tuple[np.ndarray, np.ndarray, np.ndarray]  # qweight, scales, zeros
+
+LM_HEAD_FORMS = ("table", "int4")  # table: the form `embeddings` names
 
 
 class LayerQuantizer(Protocol):
@@ -180,12 +185,15 @@ def _to_f32(t: np.ndarray, name: str) -> np.ndarray:
 
 
 def build_metadata(source: SourceModel, method: str, group_size: int,
-                   notes: Optional[list] = None) -> dict:
+                   notes: Optional[list] = None, untie: bool = False) -> dict:
     """The file's metadata. The chat template is also stored reduced to fixed
     strings per turn (chat.* keys, for C++) when it reduces; when it does not,
-    a note saying why goes to `notes`."""
+    a note saying why goes to `notes`. `untie`: the file stores its own lm_head
+    (int4) even when the source ties it to the embedding."""
     c, tok = source.config, source.tokenizer
     model = model_metadata(c)
+    if untie:
+        model["model.tie_word_embeddings"] = 0
     chat_keys, chat_note = chat_format_metadata(tok)
     if chat_note and notes is not None:
         notes.append(chat_note)
@@ -208,13 +216,16 @@ def build_metadata(source: SourceModel, method: str, group_size: int,
 
 def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str = "rtn",
                    group_size: int = 64, progress: bool = True, embeddings: str = "f16",
-                   **options) -> dict:
+                   lm_head: str = "table", **options) -> dict:
     """Quantizes `source` into `out_path` (written atomically). `embeddings` is how
     the embedding and (untied) lm_head tables are stored: "f16", or "int8" with one
-    f16 scale per 32 columns (docs/format.md). `options` go to the method (AWQ:
-    awq.AwqOptions' fields). Returns a summary: path, method, group_size,
-    embeddings, tensors, quantized_linears, file_bytes, fp16_bytes (the same
-    model with every weight in f16), seconds, and the quantizer's report (or {})."""
+    f16 scale per 32 columns (docs/format.md); `awqcore quantize` defaults to int8.
+    `lm_head`: "table" (in the `embeddings` form, or shared with the embedding
+    when tied) or "int4" (a 4-bit linear, RTN at `group_size`; the file is
+    untied). `options` go to the method (AWQ: awq.AwqOptions' fields). Returns a
+    summary: path, method, group_size, embeddings, lm_head, tensors,
+    quantized_linears, file_bytes, fp16_bytes (the same model with every weight
+    in f16), seconds, and the quantizer's report (or {})."""
     start = time.perf_counter()
     c = source.config
     if group_size not in SUPPORTED_GROUP_SIZES:
@@ -222,6 +233,8 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
                          f"(got {group_size!r})")
     if embeddings not in TABLE_FORMS:
         raise ValueError(f"embeddings must be one of {', '.join(TABLE_FORMS)} (got {embeddings!r})")
+    if lm_head not in LM_HEAD_FORMS:
+        raise ValueError(f"lm_head must be one of {', '.join(LM_HEAD_FORMS)} (got {lm_head!r})")
     # Every width this rejects also fails the group-size check below; checked
     # first so that the message names the option that needs it.
     if embeddings == "int8" and c.hidden_size % INT8_BLOCK:
@@ -280,17 +293,30 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
 
         add("model.norm.weight", _to_f32(_get(source, "model.norm.weight", (d,)),
                                          "model.norm.weight"), d)
-        if not c.tie_word_embeddings:
+        if lm_head == "int4":
+            # RTN, as the linears' default: the lm_head's input is the final
+            # norm's output, whose activation statistics AWQ does not search.
+            name = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
+            weight = _get(source, name, (c.vocab_size, d))
+            qweight, scales, zeros = quantize_int4(weight, group_size, name="lm_head.weight")
+            add("lm_head.qweight", qweight, weight.size)
+            add("lm_head.scales", scales, 0)
+            add("lm_head.zeros", zeros, 0)
+            if c.tie_word_embeddings:  # the file holds a second copy (as int4)
+                params -= weight.size
+        elif not c.tie_word_embeddings:
             _add_table(add, "lm_head", _get(source, "lm_head.weight", (c.vocab_size, d)),
                        embeddings)
         notes: list[str] = []
-        writer.finish(build_metadata(source, method, group_size, notes))
+        writer.finish(build_metadata(source, method, group_size, notes,
+                                     untie=lm_head == "int4"))
 
     return {
         "path": os.fspath(out_path),
         "method": method,
         "group_size": group_size,
         "embeddings": embeddings,
+        "lm_head": lm_head,
         "tensors": tensors,
         "quantized_linears": sum(len(layer_linears(c, layer)) for layer in range(c.num_layers)),
         "file_bytes": os.path.getsize(out_path),
