@@ -7,8 +7,9 @@ Per level, two checks:
   test_runtime_vs_reference's REL_TOL_TINY (the same f32 arithmetic, only the
   summation order differs: that file's docstring derives the tolerance);
 - the default int8 decode arithmetic (W4A8 linears, forward in calls of
-  INT8_DECODE_MAX_TOKENS tokens as decode computes them) against the scalar
-  level's. The levels' integer dot products are exact and their float sums
+  INT8_DECODE_MAX_TOKENS tokens as decode computes them) and the int8 prefill
+  (one call of all tokens: the GEMM path where a level has one) against the
+  scalar level's. The levels' integer dot products are exact and their float sums
   differ only in order (~1e-7 relative per linear), but a difference can move
   an activation across a rounding boundary of the next layer's int8 rounding,
   which shifts it by one step, <= 1/127 of its 32-block's max; through the tiny
@@ -44,8 +45,11 @@ import awqcore
 path, out = sys.argv[1], sys.argv[2]
 ids = json.loads(sys.argv[3])
 f32 = awqcore.Model(path, threads=2, activations="f32").forward(ids)
-int8 = awqcore.Model(path, threads=2).forward(ids, chunk_tokens=awqcore.INT8_DECODE_MAX_TOKENS)
-np.savez(out, f32=f32, int8=int8, info=awqcore.cpu_kernels_info())
+model = awqcore.Model(path, threads=2)
+int8 = model.forward(ids, chunk_tokens=awqcore.INT8_DECODE_MAX_TOKENS)
+model.reset()
+prefill = model.forward(ids)
+np.savez(out, f32=f32, int8=int8, prefill=prefill, info=awqcore.cpu_kernels_info())
 """
 
 
@@ -76,10 +80,13 @@ def test_every_level_matches_reference_and_scalar(tiny_awqbin, tmp_path):
         assert str(r["info"]).startswith(level + " "), r["info"]
         f32_error = max_relative_error(r["f32"], reference)
         int8_error = max_relative_error(r["int8"], results["scalar"]["int8"])
+        prefill_error = max_relative_error(r["prefill"], results["scalar"]["prefill"])
         print(f"{arch} AWQCORE_ISA={level}: f32 vs reference {f32_error:.2e}, "
-              f"int8 decode vs scalar int8 decode {int8_error:.2e}")
+              f"int8 decode vs scalar int8 decode {int8_error:.2e}, "
+              f"int8 prefill vs scalar int8 prefill {prefill_error:.2e}")
         assert f32_error < REL_TOL_TINY, level
         assert int8_error < INT8_LEVELS_REL_TOL, level
+        assert prefill_error < INT8_LEVELS_REL_TOL, level
     missing = {"scalar", "avx2", "avx512", "avx512vnni"} - set(levels)
     if missing:
         print(f"levels this CPU or build lacks, not run: {sorted(missing)}")

@@ -28,11 +28,11 @@ from tokenizers import Tokenizer
 
 from awqcore import _core
 from awqcore.errors import FormatError
+from awqcore.importers import registry
 from awqcore.importers.gguf_tokenizer import tokenizer_from_gguf
 from test_tokenizer_spm import synthetic_vocab, write_spm_gguf
 
 REPO = Path(__file__).resolve().parent.parent
-GEMMA3_GGUF = Path("/root/.cache/awqcore/gemma-3-270m-q4_k_m.gguf")
 
 TEXTS = [
     "", " ", "  ", "\n", "a", "Hello world", " Hello", "The capital of France is Paris.",
@@ -346,6 +346,11 @@ def test_vocabulary_lookups(pair):
     (lambda d: d["model"]["merges"].append(["no-such", "token"]), "model.merges["),
     (lambda d: d["model"]["vocab"].update(bad="x"), "model.vocab.bad: expected a number"),
     (lambda d: d["added_tokens"][0].update(single_word=True), "single_word"),
+    # An empty replacement would never advance the Metaspace split or the decoder's replace.
+    (lambda d: d.update(pre_tokenizer={"type": "Metaspace", "replacement": "", "prepend_scheme": "first",
+                                       "split": True}), "Metaspace replacement must be one character"),
+    (lambda d: d.update(decoder={"type": "Metaspace", "replacement": "ab", "prepend_scheme": "first",
+                                 "split": True}), "Metaspace replacement must be one character"),
 ])
 def test_unsupported_documents_fail_by_name(smollm2_json, edit, message):
     doc = json.loads(smollm2_json)
@@ -369,9 +374,14 @@ def test_malformed_json_fails_with_position(text, message):
 
 @pytest.fixture(scope="module")
 def gemma3_pair():
-    if not GEMMA3_GGUF.is_file():
-        pytest.skip(f"{GEMMA3_GGUF} is not there")
-    text = tokenizer_from_gguf(gguf.GGUFReader(str(GEMMA3_GGUF))).json
+    # The GGUF assembled in awqcore's cache, else from its registry packages.
+    path = registry.cache_dir() / registry.GEMMA3_FILE
+    if not path.is_file():
+        try:
+            path = registry.gemma3_gguf_path()
+        except FileNotFoundError as e:
+            pytest.skip(str(e))
+    text = tokenizer_from_gguf(gguf.GGUFReader(str(path))).json
     return "gemma3", _core.Tokenizer.from_json(text), Tokenizer.from_str(text)
 
 

@@ -31,7 +31,6 @@ import time
 
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
              "avx_vnni", "amx_tile", "amx_int8")
-LLAMA_CPP_SITE = "/work/venvs/tokenizer-gemma/lib/python3.11/site-packages"
 
 # label, source, group size, quantize options, bench plan
 MODELS = [
@@ -157,7 +156,9 @@ def main() -> int:
                    help="tiny sizes (prompt 8/16, 4 decode tokens, 1 rep, a small synthetic model): "
                         "checks the plumbing, numbers meaningless")
     p.add_argument("--models", help="comma-separated indexes into the model list (default: all)")
-    p.add_argument("--llama-cpp-path", default=os.environ.get("AWQCORE_LLAMA_CPP_PATH", LLAMA_CPP_SITE))
+    p.add_argument("--llama-cpp-path", default=os.environ.get("AWQCORE_LLAMA_CPP_PATH", ""),
+                   help="a site-packages folder holding llama_cpp, when it is not importable here "
+                        "(default: $AWQCORE_LLAMA_CPP_PATH)")
     args = p.parse_args()
 
     from awqcore.importers import load_source

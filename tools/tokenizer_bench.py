@@ -26,15 +26,14 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")  # before `tokenizers` starts it
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
-GEMMA3_GGUF = Path("/root/.cache/awqcore/gemma-3-270m-q4_k_m.gguf")
 
 
 def document(name: str) -> str:
     if name in ("smollm2", "gemma3"):
         import gguf
         from awqcore.importers.gguf_tokenizer import tokenizer_from_gguf
-        from awqcore.importers.registry import smollm2_gguf_path
-        path = smollm2_gguf_path() if name == "smollm2" else GEMMA3_GGUF
+        from awqcore.importers.registry import gemma3_gguf_path, smollm2_gguf_path
+        path = smollm2_gguf_path() if name == "smollm2" else gemma3_gguf_path()
         return tokenizer_from_gguf(gguf.GGUFReader(str(path))).json
     if name.endswith(".awqbin"):
         from awqcore import _core

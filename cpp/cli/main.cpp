@@ -17,9 +17,11 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <new>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -245,7 +247,8 @@ class Runner {
     });
     const std::string rest = decoder.Flush();
     answer += rest;
-    std::printf("%s\n", rest.c_str());
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    std::fputc('\n', stdout);
     std::fflush(stdout);
     const awqcore::Session::Timing t = session.last_timing();
     const size_t decoded = tokens.empty() ? 0 : tokens.size() - 1;
@@ -300,6 +303,12 @@ int main(int argc, char** argv) {
     if (options.chat && !options.prompt && !options.file) return runner.Chat();
     return runner.Complete();
   } catch (const awqcore::Error& e) {
+    std::fprintf(stderr, "awqcore-cli: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "awqcore-cli: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
     std::fprintf(stderr, "awqcore-cli: error: %s\n", e.what());
     return 1;
   }

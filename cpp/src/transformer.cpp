@@ -134,8 +134,10 @@ void Transformer::Run(const int* ids, int n, Logits which, float* logits) {
     const int chunk = std::min(chunk_tokens_, n - done);
     ForwardChunk(ids + done, done, chunk);
     const bool last_chunk = done + chunk == n;
-    // The lm_head takes int8 activations exactly when this chunk's linears
-    // did, whether it computes all the chunk's logits or the last token's.
+    // The lm_head takes int8 activations in decode-sized chunks only (<=
+    // kQ8MaxTokens tokens, the int8 mode): a prompt's logits keep f32
+    // activations, whether it computes all the chunk's logits or the last
+    // token's.
     const bool int8_logits = int8_decode_ && chunk <= kQ8MaxTokens;
     const float cap = config_.final_logit_softcap;
     if (which == Logits::kAll) {
@@ -158,8 +160,8 @@ void Transformer::Run(const int* ids, int n, Logits which, float* logits) {
 
 void Transformer::LmHead(const float* h, int n, float* logits, bool int8) {
   if (weights_.lm_head_int4.out > 0) {
-    // Int4LinearForward rounds the activations of calls of <= kQ8MaxTokens
-    // tokens unless told not to: `int8` carries the chunk's choice.
+    // `int8` carries the chunk's choice (Run): Int4LinearForward rounds the
+    // activations of any call when told to.
     Int4LinearForward(weights_.lm_head_int4, h, n, logits, pool_, DetectedIsa(), int8);
   } else {
     TableLinearForward(weights_.lm_head, h, n, logits, pool_, DetectedIsa(), int8);

@@ -207,7 +207,8 @@ def moe_block(config: ModelConfig, h: torch.Tensor, w: LayerWeights,
     flat = h.reshape(-1, h.shape[-1])  # [n, d]
     weights, experts = route(config, flat, w[ROUTER_NAME])  # [n, k] each
     n, k = experts.shape
-    ranked = torch.zeros(n, k, flat.shape[-1], dtype=h.dtype)  # [n, k, d]: each rank's term
+    # [n, k, d]: each rank's term, on h's device (the quantizer may run on a GPU)
+    ranked = torch.zeros(n, k, flat.shape[-1], dtype=h.dtype, device=h.device)
     for e in torch.unique(experts).tolist():
         tokens, ranks = (experts == e).nonzero(as_tuple=True)  # [m] each
         ew = expert_weights(w, e)

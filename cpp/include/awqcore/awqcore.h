@@ -100,7 +100,7 @@ struct ModelConfig {
   int moe_intermediate_size = 0;     // expert MLP width f
   bool norm_topk_prob = false;       // the k chosen probabilities divided by their sum
   std::vector<uint8_t> moe_layers;   // [num_layers] 1: MoE, 0: dense MLP (empty: all MoE when E > 0)
-  std::string quant_method;     // "rtn" or "awq"
+  std::string quant_method;     // "rtn", "awq", "gptq" or "awq-gptq"
   int bits = 4;
   int group_size = 0;
   int bos_token_id = -1;             // -1: none

@@ -7,7 +7,10 @@
  * awq_last_error() then describes the failure of the calling thread's last
  * failed call. No C++ exception crosses this boundary. A NULL pointer, or a
  * handle that is not a live one of the right kind (freed, never created, a
- * model passed as a session), is AWQ_ERR_INVALID_ARGUMENT, not a crash.
+ * model passed as a session), is AWQ_ERR_INVALID_ARGUMENT, not a crash. The
+ * check is a lookup of the address among live handles: it cannot tell a freed
+ * handle from a later one that the allocator placed at the same address, and
+ * it does not make freeing a handle while another thread uses it safe.
  *
  * Buffers: outputs go to caller-provided buffers. Each such function takes the
  * buffer's capacity and reports the size it needs through a size_t*; when the

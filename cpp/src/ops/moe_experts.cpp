@@ -16,16 +16,6 @@ size_t Floats(int a, int b) { return static_cast<size_t>(a) * static_cast<size_t
 
 int NumBlocks(int rows) { return (rows + kRowBlock - 1) / kRowBlock; }
 
-// Tokens [first, first + count) of x as a call of their own (a view).
-Q8Activations Q8Slice(const Q8Activations& x, int first, int count) {
-  Q8Activations slice = x;
-  slice.num_tokens = count;
-  slice.q += Floats(first, x.in);
-  slice.block_scales += Floats(first, x.in / kQ8Block);
-  slice.group_sums += Floats(first, x.in / x.group_size);
-  return slice;
-}
-
 // Calls fn(e, row0, rows) for the rows of blocks [begin, end) of the row
 // blocks of `linears` of the active experts, numbered expert after expert; a
 // range may span several experts.
@@ -102,7 +92,7 @@ void MoeExpertsForward(const MoeWeights& moe, Activation activation, const float
     pool.ParallelFor(static_cast<int64_t>(num_active) * NumBlocks(f), [&](int64_t begin, int64_t end) {
       ForActiveRows(moe.gate, s.active_.data(), num_active, begin, end, [&](int e, int row0, int rows) {
         const int first = s.group_begin_[e], count = s.group_begin_[e + 1] - first;
-        const Q8Activations group = Q8Slice(xq, first, count);
+        const Q8Activations group = xq.Tokens(first, count);
         // Up rows go to a stack buffer in slices of 32 rows (count <= 8
         // tokens x 32 = 1 KiB), gate rows straight to act_.
         constexpr int kSliceRows = 32;
@@ -123,7 +113,7 @@ void MoeExpertsForward(const MoeWeights& moe, Activation activation, const float
     pool.ParallelFor(static_cast<int64_t>(num_active) * NumBlocks(d), [&](int64_t begin, int64_t end) {
       ForActiveRows(moe.down, s.active_.data(), num_active, begin, end, [&](int e, int row0, int rows) {
         const int first = s.group_begin_[e], count = s.group_begin_[e + 1] - first;
-        Int4RowsQ8(moe.down[e], row0, rows, Q8Slice(aq, first, count),
+        Int4RowsQ8(moe.down[e], row0, rows, aq.Tokens(first, count),
                    s.out_.data() + Floats(first, d) + row0, d, isa);
       });
     });

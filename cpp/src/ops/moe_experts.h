@@ -8,7 +8,10 @@
 // three linears run once on that group (a GEMV for one token, a small GEMM
 // for several), and the rows go back to their (token, rank) slots, which the
 // weighted sum reads in rank order, so a token's result does not depend on
-// which other tokens share the call.
+// which other tokens share the call, up to the summation order of the W4A8
+// kernels: on AVX-512 VNNI CPUs a group of more than kQ8MaxTokens tokens runs
+// the GEMM, whose float order differs from the AVX-512 GEMV's (awqcore.h,
+// GenerateBatch).
 //
 // Threads: calls that take the W4A8 path (int8_decode and at most
 // kQ8MaxTokens tokens: decode and batched decode) split the rows of all the

@@ -52,8 +52,10 @@ int TokenTrie::LongestAt(std::string_view text, size_t pos, size_t* length) cons
 
 namespace {
 
+// pattern is non-empty: the loader rejects empty Replace patterns and
+// Metaspace replacements.
 void ReplaceAll(std::string& text, const std::string& pattern, const std::string& content) {
-  if (text.find(pattern) == std::string::npos) return;
+  if (pattern.empty() || text.find(pattern) == std::string::npos) return;
   std::string out;
   size_t pos = 0;
   for (size_t hit; (hit = text.find(pattern, pos)) != std::string::npos; pos = hit + pattern.size()) {

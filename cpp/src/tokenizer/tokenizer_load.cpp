@@ -39,6 +39,20 @@ std::string StringPattern(const JsonView& component) {
   pattern.Fail("only {\"String\": ...} patterns are supported here");
 }
 
+// A member that must hold exactly one character: Metaspace's replacement and
+// Strip's content are searched for and stripped one occurrence at a time, so
+// an empty string would never advance.
+std::string OneCharacter(const JsonView& component, std::string_view key, const char* type) {
+  const JsonView member = component.Get(key);
+  std::string value = member.AsString();
+  size_t length = 0;
+  if (!value.empty()) unicode::DecodeOne(value, 0, &length);
+  if (value.empty() || length != value.size()) {
+    member.Fail(std::string(type) + " " + std::string(key) + " must be one character");
+  }
+  return value;
+}
+
 void LoadNormalizer(const JsonView& n, std::vector<Normalizer>* out) {
   const std::string type = TypeOf(n);
   if (type == "Sequence") {
@@ -94,7 +108,7 @@ void LoadPreTokenizer(const JsonView& p, std::vector<PreTokenizer>* out) {
     pt.individual_digits = BoolOr(p, "individual_digits", false);
   } else if (type == "Metaspace") {
     pt.kind = PreTokenizer::Kind::kMetaspace;
-    pt.replacement = p.Get("replacement").AsString();
+    pt.replacement = OneCharacter(p, "replacement", "Metaspace");
     pt.prepend = MetaspacePrepend(p);
     pt.split = BoolOr(p, "split", true);
   } else {
@@ -122,16 +136,12 @@ void LoadDecoder(const JsonView& d, std::vector<Decoder>* out) {
     dec.kind = Decoder::Kind::kFuse;
   } else if (type == "Strip") {
     dec.kind = Decoder::Kind::kStrip;
-    dec.content = d.Get("content").AsString();
-    size_t length;
-    if (dec.content.empty() || (unicode::DecodeOne(dec.content, 0, &length), length != dec.content.size())) {
-      d.Fail("Strip content must be one character");
-    }
+    dec.content = OneCharacter(d, "content", "Strip");
     dec.start = static_cast<int>(std::clamp<long long>(d.Get("start").AsInt(), 0, 1 << 20));
     dec.stop = static_cast<int>(std::clamp<long long>(d.Get("stop").AsInt(), 0, 1 << 20));
   } else if (type == "Metaspace") {
     dec.kind = Decoder::Kind::kMetaspace;
-    dec.content = d.Get("replacement").AsString();
+    dec.content = OneCharacter(d, "replacement", "Metaspace");
     dec.prepend = MetaspacePrepend(d) != PreTokenizer::Prepend::kNever;
   } else {
     Unsupported(d, "decoder");
