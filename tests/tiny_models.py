@@ -82,6 +82,16 @@ class TinySource(TensorDictSource):
             self._tensors[name] = t.astype(np.float32)
 
 
+# CHATML_TEMPLATE reduced to docs/format.md's chat.* keys, by hand: every role is
+# "<|im_start|>ROLE\n" + content + "<|im_end|>\n", anywhere, nothing trimmed.
+CHATML_CHAT_KEYS = {
+    "chat.format": "turns", "chat.start": "", "chat.system": "turn", "chat.order": "any",
+    "chat.trim": "", "chat.generation_prompt": "<|im_start|>assistant\n",
+    **{f"chat.{role}.{part}": text for role in ("system", "user", "assistant")
+       for part, text in (("prefix", f"<|im_start|>{role}\n"), ("suffix", "<|im_end|>\n"))},
+}
+
+
 def tiny_metadata(source: TinySource, group_size: int = GROUP_SIZE) -> dict:
     """The metadata docs/format.md requires, spelled out independently of the pipeline."""
     c, t = source.config, source.tokenizer
@@ -99,6 +109,7 @@ def tiny_metadata(source: TinySource, group_size: int = GROUP_SIZE) -> dict:
         "quant.zero_point": 1,
         "tokenizer.json": t.json, "tokenizer.chat_template": t.chat_template,
         "tokenizer.bos_token_id": t.bos_token_id, "tokenizer.eos_token_ids": t.eos_token_ids,
+        **(CHATML_CHAT_KEYS if t.chat_template == CHATML_TEMPLATE else {}),
     }
 
 
