@@ -93,7 +93,7 @@ def test_nan_and_infinity_in_weights_are_rejected(tmp_path, tiny_path, name, val
 
 @pytest.mark.parametrize("metadata, add, pattern", [
     ({"tokenizer.json": '{"model": {"type": "BPE",'}, None,
-     r"metadata key 'tokenizer\.json' is not valid JSON: expected a string key at byte 25"),
+     r"metadata key 'tokenizer\.json': invalid JSON at byte 25: expected a member name"),
     ({"model.num_layers": 1}, None, r"tensor 'model\.layers\.1\..*' is in the file but the model "
                                     r"does not read it \(.*model\.num_layers=1"),
     (None, {"model.extra": np.ones(4, np.float32)}, r"tensor 'model\.extra' is in the file"),

@@ -20,6 +20,7 @@
 
 #include "model_loader.h"
 #include "text_checks.h"
+#include "tokenizer/json.h"
 
 namespace awqcore {
 namespace {
@@ -369,8 +370,12 @@ ModelConfig ReadModelConfig(const AwqbinFile& file) {
   // must parse, or the error would surface only when Python builds it.
   const std::string tokenizer_json = file.GetString("tokenizer.json").value_or("");
   if (!tokenizer_json.empty()) {
-    if (std::optional<std::string> error = JsonSyntaxError(tokenizer_json)) {
-      FailFormat("metadata key 'tokenizer.json' is not valid JSON: ", *error);
+    // The tokenizer's own reader checks the syntax (tokenizer/json.h), so the
+    // loader and Tokenizer::FromModel agree on what parses.
+    try {
+      json::Parse(tokenizer_json, "metadata key 'tokenizer.json'");
+    } catch (const FormatError& e) {
+      FailFormat(e.what());
     }
   }
 

@@ -1,5 +1,5 @@
 // Checks of the text a .awqbin file carries (keys, tensor names, string
-// values, the tokenizer JSON) and the escaping of file bytes quoted in error
+// values) and the escaping of file bytes quoted in error
 // messages.
 //
 // An error message crosses into Python as a str, which must be UTF-8: a
@@ -11,7 +11,6 @@
 // Thread safety: pure functions.
 #pragma once
 
-#include <optional>
 #include <string>
 #include <string_view>
 
@@ -26,11 +25,5 @@ bool IsValidUtf8(std::string_view text);
 // backslash written as \xNN, so the result is printable UTF-8 that names the
 // exact bytes. At most `max_bytes` input bytes are shown, then "...".
 std::string EscapeForMessage(std::string_view text, size_t max_bytes = 80);
-
-// std::nullopt when `text` is one syntactically valid JSON value (RFC 8259,
-// surrounded by optional whitespace); otherwise what is wrong and at which
-// byte, e.g. "expected ':' at byte 12". Nesting deeper than 512 levels is
-// rejected (the parser is recursive; real tokenizer files nest < 10 deep).
-std::optional<std::string> JsonSyntaxError(std::string_view text);
 
 }  // namespace awqcore

@@ -219,7 +219,8 @@ JsonView Parse(std::string_view text, const std::string& name) {
   const Scanner scanner(text, name);
   const size_t start = scanner.SkipSpace(0);
   const size_t end = scanner.SkipValue(start, 0);
-  if (scanner.SkipSpace(end) != text.size()) scanner.Fail(end, "text after the document");
+  const size_t rest = scanner.SkipSpace(end);  // the first byte after the document's value
+  if (rest != text.size()) scanner.Fail(rest, "text after the document");
   return JsonView(text.substr(start, end - start), name);
 }
 
