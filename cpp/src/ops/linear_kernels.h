@@ -91,6 +91,11 @@ void TableRowsQ8Scalar(const EmbeddingTable& table, int row0, int rows, const Q8
                        float* y, int ldy);
 void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
                      float* y, int ldy);
+// AVX-512 VNNI (embedding_table_avx512vnni.cpp): 4 rows x 4 tokens per
+// register block, each table row read once per call for every token; each
+// token's outputs are bit-identical to TableRowsQ8Avx2's.
+void TableRowsQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
+                           float* y, int ldy);
 void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
                int num_tokens, float* y, int ldy, Isa isa);
 void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
