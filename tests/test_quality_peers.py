@@ -101,3 +101,49 @@ def test_run_with_the_peer_missing(tool, tmp_path, monkeypatch, capsys):
     with torch.no_grad():
         nll = np.concatenate([window_nll(reference.forward(w).numpy(), w) for w in windows])
     assert rows["RTN"]["ood"]["ppl"] == pytest.approx(float(np.exp(nll.mean())), rel=1e-4)
+
+
+def test_peer_python_per_peer(tool):
+    args = tool.parse_args(["m", "--ood-text", "x", "--peer-python", "/a/python",
+                            "--peer-python", "llmcompressor=/b/python"])
+    assert args.peer_python == {"autoawq": "/a/python", "llmcompressor": "/b/python"}
+    with pytest.raises(SystemExit):
+        tool.parse_args(["m", "--ood-text", "x", "--peer-python", "nopeer=/b/python"])
+
+
+def test_peer_codes_convert_to_the_weights_they_encode(tool, tmp_path):
+    """A peer's codes, zeros and f32 scales -> AutoAWQ folder -> `awqcore convert`:
+    the .awqbin dequantizes to (code - zero) * f16(scale), computed here in numpy."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from awqcore.importers.autoawq_format import convert_hf
+    from awqcore.source import iter_linears
+
+    source = load_source("synthetic:arch=llama,layers=1,seed=4")
+    g, rng = 32, np.random.default_rng(0)
+    raw, expected = {}, {}
+    for prefix, (out_f, in_f) in iter_linears(source.config):
+        codes = rng.integers(0, 16, (out_f, in_f), dtype=np.uint8)
+        zeros = rng.integers(0, 16, (out_f, in_f // g), dtype=np.uint8)
+        scales = rng.uniform(1e-3, 1e-1, (out_f, in_f // g)).astype(np.float32)
+        raw.update({prefix + ".codes": codes, prefix + ".zeros": zeros,
+                    prefix + ".scales": scales})
+        wide = lambda t: np.repeat(t, g, axis=1).astype(np.float32)  # noqa: E731
+        expected[prefix + ".weight"] = (codes - wide(zeros)) * wide(scales.astype(np.float16))
+    for name in expected_tensor_shapes(source.config):
+        if name not in expected:
+            raw[name] = expected[name] = np.asarray(source.get(name), dtype=np.float32)
+    save_file(raw, str(tmp_path / "codes.safetensors"))
+    tool.autoawq_folder_from_codes(source, str(tmp_path / "codes.safetensors"),
+                                   str(tmp_path / "gemm"), g)
+    tool.write_float_checkpoint(source, str(tmp_path / "float"))
+    shutil.copy(tmp_path / "float" / "tokenizer.json", tmp_path / "gemm")
+    convert_hf(tmp_path / "gemm", tmp_path / "peer.awqbin")
+    back = AwqbinSource(str(tmp_path / "peer.awqbin"))
+    for name, want in expected.items():
+        got = back.get(name)
+        if name.endswith("embed_tokens.weight") or name == "lm_head.weight":
+            want = want.astype(np.float16).astype(np.float32)  # the tables are f16
+        assert np.array_equal(got, want), name

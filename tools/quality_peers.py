@@ -42,6 +42,11 @@ llm-awq's issue trackers: "clone weights in AWQ scale grid search"). The worker
 recompiles AwqQuantizer._compute_best_scale from its installed source with that
 one line changed to `v.cpu().clone()`, and refuses to run if the line is not there
 exactly once.
+
+llm-compressor 0.14 on the CPU, patched the same way: its AWQ pins the cached
+activations' host memory before the grid search (IntermediatesCache.pin_memory),
+which raises without an accelerator; pinning only speeds up host-to-device copies, so
+the worker makes it a no-op when torch sees no CUDA device.
 """
 from __future__ import annotations
 
@@ -49,13 +54,15 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
 # peer name -> (module to import, pip requirement, what the row is called)
-PEERS = {"autoawq": ("awq", "autoawq==0.2.9", "AutoAWQ 0.2.9 AWQ")}
+PEERS = {"autoawq": ("awq", "autoawq==0.2.9", "AutoAWQ 0.2.9 AWQ"),
+         "llmcompressor": ("llmcompressor", "llmcompressor", "llm-compressor AWQ")}
 # The line of AwqQuantizer._compute_best_scale the worker patches, and its fix.
 AUTOAWQ_ALIASED = "org_sd = {k: v.cpu() for k, v in module2inspect.state_dict().items()}"
 AUTOAWQ_CLONED = "org_sd = {k: v.cpu().clone() for k, v in module2inspect.state_dict().items()}"
@@ -164,6 +171,38 @@ def patched_best_scale_source(source: str) -> str:
     return source.replace(AUTOAWQ_ALIASED, AUTOAWQ_CLONED)
 
 
+def autoawq_folder_from_codes(source, codes_path: str, folder: str, group_size: int) -> None:
+    """An AutoAWQ GEMM checkpoint (what `awqcore convert` reads) of a peer's int4 codes,
+    zeros and scales (u8 [out, in], u8 [out, in/g], f32 [out, in/g] per linear, as
+    `<linear>.codes/.zeros/.scales`) and float tensors. The scales are stored in f16 as
+    in every AutoAWQ checkpoint and .awqbin: a relative change of at most 2^-11."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from awqcore.atomic_write import write_atomic
+    from awqcore.importers.autoawq_format import hf_config, to_gemm
+    from awqcore.quantize.rtn import pack_int4
+
+    raw = load_file(codes_path)
+    tensors = {}
+    for name, t in raw.items():
+        if name.endswith(".codes"):
+            prefix = name[:-len(".codes")]
+            qweight, qzeros, scales = to_gemm(pack_int4(t), raw[prefix + ".scales"]
+                                              .astype(np.float16), raw[prefix + ".zeros"])
+            tensors.update({f"{prefix}.qweight": qweight, f"{prefix}.qzeros": qzeros,
+                            f"{prefix}.scales": scales})
+        elif not name.endswith((".scales", ".zeros")):
+            tensors[name] = t
+    c, tok = source.config, source.tokenizer
+    config = hf_config(c, tok.bos_token_id, tok.eos_token_ids or [-1], group_size)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "model.safetensors")
+    save_file(tensors, path + ".partial", metadata={"format": "pt"})
+    os.replace(path + ".partial", path)
+    write_atomic(os.path.join(folder, "config.json"), json.dumps(config, indent=1))
+
+
 def _autoawq_worker(hf_dir: str, calib_path: str, out_dir: str, group_size: int) -> None:
     """Runs in the peer's Python: AutoAWQ's AWQ with its defaults, f32, on the CPU."""
     import inspect
@@ -191,6 +230,63 @@ def _autoawq_worker(hf_dir: str, calib_path: str, out_dir: str, group_size: int)
     model.save_quantized(out_dir)
 
 
+def _llmcompressor_worker(hf_dir: str, calib_path: str, out_dir: str, group_size: int) -> None:
+    """Runs in the peer's Python: llm-compressor's AWQModifier (scales; it has no clip
+    search) then its W4 asymmetric group quantizer, f32, on the CPU. Writes the int4
+    codes, zeros and scales it chose and the float tensors AWQ changed or kept, as
+    one safetensors file (llmcompressor.safetensors) that main() turns into an AutoAWQ
+    GEMM checkpoint."""
+    import numpy as np
+    import torch
+    from compressed_tensors.quantization import (QuantizationArgs, QuantizationScheme,
+                                                 QuantizationStrategy)
+    from compressed_tensors.quantization.lifecycle.forward import quantize
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from llmcompressor.modifiers.transform.awq import AWQModifier
+    from llmcompressor.pipelines.cache import IntermediatesCache
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    if not torch.cuda.is_available():
+        # Pinning host memory needs an accelerator; it only speeds up copies to one.
+        IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
+    blocks = np.load(calib_path)  # int64 [N, T]
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
+    weights = QuantizationArgs(num_bits=4, type="int", symmetric=False,
+                               strategy=QuantizationStrategy.GROUP, group_size=group_size)
+    scheme = QuantizationScheme(targets=["Linear"], weights=weights)
+    recipe = [AWQModifier(duo_scaling=True),
+              QuantizationModifier(config_groups={"group_0": scheme}, ignore=["lm_head"])]
+    data = Dataset.from_dict({"input_ids": blocks.tolist(),
+                              "attention_mask": np.ones_like(blocks).tolist()})
+    oneshot(model=model, dataset=data, recipe=recipe, num_calibration_samples=len(blocks),
+            max_seq_length=blocks.shape[1], shuffle_calibration_samples=False)
+    out = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not hasattr(module, "weight_scale"):
+                continue
+            scale, zero = module.weight_scale, module.weight_zero_point  # [out, in/g]
+            q = quantize(module.weight, scale, zero, weights)  # in [-8, 7]
+            # Unsigned codes and zeros, (q + 8 - (z + 8)) * s = (q - z) * s.
+            out[name + ".codes"] = (q.round() + 8).to(torch.uint8)
+            out[name + ".zeros"] = (zero.round() + 8).to(torch.uint8)
+            out[name + ".scales"] = scale.float()
+        for name, tensor in model.state_dict().items():
+            if name.endswith(".weight") and name[:-7] + ".codes" in out:
+                continue
+            if not name.endswith(("weight_scale", "weight_zero_point", "weight_g_idx")):
+                out[name] = tensor.float().contiguous()
+    os.makedirs(out_dir, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.items()},
+              os.path.join(out_dir, "llmcompressor.safetensors"))
+
+
+WORKERS = {"autoawq": _autoawq_worker, "llmcompressor": _llmcompressor_worker}
+
+
 def worker_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description="quality_peers' peer worker (internal)")
     p.add_argument("peer", choices=sorted(PEERS))
@@ -204,7 +300,7 @@ def worker_main(argv: list[str]) -> int:
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    _autoawq_worker(args.hf_dir, args.calib, args.out_dir, args.group_size)
+    WORKERS[args.peer](args.hf_dir, args.calib, args.out_dir, args.group_size)
     print(f"{args.peer}: quantized in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return 0
 
@@ -225,8 +321,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ood-windows", type=int, default=12)
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"comma-separated, of {', '.join(PEERS)}; empty for none")
-    p.add_argument("--peer-python", default=sys.executable,
-                   help="the Python the peers are installed in (default: this one)")
+    p.add_argument("--peer-python", action="append", default=[], metavar="[PEER=]PYTHON",
+                   help="the Python a peer is installed in (PEER=PYTHON for one peer, "
+                   "PYTHON for the others; repeatable; default: this Python)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--keep", help="keep the .awqbin files and the peer's checkpoint here")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -234,9 +331,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     args = p.parse_args(argv)
     args.peers = [x for x in args.peers.split(",") if x]
-    unknown = [x for x in args.peers if x not in PEERS]
+    pythons = dict(item.split("=", 1) if "=" in item else ("", item)
+                   for item in args.peer_python)
+    unknown = [x for x in [*args.peers, *pythons] if x and x not in PEERS]
     if unknown:
         p.error(f"unknown peer(s) {', '.join(unknown)} (choose from {', '.join(PEERS)})")
+    args.peer_python = {peer: pythons.get(peer, pythons.get("", sys.executable))
+                        for peer in args.peers}
     return args
 
 
@@ -291,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         hf_dir = os.path.join(work, "float_hf")
         write_float_checkpoint(source, hf_dir)
     for peer in args.peers:
-        version, why = peer_status(peer, args.peer_python)
+        python = args.peer_python[peer]
+        version, why = peer_status(peer, python)
         if version is None:
             peers[peer] = {"ran": False, "reason": why}
             say(f"skipping peer {peer}: {why}")
@@ -299,14 +401,19 @@ def main(argv: list[str] | None = None) -> int:
         label = PEERS[peer][2]
         out_dir = os.path.join(work, peer)
         try:
-            timed(label, lambda: run_peer(peer, args.peer_python, hf_dir, calib_path, g,
-                                          out_dir, args.threads, args.quiet))
-        except RuntimeError as e:
+            timed(label, lambda: run_peer(peer, python, hf_dir, calib_path, g, out_dir,
+                                          args.threads, args.quiet))
+            if peer == "llmcompressor":
+                codes = os.path.join(out_dir, "llmcompressor.safetensors")
+                out_dir += "_gemm"
+                autoawq_folder_from_codes(source, codes, out_dir, g)
+            shutil.copy(os.path.join(hf_dir, "tokenizer.json"), out_dir)  # peers write none
+            convert_hf(out_dir, os.path.join(work, peer + ".awqbin"))
+        except (RuntimeError, ValueError, OSError) as e:  # one peer's failure ends no run
             peers[peer] = {"ran": False, "version": version, "reason": str(e)}
             say(f"skipping peer {peer}: {e}")
             continue
         files[label] = os.path.join(work, peer + ".awqbin")
-        convert_hf(out_dir, files[label])
         peers[peer] = {"ran": True, "version": version}
 
     texts = {"wiki": wiki_texts("evaluation"), "ood": read_text_file(args.ood_text)}
