@@ -117,7 +117,7 @@ def peer_status(peer: str, python: str) -> tuple[str | None, str]:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return None, f"{python} cannot import {module} ({last}); pip install {requirement}"
-    return done.stdout.strip(), ""
+    return done.stdout.strip().splitlines()[-1], ""  # the version; a peer may log before it
 
 
 def write_float_checkpoint(source, folder: str) -> None:
