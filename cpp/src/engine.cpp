@@ -379,5 +379,6 @@ void Engine::Shutdown() {
 const Model& Engine::model() const { return impl_->runner.model(); }
 int Engine::max_seq_len() const { return impl_->max_seq_len; }
 int Engine::max_batch() const { return impl_->max_batch; }
+int Engine::num_threads() const { return impl_->runner.num_threads(); }
 
 }  // namespace awqcore

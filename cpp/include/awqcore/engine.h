@@ -113,6 +113,7 @@ class Engine {
   const Model& model() const;
   int max_seq_len() const;
   int max_batch() const;
+  int num_threads() const;  // the CPU matrix products' threads (1 on the GPU)
 
   struct Impl;
 
