@@ -155,10 +155,9 @@ static bool Avx512Pays(const Int4Linear& layer) {
 void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
                 int ldy, Isa isa) {
   if (isa >= Isa::kAvx512Vnni && x.num_tokens > kQ8MaxTokens) {
-    // Prefill: the GEMM (4 x 4 register blocks, 1.1-5x the GEMV's token
-    // pairs from 8 tokens on: interleaved medians, one core, loaded machine).
-    // Calls of decode size stay on the GEMV, so a batch of up to 8 decodes
-    // bit for bit as its sequences alone.
+    // Prefill: the GEMM (16 rows x 8 tokens per register block). Calls of
+    // decode size stay on the GEMV, so a batch of up to 8 decodes bit for
+    // bit as its sequences alone.
     Int4GemmQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
   } else if (isa >= Isa::kAvx512Vnni && Avx512Pays(layer)) {
     Int4RowsQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
