@@ -8,7 +8,8 @@
 // bit, those of the same kernel called with that token alone: a token's
 // result never depends on the other tokens of its call (batched decode
 // computes each sequence as alone; prefill gives the same logits however its
-// tokens are chunked).
+// tokens are chunked). The GEMMs of all levels give the same bits (one
+// arithmetic at 8 and 16 lanes), so prefill does not depend on the CPU.
 //
 // Tolerance (a-priori, as in test_simd_kernels.cpp): the integer dots are
 // exact; per output the float work is one product by d_b per 32 columns, the
@@ -46,14 +47,18 @@ using RowKernel = std::function<void(const Int4Linear&, int, int, const Q8Activa
 struct Level {
   std::string name;
   RowKernel kernel;
+  bool gemm = false;  // a level of the prefill GEMM (Int4GemmQ8*)
 };
 
 // The W4A8 row kernels with several tokens at every supported level
 // (cpu_features.h).
 std::vector<Level> LevelsToTest() {
   std::vector<Level> levels = {{"scalar", Int4RowsQ8Scalar}};
-  if (IsaSupported(Isa::kAvx2)) levels.push_back({"avx2", Int4RowsQ8Avx2});
-  if (IsaSupported(Isa::kAvx512Vnni)) levels.push_back({"avx512vnni gemm", Int4GemmQ8Avx512Vnni});
+  if (IsaSupported(Isa::kAvx2)) {
+    levels.push_back({"avx2", Int4RowsQ8Avx2});
+    levels.push_back({"avx2 gemm", Int4GemmQ8Avx2, true});
+  }
+  if (IsaSupported(Isa::kAvx512Vnni)) levels.push_back({"avx512vnni gemm", Int4GemmQ8Avx512Vnni, true});
   return levels;
 }
 
@@ -97,6 +102,7 @@ TEST(w4a8_gemm_matches_reference_and_each_token_alone) {
   const std::vector<Level> levels = LevelsToTest();
   std::vector<int> checked(levels.size()), bad(levels.size()), unequal(levels.size());
   std::vector<double> worst(levels.size());
+  int gemm_outputs = 0, gemm_levels_differ = 0;  // the GEMM levels against the first
   for (int g : {32, 64, 128}) {
     // 832: 13 groups of 64 (the zero-point term's 8-, 4- and 1-group steps);
     // 1280: 10 groups of 128.
@@ -112,12 +118,19 @@ TEST(w4a8_gemm_matches_reference_and_each_token_alone) {
         Int4LinearReference(w.layer, a.data(), kMaxTokens, ref.data());
         // Rows [row0, out), as the pool hands a thread its rows.
         const int row0 = out > 4 ? 1 : 0, ldy = out + 2;
+        std::vector<float> first_gemm;  // the first GEMM level's tokens alone
         for (size_t l = 0; l < levels.size(); ++l) {
           // Each token alone through the same kernel.
           std::vector<float> alone(ref.size());
           for (int t = 0; t < kMaxTokens; ++t) {
             levels[l].kernel(w.layer, row0, out - row0, awqtest::TokenAlone(x.view, t),
                              alone.data() + t * out + row0, out);
+          }
+          if (levels[l].gemm && first_gemm.empty()) {
+            first_gemm = alone;
+          } else if (levels[l].gemm) {
+            gemm_outputs += static_cast<int>(alone.size());
+            for (size_t i = 0; i < alone.size(); ++i) gemm_levels_differ += alone[i] != first_gemm[i];
           }
           // The scalar reference kernel is slow: a few token counts suffice.
           for (int tokens = 1; tokens <= kMaxTokens; tokens += l == 0 ? 13 : 1) {
@@ -155,6 +168,9 @@ TEST(w4a8_gemm_matches_reference_and_each_token_alone) {
     CHECK(bad[l] == 0);
     CHECK(unequal[l] == 0);
   }
+  std::printf("  GEMM levels: %d of %d outputs differ from the first GEMM level's\n", gemm_levels_differ,
+              gemm_outputs);
+  CHECK(gemm_levels_differ == 0);
 }
 
 AWQCORE_TEST_MAIN()

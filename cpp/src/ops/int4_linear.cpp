@@ -154,11 +154,15 @@ static bool Avx512Pays(const Int4Linear& layer) {
 
 void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
                 int ldy, Isa isa) {
-  if (isa >= Isa::kAvx512Vnni && x.num_tokens > kQ8MaxTokens) {
-    // Prefill: the GEMM (16 rows x 8 tokens per register block). Calls of
-    // decode size stay on the GEMV, so a batch of up to 8 decodes bit for
-    // bit as its sequences alone.
-    Int4GemmQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+  if (isa >= Isa::kAvx2 && x.num_tokens > kQ8MaxTokens) {
+    // Prefill: the GEMM (16 rows x 8 tokens per register block with VNNI,
+    // 8 x 2 at AVX2: tools/isa_bench.cpp). Calls of decode size stay on the
+    // GEMV, so a batch of up to 8 decodes bit for bit as its sequences alone.
+    if (isa >= Isa::kAvx512Vnni) {
+      Int4GemmQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+    } else {
+      Int4GemmQ8Avx2(layer, row0, rows, x, y, ldy);
+    }
   } else if (isa >= Isa::kAvx512Vnni && Avx512Pays(layer)) {
     Int4RowsQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
   } else if (isa >= Isa::kAvx512 && Avx512Pays(layer)) {

@@ -70,6 +70,11 @@ void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8A
 // tokens share the call.
 void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy);
+// The same GEMM at AVX2 (int4_gemm_q8_avx2.cpp; 8 rows x 2 tokens per
+// register block), for CPUs without AVX-512 VNNI; the same arithmetic at 8
+// lanes, so its outputs equal Int4GemmQ8Avx512Vnni's bit for bit.
+void Int4GemmQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
+                    int ldy);
 // The row kernels `isa` picks (int4_linear.cpp): the one dispatch of the ops
 // that split rows themselves (int4_linear.cpp, ops/moe_experts.cpp).
 void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx, int num_tokens,
