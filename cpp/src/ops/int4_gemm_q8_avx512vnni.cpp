@@ -126,9 +126,11 @@ void UnpackTile(const Int4Linear& layer, int row, int rows, Tile& tile) {
 
 // Tokens t .. t + kTokens - 1 times the tile: y[(t + k) * ldy + r] for the
 // first `rows` rows (row0: the tile's first row in the layer, for the bias).
+// next_codes: the next tile's codes (16 rows x in / 2 bytes, contiguous), to
+// prefetch into L2 while this tile computes, or nullptr.
 template <int kTokens>
 void TileTimesTokens(const Int4Linear& layer, const Tile& tile, int row0, int rows,
-                     const Q8Activations& x, int t, float* y, int ldy) {
+                     const Q8Activations& x, int t, float* y, int ldy, const uint8_t* next_codes) {
   const int gs = layer.group_size;
   const int groups = layer.in / gs;
   const int blocks_per_group = gs / kQ8Block;
@@ -147,6 +149,11 @@ void TileTimesTokens(const Int4Linear& layer, const Tile& tile, int row0, int ro
     #pragma GCC unroll 8
     for (int k = 0; k < kTokens; ++k) group_acc[k] = _mm512_setzero_ps();
     for (int b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
+      if (next_codes) {  // 16 x 16 code bytes per block: 4 lines
+        for (int line = 0; line < 4; ++line) {
+          _mm_prefetch(reinterpret_cast<const char*>(next_codes + b * 256 + line * 64), _MM_HINT_T1);
+        }
+      }
       const Zmm* quads = tile.quads.data() + static_cast<size_t>(b) * kQuadsPerBlock;
       __m512i w[kQuadsPerBlock];
       #pragma GCC unroll 8
@@ -190,19 +197,25 @@ void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8A
   for (int r = 0; r < rows; r += kTileRows) {
     const int tile_rows = std::min(kTileRows, rows - r);
     UnpackTile(layer, row0 + r, tile_rows, tile);
+    // Prefill streams every weight from DRAM once per call: the next tile's
+    // codes are prefetched during this tile's first register block, so
+    // unpacking does not wait for them.
+    const uint8_t* next_codes =
+        r + kTileRows < rows ? layer.qweight + static_cast<size_t>(row0 + r + kTileRows) * (layer.in / 2) : nullptr;
     float* y_tile = y + r;
     int t = 0;
     for (; t + kTokenBlock <= x.num_tokens; t += kTokenBlock) {
-      TileTimesTokens<kTokenBlock>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy);
+      TileTimesTokens<kTokenBlock>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, t == 0 ? next_codes : nullptr);
     }
+    const uint8_t* prefetch = t == 0 ? next_codes : nullptr;
     switch (x.num_tokens - t) {
-      case 7: TileTimesTokens<7>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy); break;
-      case 6: TileTimesTokens<6>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy); break;
-      case 5: TileTimesTokens<5>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy); break;
-      case 4: TileTimesTokens<4>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy); break;
-      case 3: TileTimesTokens<3>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy); break;
-      case 2: TileTimesTokens<2>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy); break;
-      case 1: TileTimesTokens<1>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy); break;
+      case 7: TileTimesTokens<7>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 6: TileTimesTokens<6>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 5: TileTimesTokens<5>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 4: TileTimesTokens<4>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 3: TileTimesTokens<3>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 2: TileTimesTokens<2>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 1: TileTimesTokens<1>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
       default: break;
     }
   }
