@@ -16,12 +16,13 @@
 // Lanes per row need the codes transposed: a tile of kTileRows rows is
 // unpacked once per call to bytes (one code per byte, 0..15) in the order
 // [block][quad i][row r][4 codes], and then serves every token of the call
-// (a prefill chunk: 64 tokens), its 8 quads of a block held in registers
-// across kTokenBlock tokens. Unpacking costs ~80 uops per 64 columns of the
-// tile against ~21 x tokens for the dots (~6% at 64 tokens). The activations
-// come from the caller's rows (L2: 64 tokens x in bytes) as the broadcast
-// memory operand of vpdpbusd: 4 int8 activations per instruction, no
-// shuffle. A quad's 4 codes are the 4 columns whose activations sit at 4
+// (a prefill chunk: up to 128 tokens), its 8 quads of a block held in
+// registers across kTokenBlock tokens. Unpacking costs ~80 uops per 64
+// columns of the tile against ~21 x tokens for the dots, plus the wait for
+// the codes, which prefill streams from DRAM: the next tile's are prefetched
+// while this one computes. The activations come from the caller's rows (L2:
+// tokens x in bytes) as the broadcast operand of vpdpbusd: 4 int8
+// activations per instruction, no shuffle. A quad's 4 codes are the 4 columns whose activations sit at 4
 // consecutive bytes of the permuted span (q8_activations.h): position p < 32
 // of a span is the low nibble of code byte p, position 32 + p its high
 // nibble, so block h of a span reads positions 16h..16h+15 (low nibbles of
