@@ -2,8 +2,7 @@
 // in linear_kernels.h; the arithmetic is described in int4_linear_avx2.cpp),
 // one body for two builds: int4_linear_avx2.cpp (AVX2 + FMA + F16C:
 // vpmaddubsw + vpmaddwd) and int4_linear_batch_avx512vnni.cpp (the same
-// 256-bit code with AVX-512 VL + VNNI: two vpdpbusd, and 32 vector registers,
-// enough for 4 rows x 4 tokens). __AVX512VNNI__ (set by -mavx512vnni) picks
+// 256-bit code with AVX-512 VL + VNNI: two vpdpbusd). __AVX512VNNI__ (set by -mavx512vnni) picks
 // the integer dot product. Both are exact and give the same int32 lanes
 // (lane l sums the products of code bytes 4l..4l+3), and the float code is
 // the same, so both builds give each token the same bits. Include ONLY from
