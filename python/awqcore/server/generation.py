@@ -50,6 +50,7 @@ class Generation:
         self.request_id = engine.submit(ids, max_new_tokens=max_new_tokens,
                                         temperature=sampling.temperature, top_k=sampling.top_k,
                                         top_p=sampling.top_p, seed=sampling.seed,
+                                        stop_ids=[] if sampling.ignore_eos else None,
                                         on_event=self._on_event)
         registry.add(self)
 

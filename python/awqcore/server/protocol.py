@@ -161,13 +161,14 @@ class Sampling:
     stop: list[str]
     stream: bool
     include_usage: bool
+    ignore_eos: bool  # extension (vLLM's name): generate past the model's end token
 
 
-# Fields both endpoints take (OpenAI's names; top_k is an extension vLLM and
-# llama.cpp's server also accept).
+# Fields both endpoints take (OpenAI's names; top_k and ignore_eos are extensions
+# that vLLM's server also accepts).
 _COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream",
            "stream_options", "n", "user", "presence_penalty", "frequency_penalty", "logit_bias",
-           "logprobs"}
+           "logprobs", "ignore_eos"}
 _CHAT = _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format",
                    "tools", "tool_choice", "parallel_tool_calls", "store", "metadata"}
 _COMPLETION = _COMMON | {"prompt", "echo", "best_of", "suffix"}
@@ -209,7 +210,8 @@ def _sampling(f: _Fields, max_tokens: Optional[int]) -> Sampling:
                     top_p=f.number("top_p", 1.0, 0.0, 1.0, low_open=True),
                     top_k=f.integer("top_k", low=0) or 0,
                     seed=f.integer("seed", low=0, high=MAX_SEED),
-                    stop=list(dict.fromkeys(stop)), stream=stream, include_usage=include_usage)
+                    stop=list(dict.fromkeys(stop)), stream=stream, include_usage=include_usage,
+                    ignore_eos=f.boolean("ignore_eos"))
 
 
 @dataclass
