@@ -88,10 +88,10 @@ class Metrics:
         metric("generation_tokens_total", "counter", "Tokens generated for finished generations.",
                [f" {self.completion_tokens}"])
         metric("time_to_first_token_seconds", "histogram",
-               "From a generation request's arrival to its first generated token.",
+               "From a generation request's submission to the engine to its first token.",
                self.time_to_first_token.samples())
         metric("request_duration_seconds", "histogram",
-               "From a generation request's arrival to its last token.",
+               "From a generation request's submission to the engine to its last token.",
                self.request_duration.samples())
         metric("queue_length", "gauge", "Requests waiting for a free sequence slot.",
                [f" {engine.get('waiting', 0)}"])
