@@ -17,8 +17,8 @@ from server_process import ServerProcess  # noqa: E402
 
 MODEL_NAME = "smollm2"
 API_KEY = "sk-test"
-MAX_SEQ_LEN = 128
-MAX_BODY_BYTES = 4096
+MAX_SEQ_LEN = 1024
+MAX_BODY_BYTES = 16384
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +162,9 @@ def test_body_too_large_is_413(server):
 
 def test_full_queue_is_503_at_once(server, client):
     """max_batch 1, max_queue 1: one request runs, one waits, the third gets 503."""
-    long = {"model": MODEL_NAME, "prompt": "Count: 1, 2, 3,", "max_tokens": 100,
-            "temperature": 0, "stream": True}
+    # Long enough (ignore_eos, ~1000 tokens) to be running still when the third comes.
+    long = {"model": MODEL_NAME, "prompt": "Count: 1, 2, 3,", "max_tokens": 1000,
+            "temperature": 0, "stream": True, "ignore_eos": True}
     with server.http() as http, server.http() as http2:
         with http.stream("POST", "/v1/completions", json=long) as running:
             next(running.iter_lines())  # it is decoding
@@ -185,11 +186,12 @@ def test_full_queue_is_503_at_once(server, client):
 def test_sigterm_ends_streams_cleanly(smollm2_awqbin):
     """SIGTERM during a stream: the stream ends with a last chunk and [DONE]
     (cancelled after --shutdown-timeout 1 s), and the server exits."""
-    process = ServerProcess(smollm2_awqbin, "--threads", "2", "--max-seq-len", "512",
-                            "--shutdown-timeout", "1")
+    process = ServerProcess(smollm2_awqbin, "--threads", "2", "--max-batch", "1",
+                            "--max-seq-len", "4096", "--shutdown-timeout", "1")
     try:
-        body = {"prompt": "Count: 1, 2, 3,", "max_tokens": 500, "temperature": 0,
-                "stream": True}
+        # ~4000 tokens: still running when the 1 s deadline cancels it.
+        body = {"prompt": "Count: 1, 2, 3,", "max_tokens": 4000, "temperature": 0,
+                "stream": True, "ignore_eos": True}
         with process.http() as http, http.stream("POST", "/v1/completions", json=body) as stream:
             lines = stream.iter_lines()
             assert next(lines).startswith("data: ")

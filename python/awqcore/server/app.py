@@ -44,28 +44,13 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
-class ModelInfo:
-    """What the server needs of Engine.model, in the shape awqcore.chat reads
-    (.config, .tokenizer, .chat_template)."""
-
-    def __init__(self, model):
-        self.path = model.path
-        self.config: dict = model.config
-        self.tokenizer = model.tokenizer
-        template = getattr(model, "chat_template", None)
-        if template is None:
-            from ..awqbin import read_awqbin
-
-            template = read_awqbin(model.path).metadata.get("tokenizer.chat_template", "")
-        self.chat_template: str = template
-        self.vocab_size: int = self.config["vocab_size"]
-
-
 class ServerState:
     def __init__(self, engine, config: ServerConfig):
         self.engine = engine
         self.config = config
-        self.model = ModelInfo(engine.model)
+        # Engine.model: .config, .tokenizer and .chat_template, as awqcore.chat reads them.
+        self.model = engine.model
+        self.vocab_size: int = self.model.config["vocab_size"]
         self.metrics = Metrics()
         self.generations: set[Generation] = set()  # running, for shutdown
         self.draining = False
@@ -196,7 +181,7 @@ class _Handlers:
         return await self._generate(request, ids, chat.sampling, chat=True, what="messages")
 
     async def completions(self, request: Request) -> Response:
-        completion = parse_completion_request(await self._body(request), self.model.vocab_size)
+        completion = parse_completion_request(await self._body(request), self.state.vocab_size)
         self._check_model(completion.model)
         prompt = completion.prompt
         ids = self.model.tokenizer.encode(prompt).ids if isinstance(prompt, str) else prompt
@@ -317,7 +302,7 @@ class _Handlers:
 
     async def detokenize(self, request: Request) -> Response:
         """{"tokens": [...]} -> {"prompt": text} (vLLM's shape; special tokens kept)."""
-        req = parse_detokenize_request(await self._body(request), self.model.vocab_size)
+        req = parse_detokenize_request(await self._body(request), self.state.vocab_size)
         self._check_model(req.model)
         return _json({"prompt": self.model.tokenizer.decode(req.tokens,
                                                             skip_special_tokens=False)})
