@@ -299,11 +299,9 @@ def test_disconnect_cancels_the_request(server):
     assert generated < 100
 
 
-def _concurrent_round(server, model, prompts, max_tokens) -> None:
+def _concurrent_round(server, model, prompts, max_tokens, expected) -> None:
     """Every prompt at once from its own client thread (odd ones streamed); each
-    answer must equal its one-by-one greedy result."""
-    reference_tokens = model.generate([model.tokenizer.encode(p).ids for p in prompts],
-                                      max_new_tokens=max(max_tokens))
+    answer must equal its one-by-one greedy result `expected`."""
     answers: list = [None] * len(prompts)
     errors: list = []
 
@@ -328,22 +326,25 @@ def _concurrent_round(server, model, prompts, max_tokens) -> None:
     for t in threads:
         t.join(timeout=600)
     assert not errors, errors
-    for i, (prompt, tokens) in enumerate(zip(prompts, reference_tokens)):
-        # Greedy decoding is prefix-consistent: the first k tokens of a longer run
-        # are the run of k (up to a stop token, where both end).
-        expected = model.tokenizer.decode(tokens[:max_tokens[i]], skip_special_tokens=True)
-        assert answers[i] == expected, (i, prompt, answers[i], expected)
+    for i, prompt in enumerate(prompts):
+        assert answers[i] == expected[i], (i, prompt, answers[i], expected[i])
 
 
 def test_16_concurrent_clients_then_a_second_round(server, model):
     words = "the quick brown fox jumps over the lazy dog while the cat sleeps".split()
     prompts = [" ".join(words[:(3 + 5 * i) % len(words) + 1] * (1 + i % 3)) for i in range(16)]
-    max_tokens = [3 + (i * 5) % 9 for i in range(16)]
-    _concurrent_round(server, model, prompts, max_tokens)
+    max_tokens = [2 + (i * 5) % 7 for i in range(16)]
+    tokens = model.generate([model.tokenizer.encode(p).ids for p in prompts],
+                            max_new_tokens=max(max_tokens))
+    # Greedy decoding is prefix-consistent: the first k tokens of a longer run are
+    # the run of k (up to a stop token, where both end).
+    expected = [model.tokenizer.decode(t[:k], skip_special_tokens=True)
+                for t, k in zip(tokens, max_tokens)]
+    _concurrent_round(server, model, prompts, max_tokens, expected)
     metrics = server.metrics()
     assert metrics["awqcore_batch_size"] == 0 and metrics["awqcore_queue_length"] == 0
     # A second round in the other order: freed slots serve new requests.
-    _concurrent_round(server, model, prompts[::-1], max_tokens)
+    _concurrent_round(server, model, prompts[::-1], max_tokens[::-1], expected[::-1])
 
 
 def test_tokenize_detokenize(server, model):
