@@ -107,7 +107,12 @@ async def level(url: str, clients: int, args, peer_llama: bool) -> dict:
     tokens = sum(s.tokens for s in streams)
     ttfts = [s.ttft for s in streams if s.ttft is not None]
     gaps = [g for s in streams for g in s.gaps]
-    return {"clients": clients, "requests": len(streams), "tokens": tokens, "wall_s": wall,
+    short = sum(1 for s in streams if s.tokens < args.max_tokens)
+    if short:
+        print(f"warning: {short} of {len(streams)} streams ended before {args.max_tokens} "
+              "tokens", file=sys.stderr)
+    return {"clients": clients, "requests": len(streams), "short_streams": short,
+            "tokens": tokens, "wall_s": wall,
             "tok_s": tokens / wall, "ttft_p50_s": percentile(ttfts, 0.5),
             "ttft_p95_s": percentile(ttfts, 0.95), "itl_p50_s": percentile(gaps, 0.5),
             "itl_p95_s": percentile(gaps, 0.95)}
@@ -185,7 +190,7 @@ def main() -> int:
     parser.add_argument("--max-batch", type=int, default=8, help="awqcore serve --max-batch (8)")
     parser.add_argument("--threads", type=int, default=None, help="server threads (all cores)")
     parser.add_argument("--llama-gguf", help="also benchmark llama-cpp-python's server on this "
-                        "GGUF (it serves one request at a time)")
+                        "GGUF (it serves one request at a time, the others wait)")
     parser.add_argument("--llama-python", default=sys.executable,
                         help="a Python with llama-cpp-python and its server extra (default: "
                         "this one)")
@@ -212,8 +217,11 @@ def main() -> int:
             process.wait(timeout=60)
         if args.llama_gguf:
             port = free_port()
+            # interrupt_requests off: by default a new request ends the running
+            # stream early (with [DONE]) instead of waiting its turn.
             command = [args.llama_python, "-m", "llama_cpp.server", "--model", args.llama_gguf,
-                       "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"]
+                       "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
+                       "--interrupt_requests", "False"]
             if args.threads:
                 command += ["--n_threads", str(args.threads)]
             process, url = start_server(command, re.compile(
