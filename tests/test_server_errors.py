@@ -118,6 +118,14 @@ def test_context_overflow_is_400_naming_the_numbers(client):
     assert str(MAX_SEQ_LEN) in caught.value.body["message"]
 
 
+def test_empty_or_out_of_vocabulary_prompt_is_400(client):
+    for prompt in ("", [], [0, 10**9]):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=2)
+        print(caught.value.body["message"])
+        assert caught.value.body["param"] == "prompt"
+
+
 def test_api_key_missing_or_wrong_is_401(server):
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key="sk-wrong", max_retries=0,
                        timeout=60) as wrong:

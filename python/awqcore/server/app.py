@@ -191,18 +191,18 @@ class _Handlers:
     def _max_new_tokens(self, prompt_tokens: int, max_tokens: Optional[int], what: str) -> int:
         limit = self.config.max_seq_len
         if prompt_tokens == 0:
-            raise bad_request(f"the {what} encode to no tokens", param=what)
+            raise bad_request(f"'{what}' encodes to no tokens", param=what)
         if max_tokens is None:
             if prompt_tokens >= limit:
                 raise bad_request(f"this model's maximum context length is {limit} tokens, and "
-                                  f"the {what} hold {prompt_tokens} tokens, leaving none for "
+                                  f"'{what}' takes {prompt_tokens} tokens, leaving none for "
                                   "the completion", param=what, code="context_length_exceeded")
             return limit - prompt_tokens
         if prompt_tokens + max_tokens > limit:
             raise bad_request(f"this model's maximum context length is {limit} tokens; you "
                               f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} "
-                              f"in the {what}, {max_tokens} in the completion): reduce the "
-                              f"length of the {what} or of the completion", param=what,
+                              f"in '{what}', {max_tokens} in the completion): shorten "
+                              f"'{what}' or lower max_tokens", param=what,
                               code="context_length_exceeded")
         return max_tokens
 
