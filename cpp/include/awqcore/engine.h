@@ -19,12 +19,16 @@
 // exactly Session::Generate's tokens as long as no decode step holds more than
 // 8 sequences (kInt8Decode; 3 with kFloat32): those steps compute each token
 // as a lone decode step does, bit for bit (Session::GenerateBatch's rule). A
-// longer prompt is prefilled in chunks: each token's int4 linears are the
-// same whatever the chunking, but its attention may sum in another order
-// (~1e-6 relative), so a greedy token can differ only where two logits are
-// that close. Sampling: each request draws from its own generator seeded with
-// its options.sampling.seed (as Generate), so its tokens do not depend on
-// the other requests.
+// longer prompt is prefilled in chunks of prefill_chunk tokens: the int4
+// linears compute each token of a call of more than 8 tokens the same
+// whatever the call's length, and attention reads the same cached keys, so
+// test_engine finds Generate's tokens for chunks of more than 8 tokens, with
+// both activations. A last chunk of at most 8 tokens runs the decode kernels,
+// which on AVX-512 sum the int8 products in another order than the prompt
+// GEMM (awqcore.h, kInt8Decode): a greedy token can then differ only where
+// two logits are within that rounding. Sampling: each request draws from
+// its own generator seeded with its options.sampling.seed (as Generate), so
+// its tokens do not depend on the other requests.
 //
 // Thread safety: Submit, Cancel, stats, Shutdown and the accessors may be
 // called from any number of threads at once. The callbacks run on the engine
