@@ -4,6 +4,8 @@ streams, cancellation, the bounded queue, argument errors and stats. The
 C++ scheduling itself is tested in cpp/tests/test_engine.cpp."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -114,8 +116,11 @@ def test_closing_a_stream_cancels_its_request(tiny_awqbin):
         assert stats["generated_tokens"] < 4000
 
 
-def test_cancel_and_finish_reasons(tiny_engine):
-    engine, _ = tiny_engine
+def test_cancel_and_finish_reasons(tiny_awqbin):
+    _, path = tiny_awqbin
+    # 4000 tokens take seconds on the tiny model, so the cancel after the
+    # first token always finds the request running, however fast the machine.
+    engine = awqcore.Engine(path, threads=2, max_seq_len=4096, max_batch=2)
     events: list = []
     done = threading.Event()
     started = threading.Event()
@@ -126,13 +131,14 @@ def test_cancel_and_finish_reasons(tiny_engine):
         if finish_reason is not None:
             done.set()
 
-    request_id = engine.submit([1, 2], on_event=on_event, max_new_tokens=60, stop_ids=[])
-    assert started.wait(60)
-    assert engine.cancel(request_id)
-    assert done.wait(60)
-    assert events[-1] == (None, "cancelled", None)
-    assert all(e[1] is None for e in events[:-1]) and len(events) < 61
-    assert not engine.cancel(request_id)
+    with engine:
+        request_id = engine.submit([1, 2], on_event=on_event, max_new_tokens=4000, stop_ids=[])
+        assert started.wait(60)
+        assert engine.cancel(request_id)
+        assert done.wait(60)
+        assert events[-1] == (None, "cancelled", None)
+        assert all(e[1] is None for e in events[:-1]) and len(events) < 4001
+        assert not engine.cancel(request_id)
     assert set(FINISH_REASONS) == {"stop_token", "max_new_tokens", "context_full", "cancelled"}
 
 
@@ -208,3 +214,22 @@ def test_close_cancels_running_requests_and_refuses_new_ones(tiny_awqbin):
     assert reasons[ids[-1]] == ["cancelled"] and ids[-1] not in tokens
     with pytest.raises(awqcore.Error, match="closed"):
         engine.submit([1], on_event=on_event)
+
+
+def test_a_process_that_never_closes_its_engine_exits_cleanly(tiny_awqbin):
+    """An Engine left open (idle, or with a request running) at interpreter
+    exit is closed before finalization: the process exits 0, not by abort."""
+    _, path = tiny_awqbin
+    script = (
+        "import sys, threading, awqcore\n"
+        "engine = awqcore.Engine(sys.argv[1], threads=1, max_seq_len=4096, max_batch=2)\n"
+        "idle = awqcore.Engine(sys.argv[1], threads=1, max_seq_len=64, max_batch=1)\n"
+        "started = threading.Event()\n"
+        "engine.submit([1, 2], on_event=lambda *e: started.set(), max_new_tokens=4000,"
+        " stop_ids=[])\n"
+        "assert started.wait(60)\n"
+        "print('exiting', flush=True)\n")
+    result = subprocess.run([sys.executable, "-c", script, path], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "exiting" in result.stdout and "terminate" not in result.stderr

@@ -333,7 +333,11 @@ Engine::RequestId Engine::Submit(std::vector<int> prompt, const GenerateOptions&
   request->on_finish = std::move(on_finish);
   std::lock_guard<std::mutex> lock(e.mutex);
   if (e.stopping) throw Error("the engine is shut down: it accepts no more requests");
-  if (static_cast<int>(e.waiting.size()) >= e.max_queue) {
+  // A request waits in `waiting` until the engine thread's next iteration
+  // even when a slot is free, so the free slots count as places too: only
+  // max_queue requests beyond them make the queue full.
+  const int free_slots = e.max_batch - e.counters.running;
+  if (static_cast<int>(e.waiting.size()) >= e.max_queue + free_slots) {
     throw QueueFull("the request queue is full (" + std::to_string(e.max_queue) +
                     " requests waiting for one of " + std::to_string(e.max_batch) +
                     " sequence slots); retry later");

@@ -250,6 +250,22 @@ TEST(cancel_ends_a_request_within_one_step_and_frees_its_slot) {
   }
 }
 
+TEST(free_slots_accept_requests_even_with_no_queue) {
+  // A burst of max_batch requests fits in the slots whatever the engine
+  // thread has admitted so far, so max_queue 0 refuses none of them.
+  auto model = TinySaneModel("llama");
+  EngineOptions options = Options(2, 64);
+  options.max_queue = 0;
+  Engine engine(model, options);
+  Outcome first, second;
+  Submit(engine, first, Prompt(3, 1), Exactly(4));
+  Submit(engine, second, Prompt(2, 2), Exactly(4));
+  first.WaitFinished();
+  second.WaitFinished();
+  CHECK(first.tokens.size() == 4 && second.tokens.size() == 4);
+  CHECK(engine.stats().finished == 2);
+}
+
 TEST(a_full_queue_refuses_at_once_and_a_waiting_request_can_be_cancelled) {
   auto model = TinySaneModel("llama");
   EngineOptions options = Options(1, 64);

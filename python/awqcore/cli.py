@@ -351,6 +351,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (got {text})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -480,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests decoding together, one KV cache each (default 8)")
     s.add_argument("--max-seq-len", type=_positive_int, default=4096,
                    help="context per request in tokens, prompt + completion (default 4096)")
-    s.add_argument("--max-queue", type=_positive_int, default=64,
-                   help="requests waiting for a free slot; one more is answered 503 (default 64)")
+    s.add_argument("--max-queue", type=_non_negative_int, default=64,
+                   help="requests waiting beyond the free slots; one more is answered 503 "
+                        "(default 64)")
     s.add_argument("--threads", type=_positive_int, default=None,
                    help="worker threads (default: all cores)")
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"),

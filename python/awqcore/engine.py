@@ -17,10 +17,12 @@ on_event, so Python code never runs on the engine thread.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
 import traceback
+import weakref
 from typing import Callable, Iterator, Optional, Sequence
 
 from . import _LoadedFile, _check_model_path, _core, _integer
@@ -83,6 +85,7 @@ class Engine(_LoadedFile):
             target=_dispatch, args=(self._core, self._lock, self._callbacks), daemon=True,
             name="awqcore-engine-events")
         self._dispatcher.start()
+        _open_engines.add(self)
 
     @property
     def model(self) -> "Engine":
@@ -225,7 +228,19 @@ def _dispatch(core, lock: threading.Lock, callbacks: dict) -> None:
                 continue
             try:
                 callback(request_id, token, finish_reason, error)
-            except Exception:  # one request's bug must not stop the others' events
+            except BaseException:  # one request's bug (even sys.exit) must not stop the others' events
                 traceback.print_exc()
         if not more:
             return
+
+
+# Engines still open when the interpreter exits are closed before it
+# finalizes: a dispatcher thread woken during finalization would be ended
+# inside wait_events while it re-takes the GIL, which aborts the process.
+_open_engines: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_engines() -> None:
+    for engine in list(_open_engines):
+        engine.close()

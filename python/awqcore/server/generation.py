@@ -96,9 +96,14 @@ class Generation:
                 self._finish(FINISH_REASONS.get(reason, reason))
                 return
         finally:
-            if self.finish_reason is None:  # the reader left early: free the slot now
-                self.cancel()
-                self._finish("disconnected")
+            self.close()
+
+    def close(self) -> None:
+        """Ends a generation whose reader left before it finished (frees its slot
+        now); nothing once it has finished."""
+        if self.finish_reason is None:
+            self.cancel()
+            self._finish("disconnected")
 
     async def text(self) -> str:
         """The whole answer."""

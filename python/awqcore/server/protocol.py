@@ -120,8 +120,10 @@ class _Fields:
         value = self.body.get(name)
         if value is None:
             return default
-        if not _is_number(value) or not math.isfinite(value):
+        if not _is_number(value):
             raise bad_request(f"'{name}' must be a number, not {_json_type(value)}", param=name)
+        if not math.isfinite(value):
+            raise bad_request(f"'{name}' must be a finite number (got {value})", param=name)
         if value < low or value > high or (low_open and value == low):
             rule = f"{'greater than' if low_open else 'at least'} {low} and at most {high}"
             raise bad_request(f"'{name}' must be {rule} (got {value})", param=name)

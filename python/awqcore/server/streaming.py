@@ -56,19 +56,24 @@ class ChunkFormat:
 
 
 async def sse_events(generation: Generation, fmt: ChunkFormat) -> AsyncIterator[bytes]:
-    if fmt.chat:
-        yield sse(fmt.chunk(None, role=True))
+    # The finally covers a client gone before pieces() starts (while the role
+    # chunk is being sent): its request must end too.
     try:
-        async for piece in generation.pieces():
-            yield sse(fmt.chunk(piece))
-    except GenerationFailed as e:
-        yield sse(failure(e).body())
+        if fmt.chat:
+            yield sse(fmt.chunk(None, role=True))
+        try:
+            async for piece in generation.pieces():
+                yield sse(fmt.chunk(piece))
+        except GenerationFailed as e:
+            yield sse(failure(e).body())
+            yield sse("[DONE]")
+            return
+        yield sse(fmt.chunk(None if fmt.chat else "", generation.finish_reason))
+        if fmt.include_usage:
+            yield sse(fmt.usage_chunk(generation.usage()))
         yield sse("[DONE]")
-        return
-    yield sse(fmt.chunk(None if fmt.chat else "", generation.finish_reason))
-    if fmt.include_usage:
-        yield sse(fmt.usage_chunk(generation.usage()))
-    yield sse("[DONE]")
+    finally:
+        generation.close()
 
 
 class EventStream(StreamingResponse):
