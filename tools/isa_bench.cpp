@@ -214,7 +214,7 @@ void GemmBench(const Shape (&shapes)[kShapes], const std::vector<Isa>& levels, c
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, reps = 9, megabytes = 256, gemm_tokens = 64, tokens = 1;
+  int threads = 2, reps = 9, megabytes = 256, gemm_tokens = 128, tokens = 1;
   std::string only;  // run the shapes whose name contains it
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
