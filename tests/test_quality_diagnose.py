@@ -35,6 +35,30 @@ def test_output_error_is_the_mean_squared_output_difference(tool):
     assert tool.output_error(wq, w, x.T @ x / len(x)) == pytest.approx(direct, rel=1e-10)
 
 
+def test_errors_of_scaled_weights_are_in_the_fp_output_units(tool):
+    """AWQ's variants are measured as the layer computes them, (x / s) (Q(W s) r^-1 ... )
+    with the output rows multiplied back by r (the next group's scales folded into this
+    linear's rows): compared here with the error of those outputs computed from the
+    tokens themselves."""
+    from awqcore.quantize.awq import fake_quantize
+    from awqcore.quantize.clip import InputStats
+
+    rng = np.random.default_rng(3)
+    g, n = 32, 400
+    x = torch.from_numpy(rng.standard_normal((n, 64)).astype(np.float32))
+    w = torch.from_numpy(rng.standard_normal((8, 64)).astype(np.float32))
+    s = torch.from_numpy(rng.uniform(0.5, 2.0, 64).astype(np.float32))
+    rows = torch.from_numpy(rng.uniform(0.2, 5.0, 8).astype(np.float32))
+    w_scaled = w * s / rows[:, None]
+    stats = InputStats(64, g, full_gram=True)
+    stats.add(x[None], torch.zeros(1, dtype=torch.long))
+    grams = {"calib": (stats, stats.hessian(torch.ones(64)), stats.hessian(s))}
+    got = tool.linear_errors(w, w_scaled, s, rows, g, stats, grams, clipped=False)
+    y = (x / s) @ (fake_quantize(w_scaled, g) * rows[:, None]).T  # [n, out]
+    expected = float(((y - x @ w.T) ** 2).sum(1).mean()) / 8
+    assert got["awq"]["calib"] == pytest.approx(expected, rel=1e-4)
+
+
 def test_parse_layers(tool):
     assert tool.parse_layers("0-2,5", 8) == [0, 1, 2, 5]
     assert tool.parse_layers(None, 3) == [0, 1, 2]

@@ -65,10 +65,14 @@ def geomean(values: list[float]) -> float:
     return math.exp(sum(map(math.log, finite)) / len(finite)) if finite else float("nan")
 
 
-def linear_errors(w_fp: torch.Tensor, w_scaled: torch.Tensor, s: torch.Tensor, g: int,
-                  calib_stats, grams: dict[str, tuple], clipped: bool) -> dict[str, dict]:
+def linear_errors(w_fp: torch.Tensor, w_scaled: torch.Tensor, s: torch.Tensor,
+                  rows: torch.Tensor, g: int, calib_stats, grams: dict[str, tuple],
+                  clipped: bool) -> dict[str, dict]:
     """variant -> set -> output error, for one linear. grams: set -> (InputStats, Gram of x
-    [in, in], Gram of x / s [in, in]); calib_stats: the calibration set's InputStats."""
+    [in, in], Gram of x / s [in, in]); calib_stats: the calibration set's InputStats;
+    rows [out]: what AWQ divided the scaled weights' output rows by (the next group's
+    scales, for v and up; ones otherwise), multiplied back so every variant's error is
+    in the FP output's units."""
     from awqcore.quantize.awq import fake_quantize
     from awqcore.quantize.clip import clip_bounds, search_clip
     from awqcore.quantize.gptq import gptq_quantize
@@ -92,14 +96,16 @@ def linear_errors(w_fp: torch.Tensor, w_scaled: torch.Tensor, s: torch.Tensor, g
     if clipped:
         bound = clip_bounds(w_scaled, calib_stats, s, "full", fake_quantize)
         scaled["awq+clip"] = fake_quantize(clamp(w_scaled, bound), g)
+    back = rows[:, None]  # [out, 1]
     result: dict[str, dict] = {}
     for name, (stats, gram, gram_s) in grams.items():
         row = {v: output_error(q, w_fp, gram) for v, q in unscaled.items()}
-        row.update({v: output_error(q, w_scaled, gram_s) for v, q in scaled.items()})
+        row.update({v: output_error(q * back, w_scaled * back, gram_s)
+                    for v, q in scaled.items()})
         if clipped:  # the bounds this set's own tokens would choose
             own = search_clip(w_scaled, stats.scaled_gram(s), g, fake_quantize)
-            row["awq+own clip"] = output_error(fake_quantize(clamp(w_scaled, own), g),
-                                               w_scaled, gram_s)
+            row["awq+own clip"] = output_error(fake_quantize(clamp(w_scaled, own), g) * back,
+                                               w_scaled * back, gram_s)
         for variant, value in row.items():
             result.setdefault(variant, {})[name] = value
     return result
@@ -195,8 +201,11 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("wiki", "ood"):
                 st = seen[name][0][source_key]
                 grams[name] = (st, st.hessian(torch.ones_like(s)), st.hessian(s))
-            entry["linears"][key] = linear_errors(w[key], scaled[key], s, g, stats[source_key],
-                                                  grams, key not in CLIP_EXCLUDED)
+            rows = next((scales[gr.linears[0]] for gr in calib.scale_groups()
+                         if gr.prev == key), torch.ones(w[key].shape[0]))
+            entry["linears"][key] = linear_errors(w[key], scaled[key], s, rows, g,
+                                                  stats[source_key], grams,
+                                                  key not in CLIP_EXCLUDED)
         report["layers"][layer] = entry
         if not args.quiet:
             print(f"layer {layer} done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
