@@ -30,7 +30,7 @@ constexpr int kPrefetchRows = 32;
 template <typename CacheT>
 inline void PrefetchRows(const CacheT* row, int rows, int stride, int elements) {
   for (int r = 0; r < rows; ++r) {
-    avx2::PrefetchBytes(row + static_cast<size_t>(r) * stride, elements * static_cast<int>(sizeof(CacheT)));
+    avx2::PrefetchBytesToL2(row + static_cast<size_t>(r) * stride, elements * static_cast<int>(sizeof(CacheT)));
   }
 }
 

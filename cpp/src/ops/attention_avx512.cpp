@@ -72,6 +72,15 @@ inline void Prefetch(const void* p, int bytes) {
   for (int b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T1);
 }
 
+// The cache rows a value pass requests as it goes: rows j < `rows` of
+// k / v, `bytes` from each (the item's kv heads), `stride` elements apart.
+template <typename CacheT>
+struct Ahead {
+  const CacheT* k = nullptr;
+  const CacheT* v = nullptr;
+  int rows = 0, stride = 0, bytes = 0;
+};
+
 // Pairs (x[2i], x[2i + 1]) -> one vector whose 128-bit lanes hold partial
 // sums: lanes 0-1 of x[2i], lanes 2-3 of x[2i + 1].
 inline __m512 FoldHalves(__m512 a, __m512 b) {
@@ -116,13 +125,17 @@ inline __m512 Scores16(const float* query, const float* const* key_rows, int hd)
 // row of the rows' kv head. kRows x kVecs <= 16 accumulators.
 template <int kRows, int kVecs, typename CacheT>
 void AccumulateValues(float* const* acc, const float* const* weights, const float* rescale,
-                      const CacheT* const* v_rows, int j0, int j1, int c) {
+                      const CacheT* const* v_rows, int j0, int j1, int c, const Ahead<CacheT>& ahead) {
   __m512 sums[kRows][kVecs];
   for (int r = 0; r < kRows; ++r) {
     const __m512 s = _mm512_set1_ps(rescale[r]);
     for (int k = 0; k < kVecs; ++k) sums[r][k] = _mm512_mul_ps(s, _mm512_loadu_ps(acc[r] + c + 16 * k));
   }
   for (int j = j0; j < j1; ++j) {
+    if (j < ahead.rows) {
+      Prefetch(ahead.k + static_cast<size_t>(j) * ahead.stride, ahead.bytes);
+      Prefetch(ahead.v + static_cast<size_t>(j) * ahead.stride, ahead.bytes);
+    }
     __m512 value[kVecs];
     for (int k = 0; k < kVecs; ++k) value[k] = Load16(v_rows[j] + c + 16 * k);
     for (int r = 0; r < kRows; ++r) {
@@ -137,21 +150,26 @@ void AccumulateValues(float* const* acc, const float* const* weights, const floa
 
 template <int kRows, typename CacheT>
 void AccumulateColumns(float* const* acc, const float* const* weights, const float* rescale,
-                       const CacheT* const* v_rows, int j0, int j1, int hd) {
+                       const CacheT* const* v_rows, int j0, int j1, int hd, const Ahead<CacheT>& ahead) {
+  const Ahead<CacheT> none{};
   int c = 0;
-  for (; c + 64 <= hd; c += 64) AccumulateValues<kRows, 4>(acc, weights, rescale, v_rows, j0, j1, c);
-  for (; c < hd; c += 16) AccumulateValues<kRows, 1>(acc, weights, rescale, v_rows, j0, j1, c);
+  for (; c + 64 <= hd; c += 64) {
+    AccumulateValues<kRows, 4>(acc, weights, rescale, v_rows, j0, j1, c, c == 0 ? ahead : none);
+  }
+  for (; c < hd; c += 16) {
+    AccumulateValues<kRows, 1>(acc, weights, rescale, v_rows, j0, j1, c, c == 0 ? ahead : none);
+  }
 }
 
 // AccumulateColumns for count (1 .. kValueRows) rows.
 template <typename CacheT>
 void AccumulateRows(int count, float* const* acc, const float* const* weights, const float* rescale,
-                    const CacheT* const* v_rows, int j0, int j1, int hd) {
+                    const CacheT* const* v_rows, int j0, int j1, int hd, const Ahead<CacheT>& ahead) {
   switch (count) {
-    case 1: AccumulateColumns<1>(acc, weights, rescale, v_rows, j0, j1, hd); break;
-    case 2: AccumulateColumns<2>(acc, weights, rescale, v_rows, j0, j1, hd); break;
-    case 3: AccumulateColumns<3>(acc, weights, rescale, v_rows, j0, j1, hd); break;
-    default: AccumulateColumns<4>(acc, weights, rescale, v_rows, j0, j1, hd); break;
+    case 1: AccumulateColumns<1>(acc, weights, rescale, v_rows, j0, j1, hd, ahead); break;
+    case 2: AccumulateColumns<2>(acc, weights, rescale, v_rows, j0, j1, hd, ahead); break;
+    case 3: AccumulateColumns<3>(acc, weights, rescale, v_rows, j0, j1, hd, ahead); break;
+    default: AccumulateColumns<4>(acc, weights, rescale, v_rows, j0, j1, hd, ahead); break;
   }
 }
 
@@ -179,12 +197,15 @@ void AttendRowsAvx512(const AttentionRows& rows, const CacheT* k, const CacheT* 
   for (int block = key_begin; block < key_end; block += block_keys) {
     const int n = std::min(block_keys, key_end - block);
     const int vectors = (n + kKeys - 1) / kKeys;  // score vectors per row
-    // The rows `ahead` keys on, every kv head of the item, one request per
-    // line, while this block computes.
-    for (int j = block + ahead; j < std::min(key_end, block + ahead + block_keys); ++j) {
-      Prefetch(k + static_cast<size_t>(j) * kv_stride, span_bytes);
-      Prefetch(v + static_cast<size_t>(j) * kv_stride, span_bytes);
-    }
+    // The rows `ahead` keys on, every kv head of the item, requested by the
+    // first value pass of the block as it goes (a burst of requests at the
+    // block's start waits for free fill buffers).
+    Ahead<CacheT> next;
+    next.k = k + static_cast<size_t>(block + ahead) * kv_stride;
+    next.v = v + static_cast<size_t>(block + ahead) * kv_stride;
+    next.rows = std::max(0, std::min(block_keys, key_end - block - ahead));
+    next.stride = kv_stride;
+    next.bytes = span_bytes;
     for (int r = 0; r < rows.count; ++r) {
       lo[r] = std::max(0, rows.first_key[r] - block);
       hi[r] = std::min(n, rows.num_keys[r] - block);
@@ -249,7 +270,8 @@ void AttendRowsAvx512(const AttentionRows& rows, const CacheT* k, const CacheT* 
           row_weights[count++] = weights[r];
         }
         AccumulateRows(count, acc, row_weights, rescale + (r - count), value_rows, lo[r - count],
-                       hi[r - count], hd);
+                       hi[r - count], hd, next);
+        next.rows = 0;
       }
       run = run_end;
     }
