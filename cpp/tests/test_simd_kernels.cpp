@@ -538,13 +538,12 @@ TEST(attention_kernels_match_reference) {
     for (bool f16_cache : {false, true}) {
       double worst = 0.0;
       std::string worst_case;
-      // H / KV = 3: several tokens per item; hd 72: a 64-column register pass
-      // plus an 8-column one (AVX2; AVX-512 takes hd % 16 == 0: 16, 48, 80
-      // give its 16-column passes, 64-key blocks at hd <= 64, 48 at 80, 16
-      // at 256). {18, 1}: a group wider than kMaxRows, so an item takes part
-      // of its heads; {12, 4}: a decode item of 4 kv heads (runs of 3 rows).
-      // Window 7: rows of one block reading different keys (Gemma 3's
-      // sliding layers; 272 > kAvx512MaxHeadDim runs the AVX2 body).
+      // H / KV = 3: several tokens per item; hd 72, 80: a 64-column register
+      // pass plus 8-column ones; 16, 48: 8-column passes only. {18, 1}: a
+      // group wider than kMaxRows, so an item takes part of its heads; {12, 4}:
+      // a decode item of 4 kv heads (kv_offset per row). Windows 7, 40, 512:
+      // rows of one block reading different keys (Gemma 3's sliding layers,
+      // hd 256).
       for (const AttentionShape shape :
            {AttentionShape{6, 2, 8}, AttentionShape{6, 2, 64}, AttentionShape{6, 2, 72},
             AttentionShape{6, 2, 128}, AttentionShape{18, 1, 72}, AttentionShape{12, 4, 48},

@@ -146,7 +146,6 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
   auto state_of = [&](int t, int h, int split) {  // [2 + hd] in scratch
     return scratch + ((static_cast<size_t>(t) * H + h) * grid.splits + split) * state_floats;
   };
-  const bool use_avx512 = isa >= Isa::kAvx512 && hd % 16 == 0 && hd <= kAvx512MaxHeadDim;
   const bool use_avx2 = isa >= Isa::kAvx2 && hd % 8 == 0;
   const float score_scale = shape.ScoreScale();  // once, not per work item
   pool.ParallelFor(grid.items, [&](int64_t item_begin, int64_t item_end) {
@@ -190,10 +189,6 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
       const int key_end = std::min(tile_end, split_begin + grid.split_keys);
       const CacheT* k = k_caches[t_begin] + kv_begin * hd;
       const CacheT* v = v_caches[t_begin] + kv_begin * hd;
-      if (use_avx512) {
-        AttendRowsAvx512(rows, k, v, kv_stride, hd, key_begin, key_end);
-        continue;
-      }
       if (use_avx2) {
         AttendRowsAvx2(rows, k, v, kv_stride, hd, key_begin, key_end);
         continue;

@@ -140,21 +140,21 @@ struct AttentionRows {
   float* state[kMaxRows];        // [2 + hd] each
 };
 
-// The item kernels: the portable loop (attention.cpp), AVX2 + FMA + F16C
-// (attention_avx2.cpp, used when isa is kAvx2 or above and hd % 8 == 0) and
-// AVX-512 (attention_avx512.cpp, used when isa is kAvx512 or above, hd % 16
-// == 0 and hd <= kAvx512MaxHeadDim: its f32 key block, 16 KiB on the stack,
-// holds at least 16 keys).
-constexpr int kAvx512MaxHeadDim = 256;
+// The item kernels: the portable loop (attention.cpp) and AVX2 + FMA + F16C
+// (attention_avx2.cpp, used when isa is kAvx2 or above and hd % 8 == 0).
+// An AVX-512 body (keys converted once per GQA group into an f32 block,
+// 16-key transpose reductions, 64-key softmax blocks) ran 8-10% slower than
+// the AVX2 one on Zen 4 (tools/attention_bench, SmolLM2's shape, 1 thread,
+// CPU time, interleaved: 1.46 / 1.53 ms against 1.34 / 1.42 per step at 512
+// keys): there a zmm FMA is two 256-bit halves, so it does no more
+// arithmetic per cycle, and the decode step waits on memory, not on
+// instructions.
 template <typename CacheT>
 void AttendRowsScalar(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
                       int hd, int key_begin, int key_end);
 template <typename CacheT>
 void AttendRowsAvx2(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
                     int hd, int key_begin, int key_end);
-template <typename CacheT>
-void AttendRowsAvx512(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
-                      int hd, int key_begin, int key_end);
 
 // The naive computation in double (full softmax per query over the keys its
 // window admits, no scratch reuse), for the tokens of one sequence at

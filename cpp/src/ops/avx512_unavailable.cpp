@@ -4,9 +4,6 @@
 // DetectedIsa() never returns Isa::kAvx512 or above, so the ops never reach
 // these; a caller that names the level itself gets the AVX2 result (itself
 // the scalar one in a build without AVX2), so dispatch code needs no #ifdef.
-#include <cstdint>
-
-#include "ops/attention.h"
 #include "ops/linear_kernels.h"
 
 namespace awqcore {
@@ -15,15 +12,5 @@ void Int4RowsQ8Avx512(const Int4Linear& layer, int row0, int rows, const Q8Activ
                       float* y, int ldy) {
   Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
 }
-
-template <typename CacheT>
-void AttendRowsAvx512(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
-                      int hd, int key_begin, int key_end) {
-  AttendRowsAvx2(rows, k, v, kv_stride, hd, key_begin, key_end);
-}
-template void AttendRowsAvx512<float>(const AttentionRows&, const float*, const float*, int, int,
-                                      int, int);
-template void AttendRowsAvx512<uint16_t>(const AttentionRows&, const uint16_t*, const uint16_t*,
-                                         int, int, int, int);
 
 }  // namespace awqcore
