@@ -213,3 +213,87 @@ def test_device_memory_is_reported_and_covers_weights_and_caches(tiny_awqbin):
     cache = 2 * c["num_layers"] * 3 * 128 * c["num_kv_heads"] * c["head_dim"] * 2
     print(f"device memory {c['device_memory_bytes']} B: file tensors {c['weight_bytes']}, caches {cache}")
     assert c["device_memory_bytes"] >= c["weight_bytes"] - 63 + cache
+
+
+# Router logits closer than this at the k-th / (k+1)-th expert count as a near
+# tie. The GPU's hidden states differ from the CPU's by the roundings above
+# (a few 2^-11 relative), so its router logits, O(1..5) on SharpSource's
+# gain-2 routers, move by ~1e-2 at most: a gap of 0.05 cannot flip. A flipped
+# expert would move the logits by O(1) (test_moe_reference), so the logit
+# comparison needs prompts without near ties, found by the torch reference.
+MOE_ROUTING_MARGIN = 0.05
+
+
+def moe_model(family, tmp_path):
+    """A tiny `family` model (tiny_models.SharpSource: randomized norms, routers that
+    spread the tokens over the experts), quantized RTN g32."""
+    from awqcore.quantize.pipeline import quantize_model
+    from tiny_models import SharpSource
+
+    path = tmp_path / f"{family}.awqbin"
+    quantize_model(SharpSource(family, seed=7), path, method="rtn", group_size=32, progress=False)
+    return path
+
+
+def routing_margin(path, ids):
+    """The smallest gap between the k-th and (k+1)-th largest router logit, over
+    every token of `ids` and every MoE layer, in the torch reference of the file."""
+    import awqcore.reference as reference
+    from awqcore.awqbin_source import AwqbinSource
+
+    source = AwqbinSource(path)
+    k = source.config.num_experts_per_tok
+    gaps, route = [], reference.route
+
+    def recording_route(config, h, router):
+        top = (h.float() @ router.float().T).sort(-1, descending=True).values
+        gaps.append(float((top[:, k - 1] - top[:, k]).min()))
+        return route(config, h, router)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reference, "route", recording_route)
+        reference.ReferenceModel(source.config, source.get).forward(ids)
+    return min(gaps)
+
+
+def clear_routing_prompt(path, length, n_new):
+    """The first seeded prompt of `length` tokens whose routing, through the CPU's
+    greedy continuation of n_new tokens, has no near tie."""
+    cpu = awqcore.Model(path, max_seq_len=128, activations="f32")
+    vocab = cpu.config["vocab_size"]
+    for seed in range(40):
+        prompt = np.random.default_rng(seed).integers(0, vocab, size=length).tolist()
+        tokens = cpu.generate(prompt, max_new_tokens=n_new, stop=[])
+        margin = routing_margin(path, prompt + tokens)
+        if margin >= MOE_ROUTING_MARGIN:
+            print(f"{path.name}: prompt seed {seed}, routing margin {margin:.3f}")
+            return prompt
+    pytest.fail(f"no prompt of {length} tokens routes clear of ties by {MOE_ROUTING_MARGIN}")
+
+
+@needs_gpu
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_moe_models_match_cpu(family, tmp_path):
+    """Mixtral (4 experts, top-2, normalized, sliding window) and Qwen3-MoE (8
+    experts, top-3, not normalized, a dense layer first, q/k norms) on the GPU
+    (cuda/moe.cu) against the CPU: a 7-token prompt (the grouped GEMV: router,
+    grouping, one- and multi-token tiles) and a 40-token one (the grouped
+    tensor-core GEMM's tiles), then decode steps of one token."""
+    path = moe_model(family, tmp_path)
+    for length in (7, 40):
+        compare(path, clear_routing_prompt(path, length, n_new=16), n_new=16, max_seq_len=128)
+
+
+@needs_gpu
+def test_moe_batched_generation_equals_one_by_one(tmp_path):
+    """A decode step of several sequences groups their tokens by expert (tiles of
+    up to 8 tokens of one expert); each token's sums run as they would alone, so
+    the tokens equal one-by-one generation exactly."""
+    path = moe_model("qwen3_moe", tmp_path)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, 64, size=n).tolist() for n in (3, 20, 1, 9)]
+    gpu = awqcore.Model(path, max_seq_len=64, device="cuda", max_batch=3)
+    batched = gpu.generate(prompts, max_new_tokens=16, stop=[])
+    alone = [gpu.generate(p, max_new_tokens=16, stop=[]) for p in prompts]
+    assert batched == alone
+    assert any(len(set(out)) > 2 for out in alone)
