@@ -176,8 +176,12 @@ def spm_jsons(tmp_path_factory) -> dict[str, str]:
     return out
 
 
+# The fuzzer's seeds (cpp/fuzz/tokenizer_corpus): a seed the C++ tokenizer
+# rejected or read differently would start the fuzzer from the wrong place.
+FUZZ_SEEDS = Path(__file__).resolve().parents[1] / "cpp" / "fuzz" / "tokenizer_corpus"
+
 VOCABS = ["smollm2", "qwen2", "llama3", "gpt2-prefix", "spm-llama2", "spm-gemma", "spm-metaspace",
-          "spm-metaspace-split-unk"]
+          "spm-metaspace-split-unk", "fuzz-seed-bytelevel_bpe", "fuzz-seed-spm_bytefallback"]
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +189,8 @@ def vocab_jsons(smollm2_json, spm_jsons) -> dict[str, str]:
     base = json.loads(smollm2_json)
     return {"smollm2": smollm2_json, "qwen2": json.dumps(qwen2_doc(base)),
             "llama3": json.dumps(llama3_doc(base)), "gpt2-prefix": json.dumps(gpt2_prefix_doc(base)),
-            **spm_jsons}
+            **spm_jsons,
+            **{f"fuzz-seed-{path.stem}": path.read_text() for path in FUZZ_SEEDS.glob("*.json")}}
 
 
 @pytest.fixture(scope="module", params=VOCABS)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# The C++ tests under sanitizers, and the .awqbin reader under a fuzzer; run by
+# The C++ tests under sanitizers, and the .awqbin and tokenizer.json readers
+# under a fuzzer; run by
 # tools/test.sh after the main suite. Steps (default: all three):
 #   asan  every ctest suite built with AddressSanitizer + UndefinedBehaviorSanitizer
 #   tsan  test_concurrency (Sessions on one Model in parallel threads),
 #         test_session and tests/test_threads.py (Python Models from several
 #         threads, over an extension built with TSan) under ThreadSanitizer
 #   fuzz  cpp/fuzz/fuzz_awqbin (libFuzzer, Clang, with ASan + UBSan) for
-#         AWQCORE_FUZZ_SECONDS (default 60) from the seed corpus cpp/fuzz/corpus
+#         AWQCORE_FUZZ_SECONDS (default 60) from the seed corpus cpp/fuzz/corpus,
+#         then cpp/fuzz/fuzz_tokenizer for AWQCORE_FUZZ_TOKENIZER_SECONDS
+#         (default 30) from cpp/fuzz/tokenizer_corpus
 # Builds go to build/sanitize-*/ and build/fuzz/ (reused when present). Any
 # sanitizer report or fuzzer crash fails the step; a crash input is kept in
 # build/fuzz/ (add it to cpp/tests as a regression case). Without clang++ the
@@ -60,16 +63,25 @@ step_fuzz() {
   fi
   configure build/fuzz -DCMAKE_CXX_COMPILER=clang++ -DAWQCORE_BUILD_TESTS=OFF \
     -DAWQCORE_SANITIZE=address,undefined -DAWQCORE_BUILD_FUZZERS=ON
-  cmake --build build/fuzz -j "$jobs" --target fuzz_awqbin >/dev/null
-  # New inputs go to a scratch corpus; the committed seeds stay as they are.
-  rm -rf build/fuzz/corpus && mkdir -p build/fuzz/corpus
-  if ! (cd build/fuzz && ASAN_OPTIONS=detect_leaks=1 ./cpp/fuzz/fuzz_awqbin corpus ../../cpp/fuzz/corpus \
-          -max_total_time="${AWQCORE_FUZZ_SECONDS:-60}" -timeout=10 -rss_limit_mb=2048 \
-          -max_len=16384 -print_final_stats=1 >fuzz.log 2>&1); then
-    tail -n 80 build/fuzz/fuzz.log
+  cmake --build build/fuzz -j "$jobs" --target fuzz_awqbin fuzz_tokenizer >/dev/null
+  fuzz_target fuzz_awqbin corpus 16384 "${AWQCORE_FUZZ_SECONDS:-60}"
+  fuzz_target fuzz_tokenizer tokenizer_corpus 65536 "${AWQCORE_FUZZ_TOKENIZER_SECONDS:-30}"
+}
+
+# fuzz_target NAME SEEDS MAX_LEN SECONDS: runs build/fuzz's NAME from the seeds
+# in cpp/fuzz/SEEDS. New inputs go to a scratch corpus; the committed seeds
+# stay as they are.
+fuzz_target() {
+  local name=$1 seeds=$2 max_len=$3 seconds=$4
+  rm -rf "build/fuzz/$name-corpus" && mkdir -p "build/fuzz/$name-corpus"
+  if ! (cd build/fuzz && ASAN_OPTIONS=detect_leaks=1 "./cpp/fuzz/$name" "$name-corpus" \
+          "../../cpp/fuzz/$seeds" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+          -max_len="$max_len" -print_final_stats=1 >"$name.log" 2>&1); then
+    tail -n 80 "build/fuzz/$name.log"
     return 1
   fi
-  grep -E "^(Done |stat::number_of_executed_units|stat::peak_rss_mb)" build/fuzz/fuzz.log
+  echo "$name:"
+  grep -E "^(Done |stat::number_of_executed_units|stat::peak_rss_mb)" "build/fuzz/$name.log"
 }
 
 for step in "${steps[@]}"; do

@@ -97,6 +97,11 @@ TEST(json_errors_name_the_place) {
                FormatError, "tokenizer.json.model.merges[0]: expected two tokens");
   CHECK_THROWS(Tokenizer::FromJson("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"\\ud800\": 0}}}"),
                FormatError, "unpaired surrogate");
+  // The message of a bad escape stays UTF-8 whatever byte follows the
+  // backslash (the Python bindings could not raise it otherwise).
+  CHECK_THROWS(Tokenizer::FromJson("{\"model\": \"\\q\"}"), FormatError, "unknown escape \\q");
+  CHECK_THROWS(Tokenizer::FromJson("{\"model\": \"\\\x9F\"}"), FormatError,
+               "unknown escape \\ followed by byte 0x9f");
 }
 
 TEST(tiny_byte_level_document_end_to_end) {

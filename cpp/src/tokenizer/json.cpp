@@ -12,6 +12,15 @@ namespace {
 
 bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
+// A backslash escape as a message shows it: printable ASCII as itself, any
+// other byte as its hex value, so that the message stays valid UTF-8.
+std::string EscapeForMessage(char c) {
+  const unsigned char byte = static_cast<unsigned char>(c);
+  if (byte >= 0x20 && byte < 0x7f) return std::string("\\") + c;
+  static const char kHex[] = "0123456789abcdef";
+  return std::string("\\ followed by byte 0x") + kHex[byte >> 4] + kHex[byte & 15];
+}
+
 // A cursor over well-formed or not-yet-checked text; Skip* return the offset
 // just past the value, throwing FormatError with the byte offset if malformed.
 class Scanner {
@@ -61,7 +70,7 @@ class Scanner {
         } else if (std::string_view("\"\\/bfnrt").find(e) != std::string_view::npos) {
           pos += 2;
         } else {
-          Fail(pos, std::string("unknown escape \\") + e);
+          Fail(pos, "unknown escape " + EscapeForMessage(e));
         }
       } else if (c < 0x80) {
         ++pos;
