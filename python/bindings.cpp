@@ -1,4 +1,5 @@
-// nanobind bindings: a thin layer from Python to awqcore::Model/Session.
+// nanobind bindings: a thin layer from Python to awqcore::Model/Session and
+// awqcore::Engine.
 // No model logic lives here. Compute runs with the GIL released; the on_token
 // callback re-acquires it for the duration of the Python call only.
 #include <nanobind/nanobind.h>
@@ -8,12 +9,18 @@
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/string_view.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "awqcore/awqcore.h"
@@ -28,6 +35,7 @@ namespace {
 // raise the same exception types. Held for the life of the interpreter.
 PyObject* g_format_error = nullptr;
 PyObject* g_runtime_error = nullptr;
+PyObject* g_queue_full = nullptr;
 
 // The C++ tokenizer (awqcore/tokenizer.h): immutable, so the GIL is released
 // while it works.
@@ -43,6 +51,56 @@ struct PyTokenizer {
     return tokenizer->Decode(ids, skip_special);
   }
 };
+
+// The file's hyperparameters and sizes, the keys Model.config and
+// Engine.config share (each adds its own runtime's).
+nb::dict ModelConfigDict(const awqcore::Model& model) {
+  const awqcore::ModelConfig& c = model.config();
+  nb::dict d;
+  d["architecture"] = c.architecture;
+  d["name"] = c.name;
+  d["vocab_size"] = c.vocab_size;
+  d["hidden_size"] = c.hidden_size;
+  d["intermediate_size"] = c.intermediate_size;
+  d["num_layers"] = c.num_layers;
+  d["num_heads"] = c.num_heads;
+  d["num_kv_heads"] = c.num_kv_heads;
+  d["head_dim"] = c.head_dim;
+  d["max_position_embeddings"] = c.max_position_embeddings;
+  d["rope_theta"] = c.rope_theta;
+  d["rms_norm_eps"] = c.rms_norm_eps;
+  d["tie_word_embeddings"] = c.tie_word_embeddings;
+  d["attention_bias"] = c.attention_bias;
+  d["quant_method"] = c.quant_method;
+  d["bits"] = c.bits;
+  d["group_size"] = c.group_size;
+  d["bos_token_id"] = c.bos_token_id;
+  d["eos_token_ids"] = c.eos_token_ids;
+  d["num_experts"] = c.num_experts;
+  d["num_experts_per_tok"] = c.num_experts_per_tok;
+  d["moe_intermediate_size"] = c.moe_intermediate_size;
+  d["norm_topk_prob"] = c.norm_topk_prob;
+  d["moe_layers"] = std::vector<int>(c.moe_layers.begin(), c.moe_layers.end());
+  d["weight_bytes"] = model.weight_bytes();
+  d["active_bytes_per_token"] = model.active_bytes_per_token();
+  return d;
+}
+
+// The options of one generation, as both Model and Engine take them (the
+// Python wrappers check the types; the runtime checks the ranges).
+awqcore::GenerateOptions Options(int max_new_tokens, float temperature, int top_k, float top_p,
+                                 float repetition_penalty, std::optional<uint64_t> seed,
+                                 std::optional<std::vector<int>> stop) {
+  awqcore::GenerateOptions options;
+  options.max_new_tokens = max_new_tokens;
+  options.sampling.temperature = temperature;
+  options.sampling.top_k = top_k;
+  options.sampling.top_p = top_p;
+  options.sampling.repetition_penalty = repetition_penalty;
+  options.sampling.seed = seed;
+  options.stop_ids = std::move(stop);
+  return options;
+}
 
 // One model and the session (KV cache) that runs it. Not thread-safe, like
 // awqcore::Session: the Python wrapper serialises calls with a lock.
@@ -65,34 +123,7 @@ class PyModel {
   }
 
   nb::dict config() const {
-    const awqcore::ModelConfig& c = model_->config();
-    nb::dict d;
-    d["architecture"] = c.architecture;
-    d["name"] = c.name;
-    d["vocab_size"] = c.vocab_size;
-    d["hidden_size"] = c.hidden_size;
-    d["intermediate_size"] = c.intermediate_size;
-    d["num_layers"] = c.num_layers;
-    d["num_heads"] = c.num_heads;
-    d["num_kv_heads"] = c.num_kv_heads;
-    d["head_dim"] = c.head_dim;
-    d["max_position_embeddings"] = c.max_position_embeddings;
-    d["rope_theta"] = c.rope_theta;
-    d["rms_norm_eps"] = c.rms_norm_eps;
-    d["tie_word_embeddings"] = c.tie_word_embeddings;
-    d["attention_bias"] = c.attention_bias;
-    d["quant_method"] = c.quant_method;
-    d["bits"] = c.bits;
-    d["group_size"] = c.group_size;
-    d["bos_token_id"] = c.bos_token_id;
-    d["eos_token_ids"] = c.eos_token_ids;
-    d["num_experts"] = c.num_experts;
-    d["num_experts_per_tok"] = c.num_experts_per_tok;
-    d["moe_intermediate_size"] = c.moe_intermediate_size;
-    d["norm_topk_prob"] = c.norm_topk_prob;
-    d["moe_layers"] = std::vector<int>(c.moe_layers.begin(), c.moe_layers.end());
-    d["weight_bytes"] = model_->weight_bytes();
-    d["active_bytes_per_token"] = model_->active_bytes_per_token();
+    nb::dict d = ModelConfigDict(*model_);
     d["max_seq_len"] = session_->max_seq_len();
     d["threads"] = session_->num_threads();
     d["max_batch"] = session_->max_batch();
@@ -192,24 +223,190 @@ class PyModel {
   }
 
  private:
-  static awqcore::GenerateOptions Options(int max_new_tokens, float temperature, int top_k,
-                                          float top_p, float repetition_penalty,
-                                          std::optional<uint64_t> seed,
-                                          std::optional<std::vector<int>> stop) {
-    awqcore::GenerateOptions options;
-    options.max_new_tokens = max_new_tokens;
-    options.sampling.temperature = temperature;
-    options.sampling.top_k = top_k;
-    options.sampling.top_p = top_p;
-    options.sampling.repetition_penalty = repetition_penalty;
-    options.sampling.seed = seed;
-    options.stop_ids = std::move(stop);
-    return options;
-  }
 
   std::shared_ptr<const awqcore::Model> model_;
   std::unique_ptr<awqcore::Session> session_;
   std::string activations_;
+};
+
+// One engine event: a token (finish_reason empty) or the end of a request.
+struct EngineEvent {
+  uint64_t id = 0;
+  int token = -1;              // -1 on the finish event
+  std::string finish_reason;   // StopReasonName; empty on a token event
+  std::string error;           // the failure's message; empty on success
+};
+using PyEvent = std::tuple<uint64_t, std::optional<int>, std::optional<std::string>,
+                           std::optional<std::string>>;
+
+// The hand-over from the engine thread to the Python dispatcher thread: the
+// engine's callbacks push without the GIL, wait_events pops with the GIL
+// released while it sleeps. Thread-safe.
+class EventQueue {
+ public:
+  void Push(EngineEvent event) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    events_.push_back(std::move(event));
+    ready_.notify_one();
+  }
+  // Ends the waits: wait_events returns what is left, then nothing, at once.
+  void Close() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closed_ = true;
+    ready_.notify_all();
+  }
+  // Every queued event once one is there or the queue closes, else nothing
+  // after `timeout` seconds; and whether more may come.
+  std::pair<std::vector<EngineEvent>, bool> Wait(double timeout) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    ready_.wait_for(lock, std::chrono::duration<double>(std::max(0.0, timeout)),
+                    [&] { return !events_.empty() || closed_; });
+    std::vector<EngineEvent> events(std::make_move_iterator(events_.begin()),
+                                    std::make_move_iterator(events_.end()));
+    events_.clear();
+    return {std::move(events), !closed_};
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<EngineEvent> events_;
+  bool closed_ = false;
+};
+
+// awqcore::Engine for the Python wrapper (awqcore/engine.py): every callback
+// becomes an event in the queue, so the engine thread never takes the GIL.
+// Thread-safe, as awqcore::Engine.
+class PyEngine {
+ public:
+  PyEngine(const std::string& path, int threads, int max_seq_len, int max_batch, int max_queue,
+           int prefill_chunk, bool verify, const std::string& device,
+           const std::string& activations)
+      : activations_(activations) {
+    nb::gil_scoped_release release;
+    awqcore::LoadOptions load;
+    load.verify_checksums = verify;
+    model_ = awqcore::Model::Load(path, load);
+    awqcore::EngineOptions options;
+    options.max_batch = max_batch;
+    options.max_seq_len = max_seq_len;
+    options.max_queue = max_queue;
+    options.prefill_chunk = prefill_chunk;
+    options.num_threads = threads;
+    options.device = device == "cuda" ? awqcore::Device::kCuda : awqcore::Device::kCpu;
+    options.activations = activations == "f32" ? awqcore::CpuActivations::kFloat32
+                                                : awqcore::CpuActivations::kInt8Decode;
+    engine_ = std::make_unique<awqcore::Engine>(model_, options);
+    max_queue_ = max_queue;
+    prefill_chunk_ = prefill_chunk;
+    device_ = device;
+  }
+
+  nb::dict config() const {
+    nb::dict d = ModelConfigDict(*model_);
+    d["max_seq_len"] = engine_->max_seq_len();
+    d["threads"] = engine_->num_threads();
+    d["max_batch"] = engine_->max_batch();
+    d["max_queue"] = max_queue_;
+    d["prefill_chunk"] = prefill_chunk_;
+    d["device"] = device_;
+    d["activations"] = activations_;
+    return d;
+  }
+
+  std::optional<std::string> metadata_string(const std::string& key) const {
+    return model_->metadata_string(key);
+  }
+
+  uint64_t submit(std::vector<int> ids, int max_new_tokens, float temperature, int top_k,
+                  float top_p, float repetition_penalty, std::optional<uint64_t> seed,
+                  std::optional<std::vector<int>> stop) {
+    const awqcore::GenerateOptions options = Options(
+        max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, std::move(stop));
+    // The id is known once Submit returns, but the engine thread may call
+    // back before: the callbacks read it from a cell Submit's caller fills
+    // under the cell's lock, which the callbacks take too.
+    struct IdCell {
+      std::mutex mutex;
+      uint64_t id = 0;
+      uint64_t Get() {
+        std::lock_guard<std::mutex> lock(mutex);
+        return id;
+      }
+    };
+    auto cell = std::make_shared<IdCell>();
+    std::shared_ptr<EventQueue> events = events_;
+    nb::gil_scoped_release release;
+    std::lock_guard<std::mutex> hold(cell->mutex);
+    cell->id = engine_->Submit(
+        std::move(ids), options,
+        [events, cell](int token) {
+          events->Push({cell->Get(), token, "", ""});
+          return true;
+        },
+        [events, cell](awqcore::StopReason reason, const std::string& error) {
+          events->Push({cell->Get(), -1, awqcore::StopReasonName(reason), error});
+        });
+    return cell->id;
+  }
+
+  bool cancel(uint64_t id) { return engine_->Cancel(id); }
+
+  nb::dict stats() const {
+    const awqcore::Engine::Stats s = engine_->stats();
+    nb::dict d;
+    d["waiting"] = s.waiting;
+    d["running"] = s.running;
+    d["max_batch"] = s.max_batch;
+    d["max_queue"] = s.max_queue;
+    d["submitted"] = s.submitted;
+    d["finished"] = s.finished;
+    d["prompt_tokens"] = s.prompt_tokens;
+    d["generated_tokens"] = s.generated_tokens;
+    d["decode_steps"] = s.decode_steps;
+    d["prefill_seconds"] = s.prefill_seconds;
+    d["decode_seconds"] = s.decode_seconds;
+    return d;
+  }
+
+  // (events, open): events as (id, token, None, None) or (id, None,
+  // finish_reason, error or None); open is false once close_events ran and
+  // the queue is empty.
+  std::pair<std::vector<PyEvent>, bool> wait_events(double timeout) {
+    std::pair<std::vector<EngineEvent>, bool> got;
+    {
+      nb::gil_scoped_release release;
+      got = events_->Wait(timeout);
+    }
+    std::vector<PyEvent> out;
+    out.reserve(got.first.size());
+    for (EngineEvent& e : got.first) {
+      if (e.finish_reason.empty()) {
+        out.emplace_back(e.id, e.token, std::nullopt, std::nullopt);
+      } else {
+        out.emplace_back(e.id, std::nullopt, std::move(e.finish_reason),
+                         e.error.empty() ? std::nullopt : std::optional<std::string>(e.error));
+      }
+    }
+    return {std::move(out), got.second || !out.empty()};
+  }
+
+  // Finishes every request (their events are queued before this returns)
+  // and joins the engine thread; then the event queue closes.
+  void shutdown() {
+    {
+      nb::gil_scoped_release release;
+      engine_->Shutdown();
+    }
+    events_->Close();
+  }
+
+ private:
+  std::shared_ptr<const awqcore::Model> model_;
+  std::shared_ptr<EventQueue> events_ = std::make_shared<EventQueue>();
+  std::unique_ptr<awqcore::Engine> engine_;
+  int max_queue_ = 0, prefill_chunk_ = 0;
+  std::string device_, activations_;
 };
 
 }  // namespace
@@ -220,11 +417,14 @@ NB_MODULE(_core, m) {
   nb::module_ errors = nb::module_::import_("awqcore.errors");
   g_format_error = errors.attr("FormatError").inc_ref().ptr();
   g_runtime_error = errors.attr("Error").inc_ref().ptr();
+  g_queue_full = errors.attr("QueueFull").inc_ref().ptr();
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);
     } catch (const awqcore::FormatError& e) {
       PyErr_SetString(g_format_error, e.what());
+    } catch (const awqcore::QueueFull& e) {
+      PyErr_SetString(g_queue_full, e.what());
     } catch (const awqcore::InvalidArgument& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
     } catch (const awqcore::Error& e) {
@@ -310,4 +510,19 @@ NB_MODULE(_core, m) {
       .def("position", &PyModel::position)
       .def("last_timing", &PyModel::last_timing)
       .def("last_stop_reasons", &PyModel::last_stop_reasons);
+
+  // The continuous-batching engine (awqcore/engine.py wraps it).
+  nb::class_<PyEngine>(m, "Engine")
+      .def(nb::init<const std::string&, int, int, int, int, int, bool, const std::string&,
+                    const std::string&>(),
+           "path"_a, "threads"_a, "max_seq_len"_a, "max_batch"_a, "max_queue"_a,
+           "prefill_chunk"_a, "verify"_a, "device"_a, "activations"_a)
+      .def("config", &PyEngine::config)
+      .def("metadata_string", &PyEngine::metadata_string, "key"_a)
+      .def("submit", &PyEngine::submit, "ids"_a, "max_new_tokens"_a, "temperature"_a, "top_k"_a,
+           "top_p"_a, "repetition_penalty"_a, "seed"_a.none(), "stop"_a.none())
+      .def("cancel", &PyEngine::cancel, "request_id"_a)
+      .def("stats", &PyEngine::stats)
+      .def("wait_events", &PyEngine::wait_events, "timeout"_a)
+      .def("shutdown", &PyEngine::shutdown);
 }

@@ -5,7 +5,7 @@
 // W8A8 int8 lm_head (TableLinearForward), at Qwen2.5-1.5B's and SmolLM2's
 // shapes. Dev tool, not part of the library.
 //
-//   build/.../isa_bench [--threads 2] [--reps 9] [--megabytes 256] [--only qwen]
+//   build/.../isa_bench [--threads 2] [--reps 9] [--megabytes 256] [--gemm-tokens 64] [--only qwen]
 //
 // Each shape is allocated as copies totalling --megabytes (8x this machine's
 // 32 MB L3), and one timed pass runs the GEMV once over every copy, so the
@@ -18,6 +18,14 @@
 // calling thread and reports GB per CPU-second of that thread (memory stalls
 // included, time descheduled not): the kernel's cost per byte streamed from
 // DRAM. Compare levels within one run.
+//
+// Then the prefill GEMM (the W4A8 row kernels with --gemm-tokens tokens, a
+// prefill chunk: Transformer::kChunkTokens) at every level through the
+// dispatcher Int4RowsQ8 (the AVX-512 VNNI level takes the GEMM, the others
+// their GEMVs), on one copy of each shape (compute-bound: the weights come
+// from L2/L3 as in prefill), rows in slices of 32 as Int4GatedMlpForward
+// hands them out: GMAC per CPU-second of the calling thread, medians of the
+// interleaved repetitions.
 #include <algorithm>
 #include <chrono>
 #include <ctime>
@@ -161,10 +169,49 @@ struct Shape {
   int out, in, group_size;  // group_size 0: an int8 table (lm_head)
 };
 
+// The prefill GEMM section (header): each int4 shape's row kernels with
+// `tokens` tokens at every level, interleaved.
+template <size_t kShapes>
+void GemmBench(const Shape (&shapes)[kShapes], const std::vector<Isa>& levels, const std::string& only,
+               int tokens, int reps, std::mt19937& rng) {
+  constexpr int kSliceRows = 32;
+  std::printf("prefill GEMM, %d tokens, 1 thread, rows in slices of %d (GMAC per CPU-second):\n", tokens,
+              kSliceRows);
+  for (const Shape& shape : shapes) {
+    if (shape.group_size == 0 || std::string(shape.name).find(only) == std::string::npos) continue;
+    const Int4Copies w(shape.out, shape.in, shape.group_size, 1, rng);
+    std::vector<float> x(static_cast<size_t>(tokens) * shape.in), y(static_cast<size_t>(tokens) * shape.out);
+    for (float& v : x) v = std::uniform_real_distribution<float>(-1.f, 1.f)(rng);
+    Q8Buffer q8;
+    const Q8Activations& a = q8.Quantize(x.data(), shape.in, tokens, shape.in, shape.group_size);
+    auto run = [&](Isa isa) {
+      for (int r = 0; r < shape.out; r += kSliceRows) {
+        Int4RowsQ8(w.layers[0], r, std::min(kSliceRows, shape.out - r), a, y.data() + r, shape.out, isa);
+      }
+    };
+    std::vector<std::vector<double>> seconds(levels.size());
+    for (Isa isa : levels) run(isa);  // warm-up: the weights into the caches
+    for (int rep = 0; rep < reps; ++rep) {
+      for (size_t j = 0; j < levels.size(); ++j) {
+        const size_t i = (j + rep) % levels.size();
+        const double start = ThreadCpuSeconds();
+        run(levels[i]);
+        seconds[i].push_back(ThreadCpuSeconds() - start);
+      }
+    }
+    const double macs = static_cast<double>(shape.out) * shape.in * tokens;
+    std::printf("  %s:", shape.name);
+    for (size_t i = 0; i < levels.size(); ++i) {
+      std::printf("  %s %.1f", IsaName(levels[i]), macs / Median(seconds[i]) / 1e9);
+    }
+    std::printf("\n");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, reps = 9, megabytes = 256;
+  int threads = 2, reps = 9, megabytes = 256, gemm_tokens = 64;
   std::string only;  // run the shapes whose name contains it
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
@@ -173,13 +220,15 @@ int main(int argc, char** argv) {
     else if (flag == "--threads") threads = value;
     else if (flag == "--reps") reps = value;
     else if (flag == "--megabytes") megabytes = value;
+    else if (flag == "--gemm-tokens") gemm_tokens = value;
     else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--megabytes N] [--only NAME_PART]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--megabytes N] [--gemm-tokens N] [--only NAME_PART]\n",
+                   argv[0]);
       return 2;
     }
   }
-  if (threads < 1 || reps < 1 || megabytes < 1) {
-    std::fprintf(stderr, "--threads, --reps and --megabytes must be positive\n");
+  if (threads < 1 || reps < 1 || megabytes < 1 || gemm_tokens < 1) {
+    std::fprintf(stderr, "--threads, --reps, --megabytes and --gemm-tokens must be positive\n");
     return 2;
   }
   // The scalar kernels are the references, ~50x slower: left out.
@@ -263,5 +312,6 @@ int main(int argc, char** argv) {
   std::printf("read bandwidth (median of %zu probes between repetitions): %d threads %.1f GB/s, "
               "1 thread %.1f GB per CPU-second\n", bandwidths.size(), threads, Median(bandwidths) / 1e9,
               Median(bandwidths_per_cpu_second) / 1e9);
+  GemmBench(shapes, levels, only, gemm_tokens, reps, rng);
   return 0;
 }

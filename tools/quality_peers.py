@@ -117,7 +117,7 @@ def peer_status(peer: str, python: str) -> tuple[str | None, str]:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return None, f"{python} cannot import {module} ({last}); pip install {requirement}"
-    return done.stdout.strip(), ""
+    return done.stdout.strip().splitlines()[-1], ""  # the version; a peer may log before it
 
 
 def write_float_checkpoint(source, folder: str) -> None:
@@ -326,10 +326,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "PYTHON for the others; repeatable; default: this Python)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--keep", help="keep the .awqbin files and the peer's checkpoint here")
+    p.add_argument("--reuse", action="store_true",
+                   help="with --keep: evaluate a row's .awqbin already in that folder (from "
+                   "a run with the same options) instead of quantizing it again")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch and runtime threads (1 on a machine shared with other jobs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     args = p.parse_args(argv)
+    if args.reuse and not args.keep:
+        p.error("--reuse needs --keep (the folder of an earlier run)")
     args.peers = [x for x in args.peers.split(",") if x]
     pythons = dict(item.split("=", 1) if "=" in item else ("", item)
                    for item in args.peer_python)
@@ -370,7 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(work, exist_ok=True)
     files, seconds, peers = {}, {}, {}
 
-    def timed(name: str, make) -> None:
+    def timed(name: str, make, path: str) -> None:
+        if args.reuse and os.path.isfile(path):
+            say(f"{name}: reusing {path}")
+            return
         start = time.perf_counter()
         make()
         seconds[name] = round(time.perf_counter() - start, 1)
@@ -381,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         files[name] = os.path.join(work, method + ".awqbin")
         options = {} if method == "rtn" else calib
         timed(name, lambda path=files[name], m=method, o=options: quantize_model(
-            source, path, method=m, group_size=g, progress=not args.quiet, **o))
+            source, path, method=m, group_size=g, progress=not args.quiet, **o), files[name])
 
     if args.peers:
         blocks = calibration_blocks(source.tokenizer.json, args.calib_samples,
@@ -399,21 +407,25 @@ def main(argv: list[str] | None = None) -> int:
             say(f"skipping peer {peer}: {why}")
             continue
         label = PEERS[peer][2]
-        out_dir = os.path.join(work, peer)
-        try:
-            timed(label, lambda: run_peer(peer, python, hf_dir, calib_path, g, out_dir,
-                                          args.threads, args.quiet))
+        out_dir, path = os.path.join(work, peer), os.path.join(work, peer + ".awqbin")
+
+        def quantize_with_peer() -> None:
+            run_peer(peer, python, hf_dir, calib_path, g, out_dir, args.threads, args.quiet)
+            gemm = out_dir
             if peer == "llmcompressor":
-                codes = os.path.join(out_dir, "llmcompressor.safetensors")
-                out_dir += "_gemm"
-                autoawq_folder_from_codes(source, codes, out_dir, g)
-            shutil.copy(os.path.join(hf_dir, "tokenizer.json"), out_dir)  # peers write none
-            convert_hf(out_dir, os.path.join(work, peer + ".awqbin"))
+                gemm = out_dir + "_gemm"
+                autoawq_folder_from_codes(source, os.path.join(out_dir,
+                                                               "llmcompressor.safetensors"),
+                                          gemm, g)
+            shutil.copy(os.path.join(hf_dir, "tokenizer.json"), gemm)  # peers write none
+            convert_hf(gemm, path)
+        try:
+            timed(label, quantize_with_peer, path)
         except (RuntimeError, ValueError, OSError) as e:  # one peer's failure ends no run
             peers[peer] = {"ran": False, "version": version, "reason": str(e)}
             say(f"skipping peer {peer}: {e}")
             continue
-        files[label] = os.path.join(work, peer + ".awqbin")
+        files[label] = path
         peers[peer] = {"ran": True, "version": version}
 
     texts = {"wiki": wiki_texts("evaluation"), "ood": read_text_file(args.ood_text)}

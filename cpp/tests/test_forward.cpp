@@ -180,11 +180,11 @@ TEST(prefill_equals_decode_steps) {
     const TinyModel model(TinyConfig(family), int8_tables);
     const int vocab = model.config.vocab_size;
     ThreadPool pool(2);
-    // 70 tokens: more than one prefill chunk (kChunkTokens = 64). f32
+    // More than one prefill chunk (kChunkTokens + 6 tokens). f32
     // activations in decode too, so both compute the same products.
-    const int n = 70;
-    Transformer prefill(model.config, model.weights, 80, pool, 1, /*int8_decode=*/false);
-    Transformer decode(model.config, model.weights, 80, pool, 1, /*int8_decode=*/false);
+    const int n = Transformer::kChunkTokens + 6;
+    Transformer prefill(model.config, model.weights, n + 10, pool, 1, /*int8_decode=*/false);
+    Transformer decode(model.config, model.weights, n + 10, pool, 1, /*int8_decode=*/false);
     const std::vector<int> ids = RandomIds(n, vocab, 2);
     std::vector<float> prefill_logits(static_cast<size_t>(n) * vocab), decode_logits(prefill_logits.size());
     prefill.Forward(ids.data(), n, Transformer::Logits::kAll, prefill_logits.data());
@@ -328,13 +328,13 @@ TEST(batched_decode_steps_equal_each_sequence_alone) {
     const TinyModel model(TinyConfig(family));
     const int vocab = model.config.vocab_size;
     ThreadPool pool(2);
-    // Prompts of 1 token, a few, and more than one prefill chunk (64).
-    const std::vector<int> lengths = {5, 70, 1, 12};
-    const int num_seqs = static_cast<int>(lengths.size());
-    Transformer batched(model.config, model.weights, 96, pool, num_seqs);
+    // Prompts of 1 token, a few, and more than one prefill chunk.
+    const std::vector<int> lengths = {5, Transformer::kChunkTokens + 6, 1, 12};
+    const int num_seqs = static_cast<int>(lengths.size()), max_seq_len = Transformer::kChunkTokens + 32;
+    Transformer batched(model.config, model.weights, max_seq_len, pool, num_seqs);
     std::vector<std::unique_ptr<Transformer>> alone;
     for (int s = 0; s < num_seqs; ++s) {
-      alone.push_back(std::make_unique<Transformer>(model.config, model.weights, 96, pool));
+      alone.push_back(std::make_unique<Transformer>(model.config, model.weights, max_seq_len, pool));
       const std::vector<int> ids = RandomIds(lengths[s], vocab, 10 + s);
       std::vector<float> got(vocab), want(vocab);
       batched.Forward(s, ids.data(), lengths[s], Transformer::Logits::kLastOnly, got.data());
@@ -373,12 +373,12 @@ TEST(batched_decode_steps_equal_each_sequence_alone) {
 }
 
 TEST(decode_step_wider_than_a_chunk_and_reset_of_one_sequence) {
-  // 70 sequences: one decode step runs as chunks of 64 + 6 tokens. f32
-  // activations throughout (int8 decode would round the chunk of 6 and the
-  // `alone` steps, not the 64), so each token's products are those of
-  // `alone` up to f32 summation order.
+  // kChunkTokens + 6 sequences: one decode step runs as chunks of
+  // kChunkTokens + 6 tokens. f32 activations throughout (int8 decode would
+  // round the chunk of 6 and the `alone` steps, not the full chunk), so each
+  // token's products are those of `alone` up to f32 summation order.
   const TinyModel model(TinyConfig(Family::kLlama));
-  const int vocab = model.config.vocab_size, num_seqs = 70;
+  const int vocab = model.config.vocab_size, num_seqs = Transformer::kChunkTokens + 6;
   ThreadPool pool(2);
   Transformer batched(model.config, model.weights, 2, pool, num_seqs, /*int8_decode=*/false);
   Transformer alone(model.config, model.weights, 2, pool, 1, /*int8_decode=*/false);

@@ -1,12 +1,15 @@
 // The W4A8 row kernels with many tokens (prefill and batched decode: the
 // int8 GEMM) at every instruction set this CPU runs, against the scalar
 // reference (Int4LinearReference on the rounded activations), over odd
-// shapes: 1..40 tokens (not multiples of the 4-token register blocking),
-// rows not a multiple of the 4-row blocks, group sizes 32,
+// shapes: 1..40 tokens (not multiples of the 8-token register blocking),
+// rows not a multiple of the 4- and 16-row blocks, group sizes 32,
 // 64 and 128, weights and activations at pointers aligned to their element
 // type only, strided outputs. Each token's outputs must also equal, bit for
-// bit, those of the single-token GEMV for that token alone: batched decode
-// and prefill compute every token exactly as a decode step would.
+// bit, those of the same kernel called with that token alone: a token's
+// result never depends on the other tokens of its call (batched decode
+// computes each sequence as alone; prefill gives the same logits however its
+// tokens are chunked). The GEMMs of all levels give the same bits (one
+// arithmetic at 8 and 16 lanes), so prefill does not depend on the CPU.
 //
 // Tolerance (a-priori, as in test_simd_kernels.cpp): the integer dots are
 // exact; per output the float work is one product by d_b per 32 columns, the
@@ -44,15 +47,18 @@ using RowKernel = std::function<void(const Int4Linear&, int, int, const Q8Activa
 struct Level {
   std::string name;
   RowKernel kernel;
+  bool gemm = false;  // a level of the prefill GEMM (Int4GemmQ8*)
 };
 
 // The W4A8 row kernels with several tokens at every supported level
-// (cpu_features.h), each with the single-token kernel its results must equal
-// bit for bit: the GEMM repeats the AVX2 GEMV's arithmetic.
+// (cpu_features.h).
 std::vector<Level> LevelsToTest() {
   std::vector<Level> levels = {{"scalar", Int4RowsQ8Scalar}};
-  if (IsaSupported(Isa::kAvx2)) levels.push_back({"avx2", Int4RowsQ8Avx2});
-  if (IsaSupported(Isa::kAvx512Vnni)) levels.push_back({"avx512vnni gemm", Int4GemmQ8Avx512Vnni});
+  if (IsaSupported(Isa::kAvx2)) {
+    levels.push_back({"avx2", Int4RowsQ8Avx2});
+    levels.push_back({"avx2 gemm", Int4GemmQ8Avx2, true});
+  }
+  if (IsaSupported(Isa::kAvx512Vnni)) levels.push_back({"avx512vnni gemm", Int4GemmQ8Avx512Vnni, true});
   return levels;
 }
 
@@ -90,18 +96,19 @@ struct MisalignedQ8 {
 
 }  // namespace
 
-TEST(w4a8_gemm_matches_reference_and_equals_gemv_per_token) {
+TEST(w4a8_gemm_matches_reference_and_each_token_alone) {
   std::mt19937 rng(16);
   Q8Buffer buffer;
   const std::vector<Level> levels = LevelsToTest();
   std::vector<int> checked(levels.size()), bad(levels.size()), unequal(levels.size());
   std::vector<double> worst(levels.size());
+  int gemm_outputs = 0, gemm_levels_differ = 0;  // the GEMM levels against the first
   for (int g : {32, 64, 128}) {
     // 832: 13 groups of 64 (the zero-point term's 8-, 4- and 1-group steps);
     // 1280: 10 groups of 128.
     for (int in : {64, 128, 192, 576, 832, 1280}) {
       if (in % g != 0) continue;
-      for (int out : {1, 3, 4, 6, 13}) {
+      for (int out : {1, 3, 4, 6, 13, 37}) {
         const bool with_bias = (out + in / g) % 2 == 1;
         awqtest::RandomInt4 w(out, in, g, with_bias, rng, /*offset=*/1);
         const awqtest::StridedTokens xs(kMaxTokens, in, rng);
@@ -109,15 +116,22 @@ TEST(w4a8_gemm_matches_reference_and_equals_gemv_per_token) {
         const std::vector<float> a = awqtest::Dequantized(x.view);
         std::vector<float> ref(static_cast<size_t>(kMaxTokens) * out);
         Int4LinearReference(w.layer, a.data(), kMaxTokens, ref.data());
-        // Each token alone through the decode kernel (the GEMV) of this CPU,
-        // rows [row0, out) as the kernels below get them.
+        // Rows [row0, out), as the pool hands a thread its rows.
         const int row0 = out > 4 ? 1 : 0, ldy = out + 2;
-        const RowKernel& gemv = levels.size() > 1 ? levels[1].kernel : levels[0].kernel;
-        std::vector<float> alone(ref.size());
-        for (int t = 0; t < kMaxTokens; ++t) {
-          gemv(w.layer, row0, out - row0, awqtest::TokenAlone(x.view, t), alone.data() + t * out + row0, out);
-        }
+        std::vector<float> first_gemm;  // the first GEMM level's tokens alone
         for (size_t l = 0; l < levels.size(); ++l) {
+          // Each token alone through the same kernel.
+          std::vector<float> alone(ref.size());
+          for (int t = 0; t < kMaxTokens; ++t) {
+            levels[l].kernel(w.layer, row0, out - row0, awqtest::TokenAlone(x.view, t),
+                             alone.data() + t * out + row0, out);
+          }
+          if (levels[l].gemm && first_gemm.empty()) {
+            first_gemm = alone;
+          } else if (levels[l].gemm) {
+            gemm_outputs += static_cast<int>(alone.size());
+            for (size_t i = 0; i < alone.size(); ++i) gemm_levels_differ += alone[i] != first_gemm[i];
+          }
           // The scalar reference kernel is slow: a few token counts suffice.
           for (int tokens = 1; tokens <= kMaxTokens; tokens += l == 0 ? 13 : 1) {
             Q8Activations view = x.view;
@@ -135,7 +149,7 @@ TEST(w4a8_gemm_matches_reference_and_equals_gemv_per_token) {
                   CHECK_LE(diff, bound, awqtest::Case(levels[l].name, " g=", g, " in=", in, " out=", out,
                                                       " tokens=", tokens, " t=", t, " r=", r));
                 }
-                if (l > 0) unequal[l] += v != alone[t * out + r];
+                unequal[l] += v != alone[t * out + r];
                 got.push_back(v);
                 want.push_back(ref[t * out + r]);
                 ++checked[l];
@@ -149,11 +163,14 @@ TEST(w4a8_gemm_matches_reference_and_equals_gemv_per_token) {
   }
   for (size_t l = 0; l < levels.size(); ++l) {
     std::printf("  %s W4A8 rows, 1..%d tokens: %d outputs, %d outside the bound, %d unequal to the "
-                "single-token GEMV, max relative error %.3g\n", levels[l].name.c_str(), kMaxTokens,
+                "token alone, max relative error %.3g\n", levels[l].name.c_str(), kMaxTokens,
                 checked[l], bad[l], unequal[l], worst[l]);
     CHECK(bad[l] == 0);
     CHECK(unequal[l] == 0);
   }
+  std::printf("  GEMM levels: %d of %d outputs differ from the first GEMM level's\n", gemm_levels_differ,
+              gemm_outputs);
+  CHECK(gemm_levels_differ == 0);
 }
 
 AWQCORE_TEST_MAIN()

@@ -121,10 +121,11 @@ TEST(moe_prefill_equals_decode_steps) {
     const TinyModel model(MoeConfig(mixtral));
     const int vocab = model.config.vocab_size;
     ThreadPool pool(2);
-    // 70 tokens: two prefill chunks (64 + 6); f32 activations in decode too.
-    const int n = 70;
-    Transformer prefill(model.config, model.weights, 80, pool, 1, /*int8_decode=*/false);
-    Transformer decode(model.config, model.weights, 80, pool, 1, /*int8_decode=*/false);
+    // Two prefill chunks (kChunkTokens + 6 tokens); f32 activations in
+    // decode too.
+    const int n = Transformer::kChunkTokens + 6;
+    Transformer prefill(model.config, model.weights, n + 10, pool, 1, /*int8_decode=*/false);
+    Transformer decode(model.config, model.weights, n + 10, pool, 1, /*int8_decode=*/false);
     const std::vector<int> ids = RandomIds(n, vocab, 2);
     std::vector<float> prefill_logits(static_cast<size_t>(n) * vocab), decode_logits(prefill_logits.size());
     prefill.Forward(ids.data(), n, Transformer::Logits::kAll, prefill_logits.data());

@@ -21,9 +21,9 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from . import _core
-from .errors import Error, FormatError
+from .errors import Error, FormatError, QueueFull
 
-__all__ = ["Model", "Error", "FormatError", "STOP_REASONS", "INT8_DECODE_MAX_TOKENS",
+__all__ = ["Model", "Engine", "Error", "FormatError", "QueueFull", "STOP_REASONS", "INT8_DECODE_MAX_TOKENS",
            "__version__", "built_with_cuda", "cuda_device_info", "cpu_kernels_info", "cmake_dir",
            "c_library_path"]
 __version__ = _core.version()
@@ -39,7 +39,78 @@ cuda_device_info = _core.cuda_device_info
 cpu_kernels_info = _core.cpu_kernels_info
 
 
-class Model:
+class _LoadedFile:
+    """What a Model and an Engine share about their loaded file: path, config
+    (a dict), the tokenizer and chat template from its metadata, and the
+    checks of token ids against its vocabulary. Subclasses set path, config
+    and _core (a C++ object with metadata_string)."""
+
+    path: str
+    config: dict
+    _tokenizer = None
+
+    @property
+    def tokenizer(self):
+        """The model's `tokenizers.Tokenizer`, rebuilt from the JSON in the file."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+            text = self._core.metadata_string("tokenizer.json")
+            if not text:
+                raise FormatError(f"{self.path}: the file holds no tokenizer (tokenizer.json)")
+            self._tokenizer = Tokenizer.from_str(text)
+        return self._tokenizer
+
+    @property
+    def chat_template(self) -> str:
+        return self._core.metadata_string("tokenizer.chat_template") or ""
+
+    def _check_ids(self, ids: Iterable[int], what: str = "token id",
+                   allow_empty: bool = False, where: str = "") -> list[int]:
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"{where}expected a sequence of {what}s, got {type(ids).__name__} "
+                            "(encode text with model.tokenizer first)")
+        if isinstance(ids, np.ndarray) and ids.ndim == 1 and ids.dtype.kind in "iu":
+            out = ids.tolist()
+        else:
+            if not hasattr(ids, "__iter__"):
+                raise TypeError(f"{where}expected a sequence of {what}s, got "
+                                f"{type(ids).__name__} {ids!r}")
+            out = list(ids)
+            for position, token in enumerate(out):
+                if not _is_integer(token):
+                    raise TypeError(f"{where}{what} at position {position} is "
+                                    f"{type(token).__name__} {token!r}; {what}s must be Python "
+                                    "or numpy integers")
+            out = [int(token) for token in out]
+        if not out and not allow_empty:
+            raise ValueError(f"{where}empty prompt: pass at least one token id")
+        vocab = self.config["vocab_size"]
+        for position, token in enumerate(out):
+            if not 0 <= token < vocab:
+                raise ValueError(f"{where}{what} {token} at position {position} is out of range "
+                                 f"[0, {vocab})")
+        return out
+
+    def _generation_args(self, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                         seed, stop, stop_name: str = "stop") -> tuple:
+        """The generation options in the order the bindings take them, each
+        type-checked with an error naming it (the runtime checks the ranges)."""
+        max_new_tokens = _integer(max_new_tokens, "max_new_tokens", low=0)
+        top_k = _integer(top_k, "top_k")
+        if seed is not None:
+            seed = _integer(seed, "seed", low=0, high=2**64 - 1)
+        if stop is not None:
+            if isinstance(stop, (str, bytes)) or not hasattr(stop, "__iter__"):
+                raise TypeError(f"{stop_name} must be None or an iterable of token ids (got "
+                                f"{type(stop).__name__} {stop!r}; for one id write "
+                                f"{stop_name}=[id])")
+            stop = self._check_ids(stop, what="stop id", allow_empty=True)
+        return (max_new_tokens, _real(temperature, "temperature"), top_k,
+                _real(top_p, "top_p"), _real(repetition_penalty, "repetition_penalty"),
+                seed, stop)
+
+
+class Model(_LoadedFile):
     """A quantized model loaded from an `.awqbin` file, with its KV cache.
 
     threads: worker threads for the matrix products (None: all cores).
@@ -83,23 +154,7 @@ class Model:
         self.config: dict = self._core.config()
         self._lock = threading.Lock()
         self._lock_owner: Optional[int] = None  # thread id holding _lock
-        self._tokenizer = None
         self._last_stop_reason: str | list[str] | None = None
-
-    @property
-    def tokenizer(self):
-        """The model's `tokenizers.Tokenizer`, rebuilt from the JSON in the file."""
-        if self._tokenizer is None:
-            from tokenizers import Tokenizer
-            text = self._core.metadata_string("tokenizer.json")
-            if not text:
-                raise FormatError(f"{self.path}: the file holds no tokenizer (tokenizer.json)")
-            self._tokenizer = Tokenizer.from_str(text)
-        return self._tokenizer
-
-    @property
-    def chat_template(self) -> str:
-        return self._core.metadata_string("tokenizer.chat_template") or ""
 
     def forward(self, ids: Sequence[int], chunk_tokens: Optional[int] = None) -> np.ndarray:
         """Logits float32 [len(ids), vocab] for a fresh sequence (resets the cache).
@@ -144,20 +199,10 @@ class Model:
                 raise ValueError("on_token (and stream) take a single prompt, not a list of prompts")
         else:
             ids = self._check_ids(ids)
-        max_new_tokens = _integer(max_new_tokens, "max_new_tokens", low=0)
-        top_k = _integer(top_k, "top_k")
-        if seed is not None:
-            seed = _integer(seed, "seed", low=0, high=2**64 - 1)
-        if stop is not None:
-            if isinstance(stop, (str, bytes)) or not hasattr(stop, "__iter__"):
-                raise TypeError(f"stop must be None or an iterable of token ids (got "
-                                f"{type(stop).__name__} {stop!r}; for one id write stop=[id])")
-            stop = self._check_ids(stop, what="stop id", allow_empty=True)
+        sampling = self._generation_args(max_new_tokens, temperature, top_k, top_p,
+                                         repetition_penalty, seed, stop)
         if on_token is not None and not callable(on_token):
             raise TypeError("on_token must be callable")
-        sampling = (max_new_tokens, _real(temperature, "temperature"), top_k,
-                    _real(top_p, "top_p"), _real(repetition_penalty, "repetition_penalty"),
-                    seed, stop)
         with self._exclusive("generate"):
             self._last_stop_reason = None
             try:
@@ -271,33 +316,6 @@ class Model:
             finally:
                 self._lock_owner = None
 
-    def _check_ids(self, ids: Iterable[int], what: str = "token id",
-                   allow_empty: bool = False, where: str = "") -> list[int]:
-        if isinstance(ids, (str, bytes)):
-            raise TypeError(f"{where}expected a sequence of {what}s, got {type(ids).__name__} "
-                            "(encode text with model.tokenizer first)")
-        if isinstance(ids, np.ndarray) and ids.ndim == 1 and ids.dtype.kind in "iu":
-            out = ids.tolist()
-        else:
-            if not hasattr(ids, "__iter__"):
-                raise TypeError(f"{where}expected a sequence of {what}s, got "
-                                f"{type(ids).__name__} {ids!r}")
-            out = list(ids)
-            for position, token in enumerate(out):
-                if not _is_integer(token):
-                    raise TypeError(f"{where}{what} at position {position} is "
-                                    f"{type(token).__name__} {token!r}; {what}s must be Python "
-                                    "or numpy integers")
-            out = [int(token) for token in out]
-        if not out and not allow_empty:
-            raise ValueError(f"{where}empty prompt: pass at least one token id")
-        vocab = self.config["vocab_size"]
-        for position, token in enumerate(out):
-            if not 0 <= token < vocab:
-                raise ValueError(f"{where}{what} {token} at position {position} is out of range "
-                                 f"[0, {vocab})")
-        return out
-
     def __repr__(self) -> str:
         c = self.config
         return (f"awqcore.Model({self.path!r}: {c['architecture']}, {c['num_layers']} layers, "
@@ -359,3 +377,6 @@ def _check_model_path(path: str) -> None:
                 else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode)
                 or stat.S_ISBLK(mode) else "a special file")
         raise FormatError(f"{path}: is {kind}, not a regular .awqbin file")
+
+
+from .engine import Engine  # noqa: E402  (it builds on the helpers above)

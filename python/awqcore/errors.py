@@ -11,3 +11,8 @@ class Error(RuntimeError):
 
 class FormatError(ValueError):
     """The model file is missing pieces, truncated, corrupt or inconsistent."""
+
+
+class QueueFull(Error):
+    """An Engine's request queue is full (max_queue requests wait for a slot):
+    retry later. A server answers it with 503."""

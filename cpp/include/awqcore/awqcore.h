@@ -12,6 +12,8 @@
 //     must be used by one thread at a time (GenerateBatch included: a batch is
 //     one call, not one thread per prompt). Internally a Session uses its own
 //     worker threads for the matrix products.
+//   - Engine (awqcore/engine.h) is thread-safe: it runs its own thread and
+//     takes requests from any thread.
 //
 // Errors: every failure throws a subclass of awqcore::Error whose message names
 // the problem (the field of a corrupt file, the bad argument and its value, the
@@ -170,8 +172,10 @@ enum class StopReason {
   kContextFull,   // prompt + result reached max_seq_len first: fewer tokens
                   // than max_new_tokens (none for a prompt of max_seq_len)
   kCallback,      // on_token returned false
+  kCancelled,     // an Engine request: Engine::Cancel, its on_token returned
+                  // false, Engine::Shutdown, or it failed (engine.h)
 };
-// "stop_token", "max_new_tokens", "context_full", "callback".
+// "stop_token", "max_new_tokens", "context_full", "callback", "cancelled".
 const char* StopReasonName(StopReason reason);
 
 // Where a Session computes. kCuda runs the whole forward pass on GPU 0 (the
@@ -330,3 +334,6 @@ const char* Version();
 
 // Chat prompts from the file's chat.* keys (awqcore::ChatFormat).
 #include "awqcore/chat_format.h"
+
+// Continuous batching of concurrent requests: awqcore::Engine.
+#include "awqcore/engine.h"

@@ -23,6 +23,11 @@ void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activat
   Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
 }
 
+void Int4GemmQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
+                    int ldy) {
+  Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
+}
+
 void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
                    int num_tokens, float* y, int ldy) {
   TableRowsScalar(table, row0, rows, x, ldx, num_tokens, y, ldy);

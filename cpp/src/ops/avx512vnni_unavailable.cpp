@@ -14,7 +14,7 @@ void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8A
   Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
 }
 
-// The GEMM's results are the AVX2 GEMV's (linear_kernels.h).
+// The AVX2 GEMV's results: the GEMM's up to f32 rounding (linear_kernels.h).
 void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy) {
   Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);

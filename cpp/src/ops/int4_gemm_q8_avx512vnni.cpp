@@ -1,34 +1,44 @@
 // AVX-512 VNNI W4A8 GEMM: int4 weights times int8 activations
-// (ops/q8_activations.h) for many tokens at once (prefill, batched decode);
-// contract in linear_kernels.h. Compiled with -mavx512f -mavx512bw
-// -mavx512vl -mavx512vnni (and the AVX2 flags); call only when the CPU has
-// them.
+// (ops/q8_activations.h) for many tokens at once (prefill, > kQ8MaxTokens
+// tokens per call); contract in linear_kernels.h. Compiled with -mavx512f
+// -mavx512bw -mavx512vl -mavx512vnni (and the AVX2 flags); call only when the
+// CPU has them.
 //
-// Why: prefill is compute-bound. The f32 tile GEMM does 8 multiply-adds per
-// uop (one ymm FMA); here one vpdpbusd multiplies 64 unsigned 4-bit codes by
-// 64 int8 activations and adds them in groups of four to 16 int32 lanes, so
-// two rows x 64 columns of one token cost 2 vpdpbusd (low and high nibbles)
-// + 1 convert + 1 FMA by the activation scales: 32 multiply-adds per uop.
-// The weights of a 4-row block are loaded and split into nibbles once per
-// span and used for up to kChunkTokens tokens from registers; the block's
-// codes (4 x in / 2 bytes) stay in L1 for the next chunk of tokens, and a
-// slice of kSliceTokens tokens' activations (kSliceTokens x in bytes) in L2
-// for the next row block.
+// Why this blocking: prefill is compute-bound, and an int32 dot must become
+// float once per 32-column activation block (each block has its own scale
+// d_b). With a zmm lane per row, one block of 16 rows is 8 vpdpbusd (16
+// lanes x 4 columns x 8) into one int32 accumulator, then 1 convert + 1 FMA
+// by d_b: 8 multiply uops per 2 float uops. (Lanes that split a row's block,
+// as the GEMV's [row a | row b] halves do, convert after every 2 vpdpbusd:
+// 2 per 2.) Per 128-column group and token add 2 FMAs (the weight scale and
+// the zero-point term), so 32 vpdpbusd carry 10 other vector uops.
 //
-// Register layout: a zmm holds two rows' 64-column span, [row a | row b],
-// each half exactly the ymm of the AVX2 W4A8 GEMV (int4_linear_avx2.cpp):
-// int32 lane j of a half sums the products of code bytes 4j..4j+3 (low and
-// high nibbles), i.e. lanes 0-3 the columns of the span's first 32-column
-// block, lanes 4-7 of its second; the float accumulation per lane (by d_b,
-// then by the group's weight scale, or by d_b s per half span at g = 32),
-// the zero-point term and the horizontal sums repeat the GEMV's operations
-// in its order. So every token's outputs are bit-identical to the GEMV's for
-// that token alone, whatever the number of tokens in the call (batched
-// decode computes each sequence exactly as alone; test_gemm_kernels checks
-// it bit for bit).
-// GCC 12's AVX-512 intrinsics (inserti64x4, permutexvar, broadcast_i64x4,
-// cvtepi32_ps) start from _mm512_undefined_*() and warn about it where they
-// are inlined (GCC bug 105593, fixed in GCC 13): silenced for this file.
+// Lanes per row need the codes transposed: a tile of kTileRows rows is
+// unpacked once per call to bytes (one code per byte, 0..15) in the order
+// [block][quad i][row r][4 codes], and then serves every token of the call
+// (a prefill chunk: up to 128 tokens), its 8 quads of a block held in
+// registers across kTokenBlock tokens. Unpacking costs ~80 uops per 64
+// columns of the tile against ~21 x tokens for the dots, plus the wait for
+// the codes, which prefill streams from DRAM: the next tile's are prefetched
+// while this one computes. The activations come from the caller's rows (L2:
+// tokens x in bytes) as the broadcast operand of vpdpbusd: 4 int8
+// activations per instruction, no shuffle. A quad's 4 codes are the 4 columns whose activations sit at 4
+// consecutive bytes of the permuted span (q8_activations.h): position p < 32
+// of a span is the low nibble of code byte p, position 32 + p its high
+// nibble, so block h of a span reads positions 16h..16h+15 (low nibbles of
+// code bytes 16h..16h+15) and 32+16h..32+16h+15 (their high nibbles).
+//
+// Arithmetic per row r and token (the scalar Q8 kernel's, in this order):
+// for each group g, f = sum over its blocks b of d_b * float(dot_b) (FMA
+// chain), then acc = s_g * f + acc and acc = acc - (s_g z_g) * gsum_g (s_g z_g
+// is exact in f32: an 11-bit significand times a 4-bit integer); y = acc +
+// bias. A token's outputs depend on nothing but its own activations (not on
+// the number of tokens in the call or its slot in a register block): prefill
+// gives the same logits however its tokens are chunked.
+//
+// GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() and warn about
+// it where they are inlined (GCC bug 105593, fixed in GCC 13): silenced for
+// this file.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -38,200 +48,145 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "ops/linear_kernels.h"
 
 namespace awqcore {
 namespace {
 
-constexpr int kChunkTokens = 4;   // tokens per micro-kernel call: 4 rows x 4 tokens
-constexpr int kSliceTokens = 64;  // tokens whose activations stay in L2 across row blocks
+constexpr int kTileRows = 16;    // int32 lanes of a zmm: one row each
+constexpr int kTokenBlock = 8;   // tokens per register block: 8 quads + 2 x 8 accumulators
+constexpr int kQuadsPerBlock = kQ8Block / 4;
 
-// The helpers below repeat int4_linear_avx2.cpp's (HalfSpanPair, ZeroTerms,
-// StoreRows and simd_avx2.h's Hsum4/Hsum) operation for operation, so the
-// results are the GEMV's bit for bit. Internal linkage: this file is
-// compiled with AVX-512 flags, so its inline functions must not merge with
-// the AVX2 files' (one-definition rule).
+// 64 bytes, one zmm: a quad of 16 rows, or 16 rows' f32 scales of a group.
+struct alignas(64) Zmm {
+  uint8_t bytes[64];
+};
 
-// [sum(a), sum(b), sum(c), sum(d)]
-__m128 Hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
+// A tile of kTileRows rows unpacked for the dots; reused (grown, never
+// shrunk) by the calls of one thread.
+struct Tile {
+  std::vector<Zmm> quads;        // [in / 32][8]: the codes, [row][4 columns] per quad
+  std::vector<Zmm> scales;       // [groups]: s_g of the 16 rows, f32
+  std::vector<Zmm> zero_terms;   // [groups]: s_g z_g of the 16 rows, f32
+};
 
-float Hsum(__m256 a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// sum_g s[g] z[g] group_sums[g] over one row's groups, as 8 lanes (8 groups
-// per step), then 4, then a scalar tail in lane 0.
-__m256 ZeroTerms(const uint16_t* scales, const uint8_t* zeros, const float* group_sums,
-                 int groups) {
-  __m256 sum = _mm256_setzero_ps();
-  int g = 0;
-  for (; g + 8 <= groups; g += 8) {
-    const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales + g)));
-    const __m256 z = _mm256_cvtepi32_ps(
-        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(zeros + g))));
-    sum = _mm256_fmadd_ps(_mm256_mul_ps(s, z), _mm256_loadu_ps(group_sums + g), sum);
-  }
-  __m128 tail = _mm_setzero_ps();
-  for (; g + 4 <= groups; g += 4) {
-    uint32_t four_zeros;
-    std::memcpy(&four_zeros, zeros + g, sizeof(four_zeros));
-    const __m128 s = _mm_cvtph_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(scales + g)));
-    const __m128 z = _mm_cvtepi32_ps(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(static_cast<int>(four_zeros))));
-    tail = _mm_fmadd_ps(_mm_mul_ps(s, z), _mm_loadu_ps(group_sums + g), tail);
-  }
-  float last = 0.f;  // the same expression as the GEMV's, so the compiler contracts it alike
-  for (; g < groups; ++g) last += _cvtsh_ss(scales[g]) * static_cast<float>(zeros[g]) * group_sums[g];
-  tail = _mm_add_ss(tail, _mm_set_ss(last));
-  return _mm256_add_ps(sum, _mm256_castps128_ps256(tail));
-}
-
-// The codes, scales and zeros of a 4-row block; rows past the matrix's end
-// (a short last block) repeat its last row, computed and never stored.
-struct BlockRows {
-  BlockRows(const Int4Linear& layer, int row, int rows) {
-    const int groups = layer.in / layer.group_size;
-    for (int r = 0; r < 4; ++r) {
-      const size_t rr = static_cast<size_t>(row + std::min(r, rows - 1));
-      codes[r] = layer.qweight + rr * (layer.in / 2);
-      scales[r] = layer.scales + rr * groups;
-      zeros[r] = layer.zeros + rr * groups;
+// The unpacked codes of span sp for rows codes[0..15] (32 code bytes each):
+// out[8h + i] (h: the span's block, i < 4) = low nibbles of code bytes
+// 16h + 4i .. 16h + 4i + 3 of each row, out[8h + 4 + i] = their high
+// nibbles; lane r of each = row r.
+void UnpackSpan(const uint8_t* const* codes, int sp, Zmm* out) {
+  const __m512i nibble = _mm512_set1_epi8(15);
+  for (int h = 0; h < 2; ++h) {
+    // x[i]'s 128-bit lane k: code bytes 16h..16h+15 (4 dwords) of row i + 4k.
+    __m512i x[4];
+    for (int i = 0; i < 4; ++i) {
+      const int offset = sp * 32 + h * 16;
+      x[i] = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes[i] + offset)));
+      x[i] = _mm512_inserti32x4(x[i], _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes[i + 4] + offset)), 1);
+      x[i] = _mm512_inserti32x4(x[i], _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes[i + 8] + offset)), 2);
+      x[i] = _mm512_inserti32x4(x[i], _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes[i + 12] + offset)), 3);
+    }
+    // A 4x4 dword transpose inside each 128-bit lane: dword c of row i + 4k
+    // goes to lane 4k + i of y[c], so lane r of y[c] holds row r.
+    const __m512i t0 = _mm512_unpacklo_epi32(x[0], x[1]), t1 = _mm512_unpackhi_epi32(x[0], x[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(x[2], x[3]), t3 = _mm512_unpackhi_epi32(x[2], x[3]);
+    const __m512i y[4] = {_mm512_unpacklo_epi64(t0, t2), _mm512_unpackhi_epi64(t0, t2),
+                          _mm512_unpacklo_epi64(t1, t3), _mm512_unpackhi_epi64(t1, t3)};
+    for (int c = 0; c < 4; ++c) {
+      _mm512_store_si512(out + 8 * h + c, _mm512_and_si512(y[c], nibble));
+      _mm512_store_si512(out + 8 * h + 4 + c, _mm512_and_si512(_mm512_srli_epi16(y[c], 4), nibble));
     }
   }
-  const uint8_t* codes[4];
-  const uint16_t* scales[4];
-  const uint8_t* zeros[4];
-};
-
-// Rows a and b's 32 code bytes of one span as [a | b], split into low
-// nibbles (even columns) and high nibbles (odd columns).
-struct PairNibbles {
-  __m512i lo, hi;
-};
-inline PairNibbles LoadPair(const uint8_t* a, const uint8_t* b) {
-  const __m512i v = _mm512_inserti64x4(
-      _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))),
-      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b)), 1);
-  const __m512i nibble = _mm512_set1_epi8(15);
-  return {_mm512_and_si512(v, nibble), _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble)};
 }
 
-// The exact int32 dots of both rows with one token's span (xe: its even
-// columns, xo: its odd ones, as in q8_activations.h): the GEMV's DotNibbles
-// per half.
-inline __m512 PairDots(const PairNibbles& w, __m512i xe, __m512i xo) {
-  const __m512i dots = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w.lo, xe), w.hi, xo);
-  return _mm512_cvtepi32_ps(dots);
+// Unpacks rows [row, row + rows) (rows <= 16) into `tile`; lanes past `rows`
+// repeat the last row (computed, never stored).
+void UnpackTile(const Int4Linear& layer, int row, int rows, Tile& tile) {
+  const int groups = layer.in / layer.group_size;
+  const int spans = layer.in / kQ8Span;
+  tile.quads.resize(static_cast<size_t>(spans) * 2 * kQuadsPerBlock);
+  tile.scales.resize(groups);
+  tile.zero_terms.resize(groups);
+  const uint8_t* codes[kTileRows];
+  for (int r = 0; r < kTileRows; ++r) {
+    codes[r] = layer.qweight + static_cast<size_t>(row + std::min(r, rows - 1)) * (layer.in / 2);
+  }
+  for (int sp = 0; sp < spans; ++sp) UnpackSpan(codes, sp, tile.quads.data() + sp * 2 * kQuadsPerBlock);
+  for (int r = 0; r < kTileRows; ++r) {
+    const size_t base = static_cast<size_t>(row + std::min(r, rows - 1)) * groups;
+    for (int g = 0; g < groups; ++g) {
+      const float s = _cvtsh_ss(layer.scales[base + g]);
+      const float sz = s * static_cast<float>(layer.zeros[base + g]);
+      std::memcpy(tile.scales[g].bytes + 4 * r, &s, 4);
+      std::memcpy(tile.zero_terms[g].bytes + 4 * r, &sz, 4);
+    }
+  }
 }
 
-// [v0 x4, v1 x4, v0 x4, v1 x4] (v: two floats): the GEMV's HalfSpanPair(v0, v1)
-// in both halves.
-inline __m512 SpreadPair(const float* v) {
-  const __m512i index = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
-  double pair;
-  std::memcpy(&pair, v, sizeof(pair));
-  return _mm512_permutexvar_ps(index, _mm512_zextps128_ps512(_mm_castpd_ps(_mm_set_sd(pair))));
-}
-
-// [s_a x8 | s_b x8] from two f16 weight scales.
-inline __m512 SpreadRowScales(uint16_t a, uint16_t b) {
-  return _mm512_insertf32x8(_mm512_zextps256_ps512(_mm256_set1_ps(_cvtsh_ss(a))),
-                            _mm256_set1_ps(_cvtsh_ss(b)), 1);
-}
-
-// g = 32, a span's two groups: [s_a(2sp) x4, s_a(2sp+1) x4 | s_b(...) likewise].
-inline __m512 SpreadSpanScales(const uint16_t* a, const uint16_t* b) {
-  const __m512i index = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  uint32_t pa, pb;
-  std::memcpy(&pa, a, sizeof(pa));
-  std::memcpy(&pb, b, sizeof(pb));
-  const __m128 four = _mm_cvtph_ps(_mm_setr_epi32(static_cast<int>(pa), static_cast<int>(pb), 0, 0));
-  return _mm512_permutexvar_ps(index, _mm512_zextps128_ps512(four));
-}
-
-// One 4-row block (rows valid of them) x kTokens tokens from t, all columns:
-// y[k][r] = W[row + r] . a_{t+k} (+ bias), as the GEMV computes it.
+// Tokens t .. t + kTokens - 1 times the tile: y[(t + k) * ldy + r] for the
+// first `rows` rows (row0: the tile's first row in the layer, for the bias).
+// next_codes: the next tile's codes (16 rows x in / 2 bytes, contiguous), to
+// prefetch into L2 while this tile computes, or nullptr.
 template <int kTokens>
-void BlockTimesTokens(const Int4Linear& layer, int row, int rows, const Q8Activations& x, int t,
-                      float* y, int ldy) {
+void TileTimesTokens(const Int4Linear& layer, const Tile& tile, int row0, int rows,
+                     const Q8Activations& x, int t, float* y, int ldy, const uint8_t* next_codes) {
   const int gs = layer.group_size;
   const int groups = layer.in / gs;
-  const int spans_per_group = std::max(1, gs / kQ8Span);
-  const int groups_per_span = kQ8Span / std::min(gs, kQ8Span);  // 2 at g = 32, else 1
-  const BlockRows b(layer, row, rows);
-  const int8_t* xq[kTokens];         // [in], permuted
-  const float* d[kTokens];           // [in / 32]
-  for (int k = 0; k < kTokens; ++k) {
-    xq[k] = x.q + static_cast<size_t>(t + k) * layer.in;
-    d[k] = x.block_scales + static_cast<size_t>(t + k) * (layer.in / kQ8Block);
-  }
-  __m512 acc[kTokens][2];  // [token][row pair]
-  #pragma GCC unroll 4
-  for (int k = 0; k < kTokens; ++k) acc[k][0] = acc[k][1] = _mm512_setzero_ps();
-  // At g >= 64, per group (spans_per_group spans); at g = 32, per span (two groups).
-  const int steps = groups / groups_per_span;
-  for (int step = 0; step < steps; ++step) {
-    __m512 group_acc[kTokens][2];
-    #pragma GCC unroll 4
-    for (int k = 0; k < kTokens; ++k) group_acc[k][0] = group_acc[k][1] = _mm512_setzero_ps();
-    const int sp0 = step * spans_per_group;
-    for (int sp = sp0; sp < sp0 + spans_per_group; ++sp) {
-      // The next block's codes, 128 bytes per span (int4_linear_avx2.cpp).
-      _mm_prefetch(reinterpret_cast<const char*>(b.codes[0] + 2 * layer.in + sp * 128), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(b.codes[0] + 2 * layer.in + sp * 128 + 64), _MM_HINT_T0);
-      const PairNibbles w01 = LoadPair(b.codes[0] + sp * 32, b.codes[1] + sp * 32);
-      const PairNibbles w23 = LoadPair(b.codes[2] + sp * 32, b.codes[3] + sp * 32);
-      __m512 scale01 = _mm512_setzero_ps(), scale23 = scale01;  // g = 32 only: s per half span
-      if (groups_per_span == 2) {
-        scale01 = SpreadSpanScales(b.scales[0] + 2 * sp, b.scales[1] + 2 * sp);
-        scale23 = SpreadSpanScales(b.scales[2] + 2 * sp, b.scales[3] + 2 * sp);
-      }
-      #pragma GCC unroll 4
-      for (int k = 0; k < kTokens; ++k) {
-        const int8_t* xs = xq[k] + sp * kQ8Span;
-        const __m512i xe = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs)));
-        const __m512i xo = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(xs + 32)));
-        const __m512 dv = SpreadPair(d[k] + 2 * sp);
-        if (groups_per_span == 2) {
-          acc[k][0] = _mm512_fmadd_ps(PairDots(w01, xe, xo), _mm512_mul_ps(dv, scale01), acc[k][0]);
-          acc[k][1] = _mm512_fmadd_ps(PairDots(w23, xe, xo), _mm512_mul_ps(dv, scale23), acc[k][1]);
-        } else {
-          group_acc[k][0] = _mm512_fmadd_ps(PairDots(w01, xe, xo), dv, group_acc[k][0]);
-          group_acc[k][1] = _mm512_fmadd_ps(PairDots(w23, xe, xo), dv, group_acc[k][1]);
+  const int blocks_per_group = gs / kQ8Block;
+  const size_t in = layer.in;
+  const int8_t* xq = x.q + t * in;                                            // [kTokens, in]
+  const float* d = x.block_scales + t * (in / kQ8Block);                      // [kTokens, in / 32]
+  const float* group_sums = x.group_sums + static_cast<size_t>(t) * groups;   // [kTokens, groups]
+  __m512 acc[kTokens];
+  #pragma GCC unroll 8
+  for (int k = 0; k < kTokens; ++k) acc[k] = _mm512_setzero_ps();
+  // The activation bytes of quad i of a block, from the block's first
+  // position in its span (see the header).
+  constexpr int kQuadOffset[kQuadsPerBlock] = {0, 4, 8, 12, 32, 36, 40, 44};
+  for (int g = 0; g < groups; ++g) {
+    __m512 group_acc[kTokens];
+    #pragma GCC unroll 8
+    for (int k = 0; k < kTokens; ++k) group_acc[k] = _mm512_setzero_ps();
+    for (int b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
+      if (next_codes) {  // 16 x 16 code bytes per block: 4 lines
+        for (int line = 0; line < 4; ++line) {
+          _mm_prefetch(reinterpret_cast<const char*>(next_codes + b * 256 + line * 64), _MM_HINT_T1);
         }
       }
-    }
-    if (groups_per_span == 1) {
-      const __m512 s01 = SpreadRowScales(b.scales[0][step], b.scales[1][step]);
-      const __m512 s23 = SpreadRowScales(b.scales[2][step], b.scales[3][step]);
-      #pragma GCC unroll 4
+      const Zmm* quads = tile.quads.data() + static_cast<size_t>(b) * kQuadsPerBlock;
+      __m512i w[kQuadsPerBlock];
+      #pragma GCC unroll 8
+      for (int i = 0; i < kQuadsPerBlock; ++i) w[i] = _mm512_load_si512(quads + i);
+      const int first = (b / 2) * kQ8Span + (b % 2) * (kQ8Block / 2);  // block b's first position
+      #pragma GCC unroll 8
       for (int k = 0; k < kTokens; ++k) {
-        acc[k][0] = _mm512_fmadd_ps(s01, group_acc[k][0], acc[k][0]);
-        acc[k][1] = _mm512_fmadd_ps(s23, group_acc[k][1], acc[k][1]);
+        const int8_t* xb = xq + k * in + first;
+        __m512i dot = _mm512_setzero_si512();
+        #pragma GCC unroll 8
+        for (int i = 0; i < kQuadsPerBlock; ++i) {
+          int32_t four;
+          std::memcpy(&four, xb + kQuadOffset[i], sizeof(four));
+          dot = _mm512_dpbusd_epi32(dot, w[i], _mm512_set1_epi32(four));
+        }
+        group_acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_set1_ps(d[k * (in / kQ8Block) + b]),
+                                       group_acc[k]);
       }
     }
+    const __m512 s = _mm512_load_ps(tile.scales[g].bytes);
+    const __m512 sz = _mm512_load_ps(tile.zero_terms[g].bytes);
+    #pragma GCC unroll 8
+    for (int k = 0; k < kTokens; ++k) {
+      acc[k] = _mm512_fmadd_ps(s, group_acc[k], acc[k]);
+      acc[k] = _mm512_fnmadd_ps(sz, _mm512_set1_ps(group_sums[k * groups + g]), acc[k]);
+    }
   }
+  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
+  const __m512 bias = layer.bias ? _mm512_maskz_loadu_ps(mask, layer.bias + row0) : _mm512_setzero_ps();
+  #pragma GCC unroll 8
   for (int k = 0; k < kTokens; ++k) {
-    const float* group_sums = x.group_sums + static_cast<size_t>(t + k) * groups;
-    __m256 row_acc[4] = {_mm512_castps512_ps256(acc[k][0]), _mm512_extractf32x8_ps(acc[k][0], 1),
-                         _mm512_castps512_ps256(acc[k][1]), _mm512_extractf32x8_ps(acc[k][1], 1)};
-    for (int r = 0; r < 4; ++r) {  // minus sum_g s z (sum of a over g)
-      row_acc[r] = _mm256_sub_ps(row_acc[r], ZeroTerms(b.scales[r], b.zeros[r], group_sums, groups));
-    }
-    float sums[4];
-    if (rows == 4) {
-      _mm_storeu_ps(sums, Hsum4(row_acc[0], row_acc[1], row_acc[2], row_acc[3]));
-    } else {
-      for (int r = 0; r < rows; ++r) sums[r] = Hsum(row_acc[r]);
-    }
-    float* y_t = y + static_cast<size_t>(t + k) * ldy;
-    for (int r = 0; r < rows; ++r) y_t[r] = sums[r] + (layer.bias ? layer.bias[row + r] : 0.f);
+    _mm512_mask_storeu_ps(y + static_cast<size_t>(t + k) * ldy, mask, _mm512_add_ps(acc[k], bias));
   }
 }
 
@@ -239,21 +194,30 @@ void BlockTimesTokens(const Int4Linear& layer, int row, int rows, const Q8Activa
 
 void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy) {
-  for (int t0 = 0; t0 < x.num_tokens; t0 += kSliceTokens) {
-    const int t_end = std::min(x.num_tokens, t0 + kSliceTokens);
-    for (int r = 0; r < rows; r += 4) {
-      const int block_rows = std::min(4, rows - r);
-      float* y_block = y + r;
-      int t = t0;
-      for (; t + kChunkTokens <= t_end; t += kChunkTokens) {
-        BlockTimesTokens<kChunkTokens>(layer, row0 + r, block_rows, x, t, y_block, ldy);
-      }
-      switch (t_end - t) {
-        case 3: BlockTimesTokens<3>(layer, row0 + r, block_rows, x, t, y_block, ldy); break;
-        case 2: BlockTimesTokens<2>(layer, row0 + r, block_rows, x, t, y_block, ldy); break;
-        case 1: BlockTimesTokens<1>(layer, row0 + r, block_rows, x, t, y_block, ldy); break;
-        default: break;
-      }
+  thread_local Tile tile;
+  for (int r = 0; r < rows; r += kTileRows) {
+    const int tile_rows = std::min(kTileRows, rows - r);
+    UnpackTile(layer, row0 + r, tile_rows, tile);
+    // Prefill streams every weight from DRAM once per call: the next tile's
+    // codes are prefetched during this tile's first register block, so
+    // unpacking does not wait for them.
+    const uint8_t* next_codes =
+        r + kTileRows < rows ? layer.qweight + static_cast<size_t>(row0 + r + kTileRows) * (layer.in / 2) : nullptr;
+    float* y_tile = y + r;
+    int t = 0;
+    for (; t + kTokenBlock <= x.num_tokens; t += kTokenBlock) {
+      TileTimesTokens<kTokenBlock>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, t == 0 ? next_codes : nullptr);
+    }
+    const uint8_t* prefetch = t == 0 ? next_codes : nullptr;
+    switch (x.num_tokens - t) {
+      case 7: TileTimesTokens<7>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 6: TileTimesTokens<6>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 5: TileTimesTokens<5>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 4: TileTimesTokens<4>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 3: TileTimesTokens<3>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 2: TileTimesTokens<2>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      case 1: TileTimesTokens<1>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
+      default: break;
     }
   }
 }

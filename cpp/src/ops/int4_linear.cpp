@@ -154,12 +154,15 @@ static bool Avx512Pays(const Int4Linear& layer) {
 
 void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
                 int ldy, Isa isa) {
-  if (isa >= Isa::kAvx512Vnni && x.num_tokens > kQ8MaxTokens) {
-    // Prefill: the GEMM (4 x 4 register blocks, 1.1-5x the GEMV's token
-    // pairs from 8 tokens on: interleaved medians, one core, loaded machine).
-    // Calls of decode size stay on the GEMV, so a batch of up to 8 decodes
-    // bit for bit as its sequences alone.
-    Int4GemmQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+  if (isa >= Isa::kAvx2 && x.num_tokens > kQ8MaxTokens) {
+    // Prefill: the GEMM (16 rows x 8 tokens per register block with VNNI,
+    // 8 x 2 at AVX2: tools/isa_bench.cpp). Calls of decode size stay on the
+    // GEMV, so a batch of up to 8 decodes bit for bit as its sequences alone.
+    if (isa >= Isa::kAvx512Vnni) {
+      Int4GemmQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+    } else {
+      Int4GemmQ8Avx2(layer, row0, rows, x, y, ldy);
+    }
   } else if (isa >= Isa::kAvx512Vnni && Avx512Pays(layer)) {
     Int4RowsQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
   } else if (isa >= Isa::kAvx512 && Avx512Pays(layer)) {
@@ -209,11 +212,13 @@ void Int4GatedMlpForward(const Int4Linear& gate, const Int4Linear& up, Activatio
                          bool int8_decode) {
   const int ffn = gate.out;
   // A thread's rows go in slices of kSliceRows x kTokenSlice: gate rows
-  // straight to `out`, up rows to a stack buffer (8 KiB), then
+  // straight to `out`, up rows to a stack buffer (16 KiB), then
   // out = act(gate) * up. Slices of 32 rows keep the per-call setup of the
-  // AVX2 kernel (group sums of x: `in` adds) at ~3% of its 32 * in weights.
+  // AVX2 kernel (group sums of x: `in` adds) at ~3% of its 32 * in weights;
+  // kTokenSlice is the prefill chunk (Transformer::kChunkTokens), so the
+  // int8 GEMM unpacks each weight tile once per chunk.
   constexpr int kSliceRows = 32;
-  constexpr int kTokenSlice = 64;
+  constexpr int kTokenSlice = 128;
   const Int4Input input = PrepareInput(x, num_tokens, gate.in, gate.group_size, int8_decode);
   pool.ParallelFor(NumBlocks(ffn), [&](int64_t begin, int64_t end) {
     float up_rows[kTokenSlice * kSliceRows];  // [tokens, kSliceRows]

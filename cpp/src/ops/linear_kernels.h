@@ -63,12 +63,18 @@ void Int4RowsQ8Avx512(const Int4Linear& layer, int row0, int rows, const Q8Activ
 void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy);
 // The W4A8 GEMM (int4_gemm_q8_avx512vnni.cpp, AVX-512 F/BW/VL/DQ + VNNI; call
-// only when the CPU has them): any number of tokens, 4 rows x 4 tokens per
-// register block, for prefill. Every token's outputs are bit-identical to
-// Int4RowsQ8Avx2's for that token alone (not to the AVX-512 GEMV's, whose
-// float sums run in another order).
+// only when the CPU has them): any number of tokens, 16 rows x 8 tokens per
+// register block, for prefill. The integer dots are the scalar Q8 kernel's;
+// the float sums run in another order than the GEMVs' (within f32 rounding,
+// test_gemm_kernels). A token's outputs are bit-identical whatever other
+// tokens share the call.
 void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy);
+// The same GEMM at AVX2 (int4_gemm_q8_avx2.cpp; 8 rows x 2 tokens per
+// register block), for CPUs without AVX-512 VNNI; the same arithmetic at 8
+// lanes, so its outputs equal Int4GemmQ8Avx512Vnni's bit for bit.
+void Int4GemmQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
+                    int ldy);
 // The row kernels `isa` picks (int4_linear.cpp): the one dispatch of the ops
 // that split rows themselves (int4_linear.cpp, ops/moe_experts.cpp).
 void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx, int num_tokens,

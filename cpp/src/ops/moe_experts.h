@@ -10,7 +10,7 @@
 // weighted sum reads in rank order, so a token's result does not depend on
 // which other tokens share the call, up to the summation order of the W4A8
 // kernels: on AVX-512 VNNI CPUs a group of more than kQ8MaxTokens tokens runs
-// the GEMM, whose float order differs from the AVX-512 GEMV's (awqcore.h,
+// the GEMM, whose float order differs from the GEMVs' (awqcore.h,
 // GenerateBatch).
 //
 // Threads: calls that take the W4A8 path (int8_decode and at most

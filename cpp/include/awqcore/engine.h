@@ -1,0 +1,128 @@
+// awqcore::Engine: continuous batching for many concurrent requests on one
+// model (a server's core). Included from awqcore/awqcore.h.
+//
+// One engine thread owns a forward pass with max_batch sequence slots (one KV
+// cache of max_seq_len tokens each, allocated at construction). Each
+// iteration it
+//   1. finishes cancelled requests and admits waiting ones into free slots,
+//      first come first served;
+//   2. prefills at most prefill_chunk prompt tokens of the oldest admitted
+//      request whose prompt is not yet in its cache (a long prompt takes
+//      several iterations, so it never stalls the others' streams for
+//      longer than one chunk); its last chunk picks its first token;
+//   3. runs one decode step that appends a token to every sequence whose
+//      prompt is in its cache, with one pass over the weights.
+// A finished or cancelled sequence frees its slot at once. With nothing to
+// do the thread sleeps on a condition variable.
+//
+// Results: a request whose prompt is at most prefill_chunk tokens gets, greedy,
+// exactly Session::Generate's tokens as long as no decode step holds more than
+// 8 sequences (kInt8Decode; 3 with kFloat32): those steps compute each token
+// as a lone decode step does, bit for bit (Session::GenerateBatch's rule). A
+// longer prompt is prefilled in chunks of prefill_chunk tokens: the int4
+// linears compute each token of a call of more than 8 tokens the same
+// whatever the call's length, and attention reads the same cached keys, so
+// test_engine finds Generate's tokens for chunks of more than 8 tokens, with
+// both activations. A last chunk of at most 8 tokens runs the decode kernels,
+// which on AVX-512 sum the int8 products in another order than the prompt
+// GEMM (awqcore.h, kInt8Decode): a greedy token can then differ only where
+// two logits are within that rounding. Sampling: each request draws from
+// its own generator seeded with its options.sampling.seed (as Generate), so
+// its tokens do not depend on the other requests.
+//
+// Thread safety: Submit, Cancel, stats, Shutdown and the accessors may be
+// called from any number of threads at once. The callbacks run on the engine
+// thread, one at a time, with no Engine lock held: they must be quick (the
+// whole batch waits for them), must not throw (an exception from on_token
+// ends that request with the exception's message as its error; one from
+// on_finish is dropped), and may call Submit, Cancel and stats, but not
+// Shutdown or the destructor (Error: the engine thread cannot join itself).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace awqcore {
+
+// Submit when max_queue requests are already waiting for a slot.
+class QueueFull : public Error {
+ public:
+  using Error::Error;
+};
+
+struct EngineOptions {
+  int max_batch = 8;        // sequences decoding together (one KV cache each, allocated at construction)
+  int max_seq_len = 4096;   // tokens per sequence (prompt + generated)
+  int max_queue = 64;       // requests waiting for a free slot; one more -> QueueFull
+  int prefill_chunk = 256;  // prompt tokens prefilled per engine iteration between decode steps
+  int num_threads = 0;      // 0: all hardware threads
+  Device device = Device::kCpu;
+  CpuActivations activations = CpuActivations::kInt8Decode;
+};
+
+// Called once per accepted request, after its last on_token: why it ended,
+// and an empty error on success. A request that failed (non-finite logits, a
+// forward pass that threw, an on_token that threw) ends with kCancelled and
+// the error's message.
+using FinishCallback = std::function<void(StopReason reason, const std::string& error)>;
+
+class Engine {
+ public:
+  using RequestId = uint64_t;
+
+  // Validates the options (InvalidArgument naming the bad one; Error naming
+  // the sizes when the caches do not fit, as Session), allocates the caches
+  // and starts the engine thread.
+  Engine(std::shared_ptr<const Model> model, const EngineOptions& options);
+  ~Engine();  // Shutdown()
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Queues a request and returns its id (ids count up from 1). Validates
+  // before queuing: InvalidArgument for an empty prompt, a token id out of
+  // range, a prompt longer than max_seq_len - 1 (no room for a new token),
+  // max_new_tokens < 0 or bad sampling values (Sampler's rules); QueueFull
+  // when max_queue requests wait; Error after Shutdown. on_token(token)
+  // receives each new token (returning false cancels the request); stop ids
+  // end it after that token (options.stop_ids, nullopt: the model's eos ids);
+  // it gets at most min(max_new_tokens, max_seq_len - prompt length) tokens.
+  // Either callback may be empty.
+  RequestId Submit(std::vector<int> prompt, const GenerateOptions& options,
+                   TokenCallback on_token, FinishCallback on_finish);
+
+  // Ends a waiting or running request with kCancelled before its next decode
+  // step. false: the id is unknown, already finished or already cancelled.
+  bool Cancel(RequestId id);
+
+  struct Stats {
+    int waiting = 0;  // queued, not yet in a slot
+    int running = 0;  // in a slot (prefilling or decoding)
+    int max_batch = 0, max_queue = 0;
+    uint64_t submitted = 0, finished = 0;  // accepted requests; those whose on_finish ran
+    uint64_t prompt_tokens = 0;            // prefilled
+    uint64_t generated_tokens = 0;         // handed to on_token
+    uint64_t decode_steps = 0;
+    double prefill_seconds = 0, decode_seconds = 0;  // forward-pass wall time, as Session::Timing
+  };
+  Stats stats() const;
+
+  // Stops accepting requests, finishes every waiting and running one with
+  // kCancelled, and joins the engine thread. Idempotent; Error when called
+  // from a callback (the engine thread).
+  void Shutdown();
+
+  const Model& model() const;
+  int max_seq_len() const;
+  int max_batch() const;
+  int num_threads() const;  // the CPU matrix products' threads (1 on the GPU)
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace awqcore
