@@ -1,11 +1,14 @@
 // Micro-benchmark of the decode GEMVs at every instruction set level this
 // CPU runs (cpu_features.h), in one process so the levels share the
-// machine's state: the W4A8 int4 linear (Int4LinearForward, one token: the
+// machine's state: the W4A8 int4 linear (Int4LinearForward, one token by default: the
 // activation rounding, the row split over the pool and the kernels) and the
 // W8A8 int8 lm_head (TableLinearForward), at Qwen2.5-1.5B's and SmolLM2's
 // shapes. Dev tool, not part of the library.
 //
-//   build/.../isa_bench [--threads 2] [--reps 9] [--megabytes 256] [--gemm-tokens 64] [--only qwen]
+//   build/.../isa_bench [--threads 2] [--reps 9] [--megabytes 256] [--gemm-tokens 64] [--only qwen] [--tokens 1]
+//
+// --tokens N (up to kQ8MaxTokens) times the GEMVs on a batched decode step of
+// N tokens; GB/s then count the weight bytes once per pass, as a batch reads them.
 //
 // Each shape is allocated as copies totalling --megabytes (8x this machine's
 // 32 MB L3), and one timed pass runs the GEMV once over every copy, so the
@@ -211,7 +214,7 @@ void GemmBench(const Shape (&shapes)[kShapes], const std::vector<Isa>& levels, c
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, reps = 9, megabytes = 256, gemm_tokens = 64;
+  int threads = 2, reps = 9, megabytes = 256, gemm_tokens = 64, tokens = 1;
   std::string only;  // run the shapes whose name contains it
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
@@ -221,14 +224,19 @@ int main(int argc, char** argv) {
     else if (flag == "--reps") reps = value;
     else if (flag == "--megabytes") megabytes = value;
     else if (flag == "--gemm-tokens") gemm_tokens = value;
+    else if (flag == "--tokens") tokens = value;
     else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--megabytes N] [--gemm-tokens N] [--only NAME_PART]\n",
+      std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--megabytes N] [--gemm-tokens N] [--only NAME_PART] [--tokens N]\n",
                    argv[0]);
       return 2;
     }
   }
   if (threads < 1 || reps < 1 || megabytes < 1 || gemm_tokens < 1) {
     std::fprintf(stderr, "--threads, --reps, --megabytes and --gemm-tokens must be positive\n");
+    return 2;
+  }
+  if (tokens < 1 || tokens > kQ8MaxTokens) {
+    std::fprintf(stderr, "--tokens must be 1..%d (a decode step)\n", kQ8MaxTokens);
     return 2;
   }
   // The scalar kernels are the references, ~50x slower: left out.
@@ -240,8 +248,8 @@ int main(int argc, char** argv) {
   }
   std::printf("levels on this CPU:");
   for (Isa isa : levels) std::printf(" %s", IsaName(isa));
-  std::printf("; %d threads, %d interleaved repetitions, medians, %d MB of weights per shape\n",
-              threads, reps, megabytes);
+  std::printf("; %d threads, %d token(s), %d interleaved repetitions, medians, %d MB of weights per shape\n",
+              threads, tokens, reps, megabytes);
   ThreadPool pool(threads);
   std::vector<uint64_t> probe(static_cast<size_t>(512) << 17, 1);  // 512 MB
   std::vector<double> bandwidths, bandwidths_per_cpu_second;
@@ -263,7 +271,7 @@ int main(int argc, char** argv) {
     if (std::string(shape.name).find(only) == std::string::npos) continue;
     const size_t matrix_bytes = static_cast<size_t>(shape.out) * shape.in / (shape.group_size ? 2 : 1);
     const int copies = static_cast<int>(std::max<size_t>(1, (static_cast<size_t>(megabytes) << 20) / matrix_bytes));
-    std::vector<float> x(shape.in), y(shape.out);
+    std::vector<float> x(static_cast<size_t>(tokens) * shape.in), y(static_cast<size_t>(tokens) * shape.out);
     for (float& v : x) v = std::uniform_real_distribution<float>(-1.f, 1.f)(rng);
     // [level]: the op's wall seconds (the pool's threads), the kernel's
     // CPU seconds (the calling thread alone).
@@ -290,15 +298,15 @@ int main(int argc, char** argv) {
     if (shape.group_size > 0) {
       const Int4Copies w(shape.out, shape.in, shape.group_size, copies, rng);
       bytes = w.bytes;
-      const Q8Activations& a = q8.Quantize(x.data(), shape.in, 1, shape.in, shape.group_size);
-      run_all([&](Isa isa, int k) { Int4LinearForward(w.layers[k], x.data(), 1, y.data(), pool, isa); },
+      const Q8Activations& a = q8.Quantize(x.data(), shape.in, tokens, shape.in, shape.group_size);
+      run_all([&](Isa isa, int k) { Int4LinearForward(w.layers[k], x.data(), tokens, y.data(), pool, isa); },
               [&](Isa isa, int k) { Int4Q8KernelOf(isa)(w.layers[k], 0, shape.out, a, y.data(), shape.out); },
               copies);
     } else {
       const TableCopies w(shape.out, shape.in, copies, rng);
       bytes = w.bytes;
-      const Q8Activations& a = q8.Quantize(x.data(), shape.in, 1, shape.in, kQ8Block, Q8Layout::kNatural);
-      run_all([&](Isa isa, int k) { TableLinearForward(w.tables[k], x.data(), 1, y.data(), pool, isa, true); },
+      const Q8Activations& a = q8.Quantize(x.data(), shape.in, tokens, shape.in, kQ8Block, Q8Layout::kNatural);
+      run_all([&](Isa isa, int k) { TableLinearForward(w.tables[k], x.data(), tokens, y.data(), pool, isa, true); },
               [&](Isa isa, int k) { TableRowsQ8(w.tables[k], 0, shape.out, a, y.data(), shape.out, isa); },
               copies);
     }

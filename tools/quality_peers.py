@@ -36,9 +36,10 @@ tools start from identical weights.
 AutoAWQ 0.2.9 on the CPU, patched at run time in the peer process (the installed
 package is not modified, nothing of it is copied here): its scale search saves the
 module's weights with `{k: v.cpu() ...}`, which on the CPU returns the same tensors,
-and then scales the weights in place (`fc.weight.mul_`), so every ratio after the
-first starts from weights already scaled by the previous ones (AutoAWQ's and
-llm-awq's issue trackers: "clone weights in AWQ scale grid search"). The worker
+and the first ratio then scales them in place (`fc.weight.mul_`): every later ratio
+is tried on, and the search leaves behind, weights multiplied by the first ratio's
+scales with nothing dividing them back out (llm-awq's issue tracker: "clone weights in
+AWQ scale grid search"; on a GPU `.cpu()` copies, so it does not arise). The worker
 recompiles AwqQuantizer._compute_best_scale from its installed source with that
 one line changed to `v.cpu().clone()`, and refuses to run if the line is not there
 exactly once.

@@ -217,11 +217,15 @@ TEST(int4_q8_row_kernels_match_reference) {
   // across groups, and SmolLM2's 576; 832 has 13 groups of 64 (the zero-point
   // term's 8-, 4- and 1-group steps all run). Each token's outputs must
   // equal, bit for bit, those of the token alone (batched decode relies on
-  // it; the AVX2 kernel takes tokens in pairs for g >= 64).
+  // it; the AVX2 kernel takes tokens in pairs for g >= 64, the AVX-512 one
+  // in fours and pairs). The VNNI build of the AVX2 kernel, which the op
+  // gives batches where it keeps the AVX2 body, must equal the AVX2 kernel
+  // bit for bit at every token count.
   std::mt19937 rng(14);
   Q8Buffer buffer;
   for (Isa isa : IsasToTest()) {
     Q8RowKernelTally tally;
+    int vnni_checked = 0, vnni_differ = 0;
     std::vector<float> all_got, all_f32;  // every output, and its f32 product with x
     for (int g : {32, 64, 128}) {
       for (int in : {64, 128, 192, 384, 576, 832}) {
@@ -248,6 +252,18 @@ TEST(int4_q8_row_kernels_match_reference) {
                 all_f32.push_back(exact[t * out + r]);
               }
             }
+            if (isa == Isa::kAvx512Vnni) {
+              std::vector<float> vnni(static_cast<size_t>(tokens) * ldy, -7.f), avx2(vnni);
+              Int4RowsQ8Avx2Vnni(w.layer, row0, out - row0, q8, vnni.data() + row0, ldy);
+              Int4RowsQ8Avx2(w.layer, row0, out - row0, q8, avx2.data() + row0, ldy);
+              for (size_t i = 0; i < vnni.size(); ++i) {
+                if (vnni[i] != avx2[i] && vnni_differ++ < 3) {
+                  std::printf("  FAILED case: g%d in=%d out=%d tokens=%d output %zu: vnni %.9g, avx2 %.9g\n",
+                              g, in, out, tokens, i, vnni[i], avx2[i]);
+                }
+                ++vnni_checked;
+              }
+            }
           }
         }
       }
@@ -259,6 +275,11 @@ TEST(int4_q8_row_kernels_match_reference) {
                 tally.bad, tally.batch_dependent, tally.worst, awqtest::RelativeError(all_got, all_f32));
     CHECK(tally.bad == 0);
     CHECK(tally.batch_dependent == 0);
+    if (isa == Isa::kAvx512Vnni) {
+      std::printf("  avx2 int4 W4A8 kernel built with VNNI vs avx2: %d outputs, %d not bit-identical\n",
+                  vnni_checked, vnni_differ);
+      CHECK(vnni_differ == 0);
+    }
   }
 }
 
@@ -371,13 +392,18 @@ TEST(table_q8_row_kernels_match_reference_and_ignore_batch_size) {
   // activations: per 32-column block the integer lane sums are exact, then
   // each is multiplied by one rounded s d_b and the d / 4 terms summed, so
   // the bound is gamma(d / 4 + 2) sum|w a|. Random codes cover -128 (|w| is
-  // 128 unsigned in vpmaddubsw). Widths: one block, one tile, across tiles,
-  // SmolLM2's 576.
+  // 128 unsigned in vpmaddubsw, 0 after vpdpbusd's +128 offset). Widths: one
+  // block, one tile, across tiles, SmolLM2's 576, and 2080 (rows long enough
+  // for the L2 prefetch). At the avx512vnni level the op sends batches to
+  // the VNNI kernel and single tokens to the AVX2 one, so "batch-dependent"
+  // there compares the two kernels' bits; the VNNI kernel is also checked
+  // directly against the AVX2 one for every token count from 1, bit for bit.
   std::mt19937 rng(15);
   Q8Buffer buffer;
   for (Isa isa : IsasToTest()) {
     Q8RowKernelTally tally;
-    for (int d : {32, 64, 256, 288, 576}) {
+    int vnni_checked = 0, vnni_differ = 0;
+    for (int d : {32, 64, 256, 288, 576, 2080}) {
       for (int rows : {1, 3, 5, 13}) {
         const awqtest::RandomTable w(rows, d, /*int8=*/true, rng, kMisaligned);
         for (int tokens = 1; tokens <= kQ8MaxTokens; ++tokens) {
@@ -393,6 +419,19 @@ TEST(table_q8_row_kernels_match_reference_and_ignore_batch_size) {
           tally.Check(q8, rows, ref, run, [&](int t, int r) {
             return Gamma(d / 4 + 2) * w.AbsProductSum(r, a.data() + t * d);
           });
+          if (isa == Isa::kAvx512Vnni) {
+            const int row0 = rows > 4 ? 1 : 0, ldy = rows + 2;
+            std::vector<float> vnni(static_cast<size_t>(tokens) * ldy, -7.f), avx2(vnni);
+            TableRowsQ8Avx512Vnni(w.table, row0, rows - row0, q8, vnni.data() + row0, ldy);
+            TableRowsQ8Avx2(w.table, row0, rows - row0, q8, avx2.data() + row0, ldy);
+            for (size_t i = 0; i < vnni.size(); ++i) {
+              if (vnni[i] != avx2[i] && vnni_differ++ < 3) {
+                std::printf("  FAILED case: d=%d rows=%d tokens=%d output %zu: vnni %.9g, avx2 %.9g\n",
+                            d, rows, tokens, i, vnni[i], avx2[i]);
+              }
+              ++vnni_checked;
+            }
+          }
         }
       }
     }
@@ -401,6 +440,11 @@ TEST(table_q8_row_kernels_match_reference_and_ignore_batch_size) {
                 IsaName(isa), tally.checked, tally.bad, tally.batch_dependent, tally.worst);
     CHECK(tally.bad == 0);
     CHECK(tally.batch_dependent == 0);
+    if (isa == Isa::kAvx512Vnni) {
+      std::printf("  avx512vnni table kernel vs avx2 kernel: %d outputs, %d not bit-identical\n",
+                  vnni_checked, vnni_differ);
+      CHECK(vnni_differ == 0);
+    }
   }
 }
 

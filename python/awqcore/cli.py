@@ -6,6 +6,7 @@
     awqcore run smollm2.awqbin --chat          (interactive, multi-turn)
     awqcore ppl smollm2.awqbin --fp-reference smollm2-135m --kl-base smollm2-135m
     awqcore convert autoawq-folder --out model.awqbin
+    awqcore serve smollm2.awqbin --port 8000       (OpenAI-compatible HTTP server)
 
 User errors (a bad file, a bad argument, a missing path) print one line
 "awqcore: error: ..." and exit with status 2; there is no traceback for them.
@@ -324,6 +325,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmark(args)
 
 
+# ------------------------------------------------------------------- serve
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import serve
+    except ImportError as e:
+        raise ValueError(f"awqcore serve needs the server extra ({e}): pip install "
+                         "'awqcore[server]'") from None
+
+    serve(args.file, host=args.host, port=args.port, max_batch=args.max_batch,
+          max_seq_len=args.max_seq_len, max_queue=args.max_queue, threads=args.threads,
+          device=args.device, api_key=args.api_key, model_name=args.model_name,
+          max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout,
+          log_level=args.log_level)
+    return 0
+
+
 # -------------------------------------------------------------------- main
 
 def _positive_int(text: str) -> int:
@@ -451,6 +469,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ppl)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (chat, completions, "
+                       "streaming) with continuous batching")
+    s.add_argument("file", metavar="FILE")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
+    s.add_argument("--max-batch", type=_positive_int, default=8,
+                   help="requests decoding together, one KV cache each (default 8)")
+    s.add_argument("--max-seq-len", type=_positive_int, default=4096,
+                   help="context per request in tokens, prompt + completion (default 4096)")
+    s.add_argument("--max-queue", type=_positive_int, default=64,
+                   help="requests waiting for a free slot; one more is answered 503 (default 64)")
+    s.add_argument("--threads", type=_positive_int, default=None,
+                   help="worker threads (default: all cores)")
+    s.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the forward pass runs (default cpu; cuda: GPU 0)")
+    s.add_argument("--api-key", default=os.environ.get("AWQCORE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $AWQCORE_API_KEY; "
+                   "unset: no key)")
+    s.add_argument("--model-name", help="the model's name in the API (default: the file name "
+                   "without .awqbin)")
+    s.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20,
+                   help="larger request bodies are answered 413 (default 1 MiB)")
+    s.add_argument("--shutdown-timeout", type=float, default=10.0,
+                   help="on SIGINT/SIGTERM, seconds running requests may go on before they "
+                   "are cancelled (default 10)")
+    s.add_argument("--log-level", default="info",
+                   choices=("critical", "error", "warning", "info", "debug"),
+                   help="uvicorn's log level (default info: one line per request)")
+    s.set_defaults(func=cmd_serve)
 
     from .benchmark import add_arguments as add_bench_arguments
     b = sub.add_parser("bench", help="prefill/decode speed vs llama.cpp and torch (table, JSON)")

@@ -1,5 +1,5 @@
 // awqcore::Engine: continuous batching for many concurrent requests on one
-// model (a server's core). Included from awqcore/awqcore.h.
+// model (a server's core). awqcore/awqcore.h includes it.
 //
 // One engine thread owns a forward pass with max_batch sequence slots (one KV
 // cache of max_seq_len tokens each, allocated at construction). Each
@@ -44,6 +44,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "awqcore/awqcore.h"  // Model, GenerateOptions, StopReason, Error (it includes this file last)
 
 namespace awqcore {
 

@@ -20,4 +20,14 @@ void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8A
   Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
 }
 
+void TableRowsQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
+                           float* y, int ldy) {
+  TableRowsQ8Avx2(table, row0, rows, x, y, ldy);
+}
+
+void Int4RowsQ8Avx2Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                        float* y, int ldy) {
+  Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
+}
+
 }  // namespace awqcore

@@ -92,7 +92,12 @@ void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, 
 
 void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
                  int ldy, Isa isa) {
-  if (isa >= Isa::kAvx2) {
+  // Both kernels give a token the same bits (linear_kernels.h); one token
+  // streams as fast through the AVX2 GEMV, a batch 1.2-1.9x faster (2-8
+  // tokens) through the VNNI one, which reads each row once for all of them.
+  if (isa >= Isa::kAvx512Vnni && x.num_tokens >= 2) {
+    TableRowsQ8Avx512Vnni(table, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx2) {
     TableRowsQ8Avx2(table, row0, rows, x, y, ldy);
   } else {
     TableRowsQ8Scalar(table, row0, rows, x, y, ldy);

@@ -28,8 +28,9 @@ void EmbeddingGather(const EmbeddingTable& table, const int* ids, int num_tokens
 // every token. A token's logits do not depend on how many tokens share the
 // call, nor on the thread count.
 // int8_activations with an int8 table: x is rounded to int8 per 32 columns
-// (q8_activations.h) and multiplied in integers (W8A8, TableRowsQ8*), each
-// token on its own. Why: the f32 kernel spends ~12 ALU uops per 32 weights
+// (q8_activations.h) and multiplied in integers (W8A8, TableRowsQ8*; a
+// batch of decode tokens shares each pass over the table on AVX-512 VNNI,
+// with each token's logits bit-identical to its own). Why: the f32 kernel spends ~12 ALU uops per 32 weights
 // and row on widening and scaling and streams 6-8 GB/s on two cores, the
 // integer one (with a prefetch of the next rows) 13-14.5 GB/s, about what
 // this machine reads (microbenchmark, 151936 x 1536 and 49152 x 576 from

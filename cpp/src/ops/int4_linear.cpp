@@ -167,6 +167,9 @@ void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations
     Int4RowsQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
   } else if (isa >= Isa::kAvx512 && Avx512Pays(layer)) {
     Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
+  } else if (isa >= Isa::kAvx512Vnni && x.num_tokens >= 2) {
+    // Batched decode: the AVX2 body's bits, with VNNI dot products.
+    Int4RowsQ8Avx2Vnni(layer, row0, rows, x, y, ldy);
   } else if (isa >= Isa::kAvx2) {
     Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
   } else {

@@ -62,6 +62,12 @@ void Int4RowsQ8Avx512(const Int4Linear& layer, int row0, int rows, const Q8Activ
                       float* y, int ldy);
 void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy);
+// Int4RowsQ8Avx2's arithmetic built with AVX-512 VL + VNNI
+// (int4_linear_batch_avx512vnni.cpp; call only when the CPU has them): two
+// vpdpbusd per span, each token's outputs bit-identical to Int4RowsQ8Avx2's;
+// batched decode where the ops keep the AVX2 body.
+void Int4RowsQ8Avx2Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                        float* y, int ldy);
 // The W4A8 GEMM (int4_gemm_q8_avx512vnni.cpp, AVX-512 F/BW/VL/DQ + VNNI; call
 // only when the CPU has them): any number of tokens, 16 rows x 8 tokens per
 // register block, for prefill. The integer dots are the scalar Q8 kernel's;
@@ -97,6 +103,11 @@ void TableRowsQ8Scalar(const EmbeddingTable& table, int row0, int rows, const Q8
                        float* y, int ldy);
 void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
                      float* y, int ldy);
+// AVX-512 VNNI (embedding_table_avx512vnni.cpp): 4 rows x 4 tokens per
+// register block, each table row read once per call for every token; each
+// token's outputs are bit-identical to TableRowsQ8Avx2's.
+void TableRowsQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
+                           float* y, int ldy);
 void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
                int num_tokens, float* y, int ldy, Isa isa);
 void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
