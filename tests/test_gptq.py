@@ -27,7 +27,7 @@ def correlated_inputs(n: int, width: int, seed: int) -> np.ndarray:
     return x
 
 
-def textbook_gptq(w: np.ndarray, h: np.ndarray, g: int) -> np.ndarray:
+def textbook_gptq(w: np.ndarray, h: np.ndarray, g: int, damp: float = DAMP) -> np.ndarray:
     """Optimal Brain Quantization one column at a time (GPTQ without blocking or
     Cholesky), in float64: round column i with its group's scale and zero (rtn.py's
     rules, from the group's weights as updated so far), spread its error over the
@@ -35,7 +35,7 @@ def textbook_gptq(w: np.ndarray, h: np.ndarray, g: int) -> np.ndarray:
     Returns the codes [out, in]."""
     w = w.astype(np.float64).copy()
     h = h.astype(np.float64).copy()
-    h[np.diag_indices_from(h)] += DAMP * np.mean(np.diag(h))
+    h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
     hinv = np.linalg.inv(h)
     codes = np.zeros(w.shape, dtype=np.uint8)
     for i in range(w.shape[1]):
@@ -52,19 +52,32 @@ def textbook_gptq(w: np.ndarray, h: np.ndarray, g: int) -> np.ndarray:
     return codes
 
 
-@pytest.mark.parametrize("out_f,in_f,g", [(5, 64, 32), (7, 192, 64), (3, 256, 128)])
-def test_gptq_equals_the_textbook_column_by_column_update(out_f, in_f, g):
+@pytest.mark.parametrize("out_f,in_f,g,damp", [(5, 64, 32, DAMP), (7, 192, 64, DAMP),
+                                               (3, 256, 128, DAMP), (6, 192, 64, 0.1)])
+def test_gptq_equals_the_textbook_column_by_column_update(out_f, in_f, g, damp):
     """Blocked, Cholesky-based GPTQ and the plain OBQ loop are the same algorithm: in
     float64 they choose the same codes (192 columns: a block boundary inside the
-    matrix)."""
+    matrix), at the default damping and a stronger one."""
     rng = np.random.default_rng(in_f)
     w = rng.standard_normal((out_f, in_f))
     x = correlated_inputs(400, in_f, seed=g)
     h = x.T @ x / len(x)
-    codes, _, _ = gptq_quantize(torch.from_numpy(w), torch.from_numpy(h), g)
-    expected = textbook_gptq(w, h, g)
+    codes, _, _ = gptq_quantize(torch.from_numpy(w), torch.from_numpy(h), g, damp=damp)
+    expected = textbook_gptq(w, h, g, damp)
     mismatch = int((codes.numpy() != expected).sum())
-    assert mismatch == 0, f"{out_f}x{in_f} g{g}: {mismatch} of {expected.size} codes differ"
+    assert mismatch == 0, (f"{out_f}x{in_f} g{g} damp {damp}: {mismatch} of {expected.size} "
+                           "codes differ")
+
+
+def test_gptq_with_overwhelming_damping_is_rtn():
+    """Damping 1e6 x the mean diagonal makes H^-1 all but diagonal: no error moves, and
+    the codes are round-to-nearest's even on strongly correlated inputs."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((8, 128)).astype(np.float32)
+    x = correlated_inputs(500, 128, seed=3).astype(np.float32)
+    h = torch.from_numpy(x.T @ x / len(x))
+    got = gptq_int4(torch.from_numpy(w), h, 64, damp=1e6)
+    np.testing.assert_array_equal(got[0], quantize_int4(w, 64)[0])
 
 
 @pytest.mark.parametrize("g", [32, 64, 128])

@@ -5,7 +5,7 @@
 // W8A8 int8 lm_head (TableLinearForward), at Qwen2.5-1.5B's and SmolLM2's
 // shapes. Dev tool, not part of the library.
 //
-//   build/.../isa_bench [--threads 2] [--reps 9] [--megabytes 256] [--gemm-tokens 64] [--only qwen] [--tokens 1]
+//   build/.../isa_bench [--threads 2] [--reps 9] [--megabytes 256] [--gemm-tokens 128] [--only qwen] [--tokens 1]
 //
 // --tokens N (up to kQ8MaxTokens) times the GEMVs on a batched decode step of
 // N tokens; GB/s then count the weight bytes once per pass, as a batch reads them.
@@ -214,7 +214,7 @@ void GemmBench(const Shape (&shapes)[kShapes], const std::vector<Isa>& levels, c
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, reps = 9, megabytes = 256, gemm_tokens = 64, tokens = 1;
+  int threads = 2, reps = 9, megabytes = 256, gemm_tokens = 128, tokens = 1;
   std::string only;  // run the shapes whose name contains it
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];

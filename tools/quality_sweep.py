@@ -14,6 +14,8 @@ variant is then derived per layer from the same activation statistics and scales
   awq-mild      AWQ scales + the clip search over shrinks >= 0.85
   awq-gptq      AWQ scales, then GPTQ
   awq-gptq-heldout  AWQ scales + held-out clip, then GPTQ
+A GPTQ variant may name its damping after a colon (e.g. awq-gptq:0.1; default
+gptq.DAMP, a fraction of the Hessian's mean diagonal).
 Each variant is written as a .awqbin and evaluated through the C++ runtime (exact f32
 mode) on the same windows; FP through the torch reference. Prints perplexities and each
 variant's share of RTN's increase: (ppl - FP) / (RTN - FP).
@@ -43,7 +45,7 @@ def main() -> int:
     from awqcore.quantize import pipeline
     from awqcore.quantize.awq import CLIP_EXCLUDED, INPUT_OF, AwqQuantizer, fake_quantize
     from awqcore.quantize.clip import clip_bounds
-    from awqcore.quantize.gptq import gptq_int4
+    from awqcore.quantize.gptq import DAMP, gptq_int4
     from awqcore.quantize.pipeline import _layer_float_names
     from awqcore.quantize.rtn import quantize_int4
     from awqcore.source import LINEAR_NAMES, layer_prefix
@@ -58,6 +60,9 @@ def main() -> int:
     p.add_argument("--wiki-windows", type=int, default=40)
     p.add_argument("--ood-windows", type=int, default=12)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--no-fp", action="store_true",
+                   help="skip the full-precision reference (slow on large models): "
+                   "report each variant against RTN only")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch and runtime threads (1 on a machine shared with other jobs: "
                    "oversubscribed threads wait on each other)")
@@ -80,6 +85,7 @@ def main() -> int:
         stats, scales = quantizer.layer_stats, quantizer.input_scale
         pre = layer_prefix(layer)
         for v in variants:
+            method, _, damp = v.partition(":")
             awq = v.startswith("awq")
             norms = {n: (weights if awq else original)[n] for n in names
                      if not (n.endswith(".weight") and n[len(pre):-7] in INPUT_OF)}
@@ -87,13 +93,15 @@ def main() -> int:
             for key in LINEAR_NAMES:
                 w = scaled[key].clone() if awq else torch.from_numpy(original[pre + key + ".weight"]).clone()
                 s = scales[key] if awq else torch.ones(w.shape[1])
-                mode = v.split("-")[-1] if v.split("-")[-1] in ("full", "heldout", "mild") else None
+                mode = method.split("-")[-1]
+                mode = mode if mode in ("full", "heldout", "mild") else None
                 if mode and key not in CLIP_EXCLUDED:
                     bound = clip_bounds(w, stats[INPUT_OF[key]], s, mode, fake_quantize)
                     wg = w.view(w.shape[0], -1, g)
                     torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
                 if "gptq" in v:
-                    out[pre + key] = gptq_int4(w, stats[INPUT_OF[key]].hessian(s), g)
+                    out[pre + key] = gptq_int4(w, stats[INPUT_OF[key]].hessian(s), g,
+                                               damp=float(damp) if damp else DAMP)
                 else:
                     out[pre + key] = quantize_int4(w.numpy(), g)
             results[v][layer] = (norms, out)
@@ -131,18 +139,24 @@ def main() -> int:
         print(f"{v}: wiki {ppl['wiki'][v]:.3f}, ood {ppl['ood'][v]:.3f}", file=sys.stderr)
         os.remove(path)
         first_model = first_model or model
-    reference = reference_model(args.model, source.config.vocab_size, "model")
-    fp = {k: reference_perplexity(reference, windows[k], progress=False).perplexity
-          for k in texts}
+    if args.no_fp:
+        fp = {k: float("nan") for k in texts}
+    else:
+        reference = reference_model(args.model, source.config.vocab_size, "model")
+        fp = {k: reference_perplexity(reference, windows[k], progress=False).perplexity
+              for k in texts}
     print(f"{args.model} g{g}, calibration {args.calib_samples} x {args.calib_seqlen}, "
           f"wiki {len(windows['wiki'])} x 512, ood {len(windows['ood'])} x 512 ({args.ood_text})")
-    print(f"{'variant':18s} {'wiki ppl':>9s} {'share':>6s} {'ood ppl':>9s} {'share':>6s}")
-    print(f"{'FP':18s} {fp['wiki']:9.3f} {0:6.3f} {fp['ood']:9.3f} {0:6.3f}")
+    print(f"{'variant':22s} {'wiki ppl':>9s} {'share':>6s} {'vs rtn':>7s} {'ood ppl':>9s} "
+          f"{'share':>6s} {'vs rtn':>7s}")
+    print(f"{'FP':22s} {fp['wiki']:9.3f} {0:6.3f} {'':7s} {fp['ood']:9.3f} {0:6.3f}")
     for v in variants:
-        share = {k: (ppl[k][v] - fp[k]) / (ppl[k]["rtn"] - fp[k]) if "rtn" in ppl[k] else
-                 float("nan") for k in texts}
-        print(f"{v:18s} {ppl['wiki'][v]:9.3f} {share['wiki']:6.3f} {ppl['ood'][v]:9.3f} "
-              f"{share['ood']:6.3f}")
+        cells = []
+        for k in texts:
+            rtn = ppl[k].get("rtn", float("nan"))
+            cells.append(f"{ppl[k][v]:9.3f} {(ppl[k][v] - fp[k]) / (rtn - fp[k]):6.3f} "
+                         f"{ppl[k][v] / rtn - 1:+7.2%}")
+        print(f"{v:22s} {' '.join(cells)}")
     return 0
 
 

@@ -348,7 +348,18 @@ class AwqQuantizer:
         if len(self.attn_seqs) == 0 and len(self.x):
             self.attn_seqs = np.zeros(1, dtype=np.int64)  # later layers: the first left
 
-    def _loss(self, layer: int, group: ScaleGroup, w: dict, samples: dict) -> Callable:
+    def observe(self, layer: int, w: dict) -> tuple[dict | None, dict | None]:
+        """The FP layer (weights w by reference key, torch on self.device) over the
+        calibration activations: (input statistics, loss samples) as _forward returns
+        them, or (None, None) when no sequence is left. Advances the activations."""
+        self.rope = tuple(t.to(self.device)
+                          for t in rotary_tables(self.config, self.x.shape[1], layer))
+        if not len(self.x):
+            return None, None
+        with torch.no_grad():
+            return self._forward(layer, w)
+
+    def module_loss(self, layer: int, group: ScaleGroup, w: dict, samples: dict) -> Callable:
         """loss(candidate weights of group.linears) -> MSE against the FP module output."""
         c = self.config
 
@@ -402,13 +413,8 @@ class AwqQuantizer:
         tick = lambda: bar.update(1)  # noqa: E731
 
         start = time.perf_counter()
-        stats = samples = None
-        self.rope = tuple(t.to(self.device)
-                          for t in rotary_tables(self.config, self.x.shape[1], layer))
-        self.layer_stats, self.input_scale = None, {}
-        if len(self.x):
-            with torch.no_grad():
-                stats, samples = self._forward(layer, w)
+        self.layer_stats, self.input_scale, self.searches = None, {}, {}
+        stats, samples = self.observe(layer, w)
         self.times["layer forward"] += time.perf_counter() - start
         if stats is None or stats["qkv"].count == 0:
             self.notes.append(f"layer {layer}: no finite calibration activations left; "
@@ -424,8 +430,10 @@ class AwqQuantizer:
             for group in groups:
                 result = search_scales(stats[group.source].x_mean(),
                                        [w[n] for n in group.linears],
-                                       self._loss(layer, group, w, samples), self.group_size, step=tick)
+                                       self.module_loss(layer, group, w, samples), self.group_size,
+                                       step=tick)
                 self.ratios.setdefault(group.name, []).append(result.ratio)
+                self.searches[group.name] = result
                 if not result.finite:
                     self.notes.append(f"layer {layer} {group.name}: no ratio gave a finite loss; "
                                       "kept unscaled weights (plain RTN for these linears)")

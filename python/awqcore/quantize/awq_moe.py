@@ -302,7 +302,8 @@ class MoeAwqQuantizer(AwqQuantizer):
     def _search_attention(self, layer: int, group, w: dict, stats: dict, samples: dict,
                           tick) -> torch.Tensor:
         result = search_scales(stats[group.source].x_mean(), [w[n] for n in group.linears],
-                               self._loss(layer, group, w, samples), self.group_size, step=tick)
+                               self.module_loss(layer, group, w, samples), self.group_size,
+                               step=tick)
         self.ratios.setdefault(group.name, []).append(result.ratio)
         if not result.finite:
             self.notes.append(f"layer {layer} {group.name}: no ratio gave a finite loss; "

@@ -49,8 +49,8 @@ def group_params(w: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, t
     return scale, zero
 
 
-def inverse_hessian_factor(hessian: torch.Tensor) -> torch.Tensor:
-    """The upper Cholesky factor U [in, in] of (H + damping)^-1.
+def inverse_hessian_factor(hessian: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
+    """The upper Cholesky factor U [in, in] of (H + damp * mean(diag H) * I)^-1.
 
     A column whose input is zero on every calibration token (H_ii = 0) gets H_ii = 1:
     its error then moves nowhere and it is plainly rounded. Its weights are kept (GPTQ's
@@ -58,7 +58,7 @@ def inverse_hessian_factor(hessian: torch.Tensor) -> torch.Tensor:
     h = hessian.clone()
     diag = h.diagonal()
     diag[diag == 0] = 1.0
-    damp = DAMP * float(diag.mean())
+    damp = damp * float(diag.mean())
     for _ in range(MAX_DAMP_TRIES):
         damped = h + damp * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
         lower, info = torch.linalg.cholesky_ex(damped)
@@ -73,8 +73,10 @@ def inverse_hessian_factor(hessian: torch.Tensor) -> torch.Tensor:
 
 
 def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
-                  name: str = "weight") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Quantizes w [out, in] against hessian [in, in] (X^T X / n of its input).
+                  name: str = "weight", damp: float = DAMP
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantizes w [out, in] against hessian [in, in] (X^T X / n of its input), damped
+    by damp * mean(diag H).
 
     Returns (codes u8 [out, in] 0..15, scales f16 [out, in/g], zeros u8 [out, in/g]) on
     w's device; the weights they represent are (codes - zero) * scale per group."""
@@ -84,7 +86,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
                          f"{in_f} input columns")
     if BLOCK % group_size or in_f % group_size:
         raise ValueError(f"{name}: group size {group_size} must divide {BLOCK} and {in_f}")
-    upper = inverse_hessian_factor(hessian.to(w.dtype))  # [in, in]
+    upper = inverse_hessian_factor(hessian.to(w.dtype), damp)  # [in, in]
     work = w.clone()  # [out, in]: the weights as updated by the compensation
     codes = torch.empty(out_f, in_f, dtype=torch.uint8, device=w.device)
     n_groups = in_f // group_size
@@ -110,8 +112,9 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
     return codes, scales.half(), zeros.to(torch.uint8)
 
 
-def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int, name: str = "weight"):
+def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int, name: str = "weight",
+              damp: float = DAMP):
     """gptq_quantize packed as rtn.quantize_int4 returns it: (qweight u8 [out, in/2],
     scales f16 [out, in/g], zeros u8 [out, in/g]) as numpy arrays."""
-    codes, scales, zeros = gptq_quantize(w, hessian, group_size, name)
+    codes, scales, zeros = gptq_quantize(w, hessian, group_size, name, damp)
     return pack_int4(codes.cpu().numpy()), scales.cpu().numpy(), zeros.cpu().numpy()
