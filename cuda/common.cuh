@@ -139,6 +139,37 @@ struct DeviceInt4 {
   const float* bias = nullptr;  // [out] or nullptr
 };
 
+// Expert e's [out, in] slice of stacked experts [E, out, in] (docs/format.md:
+// expert-major, each expert laid out as one 4-bit linear): `w` describes
+// expert 0 (out, in of one expert) at the start of the stacked tensors.
+__host__ __device__ inline DeviceInt4 ExpertSlice(DeviceInt4 w, int e) {
+  const size_t groups = static_cast<size_t>(w.out) * (w.in / w.group_size);
+  w.qweight += static_cast<size_t>(e) * w.out * (w.in / 2);
+  w.scales += static_cast<size_t>(e) * groups;
+  w.zeros += static_cast<size_t>(e) * groups;
+  return w;
+}
+
+// q - z for the 8 nibbles of `word` (columns 8k .. 8k + 7 of a lane's chunk
+// of 32 for word k), exact in f32: the bits 0x4B0000qq are the float 2^23 + q,
+// so one PRMT and one FADD of zoff = 2^23 + z give q - z (int4_gemv.cu). lo
+// holds the even columns' nibbles in bytes 0..3, hi the odd.
+__device__ __forceinline__ void Dequant8(uint32_t word, float zoff, float (&qz)[8]) {
+  const uint32_t lo = word & 0x0F0F0F0Fu, hi = (word >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    // Result bytes: [src byte k, 0, 0, 0x4B] = float 2^23 + nibble.
+    qz[2 * k] = __uint_as_float(__byte_perm(lo, 0x4B000000u, 0x7540 | k)) - zoff;
+    qz[2 * k + 1] = __uint_as_float(__byte_perm(hi, 0x4B000000u, 0x7540 | k)) - zoff;
+  }
+}
+
+// Swizzled float4 slot of float4 f (4 columns) of an x row staged in shared
+// memory: chunk j = f / 8 (32 columns) keeps its 8 slots, permuted by j & 7,
+// so the 8 lanes of a quarter-warp that read float4 i of chunks j .. j + 7
+// hit 8 different bank quads (int4_gemv.cu).
+__device__ __forceinline__ int Swz(int f) { return (f & ~7) | ((f & 7) ^ ((f >> 3) & 7)); }
+
 // ---- int4_gemv.cu ----
 // y[t, :] = (accumulate ? y[t, :] : 0) + W x[t, :] + bias, t < n; x: [n, in], y: [n, out].
 // n < kTensorCoreMinTokens: tiles of up to 8 tokens share each weight load
@@ -152,6 +183,105 @@ void Int4LinearForward(const DeviceInt4& w, const float* x, int n, float* y, boo
 // The same product on tensor cores, x and W rounded to f16 (accumulation in
 // f32): for prefill. x and y 16-byte aligned.
 void Int4Gemm(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate, cudaStream_t stream);
+
+// Tokens per block of the GEMM (its M tile): a grouped call's tiles hold at
+// most this many tokens of one expert.
+constexpr int kGemmTileTokens = 64;
+
+// ---- moe.cu ----
+// One tile of a grouped expert product: slots [first, first + count) of the
+// slot-ordered activations, all routed to `expert`; expert < 0 marks a tile
+// past the last used one (its block exits).
+struct MoeTile {
+  int expert, first, count;
+};
+// Tokens per tile of the CUDA-core expert GEMV (decode and batched decode):
+// each tile reads its expert's rows once for up to this many tokens.
+constexpr int kMoeGemvTileTokens = 8;
+// The most experts MoeRoute takes: its probabilities live in shared memory
+// (4 B each) next to nothing else.
+constexpr int kMaxExperts = 4096;
+
+// Tiles a grouping of `slots` routed (token, rank) pairs over num_experts
+// experts can need at tile_tokens per tile: sum over experts of
+// ceil(count_e / tile_tokens) < slots / tile_tokens + (experts with a token).
+int MoeMaxTiles(int slots, int num_experts, int tile_tokens);
+
+// A mixture-of-experts layer on the device (docs/format.md): the router and
+// the stacked experts, each DeviceInt4 expert 0's view of [E, out, in]
+// (ExpertSlice gives expert e's). Activation and sizes as the CPU's
+// ModelConfig: k experts per token, their weights renormalized when
+// `normalize` (norm_topk_prob).
+struct DeviceMoe {
+  int num_experts = 0, k = 0;
+  bool normalize = false;
+  const float* router = nullptr;  // [E, d] f32
+  DeviceInt4 gate, up;            // [E, f, d]
+  DeviceInt4 down;                // [E, d, f]
+};
+
+// MoeForward's device scratch for calls of up to max_tokens tokens (T =
+// max_tokens * k slots), allocated once. Sized for both groupings (GEMV tiles
+// of 8, GEMM tiles of 64). Move-only, owns its memory.
+class MoeBuffers {
+ public:
+  MoeBuffers() = default;
+  MoeBuffers(int max_tokens, int k, int num_experts, int d, int f)
+      : experts(Ints(max_tokens * k)),
+        weights(Floats(static_cast<size_t>(max_tokens) * k)),
+        slot_of(Ints(max_tokens * k)),
+        slot_token(Ints(max_tokens * k)),
+        tiles(MaxTiles(max_tokens, k, num_experts) * sizeof(MoeTile)),
+        x(Floats(static_cast<size_t>(max_tokens) * k * d)),
+        gate(Floats(static_cast<size_t>(max_tokens) * k * f)),
+        up(Floats(static_cast<size_t>(max_tokens) * k * f)),
+        out(Floats(static_cast<size_t>(max_tokens) * k * d)) {}
+  // Device bytes of the buffers of these sizes (the forward pass's memory check).
+  static size_t Bytes(int max_tokens, int k, int num_experts, int d, int f) {
+    const size_t slots = static_cast<size_t>(max_tokens) * k;
+    return 4 * slots * (4 + 2 * static_cast<size_t>(d) + 2 * static_cast<size_t>(f)) +
+           MaxTiles(max_tokens, k, num_experts) * sizeof(MoeTile);
+  }
+
+  DeviceBuffer experts;     // [T] int: expert of (token t, rank r) at t * k + r
+  DeviceBuffer weights;     // [T] f32: its router weight
+  DeviceBuffer slot_of;     // [T] int: slot of (t, r) in expert order
+  DeviceBuffer slot_token;  // [T] int: token whose activations slot s holds
+  DeviceBuffer tiles;       // [MaxTiles] MoeTile
+  DeviceBuffer x;           // [T, d] f32: each slot's input, grouped by expert
+  DeviceBuffer gate, up;    // [T, f] f32: gate (then act(gate) * up) and up of each slot
+  DeviceBuffer out;         // [T, d] f32: down of each slot
+
+ private:
+  static DeviceBuffer Ints(int count) { return DeviceBuffer(static_cast<size_t>(count) * sizeof(int)); }
+  static DeviceBuffer Floats(size_t count) { return DeviceBuffer(count * sizeof(float)); }
+  static size_t MaxTiles(int max_tokens, int k, int num_experts) {
+    // GEMV groupings serve calls below kTensorCoreMinTokens tokens, GEMM ones the rest.
+    const int gemv_tokens = max_tokens < kTensorCoreMinTokens - 1 ? max_tokens : kTensorCoreMinTokens - 1;
+    const int gemv = MoeMaxTiles(gemv_tokens * k, num_experts, kMoeGemvTileTokens);
+    const int gemm = MoeMaxTiles(max_tokens * k, num_experts, kGemmTileTokens);
+    return static_cast<size_t>(gemv > gemm ? gemv : gemm);
+  }
+};
+
+// The MoE block on n tokens (the CPU's MoeRouterForward + MoeExpertsForward):
+// h [n, d] the post-attention norm's output; y [n, d] = (accumulate ? y : 0) +
+// sum over ranks r, in rank order, of w[t, r] down_e(act(gate_e h) * up_e h).
+// Each chosen expert's weights are read once per call (per tile of up to 8
+// tokens, or 64 from kTensorCoreMinTokens tokens on, where the expert
+// linears run on tensor cores with Int4Gemm's roundings). A token's result
+// does not depend on the other tokens of the call below kTensorCoreMinTokens
+// tokens, bit for bit. n <= the buffers' max_tokens; y must not alias h.
+void MoeForward(const DeviceMoe& moe, Activation act, const float* h, int n, const MoeBuffers& buffers,
+                float* y, bool accumulate, cudaStream_t stream);
+
+// ---- int4_gemm.cu (grouped) ----
+// y[s, :] = W_e x[s, :] for the slots s of every tile: x [slots, in], y
+// [slots, out] in slot order, `stacked` expert 0's view of [E, out, in]
+// experts, tiles [max_tiles] with count <= kGemmTileTokens. Tensor cores, the
+// roundings of Int4Gemm.
+void Int4GroupedGemm(const DeviceInt4& stacked, const MoeTile* tiles, int max_tiles, const float* x,
+                     float* y, cudaStream_t stream);
 
 // ---- f16_ops.cu ----
 // y[t, r] = sum_c W[r, c] x[t, c]; W: [rows, d] f16, d % 8 == 0.
@@ -245,6 +375,8 @@ class DeviceFill {
   virtual void Halves(__half* p, size_t n, float lo, float hi) = 0;
   // p[0 .. n) = value (norm weights).
   virtual void Floats(float* p, size_t n, float value) = 0;
+  // p[0 .. n) = uniform in [lo, hi) (routers).
+  virtual void UniformFloats(float* p, size_t n, float lo, float hi) = 0;
 };
 // The forward pass of cuda_backend.h with every weight of `config`'s shapes
 // (int4 layers at group_size) filled by `fill` instead of uploaded.

@@ -9,7 +9,8 @@
 //              layer's window, scores * attention_scale), a = o_proj(...)
 //              pre:      x += a;                     h = rmsnorm(x) * post_norm
 //              sandwich: x += rmsnorm(a) * post_norm; h = rmsnorm(x) * pre_ffn_norm
-//              m = down(act(gate(h)) * up(h))
+//              m = down(act(gate(h)) * up(h)), or in a mixture-of-experts
+//                  layer the weighted sum of the router's k experts' (moe.cu)
 //              pre: x += m;  sandwich: x += rmsnorm(m) * post_ffn_norm
 //   logits = lm_head(rmsnorm(x) * final_norm), soft-capped when configured
 //   (before the device sampling too).
@@ -41,6 +42,7 @@
 
 #include "common.cuh"
 #include "cuda_backend.h"
+#include "weight_arena.cuh"
 #include "half.h"
 #include "ops/rope.h"
 #include "sampler.h"
@@ -60,70 +62,9 @@ constexpr int kChunk = 256;
 // shorter ones, and decode steps, through the split kernel (attention.cu),
 // which wastes no rows. The cut-over is the tile size, not yet measured.
 constexpr int kPrefillAttentionMinTokens = 64;
-constexpr size_t kAlign = 256;    // arena alignment: 16-byte loads, full sectors
-
-size_t AlignUp(size_t v) { return (v + kAlign - 1) / kAlign * kAlign; }
+using cu::kAlign;
 std::string MiB(uint64_t bytes) { return std::to_string((bytes + (1u << 20) - 1) >> 20) + " MiB"; }
 
-// Places tensors in one device arena. Pass 1 (Reserve) only counts bytes;
-// pass 2 returns device pointers and uploads the data, or where there is no
-// host data (the random model) has `fill` write it.
-class Arena {
- public:
-  explicit Arena(cu::DeviceFill* fill) : fill_(fill) {}
-  void Allocate() { buffer_ = DeviceBuffer(size_); size_ = 0; placing_ = true; }
-  size_t size() const { return size_; }
-  bool placing() const { return placing_; }  // pass 2: pointers are real, data is read
-
-  // Host data, or fill's random bytes & mask when src is null.
-  void* Bytes(const void* src, size_t bytes, uint8_t mask) {
-    void* p = Next(bytes);
-    if (!p) return nullptr;
-    if (src) {
-      AWQ_CUDA_CHECK(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
-    } else {
-      Fill().Bytes(static_cast<uint8_t*>(p), bytes, mask);
-    }
-    return p;
-  }
-  // Host f16 bits, or fill's uniform [lo, hi) when src is null.
-  __half* Half(const uint16_t* src, size_t count, float lo, float hi) {
-    void* p = Next(count * 2);
-    if (!p) return nullptr;
-    if (src) {
-      AWQ_CUDA_CHECK(cudaMemcpy(p, src, count * 2, cudaMemcpyHostToDevice));
-    } else {
-      Fill().Halves(static_cast<__half*>(p), count, lo, hi);
-    }
-    return static_cast<__half*>(p);
-  }
-  // Host floats, or `value` everywhere when src is null.
-  float* Float(const float* src, size_t count, float value) {
-    void* p = Next(count * 4);
-    if (!p) return nullptr;
-    if (src) {
-      AWQ_CUDA_CHECK(cudaMemcpy(p, src, count * 4, cudaMemcpyHostToDevice));
-    } else {
-      Fill().Floats(static_cast<float*>(p), count, value);
-    }
-    return static_cast<float*>(p);
-  }
-
- private:
-  void* Next(size_t bytes) {
-    const size_t offset = size_;
-    size_ += AlignUp(bytes);
-    return placing_ ? buffer_.as<uint8_t>() + offset : nullptr;
-  }
-  cu::DeviceFill& Fill() {
-    if (!fill_) throw Error("internal: a weight tensor of the model is missing");
-    return *fill_;
-  }
-  DeviceBuffer buffer_;
-  size_t size_ = 0;
-  bool placing_ = false;
-  cu::DeviceFill* fill_;  // nullptr: every tensor comes from the host
-};
 
 // The staging buffers' layout, in ints, for C = chunk tokens: what a pass
 // reads (ids, and each token's place) and what it returns (picked tokens).
@@ -148,9 +89,17 @@ struct DeviceLayer {
   const float* post_norm = nullptr;      // [d]
   const float* pre_ffn_norm = nullptr;   // [d]   sandwich
   const float* post_ffn_norm = nullptr;  // [d]   sandwich
-  DeviceInt4 gate, up, down;
+  DeviceInt4 gate, up, down;             // a dense MLP layer's
+  bool moe = false;                      // the MLP is a mixture of experts: `experts`
+  cu::DeviceMoe experts;
   bool sliding = false;                  // config.layer_sliding[layer]
 };
+
+// Layer `layer` of a model of `config` holds experts (docs/format.md: absent
+// model.moe_layers means every layer when num_experts > 0).
+bool IsMoeLayer(const ModelConfig& config, int layer) {
+  return config.num_experts > 0 && (config.moe_layers.empty() || config.moe_layers[layer] != 0);
+}
 
 class CudaTransformer final : public ForwardPass {
  public:
@@ -175,6 +124,7 @@ class CudaTransformer final : public ForwardPass {
       throw Error("the CUDA backend needs hidden_size and head_dim divisible by 8 and head_dim <= " +
                   std::to_string(cu::kMaxHeadDim) + " (got " + std::to_string(d) + ", " + std::to_string(hd) + ")");
     }
+    if (config.num_experts > 0) CheckExperts(config);
     // As the CPU's Transformer builds them (transformer.cpp).
     full_attention_ = {{config.num_heads, config.num_kv_heads, hd, config.attention_scale, 0}, max_seq_len};
     sliding_attention_ = full_attention_;
@@ -185,10 +135,17 @@ class CudaTransformer final : public ForwardPass {
     const int q_width = config.num_heads * hd, kv_width = config.num_kv_heads * hd;
     const size_t cache_bytes = 2ull * config.num_layers * max_sequences * max_seq_len * kv_width * sizeof(__half);
     const size_t rope_floats = (local_rope ? 2 : 1) * static_cast<size_t>(max_seq_len) * hd;  // cos + sin
+    // A model whose every layer holds experts needs no dense MLP buffers.
+    bool any_dense = false;
+    for (int i = 0; i < config.num_layers; ++i) any_dense = any_dense || !IsMoeLayer(config, i);
+    const int dense_ffn = any_dense ? config.intermediate_size : 0;
+    const size_t moe_bytes =
+        config.num_experts > 0 ? cu::MoeBuffers::Bytes(chunk_, config.num_experts_per_tok, config.num_experts, d,
+                                                       config.moe_intermediate_size)
+                               : 0;
     const size_t scratch_floats =
-        static_cast<size_t>(chunk_) * (2 * d + 2 * q_width + 2 * kv_width + 2 * config.intermediate_size +
-                                       config.vocab_size) +
-        cu::AttentionScratchFloats(full_attention_, chunk_) + rope_floats;
+        static_cast<size_t>(chunk_) * (2 * d + 2 * q_width + 2 * kv_width + 2 * dense_ffn + config.vocab_size) +
+        cu::AttentionScratchFloats(full_attention_, chunk_) + rope_floats + moe_bytes / 4;
     const uint64_t total = weight_bytes + cache_bytes + scratch_floats * 4 + 4 * kAlign;
     size_t free_bytes = 0, total_bytes = 0;
     AWQ_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -210,8 +167,11 @@ class CudaTransformer final : public ForwardPass {
     attn_ = floats(static_cast<size_t>(chunk_) * q_width);       // [C, H*hd]
     k_ = floats(static_cast<size_t>(chunk_) * kv_width);         // [C, KV*hd] before rope
     v_ = floats(static_cast<size_t>(chunk_) * kv_width);         // [C, KV*hd]
-    gate_ = floats(static_cast<size_t>(chunk_) * config.intermediate_size);  // [C, ffn]
-    up_ = floats(static_cast<size_t>(chunk_) * config.intermediate_size);    // [C, ffn]
+    gate_ = floats(static_cast<size_t>(chunk_) * dense_ffn);  // [C, ffn]
+    up_ = floats(static_cast<size_t>(chunk_) * dense_ffn);    // [C, ffn]
+    if (config.num_experts > 0) {
+      moe_ = cu::MoeBuffers(chunk_, config.num_experts_per_tok, config.num_experts, d, config.moe_intermediate_size);
+    }
     logits_ = floats(static_cast<size_t>(chunk_) * config.vocab_size);       // [C, vocab]
     att_scratch_ = floats(cu::AttentionScratchFloats(full_attention_, chunk_));  // [C, H, splits, hd+2]
     rope_ = cu::UploadRopeTable(RopeTable(hd, config.rope_theta, max_seq_len, config.rope_scaling));
@@ -286,6 +246,70 @@ class CudaTransformer final : public ForwardPass {
     return dw;
   }
 
+  // Stacked experts [E, out, in] as one DeviceInt4 of expert 0 (ExpertSlice
+  // gives the others): each expert's slice uploaded to its place, or all
+  // filled as PlaceInt4 fills one linear.
+  DeviceInt4 PlaceExperts(const std::vector<Int4Linear>* views, int out, int in, int group_size) {
+    const int experts = config_.num_experts;
+    if (views && static_cast<int>(views->size()) != experts) {
+      throw Error("internal: " + std::to_string(views->size()) + " expert linears for num_experts " +
+                  std::to_string(experts));
+    }
+    DeviceInt4 dw;
+    dw.out = out;
+    dw.in = in;
+    dw.group_size = views ? (*views)[0].group_size : group_size;
+    if (in % 32 != 0 || in % dw.group_size != 0) {
+      throw Error("the CUDA int4 kernel needs in % 32 == 0 (got expert in " + std::to_string(in) +
+                  ", group size " + std::to_string(dw.group_size) + ")");
+    }
+    const size_t code_bytes = static_cast<size_t>(out) * in / 2, groups = static_cast<size_t>(out) * (in / dw.group_size);
+    std::vector<const uint8_t*> codes, zeros;
+    std::vector<const uint16_t*> scales;
+    for (int e = 0; views && e < experts; ++e) {
+      codes.push_back((*views)[e].qweight);
+      scales.push_back((*views)[e].scales);
+      zeros.push_back((*views)[e].zeros);
+    }
+    const float s = 1.f / (4.6f * std::sqrt(static_cast<float>(in)));  // as PlaceInt4's random scales
+    dw.qweight = static_cast<const uint8_t*>(arena_.ByteSlices(codes, experts, code_bytes, 0xFF));
+    dw.scales = arena_.HalfSlices(scales, experts, groups, s, s);
+    dw.zeros = static_cast<const uint8_t*>(arena_.ByteSlices(zeros, experts, groups, 0x0F));
+    return dw;
+  }
+
+  // A mixture-of-experts layer's router and stacked experts (moe == nullptr:
+  // filled; the router uniform in +-2 sqrt(3 / d), logits of std ~2 for
+  // unit-RMS inputs, so the random model's tokens spread over the experts).
+  cu::DeviceMoe PlaceMoe(const MoeWeights* moe, int group_size) {
+    const ModelConfig& c = config_;
+    const int d = c.hidden_size, f = c.moe_intermediate_size;
+    cu::DeviceMoe m;
+    m.num_experts = c.num_experts;
+    m.k = c.num_experts_per_tok;
+    m.normalize = c.norm_topk_prob;
+    const float bound = 2.f * std::sqrt(3.f / d);
+    m.router = arena_.UniformFloat(moe ? moe->router : nullptr, static_cast<size_t>(c.num_experts) * d, -bound, bound);
+    m.gate = PlaceExperts(moe ? &moe->gate : nullptr, f, d, group_size);
+    m.up = PlaceExperts(moe ? &moe->up : nullptr, f, d, group_size);
+    m.down = PlaceExperts(moe ? &moe->down : nullptr, d, f, group_size);
+    return m;
+  }
+
+  // What the device MoE block takes: the router's shared memory holds E
+  // probabilities, and the block adds its output to the residual stream
+  // (pre norms: the only placement mixtral and qwen3_moe have).
+  static void CheckExperts(const ModelConfig& c) {
+    if (c.num_experts > cu::kMaxExperts || c.num_experts_per_tok < 1 || c.num_experts_per_tok > c.num_experts) {
+      throw Error("the CUDA backend runs 1 <= k <= E <= " + std::to_string(cu::kMaxExperts) + " experts (got E " +
+                  std::to_string(c.num_experts) + ", k " + std::to_string(c.num_experts_per_tok) + ")");
+    }
+    if (c.norm_placement != NormPlacement::kPre) {
+      throw Error("the CUDA backend runs mixture-of-experts layers with pre norms only (architecture " +
+                  c.architecture + ")");
+    }
+  }
+
   // The table's f16 bits for upload. An int8 table (docs/format.md) is
   // dequantized here on the host and uploaded as f16, which keeps the GPU
   // kernels and decode speed unchanged at the cost of vocab * d * 2 bytes of
@@ -340,9 +364,14 @@ class CudaTransformer final : public ForwardPass {
         l.post_ffn_norm = arena_.Float(lw ? lw->post_ffn_norm : nullptr, d, 1.f);
       }
       l.sliding = !c.layer_sliding.empty() && c.layer_sliding[i] != 0;
-      l.gate = PlaceInt4(lw ? &lw->gate : nullptr, c.intermediate_size, d, group_size);
-      l.up = PlaceInt4(lw ? &lw->up : nullptr, c.intermediate_size, d, group_size);
-      l.down = PlaceInt4(lw ? &lw->down : nullptr, d, c.intermediate_size, group_size);
+      l.moe = lw ? lw->moe.router != nullptr : IsMoeLayer(c, i);
+      if (l.moe) {
+        l.experts = PlaceMoe(lw ? &lw->moe : nullptr, group_size);
+      } else {
+        l.gate = PlaceInt4(lw ? &lw->gate : nullptr, c.intermediate_size, d, group_size);
+        l.up = PlaceInt4(lw ? &lw->up : nullptr, c.intermediate_size, d, group_size);
+        l.down = PlaceInt4(lw ? &lw->down : nullptr, d, c.intermediate_size, group_size);
+      }
     }
   }
 
@@ -446,6 +475,10 @@ class CudaTransformer final : public ForwardPass {
         cu::Int4LinearForward(l.o, attn, n, x, true, stream_);  // x += o_proj(attn)
         cu::RmsNorm(x, l.post_norm, d, eps, n, h, stream_);
       }
+      if (l.moe) {  // pre norms (CheckExperts): x += moe(h)
+        cu::MoeForward(l.experts, c.activation, h, n, moe_, x, /*accumulate=*/true, stream_);
+        continue;
+      }
       cu::Int4LinearForward(l.gate, h, n, gate, false, stream_);
       cu::Int4LinearForward(l.up, h, n, up_.as<float>(), false, stream_);
       cu::GatedActivation(c.activation, gate, up_.as<float>(), static_cast<size_t>(n) * c.intermediate_size, gate,
@@ -511,7 +544,7 @@ class CudaTransformer final : public ForwardPass {
   cu::AttentionParams sliding_attention_;  // window config.sliding_window (layer_sliding layers)
   uint64_t device_bytes_ = 0;
 
-  Arena arena_;  // every weight
+  cu::WeightArena arena_;  // every weight
   const __half* embed_ = nullptr;    // [vocab, d]
   const __half* lm_head_ = nullptr;  // [vocab, d] (== embed_ when tied)
   const float* final_norm_ = nullptr;
@@ -519,6 +552,7 @@ class CudaTransformer final : public ForwardPass {
 
   DeviceBuffer k_cache_, v_cache_;  // [layers, max_sequences, max_seq_len, KV*hd] f16
   DeviceBuffer x_, h_, q_, attn_, k_, v_, gate_, up_, logits_, att_scratch_;
+  cu::MoeBuffers moe_;       // the MoE layers' scratch for chunk_ tokens (models with experts)
   DeviceBuffer rope_;        // [2, max_seq_len, hd/2]: cos then sin (rope_theta, scaled)
   DeviceBuffer local_rope_;  // the same for rope_local_theta (sliding layers), or empty
   DeviceBuffer staged_;            // [staging_.total()] ints
@@ -533,13 +567,6 @@ class CudaTransformer final : public ForwardPass {
 
 std::unique_ptr<ForwardPass> CreateCudaForward(const ModelConfig& config, const ModelWeights& weights,
                                                int max_seq_len, int max_sequences) {
-  // The device forward pass has no router or expert kernels: a mixture-of-
-  // experts file runs on the CPU (Device::kCpu) only.
-  if (config.num_experts > 0) {
-    throw Error("the CUDA backend does not run mixture-of-experts models (architecture " +
-                config.architecture + ", " + std::to_string(config.num_experts) +
-                " experts): use the CPU device");
-  }
   return std::make_unique<CudaTransformer>(config, &weights, config.group_size, nullptr, max_seq_len,
                                            max_sequences);
 }

@@ -41,7 +41,7 @@ namespace awqcore {
 namespace cu {
 namespace {
 
-constexpr int kBM = 64;           // tokens per block
+constexpr int kBM = kGemmTileTokens;  // tokens per block: 64
 constexpr int kBN = 128;          // output rows per block
 constexpr int kBK = 32;           // columns per pipeline step
 constexpr int kStages = 3;
@@ -77,14 +77,28 @@ __device__ __forceinline__ void LoadStage(Stage& stage, const DeviceInt4& w, con
   }
 }
 
+// tiles == nullptr: block row blockIdx.y takes tokens [64 y, 64 y + 64) of
+// m_total. Grouped (Int4GroupedGemm): it takes tile blockIdx.y, whose slots
+// [first, first + count) are its rows 0 .. count - 1 and whose expert's slice
+// of the stacked W it multiplies; m_total is unused.
 __global__ void __launch_bounds__(kThreads)
     Int4GemmKernel(DeviceInt4 w, const float* __restrict__ x, int m_total, float* __restrict__ y,
-                   int accumulate) {
+                   int accumulate, const MoeTile* __restrict__ tiles) {
   __shared__ Stage stages[kStages];  // 36 KiB
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int warp_m = (warp & 1) * 32, warp_n = (warp >> 1) * 64;
-  const int m0 = blockIdx.y * kBM, n0 = blockIdx.x * kBN;
+  const int n0 = blockIdx.x * kBN;
+  int m0 = blockIdx.y * kBM;
+  if (tiles != nullptr) {
+    const MoeTile tile = tiles[blockIdx.y];
+    if (tile.expert < 0) return;  // the whole block: no barrier is left waiting
+    w = ExpertSlice(w, tile.expert);
+    x += static_cast<size_t>(tile.first) * w.in;
+    y += static_cast<size_t>(tile.first) * w.out;
+    m_total = tile.count;
+    m0 = 0;
+  }
   const int k_steps = w.in / kBK;
   const int groups = w.in / w.group_size;
 
@@ -168,7 +182,15 @@ __global__ void __launch_bounds__(kThreads)
 
 void Int4Gemm(const DeviceInt4& w, const float* x, int n, float* y, bool accumulate, cudaStream_t stream) {
   const dim3 grid((w.out + kBN - 1) / kBN, (n + kBM - 1) / kBM);
-  Int4GemmKernel<<<grid, kThreads, 0, stream>>>(w, x, n, y, accumulate ? 1 : 0);
+  Int4GemmKernel<<<grid, kThreads, 0, stream>>>(w, x, n, y, accumulate ? 1 : 0, nullptr);
+  AWQ_CUDA_LAUNCH_CHECK();
+}
+
+void Int4GroupedGemm(const DeviceInt4& stacked, const MoeTile* tiles, int max_tiles, const float* x,
+                     float* y, cudaStream_t stream) {
+  if (max_tiles == 0) return;
+  const dim3 grid((stacked.out + kBN - 1) / kBN, max_tiles);
+  Int4GemmKernel<<<grid, kThreads, 0, stream>>>(stacked, x, 0, y, 0, tiles);
   AWQ_CUDA_LAUNCH_CHECK();
 }
 

@@ -54,22 +54,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kMaxTile = 8;       // tokens per launch: weights read once per tile
 constexpr int kChunkCols = 1024;  // one warp-wide 16-byte load per row: 32 lanes x 32 columns
 
-// Swizzled float4 slot of float4 f (4 columns) of a staged x row: chunk
-// j = f / 8 (32 columns) keeps its 8 slots, permuted by j & 7.
-__device__ __forceinline__ int Swz(int f) { return (f & ~7) | ((f & 7) ^ ((f >> 3) & 7)); }
-
-// q - z for the 8 nibbles of `word` (columns 8k .. 8k + 7 of the lane's chunk
-// for word k): lo holds the even columns' nibbles in bytes 0..3, hi the odd.
-__device__ __forceinline__ void Dequant8(uint32_t word, float zoff, float (&qz)[8]) {
-  const uint32_t lo = word & 0x0F0F0F0Fu, hi = (word >> 4) & 0x0F0F0F0Fu;
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    // Result bytes: [src byte k, 0, 0, 0x4B] = float 2^23 + nibble.
-    qz[2 * k] = __uint_as_float(__byte_perm(lo, 0x4B000000u, 0x7540 | k)) - zoff;
-    qz[2 * k + 1] = __uint_as_float(__byte_perm(hi, 0x4B000000u, 0x7540 | k)) - zoff;
-  }
-}
-
 // B tokens, R rows per warp, D chunks of 1024 columns per step. x: [B, in],
 // y: [B, out]. Rows past `out` in the last block are clamped to the last row
 // (computed, never stored), so every lane takes part in the shuffles; chunks

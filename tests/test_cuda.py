@@ -213,3 +213,94 @@ def test_device_memory_is_reported_and_covers_weights_and_caches(tiny_awqbin):
     cache = 2 * c["num_layers"] * 3 * 128 * c["num_kv_heads"] * c["head_dim"] * 2
     print(f"device memory {c['device_memory_bytes']} B: file tensors {c['weight_bytes']}, caches {cache}")
     assert c["device_memory_bytes"] >= c["weight_bytes"] - 63 + cache
+
+
+# Router logits closer than this at the k-th / (k+1)-th expert count as a near
+# tie. A flipped expert moves the logits by O(1) (test_moe_reference), so the
+# comparison takes prompts whose routing is clear of ties, found by the torch
+# reference. The GPU's router logits differ from the CPU's through the f16
+# roundings above; the torch reference run entirely in f16 (activations and
+# residual too, far more rounding than the GPU's) moves these models' router
+# logits by at most 0.0145 (Mixtral) and 0.0071 (Qwen3-MoE) over 40 tokens,
+# so a margin of 0.03 cannot flip.
+MOE_ROUTING_MARGIN = 0.03
+
+
+def moe_model(family, tmp_path):
+    """A tiny `family` model (tiny_models.SharpSource: randomized norms, routers that
+    spread the tokens over the experts), quantized RTN g32."""
+    from awqcore.quantize.pipeline import quantize_model
+    from tiny_models import SharpSource
+
+    path = tmp_path / f"{family}.awqbin"
+    quantize_model(SharpSource(family, seed=7), path, method="rtn", group_size=32, progress=False)
+    return path
+
+
+def routing_margin(path, ids):
+    """The smallest gap between the k-th and (k+1)-th largest router logit, over
+    every token of `ids` and every MoE layer, in the torch reference of the file."""
+    import awqcore.reference as reference
+    from awqcore.awqbin_source import AwqbinSource
+
+    source = AwqbinSource(path)
+    k = source.config.num_experts_per_tok
+    gaps, route = [], reference.route
+
+    def recording_route(config, h, router):
+        top = (h.float() @ router.float().T).sort(-1, descending=True).values
+        gaps.append(float((top[:, k - 1] - top[:, k]).min()))
+        return route(config, h, router)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reference, "route", recording_route)
+        reference.ReferenceModel(source.config, source.get).forward(ids)
+    return min(gaps)
+
+
+def clear_routing_prompt(path, length):
+    """The first seeded prompt of `length` tokens whose routing has no near tie."""
+    vocab = awqcore.Model(path, max_seq_len=8).config["vocab_size"]
+    for seed in range(100):
+        prompt = np.random.default_rng(seed).integers(0, vocab, size=length).tolist()
+        margin = routing_margin(path, prompt)
+        if margin >= MOE_ROUTING_MARGIN:
+            print(f"{path.name}: prompt seed {seed}, routing margin {margin:.3f}")
+            return prompt
+    pytest.fail(f"no prompt of {length} tokens routes clear of ties by {MOE_ROUTING_MARGIN}")
+
+
+@needs_gpu
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe"])
+def test_moe_models_match_cpu(family, tmp_path):
+    """Mixtral (4 experts, top-2, normalized, sliding window) and Qwen3-MoE (8
+    experts, top-3, not normalized, a dense layer first, q/k norms) on the GPU
+    (cuda/moe.cu) against the CPU, the logits of a 40-token prompt fed as one
+    chunk (the grouped tensor-core GEMM), one token per call (decode steps:
+    the one-token expert GEMV, each a captured graph) and 5 per call (tiles of
+    several tokens of one expert)."""
+    path = moe_model(family, tmp_path)
+    prompt = clear_routing_prompt(path, 40)
+    ref = awqcore.Model(path, max_seq_len=64, activations="f32").forward(prompt)
+    gpu = awqcore.Model(path, max_seq_len=64, device="cuda")
+    for chunk_tokens in (None, 1, 5):
+        got = gpu.forward(prompt, chunk_tokens=chunk_tokens)
+        assert got.shape == ref.shape and np.isfinite(got).all()
+        rel = float(np.abs(got - ref).max() / np.abs(ref).max())
+        print(f"{family} chunk_tokens={chunk_tokens}: logits max|gpu-cpu|/max|cpu| = {rel:.2e}")
+        assert rel <= REL_TOL, (chunk_tokens, rel)
+
+
+@needs_gpu
+def test_moe_batched_generation_equals_one_by_one(tmp_path):
+    """A decode step of several sequences groups their tokens by expert (tiles of
+    up to 8 tokens of one expert); each token's sums run as they would alone, so
+    the tokens equal one-by-one generation exactly."""
+    path = moe_model("qwen3_moe", tmp_path)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, 64, size=n).tolist() for n in (3, 20, 1, 9)]
+    gpu = awqcore.Model(path, max_seq_len=64, device="cuda", max_batch=3)
+    batched = gpu.generate(prompts, max_new_tokens=16, stop=[])
+    alone = [gpu.generate(p, max_new_tokens=16, stop=[]) for p in prompts]
+    assert batched == alone
+    assert any(len(set(out)) > 2 for out in alone)

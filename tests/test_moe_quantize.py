@@ -177,6 +177,23 @@ def test_experts_without_calibration_tokens_fall_back_to_rtn(tmp_path):
     assert len(rtn) >= unrouted[1]
 
 
+def test_moe_layer_drops_non_finite_sequences_as_the_dense_layer(tmp_path):
+    """A calibration sequence gone non-finite before an MoE layer is dropped from
+    every sample and reported with the dense layers' note (the shared
+    AwqQuantizer._drop_non_finite); the folded weights stay finite."""
+    source = OutlierSource(tiny_config("mixtral"), seed=2)
+    quantizer = MoeAwqQuantizer(source, G, progress=False, calib_samples=4, calib_seqlen=32,
+                                calib_text=calib_text(tmp_path))
+    quantizer.x[1, 5, 3] = float("nan")
+    weights = {n: source.get(n) for n in _layer_float_names(source, 0)}
+    scaled = quantizer._fold_moe_layer(0, weights)
+    assert quantizer.notes == ["layer 0: dropped 1 of 4 calibration sequences whose "
+                               "activations became non-finite"]
+    assert quantizer.x.shape[0] == 3 and bool(quantizer.x.isfinite().all())
+    assert quantizer.loss_mask.shape[0] == 3 and quantizer.loss_weight.shape[0] == 3
+    assert all(bool(torch.as_tensor(v).isfinite().all()) for v in scaled.values())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", MOE_FAMILY_NAMES)
 def test_awq_moe_file_is_valid_and_close_to_the_float_model(family, tmp_path):

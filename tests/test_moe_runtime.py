@@ -2,9 +2,9 @@
 random .awqbin written here with AwqbinWriter from docs/format.md's MoE
 tensors (independent of the importers): the config's MoE fields, the active
 bytes a decode token reads (computed here from the file's tensor sizes),
-batched generation equal to one by one, and the CUDA device's refusal. The
-comparison with the torch reference on tiny Mixtral / Qwen3-MoE checkpoints
-lives with the importers' tests."""
+and batched generation equal to one by one. The comparison with the torch
+reference on tiny Mixtral / Qwen3-MoE checkpoints lives with the importers'
+tests, the CUDA device's against the CPU in tests/test_cuda.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -100,11 +100,3 @@ def test_batch_generates_as_one_by_one(tiny_moe):
     assert batch == alone
     # Random routers spread the tokens: not one repeated token.
     assert any(len(set(out)) > 2 for out in alone)
-
-
-def test_cuda_device_refuses_moe(tiny_moe):
-    _, path = tiny_moe
-    if not awqcore.built_with_cuda():
-        pytest.skip("built without CUDA: the CUDA device is refused for every model")
-    with pytest.raises(Exception, match="does not run mixture-of-experts models"):
-        awqcore.Model(path, threads=1, device="cuda")

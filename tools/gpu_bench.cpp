@@ -14,8 +14,10 @@
 //   ncu -k regex:Int4Gemv -s 3 -c 1 --clock-control none \
 //       --metrics gpu__time_duration.sum,dram__bytes_read.sum gpu_bench gemv OUT IN BATCH
 // ("gemv OUT IN BATCH" times just that GEMV and prints one table row;
-// "decode" runs 256 greedy decode steps and nothing else, for nsys).
+// "decode" runs 256 greedy decode steps and nothing else, for nsys; "moe"
+// runs only the mixture-of-experts decode table, MoeBench).
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -55,8 +57,97 @@ int DecodeOnly() {
   return 0;
 }
 
+// Bytes of an int4 [out, in] linear at g128: nibbles, f16 scale + u8 zero per group.
+double Int4Bytes(double out, double in) { return out * in / 2 + out * (in / 128) * 3; }
+
+// Mixtral-8x7B's shape (8 experts, top-2, 4096 hidden, experts 14336 wide,
+// 32 layers, GQA 32/8) and Qwen3-30B-A3B's (128 experts, top-8, 2048 hidden,
+// experts 768 wide, 48 layers, GQA 32/4, head_dim 128, q/k norms), random
+// int4 weights and routers filled on the device.
+ModelConfig MixtralShape() {
+  ModelConfig c = Llama7BShape();
+  c.architecture = "mixtral"; c.intermediate_size = 14336; c.num_kv_heads = 8;
+  c.num_experts = 8; c.num_experts_per_tok = 2; c.moe_intermediate_size = 14336; c.norm_topk_prob = true;
+  return c;
+}
+ModelConfig Qwen3MoeShape() {
+  ModelConfig c = Llama7BShape();
+  c.architecture = "qwen3_moe"; c.vocab_size = 151936; c.hidden_size = 2048; c.intermediate_size = 6144;
+  c.num_layers = 48; c.num_heads = 32; c.num_kv_heads = 4; c.head_dim = 128; c.qk_norm = true;
+  c.num_experts = 128; c.num_experts_per_tok = 8; c.moe_intermediate_size = 768; c.norm_topk_prob = true;
+  return c;
+}
+
+// Decode of a mixture-of-experts model: tok/s at batch 1 and 8 after a
+// 64-token prompt, against the roofline of the bytes a step reads: the
+// attention linears, the routers, the lm_head and the KV cache, plus the
+// experts the step's tokens chose. At batch 1 that is k experts per layer;
+// at batch 8, with the random routers spreading tokens evenly, an expert is
+// read when any of the 8 x k choices hits it: E (1 - (1 - k/E)^8) experts
+// per layer on average. "all experts" is the same model read densely (every
+// expert every step): what a runtime without routing would stream.
+void MoeBench(const char* name, const ModelConfig& c, double copy_gbs) {
+  const int context = 64, steps = 48, batch = 8;
+  auto model = CreateRandomCudaForward(c, 128, context + 2 * (steps + 1), batch, 1);
+  const double d = c.hidden_size, q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+  const double attention = 2 * Int4Bytes(q_width, d) + 2 * Int4Bytes(kv_width, d);
+  const double expert = 2 * Int4Bytes(c.moe_intermediate_size, d) + Int4Bytes(d, c.moe_intermediate_size);
+  const double fixed = c.num_layers * (attention + c.num_experts * d * 4) + c.vocab_size * d * 2;
+  const double kv = 2.0 * c.num_layers * (context + steps) * kv_width * 2;
+  const double E = c.num_experts, k = c.num_experts_per_tok;
+  const double touched8 = E * (1 - std::pow(1 - k / E, batch));
+  std::printf("\n%s: %.1f GB of weights on the device, %.2f GB active per batch-1 token\n", name,
+              (fixed + c.num_layers * E * expert) / 1e9, (fixed + c.num_layers * k * expert) / 1e9);
+  std::printf("| batch | tok/s | GB/s on active bytes | %% of copy | roofline tok/s | all experts roofline tok/s |\n"
+              "|---|---|---|---|---|---|\n");
+  std::vector<int> prompt(context);
+  for (int i = 0; i < context; ++i) prompt[i] = (i * 7919) % c.vocab_size;
+  const TokenPick greedy;
+  auto now = [] { return std::chrono::steady_clock::now(); };
+  auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+  // Batch 1: the token picked on the device and fed back (graph captured by the first step).
+  int token = model->ForwardPick(0, prompt.data(), context, greedy);
+  token = model->ForwardPick(0, &token, 1, greedy);
+  auto t0 = now();
+  for (int i = 0; i < steps; ++i) token = model->ForwardPick(0, &token, 1, greedy);
+  const double b1 = steps / secs(t0, now());
+  const double bytes1 = fixed + kv + c.num_layers * k * expert;
+  const double all1 = fixed + kv + c.num_layers * E * expert;
+  std::printf("| 1 | %.1f | %.0f | %.0f%% | %.1f | %.1f |\n", b1, b1 * bytes1 / 1e9, 100 * b1 * bytes1 / 1e9 / copy_gbs,
+              copy_gbs * 1e9 / bytes1, copy_gbs * 1e9 / all1);
+  // Batch 8: 8 prompts (distinct, so tokens route differently), one token of each per step.
+  std::vector<int> seqs(batch), ids(batch), tokens(batch);
+  const std::vector<TokenPick> picks(batch);
+  for (int s = 0; s < batch; ++s) {
+    seqs[s] = s;
+    model->Reset(s);
+    for (int i = 0; i < context; ++i) prompt[i] = (i * 7919 + s * 104729) % c.vocab_size;
+    ids[s] = model->ForwardPick(s, prompt.data(), context, greedy);
+  }
+  model->DecodeStepPick(seqs.data(), ids.data(), batch, picks.data(), tokens.data());  // graph capture
+  t0 = now();
+  for (int i = 0; i < steps; ++i) {
+    ids.swap(tokens);
+    model->DecodeStepPick(seqs.data(), ids.data(), batch, picks.data(), tokens.data());
+  }
+  const double b8 = batch * steps / secs(t0, now());
+  const double bytes8 = fixed + batch * kv + c.num_layers * touched8 * expert;
+  const double all8 = fixed + batch * kv + c.num_layers * E * expert;
+  std::printf("| %d | %.1f | %.0f | %.0f%% | %.1f | %.1f |\n", batch, b8, b8 / batch * bytes8 / 1e9,
+              100 * b8 / batch * bytes8 / 1e9 / copy_gbs, batch * copy_gbs * 1e9 / bytes8, batch * copy_gbs * 1e9 / all8);
+}
+
 int main(int argc, char** argv) {
   if (argc == 2 && std::string(argv[1]) == "decode") return DecodeOnly();
+  if (argc == 2 && std::string(argv[1]) == "moe") {
+    std::printf("device: %s\n", CudaDeviceInfo().c_str());
+    const uint64_t copy_bytes = 1ull << 30;
+    const double copy_gbs = 2.0 * copy_bytes / cuda_bench::CopyMicros(copy_bytes) / 1e3;
+    std::printf("copy bandwidth (1 GiB D2D, read+write): %.0f GB/s\n", copy_gbs);
+    MoeBench("Mixtral-8x7B shape", MixtralShape(), copy_gbs);
+    MoeBench("Qwen3-30B-A3B shape", Qwen3MoeShape(), copy_gbs);
+    return 0;
+  }
   if (argc == 5 && std::string(argv[1]) == "gemv") {
     const int out = std::atoi(argv[2]), in = std::atoi(argv[3]), batch = std::atoi(argv[4]);
     const double us = cuda_bench::Int4GemvMicros(out, in, 128, batch);

@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
 # One command on a CUDA machine: build (CMake, sm_90 only for speed), run the
-# CUDA kernel tests, the benchmark and its torch fp16 peer, and the Python
-# GPU-vs-CPU tests.
-# Logs go to $OUT (or ./gpu_check_logs). Usage: bash tools/gpu_check.sh [arch]
+# CUDA kernel tests, the benchmark and its torch fp16 peer, the
+# mixture-of-experts decode benchmark, and the Python GPU-vs-CPU tests.
+# Logs go to $OUT (or ./gpu_check_logs). Usage: bash tools/gpu_check.sh [arch] [moe]
+# "moe": only what the MoE path needs (cuda/moe.cu): the kernel tests (which
+# include moe_block_matches_reference), the MoE decode benchmark and the MoE
+# Python tests; minutes fewer than the whole check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ARCH="${1:-90}"
+ONLY_MOE=0; [ "${2:-}" = "moe" ] && ONLY_MOE=1
 LOG="${OUT:-gpu_check_logs}"; mkdir -p "$LOG"
 JOBS="$(nproc)"
 status=0
 step() { echo "== $1"; }
 
 step "build (sm_$ARCH)"
+TARGETS=(); [ "$ONLY_MOE" = 1 ] && TARGETS=(--target test_cuda_kernels gpu_bench)
 cmake -S . -B build-gpu -DAWQCORE_BUILD_TESTS=ON -DAWQCORE_CUDA=ON -DAWQCORE_CUDA_ARCHITECTURES="$ARCH" \
-  -DCMAKE_BUILD_TYPE=Release >"$LOG/cmake.log" 2>&1 && cmake --build build-gpu -j "$JOBS" >>"$LOG/cmake.log" 2>&1 \
+  -DCMAKE_BUILD_TYPE=Release >"$LOG/cmake.log" 2>&1 \
+  && cmake --build build-gpu -j "$JOBS" "${TARGETS[@]}" >>"$LOG/cmake.log" 2>&1 \
   || { tail -30 "$LOG/cmake.log"; exit 1; }
 
 step "C++ kernel tests"
 build-gpu/cpp/tests/test_cuda_kernels 2>&1 | tee "$LOG/kernels.log" | grep -v "^\[PASS\]" || status=1
 
+step "mixture-of-experts decode benchmark"
+build-gpu/gpu_bench moe 2>&1 | tee "$LOG/moe_bench.log" || status=1
+
+if [ "$ONLY_MOE" = 0 ]; then
 step "benchmark"
 build-gpu/gpu_bench 2>&1 | tee "$LOG/bench.log" || status=1
 
@@ -37,9 +47,13 @@ fi
 step "torch fp16 peer (same GPU, same run)"
 python3 tools/gpu_torch_peer.py 2>&1 | tee "$LOG/torch_peer.log" || status=1
 
+fi
+
 step "Python GPU tests"
 if python3 -m pip install -q --no-build-isolation --no-deps -C cmake.define.AWQCORE_CUDA_ARCHITECTURES="$ARCH" . >"$LOG/pip.log" 2>&1; then
-  python3 -m pytest -q tests/test_cuda.py -s -p no:cacheprovider 2>&1 | tee "$LOG/pytest.log" | tail -25 || status=1
+  SELECT=(); [ "$ONLY_MOE" = 1 ] && SELECT=(-k moe)
+  python3 -m pytest -q tests/test_cuda.py "${SELECT[@]}" -s -p no:cacheprovider 2>&1 | tee "$LOG/pytest.log" | tail -25 \
+    || status=1
 else
   tail -20 "$LOG/pip.log"; status=1
 fi

@@ -18,8 +18,8 @@ namespace awqcore {
 // allocates the caches of max_sequences sequences of max_seq_len tokens and
 // the scratch once. Throws Error "awqcore was built without CUDA", "no CUDA
 // device", or naming the sizes when they do not fit in free device memory
-// (checked before allocating), or "the CUDA backend does not run
-// mixture-of-experts models" for a config with experts.
+// (checked before allocating). Mixture-of-experts layers run on the device
+// (cuda/moe.cu: router, top-k and grouped expert GEMV/GEMM).
 //
 // Thread safety: owned by one Session and used by one thread at a time; it
 // owns its device memory and stream.

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "attention_tokens.h"
@@ -580,12 +581,18 @@ TEST(attention_kernels_match_reference) {
   for (Isa isa : IsasToTest()) {
     for (bool f16_cache : {false, true}) {
       double worst = 0.0;
-      // H / KV = 3: several tokens per item; hd 72: a 64-column register pass
-      // plus an 8-column one. {18, 1}: a group wider than kMaxRows, so an item
-      // takes part of its heads.
-      for (const AttentionShape shape : {AttentionShape{6, 2, 8}, AttentionShape{6, 2, 64},
-                                         AttentionShape{6, 2, 72}, AttentionShape{6, 2, 128},
-                                         AttentionShape{18, 1, 72}}) {
+      std::string worst_case;
+      // H / KV = 3: several tokens per item; hd 72, 80: a 64-column register
+      // pass plus 8-column ones; 16, 48: 8-column passes only. {18, 1}: a
+      // group wider than kMaxRows, so an item takes part of its heads; {12, 4}:
+      // a decode item of 4 kv heads (kv_offset per row). Windows 7, 40, 512:
+      // rows of one block reading different keys (Gemma 3's sliding layers,
+      // hd 256).
+      for (const AttentionShape shape :
+           {AttentionShape{6, 2, 8}, AttentionShape{6, 2, 64}, AttentionShape{6, 2, 72},
+            AttentionShape{6, 2, 128}, AttentionShape{18, 1, 72}, AttentionShape{12, 4, 48},
+            AttentionShape{4, 2, 16, 0.f, 7}, AttentionShape{3, 1, 80, 0.f, 40},
+            AttentionShape{4, 1, 256, 0.f, 512}, AttentionShape{2, 1, 272}}) {
         const size_t kv_width = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
         auto check = [&](const auto& tokens) {
           const std::vector<float> q =
@@ -595,7 +602,14 @@ TEST(attention_kernels_match_reference) {
           AttentionForward(shape, q.data(), tokens.k.data(), tokens.v.data(), tokens.positions.data(),
                            tokens.size(), scratch.data(), out.data(), pool, isa);
           for (size_t i = 0; i < ref.size(); ++i) {
-            worst = std::max(worst, std::fabs(static_cast<double>(out[i]) - ref[i]));
+            const double error = std::fabs(static_cast<double>(out[i]) - ref[i]);
+            if (!(error <= worst)) {  // NaN counts as worst
+              worst = error;
+              worst_case = awqtest::Case("H=", shape.num_heads, " KV=", shape.num_kv_heads, " hd=",
+                                         shape.head_dim, " window=", shape.window, " tokens=",
+                                         tokens.size(), " last position=", tokens.positions.back(),
+                                         " element=", i);
+            }
           }
         };
         // One sequence at consecutive positions (prefill chunks, decode).
@@ -640,7 +654,7 @@ TEST(attention_kernels_match_reference) {
       }
       std::printf("  %s attention, %s cache: max error %.3g (units of max|v|)\n", IsaName(isa),
                   f16_cache ? "f16" : "f32", worst);
-      CHECK(worst < 1e-5);
+      CHECK_LE(worst, 1e-5, awqtest::Case(IsaName(isa), f16_cache ? " f16 " : " f32 ", worst_case));
     }
   }
 }

@@ -61,6 +61,13 @@ void PickTokens(const float* logits, int vocab, int n, const TokenPick* picks, i
 void RopeAttention(const AttentionShape& shape, const RopeTable& rope, int start, int n,
                    const float* cache_k, const float* cache_v, float* q, const float* k, const float* v,
                    float* k_out, float* out, int sequence, bool prefill_kernel);
+// The mixture-of-experts block (cuda/moe.cu) of `moe` (E = moe.gate.size()
+// experts, their stacked tensors uploaded as the forward pass uploads them),
+// k per token, weights renormalized when `normalize`, on x [n, d]:
+// y[t, :] = (residual ? residual[t, :] : 0) + the block's output; experts,
+// weights [n, k]: the device router's choice, in rank order.
+void MoeForward(const awqcore::MoeWeights& moe, int k, bool normalize, Activation act, const float* x, int n,
+                const float* residual, float* y, int* experts, float* weights);
 }  // namespace cuda_test
 
 // Benchmark hooks (tools/gpu_bench.cpp; CUDA builds only).

@@ -19,5 +19,9 @@ void RopeAttention(const AttentionShape&, const RopeTable&, int, int, const floa
                    const float*, float*, const float*, const float*, float*, float*, int, bool) {
   Unavailable();
 }
+void MoeForward(const awqcore::MoeWeights&, int, bool, Activation, const float*, int, const float*, float*, int*,
+                float*) {
+  Unavailable();
+}
 }  // namespace cuda_test
 }  // namespace awqcore

@@ -21,6 +21,10 @@ __global__ void FillHalf(__half* p, size_t n, float lo, float hi, uint64_t seed)
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     p[i] = __float2half_rn(lo + (hi - lo) * (Mix(seed ^ i) >> 40) * (1.0f / 16777216.f));
 }
+__global__ void FillUniform(float* p, size_t n, float lo, float hi, uint64_t seed) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    p[i] = lo + (hi - lo) * (Mix(seed ^ i) >> 40) * (1.0f / 16777216.f);
+}
 __global__ void FillFloat(float* p, size_t n, float value) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
     p[i] = value;
@@ -40,6 +44,10 @@ class RandomFill final : public cu::DeviceFill {
   }
   void Floats(float* p, size_t n, float value) override {
     FillFloat<<<256, 256>>>(p, n, value);
+    AWQ_CUDA_LAUNCH_CHECK();
+  }
+  void UniformFloats(float* p, size_t n, float lo, float hi) override {
+    FillUniform<<<1024, 256>>>(p, n, lo, hi, seed_ += 0x2468ACE);
     AWQ_CUDA_LAUNCH_CHECK();
   }
 

@@ -144,5 +144,57 @@ void RopeAttention(const AttentionShape& shape, const RopeTable& rope, int start
   for (size_t i = 0; i < rows.size(); ++i) k_out[i] = __half2float(rows[i]);
 }
 
+namespace {
+// Expert 0's DeviceInt4 of the E linears `views` stacked into one upload
+// each of codes, scales and zeros (expert-major, as the file and forward.cu).
+cu::DeviceInt4 UploadStacked(const std::vector<Int4Linear>& views, std::vector<DeviceBuffer>& keep) {
+  const Int4Linear& first = views[0];
+  const size_t code_bytes = static_cast<size_t>(first.out) * first.in / 2;
+  const size_t groups = static_cast<size_t>(first.out) * (first.in / first.group_size);
+  std::vector<uint8_t> codes, zeros;
+  std::vector<uint16_t> scales;
+  for (const Int4Linear& v : views) {
+    codes.insert(codes.end(), v.qweight, v.qweight + code_bytes);
+    scales.insert(scales.end(), v.scales, v.scales + groups);
+    zeros.insert(zeros.end(), v.zeros, v.zeros + groups);
+  }
+  keep.push_back(Up(codes.data(), codes.size()));
+  keep.push_back(Up(scales.data(), scales.size()));
+  keep.push_back(Up(zeros.data(), zeros.size()));
+  const size_t n = keep.size();
+  return cu::DeviceInt4{first.out, first.in, first.group_size, keep[n - 3].as<uint8_t>(), keep[n - 2].as<__half>(),
+                        keep[n - 1].as<uint8_t>(), nullptr};
+}
+}  // namespace
+
+void MoeForward(const awqcore::MoeWeights& moe, int k, bool normalize, Activation act, const float* x, int n,
+                const float* residual, float* y, int* experts, float* weights) {
+  cu::RequireDevice();
+  const int num_experts = static_cast<int>(moe.gate.size());
+  const int d = moe.down[0].out, f = moe.gate[0].out;
+  std::vector<DeviceBuffer> keep;
+  cu::DeviceMoe dm;
+  dm.num_experts = num_experts;
+  dm.k = k;
+  dm.normalize = normalize;
+  DeviceBuffer router = Up(moe.router, static_cast<size_t>(num_experts) * d);
+  dm.router = router.as<float>();
+  dm.gate = UploadStacked(moe.gate, keep);
+  dm.up = UploadStacked(moe.up, keep);
+  dm.down = UploadStacked(moe.down, keep);
+  const size_t count = static_cast<size_t>(n) * d;
+  DeviceBuffer dx = Up(x, count);
+  DeviceBuffer dy = residual ? Up(residual, count) : Poisoned(count);
+  const cu::MoeBuffers buffers(n, k, num_experts, d, f);
+  // Unwritten routing shows: expert -1, weight NaN.
+  AWQ_CUDA_CHECK(cudaMemset(buffers.experts.as<void>(), 0xFF, buffers.experts.bytes()));
+  AWQ_CUDA_CHECK(cudaMemset(buffers.weights.as<void>(), 0xFF, buffers.weights.bytes()));
+  cu::MoeForward(dm, act, dx.as<float>(), n, buffers, dy.as<float>(), residual != nullptr, 0);
+  Down(y, dy, count);
+  Down(weights, buffers.weights, static_cast<size_t>(n) * k);
+  AWQ_CUDA_CHECK(cudaMemcpy(experts, buffers.experts.as<void>(), static_cast<size_t>(n) * k * sizeof(int),
+                            cudaMemcpyDeviceToHost));
+}
+
 }  // namespace cuda_test
 }  // namespace awqcore

@@ -30,22 +30,33 @@ constexpr int64_t kInlineCombineFloats = 16384;
 
 int Splits(int max_keys) { return CeilDiv(max_keys, AttentionSplitKeys(max_keys)); }
 
-// How AttentionForward cuts a call into work items (attention.h): items are
-// numbered kv head, then token tile, then head part, then split, so that the
-// items a thread claims together read the same kv head's rows (L2 reuse
+// How AttentionForward cuts a call into work items (attention.h). An item
+// takes tokens_per_tile tokens of one cache times the heads of kv_per_item
+// consecutive kv heads (or part of one kv head's group when the group has
+// more than kMaxRows heads), up to kMaxRows rows: several tokens of a
+// prefill chunk share each K/V row from L1, and a decode token's item reads
+// whole cache rows of all its kv heads (contiguous memory the hardware
+// prefetcher streams) rather than one head's slice of each row. Items are
+// numbered kv tile, then token tile, then head part, then split, so that the
+// items a thread claims together read the same kv heads' rows (L2 reuse
 // across the tiles of a prefill chunk).
 struct ItemGrid {
   ItemGrid(const AttentionShape& shape, int num_tokens, bool shared_cache, int max_keys)
       : group(shape.num_heads / shape.num_kv_heads),
-        heads_per_item(std::min(group, kMaxRows)),
-        head_parts(CeilDiv(group, heads_per_item)),
-        // Tokens of one cache share its K/V rows: up to kMaxRows rows per item.
-        tokens_per_tile(shared_cache ? std::max(1, kMaxRows / heads_per_item) : 1),
+        heads_per_part(std::min(group, kMaxRows)),
+        head_parts(CeilDiv(group, heads_per_part)),
+        // Tokens of one cache share its K/V rows.
+        tokens_per_tile(shared_cache ? std::max(1, std::min(num_tokens, kMaxRows / heads_per_part)) : 1),
+        kv_per_item(head_parts > 1 ? 1
+                                   : std::max(1, std::min(shape.num_kv_heads,
+                                                          kMaxRows / (group * tokens_per_tile)))),
+        kv_tiles(CeilDiv(shape.num_kv_heads, kv_per_item)),
         tiles(CeilDiv(num_tokens, tokens_per_tile)),
         split_keys(AttentionSplitKeys(max_keys)),
         splits(Splits(max_keys)),
-        items(static_cast<int64_t>(shape.num_kv_heads) * tiles * head_parts * splits) {}
-  int group, heads_per_item, head_parts, tokens_per_tile, tiles, split_keys, splits;
+        items(static_cast<int64_t>(kv_tiles) * tiles * head_parts * splits) {}
+  int group, heads_per_part, head_parts, tokens_per_tile, kv_per_item, kv_tiles, tiles, split_keys,
+      splits;
   int64_t items;
 };
 
@@ -97,7 +108,8 @@ void AttendRowsScalar(const AttentionRows& rows, const CacheT* k, const CacheT* 
       float* state = rows.state[r];
       float block_max = -INFINITY;
       for (int j = 0; j < count; ++j) {
-        weights[j] = DotKv(rows.query[r], k + static_cast<size_t>(first + j) * kv_stride, hd) * rows.scale;
+        weights[j] = DotKv(rows.query[r], k + static_cast<size_t>(first + j) * kv_stride + rows.kv_offset[r], hd) *
+                     rows.scale;
         block_max = std::max(block_max, weights[j]);
       }
       const float new_max = std::max(state[0], block_max);
@@ -109,7 +121,7 @@ void AttendRowsScalar(const AttentionRows& rows, const CacheT* k, const CacheT* 
       float* acc = state + 2;
       for (int i = 0; i < hd; ++i) acc[i] *= rescale;
       for (int j = 0; j < count; ++j) {
-        AxpyKv(weights[j], v + static_cast<size_t>(first + j) * kv_stride, acc, hd);
+        AxpyKv(weights[j], v + static_cast<size_t>(first + j) * kv_stride + rows.kv_offset[r], acc, hd);
       }
     }
   }
@@ -143,32 +155,40 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
       const int part = static_cast<int>(rest % grid.head_parts);
       rest /= grid.head_parts;
       const int tile = static_cast<int>(rest % grid.tiles);
-      const int kv_head = static_cast<int>(rest / grid.tiles);
+      const int kv_tile = static_cast<int>(rest / grid.tiles);
       const int t_begin = tile * grid.tokens_per_tile;
       const int t_end = std::min(num_tokens, t_begin + grid.tokens_per_tile);
-      const int h_begin = kv_head * grid.group + part * grid.heads_per_item;
-      const int h_end = std::min((kv_head + 1) * grid.group, h_begin + grid.heads_per_item);
+      const int kv_begin = kv_tile * grid.kv_per_item;
+      const int kv_end = std::min(shape.num_kv_heads, kv_begin + grid.kv_per_item);
       AttentionRows rows;
       rows.scale = score_scale;
+      rows.kv_span = (kv_end - kv_begin) * hd;
+      for (int kv_head = kv_begin; kv_head < kv_end; ++kv_head) {
+        const int h_begin = kv_head * grid.group + part * grid.heads_per_part;
+        const int h_end = std::min((kv_head + 1) * grid.group, h_begin + grid.heads_per_part);
+        for (int t = t_begin; t < t_end; ++t) {
+          for (int h = h_begin; h < h_end; ++h) {
+            rows.query[rows.count] = q + t * q_stride + static_cast<size_t>(h) * hd;
+            rows.kv_offset[rows.count] = (kv_head - kv_begin) * hd;
+            rows.first_key[rows.count] = shape.FirstKey(positions[t]);
+            rows.num_keys[rows.count] = positions[t] + 1;
+            float* state = state_of(t, h, split);
+            state[0] = -INFINITY;  // (m, l, acc) before any key
+            std::fill_n(state + 1, hd + 1, 0.f);
+            rows.state[rows.count++] = state;
+          }
+        }
+      }
       int tile_first = call_end, tile_end = 0;  // the keys the tile's rows read
       for (int t = t_begin; t < t_end; ++t) {
-        for (int h = h_begin; h < h_end; ++h) {
-          rows.query[rows.count] = q + t * q_stride + static_cast<size_t>(h) * hd;
-          rows.first_key[rows.count] = shape.FirstKey(positions[t]);
-          rows.num_keys[rows.count] = positions[t] + 1;
-          float* state = state_of(t, h, split);
-          state[0] = -INFINITY;  // (m, l, acc) before any key
-          std::fill_n(state + 1, hd + 1, 0.f);
-          rows.state[rows.count++] = state;
-        }
         tile_first = std::min(tile_first, shape.FirstKey(positions[t]));
         tile_end = std::max(tile_end, positions[t] + 1);
       }
       const int split_begin = call_first + split * grid.split_keys;
       const int key_begin = std::max(tile_first, split_begin);
       const int key_end = std::min(tile_end, split_begin + grid.split_keys);
-      const CacheT* k = k_caches[t_begin] + kv_head * hd;
-      const CacheT* v = v_caches[t_begin] + kv_head * hd;
+      const CacheT* k = k_caches[t_begin] + kv_begin * hd;
+      const CacheT* v = v_caches[t_begin] + kv_begin * hd;
       if (use_avx2) {
         AttendRowsAvx2(rows, k, v, kv_stride, hd, key_begin, key_end);
         continue;

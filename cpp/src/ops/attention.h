@@ -12,16 +12,18 @@
 // token.
 //
 // Work items. A "row" is one (token, query head) pair. An item takes up to
-// kMaxRows rows that read the same kv head of the same cache (the H / KV
-// heads of a group, times several tokens when the call's tokens share one
-// cache) and a range of at most AttentionSplitKeys(max_keys) keys. It walks
-// its keys in blocks of kBlockKeys: the block's K and V rows come from memory
-// once and serve every row of the item from L1, so a kv head's cache is read
-// once per item rather than once per query head and token (SmolLM2's 3 query
-// heads per kv head would read it 3 times per decode step; the profile shares
-// are in the README).
-// Splitting the keys gives threads work when heads are few (Qwen2.5-1.5B has
-// KV = 2, so one token has 2 groups for any number of threads). The splits
+// kMaxRows rows of one cache: the H / KV heads of a group times several
+// tokens when the call's tokens share one cache (a prefill chunk), or the
+// groups of several consecutive kv heads for one token (a decode step), and a
+// range of at most AttentionSplitKeys(max_keys) keys. It walks its keys in
+// blocks: the block's K and V rows come from memory once and serve every row
+// of the item from L1, so a kv head's cache is read once per item rather
+// than once per query head and token (SmolLM2's 3 query heads per kv head
+// would read it 3 times per decode step), and a decode item reads whole
+// cache rows of its kv heads, contiguous memory, rather than one head's
+// slice of each row (the profile shares are in the README).
+// Splitting the keys gives threads work when a token's heads fill few items
+// (one on SmolLM2 and Qwen2.5-1.5B, whose 9 and 12 heads fit kMaxRows). The splits
 // cover only the keys some token of the call reads, and an item only the
 // keys its own rows read, so a sliding layer's work is O(W) per token
 // whatever the position.
@@ -118,8 +120,11 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
                       const CacheT* const* v_caches, const int* positions, int num_tokens,
                       float* scratch, float* out, ThreadPool& pool, Isa isa = DetectedIsa());
 
-// One work item: `count` rows reading one kv head of one cache, whose keys
-// are rows kv_stride elements apart from k / v. Row r reads keys
+// One work item: `count` rows reading one cache, whose positions are rows
+// kv_stride elements apart from k / v; row r reads the kv head kv_offset[r]
+// elements into a position's row, and the item's rows together read the
+// kv_span elements from k / v on (the span the kernels prefetch). Rows
+// reading one kv head are consecutive. Row r reads keys
 // [max(key_begin, first_key[r]), min(key_end, num_keys[r])), its scores
 // multiplied by `scale`, and updates its state state[r]: [m, l, acc[hd]]
 // (acc unnormalised), which the caller sets to (-inf, 0, 0) first; l stays
@@ -127,7 +132,9 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
 struct AttentionRows {
   int count = 0;
   float scale = 0.0f;            // AttentionShape::ScoreScale()
+  int kv_span = 0;               // elements of a position the rows read, from k / v
   const float* query[kMaxRows];  // [hd] each
+  int kv_offset[kMaxRows];       // the row's kv head: elements from k / v
   int first_key[kMaxRows];       // window start: AttentionShape::FirstKey(positions[t])
   int num_keys[kMaxRows];        // causal limit: positions[t] + 1
   float* state[kMaxRows];        // [2 + hd] each
@@ -135,6 +142,13 @@ struct AttentionRows {
 
 // The item kernels: the portable loop (attention.cpp) and AVX2 + FMA + F16C
 // (attention_avx2.cpp, used when isa is kAvx2 or above and hd % 8 == 0).
+// An AVX-512 body (keys converted once per GQA group into an f32 block,
+// 16-key transpose reductions, 64-key softmax blocks) ran 8-10% slower than
+// the AVX2 one on Zen 4 (tools/attention_bench, SmolLM2's shape, 1 thread,
+// CPU time, interleaved: 1.46 / 1.53 ms against 1.34 / 1.42 per step at 512
+// keys): there a zmm FMA is two 256-bit halves, so it does no more
+// arithmetic per cycle, and the decode step waits on memory, not on
+// instructions.
 template <typename CacheT>
 void AttendRowsScalar(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
                       int hd, int key_begin, int key_end);

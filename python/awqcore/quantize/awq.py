@@ -325,21 +325,28 @@ class AwqQuantizer:
             samples["attn"] += [h[i] for i in range(len(x))
                                 if lo + i in attn_seqs and bool(finite[i])]
             self.x[lo:lo + len(x)] = out
-        if not bool(keep.all()):
-            dropped = int((~keep).sum())
-            self.notes.append(f"layer {layer}: dropped {dropped} of {n} calibration sequences "
-                              f"whose activations became non-finite")
-            kept = keep.nonzero()[:, 0]
-            self.x, self.loss_mask = self.x[kept].contiguous(), self.loss_mask[kept]
-            self.loss_weight = self.loss_weight[kept]
-            remap = {int(old): new for new, old in enumerate(kept)}
-            self.attn_seqs = np.array([remap[i] for i in self.attn_seqs.tolist() if i in remap],
-                                      dtype=np.int64)
-            if len(self.attn_seqs) == 0 and len(self.x):
-                self.attn_seqs = np.zeros(1, dtype=np.int64)  # later layers: the first left
+        self._drop_non_finite(layer, keep)
         merged = {k: torch.cat(samples[k]) for k in (*widths, "weight")}  # [tokens, width]
         merged["attn"] = torch.stack(samples["attn"]) if samples["attn"] else None  # [S, T, d]
         return stats, merged
+
+    def _drop_non_finite(self, layer: int, keep: torch.Tensor) -> None:
+        """Drops the calibration sequences whose activations went non-finite in `layer`
+        (keep [n] False) from x, the loss mask and weights and the attention samples,
+        with a note; the dense and the MoE layer passes both call it."""
+        if bool(keep.all()):
+            return
+        n = len(keep)
+        self.notes.append(f"layer {layer}: dropped {int((~keep).sum())} of {n} calibration "
+                          "sequences whose activations became non-finite")
+        kept = keep.nonzero()[:, 0]
+        self.x, self.loss_mask = self.x[kept].contiguous(), self.loss_mask[kept]
+        self.loss_weight = self.loss_weight[kept]
+        remap = {int(old): new for new, old in enumerate(kept)}
+        self.attn_seqs = np.array([remap[i] for i in self.attn_seqs.tolist() if i in remap],
+                                  dtype=np.int64)
+        if len(self.attn_seqs) == 0 and len(self.x):
+            self.attn_seqs = np.zeros(1, dtype=np.int64)  # later layers: the first left
 
     def observe(self, layer: int, w: dict) -> tuple[dict | None, dict | None]:
         """The FP layer (weights w by reference key, torch on self.device) over the

@@ -128,22 +128,6 @@ class MoeAwqQuantizer(AwqQuantizer):
             merged["down", e] = torch.cat(down[e]) if down[e] else None
         return stats, merged
 
-    def _drop_non_finite(self, layer: int, keep: torch.Tensor) -> None:
-        """Drops the calibration sequences that went non-finite (noted), as the dense path."""
-        if bool(keep.all()):
-            return
-        n = len(keep)
-        self.notes.append(f"layer {layer}: dropped {int((~keep).sum())} of {n} calibration "
-                          "sequences whose activations became non-finite")
-        kept = keep.nonzero()[:, 0]
-        self.x, self.loss_mask = self.x[kept].contiguous(), self.loss_mask[kept]
-        self.loss_weight = self.loss_weight[kept]
-        remap = {int(old): new for new, old in enumerate(kept)}
-        self.attn_seqs = np.array([remap[i] for i in self.attn_seqs.tolist() if i in remap],
-                                  dtype=np.int64)
-        if len(self.attn_seqs) == 0 and len(self.x):
-            self.attn_seqs = np.zeros(1, dtype=np.int64)
-
     # ------------------------------------------------------------ searches
     def _moe_loss(self, w: dict, samples: dict) -> Callable[[torch.Tensor], float]:
         """loss(s) -> weighted MSE of the MoE block output on the loss tokens with every
