@@ -161,10 +161,12 @@ class Model(_LoadedFile):
 
         chunk_tokens: feed the ids in calls of this many tokens (default: one
         call, as a prompt's prefill). The int4 linears compute each token the
-        same, bit for bit, whatever the chunking; chunk_tokens <=
-        INT8_DECODE_MAX_TOKENS also gives the int8 lm_head int8 activations,
-        so every position is computed exactly as generation's decode steps
-        compute it (up to the attention's summation order).
+        same, bit for bit, in any calls of up to INT8_DECODE_MAX_TOKENS (the
+        decode kernels), and in any calls of more (the prompt GEMM), but the
+        two sum in different orders. chunk_tokens <= INT8_DECODE_MAX_TOKENS
+        also gives the int8 lm_head int8 activations, so every position is
+        computed exactly as generation's decode steps compute it (up to the
+        attention's summation order).
         """
         ids = self._check_ids(ids)
         if chunk_tokens is None:

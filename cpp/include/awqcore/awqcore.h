@@ -192,11 +192,11 @@ enum class Device { kCpu, kCuda };
 //     1.6-1.8x faster than f32; prefill runs an int8 GEMM (vpdpbusd on
 //     AVX-512 VNNI, vpmaddubsw on AVX2), 3-4x the f32 GEMM's rate. A token's
 //     int4 linears give the same result, bit for bit, in a batch of up to 8
-//     or alone (in a prompt too on AVX2 CPUs; with AVX-512 a prompt's GEMM
-//     sums in another order than the decode GEMV, which can move int8
-//     roundings: a prompt's next-token distributions then differ from
-//     decode's by about as much as either differs from f32, KL ~2e-3 nats on
-//     SmolLM2). An int8 lm_head (`--embeddings int8`) multiplies W8A8 too in
+//     or alone, and in any call of more than 8 tokens whatever its length;
+//     but the prompt GEMM (calls of more than 8 tokens) sums in another
+//     order than the decode kernels, which can move int8 roundings: a
+//     prompt's next-token distributions then differ from decode's by about
+//     as much as either differs from f32, KL ~2e-3 nats on SmolLM2. An int8 lm_head (`--embeddings int8`) multiplies W8A8 too in
 //     calls of at most kInt8DecodeMaxTokens tokens, ~2x faster. The
 //     next-token distribution moves by a mean KL of ~3e-3 nats on SmolLM2
 //     (README). The KV cache is f16 (as llama.cpp's default): half the
