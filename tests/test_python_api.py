@@ -362,3 +362,28 @@ def test_a_model_path_that_is_not_a_regular_file_is_rejected(tmp_path, kind):
     assert len(errors) == 1 and isinstance(errors[0], awqcore.FormatError), errors
     assert f"is a {kind.upper() if kind == 'fifo' else kind}, not a regular .awqbin file" in \
         str(errors[0])
+
+
+def test_weights_copied_to_huge_pages_or_mapped_give_the_same_logits(smollm2_awqbin, monkeypatch):
+    """A file over one huge page is copied out of its mapping at load unless
+    AWQCORE_MAP_WEIGHTS=1; both must hold the same bytes, so the same logits.
+    Where the kernel has transparent huge pages (Linux with THP enabled or
+    madvise), the copy shows up as AnonHugePages of this process."""
+    ids = [1, 504, 3458, 314, 4827, 28]
+
+    def anon_huge_kb() -> int:
+        try:
+            with open("/proc/self/smaps_rollup") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+        except (OSError, StopIteration):
+            return -1
+
+    before = anon_huge_kb()
+    copied = awqcore.Model(smollm2_awqbin, threads=1, max_seq_len=32)
+    after = anon_huge_kb()
+    monkeypatch.setenv("AWQCORE_MAP_WEIGHTS", "1")
+    mapped = awqcore.Model(smollm2_awqbin, threads=1, max_seq_len=32)
+    np.testing.assert_array_equal(copied.forward(ids), mapped.forward(ids))
+    thp = "/sys/kernel/mm/transparent_hugepage/enabled"
+    if before >= 0 and os.path.exists(thp) and "[never]" not in open(thp).read():
+        assert after - before >= 32 * 1024, (before, after)  # the 88 MB file: most of it

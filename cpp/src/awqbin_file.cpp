@@ -26,6 +26,7 @@
 #include <utility>
 
 #include "awqcore/awqcore.h"
+#include "cpu_memory.h"
 #include "text_checks.h"
 
 #ifdef _WIN32
@@ -439,6 +440,10 @@ std::unique_ptr<AwqbinFile> AwqbinFile::Open(const std::string& path, bool verif
       throw Error(message);
     }
     file->base_ = static_cast<const uint8_t*>(mapping);
+    if (const uint8_t* copy = CopyToHugePages(file->base_, size)) {
+      ::munmap(mapping, size);
+      file->base_ = copy;
+    }
   }
   file->size_ = size;
   ::close(fd);  // the mapping stays valid without the descriptor

@@ -40,4 +40,11 @@ MachineMemory QueryMachineMemory();
 void CheckCpuSessionFits(const ModelConfig& config, int max_seq_len, int max_batch,
                          bool f16_cache, const MachineMemory& machine);
 
+// Copies a read-only file mapping of `size` bytes into anonymous memory
+// backed by transparent huge pages where the kernel offers them, and returns
+// the copy (read-only; the caller unmaps the original and, later, the copy
+// with munmap), or nullptr to keep the mapping: AWQCORE_MAP_WEIGHTS=1, a
+// file under one huge page, too little available memory, or no memory.
+const uint8_t* CopyToHugePages(const uint8_t* mapping, uint64_t size);
+
 }  // namespace awqcore

@@ -116,7 +116,12 @@ struct LoadOptions {
 
 class Model {
  public:
-  // Maps the file and validates every field before returning.
+  // Maps the file and validates every field before returning. On Linux a
+  // file over 2 MB is then copied into anonymous memory backed by
+  // transparent huge pages (decode streams every weight, and the file
+  // mapping's 4 KB pages cost TLB misses); AWQCORE_MAP_WEIGHTS=1 keeps the
+  // mapping, which processes share through the page cache. The copy is also
+  // skipped when the available memory cannot hold it.
   // Throws FormatError (naming the bad field) or Error (I/O).
   static std::shared_ptr<const Model> Load(const std::string& path,
                                            const LoadOptions& options = {});
