@@ -168,10 +168,6 @@ def test_body_too_large_is_413(server):
                            headers={"Content-Type": "application/json"}), 413)
 
 
-@pytest.mark.xfail(reason="open bug (issue 20): on this machine since 02:20 UTC on 2026-12-06 the "
-                   "first stream ends 'disconnected' right after its first chunk when the second "
-                   "connection opens, so nothing waits; it passed in the earlier CI run of the same "
-                   "server code. Not diagnosed.", strict=False)
 def test_full_queue_is_503_at_once(server, client):
     """max_batch 1, max_queue 1: one request runs, one waits, the third gets 503."""
     # Long enough (ignore_eos, ~1000 tokens) to be running still when the third comes.
@@ -179,7 +175,10 @@ def test_full_queue_is_503_at_once(server, client):
             "temperature": 0, "stream": True, "ignore_eos": True}
     with server.http() as http, server.http() as http2:
         with http.stream("POST", "/v1/completions", json=long) as running:
-            next(running.iter_lines())  # it is decoding
+            # Keep the iterator: a discarded one is closed, and httpcore then
+            # closes the connection, which cancels the request.
+            running_lines = running.iter_lines()
+            next(running_lines)  # it is decoding
             with http2.stream("POST", "/v1/completions", json=long) as waiting:
                 assert waiting.status_code == 200
                 server.wait_for_metric("awqcore_queue_length", lambda v: v == 1)

@@ -86,6 +86,17 @@ Engine::RequestId Submit(Engine& engine, Outcome& outcome, const std::vector<int
   return engine.Submit(prompt, options, outcome.OnToken(), outcome.OnFinish());
 }
 
+// Each token's callback sleeps 10 ms, so 200 tokens take at least 2 s: a
+// Shutdown the test calls right after the first tokens finds the request
+// still running, however the threads are scheduled.
+Engine::RequestId SubmitSlowly(Engine& engine, Outcome& outcome, const std::vector<int>& prompt,
+                               const GenerateOptions& options) {
+  return engine.Submit(prompt, options, outcome.OnToken([](int) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return true;
+  }), outcome.OnFinish());
+}
+
 std::vector<int> Prompt(int length, int salt) {
   std::vector<int> prompt;
   for (int i = 0; i < length; ++i) prompt.push_back((7 * i + 11 * salt + 1) % 50);
@@ -222,12 +233,30 @@ TEST(cancel_ends_a_request_within_one_step_and_frees_its_slot) {
   Session single(model, 200, 2);
   for (int round = 0; round < 2; ++round) {
     Outcome cancelled, stopped_by_callback, other;
-    const Engine::RequestId id = Submit(engine, cancelled, Prompt(4, 1), Exactly(150));
+    // The third token's callback holds the engine thread until Cancel has
+    // been called, so the request cannot finish first however the threads
+    // are scheduled.
+    std::mutex gate_mutex;
+    std::condition_variable gate;
+    bool cancel_called = false;
+    const Engine::RequestId id =
+        engine.Submit(Prompt(4, 1), Exactly(150), cancelled.OnToken([&](int) {
+          if (cancelled.Count() == 3) {
+            std::unique_lock<std::mutex> lock(gate_mutex);
+            gate.wait(lock, [&] { return cancel_called; });
+          }
+          return true;
+        }), cancelled.OnFinish());
     engine.Submit(Prompt(6, 2), Exactly(150),
                   stopped_by_callback.OnToken([](int) { return false; }),
                   stopped_by_callback.OnFinish());
     cancelled.WaitTokens(3);
     CHECK(engine.Cancel(id));
+    {
+      std::lock_guard<std::mutex> lock(gate_mutex);
+      cancel_called = true;
+      gate.notify_all();
+    }
     const size_t seen = cancelled.Count();
     CHECK(!engine.Cancel(id));  // already cancelled
     cancelled.WaitFinished();
@@ -352,7 +381,7 @@ TEST(shutdown_cancels_waiting_and_running_requests_once_each) {
     Engine engine(model, options);
     for (int i = 0; i < 5; ++i) {
       outcomes.push_back(std::make_unique<Outcome>());
-      Submit(engine, *outcomes.back(), Prompt(3 + i, i), Exactly(200));
+      SubmitSlowly(engine, *outcomes.back(), Prompt(3 + i, i), Exactly(200));
     }
     outcomes[0]->WaitTokens(2);
     engine.Shutdown();
@@ -372,7 +401,7 @@ TEST(shutdown_cancels_waiting_and_running_requests_once_each) {
   Outcome last;
   {
     Engine engine(model, Options(1, 256));
-    Submit(engine, last, Prompt(3, 1), Exactly(200));
+    SubmitSlowly(engine, last, Prompt(3, 1), Exactly(200));
     last.WaitTokens(1);
   }
   CHECK(last.finishes == 1 && last.reason == StopReason::kCancelled);
