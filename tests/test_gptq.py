@@ -115,6 +115,78 @@ def test_gptq_lowers_the_calibration_output_error():
     assert gptq < 0.7 * rtn
 
 
+def test_gptq_lowers_the_output_error_on_unseen_inputs_of_the_same_kind():
+    """The gain must hold on fresh tokens from the calibration's distribution, not only
+    on the calibration tokens (8 tokens per input dimension, as SmolLM2's down at
+    32 x 256 calibration has 5): measured 0.16x RTN's, asserted < 0.7x."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    x = correlated_inputs(4096, 256, seed=4).astype(np.float32)
+    calib, unseen = x[:2048], x[2048:]  # the same generator: one distribution
+    g = 64
+
+    def output_error(q: tuple) -> float:
+        return float(np.square(unseen @ (w - dequantize_int4(*q, g)).T).mean())
+
+    rtn = output_error(quantize_int4(w, g))
+    gptq = output_error(gptq_int4(torch.from_numpy(w), torch.from_numpy(calib.T @ calib
+                                                                          / len(calib)), g))
+    print(f"unseen-token output MSE: RTN {rtn:.5f}, GPTQ {gptq:.5f} ({gptq / rtn:.2f}x)")
+    assert gptq < 0.7 * rtn
+
+
+def test_gptq_compensates_the_clipping_of_its_bounds():
+    """With clip bounds, GPTQ's target stays the unclipped weights: the grid spans the
+    clamped group, and a weight beyond it moves its error (clipping included) onto the
+    later columns. Against the original weights its output error must be below both
+    round-to-nearest of the clamped weights (what `awq` writes) and GPTQ run on the
+    clamped weights (which never sees the clipping error): measured 0.12x and 0.18x of
+    them; asserted < 0.5x of each."""
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((64, 256)).astype(np.float32)
+    w[:, rng.choice(256, 16, replace=False)] *= 3  # a few wide columns: clipping bites
+    x = correlated_inputs(2048, 256, seed=7).astype(np.float32)
+    h = torch.from_numpy(x.T @ x / len(x))
+    g = 64
+    wg = torch.from_numpy(w).reshape(64, -1, g)
+    bounds = 0.7 * wg.abs().amax(-1, keepdim=True)  # [out, G, 1]
+    clamped = torch.minimum(torch.maximum(wg, -bounds), bounds).reshape(w.shape)
+
+    def output_error(q: tuple) -> float:
+        return float(np.square(x @ (w - dequantize_int4(*q, g)).T).mean())
+
+    rtn_clamped = output_error(quantize_int4(clamped.numpy(), g))
+    gptq_of_clamped = output_error(gptq_int4(clamped, h, g))
+    gptq_bounds = output_error(gptq_int4(torch.from_numpy(w), h, g, bounds=bounds))
+    print(f"output MSE: RTN of the clamped weights {rtn_clamped:.5f}, GPTQ of them "
+          f"{gptq_of_clamped:.5f}, GPTQ with the bounds {gptq_bounds:.5f} "
+          f"({gptq_bounds / rtn_clamped:.2f}x, {gptq_bounds / gptq_of_clamped:.2f}x)")
+    assert gptq_bounds < 0.5 * rtn_clamped
+    assert gptq_bounds < 0.5 * gptq_of_clamped
+
+
+def test_gptq_bounds_set_the_grid_like_clamping():
+    """With a diagonal Hessian (nothing to compensate) and bounds at or above every
+    group's max |w|, GPTQ is rtn.py's quantizer; with tighter bounds the scales are
+    those of the clamped weights."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((6, 128)).astype(np.float32)
+    wg = torch.from_numpy(w).reshape(6, -1, 32)
+    loose = wg.abs().amax(-1, keepdim=True) * 1.5
+    got = gptq_int4(torch.from_numpy(w), torch.eye(128), 32, bounds=loose)
+    for part, a, b in zip(("codes", "scales", "zeros"), got, quantize_int4(w, 32)):
+        np.testing.assert_array_equal(a, b, err_msg=part)
+    tight = wg.abs().amax(-1, keepdim=True) * 0.6
+    clamped = torch.minimum(torch.maximum(wg, -tight), tight).reshape(w.shape).numpy()
+    np.testing.assert_array_equal(gptq_int4(torch.from_numpy(w), torch.eye(128), 32,
+                                            bounds=tight)[1], quantize_int4(clamped, 32)[1])
+
+
+def test_gptq_rejects_mismatched_bounds():
+    with pytest.raises(ValueError, match=r"clip bounds \[4, 1, 1\] do not match \[4, 2, 1\]"):
+        gptq_quantize(torch.zeros(4, 64), torch.eye(64), 32, bounds=torch.ones(4, 1, 1))
+
+
 def test_gptq_is_deterministic_and_tolerates_dead_inputs():
     """A channel that is zero on every calibration token (H_ii = 0) must not make the
     Hessian singular, and its weights stay quantized like RTN's, not zeroed."""
@@ -168,4 +240,10 @@ def test_gptq_methods_write_files_the_runtime_runs_like_the_reference(tmp_path, 
     model = awqcore.Model(str(paths[0]), threads=2, max_seq_len=64, activations="f32")
     error = max_relative_error(model.forward(ids), expected)
     print(f"{method}: max relative logit error {error:.2e}")
-    assert error < REL_TOL_TINY
+    # REL_TOL_TINY's rounding model assumes well-conditioned positions. The awq-gptq file
+    # has two ill-conditioned ones (23 and 35 of these 40): multiplying its weights by
+    # 1 + 1.2e-7 noise (one f32 rounding) moves the torch reference's own logits there
+    # by up to 5.5e-5 of the largest logit (median position 8e-7), and the runtime is
+    # 2.9e-5 off there (5e-7 elsewhere). 1e-4 is twice that reach; a wrong dequantization
+    # or layout moves logits by > 1e-2.
+    assert error < (REL_TOL_TINY if method == "gptq" else 1e-4)

@@ -13,7 +13,8 @@ variant is then derived per layer from the same activation statistics and scales
                 helps on the odd ones
   awq-mild      AWQ scales + the clip search over shrinks >= 0.85
   awq-gptq      AWQ scales, then GPTQ
-  awq-gptq-heldout  AWQ scales + held-out clip, then GPTQ
+  awq-gptq-full, awq-gptq-heldout  AWQ scales + that clip search's bounds as GPTQ's
+                grid range, then GPTQ (which compensates the clipping too)
 A GPTQ variant may name its damping after a colon (e.g. awq-gptq:0.1; default
 gptq.DAMP, a fraction of the Hessian's mean diagonal).
 Each variant is written as a .awqbin and evaluated through the C++ runtime (exact f32
@@ -95,13 +96,15 @@ def main() -> int:
                 s = scales[key] if awq else torch.ones(w.shape[1])
                 mode = method.split("-")[-1]
                 mode = mode if mode in ("full", "heldout", "mild") else None
+                bound = None  # [out, G, 1]: GPTQ takes it as its grid's range (gptq.py)
                 if mode and key not in CLIP_EXCLUDED:
                     bound = clip_bounds(w, stats[INPUT_OF[key]], s, mode, fake_quantize)
-                    wg = w.view(w.shape[0], -1, g)
-                    torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
+                    if "gptq" not in v:
+                        wg = w.view(w.shape[0], -1, g)
+                        torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
                 if "gptq" in v:
                     out[pre + key] = gptq_int4(w, stats[INPUT_OF[key]].hessian(s), g,
-                                               damp=float(damp) if damp else DAMP)
+                                               damp=float(damp) if damp else DAMP, bounds=bound)
                 else:
                     out[pre + key] = quantize_int4(w.numpy(), g)
             results[v][layer] = (norms, out)

@@ -17,7 +17,8 @@ Per decoder layer, as AutoAWQ does (arXiv 2306.00978 and its reference code):
     group's output error; --clip picks a milder or held-out-checked variant.
  4. Quantize with the round-to-nearest int4 quantizer (rtn.quantize_int4), or with
     GPTQ's error compensation (gptq.py; methods gptq and awq-gptq) from the Gram
-    matrix of the same (scaled) inputs.
+    matrix of the same (scaled) inputs; GPTQ takes the clip bounds as its grid's range
+    and compensates the clipping error with the rounding error.
 
 Where we differ, and why:
   * The clip error is computed exactly over all calibration tokens from per-group
@@ -391,7 +392,8 @@ class AwqQuantizer:
 
     def fold_layer(self, layer: int, weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Steps 1-3 for one layer: returns its linears by reference key
-        ("self_attn.q_proj", ...), scaled (and clipped), f32 [out, in], and replaces the
+        ("self_attn.q_proj", ...), scaled (and clipped; with GPTQ unclipped, the bounds
+        [out, G, 1] in self.clip_bounds), f32 [out, in], and replaces the
         layer's norms (and biases) in `weights` by their folded versions. Advances the
         calibration activations to the layer's FP output."""
         p = layer_prefix(layer)
@@ -414,6 +416,7 @@ class AwqQuantizer:
 
         start = time.perf_counter()
         self.layer_stats, self.input_scale, self.searches = None, {}, {}
+        self.clip_bounds: dict[str, torch.Tensor] = {}
         stats, samples = self.observe(layer, w)
         self.times["layer forward"] += time.perf_counter() - start
         if stats is None or stats["qkv"].count == 0:
@@ -465,7 +468,10 @@ class AwqQuantizer:
         with torch.no_grad():
             for n in clipped:
                 bound = clip_bounds(scaled[n], stats[INPUT_OF[n]], self.input_scale[n], o.clip,
-                                    fake_quantize, step=tick)
+                                    fake_quantize, step=tick)  # [out, G, 1]
+                if o.gptq:  # GPTQ takes its grid from the bounds and compensates the clipping
+                    self.clip_bounds[n] = bound
+                    continue
                 wg = scaled[n].view(scaled[n].shape[0], -1, self.group_size)  # [out, G, g]
                 torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
         self.times["clip search"] += time.perf_counter() - start
@@ -493,7 +499,8 @@ class AwqQuantizer:
                 key, name = prefix[len(p):], prefix + ".weight"
                 if self.options.gptq and self.layer_stats is not None:
                     hessian = self.layer_stats[INPUT_OF[key]].hessian(self.input_scale[key])
-                    result[prefix] = gptq_int4(scaled[key], hessian, self.group_size, name)
+                    result[prefix] = gptq_int4(scaled[key], hessian, self.group_size, name,
+                                               bounds=self.clip_bounds.get(key))
                 else:
                     result[prefix] = quantize_int4(scaled[key].cpu().numpy(), self.group_size,
                                                    name=name)

@@ -14,7 +14,12 @@ columns; the update is applied lazily in blocks of BLOCK columns, as in the pape
 The stored format is rtn.py's, unchanged: groups of g consecutive input columns with
 an f16 scale and a 0..15 zero each, computed by rtn.py's rules (range widened to 0,
 constant groups exact) from the group's weights *as updated* when its first column is
-reached. Columns go in their natural order (no act-order): act-order would quantize
+reached. With clip bounds (AWQ's clip search, per row and group), the group's range is
+taken from its weights clamped to +-bound, but the weights themselves are not clamped:
+a weight outside the grid gets the nearest end code, and its whole error, clipping
+included, is moved onto the later columns like any rounding error. Clamping the weights
+first would make the clipped weights GPTQ's target, so the clipping error would never
+be compensated. Columns go in their natural order (no act-order): act-order would quantize
 columns in order of decreasing H_ii, and to keep groups contiguous in the file it would
 have to fix every group's scale before any compensation, which gives back much of what
 it gains; it is not offered.
@@ -33,9 +38,13 @@ DAMP = 0.01  # H += DAMP * mean(diag H) * I: keeps H invertible, as GPTQ's refer
 MAX_DAMP_TRIES = 6  # each retry multiplies the damping by 10
 
 
-def group_params(w: torch.Tensor, name: str = "weight") -> tuple[torch.Tensor, torch.Tensor]:
-    """rtn.quantize_int4's scale and zero for each row of one group w [out, g]:
-    (scale [out, 1], the f16 value in w's dtype; zero [out, 1], integer-valued)."""
+def group_params(w: torch.Tensor, name: str = "weight", bound: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """rtn.quantize_int4's scale and zero for each row of one group w [out, g], of the
+    weights clamped to +-bound [out, 1] when given: (scale [out, 1], the f16 value in w's
+    dtype; zero [out, 1], integer-valued)."""
+    if bound is not None:
+        w = torch.minimum(torch.maximum(w, -bound), bound)
     gmax = w.amax(-1, keepdim=True)  # [out, 1]
     gmin = w.amin(-1, keepdim=True)
     span = (gmax.clamp(min=0) - gmin.clamp(max=0)) / MAX_Q
@@ -73,10 +82,12 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float = DAMP) -> torch.T
 
 
 def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
-                  name: str = "weight", damp: float = DAMP
+                  name: str = "weight", damp: float = DAMP,
+                  bounds: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantizes w [out, in] against hessian [in, in] (X^T X / n of its input), damped
-    by damp * mean(diag H).
+    by damp * mean(diag H); bounds [out, in/g, 1]: the clip bound of each row's group
+    (the grid spans the group clamped to +-bound; see the module docstring).
 
     Returns (codes u8 [out, in] 0..15, scales f16 [out, in/g], zeros u8 [out, in/g]) on
     w's device; the weights they represent are (codes - zero) * scale per group."""
@@ -86,6 +97,9 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
                          f"{in_f} input columns")
     if BLOCK % group_size or in_f % group_size:
         raise ValueError(f"{name}: group size {group_size} must divide {BLOCK} and {in_f}")
+    if bounds is not None and bounds.shape != (out_f, in_f // group_size, 1):
+        raise ValueError(f"{name}: clip bounds {list(bounds.shape)} do not match "
+                         f"[{out_f}, {in_f // group_size}, 1]")
     upper = inverse_hessian_factor(hessian.to(w.dtype), damp)  # [in, in]
     work = w.clone()  # [out, in]: the weights as updated by the compensation
     codes = torch.empty(out_f, in_f, dtype=torch.uint8, device=w.device)
@@ -100,7 +114,8 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
         for i in range(b1 - b0):
             column = b0 + i
             if column % group_size == 0:  # groups never straddle blocks (BLOCK % g == 0)
-                scale, zero = group_params(block[:, i:i + group_size], name)
+                bound = None if bounds is None else bounds[:, column // group_size]
+                scale, zero = group_params(block[:, i:i + group_size], name, bound)
                 scales[:, column // group_size] = scale[:, 0]
                 zeros[:, column // group_size] = zero[:, 0]
             q = torch.round(block[:, i:i + 1] / scale).add_(zero).clamp_(0, MAX_Q)  # [out, 1]
@@ -113,8 +128,8 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
 
 
 def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int, name: str = "weight",
-              damp: float = DAMP):
+              damp: float = DAMP, bounds: torch.Tensor | None = None):
     """gptq_quantize packed as rtn.quantize_int4 returns it: (qweight u8 [out, in/2],
     scales f16 [out, in/g], zeros u8 [out, in/g]) as numpy arrays."""
-    codes, scales, zeros = gptq_quantize(w, hessian, group_size, name, damp)
+    codes, scales, zeros = gptq_quantize(w, hessian, group_size, name, damp, bounds)
     return pack_int4(codes.cpu().numpy()), scales.cpu().numpy(), zeros.cpu().numpy()
