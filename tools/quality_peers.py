@@ -279,7 +279,9 @@ def _llmcompressor_worker(hf_dir: str, calib_path: str, out_dir: str, group_size
             if name.endswith(".weight") and name[:-7] + ".codes" in out:
                 continue
             if not name.endswith(("weight_scale", "weight_zero_point", "weight_g_idx")):
-                out[name] = tensor.float().contiguous()
+                # A copy: a tied lm_head shares the embedding's storage, which
+                # safetensors refuses to save twice (convert_hf then reads one of them).
+                out[name] = tensor.float().clone()
     os.makedirs(out_dir, exist_ok=True)
     save_file({k: v.contiguous() for k, v in out.items()},
               os.path.join(out_dir, "llmcompressor.safetensors"))
