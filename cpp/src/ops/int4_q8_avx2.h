@@ -17,32 +17,15 @@
 #include <cstring>
 
 #include "ops/linear_kernels.h"
+#include "ops/simd_avx2.h"
 
 namespace awqcore {
 namespace {
 
-// avx2::Hsum4, avx2::Hsum, avx2::PrefetchBytes(ToL2) (simd_avx2.h), the
-// same instructions, with internal linkage here.
-inline __m128 Hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);
-  const __m256 cd = _mm256_hadd_ps(c, d);
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-inline float Hsum(__m256 a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-inline void PrefetchBytes(const void* p, int bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
-}
-inline void PrefetchBytesToL2(const void* p, int bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T1);
-}
+using avx2::Hsum;
+using avx2::Hsum4;
+using avx2::PrefetchBytes;
+using avx2::PrefetchBytesToL2;
 
 // The codes, scales and zeros of kRows consecutive rows from `row`.
 template <int kRows>
