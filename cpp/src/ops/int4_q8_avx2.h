@@ -1,13 +1,7 @@
 // The AVX2 W4A8 int4 GEMV for group sizes 64 and 128 (contract: Int4RowsQ8*
 // in linear_kernels.h; the arithmetic is described in int4_linear_avx2.cpp),
-// one body for two builds: int4_linear_avx2.cpp (AVX2 + FMA + F16C:
-// vpmaddubsw + vpmaddwd) and int4_linear_batch_avx512vnni.cpp (the same
-// 256-bit code with AVX-512 VL + VNNI: two vpdpbusd). __AVX512VNNI__ (set by -mavx512vnni) picks
-// the integer dot product. Both are exact and give the same int32 lanes
-// (lane l sums the products of code bytes 4l..4l+3), and the float code is
-// the same, so both builds give each token the same bits. Include ONLY from
-// those files: everything here has internal linkage, so the two copies built
-// with different flags never meet (no one-definition-rule clash).
+// included by int4_linear_avx2.cpp (AVX2 + FMA + F16C). Everything here has
+// internal linkage.
 #pragma once
 
 #include <immintrin.h>
@@ -101,13 +95,8 @@ inline Nibbles SplitNibbles(const uint8_t* p) {
   return {_mm256_and_si256(v, nibble), _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble)};
 }
 inline __m256i DotNibbles(Nibbles n, __m256i xe, __m256i xo) {
-#ifdef __AVX512VNNI__
-  // Lane l sums bytes 4l..4l+3 of both products, as the pairs below do.
-  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), n.lo, xe), n.hi, xo);
-#else
   const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(n.lo, xe), _mm256_maddubs_epi16(n.hi, xo));
   return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-#endif
 }
 inline __m256i Dot64(const uint8_t* p, __m256i xe, __m256i xo) {
   return DotNibbles(SplitNibbles(p), xe, xo);
