@@ -70,53 +70,77 @@ class Metrics:
     def render(self, engine: dict) -> str:
         """All metrics as Prometheus text; `engine` is Engine.stats()."""
         out: list[str] = []
-
-        def metric(name: str, kind: str, help_text: str, samples: list[str]) -> None:
+        for name, kind, help_text, samples in METRICS:
             full = f"{PREFIX}_{name}"
             out.append(f"# HELP {full} {help_text}")
             out.append(f"# TYPE {full} {kind}")
-            out.extend(f"{full}{s}" for s in samples)
-
-        metric("http_responses_total", "counter", "HTTP responses by endpoint and status.",
-               [f'{{endpoint="{e}",status="{s}"}} {n}'
-                for (e, s), n in sorted(self.responses.items())])
-        metric("requests_finished_total", "counter",
-               "Generations finished, by OpenAI finish reason.",
-               [f'{{finish_reason="{r}"}} {n}' for r, n in sorted(self.finished.items())])
-        metric("prompt_tokens_total", "counter", "Prompt tokens of finished generations.",
-               [f" {self.prompt_tokens}"])
-        metric("generation_tokens_total", "counter", "Tokens generated for finished generations.",
-               [f" {self.completion_tokens}"])
-        metric("time_to_first_token_seconds", "histogram",
-               "From a generation request's submission to the engine to its first token.",
-               self.time_to_first_token.samples())
-        metric("request_duration_seconds", "histogram",
-               "From a generation request's submission to the engine to its last token.",
-               self.request_duration.samples())
-        metric("queue_length", "gauge", "Requests waiting for a free sequence slot.",
-               [f" {engine.get('waiting', 0)}"])
-        metric("batch_size", "gauge", "Sequences decoding together now.",
-               [f" {engine.get('running', 0)}"])
-        metric("max_batch", "gauge", "Sequences that can decode together.",
-               [f" {engine.get('max_batch', 0)}"])
-        metric("max_queue", "gauge", "Requests that can wait; one more is answered 503.",
-               [f" {engine.get('max_queue', 0)}"])
-        steps = engine.get("decode_steps", 0)
-        generated = engine.get("generated_tokens", 0)
-        decode_seconds = engine.get("decode_seconds", 0.0)
-        metric("engine_decode_steps_total", "counter", "Decode steps the engine ran.",
-               [f" {steps}"])
-        metric("engine_generated_tokens_total", "counter", "Tokens the engine generated.",
-               [f" {generated}"])
-        metric("engine_prompt_tokens_total", "counter", "Prompt tokens the engine prefilled.",
-               [f" {engine.get('prompt_tokens', 0)}"])
-        metric("engine_prefill_seconds_total", "counter", "Forward-pass time in prefill.",
-               [f" {engine.get('prefill_seconds', 0.0):.6f}"])
-        metric("engine_decode_seconds_total", "counter", "Forward-pass time in decode steps.",
-               [f" {decode_seconds:.6f}"])
-        metric("mean_batch_size", "gauge", "Generated tokens per decode step so far.",
-               [f" {generated / steps if steps else 0.0:.4f}"])
-        metric("decode_tokens_per_second", "gauge",
-               "Generated tokens per second of decode-step time so far (all sequences).",
-               [f" {generated / decode_seconds if decode_seconds > 0 else 0.0:.3f}"])
+            out.extend(f"{full}{s}" for s in samples(self, engine))
         return "\n".join(out) + "\n"
+
+
+def _value(value: float) -> list[str]:
+    """One unlabelled sample; floats keep microsecond resolution."""
+    return [f" {value:.6f}" if isinstance(value, float) else f" {value}"]
+
+
+def _labelled(counts: Counter, *label_names: str) -> list[str]:
+    """One sample per key of `counts`; a tuple key holds one value per label."""
+    out = []
+    for key, n in sorted(counts.items()):
+        values = key if isinstance(key, tuple) else (key,)
+        labels = ",".join(f'{label}="{v}"' for label, v in zip(label_names, values))
+        out.append(f"{{{labels}}} {n}")
+    return out
+
+
+def _stat(key: str):
+    """Samples of one Engine.stats() field (absent before the engine reports it)."""
+    return lambda metrics, engine: _value(engine.get(key, 0))
+
+
+def _ratio(numerator: str, denominator: str):
+    """Samples of engine[numerator] / engine[denominator], 0 while the denominator is 0."""
+    def samples(metrics, engine):
+        den = engine.get(denominator, 0)
+        return _value(engine.get(numerator, 0) / den if den > 0 else 0.0)
+    return samples
+
+
+# Every exported metric: (name after PREFIX, Prometheus type, help text,
+# samples(metrics, engine stats) -> the sample lines after the metric's name).
+METRICS = (
+    ("http_responses_total", "counter", "HTTP responses by endpoint and status.",
+     lambda m, e: _labelled(m.responses, "endpoint", "status")),
+    ("requests_finished_total", "counter", "Generations finished, by OpenAI finish reason.",
+     lambda m, e: _labelled(m.finished, "finish_reason")),
+    ("prompt_tokens_total", "counter", "Prompt tokens of finished generations.",
+     lambda m, e: _value(m.prompt_tokens)),
+    ("generation_tokens_total", "counter", "Tokens generated for finished generations.",
+     lambda m, e: _value(m.completion_tokens)),
+    ("time_to_first_token_seconds", "histogram",
+     "From a generation request's submission to the engine to its first token.",
+     lambda m, e: m.time_to_first_token.samples()),
+    ("request_duration_seconds", "histogram",
+     "From a generation request's submission to the engine to its last token.",
+     lambda m, e: m.request_duration.samples()),
+    ("queue_length", "gauge", "Requests waiting for a free sequence slot.", _stat("waiting")),
+    ("batch_size", "gauge", "Sequences decoding together now.", _stat("running")),
+    ("max_batch", "gauge", "Sequences that can decode together.", _stat("max_batch")),
+    ("max_queue", "gauge", "Requests that can wait; one more is answered 503.",
+     _stat("max_queue")),
+    ("engine_decode_steps_total", "counter", "Decode steps the engine ran.",
+     _stat("decode_steps")),
+    ("engine_generated_tokens_total", "counter", "Tokens the engine generated.",
+     _stat("generated_tokens")),
+    ("engine_prompt_tokens_total", "counter", "Prompt tokens the engine prefilled.",
+     _stat("prompt_tokens")),
+    ("engine_prefill_seconds_total", "counter", "Forward-pass time in prefill.",
+     _stat("prefill_seconds")),
+    ("engine_decode_seconds_total", "counter", "Forward-pass time in decode steps.",
+     _stat("decode_seconds")),
+    ("mean_batch_size", "gauge", "Generated tokens per decode step so far.",
+     _ratio("generated_tokens", "decode_steps")),
+    ("decode_tokens_per_second", "gauge",
+     "Generated tokens per second of decode-step time so far (all sequences).",
+     _ratio("generated_tokens", "decode_seconds")),
+)
