@@ -20,6 +20,7 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "random_weights.h"
+#include "transformer.h"
 
 namespace awqtest {
 
@@ -248,6 +249,20 @@ std::vector<int> RandomIds(int n, int vocab, uint32_t seed) {
   std::vector<int> ids(n);
   for (int& t : ids) t = id(rng);
   return ids;
+}
+
+// All logits [ids.size(), vocab] of `ids` fed to `transformer` in calls of
+// `chunk` tokens (1: token-by-token decode; ids.size(): one prefill call),
+// continuing from its current position.
+inline std::vector<float> ForwardInChunks(Transformer& transformer, const std::vector<int>& ids, int chunk,
+                                          int vocab) {
+  const int n = static_cast<int>(ids.size());
+  std::vector<float> logits(static_cast<size_t>(n) * vocab);
+  for (int t = 0; t < n; t += chunk) {
+    transformer.Forward(&ids[t], std::min(chunk, n - t), Transformer::Logits::kAll,
+                        logits.data() + static_cast<size_t>(t) * vocab);
+  }
+  return logits;
 }
 
 // Tolerance between two f32 evaluations of the network in different orders
