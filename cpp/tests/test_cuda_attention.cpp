@@ -22,11 +22,7 @@
 #include "test_harness.h"
 
 using namespace awqcore;
-
-using awqtest::CheckClose;
-using awqtest::Gamma;
-using awqtest::kU;
-using awqtest::RandomFloats;
+using namespace awqtest;
 
 namespace {
 

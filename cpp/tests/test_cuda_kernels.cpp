@@ -21,12 +21,7 @@
 #include "test_harness.h"
 
 using namespace awqcore;
-
-using awqtest::CheckClose;
-using awqtest::Gamma;
-using awqtest::kU;
-using awqtest::RandomFloats;
-using awqtest::RandomInt4;
+using namespace awqtest;
 
 namespace {
 
