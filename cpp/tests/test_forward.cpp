@@ -46,18 +46,9 @@ const Family kAllFamilies[] = {Family::kLlama, Family::kQwen2, Family::kMistral,
 // scaling contexts of 16 positions make the 9- to 70-token prompts below
 // reach past both.
 ModelConfig TinyConfig(Family family) {
-  ModelConfig config;
-  config.vocab_size = 97;
-  config.hidden_size = 64;
+  ModelConfig config = awqtest::TinyBaseConfig();
   config.intermediate_size = 96;
   config.num_layers = 2;
-  config.num_heads = 4;
-  config.num_kv_heads = 2;
-  config.head_dim = 16;
-  config.max_position_embeddings = 256;
-  config.rope_theta = 10000.0f;
-  config.rms_norm_eps = 1e-5f;
-  config.group_size = 32;
   switch (family) {
     case Family::kLlama:
       config.architecture = "llama";

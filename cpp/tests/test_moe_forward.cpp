@@ -33,17 +33,8 @@ namespace {
 // (mlp_only_layers). Widths are multiples of 64 so every linear takes the
 // W4A8 path in int8 decode.
 ModelConfig MoeConfig(bool mixtral) {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 64;
+  ModelConfig c = awqtest::TinyBaseConfig();
   c.intermediate_size = 128;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.max_position_embeddings = 256;
-  c.rope_theta = 10000.0f;
-  c.rms_norm_eps = 1e-5f;
-  c.group_size = 32;
   c.moe_intermediate_size = 64;
   if (mixtral) {
     c.architecture = "mixtral";

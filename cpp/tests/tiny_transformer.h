@@ -26,6 +26,23 @@ namespace awqtest {
 
 using namespace awqcore;
 
+// What every tiny test model shares: d 64, 4 query and 2 key/value heads of
+// 16, a vocabulary of 97, int4 groups of 32. The tests set the family, the
+// layer count and the MLP width.
+inline ModelConfig TinyBaseConfig() {
+  ModelConfig config;
+  config.vocab_size = 97;
+  config.hidden_size = 64;
+  config.num_heads = 4;
+  config.num_kv_heads = 2;
+  config.head_dim = 16;
+  config.max_position_embeddings = 256;
+  config.rope_theta = 10000.0f;
+  config.rms_norm_eps = 1e-5f;
+  config.group_size = 32;
+  return config;
+}
+
 // Random weights owning their storage; `weights` points into it. Scales of
 // ~1/(8 sqrt(in)) keep activations O(1) through the layers. The embedding and
 // lm_head tables are f16, or int8 with `int8_tables`.
