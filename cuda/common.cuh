@@ -198,8 +198,10 @@ struct MoeTile {
 // Tokens per tile of the CUDA-core expert GEMV (decode and batched decode):
 // each tile reads its expert's rows once for up to this many tokens.
 constexpr int kMoeGemvTileTokens = 8;
-// The most experts MoeRoute takes: its probabilities live in shared memory
-// (4 B each) next to nothing else.
+// The most experts MoeForward takes: a token's probabilities live in the
+// top-k kernel's shared memory (4 B each, 16 KiB) and the grouping's slot
+// and tile starts in the plan kernel's (8 B each, 32 KiB), both within the
+// 48 KiB a block gets without opting in.
 constexpr int kMaxExperts = 4096;
 
 // Tiles a grouping of `slots` routed (token, rank) pairs over num_experts
@@ -221,13 +223,19 @@ struct DeviceMoe {
 };
 
 // MoeForward's device scratch for calls of up to max_tokens tokens (T =
-// max_tokens * k slots), allocated once. Sized for both groupings (GEMV tiles
-// of 8, GEMM tiles of 64). Move-only, owns its memory.
+// max_tokens * k slots) of one layer shape, allocated once. Sized for both
+// groupings (GEMV tiles of 8, GEMM tiles of 64). Move-only, owns its memory.
 class MoeBuffers {
  public:
   MoeBuffers() = default;
   MoeBuffers(int max_tokens, int k, int num_experts, int d, int f)
-      : experts(Ints(max_tokens * k)),
+      : max_tokens(max_tokens),
+        k(k),
+        num_experts(num_experts),
+        d(d),
+        f(f),
+        logits(Floats(static_cast<size_t>(max_tokens) * num_experts)),
+        experts(Ints(max_tokens * k)),
         weights(Floats(static_cast<size_t>(max_tokens) * k)),
         slot_of(Ints(max_tokens * k)),
         slot_token(Ints(max_tokens * k)),
@@ -239,10 +247,14 @@ class MoeBuffers {
   // Device bytes of the buffers of these sizes (the forward pass's memory check).
   static size_t Bytes(int max_tokens, int k, int num_experts, int d, int f) {
     const size_t slots = static_cast<size_t>(max_tokens) * k;
-    return 4 * slots * (4 + 2 * static_cast<size_t>(d) + 2 * static_cast<size_t>(f)) +
+    return 4 * static_cast<size_t>(max_tokens) * num_experts +
+           4 * slots * (4 + 2 * static_cast<size_t>(d) + 2 * static_cast<size_t>(f)) +
            MaxTiles(max_tokens, k, num_experts) * sizeof(MoeTile);
   }
 
+  // The sizes the buffers were made for: MoeForward refuses calls beyond them.
+  int max_tokens = 0, k = 0, num_experts = 0, d = 0, f = 0;
+  DeviceBuffer logits;      // [max_tokens, E] f32: router logits
   DeviceBuffer experts;     // [T] int: expert of (token t, rank r) at t * k + r
   DeviceBuffer weights;     // [T] f32: its router weight
   DeviceBuffer slot_of;     // [T] int: slot of (t, r) in expert order
@@ -271,7 +283,8 @@ class MoeBuffers {
 // tokens, or 64 from kTensorCoreMinTokens tokens on, where the expert
 // linears run on tensor cores with Int4Gemm's roundings). A token's result
 // does not depend on the other tokens of the call below kTensorCoreMinTokens
-// tokens, bit for bit. n <= the buffers' max_tokens; y must not alias h.
+// tokens, bit for bit. y must not alias h. Throws Error unless 1 <= k <= E <=
+// kMaxExperts and the buffers were made for this shape and at least n tokens.
 void MoeForward(const DeviceMoe& moe, Activation act, const float* h, int n, const MoeBuffers& buffers,
                 float* y, bool accumulate, cudaStream_t stream);
 

@@ -2,14 +2,18 @@
 // experts"), the device twin of ops/moe_router.h and ops/moe_experts.h, in
 // the CPU's steps:
 //
-//   1. MoeRouteKernel: per token, the E router logits (f32 dot products), the
+//   1. MoeLogitsKernel: the n x E router logits (f32 dot products), one warp
+//      per (token, expert) row in ceil(E / 8) blocks per token, so that many
+//      SMs share the read of the router's E d 4 bytes (Qwen3-30B-A3B: 1 MiB
+//      per layer) even at one token. MoeTopKKernel: per token, one warp, the
 //      softmax, the k largest p in descending order with ties to the lower
 //      expert index, and their weights (divided by their sum when
-//      norm_topk_prob). One block per token.
+//      norm_topk_prob).
 //   2. MoePlanKernel: a counting sort of the n k (token, rank) pairs by
 //      expert, tokens ascending within an expert's group (the CPU's slot
 //      order), and the tiles of up to 8 (GEMV) or 64 (GEMM) slots of one
-//      expert that the grouped linears run. One block.
+//      expert that the grouped linears run. One block: warp-parallel counts,
+//      one warp's shuffle scans for the groups' and tiles' starts.
 //   3. MoeGatherKernel: each slot's input row h[token] into slot order.
 //   4. gate and up of each tile (MoeGemvKernel below kTensorCoreMinTokens
 //      tokens, else Int4GroupedGemm), act(gate) * up, down of each tile.
@@ -32,7 +36,7 @@ namespace awqcore {
 namespace cu {
 namespace {
 
-constexpr int kRouteThreads = 256;  // 8 warps, each taking experts w, w + 8, ...
+constexpr int kLogitWarps = 8;      // router rows per block of the logits kernel, one per warp
 constexpr int kPlanThreads = 1024;  // 32 warps, each counting the slots of experts w, w + 32, ...
 constexpr int kGemvWarps = 8;       // rows per block of the expert GEMV, one per warp
 constexpr int kGemvThreads = kGemvWarps * 32;
@@ -44,36 +48,50 @@ unsigned ElementwiseBlocks(size_t count) {
   return static_cast<unsigned>(blocks < 4096 ? blocks : 4096);
 }
 
-// Token blockIdx.x. Shared p [E]. Warp 0 alone runs the softmax and top-k
-// after the barrier: E is at most a few hundred, k at most E.
-__global__ void __launch_bounds__(kRouteThreads)
-    MoeRouteKernel(const float* __restrict__ router, int num_experts, int d, const float* __restrict__ x,
-                   int k, int normalize, int* __restrict__ experts, float* __restrict__ weights) {
-  extern __shared__ float p[];  // [E]: logits, then probabilities; -1 marks a chosen expert
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+// logits [n, E]: logits[t, e] = router[e, :] . x[t, :] for token t =
+// blockIdx.x and expert e = blockIdx.y * 8 + warp, one warp per row. Lane l
+// sums columns 4 l + 128 j in ascending j, then the warp sum: the order
+// depends on d alone, so a token's logits do not depend on the other tokens
+// of the call. d % 4 == 0 and 16-byte aligned rows (d % 8 == 0 on the device).
+__global__ void __launch_bounds__(kLogitWarps * 32)
+    MoeLogitsKernel(const float* __restrict__ router, int num_experts, int d, const float* __restrict__ x,
+                    float* __restrict__ logits) {
+  const int lane = threadIdx.x & 31;
+  const int e = blockIdx.y * kLogitWarps + (threadIdx.x >> 5);
+  if (e >= num_experts) return;  // the whole warp; no barrier follows
   const int t = blockIdx.x;
+  const float* row = router + static_cast<size_t>(e) * d;
   const float* xt = x + static_cast<size_t>(t) * d;
-  // Logits: d % 4 == 0 and 16-byte aligned rows (d % 8 == 0 on the device).
-  for (int e = warp; e < num_experts; e += kRouteThreads / 32) {
-    const float* row = router + static_cast<size_t>(e) * d;
-    float sum = 0.f;
-    for (int c = 4 * lane; c < d; c += 128) {
-      const float4 a = __ldg(reinterpret_cast<const float4*>(row + c));
-      const float4 b = __ldg(reinterpret_cast<const float4*>(xt + c));
-      sum = fmaf(a.x, b.x, sum);
-      sum = fmaf(a.y, b.y, sum);
-      sum = fmaf(a.z, b.z, sum);
-      sum = fmaf(a.w, b.w, sum);
-    }
-    sum = WarpSum(sum);
-    if (lane == 0) p[e] = sum;
+  float sum = 0.f;
+  for (int c = 4 * lane; c < d; c += 128) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(row + c));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(xt + c));
+    sum = fmaf(a.x, b.x, sum);
+    sum = fmaf(a.y, b.y, sum);
+    sum = fmaf(a.z, b.z, sum);
+    sum = fmaf(a.w, b.w, sum);
   }
-  __syncthreads();
-  if (warp != 0) return;
+  sum = WarpSum(sum);
+  if (lane == 0) logits[static_cast<size_t>(t) * num_experts + e] = sum;
+}
+
+// Token blockIdx.x, one warp: the softmax of its row of logits [n, E], the k
+// largest p in descending order with ties to the lower expert index, and
+// their weights. Shared p [E]; lane l owns experts l, l + 32, ...
+__global__ void __launch_bounds__(32)
+    MoeTopKKernel(const float* __restrict__ logits, int num_experts, int k, int normalize,
+                  int* __restrict__ experts, float* __restrict__ weights) {
+  extern __shared__ float p[];  // [E]: logits, then probabilities; -1 marks a chosen expert
+  const int lane = threadIdx.x;
+  const int t = blockIdx.x;
+  const float* token_logits = logits + static_cast<size_t>(t) * num_experts;
 
   // Softmax as MoeRouteToken: p = exp(l - max) / sum, expf within 2 ulp of exp.
   float max_logit = -INFINITY;
-  for (int e = lane; e < num_experts; e += 32) max_logit = fmaxf(max_logit, p[e]);
+  for (int e = lane; e < num_experts; e += 32) {
+    p[e] = token_logits[e];
+    max_logit = fmaxf(max_logit, p[e]);
+  }
   max_logit = WarpMax(max_logit);
   float sum = 0.f;
   for (int e = lane; e < num_experts; e += 32) {
@@ -82,7 +100,7 @@ __global__ void __launch_bounds__(kRouteThreads)
     sum += v;
   }
   sum = WarpSum(sum);
-  for (int e = lane; e < num_experts; e += 32) p[e] /= sum;  // each lane its own experts
+  for (int e = lane; e < num_experts; e += 32) p[e] /= sum;
   __syncwarp();
 
   // Rank r: the largest p not yet chosen, the lower index among equal p.
@@ -128,41 +146,75 @@ __global__ void __launch_bounds__(kRouteThreads)
   }
 }
 
-// One block. begin [E + 1] in shared memory. experts[i] in [0, E) for every
-// slot i (the router's output).
+// One block. experts[i] in [0, E) for every slot i (the router's output).
+// Shared begin and first_tile [E + 1] each: after step 2, expert e's slots
+// are [begin[e], begin[e + 1]) and its tiles [first_tile[e], first_tile[e + 1]).
 __global__ void __launch_bounds__(kPlanThreads)
     MoePlanKernel(const int* __restrict__ experts, int slots, int num_experts, int k, int tile_tokens,
                   int max_tiles, int* __restrict__ slot_of, int* __restrict__ slot_token,
                   MoeTile* __restrict__ tiles) {
-  extern __shared__ int begin[];  // [E + 1]: counts, then each expert's first slot
-  __shared__ int num_tiles;
+  extern __shared__ int begin[];                 // [E + 1]
+  int* first_tile = begin + (num_experts + 1);   // [E + 1]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  // 1. Counts: warp w takes experts w, w + 32, ... and scans the slots 32 at a time.
+  // 1. Each expert's slot and tile counts at e + 1: warp w takes experts w,
+  // w + 32, ... and scans the slots 32 at a time.
   for (int e = warp; e < num_experts; e += warps) {
     int count = 0;
     for (int base = 0; base < slots; base += 32) {
       const int i = base + lane;
       count += __popc(__ballot_sync(0xffffffffu, i < slots && experts[i] == e));
     }
-    if (lane == 0) begin[e + 1] = count;
-  }
-  __syncthreads();
-  // 2. Exclusive scan and the tiles, expert by expert (E + tiles steps).
-  if (threadIdx.x == 0) {
-    begin[0] = 0;
-    int n = 0;
-    for (int e = 0; e < num_experts; ++e) {
-      const int count = begin[e + 1];
-      for (int c = 0; c < count && n < max_tiles; c += tile_tokens) {
-        tiles[n++] = MoeTile{e, begin[e] + c, min(tile_tokens, count - c)};
-      }
-      begin[e + 1] = begin[e] + count;
+    if (lane == 0) {
+      begin[e + 1] = count;
+      first_tile[e + 1] = (count + tile_tokens - 1) / tile_tokens;
     }
-    num_tiles = n;
   }
   __syncthreads();
+  // 2. Both prefix sums in place by warp 0: lane l takes the run of experts
+  // [l m, l m + m), m = ceil(E / 32); the warp's inclusive scan of the run
+  // totals gives each run's start, and the lane turns its run's counts into
+  // running sums (each lane reads and writes only its own run's entries).
+  if (warp == 0) {
+    const int run = (num_experts + 31) / 32;
+    const int lo = min(lane * run, num_experts), hi = min(lo + run, num_experts);
+    int run_slots = 0, run_tiles = 0;
+    for (int e = lo; e < hi; ++e) {
+      run_slots += begin[e + 1];
+      run_tiles += first_tile[e + 1];
+    }
+    int slots_through = run_slots, tiles_through = run_tiles;  // inclusive over runs 0 .. lane
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const int s = __shfl_up_sync(0xffffffffu, slots_through, offset);
+      const int t = __shfl_up_sync(0xffffffffu, tiles_through, offset);
+      if (lane >= offset) {
+        slots_through += s;
+        tiles_through += t;
+      }
+    }
+    int slot = slots_through - run_slots, tile = tiles_through - run_tiles;
+    for (int e = lo; e < hi; ++e) {
+      slot += begin[e + 1];
+      tile += first_tile[e + 1];
+      begin[e + 1] = slot;
+      first_tile[e + 1] = tile;
+    }
+    if (lane == 0) begin[0] = first_tile[0] = 0;
+  }
+  __syncthreads();
+  // 3. The tiles, an expert per thread, and the unused ones marked. The
+  // grid's max_tiles (MoeMaxTiles) bounds every grouping, so the trap marks
+  // a broken bound rather than dropping tokens silently.
+  const int num_tiles = first_tile[num_experts];
+  if (num_tiles > max_tiles) __trap();
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    const int first = begin[e], count = begin[e + 1] - first;
+    for (int c = 0, i = first_tile[e]; c < count; c += tile_tokens, ++i) {
+      tiles[i] = MoeTile{e, first + c, min(tile_tokens, count - c)};
+    }
+  }
   for (int i = num_tiles + threadIdx.x; i < max_tiles; i += blockDim.x) tiles[i] = MoeTile{-1, 0, 0};
-  // 3. Slots: expert e's pairs in slot order (token-major, so tokens ascend
+  // 4. Slots: expert e's pairs in slot order (token-major, so tokens ascend
   // within the group), numbered from begin[e] by the ballot's prefix counts.
   for (int e = warp; e < num_experts; e += warps) {
     int next = begin[e];
@@ -341,22 +393,39 @@ int MoeMaxTiles(int slots, int num_experts, int tile_tokens) {
 
 void MoeForward(const DeviceMoe& moe, Activation act, const float* h, int n, const MoeBuffers& buffers,
                 float* y, bool accumulate, cudaStream_t stream) {
-  if (n == 0) return;
-  const int k = moe.k, num_experts = moe.num_experts, slots = n * k;
+  const int k = moe.k, num_experts = moe.num_experts;
   const int d = moe.down.out, f = moe.gate.out;
+  if (k < 1 || k > num_experts || num_experts > kMaxExperts) {
+    throw Error("MoeForward: the CUDA mixture-of-experts block runs 1 <= k <= E <= " + std::to_string(kMaxExperts) +
+                " (got k " + std::to_string(k) + ", E " + std::to_string(num_experts) + ")");
+  }
+  if (n < 0 || n > buffers.max_tokens || k != buffers.k || num_experts != buffers.num_experts ||
+      d != buffers.d || f != buffers.f) {
+    throw Error("MoeForward: a call of " + std::to_string(n) + " tokens (k " + std::to_string(k) + ", E " +
+                std::to_string(num_experts) + ", d " + std::to_string(d) + ", f " + std::to_string(f) +
+                ") does not fit MoeBuffers made for " + std::to_string(buffers.max_tokens) + " tokens (k " +
+                std::to_string(buffers.k) + ", E " + std::to_string(buffers.num_experts) + ", d " +
+                std::to_string(buffers.d) + ", f " + std::to_string(buffers.f) + ")");
+  }
+  if (n == 0) return;
+  const int slots = n * k;
   const bool tensor_cores = n >= kTensorCoreMinTokens;
   const int tile_tokens = tensor_cores ? kGemmTileTokens : kMoeGemvTileTokens;
   const int max_tiles = MoeMaxTiles(slots, num_experts, tile_tokens);
+  float* logits = buffers.logits.as<float>();
   int* experts = buffers.experts.as<int>();
   float* weights = buffers.weights.as<float>();
   int* slot_of = buffers.slot_of.as<int>();
   int* slot_token = buffers.slot_token.as<int>();
   MoeTile* tiles = buffers.tiles.as<MoeTile>();
 
-  MoeRouteKernel<<<n, kRouteThreads, num_experts * sizeof(float), stream>>>(
-      moe.router, num_experts, d, h, k, moe.normalize ? 1 : 0, experts, weights);
+  const dim3 logit_grid(n, (num_experts + kLogitWarps - 1) / kLogitWarps);
+  MoeLogitsKernel<<<logit_grid, kLogitWarps * 32, 0, stream>>>(moe.router, num_experts, d, h, logits);
   AWQ_CUDA_LAUNCH_CHECK();
-  MoePlanKernel<<<1, kPlanThreads, (num_experts + 1) * sizeof(int), stream>>>(
+  MoeTopKKernel<<<n, 32, num_experts * sizeof(float), stream>>>(logits, num_experts, k, moe.normalize ? 1 : 0,
+                                                                experts, weights);
+  AWQ_CUDA_LAUNCH_CHECK();
+  MoePlanKernel<<<1, kPlanThreads, 2 * (num_experts + 1) * sizeof(int), stream>>>(
       experts, slots, num_experts, k, tile_tokens, max_tiles, slot_of, slot_token, tiles);
   AWQ_CUDA_LAUNCH_CHECK();
   MoeGatherKernel<<<ElementwiseBlocks(static_cast<size_t>(slots) * d / 4), kElementwiseThreads, 0, stream>>>(

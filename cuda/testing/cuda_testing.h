@@ -65,7 +65,8 @@ void RopeAttention(const AttentionShape& shape, const RopeTable& rope, int start
 // experts, their stacked tensors uploaded as the forward pass uploads them),
 // k per token, weights renormalized when `normalize`, on x [n, d]:
 // y[t, :] = (residual ? residual[t, :] : 0) + the block's output; experts,
-// weights [n, k]: the device router's choice, in rank order.
+// weights [n, k]: the device router's choice, in rank order. Runs on buffers
+// for n + 37 tokens that another call of n + 37 tokens used first.
 void MoeForward(const awqcore::MoeWeights& moe, int k, bool normalize, Activation act, const float* x, int n,
                 const float* residual, float* y, int* experts, float* weights);
 }  // namespace cuda_test

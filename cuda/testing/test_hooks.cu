@@ -1,5 +1,6 @@
 // cuda_test:: (cuda_testing.h): each kernel family run on host data, for
 // cpp/tests/test_cuda_*.cpp. Synchronous; allocates per call.
+#include <algorithm>
 #include <vector>
 
 #include "common.cuh"
@@ -185,10 +186,30 @@ void MoeForward(const awqcore::MoeWeights& moe, int k, bool normalize, Activatio
   const size_t count = static_cast<size_t>(n) * d;
   DeviceBuffer dx = Up(x, count);
   DeviceBuffer dy = residual ? Up(residual, count) : Poisoned(count);
-  const cu::MoeBuffers buffers(n, k, num_experts, d, f);
+  // Buffers for 37 tokens more than the call, every byte 0xFF (NaN floats,
+  // -1 ints, tiles of expert -1), then a call of those n + 37 tokens (x's
+  // rows cycled backwards, so its routing differs) on them first: the call
+  // under test finds another call's tiles, slots and activations, past its
+  // own ends too, and must neither read what it did not write nor depend on
+  // exact-size buffers. The larger call takes the tensor-core grouping
+  // whenever n + 37 >= kTensorCoreMinTokens, so a GEMV call finds GEMM tiles.
+  constexpr int kExtraTokens = 37;
+  const int larger = n + kExtraTokens;
+  cu::MoeBuffers buffers(larger, k, num_experts, d, f);
+  const auto poison = [](DeviceBuffer& b) { AWQ_CUDA_CHECK(cudaMemset(b.as<void>(), 0xFF, b.bytes())); };
+  for (DeviceBuffer* b : {&buffers.logits, &buffers.experts, &buffers.weights, &buffers.slot_of, &buffers.slot_token,
+                          &buffers.tiles, &buffers.x, &buffers.gate, &buffers.up, &buffers.out}) {
+    poison(*b);
+  }
+  std::vector<float> other(static_cast<size_t>(larger) * d);
+  for (int t = 0; t < larger; ++t) {
+    std::copy_n(x + static_cast<size_t>(n - 1 - t % n) * d, d, other.begin() + static_cast<size_t>(t) * d);
+  }
+  DeviceBuffer dother = Up(other.data(), other.size()), dother_y = Poisoned(other.size());
+  cu::MoeForward(dm, act, dother.as<float>(), larger, buffers, dother_y.as<float>(), false, 0);
   // Unwritten routing shows: expert -1, weight NaN.
-  AWQ_CUDA_CHECK(cudaMemset(buffers.experts.as<void>(), 0xFF, buffers.experts.bytes()));
-  AWQ_CUDA_CHECK(cudaMemset(buffers.weights.as<void>(), 0xFF, buffers.weights.bytes()));
+  poison(buffers.experts);
+  poison(buffers.weights);
   cu::MoeForward(dm, act, dx.as<float>(), n, buffers, dy.as<float>(), residual != nullptr, 0);
   Down(y, dy, count);
   Down(weights, buffers.weights, static_cast<size_t>(n) * k);
