@@ -105,11 +105,16 @@ struct Int4Copies {
     for (int k = 0; k < copies; ++k) {
       layers.push_back(Int4Linear{out, in, group_size, base + k * codes, scales.data() + k * groups,
                                   zeros.data() + k * groups, nullptr});
+      // The loader's transposed copy of the scales (ops/int4_linear.h), which
+      // the VNNI decode kernel reads in their place.
+      tile_scales.push_back(Int4TileScales(layers.back()));
+      layers.back().tile_scales = tile_scales.back().data();
     }
     bytes = (codes + groups * 3) * copies;
   }
   std::vector<uint8_t> qweight, zeros;
   std::vector<uint16_t> scales;
+  std::vector<std::vector<uint8_t>> tile_scales;  // [copies]
   std::vector<Int4Linear> layers;
   size_t bytes = 0;
 };
@@ -146,7 +151,7 @@ Int4Q8Kernel Int4Q8KernelOf(Isa isa) {
   switch (isa) {
     case Isa::kAvx2: return Int4RowsQ8Avx2;
     case Isa::kAvx512: return Int4RowsQ8Avx512;
-    case Isa::kAvx512Vnni: return Int4RowsQ8Avx512Vnni;
+    case Isa::kAvx512Vnni: return Int4DecodeQ8Avx512Vnni;
     default: return Int4RowsQ8Scalar;
   }
 }
