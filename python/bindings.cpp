@@ -280,7 +280,8 @@ class EventQueue {
 class PyEngine {
  public:
   PyEngine(const std::string& path, int threads, int max_seq_len, int max_batch, int max_queue,
-           int prefill_chunk, bool verify, const std::string& device,
+           int prefill_chunk, int streaming_prefill_chunk, bool verify,
+           const std::string& device,
            const std::string& activations)
       : activations_(activations) {
     nb::gil_scoped_release release;
@@ -292,6 +293,7 @@ class PyEngine {
     options.max_seq_len = max_seq_len;
     options.max_queue = max_queue;
     options.prefill_chunk = prefill_chunk;
+    options.streaming_prefill_chunk = streaming_prefill_chunk;
     options.num_threads = threads;
     options.device = device == "cuda" ? awqcore::Device::kCuda : awqcore::Device::kCpu;
     options.activations = activations == "f32" ? awqcore::CpuActivations::kFloat32
@@ -299,6 +301,7 @@ class PyEngine {
     engine_ = std::make_unique<awqcore::Engine>(model_, options);
     max_queue_ = max_queue;
     prefill_chunk_ = prefill_chunk;
+    streaming_prefill_chunk_ = streaming_prefill_chunk > 0 ? streaming_prefill_chunk : prefill_chunk;
     device_ = device;
   }
 
@@ -309,6 +312,7 @@ class PyEngine {
     d["max_batch"] = engine_->max_batch();
     d["max_queue"] = max_queue_;
     d["prefill_chunk"] = prefill_chunk_;
+    d["streaming_prefill_chunk"] = streaming_prefill_chunk_;
     d["device"] = device_;
     d["activations"] = activations_;
     return d;
@@ -405,7 +409,7 @@ class PyEngine {
   std::shared_ptr<const awqcore::Model> model_;
   std::shared_ptr<EventQueue> events_ = std::make_shared<EventQueue>();
   std::unique_ptr<awqcore::Engine> engine_;
-  int max_queue_ = 0, prefill_chunk_ = 0;
+  int max_queue_ = 0, prefill_chunk_ = 0, streaming_prefill_chunk_ = 0;
   std::string device_, activations_;
 };
 
@@ -513,10 +517,10 @@ NB_MODULE(_core, m) {
 
   // The continuous-batching engine (awqcore/engine.py wraps it).
   nb::class_<PyEngine>(m, "Engine")
-      .def(nb::init<const std::string&, int, int, int, int, int, bool, const std::string&,
+      .def(nb::init<const std::string&, int, int, int, int, int, int, bool, const std::string&,
                     const std::string&>(),
            "path"_a, "threads"_a, "max_seq_len"_a, "max_batch"_a, "max_queue"_a,
-           "prefill_chunk"_a, "verify"_a, "device"_a, "activations"_a)
+           "prefill_chunk"_a, "streaming_prefill_chunk"_a, "verify"_a, "device"_a, "activations"_a)
       .def("config", &PyEngine::config)
       .def("metadata_string", &PyEngine::metadata_string, "key"_a)
       .def("submit", &PyEngine::submit, "ids"_a, "max_new_tokens"_a, "temperature"_a, "top_k"_a,

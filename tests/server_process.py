@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import httpx
 
@@ -54,6 +56,14 @@ class ServerProcess:
                 self.url = match.group(1)
                 break
 
+    def openai_client(self):
+        """The official client on this server; max_retries=0: a 503 or a
+        timeout must reach the test, not be retried."""
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=self.api_key or "none",
+                             timeout=120, max_retries=0)
+
     def headers(self) -> dict:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
@@ -94,3 +104,13 @@ class ServerProcess:
                 raise AssertionError(f"the server ignored signal {sig} for {STOP_TIMEOUT_S} s: "
                                      f"{''.join(self.log)}") from None
         return self.process.returncode
+
+
+@contextmanager
+def running_server(model_path, *args: str, api_key: str | None = None) -> Iterator[ServerProcess]:
+    """A ServerProcess for the block; stopped (SIGTERM) when it ends."""
+    process = ServerProcess(model_path, *args, api_key=api_key)
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -19,10 +19,13 @@ def _prompts(count: int, vocab: int) -> list[list[int]]:
     return [[(97 * i + 31 * j + 5) % vocab for j in range(1 + (i * 13) % 24)] for i in range(count)]
 
 
-def test_sixteen_concurrent_requests_equal_one_by_one_generate(smollm2_awqbin):
+@pytest.mark.parametrize("streaming_prefill_chunk", [None, 12])
+def test_sixteen_concurrent_requests_equal_one_by_one_generate(smollm2_awqbin,
+                                                               streaming_prefill_chunk):
     """16 threads submit at once (max_batch 8: half wait for a slot), with
     different prompt lengths and max_tokens, half stopping at eos: each gets
-    Model.generate's greedy tokens and finish reason."""
+    Model.generate's greedy tokens and finish reason; also when the prompts
+    that arrive while others stream go in 12-token chunks."""
     model = awqcore.Model(smollm2_awqbin, threads=2, max_seq_len=256)
     vocab = model.config["vocab_size"]
     prompts = _prompts(16, vocab)
@@ -33,7 +36,8 @@ def test_sixteen_concurrent_requests_equal_one_by_one_generate(smollm2_awqbin):
         expected.append((model.generate(prompt, max_new_tokens=o["max_new_tokens"],
                                         stop=o["stop_ids"]), model.last_stop_reason))
     del model
-    with awqcore.Engine(smollm2_awqbin, threads=2, max_seq_len=256, max_batch=8) as engine:
+    with awqcore.Engine(smollm2_awqbin, threads=2, max_seq_len=256, max_batch=8,
+                        streaming_prefill_chunk=streaming_prefill_chunk) as engine:
         got: dict[int, tuple] = {}
         errors: list[BaseException] = []
         start = threading.Barrier(16)
@@ -183,6 +187,8 @@ def test_bad_arguments_raise_value_errors(tiny_engine):
         awqcore.Engine(path, max_batch=0)
     with pytest.raises(ValueError, match="prefill_chunk must be in"):
         awqcore.Engine(path, prefill_chunk=0)
+    with pytest.raises(ValueError, match="streaming_prefill_chunk must be in"):
+        awqcore.Engine(path, streaming_prefill_chunk=0)
     assert engine.stats()["submitted"] == 0
 
 

@@ -4,6 +4,7 @@ clients; and the text rules (whole characters, stop strings across tokens) on
 their own. Error answers are in test_server_errors.py."""
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -17,9 +18,13 @@ pytest.importorskip("uvicorn")
 
 import awqcore  # noqa: E402
 from awqcore.chat import chat_prompt_ids  # noqa: E402
+from awqcore.server.generation import Generation  # noqa: E402
+from awqcore.server.metrics import Metrics  # noqa: E402
+from awqcore.server.protocol import Sampling  # noqa: E402
+from awqcore.server.streaming import ChunkFormat, sse  # noqa: E402
 from awqcore.server.text import IncrementalDecoder, StopMatcher, TextStream  # noqa: E402
 
-from server_process import ServerProcess  # noqa: E402
+from server_process import running_server  # noqa: E402
 
 MODEL_NAME = "smollm2"
 API_KEY = "test-key"
@@ -29,18 +34,14 @@ FINISH = {"stop_token": "stop", "max_new_tokens": "length", "context_full": "len
 
 @pytest.fixture(scope="module")
 def server(smollm2_awqbin):
-    process = ServerProcess(smollm2_awqbin, "--threads", "2", "--max-batch", "8",
-                            "--max-seq-len", str(MAX_SEQ_LEN), "--model-name", MODEL_NAME,
-                            api_key=API_KEY)
-    yield process
-    process.stop()
+    with running_server(smollm2_awqbin, "--threads", "2", "--max-batch", "8", "--max-seq-len",
+                        str(MAX_SEQ_LEN), "--model-name", MODEL_NAME, api_key=API_KEY) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    # max_retries=0: a 503 or timeout must reach the test, not be retried.
-    with openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, timeout=120,
-                       max_retries=0) as c:
+    with server.openai_client() as c:
         yield c
 
 
@@ -139,6 +140,63 @@ def test_text_stream_stop_across_tokens(model):
             break
     assert sent == full[:full.index("mat, sa")]
     assert count < len(ids)
+
+
+def test_incremental_decoder_push_many_equals_push_one_by_one(model):
+    tokenizer = model.tokenizer
+    ids = tokenizer.encode("héllo 世界 🙂 naïve — ok, and more", add_special_tokens=False).ids
+    one = IncrementalDecoder(tokenizer)
+    by_one = "".join(one.push(t) for t in ids) + one.finish()
+    many = IncrementalDecoder(tokenizer)
+    pieces = [many.push_many(ids[i:i + 3]) for i in range(0, len(ids), 3)] + [many.finish()]
+    assert "".join(pieces) == by_one == tokenizer.decode(ids)
+    assert not any("\ufffd" in p for p in pieces), pieces
+
+
+@pytest.mark.parametrize("chat", [True, False])
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_content_chunk_bytes_equal_the_chunk_encoded_whole(chat, include_usage):
+    fmt = ChunkFormat(chat, "chatcmpl-0123", 1700000000, 'model "q" \\ é', include_usage)
+    for text in ["a", "", ' "quoted" \\ back\nslash', "é 世界 🙂", "\x00\x1f"]:
+        assert fmt.content(text) == sse(fmt.chunk(text)), text
+        assert json.loads(fmt.content(text)[len(b"data: "):])["choices"][0][
+            "delta" if chat else "text"] == ({"content": text} if chat else text)
+
+
+def test_tokens_that_arrive_together_are_sent_as_one_piece(model):
+    """Events delivered before the reader runs reach it as one batch: one text
+    piece for all their tokens (a multi-token delta), then the finish."""
+    ids = model.tokenizer.encode("The cat sat on the mat", add_special_tokens=False).ids
+
+    class Engine:  # submit() keeps on_event; the test plays the dispatcher
+        def submit(self, ids, on_event, **options):
+            self.on_event = on_event
+            return 7
+
+        def cancel(self, request_id):
+            return False
+
+    async def run():
+        engine, registry = Engine(), set()
+        sampling = Sampling(max_tokens=len(ids), temperature=0.0, top_p=1.0, top_k=0,
+                            seed=None, stop=[], stream=True, include_usage=False,
+                            ignore_eos=False)
+        generation = Generation(engine, [1, 2], len(ids), sampling, model.tokenizer,
+                                Metrics(), registry)
+        for token in ids[:3]:
+            engine.on_event(7, token, None, None)
+        pieces = generation.pieces()
+        first = await pieces.__anext__()
+        for token in ids[3:]:
+            engine.on_event(7, token, None, None)
+        engine.on_event(7, None, "max_new_tokens", None)
+        rest = [piece async for piece in pieces]
+        return first, rest, generation
+
+    first, rest, generation = asyncio.run(run())
+    assert first == model.tokenizer.decode(ids[:3])
+    assert len(rest) == 1 and first + rest[0] == model.tokenizer.decode(ids)
+    assert generation.completion_tokens == len(ids) and generation.finish_reason == "length"
 
 
 # ------------------------------------------------------------ the openai client

@@ -13,7 +13,7 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("starlette")
 
-from server_process import ServerProcess  # noqa: E402
+from server_process import ServerProcess, running_server  # noqa: E402
 
 MODEL_NAME = "smollm2"
 API_KEY = "sk-test"
@@ -24,18 +24,16 @@ MAX_BODY_BYTES = 16384
 @pytest.fixture(scope="module")
 def server(smollm2_awqbin):
     """One sequence at a time and one waiting: the third request finds the queue full."""
-    process = ServerProcess(smollm2_awqbin, "--threads", "2", "--max-batch", "1",
-                            "--max-queue", "1", "--max-seq-len", str(MAX_SEQ_LEN),
-                            "--max-body-bytes", str(MAX_BODY_BYTES), "--model-name", MODEL_NAME,
-                            "--shutdown-timeout", "1", api_key=API_KEY)
-    yield process
-    process.stop()
+    with running_server(smollm2_awqbin, "--threads", "2", "--max-batch", "1", "--max-queue",
+                        "1", "--max-seq-len", str(MAX_SEQ_LEN), "--max-body-bytes",
+                        str(MAX_BODY_BYTES), "--model-name", MODEL_NAME, "--shutdown-timeout",
+                        "1", api_key=API_KEY) as process:
+        yield process
 
 
 @pytest.fixture(scope="module")
 def client(server):
-    with openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, timeout=120,
-                       max_retries=0) as c:
+    with server.openai_client() as c:
         yield c
 
 
@@ -210,7 +208,7 @@ def test_sigterm_ends_streams_cleanly(smollm2_awqbin):
             rest = [line for line in lines if line]
         assert rest[-1] == "data: [DONE]", rest[-3:]
         last = json.loads(rest[-2][len("data: "):])
-        assert last["choices"][0]["finish_reason"] == "cancelled"
+        assert last["choices"][0]["finish_reason"] == "abort"
         assert process.process.wait(timeout=60) in (0, -signal.SIGTERM)
     finally:
         process.stop()

@@ -3,6 +3,8 @@
 
     python tools/load_bench.py --model smollm2.awqbin              (starts awqcore serve)
     python tools/load_bench.py --url http://127.0.0.1:8000         (a running server)
+    python tools/load_bench.py --model smollm2.awqbin --engine     (and the same load
+                                                                    through awqcore.Engine)
     python tools/load_bench.py --model smollm2.awqbin \\
         --llama-gguf SmolLM2-135M-Instruct.Q4_1.gguf               (and llama-cpp-python's server)
 
@@ -11,8 +13,20 @@ once, each streaming --requests completions of exactly --max-tokens tokens
 (ignore_eos; llama-cpp-python: min_tokens) from its own prompt (prompt lengths
 differ per client), and reports aggregate output tok/s (all tokens over the
 wall time of the level), time to first token (p50/p95) and inter-token latency
-(gaps between streamed tokens, p50/p95). Printed as a markdown table; --json
-writes every number. A warm-up request precedes the levels.
+(gaps between streamed chunks, p50/p95; a chunk may carry several tokens when
+the server coalesces them). Printed as a markdown table; --json writes every
+number. A warm-up request precedes the levels.
+
+The client is one asyncio process reading raw HTTP/1.1 (no HTTP library) and
+takes little CPU, but on a small machine it still shares the cores with the
+server: the table gives CPU milliseconds per output token of the server (all
+threads; in brackets its main thread, which runs a Python server's event
+loop) and of this client (from /proc's 10 ms ticks: meaningful over
+hundreds of tokens), and the progress lines the engine's forward-pass
+seconds (prefill, decode) from awqcore serve's /metrics. CPU times hold on a
+machine other work slows down; wall times do not. --engine adds the same load
+through awqcore.Engine in this process with no HTTP at all: the ceiling the
+server can reach with this engine.
 """
 from __future__ import annotations
 
@@ -27,10 +41,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
-from typing import Optional
-
-import httpx
+from typing import AsyncIterator, Optional
+from urllib.parse import urlsplit
 
 WORDS = ("the quick brown fox jumps over the lazy dog while a cat watches from the warm "
          "window and birds sing in the tall green trees near the old river").split()
@@ -49,30 +63,76 @@ class Stream:
     tokens: int = 0
 
 
-async def one_stream(http: httpx.AsyncClient, body: dict, usage: bool) -> Stream:
-    """One streamed completion; token times are those of the content chunks."""
+async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    parsed = urlsplit(url)
+    if parsed.scheme != "http":
+        raise ValueError(f"only http:// URLs are supported (got {url})")
+    host, port = parsed.hostname, parsed.port or 80
+    reader, writer = await asyncio.open_connection(host, port)
+    return reader, writer, f"{host}:{port}"
+
+
+async def _body_pieces(reader: asyncio.StreamReader, headers: dict) -> AsyncIterator[bytes]:
+    """The response body as it arrives: de-chunked (Transfer-Encoding: chunked)
+    or read to the end of the connection."""
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readline()).split(b";")[0], 16)
+            if size == 0:
+                return
+            piece = await reader.readexactly(size + 2)  # + CRLF
+            yield piece[:-2]
+    while piece := await reader.read(65536):
+        yield piece
+
+
+async def one_stream(url: str, body: dict, auth: dict, usage: bool) -> Stream:
+    """One streamed completion over its own connection; token times are those
+    at which content events arrive. Plain asyncio streams rather than an HTTP
+    library: the client shares the CPU with the server, so it spends as
+    little as it can per event (one read and one json.loads)."""
     result = Stream()
-    start = time.perf_counter()
-    last = None
-    async with http.stream("POST", "/v1/completions", json=body) as response:
-        if response.status_code != 200:
-            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:300]!r}")
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[len("data: "):])
-            if event.get("usage") and usage:
-                result.tokens = event["usage"]["completion_tokens"]
-            if not event.get("choices") or not event["choices"][0].get("text"):
-                continue
+    payload = json.dumps(body).encode()
+    reader, writer, host = await _open(url)
+    try:
+        head = "".join(f"{k}: {v}\r\n" for k, v in auth.items())
+        writer.write(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                     f"Accept: text/event-stream\r\nConnection: close\r\n{head}\r\n"
+                     .encode() + payload)
+        start = time.perf_counter()
+        last = None
+        status = (await reader.readline()).decode("latin-1").split()
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if len(status) < 2 or status[1] != "200":
+            rest = b"".join([piece async for piece in _body_pieces(reader, headers)])
+            raise RuntimeError(f"HTTP {' '.join(status[1:])}: {rest[:300]!r}")
+        buffer = b""
+        async for piece in _body_pieces(reader, headers):
             now = time.perf_counter()
-            if last is None:
-                result.ttft = now - start
-            else:
-                result.gaps.append(now - last)
-            last = now
-            if not usage:
-                result.tokens += 1  # a server without stream usage: one chunk per token
+            # SSE lines may end in CRLF (sse-starlette's default, llama-cpp-python's server).
+            buffer = (buffer + piece).replace(b"\r\n", b"\n")
+            *events, buffer = buffer.split(b"\n\n")
+            for event in events:
+                if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                    continue
+                data = json.loads(event[6:])
+                if data.get("usage") and usage:
+                    result.tokens = data["usage"]["completion_tokens"]
+                if not data.get("choices") or not data["choices"][0].get("text"):
+                    continue
+                if last is None:
+                    result.ttft = now - start
+                else:
+                    result.gaps.append(now - last)
+                last = now
+                if not usage:
+                    result.tokens += 1  # a server without stream usage: one chunk per token
+    finally:
+        writer.close()
     return result
 
 
@@ -88,22 +148,65 @@ def percentile(values: list[float], q: float) -> float:
 async def level(url: str, clients: int, args, peer_llama: bool) -> dict:
     async def client(i: int) -> list[Stream]:
         out = []
-        async with httpx.AsyncClient(base_url=url, timeout=args.timeout,
-                                     headers=_auth(args)) as http:
-            for r in range(args.requests):
-                body = {"prompt": prompt_for(i + r, args.prompt_words),
-                        "max_tokens": args.max_tokens, "temperature": 0, "stream": True}
-                if peer_llama:
-                    body["min_tokens"] = args.max_tokens
-                else:
-                    body.update(ignore_eos=True, stream_options={"include_usage": True})
-                out.append(await one_stream(http, body, usage=not peer_llama))
+        for r in range(args.requests):
+            body = {"prompt": prompt_for(i + r, args.prompt_words),
+                    "max_tokens": args.max_tokens, "temperature": 0, "stream": True}
+            if peer_llama:
+                body["min_tokens"] = args.max_tokens
+            else:
+                body.update(ignore_eos=True, stream_options={"include_usage": True})
+            out.append(await asyncio.wait_for(
+                one_stream(url, body, _auth(args), usage=not peer_llama), args.timeout))
         return out
 
     start = time.perf_counter()
     streams = [s for group in await asyncio.gather(*(client(i) for i in range(clients)))
                for s in group]
-    wall = time.perf_counter() - start
+    return summary(clients, streams, time.perf_counter() - start, args)
+
+
+def engine_level(engine, clients: int, args) -> dict:
+    """The same load through awqcore.Engine in this process, no HTTP: each
+    client's prompts, tokenized as the server does, submitted together; token
+    times are those at which the Engine's dispatcher delivers them."""
+    tokenizer = engine.tokenizer
+
+    def client(i: int, stream: Stream, done: threading.Event, r: int = 0) -> None:
+        start = time.perf_counter()
+        last = [None]
+
+        def on_event(_id, token, finish_reason, error) -> None:
+            if finish_reason is not None:
+                if error:
+                    print(f"error: {error}", file=sys.stderr)
+                if r + 1 < args.requests:
+                    client(i, streams[i][r + 1], done, r + 1)
+                else:
+                    done.set()
+                return
+            now = time.perf_counter()
+            if last[0] is None:
+                stream.ttft = now - start
+            else:
+                stream.gaps.append(now - last[0])
+            last[0] = now
+            stream.tokens += 1
+
+        ids = tokenizer.encode(prompt_for(i + r, args.prompt_words)).ids
+        engine.submit(ids, max_new_tokens=args.max_tokens, stop_ids=[], on_event=on_event)
+
+    streams = [[Stream() for _ in range(args.requests)] for _ in range(clients)]
+    done = [threading.Event() for _ in range(clients)]
+    start = time.perf_counter()
+    for i in range(clients):
+        client(i, streams[i][0], done[i])
+    for event in done:
+        event.wait(args.timeout)
+    return summary(clients, [s for group in streams for s in group],
+                   time.perf_counter() - start, args)
+
+
+def summary(clients: int, streams: list[Stream], wall: float, args) -> dict:
     tokens = sum(s.tokens for s in streams)
     ttfts = [s.ttft for s in streams if s.ttft is not None]
     gaps = [g for s in streams for g in s.gaps]
@@ -122,18 +225,105 @@ def _auth(args) -> dict:
     return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
 
-def run_levels(url: str, name: str, args, peer_llama: bool = False) -> list[dict]:
-    asyncio.run(level(url, 1, argparse.Namespace(**{**vars(args), "requests": 1,
-                                                    "max_tokens": 4}), peer_llama))  # warm-up
+def run_levels(url: str, name: str, args, peer_llama: bool = False,
+               server_pid: Optional[int] = None) -> list[dict]:
+    warm_up = argparse.Namespace(**{**vars(args), "requests": 1, "max_tokens": 4})
+    asyncio.run(level(url, 1, warm_up, peer_llama))
     rows = []
     for clients in args.concurrency:
-        row = {"server": name, **asyncio.run(level(url, clients, args, peer_llama))}
-        if not args.quiet:
-            print(f"{name}: {clients} streams: {row['tok_s']:.1f} tok/s, TTFT p50 "
-                  f"{row['ttft_p50_s'] * 1e3:.0f} ms, ITL p50 {row['itl_p50_s'] * 1e3:.1f} ms",
-                  file=sys.stderr, flush=True)
-        rows.append(row)
+        before, forward = CpuTimes(server_pid), engine_seconds(url, args)
+        result = asyncio.run(level(url, clients, args, peer_llama))
+        result.update(CpuTimes(server_pid).per_token(before, result))
+        if forward is not None:
+            after = engine_seconds(url, args)
+            result.update(prefill_s=after[0] - forward[0], decode_s=after[1] - forward[1])
+        rows.append(_row(name, result, args))
     return rows
+
+
+def engine_seconds(url: str, args) -> Optional[tuple[float, float]]:
+    """awqcore serve's forward-pass seconds so far (prefill, decode), from
+    /metrics; None for a server without them."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=args.timeout) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    found = dict(re.findall(r"^awqcore_engine_(prefill|decode)_seconds_total (\S+)$", text,
+                            re.MULTILINE))
+    return (float(found["prefill"]), float(found["decode"])) if len(found) == 2 else None
+
+
+class CpuTimes:
+    """CPU seconds used so far by this process (the load client) and, on Linux,
+    by a server process: all its threads, and its main thread alone (for a
+    Python server, the event loop's HTTP and text work). Unlike wall times,
+    these hold on a machine that other work slows down."""
+
+    def __init__(self, server_pid: Optional[int]):
+        self.pid = server_pid
+        self.client = time.process_time()
+        self.server = self.loop = None
+        if server_pid is not None and os.path.exists(f"/proc/{server_pid}/stat"):
+            tick = os.sysconf("SC_CLK_TCK")
+            self.server = sum(_proc_cpu(f"/proc/{server_pid}/task/{t}/stat", tick)
+                              for t in os.listdir(f"/proc/{server_pid}/task"))
+            self.loop = _proc_cpu(f"/proc/{server_pid}/task/{server_pid}/stat", tick)
+
+    def per_token(self, before: "CpuTimes", result: dict) -> dict:
+        """CPU milliseconds per output token since `before`."""
+        tokens = max(1, result["tokens"])
+        out = {"client_cpu_ms_per_token": (self.client - before.client) * 1e3 / tokens}
+        if self.server is not None and before.server is not None:
+            out["server_cpu_ms_per_token"] = (self.server - before.server) * 1e3 / tokens
+            out["server_main_thread_cpu_ms_per_token"] = (self.loop - before.loop) * 1e3 / tokens
+        return out
+
+
+def _proc_cpu(path: str, tick: int) -> float:
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # a thread that ended between listing and reading
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+
+
+def run_engine_levels(args) -> list[dict]:
+    import awqcore
+
+    most = max(args.concurrency)
+    rows = []
+    with awqcore.Engine(args.model, max_batch=args.max_batch, threads=args.threads,
+                        max_queue=max(64, most), **_engine_options(args)) as engine:
+        engine.generate(engine.tokenizer.encode("warm up").ids, max_new_tokens=4)
+        for clients in args.concurrency:
+            before, stats = time.process_time(), engine.stats()
+            result = engine_level(engine, clients, args)
+            cpu = (time.process_time() - before) * 1e3 / max(1, result["tokens"])
+            after = engine.stats()
+            result.update(server_cpu_ms_per_token=cpu,
+                          prefill_s=after["prefill_seconds"] - stats["prefill_seconds"],
+                          decode_s=after["decode_seconds"] - stats["decode_seconds"])
+            rows.append(_row(f"awqcore.Engine, no HTTP (max batch {args.max_batch})", result,
+                             args))
+    return rows
+
+
+def _engine_options(args) -> dict:
+    return {name: getattr(args, name) for name in ("prefill_chunk", "streaming_prefill_chunk")
+            if getattr(args, name) is not None}
+
+
+def _row(name: str, result: dict, args) -> dict:
+    if not args.quiet:
+        forward = (f", forward passes {result['prefill_s']:.2f} s prefill + "
+                   f"{result['decode_s']:.2f} s decode of {result['wall_s']:.2f} s"
+                   if "prefill_s" in result else "")
+        print(f"{name}: {result['clients']} streams: {result['tok_s']:.1f} tok/s, TTFT p50 "
+              f"{result['ttft_p50_s'] * 1e3:.0f} ms, ITL p50 {result['itl_p50_s'] * 1e3:.1f} ms"
+              f", p95 {result['itl_p95_s'] * 1e3:.1f} ms{forward}", file=sys.stderr, flush=True)
+    return {"server": name, **result}
 
 
 def start_server(command: list[str], ready: re.Pattern, timeout: float = 300
@@ -167,11 +357,17 @@ def free_port() -> int:
 
 def table(rows: list[dict]) -> str:
     lines = ["| server | streams | output tok/s | TTFT p50 (ms) | TTFT p95 (ms) | ITL p50 (ms) "
-             "| ITL p95 (ms) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| ITL p95 (ms) | CPU ms/token: server (main thread) / client |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        cpu = f"{r['server_cpu_ms_per_token']:.2f}" if "server_cpu_ms_per_token" in r else "-"
+        if "server_main_thread_cpu_ms_per_token" in r:
+            cpu += f" ({r['server_main_thread_cpu_ms_per_token']:.2f})"
+        if "client_cpu_ms_per_token" in r:
+            cpu += f" / {r['client_cpu_ms_per_token']:.2f}"
         lines.append(f"| {r['server']} | {r['clients']} | {r['tok_s']:.1f} | "
                      f"{r['ttft_p50_s'] * 1e3:.0f} | {r['ttft_p95_s'] * 1e3:.0f} | "
-                     f"{r['itl_p50_s'] * 1e3:.1f} | {r['itl_p95_s'] * 1e3:.1f} |")
+                     f"{r['itl_p50_s'] * 1e3:.1f} | {r['itl_p95_s'] * 1e3:.1f} | {cpu} |")
     return "\n".join(lines)
 
 
@@ -189,6 +385,14 @@ def main() -> int:
                         help="prompt length of client 0 in words; others up to twice it")
     parser.add_argument("--max-batch", type=int, default=8, help="awqcore serve --max-batch (8)")
     parser.add_argument("--threads", type=int, default=None, help="server threads (all cores)")
+    parser.add_argument("--prefill-chunk", type=int, default=None,
+                        help="awqcore serve --prefill-chunk (its default when not given)")
+    parser.add_argument("--streaming-prefill-chunk", type=int, default=None,
+                        help="awqcore serve --streaming-prefill-chunk (its default when not "
+                        "given)")
+    parser.add_argument("--engine", action="store_true",
+                        help="with --model: also run the same load through awqcore.Engine in "
+                        "this process, without HTTP (the ceiling the server can reach)")
     parser.add_argument("--llama-gguf", help="also benchmark llama-cpp-python's server on this "
                         "GGUF (it serves one request at a time, the others wait)")
     parser.add_argument("--llama-python", default=sys.executable,
@@ -210,11 +414,18 @@ def main() -> int:
                        "--max-queue", str(max(64, max(args.concurrency)))]
             if args.threads:
                 command += ["--threads", str(args.threads)]
+            if args.prefill_chunk:
+                command += ["--prefill-chunk", str(args.prefill_chunk)]
+            if args.streaming_prefill_chunk:
+                command += ["--streaming-prefill-chunk", str(args.streaming_prefill_chunk)]
             process, url = start_server(command, re.compile(r"at (http://[\d.]+:\d+)"))
             servers.append(process)
-            rows += run_levels(url, f"awqcore (max batch {args.max_batch})", args)
+            rows += run_levels(url, f"awqcore (max batch {args.max_batch})", args,
+                               server_pid=process.pid)
             process.terminate()
             process.wait(timeout=60)
+            if args.engine:
+                rows += run_engine_levels(args)
         if args.llama_gguf:
             port = free_port()
             # interrupt_requests off: by default a new request ends the running
@@ -227,7 +438,8 @@ def main() -> int:
             process, url = start_server(command, re.compile(
                 r"Uvicorn running on (http://[\d.]+:\d+)"))
             servers.append(process)
-            rows += run_levels(url, "llama-cpp-python server", args, peer_llama=True)
+            rows += run_levels(url, "llama-cpp-python server", args, peer_llama=True,
+                               server_pid=process.pid)
     finally:
         for process in servers:
             if process.poll() is None:

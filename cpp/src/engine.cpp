@@ -44,6 +44,20 @@ void CheckEngineOptions(const EngineOptions& options) {
     throw InvalidArgument("prefill_chunk must be >= 1 (got " +
                           std::to_string(options.prefill_chunk) + ")");
   }
+  if (options.streaming_prefill_chunk < 0) {
+    throw InvalidArgument("streaming_prefill_chunk must be >= 0 (0: prefill_chunk; got " +
+                          std::to_string(options.streaming_prefill_chunk) + ")");
+  }
+}
+
+// The prompt tokens to prefill next: at most `budget` of `remaining`, except
+// that a chunk never leaves 1..kDecodeSized tokens behind (it takes them too).
+// A last chunk that short would run the decode kernels, whose sums can round
+// differently from the prompt GEMM's, and Session::Generate prefills the
+// prompt in one call: so results stay equal to Generate's for any budget.
+constexpr int kDecodeSized = 8;
+int ChunkTokens(int remaining, int budget) {
+  return remaining - budget <= kDecodeSized ? remaining : budget;
 }
 
 }  // namespace
@@ -56,6 +70,9 @@ struct Engine::Impl {
         max_batch(options.max_batch),
         max_queue(options.max_queue),
         prefill_chunk(options.prefill_chunk),
+        streaming_prefill_chunk(options.streaming_prefill_chunk > 0
+                                    ? options.streaming_prefill_chunk
+                                    : options.prefill_chunk),
         slots(options.max_batch) {
     live.reserve(max_batch);
     step_ids.resize(max_batch);
@@ -68,7 +85,16 @@ struct Engine::Impl {
   // when the thread should exit (stopping and nothing left).
   bool Schedule(std::vector<std::unique_ptr<Request>>& dropped);
   void Admit(int slot, std::unique_ptr<Request> request);
-  void PrefillChunk();
+  int OldestToPrefill() const;  // its slot, or -1
+  // Prefills the next chunk (at most `budget` tokens, ChunkTokens) of the
+  // oldest admitted request whose prompt is not yet in its cache.
+  void PrefillChunk(int budget);
+  // Whether some sequence is decoding past its first token: a client
+  // mid-stream waits on every iteration.
+  bool Streaming() const;
+  // Whether this iteration skips its decode step: nothing streams yet, and
+  // the oldest prompt still to prefill ends within one prefill_chunk.
+  bool HoldDecodeStep() const;
   void DecodeStep();
   // Hands `token` to the request in `slot` and ends it if it is done.
   void Emit(int slot, int token);
@@ -79,7 +105,7 @@ struct Engine::Impl {
   int OccupiedSlots() const;
 
   SequenceRunner runner;  // engine thread only (after construction)
-  const int max_seq_len, max_batch, max_queue, prefill_chunk;
+  const int max_seq_len, max_batch, max_queue, prefill_chunk, streaming_prefill_chunk;
 
   // Shared with the callers' threads; guarded by `mutex`.
   mutable std::mutex mutex;
@@ -202,16 +228,35 @@ void Engine::Impl::Emit(int s, int token) {
   slot.decoding = true;
 }
 
-void Engine::Impl::PrefillChunk() {
+int Engine::Impl::OldestToPrefill() const {
   int s = -1;
   for (int i = 0; i < max_batch; ++i) {
     const Slot& slot = slots[i];
     if (slot.request && !slot.decoding && (s < 0 || slot.admitted < slots[s].admitted)) s = i;
   }
+  return s;
+}
+
+bool Engine::Impl::Streaming() const {
+  return std::any_of(slots.begin(), slots.end(), [](const Slot& s) {
+    return s.request && s.decoding && s.generated.size() > 1;
+  });
+}
+
+bool Engine::Impl::HoldDecodeStep() const {
+  if (Streaming()) return false;
+  const int s = OldestToPrefill();
+  if (s < 0) return false;
+  const int remaining = static_cast<int>(slots[s].request->prompt.size()) - slots[s].prefilled;
+  return ChunkTokens(remaining, prefill_chunk) == remaining;
+}
+
+void Engine::Impl::PrefillChunk(int budget) {
+  const int s = OldestToPrefill();
   if (s < 0) return;
   Slot& slot = slots[s];
   const std::vector<int>& prompt = slot.request->prompt;
-  const int n = std::min(prefill_chunk, static_cast<int>(prompt.size()) - slot.prefilled);
+  const int n = ChunkTokens(static_cast<int>(prompt.size()) - slot.prefilled, budget);
   const int* ids = prompt.data() + slot.prefilled;
   const bool last = slot.prefilled + n == static_cast<int>(prompt.size());
   double seconds = 0;
@@ -293,8 +338,13 @@ void Engine::Impl::Run() {
       if (slots[s].request && slots[s].cancel) FinishSlot(s, StopReason::kCancelled, "");
     }
     if (!keep_running) return;
-    PrefillChunk();
-    DecodeStep();
+    // While clients stream, a prefill is a stall in each of their streams:
+    // it gets the smaller budget. Before any streams (a burst of arrivals),
+    // the prompts go in back to back and the first decode step waits for
+    // them all, as long as each takes one chunk: that stalls only first
+    // tokens, once, instead of every early stream once per later prompt.
+    PrefillChunk(Streaming() ? streaming_prefill_chunk : prefill_chunk);
+    if (!HoldDecodeStep()) DecodeStep();
   }
 }
 

@@ -29,13 +29,6 @@ using awqcore::StopReason;
 
 namespace {
 
-GenerateOptions Exactly(int n) {
-  GenerateOptions options;
-  options.max_new_tokens = n;
-  options.stop_ids = std::vector<int>{};
-  return options;
-}
-
 // What the callbacks of one request saw. Thread-safe: written by the engine
 // thread, read by the test's threads.
 struct Outcome {
@@ -227,6 +220,104 @@ TEST(a_long_prompt_prefilled_in_chunks_gives_generates_tokens) {
   }
 }
 
+TEST(a_burst_of_prompts_goes_in_before_the_first_decode_step) {
+  // Three requests arrive together while nothing streams: all three first
+  // tokens come before any second token (one decode step after the last
+  // prefill), and each answer is still Generate's.
+  auto model = TinySaneModel("llama");
+  Session single(model, 64, 2);
+  Engine engine(model, Options(4, 64, 32));
+  // The gate request's finish holds the engine thread until the burst is
+  // queued, so the three are admitted in one iteration on any machine.
+  std::mutex gate_mutex;
+  std::condition_variable gate;
+  bool burst_submitted = false;
+  Outcome gate_outcome;
+  engine.Submit(Prompt(3, 9), Exactly(1), gate_outcome.OnToken(),
+                [&](StopReason, const std::string&) {
+                  std::unique_lock<std::mutex> lock(gate_mutex);
+                  gate.wait(lock, [&] { return burst_submitted; });
+                });
+  gate_outcome.WaitTokens(1);
+  std::mutex order_mutex;
+  std::vector<std::pair<int, size_t>> order;  // (request, its token count) per token
+  Outcome outcomes[3];
+  std::vector<std::vector<int>> expected;
+  for (int r = 0; r < 3; ++r) {
+    const std::vector<int> prompt = Prompt(12 + 7 * r, r);  // 12, 19, 26 tokens: one chunk each
+    expected.push_back(single.Generate(prompt, Exactly(6)));
+    engine.Submit(prompt, Exactly(6), outcomes[r].OnToken([&, r](int) {
+      std::lock_guard<std::mutex> lock(order_mutex);
+      order.emplace_back(r, outcomes[r].Count());
+      return true;
+    }), outcomes[r].OnFinish());
+  }
+  {
+    std::lock_guard<std::mutex> lock(gate_mutex);
+    burst_submitted = true;
+    gate.notify_all();
+  }
+  for (int r = 0; r < 3; ++r) {
+    outcomes[r].WaitFinished();
+    CHECK(outcomes[r].tokens == expected[r]);
+  }
+  CHECK(order.size() == 18);
+  for (size_t k = 0; k < 3 && k < order.size(); ++k) {
+    CHECK(order[k].second == 1);  // first tokens only
+    if (order[k].second != 1) std::printf("  token %zu is request %d's token %zu\n", k,
+                                          order[k].first, order[k].second);
+  }
+}
+
+TEST(a_prompt_arriving_mid_stream_is_prefilled_in_streaming_chunks) {
+  // streaming_prefill_chunk 10 while a request streams: a 45-token prompt
+  // goes in as 10, 10, 10 and 15 (no chunk leaves 1..8 tokens behind), with
+  // a decode step of the streaming request after each of the first three;
+  // both answers are Generate's.
+  auto model = TinySaneModel("llama");
+  for (CpuActivations activations : {CpuActivations::kFloat32, CpuActivations::kInt8Decode}) {
+    Session single(model, 128, 2, awqcore::Device::kCpu, 1, activations);
+    const std::vector<int> stream_prompt = Prompt(5, 1), arriving_prompt = Prompt(45, 2);
+    const std::vector<int> expected_stream = single.Generate(stream_prompt, Exactly(40));
+    const std::vector<int> expected_arriving = single.Generate(arriving_prompt, Exactly(4));
+    EngineOptions options = Options(4, 128, 64);
+    options.streaming_prefill_chunk = 10;
+    options.activations = activations;
+    Engine engine(model, options);
+    // The streaming request's third token holds the engine thread until the
+    // other is queued, so the count below does not depend on the machine.
+    std::mutex gate_mutex;
+    std::condition_variable gate;
+    bool submitted = false;
+    Outcome streaming, arriving;
+    engine.Submit(stream_prompt, Exactly(40), streaming.OnToken([&](int) {
+      if (streaming.Count() == 3) {
+        std::unique_lock<std::mutex> lock(gate_mutex);
+        gate.wait(lock, [&] { return submitted; });
+      }
+      return true;
+    }), streaming.OnFinish());
+    streaming.WaitTokens(3);
+    std::atomic<size_t> streamed_at_first{0};
+    engine.Submit(arriving_prompt, Exactly(4), arriving.OnToken([&](int) {
+      if (streamed_at_first == 0) streamed_at_first = streaming.Count();
+      return true;
+    }), arriving.OnFinish());
+    {
+      std::lock_guard<std::mutex> lock(gate_mutex);
+      submitted = true;
+      gate.notify_all();
+    }
+    streaming.WaitFinished();
+    arriving.WaitFinished();
+    CHECK(streaming.tokens == expected_stream);
+    CHECK(arriving.tokens == expected_arriving);
+    // 3 tokens, then one per chunk but the last: 6 (a single 45-token chunk: 3).
+    CHECK(streamed_at_first == 6);
+    if (streamed_at_first != 6) std::printf("  streamed %zu tokens\n", streamed_at_first.load());
+  }
+}
+
 TEST(cancel_ends_a_request_within_one_step_and_frees_its_slot) {
   auto model = TinySaneModel("llama");
   Engine engine(model, Options(2, 200));
@@ -412,6 +503,10 @@ TEST(bad_requests_are_refused_naming_the_problem) {
   CHECK_THROWS(Engine(model, Options(0, 16)), InvalidArgument, "max_batch must be >= 1 (got 0)");
   CHECK_THROWS(Engine(model, Options(1, 0)), InvalidArgument, "max_seq_len must be >= 1 (got 0)");
   CHECK_THROWS(Engine(model, Options(1, 16, 0)), InvalidArgument, "prefill_chunk must be >= 1");
+  EngineOptions negative_chunk = Options(1, 16);
+  negative_chunk.streaming_prefill_chunk = -1;
+  CHECK_THROWS(Engine(model, negative_chunk), InvalidArgument,
+               "streaming_prefill_chunk must be >= 0");
   EngineOptions negative_queue = Options(1, 16);
   negative_queue.max_queue = -1;
   CHECK_THROWS(Engine(model, negative_queue), InvalidArgument, "max_queue must be >= 0 (got -1)");
@@ -434,16 +529,7 @@ TEST(bad_requests_are_refused_naming_the_problem) {
 }
 
 TEST(non_finite_logits_fail_the_request_not_the_engine) {
-  // A final norm weight of 3e38 overflows the logits (test_session's case).
-  FileSpec spec = TinySaneSpec("llama");
-  for (TensorEntry& t : spec.tensors) {
-    if (t.name != "model.norm.weight") continue;
-    for (size_t i = 0; i < t.bytes.size(); i += 4) {
-      const float huge = 3e38f;
-      std::memcpy(&t.bytes[i], &huge, 4);
-    }
-  }
-  auto model = Load(Build(spec));
+  auto model = OverflowingLogitsModel();
   Engine engine(model, Options(2, 16));
   for (int round = 0; round < 2; ++round) {
     Outcome o;

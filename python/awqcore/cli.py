@@ -335,8 +335,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          "'awqcore[server]'") from None
 
     serve(args.file, host=args.host, port=args.port, max_batch=args.max_batch,
-          max_seq_len=args.max_seq_len, max_queue=args.max_queue, threads=args.threads,
-          device=args.device, api_key=args.api_key, model_name=args.model_name,
+          max_seq_len=args.max_seq_len, max_queue=args.max_queue,
+          prefill_chunk=args.prefill_chunk, streaming_prefill_chunk=args.streaming_prefill_chunk,
+          threads=args.threads, device=args.device, api_key=args.api_key, model_name=args.model_name,
           max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout,
           log_level=args.log_level)
     return 0
@@ -490,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=_non_negative_int, default=64,
                    help="requests waiting beyond the free slots; one more is answered 503 "
                         "(default 64)")
+    s.add_argument("--prefill-chunk", type=_positive_int, default=256,
+                   help="prompt tokens prefilled between two decode steps (default 256)")
+    s.add_argument("--streaming-prefill-chunk", type=_positive_int, default=None,
+                   help="the same while a client is mid-stream, whose next token each "
+                   "prefill delays (default: --prefill-chunk)")
     s.add_argument("--threads", type=_positive_int, default=None,
                    help="worker threads (default: all cores)")
     s.add_argument("--device", default="cpu", choices=("cpu", "cuda"),

@@ -43,12 +43,16 @@ class Engine(_LoadedFile):
     max_batch: sequences decoding together (one KV cache of max_seq_len
     tokens each, allocated here). max_queue: requests that may wait for a
     free sequence; one more raises awqcore.QueueFull. prefill_chunk: prompt
-    tokens prefilled per engine iteration, between decode steps. threads,
-    device, activations, verify: as awqcore.Model.
+    tokens prefilled per engine iteration, between decode steps;
+    streaming_prefill_chunk (default prefill_chunk): the same while some
+    request is past its first token, whose stream each prefill stalls (the
+    scheduling rules are in awqcore/engine.h). threads, device, activations,
+    verify: as awqcore.Model.
 
-    Greedy results equal Model.generate's for the same prompt when the prompt
-    is at most prefill_chunk tokens and max_batch <= 8 (decode steps of up to
-    8 sequences compute each token as alone). A seed gives the same tokens as
+    Greedy results equal Model.generate's for the same prompt when max_batch
+    <= 8 (decode steps of up to 8 sequences compute each token as alone) and
+    both chunk sizes are 9 or more (a chunk of at most 8 tokens of a longer
+    prompt sums in another order). A seed gives the same tokens as
     Model.generate with that seed, whatever else runs.
 
     Thread-safe: submit, cancel, stats, generate and stream may be called
@@ -58,7 +62,8 @@ class Engine(_LoadedFile):
     """
 
     def __init__(self, path: str | os.PathLike, *, max_batch: int = 8, max_seq_len: int = 4096,
-                 max_queue: int = 64, prefill_chunk: int = 256, threads: Optional[int] = None,
+                 max_queue: int = 64, prefill_chunk: int = 256,
+                 streaming_prefill_chunk: Optional[int] = None, threads: Optional[int] = None,
                  device: str = "cpu", activations: str = "int8", verify: bool = True):
         path = os.fspath(path)
         _check_model_path(path)
@@ -68,13 +73,17 @@ class Engine(_LoadedFile):
         max_seq_len = _integer(max_seq_len, "max_seq_len", low=1)
         max_queue = _integer(max_queue, "max_queue", low=0)
         prefill_chunk = _integer(prefill_chunk, "prefill_chunk", low=1)
+        if streaming_prefill_chunk is not None:
+            streaming_prefill_chunk = _integer(streaming_prefill_chunk,
+                                               "streaming_prefill_chunk", low=1)
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda' (got {device!r})")
         if activations not in ("int8", "f32"):
             raise ValueError(f"activations must be 'int8' or 'f32' (got {activations!r})")
         self.path = path
         self._core = _core.Engine(path, threads or 0, max_seq_len, max_batch, max_queue,
-                                  prefill_chunk, bool(verify), device, activations)
+                                  prefill_chunk, streaming_prefill_chunk or 0, bool(verify),
+                                  device, activations)
         self.config: dict = self._core.config()
         # Request id -> on_event, registered under the lock before the
         # dispatcher can look the id up (it takes the lock too).

@@ -9,23 +9,30 @@
 //   2. prefills at most prefill_chunk prompt tokens of the oldest admitted
 //      request whose prompt is not yet in its cache (a long prompt takes
 //      several iterations, so it never stalls the others' streams for
-//      longer than one chunk); its last chunk picks its first token;
+//      longer than one chunk); its last chunk picks its first token. While
+//      some sequence is past its first token (a client is mid-stream), the
+//      chunk is at most streaming_prefill_chunk tokens instead: each
+//      prefill delays every running stream's next token. A chunk never
+//      leaves 1..8 tokens for later (it takes them too);
 //   3. runs one decode step that appends a token to every sequence whose
-//      prompt is in its cache, with one pass over the weights.
+//      prompt is in its cache, with one pass over the weights; except while
+//      no sequence is past its first token and the next prompt to prefill
+//      fits in one prefill_chunk: then the prompts of a burst of arrivals
+//      go in back to back first, and the step runs once they are all in.
 // A finished or cancelled sequence frees its slot at once. With nothing to
 // do the thread sleeps on a condition variable.
 //
-// Results: a request whose prompt is at most prefill_chunk tokens gets, greedy,
-// exactly Session::Generate's tokens as long as no decode step holds more than
-// 8 sequences (kInt8Decode; 3 with kFloat32): those steps compute each token
-// as a lone decode step does, bit for bit (Session::GenerateBatch's rule). A
-// longer prompt is prefilled in chunks of prefill_chunk tokens: the int4
-// linears compute each token of a call of more than 8 tokens the same
-// whatever the call's length, and attention reads the same cached keys, so
-// test_engine finds Generate's tokens for chunks of more than 8 tokens, with
-// both activations. A last chunk of at most 8 tokens runs the decode kernels,
-// which on AVX-512 sum the int8 products in another order than the prompt
-// GEMM (awqcore.h, kInt8Decode): a greedy token can then differ only where
+// Results: greedy, a request gets exactly Session::Generate's tokens as long
+// as no decode step holds more than 8 sequences (kInt8Decode; 3 with
+// kFloat32): those steps compute each token as a lone decode step does, bit
+// for bit (Session::GenerateBatch's rule). A prompt prefilled in chunks gets
+// them too when every chunk is more than 8 tokens (chunk sizes of 9 or more;
+// no chunk leaves a shorter rest): the int4 linears compute each token of
+// such a call the same whatever the call's length, and attention reads the
+// same cached keys; test_engine checks it with both activations. A chunk of
+// at most 8 tokens of a longer prompt runs the decode kernels, which on
+// AVX-512 sum the int8 products in another order than the prompt GEMM
+// (awqcore.h, kInt8Decode): a greedy token can then differ only where
 // two logits are within that rounding. Sampling: each request draws from
 // its own generator seeded with its options.sampling.seed (as Generate), so
 // its tokens do not depend on the other requests.
@@ -60,6 +67,8 @@ struct EngineOptions {
   int max_seq_len = 4096;   // tokens per sequence (prompt + generated)
   int max_queue = 64;       // requests waiting for a free slot; one more -> QueueFull
   int prefill_chunk = 256;  // prompt tokens prefilled per engine iteration between decode steps
+  // The same while some sequence streams (is past its first token); 0: prefill_chunk.
+  int streaming_prefill_chunk = 0;
   int num_threads = 0;      // 0: all hardware threads
   Device device = Device::kCpu;
   CpuActivations activations = CpuActivations::kInt8Decode;

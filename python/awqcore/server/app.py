@@ -58,7 +58,7 @@ class ServerState:
 
     def cancel_all(self) -> None:
         """Ends every running generation now (each stream then sends its last
-        chunk, finish_reason "cancelled", and [DONE])."""
+        chunk, finish_reason "abort", and [DONE])."""
         for generation in list(self.generations):
             generation.cancel()
 

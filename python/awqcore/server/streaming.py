@@ -1,8 +1,9 @@
 """Server-sent events in OpenAI's chunk format, and the response that sends them.
 
 A chat stream is: a first chunk with the assistant role, one chunk per text
-piece, a chunk with the finish reason, (with stream_options.include_usage) a
-chunk with the usage and no choices, then `data: [DONE]`. A completion stream
+piece (the text of every token that arrived since the last one), a chunk
+with the finish reason, (with stream_options.include_usage) a chunk with the
+usage and no choices, then `data: [DONE]`. A completion stream
 is the same without the role chunk. An error after the stream has begun is
 sent as a `data: {"error": ...}` event, then `data: [DONE]`.
 """
@@ -19,14 +20,23 @@ from .generation import Generation, GenerationFailed, failure
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def sse(payload: dict | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False,
-                                                               separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
+    return f"data: {payload if isinstance(payload, str) else _json(payload)}\n\n".encode()
 
 
 class ChunkFormat:
-    """The fields every chunk of one response repeats."""
+    """The fields every chunk of one response repeats.
+
+    content(text) is the event of a text chunk, the one sent per piece: the
+    JSON around the text is the same in every such chunk, so it is encoded
+    once here and only the text per chunk (sse(chunk(text)) gives the same
+    bytes, with ~10x the work)."""
+
+    _TEXT = "\x00"  # a placeholder no JSON encoding of a chunk's other fields holds
 
     def __init__(self, chat: bool, response_id: str, created: int, model: str,
                  include_usage: bool):
@@ -35,6 +45,11 @@ class ChunkFormat:
                      "object": "chat.completion.chunk" if chat else "text_completion",
                      "created": created, "model": model}
         self.include_usage = include_usage
+        before, after = sse(self.chunk(self._TEXT)).split(_json(self._TEXT).encode())
+        self._content_prefix, self._content_suffix = before, after
+
+    def content(self, text: str) -> bytes:
+        return self._content_prefix + _json(text).encode() + self._content_suffix
 
     def chunk(self, text: Optional[str], finish_reason: Optional[str] = None,
               role: bool = False) -> dict:
@@ -63,7 +78,7 @@ async def sse_events(generation: Generation, fmt: ChunkFormat) -> AsyncIterator[
             yield sse(fmt.chunk(None, role=True))
         try:
             async for piece in generation.pieces():
-                yield sse(fmt.chunk(piece))
+                yield fmt.content(piece)
         except GenerationFailed as e:
             yield sse(failure(e).body())
             yield sse("[DONE]")

@@ -34,7 +34,11 @@ class IncrementalDecoder:
         return self._tokenizer.decode(ids, skip_special_tokens=self._skip)
 
     def push(self, token: int) -> str:
-        self._ids.append(token)
+        return self.push_many((token,))
+
+    def push_many(self, tokens) -> str:
+        """push() of several tokens at once: the same text, two decodes in all."""
+        self._ids.extend(tokens)
         done = self._decode(self._ids[self._prefix:self._read])
         text = self._decode(self._ids[self._prefix:])
         if len(text) > len(done) and not text.endswith(REPLACEMENT):
@@ -61,7 +65,7 @@ class StopMatcher:
     """
 
     def __init__(self, stops: list[str]):
-        self._stops = [s for s in stops if s]
+        self.stops = [s for s in stops if s]
         self._held = ""
         self.stopped = False
 
@@ -70,7 +74,7 @@ class StopMatcher:
             return ""
         text = self._held + piece
         first: Optional[int] = None
-        for stop in self._stops:
+        for stop in self.stops:
             at = text.find(stop)
             if at >= 0 and (first is None or at < first):
                 first = at
@@ -85,7 +89,7 @@ class StopMatcher:
     def _partial_tail(self, text: str) -> int:
         """Length of the longest end of `text` that is a proper start of a stop string."""
         longest = 0
-        for stop in self._stops:
+        for stop in self.stops:
             for n in range(min(len(stop) - 1, len(text)), longest, -1):
                 if text.endswith(stop[:n]):
                     longest = n
@@ -106,12 +110,19 @@ class TextStream:
         self._stops = StopMatcher(stops)
 
     @property
+    def has_stops(self) -> bool:
+        return bool(self._stops.stops)
+
+    @property
     def stopped(self) -> bool:
         """A stop string was found: the request is over."""
         return self._stops.stopped
 
     def push(self, token: int) -> str:
         return self._stops.push(self._decoder.push(token))
+
+    def push_many(self, tokens: list[int]) -> str:
+        return self._stops.push(self._decoder.push_many(tokens))
 
     def finish(self) -> str:
         return self._stops.push(self._decoder.finish()) + self._stops.finish()
