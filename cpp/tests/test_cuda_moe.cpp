@@ -50,14 +50,19 @@ struct RandomMoe {
 };
 
 // One case of the MoE block: {E, k, d, f, group, tokens, normalize, residual,
-// tied}. tied: router row E - 1 is a copy of row 1, so those two experts'
-// p are equal for every token and the lower index must rank first.
+// tied}. tied > 1: router row `tied` is a copy of row 1, so those two
+// experts' p are equal for every token and expert 1 must rank first; token
+// 0 points along row 1 (x = |x| sign(row 1): logit ~0.75 sqrt(d) against
+// ~N(0, 1) for the other rows), so for it the two rank first and second.
 void CheckMoe(const int (&c)[9], std::mt19937& rng) {
-  const int num_experts = c[0], k = c[1], d = c[2], f = c[3], g = c[4], n = c[5];
+  const int num_experts = c[0], k = c[1], d = c[2], f = c[3], g = c[4], n = c[5], tied = c[8];
   const bool normalize = c[6] != 0, with_residual = c[7] != 0;
   RandomMoe m(num_experts, d, f, g, rng);
-  if (c[8]) std::copy_n(m.router.begin() + d, d, m.router.begin() + static_cast<size_t>(num_experts - 1) * d);
-  const std::vector<float> x = RandomFloats(static_cast<size_t>(n) * d, rng);
+  std::vector<float> x = RandomFloats(static_cast<size_t>(n) * d, rng);
+  if (tied) {
+    std::copy_n(m.router.begin() + d, d, m.router.begin() + static_cast<size_t>(tied) * d);
+    for (int i = 0; i < d; ++i) x[i] = std::copysign(x[i], m.router[static_cast<size_t>(d) + i]);
+  }
   const std::vector<float> residual = RandomFloats(static_cast<size_t>(n) * d, rng);
   std::vector<float> y(static_cast<size_t>(n) * d), weights(static_cast<size_t>(n) * k);
   std::vector<int> experts(static_cast<size_t>(n) * k);
@@ -157,9 +162,17 @@ void CheckMoe(const int (&c)[9], std::mt19937& rng) {
   const std::string what = "moe E" + std::to_string(num_experts) + " k" + std::to_string(k) + " d" +
                            std::to_string(d) + " f" + std::to_string(f) + " g" + std::to_string(g) + " n" +
                            std::to_string(n) + (normalize ? " normalized" : "") +
-                           (with_residual ? " +residual" : "") + (c[8] ? " tied rows" : "");
+                           (with_residual ? " +residual" : "") +
+                           (tied ? " row " + std::to_string(tied) + " tied to 1" : "");
   std::printf("  %s: %d tokens near a routing tie (experts not compared), %d weights over tolerance\n",
               what.c_str(), near_ties, weight_errors);
+  // Near ties (gaps within ~1e-4 relative) are rare; many of them would
+  // mean the comparison above silently skips most tokens.
+  CHECK(4 * near_ties <= n);
+  if (tied) {  // token 0: expert 1, then its copy (when k > 1), by the index rule
+    CHECK(experts[0] == 1);
+    if (k > 1) CHECK(experts[1] == tied);
+  }
   CHECK(weight_errors == 0);
   CheckClose(what.c_str(), y, want, tol);
 }
@@ -168,21 +181,34 @@ TEST(moe_block_matches_reference) {
   // MoeForward (router, plan, gather, grouped expert linears, combine)
   // against MoeRouterReference and Int4LinearReference / SwiGluReference per
   // (token, expert) in double, outputs for the device's expert choice.
-  // {E, k, d, f, group, tokens, normalize, residual, tied rows}: one expert;
-  // k = E; 15 tokens over 3 experts (groups of ~10: two GEMV tiles each);
-  // 60 experts (groups of 1-2); d = 2080 (two 2048-column steps of the
-  // one-token kernel, the second partial); every group size; 16 tokens (the
-  // first through the grouped tensor-core GEMM) over 128 experts, k = 8;
-  // 70 tokens over 2 experts (GEMM tiles of 64 and 6); tied router rows
-  // (ranked by index) in the GEMV and the GEMM paths.
+  // {E, k, d, f, group, tokens, normalize, residual, tied row}: one expert;
+  // k = E; k = E over 3, 5, 7 and 11 tokens (every expert takes every
+  // token: partial GEMV tiles of 4 and 8 tokens, and 8 + 3); 15 tokens over
+  // 3 experts (groups of ~10: two GEMV tiles each); 60 experts (groups of
+  // 1-2); d = 2080 (two 2048-column steps of the one-token kernel, the
+  // second partial); every group size; 16 tokens (the first through the
+  // grouped tensor-core GEMM) over 128 experts, k = 8; 70 tokens over 2
+  // experts (GEMM tiles of 64 and 6); tied router rows (ranked by index) in
+  // the GEMV and the GEMM paths, across lanes of the top-k warp (rows 1 and
+  // E - 1) and within one lane (rows 1 and 33 of 60).
   std::mt19937 rng(21);
   const int cases[][9] = {{1, 1, 64, 32, 32, 1, 1, 0, 0},       {3, 3, 64, 64, 64, 2, 1, 1, 0},
-                          {3, 2, 96, 64, 32, 15, 0, 1, 0},      {8, 2, 128, 96, 32, 3, 1, 0, 1},
-                          {60, 4, 256, 160, 32, 9, 0, 0, 0},    {4, 2, 2080, 1088, 32, 1, 1, 1, 0},
-                          {6, 3, 384, 128, 128, 1, 0, 0, 1},    {128, 8, 128, 32, 32, 16, 1, 0, 0},
-                          {5, 2, 128, 64, 64, 40, 1, 1, 0},     {2, 2, 96, 128, 32, 70, 0, 0, 0},
-                          {16, 3, 256, 96, 32, 100, 1, 1, 1}};
+                          {1, 1, 64, 32, 32, 3, 1, 0, 0},       {1, 1, 96, 64, 32, 5, 0, 1, 0},
+                          {2, 2, 64, 96, 32, 7, 1, 0, 0},       {2, 2, 128, 64, 64, 11, 0, 1, 0},
+                          {3, 2, 96, 64, 32, 15, 0, 1, 0},      {8, 2, 128, 96, 32, 3, 1, 0, 7},
+                          {60, 4, 256, 160, 32, 9, 0, 0, 0},    {60, 4, 256, 96, 32, 5, 1, 0, 33},
+                          {4, 2, 2080, 1088, 32, 1, 1, 1, 0},   {6, 3, 384, 128, 128, 1, 0, 0, 5},
+                          {128, 8, 128, 32, 32, 16, 1, 0, 0},   {5, 2, 128, 64, 64, 40, 1, 1, 0},
+                          {2, 2, 96, 128, 32, 70, 0, 0, 0},     {16, 3, 256, 96, 32, 100, 1, 1, 15}};
   for (const auto& c : cases) CheckMoe(c, rng);
+  // k > E: refused on the host before any kernel runs (it would rank past the experts).
+  RandomMoe m(3, 64, 32, 32, rng);
+  const std::vector<float> x = RandomFloats(64, rng);
+  std::vector<float> y(64), weights(4);
+  std::vector<int> experts(4);
+  CHECK_THROWS(cuda_test::MoeForward(m.moe, 4, true, Activation::kSilu, x.data(), 1, nullptr, y.data(),
+                                     experts.data(), weights.data()),
+               Error, "1 <= k <= E");
 }
 
 }  // namespace

@@ -30,6 +30,7 @@
 
 using namespace awqcore;
 using awqtest::ForwardInChunks;
+using awqtest::Int8DecodeErrors;
 using awqtest::kLogitTolerance;
 using awqtest::NaiveForward;
 using awqtest::RandomIds;
@@ -205,17 +206,7 @@ TEST(int8_decode_equals_chunked_prefill_and_stays_near_f32) {
   // ~2.5x while |tanh'| <= 1 keeps the absolute error, 1e-1 measured: 0.15.
   for (Family family : kAllFamilies) {
     const TinyModel model(TinyConfig(family), family == Family::kQwen2 || family == Family::kGemma3);
-    const int vocab = model.config.vocab_size, n = 20;
-    ThreadPool pool(2);
-    Transformer decode(model.config, model.weights, n, pool);
-    Transformer chunked(model.config, model.weights, n, pool);
-    Transformer exact(model.config, model.weights, n, pool, 1, /*int8_decode=*/false);
-    const std::vector<int> ids = RandomIds(n, vocab, 6);
-    const std::vector<float> decode_logits = ForwardInChunks(decode, ids, 1, vocab);
-    const std::vector<float> chunked_logits = ForwardInChunks(chunked, ids, kQ8MaxTokens, vocab);
-    const std::vector<float> exact_logits = ForwardInChunks(exact, ids, 1, vocab);
-    const double chunk_error = RelativeError(chunked_logits, decode_logits);
-    const double int8_error = RelativeError(decode_logits, exact_logits);
+    const auto [chunk_error, int8_error] = Int8DecodeErrors(model);
     std::printf("  %s: int8 decode vs chunked prefill %.3g, vs f32 decode %.3g\n",
                 FamilyName(family).c_str(), chunk_error, int8_error);
     CHECK(chunk_error <= kLogitTolerance);

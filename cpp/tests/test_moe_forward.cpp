@@ -19,6 +19,7 @@
 
 using namespace awqcore;
 using awqtest::ForwardInChunks;
+using awqtest::Int8DecodeErrors;
 using awqtest::kLogitTolerance;
 using awqtest::NaiveForward;
 using awqtest::RandomIds;
@@ -133,17 +134,7 @@ TEST(moe_int8_decode_equals_chunked_prefill) {
   // families, test_forward.cpp); 5e-2 is far below a wrong expert (O(1)).
   for (bool mixtral : kFamilies) {
     const TinyModel model(MoeConfig(mixtral));
-    const int vocab = model.config.vocab_size, n = 20;
-    ThreadPool pool(2);
-    Transformer decode(model.config, model.weights, n, pool);
-    Transformer chunked(model.config, model.weights, n, pool);
-    Transformer exact(model.config, model.weights, n, pool, 1, /*int8_decode=*/false);
-    const std::vector<int> ids = RandomIds(n, vocab, 6);
-    const std::vector<float> decode_logits = ForwardInChunks(decode, ids, 1, vocab);
-    const std::vector<float> chunked_logits = ForwardInChunks(chunked, ids, kQ8MaxTokens, vocab);
-    const std::vector<float> exact_logits = ForwardInChunks(exact, ids, 1, vocab);
-    const double chunk_error = RelativeError(chunked_logits, decode_logits);
-    const double int8_error = RelativeError(decode_logits, exact_logits);
+    const auto [chunk_error, int8_error] = Int8DecodeErrors(model);
     std::printf("  %s: int8 decode vs chunked prefill %.3g, vs f32 decode %.3g\n",
                 model.config.architecture.c_str(), chunk_error, int8_error);
     CHECK(chunk_error <= kLogitTolerance);

@@ -20,6 +20,8 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "random_weights.h"
+#include "test_harness.h"
+#include "thread_pool.h"
 #include "transformer.h"
 
 namespace awqtest {
@@ -280,6 +282,22 @@ inline std::vector<float> ForwardInChunks(Transformer& transformer, const std::v
                         logits.data() + static_cast<size_t>(t) * vocab);
   }
   return logits;
+}
+
+// The int8 decode path of `model` on 20 random tokens: {relative error of
+// prefill in chunks of kQ8MaxTokens against token-by-token decode, relative
+// error of that decode against all-f32 decode}.
+inline std::pair<double, double> Int8DecodeErrors(const TinyModel& model) {
+  const int vocab = model.config.vocab_size, n = 20;
+  ThreadPool pool(2);
+  Transformer decode(model.config, model.weights, n, pool);
+  Transformer chunked(model.config, model.weights, n, pool);
+  Transformer exact(model.config, model.weights, n, pool, 1, /*int8_decode=*/false);
+  const std::vector<int> ids = RandomIds(n, vocab, 6);
+  const std::vector<float> decode_logits = ForwardInChunks(decode, ids, 1, vocab);
+  const std::vector<float> chunked_logits = ForwardInChunks(chunked, ids, kQ8MaxTokens, vocab);
+  const std::vector<float> exact_logits = ForwardInChunks(exact, ids, 1, vocab);
+  return {RelativeError(chunked_logits, decode_logits), RelativeError(decode_logits, exact_logits)};
 }
 
 // Tolerance between two f32 evaluations of the network in different orders
