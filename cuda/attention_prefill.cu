@@ -68,7 +68,7 @@
 // about one per H100 SM; longer chunks (or a split of the keys) fill more.
 //
 // Not measured: written without a GPU at hand; the kernel test
-// (cpp/tests/test_cuda_kernels.cpp) runs it where there is one.
+// (cpp/tests/test_cuda_attention.cpp) runs it where there is one.
 #include <cmath>
 #include <string>
 

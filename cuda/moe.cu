@@ -27,7 +27,7 @@
 // (MoeMaxTiles), never on the routing, so a decode step stays one captured
 // CUDA graph: blocks of unused tiles exit at once.
 //
-// Written and compiled without a GPU at hand: cpp/tests/test_cuda_kernels.cpp
+// Written and compiled without a GPU at hand: cpp/tests/test_cuda_moe.cpp
 // (against the CPU references) and tests/test_cuda.py (whole models against
 // the CPU runtime) check it where a device exists (tools/gpu_check.sh).
 #include "common.cuh"

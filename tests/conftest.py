@@ -1,5 +1,6 @@
-"""Shared fixtures: the real SmolLM2 model quantized once per test session, and
-tiny random Llama/Qwen2 models for fast checks of both architectures."""
+"""Shared fixtures: the real SmolLM2 model quantized once per test session,
+tiny random Llama/Qwen2 models for fast checks of both architectures, and the
+one-layer model the CLI tests run."""
 from __future__ import annotations
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from awqcore.importers import load_source
 from awqcore.importers.synthetic import SyntheticSource, tiny_config
 from awqcore.quantize.pipeline import quantize_model
+from tiny_models import ONE_LAYER_SPEC
 
 GROUP_SIZE = 64  # SmolLM2's d=576 is not a multiple of 128
 
@@ -49,3 +51,11 @@ def tiny_int8_awqbin(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / f"tiny-{request.param}-int8.awqbin"
     quantize_model(source, path, method="rtn", group_size=32, progress=False, embeddings="int8")
     return request.param, path
+
+
+@pytest.fixture(scope="session")
+def one_layer_awqbin(tmp_path_factory) -> str:
+    """Path (str) of ONE_LAYER_SPEC, a one-layer tiny Llama, quantized with RTN at g32."""
+    path = tmp_path_factory.mktemp("one_layer") / "tiny.awqbin"
+    quantize_model(load_source(ONE_LAYER_SPEC), path, method="rtn", group_size=32, progress=False)
+    return str(path)

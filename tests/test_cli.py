@@ -18,17 +18,10 @@ from awqcore.importers import load_source
 from awqcore.importers.synthetic import CHATML_TEMPLATE, SyntheticSource, tiny_config
 from awqcore.quantize.pipeline import quantize_model
 from awqcore.reference import ReferenceModel
+from tiny_models import ONE_LAYER_SPEC
 
-SPEC = "synthetic:arch=llama,layers=1,seed=3"
 SHARP = "sharp-tiny"  # a name the ppl test maps to _Sharp
 PROMPT = "the quick brown fox"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("cli") / "tiny.awqbin"
-    quantize_model(load_source(SPEC), path, method="rtn", group_size=32, progress=False)
-    return str(path)
 
 
 class _Recorder:
@@ -51,22 +44,22 @@ def _greedy_text(path: str, ids: list[int], n: int, **options) -> str:
     return model.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
-def test_run_streams_the_generated_text(tiny, monkeypatch, capsys):
+def test_run_streams_the_generated_text(one_layer_awqbin, monkeypatch, capsys):
     recorder = _Recorder()
     monkeypatch.setattr(sys, "stdout", recorder)
-    assert main(["run", tiny, "-p", PROMPT, "-n", "12", "--threads", "2"]) == 0
+    assert main(["run", one_layer_awqbin, "-p", PROMPT, "-n", "12", "--threads", "2"]) == 0
     err = capsys.readouterr().err
-    tok = awqcore.Model(tiny).tokenizer
-    expected = _greedy_text(tiny, tok.encode(PROMPT).ids, 12)
+    tok = awqcore.Model(one_layer_awqbin).tokenizer
+    expected = _greedy_text(one_layer_awqbin, tok.encode(PROMPT).ids, 12)
     assert "".join(recorder.pieces) == expected + "\n"
     # Streamed: the text came in several writes before the closing newline.
     assert len([p for p in recorder.pieces[:-1] if p]) >= 2, recorder.pieces
     assert "prefill: " in err and "stopped: " in err
 
 
-def test_run_says_when_the_context_cut_the_output_short(tiny, capsys):
-    n_prompt = len(awqcore.Model(tiny).tokenizer.encode(PROMPT).ids)
-    assert main(["run", tiny, "-p", PROMPT, "-n", "12", "--threads", "2",
+def test_run_says_when_the_context_cut_the_output_short(one_layer_awqbin, capsys):
+    n_prompt = len(awqcore.Model(one_layer_awqbin).tokenizer.encode(PROMPT).ids)
+    assert main(["run", one_layer_awqbin, "-p", PROMPT, "-n", "12", "--threads", "2",
                  "--max-seq-len", str(n_prompt + 2)]) == 0
     err = capsys.readouterr().err
     assert f"stopped: context_full (prompt + output reached --max-seq-len {n_prompt + 2})" in err
@@ -83,21 +76,22 @@ def test_render_chat_follows_the_template():
         render_chat("{{ raise_exception('no system') }}", [], "", "")
 
 
-def test_run_chat_generates_after_the_rendered_template(tiny, capsys):
-    assert main(["run", tiny, "-p", PROMPT, "-n", "10", "--chat", "--threads", "2"]) == 0
+def test_run_chat_generates_after_the_rendered_template(one_layer_awqbin, capsys):
+    assert main(["run", one_layer_awqbin, "-p", PROMPT, "-n", "10", "--chat",
+                 "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    tok = awqcore.Model(tiny).tokenizer
+    tok = awqcore.Model(one_layer_awqbin).tokenizer
     text = f"<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
     ids = tok.encode(text, add_special_tokens=False).ids
     assert tok.token_to_id("<|im_start|>") in ids  # the markers are special tokens, not bytes
-    assert out == _greedy_text(tiny, ids, 10) + "\n"
+    assert out == _greedy_text(one_layer_awqbin, ids, 10) + "\n"
 
 
-def test_repetition_penalty_end_to_end(tiny, capsys):
+def test_repetition_penalty_end_to_end(one_layer_awqbin, capsys):
     """Greedy with a CTRL penalty (logit / p if positive, else * p, for every id
     already in the sequence, prompt included), recomputed here from exact
     forward() logits, equals generate(); the CLI flag reaches it."""
-    model = awqcore.Model(tiny, threads=2, activations="f32")
+    model = awqcore.Model(one_layer_awqbin, threads=2, activations="f32")
     prompt = model.tokenizer.encode(PROMPT).ids
     penalty, n = 1.8, 12
     sequence = list(prompt)
@@ -111,10 +105,10 @@ def test_repetition_penalty_end_to_end(tiny, capsys):
     assert got == expected
     assert got != model.generate(prompt, max_new_tokens=n, stop=[]), "the penalty changed nothing"
 
-    assert main(["run", tiny, "-p", PROMPT, "-n", "8", "--threads", "2",
+    assert main(["run", one_layer_awqbin, "-p", PROMPT, "-n", "8", "--threads", "2",
                  "--repetition-penalty", str(penalty)]) == 0
     out = capsys.readouterr().out
-    assert out == _greedy_text(tiny, prompt, 8, repetition_penalty=penalty) + "\n"
+    assert out == _greedy_text(one_layer_awqbin, prompt, 8, repetition_penalty=penalty) + "\n"
 
 
 def _int4_tensors(path) -> dict[str, np.ndarray]:
@@ -125,8 +119,8 @@ def _int4_tensors(path) -> dict[str, np.ndarray]:
 
 def test_quantize_export_hf_then_convert(tmp_path, capsys):
     out, folder, back = tmp_path / "m.awqbin", tmp_path / "hf", tmp_path / "back.awqbin"
-    assert main(["quantize", SPEC, "--out", str(out), "--method", "rtn", "--group-size", "32",
-                 "-q", "--export-hf", str(folder)]) == 0
+    assert main(["quantize", ONE_LAYER_SPEC, "--out", str(out), "--method", "rtn",
+                 "--group-size", "32", "-q", "--export-hf", str(folder)]) == 0
     assert f"wrote {folder}: AutoAWQ GEMM checkpoint" in capsys.readouterr().out
     assert main(["convert", str(folder), "--out", str(back)]) == 0
     assert "7 int4 linears (group size 32)" in capsys.readouterr().out
@@ -141,11 +135,12 @@ def test_quantize_no_clip_reaches_the_awq_search(tmp_path, capsys):
     from the default's (the clip search moves some weights)."""
     calibration = ["--calib-samples", "2", "--calib-seqlen", "32"]
     cli_file = tmp_path / "cli.awqbin"
-    assert main(["quantize", SPEC, "--method", "awq", "--no-clip", "--group-size", "32", "-q",
-                 "--out", str(cli_file), *calibration]) == 0
+    assert main(["quantize", ONE_LAYER_SPEC, "--method", "awq", "--no-clip", "--group-size", "32",
+                 "-q", "--out", str(cli_file), *calibration]) == 0
     options = dict(method="awq", group_size=32, progress=False, calib_samples=2, calib_seqlen=32)
-    quantize_model(load_source(SPEC), tmp_path / "no_clip.awqbin", clip=False, **options)
-    quantize_model(load_source(SPEC), tmp_path / "clip.awqbin", **options)
+    quantize_model(load_source(ONE_LAYER_SPEC), tmp_path / "no_clip.awqbin", clip=False,
+                   **options)
+    quantize_model(load_source(ONE_LAYER_SPEC), tmp_path / "clip.awqbin", **options)
     ours, no_clip, clip = (_int4_tensors(tmp_path / f"{n}.awqbin")
                            for n in ("cli", "no_clip", "clip"))
     assert all(np.array_equal(ours[n], no_clip[n]) for n in ours)

@@ -44,14 +44,14 @@ def test_ctest_suite(build_dir):
     # ctest exits non-zero on any failure (checked by run). Also every
     # cpp/tests/test_*.cpp must have run and passed: a suite that was not
     # built or not registered would otherwise go unnoticed. A binary skips
-    # only by its skip return code (ctest: "Skipped"), and only the GPU suite
-    # may, and only without a GPU.
+    # only by its skip return code (ctest: "Skipped"), and only the GPU suites
+    # (test_cuda_*) may, and only without a GPU.
     outcomes = dict(re.findall(r"Test +#\d+: (\S+) \.+[ *]*(Passed|Skipped|Failed|Not Run)",
                                result.stdout))
     expected = {path.stem for pattern in ("test_*.cpp", "test_*.c")
                 for path in (REPO / "cpp" / "tests").glob(pattern)}
     assert set(outcomes) == expected, (sorted(outcomes), sorted(expected))
-    may_skip = set() if has_gpu else {"test_cuda_kernels"}
+    may_skip = set() if has_gpu else {name for name in expected if name.startswith("test_cuda_")}
     for name, outcome in outcomes.items():
         assert outcome == "Passed" or (outcome == "Skipped" and name in may_skip), (name, outcome)
 

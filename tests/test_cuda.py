@@ -1,7 +1,7 @@
 """The CUDA backend against the CPU runtime: full-forward logits and greedy
 generation. The GPU tests skip (with the reason) without a CUDA build or
 device; test_bad_device_name needs neither. The per-kernel checks are the C++
-test cpp/tests/test_cuda_kernels.cpp (ctest).
+test cpp/tests/test_cuda_*.cpp (ctest).
 
 Tolerance of the logits. The reference is the CPU's exact f32 path
 (activations="f32": f32 activations and KV cache), so what separates the GPU

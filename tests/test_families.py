@@ -21,8 +21,8 @@ from awqcore.errors import FormatError
 from awqcore.importers import load_source
 from awqcore.importers.gguf_model import GGUFSource
 from awqcore.quantize.pipeline import quantize_model
-from tiny_models import (FAMILY_NAMES, SharpSource, family_config, hf_config_json,
-                         write_hf_checkpoint)
+from tiny_models import (FAMILY_NAMES, SharpSource, family_config, gguf_model_writer,
+                         hf_config_json, llama_cpp_permute, write_hf_checkpoint)
 
 
 def named(config, name):
@@ -219,18 +219,9 @@ def write_family_gguf(path, source: SharpSource, gguf_arch: str, rope_freqs=None
     Gemma's norms as 1 + w (what the source holds), Llama 3's scaling as rope_freqs
     (or the given `rope_freqs`)."""
     c = source.config
-    w = gguf.GGUFWriter(path, gguf_arch)
-    w.add_block_count(c.num_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_heads)
-    w.add_head_count_kv(c.num_kv_heads)
+    w = gguf_model_writer(path, gguf_arch, c)
     w.add_key_length(c.head_dim)
     w.add_value_length(c.head_dim)
-    w.add_rope_dimension_count(c.head_dim)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
     s = c.rope_scaling
     if s is not None and s["rope_type"] == "llama3":
         w.add_rope_scaling_orig_ctx_len(s["original_max_position_embeddings"])
@@ -249,20 +240,14 @@ def write_family_gguf(path, source: SharpSource, gguf_arch: str, rope_freqs=None
     for name in source.tensor_names():
         t = source.get(name)
         if gguf_arch == "llama" and "q_proj" in name:
-            t = _permute(t, c.num_heads)
+            t = llama_cpp_permute(t, c.num_heads)
         elif gguf_arch == "llama" and "k_proj" in name:
-            t = _permute(t, c.num_kv_heads)
+            t = llama_cpp_permute(t, c.num_kv_heads)
         w.add_tensor(gguf_name(name, gguf_arch), t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
-
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf.py's LlamaModel.permute on the rows of a weight."""
-    rows = w.shape[0]
-    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 @pytest.mark.parametrize("family,gguf_arch", [("llama3", "llama"), ("qwen3", "qwen3"),

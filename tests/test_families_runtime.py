@@ -20,16 +20,14 @@ test_reference_vs_transformers; a runtime that ignores Llama 3's rope scaling is
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
 import awqcore
 from awqcore.awqbin_source import AwqbinSource
 from awqcore.importers import load_source
 from awqcore.quantize.pipeline import quantize_model
 from awqcore.reference import ReferenceModel
-from checks import assert_logits_match
+from checks import assert_greedy_matches, assert_logits_match, random_prompt, reference_logits
 from tiny_models import FAMILY_NAMES, SharpSource, write_hf_checkpoint
 
 REL_TOL = 2e-5
@@ -49,30 +47,22 @@ def family_model(request, tmp_path_factory):
     return family, model, ReferenceModel(source.config, source.get)
 
 
-def prompt(seed: int, vocab: int) -> list[int]:
-    return np.random.default_rng(seed).integers(5, vocab, size=PROMPT_TOKENS).tolist()
-
-
 @pytest.mark.parametrize("chunk_tokens", [None, 1, 5])
 def test_logits_match_reference(family_model, chunk_tokens):
     family, model, reference = family_model
-    ids = prompt(0, reference.config.vocab_size)
+    ids = random_prompt(0, reference.config.vocab_size, PROMPT_TOKENS)
     ours = model.forward(ids, chunk_tokens=chunk_tokens)
-    with torch.no_grad():
-        theirs = reference.forward(ids).numpy()
-    assert_logits_match(ours, theirs, REL_TOL, f"{family} chunk_tokens={chunk_tokens}")
+    assert_logits_match(ours, reference_logits(reference, ids), REL_TOL,
+                        f"{family} chunk_tokens={chunk_tokens}")
 
 
 def test_greedy_tokens_match_reference(family_model):
     family, model, reference = family_model
-    expected_all = []
-    for seed in (1, 2, 3):
-        ids = prompt(seed, reference.config.vocab_size)
-        ours = model.generate(ids, max_new_tokens=NEW_TOKENS, stop=[])
-        with torch.no_grad():
-            theirs = reference.greedy_generate(ids, NEW_TOKENS)
-        assert ours == theirs, (family, seed)
-        expected_all.append(theirs)
+    expected_all = [assert_greedy_matches(model, reference,
+                                          random_prompt(seed, reference.config.vocab_size,
+                                                        PROMPT_TOKENS),
+                                          NEW_TOKENS, (family, seed))
+                    for seed in (1, 2, 3)]
     # The test can only catch a wrong attention if the context decides the tokens.
     assert len({t for seq in expected_all for t in seq}) > 3, expected_all
     assert len({tuple(seq) for seq in expected_all}) == 3, expected_all

@@ -19,6 +19,7 @@ from awqcore.importers.gguf_model import GGUFSource, undo_llama_permutation
 from awqcore.importers.hf_model import HFSource
 from awqcore.importers.synthetic import SyntheticSource, llama2_7b_config, tiny_config
 from awqcore.reference import ReferenceModel
+from tiny_models import gguf_model_writer, llama_cpp_permute
 
 # The mapping as specified (llama.cpp's tensor names -> transformers' module names),
 # written out here independently of the importer's own table.
@@ -51,12 +52,6 @@ def to_gguf(hf_name: str) -> str:
         module, kind = ".".join(parts[3:-1]), parts[-1]
         return f"blk.{parts[2]}.{HF_TO_GGUF_LAYER[module]}.{kind}"
     return f"{HF_TO_GGUF_GLOBAL['.'.join(parts[:-1])]}.{parts[-1]}"
-
-
-def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf.py's LlamaModel.permute, on the rows of a weight or a bias."""
-    rows = w.shape[0]
-    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def field(reader: gguf.GGUFReader, key: str):
@@ -189,16 +184,7 @@ def write_gguf(path, source: SyntheticSource, permute_qk: bool, types: dict[str,
     """A GGUF file of `source` as llama.cpp's converter writes it, without the tensors in
     `drop`. `types` maps a name substring to Q8_0 / F16 (default F32)."""
     c = source.config
-    writer = gguf.GGUFWriter(path, c.architecture)
-    writer.add_block_count(c.num_layers)
-    writer.add_context_length(c.max_position_embeddings)
-    writer.add_embedding_length(c.hidden_size)
-    writer.add_feed_forward_length(c.intermediate_size)
-    writer.add_head_count(c.num_heads)
-    writer.add_head_count_kv(c.num_kv_heads)
-    writer.add_rope_dimension_count(c.head_dim)
-    writer.add_rope_freq_base(c.rope_theta)
-    writer.add_layer_norm_rms_eps(c.rms_norm_eps)
+    writer = gguf_model_writer(path, c.architecture, c)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
     for name in source.tensor_names():
         if name in drop:

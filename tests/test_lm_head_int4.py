@@ -19,7 +19,7 @@ from awqcore.importers.synthetic import SyntheticSource, tiny_config
 from awqcore.quantize import quantize_model
 from awqcore.quantize.rtn import unpack_int4
 from awqcore.reference import ReferenceModel
-from checks import assert_context_dependent, max_relative_error
+from checks import assert_context_dependent, assert_greedy_matches, max_relative_error
 
 REL_TOL_TINY = 1e-5
 GROUP = 32
@@ -82,11 +82,7 @@ def test_runtime_matches_reference_with_int4_lm_head(int4_head_file):
           f"{distance:.2e} from the f16-lm_head reference")
     assert error < REL_TOL_TINY
     assert distance > 10 * error
-    generated = model.generate(ids[:8], max_new_tokens=24, stop=[])
-    with torch.no_grad():
-        expected = reference.greedy_generate(ids[:8], 24)
-    assert_context_dependent(expected)
-    assert generated == expected
+    assert_context_dependent(assert_greedy_matches(model, reference, ids[:8], 24))
 
 
 def test_cli_defaults_and_lm_head_flag(tmp_path, capsys):

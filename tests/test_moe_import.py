@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from awqcore.awqbin import FormatError
 from awqcore.importers.gguf_model import GGUFSource
 from awqcore.importers.hf_model import HFSource
-from tiny_models import MOE_FAMILY_NAMES, SharpSource, hf_config_json, write_hf_checkpoint
+from tiny_models import (MOE_FAMILY_NAMES, SharpSource, gguf_model_writer, hf_config_json,
+                         llama_cpp_permute, write_hf_checkpoint)
 
 transformers = pytest.importorskip("transformers")
 
@@ -122,22 +122,11 @@ def write_moe_gguf(path, source: SharpSource, experts_per_tok: int | None = None
     an expert count (q/k rows permuted), Qwen3-MoE as qwen3moe; experts stacked per
     layer into ffn_{gate,up,down}_exps [E, rows, cols] (f32, or Q8_0 with q8_experts).
     `drop`: a GGUF tensor left out."""
-    from test_families import _permute
-
     c = source.config
     arch = "llama" if c.architecture == "mixtral" else "qwen3moe"
-    w = gguf.GGUFWriter(path, arch)
-    w.add_block_count(c.num_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_heads)
-    w.add_head_count_kv(c.num_kv_heads)
+    w = gguf_model_writer(path, arch, c)
     w.add_key_length(c.head_dim)
     w.add_value_length(c.head_dim)
-    w.add_rope_dimension_count(c.head_dim)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_expert_count(c.num_experts)
     w.add_expert_used_count(experts_per_tok or c.num_experts_per_tok)
     if arch == "qwen3moe":
@@ -154,9 +143,9 @@ def write_moe_gguf(path, source: SharpSource, experts_per_tok: int | None = None
         if rest.startswith("mlp.experts."):
             continue  # stacked below
         if arch == "llama" and rest == "self_attn.q_proj":
-            t = _permute(t, c.num_heads)
+            t = llama_cpp_permute(t, c.num_heads)
         elif arch == "llama" and rest == "self_attn.k_proj":
-            t = _permute(t, c.num_kv_heads)
+            t = llama_cpp_permute(t, c.num_kv_heads)
         tensors[f"blk.{layer}.{_GGUF_LAYER[rest]}.{parts[-1]}"] = t
     for layer in range(c.num_layers):
         if c.is_moe_layer(layer):

@@ -19,7 +19,6 @@ wrong expert (rank 1's weight on rank 0) each move the logits by O(0.1-1)
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
@@ -28,7 +27,8 @@ import torch
 from awqcore.importers.hf_model import HFSource
 from awqcore.reference import ReferenceModel, route
 from awqcore.source import ModelConfig
-from tiny_models import MOE_FAMILY_NAMES, SharpSource, hf_config_json, write_hf_checkpoint
+from checks import assert_reference_matches_transformers
+from tiny_models import MOE_FAMILY_NAMES, SharpSource, write_hf_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -90,15 +90,8 @@ def moe_pair(request, tmp_path_factory):
 def test_moe_reference_matches_transformers(moe_pair):
     family, source, model, imported = moe_pair
     assert imported.config == dataclasses.replace(source.config, name=imported.config.name)
-    reference = ReferenceModel(imported.config, imported.get)
-    ids = np.random.default_rng(2).integers(0, source.config.vocab_size, size=72).tolist()
-    with torch.no_grad():
-        theirs = model(torch.tensor([ids])).logits[0].float()
-    ours = reference.forward(ids)
-    error = float((ours - theirs).abs().max() / theirs.abs().max())
-    print(f"{family}: max |reference - transformers| / max |logit| = {error:.1e}")
-    assert error < REL_TOL
-    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+    assert_reference_matches_transformers(ReferenceModel(imported.config, imported.get), model,
+                                          source.config.vocab_size, REL_TOL, family)
 
 
 def test_routing_is_not_degenerate(moe_pair):

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import awqcore
 from awqcore.awqbin_source import AwqbinSource
 from awqcore.importers import load_source
 from awqcore.quantize.pipeline import quantize_model
 from awqcore.reference import ReferenceModel
-from checks import assert_logits_match
+from checks import assert_greedy_matches, assert_logits_match, random_prompt, reference_logits
 from test_moe_import import gguf_source, write_moe_gguf
 from tiny_models import MOE_FAMILY_NAMES, SharpSource, write_hf_checkpoint
 
@@ -70,36 +69,29 @@ def moe_model(request, tmp_path_factory):
     return "-".join(request.param), model, ReferenceModel(quantized.config, quantized.get)
 
 
-def prompt(seed: int, vocab: int) -> list[int]:
-    return np.random.default_rng(seed).integers(5, vocab, size=PROMPT_TOKENS).tolist()
-
-
 @pytest.mark.parametrize("chunk_tokens", [None, 1, 5])
 def test_logits_match_reference(moe_model, chunk_tokens):
     case, model, reference = moe_model
-    ids = prompt(0, reference.config.vocab_size)
+    ids = random_prompt(0, reference.config.vocab_size, PROMPT_TOKENS)
     ours = model.forward(ids, chunk_tokens=chunk_tokens)
-    with torch.no_grad():
-        theirs = reference.forward(ids).numpy()
-    assert_logits_match(ours, theirs, REL_TOL, f"{case} chunk_tokens={chunk_tokens}")
+    assert_logits_match(ours, reference_logits(reference, ids), REL_TOL,
+                        f"{case} chunk_tokens={chunk_tokens}")
 
 
 def test_greedy_tokens_match_reference(moe_model):
     case, model, reference = moe_model
-    expected_all = []
-    for seed in (1, 2):
-        ids = prompt(seed, reference.config.vocab_size)
-        ours = model.generate(ids, max_new_tokens=NEW_TOKENS, stop=[])
-        with torch.no_grad():
-            theirs = reference.greedy_generate(ids, NEW_TOKENS)
-        assert ours == theirs, (case, seed)
-        expected_all.append(theirs)
+    expected_all = [assert_greedy_matches(model, reference,
+                                          random_prompt(seed, reference.config.vocab_size,
+                                                        PROMPT_TOKENS),
+                                          NEW_TOKENS, (case, seed))
+                    for seed in (1, 2)]
     assert len({t for seq in expected_all for t in seq}) > 3, expected_all
 
 
 def test_batch_of_different_prompts_equals_each_alone(moe_model):
     case, model, reference = moe_model
-    prompts = [prompt(3, reference.config.vocab_size)[:n] for n in (40, 7, 23)]
+    prompt = random_prompt(3, reference.config.vocab_size, PROMPT_TOKENS)
+    prompts = [prompt[:n] for n in (40, 7, 23)]
     batch = model.generate(prompts, max_new_tokens=8, stop=[])
     alone = [model.generate(p, max_new_tokens=8, stop=[]) for p in prompts]
     assert batch == alone, case

@@ -26,12 +26,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from awqcore.importers.hf_model import HFSource
 from awqcore.reference import ReferenceModel
+from checks import assert_reference_matches_transformers
 from tiny_models import FAMILY_NAMES, SharpSource, hf_config_json, write_hf_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -65,13 +65,5 @@ def test_reference_matches_transformers(family, tmp_path):
     model, folder = transformers_model(tmp_path, source)
     imported = HFSource(folder)
     assert imported.config == dataclasses.replace(source.config, name=imported.config.name)
-    reference = ReferenceModel(imported.config, imported.get)
-    # Longer than the sliding windows (8) and the rope scalings' original context (32).
-    ids = np.random.default_rng(2).integers(0, source.config.vocab_size, size=72).tolist()
-    with torch.no_grad():
-        theirs = model(torch.tensor([ids])).logits[0].float()
-    ours = reference.forward(ids)
-    error = float((ours - theirs).abs().max() / theirs.abs().max())
-    print(f"{family}: max |reference - transformers| / max |logit| = {error:.1e}")
-    assert error < REL_TOL
-    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+    assert_reference_matches_transformers(ReferenceModel(imported.config, imported.get), model,
+                                          source.config.vocab_size, REL_TOL, family)

@@ -10,29 +10,18 @@ import pytest
 import awqcore
 from awqcore.chat import chat_prompt_ids
 from awqcore.cli import main
-from awqcore.importers import load_source
-from awqcore.quantize.pipeline import quantize_model
-
-SPEC = "synthetic:arch=llama,layers=1,seed=3"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("chat") / "tiny.awqbin"
-    quantize_model(load_source(SPEC), path, method="rtn", group_size=32, progress=False)
-    return str(path)
-
 
 def _answer(model, conversation, n):
     tokens = model.generate(chat_prompt_ids(model, conversation), max_new_tokens=n)
     return model.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
-def test_interactive_chat_keeps_the_history(tiny, monkeypatch, capsys):
+def test_interactive_chat_keeps_the_history(one_layer_awqbin, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("the quick fox\n\nbrown dog\n/reset\nbrown dog\n"))
-    assert main(["run", tiny, "--chat", "-n", "6", "--threads", "2", "--system", "be brief"]) == 0
+    assert main(["run", one_layer_awqbin, "--chat", "-n", "6", "--threads", "2",
+                 "--system", "be brief"]) == 0
     out = capsys.readouterr().out
-    model = awqcore.Model(tiny, threads=2)
+    model = awqcore.Model(one_layer_awqbin, threads=2)
     system = {"role": "system", "content": "be brief"}
     first = _answer(model, [system, {"role": "user", "content": "the quick fox"}], 6)
     history = [system, {"role": "user", "content": "the quick fox"},
@@ -43,7 +32,7 @@ def test_interactive_chat_keeps_the_history(tiny, monkeypatch, capsys):
     assert out == f"{first}\n{second}\n{fresh}\n"
 
 
-def test_ctrl_c_stops_the_answer_not_the_chat(tiny, monkeypatch, capsys):
+def test_ctrl_c_stops_the_answer_not_the_chat(one_layer_awqbin, monkeypatch, capsys):
     real_stream = awqcore.Model.stream
 
     def interrupted_stream(self, ids, **options):
@@ -54,13 +43,13 @@ def test_ctrl_c_stops_the_answer_not_the_chat(tiny, monkeypatch, capsys):
 
     monkeypatch.setattr(awqcore.Model, "stream", interrupted_stream)
     monkeypatch.setattr(sys, "stdin", io.StringIO("first\nsecond\n"))
-    assert main(["run", tiny, "--chat", "-n", "8", "--threads", "2"]) == 0
+    assert main(["run", one_layer_awqbin, "--chat", "-n", "8", "--threads", "2"]) == 0
     err = capsys.readouterr().err
     assert err.count("stopped: interrupted (Ctrl-C)") == 2, err
 
 
-def test_run_without_prompt_or_chat_is_a_usage_error(tiny, capsys):
-    assert main(["run", tiny]) == 2
+def test_run_without_prompt_or_chat_is_a_usage_error(one_layer_awqbin, capsys):
+    assert main(["run", one_layer_awqbin]) == 2
     assert "give a prompt" in capsys.readouterr().err
 
 

@@ -31,7 +31,8 @@ from awqcore.awqbin import read_awqbin
 from awqcore.awqbin_source import AwqbinSource
 from awqcore.importers.synthetic import SyntheticSource, tiny_config
 from awqcore.reference import ReferenceModel
-from checks import assert_context_dependent, assert_logits_match, max_relative_error
+from checks import (assert_context_dependent, assert_greedy_matches, assert_logits_match,
+                    max_relative_error, reference_logits)
 
 TEXT = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, "
         "France. It is named after the engineer Gustave Eiffel, whose company designed it.")
@@ -54,8 +55,7 @@ def test_smollm2_logits_match_reference(smollm2):
     ids = model.tokenizer.encode(TEXT).ids
     assert len(ids) > 30
     ours = model.forward(ids)
-    with torch.no_grad():
-        theirs = reference.forward(ids).numpy()
+    theirs = reference_logits(reference, ids)
     assert ours.shape == theirs.shape == (len(ids), model.config["vocab_size"])
     assert_logits_match(ours, theirs, REL_TOL_SMOLLM2, f"SmolLM2 int4 g64, {len(ids)} tokens")
 
@@ -79,16 +79,11 @@ def test_tiny_models_match_reference(tiny_awqbin):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.config["vocab_size"], size=40).tolist()
     ours = model.forward(ids)
-    with torch.no_grad():
-        theirs = reference.forward(ids).numpy()
+    theirs = reference_logits(reference, ids)
     error = max_relative_error(ours, theirs)
     print(f"tiny {arch}: max relative logit error {error:.2e}")
     assert error < REL_TOL_TINY
-    generated = model.generate(ids[:8], max_new_tokens=32, stop=[])
-    with torch.no_grad():
-        expected = reference.greedy_generate(ids[:8], 32)
-    assert_context_dependent(expected)
-    assert generated == expected
+    assert_context_dependent(assert_greedy_matches(model, reference, ids[:8], 32))
 
 
 def test_tiny_int8_tables_match_reference(tiny_int8_awqbin):
@@ -121,11 +116,8 @@ def test_tiny_int8_tables_match_reference(tiny_int8_awqbin):
           f"{distance_to_f16:.2e} from the f16-table reference")
     assert error < REL_TOL_TINY
     assert distance_to_f16 > 10 * error
-    generated = model.generate(ids[:8], max_new_tokens=32, stop=[])
-    with torch.no_grad():
-        expected = ReferenceModel(source.config, source.get).greedy_generate(ids[:8], 32)
-    assert_context_dependent(expected)
-    assert generated == expected
+    assert_context_dependent(assert_greedy_matches(model, ReferenceModel(source.config, source.get),
+                                                   ids[:8], 32))
 
 
 def test_smollm2_int8_table_matches_reference(smollm2_int8_awqbin):
@@ -133,8 +125,7 @@ def test_smollm2_int8_table_matches_reference(smollm2_int8_awqbin):
     reference = reference_of(smollm2_int8_awqbin)
     ids = model.tokenizer.encode(TEXT).ids
     ours = model.forward(ids)
-    with torch.no_grad():
-        theirs = reference.forward(ids).numpy()
+    theirs = reference_logits(reference, ids)
     assert_logits_match(ours, theirs, REL_TOL_SMOLLM2,
                         f"SmolLM2 int4 g64, int8 table, {len(ids)} tokens")
     prompt = model.tokenizer.encode("The capital of France is").ids

@@ -21,6 +21,9 @@ from awqcore.quantize.rtn import quantize_int4
 from awqcore.source import LINEAR_NAMES, ModelConfig, TokenizerInfo, layer_prefix
 
 GROUP_SIZE = 32
+# A one-layer tiny Llama in the CLI's spelling of a synthetic model (`awqcore quantize
+# SPEC`); conftest's one_layer_awqbin is it quantized.
+ONE_LAYER_SPEC = "synthetic:arch=llama,layers=1,seed=3"
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -294,6 +297,31 @@ def write_hf_checkpoint(folder, source: SharpSource, dtype=None,
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(hf_config_json(source.config), f, indent=1)
     write_hf_tokenizer(folder, source)
+
+
+def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's LlamaModel.permute, on the rows of a weight or a bias."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_model_writer(path, arch: str, c: ModelConfig):
+    """A gguf.GGUFWriter for architecture `arch` holding the hyperparameters every
+    converted model carries (layers, context, widths, heads, rotary dims and base, norm
+    epsilon), as llama.cpp's converter writes them; the caller adds the rest."""
+    import gguf
+
+    w = gguf.GGUFWriter(path, arch)
+    w.add_block_count(c.num_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_heads)
+    w.add_head_count_kv(c.num_kv_heads)
+    w.add_rope_dimension_count(c.head_dim)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    return w
 
 
 def write_tokenizer_gguf(path, model: str, pre: str, tokens: list[str], types: list[int],

@@ -18,38 +18,21 @@
 //       thread (memory stalls included, time descheduled not), the number to
 //       compare on a shared machine.
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <ctime>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
+#include "bench_harness.h"
 #include "cpu_features.h"
 #include "ops/attention.h"
 #include "thread_pool.h"
 
 using namespace awqcore;
+using namespace awqcore::bench;
 
 namespace {
-
-double Seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double ThreadCpuSeconds() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 struct ModelShape {
   const char* name;
@@ -118,13 +101,10 @@ void Run(const ModelShape& model, int position, int threads, int reps, bool evic
   };
   std::vector<std::vector<double>> wall(levels.size()), cpu(levels.size());
   for (Isa isa : levels) step(isa, pool, false);  // warm-up
-  for (int rep = 0; rep < reps; ++rep) {
-    for (size_t j = 0; j < levels.size(); ++j) {
-      const size_t i = (j + rep) % levels.size();
-      wall[i].push_back(step(levels[i], pool, false));
-      cpu[i].push_back(step(levels[i], one, true));
-    }
-  }
+  Interleaved(levels.size(), reps, [&](size_t i) {
+    wall[i].push_back(step(levels[i], pool, false));
+    cpu[i].push_back(step(levels[i], one, true));
+  });
   std::printf("%s, %s cache, position %d (%.2f MB of KV per step)%s\n", model.name,
               sizeof(CacheT) == 2 ? "f16" : "f32", position, kv_bytes / 1e6, sink == 1 ? " " : "");
   for (size_t i = 0; i < levels.size(); ++i) {
@@ -137,46 +117,16 @@ void Run(const ModelShape& model, int position, int threads, int reps, bool evic
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, reps = 9;
-  std::string only, positions_arg = "512,4096";
-  bool f32 = false, evict = true;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--f32" || flag == "--no-evict") {
-      (flag == "--f32" ? f32 : evict) = flag == "--f32";
-      continue;
-    }
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "%s needs a value\n", flag.c_str());
-      return 2;
-    }
-    const std::string value = argv[++i];
-    if (flag == "--threads") threads = std::atoi(value.c_str());
-    else if (flag == "--reps") reps = std::atoi(value.c_str());
-    else if (flag == "--positions") positions_arg = value;
-    else if (flag == "--only") only = value;
-    else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--positions P,P] [--only NAME_PART] [--f32] [--no-evict]\n", argv[0]);
-      return 2;
-    }
+  const CommandLine args(argc, argv, {"--threads N", "--reps N", "--positions P,P", "--only NAME_PART",
+                                      "--f32", "--no-evict"});
+  const int threads = args.Int("--threads", 2), reps = args.Int("--reps", 9);
+  const std::vector<int> positions = args.Ints("--positions", "512,4096");
+  const std::string only = args.Text("--only", "");
+  const bool f32 = args.Has("--f32"), evict = !args.Has("--no-evict");
+  if (threads < 1 || reps < 1 || *std::min_element(positions.begin(), positions.end()) < 0) {
+    args.Fail("--threads and --reps must be positive, --positions non-negative");
   }
-  std::vector<int> positions;
-  std::stringstream list(positions_arg);
-  for (std::string item; std::getline(list, item, ',');) positions.push_back(std::atoi(item.c_str()));
-  if (threads < 1 || reps < 1 || positions.empty() ||
-      *std::min_element(positions.begin(), positions.end()) < 0) {
-    std::fprintf(stderr, "--threads and --reps must be positive, --positions non-negative\n");
-    return 2;
-  }
-  // The scalar kernels are the references, far slower: left out.
-  std::vector<Isa> levels = SupportedIsas();
-  levels.erase(std::remove(levels.begin(), levels.end(), Isa::kScalar), levels.end());
-  if (levels.empty()) {
-    std::fprintf(stderr, "no SIMD level on this CPU or build: nothing to compare\n");
-    return 1;
-  }
-  std::printf("levels on this CPU:");
-  for (Isa isa : levels) std::printf(" %s", IsaName(isa));
+  const std::vector<Isa> levels = SimdLevels();
   std::printf("; %d interleaved repetitions, medians\n", reps);
   const ModelShape models[] = {
       {"smollm2-135m (9/3 heads, hd 64, 30 layers)", {9, 3, 64}, 30, 0, 2900},

@@ -3,9 +3,9 @@
 # CUDA kernel tests, the benchmark and its torch fp16 peer, the
 # mixture-of-experts decode benchmark, and the Python GPU-vs-CPU tests.
 # Logs go to $OUT (or ./gpu_check_logs). Usage: bash tools/gpu_check.sh [arch] [moe]
-# "moe": only what the MoE path needs (cuda/moe.cu): the kernel tests (which
-# include moe_block_matches_reference), the MoE decode benchmark and the MoE
-# Python tests; minutes fewer than the whole check.
+# "moe": only what the MoE path needs (cuda/moe.cu): the MoE kernel test
+# (test_cuda_moe), the MoE decode benchmark and the MoE Python tests; minutes
+# fewer than the whole check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ARCH="${1:-90}"
@@ -16,14 +16,18 @@ status=0
 step() { echo "== $1"; }
 
 step "build (sm_$ARCH)"
-TARGETS=(); [ "$ONLY_MOE" = 1 ] && TARGETS=(--target test_cuda_kernels gpu_bench)
+KERNEL_TESTS=(test_cuda_kernels test_cuda_attention test_cuda_moe)
+[ "$ONLY_MOE" = 1 ] && KERNEL_TESTS=(test_cuda_moe)
+TARGETS=(); [ "$ONLY_MOE" = 1 ] && TARGETS=(--target "${KERNEL_TESTS[@]}" gpu_bench)
 cmake -S . -B build-gpu -DAWQCORE_BUILD_TESTS=ON -DAWQCORE_CUDA=ON -DAWQCORE_CUDA_ARCHITECTURES="$ARCH" \
   -DCMAKE_BUILD_TYPE=Release >"$LOG/cmake.log" 2>&1 \
   && cmake --build build-gpu -j "$JOBS" "${TARGETS[@]}" >>"$LOG/cmake.log" 2>&1 \
   || { tail -30 "$LOG/cmake.log"; exit 1; }
 
 step "C++ kernel tests"
-build-gpu/cpp/tests/test_cuda_kernels 2>&1 | tee "$LOG/kernels.log" | grep -v "^\[PASS\]" || status=1
+for t in "${KERNEL_TESTS[@]}"; do
+  build-gpu/cpp/tests/$t 2>&1 | tee "$LOG/$t.log" | grep -v "^\[PASS\]" || status=1
+done
 
 step "mixture-of-experts decode benchmark"
 build-gpu/gpu_bench moe 2>&1 | tee "$LOG/moe_bench.log" || status=1

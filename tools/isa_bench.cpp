@@ -30,16 +30,14 @@
 // hands them out: GMAC per CPU-second of the calling thread, medians of the
 // interleaved repetitions.
 #include <algorithm>
-#include <chrono>
-#include <ctime>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "bench_harness.h"
 #include "cpu_features.h"
 #include "model_weights.h"
 #include "ops/embedding_table.h"
@@ -49,23 +47,9 @@
 #include "thread_pool.h"
 
 using namespace awqcore;
+using namespace awqcore::bench;
 
 namespace {
-
-double Seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double ThreadCpuSeconds() {
-  timespec t;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-  return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 // Bytes/s of the pool's threads reading disjoint slices of `buffer` (a sum
 // of 64-bit words, which the compiler vectorises far past memory speed).
@@ -121,11 +105,16 @@ struct Int4Copies {
     for (int k = 0; k < copies; ++k) {
       layers.push_back(Int4Linear{out, in, group_size, base + k * codes, scales.data() + k * groups,
                                   zeros.data() + k * groups, nullptr});
+      // The loader's transposed copy of the scales (ops/int4_linear.h), which
+      // the VNNI decode kernel reads in their place.
+      tile_scales.push_back(Int4TileScales(layers.back()));
+      layers.back().tile_scales = tile_scales.back().data();
     }
     bytes = (codes + groups * 3) * copies;
   }
   std::vector<uint8_t> qweight, zeros;
   std::vector<uint16_t> scales;
+  std::vector<std::vector<uint8_t>> tile_scales;  // [copies]
   std::vector<Int4Linear> layers;
   size_t bytes = 0;
 };
@@ -162,7 +151,7 @@ Int4Q8Kernel Int4Q8KernelOf(Isa isa) {
   switch (isa) {
     case Isa::kAvx2: return Int4RowsQ8Avx2;
     case Isa::kAvx512: return Int4RowsQ8Avx512;
-    case Isa::kAvx512Vnni: return Int4RowsQ8Avx512Vnni;
+    case Isa::kAvx512Vnni: return Int4DecodeQ8Avx512Vnni;
     default: return Int4RowsQ8Scalar;
   }
 }
@@ -194,14 +183,11 @@ void GemmBench(const Shape (&shapes)[kShapes], const std::vector<Isa>& levels, c
     };
     std::vector<std::vector<double>> seconds(levels.size());
     for (Isa isa : levels) run(isa);  // warm-up: the weights into the caches
-    for (int rep = 0; rep < reps; ++rep) {
-      for (size_t j = 0; j < levels.size(); ++j) {
-        const size_t i = (j + rep) % levels.size();
-        const double start = ThreadCpuSeconds();
-        run(levels[i]);
-        seconds[i].push_back(ThreadCpuSeconds() - start);
-      }
-    }
+    Interleaved(levels.size(), reps, [&](size_t i) {
+      const double start = ThreadCpuSeconds();
+      run(levels[i]);
+      seconds[i].push_back(ThreadCpuSeconds() - start);
+    });
     const double macs = static_cast<double>(shape.out) * shape.in * tokens;
     std::printf("  %s:", shape.name);
     for (size_t i = 0; i < levels.size(); ++i) {
@@ -214,40 +200,19 @@ void GemmBench(const Shape (&shapes)[kShapes], const std::vector<Isa>& levels, c
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, reps = 9, megabytes = 256, gemm_tokens = 128, tokens = 1;
-  std::string only;  // run the shapes whose name contains it
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i];
-    const int value = std::atoi(argv[i + 1]);
-    if (flag == "--only") only = argv[i + 1];
-    else if (flag == "--threads") threads = value;
-    else if (flag == "--reps") reps = value;
-    else if (flag == "--megabytes") megabytes = value;
-    else if (flag == "--gemm-tokens") gemm_tokens = value;
-    else if (flag == "--tokens") tokens = value;
-    else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--reps N] [--megabytes N] [--gemm-tokens N] [--only NAME_PART] [--tokens N]\n",
-                   argv[0]);
-      return 2;
-    }
-  }
+  const CommandLine args(argc, argv, {"--threads N", "--reps N", "--megabytes N", "--gemm-tokens N",
+                                      "--only NAME_PART", "--tokens N"});
+  const int threads = args.Int("--threads", 2), reps = args.Int("--reps", 9);
+  const int megabytes = args.Int("--megabytes", 256), gemm_tokens = args.Int("--gemm-tokens", 128);
+  const int tokens = args.Int("--tokens", 1);
+  const std::string only = args.Text("--only", "");  // run the shapes whose name contains it
   if (threads < 1 || reps < 1 || megabytes < 1 || gemm_tokens < 1) {
-    std::fprintf(stderr, "--threads, --reps, --megabytes and --gemm-tokens must be positive\n");
-    return 2;
+    args.Fail("--threads, --reps, --megabytes and --gemm-tokens must be positive");
   }
   if (tokens < 1 || tokens > kQ8MaxTokens) {
-    std::fprintf(stderr, "--tokens must be 1..%d (a decode step)\n", kQ8MaxTokens);
-    return 2;
+    args.Fail("--tokens must be 1.." + std::to_string(kQ8MaxTokens) + " (a decode step)");
   }
-  // The scalar kernels are the references, ~50x slower: left out.
-  std::vector<Isa> levels = SupportedIsas();
-  levels.erase(std::remove(levels.begin(), levels.end(), Isa::kScalar), levels.end());
-  if (levels.empty()) {
-    std::fprintf(stderr, "no SIMD level on this CPU or build: nothing to compare\n");
-    return 1;
-  }
-  std::printf("levels on this CPU:");
-  for (Isa isa : levels) std::printf(" %s", IsaName(isa));
+  const std::vector<Isa> levels = SimdLevels();
   std::printf("; %d threads, %d token(s), %d interleaved repetitions, medians, %d MB of weights per shape\n",
               threads, tokens, reps, megabytes);
   ThreadPool pool(threads);
@@ -280,19 +245,17 @@ int main(int argc, char** argv) {
     // op(isa, k) runs the op on copy k; kernel(isa, k) the row kernel over all its rows.
     auto run_all = [&](auto&& op, auto&& kernel, int count) {
       for (size_t i = 0; i < levels.size(); ++i) op(levels[i], 0);  // warm-up (allocations)
-      for (int rep = 0; rep < reps; ++rep) {
+      Interleaved(levels.size(), reps, [&](size_t i) {
+        const double start = Seconds();
+        for (int k = 0; k < count; ++k) op(levels[i], k);
+        op_seconds[i].push_back(Seconds() - start);
+        const double cpu_start = ThreadCpuSeconds();
+        for (int k = 0; k < count; ++k) kernel(levels[i], k);
+        kernel_seconds[i].push_back(ThreadCpuSeconds() - cpu_start);
+      }, [&] {
         bandwidths.push_back(ReadBandwidth(probe, pool));
         bandwidths_per_cpu_second.push_back(ReadBandwidthPerCpuSecond(probe));
-        for (size_t j = 0; j < levels.size(); ++j) {
-          const size_t i = (j + rep) % levels.size();
-          const double start = Seconds();
-          for (int k = 0; k < count; ++k) op(levels[i], k);
-          op_seconds[i].push_back(Seconds() - start);
-          const double cpu_start = ThreadCpuSeconds();
-          for (int k = 0; k < count; ++k) kernel(levels[i], k);
-          kernel_seconds[i].push_back(ThreadCpuSeconds() - cpu_start);
-        }
-      }
+      });
     };
     Q8Buffer q8;
     if (shape.group_size > 0) {

@@ -21,7 +21,8 @@ The client is one asyncio process reading raw HTTP/1.1 (no HTTP library) and
 takes little CPU, but on a small machine it still shares the cores with the
 server: the table gives CPU milliseconds per output token of the server (all
 threads; in brackets its main thread, which runs a Python server's event
-loop) and of this client, and the progress lines the engine's forward-pass
+loop) and of this client (from /proc's 10 ms ticks: meaningful over
+hundreds of tokens), and the progress lines the engine's forward-pass
 seconds (prefill, decode) from awqcore serve's /metrics. CPU times hold on a
 machine other work slows down; wall times do not. --engine adds the same load
 through awqcore.Engine in this process with no HTTP at all: the ceiling the
@@ -112,7 +113,8 @@ async def one_stream(url: str, body: dict, auth: dict, usage: bool) -> Stream:
         buffer = b""
         async for piece in _body_pieces(reader, headers):
             now = time.perf_counter()
-            buffer += piece
+            # SSE lines may end in CRLF (sse-starlette's default, llama-cpp-python's server).
+            buffer = (buffer + piece).replace(b"\r\n", b"\n")
             *events, buffer = buffer.split(b"\n\n")
             for event in events:
                 if not event.startswith(b"data: ") or event == b"data: [DONE]":

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "model_loader.h"
+#include "ops/int4_linear.h"
 #include "text_checks.h"
 #include "tokenizer/json.h"
 
@@ -440,6 +441,7 @@ ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config)
     w.layers.push_back(layer);
   }
   tensors.RequireAllUsed();
+  AddTileScales(w);
   return w;
 }
 

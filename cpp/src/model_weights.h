@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "awqcore/awqcore.h"
@@ -20,6 +21,10 @@ struct Int4Linear {
   const uint16_t* scales = nullptr;  // [out, in/g]   f16 bits
   const uint8_t* zeros = nullptr;    // [out, in/g]   0..15
   const float* bias = nullptr;       // [out] or nullptr
+  // The scales and zeros again, transposed per 16-row tile for the AVX-512
+  // VNNI decode kernel (ops/int4_linear.h: Int4TileScales), or nullptr: that
+  // kernel then transposes a tile's at each call (the same values, slower).
+  const uint8_t* tile_scales = nullptr;
 };
 
 // The token embedding or lm_head table W [rows, d] in one of its two stored
@@ -81,6 +86,8 @@ struct ModelWeights {
                                          // a 4-bit linear (out > 0), else out == 0
   const float* final_norm = nullptr;     // [d]
   std::vector<LayerWeights> layers;      // [num_layers]
+  // Owns the linears' tile_scales (shared: copies of the weights keep them).
+  std::vector<std::shared_ptr<const std::vector<uint8_t>>> tile_scale_storage;
 };
 
 }  // namespace awqcore

@@ -1,7 +1,7 @@
 // A .awqbin writer for the C++ tests, written from docs/format.md and sharing
 // no code with the reader (it has its own bitwise CRC-32), so a misreading of
 // the spec on one side is caught by the other. Also builds the tiny Llama/Qwen2
-// models the reader, loader and session tests load.
+// models the reader, loader, session and engine tests load.
 #pragma once
 
 #include <unistd.h>
@@ -401,6 +401,25 @@ FileSpec TinySaneSpec(const char* arch) { return TinySaneSpec(TinyModel(arch)); 
 
 std::shared_ptr<const Model> TinySaneModel(const char* arch) {
   return Load(Build(TinySaneSpec(arch)));
+}
+
+// Options that generate exactly n tokens: no stop ids end a request early.
+awqcore::GenerateOptions Exactly(int n) {
+  awqcore::GenerateOptions options;
+  options.max_new_tokens = n;
+  options.stop_ids = std::vector<int>{};
+  return options;
+}
+
+// The sane llama with every final-norm weight 3e38: finite, so the file
+// loads, but the normalized activations times it overflow f32 and the logits
+// become inf/NaN, for the tests of how a non-finite step fails.
+std::shared_ptr<const Model> OverflowingLogitsModel() {
+  FileSpec spec = TinySaneSpec("llama");
+  const float huge = 3e38f;
+  TensorEntry& norm = spec.tensors[TensorIndex(spec, "model.norm.weight")];
+  for (size_t i = 0; i < norm.bytes.size(); i += 4) std::memcpy(&norm.bytes[i], &huge, 4);
+  return Load(Build(spec));
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // Random inputs, int4 weights and token tables for the kernel tests (test_ops,
-// test_simd_kernels, test_cuda_kernels), so each kernel family is tested on
+// test_simd_kernels, test_cuda_*), so each kernel family is tested on
 // data built the same way.
 #pragma once
 

@@ -29,13 +29,6 @@ using awqcore::StopReason;
 
 namespace {
 
-GenerateOptions Exactly(int n) {
-  GenerateOptions options;
-  options.max_new_tokens = n;
-  options.stop_ids = std::vector<int>{};
-  return options;
-}
-
 // What the callbacks of one request saw. Thread-safe: written by the engine
 // thread, read by the test's threads.
 struct Outcome {
@@ -536,16 +529,7 @@ TEST(bad_requests_are_refused_naming_the_problem) {
 }
 
 TEST(non_finite_logits_fail_the_request_not_the_engine) {
-  // A final norm weight of 3e38 overflows the logits (test_session's case).
-  FileSpec spec = TinySaneSpec("llama");
-  for (TensorEntry& t : spec.tensors) {
-    if (t.name != "model.norm.weight") continue;
-    for (size_t i = 0; i < t.bytes.size(); i += 4) {
-      const float huge = 3e38f;
-      std::memcpy(&t.bytes[i], &huge, 4);
-    }
-  }
-  auto model = Load(Build(spec));
+  auto model = OverflowingLogitsModel();
   Engine engine(model, Options(2, 16));
   for (int round = 0; round < 2; ++round) {
     Outcome o;

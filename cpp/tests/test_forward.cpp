@@ -29,6 +29,8 @@
 #include "transformer.h"
 
 using namespace awqcore;
+using awqtest::ForwardInChunks;
+using awqtest::Int8DecodeErrors;
 using awqtest::kLogitTolerance;
 using awqtest::NaiveForward;
 using awqtest::RandomIds;
@@ -45,18 +47,9 @@ const Family kAllFamilies[] = {Family::kLlama, Family::kQwen2, Family::kMistral,
 // scaling contexts of 16 positions make the 9- to 70-token prompts below
 // reach past both.
 ModelConfig TinyConfig(Family family) {
-  ModelConfig config;
-  config.vocab_size = 97;
-  config.hidden_size = 64;
+  ModelConfig config = awqtest::TinyBaseConfig();
   config.intermediate_size = 96;
   config.num_layers = 2;
-  config.num_heads = 4;
-  config.num_kv_heads = 2;
-  config.head_dim = 16;
-  config.max_position_embeddings = 256;
-  config.rope_theta = 10000.0f;
-  config.rms_norm_eps = 1e-5f;
-  config.group_size = 32;
   switch (family) {
     case Family::kLlama:
       config.architecture = "llama";
@@ -186,22 +179,15 @@ TEST(prefill_equals_decode_steps) {
     Transformer prefill(model.config, model.weights, n + 10, pool, 1, /*int8_decode=*/false);
     Transformer decode(model.config, model.weights, n + 10, pool, 1, /*int8_decode=*/false);
     const std::vector<int> ids = RandomIds(n, vocab, 2);
-    std::vector<float> prefill_logits(static_cast<size_t>(n) * vocab), decode_logits(prefill_logits.size());
-    prefill.Forward(ids.data(), n, Transformer::Logits::kAll, prefill_logits.data());
-    for (int t = 0; t < n; ++t) {
-      decode.Forward(&ids[t], 1, Transformer::Logits::kAll, decode_logits.data() + static_cast<size_t>(t) * vocab);
-    }
+    const double error = RelativeError(ForwardInChunks(prefill, ids, n, vocab), ForwardInChunks(decode, ids, 1, vocab));
     CHECK(prefill.position() == n && decode.position() == n);
-    const double error = RelativeError(prefill_logits, decode_logits);
     std::printf("  %s: prefill vs decode, relative error %.3g\n", FamilyName(family).c_str(), error);
     CHECK(error <= kLogitTolerance);
 
     // Continuing after a prefill: 3 more tokens in one call vs decode.
     const std::vector<int> more = RandomIds(3, vocab, 3);
-    std::vector<float> more_prefill(3 * vocab), more_decode(3 * vocab);
-    prefill.Forward(more.data(), 3, Transformer::Logits::kAll, more_prefill.data());
-    for (int t = 0; t < 3; ++t) decode.Forward(&more[t], 1, Transformer::Logits::kAll, more_decode.data() + t * vocab);
-    CHECK(RelativeError(more_prefill, more_decode) <= kLogitTolerance);
+    CHECK(RelativeError(ForwardInChunks(prefill, more, 3, vocab), ForwardInChunks(decode, more, 1, vocab)) <=
+          kLogitTolerance);
   }
 }
 
@@ -220,26 +206,7 @@ TEST(int8_decode_equals_chunked_prefill_and_stays_near_f32) {
   // ~2.5x while |tanh'| <= 1 keeps the absolute error, 1e-1 measured: 0.15.
   for (Family family : kAllFamilies) {
     const TinyModel model(TinyConfig(family), family == Family::kQwen2 || family == Family::kGemma3);
-    const int vocab = model.config.vocab_size, n = 20;
-    ThreadPool pool(2);
-    Transformer decode(model.config, model.weights, n, pool);
-    Transformer chunked(model.config, model.weights, n, pool);
-    Transformer exact(model.config, model.weights, n, pool, 1, /*int8_decode=*/false);
-    const std::vector<int> ids = RandomIds(n, vocab, 6);
-    std::vector<float> decode_logits(static_cast<size_t>(n) * vocab), chunked_logits(decode_logits.size()),
-        exact_logits(decode_logits.size());
-    for (int t = 0; t < n; ++t) {
-      decode.Forward(&ids[t], 1, Transformer::Logits::kAll, decode_logits.data() + static_cast<size_t>(t) * vocab);
-    }
-    for (int t = 0; t < n; t += kQ8MaxTokens) {
-      const int len = std::min(kQ8MaxTokens, n - t);
-      chunked.Forward(&ids[t], len, Transformer::Logits::kAll, chunked_logits.data() + static_cast<size_t>(t) * vocab);
-    }
-    for (int t = 0; t < n; ++t) {
-      exact.Forward(&ids[t], 1, Transformer::Logits::kAll, exact_logits.data() + static_cast<size_t>(t) * vocab);
-    }
-    const double chunk_error = RelativeError(chunked_logits, decode_logits);
-    const double int8_error = RelativeError(decode_logits, exact_logits);
+    const auto [chunk_error, int8_error] = Int8DecodeErrors(model);
     std::printf("  %s: int8 decode vs chunked prefill %.3g, vs f32 decode %.3g\n",
                 FamilyName(family).c_str(), chunk_error, int8_error);
     CHECK(chunk_error <= kLogitTolerance);

@@ -8,8 +8,10 @@
 // bit, those of the same kernel called with that token alone: a token's
 // result never depends on the other tokens of its call (batched decode
 // computes each sequence as alone; prefill gives the same logits however its
-// tokens are chunked). The GEMMs of all levels give the same bits (one
-// arithmetic at 8 and 16 lanes), so prefill does not depend on the CPU.
+// tokens are chunked). The GEMMs of all levels and the AVX-512 VNNI decode
+// kernel (the GEMM's lanes, 8 tokens per pass) give the same bits (one
+// arithmetic at 8 and 16 lanes), so prefill does not depend on the CPU, and
+// decode at that level equals prefill.
 //
 // Tolerance (a-priori, as in test_simd_kernels.cpp): the integer dots are
 // exact; per output the float work is one product by d_b per 32 columns, the
@@ -58,7 +60,19 @@ std::vector<Level> LevelsToTest() {
     levels.push_back({"avx2", Int4RowsQ8Avx2});
     levels.push_back({"avx2 gemm", Int4GemmQ8Avx2, true});
   }
-  if (IsaSupported(Isa::kAvx512Vnni)) levels.push_back({"avx512vnni gemm", Int4GemmQ8Avx512Vnni, true});
+  if (IsaSupported(Isa::kAvx512Vnni)) {
+    levels.push_back({"avx512vnni gemm", Int4GemmQ8Avx512Vnni, true});
+    levels.push_back({"avx512vnni decode", Int4DecodeQ8Avx512Vnni, true});
+    // With the loader's transposed scales (the layer's own tiles).
+    levels.push_back({"avx512vnni decode, tile scales",
+                      [](const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y, int ldy) {
+                        const std::vector<uint8_t> tile_scales = Int4TileScales(layer);
+                        Int4Linear with = layer;
+                        with.tile_scales = tile_scales.data();
+                        Int4DecodeQ8Avx512Vnni(with, row0, rows, x, y, ldy);
+                      },
+                      true});
+  }
   return levels;
 }
 

@@ -18,6 +18,8 @@
 #include "transformer.h"
 
 using namespace awqcore;
+using awqtest::ForwardInChunks;
+using awqtest::Int8DecodeErrors;
 using awqtest::kLogitTolerance;
 using awqtest::NaiveForward;
 using awqtest::RandomIds;
@@ -32,17 +34,8 @@ namespace {
 // (mlp_only_layers). Widths are multiples of 64 so every linear takes the
 // W4A8 path in int8 decode.
 ModelConfig MoeConfig(bool mixtral) {
-  ModelConfig c;
-  c.vocab_size = 97;
-  c.hidden_size = 64;
+  ModelConfig c = awqtest::TinyBaseConfig();
   c.intermediate_size = 128;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 16;
-  c.max_position_embeddings = 256;
-  c.rope_theta = 10000.0f;
-  c.rms_norm_eps = 1e-5f;
-  c.group_size = 32;
   c.moe_intermediate_size = 64;
   if (mixtral) {
     c.architecture = "mixtral";
@@ -127,12 +120,7 @@ TEST(moe_prefill_equals_decode_steps) {
     Transformer prefill(model.config, model.weights, n + 10, pool, 1, /*int8_decode=*/false);
     Transformer decode(model.config, model.weights, n + 10, pool, 1, /*int8_decode=*/false);
     const std::vector<int> ids = RandomIds(n, vocab, 2);
-    std::vector<float> prefill_logits(static_cast<size_t>(n) * vocab), decode_logits(prefill_logits.size());
-    prefill.Forward(ids.data(), n, Transformer::Logits::kAll, prefill_logits.data());
-    for (int t = 0; t < n; ++t) {
-      decode.Forward(&ids[t], 1, Transformer::Logits::kAll, decode_logits.data() + static_cast<size_t>(t) * vocab);
-    }
-    const double error = RelativeError(prefill_logits, decode_logits);
+    const double error = RelativeError(ForwardInChunks(prefill, ids, n, vocab), ForwardInChunks(decode, ids, 1, vocab));
     std::printf("  %s: prefill vs decode, relative error %.3g\n", model.config.architecture.c_str(), error);
     CHECK(error <= kLogitTolerance);
   }
@@ -146,24 +134,7 @@ TEST(moe_int8_decode_equals_chunked_prefill) {
   // families, test_forward.cpp); 5e-2 is far below a wrong expert (O(1)).
   for (bool mixtral : kFamilies) {
     const TinyModel model(MoeConfig(mixtral));
-    const int vocab = model.config.vocab_size, n = 20;
-    ThreadPool pool(2);
-    Transformer decode(model.config, model.weights, n, pool);
-    Transformer chunked(model.config, model.weights, n, pool);
-    Transformer exact(model.config, model.weights, n, pool, 1, /*int8_decode=*/false);
-    const std::vector<int> ids = RandomIds(n, vocab, 6);
-    std::vector<float> decode_logits(static_cast<size_t>(n) * vocab), chunked_logits(decode_logits.size()),
-        exact_logits(decode_logits.size());
-    for (int t = 0; t < n; ++t) {
-      decode.Forward(&ids[t], 1, Transformer::Logits::kAll, decode_logits.data() + static_cast<size_t>(t) * vocab);
-      exact.Forward(&ids[t], 1, Transformer::Logits::kAll, exact_logits.data() + static_cast<size_t>(t) * vocab);
-    }
-    for (int t = 0; t < n; t += kQ8MaxTokens) {
-      const int len = std::min(kQ8MaxTokens, n - t);
-      chunked.Forward(&ids[t], len, Transformer::Logits::kAll, chunked_logits.data() + static_cast<size_t>(t) * vocab);
-    }
-    const double chunk_error = RelativeError(chunked_logits, decode_logits);
-    const double int8_error = RelativeError(decode_logits, exact_logits);
+    const auto [chunk_error, int8_error] = Int8DecodeErrors(model);
     std::printf("  %s: int8 decode vs chunked prefill %.3g, vs f32 decode %.3g\n",
                 model.config.architecture.c_str(), chunk_error, int8_error);
     CHECK(chunk_error <= kLogitTolerance);

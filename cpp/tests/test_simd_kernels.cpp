@@ -4,9 +4,8 @@
 // 256-column tiles), unaligned weight and activation pointers, strided
 // outputs, batches 1..8 (the f32 GEMM row kernels and the W4A8 GEMV ones),
 // the lm_head table in both forms (f16, int8) and W8A8 (int8 activations);
-// plus the fused q/k/v and gate/up/SwiGLU passes, thread-count independence
-// and the AVX2 attention (one sequence's tokens, and tokens of several
-// sequences with their own caches and positions).
+// plus the fused q/k/v and gate/up/SwiGLU passes and thread-count
+// independence. The attention kernels: test_simd_attention.cpp.
 //
 // Tolerances are a-priori bounds (see test_ops.cpp): a sum of n f32 terms in
 // any order is within gamma(n) * sum|terms| of the exact sum. The AVX2 int4
@@ -26,12 +25,11 @@
 #include <string>
 #include <vector>
 
-#include "attention_tokens.h"
 #include "cpu_features.h"
 #include "half.h"
+#include "isas_to_test.h"
 #include "model_weights.h"
 #include "ops/activation.h"
-#include "ops/attention.h"
 #include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
 #include "ops/linear_kernels.h"
@@ -42,10 +40,8 @@
 
 using namespace awqcore;
 
-using awqtest::AsCache;
-using awqtest::AttentionReferencePerToken;
-using awqtest::AttentionTokens;
 using awqtest::Gamma;
+using awqtest::IsasToTest;
 using awqtest::kUnitRoundoff;
 using awqtest::RandomFloats;
 using awqtest::RandomInt4;
@@ -56,15 +52,6 @@ namespace {
 // with no alignment beyond that of the element type.
 constexpr size_t kMisaligned = 1;
 
-// Every level this build and CPU run (CI's CPU may have fewer: the others
-// are named as skipped, once per test).
-std::vector<Isa> IsasToTest() {
-  for (Isa isa : AllIsas()) {
-    if (!IsaSupported(isa)) std::printf("  %s: not supported by this CPU or build, skipped\n", IsaName(isa));
-  }
-  return SupportedIsas();
-}
-
 // The W4A8 int4 row kernel of each level itself (the op's dispatcher,
 // Int4RowsQ8, may route a level to the one below for some shapes).
 using Int4Q8Kernel = void (*)(const Int4Linear&, int, int, const Q8Activations&, float*, int);
@@ -73,7 +60,7 @@ Int4Q8Kernel Int4Q8KernelOf(Isa isa) {
     case Isa::kScalar: return Int4RowsQ8Scalar;
     case Isa::kAvx2: return Int4RowsQ8Avx2;
     case Isa::kAvx512: return Int4RowsQ8Avx512;
-    case Isa::kAvx512Vnni: return Int4RowsQ8Avx512Vnni;
+    case Isa::kAvx512Vnni: return Int4DecodeQ8Avx512Vnni;
   }
   return nullptr;
 }
@@ -219,14 +206,11 @@ TEST(int4_q8_row_kernels_match_reference) {
   // term's 8-, 4- and 1-group steps all run). Each token's outputs must
   // equal, bit for bit, those of the token alone (batched decode relies on
   // it; the AVX2 kernel takes tokens in pairs for g >= 64, the AVX-512 one
-  // in fours and pairs). The VNNI build of the AVX2 kernel, which the op
-  // gives batches where it keeps the AVX2 body, must equal the AVX2 kernel
-  // bit for bit at every token count.
+  // in fours and pairs, the VNNI one all at once).
   std::mt19937 rng(14);
   Q8Buffer buffer;
   for (Isa isa : IsasToTest()) {
     Q8RowKernelTally tally;
-    int vnni_checked = 0, vnni_differ = 0;
     std::vector<float> all_got, all_f32;  // every output, and its f32 product with x
     for (int g : {32, 64, 128}) {
       for (int in : {64, 128, 192, 384, 576, 832}) {
@@ -253,18 +237,6 @@ TEST(int4_q8_row_kernels_match_reference) {
                 all_f32.push_back(exact[t * out + r]);
               }
             }
-            if (isa == Isa::kAvx512Vnni) {
-              std::vector<float> vnni(static_cast<size_t>(tokens) * ldy, -7.f), avx2(vnni);
-              Int4RowsQ8Avx2Vnni(w.layer, row0, out - row0, q8, vnni.data() + row0, ldy);
-              Int4RowsQ8Avx2(w.layer, row0, out - row0, q8, avx2.data() + row0, ldy);
-              for (size_t i = 0; i < vnni.size(); ++i) {
-                if (vnni[i] != avx2[i] && vnni_differ++ < 3) {
-                  std::printf("  FAILED case: g%d in=%d out=%d tokens=%d output %zu: vnni %.9g, avx2 %.9g\n",
-                              g, in, out, tokens, i, vnni[i], avx2[i]);
-                }
-                ++vnni_checked;
-              }
-            }
           }
         }
       }
@@ -276,11 +248,6 @@ TEST(int4_q8_row_kernels_match_reference) {
                 tally.bad, tally.batch_dependent, tally.worst, awqtest::RelativeError(all_got, all_f32));
     CHECK(tally.bad == 0);
     CHECK(tally.batch_dependent == 0);
-    if (isa == Isa::kAvx512Vnni) {
-      std::printf("  avx2 int4 W4A8 kernel built with VNNI vs avx2: %d outputs, %d not bit-identical\n",
-                  vnni_checked, vnni_differ);
-      CHECK(vnni_differ == 0);
-    }
   }
 }
 
@@ -562,99 +529,6 @@ TEST(gated_activation_kernels_match_reference) {
       }
       std::printf("  %s %s: max relative error %.3g (%.2f u)\n", IsaName(isa), silu ? "swiglu" : "geglu",
                   worst, worst / kUnitRoundoff);
-    }
-  }
-}
-
-TEST(attention_kernels_match_reference) {
-  // Softmax weights are in [0, 1] and sum to 1, so an output is a convex
-  // combination of V rows (|v| <= 1 here): its error is ~gamma(hd) |q||k|
-  // (scores, amplified by at most 2x through exp/normalization) plus the
-  // rounding of the weighted sums, which add in blocks of kBlockKeys and then
-  // across splits (random-walk ~sqrt(keys) u). Errors are taken in units of
-  // max|v| = 1, not of |out|: a mean of 2,000 random values is ~0.02, so a
-  // relative error would grow with the context for no fault of the kernel.
-  // 1e-5 leaves 50x margin to one wrong key, head or mask at 2,100 keys
-  // (an error of ~|v| / keys = 5e-4).
-  std::mt19937 rng(14);
-  ThreadPool pool(2);
-  for (Isa isa : IsasToTest()) {
-    for (bool f16_cache : {false, true}) {
-      double worst = 0.0;
-      std::string worst_case;
-      // H / KV = 3: several tokens per item; hd 72, 80: a 64-column register
-      // pass plus 8-column ones; 16, 48: 8-column passes only. {18, 1}: a
-      // group wider than kMaxRows, so an item takes part of its heads; {12, 4}:
-      // a decode item of 4 kv heads (kv_offset per row). Windows 7, 40, 512:
-      // rows of one block reading different keys (Gemma 3's sliding layers,
-      // hd 256).
-      for (const AttentionShape shape :
-           {AttentionShape{6, 2, 8}, AttentionShape{6, 2, 64}, AttentionShape{6, 2, 72},
-            AttentionShape{6, 2, 128}, AttentionShape{18, 1, 72}, AttentionShape{12, 4, 48},
-            AttentionShape{4, 2, 16, 0.f, 7}, AttentionShape{3, 1, 80, 0.f, 40},
-            AttentionShape{4, 1, 256, 0.f, 512}, AttentionShape{2, 1, 272}}) {
-        const size_t kv_width = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
-        auto check = [&](const auto& tokens) {
-          const std::vector<float> q =
-              RandomFloats(static_cast<size_t>(tokens.size()) * shape.num_heads * shape.head_dim, rng);
-          std::vector<float> ref(q.size()), out(q.size()), scratch(tokens.ScratchSize(shape));
-          AttentionReferencePerToken(shape, q.data(), tokens, ref.data());
-          AttentionForward(shape, q.data(), tokens.k.data(), tokens.v.data(), tokens.positions.data(),
-                           tokens.size(), scratch.data(), out.data(), pool, isa);
-          for (size_t i = 0; i < ref.size(); ++i) {
-            const double error = std::fabs(static_cast<double>(out[i]) - ref[i]);
-            if (!(error <= worst)) {  // NaN counts as worst
-              worst = error;
-              worst_case = awqtest::Case("H=", shape.num_heads, " KV=", shape.num_kv_heads, " hd=",
-                                         shape.head_dim, " window=", shape.window, " tokens=",
-                                         tokens.size(), " last position=", tokens.positions.back(),
-                                         " element=", i);
-            }
-          }
-        };
-        // One sequence at consecutive positions (prefill chunks, decode).
-        // 126 + 8 tokens straddle the first split boundary (128 keys), so some
-        // rows of an item read no key of its split; 300 gives 3 splits, 2100
-        // the longest (16 splits of 160 keys, AttentionSplitKeys).
-        for (int start : {0, 5, 126, 300, 2100}) {
-          for (int tokens : {1, 3, 8, 17}) {
-            if (start == 2100 && tokens > 3) continue;
-            const int keys = start + tokens;
-            const std::vector<float> k = RandomFloats(keys * kv_width, rng);
-            const std::vector<float> v = RandomFloats(k.size(), rng);
-            if (f16_cache) {
-              const std::vector<uint16_t> k16 = AsCache<uint16_t>(k), v16 = AsCache<uint16_t>(v);
-              check(AttentionTokens<uint16_t>().Add(k16.data(), v16.data(), start, tokens));
-            } else {
-              check(AttentionTokens<float>().Add(k.data(), v.data(), start, tokens));
-            }
-          }
-        }
-        // A batched decode step: one token of each of 4 sequences with their own
-        // caches and positions, plus a 2-token chunk of a fifth.
-        const std::vector<int> positions = {300, 0, 5, 37, 11};
-        std::vector<std::vector<float>> ks, vs;
-        std::vector<std::vector<uint16_t>> ks16, vs16;
-        AttentionTokens<float> batch;
-        AttentionTokens<uint16_t> batch16;
-        for (size_t s = 0; s < positions.size(); ++s) {
-          ks.push_back(RandomFloats((positions[s] + 2) * kv_width, rng));
-          vs.push_back(RandomFloats(ks.back().size(), rng));
-          ks16.push_back(AsCache<uint16_t>(ks.back()));
-          vs16.push_back(AsCache<uint16_t>(vs.back()));
-          const int count = s + 1 == positions.size() ? 2 : 1;
-          batch.Add(ks.back().data(), vs.back().data(), positions[s], count);
-          batch16.Add(ks16.back().data(), vs16.back().data(), positions[s], count);
-        }
-        if (f16_cache) {
-          check(batch16);
-        } else {
-          check(batch);
-        }
-      }
-      std::printf("  %s attention, %s cache: max error %.3g (units of max|v|)\n", IsaName(isa),
-                  f16_cache ? "f16" : "f32", worst);
-      CHECK_LE(worst, 1e-5, awqtest::Case(IsaName(isa), f16_cache ? " f16 " : " f32 ", worst_case));
     }
   }
 }

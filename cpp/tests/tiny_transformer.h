@@ -20,10 +20,30 @@
 #include "ops/rmsnorm.h"
 #include "ops/rope.h"
 #include "random_weights.h"
+#include "test_harness.h"
+#include "thread_pool.h"
+#include "transformer.h"
 
 namespace awqtest {
 
 using namespace awqcore;
+
+// What every tiny test model shares: d 64, 4 query and 2 key/value heads of
+// 16, a vocabulary of 97, int4 groups of 32. The tests set the family, the
+// layer count and the MLP width.
+inline ModelConfig TinyBaseConfig() {
+  ModelConfig config;
+  config.vocab_size = 97;
+  config.hidden_size = 64;
+  config.num_heads = 4;
+  config.num_kv_heads = 2;
+  config.head_dim = 16;
+  config.max_position_embeddings = 256;
+  config.rope_theta = 10000.0f;
+  config.rms_norm_eps = 1e-5f;
+  config.group_size = 32;
+  return config;
+}
 
 // Random weights owning their storage; `weights` points into it. Scales of
 // ~1/(8 sqrt(in)) keep activations O(1) through the layers. The embedding and
@@ -248,6 +268,36 @@ std::vector<int> RandomIds(int n, int vocab, uint32_t seed) {
   std::vector<int> ids(n);
   for (int& t : ids) t = id(rng);
   return ids;
+}
+
+// All logits [ids.size(), vocab] of `ids` fed to `transformer` in calls of
+// `chunk` tokens (1: token-by-token decode; ids.size(): one prefill call),
+// continuing from its current position.
+inline std::vector<float> ForwardInChunks(Transformer& transformer, const std::vector<int>& ids, int chunk,
+                                          int vocab) {
+  const int n = static_cast<int>(ids.size());
+  std::vector<float> logits(static_cast<size_t>(n) * vocab);
+  for (int t = 0; t < n; t += chunk) {
+    transformer.Forward(&ids[t], std::min(chunk, n - t), Transformer::Logits::kAll,
+                        logits.data() + static_cast<size_t>(t) * vocab);
+  }
+  return logits;
+}
+
+// The int8 decode path of `model` on 20 random tokens: {relative error of
+// prefill in chunks of kQ8MaxTokens against token-by-token decode, relative
+// error of that decode against all-f32 decode}.
+inline std::pair<double, double> Int8DecodeErrors(const TinyModel& model) {
+  const int vocab = model.config.vocab_size, n = 20;
+  ThreadPool pool(2);
+  Transformer decode(model.config, model.weights, n, pool);
+  Transformer chunked(model.config, model.weights, n, pool);
+  Transformer exact(model.config, model.weights, n, pool, 1, /*int8_decode=*/false);
+  const std::vector<int> ids = RandomIds(n, vocab, 6);
+  const std::vector<float> decode_logits = ForwardInChunks(decode, ids, 1, vocab);
+  const std::vector<float> chunked_logits = ForwardInChunks(chunked, ids, kQ8MaxTokens, vocab);
+  const std::vector<float> exact_logits = ForwardInChunks(exact, ids, 1, vocab);
+  return {RelativeError(chunked_logits, decode_logits), RelativeError(decode_logits, exact_logits)};
 }
 
 // Tolerance between two f32 evaluations of the network in different orders

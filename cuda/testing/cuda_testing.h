@@ -26,7 +26,7 @@ std::unique_ptr<ForwardPass> CreateRandomCudaForward(const ModelConfig& config, 
                                                      int max_seq_len, int max_sequences, uint64_t seed);
 
 // Test hooks: each runs one kernel on host data (upload, launch, download) so
-// cpp/tests/test_cuda_kernels.cpp can compare it with the CPU reference.
+// cpp/tests/test_cuda_*.cpp can compare it with the CPU reference.
 // Outputs start as NaN on the device, so an element a kernel fails to write
 // shows. They throw Error when built without CUDA or when there is no device.
 namespace cuda_test {

@@ -1,5 +1,5 @@
 // cuda_test:: (cuda_testing.h): each kernel family run on host data, for
-// cpp/tests/test_cuda_kernels.cpp. Synchronous; allocates per call.
+// cpp/tests/test_cuda_*.cpp. Synchronous; allocates per call.
 #include <algorithm>
 #include <vector>
 

@@ -228,8 +228,7 @@ class Session {
   // scratch do not fit: on the CPU in the memory the machine has available
   // (/proc/meminfo MemAvailable, else its physical memory), with kCuda in the
   // device's free memory. device kCuda also throws Error "awqcore was built
-  // without CUDA", "no CUDA device", or, for a model with experts, "the CUDA
-  // backend does not run mixture-of-experts models".
+  // without CUDA" or "no CUDA device".
   Session(std::shared_ptr<const Model> model, int max_seq_len,
           int num_threads = 0, Device device = Device::kCpu, int max_batch = 1,
           CpuActivations activations = CpuActivations::kInt8Decode);

@@ -9,25 +9,21 @@
 
 namespace awqcore {
 
-void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
-                          float* y, int ldy) {
-  Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
-}
-
 // The AVX2 GEMV's results: the GEMM's up to f32 rounding (linear_kernels.h).
 void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy) {
   Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
 }
 
+// The GEMM's results (above).
+void Int4DecodeQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                            float* y, int ldy) {
+  Int4GemmQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
+}
+
 void TableRowsQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
                            float* y, int ldy) {
   TableRowsQ8Avx2(table, row0, rows, x, y, ldy);
-}
-
-void Int4RowsQ8Avx2Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
-                        float* y, int ldy) {
-  Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
 }
 
 }  // namespace awqcore

@@ -43,6 +43,7 @@
 #include <cstdint>
 
 #include "ops/linear_kernels.h"
+#include "ops/simd_avx2.h"
 
 namespace awqcore {
 namespace {
@@ -50,14 +51,7 @@ namespace {
 constexpr int kBlock = EmbeddingTable::kBlock;
 constexpr int kBlockTokens = 4;  // tokens per register block
 
-// avx2::Hsum4 (simd_avx2.h), the same three hadds and one add, here with
-// internal linkage: this file is compiled with other flags.
-inline __m128 Hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);
-  const __m256 cd = _mm256_hadd_ps(c, d);
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
+using avx2::Hsum4;
 
 // kTokens (1..4) tokens from t of 4 rows (repeated where fewer remain):
 // y[k][r] = W[rows[r]] . a_{t+k}.

@@ -27,6 +27,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/int4_gemm_tile.h"
 #include "ops/linear_kernels.h"
 
 namespace awqcore {
@@ -36,18 +37,8 @@ constexpr int kTileRows = 8;     // int32 lanes of a ymm: one row each
 constexpr int kTokenBlock = 2;   // tokens per register block: 8 quads + 2 x 2 accumulators
 constexpr int kQuadsPerBlock = kQ8Block / 4;
 
-// 32 bytes, one ymm: a quad of 8 rows, or 8 rows' f32 scales of a group.
-struct alignas(32) Ymm {
-  uint8_t bytes[32];
-};
-
-// A tile of kTileRows rows unpacked for the dots; reused (grown, never
-// shrunk) by the calls of one thread.
-struct Tile {
-  std::vector<Ymm> quads;        // [in / 32][8]: the codes, [row][4 columns] per quad
-  std::vector<Ymm> scales;       // [groups]: s_g of the 8 rows, f32
-  std::vector<Ymm> zero_terms;   // [groups]: s_g z_g of the 8 rows, f32
-};
+using Ymm = Lanes<kTileRows>;
+using Tile = GemmTile<kTileRows>;
 
 // The unpacked codes of span sp for rows codes[0..7] (32 code bytes each):
 // out[8h + i] (h: the span's block, i < 4) = low nibbles of code bytes
@@ -81,29 +72,6 @@ void UnpackSpan(const uint8_t* const* codes, int sp, Ymm* out) {
   }
 }
 
-// Unpacks rows [row, row + rows) (rows <= 8) into `tile`; lanes past `rows`
-// repeat the last row (computed, never stored).
-void UnpackTile(const Int4Linear& layer, int row, int rows, Tile& tile) {
-  const int groups = layer.in / layer.group_size;
-  const int spans = layer.in / kQ8Span;
-  tile.quads.resize(static_cast<size_t>(spans) * 2 * kQuadsPerBlock);
-  tile.scales.resize(groups);
-  tile.zero_terms.resize(groups);
-  const uint8_t* codes[kTileRows];
-  for (int r = 0; r < kTileRows; ++r) {
-    codes[r] = layer.qweight + static_cast<size_t>(row + std::min(r, rows - 1)) * (layer.in / 2);
-  }
-  for (int sp = 0; sp < spans; ++sp) UnpackSpan(codes, sp, tile.quads.data() + sp * 2 * kQuadsPerBlock);
-  for (int r = 0; r < kTileRows; ++r) {
-    const size_t base = static_cast<size_t>(row + std::min(r, rows - 1)) * groups;
-    for (int g = 0; g < groups; ++g) {
-      const float s = _cvtsh_ss(layer.scales[base + g]);
-      const float sz = s * static_cast<float>(layer.zeros[base + g]);
-      std::memcpy(tile.scales[g].bytes + 4 * r, &s, 4);
-      std::memcpy(tile.zero_terms[g].bytes + 4 * r, &sz, 4);
-    }
-  }
-}
 
 // Tokens t .. t + kTokens - 1 times the tile: y[(t + k) * ldy + r] for the
 // first `rows` rows (row0: the tile's first row in the layer, for the bias).
@@ -174,7 +142,7 @@ void Int4GemmQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activat
   thread_local Tile tile;
   for (int r = 0; r < rows; r += kTileRows) {
     const int tile_rows = std::min(kTileRows, rows - r);
-    UnpackTile(layer, row0 + r, tile_rows, tile);
+    UnpackTile(layer, row0 + r, tile_rows, tile, UnpackSpan);
     float* y_tile = y + r;
     int t = 0;
     for (; t + kTokenBlock <= x.num_tokens; t += kTokenBlock) {

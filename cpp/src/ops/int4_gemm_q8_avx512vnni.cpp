@@ -50,6 +50,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/int4_gemm_tile.h"
 #include "ops/linear_kernels.h"
 
 namespace awqcore {
@@ -59,18 +60,8 @@ constexpr int kTileRows = 16;    // int32 lanes of a zmm: one row each
 constexpr int kTokenBlock = 8;   // tokens per register block: 8 quads + 2 x 8 accumulators
 constexpr int kQuadsPerBlock = kQ8Block / 4;
 
-// 64 bytes, one zmm: a quad of 16 rows, or 16 rows' f32 scales of a group.
-struct alignas(64) Zmm {
-  uint8_t bytes[64];
-};
-
-// A tile of kTileRows rows unpacked for the dots; reused (grown, never
-// shrunk) by the calls of one thread.
-struct Tile {
-  std::vector<Zmm> quads;        // [in / 32][8]: the codes, [row][4 columns] per quad
-  std::vector<Zmm> scales;       // [groups]: s_g of the 16 rows, f32
-  std::vector<Zmm> zero_terms;   // [groups]: s_g z_g of the 16 rows, f32
-};
+using Zmm = Lanes<kTileRows>;
+using Tile = GemmTile<kTileRows>;
 
 // The unpacked codes of span sp for rows codes[0..15] (32 code bytes each):
 // out[8h + i] (h: the span's block, i < 4) = low nibbles of code bytes
@@ -101,29 +92,6 @@ void UnpackSpan(const uint8_t* const* codes, int sp, Zmm* out) {
   }
 }
 
-// Unpacks rows [row, row + rows) (rows <= 16) into `tile`; lanes past `rows`
-// repeat the last row (computed, never stored).
-void UnpackTile(const Int4Linear& layer, int row, int rows, Tile& tile) {
-  const int groups = layer.in / layer.group_size;
-  const int spans = layer.in / kQ8Span;
-  tile.quads.resize(static_cast<size_t>(spans) * 2 * kQuadsPerBlock);
-  tile.scales.resize(groups);
-  tile.zero_terms.resize(groups);
-  const uint8_t* codes[kTileRows];
-  for (int r = 0; r < kTileRows; ++r) {
-    codes[r] = layer.qweight + static_cast<size_t>(row + std::min(r, rows - 1)) * (layer.in / 2);
-  }
-  for (int sp = 0; sp < spans; ++sp) UnpackSpan(codes, sp, tile.quads.data() + sp * 2 * kQuadsPerBlock);
-  for (int r = 0; r < kTileRows; ++r) {
-    const size_t base = static_cast<size_t>(row + std::min(r, rows - 1)) * groups;
-    for (int g = 0; g < groups; ++g) {
-      const float s = _cvtsh_ss(layer.scales[base + g]);
-      const float sz = s * static_cast<float>(layer.zeros[base + g]);
-      std::memcpy(tile.scales[g].bytes + 4 * r, &s, 4);
-      std::memcpy(tile.zero_terms[g].bytes + 4 * r, &sz, 4);
-    }
-  }
-}
 
 // Tokens t .. t + kTokens - 1 times the tile: y[(t + k) * ldy + r] for the
 // first `rows` rows (row0: the tile's first row in the layer, for the bias).
@@ -197,7 +165,7 @@ void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8A
   thread_local Tile tile;
   for (int r = 0; r < rows; r += kTileRows) {
     const int tile_rows = std::min(kTileRows, rows - r);
-    UnpackTile(layer, row0 + r, tile_rows, tile);
+    UnpackTile(layer, row0 + r, tile_rows, tile, UnpackSpan);
     // Prefill streams every weight from DRAM once per call: the next tile's
     // codes are prefetched during this tile's first register block, so
     // unpacking does not wait for them.

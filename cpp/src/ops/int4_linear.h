@@ -14,10 +14,14 @@
 // Prefill calls run a GEMM (each unpacked weight block serves many tokens).
 // Each token's result depends only on that token, bit for bit whatever the
 // call's token count up to kQ8MaxTokens, so a batch of up to 8 sequences
-// decodes bit-identically to the sequences one at a time (on AVX2 CPUs at
-// any count; with AVX-512 VNNI longer calls take the GEMM, whose sums agree
-// with the GEMV's to f32 rounding).
+// decodes bit-identically to the sequences one at a time. With AVX-512 VNNI
+// this holds at any count (decode and the prefill GEMM share one
+// arithmetic); on AVX2 CPUs longer calls take the GEMM, whose sums agree
+// with the GEMV's to f32 rounding.
 #pragma once
+
+#include <cstdint>
+#include <vector>
 
 #include "cpu_features.h"
 #include "model_weights.h"
@@ -46,6 +50,20 @@ void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int c
 void Int4GatedMlpForward(const Int4Linear& gate, const Int4Linear& up, Activation activation,
                          const float* x, int num_tokens, float* out, ThreadPool& pool,
                          Isa isa = DetectedIsa(), bool int8_decode = true);
+
+// The AVX-512 VNNI decode kernel (linear_kernels.h: Int4DecodeQ8Avx512Vnni)
+// holds one row per zmm lane, so it needs each group's weight scales and zero
+// points of 16 rows as a vector. In the file they lie row by row (a stride
+// of in / g), so the loader adds a copy per tile of kTileScaleRows rows:
+// [ceil(out / 16)][in / g][16 f16 scales | 16 zero bytes], 48 bytes per tile
+// and group (3 bytes per group and row, as the originals: for Qwen2.5-1.5B
+// 32 MB on top of its 1.2 GB); rows past `out` repeat the last row.
+constexpr int kTileScaleRows = 16;
+constexpr int kTileScaleBytes = 3 * kTileScaleRows;  // per tile and group
+std::vector<uint8_t> Int4TileScales(const Int4Linear& layer);
+// Gives every int4 linear of `weights` (experts too) its tile_scales, when
+// this CPU runs the kernel that reads them.
+void AddTileScales(ModelWeights& weights);
 
 // The obvious scalar loop (one weight at a time, double accumulator): the
 // oracle the tests compare the kernels with.

@@ -1,13 +1,7 @@
 // The AVX2 W4A8 int4 GEMV for group sizes 64 and 128 (contract: Int4RowsQ8*
 // in linear_kernels.h; the arithmetic is described in int4_linear_avx2.cpp),
-// one body for two builds: int4_linear_avx2.cpp (AVX2 + FMA + F16C:
-// vpmaddubsw + vpmaddwd) and int4_linear_batch_avx512vnni.cpp (the same
-// 256-bit code with AVX-512 VL + VNNI: two vpdpbusd). __AVX512VNNI__ (set by -mavx512vnni) picks
-// the integer dot product. Both are exact and give the same int32 lanes
-// (lane l sums the products of code bytes 4l..4l+3), and the float code is
-// the same, so both builds give each token the same bits. Include ONLY from
-// those files: everything here has internal linkage, so the two copies built
-// with different flags never meet (no one-definition-rule clash).
+// included by int4_linear_avx2.cpp (AVX2 + FMA + F16C). Everything here has
+// internal linkage.
 #pragma once
 
 #include <immintrin.h>
@@ -17,32 +11,15 @@
 #include <cstring>
 
 #include "ops/linear_kernels.h"
+#include "ops/simd_avx2.h"
 
 namespace awqcore {
 namespace {
 
-// avx2::Hsum4, avx2::Hsum, avx2::PrefetchBytes(ToL2) (simd_avx2.h), the
-// same instructions, with internal linkage here.
-inline __m128 Hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
-  const __m256 ab = _mm256_hadd_ps(a, b);
-  const __m256 cd = _mm256_hadd_ps(c, d);
-  const __m256 abcd = _mm256_hadd_ps(ab, cd);
-  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
-}
-inline float Hsum(__m256 a) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-inline void PrefetchBytes(const void* p, int bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T0);
-}
-inline void PrefetchBytesToL2(const void* p, int bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int b = 0; b < bytes; b += 64) _mm_prefetch(c + b, _MM_HINT_T1);
-}
+using avx2::Hsum;
+using avx2::Hsum4;
+using avx2::PrefetchBytes;
+using avx2::PrefetchBytesToL2;
 
 // The codes, scales and zeros of kRows consecutive rows from `row`.
 template <int kRows>
@@ -118,13 +95,8 @@ inline Nibbles SplitNibbles(const uint8_t* p) {
   return {_mm256_and_si256(v, nibble), _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble)};
 }
 inline __m256i DotNibbles(Nibbles n, __m256i xe, __m256i xo) {
-#ifdef __AVX512VNNI__
-  // Lane l sums bytes 4l..4l+3 of both products, as the pairs below do.
-  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), n.lo, xe), n.hi, xo);
-#else
   const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(n.lo, xe), _mm256_maddubs_epi16(n.hi, xo));
   return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-#endif
 }
 inline __m256i Dot64(const uint8_t* p, __m256i xe, __m256i xo) {
   return DotNibbles(SplitNibbles(p), xe, xo);

@@ -1,10 +1,7 @@
-// The AVX-512 W4A8 int4 GEMV (contract: Int4RowsQ8* in linear_kernels.h),
-// one body for two levels: int4_linear_avx512.cpp (F + BW + VL + DQ) and
-// int4_linear_avx512vnni.cpp (adds VNNI) include it, and __AVX512VNNI__
-// (set by -mavx512vnni) picks the integer dot product. Include ONLY from
-// those files: everything here has internal linkage, so the two copies built
-// with different flags never meet (no one-definition-rule clash).
-// Decode is memory-bound, and the ops use this body only for the shapes where
+// The AVX-512 (F + BW + VL + DQ) W4A8 int4 GEMV (contract: Int4RowsQ8* in
+// linear_kernels.h), included by int4_linear_avx512.cpp; everything here has
+// internal linkage. (With VNNI, decode takes int4_decode_q8_avx512vnni.cpp's
+// lanes per row instead.) Decode is memory-bound, and the ops use this body only for the shapes where
 // it streams faster than the AVX2 one (Avx512Pays, int4_linear.cpp).
 //
 // A step is 128 columns of a row: 64 code bytes, one 512-bit load, which is
@@ -16,11 +13,8 @@
 //   xo = [odd halves of span 0 | span 1]    step, shared by the rows)
 // the 16 int32 lanes of the dot products hold 4 columns each, lanes 4k..4k+3
 // belonging to the step's 32-column block k:
-//   VNNI: vpdpbusd(vpdpbusd(0, lo, xe), hi, xo): unsigned codes times signed
-//         activations, 4 products per lane, the operand order vpdpbusd needs;
-//   BW:   vpmaddwd(vpmaddubsw(lo, xe) + vpmaddubsw(hi, xo), 1): int16 pairs of
-//         at most 2 * 15 * 127 = 3810, their sum 7620 < 2^15, no saturation.
-// Both are exact. Each lane is then converted and multiplied into its row's
+//   vpmaddwd(vpmaddubsw(lo, xe) + vpmaddubsw(hi, xo), 1): int16 pairs of at
+//   most 2 * 15 * 127 = 3810, their sum 7620 < 2^15, no saturation: exact. Each lane is then converted and multiplied into its row's
 // accumulator by d_b s_g ([d_0 x4, .., d_3 x4] times the step's weight
 // scales spread the same way: 4, 2 or 1 groups per step at g = 32, 64, 128),
 // and the zero point leaves the loop as in the AVX2 kernel:
@@ -28,9 +22,9 @@
 // of the rounded activations precomputed, 16 groups per vector. A width that
 // is an odd number of spans ends with a half step: masked loads read its 32
 // code bytes, 2 block scales and its groups' weight scales, and never touch
-// memory past them. Per step and row: 1 load, shift + 2 and, 2 vpdpbusd (BW:
-// 2 vpmaddubsw, add, vpmaddwd), convert, the scale load, vcvtph2ps, permute,
-// multiply, FMA: 12 uops (13) per 128 weights, against the AVX2 kernel's 18.
+// memory past them. Per step and row: 1 load, shift + 2 and, 2 vpmaddubsw,
+// add, vpmaddwd, convert, the scale load, vcvtph2ps, permute, multiply, FMA:
+// 13 uops per 128 weights, against the AVX2 kernel's 18.
 //
 // 4 rows x 1, 2 or 4 tokens share each step: a row block's codes are loaded
 // once for up to 4 tokens (batched decode; 16 accumulators, 1.15-1.25x the
@@ -44,7 +38,7 @@
 
 // GCC 12's AVX-512 intrinsics start from _mm512_undefined_*() values, which
 // its -Wuninitialized flags after inlining (GCC bug 105593, fixed in 13):
-// silenced for this file's users only (the two kernel files).
+// silenced for this file's user only (the kernel file).
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -67,12 +61,8 @@ inline __m512i DotStep(__m512i codes, __m512i xe, __m512i xo) {
   const __m512i nibble = _mm512_set1_epi8(15);
   const __m512i lo = _mm512_and_si512(codes, nibble);
   const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(codes, 4), nibble);
-#ifdef __AVX512VNNI__
-  return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, xe), hi, xo);
-#else
   const __m512i pairs = _mm512_add_epi16(_mm512_maddubs_epi16(lo, xe), _mm512_maddubs_epi16(hi, xo));
   return _mm512_madd_epi16(pairs, _mm512_set1_epi16(1));
-#endif
 }
 
 // sum_g s[g] z[g] group_sums[g] over one row's groups, 16 lanes (the caller

@@ -60,22 +60,20 @@ void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activat
                     float* y, int ldy);
 void Int4RowsQ8Avx512(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                       float* y, int ldy);
-void Int4RowsQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
-                          float* y, int ldy);
-// Int4RowsQ8Avx2's arithmetic built with AVX-512 VL + VNNI
-// (int4_linear_batch_avx512vnni.cpp; call only when the CPU has them): two
-// vpdpbusd per span, each token's outputs bit-identical to Int4RowsQ8Avx2's;
-// batched decode where the ops keep the AVX2 body.
-void Int4RowsQ8Avx2Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
-                        float* y, int ldy);
 // The W4A8 GEMM (int4_gemm_q8_avx512vnni.cpp, AVX-512 F/BW/VL/DQ + VNNI; call
 // only when the CPU has them): any number of tokens, 16 rows x 8 tokens per
-// register block, for prefill. The integer dots are the scalar Q8 kernel's;
+// register block, for prefill (and, as Int4DecodeQ8Avx512Vnni, decode). The integer dots are the scalar Q8 kernel's;
 // the float sums run in another order than the GEMVs' (within f32 rounding,
 // test_gemm_kernels). A token's outputs are bit-identical whatever other
 // tokens share the call.
 void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy);
+// The GEMM's lanes and arithmetic for decode, 1 to kQ8MaxTokens tokens per
+// pass (int4_decode_q8_avx512vnni.cpp, same CPU needs): each block's codes
+// transposed in registers and used at once by every token, no tile buffer.
+// Outputs bit-identical to Int4GemmQ8Avx512Vnni's.
+void Int4DecodeQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
+                            float* y, int ldy);
 // The same GEMM at AVX2 (int4_gemm_q8_avx2.cpp; 8 rows x 2 tokens per
 // register block), for CPUs without AVX-512 VNNI; the same arithmetic at 8
 // lanes, so its outputs equal Int4GemmQ8Avx512Vnni's bit for bit.

@@ -1,6 +1,9 @@
-// AVX2 helpers shared by the *_avx2.cpp kernels. Include ONLY from files
-// compiled with -mavx2 -mfma -mf16c (CMakeLists.txt): inline functions built
-// with different flags in other files would break the one-definition rule.
+// AVX2 helpers shared by the *_avx2.cpp kernels and the AVX-512 files that
+// reuse 256-bit code (int4_q8_avx2.h, embedding_table_avx512vnni.cpp).
+// Include ONLY from files compiled with at least -mavx2 -mfma -mf16c
+// (CMakeLists.txt). Everything here has internal linkage (an unnamed
+// namespace), so copies built with different flags in different files never
+// meet (no one-definition-rule clash).
 #pragma once
 
 #include <immintrin.h>
@@ -11,6 +14,7 @@
 
 namespace awqcore {
 namespace avx2 {
+namespace {
 
 // [sum(a), sum(b), sum(c), sum(d)]: three hadds and one add instead of four
 // separate horizontal reductions.
@@ -125,5 +129,6 @@ inline void AccumulateTile(const float* tile, int width, int rows, const float* 
   }
 }
 
+}  // namespace
 }  // namespace avx2
 }  // namespace awqcore
