@@ -83,8 +83,9 @@ def _gptq(source: SourceModel, group_size: int, progress: bool = True,
 
 def _awq_gptq(source: SourceModel, group_size: int, progress: bool = True,
               **options) -> LayerQuantizer:
-    """AWQ's scales and held-out-checked clip bounds, then GPTQ instead of rounding."""
-    return _awq(source, group_size, progress, **{"clip": "heldout", **options, "gptq": True})
+    """AWQ's scales and clip bounds (the full search unless told otherwise: README, "GPTQ"),
+    then GPTQ instead of rounding, on the grid those bounds set."""
+    return _awq(source, group_size, progress, **{"clip": "full", **options, "gptq": True})
 
 
 # method name -> factory(source, group_size, progress, **method options). Layers
