@@ -112,3 +112,35 @@ def test_forced_level_is_used_or_refused_clearly(tiny_awqbin, level):
     else:
         assert proc.returncode == 3, proc.stdout + proc.stderr
         assert f"AWQCORE_ISA={level}" in proc.stdout and "available here: scalar" in proc.stdout
+
+
+_CUT_WORKER = """
+import json, sys
+import numpy as np
+import awqcore
+path, n = sys.argv[1], int(sys.argv[2])
+ids = [(7 * i + 3) % 60 + 1 for i in range(n)]
+model = awqcore.Model(path, threads=2, max_seq_len=256)
+whole = model.forward(ids)
+halves = model.forward(ids, chunk_tokens=(n + 1) // 2)
+print(json.dumps({"equal": bool(np.array_equal(whole, halves)),
+                  "max_abs": float(np.abs(whole - halves).max())}))
+"""
+
+
+@pytest.mark.parametrize("n", [130, 136])
+def test_a_prompt_gives_the_same_logits_however_it_is_cut(tiny_awqbin, n):
+    """A prompt of 130 or 136 tokens in one call (run in pieces of at most 128
+    internally) against two calls of about half: every piece has more than 8
+    tokens, so every token takes the prompt GEMM's arithmetic and the logits
+    are equal bit for bit, at every level. A piece of 1..8 tokens (128 + 2)
+    would run the decode kernels, which below AVX-512 VNNI sum in another
+    order."""
+    _, path = tiny_awqbin
+    for level in available_levels():
+        proc = subprocess.run([sys.executable, "-c", _CUT_WORKER, str(path), str(n)],
+                              env=dict(os.environ, AWQCORE_ISA=level),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"AWQCORE_ISA={level}: {proc.stderr[-2000:]}"
+        result = json.loads(proc.stdout)
+        assert result["equal"], f"AWQCORE_ISA={level}, {n} tokens: max |diff| {result['max_abs']:.3e}"

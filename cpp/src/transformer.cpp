@@ -131,7 +131,12 @@ void Transformer::Run(const int* ids, int n, Logits which, float* logits) {
   const int d = config_.hidden_size;
   const int vocab = config_.vocab_size;
   for (int done = 0; done < n;) {
-    const int chunk = std::min(chunk_tokens_, n - done);
+    int chunk = std::min(chunk_tokens_, n - done);
+    // Every piece of a prompt-sized call stays prompt-sized: a remainder of
+    // 1..kQ8MaxTokens tokens would take the decode kernels' arithmetic (and
+    // the int8 lm_head), so a prompt's tokens would depend on how it is cut.
+    const int rest = n - done - chunk;
+    if (rest > 0 && rest <= kQ8MaxTokens && chunk > 2 * kQ8MaxTokens) chunk -= kQ8MaxTokens;
     ForwardChunk(ids + done, done, chunk);
     const bool last_chunk = done + chunk == n;
     // The lm_head takes int8 activations in decode-sized chunks only (<=

@@ -198,7 +198,8 @@ enum class Device { kCpu, kCuda };
 //     AVX-512 VNNI, vpmaddubsw on AVX2), 3-4x the f32 GEMM's rate. A token's
 //     int4 linears give the same result, bit for bit, in a batch of up to 8
 //     or alone, and in any call of more than 8 tokens whatever its length;
-//     but the prompt GEMM (calls of more than 8 tokens) sums in another
+//     with AVX-512 VNNI decode and prompt share one arithmetic too; below
+//     VNNI the prompt GEMM (calls of more than 8 tokens) sums in another
 //     order than the decode kernels, which can move int8 roundings: a
 //     prompt's next-token distributions then differ from decode's by about
 //     as much as either differs from f32, KL ~2e-3 nats on SmolLM2. An int8 lm_head (`--embeddings int8`) multiplies W8A8 too in

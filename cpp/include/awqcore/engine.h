@@ -29,9 +29,11 @@
 // them too when every chunk is more than 8 tokens (chunk sizes of 9 or more;
 // no chunk leaves a shorter rest): the int4 linears compute each token of
 // such a call the same whatever the call's length, and attention reads the
-// same cached keys; test_engine checks it with both activations. A chunk of
-// at most 8 tokens of a longer prompt runs the decode kernels, which on
-// AVX-512 sum the int8 products in another order than the prompt GEMM
+// same cached keys; test_engine checks it with both activations. (Longer
+// calls run in pieces of at most 128 tokens, none left with 8 or fewer.) A
+// chunk of at most 8 tokens of a longer prompt runs the decode kernels,
+// which below AVX-512 VNNI sum the int8 products in another order than the
+// prompt GEMM
 // (awqcore.h, kInt8Decode): a greedy token can then differ only where
 // two logits are within that rounding. Sampling: each request draws from
 // its own generator seeded with its options.sampling.seed (as Generate), so

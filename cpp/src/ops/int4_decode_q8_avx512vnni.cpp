@@ -175,8 +175,10 @@ void Int4DecodeQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q
         }
         codes = padded.data();
       }
-      const uint8_t* tile_params = layer.tile_scales + static_cast<size_t>(tile) * groups * kTileScaleBytes;
-      if (!layer.tile_scales) {
+      const uint8_t* tile_params = nullptr;
+      if (layer.tile_scales) {
+        tile_params = layer.tile_scales + static_cast<size_t>(tile) * groups * kTileScaleBytes;
+      } else {
         params.resize(static_cast<size_t>(groups) * kTileScaleBytes);
         for (int g = 0; g < groups; ++g) {
           for (int i = 0; i < kTileRows; ++i) {

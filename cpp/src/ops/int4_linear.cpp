@@ -267,7 +267,9 @@ std::vector<uint8_t> Int4TileScales(const Int4Linear& layer) {
 }
 
 void AddTileScales(ModelWeights& weights) {
-  if (!IsaSupported(Isa::kAvx512Vnni)) return;
+  // Only the AVX-512 VNNI decode kernel reads the copy: other levels (a CPU
+  // without VNNI, or AWQCORE_ISA forcing a lower one) skip its memory.
+  if (DetectedIsa() != Isa::kAvx512Vnni) return;
   auto add = [&](Int4Linear& layer) {
     if (layer.out == 0 || !UsesQ8Activations(layer.in)) return;
     auto table = std::make_shared<const std::vector<uint8_t>>(Int4TileScales(layer));
