@@ -4,7 +4,7 @@
 # tools/test.sh after the main suite. Steps (default: all three):
 #   asan  every ctest suite built with AddressSanitizer + UndefinedBehaviorSanitizer
 #   tsan  test_concurrency (Sessions on one Model in parallel threads),
-#         test_session, test_engine (the Engine's thread against callers'
+#         test_session, test_engine and test_engine_scheduling (the Engine's thread against callers'
 #         threads) and tests/test_threads.py (Python Models from several
 #         threads, over an extension built with TSan) under ThreadSanitizer
 #   fuzz  cpp/fuzz/fuzz_awqbin (libFuzzer, Clang, with ASan + UBSan) for
@@ -43,9 +43,9 @@ step_tsan() {
   configure build/sanitize-thread -DAWQCORE_BUILD_TESTS=ON -DAWQCORE_SANITIZE=thread \
     -DAWQCORE_BUILD_PYTHON=ON -DPython_EXECUTABLE="$python" \
     -Dnanobind_DIR="$(python3 -c 'import nanobind; print(nanobind.cmake_dir())')"
-  cmake --build build/sanitize-thread -j "$jobs" --target test_concurrency test_session test_engine _core >/dev/null
+  cmake --build build/sanitize-thread -j "$jobs" --target test_concurrency test_session test_engine test_engine_scheduling _core >/dev/null
   TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/sanitize-thread --output-on-failure \
-    -R '^(test_concurrency|test_session|test_engine)$'
+    -R '^(test_concurrency|test_session|test_engine|test_engine_scheduling)$'
   # Python threads over the TSan-built extension: the package's sources with
   # that _core, and the TSan runtime preloaded (python is not instrumented).
   local package=build/sanitize-thread/python

@@ -120,6 +120,7 @@ struct Engine::Impl {
   // Engine thread only.
   std::vector<Slot> slots;  // [max_batch]
   uint64_t admissions = 0;
+  int held_steps = 0;  // decode steps skipped in a row by HoldDecodeStep
   std::vector<int> live;         // [<= max_batch] slots in the current decode step
   std::vector<int> step_ids;     // [max_batch] their last tokens
   std::vector<int> step_tokens;  // [max_batch] the tokens the step picked
@@ -343,8 +344,16 @@ void Engine::Impl::Run() {
     // the prompts go in back to back and the first decode step waits for
     // them all, as long as each takes one chunk: that stalls only first
     // tokens, once, instead of every early stream once per later prompt.
+    // At most max_batch steps in a row wait, so arrivals that end at their
+    // first token (and free their slot for the next) cannot hold the others'
+    // second tokens for ever.
     PrefillChunk(Streaming() ? streaming_prefill_chunk : prefill_chunk);
-    if (!HoldDecodeStep()) DecodeStep();
+    if (HoldDecodeStep() && held_steps < max_batch) {
+      ++held_steps;
+    } else {
+      held_steps = 0;
+      DecodeStep();
+    }
   }
 }
 

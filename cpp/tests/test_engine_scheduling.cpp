@@ -1,0 +1,233 @@
+// awqcore::Engine scheduling (engine.h): prompts prefilled in chunks, a burst
+// of arrivals before the first decode step, arrivals mid-stream in streaming
+// chunks, and the burst rule's bound; each answer checked against
+// Session::Generate one request at a time. Run under ThreadSanitizer by
+// tools/sanitizers.sh.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "awqbin_test_writer.h"
+#include "engine_test_support.h"
+#include "test_harness.h"
+
+using awqcore::CpuActivations;
+using awqcore::Session;
+
+TEST(a_long_prompt_prefilled_in_chunks_gives_generates_tokens) {
+  // Exact in both arithmetics: the int4 linears compute each token of a call
+  // of more than 8 tokens the same whatever the call's length (the prompt
+  // GEMM), the int8 rounding is per token, and a token's attention sums over
+  // the same cached keys in the same order. The chunks here hold more than 8
+  // tokens: a chunk of <= 8 runs the decode kernels, whose int8 sums come in
+  // another order below AVX-512 VNNI (engine.h).
+  auto model = TinySaneModel("llama");
+  for (CpuActivations activations : {CpuActivations::kFloat32, CpuActivations::kInt8Decode}) {
+    Session single(model, 128, 2, awqcore::Device::kCpu, 1, activations);
+    const std::vector<int> long_prompt = Prompt(75, 3), short_prompt = Prompt(5, 4);
+    const std::vector<int> expected_long = single.Generate(long_prompt, Exactly(12));
+    const std::vector<int> expected_short = single.Generate(short_prompt, Exactly(100));
+    EngineOptions options = Options(4, 128, 16);  // 75 tokens: chunks 16, 16, 16, 16, 11
+    options.activations = activations;
+    Engine engine(model, options);
+    Outcome short_outcome, long_outcome;
+    // The short request decodes while the long one is prefilled between its
+    // steps. Its first token holds the engine thread until the long request
+    // is queued, so the count below does not depend on the machine's speed.
+    std::mutex gate_mutex;
+    std::condition_variable gate;
+    bool long_submitted = false;
+    engine.Submit(short_prompt, Exactly(100), short_outcome.OnToken([&](int) {
+      std::unique_lock<std::mutex> lock(gate_mutex);
+      gate.wait(lock, [&] { return long_submitted; });
+      return true;
+    }), short_outcome.OnFinish());
+    std::atomic<size_t> short_at_first_long{0};
+    engine.Submit(long_prompt, Exactly(12), long_outcome.OnToken([&](int) {
+      if (short_at_first_long == 0) short_at_first_long = short_outcome.Count();
+      return true;
+    }), long_outcome.OnFinish());
+    {
+      std::lock_guard<std::mutex> lock(gate_mutex);
+      long_submitted = true;
+      gate.notify_all();
+    }
+    long_outcome.WaitFinished();
+    short_outcome.WaitFinished();
+    CHECK(long_outcome.tokens == expected_long);
+    CHECK(short_outcome.tokens == expected_short);
+    // The short stream kept going during the long prefill: its first token,
+    // then a decode step after each of the first 4 chunks before the last
+    // chunk's token (at least: the long one may be admitted a step later).
+    CHECK(short_at_first_long >= 5);
+  }
+}
+
+TEST(a_burst_of_prompts_goes_in_before_the_first_decode_step) {
+  // Three requests arrive together while nothing streams: all three first
+  // tokens come before any second token (one decode step after the last
+  // prefill), and each answer is still Generate's.
+  auto model = TinySaneModel("llama");
+  Session single(model, 64, 2);
+  Engine engine(model, Options(4, 64, 32));
+  // The gate request's finish holds the engine thread until the burst is
+  // queued, so the three are admitted in one iteration on any machine.
+  std::mutex gate_mutex;
+  std::condition_variable gate;
+  bool burst_submitted = false;
+  Outcome gate_outcome;
+  engine.Submit(Prompt(3, 9), Exactly(1), gate_outcome.OnToken(),
+                [&](StopReason, const std::string&) {
+                  std::unique_lock<std::mutex> lock(gate_mutex);
+                  gate.wait(lock, [&] { return burst_submitted; });
+                });
+  gate_outcome.WaitTokens(1);
+  std::mutex order_mutex;
+  std::vector<std::pair<int, size_t>> order;  // (request, its token count) per token
+  Outcome outcomes[3];
+  std::vector<std::vector<int>> expected;
+  for (int r = 0; r < 3; ++r) {
+    const std::vector<int> prompt = Prompt(12 + 7 * r, r);  // 12, 19, 26 tokens: one chunk each
+    expected.push_back(single.Generate(prompt, Exactly(6)));
+    engine.Submit(prompt, Exactly(6), outcomes[r].OnToken([&, r](int) {
+      std::lock_guard<std::mutex> lock(order_mutex);
+      order.emplace_back(r, outcomes[r].Count());
+      return true;
+    }), outcomes[r].OnFinish());
+  }
+  {
+    std::lock_guard<std::mutex> lock(gate_mutex);
+    burst_submitted = true;
+    gate.notify_all();
+  }
+  for (int r = 0; r < 3; ++r) {
+    outcomes[r].WaitFinished();
+    CHECK(outcomes[r].tokens == expected[r]);
+  }
+  CHECK(order.size() == 18);
+  for (size_t k = 0; k < 3 && k < order.size(); ++k) {
+    CHECK(order[k].second == 1);  // first tokens only
+    if (order[k].second != 1) std::printf("  token %zu is request %d's token %zu\n", k,
+                                          order[k].first, order[k].second);
+  }
+}
+
+TEST(arrivals_that_end_at_their_first_token_cannot_hold_a_second_token) {
+  // Max batch 3: request A and two chains of requests that each end at their
+  // first token and submit the next. After every prefill another prompt
+  // waits for its own and nothing streams yet, the burst rule's condition for
+  // skipping the decode step; the engine skips at most max_batch steps in a
+  // row, so A's second token comes after a few chain requests, not all 40.
+  auto model = TinySaneModel("llama");
+  Engine engine(model, Options(3, 64, 32));
+  constexpr int kChain = 40;
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool burst_submitted = false;
+  int chain_submitted = 0, chain_finished = 0, chain_finished_at_second = -1;
+  // The gate request's finish holds the engine thread until A and the first
+  // two chain requests are queued, so they are admitted together.
+  Outcome gate_outcome;
+  engine.Submit(Prompt(3, 9), Exactly(1), gate_outcome.OnToken(),
+                [&](StopReason, const std::string&) {
+                  std::unique_lock<std::mutex> lock(mutex);
+                  changed.wait(lock, [&] { return burst_submitted; });
+                });
+  gate_outcome.WaitTokens(1);
+  std::function<void()> submit_chain = [&] {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (chain_submitted == kChain) return;
+      ++chain_submitted;
+    }
+    engine.Submit(Prompt(4, 3), Exactly(1), [&](int) {
+      submit_chain();
+      return true;
+    }, [&](StopReason, const std::string&) {
+      std::lock_guard<std::mutex> lock(mutex);
+      ++chain_finished;
+      changed.notify_all();
+    });
+  };
+  Outcome a;
+  engine.Submit(Prompt(5, 1), Exactly(3), a.OnToken([&](int) {
+    const size_t count = a.Count();
+    std::lock_guard<std::mutex> lock(mutex);
+    if (count == 2) chain_finished_at_second = chain_finished;
+    return true;
+  }), a.OnFinish());
+  submit_chain();
+  submit_chain();
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    burst_submitted = true;
+    changed.notify_all();
+  }
+  a.WaitFinished();
+  {
+    std::unique_lock<std::mutex> lock(mutex);
+    changed.wait(lock, [&] { return chain_finished == kChain; });
+  }
+  CHECK(a.tokens.size() == 3 && a.reason != StopReason::kCancelled);
+  CHECK(chain_finished_at_second >= 0 && chain_finished_at_second <= 3 + 1);
+  std::printf("  A's second token came after %d of %d chain requests\n", chain_finished_at_second,
+              kChain);
+}
+
+TEST(a_prompt_arriving_mid_stream_is_prefilled_in_streaming_chunks) {
+  // streaming_prefill_chunk 10 while a request streams: a 45-token prompt
+  // goes in as 10, 10, 10 and 15 (no chunk leaves 1..8 tokens behind), with
+  // a decode step of the streaming request after each of the first three;
+  // both answers are Generate's.
+  auto model = TinySaneModel("llama");
+  for (CpuActivations activations : {CpuActivations::kFloat32, CpuActivations::kInt8Decode}) {
+    Session single(model, 128, 2, awqcore::Device::kCpu, 1, activations);
+    const std::vector<int> stream_prompt = Prompt(5, 1), arriving_prompt = Prompt(45, 2);
+    const std::vector<int> expected_stream = single.Generate(stream_prompt, Exactly(40));
+    const std::vector<int> expected_arriving = single.Generate(arriving_prompt, Exactly(4));
+    EngineOptions options = Options(4, 128, 64);
+    options.streaming_prefill_chunk = 10;
+    options.activations = activations;
+    Engine engine(model, options);
+    // The streaming request's third token holds the engine thread until the
+    // other is queued, so the count below does not depend on the machine.
+    std::mutex gate_mutex;
+    std::condition_variable gate;
+    bool submitted = false;
+    Outcome streaming, arriving;
+    engine.Submit(stream_prompt, Exactly(40), streaming.OnToken([&](int) {
+      if (streaming.Count() == 3) {
+        std::unique_lock<std::mutex> lock(gate_mutex);
+        gate.wait(lock, [&] { return submitted; });
+      }
+      return true;
+    }), streaming.OnFinish());
+    streaming.WaitTokens(3);
+    std::atomic<size_t> streamed_at_first{0};
+    engine.Submit(arriving_prompt, Exactly(4), arriving.OnToken([&](int) {
+      if (streamed_at_first == 0) streamed_at_first = streaming.Count();
+      return true;
+    }), arriving.OnFinish());
+    {
+      std::lock_guard<std::mutex> lock(gate_mutex);
+      submitted = true;
+      gate.notify_all();
+    }
+    streaming.WaitFinished();
+    arriving.WaitFinished();
+    CHECK(streaming.tokens == expected_stream);
+    CHECK(arriving.tokens == expected_arriving);
+    // 3 tokens, then one per chunk but the last: 6 (a single 45-token chunk: 3).
+    CHECK(streamed_at_first == 6);
+    if (streamed_at_first != 6) std::printf("  streamed %zu tokens\n", streamed_at_first.load());
+  }
+}
+
+
+AWQCORE_TEST_MAIN()
