@@ -2,26 +2,19 @@
 a tiny model."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from test_awq import calib_text
-
-TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "quality_diagnose.py")
+from tool_modules import load_tool
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("quality_diagnose", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("quality_diagnose")
 
 
 def test_output_error_is_the_mean_squared_output_difference(tool):

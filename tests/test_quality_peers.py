@@ -3,7 +3,6 @@ float checkpoint it hands a peer, the AutoAWQ patch's refusal, and a whole run o
 tiny model whose peer is missing (skipped, said so, the other rows evaluated)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -16,17 +15,14 @@ from awqcore.awqbin_source import AwqbinSource
 from awqcore.evaluate import window_nll
 from awqcore.importers import expected_tensor_shapes, load_source
 from awqcore.reference import ReferenceModel
+from tool_modules import load_tool
 
-TOOL = os.path.join(os.path.dirname(__file__), "..", "tools", "quality_peers.py")
 SPEC = "synthetic:arch=llama,layers=1,seed=3"
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("quality_peers", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("quality_peers")
 
 
 def test_share_of_rtn_increase(tool):

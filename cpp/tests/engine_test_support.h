@@ -19,6 +19,27 @@ using awqcore::StopReason;
 
 namespace {
 
+// A latch that opens once: an engine callback Waits on it to hold the engine
+// thread until the test has done something (submitted, cancelled), so what
+// the test checks does not depend on how the threads are scheduled.
+struct Gate {
+  std::mutex mutex;
+  std::condition_variable opened_changed;
+  bool opened = false;
+
+  void Open() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      opened = true;
+    }
+    opened_changed.notify_all();
+  }
+  void Wait() {
+    std::unique_lock<std::mutex> lock(mutex);
+    opened_changed.wait(lock, [&] { return opened; });
+  }
+};
+
 // What the callbacks of one request saw. Thread-safe: written by the engine
 // thread, read by the test's threads.
 struct Outcome {

@@ -102,14 +102,11 @@ TEST(cancel_ends_a_request_within_one_step_and_frees_its_slot) {
     // The third token's callback holds the engine thread until Cancel has
     // been called, so the request cannot finish first however the threads
     // are scheduled.
-    std::mutex gate_mutex;
-    std::condition_variable gate;
-    bool cancel_called = false;
+    Gate cancel_called;
     const Engine::RequestId id =
         engine.Submit(Prompt(4, 1), Exactly(150), cancelled.OnToken([&](int) {
           if (cancelled.Count() == 3) {
-            std::unique_lock<std::mutex> lock(gate_mutex);
-            gate.wait(lock, [&] { return cancel_called; });
+            cancel_called.Wait();
           }
           return true;
         }), cancelled.OnFinish());
@@ -118,11 +115,7 @@ TEST(cancel_ends_a_request_within_one_step_and_frees_its_slot) {
                   stopped_by_callback.OnFinish());
     cancelled.WaitTokens(3);
     CHECK(engine.Cancel(id));
-    {
-      std::lock_guard<std::mutex> lock(gate_mutex);
-      cancel_called = true;
-      gate.notify_all();
-    }
+    cancel_called.Open();
     const size_t seen = cancelled.Count();
     CHECK(!engine.Cancel(id));  // already cancelled
     cancelled.WaitFinished();
@@ -168,21 +161,14 @@ TEST(a_full_queue_refuses_at_once_and_a_waiting_request_can_be_cancelled) {
   Engine engine(model, options);
   // The running request's first token holds the engine thread until released,
   // so the queue's length is known.
-  std::mutex gate_mutex;
-  std::condition_variable gate;
-  bool entered = false, released = false;
+  Gate entered, released;
   Outcome running, queued1, queued2;
   engine.Submit(Prompt(3, 1), Exactly(5), running.OnToken([&](int) {
-    std::unique_lock<std::mutex> lock(gate_mutex);
-    entered = true;
-    gate.notify_all();
-    gate.wait(lock, [&] { return released; });
+    entered.Open();
+    released.Wait();
     return true;
   }), running.OnFinish());
-  {
-    std::unique_lock<std::mutex> lock(gate_mutex);
-    gate.wait(lock, [&] { return entered; });
-  }
+  entered.Wait();
   Submit(engine, queued1, Prompt(2, 2), Exactly(3));
   const Engine::RequestId second = Submit(engine, queued2, Prompt(2, 3), Exactly(3));
   Outcome refused;
@@ -191,11 +177,7 @@ TEST(a_full_queue_refuses_at_once_and_a_waiting_request_can_be_cancelled) {
   Engine::Stats stats = engine.stats();
   CHECK(stats.waiting == 2 && stats.running == 1 && stats.submitted == 3 && stats.max_queue == 2);
   CHECK(engine.Cancel(second));
-  {
-    std::lock_guard<std::mutex> lock(gate_mutex);
-    released = true;
-    gate.notify_all();
-  }
+  released.Open();
   running.WaitFinished();
   queued1.WaitFinished();
   queued2.WaitFinished();

@@ -40,12 +40,9 @@ TEST(a_long_prompt_prefilled_in_chunks_gives_generates_tokens) {
     // The short request decodes while the long one is prefilled between its
     // steps. Its first token holds the engine thread until the long request
     // is queued, so the count below does not depend on the machine's speed.
-    std::mutex gate_mutex;
-    std::condition_variable gate;
-    bool long_submitted = false;
+    Gate long_submitted;
     engine.Submit(short_prompt, Exactly(100), short_outcome.OnToken([&](int) {
-      std::unique_lock<std::mutex> lock(gate_mutex);
-      gate.wait(lock, [&] { return long_submitted; });
+      long_submitted.Wait();
       return true;
     }), short_outcome.OnFinish());
     std::atomic<size_t> short_at_first_long{0};
@@ -53,11 +50,7 @@ TEST(a_long_prompt_prefilled_in_chunks_gives_generates_tokens) {
       if (short_at_first_long == 0) short_at_first_long = short_outcome.Count();
       return true;
     }), long_outcome.OnFinish());
-    {
-      std::lock_guard<std::mutex> lock(gate_mutex);
-      long_submitted = true;
-      gate.notify_all();
-    }
+    long_submitted.Open();
     long_outcome.WaitFinished();
     short_outcome.WaitFinished();
     CHECK(long_outcome.tokens == expected_long);
@@ -78,14 +71,11 @@ TEST(a_burst_of_prompts_goes_in_before_the_first_decode_step) {
   Engine engine(model, Options(4, 64, 32));
   // The gate request's finish holds the engine thread until the burst is
   // queued, so the three are admitted in one iteration on any machine.
-  std::mutex gate_mutex;
-  std::condition_variable gate;
-  bool burst_submitted = false;
+  Gate burst_submitted;
   Outcome gate_outcome;
   engine.Submit(Prompt(3, 9), Exactly(1), gate_outcome.OnToken(),
                 [&](StopReason, const std::string&) {
-                  std::unique_lock<std::mutex> lock(gate_mutex);
-                  gate.wait(lock, [&] { return burst_submitted; });
+                  burst_submitted.Wait();
                 });
   gate_outcome.WaitTokens(1);
   std::mutex order_mutex;
@@ -101,11 +91,7 @@ TEST(a_burst_of_prompts_goes_in_before_the_first_decode_step) {
       return true;
     }), outcomes[r].OnFinish());
   }
-  {
-    std::lock_guard<std::mutex> lock(gate_mutex);
-    burst_submitted = true;
-    gate.notify_all();
-  }
+  burst_submitted.Open();
   for (int r = 0; r < 3; ++r) {
     outcomes[r].WaitFinished();
     CHECK(outcomes[r].tokens == expected[r]);
@@ -129,16 +115,13 @@ TEST(arrivals_that_end_at_their_first_token_cannot_hold_a_second_token) {
   constexpr int kChain = 40;
   std::mutex mutex;
   std::condition_variable changed;
-  bool burst_submitted = false;
+  Gate burst_submitted;
   int chain_submitted = 0, chain_finished = 0, chain_finished_at_second = -1;
   // The gate request's finish holds the engine thread until A and the first
   // two chain requests are queued, so they are admitted together.
   Outcome gate_outcome;
   engine.Submit(Prompt(3, 9), Exactly(1), gate_outcome.OnToken(),
-                [&](StopReason, const std::string&) {
-                  std::unique_lock<std::mutex> lock(mutex);
-                  changed.wait(lock, [&] { return burst_submitted; });
-                });
+                [&](StopReason, const std::string&) { burst_submitted.Wait(); });
   gate_outcome.WaitTokens(1);
   std::function<void()> submit_chain = [&] {
     {
@@ -164,11 +147,7 @@ TEST(arrivals_that_end_at_their_first_token_cannot_hold_a_second_token) {
   }), a.OnFinish());
   submit_chain();
   submit_chain();
-  {
-    std::lock_guard<std::mutex> lock(mutex);
-    burst_submitted = true;
-    changed.notify_all();
-  }
+  burst_submitted.Open();
   a.WaitFinished();
   {
     std::unique_lock<std::mutex> lock(mutex);
@@ -197,14 +176,11 @@ TEST(a_prompt_arriving_mid_stream_is_prefilled_in_streaming_chunks) {
     Engine engine(model, options);
     // The streaming request's third token holds the engine thread until the
     // other is queued, so the count below does not depend on the machine.
-    std::mutex gate_mutex;
-    std::condition_variable gate;
-    bool submitted = false;
+    Gate submitted;
     Outcome streaming, arriving;
     engine.Submit(stream_prompt, Exactly(40), streaming.OnToken([&](int) {
       if (streaming.Count() == 3) {
-        std::unique_lock<std::mutex> lock(gate_mutex);
-        gate.wait(lock, [&] { return submitted; });
+        submitted.Wait();
       }
       return true;
     }), streaming.OnFinish());
@@ -214,11 +190,7 @@ TEST(a_prompt_arriving_mid_stream_is_prefilled_in_streaming_chunks) {
       if (streamed_at_first == 0) streamed_at_first = streaming.Count();
       return true;
     }), arriving.OnFinish());
-    {
-      std::lock_guard<std::mutex> lock(gate_mutex);
-      submitted = true;
-      gate.notify_all();
-    }
+    submitted.Open();
     streaming.WaitFinished();
     arriving.WaitFinished();
     CHECK(streaming.tokens == expected_stream);
