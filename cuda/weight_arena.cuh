@@ -27,47 +27,20 @@ class WeightArena {
 
   // Host data, or fill's random bytes & mask when src is null.
   void* Bytes(const void* src, size_t bytes, uint8_t mask) {
-    void* p = Next(bytes);
-    if (!p) return nullptr;
-    if (src) {
-      AWQ_CUDA_CHECK(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
-    } else {
-      Fill().Bytes(static_cast<uint8_t*>(p), bytes, mask);
-    }
-    return p;
+    return Place<uint8_t>(src, bytes, [&](DeviceFill& fill, uint8_t* p) { fill.Bytes(p, bytes, mask); });
   }
   // Host f16 bits, or fill's uniform [lo, hi) when src is null.
   __half* Half(const uint16_t* src, size_t count, float lo, float hi) {
-    void* p = Next(count * 2);
-    if (!p) return nullptr;
-    if (src) {
-      AWQ_CUDA_CHECK(cudaMemcpy(p, src, count * 2, cudaMemcpyHostToDevice));
-    } else {
-      Fill().Halves(static_cast<__half*>(p), count, lo, hi);
-    }
-    return static_cast<__half*>(p);
+    return Place<__half>(src, count * 2, [&](DeviceFill& fill, __half* p) { fill.Halves(p, count, lo, hi); });
   }
   // Host floats, or `value` everywhere when src is null.
   float* Float(const float* src, size_t count, float value) {
-    void* p = Next(count * 4);
-    if (!p) return nullptr;
-    if (src) {
-      AWQ_CUDA_CHECK(cudaMemcpy(p, src, count * 4, cudaMemcpyHostToDevice));
-    } else {
-      Fill().Floats(static_cast<float*>(p), count, value);
-    }
-    return static_cast<float*>(p);
+    return Place<float>(src, count * 4, [&](DeviceFill& fill, float* p) { fill.Floats(p, count, value); });
   }
   // Host floats, or fill's uniform [lo, hi) when src is null (routers).
   float* UniformFloat(const float* src, size_t count, float lo, float hi) {
-    void* p = Next(count * 4);
-    if (!p) return nullptr;
-    if (src) {
-      AWQ_CUDA_CHECK(cudaMemcpy(p, src, count * 4, cudaMemcpyHostToDevice));
-    } else {
-      Fill().UniformFloats(static_cast<float*>(p), count, lo, hi);
-    }
-    return static_cast<float*>(p);
+    return Place<float>(src, count * 4,
+                        [&](DeviceFill& fill, float* p) { fill.UniformFloats(p, count, lo, hi); });
   }
   // Stacked experts: srcs.size() host slices of `each` bytes back to back in
   // one allocation, or (srcs empty) `count` slices of fill's random bytes & mask.
@@ -98,6 +71,19 @@ class WeightArena {
     const size_t offset = size_;
     size_ += AlignUp(bytes);
     return placing_ ? buffer_.as<uint8_t>() + offset : nullptr;
+  }
+  // Reserves `bytes`; in pass 2 copies them from src, or has fill_with
+  // write them where src is null.
+  template <typename T, typename FillWith>
+  T* Place(const void* src, size_t bytes, FillWith fill_with) {
+    void* p = Next(bytes);
+    if (!p) return nullptr;
+    if (src) {
+      AWQ_CUDA_CHECK(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
+    } else {
+      fill_with(Fill(), static_cast<T*>(p));
+    }
+    return static_cast<T*>(p);
   }
   template <typename T>
   static void CopySlices(void* p, const std::vector<const T*>& srcs, size_t each_bytes) {
