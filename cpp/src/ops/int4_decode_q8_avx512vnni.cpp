@@ -36,6 +36,7 @@
 #include <cstring>
 #include <vector>
 
+#include "ops/int4_gemm_tile.h"
 #include "ops/int4_linear.h"
 #include "ops/linear_kernels.h"
 
@@ -76,10 +77,6 @@ inline void UnpackBlock(const uint8_t* p, size_t stride, __m512i* out) {
     out[4 + c] = _mm512_and_si512(_mm512_srli_epi16(y[c], 4), nibble);
   }
 }
-
-// The activation bytes of quad i of a block, from the block's first
-// position in its span (int4_gemm_q8_avx512vnni.cpp).
-constexpr int kQuadOffset[kQuadsPerBlock] = {0, 4, 8, 12, 32, 36, 40, 44};
 
 // All kTokens tokens of x times the 16 rows of a tile: lanes [lane0,
 // lane_end) are stored, lane i at y[k * ldy + i - lane0]. codes: the tile's

@@ -88,9 +88,6 @@ void TileTimesTokens(const Int4Linear& layer, const Tile& tile, int row0, int ro
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[kTokens];
   for (int k = 0; k < kTokens; ++k) acc[k] = _mm256_setzero_ps();
-  // The activation bytes of quad i of a block, from the block's first
-  // position in its span.
-  constexpr int kQuadOffset[kQuadsPerBlock] = {0, 4, 8, 12, 32, 36, 40, 44};
   for (int g = 0; g < groups; ++g) {
     __m256 group_acc[kTokens];
     for (int k = 0; k < kTokens; ++k) group_acc[k] = _mm256_setzero_ps();

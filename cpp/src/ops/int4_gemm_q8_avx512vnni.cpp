@@ -110,9 +110,6 @@ void TileTimesTokens(const Int4Linear& layer, const Tile& tile, int row0, int ro
   __m512 acc[kTokens];
   #pragma GCC unroll 8
   for (int k = 0; k < kTokens; ++k) acc[k] = _mm512_setzero_ps();
-  // The activation bytes of quad i of a block, from the block's first
-  // position in its span (see the header).
-  constexpr int kQuadOffset[kQuadsPerBlock] = {0, 4, 8, 12, 32, 36, 40, 44};
   for (int g = 0; g < groups; ++g) {
     __m512 group_acc[kTokens];
     #pragma GCC unroll 8

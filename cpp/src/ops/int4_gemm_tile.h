@@ -3,8 +3,9 @@
 // described in the latter): a tile's codes unpacked to one per byte in the
 // order [block][quad][row][4 codes], and each group's f32 weight scales and
 // zero terms of its rows, one lane per row. Include ONLY from those two
-// files (compiled with F16C at least): everything here has internal
-// linkage, so the copies built with different flags never meet.
+// files and the VNNI decode kernel (int4_decode_q8_avx512vnni.cpp), all
+// compiled with F16C at least: everything here has internal linkage, so the
+// copies built with different flags never meet.
 #pragma once
 
 #include <immintrin.h>
@@ -18,6 +19,11 @@
 
 namespace awqcore {
 namespace {
+
+// The activation bytes of quad i of a 32-column block, from the block's
+// first position in its 64-column span: the order in which the unpacked
+// codes hold a block's quads (described in int4_gemm_q8_avx512vnni.cpp).
+constexpr int kQuadOffset[kQ8Block / 4] = {0, 4, 8, 12, 32, 36, 40, 44};
 
 // kRows int32 lanes, one vector register: a quad of kRows rows (4 codes
 // each), or the rows' f32 scales of a group.
