@@ -51,13 +51,13 @@ void CheckEngineOptions(const EngineOptions& options) {
 }
 
 // The prompt tokens to prefill next: at most `budget` of `remaining`, except
-// that a chunk never leaves 1..kDecodeSized tokens behind (it takes them too).
-// A last chunk that short would run the decode kernels, whose sums can round
-// differently from the prompt GEMM's, and Session::Generate prefills the
-// prompt in one call: so results stay equal to Generate's for any budget.
-constexpr int kDecodeSized = 8;
+// that a chunk never leaves 1..kInt8DecodeMaxTokens tokens behind (it takes
+// them too). A last chunk that short would run the decode kernels, whose sums
+// can round differently from the prompt GEMM's, and Session::Generate
+// prefills the prompt in one call (whose pieces Transformer keeps prompt-
+// sized the same way): so results stay equal to Generate's for any budget.
 int ChunkTokens(int remaining, int budget) {
-  return remaining - budget <= kDecodeSized ? remaining : budget;
+  return remaining - budget <= kInt8DecodeMaxTokens ? remaining : budget;
 }
 
 }  // namespace
