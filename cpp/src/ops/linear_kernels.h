@@ -101,11 +101,18 @@ void TableRowsQ8Scalar(const EmbeddingTable& table, int row0, int rows, const Q8
                        float* y, int ldy);
 void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
                      float* y, int ldy);
-// AVX-512 VNNI (embedding_table_avx512vnni.cpp): 4 rows x 4 tokens per
-// register block, each table row read once per call for every token; each
-// token's outputs are bit-identical to TableRowsQ8Avx2's.
-void TableRowsQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
-                           float* y, int ldy);
+// The scalar kernels above read both int8 layouts (q8 and q8_tiles), the
+// AVX2 ones only q8 (rows).
+// AVX-512 VNNI kernels of a tiled table (table.q8_tiles; the AVX-512 VNNI
+// CPU needs of this level; embedding_table_avx512vnni.cpp): a zmm lane per
+// row of a 16-row tile, the tiles read in order, 1 to kQ8MaxTokens tokens
+// per pass over them. A token's outputs are bit-identical whatever other
+// tokens share the call; they equal the scalar kernels' up to float
+// summation order. Rows need not start or end on a tile.
+void TableTilesQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
+                            float* y, int ldy);
+void TableTilesAvx512Vnni(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+                          int num_tokens, float* y, int ldy);
 void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
                int num_tokens, float* y, int ldy, Isa isa);
 void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
