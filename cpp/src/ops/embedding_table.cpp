@@ -22,9 +22,23 @@ void ConvertSpan(const EmbeddingTable& table, int row, int column0, int n, float
     for (int i = 0; i < n; ++i) out[i] = F16ToF32(table.f16[start + i]);
     return;
   }
-  for (int i = 0; i < n; ++i) {
-    const int c = column0 + i;
-    out[i] = static_cast<float>(TableCode(table, row, c)) * F16ToF32(TableScale(table, row, c / EmbeddingTable::kBlock));
+  constexpr int kBlock = EmbeddingTable::kBlock;
+  if (table.q8 != nullptr) {
+    const int8_t* q = table.q8 + start;
+    const uint16_t* scales = table.q8_scales + static_cast<size_t>(row) * (table.d / kBlock);
+    for (int i = 0; i < n; ++i) out[i] = static_cast<float>(q[i]) * F16ToF32(scales[(column0 + i) / kBlock]);
+    return;
+  }
+  // Tiles: column0 and n are multiples of 32 (int8 widths and every caller's
+  // spans are), so a block's scale is converted once and its codes are the
+  // row's lane of 8 groups, 64 bytes apart (model_weights.h).
+  constexpr int kRows = EmbeddingTable::kTileRows;
+  const uint8_t* tile = table.q8_tiles + static_cast<size_t>(row / kRows) * kRows * table.d + 4 * (row % kRows);
+  for (int b = column0 / kBlock; b < (column0 + n) / kBlock; ++b) {
+    const float scale = F16ToF32(TableScale(table, row, b));
+    const uint8_t* groups = tile + static_cast<size_t>(b) * kRows * kBlock;
+    float* block = out + (b * kBlock - column0);
+    for (int c = 0; c < kBlock; ++c) block[c] = static_cast<float>(groups[c / 4 * (kRows * 4) + c % 4] - 128) * scale;
   }
 }
 
