@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "cpu_memory.h"
+#include "half.h"
 #include "model_weights.h"
 #include "ops/embedding_table.h"
 #include "ops/linear_kernels.h"
@@ -157,6 +159,52 @@ TEST(tiled_table_gather_equals_row_layout_gather) {
   }
   std::printf("  tiled gather: %d rows, %d unequal to the row layout's\n", rows_checked, unequal);
   CHECK(unequal == 0);
+}
+
+TEST(tiling_with_release_reads_every_row_before_releasing_it) {
+  // The loader's form: the rows' pages are released in chunks of 128 tiles
+  // at d = 4096 (8 MB) as they are regrouped. 2040 rows x 4096: exactly one
+  // chunk of tiles whose last tile is short (8 rows), in anonymous memory,
+  // where a released page reads as zeros: the tiles must still equal the
+  // rows (each read before its release), the rows' pages must be gone, and
+  // the bytes just past the table (a guard in the same mapping, where a
+  // chunk counted in whole tiles would reach) untouched.
+  constexpr int kRowsHere = 2040, kD = 4096, kGuard = 1 << 16;
+  const size_t codes = static_cast<size_t>(kRowsHere) * kD, blocks = codes / EmbeddingTable::kBlock;
+  const std::shared_ptr<uint8_t> memory = HugePageBuffer(codes + kGuard + blocks * 2 + kGuard);
+  int8_t* q8 = reinterpret_cast<int8_t*>(memory.get());
+  uint16_t* scales = reinterpret_cast<uint16_t*>(memory.get() + codes + kGuard);
+  std::mt19937 rng(34);
+  for (size_t i = 0; i < codes + kGuard; ++i) q8[i] = static_cast<int8_t>(rng());
+  for (size_t i = 0; i < blocks + kGuard / 2; ++i) scales[i] = F32ToF16(0.002f + (rng() % 1000) * 1e-5f);
+  const std::vector<int8_t> q8_copy(q8, q8 + codes + kGuard);
+  const std::vector<uint16_t> scales_copy(scales, scales + blocks + kGuard / 2);
+  EmbeddingTable rows;
+  rows.rows = kRowsHere;
+  rows.d = kD;
+  rows.q8 = q8_copy.data();
+  rows.q8_scales = scales_copy.data();
+  EmbeddingTable released = rows;
+  released.q8 = q8;
+  released.q8_scales = scales;
+  std::shared_ptr<const uint8_t> storage;
+  const EmbeddingTable tiled = TileTable(released, storage, /*release_rows=*/true);
+  int unequal = 0;
+  std::vector<float> want(kD), got(kD);
+  for (int r = 0; r < kRowsHere; ++r) {
+    EmbeddingGather(rows, &r, 1, want.data());
+    EmbeddingGather(tiled, &r, 1, got.data());
+    if (want != got && unequal++ < 3) std::printf("  FAILED case: row %d differs\n", r);
+  }
+  size_t nonzero_rows = 0;  // bytes of the table's first rows still resident
+  for (size_t i = 0; i < codes / 2; ++i) nonzero_rows += q8[i] != 0;
+  const bool guard_intact = std::equal(q8 + codes, q8 + codes + kGuard, q8_copy.begin() + codes) &&
+                            std::equal(scales + blocks, scales + blocks + kGuard / 2, scales_copy.begin() + blocks);
+  std::printf("  tiling with release: %d of %d rows unequal, %zu nonzero bytes left in the first half of the "
+              "released rows, guard %s\n", unequal, kRowsHere, nonzero_rows, guard_intact ? "intact" : "CHANGED");
+  CHECK(unequal == 0);
+  CHECK(nonzero_rows == 0);
+  CHECK(guard_intact);
 }
 
 TEST(tiled_table_kernels_match_reference_and_each_token_alone) {

@@ -77,7 +77,8 @@ uint16_t TableScale(const EmbeddingTable& table, int r, int block) {
   return table.q8_tile_scales[(static_cast<size_t>(r / kRows) * blocks + block) * kRows + r % kRows];
 }
 
-EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint8_t>& storage) {
+EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint8_t>& storage,
+                         bool release_rows) {
   constexpr int kRows = EmbeddingTable::kTileRows, kBlock = EmbeddingTable::kBlock;
   const int d = table.d, blocks = d / kBlock, tiles = table.tiles();
   const size_t tile_bytes = static_cast<size_t>(kRows) * d;  // codes per tile
@@ -85,6 +86,9 @@ EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint
   std::shared_ptr<uint8_t> buffer = HugePageBuffer(code_bytes + static_cast<size_t>(tiles) * blocks * kRows * 2);
   uint8_t* codes = buffer.get();
   uint16_t* scales = reinterpret_cast<uint16_t*>(codes + code_bytes);
+  // Rows already regrouped are released every this many tiles (~8 MB), so
+  // the load's peak is the table plus one chunk, not two tables.
+  const int tiles_per_release = std::max<int>(1, static_cast<int>((8 << 20) / tile_bytes));
   for (int tile = 0; tile < tiles; ++tile) {
     for (int lane = 0; lane < kRows; ++lane) {
       const int r = std::min(tile * kRows + lane, table.rows - 1);  // the last row pads the last tile
@@ -100,6 +104,15 @@ EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint
         scales[(static_cast<size_t>(tile) * blocks + b) * kRows + lane] = table.q8_scales[static_cast<size_t>(r) * blocks + b];
       }
     }
+    if (release_rows && (tile + 1) % tiles_per_release == 0) {  // tiles [tile + 1 - tiles_per_release, tile] are done
+      const size_t first_row = static_cast<size_t>(tile + 1 - tiles_per_release) * kRows;
+      const size_t end_row = std::min<size_t>(static_cast<size_t>(tile + 1) * kRows, table.rows);
+      ReleasePages(table.q8 + first_row * d, static_cast<uint64_t>(end_row - first_row) * d);
+    }
+  }
+  if (release_rows) {  // whatever the chunks left, and the scales
+    ReleasePages(table.q8, static_cast<uint64_t>(table.rows) * d);
+    ReleasePages(table.q8_scales, static_cast<uint64_t>(table.rows) * blocks * 2);
   }
   EmbeddingTable tiled;
   tiled.rows = table.rows;
@@ -114,11 +127,9 @@ void AddTableTiles(ModelWeights& weights) {
   if (DetectedIsa() != Isa::kAvx512Vnni || weights.lm_head.q8 == nullptr) return;
   const EmbeddingTable rows = weights.lm_head;
   const bool tied = weights.embed.data() == rows.data();
-  weights.lm_head = TileTable(rows, weights.table_tile_storage);
+  // No table of the model points at the row layout afterwards.
+  weights.lm_head = TileTable(rows, weights.table_tile_storage, /*release_rows=*/true);
   if (tied) weights.embed = weights.lm_head;
-  // No table of the model points at the row layout any more.
-  ReleasePages(rows.q8, static_cast<uint64_t>(rows.rows) * rows.d);
-  ReleasePages(rows.q8_scales, static_cast<uint64_t>(rows.rows) * (rows.d / EmbeddingTable::kBlock) * 2);
 }
 
 void EmbeddingGather(const EmbeddingTable& table, const int* ids, int num_tokens, float* out) {

@@ -55,7 +55,11 @@ uint16_t TableScale(const EmbeddingTable& table, int r, int block);
 // (model_weights.h) in a new buffer (`storage`, huge pages); the returned
 // table reads only the tiles (q8 and q8_scales unset). Its logits are the
 // row layout's up to float summation order; its gather is bit-identical.
-EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint8_t>& storage);
+// release_rows: the row layout's pages are released (cpu_memory.h:
+// ReleasePages) as its rows are regrouped, for a caller that never reads
+// them again.
+EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint8_t>& storage,
+                         bool release_rows = false);
 
 // At the AVX-512 VNNI level (DetectedIsa), an int8 lm_head moves into the
 // tile layout (and the embedding with it when tied: one table serves the
