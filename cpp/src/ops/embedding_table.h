@@ -68,7 +68,7 @@ EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint
 // each 16 x 32 block costing 8 vpdpbusd per token and a convert and an FMA,
 // where row-layout kernels reduce every (row, token) horizontally. Other
 // levels keep the row layout (their kernels read it); the CUDA backend
-// uploads either through TableCode / TableScale. The file is unchanged.
+// uploads either through EmbeddingGather. The file is unchanged.
 void AddTableTiles(ModelWeights& weights);
 
 }  // namespace awqcore
