@@ -434,3 +434,25 @@ def test_metrics_count_requests_and_tokens(server, client):
     assert delta("awqcore_time_to_first_token_seconds_count") == 1
     assert delta("awqcore_engine_generated_tokens_total") == answer.usage.completion_tokens
     assert after["awqcore_max_batch"] == 8
+
+
+def test_a_repeated_system_prompt_is_prefilled_once(server, client, model):
+    """Two chats with the same system message, one after the other: the
+    second keeps the first's cached rows of their common start (less the 9
+    tokens the engine always prefills) and prefills the rest, and its answer
+    is Model.generate's."""
+    system = {"role": "system", "content": "You answer in one short sentence about the sea, "
+                                          "waves, boats, fish and the harbour town."}
+    chats = [[system, {"role": "user", "content": question}]
+             for question in ("What is a boat?", "Why is the sea salty?")]
+    prompts = [chat_prompt_ids(model, messages) for messages in chats]
+    common = next(i for i, (a, b) in enumerate(zip(*prompts)) if a != b)
+    for messages in chats:  # the first fills a slot; the second finds it
+        before = server.metrics()
+        answer = client.chat.completions.create(model=MODEL_NAME, messages=messages,
+                                                max_tokens=5, temperature=0)
+        reused = (server.metrics()["awqcore_engine_reused_prompt_tokens_total"]
+                  - before.get("awqcore_engine_reused_prompt_tokens_total", 0))
+    assert reused == min(common, len(prompts[1]) - 9) > 0
+    text, tokens, _ = reference(model, prompts[1], 5)
+    assert (answer.choices[0].message.content, answer.usage.completion_tokens) == (text, tokens)
