@@ -51,9 +51,13 @@ WORDS = ("the quick brown fox jumps over the lazy dog while a cat watches from t
 
 
 def prompt_for(client: int, base_words: int) -> str:
-    """A different prompt length per client: base_words to ~2x base_words words."""
+    """A different prompt per client, base_words to ~2x base_words words, that
+    shares only its first three words with the others (the word list starts
+    at another place), so prefix reuse finds little to keep."""
     count = base_words + (client * 7) % (base_words + 1)
-    return "Continue this story: " + " ".join(WORDS[i % len(WORDS)] for i in range(count))
+    first = (client * 5) % len(WORDS)
+    return "Continue this story: " + " ".join(WORDS[(first + i) % len(WORDS)]
+                                                for i in range(count))
 
 
 @dataclass
@@ -74,13 +78,19 @@ async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, s
 
 async def _body_pieces(reader: asyncio.StreamReader, headers: dict) -> AsyncIterator[bytes]:
     """The response body as it arrives: de-chunked (Transfer-Encoding: chunked)
-    or read to the end of the connection."""
+    or read to the end of the connection. A chunked body cut short (the
+    server closed the connection mid-chunk) is a ConnectionError saying so."""
     if headers.get("transfer-encoding", "").lower() == "chunked":
         while True:
-            size = int((await reader.readline()).split(b";")[0], 16)
+            line = await reader.readline()
+            try:
+                size = int(line.split(b";")[0], 16)
+                piece = await reader.readexactly(size + 2)  # + CRLF
+            except (ValueError, asyncio.IncompleteReadError):
+                raise ConnectionError(f"the server ended a chunked body early (at {line[:40]!r})"
+                                      ) from None
             if size == 0:
                 return
-            piece = await reader.readexactly(size + 2)  # + CRLF
             yield piece[:-2]
     while piece := await reader.read(65536):
         yield piece
@@ -311,8 +321,9 @@ def run_engine_levels(args) -> list[dict]:
 
 
 def _engine_options(args) -> dict:
-    return {name: getattr(args, name) for name in ("prefill_chunk", "streaming_prefill_chunk")
-            if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in ("prefill_chunk", "streaming_prefill_chunk")
+               if getattr(args, name) is not None}
+    return {**options, "prefix_reuse": not args.no_prefix_reuse}
 
 
 def _row(name: str, result: dict, args) -> dict:
@@ -387,6 +398,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="server threads (all cores)")
     parser.add_argument("--prefill-chunk", type=int, default=None,
                         help="awqcore serve --prefill-chunk (its default when not given)")
+    parser.add_argument("--no-prefix-reuse", action="store_true",
+                        help="awqcore serve --no-prefix-reuse")
     parser.add_argument("--streaming-prefill-chunk", type=int, default=None,
                         help="awqcore serve --streaming-prefill-chunk (its default when not "
                         "given)")
@@ -418,6 +431,8 @@ def main() -> int:
                 command += ["--prefill-chunk", str(args.prefill_chunk)]
             if args.streaming_prefill_chunk:
                 command += ["--streaming-prefill-chunk", str(args.streaming_prefill_chunk)]
+            if args.no_prefix_reuse:
+                command.append("--no-prefix-reuse")
             process, url = start_server(command, re.compile(r"at (http://[\d.]+:\d+)"))
             servers.append(process)
             rows += run_levels(url, f"awqcore (max batch {args.max_batch})", args,
