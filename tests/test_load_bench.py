@@ -36,3 +36,11 @@ def test_prompts_differ_after_their_common_instruction():
     starts = {tuple(p.split(": ", 1)[1].split()[:3]) for p in prompts}
     assert len(starts) > 8  # the story words start at different places
     assert all(32 <= len(p.split()) - 3 <= 65 for p in prompts)
+
+
+def test_shared_words_start_every_prompt():
+    prompts = [load_bench.prompt_for(client, 8, shared_words=50) for client in range(4)]
+    shared = prompts[0].split("\n\n")[0]
+    assert len(shared.split()) == 50
+    assert all(p.startswith(shared + "\n\nContinue this story: ") for p in prompts)
+    assert len({p.split("\n\n")[1] for p in prompts}) == 4

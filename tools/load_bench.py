@@ -50,14 +50,16 @@ WORDS = ("the quick brown fox jumps over the lazy dog while a cat watches from t
          "window and birds sing in the tall green trees near the old river").split()
 
 
-def prompt_for(client: int, base_words: int) -> str:
+def prompt_for(client: int, base_words: int, shared_words: int = 0) -> str:
     """A different prompt per client, base_words to ~2x base_words words, that
     shares only its first three words with the others (the word list starts
-    at another place), so prefix reuse finds little to keep."""
+    at another place), so prefix reuse finds little to keep; after
+    shared_words words every prompt starts with (a system prompt's stand-in)."""
     count = base_words + (client * 7) % (base_words + 1)
     first = (client * 5) % len(WORDS)
-    return "Continue this story: " + " ".join(WORDS[(first + i) % len(WORDS)]
-                                                for i in range(count))
+    shared = " ".join(WORDS[i % len(WORDS)] for i in range(shared_words))
+    return ((shared + "\n\n" if shared else "") + "Continue this story: "
+            + " ".join(WORDS[(first + i) % len(WORDS)] for i in range(count)))
 
 
 @dataclass
@@ -159,7 +161,7 @@ async def level(url: str, clients: int, args, peer_llama: bool) -> dict:
     async def client(i: int) -> list[Stream]:
         out = []
         for r in range(args.requests):
-            body = {"prompt": prompt_for(i + r, args.prompt_words),
+            body = {"prompt": prompt_for(i + r, args.prompt_words, args.shared_words),
                     "max_tokens": args.max_tokens, "temperature": 0, "stream": True}
             if peer_llama:
                 body["min_tokens"] = args.max_tokens
@@ -202,7 +204,7 @@ def engine_level(engine, clients: int, args) -> dict:
             last[0] = now
             stream.tokens += 1
 
-        ids = tokenizer.encode(prompt_for(i + r, args.prompt_words)).ids
+        ids = tokenizer.encode(prompt_for(i + r, args.prompt_words, args.shared_words)).ids
         engine.submit(ids, max_new_tokens=args.max_tokens, stop_ids=[], on_event=on_event)
 
     streams = [[Stream() for _ in range(args.requests)] for _ in range(clients)]
@@ -394,6 +396,8 @@ def main() -> int:
                         help="streams each client runs one after another (default 1)")
     parser.add_argument("--prompt-words", type=int, default=32,
                         help="prompt length of client 0 in words; others up to twice it")
+    parser.add_argument("--shared-words", type=int, default=0,
+                        help="words every prompt starts with, as a shared system prompt (0)")
     parser.add_argument("--max-batch", type=int, default=8, help="awqcore serve --max-batch (8)")
     parser.add_argument("--threads", type=int, default=None, help="server threads (all cores)")
     parser.add_argument("--prefill-chunk", type=int, default=None,
@@ -466,7 +470,7 @@ def main() -> int:
 
         write_atomic(args.json, json.dumps(
             {"max_tokens": args.max_tokens, "requests_per_client": args.requests,
-             "prompt_words": args.prompt_words, "cpu_count": os.cpu_count(), "rows": rows},
+             "prompt_words": args.prompt_words, "shared_words": args.shared_words, "cpu_count": os.cpu_count(), "rows": rows},
             indent=2) + "\n")
     return 0
 
