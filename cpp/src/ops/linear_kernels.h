@@ -93,7 +93,7 @@ void TableRowsScalar(const EmbeddingTable& table, int row0, int rows, const floa
                      int num_tokens, float* y, int ldy);
 void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
                    int num_tokens, float* y, int ldy);
-// W8A8: an int8 table (table.q8) times activations rounded to int8 in
+// W8A8: an int8 table (table.q8 or q8_tiles) times activations rounded to int8 in
 // Q8Layout::kNatural, per 32-column block b the integer dot product scaled
 // by the weights' and the activations' scales:
 //   y[t * ldy + r] = sum_b (s[row0 + r, b] d_b) (sum_{c in b} q[row0 + r, c] q_t[c])
