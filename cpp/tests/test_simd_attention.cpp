@@ -119,4 +119,36 @@ TEST(attention_kernels_match_reference) {
   }
 }
 
+TEST(f16_cache_store_matches_scalar_rounding_bit_for_bit) {
+  // The KV cache's f16 rounding at each level against F32ToF16 (half.h, the
+  // scalar reference, whose rounding test_ops checks): ties at both
+  // parities, the overflow boundary 65520, subnormals, signed zeros,
+  // infinities, NaN payloads, and random bits, at lengths that leave every
+  // tail size.
+  std::mt19937 rng(21);
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
+                                0xffc01234u, 0x7f800001u, 0x7fbfffffu, 0x477fe000u, 0x477ff000u,
+                                0x477fefffu, 0x38800000u, 0x387fffffu, 0x33000000u, 0x33000001u,
+                                0x3f801000u, 0x3f803000u, 0x3f800fffu, 0x00000001u, 0x80400000u};
+  std::uniform_int_distribution<uint32_t> any;
+  while (bits.size() < 4096) bits.push_back(any(rng));
+  std::vector<float> values(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) values[i] = BitsToFloat(bits[i]);
+  for (Isa isa : IsasToTest()) {
+    for (int n : {0, 1, 7, 8, 9, 63, 64, 65, 4095}) {
+      for (int offset : {0, 3}) {
+        std::vector<uint16_t> got(n + 1, 0xabcdu);
+        StoreKv(values.data() + offset, n, got.data(), isa);
+        for (int i = 0; i < n; ++i) {
+          const uint16_t want = F32ToF16(values[offset + i]);
+          CHECK_LE(got[i] == want ? 0 : 1, 0,
+                   awqtest::Case(IsaName(isa), " n=", n, " offset=", offset, " i=", i, " bits=",
+                                 bits[offset + i], " got=", got[i], " want=", want));
+        }
+        CHECK(got[n] == 0xabcdu);  // nothing written past n
+      }
+    }
+  }
+}
+
 AWQCORE_TEST_MAIN()

@@ -168,6 +168,15 @@ void AttendRowsAvx2(const AttentionRows& rows, const CacheT* k, const CacheT* v,
   }
 }
 
+void StoreKvF16Avx2(const float* src, int n, uint16_t* dst) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
+  }
+  for (; i < n; ++i) dst[i] = F32ToF16(src[i]);
+}
+
 template void AttendRowsAvx2<float>(const AttentionRows&, const float*, const float*, int, int, int,
                                     int);
 template void AttendRowsAvx2<uint16_t>(const AttentionRows&, const uint16_t*, const uint16_t*, int,
