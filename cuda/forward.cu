@@ -220,7 +220,7 @@ class CudaTransformer final : public ForwardPass {
   }
 
   void Reset() override { std::fill(positions_.begin(), positions_.end(), 0); }
-  void Reset(int seq) override { positions_[seq] = 0; }
+  void Truncate(int seq, int length) override { positions_[seq] = length; }
   int position(int seq) const override { return positions_[seq]; }
   int max_seq_len() const override { return max_seq_len_; }
   uint64_t device_bytes() const override { return device_bytes_; }

@@ -280,7 +280,7 @@ class EventQueue {
 class PyEngine {
  public:
   PyEngine(const std::string& path, int threads, int max_seq_len, int max_batch, int max_queue,
-           int prefill_chunk, int streaming_prefill_chunk, bool verify,
+           int prefill_chunk, int streaming_prefill_chunk, bool prefix_reuse, bool verify,
            const std::string& device,
            const std::string& activations)
       : activations_(activations) {
@@ -294,6 +294,7 @@ class PyEngine {
     options.max_queue = max_queue;
     options.prefill_chunk = prefill_chunk;
     options.streaming_prefill_chunk = streaming_prefill_chunk;
+    options.prefix_reuse = prefix_reuse;
     options.num_threads = threads;
     options.device = device == "cuda" ? awqcore::Device::kCuda : awqcore::Device::kCpu;
     options.activations = activations == "f32" ? awqcore::CpuActivations::kFloat32
@@ -302,6 +303,7 @@ class PyEngine {
     max_queue_ = max_queue;
     prefill_chunk_ = prefill_chunk;
     streaming_prefill_chunk_ = streaming_prefill_chunk > 0 ? streaming_prefill_chunk : prefill_chunk;
+    prefix_reuse_ = prefix_reuse;
     device_ = device;
   }
 
@@ -313,6 +315,7 @@ class PyEngine {
     d["max_queue"] = max_queue_;
     d["prefill_chunk"] = prefill_chunk_;
     d["streaming_prefill_chunk"] = streaming_prefill_chunk_;
+    d["prefix_reuse"] = prefix_reuse_;
     d["device"] = device_;
     d["activations"] = activations_;
     return d;
@@ -366,6 +369,7 @@ class PyEngine {
     d["submitted"] = s.submitted;
     d["finished"] = s.finished;
     d["prompt_tokens"] = s.prompt_tokens;
+    d["reused_prompt_tokens"] = s.reused_prompt_tokens;
     d["generated_tokens"] = s.generated_tokens;
     d["decode_steps"] = s.decode_steps;
     d["prefill_seconds"] = s.prefill_seconds;
@@ -410,6 +414,7 @@ class PyEngine {
   std::shared_ptr<EventQueue> events_ = std::make_shared<EventQueue>();
   std::unique_ptr<awqcore::Engine> engine_;
   int max_queue_ = 0, prefill_chunk_ = 0, streaming_prefill_chunk_ = 0;
+  bool prefix_reuse_ = true;
   std::string device_, activations_;
 };
 
@@ -517,10 +522,11 @@ NB_MODULE(_core, m) {
 
   // The continuous-batching engine (awqcore/engine.py wraps it).
   nb::class_<PyEngine>(m, "Engine")
-      .def(nb::init<const std::string&, int, int, int, int, int, int, bool, const std::string&,
-                    const std::string&>(),
+      .def(nb::init<const std::string&, int, int, int, int, int, int, bool, bool,
+                    const std::string&, const std::string&>(),
            "path"_a, "threads"_a, "max_seq_len"_a, "max_batch"_a, "max_queue"_a,
-           "prefill_chunk"_a, "streaming_prefill_chunk"_a, "verify"_a, "device"_a, "activations"_a)
+           "prefill_chunk"_a, "streaming_prefill_chunk"_a, "prefix_reuse"_a, "verify"_a,
+           "device"_a, "activations"_a)
       .def("config", &PyEngine::config)
       .def("metadata_string", &PyEngine::metadata_string, "key"_a)
       .def("submit", &PyEngine::submit, "ids"_a, "max_new_tokens"_a, "temperature"_a, "top_k"_a,

@@ -86,6 +86,28 @@ def test_sixteen_concurrent_requests_equal_one_by_one_generate(smollm2_awqbin,
         assert engine.model is engine
 
 
+@pytest.mark.parametrize("prefix_reuse", [True, False])
+def test_a_shared_prompt_start_is_prefilled_once(smollm2_awqbin, prefix_reuse):
+    """Requests one after another that share a 30-token start (a system
+    prompt): from the second on, the engine keeps those cached rows and
+    prefills the rest; the tokens are Model.generate's either way."""
+    model = awqcore.Model(smollm2_awqbin, threads=2, max_seq_len=128)
+    vocab = model.config["vocab_size"]
+    system = [(53 * j + 7) % vocab for j in range(30)]
+    prompts = [system + [(97 * i + 31 * j + 5) % vocab for j in range(15)] for i in range(4)]
+    expected = [model.generate(p, max_new_tokens=4, stop=[]) for p in prompts]
+    del model
+    with awqcore.Engine(smollm2_awqbin, threads=2, max_seq_len=128, max_batch=2,
+                        prefix_reuse=prefix_reuse) as engine:
+        got = [engine.generate(p, max_new_tokens=4, stop_ids=[]) for p in prompts]
+        stats = engine.stats()
+        assert engine.config["prefix_reuse"] is prefix_reuse
+    assert got == expected
+    reused = 3 * len(system) if prefix_reuse else 0
+    assert stats["reused_prompt_tokens"] == reused
+    assert stats["prompt_tokens"] == sum(len(p) for p in prompts) - reused
+
+
 @pytest.fixture
 def tiny_engine(tiny_awqbin):
     _, path = tiny_awqbin

@@ -163,26 +163,36 @@ def test_content_chunk_bytes_equal_the_chunk_encoded_whole(chat, include_usage):
             "delta" if chat else "text"] == ({"content": text} if chat else text)
 
 
+class DispatcherEngine:
+    """An engine whose submit() keeps on_event, so a test plays the dispatcher;
+    cancel() records the ids it is given."""
+
+    def __init__(self):
+        self.cancelled: list[int] = []
+
+    def submit(self, ids, on_event, **options):
+        self.on_event = on_event
+        return 7
+
+    def cancel(self, request_id):
+        self.cancelled.append(request_id)
+        return True
+
+
+def greedy_sampling(max_tokens: int, stop: list[str]) -> Sampling:
+    return Sampling(max_tokens=max_tokens, temperature=0.0, top_p=1.0, top_k=0, seed=None,
+                    stop=stop, stream=True, include_usage=False, ignore_eos=False)
+
+
 def test_tokens_that_arrive_together_are_sent_as_one_piece(model):
     """Events delivered before the reader runs reach it as one batch: one text
     piece for all their tokens (a multi-token delta), then the finish."""
     ids = model.tokenizer.encode("The cat sat on the mat", add_special_tokens=False).ids
 
-    class Engine:  # submit() keeps on_event; the test plays the dispatcher
-        def submit(self, ids, on_event, **options):
-            self.on_event = on_event
-            return 7
-
-        def cancel(self, request_id):
-            return False
-
     async def run():
-        engine, registry = Engine(), set()
-        sampling = Sampling(max_tokens=len(ids), temperature=0.0, top_p=1.0, top_k=0,
-                            seed=None, stop=[], stream=True, include_usage=False,
-                            ignore_eos=False)
-        generation = Generation(engine, [1, 2], len(ids), sampling, model.tokenizer,
-                                Metrics(), registry)
+        engine, registry = DispatcherEngine(), set()
+        generation = Generation(engine, [1, 2], len(ids), greedy_sampling(len(ids), []),
+                                model.tokenizer, Metrics(), registry)
         for token in ids[:3]:
             engine.on_event(7, token, None, None)
         pieces = generation.pieces()
@@ -197,6 +207,32 @@ def test_tokens_that_arrive_together_are_sent_as_one_piece(model):
     assert first == model.tokenizer.decode(ids[:3])
     assert len(rest) == 1 and first + rest[0] == model.tokenizer.decode(ids)
     assert generation.completion_tokens == len(ids) and generation.finish_reason == "length"
+
+
+def test_a_stop_string_inside_a_batch_of_tokens_ends_the_answer_there(model):
+    """Tokens that arrive together are one batch for the reader: a stop string
+    that a token in the middle of the batch completes (across two tokens)
+    ends the text before it, counts the tokens up to that one only, and
+    cancels the request; the batch's later tokens are dropped."""
+    text = "The cat sat on the mat and then the dog came"
+    ids = model.tokenizer.encode(text, add_special_tokens=False).ids
+    stop = " the mat"
+    decoded = [model.tokenizer.decode(ids[:k]) for k in range(len(ids) + 1)]
+    completing = next(k for k in range(len(ids) + 1) if stop in decoded[k])
+    assert 1 < completing < len(ids) - 2  # mid-batch, with tokens after it
+
+    async def run():
+        engine = DispatcherEngine()
+        generation = Generation(engine, [1, 2], len(ids), greedy_sampling(len(ids), [stop]),
+                                model.tokenizer, Metrics(), set())
+        for token in ids:  # all before the reader runs: one batch
+            engine.on_event(7, token, None, None)
+        return await generation.text(), generation, engine
+
+    answer, generation, engine = asyncio.run(run())
+    assert answer == text[:text.index(stop)]
+    assert generation.completion_tokens == completing
+    assert generation.finish_reason == "stop" and engine.cancelled == [7]
 
 
 # ------------------------------------------------------------ the openai client
@@ -434,3 +470,25 @@ def test_metrics_count_requests_and_tokens(server, client):
     assert delta("awqcore_time_to_first_token_seconds_count") == 1
     assert delta("awqcore_engine_generated_tokens_total") == answer.usage.completion_tokens
     assert after["awqcore_max_batch"] == 8
+
+
+def test_a_repeated_system_prompt_is_prefilled_once(server, client, model):
+    """Two chats with the same system message, one after the other: the
+    second keeps the first's cached rows of their common start (less the 9
+    tokens the engine always prefills) and prefills the rest, and its answer
+    is Model.generate's."""
+    system = {"role": "system", "content": "You answer in one short sentence about the sea, "
+                                          "waves, boats, fish and the harbour town."}
+    chats = [[system, {"role": "user", "content": question}]
+             for question in ("What is a boat?", "Why is the sea salty?")]
+    prompts = [chat_prompt_ids(model, messages) for messages in chats]
+    common = next(i for i, (a, b) in enumerate(zip(*prompts)) if a != b)
+    for messages in chats:  # the first fills a slot; the second finds it
+        before = server.metrics()
+        answer = client.chat.completions.create(model=MODEL_NAME, messages=messages,
+                                                max_tokens=5, temperature=0)
+        reused = (server.metrics()["awqcore_engine_reused_prompt_tokens_total"]
+                  - before.get("awqcore_engine_reused_prompt_tokens_total", 0))
+    assert reused == min(common, len(prompts[1]) - 9) > 0
+    text, tokens, _ = reference(model, prompts[1], 5)
+    assert (answer.choices[0].message.content, answer.usage.completion_tokens) == (text, tokens)

@@ -120,7 +120,7 @@ void MoeBench(const char* name, const ModelConfig& c, double copy_gbs) {
   const std::vector<TokenPick> picks(batch);
   for (int s = 0; s < batch; ++s) {
     seqs[s] = s;
-    model->Reset(s);
+    model->Truncate(s, 0);
     for (int i = 0; i < context; ++i) prompt[i] = (i * 7919 + s * 104729) % c.vocab_size;
     ids[s] = model->ForwardPick(s, prompt.data(), context, greedy);
   }
@@ -221,7 +221,7 @@ int main(int argc, char** argv) {
     const std::vector<TokenPick> picks(batch);  // greedy
     for (int s = 0; s < batch; ++s) {
       seqs[s] = s;
-      model->Reset(s);
+      model->Truncate(s, 0);
       ids[s] = model->ForwardPick(s, prompt.data(), context, greedy);
     }
     model->DecodeStepPick(seqs.data(), ids.data(), batch, picks.data(), tokens.data());  // graph capture

@@ -50,10 +50,16 @@ WORDS = ("the quick brown fox jumps over the lazy dog while a cat watches from t
          "window and birds sing in the tall green trees near the old river").split()
 
 
-def prompt_for(client: int, base_words: int) -> str:
-    """A different prompt length per client: base_words to ~2x base_words words."""
+def prompt_for(client: int, base_words: int, shared_words: int = 0) -> str:
+    """A different prompt per client, base_words to ~2x base_words words, that
+    shares only its first three words with the others (the word list starts
+    at another place), so prefix reuse finds little to keep; after
+    shared_words words every prompt starts with (a system prompt's stand-in)."""
     count = base_words + (client * 7) % (base_words + 1)
-    return "Continue this story: " + " ".join(WORDS[i % len(WORDS)] for i in range(count))
+    first = (client * 5) % len(WORDS)
+    shared = " ".join(WORDS[i % len(WORDS)] for i in range(shared_words))
+    return ((shared + "\n\n" if shared else "") + "Continue this story: "
+            + " ".join(WORDS[(first + i) % len(WORDS)] for i in range(count)))
 
 
 @dataclass
@@ -74,13 +80,19 @@ async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, s
 
 async def _body_pieces(reader: asyncio.StreamReader, headers: dict) -> AsyncIterator[bytes]:
     """The response body as it arrives: de-chunked (Transfer-Encoding: chunked)
-    or read to the end of the connection."""
+    or read to the end of the connection. A chunked body cut short (the
+    server closed the connection mid-chunk) is a ConnectionError saying so."""
     if headers.get("transfer-encoding", "").lower() == "chunked":
         while True:
-            size = int((await reader.readline()).split(b";")[0], 16)
+            line = await reader.readline()
+            try:
+                size = int(line.split(b";")[0], 16)
+                piece = await reader.readexactly(size + 2)  # + CRLF
+            except (ValueError, asyncio.IncompleteReadError):
+                raise ConnectionError(f"the server ended a chunked body early (at {line[:40]!r})"
+                                      ) from None
             if size == 0:
                 return
-            piece = await reader.readexactly(size + 2)  # + CRLF
             yield piece[:-2]
     while piece := await reader.read(65536):
         yield piece
@@ -149,7 +161,7 @@ async def level(url: str, clients: int, args, peer_llama: bool) -> dict:
     async def client(i: int) -> list[Stream]:
         out = []
         for r in range(args.requests):
-            body = {"prompt": prompt_for(i + r, args.prompt_words),
+            body = {"prompt": prompt_for(i + r, args.prompt_words, args.shared_words),
                     "max_tokens": args.max_tokens, "temperature": 0, "stream": True}
             if peer_llama:
                 body["min_tokens"] = args.max_tokens
@@ -192,7 +204,7 @@ def engine_level(engine, clients: int, args) -> dict:
             last[0] = now
             stream.tokens += 1
 
-        ids = tokenizer.encode(prompt_for(i + r, args.prompt_words)).ids
+        ids = tokenizer.encode(prompt_for(i + r, args.prompt_words, args.shared_words)).ids
         engine.submit(ids, max_new_tokens=args.max_tokens, stop_ids=[], on_event=on_event)
 
     streams = [[Stream() for _ in range(args.requests)] for _ in range(clients)]
@@ -311,8 +323,9 @@ def run_engine_levels(args) -> list[dict]:
 
 
 def _engine_options(args) -> dict:
-    return {name: getattr(args, name) for name in ("prefill_chunk", "streaming_prefill_chunk")
-            if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in ("prefill_chunk", "streaming_prefill_chunk")
+               if getattr(args, name) is not None}
+    return {**options, "prefix_reuse": not args.no_prefix_reuse}
 
 
 def _row(name: str, result: dict, args) -> dict:
@@ -383,10 +396,14 @@ def main() -> int:
                         help="streams each client runs one after another (default 1)")
     parser.add_argument("--prompt-words", type=int, default=32,
                         help="prompt length of client 0 in words; others up to twice it")
+    parser.add_argument("--shared-words", type=int, default=0,
+                        help="words every prompt starts with, as a shared system prompt (0)")
     parser.add_argument("--max-batch", type=int, default=8, help="awqcore serve --max-batch (8)")
     parser.add_argument("--threads", type=int, default=None, help="server threads (all cores)")
     parser.add_argument("--prefill-chunk", type=int, default=None,
                         help="awqcore serve --prefill-chunk (its default when not given)")
+    parser.add_argument("--no-prefix-reuse", action="store_true",
+                        help="awqcore serve --no-prefix-reuse")
     parser.add_argument("--streaming-prefill-chunk", type=int, default=None,
                         help="awqcore serve --streaming-prefill-chunk (its default when not "
                         "given)")
@@ -418,6 +435,8 @@ def main() -> int:
                 command += ["--prefill-chunk", str(args.prefill_chunk)]
             if args.streaming_prefill_chunk:
                 command += ["--streaming-prefill-chunk", str(args.streaming_prefill_chunk)]
+            if args.no_prefix_reuse:
+                command.append("--no-prefix-reuse")
             process, url = start_server(command, re.compile(r"at (http://[\d.]+:\d+)"))
             servers.append(process)
             rows += run_levels(url, f"awqcore (max batch {args.max_batch})", args,
@@ -451,7 +470,7 @@ def main() -> int:
 
         write_atomic(args.json, json.dumps(
             {"max_tokens": args.max_tokens, "requests_per_client": args.requests,
-             "prompt_words": args.prompt_words, "cpu_count": os.cpu_count(), "rows": rows},
+             "prompt_words": args.prompt_words, "shared_words": args.shared_words, "cpu_count": os.cpu_count(), "rows": rows},
             indent=2) + "\n")
     return 0
 

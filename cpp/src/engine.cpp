@@ -60,6 +60,18 @@ int ChunkTokens(int remaining, int budget) {
   return remaining - budget <= kInt8DecodeMaxTokens ? remaining : budget;
 }
 
+// How many first tokens of `prompt` a slot whose cache holds the prompt rows
+// of `cached` keeps (prefix reuse, engine.h): their common start, leaving
+// more than kInt8DecodeMaxTokens tokens to prefill, so the rest is a
+// prompt-sized call as in Generate (ChunkTokens).
+int ReusableTokens(const std::vector<int>& cached, const std::vector<int>& prompt) {
+  const int limit = std::min(static_cast<int>(prompt.size()) - kInt8DecodeMaxTokens - 1,
+                             static_cast<int>(cached.size()));
+  int n = 0;
+  while (n < limit && cached[n] == prompt[n]) ++n;
+  return n;
+}
+
 }  // namespace
 
 struct Engine::Impl {
@@ -73,7 +85,10 @@ struct Engine::Impl {
         streaming_prefill_chunk(options.streaming_prefill_chunk > 0
                                     ? options.streaming_prefill_chunk
                                     : options.prefill_chunk),
-        slots(options.max_batch) {
+        prefix_reuse(options.prefix_reuse),
+        slots(options.max_batch),
+        cached_prompts(options.max_batch) {
+    free_slots.reserve(max_batch);
     live.reserve(max_batch);
     step_ids.resize(max_batch);
     step_tokens.resize(max_batch);
@@ -84,6 +99,9 @@ struct Engine::Impl {
   // cancelled slots, admits waiting requests into free slots. Returns false
   // when the thread should exit (stopping and nothing left).
   bool Schedule(std::vector<std::unique_ptr<Request>>& dropped);
+  // The free slot (in free_slots) whose cache holds the longest start of
+  // `prompt`; the first on a tie.
+  std::vector<int>::iterator BestFreeSlot(const std::vector<int>& prompt);
   void Admit(int slot, std::unique_ptr<Request> request);
   int OldestToPrefill() const;  // its slot, or -1
   // Prefills the next chunk (at most `budget` tokens, ChunkTokens) of the
@@ -106,6 +124,7 @@ struct Engine::Impl {
 
   SequenceRunner runner;  // engine thread only (after construction)
   const int max_seq_len, max_batch, max_queue, prefill_chunk, streaming_prefill_chunk;
+  const bool prefix_reuse;
 
   // Shared with the callers' threads; guarded by `mutex`.
   mutable std::mutex mutex;
@@ -119,6 +138,10 @@ struct Engine::Impl {
 
   // Engine thread only.
   std::vector<Slot> slots;  // [max_batch]
+  // [max_batch] the prompt tokens whose rows slot s's cache holds from
+  // prefill, kept after its request ends (prefix reuse)
+  std::vector<std::vector<int>> cached_prompts;
+  std::vector<int> free_slots;  // [<= max_batch] Schedule's scratch
   uint64_t admissions = 0;
   int held_steps = 0;  // decode steps skipped in a row by HoldDecodeStep
   std::vector<int> live;         // [<= max_batch] slots in the current decode step
@@ -152,9 +175,14 @@ bool Engine::Impl::Schedule(std::vector<std::unique_ptr<Request>>& dropped) {
     if (slot.request && (stopping || cancel_requested.count(slot.request->id))) slot.cancel = true;
   }
   std::vector<std::pair<int, std::unique_ptr<Request>>> admitted;
-  for (int s = 0; s < max_batch && !waiting.empty(); ++s) {
-    if (slots[s].request) continue;
-    admitted.emplace_back(s, std::move(waiting.front()));
+  free_slots.clear();
+  for (int s = 0; s < max_batch; ++s) {
+    if (!slots[s].request) free_slots.push_back(s);
+  }
+  while (!free_slots.empty() && !waiting.empty()) {
+    const auto best = BestFreeSlot(waiting.front()->prompt);
+    admitted.emplace_back(*best, std::move(waiting.front()));
+    free_slots.erase(best);
     waiting.pop_front();
     ++counters.running;
   }
@@ -165,17 +193,39 @@ bool Engine::Impl::Schedule(std::vector<std::unique_ptr<Request>>& dropped) {
   return keep_running;
 }
 
+std::vector<int>::iterator Engine::Impl::BestFreeSlot(const std::vector<int>& prompt) {
+  auto best = free_slots.begin();
+  if (!prefix_reuse) return best;
+  int best_tokens = -1;
+  for (auto it = free_slots.begin(); it != free_slots.end(); ++it) {
+    const int tokens = ReusableTokens(cached_prompts[*it], prompt);
+    if (tokens > best_tokens) {
+      best = it;
+      best_tokens = tokens;
+    }
+  }
+  return best;
+}
+
 void Engine::Impl::Admit(int s, std::unique_ptr<Request> request) {
   Slot& slot = slots[s];
   slot = Slot{};
   slot.admitted = admissions++;
-  slot.generated.reserve(request->budget);
-  Sampler& sampler = runner.sampler(s);
-  sampler.Start(request->options.sampling);
-  for (int token : request->prompt) sampler.Observe(token);
-  runner.forward().Reset(s);
   slot.request = std::move(request);
-  if (slot.request->budget == 0) FinishSlot(s, StopReason::kMaxNewTokens, "");
+  const Request& r = *slot.request;
+  if (r.budget == 0) return FinishSlot(s, StopReason::kMaxNewTokens, "");
+  slot.generated.reserve(r.budget);
+  Sampler& sampler = runner.sampler(s);
+  sampler.Start(r.options.sampling);
+  for (int token : r.prompt) sampler.Observe(token);
+  const int reused = prefix_reuse ? ReusableTokens(cached_prompts[s], r.prompt) : 0;
+  runner.forward().Truncate(s, reused);
+  cached_prompts[s].resize(reused);
+  slot.prefilled = reused;
+  if (reused > 0) {
+    std::lock_guard<std::mutex> lock(mutex);
+    counters.reused_prompt_tokens += reused;
+  }
 }
 
 void Engine::Impl::Finish(Request& request, bool in_slot, StopReason reason,
@@ -279,6 +329,7 @@ void Engine::Impl::PrefillChunk(int budget) {
     if (error.empty()) counters.prompt_tokens += n;
   }
   if (!error.empty()) return FinishSlot(s, StopReason::kCancelled, error);
+  cached_prompts[s].insert(cached_prompts[s].end(), ids, ids + n);
   slot.prefilled += n;
   if (!last) return;
   if (token == SequenceRunner::kNonFinite) {

@@ -47,7 +47,10 @@ class ForwardPass {
                               int* tokens);
 
   virtual void Reset() = 0;  // empties every sequence
-  virtual void Reset(int seq) = 0;
+  // Keeps the first `length` tokens of sequence seq (0 empties it): later
+  // calls append at position `length`, over the cache rows after it. The
+  // caller has validated 0 <= length <= position(seq).
+  virtual void Truncate(int seq, int length) = 0;
   virtual int position(int seq) const = 0;  // tokens in sequence seq's cache
   virtual int max_seq_len() const = 0;
   // Device memory allocated at construction (weights + KV caches + scratch);

@@ -182,7 +182,7 @@ std::vector<std::vector<int>> Session::GenerateBatch(const std::vector<std::vect
       if (sampling.seed) *sampling.seed += static_cast<uint64_t>(i);  // stream i, mod 2^64
       s.runner.sampler(slot).Start(sampling);
       for (int token : prompt) s.runner.sampler(slot).Observe(token);
-      s.transformer.Reset(slot);
+      s.transformer.Truncate(slot, 0);
       const int token = s.Checked(
           s.runner.ForwardAndPick(slot, prompt.data(), static_cast<int>(prompt.size()), device_pick,
                                   s.timing.prefill_seconds),

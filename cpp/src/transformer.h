@@ -97,7 +97,7 @@ class Transformer final : public ForwardPass {
   void DecodeStep(const int* seqs, const int* ids, int n, float* logits) override;
 
   void Reset() override;
-  void Reset(int seq) override { positions_[seq] = 0; }
+  void Truncate(int seq, int length) override { positions_[seq] = length; }
   int position(int seq = 0) const override { return positions_[seq]; }
   int max_seq_len() const override { return max_seq_len_; }
   int max_sequences() const { return static_cast<int>(positions_.size()); }

@@ -1,6 +1,6 @@
 // awqcore::Engine scheduling (engine.h): prompts prefilled in chunks, a burst
 // of arrivals before the first decode step, arrivals mid-stream in streaming
-// chunks, and the burst rule's bound; each answer checked against
+// chunks, the burst rule's bound, and prefix reuse; each answer checked against
 // Session::Generate one request at a time. Run under ThreadSanitizer by
 // tools/sanitizers.sh.
 #include <algorithm>
@@ -201,5 +201,97 @@ TEST(a_prompt_arriving_mid_stream_is_prefilled_in_streaming_chunks) {
   }
 }
 
+
+// Runs `prompt` alone on `engine` and returns its tokens and the prompt
+// tokens the engine reused for it.
+std::pair<std::vector<int>, uint64_t> RunAlone(Engine& engine, const std::vector<int>& prompt,
+                                               int tokens) {
+  const uint64_t reused_before = engine.stats().reused_prompt_tokens;
+  Outcome outcome;
+  Submit(engine, outcome, prompt, Exactly(tokens));
+  outcome.WaitFinished();
+  return {outcome.tokens, engine.stats().reused_prompt_tokens - reused_before};
+}
+
+std::vector<int> Concat(std::vector<int> a, const std::vector<int>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+TEST(a_prompt_starting_with_a_free_slots_cached_prompt_keeps_it_and_gets_generates_tokens) {
+  // One slot, requests one after another: each finds the last one's prompt
+  // rows in the cache. Exact in both arithmetics for the reason of the
+  // chunked-prefill test: keeping rows is cutting the prompt there, and the
+  // rest (more than 8 tokens) is a prompt-sized call.
+  auto model = TinySaneModel("llama");
+  for (CpuActivations activations : {CpuActivations::kFloat32, CpuActivations::kInt8Decode}) {
+    Session single(model, 128, 2, awqcore::Device::kCpu, 1, activations);
+    const std::vector<int> a = Prompt(40, 1);
+    const std::vector<int> a_then_more = Concat(a, Prompt(20, 2));
+    const std::vector<int> expected_a = single.Generate(a, Exactly(6));
+    // a's answer: its rows were written by decode steps, which are not kept.
+    const std::vector<int> a_answered = Concat(Concat(a, expected_a), Prompt(12, 3));
+    const std::vector<int> a_start = Concat(std::vector<int>(a.begin(), a.begin() + 20),
+                                            Prompt(30, 5));  // Prompt(30, 5)[0] != a[20]
+    const std::vector<int> nine = Prompt(9, 6);
+    struct Case {
+      const char* name;
+      const std::vector<int>& prompt;
+      uint64_t reused;  // tokens kept from the previous case's prompt
+    };
+    const Case cases[] = {
+        {"a (empty cache)", a, 0},
+        {"a then 20 more", a_then_more, 40},
+        {"a again: 9 tokens are prefilled", a, 31},
+        {"a, its answer, 12 more", a_answered, 40},
+        {"a's first 20 then others", a_start, 20},
+        {"9 tokens", nine, 0},
+        {"the same 9 tokens", nine, 0},
+    };
+    EngineOptions options = Options(1, 128, 16);
+    options.activations = activations;
+    Engine engine(model, options);
+    for (const Case& c : cases) {
+      const auto [tokens, reused] = RunAlone(engine, c.prompt, 6);
+      CHECK(reused == c.reused);
+      CHECK(tokens == single.Generate(c.prompt, Exactly(6)));
+      if (reused != c.reused) std::printf("  %s: reused %llu\n", c.name, (unsigned long long)reused);
+    }
+    CHECK(engine.stats().prompt_tokens == 40 + 20 + 9 + 18 + 30 + 9 + 9);
+
+    options.prefix_reuse = false;
+    Engine no_reuse(model, options);
+    RunAlone(no_reuse, a, 6);
+    const auto [tokens, reused] = RunAlone(no_reuse, a_then_more, 6);
+    CHECK(reused == 0);
+    CHECK(tokens == single.Generate(a_then_more, Exactly(6)));
+  }
+}
+
+TEST(a_request_goes_to_the_free_slot_whose_cache_holds_its_prompts_start) {
+  // Two slots: a in slot 0 and b in slot 1 (a's first token holds the engine
+  // thread until b is queued, so a still holds slot 0 when b is admitted).
+  // A prompt that starts with b then takes slot 1; the first free slot, 0,
+  // holds nothing of it.
+  auto model = TinySaneModel("llama");
+  Session single(model, 128, 2);
+  const std::vector<int> a = Prompt(40, 1), b = Prompt(40, 7);  // a[0] != b[0]
+  const std::vector<int> b_then_more = Concat(b, Prompt(15, 8));
+  Engine engine(model, Options(2, 128, 64));
+  Gate b_submitted;
+  Outcome a_outcome, b_outcome;
+  engine.Submit(a, Exactly(4), a_outcome.OnToken([&](int) {
+    b_submitted.Wait();
+    return true;
+  }), a_outcome.OnFinish());
+  a_outcome.WaitTokens(1);
+  Submit(engine, b_outcome, b, Exactly(4));
+  b_submitted.Open();
+  a_outcome.WaitFinished();
+  b_outcome.WaitFinished();
+  const auto [tokens, reused] = RunAlone(engine, b_then_more, 5);
+  CHECK(reused == 40);
+  CHECK(tokens == single.Generate(b_then_more, Exactly(5)));
+}
 
 AWQCORE_TEST_MAIN()

@@ -366,9 +366,10 @@ TEST(decode_step_wider_than_a_chunk_and_reset_of_one_sequence) {
     std::copy(pair.begin() + vocab, pair.end(), want.begin() + static_cast<size_t>(k) * vocab);
   }
   CHECK(RelativeError(got, want) <= kLogitTolerance);
-  // Resetting one sequence leaves the others' positions alone.
-  batched.Reset(5);
-  CHECK(batched.position(5) == 0 && batched.position(4) == 2 && batched.position(6) == 2);
+  // Truncating one sequence leaves the others' positions alone.
+  batched.Truncate(5, 0);
+  batched.Truncate(6, 1);
+  CHECK(batched.position(5) == 0 && batched.position(4) == 2 && batched.position(6) == 1);
   batched.Reset();
   CHECK(batched.position(4) == 0 && batched.max_sequences() == num_seqs);
 }

@@ -46,7 +46,10 @@ class Engine(_LoadedFile):
     tokens prefilled per engine iteration, between decode steps;
     streaming_prefill_chunk (default prefill_chunk): the same while some
     request is past its first token, whose stream each prefill stalls (the
-    scheduling rules are in awqcore/engine.h). threads, device, activations,
+    scheduling rules are in awqcore/engine.h). prefix_reuse: a request whose
+    prompt starts with the prompt of a free slot's last request (a shared
+    system prompt, a chat's earlier turns) keeps those cached tokens and
+    prefills only the rest (at least 9 tokens). threads, device, activations,
     verify: as awqcore.Model.
 
     Greedy results equal Model.generate's for the same prompt when max_batch
@@ -63,8 +66,9 @@ class Engine(_LoadedFile):
 
     def __init__(self, path: str | os.PathLike, *, max_batch: int = 8, max_seq_len: int = 4096,
                  max_queue: int = 64, prefill_chunk: int = 256,
-                 streaming_prefill_chunk: Optional[int] = None, threads: Optional[int] = None,
-                 device: str = "cpu", activations: str = "int8", verify: bool = True):
+                 streaming_prefill_chunk: Optional[int] = None, prefix_reuse: bool = True,
+                 threads: Optional[int] = None, device: str = "cpu", activations: str = "int8",
+                 verify: bool = True):
         path = os.fspath(path)
         _check_model_path(path)
         if threads is not None:
@@ -82,8 +86,8 @@ class Engine(_LoadedFile):
             raise ValueError(f"activations must be 'int8' or 'f32' (got {activations!r})")
         self.path = path
         self._core = _core.Engine(path, threads or 0, max_seq_len, max_batch, max_queue,
-                                  prefill_chunk, streaming_prefill_chunk or 0, bool(verify),
-                                  device, activations)
+                                  prefill_chunk, streaming_prefill_chunk or 0,
+                                  bool(prefix_reuse), bool(verify), device, activations)
         self.config: dict = self._core.config()
         # Request id -> on_event, registered under the lock before the
         # dispatcher can look the id up (it takes the lock too).
@@ -135,7 +139,8 @@ class Engine(_LoadedFile):
 
     def stats(self) -> dict:
         """waiting, running, max_batch, max_queue, submitted, finished,
-        prompt_tokens, generated_tokens, decode_steps, prefill_seconds,
+        prompt_tokens (prefilled), reused_prompt_tokens (found in a slot's
+        cache instead), generated_tokens, decode_steps, prefill_seconds,
         decode_seconds (forward-pass wall time)."""
         return self._core.stats()
 

@@ -5,7 +5,8 @@
 // cache of max_seq_len tokens each, allocated at construction). Each
 // iteration it
 //   1. finishes cancelled requests and admits waiting ones into free slots,
-//      first come first served;
+//      first come first served, each into the free slot whose cache holds
+//      the longest start of its prompt (prefix reuse, below);
 //   2. prefills at most prefill_chunk prompt tokens of the oldest admitted
 //      request whose prompt is not yet in its cache (a long prompt takes
 //      several iterations, so it never stalls the others' streams for
@@ -21,6 +22,15 @@
 //      go in back to back first, and the step runs once they are all in.
 // A finished or cancelled sequence frees its slot at once. With nothing to
 // do the thread sleeps on a condition variable.
+//
+// Prefix reuse: a slot's cache keeps the rows its last request's prompt
+// prefill wrote after the request ends. A new request whose prompt starts
+// with those tokens (a shared system prompt, the earlier turns of a chat)
+// keeps them and prefills only the rest, leaving at least 9 tokens to
+// prefill (the rule below that keeps results equal to Generate's), so
+// prompts of 9 tokens or fewer never reuse. Rows a decode step wrote are
+// not reused: below AVX-512 VNNI the decode kernels sum in another order
+// than the prompt GEMM.
 //
 // Results: greedy, a request gets exactly Session::Generate's tokens as long
 // as no decode step holds more than 8 sequences (kInt8Decode; 3 with
@@ -71,6 +81,7 @@ struct EngineOptions {
   int prefill_chunk = 256;  // prompt tokens prefilled per engine iteration between decode steps
   // The same while some sequence streams (is past its first token); 0: prefill_chunk.
   int streaming_prefill_chunk = 0;
+  bool prefix_reuse = true;  // keep a free slot's cached prompt start (above)
   int num_threads = 0;      // 0: all hardware threads
   Device device = Device::kCpu;
   CpuActivations activations = CpuActivations::kInt8Decode;
@@ -116,6 +127,7 @@ class Engine {
     int max_batch = 0, max_queue = 0;
     uint64_t submitted = 0, finished = 0;  // accepted requests; those whose on_finish ran
     uint64_t prompt_tokens = 0;            // prefilled
+    uint64_t reused_prompt_tokens = 0;     // found in a slot's cache instead (prefix reuse)
     uint64_t generated_tokens = 0;         // handed to on_token
     uint64_t decode_steps = 0;
     double prefill_seconds = 0, decode_seconds = 0;  // forward-pass wall time, as Session::Timing

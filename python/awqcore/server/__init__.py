@@ -24,8 +24,8 @@ __all__ = ["serve", "create_app", "ServerConfig", "DEFAULT_MAX_BODY_BYTES"]
 
 def serve(path: str, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
           max_seq_len: int = 4096, max_queue: int = 64, prefill_chunk: int = 256,
-          streaming_prefill_chunk: Optional[int] = None, threads: Optional[int] = None,
-          device: str = "cpu", api_key: Optional[str] = None, model_name: Optional[str] = None,
+          streaming_prefill_chunk: Optional[int] = None, prefix_reuse: bool = True,
+          threads: Optional[int] = None, device: str = "cpu", api_key: Optional[str] = None, model_name: Optional[str] = None,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, shutdown_timeout: float = 10.0,
           log_level: str = "info") -> None:
     """Serves the model at `path` until SIGINT/SIGTERM.
@@ -38,7 +38,7 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8000, max_batch: in
 
     engine = Engine(path, max_batch=max_batch, max_seq_len=max_seq_len, max_queue=max_queue,
                     prefill_chunk=prefill_chunk, streaming_prefill_chunk=streaming_prefill_chunk,
-                    threads=threads, device=device)
+                    prefix_reuse=prefix_reuse, threads=threads, device=device)
     try:
         name = model_name or os.path.splitext(os.path.basename(path))[0]
         app = create_app(engine, ServerConfig(model_name=name, max_seq_len=max_seq_len,
