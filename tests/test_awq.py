@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -221,9 +224,25 @@ def test_awq_is_deterministic_and_writes_a_valid_file(tmp_path):
         summary = quantize_model(source, path, method="awq", group_size=32, progress=False,
                                  **options)
         assert summary["report"]["notes"] == []
+        assert summary["cpu_seconds"] > 0
     assert paths[0].read_bytes() == paths[1].read_bytes()
     f = read_awqbin(paths[0])
     assert f.metadata["quant.method"] == "awq" and f.verify() == []
+
+
+@pytest.mark.parametrize("given", [None, "ACTIVE"])
+def test_quantize_package_makes_idle_openmp_threads_sleep(given):
+    """Importing awqcore.quantize before torch sets OMP_WAIT_POLICY=PASSIVE (spinning
+    threads multiplied the CPU time of the searches on a busy machine), keeping a value
+    the user set. A fresh interpreter: this one has torch loaded already."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    probe = ("import os, sys, awqcore.quantize; "
+             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [given or "PASSIVE", "True"], out
 
 
 def test_awq_with_int8_tables_changes_only_the_tables(tmp_path):

@@ -64,7 +64,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
           f"{summary['quantized_linears']} linears quantized with {summary['method']}, "
           f"group size {summary['group_size']}, {summary['embeddings']} embedding tables"
           f"{', int4 lm_head' if summary['lm_head'] == 'int4' else ''}, "
-          f"in {summary['seconds']:.1f} s")
+          f"in {summary['seconds']:.1f} s ({summary['cpu_seconds']:.1f} CPU-s)")
     report = summary["report"]
     if "stage_seconds" in report:
         print(f"time per stage ({report['device']}): " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds
