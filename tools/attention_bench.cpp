@@ -5,7 +5,10 @@
 // of the library.
 //
 //   build/.../attention_bench [--threads 2] [--reps 9] [--positions 512,4096]
-//                             [--only smollm2] [--f32] [--no-evict]
+//                             [--only smollm2] [--f32] [--no-evict] [--batch 1]
+//
+// --batch B: a batched decode step of B sequences, one token each at
+// position P, each reading its own caches (the engine's decode batch).
 //
 // Between layers an untimed sweep over a buffer of the layer's weight bytes
 // evicts part of the cache as the weights streamed by a decode step do, so
@@ -64,17 +67,20 @@ struct Caches {
 };
 
 template <typename CacheT>
-void Run(const ModelShape& model, int position, int threads, int reps, bool evict,
+void Run(const ModelShape& model, int position, int batch, int threads, int reps, bool evict,
          const std::vector<Isa>& levels) {
   std::mt19937 rng(7);
   const AttentionShape& full = model.shape;
   AttentionShape sliding = full;
   sliding.window = 512;
   const int q_width = full.num_heads * full.head_dim;
-  Caches<CacheT> caches(full, model.layers, position + 1, rng);
-  std::vector<float> q(q_width), out(q_width);
+  std::vector<Caches<CacheT>> caches;  // [batch]: each sequence's layers
+  for (int s = 0; s < batch; ++s) caches.emplace_back(full, model.layers, position + 1, rng);
+  std::vector<float> q(static_cast<size_t>(batch) * q_width), out(q.size());
   for (float& x : q) x = std::uniform_real_distribution<float>(-1.f, 1.f)(rng);
-  std::vector<float> scratch(AttentionScratchFloats(full, 1, position + 1));
+  std::vector<float> scratch(AttentionScratchFloats(full, batch, position + 1));
+  const std::vector<int> positions(batch, position);
+  std::vector<const CacheT*> k(batch), v(batch);  // the step's tokens' caches of one layer
   std::vector<uint64_t> weights(evict ? static_cast<size_t>(model.layer_weight_kb) * 1024 / 8 : 0, 1);
   ThreadPool pool(threads), one(1);
   uint64_t sink = 0;
@@ -82,7 +88,7 @@ void Run(const ModelShape& model, int position, int threads, int reps, bool evic
   for (int l = 0; l < model.layers; ++l) {
     const bool slides = model.sliding_every > 0 && (l + 1) % model.sliding_every != 0;
     const int keys = slides ? std::min(position + 1, sliding.window) : position + 1;
-    kv_bytes += 2.0 * keys * full.num_kv_heads * full.head_dim * sizeof(CacheT);
+    kv_bytes += 2.0 * batch * keys * full.num_kv_heads * full.head_dim * sizeof(CacheT);
   }
   // One decode step: seconds of attention, wall or CPU of this thread.
   auto step = [&](Isa isa, ThreadPool& p, bool cpu) {
@@ -90,11 +96,13 @@ void Run(const ModelShape& model, int position, int threads, int reps, bool evic
     for (int l = 0; l < model.layers; ++l) {
       for (uint64_t w : weights) sink += w;  // the layer's weights, untimed
       const bool slides = model.sliding_every > 0 && (l + 1) % model.sliding_every != 0;
-      const CacheT* k = caches.k.data() + l * caches.layer_elements;
-      const CacheT* v = caches.v.data() + l * caches.layer_elements;
+      for (int s = 0; s < batch; ++s) {
+        k[s] = caches[s].k.data() + l * caches[s].layer_elements;
+        v[s] = caches[s].v.data() + l * caches[s].layer_elements;
+      }
       const double start = cpu ? ThreadCpuSeconds() : Seconds();
-      AttentionForward(slides ? sliding : full, q.data(), &k, &v, &position, 1, scratch.data(),
-                       out.data(), p, isa);
+      AttentionForward(slides ? sliding : full, q.data(), k.data(), v.data(), positions.data(), batch,
+                       scratch.data(), out.data(), p, isa);
       total += (cpu ? ThreadCpuSeconds() : Seconds()) - start;
     }
     return total;
@@ -105,8 +113,8 @@ void Run(const ModelShape& model, int position, int threads, int reps, bool evic
     wall[i].push_back(step(levels[i], pool, false));
     cpu[i].push_back(step(levels[i], one, true));
   });
-  std::printf("%s, %s cache, position %d (%.2f MB of KV per step)%s\n", model.name,
-              sizeof(CacheT) == 2 ? "f16" : "f32", position, kv_bytes / 1e6, sink == 1 ? " " : "");
+  std::printf("%s, %s cache, batch %d at position %d (%.2f MB of KV per step)%s\n", model.name,
+              sizeof(CacheT) == 2 ? "f16" : "f32", batch, position, kv_bytes / 1e6, sink == 1 ? " " : "");
   for (size_t i = 0; i < levels.size(); ++i) {
     const double w = Median(wall[i]), c = Median(cpu[i]);
     std::printf("  %-11s op, %d threads: %8.1f us/step %6.2f GB/s   1 thread: %8.1f us/step %6.2f GB per CPU-second\n",
@@ -118,13 +126,13 @@ void Run(const ModelShape& model, int position, int threads, int reps, bool evic
 
 int main(int argc, char** argv) {
   const CommandLine args(argc, argv, {"--threads N", "--reps N", "--positions P,P", "--only NAME_PART",
-                                      "--f32", "--no-evict"});
-  const int threads = args.Int("--threads", 2), reps = args.Int("--reps", 9);
+                                      "--f32", "--no-evict", "--batch N"});
+  const int threads = args.Int("--threads", 2), reps = args.Int("--reps", 9), batch = args.Int("--batch", 1);
   const std::vector<int> positions = args.Ints("--positions", "512,4096");
   const std::string only = args.Text("--only", "");
   const bool f32 = args.Has("--f32"), evict = !args.Has("--no-evict");
-  if (threads < 1 || reps < 1 || *std::min_element(positions.begin(), positions.end()) < 0) {
-    args.Fail("--threads and --reps must be positive, --positions non-negative");
+  if (threads < 1 || reps < 1 || batch < 1 || *std::min_element(positions.begin(), positions.end()) < 0) {
+    args.Fail("--threads, --reps and --batch must be positive, --positions non-negative");
   }
   const std::vector<Isa> levels = SimdLevels();
   std::printf("; %d interleaved repetitions, medians\n", reps);
@@ -137,9 +145,9 @@ int main(int argc, char** argv) {
     if (std::string(model.name).find(only) == std::string::npos) continue;
     for (int position : positions) {
       if (f32) {
-        Run<float>(model, position, threads, reps, evict, levels);
+        Run<float>(model, position, batch, threads, reps, evict, levels);
       } else {
-        Run<uint16_t>(model, position, threads, reps, evict, levels);
+        Run<uint16_t>(model, position, batch, threads, reps, evict, levels);
       }
     }
   }

@@ -3,6 +3,7 @@
 // against an independent double-precision reference (sampling_reference.h).
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -53,6 +54,54 @@ TEST(greedy_is_argmax_with_lowest_index_on_ties) {
     const std::vector<float> logits = RandomLogits(6, rng);
     CHECK(SampleCopy(sampler, logits) == static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
   }
+}
+
+TEST(argmax_matches_a_plain_scan) {
+  // Argmax against the obvious one-pass scan (strict >, a NaN best always
+  // replaced) on rows that cross its blocks at every kind of boundary:
+  // lengths around 2048 and 4096, ties of the maximum in different blocks,
+  // signed zeros, infinities, NaNs (quiet, signalling, negative), all-NaN
+  // and all-equal rows.
+  const auto scan = [](const std::vector<float>& x) {
+    int best = 0;
+    for (int i = 1; i < static_cast<int>(x.size()); ++i) {
+      if (x[i] > x[best] || std::isnan(x[best])) best = i;
+    }
+    return best;
+  };
+  std::mt19937 rng(11);
+  const float specials[] = {0.f, -0.f, INFINITY, -INFINITY, NAN, -NAN,
+                            std::numeric_limits<float>::signaling_NaN(), 3.f, -3.f,
+                            std::numeric_limits<float>::denorm_min(), -std::numeric_limits<float>::max()};
+  int cases = 0;
+  for (int n : {1, 2, 3, 17, 2047, 2048, 2049, 4095, 4097, 49152}) {
+    for (int trial = 0; trial < 24; ++trial) {
+      std::vector<float> x = RandomLogits(n, rng);
+      std::uniform_int_distribution<int> index(0, n - 1), special(0, 10);
+      const int kind = trial % 6;
+      if (kind == 1) {  // the maximum repeated, maybe in another block
+        const float top = x[index(rng)] = 100.f;
+        x[index(rng)] = top;
+      } else if (kind == 2) {  // sprinkled special values
+        for (int k = 0; k < 1 + n / 64; ++k) x[index(rng)] = specials[special(rng)];
+      } else if (kind == 3) {  // NaNs everywhere but a few numbers
+        for (float& v : x) v = NAN;
+        for (int k = 0; k < trial % 3; ++k) x[index(rng)] = specials[special(rng)];
+      } else if (kind == 4) {  // equal values: zeros of both signs or one constant
+        for (float& v : x) v = trial % 2 ? -0.f : 1.5f;
+        x[index(rng)] = 0.f;
+      } else if (kind == 5) {  // -inf and the lowest finite only
+        for (float& v : x) v = index(rng) % 2 ? -INFINITY : -std::numeric_limits<float>::max();
+      }
+      const int got = Argmax(x.data(), n), want = scan(x);
+      if (got != want) {
+        std::printf("  n=%d trial=%d: Argmax %d (%g) vs scan %d (%g)\n", n, trial, got, x[got], want, x[want]);
+      }
+      CHECK(got == want);
+      ++cases;
+    }
+  }
+  std::printf("  argmax: %d rows match the scan\n", cases);
 }
 
 TEST(top_k_one_and_tiny_top_p_are_greedy_at_any_temperature) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -115,6 +116,106 @@ TEST(attention_kernels_match_reference) {
       std::printf("  %s attention, %s cache: max error %.3g (units of max|v|)\n", IsaName(isa),
                   f16_cache ? "f16" : "f32", worst);
       CHECK_LE(worst, 1e-5, awqtest::Case(IsaName(isa), f16_cache ? " f16 " : " f32 ", worst_case));
+    }
+  }
+}
+
+TEST(attention_item_rows_sharing_keys_match_each_row_alone_bit_for_bit) {
+  // An item's rows that read the same keys of one kv head (a GQA group's
+  // heads for one token) share each converted K and V vector; per row the
+  // arithmetic must stay that of the row alone, so a row's state after a call
+  // with its group equals, bit for bit, its state after a call of its own.
+  // Group sizes 1..7 (runs of 3, 2 and 1), head dims with and without a
+  // 32-column tail, key counts with and without a 4-key tail, windows that
+  // start mid-block, and a second kv head in the same item.
+  std::mt19937 rng(22);
+  int cases = 0;
+  for (Isa isa : IsasToTest()) {
+    if (isa < Isa::kAvx2) continue;  // AttendRowsAvx2's contract: hd % 8 == 0 on an AVX2 CPU
+    for (bool f16_cache : {false, true}) {
+      for (int hd : {8, 40, 64, 72}) {
+        for (int group : {1, 2, 3, 4, 5, 7}) {
+          for (int keys : {1, 3, 33, 70}) {
+            const int kv_heads = 2, kv_stride = kv_heads * hd, first_key = keys > 33 ? 5 : 0;
+            const std::vector<float> k = RandomFloats(static_cast<size_t>(keys) * kv_stride, rng);
+            const std::vector<float> v = RandomFloats(k.size(), rng);
+            const std::vector<float> q = RandomFloats(static_cast<size_t>(2 * group) * hd, rng);
+            const std::vector<uint16_t> k16 = AsCache<uint16_t>(k), v16 = AsCache<uint16_t>(v);
+            // Rows 0 .. group-1 read kv head 0, rows group .. 2 group-1 kv head 1.
+            const int rows_total = std::min(2 * group, kMaxRows);
+            std::vector<float> together(static_cast<size_t>(rows_total) * (hd + 2));
+            std::vector<float> alone(together.size());
+            auto fresh_rows = [&](std::vector<float>& states, int first, int count) {
+              AttentionRows rows;
+              rows.scale = 0.125f;
+              rows.kv_span = kv_stride;
+              for (int r = first; r < first + count; ++r) {
+                float* state = states.data() + static_cast<size_t>(r) * (hd + 2);
+                state[0] = -INFINITY;
+                std::fill(state + 1, state + hd + 2, 0.f);
+                rows.query[rows.count] = q.data() + static_cast<size_t>(r) * hd;
+                rows.kv_offset[rows.count] = r < group ? 0 : hd;
+                rows.first_key[rows.count] = first_key;
+                rows.num_keys[rows.count] = keys;
+                rows.state[rows.count++] = state;
+              }
+              return rows;
+            };
+            auto attend = [&](const AttentionRows& rows) {
+              if (f16_cache) {
+                AttendRowsAvx2(rows, k16.data(), v16.data(), kv_stride, hd, 0, keys);
+              } else {
+                AttendRowsAvx2(rows, k.data(), v.data(), kv_stride, hd, 0, keys);
+              }
+            };
+            attend(fresh_rows(together, 0, rows_total));
+            for (int r = 0; r < rows_total; ++r) attend(fresh_rows(alone, r, 1));
+            for (size_t i = 0; i < together.size(); ++i) {
+              uint32_t a, b;
+              std::memcpy(&a, &together[i], 4);
+              std::memcpy(&b, &alone[i], 4);
+              CHECK_LE(a == b ? 0 : 1, 0,
+                       awqtest::Case(IsaName(isa), f16_cache ? " f16" : " f32", " hd=", hd, " group=", group,
+                                     " keys=", keys, " row=", i / (hd + 2), " element=", i % (hd + 2),
+                                     " together=", together[i], " alone=", alone[i]));
+            }
+            ++cases;
+          }
+        }
+      }
+    }
+  }
+  std::printf("  %d cases: grouped rows equal their rows alone\n", cases);
+}
+
+TEST(f16_cache_store_matches_scalar_rounding_bit_for_bit) {
+  // The KV cache's f16 rounding at each level against F32ToF16 (half.h, the
+  // scalar reference, whose rounding test_ops checks): ties at both
+  // parities, the overflow boundary 65520, subnormals, signed zeros,
+  // infinities, NaN payloads, and random bits, at lengths that leave every
+  // tail size.
+  std::mt19937 rng(21);
+  std::vector<uint32_t> bits = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
+                                0xffc01234u, 0x7f800001u, 0x7fbfffffu, 0x477fe000u, 0x477ff000u,
+                                0x477fefffu, 0x38800000u, 0x387fffffu, 0x33000000u, 0x33000001u,
+                                0x3f801000u, 0x3f803000u, 0x3f800fffu, 0x00000001u, 0x80400000u};
+  std::uniform_int_distribution<uint32_t> any;
+  while (bits.size() < 4096) bits.push_back(any(rng));
+  std::vector<float> values(bits.size());
+  for (size_t i = 0; i < bits.size(); ++i) values[i] = BitsToFloat(bits[i]);
+  for (Isa isa : IsasToTest()) {
+    for (int n : {0, 1, 7, 8, 9, 63, 64, 65, 4095}) {
+      for (int offset : {0, 3}) {
+        std::vector<uint16_t> got(n + 1, 0xabcdu);
+        StoreKv(values.data() + offset, n, got.data(), isa);
+        for (int i = 0; i < n; ++i) {
+          const uint16_t want = F32ToF16(values[offset + i]);
+          CHECK_LE(got[i] == want ? 0 : 1, 0,
+                   awqtest::Case(IsaName(isa), " n=", n, " offset=", offset, " i=", i, " bits=",
+                                 bits[offset + i], " got=", got[i], " want=", want));
+        }
+        CHECK(got[n] == 0xabcdu);  // nothing written past n
+      }
     }
   }
 }

@@ -82,13 +82,13 @@ size_t AttentionScratchFloats(const AttentionShape& shape, int num_tokens, int m
 template <typename CacheT>
 void RopeAndStoreKv(const AttentionShape& shape, const RopeTable& rope, const int* positions,
                     int num_tokens, float* q, float* k, const float* v, CacheT* const* k_caches,
-                    CacheT* const* v_caches) {
+                    CacheT* const* v_caches, Isa isa) {
   const size_t kv_width = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
   for (int t = 0; t < num_tokens; ++t) {
     rope.Apply(q, 1, shape.num_heads, positions + t);
     rope.Apply(k, 1, shape.num_kv_heads, positions + t);
-    StoreKv(k, static_cast<int>(kv_width), k_caches[t] + positions[t] * kv_width);
-    StoreKv(v, static_cast<int>(kv_width), v_caches[t] + positions[t] * kv_width);
+    StoreKv(k, static_cast<int>(kv_width), k_caches[t] + positions[t] * kv_width, isa);
+    StoreKv(v, static_cast<int>(kv_width), v_caches[t] + positions[t] * kv_width, isa);
     q += static_cast<size_t>(shape.num_heads) * shape.head_dim;
     k += kv_width;
     v += kv_width;
@@ -148,52 +148,79 @@ void AttentionForward(const AttentionShape& shape, const float* q, const CacheT*
   };
   const bool use_avx2 = isa >= Isa::kAvx2 && hd % 8 == 0;
   const float score_scale = shape.ScoreScale();  // once, not per work item
+  // Where an item sits in the grid and the keys its tile's rows read.
+  struct ItemPlace {
+    int split, part, t_begin, t_end, kv_begin, kv_end, key_begin, key_end;
+  };
+  auto place_of = [&](int64_t item) {
+    ItemPlace p;
+    p.split = static_cast<int>(item % grid.splits);
+    int64_t rest = item / grid.splits;
+    p.part = static_cast<int>(rest % grid.head_parts);
+    rest /= grid.head_parts;
+    const int tile = static_cast<int>(rest % grid.tiles);
+    const int kv_tile = static_cast<int>(rest / grid.tiles);
+    p.t_begin = tile * grid.tokens_per_tile;
+    p.t_end = std::min(num_tokens, p.t_begin + grid.tokens_per_tile);
+    p.kv_begin = kv_tile * grid.kv_per_item;
+    p.kv_end = std::min(shape.num_kv_heads, p.kv_begin + grid.kv_per_item);
+    int tile_first = call_end, tile_end = 0;  // the keys the tile's rows read
+    for (int t = p.t_begin; t < p.t_end; ++t) {
+      tile_first = std::min(tile_first, shape.FirstKey(positions[t]));
+      tile_end = std::max(tile_end, positions[t] + 1);
+    }
+    const int split_begin = call_first + p.split * grid.split_keys;
+    p.key_begin = std::max(tile_first, split_begin);
+    p.key_end = std::min(tile_end, split_begin + grid.split_keys);
+    return p;
+  };
   pool.ParallelFor(grid.items, [&](int64_t item_begin, int64_t item_end) {
     for (int64_t item = item_begin; item < item_end; ++item) {
-      const int split = static_cast<int>(item % grid.splits);
-      int64_t rest = item / grid.splits;
-      const int part = static_cast<int>(rest % grid.head_parts);
-      rest /= grid.head_parts;
-      const int tile = static_cast<int>(rest % grid.tiles);
-      const int kv_tile = static_cast<int>(rest / grid.tiles);
-      const int t_begin = tile * grid.tokens_per_tile;
-      const int t_end = std::min(num_tokens, t_begin + grid.tokens_per_tile);
-      const int kv_begin = kv_tile * grid.kv_per_item;
-      const int kv_end = std::min(shape.num_kv_heads, kv_begin + grid.kv_per_item);
+      const ItemPlace p = place_of(item);
+      if (!shared_cache && item + 1 < grid.items) {
+        // A batched decode step's next item reads another sequence's cache,
+        // which the weights streamed since its last step have evicted: its
+        // first rows are requested now, to arrive while this item computes
+        // (whichever thread runs it, they are then in this core's L2 or the
+        // shared L3 rather than in DRAM).
+        const ItemPlace next = place_of(item + 1);
+        const int rows = std::min(kPrefetchItemRows, next.key_end - next.key_begin);
+        const size_t span_bytes = static_cast<size_t>(next.kv_end - next.kv_begin) * hd * sizeof(CacheT);
+        for (const CacheT* cache : {k_caches[next.t_begin], v_caches[next.t_begin]}) {
+          const char* first = reinterpret_cast<const char*>(
+              cache + static_cast<size_t>(next.key_begin) * kv_stride + next.kv_begin * hd);
+          for (int r = 0; r < rows; ++r) {
+            const char* row = first + static_cast<size_t>(r) * kv_stride * sizeof(CacheT);
+            for (size_t b = 0; b < span_bytes; b += 64) __builtin_prefetch(row + b, 0, 2);
+          }
+        }
+      }
       AttentionRows rows;
       rows.scale = score_scale;
-      rows.kv_span = (kv_end - kv_begin) * hd;
-      for (int kv_head = kv_begin; kv_head < kv_end; ++kv_head) {
-        const int h_begin = kv_head * grid.group + part * grid.heads_per_part;
+      rows.kv_span = (p.kv_end - p.kv_begin) * hd;
+      for (int kv_head = p.kv_begin; kv_head < p.kv_end; ++kv_head) {
+        const int h_begin = kv_head * grid.group + p.part * grid.heads_per_part;
         const int h_end = std::min((kv_head + 1) * grid.group, h_begin + grid.heads_per_part);
-        for (int t = t_begin; t < t_end; ++t) {
+        for (int t = p.t_begin; t < p.t_end; ++t) {
           for (int h = h_begin; h < h_end; ++h) {
             rows.query[rows.count] = q + t * q_stride + static_cast<size_t>(h) * hd;
-            rows.kv_offset[rows.count] = (kv_head - kv_begin) * hd;
+            rows.kv_offset[rows.count] = (kv_head - p.kv_begin) * hd;
             rows.first_key[rows.count] = shape.FirstKey(positions[t]);
             rows.num_keys[rows.count] = positions[t] + 1;
-            float* state = state_of(t, h, split);
+            float* state = state_of(t, h, p.split);
             state[0] = -INFINITY;  // (m, l, acc) before any key
             std::fill_n(state + 1, hd + 1, 0.f);
             rows.state[rows.count++] = state;
           }
         }
       }
-      int tile_first = call_end, tile_end = 0;  // the keys the tile's rows read
-      for (int t = t_begin; t < t_end; ++t) {
-        tile_first = std::min(tile_first, shape.FirstKey(positions[t]));
-        tile_end = std::max(tile_end, positions[t] + 1);
-      }
-      const int split_begin = call_first + split * grid.split_keys;
-      const int key_begin = std::max(tile_first, split_begin);
-      const int key_end = std::min(tile_end, split_begin + grid.split_keys);
-      const CacheT* k = k_caches[t_begin] + kv_begin * hd;
-      const CacheT* v = v_caches[t_begin] + kv_begin * hd;
+      const CacheT* k = k_caches[p.t_begin] + p.kv_begin * hd;
+      const CacheT* v = v_caches[p.t_begin] + p.kv_begin * hd;
       if (use_avx2) {
-        AttendRowsAvx2(rows, k, v, kv_stride, hd, key_begin, key_end);
+        AttendRowsAvx2(rows, k, v, kv_stride, hd, p.key_begin, p.key_end);
         continue;
       }
-      AttendRowsScalar(rows, k, v, kv_stride, hd, key_begin, key_end);
+      AttendRowsScalar(rows, k, v, kv_stride, hd, p.key_begin, p.key_end);
     }
   });
   // Combine the splits of each row; the split holding the row's own key read
@@ -274,7 +301,7 @@ void AttentionReference(const AttentionShape& shape, const float* q, const Cache
 #define AWQCORE_INSTANTIATE_ATTENTION(CacheT)                                                      \
   template void RopeAndStoreKv<CacheT>(const AttentionShape&, const RopeTable&, const int*, int,  \
                                        float*, float*, const float*, CacheT* const*,             \
-                                       CacheT* const*);                                          \
+                                       CacheT* const*, Isa);                                     \
   template void AttendRowsScalar<CacheT>(const AttentionRows&, const CacheT*, const CacheT*, int, \
                                          int, int, int);                                         \
   template void AttentionForward<CacheT>(const AttentionShape&, const float*,                   \

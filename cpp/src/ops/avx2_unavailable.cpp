@@ -51,6 +51,8 @@ void GeGluAvx2(const float* gate, const float* up, int n, float* out) {
   GeGluScalar(gate, up, n, out);
 }
 
+void StoreKvF16Avx2(const float* src, int n, uint16_t* dst) { StoreKv(src, n, dst); }
+
 template <typename CacheT>
 void AttendRowsAvx2(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
                     int hd, int key_begin, int key_end) {

@@ -88,7 +88,16 @@ Int4Input PrepareInput(const float* x, int num_tokens, int in, int group_size, b
   return {x, num_tokens, &buffer.Quantize(x, in, num_tokens, in, group_size)};
 }
 
-int NumBlocks(int rows) { return (rows + kRowBlock - 1) / kRowBlock; }
+// Rows per unit of the pool's split. The AVX-512 VNNI W4A8 kernels compute
+// whole 16-row tiles (a call's rows outside them are computed and not
+// stored), so a thread boundary inside a tile would compute it twice: at 2
+// threads a decode step's 8 chunks of q/k/v (240 four-row blocks) would add
+// ~8 tiles to its 60. The other kernels block rows by kRowBlock.
+int SplitRows(const Int4Input& input, Isa isa) {
+  return input.q8 && isa >= Isa::kAvx512Vnni ? kTileScaleRows : kRowBlock;
+}
+
+int NumUnits(int rows, int unit) { return (rows + unit - 1) / unit; }
 
 }  // namespace
 
@@ -191,25 +200,27 @@ void Int4LinearForward(const Int4Linear& layer, const float* x, int num_tokens, 
 void Int4LinearsForward(const Int4Linear* const* layers, float* const* ys, int count,
                         const float* x, int num_tokens, ThreadPool& pool, Isa isa,
                         bool int8_decode) {
-  // Blocks are numbered across the layers in order; a thread's contiguous
-  // range of blocks may span two of them (e.g. the end of k and start of v).
-  int total_blocks = 0;
-  for (int i = 0; i < count; ++i) total_blocks += NumBlocks(layers[i]->out);
   // The q8 rounding depends on the group size (its group sums): one per call.
   const Int4Input input = PrepareInput(x, num_tokens, layers[0]->in, layers[0]->group_size, int8_decode);
-  pool.ParallelFor(total_blocks, [&](int64_t begin, int64_t end) {
-    int first_block = 0;  // of layers[i]
+  // Units of `unit` rows are numbered across the layers in order; a thread's
+  // contiguous range of units may span two of them (e.g. the end of k and
+  // start of v).
+  const int unit = SplitRows(input, isa);
+  int total_units = 0;
+  for (int i = 0; i < count; ++i) total_units += NumUnits(layers[i]->out, unit);
+  pool.ParallelFor(total_units, [&](int64_t begin, int64_t end) {
+    int first_unit = 0;  // of layers[i]
     for (int i = 0; i < count && begin < end; ++i) {
       const Int4Linear& layer = *layers[i];
-      const int blocks = NumBlocks(layer.out);
-      const int64_t lo = std::max<int64_t>(begin, first_block);
-      const int64_t hi = std::min<int64_t>(end, first_block + blocks);
+      const int units = NumUnits(layer.out, unit);
+      const int64_t lo = std::max<int64_t>(begin, first_unit);
+      const int64_t hi = std::min<int64_t>(end, first_unit + units);
       if (lo < hi) {
-        const int row0 = static_cast<int>(lo - first_block) * kRowBlock;
-        const int row1 = std::min(layer.out, static_cast<int>(hi - first_block) * kRowBlock);
+        const int row0 = static_cast<int>(lo - first_unit) * unit;
+        const int row1 = std::min(layer.out, static_cast<int>(hi - first_unit) * unit);
         InputRows(layer, row0, row1 - row0, input, ys[i] + row0, layer.out, isa);
       }
-      first_block += blocks;
+      first_unit += units;
     }
   });
 }
@@ -227,10 +238,11 @@ void Int4GatedMlpForward(const Int4Linear& gate, const Int4Linear& up, Activatio
   constexpr int kSliceRows = 32;
   constexpr int kTokenSlice = 128;
   const Int4Input input = PrepareInput(x, num_tokens, gate.in, gate.group_size, int8_decode);
-  pool.ParallelFor(NumBlocks(ffn), [&](int64_t begin, int64_t end) {
+  const int unit = SplitRows(input, isa);  // divides kSliceRows
+  pool.ParallelFor(NumUnits(ffn, unit), [&](int64_t begin, int64_t end) {
     float up_rows[kTokenSlice * kSliceRows];  // [tokens, kSliceRows]
-    const int row_end = std::min(ffn, static_cast<int>(end) * kRowBlock);
-    for (int row0 = static_cast<int>(begin) * kRowBlock; row0 < row_end; row0 += kSliceRows) {
+    const int row_end = std::min(ffn, static_cast<int>(end) * unit);
+    for (int row0 = static_cast<int>(begin) * unit; row0 < row_end; row0 += kSliceRows) {
       const int rows = std::min(kSliceRows, row_end - row0);
       for (int t0 = 0; t0 < num_tokens; t0 += kTokenSlice) {
         const int tokens = std::min(kTokenSlice, num_tokens - t0);
