@@ -44,6 +44,7 @@
 #include "cuda_backend.h"
 #include "weight_arena.cuh"
 #include "half.h"
+#include "ops/embedding_table.h"
 #include "ops/rope.h"
 #include "sampler.h"
 
@@ -321,14 +322,13 @@ class CudaTransformer final : public ForwardPass {
   // upload, which copies synchronously.
   const uint16_t* TableHalves(const EmbeddingTable& table, std::vector<uint16_t>& storage) const {
     if (table.f16 != nullptr || !arena_.placing()) return table.f16;
-    const int blocks = table.d / EmbeddingTable::kBlock;
+    // The gather reads both int8 layouts (rows, or the CPU's VNNI tiles:
+    // model_weights.h) and gives q * s exactly.
     storage.resize(static_cast<size_t>(table.rows) * table.d);
+    std::vector<float> row(table.d);
     for (int r = 0; r < table.rows; ++r) {
-      for (int c = 0; c < table.d; ++c) {
-        const size_t i = static_cast<size_t>(r) * table.d + c;
-        const float scale = F16ToF32(table.q8_scales[static_cast<size_t>(r) * blocks + c / EmbeddingTable::kBlock]);
-        storage[i] = F32ToF16(table.q8[i] * scale);
-      }
+      EmbeddingGather(table, &r, 1, row.data());
+      for (int c = 0; c < table.d; ++c) storage[static_cast<size_t>(r) * table.d + c] = F32ToF16(row[c]);
     }
     return storage.data();
   }

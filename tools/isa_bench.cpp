@@ -2,8 +2,9 @@
 // CPU runs (cpu_features.h), in one process so the levels share the
 // machine's state: the W4A8 int4 linear (Int4LinearForward, one token by default: the
 // activation rounding, the row split over the pool and the kernels) and the
-// W8A8 int8 lm_head (TableLinearForward), at Qwen2.5-1.5B's and SmolLM2's
-// shapes. Dev tool, not part of the library.
+// W8A8 int8 lm_head (TableLinearForward; the AVX-512 VNNI level on the tile
+// layout its loader makes, the others on rows), at Qwen2.5-1.5B's and
+// SmolLM2's shapes. Dev tool, not part of the library.
 //
 //   build/.../isa_bench [--threads 2] [--reps 9] [--megabytes 256] [--gemm-tokens 128] [--only qwen] [--tokens 1]
 //
@@ -33,6 +34,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -119,9 +121,11 @@ struct Int4Copies {
   size_t bytes = 0;
 };
 
-// `copies` int8 tables [rows, d] with one f16 scale per 32 columns.
+// `copies` int8 tables [rows, d] with one f16 scale per 32 columns, in the
+// row layout (`tables`) and the AVX-512 VNNI level's tile layout (`tiled`,
+// as the loader makes it where that level is detected: AddTableTiles).
 struct TableCopies {
-  TableCopies(int rows, int d, int copies, std::mt19937& rng) {
+  TableCopies(int rows, int d, int copies, bool with_tiles, std::mt19937& rng) {
     const size_t codes = static_cast<size_t>(rows) * d, blocks = codes / EmbeddingTable::kBlock;
     q8.resize(codes * copies + 64);
     scales.resize(blocks * copies);
@@ -134,12 +138,19 @@ struct TableCopies {
       table.q8 = Aligned64(q8.data()) + k * codes;  // as .awqbin tensors are
       table.q8_scales = scales.data() + k * blocks;
       tables.push_back(table);
+      if (with_tiles) {
+        tile_storage.emplace_back();
+        tiled.push_back(TileTable(table, tile_storage.back()));
+      }
     }
     bytes = (codes + blocks * 2) * copies;
   }
+  // The table copy k that `isa`'s kernels read.
+  const EmbeddingTable& For(Isa isa, int k) const { return isa == Isa::kAvx512Vnni ? tiled[k] : tables[k]; }
   std::vector<int8_t> q8;
   std::vector<uint16_t> scales;
-  std::vector<EmbeddingTable> tables;
+  std::vector<EmbeddingTable> tables, tiled;
+  std::vector<std::shared_ptr<const uint8_t>> tile_storage;
   size_t bytes = 0;
 };
 
@@ -266,11 +277,12 @@ int main(int argc, char** argv) {
               [&](Isa isa, int k) { Int4Q8KernelOf(isa)(w.layers[k], 0, shape.out, a, y.data(), shape.out); },
               copies);
     } else {
-      const TableCopies w(shape.out, shape.in, copies, rng);
+      const bool with_tiles = std::find(levels.begin(), levels.end(), Isa::kAvx512Vnni) != levels.end();
+      const TableCopies w(shape.out, shape.in, copies, with_tiles, rng);
       bytes = w.bytes;
       const Q8Activations& a = q8.Quantize(x.data(), shape.in, tokens, shape.in, kQ8Block, Q8Layout::kNatural);
-      run_all([&](Isa isa, int k) { TableLinearForward(w.tables[k], x.data(), tokens, y.data(), pool, isa, true); },
-              [&](Isa isa, int k) { TableRowsQ8(w.tables[k], 0, shape.out, a, y.data(), shape.out, isa); },
+      run_all([&](Isa isa, int k) { TableLinearForward(w.For(isa, k), x.data(), tokens, y.data(), pool, isa, true); },
+              [&](Isa isa, int k) { TableRowsQ8(w.For(isa, k), 0, shape.out, a, y.data(), shape.out, isa); },
               copies);
     }
     std::printf("%s (%.0f MB)\n", shape.name, bytes / 1e6);

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <fstream>
 #include <initializer_list>
+#include <memory>
+#include <new>
 #include <sstream>
 
 #include "ops/attention.h"
@@ -155,6 +157,22 @@ const uint8_t* CopyToHugePages(const uint8_t* mapping, uint64_t size) {
   }
   ::mprotect(copy, size, PROT_READ);
   return static_cast<const uint8_t*>(copy);
+}
+
+std::shared_ptr<uint8_t> HugePageBuffer(uint64_t size) {
+  void* buffer = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (buffer == MAP_FAILED) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  ::madvise(buffer, size, MADV_HUGEPAGE);
+#endif
+  return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(buffer), [size](uint8_t* p) { ::munmap(p, size); });
+}
+
+void ReleasePages(const void* p, uint64_t size) {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGE_SIZE));
+  const uint64_t begin = (reinterpret_cast<uint64_t>(p) + page - 1) / page * page;
+  const uint64_t end = (reinterpret_cast<uint64_t>(p) + size) / page * page;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 }  // namespace awqcore

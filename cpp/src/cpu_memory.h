@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "awqcore/awqcore.h"
@@ -46,5 +47,18 @@ void CheckCpuSessionFits(const ModelConfig& config, int max_seq_len, int max_bat
 // with munmap), or nullptr to keep the mapping: AWQCORE_MAP_WEIGHTS=1, a
 // file under one huge page, too little available memory, or no memory.
 const uint8_t* CopyToHugePages(const uint8_t* mapping, uint64_t size);
+
+// `size` bytes of zero-filled writable anonymous memory, backed by
+// transparent huge pages where the kernel offers them (the weights' TLB
+// misses, as for CopyToHugePages), unmapped when the last owner lets go.
+// Throws std::bad_alloc when the system has none to give.
+std::shared_ptr<uint8_t> HugePageBuffer(uint64_t size);
+
+// Drops the whole pages inside [p, p + size) from the process's resident set
+// (MADV_DONTNEED): weights whose bytes were copied into another layout and
+// are never read again. A later read would see the file's bytes again in a
+// file mapping and zeros in anonymous memory, so only bytes no pointer of
+// the model reaches may be released.
+void ReleasePages(const void* p, uint64_t size);
 
 }  // namespace awqcore

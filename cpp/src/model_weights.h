@@ -30,18 +30,34 @@ struct Int4Linear {
 // The token embedding or lm_head table W [rows, d] in one of its two stored
 // forms (docs/format.md): f16, or int8 in blocks of 32 columns,
 // W[r, c] = q[r, c] * s[r, c/32] (exact in f32: 7 + 11 significant bits).
-// Exactly one of `f16` and `q8` is set; `q8` implies d % 32 == 0.
+// Exactly one of `f16`, `q8` and `q8_tiles` is set; the int8 forms imply
+// d % 32 == 0.
+//
+// q8_tiles: the int8 form regrouped for the AVX-512 VNNI kernels
+// (ops/embedding_table.h: TileTable). Tile i holds rows 16i .. 16i + 15 (the
+// last row repeated past `rows`); per 32-column block b, 512 bytes: for each
+// 4-column group j (columns 32b + 4j .. 32b + 4j + 3), the 4 codes of row 0,
+// then of row 1, ..., row 15, each code stored as q + 128 (unsigned). That is
+// the operand vpdpbusd multiplies, one int32 lane per row, so the lm_head
+// reads the tiles in order. Their scales: 16 f16 per tile and block.
 struct EmbeddingTable {
-  static constexpr int kBlock = 32;  // columns per int8 scale
+  static constexpr int kBlock = 32;     // columns per int8 scale
+  static constexpr int kTileRows = 16;  // rows per q8_tiles tile
 
   int rows = 0;
   int d = 0;
-  const uint16_t* f16 = nullptr;        // [rows, d]      f16 bits, or nullptr
-  const int8_t* q8 = nullptr;           // [rows, d]      or nullptr
-  const uint16_t* q8_scales = nullptr;  // [rows, d/32]   f16 bits (with q8)
+  const uint16_t* f16 = nullptr;             // [rows, d]      f16 bits, or nullptr
+  const int8_t* q8 = nullptr;                // [rows, d]      or nullptr
+  const uint16_t* q8_scales = nullptr;       // [rows, d/32]   f16 bits (with q8)
+  const uint8_t* q8_tiles = nullptr;         // [tiles, d/32, 8, 16, 4] q + 128, or nullptr
+  const uint16_t* q8_tile_scales = nullptr;  // [tiles, d/32, 16]       f16 bits (with q8_tiles)
 
   // The first byte of the table: two tables are one (tied) when these match.
-  const void* data() const { return f16 != nullptr ? static_cast<const void*>(f16) : q8; }
+  const void* data() const {
+    if (f16 != nullptr) return f16;
+    return q8 != nullptr ? static_cast<const void*>(q8) : q8_tiles;
+  }
+  int tiles() const { return (rows + kTileRows - 1) / kTileRows; }
 };
 
 // The MLP of a mixture-of-experts layer (docs/format.md): a router and E
@@ -88,6 +104,8 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;      // [num_layers]
   // Owns the linears' tile_scales (shared: copies of the weights keep them).
   std::vector<std::shared_ptr<const std::vector<uint8_t>>> tile_scale_storage;
+  // Owns the lm_head's q8_tiles and q8_tile_scales, when it has them.
+  std::shared_ptr<const uint8_t> table_tile_storage;
 };
 
 }  // namespace awqcore

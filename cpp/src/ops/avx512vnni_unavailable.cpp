@@ -21,9 +21,17 @@ void Int4DecodeQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q
   Int4GemmQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
 }
 
-void TableRowsQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
-                           float* y, int ldy) {
-  TableRowsQ8Avx2(table, row0, rows, x, y, ldy);
+// The scalar kernels, which read the tiles too (a tiled table exists only
+// where DetectedIsa() is kAvx512Vnni, so only a test that names the level
+// reaches these).
+void TableTilesQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
+                            float* y, int ldy) {
+  TableRowsQ8Scalar(table, row0, rows, x, y, ldy);
+}
+
+void TableTilesAvx512Vnni(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+                          int num_tokens, float* y, int ldy) {
+  TableRowsScalar(table, row0, rows, x, ldx, num_tokens, y, ldy);
 }
 
 }  // namespace awqcore

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "cpu_features.h"
 #include "model_weights.h"
@@ -44,5 +45,30 @@ void TableLinearForward(const EmbeddingTable& table, const float* x, int num_tok
 
 // Scalar oracle of TableLinearForward (double accumulator).
 void TableLinearReference(const EmbeddingTable& table, const float* x, int num_tokens, float* y);
+
+// W[r, c] of an int8 table in either layout (q8 or q8_tiles): its code and
+// its block's scale.
+int TableCode(const EmbeddingTable& table, int r, int c);
+uint16_t TableScale(const EmbeddingTable& table, int r, int block);
+
+// The int8 row-layout table `table` regrouped into q8_tiles
+// (model_weights.h) in a new buffer (`storage`, huge pages); the returned
+// table reads only the tiles (q8 and q8_scales unset). Its logits are the
+// row layout's up to float summation order; its gather is bit-identical.
+// release_rows: the row layout's pages are released (cpu_memory.h:
+// ReleasePages) as its rows are regrouped, for a caller that never reads
+// them again.
+EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint8_t>& storage,
+                         bool release_rows = false);
+
+// At the AVX-512 VNNI level (DetectedIsa), an int8 lm_head moves into the
+// tile layout (and the embedding with it when tied: one table serves the
+// gather too), and the row layout's pages are released, so the table's
+// memory is not doubled. Why: a lane-per-row kernel reads the tiles in order,
+// each 16 x 32 block costing 8 vpdpbusd per token and a convert and an FMA,
+// where row-layout kernels reduce every (row, token) horizontally. Other
+// levels keep the row layout (their kernels read it); the CUDA backend
+// uploads either through EmbeddingGather. The file is unchanged.
+void AddTableTiles(ModelWeights& weights);
 
 }  // namespace awqcore

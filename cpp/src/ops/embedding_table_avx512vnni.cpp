@@ -1,38 +1,34 @@
-// AVX-512 VNNI W8A8 table rows for several tokens (contract: TableRowsQ8* in
-// linear_kernels.h): the int8 lm_head of batched decode.
+// AVX-512 VNNI kernels of a tiled int8 table (model_weights.h: q8_tiles;
+// contract in linear_kernels.h): the lm_head, W8A8 for decode (one token or
+// a batch of up to kQ8MaxTokens) and f32 for the other calls.
 //
-// One token's W8A8 GEMV streams the table at the rate memory delivers, but
-// each further token of a batch repeated the whole integer and float work on
-// rows already in L1, so a batch of 8 spent 8x the ALU work on one pass over
-// the table (the lm_head took 2-4x its batch-1 time per step). Here a block
-// of 4 rows times up to 4 tokens is held in registers (16 accumulators), so
-// each load of table codes, its offset and its scale serve every token of the
-// block; tokens 5-8 take a second pass over the 4 rows, then in L1 (4 x d
-// bytes: 6 KiB at Qwen2.5-1.5B's 1536).
+// Why tiles: row-layout kernels give each (row, token) its own vector of
+// partial sums and reduce it horizontally, so a batch of 8 tokens spent ~3x
+// more uops on shuffles, converts and FMAs than on multiplies (49 GMAC per
+// CPU-second against the int4 decode kernel's ~150). A tile block holds the
+// 16 rows x 4 columns that one vpdpbusd multiplies, one int32 lane per row:
+// per 16 x 32 block and token, 8 vpdpbusd (each activation dword broadcast
+// to all lanes), one convert and one FMA, and the lanes are the logits,
+// with no reduction. The tiles are read in order (one stream per thread).
 //
-// Each token's arithmetic is exactly that of the AVX2 single-token kernel
-// (GemvFourRowsQ8Q8, embedding_table_avx2.cpp): per row the same 8 int32
-// lanes per 32-column block (lane l: the exact integer dot of columns 4l..4l+3),
-// converted and multiplied into one 8-lane accumulator by the same rounded
-// f32 product s_b d_b, blocks in order, then the same Hsum4 tree. So a
-// token's logits are bit-identical to those it gets alone (batched decode
-// relies on it) and the op can send one token to the AVX2 kernel, which
-// streams one token as fast.
+// W8A8 arithmetic per token, row and block b: the codes are stored as
+// w + 128 (vpdpbusd multiplies unsigned by signed bytes), so the integer dot
+// starts from -128 sum_{c in b} x_c:
+//   sum_c (w_c + 128) x_c - 128 sum_c x_c = sum_c w_c x_c,
+// every partial sum within |32 * 255 * 127| + |128 * 32 * 127| < 2^31, the
+// result within 32 * 128 * 127 < 2^24: exact as an int32 and as a float. Then
+//   acc = fma(float(dot), s_b * d_b, acc)   (s_b * d_b rounded once)
+// over the blocks in order. The integer part is exact whatever its order,
+// so the kernel splits it into two chains for 1-2 tokens (8 dependent
+// vpdpbusd bind on their latency); the float part is the same sequence of
+// operations for every token count, so a token's logits are bit-identical
+// whatever other tokens share the call.
 //
-// vpdpbusd multiplies unsigned by signed bytes and AVX-512 has no vpsignb,
-// so the weights go in offset by 128 (w + 128 = w xor 0x80, in [0, 255]) and
-// the activations signed:
-//   sum_c (w_c + 128) x_c = sum_c w_c x_c + 128 sum_c x_c,
-// so each token's lanes start from -128 sum_c x_c (one vpdpbusd of 128 by
-// the activations per token and block, shared by the 4 rows; the weights'
-// offset is one xor per row and block, shared by the tokens). Every lane sums
-// 4 products: |sum| <= 4 * 255 * 127 + 4 * 128 * 127 < 2^31, exact, and
-// equal to the AVX2 kernel's vpmaddubsw + vpmaddwd lane. Per block, row and
-// token: vpdpbusd, convert, multiply, FMA, on 256-bit vectors (AVX-512 VL):
-// Zen 4 runs two 256-bit or one 512-bit operation per cycle, so the wider
-// vectors would only change the float lanes, and the sums with them.
-// GCC 12 flags its own AVX-512 intrinsics as uninitialized (int4_q8_avx512.h).
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+// f32 activations (prefill's all-logits calls, the f32 mode): each group of
+// 4 columns is widened to 4 vectors of exact f32 weights q s (16 rows each)
+// and multiplied into two FMA chains per token (even and odd columns),
+// added at the end: again the same operations for every token count.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
@@ -41,103 +37,191 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "ops/linear_kernels.h"
-#include "ops/simd_avx2.h"
 
 namespace awqcore {
 namespace {
 
+constexpr int kRows = EmbeddingTable::kTileRows;  // int32 lanes of a zmm: one row each
 constexpr int kBlock = EmbeddingTable::kBlock;
-constexpr int kBlockTokens = 4;  // tokens per register block
+constexpr int kGroups = kBlock / 4;                // 4-column groups per block: one vpdpbusd each
+constexpr int kBlockBytes = kRows * kBlock;        // one block of a tile
+constexpr int kMaxTokens = 8;                      // tokens per pass over a tile
+static_assert(kQ8MaxTokens == kMaxTokens, "a decode step's tokens share one pass over the table");
 
-using avx2::Hsum4;
+inline __m512 TileScales(const uint16_t* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
 
-// kTokens (1..4) tokens from t of 4 rows (repeated where fewer remain):
-// y[k][r] = W[rows[r]] . a_{t+k}.
+// The 4 activation bytes at p (any alignment) in every lane: read as one
+// int32 so that the compiler folds the broadcast into vpdpbusd's operand.
+typedef int32_t UnalignedInt32 __attribute__((aligned(1), may_alias));
+inline __m512i Broadcast4(const int8_t* p) { return _mm512_set1_epi32(*reinterpret_cast<const UnalignedInt32*>(p)); }
+
+// Lanes [lane0, lane_end) of v into out[0 .. lane_end - lane0).
+inline void StoreLanes(__m512 v, int lane0, int lane_end, float* out) {
+  const __mmask16 lanes = static_cast<__mmask16>(((1u << lane_end) - 1) & ~((1u << lane0) - 1));
+  const __mmask16 stored = static_cast<__mmask16>((1u << (lane_end - lane0)) - 1);
+  _mm512_mask_storeu_ps(out, stored, _mm512_maskz_compress_ps(lanes, v));
+}
+
+// kTokens tokens times one tile (codes, scales: its blocks), W8A8: lanes
+// [lane0, lane_end) of token k stored at y[k * ldy]. xq: [kTokens, d],
+// dx: [kTokens, blocks], corrections: [kTokens, blocks], -128 sum of the
+// token's codes in the block.
 template <int kTokens>
-void FourRowsQ8(const EmbeddingTable& table, const int* rows, const Q8Activations& x, int t,
-                float (*y)[4]) {
-  const int d = table.d;
-  const int blocks = d / kBlock;
-  const int8_t* q[4];
-  const uint16_t* s[4];
-  #pragma GCC unroll 4
-  for (int r = 0; r < 4; ++r) {
-    q[r] = table.q8 + static_cast<size_t>(rows[r]) * d;
-    s[r] = table.q8_scales + static_cast<size_t>(rows[r]) * blocks;
-  }
-  const int8_t* xq[kTokens];
-  const float* dx[kTokens];
-  #pragma GCC unroll 4
-  for (int k = 0; k < kTokens; ++k) {
-    xq[k] = x.q + static_cast<size_t>(t + k) * d;
-    dx[k] = x.block_scales + static_cast<size_t>(t + k) * blocks;
-  }
-  const __m256i offset = _mm256_set1_epi8(static_cast<char>(0x80));
-  // The next 4 rows follow these (a short final block's repeats aside): 128
-  // bytes of them per block, as the AVX2 kernel prefetches them.
-  const bool near = 4 * d <= kL1PrefetchBlockBytes;
-  __m256 acc[kTokens][4];
-  #pragma GCC unroll 4
-  for (int k = 0; k < kTokens; ++k) {
-    #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) acc[k][r] = _mm256_setzero_ps();
-  }
+void TileQ8(const uint8_t* codes, const uint16_t* scales, int blocks, const int8_t* xq, const float* dx,
+            const int32_t* corrections, int lane0, int lane_end, float* y, int ldy) {
+  const size_t d = static_cast<size_t>(blocks) * kBlock;
+  __m512 acc[kTokens];
+  #pragma GCC unroll 8
+  for (int k = 0; k < kTokens; ++k) acc[k] = _mm512_setzero_ps();
   for (int b = 0; b < blocks; ++b) {
-    const char* next = reinterpret_cast<const char*>(q[0] + 4 * static_cast<size_t>(d) + 4 * b * kBlock);
-    if (near) {
-      _mm_prefetch(next, _MM_HINT_T0);
-      _mm_prefetch(next + 64, _MM_HINT_T0);
-    } else {
-      _mm_prefetch(next, _MM_HINT_T1);
-      _mm_prefetch(next + 64, _MM_HINT_T1);
-    }
-    __m256i xs[kTokens], start[kTokens];
-    #pragma GCC unroll 4
+    const uint8_t* block = codes + static_cast<size_t>(b) * kBlockBytes;
+    __m512i w[kGroups];
+    #pragma GCC unroll 8
+    for (int j = 0; j < kGroups; ++j) w[j] = _mm512_loadu_si512(block + 64 * j);
+    const __m512 s = TileScales(scales + b * kRows);
+    // kChains independent vpdpbusd chains per token (exact integers: the
+    // split does not change the sum), the tokens interleaved so that every
+    // chain in flight is independent of the next instruction.
+    constexpr int kChains = kTokens <= 2 ? 2 : 1;
+    __m512i dot[kTokens][kChains];
+    #pragma GCC unroll 8
     for (int k = 0; k < kTokens; ++k) {
-      xs[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq[k] + b * kBlock));
-      start[k] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                  _mm256_dpbusd_epi32(_mm256_setzero_si256(), offset, xs[k]));
+      dot[k][0] = _mm512_set1_epi32(corrections[k * blocks + b]);
+      if constexpr (kChains == 2) dot[k][1] = _mm512_setzero_si512();
     }
-    #pragma GCC unroll 4
-    for (int r = 0; r < 4; ++r) {
-      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[r] + b * kBlock));
-      const __m256i wu = _mm256_xor_si256(w, offset);
-      const float sr = _cvtsh_ss(s[r][b]);
-      #pragma GCC unroll 4
+    #pragma GCC unroll 8
+    for (int j = 0; j < kGroups; ++j) {
+      #pragma GCC unroll 8
       for (int k = 0; k < kTokens; ++k) {
-        const __m256 dot = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start[k], wu, xs[k]));
-        acc[k][r] = _mm256_fmadd_ps(dot, _mm256_set1_ps(sr * dx[k][b]), acc[k][r]);
+        __m512i& chain = dot[k][j % kChains];
+        chain = _mm512_dpbusd_epi32(chain, w[j], Broadcast4(xq + k * d + b * kBlock + 4 * j));
+      }
+    }
+    #pragma GCC unroll 8
+    for (int k = 0; k < kTokens; ++k) {
+      __m512i sum = dot[k][0];
+      if constexpr (kChains == 2) sum = _mm512_add_epi32(sum, dot[k][1]);
+      const __m512 scale = _mm512_mul_ps(s, _mm512_set1_ps(dx[k * blocks + b]));
+      acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[k]);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int k = 0; k < kTokens; ++k) StoreLanes(acc[k], lane0, lane_end, y + static_cast<size_t>(k) * ldy);
+}
+
+// The same with f32 activations x: [kTokens, ldx].
+template <int kTokens>
+void TileF32(const uint8_t* codes, const uint16_t* scales, int blocks, const float* x, int ldx, int lane0,
+             int lane_end, float* y, int ldy) {
+  const __m512i sign_bits = _mm512_set1_epi32(static_cast<int>(0x80808080u));
+  __m512 even[kTokens], odd[kTokens];
+  #pragma GCC unroll 8
+  for (int k = 0; k < kTokens; ++k) even[k] = odd[k] = _mm512_setzero_ps();
+  for (int b = 0; b < blocks; ++b) {
+    const uint8_t* block = codes + static_cast<size_t>(b) * kBlockBytes;
+    const __m512 s = TileScales(scales + b * kRows);
+    for (int j = 0; j < kGroups; ++j) {
+      // The group's signed codes: byte i of lane r is W[r, c + i] (c below).
+      const __m512i q = _mm512_xor_si512(_mm512_loadu_si512(block + 64 * j), sign_bits);
+      const __m512 w[4] = {
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(q, 24), 24)), s),
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(q, 16), 24)), s),
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(q, 8), 24)), s),
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srai_epi32(q, 24)), s)};  // exact: 7 + 11 bits
+      const int c = b * kBlock + 4 * j;
+      #pragma GCC unroll 8
+      for (int k = 0; k < kTokens; ++k) {
+        const float* xc = x + static_cast<size_t>(k) * ldx + c;
+        even[k] = _mm512_fmadd_ps(w[0], _mm512_set1_ps(xc[0]), even[k]);
+        odd[k] = _mm512_fmadd_ps(w[1], _mm512_set1_ps(xc[1]), odd[k]);
+        even[k] = _mm512_fmadd_ps(w[2], _mm512_set1_ps(xc[2]), even[k]);
+        odd[k] = _mm512_fmadd_ps(w[3], _mm512_set1_ps(xc[3]), odd[k]);
       }
     }
   }
-  #pragma GCC unroll 4
-  for (int k = 0; k < kTokens; ++k) _mm_storeu_ps(y[k], Hsum4(acc[k][0], acc[k][1], acc[k][2], acc[k][3]));
+  #pragma GCC unroll 8
+  for (int k = 0; k < kTokens; ++k) {
+    StoreLanes(_mm512_add_ps(even[k], odd[k]), lane0, lane_end, y + static_cast<size_t>(k) * ldy);
+  }
+}
+
+// Calls visit(first, lane0, lane_end, out_offset) for each tile that rows
+// [row0, row0 + rows) touch: its first row, the lanes inside the range, and
+// the offset of lane0's output from row0's.
+template <typename Visit>
+void ForEachTile(int row0, int rows, Visit&& visit) {
+  for (int r = row0; r < row0 + rows;) {
+    const int first = r / kRows * kRows;
+    const int lane_end = std::min(kRows, row0 + rows - first);
+    visit(first, r - first, lane_end, r - row0);
+    r = first + lane_end;
+  }
 }
 
 }  // namespace
 
-void TableRowsQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
-                           float* y, int ldy) {
-  for (int r0 = 0; r0 < rows; r0 += 4) {
-    const int block_rows = std::min(4, rows - r0);
-    int block[4];  // the last row repeated where fewer than 4 remain
-    for (int r = 0; r < 4; ++r) block[r] = row0 + r0 + std::min(r, block_rows - 1);
-    for (int t = 0; t < x.num_tokens; t += kBlockTokens) {
-      const int tokens = std::min(kBlockTokens, x.num_tokens - t);
-      float sums[kBlockTokens][4];
-      switch (tokens) {
-        case 4: FourRowsQ8<4>(table, block, x, t, sums); break;
-        case 3: FourRowsQ8<3>(table, block, x, t, sums); break;
-        case 2: FourRowsQ8<2>(table, block, x, t, sums); break;
-        default: FourRowsQ8<1>(table, block, x, t, sums); break;
-      }
-      for (int k = 0; k < tokens; ++k) {
-        std::copy_n(sums[k], block_rows, y + static_cast<size_t>(t + k) * ldy + r0);
-      }
+void TableTilesQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
+                            float* y, int ldy) {
+  const int d = table.d, blocks = d / kBlock;
+  // [num_tokens, blocks]: -128 x the sum of each block's activation codes.
+  thread_local std::vector<int32_t> corrections;
+  corrections.resize(static_cast<size_t>(x.num_tokens) * blocks);
+  for (int t = 0; t < x.num_tokens; ++t) {
+    for (int b = 0; b < blocks; ++b) {
+      const int8_t* xb = x.q + static_cast<size_t>(t) * d + b * kBlock;
+      int sum = 0;
+      for (int c = 0; c < kBlock; ++c) sum += xb[c];
+      corrections[static_cast<size_t>(t) * blocks + b] = -128 * sum;
     }
   }
+  for (int t = 0; t < x.num_tokens; t += kMaxTokens) {
+    const int n = std::min(kMaxTokens, x.num_tokens - t);
+    const int8_t* xq = x.q + static_cast<size_t>(t) * d;
+    const float* dx = x.block_scales + static_cast<size_t>(t) * blocks;
+    const int32_t* corr = corrections.data() + static_cast<size_t>(t) * blocks;
+    float* y_part = y + static_cast<size_t>(t) * ldy;
+    ForEachTile(row0, rows, [&](int first, int lane0, int lane_end, int out) {
+      const uint8_t* codes = table.q8_tiles + static_cast<size_t>(first) * d;
+      const uint16_t* scales = table.q8_tile_scales + static_cast<size_t>(first) * blocks;
+      float* y_tile = y_part + out;
+      switch (n) {
+#define AWQCORE_TILE_CASE(k) \
+  case k: TileQ8<k>(codes, scales, blocks, xq, dx, corr, lane0, lane_end, y_tile, ldy); break;
+        AWQCORE_TILE_CASE(8) AWQCORE_TILE_CASE(7) AWQCORE_TILE_CASE(6) AWQCORE_TILE_CASE(5)
+        AWQCORE_TILE_CASE(4) AWQCORE_TILE_CASE(3) AWQCORE_TILE_CASE(2)
+#undef AWQCORE_TILE_CASE
+        default: TileQ8<1>(codes, scales, blocks, xq, dx, corr, lane0, lane_end, y_tile, ldy); break;
+      }
+    });
+  }
+}
+
+void TableTilesAvx512Vnni(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+                          int num_tokens, float* y, int ldy) {
+  const int d = table.d, blocks = d / kBlock;
+  // Tiles outer: a tile (16 x d bytes) stays in L1/L2 while every group of
+  // tokens passes over it.
+  ForEachTile(row0, rows, [&](int first, int lane0, int lane_end, int out) {
+    const uint8_t* codes = table.q8_tiles + static_cast<size_t>(first) * d;
+    const uint16_t* scales = table.q8_tile_scales + static_cast<size_t>(first) * blocks;
+    for (int t = 0; t < num_tokens; t += kMaxTokens) {
+      const float* xt = x + static_cast<size_t>(t) * ldx;
+      float* y_tile = y + static_cast<size_t>(t) * ldy + out;
+      switch (std::min(kMaxTokens, num_tokens - t)) {
+#define AWQCORE_TILE_CASE(k) \
+  case k: TileF32<k>(codes, scales, blocks, xt, ldx, lane0, lane_end, y_tile, ldy); break;
+        AWQCORE_TILE_CASE(8) AWQCORE_TILE_CASE(7) AWQCORE_TILE_CASE(6) AWQCORE_TILE_CASE(5)
+        AWQCORE_TILE_CASE(4) AWQCORE_TILE_CASE(3) AWQCORE_TILE_CASE(2)
+#undef AWQCORE_TILE_CASE
+        default: TileF32<1>(codes, scales, blocks, xt, ldx, lane0, lane_end, y_tile, ldy); break;
+      }
+    }
+  });
 }
 
 }  // namespace awqcore

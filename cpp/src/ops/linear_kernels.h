@@ -93,7 +93,7 @@ void TableRowsScalar(const EmbeddingTable& table, int row0, int rows, const floa
                      int num_tokens, float* y, int ldy);
 void TableRowsAvx2(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
                    int num_tokens, float* y, int ldy);
-// W8A8: an int8 table (table.q8) times activations rounded to int8 in
+// W8A8: an int8 table (table.q8 or q8_tiles) times activations rounded to int8 in
 // Q8Layout::kNatural, per 32-column block b the integer dot product scaled
 // by the weights' and the activations' scales:
 //   y[t * ldy + r] = sum_b (s[row0 + r, b] d_b) (sum_{c in b} q[row0 + r, c] q_t[c])
@@ -101,11 +101,18 @@ void TableRowsQ8Scalar(const EmbeddingTable& table, int row0, int rows, const Q8
                        float* y, int ldy);
 void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
                      float* y, int ldy);
-// AVX-512 VNNI (embedding_table_avx512vnni.cpp): 4 rows x 4 tokens per
-// register block, each table row read once per call for every token; each
-// token's outputs are bit-identical to TableRowsQ8Avx2's.
-void TableRowsQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
-                           float* y, int ldy);
+// The scalar kernels above read both int8 layouts (q8 and q8_tiles), the
+// AVX2 ones only q8 (rows).
+// AVX-512 VNNI kernels of a tiled table (table.q8_tiles; the AVX-512 VNNI
+// CPU needs of this level; embedding_table_avx512vnni.cpp): a zmm lane per
+// row of a 16-row tile, the tiles read in order, 1 to kQ8MaxTokens tokens
+// per pass over them. A token's outputs are bit-identical whatever other
+// tokens share the call; they equal the scalar kernels' up to float
+// summation order. Rows need not start or end on a tile.
+void TableTilesQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x,
+                            float* y, int ldy);
+void TableTilesAvx512Vnni(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
+                          int num_tokens, float* y, int ldy);
 void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, int ldx,
                int num_tokens, float* y, int ldy, Isa isa);
 void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
