@@ -16,7 +16,8 @@ from awqcore.awqbin_source import AwqbinSource
 from awqcore.cli import main as cli_main
 from awqcore.importers.synthetic import SyntheticSource, tiny_config
 from awqcore.quantize import quantize_model
-from awqcore.quantize.awq import AwqQuantizer, fake_quantize, search_scales
+from awqcore.quantize.awq import (FAKE_QUANTIZE_BLOCK, AwqQuantizer, fake_quantize,
+                                  search_scales)
 from awqcore.quantize.clip import search_clip
 from awqcore.quantize.calibration import calibration_blocks
 from awqcore.quantize.pipeline import _layer_float_names
@@ -55,6 +56,19 @@ def test_fake_quantize_is_the_int4_round_trip():
     for g in (32, 64, 128):
         np.testing.assert_array_equal(fake_quantize(torch.from_numpy(w), g).numpy(),
                                       dequantize_int4(*quantize_int4(w, g), g))
+
+
+@pytest.mark.parametrize("rows", [1, 4095, 4096 * 2 + 37])
+def test_fake_quantize_in_row_blocks_with_scales_is_the_int4_round_trip(rows):
+    """Q(w * s) / s over 64-wide rows: 4,096 rows make one block, so these shapes take
+    one partial block, exactly two full ones plus a remainder, and a single row."""
+    rng = np.random.default_rng(rows)
+    w = rng.standard_normal((rows, 64)).astype(np.float32)
+    s = rng.uniform(0.25, 4, 64).astype(np.float32)
+    assert FAKE_QUANTIZE_BLOCK // 64 == 4096
+    expected = dequantize_int4(*quantize_int4(w * s, 32), 32) / s
+    got = fake_quantize(torch.from_numpy(w), 32, torch.from_numpy(s)).numpy()
+    np.testing.assert_array_equal(got, expected, err_msg=f"rows={rows}")
 
 
 def folded_model(source, options: dict, group_size: int = 32):

@@ -82,8 +82,8 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
 }
 
 template <typename CacheT>
-void Transformer::Attend(KvCaches<CacheT>& caches, int layer, const AttentionShape& shape,
-                         const RopeTable& rope, const int* seqs, const int* positions, int n) {
+void Transformer::PrepareCaches(KvCaches<CacheT>& caches, int layer, const RopeTable& rope,
+                                const int* seqs, const int* positions, int n) {
   const int kv_width = config_.num_kv_heads * config_.head_dim;
   for (int t = 0; t < n; ++t) {
     const size_t layer_offset =
@@ -91,6 +91,16 @@ void Transformer::Attend(KvCaches<CacheT>& caches, int layer, const AttentionSha
     caches.token_k[t] = caches.k.data() + layer_offset;
     caches.token_v[t] = caches.v.data() + layer_offset;
   }
+  // A prefill chunk writes consecutive rows of one cache, which the hardware
+  // prefetcher streams.
+  if (n <= kQ8MaxTokens) {
+    PrefetchRopeAndStoreKv(full_shape_, rope, positions, n, caches.token_k.data(), caches.token_v.data());
+  }
+}
+
+template <typename CacheT>
+void Transformer::Attend(KvCaches<CacheT>& caches, const AttentionShape& shape,
+                         const RopeTable& rope, const int* positions, int n) {
   // Each token's k and v go to row positions[t] of its own sequence's cache,
   // where attention reads them with the earlier rows. The copy is 2 * KV * hd
   // elements per token: 1.5 KB in f32 on SmolLM2, against the ~1.8 MB of
@@ -192,6 +202,14 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
   const bool sandwich = config_.norm_placement == NormPlacement::kSandwich;
   const bool sliding = !config_.layer_sliding.empty() && config_.layer_sliding[layer] != 0;
 
+  const AttentionShape& shape = sliding ? sliding_shape_ : full_shape_;
+  const RopeTable& rope = sliding && local_rope_ ? *local_rope_ : rope_;
+  if (int8_decode_) {
+    PrepareCaches(f16_caches_, layer, rope, seqs, positions, n);
+  } else {
+    PrepareCaches(f32_caches_, layer, rope, seqs, positions, n);
+  }
+
   // Attention block.
   RmsNorm(x_.data(), w.input_norm, d, eps, n, h_.data());
   lap_.Lap(Op::kNorms);
@@ -204,12 +222,10 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
     RmsNorm(k_.data(), w.k_norm, hd, eps, n * config_.num_kv_heads, k_.data());
     lap_.Lap(Op::kNorms);
   }
-  const AttentionShape& shape = sliding ? sliding_shape_ : full_shape_;
-  const RopeTable& rope = sliding && local_rope_ ? *local_rope_ : rope_;
   if (int8_decode_) {
-    Attend(f16_caches_, layer, shape, rope, seqs, positions, n);
+    Attend(f16_caches_, shape, rope, positions, n);
   } else {
-    Attend(f32_caches_, layer, shape, rope, seqs, positions, n);
+    Attend(f32_caches_, shape, rope, positions, n);
   }
   Int4LinearForward(w.o, attn_.data(), n, proj_.data(), pool_, DetectedIsa(), int8_decode_);
   lap_.Lap(Op::kO);

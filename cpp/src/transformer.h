@@ -128,11 +128,18 @@ class Transformer final : public ForwardPass {
     std::vector<CacheT*> token_v;  // [C] same for v
   };
 
-  // Rotates q_ and k_, writes the tokens' k_ and v_ rows to their rows of
-  // `caches` and runs attention over them into attn_.
+  // Points caches.token_k / token_v at `layer`'s cache of each token's
+  // sequence and, for a decode-sized call, requests the lines the cache
+  // write and the rotary will touch (PrefetchRopeAndStoreKv), so that they
+  // arrive during the q/k/v projection.
   template <typename CacheT>
-  void Attend(KvCaches<CacheT>& caches, int layer, const AttentionShape& shape,
-              const RopeTable& rope, const int* seqs, const int* positions, int n);
+  void PrepareCaches(KvCaches<CacheT>& caches, int layer, const RopeTable& rope, const int* seqs,
+                     const int* positions, int n);
+  // Rotates q_ and k_, writes the tokens' k_ and v_ rows to their rows of
+  // `caches` (pointed by PrepareCaches) and runs attention over them into attn_.
+  template <typename CacheT>
+  void Attend(KvCaches<CacheT>& caches, const AttentionShape& shape, const RopeTable& rope,
+              const int* positions, int n);
 
   const ModelConfig& config_;
   const ModelWeights& weights_;

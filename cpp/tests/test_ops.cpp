@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -456,6 +457,31 @@ template <typename Check>
 void ForEachCacheType(Check check) {
   check(float{});
   check(uint16_t{});
+}
+
+TEST(prefetch_rope_and_store_kv_changes_nothing) {
+  // The prefetch before the q/k/v projection is a hint only: caches and
+  // rope tables keep every bit, for rows at the first and last position of
+  // each cache and an odd kv width (a row that ends mid-cache-line).
+  const AttentionShape shape{6, 3, 10};
+  const int kv_width = 30, capacity = 9;
+  const RopeTable rope(shape.head_dim, 10000.f, capacity);
+  const std::vector<float> cos_before = rope.cos_table(), sin_before = rope.sin_table();
+  std::mt19937 rng(12);
+  ForEachCacheType([&](auto cache_type) {
+    using CacheT = decltype(cache_type);
+    const std::vector<CacheT> k0 = AsCache<CacheT>(RandomFloats(2 * capacity * kv_width, rng));
+    const std::vector<CacheT> v0 = AsCache<CacheT>(RandomFloats(k0.size(), rng));
+    std::vector<CacheT> k = k0, v = v0;
+    std::vector<CacheT*> k_caches = {k.data(), k.data() + capacity * kv_width, k.data()};
+    std::vector<CacheT*> v_caches = {v.data(), v.data() + capacity * kv_width, v.data()};
+    const std::vector<int> positions = {0, capacity - 1, capacity - 1};
+    PrefetchRopeAndStoreKv(shape, rope, positions.data(), 3, k_caches.data(), v_caches.data());
+    CHECK(std::memcmp(k.data(), k0.data(), k.size() * sizeof(CacheT)) == 0);
+    CHECK(std::memcmp(v.data(), v0.data(), v.size() * sizeof(CacheT)) == 0);
+  });
+  CHECK(rope.cos_table() == cos_before);
+  CHECK(rope.sin_table() == sin_before);
 }
 
 TEST(rope_and_store_kv_rotates_and_writes_each_tokens_row) {

@@ -96,6 +96,30 @@ void RopeAndStoreKv(const AttentionShape& shape, const RopeTable& rope, const in
 }
 
 template <typename CacheT>
+void PrefetchRopeAndStoreKv(const AttentionShape& shape, const RopeTable& rope, const int* positions,
+                            int num_tokens, CacheT* const* k_caches, CacheT* const* v_caches) {
+  const size_t kv_width = static_cast<size_t>(shape.num_kv_heads) * shape.head_dim;
+  const size_t half = shape.head_dim / 2;
+  auto request = [](const void* p, size_t bytes, bool write) {
+    const char* c = static_cast<const char*>(p);
+    for (size_t b = 0; b < bytes; b += 64) {
+      if (write) {
+        __builtin_prefetch(c + b, 1, 3);
+      } else {
+        __builtin_prefetch(c + b, 0, 3);
+      }
+    }
+  };
+  for (int t = 0; t < num_tokens; ++t) {
+    const size_t row = static_cast<size_t>(positions[t]) * kv_width;
+    request(k_caches[t] + row, kv_width * sizeof(CacheT), true);
+    request(v_caches[t] + row, kv_width * sizeof(CacheT), true);
+    request(rope.cos_table().data() + positions[t] * half, half * sizeof(float), false);
+    request(rope.sin_table().data() + positions[t] * half, half * sizeof(float), false);
+  }
+}
+
+template <typename CacheT>
 void AttendRowsScalar(const AttentionRows& rows, const CacheT* k, const CacheT* v, int kv_stride,
                       int hd, int key_begin, int key_end) {
   float weights[kBlockKeys];
@@ -302,6 +326,8 @@ void AttentionReference(const AttentionShape& shape, const float* q, const Cache
   template void RopeAndStoreKv<CacheT>(const AttentionShape&, const RopeTable&, const int*, int,  \
                                        float*, float*, const float*, CacheT* const*,             \
                                        CacheT* const*, Isa);                                     \
+  template void PrefetchRopeAndStoreKv<CacheT>(const AttentionShape&, const RopeTable&, const int*, \
+                                              int, CacheT* const*, CacheT* const*);               \
   template void AttendRowsScalar<CacheT>(const AttentionRows&, const CacheT*, const CacheT*, int, \
                                          int, int, int);                                         \
   template void AttentionForward<CacheT>(const AttentionShape&, const float*,                   \

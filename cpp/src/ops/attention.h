@@ -102,6 +102,16 @@ void RopeAndStoreKv(const AttentionShape& shape, const RopeTable& rope, const in
                     int num_tokens, float* q, float* k, const float* v, CacheT* const* k_caches,
                     CacheT* const* v_caches, Isa isa = DetectedIsa());
 
+// Requests the cache lines RopeAndStoreKv will touch for these tokens: with
+// write intent, the k and v rows at positions[t] of k_caches[t] / v_caches[t],
+// and the rope table's rows for positions[t]. A batched decode step writes one
+// row in each of its sequences' caches, lines the weights streamed since the
+// sequence's last step have evicted; requested before the q/k/v projection,
+// they arrive while it computes. Only hints: no values change.
+template <typename CacheT>
+void PrefetchRopeAndStoreKv(const AttentionShape& shape, const RopeTable& rope, const int* positions,
+                            int num_tokens, CacheT* const* k_caches, CacheT* const* v_caches);
+
 // Tiling constants (see the top comment). kBlockKeys = 32: a block's K and V
 // rows are 2 * 32 * hd elements, 16 KiB in f32 at hd = 64, half of L1.
 // A split covers at least kMinSplitKeys keys: each split pays its own

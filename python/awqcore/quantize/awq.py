@@ -155,12 +155,22 @@ SCALE_GROUPS = {
 }
 
 
-def fake_quantize(w: torch.Tensor, group_size: int) -> torch.Tensor:
-    """w [out, in] f32 -> the weights quantize_int4 then dequantize_int4 give, in torch
-    (same rounding: f16 scale, range widened to 0, constant groups exact)."""
-    out_f, in_f = w.shape
-    g = w.reshape(out_f, in_f // group_size, group_size)  # [out, G, g]
-    gmax = g.amax(-1, keepdim=True)  # [out, G, 1]
+# fake_quantize works on blocks of rows of about this many weights (1 MB of f32), so
+# that its ~10 elementwise passes stay in the core's L2 cache: on Qwen2.5-Coder's
+# [8960, 1536] gate/up, Q(W*s)/s took 60-70 CPU-ms in 128-row blocks against 115 in
+# one piece (one thread). Every op is elementwise or within a row's groups, so the
+# result does not depend on the block size.
+FAKE_QUANTIZE_BLOCK = 1 << 18
+
+
+def _fake_quantize_rows(w: torch.Tensor, group_size: int, scale: torch.Tensor | None,
+                        out: torch.Tensor) -> None:
+    """fake_quantize of the rows w [rows, in] into out [rows, in]."""
+    rows, in_f = w.shape
+    if scale is not None:
+        w = w * scale
+    g = w.reshape(rows, in_f // group_size, group_size)  # [rows, G, g]
+    gmax = g.amax(-1, keepdim=True)  # [rows, G, 1]
     gmin = g.amin(-1, keepdim=True)
     span = (gmax.clamp(min=0) - gmin.clamp(max=0)) / MAX_Q
     span = torch.where(gmax == gmin, gmax.abs(), span)
@@ -169,7 +179,22 @@ def fake_quantize(w: torch.Tensor, group_size: int) -> torch.Tensor:
     # clamp(round(w/s) + z, 0, 15) - z == clamp(round(w/s), -z, 15 - z): z is an integer,
     # so both are exact, and the second makes three passes over w instead of five.
     q = torch.round_(g / s)
-    return q.clamp_(-z, MAX_Q - z).mul_(s).reshape(out_f, in_f)
+    q = q.clamp_(-z, MAX_Q - z).mul_(s).reshape(rows, in_f)
+    if scale is not None:
+        q = q.div_(scale)
+    out.copy_(q)
+
+
+def fake_quantize(w: torch.Tensor, group_size: int,
+                  scale: torch.Tensor | None = None) -> torch.Tensor:
+    """w [out, in] f32 -> the weights quantize_int4 then dequantize_int4 give, in torch
+    (same rounding: f16 scale, range widened to 0, constant groups exact). With scale
+    [in]: Q(w * scale) / scale, the weights AWQ's scales make, in the same pass."""
+    out = torch.empty_like(w)  # [out, in]
+    rows = max(1, FAKE_QUANTIZE_BLOCK // w.shape[1])
+    for lo in range(0, w.shape[0], rows):
+        _fake_quantize_rows(w[lo:lo + rows], group_size, scale, out[lo:lo + rows])
+    return out
 
 
 def weight_mean(weights: list[torch.Tensor], group_size: int) -> torch.Tensor:
@@ -216,7 +241,7 @@ def search_scales(x_mean: torch.Tensor, weights: list[torch.Tensor],
     for i in range(n_grid):
         ratio = i / n_grid
         s = candidate_scales(x_mean, w_mean, ratio)  # [in]
-        value = loss([fake_quantize(w * s, group_size) / s for w in weights])
+        value = loss([fake_quantize(w, group_size, s) for w in weights])
         losses.append(value)
         if math.isfinite(value) and value < best_loss:
             best, best_loss = (s, ratio), value

@@ -149,7 +149,7 @@ class MoeAwqQuantizer(AwqQuantizer):
                 ew = expert_weights(w, e)
                 if s is not None:
                     for key in ("mlp.gate_proj", "mlp.up_proj"):
-                        ew[key] = fake_quantize(ew[key] * s, g) / s
+                        ew[key] = fake_quantize(ew[key], g, s)
                 hidden = mlp_hidden(h[tokens], ew, c.activation)
                 out.index_add_(0, tokens, (hidden @ ew["mlp.down_proj"].T) * gate[:, None])
             return out
@@ -198,7 +198,7 @@ class MoeAwqQuantizer(AwqQuantizer):
         best, best_loss = None, math.inf
         for i in range(N_GRID):
             s = candidate_scales(x_mean, w_mean, i / N_GRID)
-            value = _mse(x @ (fake_quantize(down * s, self.group_size) / s).T, reference)
+            value = _mse(x @ fake_quantize(down, self.group_size, s).T, reference)
             if math.isfinite(value) and value < best_loss:
                 best, best_loss = (s, i / N_GRID), value
         unscaled = _mse(x @ fake_quantize(down, self.group_size).T, reference)
