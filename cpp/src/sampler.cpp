@@ -16,10 +16,6 @@ std::string Format(float value) {
   return text;
 }
 
-}  // namespace
-
-namespace {
-
 // A key whose int32 order is the float order of finite and infinite x, with
 // -0 equal to +0 (as float comparison has them) and every NaN below all:
 // a non-negative x's bits already order as integers, a negative one's
