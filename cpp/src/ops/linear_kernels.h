@@ -103,8 +103,8 @@ void TableRowsQ8Avx2(const EmbeddingTable& table, int row0, int rows, const Q8Ac
                      float* y, int ldy);
 // The scalar kernels above read both int8 layouts (q8 and q8_tiles), the
 // AVX2 ones only q8 (rows).
-// AVX-512 VNNI kernels of a tiled table (table.q8_tiles; the AVX-512 VNNI
-// CPU needs of this level; embedding_table_avx512vnni.cpp): a zmm lane per
+// AVX-512 VNNI kernels of a tiled table (table.q8_tiles; built for and run
+// on the AVX-512 VNNI level only; embedding_table_avx512vnni.cpp): a zmm lane per
 // row of a 16-row tile, the tiles read in order, 1 to kQ8MaxTokens tokens
 // per pass over them. A token's outputs are bit-identical whatever other
 // tokens share the call; they equal the scalar kernels' up to float
