@@ -11,13 +11,10 @@
 // Rows that read the same keys of one kv head (a GQA group's query heads for
 // one token: 3 on SmolLM2, 6 on Qwen2.5-1.5B) go through a block up to 3 at a
 // time (GroupBlock), each converted K and V vector serving all of them, with
-// each row's arithmetic unchanged (bit-identical to the row alone). On Zen 4
-// (1 thread, CPU time, interleaved, loaded machine) that took a SmolLM2
-// decode step's attention from 1.68 to 1.42-1.43 ms at batch 8, position 64,
-// and from 1.46 to 1.26-1.29 ms at batch 1, position 512
-// (tools/attention_bench); Qwen2.5-1.5B's from 2.77 to 2.37-2.45 ms at 512;
-// a 128-token prefill chunk at 384 from 2.63-2.68 to 1.98-2.02 ms (SmolLM2)
-// and from 6.5 to 4.6-4.7 ms (Qwen2.5-1.5B).
+// each row's arithmetic unchanged (bit-identical to the row alone): the
+// conversion of a key's K and V rows, which otherwise each query head of the
+// group repeats, is paid once per block, so decode and prefill attention
+// spend less time per key (tools/attention_bench measures it).
 #include <immintrin.h>
 
 #include <algorithm>
