@@ -82,8 +82,8 @@ Transformer::Transformer(const ModelConfig& config, const ModelWeights& weights,
 }
 
 template <typename CacheT>
-void Transformer::PrepareCaches(KvCaches<CacheT>& caches, int layer, const RopeTable& rope,
-                                const int* seqs, const int* positions, int n) {
+void Transformer::PrepareCaches(KvCaches<CacheT>& caches, int layer, const AttentionShape& shape,
+                                const RopeTable& rope, const int* seqs, const int* positions, int n) {
   const int kv_width = config_.num_kv_heads * config_.head_dim;
   for (int t = 0; t < n; ++t) {
     const size_t layer_offset =
@@ -94,7 +94,7 @@ void Transformer::PrepareCaches(KvCaches<CacheT>& caches, int layer, const RopeT
   // A prefill chunk writes consecutive rows of one cache, which the hardware
   // prefetcher streams.
   if (n <= kQ8MaxTokens) {
-    PrefetchRopeAndStoreKv(full_shape_, rope, positions, n, caches.token_k.data(), caches.token_v.data());
+    PrefetchRopeAndStoreKv(shape, rope, positions, n, caches.token_k.data(), caches.token_v.data());
   }
 }
 
@@ -205,9 +205,9 @@ void Transformer::Layer(int layer, const int* seqs, const int* positions, int n)
   const AttentionShape& shape = sliding ? sliding_shape_ : full_shape_;
   const RopeTable& rope = sliding && local_rope_ ? *local_rope_ : rope_;
   if (int8_decode_) {
-    PrepareCaches(f16_caches_, layer, rope, seqs, positions, n);
+    PrepareCaches(f16_caches_, layer, shape, rope, seqs, positions, n);
   } else {
-    PrepareCaches(f32_caches_, layer, rope, seqs, positions, n);
+    PrepareCaches(f32_caches_, layer, shape, rope, seqs, positions, n);
   }
 
   // Attention block.

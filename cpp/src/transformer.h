@@ -133,8 +133,8 @@ class Transformer final : public ForwardPass {
   // write and the rotary will touch (PrefetchRopeAndStoreKv), so that they
   // arrive during the q/k/v projection.
   template <typename CacheT>
-  void PrepareCaches(KvCaches<CacheT>& caches, int layer, const RopeTable& rope, const int* seqs,
-                     const int* positions, int n);
+  void PrepareCaches(KvCaches<CacheT>& caches, int layer, const AttentionShape& shape,
+                     const RopeTable& rope, const int* seqs, const int* positions, int n);
   // Rotates q_ and k_, writes the tokens' k_ and v_ rows to their rows of
   // `caches` (pointed by PrepareCaches) and runs attention over them into attn_.
   template <typename CacheT>
