@@ -161,6 +161,22 @@ TEST(tiled_table_gather_equals_row_layout_gather) {
   CHECK(unequal == 0);
 }
 
+TEST(tiled_table_span_of_partial_blocks_is_an_error) {
+  // A tiled table of a width that is not whole 32-column blocks (no loader
+  // makes one): the scalar row kernel's span would drop the last 16 columns,
+  // so it must throw, naming the span and the width.
+  std::vector<uint8_t> codes(static_cast<size_t>(EmbeddingTable::kTileRows) * 48, 128);
+  std::vector<uint16_t> scales(EmbeddingTable::kTileRows * 2, F32ToF16(1.f));
+  EmbeddingTable tiled;
+  tiled.rows = 1;
+  tiled.d = 48;
+  tiled.q8_tiles = codes.data();
+  tiled.q8_tile_scales = scales.data();
+  std::vector<float> x(48, 1.f), y(1);
+  CHECK_THROWS(TableRowsScalar(tiled, 0, 1, x.data(), 48, 1, y.data(), 1), Error,
+               "span of columns [0, 48) is not made of whole 32-column blocks (d = 48)");
+}
+
 TEST(tiling_with_release_reads_every_row_before_releasing_it) {
   // The loader's form: the rows' pages are released in chunks of 128 tiles
   // at d = 4096 (8 MB) as they are regrouped. 2040 rows x 4096: exactly one

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <string>
 
+#include "awqcore/awqcore.h"
 #include "cpu_memory.h"
 #include "half.h"
 #include "ops/linear_kernels.h"
@@ -31,7 +33,13 @@ void ConvertSpan(const EmbeddingTable& table, int row, int column0, int n, float
   }
   // Tiles: column0 and n are multiples of 32 (int8 widths and every caller's
   // spans are), so a block's scale is converted once and its codes are the
-  // row's lane of 8 groups, 64 bytes apart (model_weights.h).
+  // row's lane of 8 groups, 64 bytes apart (model_weights.h). Any other span
+  // would lose its last columns, so it is an error, not a short output.
+  if (column0 % kBlock != 0 || n % kBlock != 0) {
+    throw Error("tiled int8 table: span of columns [" + std::to_string(column0) + ", " +
+                std::to_string(column0 + n) + ") is not made of whole 32-column blocks (d = " +
+                std::to_string(table.d) + ")");
+  }
   constexpr int kRows = EmbeddingTable::kTileRows;
   const uint8_t* tile = table.q8_tiles + static_cast<size_t>(row / kRows) * kRows * table.d + 4 * (row % kRows);
   for (int b = column0 / kBlock; b < (column0 + n) / kBlock; ++b) {
