@@ -179,13 +179,13 @@ TEST(tiled_table_span_of_partial_blocks_is_an_error) {
 
 TEST(tiling_with_release_reads_every_row_before_releasing_it) {
   // The loader's form: the rows' pages are released in chunks of 128 tiles
-  // at d = 4096 (8 MB) as they are regrouped. 2040 rows x 4096: exactly one
-  // chunk of tiles whose last tile is short (8 rows), in anonymous memory,
+  // at d = 4096 (8 MB) as they are regrouped. 4088 rows x 4096: two chunks
+  // of tiles, the second's last tile short (8 rows), in anonymous memory,
   // where a released page reads as zeros: the tiles must still equal the
   // rows (each read before its release), the rows' pages must be gone, and
   // the bytes just past the table (a guard in the same mapping, where a
   // chunk counted in whole tiles would reach) untouched.
-  constexpr int kRowsHere = 2040, kD = 4096, kGuard = 1 << 16;
+  constexpr int kRowsHere = 4088, kD = 4096, kGuard = 1 << 16;
   const size_t codes = static_cast<size_t>(kRowsHere) * kD, blocks = codes / EmbeddingTable::kBlock;
   const std::shared_ptr<uint8_t> memory = HugePageBuffer(codes + kGuard + blocks * 2 + kGuard);
   int8_t* q8 = reinterpret_cast<int8_t*>(memory.get());
