@@ -370,6 +370,17 @@ TEST(decode_step_wider_than_a_chunk_and_reset_of_one_sequence) {
   batched.Truncate(5, 0);
   batched.Truncate(6, 1);
   CHECK(batched.position(5) == 0 && batched.position(4) == 2 && batched.position(6) == 1);
+  // ... and keeps the rows before the cut: sequence 6's second token again
+  // gives the logits of a fresh sequence fed the same two tokens one by one
+  // (the same single-token path, so bit for bit).
+  const int k6 = num_seqs - 1 - 6;  // seqs[k6] == 6
+  std::vector<float> again(vocab), fresh(vocab);
+  batched.Forward(6, &second[k6], 1, Transformer::Logits::kLastOnly, again.data());
+  alone.Reset();
+  alone.Forward(&first[6], 1, Transformer::Logits::kLastOnly, fresh.data());
+  alone.Forward(&second[k6], 1, Transformer::Logits::kLastOnly, fresh.data());
+  std::printf("  after Truncate(6, 1): relative error %.3g to a fresh sequence\n", RelativeError(again, fresh));
+  CHECK(again == fresh);
   batched.Reset();
   CHECK(batched.position(4) == 0 && batched.max_sequences() == num_seqs);
 }
