@@ -134,13 +134,15 @@ void CheckCpuSessionFits(const ModelConfig& config, int max_seq_len, int max_bat
 // (README, "Speed: CPU"). Skipped when AWQCORE_MAP_WEIGHTS=1 (processes then
 // share the page cache's one copy), for files under one huge page, and when
 // the machine's available memory cannot hold the copy with a quarter to spare.
+bool KeepWeightsMapped() {
+  const char* keep_mapping = std::getenv("AWQCORE_MAP_WEIGHTS");
+  return keep_mapping != nullptr && std::strcmp(keep_mapping, "1") == 0;
+}
+
 const uint8_t* CopyToHugePages(const uint8_t* mapping, uint64_t size) {
   constexpr uint64_t kHugePage = 2ull << 20;
   constexpr uint64_t kChunk = 64ull << 20;
-  const char* keep_mapping = std::getenv("AWQCORE_MAP_WEIGHTS");
-  if ((keep_mapping != nullptr && std::strcmp(keep_mapping, "1") == 0) || size < kHugePage) {
-    return nullptr;
-  }
+  if (KeepWeightsMapped() || size < kHugePage) return nullptr;
   const MachineMemory memory = QueryMachineMemory();
   if (memory.available != 0 && size + size / 4 > memory.available) return nullptr;
   void* copy = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -166,6 +168,10 @@ std::shared_ptr<uint8_t> HugePageBuffer(uint64_t size) {
   ::madvise(buffer, size, MADV_HUGEPAGE);
 #endif
   return std::shared_ptr<uint8_t>(static_cast<uint8_t*>(buffer), [size](uint8_t* p) { ::munmap(p, size); });
+}
+
+void SealReadOnly(const uint8_t* p, uint64_t size) {
+  ::mprotect(const_cast<uint8_t*>(p), size, PROT_READ);
 }
 
 void ReleasePages(const void* p, uint64_t size) {

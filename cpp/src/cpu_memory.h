@@ -41,6 +41,12 @@ MachineMemory QueryMachineMemory();
 void CheckCpuSessionFits(const ModelConfig& config, int max_seq_len, int max_batch,
                          bool f16_cache, const MachineMemory& machine);
 
+// Whether AWQCORE_MAP_WEIGHTS=1 asks the weights to stay the file mapping,
+// which processes share through the page cache: then no load-time step
+// copies weights into private memory (CopyToHugePages here, the lm_head's
+// tiles of ops/embedding_table.h: AddTableTiles).
+bool KeepWeightsMapped();
+
 // Copies a read-only file mapping of `size` bytes into anonymous memory
 // backed by transparent huge pages where the kernel offers them, and returns
 // the copy (read-only; the caller unmaps the original and, later, the copy
@@ -53,6 +59,10 @@ const uint8_t* CopyToHugePages(const uint8_t* mapping, uint64_t size);
 // misses, as for CopyToHugePages), unmapped when the last owner lets go.
 // Throws std::bad_alloc when the system has none to give.
 std::shared_ptr<uint8_t> HugePageBuffer(uint64_t size);
+
+// Makes [p, p + size) of a HugePageBuffer read-only once it is filled, as the
+// weights' copy is: a stray write then faults instead of changing weights.
+void SealReadOnly(const uint8_t* p, uint64_t size);
 
 // Drops the whole pages inside [p, p + size) from the process's resident set
 // (MADV_DONTNEED): weights whose bytes were copied into another layout and

@@ -6,7 +6,6 @@
 #include "awqcore/awqcore.h"
 #include "model_impl.h"
 #include "model_loader.h"
-#include "ops/embedding_table.h"
 #include "text_checks.h"
 
 namespace awqcore {
@@ -17,7 +16,6 @@ std::shared_ptr<const Model> Model::Load(const std::string& path, const LoadOpti
     impl->file = AwqbinFile::Open(path, options.verify_checksums);
     impl->config = ReadModelConfig(*impl->file);
     impl->weights = LoadModelWeights(*impl->file, impl->config);
-    AddTableTiles(impl->weights);
   } catch (const FormatError& e) {
     // The message names the field; the path says which file, for a caller
     // that loads several ("awqbin: 'x.awqbin': tensor 'y': ...").

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "model_loader.h"
+#include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
 #include "text_checks.h"
 #include "tokenizer/json.h"
@@ -441,7 +442,9 @@ ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config)
     w.layers.push_back(layer);
   }
   tensors.RequireAllUsed();
+  // Load-time layouts for the CPU kernels (the file's bytes are unchanged).
   AddTileScales(w);
+  AddTableTiles(w);
   return w;
 }
 

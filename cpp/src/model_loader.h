@@ -29,7 +29,9 @@ void ReadLayerDescription(const AwqbinFile& file, ModelConfig& config);
 
 // Resolves every tensor the config needs, checking dtype and shape, and
 // rejects a description tensor (q/k norm, feed-forward norms) the config does
-// not use. Throws FormatError naming the tensor.
+// not use. Throws FormatError naming the tensor. Then adds the layouts this
+// CPU's kernels read (ops/int4_linear.h: AddTileScales, ops/embedding_table.h:
+// AddTableTiles).
 ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config);
 
 }  // namespace awqcore

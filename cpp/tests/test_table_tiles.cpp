@@ -18,10 +18,14 @@
 // bits), d products summed in two chains and then added, within gamma(d + 1)
 // sum |w x|. A wrong row, column, token, scale or offset gives errors of the
 // outputs' size, ~1e5 times these.
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -134,7 +138,98 @@ void Compare(const std::vector<float>& y, const std::vector<float>& alone, const
   tally.worst = std::max(tally.worst, awqtest::RelativeError(got, want));
 }
 
+// Whether the mapping of this process that holds `p` is read-only
+// (/proc/self/maps: "start-end perms ...").
+bool ReadOnlyMapping(const void* p) {
+  std::ifstream maps("/proc/self/maps");
+  const uintptr_t at = reinterpret_cast<uintptr_t>(p);
+  uintptr_t start, end;
+  char dash;
+  std::string perms, rest;
+  while (maps >> std::hex >> start >> dash >> end >> perms && std::getline(maps, rest)) {
+    if (at >= start && at < end) return perms.compare(0, 3, "r--") == 0;
+  }
+  return false;
+}
+
+// The process's virtual memory size in bytes (/proc/self/status: VmSize).
+uint64_t VirtualBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  uint64_t kb = 0;
+  while (status >> key) {
+    if (key == "VmSize:" && status >> kb) return kb << 10;
+  }
+  return 0;
+}
+
+// A tied int8 table of `rows` rows x `d` in anonymous memory (the loader may
+// release its pages), the same table as `embed` and `lm_head`.
+struct TiedWeights {
+  TiedWeights(int rows, int d) {
+    const size_t codes = static_cast<size_t>(rows) * d;
+    memory = HugePageBuffer(codes + codes / EmbeddingTable::kBlock * 2);
+    std::mt19937 rng(36);
+    for (size_t i = 0; i < codes; ++i) memory.get()[i] = static_cast<uint8_t>(rng());
+    uint16_t* scales = reinterpret_cast<uint16_t*>(memory.get() + codes);
+    for (size_t i = 0; i < codes / EmbeddingTable::kBlock; ++i) scales[i] = F32ToF16(0.01f);
+    weights.embed.rows = rows;
+    weights.embed.d = d;
+    weights.embed.q8 = reinterpret_cast<const int8_t*>(memory.get());
+    weights.embed.q8_scales = scales;
+    weights.lm_head = weights.embed;
+  }
+  std::shared_ptr<uint8_t> memory;
+  ModelWeights weights;
+};
+
 }  // namespace
+
+TEST(table_tiles_at_load_are_sealed_and_skipped_for_shared_mappings_and_no_memory) {
+  // The loader's step (AddTableTiles): at the AVX-512 VNNI level a tied int8
+  // table becomes read-only tiles; AWQCORE_MAP_WEIGHTS=1 (weights shared
+  // through the page cache) and a failed allocation of the tiles (the
+  // address space capped just above its use) keep the rows, which the AVX2
+  // row kernels read at this level too (test_simd_kernels.cpp table_*).
+  if (DetectedIsa() != Isa::kAvx512Vnni) {
+    std::printf("  avx512vnni: not the detected level, the loader keeps the rows, skipped\n");
+    return;
+  }
+  TiedWeights tiled(40, 4096);
+  AddTableTiles(tiled.weights);
+  CHECK(tiled.weights.lm_head.q8_tiles != nullptr && tiled.weights.embed.q8_tiles == tiled.weights.lm_head.q8_tiles);
+  CHECK(ReadOnlyMapping(tiled.weights.lm_head.q8_tiles));
+
+  TiedWeights shared(40, 4096);
+  setenv("AWQCORE_MAP_WEIGHTS", "1", 1);
+  AddTableTiles(shared.weights);
+  unsetenv("AWQCORE_MAP_WEIGHTS");
+  CHECK(shared.weights.lm_head.q8_tiles == nullptr && shared.weights.lm_head.q8 == shared.weights.embed.q8);
+  CHECK(shared.weights.lm_head.q8 == reinterpret_cast<const int8_t*>(shared.memory.get()));
+
+  TiedWeights no_memory(1000, 4096);  // 4 MB of tiles, 1 MB of address space to spare
+  rlimit limit;
+  getrlimit(RLIMIT_AS, &limit);
+  const rlimit capped = {VirtualBytes() + (1 << 20), limit.rlim_max};
+  bool threw = false;
+  if (setrlimit(RLIMIT_AS, &capped) == 0) {
+    try {
+      AddTableTiles(no_memory.weights);
+    } catch (...) {
+      threw = true;
+    }
+    setrlimit(RLIMIT_AS, &limit);
+  } else {
+    std::printf("  setrlimit(RLIMIT_AS) refused: the failed allocation is not tested\n");
+  }
+  std::printf("  tiles at load: sealed %d, kept rows with AWQCORE_MAP_WEIGHTS=1 %d, "
+              "kept rows without memory %d (threw %d)\n",
+              ReadOnlyMapping(tiled.weights.lm_head.q8_tiles), shared.weights.lm_head.q8_tiles == nullptr,
+              no_memory.weights.lm_head.q8_tiles == nullptr, threw);
+  CHECK(!threw);
+  CHECK(no_memory.weights.lm_head.q8_tiles == nullptr && no_memory.weights.lm_head.q8 != nullptr);
+  CHECK(no_memory.weights.embed.q8 == no_memory.weights.lm_head.q8);
+}
 
 TEST(tiled_table_gather_equals_row_layout_gather) {
   std::mt19937 rng(31);

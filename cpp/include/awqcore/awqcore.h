@@ -121,7 +121,11 @@ class Model {
   // transparent huge pages (decode streams every weight, and the file
   // mapping's 4 KB pages cost TLB misses); AWQCORE_MAP_WEIGHTS=1 keeps the
   // mapping, which processes share through the page cache. The copy is also
-  // skipped when the available memory cannot hold it.
+  // skipped when the available memory cannot hold it. On a CPU with AVX-512
+  // VNNI an int8 lm_head (and the embedding when tied) is then regrouped into
+  // a tile layout in private memory, its rows' pages released (the file is
+  // unchanged; logits equal the row layout's up to float summation order);
+  // AWQCORE_MAP_WEIGHTS=1 keeps the rows, and so does a failed allocation.
   // Throws FormatError (naming the bad field) or Error (I/O).
   static std::shared_ptr<const Model> Load(const std::string& path,
                                            const LoadOptions& options = {});

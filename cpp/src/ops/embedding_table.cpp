@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "awqcore/awqcore.h"
@@ -122,6 +123,7 @@ EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint
     ReleasePages(table.q8, static_cast<uint64_t>(table.rows) * d);
     ReleasePages(table.q8_scales, static_cast<uint64_t>(table.rows) * blocks * 2);
   }
+  SealReadOnly(buffer.get(), code_bytes + static_cast<size_t>(tiles) * blocks * kRows * 2);
   EmbeddingTable tiled;
   tiled.rows = table.rows;
   tiled.d = d;
@@ -132,11 +134,17 @@ EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint
 }
 
 void AddTableTiles(ModelWeights& weights) {
-  if (DetectedIsa() != Isa::kAvx512Vnni || weights.lm_head.q8 == nullptr) return;
+  if (DetectedIsa() != Isa::kAvx512Vnni || weights.lm_head.q8 == nullptr || KeepWeightsMapped()) return;
   const EmbeddingTable rows = weights.lm_head;
   const bool tied = weights.embed.data() == rows.data();
-  // No table of the model points at the row layout afterwards.
-  weights.lm_head = TileTable(rows, weights.table_tile_storage, /*release_rows=*/true);
+  try {
+    // No table of the model points at the row layout afterwards.
+    weights.lm_head = TileTable(rows, weights.table_tile_storage, /*release_rows=*/true);
+  } catch (const std::bad_alloc&) {
+    // The tiles are a speed-up: without memory for them the rows serve (the
+    // buffer is allocated before any row is released).
+    return;
+  }
   if (tied) weights.embed = weights.lm_head;
 }
 

@@ -53,7 +53,7 @@ uint16_t TableScale(const EmbeddingTable& table, int r, int block);
 
 // The int8 row-layout table `table` regrouped into q8_tiles
 // (model_weights.h) in a new buffer (`storage`, huge pages); the returned
-// table reads only the tiles (q8 and q8_scales unset). Its logits are the
+// table reads only the tiles (q8 and q8_scales unset), sealed read-only. Its logits are the
 // row layout's up to float summation order; its gather is bit-identical.
 // release_rows: the row layout's pages are released (cpu_memory.h:
 // ReleasePages) as its rows are regrouped, for a caller that never reads
@@ -68,7 +68,11 @@ EmbeddingTable TileTable(const EmbeddingTable& table, std::shared_ptr<const uint
 // each 16 x 32 block costing 8 vpdpbusd per token and a convert and an FMA,
 // where row-layout kernels reduce every (row, token) horizontally. Other
 // levels keep the row layout (their kernels read it); the CUDA backend
-// uploads either through EmbeddingGather. The file is unchanged.
+// uploads either through EmbeddingGather. The file is unchanged. Skipped,
+// keeping the rows (read by the AVX2 row kernels at this level too), when
+// AWQCORE_MAP_WEIGHTS=1 keeps the weights in the shared file mapping
+// (cpu_memory.h: KeepWeightsMapped) and when the tiles' memory cannot be
+// allocated. The tiles are read-only once filled.
 void AddTableTiles(ModelWeights& weights);
 
 }  // namespace awqcore
