@@ -14,6 +14,13 @@
 
 namespace awqtest {
 
+// Runs check(CacheT{}) for both KV-cache element types: f32 and f16.
+template <typename Check>
+void ForEachCacheType(Check check) {
+  check(float{});
+  check(uint16_t{});
+}
+
 // `values` as KV-cache elements: a copy (float) or rounded to f16 (uint16_t,
 // with StoreKv, as the runtime writes its cache; NaN stays NaN).
 template <typename CacheT>

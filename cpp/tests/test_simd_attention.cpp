@@ -2,6 +2,8 @@
 // runs against the per-token reference: one sequence's tokens (prefill and
 // decode) over f32 and f16 caches, and tokens of several sequences with
 // their own caches and positions (batched decode). Tolerance: in the test.
+// Also the rotary embedding (ops/rope.h) and its fusion with the KV-cache
+// write (RopeAndStoreKv) and that write's prefetch, which feed attention.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -15,6 +17,7 @@
 #include "cpu_features.h"
 #include "isas_to_test.h"
 #include "ops/attention.h"
+#include "ops/rope.h"
 #include "random_weights.h"
 #include "test_harness.h"
 #include "thread_pool.h"
@@ -24,8 +27,11 @@ using namespace awqcore;
 using awqtest::AsCache;
 using awqtest::AttentionReferencePerToken;
 using awqtest::AttentionTokens;
+using awqtest::ForEachCacheType;
 using awqtest::IsasToTest;
+using awqtest::kUnitRoundoff;
 using awqtest::RandomFloats;
+using awqtest::RelativeError;
 
 TEST(attention_kernels_match_reference) {
   // Softmax weights are in [0, 1] and sum to 1, so an output is a convex
@@ -218,6 +224,154 @@ TEST(f16_cache_store_matches_scalar_rounding_bit_for_bit) {
       }
     }
   }
+}
+
+TEST(rope_matches_direct_formula) {
+  std::mt19937 rng(6);
+  double worst = 0.0;
+  // Consecutive positions (a prefill chunk, near the table's end too) and
+  // scattered ones (a batched decode step: one token per sequence, repeats
+  // allowed), against the formula evaluated one token at a time.
+  const std::vector<std::vector<int>> position_sets = {
+      {0, 1, 2, 3, 4}, {1, 2, 3, 4, 5}, {1090, 1091, 1092, 1093, 1094}, {1093, 0, 17, 17, 2}};
+  for (int head_dim : {8, 64}) {
+    for (float theta : {10000.f, 1000000.f}) {
+      const RopeTable table(head_dim, theta, 1100);
+      for (const std::vector<int>& positions : position_sets) {
+        const int tokens = static_cast<int>(positions.size()), heads = 3;
+        const size_t token_width = static_cast<size_t>(heads) * head_dim;
+        const std::vector<float> x = RandomFloats(tokens * token_width, rng);
+        std::vector<float> y = x, ref = x;
+        table.Apply(y.data(), tokens, heads, positions.data());
+        for (int t = 0; t < tokens; ++t) {
+          RopeReference(ref.data() + t * token_width, 1, heads, head_dim, theta, positions[t]);
+        }
+        // cos and sin are rounded to f32 (u each), then a*cos - b*sin costs
+        // two products and a sum: <= 4u (|a| + |b|) per element.
+        for (int t = 0; t < tokens; ++t) {
+          for (int h = 0; h < heads; ++h) {
+            const size_t base = (static_cast<size_t>(t) * heads + h) * head_dim;
+            for (int i = 0; i < head_dim; ++i) {
+              const int pair = i < head_dim / 2 ? i + head_dim / 2 : i - head_dim / 2;
+              const double bound = 4 * kUnitRoundoff * (std::fabs(x[base + i]) + std::fabs(x[base + pair]));
+              CHECK_LE(std::fabs(static_cast<double>(y[base + i]) - ref[base + i]), bound,
+                       awqtest::Case("head_dim=", head_dim, " theta=", theta, " position=",
+                                     positions[t], " head=", h, " column=", i));
+            }
+          }
+        }
+        worst = std::max(worst, RelativeError(y, ref));
+      }
+    }
+  }
+  // The reference's own multi-token form agrees with its per-token use.
+  std::vector<float> many = RandomFloats(5 * 3 * 8, rng), one_by_one = many;
+  RopeReference(many.data(), 5, 3, 8, 10000.f, 40);
+  for (int t = 0; t < 5; ++t) RopeReference(one_by_one.data() + t * 3 * 8, 1, 3, 8, 10000.f, 40 + t);
+  CHECK(many == one_by_one);
+  std::printf("  rope: max relative error %.3g\n", worst);
+}
+
+TEST(rope_position_zero_is_identity_and_dot_depends_on_offset_only) {
+  const int hd = 16;
+  const RopeTable table(hd, 10000.f, 64);
+  std::mt19937 rng(7);
+  const std::vector<float> q = RandomFloats(hd, rng), k = RandomFloats(hd, rng);
+  std::vector<float> q0 = q;
+  const int zero = 0, one = 1;
+  table.Apply(q0.data(), 1, 1, &zero);
+  CHECK(q0 == q);
+  // Rotary's defining property: <R(m) q, R(n) k> depends only on m - n.
+  auto rotated_dot = [&](int m, int n) {
+    std::vector<float> qm = q, kn = k;
+    table.Apply(qm.data(), 1, 1, &m);
+    table.Apply(kn.data(), 1, 1, &n);
+    double dot = 0.0;
+    for (int i = 0; i < hd; ++i) dot += static_cast<double>(qm[i]) * kn[i];
+    return dot;
+  };
+  CHECK_NEAR(rotated_dot(7, 3), rotated_dot(40, 36), 1e-5);
+  CHECK_NEAR(rotated_dot(3, 3), rotated_dot(50, 50), 1e-5);
+  // The rotate-half pairing: position 1, theta^0 = 1 rad for pair (0, hd/2).
+  std::vector<float> e0(hd, 0.f);
+  e0[0] = 1.f;
+  table.Apply(e0.data(), 1, 1, &one);
+  CHECK_NEAR(e0[0], std::cos(1.0), 1e-7);
+  CHECK_NEAR(e0[hd / 2], std::sin(1.0), 1e-7);
+  CHECK(e0[1] == 0.f);
+}
+
+TEST(prefetch_rope_and_store_kv_changes_nothing) {
+  // The prefetch before the q/k/v projection is a hint only: caches and
+  // rope tables keep every bit, for rows at the first and last position of
+  // each cache and an odd kv width (a row that ends mid-cache-line).
+  const AttentionShape shape{6, 3, 10};
+  const int kv_width = 30, capacity = 9;
+  const RopeTable rope(shape.head_dim, 10000.f, capacity);
+  const std::vector<float> cos_before = rope.cos_table(), sin_before = rope.sin_table();
+  std::mt19937 rng(12);
+  ForEachCacheType([&](auto cache_type) {
+    using CacheT = decltype(cache_type);
+    const std::vector<CacheT> k0 = AsCache<CacheT>(RandomFloats(2 * capacity * kv_width, rng));
+    const std::vector<CacheT> v0 = AsCache<CacheT>(RandomFloats(k0.size(), rng));
+    std::vector<CacheT> k = k0, v = v0;
+    std::vector<CacheT*> k_caches = {k.data(), k.data() + capacity * kv_width, k.data()};
+    std::vector<CacheT*> v_caches = {v.data(), v.data() + capacity * kv_width, v.data()};
+    const std::vector<int> positions = {0, capacity - 1, capacity - 1};
+    PrefetchRopeAndStoreKv(shape, rope, positions.data(), 3, k_caches.data(), v_caches.data());
+    CHECK(std::memcmp(k.data(), k0.data(), k.size() * sizeof(CacheT)) == 0);
+    CHECK(std::memcmp(v.data(), v0.data(), v.size() * sizeof(CacheT)) == 0);
+  });
+  CHECK(rope.cos_table() == cos_before);
+  CHECK(rope.sin_table() == sin_before);
+}
+
+TEST(rope_and_store_kv_rotates_and_writes_each_tokens_row) {
+  // Two sequences' caches; tokens 0-1 are a chunk of sequence 0 at positions
+  // 3, 4, token 2 is sequence 1 at position 6. The fused pass must equal
+  // RopeTable::Apply on q and k followed by StoreKv into those rows, and
+  // leave every other cache row as it was (NaN here).
+  std::mt19937 rng(10);
+  const AttentionShape shape{4, 2, 8};
+  const int kv_width = 16, q_width = 32, capacity = 8;
+  const RopeTable rope(shape.head_dim, 10000.f, capacity);
+  const std::vector<int> positions = {3, 4, 6};
+  const int seq_of[] = {0, 0, 1};
+  ForEachCacheType([&](auto cache_type) {
+    using CacheT = decltype(cache_type);
+    const std::vector<float> nan_rows(static_cast<size_t>(capacity) * kv_width, NAN);
+    std::vector<std::vector<CacheT>> k_store(2, AsCache<CacheT>(nan_rows)), v_store = k_store;
+    std::vector<CacheT*> k_caches, v_caches;
+    for (int t = 0; t < 3; ++t) {
+      k_caches.push_back(k_store[seq_of[t]].data());
+      v_caches.push_back(v_store[seq_of[t]].data());
+    }
+    const std::vector<float> q0 = RandomFloats(3 * q_width, rng), k0 = RandomFloats(3 * kv_width, rng),
+                             v = RandomFloats(3 * kv_width, rng);
+    std::vector<float> q = q0, k = k0, q_ref = q0, k_ref = k0;
+    RopeAndStoreKv(shape, rope, positions.data(), 3, q.data(), k.data(), v.data(), k_caches.data(),
+                   v_caches.data());
+    rope.Apply(q_ref.data(), 3, shape.num_heads, positions.data());
+    rope.Apply(k_ref.data(), 3, shape.num_kv_heads, positions.data());
+    CHECK(q == q_ref);
+    CHECK(k == k_ref);
+    for (int s = 0; s < 2; ++s) {
+      for (int row = 0; row < capacity; ++row) {
+        int token = -1;
+        for (int t = 0; t < 3; ++t) token = (seq_of[t] == s && positions[t] == row) ? t : token;
+        for (int i = 0; i < kv_width; ++i) {
+          const float stored_k = KvToF32(k_store[s][row * kv_width + i]);
+          const float stored_v = KvToF32(v_store[s][row * kv_width + i]);
+          if (token < 0) {
+            CHECK(std::isnan(stored_k) && std::isnan(stored_v));
+          } else {
+            CHECK(stored_k == KvToF32(AsCache<CacheT>({k_ref[token * kv_width + i]})[0]));
+            CHECK(stored_v == KvToF32(AsCache<CacheT>({v[token * kv_width + i]})[0]));
+          }
+        }
+      }
+    }
+  });
 }
 
 AWQCORE_TEST_MAIN()
