@@ -245,18 +245,24 @@ def test_awq_is_deterministic_and_writes_a_valid_file(tmp_path):
 
 
 @pytest.mark.parametrize("given", [None, "ACTIVE"])
-def test_quantize_package_makes_idle_openmp_threads_sleep(given):
-    """Importing awqcore.quantize before torch sets OMP_WAIT_POLICY=PASSIVE (spinning
+def test_the_quantize_command_makes_idle_openmp_threads_sleep(given):
+    """awqcore quantize sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning
     threads multiplied the CPU time of the searches on a busy machine), keeping a value
-    the user set. A fresh interpreter: this one has torch loaded already."""
+    the user set; importing the library changes nothing (the setting holds for every
+    OpenMP library of the process: llama.cpp's threads in a benchmark slowed 3x).
+    A fresh interpreter: this one has torch loaded already."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if given:
         env["OMP_WAIT_POLICY"] = given
-    probe = ("import os, sys, awqcore.quantize; "
-             "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == [given or "PASSIVE", "True"], out
+
+    def policy_after(code: str) -> list[str]:
+        probe = f"import os, sys; {code}; print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)"
+        return subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                              text=True, check=True).stdout.split()
+
+    assert policy_after("import awqcore.quantize, awqcore.bench_models") == [str(given), "True"]
+    assert policy_after("import awqcore.cli as c; c._openmp_threads_sleep()") == [
+        given or "PASSIVE", "False"]
 
 
 def test_awq_with_int8_tables_changes_only_the_tables(tmp_path):

@@ -87,7 +87,8 @@ struct Engine::Impl {
                                     : options.prefill_chunk),
         prefix_reuse(options.prefix_reuse),
         slots(options.max_batch),
-        cached_prompts(options.max_batch) {
+        cached_prompts(options.max_batch),
+        last_admission(options.max_batch, 0) {
     free_slots.reserve(max_batch);
     live.reserve(max_batch);
     step_ids.resize(max_batch);
@@ -100,7 +101,8 @@ struct Engine::Impl {
   // when the thread should exit (stopping and nothing left).
   bool Schedule(std::vector<std::unique_ptr<Request>>& dropped);
   // The free slot (in free_slots) whose cache holds the longest start of
-  // `prompt`; the first on a tie.
+  // `prompt`; on a tie the least recently admitted to, so that a request
+  // with nothing to reuse evicts the oldest cached prompt.
   std::vector<int>::iterator BestFreeSlot(const std::vector<int>& prompt);
   void Admit(int slot, std::unique_ptr<Request> request);
   int OldestToPrefill() const;  // its slot, or -1
@@ -141,6 +143,7 @@ struct Engine::Impl {
   // [max_batch] the prompt tokens whose rows slot s's cache holds from
   // prefill, kept after its request ends (prefix reuse)
   std::vector<std::vector<int>> cached_prompts;
+  std::vector<uint64_t> last_admission;  // [max_batch] 1 + the slot's last admission, 0: never
   std::vector<int> free_slots;  // [<= max_batch] Schedule's scratch
   uint64_t admissions = 0;
   int held_steps = 0;  // decode steps skipped in a row by HoldDecodeStep
@@ -199,7 +202,8 @@ std::vector<int>::iterator Engine::Impl::BestFreeSlot(const std::vector<int>& pr
   int best_tokens = -1;
   for (auto it = free_slots.begin(); it != free_slots.end(); ++it) {
     const int tokens = ReusableTokens(cached_prompts[*it], prompt);
-    if (tokens > best_tokens) {
+    if (tokens > best_tokens ||
+        (tokens == best_tokens && last_admission[*it] < last_admission[*best])) {
       best = it;
       best_tokens = tokens;
     }
@@ -211,6 +215,7 @@ void Engine::Impl::Admit(int s, std::unique_ptr<Request> request) {
   Slot& slot = slots[s];
   slot = Slot{};
   slot.admitted = admissions++;
+  last_admission[s] = admissions;
   slot.request = std::move(request);
   const Request& r = *slot.request;
   if (r.budget == 0) return FinishSlot(s, StopReason::kMaxNewTokens, "");
@@ -329,7 +334,12 @@ void Engine::Impl::PrefillChunk(int budget) {
     if (error.empty()) counters.prompt_tokens += n;
   }
   if (!error.empty()) return FinishSlot(s, StopReason::kCancelled, error);
-  cached_prompts[s].insert(cached_prompts[s].end(), ids, ids + n);
+  // Only prompt-sized calls write rows a later prompt may keep (a call of at
+  // most kInt8DecodeMaxTokens runs the decode kernels); once one is left
+  // out, the rows after it no longer follow the recorded ones.
+  if (n > kInt8DecodeMaxTokens && cached_prompts[s].size() == static_cast<size_t>(slot.prefilled)) {
+    cached_prompts[s].insert(cached_prompts[s].end(), ids, ids + n);
+  }
   slot.prefilled += n;
   if (!last) return;
   if (token == SequenceRunner::kNonFinite) {

@@ -234,6 +234,9 @@ TEST(a_prompt_starting_with_a_free_slots_cached_prompt_keeps_it_and_gets_generat
     const std::vector<int> a_start = Concat(std::vector<int>(a.begin(), a.begin() + 20),
                                             Prompt(30, 5));  // Prompt(30, 5)[0] != a[20]
     const std::vector<int> nine = Prompt(9, 6);
+    // A prompt of 5 runs as one decode-sized call, whose rows are not kept.
+    const std::vector<int> five = Prompt(5, 9);
+    const std::vector<int> five_then_more = Concat(five, Prompt(12, 10));
     struct Case {
       const char* name;
       const std::vector<int>& prompt;
@@ -247,6 +250,8 @@ TEST(a_prompt_starting_with_a_free_slots_cached_prompt_keeps_it_and_gets_generat
         {"a's first 20 then others", a_start, 20},
         {"9 tokens", nine, 0},
         {"the same 9 tokens", nine, 0},
+        {"5 tokens", five, 0},
+        {"those 5, then 12 more", five_then_more, 0},
     };
     EngineOptions options = Options(1, 128, 16);
     options.activations = activations;
@@ -257,7 +262,14 @@ TEST(a_prompt_starting_with_a_free_slots_cached_prompt_keeps_it_and_gets_generat
       CHECK(tokens == single.Generate(c.prompt, Exactly(6)));
       if (reused != c.reused) std::printf("  %s: reused %llu\n", c.name, (unsigned long long)reused);
     }
-    CHECK(engine.stats().prompt_tokens == 40 + 20 + 9 + 18 + 30 + 9 + 9);
+    CHECK(engine.stats().prompt_tokens == 40 + 20 + 9 + 18 + 30 + 9 + 9 + 5 + 17);
+
+    // Chunks of 8 are decode-sized calls too: none of their rows is kept.
+    EngineOptions small_chunks = options;
+    small_chunks.prefill_chunk = 8;
+    Engine eights(model, small_chunks);
+    RunAlone(eights, a, 6);
+    CHECK(RunAlone(eights, a_then_more, 6).second == 0);
 
     options.prefix_reuse = false;
     Engine no_reuse(model, options);

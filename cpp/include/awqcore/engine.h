@@ -28,9 +28,11 @@
 // with those tokens (a shared system prompt, the earlier turns of a chat)
 // keeps them and prefills only the rest, leaving at least 9 tokens to
 // prefill (the rule below that keeps results equal to Generate's), so
-// prompts of 9 tokens or fewer never reuse. Rows a decode step wrote are
-// not reused: below AVX-512 VNNI the decode kernels sum in another order
-// than the prompt GEMM.
+// prompts of 9 tokens or fewer never reuse. Rows written by a decode step
+// or by a prefill call of 8 tokens or fewer (a short prompt, small chunks)
+// are not reused: below AVX-512 VNNI the decode kernels sum in another
+// order than the prompt GEMM. On a tie the least recently used slot is
+// taken, so a prompt with nothing to reuse evicts the oldest cached one.
 //
 // Results: greedy, a request gets exactly Session::Generate's tokens as long
 // as no decode step holds more than 8 sequences (kInt8Decode; 3 with
