@@ -366,6 +366,11 @@ std::shared_ptr<const Model> Load(const Bytes& bytes, bool verify = true) {
   return Model::Load(WriteFile(bytes), awqcore::LoadOptions{verify});
 }
 
+// Whether `got` holds the first n bytes of `want` (a tensor's bytes).
+bool SameBytes(const void* got, const Bytes& want, size_t n) {
+  return got != nullptr && std::memcmp(got, want.data(), n) == 0;
+}
+
 // ---- a model that computes finite logits ----
 
 // The writer's pattern bytes are finite but nothing like trained weights

@@ -25,7 +25,6 @@
 #include "awqcore/awqcore.h"
 #include "model_impl.h"
 #include "model_loader.h"
-#include "ops/embedding_table.h"
 #include "awqbin_test_writer.h"
 #include "test_harness.h"
 
@@ -44,29 +43,7 @@ std::string LoadFailure(const std::string& path, const std::string& substr) {
   }
 }
 
-bool SameBytes(const void* got, const Bytes& want, size_t n) {
-  return got != nullptr && std::memcmp(got, want.data(), n) == 0;
-}
 bool Aligned64(const void* p) { return reinterpret_cast<uintptr_t>(p) % 64 == 0; }
-
-// Whether an int8 table holds the file's codes [rows, d] and scales
-// [rows, d/32] in whichever layout the loader gave it (rows; or tiles where
-// the CPU runs the AVX-512 VNNI level: ops/embedding_table.h AddTableTiles).
-bool TableHolds(const awqcore::EmbeddingTable& table, const Bytes& codes, const Bytes& scales) {
-  if (table.f16 != nullptr) return false;
-  const int blocks = table.d / awqcore::EmbeddingTable::kBlock;
-  for (int r = 0; r < table.rows; ++r) {
-    for (int c = 0; c < table.d; ++c) {
-      if (awqcore::TableCode(table, r, c) != static_cast<int8_t>(codes[static_cast<size_t>(r) * table.d + c])) return false;
-    }
-    for (int b = 0; b < blocks; ++b) {
-      uint16_t want;
-      std::memcpy(&want, scales.data() + 2 * (static_cast<size_t>(r) * blocks + b), 2);
-      if (awqcore::TableScale(table, r, b) != want) return false;
-    }
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -156,50 +133,6 @@ TEST(valid_qwen2_file_loads_biases_and_ties_lm_head) {
     CHECK(SameBytes(layer.v.bias, spec.tensors[TensorIndex(spec, p + "v_proj.bias")].bytes, 128));
     CHECK(layer.o.bias == nullptr && layer.up.bias == nullptr);
   }
-}
-
-TEST(int8_tables_load_in_every_combination) {
-  // llama: untied, both tables int8, then each table int8 with the other f16.
-  FileSpec spec = TinyModel("llama", true);
-  auto model = Load(Build(spec));
-  const awqcore::ModelWeights* w = &model->impl().weights;
-  const auto& t = spec.tensors;
-  CHECK(w->embed.f16 == nullptr && w->lm_head.f16 == nullptr);
-  CHECK(SameBytes(w->embed.q8, t[TensorIndex(spec, "model.embed_tokens.weight_q8")].bytes, 3200));
-  CHECK(SameBytes(w->embed.q8_scales, t[TensorIndex(spec, "model.embed_tokens.weight_q8_scales")].bytes, 200));
-  CHECK(TableHolds(w->lm_head, t[TensorIndex(spec, "lm_head.weight_q8")].bytes,
-                   t[TensorIndex(spec, "lm_head.weight_q8_scales")].bytes));
-  // The int8 lm_head is tiled exactly at the AVX-512 VNNI level; the
-  // untied embedding keeps the file's rows.
-  CHECK((w->lm_head.q8_tiles != nullptr) == (awqcore::DetectedIsa() == awqcore::Isa::kAvx512Vnni));
-  CHECK(w->lm_head.rows == 50 && w->lm_head.d == 64 && w->lm_head.data() != w->embed.data());
-
-  FileSpec mixed = TinyModel("llama");
-  mixed.tensors.erase(mixed.tensors.begin() + TensorIndex(mixed, "lm_head.weight"));
-  AddTable(mixed, "lm_head", true);
-  model = Load(Build(mixed));
-  w = &model->impl().weights;
-  CHECK(w->embed.f16 != nullptr && w->embed.q8 == nullptr);
-  CHECK(TableHolds(w->lm_head, mixed.tensors[TensorIndex(mixed, "lm_head.weight_q8")].bytes,
-                   mixed.tensors[TensorIndex(mixed, "lm_head.weight_q8_scales")].bytes));
-
-  mixed = TinyModel("llama", true);
-  mixed.tensors.erase(mixed.tensors.begin() + TensorIndex(mixed, "lm_head.weight_q8_scales"));
-  mixed.tensors.erase(mixed.tensors.begin() + TensorIndex(mixed, "lm_head.weight_q8"));
-  AddTable(mixed, "lm_head", false);
-  model = Load(Build(mixed));
-  w = &model->impl().weights;
-  CHECK(w->embed.q8 != nullptr && w->lm_head.f16 != nullptr);
-
-  // qwen2: tied, one int8 table serves both (in either layout).
-  const FileSpec tied = TinyModel("qwen2", true);
-  model = Load(Build(tied));
-  w = &model->impl().weights;
-  CHECK(TableHolds(w->embed, tied.tensors[TensorIndex(tied, "model.embed_tokens.weight_q8")].bytes,
-                   tied.tensors[TensorIndex(tied, "model.embed_tokens.weight_q8_scales")].bytes));
-  CHECK(w->lm_head.q8 == w->embed.q8 && w->lm_head.q8_tiles == w->embed.q8_tiles);
-  CHECK(w->lm_head.q8_scales == w->embed.q8_scales && w->lm_head.q8_tile_scales == w->embed.q8_tile_scales);
-  CHECK(w->lm_head.data() == w->embed.data());
 }
 
 TEST(awqbin_file_exposes_metadata_and_tensors) {

@@ -9,7 +9,9 @@
 // allocation, and strided outputs. Each token's outputs must equal, bit for
 // bit, those of the same kernel called with that token alone (batched decode
 // equals decode one by one), and the op's split across threads must not
-// change a bit.
+// change a bit. Also the loader's side: int8 tables of .awqbin files load
+// with the file's codes and scales in whichever layout the CPU gets, and
+// when AddTableTiles tiles, seals or keeps the rows.
 //
 // Tolerances (a-priori, as in test_simd_kernels.cpp): W8A8, the integer dot
 // of each 32-column block is exact; the float work is one rounded product
@@ -31,9 +33,12 @@
 #include <string>
 #include <vector>
 
+#include "awqbin_test_writer.h"
+#include "awqcore/awqcore.h"
 #include "cpu_features.h"
 #include "cpu_memory.h"
 #include "half.h"
+#include "model_impl.h"
 #include "model_weights.h"
 #include "ops/embedding_table.h"
 #include "ops/linear_kernels.h"
@@ -183,7 +188,70 @@ struct TiedWeights {
   ModelWeights weights;
 };
 
+// Whether an int8 table holds the file's codes [rows, d] and scales
+// [rows, d/32] in whichever layout the loader gave it (rows; or tiles where
+// the CPU runs the AVX-512 VNNI level: ops/embedding_table.h AddTableTiles).
+bool TableHolds(const awqcore::EmbeddingTable& table, const Bytes& codes, const Bytes& scales) {
+  if (table.f16 != nullptr) return false;
+  const int blocks = table.d / awqcore::EmbeddingTable::kBlock;
+  for (int r = 0; r < table.rows; ++r) {
+    for (int c = 0; c < table.d; ++c) {
+      if (awqcore::TableCode(table, r, c) != static_cast<int8_t>(codes[static_cast<size_t>(r) * table.d + c])) return false;
+    }
+    for (int b = 0; b < blocks; ++b) {
+      uint16_t want;
+      std::memcpy(&want, scales.data() + 2 * (static_cast<size_t>(r) * blocks + b), 2);
+      if (awqcore::TableScale(table, r, b) != want) return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace
+
+TEST(int8_tables_load_in_every_combination) {
+  // llama: untied, both tables int8, then each table int8 with the other f16.
+  FileSpec spec = TinyModel("llama", true);
+  auto model = Load(Build(spec));
+  const awqcore::ModelWeights* w = &model->impl().weights;
+  const auto& t = spec.tensors;
+  CHECK(w->embed.f16 == nullptr && w->lm_head.f16 == nullptr);
+  CHECK(SameBytes(w->embed.q8, t[TensorIndex(spec, "model.embed_tokens.weight_q8")].bytes, 3200));
+  CHECK(SameBytes(w->embed.q8_scales, t[TensorIndex(spec, "model.embed_tokens.weight_q8_scales")].bytes, 200));
+  CHECK(TableHolds(w->lm_head, t[TensorIndex(spec, "lm_head.weight_q8")].bytes,
+                   t[TensorIndex(spec, "lm_head.weight_q8_scales")].bytes));
+  // The int8 lm_head is tiled exactly at the AVX-512 VNNI level; the
+  // untied embedding keeps the file's rows.
+  CHECK((w->lm_head.q8_tiles != nullptr) == (awqcore::DetectedIsa() == awqcore::Isa::kAvx512Vnni));
+  CHECK(w->lm_head.rows == 50 && w->lm_head.d == 64 && w->lm_head.data() != w->embed.data());
+
+  FileSpec mixed = TinyModel("llama");
+  mixed.tensors.erase(mixed.tensors.begin() + TensorIndex(mixed, "lm_head.weight"));
+  AddTable(mixed, "lm_head", true);
+  model = Load(Build(mixed));
+  w = &model->impl().weights;
+  CHECK(w->embed.f16 != nullptr && w->embed.q8 == nullptr);
+  CHECK(TableHolds(w->lm_head, mixed.tensors[TensorIndex(mixed, "lm_head.weight_q8")].bytes,
+                   mixed.tensors[TensorIndex(mixed, "lm_head.weight_q8_scales")].bytes));
+
+  mixed = TinyModel("llama", true);
+  mixed.tensors.erase(mixed.tensors.begin() + TensorIndex(mixed, "lm_head.weight_q8_scales"));
+  mixed.tensors.erase(mixed.tensors.begin() + TensorIndex(mixed, "lm_head.weight_q8"));
+  AddTable(mixed, "lm_head", false);
+  model = Load(Build(mixed));
+  w = &model->impl().weights;
+  CHECK(w->embed.q8 != nullptr && w->lm_head.f16 != nullptr);
+
+  // qwen2: tied, one int8 table serves both (in either layout).
+  const FileSpec tied = TinyModel("qwen2", true);
+  model = Load(Build(tied));
+  w = &model->impl().weights;
+  CHECK(TableHolds(w->embed, tied.tensors[TensorIndex(tied, "model.embed_tokens.weight_q8")].bytes,
+                   tied.tensors[TensorIndex(tied, "model.embed_tokens.weight_q8_scales")].bytes));
+  CHECK(w->lm_head.q8 == w->embed.q8 && w->lm_head.q8_tiles == w->embed.q8_tiles);
+  CHECK(w->lm_head.q8_scales == w->embed.q8_scales && w->lm_head.q8_tile_scales == w->embed.q8_tile_scales);
+  CHECK(w->lm_head.data() == w->embed.data());
+}
 
 TEST(table_tiles_at_load_are_sealed_and_skipped_for_shared_mappings_and_no_memory) {
   // The loader's step (AddTableTiles): at the AVX-512 VNNI level a tied int8
