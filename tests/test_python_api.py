@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import awqcore
-from checks import assert_context_dependent
+from checks import assert_context_dependent, max_relative_error
 
 
 @pytest.fixture(scope="module")
@@ -387,3 +387,22 @@ def test_weights_copied_to_huge_pages_or_mapped_give_the_same_logits(smollm2_awq
     thp = "/sys/kernel/mm/transparent_hugepage/enabled"
     if before >= 0 and os.path.exists(thp) and "[never]" not in open(thp).read():
         assert after - before >= 32 * 1024, (before, after)  # the 88 MB file: most of it
+
+
+def test_int8_table_copied_or_mapped_gives_close_logits(smollm2_int8_awqbin, monkeypatch):
+    """With the weights copied, an int8 lm_head is regrouped into tiles where
+    the CPU has AVX-512 VNNI; AWQCORE_MAP_WEIGHTS=1 keeps the shared mapping
+    and so the file's rows, which the row kernels read at that level too.
+    The products are the same exact ones, summed in another order: within
+    1e-5 relative (measured ~1e-6; a wrong row, block or scale moves logits
+    by their own size), with int8 and with f32 activations."""
+    ids = [1, 504, 3458, 314, 4827, 28]
+    copied = awqcore.Model(smollm2_int8_awqbin, threads=1, max_seq_len=32)
+    copied_f32 = awqcore.Model(smollm2_int8_awqbin, threads=1, max_seq_len=32, activations="f32")
+    monkeypatch.setenv("AWQCORE_MAP_WEIGHTS", "1")
+    mapped = awqcore.Model(smollm2_int8_awqbin, threads=1, max_seq_len=32)
+    mapped_f32 = awqcore.Model(smollm2_int8_awqbin, threads=1, max_seq_len=32, activations="f32")
+    for a, b, what in ((copied, mapped, "int8"), (copied_f32, mapped_f32, "f32")):
+        error = max_relative_error(a.forward(ids), b.forward(ids))
+        print(f"int8 table, {what} activations: copied vs mapped relative error {error:.2e}")
+        assert error < 1e-5, (what, error)
