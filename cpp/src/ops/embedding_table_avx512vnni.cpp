@@ -189,14 +189,9 @@ void TableTilesQ8Avx512Vnni(const EmbeddingTable& table, int row0, int rows, con
       const uint8_t* codes = table.q8_tiles + static_cast<size_t>(first) * d;
       const uint16_t* scales = table.q8_tile_scales + static_cast<size_t>(first) * blocks;
       float* y_tile = y_part + out;
-      switch (n) {
-#define AWQCORE_TILE_CASE(k) \
-  case k: TileQ8<k>(codes, scales, blocks, xq, dx, corr, lane0, lane_end, y_tile, ldy); break;
-        AWQCORE_TILE_CASE(8) AWQCORE_TILE_CASE(7) AWQCORE_TILE_CASE(6) AWQCORE_TILE_CASE(5)
-        AWQCORE_TILE_CASE(4) AWQCORE_TILE_CASE(3) AWQCORE_TILE_CASE(2)
-#undef AWQCORE_TILE_CASE
-        default: TileQ8<1>(codes, scales, blocks, xq, dx, corr, lane0, lane_end, y_tile, ldy); break;
-      }
+      WithTokenCount(n, [&](auto k) {
+        TileQ8<k()>(codes, scales, blocks, xq, dx, corr, lane0, lane_end, y_tile, ldy);
+      });
     });
   }
 }
@@ -212,14 +207,9 @@ void TableTilesAvx512Vnni(const EmbeddingTable& table, int row0, int rows, const
     for (int t = 0; t < num_tokens; t += kMaxTokens) {
       const float* xt = x + static_cast<size_t>(t) * ldx;
       float* y_tile = y + static_cast<size_t>(t) * ldy + out;
-      switch (std::min(kMaxTokens, num_tokens - t)) {
-#define AWQCORE_TILE_CASE(k) \
-  case k: TileF32<k>(codes, scales, blocks, xt, ldx, lane0, lane_end, y_tile, ldy); break;
-        AWQCORE_TILE_CASE(8) AWQCORE_TILE_CASE(7) AWQCORE_TILE_CASE(6) AWQCORE_TILE_CASE(5)
-        AWQCORE_TILE_CASE(4) AWQCORE_TILE_CASE(3) AWQCORE_TILE_CASE(2)
-#undef AWQCORE_TILE_CASE
-        default: TileF32<1>(codes, scales, blocks, xt, ldx, lane0, lane_end, y_tile, ldy); break;
-      }
+      WithTokenCount(std::min(kMaxTokens, num_tokens - t), [&](auto k) {
+        TileF32<k()>(codes, scales, blocks, xt, ldx, lane0, lane_end, y_tile, ldy);
+      });
     }
   });
 }

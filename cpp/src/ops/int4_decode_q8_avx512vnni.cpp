@@ -189,14 +189,10 @@ void Int4DecodeQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q
       const float* bias = layer.bias ? layer.bias + first : nullptr;
       const uint8_t* next = layer.qweight + (first + kTileRows) * row_bytes;  // a prefetch never faults
       float* y_tile = y_part + (r - row0);
-      switch (part.num_tokens) {
-#define AWQCORE_TILE_CASE(n) \
-  case n: TileTimesTokens<n>(layer, codes, tile_params, bias, next, lane0, lane_end, part, y_tile, ldy); break;
-        AWQCORE_TILE_CASE(8) AWQCORE_TILE_CASE(7) AWQCORE_TILE_CASE(6) AWQCORE_TILE_CASE(5)
-        AWQCORE_TILE_CASE(4) AWQCORE_TILE_CASE(3) AWQCORE_TILE_CASE(2)
-#undef AWQCORE_TILE_CASE
-        default: TileTimesTokens<1>(layer, codes, tile_params, bias, next, lane0, lane_end, part, y_tile, ldy); break;
-      }
+      WithTokenCount(part.num_tokens, [&](auto n) {
+        TileTimesTokens<n()>(layer, codes, tile_params, bias, next, lane0, lane_end, part, y_tile,
+                             ldy);
+      });
       r = first + lane_end;
     }
   }

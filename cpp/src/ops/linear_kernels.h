@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cpu_features.h"
 #include "model_weights.h"
@@ -117,5 +118,22 @@ void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, 
                int num_tokens, float* y, int ldy, Isa isa);
 void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
                  int ldy, Isa isa);
+
+// Calls f(std::integral_constant<int, n>{}) for a token count n in [1, 8]
+// (anything else: 1), so that a call's count, known at run time, picks the
+// kernel instance compiled for it (register blocks sized by the count).
+template <typename F>
+inline void WithTokenCount(int n, F&& f) {
+  switch (n) {
+    case 8: f(std::integral_constant<int, 8>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 1>{}); break;
+  }
+}
 
 }  // namespace awqcore
