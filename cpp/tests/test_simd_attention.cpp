@@ -206,12 +206,13 @@ TEST(f16_cache_store_matches_scalar_rounding_bit_for_bit) {
                                 0x477fefffu, 0x38800000u, 0x387fffffu, 0x33000000u, 0x33000001u,
                                 0x3f801000u, 0x3f803000u, 0x3f800fffu, 0x00000001u, 0x80400000u};
   std::uniform_int_distribution<uint32_t> any;
-  while (bits.size() < 4096) bits.push_back(any(rng));
+  constexpr int kLongest = 4095, kLargestOffset = 3;
+  while (bits.size() < kLongest + kLargestOffset) bits.push_back(any(rng));
   std::vector<float> values(bits.size());
   for (size_t i = 0; i < bits.size(); ++i) values[i] = BitsToFloat(bits[i]);
   for (Isa isa : IsasToTest()) {
-    for (int n : {0, 1, 7, 8, 9, 63, 64, 65, 4095}) {
-      for (int offset : {0, 3}) {
+    for (int n : {0, 1, 7, 8, 9, 63, 64, 65, kLongest}) {
+      for (int offset : {0, kLargestOffset}) {
         std::vector<uint16_t> got(n + 1, 0xabcdu);
         StoreKv(values.data() + offset, n, got.data(), isa);
         for (int i = 0; i < n; ++i) {
