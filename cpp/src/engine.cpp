@@ -29,7 +29,6 @@ struct Request {
 // A sequence slot of the runner and the request it serves.
 struct Slot {
   std::unique_ptr<Request> request;  // null: free
-  uint64_t admitted = 0;             // admission order (the oldest prefills first)
   int prefilled = 0;                 // prompt tokens in the cache
   bool decoding = false;             // the prompt is in; in every decode step until it ends
   bool cancel = false;               // Cancel or Shutdown asked it to end
@@ -101,10 +100,12 @@ struct Engine::Impl {
   // when the thread should exit (stopping and nothing left).
   bool Schedule(std::vector<std::unique_ptr<Request>>& dropped);
   // The free slot (in free_slots) whose cache holds the longest start of
-  // `prompt`; on a tie the least recently admitted to, so that a request
-  // with nothing to reuse evicts the oldest cached prompt.
-  std::vector<int>::iterator BestFreeSlot(const std::vector<int>& prompt);
-  void Admit(int slot, std::unique_ptr<Request> request);
+  // `prompt`, and how many tokens of it that slot keeps (ReusableTokens; 0
+  // without prefix_reuse); on a tie the least recently admitted to, so that
+  // a request with nothing to reuse evicts the oldest cached prompt.
+  std::pair<std::vector<int>::iterator, int> BestFreeSlot(const std::vector<int>& prompt);
+  // Starts `request` in slot `s`, keeping the first `reused` rows of its cache.
+  void Admit(int s, int reused, std::unique_ptr<Request> request);
   int OldestToPrefill() const;  // its slot, or -1
   // Prefills the next chunk (at most `budget` tokens, ChunkTokens) of the
   // oldest admitted request whose prompt is not yet in its cache.
@@ -143,7 +144,9 @@ struct Engine::Impl {
   // [max_batch] the prompt tokens whose rows slot s's cache holds from
   // prefill, kept after its request ends (prefix reuse)
   std::vector<std::vector<int>> cached_prompts;
-  std::vector<uint64_t> last_admission;  // [max_batch] 1 + the slot's last admission, 0: never
+  // [max_batch] 1 + the admission count when slot s was last admitted to, 0:
+  // never (the oldest request prefills first; the least recent slot is evicted)
+  std::vector<uint64_t> last_admission;
   std::vector<int> free_slots;  // [<= max_batch] Schedule's scratch
   uint64_t admissions = 0;
   int held_steps = 0;  // decode steps skipped in a row by HoldDecodeStep
@@ -177,14 +180,18 @@ bool Engine::Impl::Schedule(std::vector<std::unique_ptr<Request>>& dropped) {
   for (Slot& slot : slots) {
     if (slot.request && (stopping || cancel_requested.count(slot.request->id))) slot.cancel = true;
   }
-  std::vector<std::pair<int, std::unique_ptr<Request>>> admitted;
+  struct Admission {
+    int slot, reused;
+    std::unique_ptr<Request> request;
+  };
+  std::vector<Admission> admitted;
   free_slots.clear();
   for (int s = 0; s < max_batch; ++s) {
     if (!slots[s].request) free_slots.push_back(s);
   }
   while (!free_slots.empty() && !waiting.empty()) {
-    const auto best = BestFreeSlot(waiting.front()->prompt);
-    admitted.emplace_back(*best, std::move(waiting.front()));
+    const auto [best, reused] = BestFreeSlot(waiting.front()->prompt);
+    admitted.push_back({*best, reused, std::move(waiting.front())});
     free_slots.erase(best);
     waiting.pop_front();
     ++counters.running;
@@ -192,13 +199,14 @@ bool Engine::Impl::Schedule(std::vector<std::unique_ptr<Request>>& dropped) {
   counters.waiting = static_cast<int>(waiting.size());
   const bool keep_running = !(stopping && dropped.empty() && OccupiedSlots() == 0 && admitted.empty());
   lock.unlock();
-  for (auto& [s, request] : admitted) Admit(s, std::move(request));
+  for (Admission& a : admitted) Admit(a.slot, a.reused, std::move(a.request));
   return keep_running;
 }
 
-std::vector<int>::iterator Engine::Impl::BestFreeSlot(const std::vector<int>& prompt) {
+std::pair<std::vector<int>::iterator, int> Engine::Impl::BestFreeSlot(
+    const std::vector<int>& prompt) {
   auto best = free_slots.begin();
-  if (!prefix_reuse) return best;
+  if (!prefix_reuse) return {best, 0};
   int best_tokens = -1;
   for (auto it = free_slots.begin(); it != free_slots.end(); ++it) {
     const int tokens = ReusableTokens(cached_prompts[*it], prompt);
@@ -208,14 +216,13 @@ std::vector<int>::iterator Engine::Impl::BestFreeSlot(const std::vector<int>& pr
       best_tokens = tokens;
     }
   }
-  return best;
+  return {best, best_tokens};
 }
 
-void Engine::Impl::Admit(int s, std::unique_ptr<Request> request) {
+void Engine::Impl::Admit(int s, int reused, std::unique_ptr<Request> request) {
   Slot& slot = slots[s];
   slot = Slot{};
-  slot.admitted = admissions++;
-  last_admission[s] = admissions;
+  last_admission[s] = ++admissions;
   slot.request = std::move(request);
   const Request& r = *slot.request;
   if (r.budget == 0) return FinishSlot(s, StopReason::kMaxNewTokens, "");
@@ -223,7 +230,6 @@ void Engine::Impl::Admit(int s, std::unique_ptr<Request> request) {
   Sampler& sampler = runner.sampler(s);
   sampler.Start(r.options.sampling);
   for (int token : r.prompt) sampler.Observe(token);
-  const int reused = prefix_reuse ? ReusableTokens(cached_prompts[s], r.prompt) : 0;
   runner.forward().Truncate(s, reused);
   cached_prompts[s].resize(reused);
   slot.prefilled = reused;
@@ -288,7 +294,7 @@ int Engine::Impl::OldestToPrefill() const {
   int s = -1;
   for (int i = 0; i < max_batch; ++i) {
     const Slot& slot = slots[i];
-    if (slot.request && !slot.decoding && (s < 0 || slot.admitted < slots[s].admitted)) s = i;
+    if (slot.request && !slot.decoding && (s < 0 || last_admission[i] < last_admission[s])) s = i;
   }
   return s;
 }
