@@ -166,8 +166,10 @@ def test_gptq_compensates_the_clipping_of_its_bounds():
 
 def test_gptq_bounds_set_the_grid_like_clamping():
     """With a diagonal Hessian (nothing to compensate) and bounds at or above every
-    group's max |w|, GPTQ is rtn.py's quantizer; with tighter bounds the scales are
-    those of the clamped weights."""
+    group's max |w|, GPTQ is rtn.py's quantizer. With tighter bounds the grid (scale and
+    zero) is that of the clamped weights, rtn.py's of them, while the weights themselves
+    are not clamped: each gets the code of the grid point nearest to it, found here by
+    searching the group's 16 points, so a weight beyond its bound gets an end code."""
     rng = np.random.default_rng(8)
     w = rng.standard_normal((6, 128)).astype(np.float32)
     wg = torch.from_numpy(w).reshape(6, -1, 32)
@@ -175,10 +177,19 @@ def test_gptq_bounds_set_the_grid_like_clamping():
     got = gptq_int4(torch.from_numpy(w), torch.eye(128), 32, bounds=loose)
     for part, a, b in zip(("codes", "scales", "zeros"), got, quantize_int4(w, 32)):
         np.testing.assert_array_equal(a, b, err_msg=part)
-    tight = wg.abs().amax(-1, keepdim=True) * 0.6
+    tight = wg.abs().amax(-1, keepdim=True) * 0.6  # [6, 4, 1]: every group's extreme clipped
     clamped = torch.minimum(torch.maximum(wg, -tight), tight).reshape(w.shape).numpy()
-    np.testing.assert_array_equal(gptq_int4(torch.from_numpy(w), torch.eye(128), 32,
-                                            bounds=tight)[1], quantize_int4(clamped, 32)[1])
+    qweight, scales, zeros = gptq_int4(torch.from_numpy(w), torch.eye(128), 32, bounds=tight)
+    _, expected_scales, expected_zeros = quantize_int4(clamped, 32)
+    np.testing.assert_array_equal(scales, expected_scales, err_msg="scales")
+    np.testing.assert_array_equal(zeros, expected_zeros, err_msg="zeros")
+    grid = ((np.arange(16, dtype=np.float32) - expected_zeros[..., None])
+            * expected_scales.astype(np.float32)[..., None])  # [6, 4, 16]
+    nearest = np.abs(w.reshape(6, 4, 32, 1) - grid[:, :, None, :]).argmin(-1)  # [6, 4, 32]
+    codes = unpack_int4(qweight)
+    np.testing.assert_array_equal(codes, nearest.reshape(w.shape), err_msg="codes")
+    beyond = np.abs(w) > tight.expand(-1, -1, 32).reshape(w.shape).numpy()
+    assert beyond.sum() >= 24 and np.isin(codes[beyond], [0, 15]).all()
 
 
 def test_gptq_rejects_mismatched_bounds():
