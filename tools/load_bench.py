@@ -323,7 +323,7 @@ def run_engine_levels(args) -> list[dict]:
 
 
 def _engine_options(args) -> dict:
-    options = {name: getattr(args, name) for name in ("prefill_chunk", "streaming_prefill_chunk")
+    options = {name: getattr(args, name) for name in ("prefill_chunk", "prefill_budget")
                if getattr(args, name) is not None}
     return {**options, "prefix_reuse": not args.no_prefix_reuse}
 
@@ -404,9 +404,8 @@ def main() -> int:
                         help="awqcore serve --prefill-chunk (its default when not given)")
     parser.add_argument("--no-prefix-reuse", action="store_true",
                         help="awqcore serve --no-prefix-reuse")
-    parser.add_argument("--streaming-prefill-chunk", type=int, default=None,
-                        help="awqcore serve --streaming-prefill-chunk (its default when not "
-                        "given)")
+    parser.add_argument("--prefill-budget", type=int, default=None,
+                        help="awqcore serve --prefill-budget (its default when not given)")
     parser.add_argument("--engine", action="store_true",
                         help="with --model: also run the same load through awqcore.Engine in "
                         "this process, without HTTP (the ceiling the server can reach)")
@@ -433,8 +432,8 @@ def main() -> int:
                 command += ["--threads", str(args.threads)]
             if args.prefill_chunk:
                 command += ["--prefill-chunk", str(args.prefill_chunk)]
-            if args.streaming_prefill_chunk:
-                command += ["--streaming-prefill-chunk", str(args.streaming_prefill_chunk)]
+            if args.prefill_budget:
+                command += ["--prefill-budget", str(args.prefill_budget)]
             if args.no_prefix_reuse:
                 command.append("--no-prefix-reuse")
             process, url = start_server(command, re.compile(r"at (http://[\d.]+:\d+)"))

@@ -45,9 +45,9 @@ void CheckEngineOptions(const EngineOptions& options) {
     throw InvalidArgument("prefill_chunk must be >= 1 (got " +
                           std::to_string(options.prefill_chunk) + ")");
   }
-  if (options.streaming_prefill_chunk < 0) {
-    throw InvalidArgument("streaming_prefill_chunk must be >= 0 (0: prefill_chunk; got " +
-                          std::to_string(options.streaming_prefill_chunk) + ")");
+  if (options.prefill_budget < 1) {
+    throw InvalidArgument("prefill_budget must be >= 1 (got " +
+                          std::to_string(options.prefill_budget) + ")");
   }
 }
 
@@ -83,9 +83,7 @@ struct Engine::Impl {
         max_batch(options.max_batch),
         max_queue(options.max_queue),
         prefill_chunk(options.prefill_chunk),
-        streaming_prefill_chunk(options.streaming_prefill_chunk > 0
-                                    ? options.streaming_prefill_chunk
-                                    : options.prefill_chunk),
+        prefill_budget(std::min(options.prefill_budget, options.prefill_chunk)),
         prefix_reuse(options.prefix_reuse),
         slots(options.max_batch),
         cached_prompts(options.max_batch),
@@ -117,6 +115,7 @@ struct Engine::Impl {
   // Whether some sequence is decoding past its first token: a client
   // mid-stream waits on every iteration.
   bool Streaming() const;
+
   // Whether this iteration skips its decode step: nothing streams yet, and
   // the oldest prompt still to prefill ends within one prefill_chunk.
   bool HoldDecodeStep() const;
@@ -130,7 +129,7 @@ struct Engine::Impl {
   int OccupiedSlots() const;
 
   SequenceRunner runner;  // engine thread only (after construction)
-  const int max_seq_len, max_batch, max_queue, prefill_chunk, streaming_prefill_chunk;
+  const int max_seq_len, max_batch, max_queue, prefill_chunk, prefill_budget;
   const bool prefix_reuse;
 
   // Shared with the callers' threads; guarded by `mutex`.
@@ -356,7 +355,10 @@ void Engine::Impl::PrefillChunk(int budget) {
   {
     std::lock_guard<std::mutex> lock(mutex);
     counters.prefill_seconds += seconds;
-    if (error.empty()) counters.prompt_tokens += n;
+    if (error.empty()) {
+      counters.prompt_tokens += n;
+      ++counters.prefill_chunks;
+    }
   }
   if (!error.empty()) return FinishSlot(s, StopReason::kCancelled, error);
   // Only prompt-sized calls write rows a later prompt may keep (a call of at
@@ -426,14 +428,14 @@ void Engine::Impl::Run() {
     }
     if (!keep_running) return;
     // While clients stream, a prefill is a stall in each of their streams:
-    // it gets the smaller budget. Before any streams (a burst of arrivals),
-    // the prompts go in back to back and the first decode step waits for
-    // them all, as long as each takes one chunk: that stalls only first
-    // tokens, once, instead of every early stream once per later prompt.
-    // At most max_batch steps in a row wait, so arrivals that end at their
-    // first token (and free their slot for the next) cannot hold the others'
+    // it gets the budget. Before any streams (a burst of arrivals), the
+    // prompts go in back to back and the first decode step waits for them
+    // all, as long as each takes one chunk: that stalls only first tokens,
+    // once, instead of every early stream once per later prompt. At most
+    // max_batch steps in a row wait, so arrivals that end at their first
+    // token (and free their slot for the next) cannot hold the others'
     // second tokens for ever.
-    PrefillChunk(Streaming() ? streaming_prefill_chunk : prefill_chunk);
+    PrefillChunk(Streaming() ? prefill_budget : prefill_chunk);
     if (HoldDecodeStep() && held_steps < max_batch) {
       ++held_steps;
     } else {
