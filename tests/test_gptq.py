@@ -98,7 +98,7 @@ def test_gptq_with_uncorrelated_inputs_is_rtn(g):
 
 def test_gptq_lowers_the_calibration_output_error():
     """On correlated inputs GPTQ's output error ||X (W - Q)^T||^2 is well below
-    round-to-nearest's (the point of the method); measured 0.31x, asserted < 0.7x."""
+    round-to-nearest's (the point of the method); measured 0.35x, asserted < 0.7x."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((64, 256)).astype(np.float32)
     x = correlated_inputs(2048, 256, seed=1).astype(np.float32)
@@ -117,7 +117,7 @@ def test_gptq_lowers_the_calibration_output_error():
 def test_gptq_lowers_the_output_error_on_unseen_inputs_of_the_same_kind():
     """The gain must hold on fresh tokens from the calibration's distribution, not only
     on the calibration tokens (8 tokens per input dimension, as SmolLM2's down at
-    32 x 256 calibration has 5): measured 0.16x RTN's, asserted < 0.7x."""
+    32 x 256 calibration has 5): measured 0.21x RTN's, asserted < 0.7x."""
     rng = np.random.default_rng(3)
     w = rng.standard_normal((64, 256)).astype(np.float32)
     x = correlated_inputs(4096, 256, seed=4).astype(np.float32)
@@ -139,7 +139,7 @@ def test_gptq_compensates_the_clipping_of_its_bounds():
     clamped group, and a weight beyond it moves its error (clipping included) onto the
     later columns. Against the original weights its output error must be below both
     round-to-nearest of the clamped weights (what `awq` writes) and GPTQ run on the
-    clamped weights (which never sees the clipping error): measured 0.12x and 0.18x of
+    clamped weights (which never sees the clipping error): measured 0.16x and 0.24x of
     them; asserted < 0.5x of each."""
     rng = np.random.default_rng(6)
     w = rng.standard_normal((64, 256)).astype(np.float32)
