@@ -304,7 +304,7 @@ class PyEngine {
     engine_ = std::make_unique<awqcore::Engine>(model_, options);
     max_queue_ = max_queue;
     prefill_chunk_ = prefill_chunk;
-    prefill_budget_ = std::min(prefill_budget, prefill_chunk);
+    prefill_budget_ = prefill_budget > 0 ? std::min(prefill_budget, prefill_chunk) : prefill_chunk;
     prefix_reuse_ = prefix_reuse;
     device_ = device;
   }
@@ -467,7 +467,6 @@ NB_MODULE(_core, m) {
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
   m.def("cpu_kernels_info", &awqcore::CpuKernelsInfo);
   m.attr("int8_decode_max_tokens") = awqcore::kInt8DecodeMaxTokens;
-  m.attr("default_prefill_budget") = awqcore::EngineOptions{}.prefill_budget;
   // The op profile of CPU decode steps (cpp/src/op_profile.h).
   m.def("set_op_profiling", &awqcore::SetOpProfiling, "enabled"_a);
   m.def("op_profiling_enabled", &awqcore::OpProfilingEnabled);

@@ -127,8 +127,8 @@ def test_a_lone_prompt_is_one_chunk_and_the_budget_is_at_most_the_chunk(tiny_awq
         assert engine.config["prefill_budget"] == 10
     with awqcore.Engine(path, max_seq_len=64, prefill_chunk=16, prefill_budget=100) as engine:
         assert engine.config["prefill_budget"] == 16
-    with awqcore.Engine(path, max_seq_len=64) as engine:
-        assert engine.config["prefill_budget"] == awqcore.engine.DEFAULT_PREFILL_BUDGET
+    with awqcore.Engine(path, max_seq_len=64, prefill_chunk=48) as engine:
+        assert engine.config["prefill_budget"] == 48  # none by default
 
 
 def test_generate_and_stream_give_model_generate_tokens(tiny_engine):

@@ -45,8 +45,8 @@ void CheckEngineOptions(const EngineOptions& options) {
     throw InvalidArgument("prefill_chunk must be >= 1 (got " +
                           std::to_string(options.prefill_chunk) + ")");
   }
-  if (options.prefill_budget < 1) {
-    throw InvalidArgument("prefill_budget must be >= 1 (got " +
+  if (options.prefill_budget < 0) {
+    throw InvalidArgument("prefill_budget must be >= 0 (0: no budget; got " +
                           std::to_string(options.prefill_budget) + ")");
   }
 }
@@ -83,7 +83,9 @@ struct Engine::Impl {
         max_batch(options.max_batch),
         max_queue(options.max_queue),
         prefill_chunk(options.prefill_chunk),
-        prefill_budget(std::min(options.prefill_budget, options.prefill_chunk)),
+        prefill_budget(options.prefill_budget > 0
+                           ? std::min(options.prefill_budget, options.prefill_chunk)
+                           : options.prefill_chunk),
         prefix_reuse(options.prefix_reuse),
         slots(options.max_batch),
         cached_prompts(options.max_batch),

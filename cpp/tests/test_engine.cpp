@@ -262,8 +262,9 @@ TEST(bad_requests_are_refused_naming_the_problem) {
   CHECK_THROWS(Engine(model, Options(1, 0)), InvalidArgument, "max_seq_len must be >= 1 (got 0)");
   CHECK_THROWS(Engine(model, Options(1, 16, 0)), InvalidArgument, "prefill_chunk must be >= 1");
   EngineOptions no_budget = Options(1, 16);
-  no_budget.prefill_budget = 0;
-  CHECK_THROWS(Engine(model, no_budget), InvalidArgument, "prefill_budget must be >= 1 (got 0)");
+  no_budget.prefill_budget = -1;
+  CHECK_THROWS(Engine(model, no_budget), InvalidArgument,
+               "prefill_budget must be >= 0 (0: no budget; got -1)");
   EngineOptions negative_queue = Options(1, 16);
   negative_queue.max_queue = -1;
   CHECK_THROWS(Engine(model, negative_queue), InvalidArgument, "max_queue must be >= 0 (got -1)");

@@ -509,8 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt tokens prefilled between two decode steps (default 256)")
     s.add_argument("--prefill-budget", type=_positive_int, default=None,
                    help="the same while a client is mid-stream, whose next token each "
-                   "prefill delays (default: awqcore.engine.DEFAULT_PREFILL_BUDGET, 32; "
-                   ">= --prefill-chunk: no budget)")
+                   "prefill delays (default: no budget, as --prefill-chunk)")
     s.add_argument("--no-prefix-reuse", action="store_true",
                    help="prefill every prompt whole, even where a free slot's cache holds its "
                         "start (a shared system prompt, a chat's earlier turns)")

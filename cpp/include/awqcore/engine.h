@@ -86,9 +86,11 @@ struct EngineOptions {
   int max_seq_len = 4096;   // tokens per sequence (prompt + generated)
   int max_queue = 64;       // requests waiting for a free slot; one more -> QueueFull
   int prefill_chunk = 256;  // prompt tokens prefilled per engine iteration between decode steps
-  // The same while some sequence streams (step 2 above); >= prefill_chunk:
-  // no budget. Chosen with tools/load_bench.py (README, Serving).
-  int prefill_budget = 32;
+  // The same while some sequence streams (step 2 above); 0 or >=
+  // prefill_chunk: no budget. Off by default: on a loaded 2-core machine a
+  // budget of 32 raised the time to first token at 8 streams without a
+  // steady gain in the longest gaps (README, Serving).
+  int prefill_budget = 0;
   bool prefix_reuse = true;  // keep a free slot's cached prompt start (above)
   int num_threads = 0;      // 0: all hardware threads
   Device device = Device::kCpu;
