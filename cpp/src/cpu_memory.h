@@ -64,6 +64,11 @@ std::shared_ptr<uint8_t> HugePageBuffer(uint64_t size);
 // weights' copy is: a stray write then faults instead of changing weights.
 void SealReadOnly(const uint8_t* p, uint64_t size);
 
+// Makes the pages that hold [p, p + size) of the loaded weights writable
+// (true) or read-only again (false), for a load-time regrouping in place
+// (ops/int4_tiles.h). Returns whether the protection changed.
+bool SetPagesWritable(const void* p, uint64_t size, bool writable);
+
 // Drops the whole pages inside [p, p + size) from the process's resident set
 // (MADV_DONTNEED): weights whose bytes were copied into another layout and
 // are never read again. A later read would see the file's bytes again in a
