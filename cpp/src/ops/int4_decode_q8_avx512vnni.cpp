@@ -52,8 +52,12 @@ static_assert(kTileRows == kInt4TileRows, "the scales' tiles are the codes' tile
 constexpr int kQuadsPerBlock = kQ8Block / 4;
 constexpr int kL1Ahead = 128;  // bytes of a row prefetched into L1 ahead of its block
 constexpr int kBlockBytes = kTileRows * kQ8Block / 2;  // a block of a tile: 256 code bytes
-// The tile layout streams one tile: its lines prefetched into L1 this far ahead.
-constexpr int kL1AheadTiles = 2 * kBlockBytes;
+// The tile layout streams one tile: its lines prefetched into L1 this far
+// ahead (4 blocks: at 1 token from DRAM, Qwen2.5-1.5B's down projection
+// streamed at 1.0-1.1x the rows' GB per CPU-second with it, 0.8-0.95x with
+// 2 blocks, 0.7-0.8x with no prefetch into L1 or L2 (the next tile's lines,
+// below); tools/isa_bench.cpp, Zen 4, a loaded machine).
+constexpr int kL1AheadTiles = 4 * kBlockBytes;
 
 // Lane r of out[i] (i < 4) = the low nibbles of code bytes 4i .. 4i + 3 at
 // p + r * stride (row r of the tile), out[4 + i] = their high nibbles: the 32
