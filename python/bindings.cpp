@@ -229,15 +229,17 @@ class PyModel {
   std::string activations_;
 };
 
-// One engine event: a token (finish_reason empty) or the end of a request.
+// One engine event: the request got its slot (cached_prompt_tokens >= 0), a
+// token (token >= 0) or the end of a request (finish_reason set).
 struct EngineEvent {
   uint64_t id = 0;
-  int token = -1;              // -1 on the finish event
-  std::string finish_reason;   // StopReasonName; empty on a token event
+  int token = -1;              // -1 but on a token event
+  std::string finish_reason;   // StopReasonName on the finish event, else empty
   std::string error;           // the failure's message; empty on success
+  int cached_prompt_tokens = -1;  // on_start's count on the start event, else -1
 };
 using PyEvent = std::tuple<uint64_t, std::optional<int>, std::optional<std::string>,
-                           std::optional<std::string>>;
+                           std::optional<std::string>, std::optional<int>>;
 
 // The hand-over from the engine thread to the Python dispatcher thread: the
 // engine's callbacks push without the GIL, wait_events pops with the GIL
@@ -353,6 +355,9 @@ class PyEngine {
         },
         [events, cell](awqcore::StopReason reason, const std::string& error) {
           events->Push({cell->Get(), -1, awqcore::StopReasonName(reason), error});
+        },
+        [events, cell](int cached_prompt_tokens) {
+          events->Push({cell->Get(), -1, "", "", cached_prompt_tokens});
         });
     return cell->id;
   }
@@ -377,9 +382,10 @@ class PyEngine {
     return d;
   }
 
-  // (events, open): events as (id, token, None, None) or (id, None,
-  // finish_reason, error or None); open is false once close_events ran and
-  // the queue is empty.
+  // (events, open): events as (id, None, None, None, cached_prompt_tokens)
+  // when the request gets its slot, (id, token, None, None, None) per token
+  // and (id, None, finish_reason, error or None, None) at its end; open is
+  // false once close_events ran and the queue is empty.
   std::pair<std::vector<PyEvent>, bool> wait_events(double timeout) {
     std::pair<std::vector<EngineEvent>, bool> got;
     {
@@ -389,11 +395,14 @@ class PyEngine {
     std::vector<PyEvent> out;
     out.reserve(got.first.size());
     for (EngineEvent& e : got.first) {
-      if (e.finish_reason.empty()) {
-        out.emplace_back(e.id, e.token, std::nullopt, std::nullopt);
+      if (e.cached_prompt_tokens >= 0) {
+        out.emplace_back(e.id, std::nullopt, std::nullopt, std::nullopt, e.cached_prompt_tokens);
+      } else if (e.finish_reason.empty()) {
+        out.emplace_back(e.id, e.token, std::nullopt, std::nullopt, std::nullopt);
       } else {
         out.emplace_back(e.id, std::nullopt, std::move(e.finish_reason),
-                         e.error.empty() ? std::nullopt : std::optional<std::string>(e.error));
+                         e.error.empty() ? std::nullopt : std::optional<std::string>(e.error),
+                         std::nullopt);
       }
     }
     return {std::move(out), got.second || !out.empty()};

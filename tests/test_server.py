@@ -490,5 +490,6 @@ def test_a_repeated_system_prompt_is_prefilled_once(server, client, model):
         reused = (server.metrics()["awqcore_engine_reused_prompt_tokens_total"]
                   - before.get("awqcore_engine_reused_prompt_tokens_total", 0))
     assert reused == min(common, len(prompts[1]) - 9) > 0
+    assert answer.usage.prompt_tokens_details.cached_tokens == reused
     text, tokens, _ = reference(model, prompts[1], 5)
     assert (answer.choices[0].message.content, answer.usage.completion_tokens) == (text, tokens)

@@ -126,6 +126,11 @@ void CheckCpuSessionFits(const ModelConfig& config, int max_seq_len, int max_bat
               "); lower max_seq_len or max_batch");
 }
 
+bool KeepWeightsMapped() {
+  const char* keep_mapping = std::getenv("AWQCORE_MAP_WEIGHTS");
+  return keep_mapping != nullptr && std::strcmp(keep_mapping, "1") == 0;
+}
+
 // Copies a file mapping's bytes into anonymous memory that the kernel backs
 // with transparent huge pages where it can, and returns the copy (nullptr:
 // keep the mapping). A decode step streams every weight, and through the
@@ -134,11 +139,6 @@ void CheckCpuSessionFits(const ModelConfig& config, int max_seq_len, int max_bat
 // (README, "Speed: CPU"). Skipped when AWQCORE_MAP_WEIGHTS=1 (processes then
 // share the page cache's one copy), for files under one huge page, and when
 // the machine's available memory cannot hold the copy with a quarter to spare.
-bool KeepWeightsMapped() {
-  const char* keep_mapping = std::getenv("AWQCORE_MAP_WEIGHTS");
-  return keep_mapping != nullptr && std::strcmp(keep_mapping, "1") == 0;
-}
-
 const uint8_t* CopyToHugePages(const uint8_t* mapping, uint64_t size) {
   constexpr uint64_t kHugePage = 2ull << 20;
   constexpr uint64_t kChunk = 64ull << 20;
@@ -157,7 +157,7 @@ const uint8_t* CopyToHugePages(const uint8_t* mapping, uint64_t size) {
     // the page cache), so the peak is not twice the file.
     ::madvise(const_cast<uint8_t*>(mapping) + at, n, MADV_DONTNEED);
   }
-  ::mprotect(copy, size, PROT_READ);
+  SealReadOnly(static_cast<const uint8_t*>(copy), size);
   return static_cast<const uint8_t*>(copy);
 }
 

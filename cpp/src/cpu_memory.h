@@ -60,8 +60,10 @@ const uint8_t* CopyToHugePages(const uint8_t* mapping, uint64_t size);
 // Throws std::bad_alloc when the system has none to give.
 std::shared_ptr<uint8_t> HugePageBuffer(uint64_t size);
 
-// Makes [p, p + size) of a HugePageBuffer read-only once it is filled, as the
-// weights' copy is: a stray write then faults instead of changing weights.
+// Makes [p, p + size) read-only once it is filled (p page-aligned: the start
+// of a HugePageBuffer or of CopyToHugePages' copy): a stray write then faults
+// instead of changing weights. If the kernel refuses, the memory stays
+// writable: the seal only catches bugs, and nothing depends on it.
 void SealReadOnly(const uint8_t* p, uint64_t size);
 
 // Makes the pages that hold [p, p + size) of the loaded weights writable

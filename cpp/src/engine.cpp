@@ -24,6 +24,7 @@ struct Request {
   int budget = 0;             // most new tokens: max_new_tokens clipped by the context
   TokenCallback on_token;
   FinishCallback on_finish;
+  StartCallback on_start;
 };
 
 // A sequence slot of the runner and the request it serves.
@@ -237,6 +238,16 @@ void Engine::Impl::Admit(int s, int reused, std::unique_ptr<Request> request) {
     std::lock_guard<std::mutex> lock(mutex);
     counters.reused_prompt_tokens += reused;
   }
+  if (!r.on_start) return;
+  std::string error;
+  try {
+    r.on_start(reused);
+  } catch (const std::exception& e) {
+    error = std::string("on_start threw: ") + e.what();
+  } catch (...) {
+    error = "on_start threw a non-standard exception";
+  }
+  if (!error.empty()) FinishSlot(s, StopReason::kCancelled, error);
 }
 
 void Engine::Impl::Finish(Request& request, bool in_slot, StopReason reason,
@@ -438,7 +449,8 @@ Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& options)
 Engine::~Engine() { Shutdown(); }
 
 Engine::RequestId Engine::Submit(std::vector<int> prompt, const GenerateOptions& options,
-                                 TokenCallback on_token, FinishCallback on_finish) {
+                                 TokenCallback on_token, FinishCallback on_finish,
+                                 StartCallback on_start) {
   Impl& e = *impl_;
   CheckMaxNewTokens(options.max_new_tokens);
   Sampler::Validate(options.sampling);
@@ -457,6 +469,7 @@ Engine::RequestId Engine::Submit(std::vector<int> prompt, const GenerateOptions&
   request->options = options;
   request->on_token = std::move(on_token);
   request->on_finish = std::move(on_finish);
+  request->on_start = std::move(on_start);
   std::lock_guard<std::mutex> lock(e.mutex);
   if (e.stopping) throw Error("the engine is shut down: it accepts no more requests");
   // A request waits in `waiting` until the engine thread's next iteration

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <string>
 
+#include "awqbin_file.h"
+
 namespace awqcore {
 namespace {
 
@@ -14,6 +16,16 @@ std::string Format(float value) {
   char text[32];
   std::snprintf(text, sizeof(text), "%g", static_cast<double>(value));
   return text;
+}
+
+// The magnitude bits of +-inf; a NaN's are above them, a finite value's below.
+constexpr int32_t kInfinityMagnitude = 0x7f800000;
+
+// x's bits without the sign, copied from memory (see OrderKey).
+inline int32_t Magnitude(const float* x) {
+  uint32_t bits;
+  std::memcpy(&bits, x, sizeof(bits));
+  return static_cast<int32_t>(bits & 0x7fffffffu);
 }
 
 // A key whose int32 order is the float order of finite and infinite x, with
@@ -25,28 +37,40 @@ std::string Format(float value) {
 inline int32_t OrderKey(const float* x) {
   uint32_t bits;
   std::memcpy(&bits, x, sizeof(bits));
-  const int32_t magnitude = static_cast<int32_t>(bits & 0x7fffffffu);
-  const int32_t sign = static_cast<int32_t>(bits) >> 31;        // 0 or -1
-  const int32_t nan = -static_cast<int32_t>(magnitude > 0x7f800000);  // 0 or -1
+  const int32_t magnitude = Magnitude(x);
+  const int32_t sign = static_cast<int32_t>(bits) >> 31;                      // 0 or -1
+  const int32_t nan = -static_cast<int32_t>(magnitude > kInfinityMagnitude);  // 0 or -1
   return (((magnitude ^ sign) - sign) & ~nan) | (INT32_MIN & nan);
 }
 
-}  // namespace
-
-int Argmax(const float* logits, int n) {
+// Argmax, and with kCheckFinite also the row's finiteness in the same pass:
+// kNonFiniteLogits when a logit is NaN or infinite.
+template <bool kCheckFinite>
+int ArgmaxOfRow(const float* logits, int n) {
   // The maximum key of each block of kBlock logits (an integer max that
   // compiles to SIMD compares, where an index search branches per element:
   // on Zen 4, 12 us per 49,152-logit row against 27 for the plain scan,
   // medians of 200 interleaved runs), then the first index of the best
   // block holding it. The first block with the maximum wins, so ties keep
-  // the lowest id; NaN ranks below every number.
+  // the lowest id; NaN ranks below every number. The finiteness check adds
+  // a compare and an OR per element to the same SIMD loop, on the magnitude
+  // OrderKey computes anyway; a check of its own reads the row again (49,152
+  // logits at the baseline ISA: 19-22 us for check and argmax, 13.9 fused,
+  // 12.8 for the argmax alone; medians of 301 interleaved runs).
   constexpr int kBlock = 2048;
   int32_t best_key = INT32_MIN;
   int best_block = -1;
   for (int begin = 0; begin < n; begin += kBlock) {
     const int end = std::min(n, begin + kBlock);
     int32_t block_max = INT32_MIN;
-    for (int i = begin; i < end; ++i) block_max = std::max(block_max, OrderKey(logits + i));
+    [[maybe_unused]] int32_t non_finite = 0;  // -1 once a NaN or an infinity is seen
+    for (int i = begin; i < end; ++i) {
+      block_max = std::max(block_max, OrderKey(logits + i));
+      if constexpr (kCheckFinite) {
+        non_finite |= -static_cast<int32_t>(Magnitude(logits + i) >= kInfinityMagnitude);
+      }
+    }
+    if (kCheckFinite && non_finite) return Sampler::kNonFiniteLogits;
     if (best_block < 0 || block_max > best_key) {
       best_key = block_max;
       best_block = begin;
@@ -59,6 +83,12 @@ int Argmax(const float* logits, int n) {
   while (OrderKey(logits + i) != best_key) ++i;
   return i;
 }
+
+}  // namespace
+
+int Argmax(const float* logits, int n) { return ArgmaxOfRow<false>(logits, n); }
+
+int FiniteArgmax(const float* logits, int n) { return ArgmaxOfRow<true>(logits, n); }
 
 Sampler::Sampler(int vocab_size)
     : vocab_size_(vocab_size),
@@ -112,6 +142,13 @@ void Sampler::ApplyRepetitionPenalty(float* logits) const {
 int Sampler::Sample(float* logits) {
   if (options_.repetition_penalty != 1.0f) ApplyRepetitionPenalty(logits);
   return Pick(logits, NextPick());
+}
+
+int Sampler::SampleFinite(float* logits) {
+  const bool greedy = options_.temperature == 0.0f || options_.top_k == 1;
+  if (greedy && options_.repetition_penalty == 1.0f) return FiniteArgmax(logits, vocab_size_);
+  if (FirstNonFiniteF32(logits, static_cast<uint64_t>(vocab_size_)) >= 0) return kNonFiniteLogits;
+  return Sample(logits);
 }
 
 TokenPick Sampler::NextPick() {

@@ -76,9 +76,18 @@ class Sampler {
   // Adds a token (prompt or generated) to the history the penalty applies to.
   void Observe(int token);
 
+  // What a pick returns for logits holding a NaN or an infinity.
+  static constexpr int kNonFiniteLogits = -1;
+
   // Picks the next token from logits [vocab]; the penalty is applied to
   // `logits` in place. Same as Pick(logits, NextPick()) after the penalty.
   int Sample(float* logits);
+
+  // Sample(logits), or kNonFiniteLogits when a logit is NaN or infinite,
+  // checked before the penalty, so such a row is left as it was. A greedy
+  // pick without a penalty reads the row once (FiniteArgmax); the others
+  // check it in a pass of its own first.
+  int SampleFinite(float* logits);
 
   // The options of this sequence and, unless they are greedy, the next
   // uniform draw: the generator advances exactly as Sample advances it, so a
@@ -107,5 +116,10 @@ class Sampler {
 
 // Index of the largest logit, lowest index on ties; NaN never beats a number.
 int Argmax(const float* logits, int n);
+
+// Argmax(logits, n) when every logit is finite, else
+// Sampler::kNonFiniteLogits, in one pass over the row: the check that guards
+// every host pick rides on the greedy pick's own read of the vocab-sized row.
+int FiniteArgmax(const float* logits, int n);
 
 }  // namespace awqcore

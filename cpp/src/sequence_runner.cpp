@@ -160,12 +160,7 @@ int SequenceRunner::ForwardAndPick(int seq, const int* ids, int n, bool device_p
   seconds += SecondsSince(start);
   OpLap lap;  // a decode step's sampling, for the op profile (op_profile.h)
   lap.Start(n == 1 && OpProfilingEnabled());
-  // vocab floats just written by the lm_head: microseconds against the
-  // milliseconds of the forward pass that produced them.
-  if (FirstNonFiniteF32(logits_.data(), static_cast<uint64_t>(config().vocab_size)) >= 0) {
-    return kNonFinite;
-  }
-  const int token = sampler.Sample(logits_.data());
+  const int token = sampler.SampleFinite(logits_.data());
   lap.Lap(Op::kSampling);
   return token;
 }
@@ -188,9 +183,7 @@ void SequenceRunner::DecodeStepAndPick(const int* seqs, const int* ids, int n, b
   const int vocab = config().vocab_size;
   for (int k = 0; k < n; ++k) {
     float* row = logits_.data() + static_cast<size_t>(k) * vocab;
-    tokens[k] = FirstNonFiniteF32(row, static_cast<uint64_t>(vocab)) >= 0
-                    ? kNonFinite
-                    : samplers_[seqs[k]].Sample(row);
+    tokens[k] = samplers_[seqs[k]].SampleFinite(row);
   }
   lap.Lap(Op::kSampling);
 }

@@ -46,7 +46,7 @@ class SequenceRunner {
  public:
   // A pick's result when the logits it would sample from hold a NaN or an
   // infinity (NonFiniteLogitsError says which).
-  static constexpr int kNonFinite = -1;
+  static constexpr int kNonFinite = Sampler::kNonFiniteLogits;
 
   // Validates model, max_seq_len, max_batch and num_threads (InvalidArgument)
   // and, on the CPU, that the caches fit in memory (Error naming the sizes)

@@ -50,6 +50,8 @@ struct Outcome {
   int tokens_after_finish = 0;
   StopReason reason = StopReason::kCallback;
   std::string error;
+  int starts = 0;
+  int cached_prompt_tokens = -1;  // on_start's count; -1: not called
 
   awqcore::TokenCallback OnToken(std::function<bool(int)> also = nullptr) {
     return [this, also](int token) {
@@ -71,6 +73,13 @@ struct Outcome {
       changed.notify_all();
     };
   }
+  awqcore::StartCallback OnStart() {
+    return [this](int cached) {
+      std::lock_guard<std::mutex> lock(mutex);
+      ++starts;
+      cached_prompt_tokens = cached;
+    };
+  }
   void WaitFinished() {
     std::unique_lock<std::mutex> lock(mutex);
     changed.wait(lock, [&] { return finishes > 0; });
@@ -87,7 +96,7 @@ struct Outcome {
 
 Engine::RequestId Submit(Engine& engine, Outcome& outcome, const std::vector<int>& prompt,
                          const GenerateOptions& options) {
-  return engine.Submit(prompt, options, outcome.OnToken(), outcome.OnFinish());
+  return engine.Submit(prompt, options, outcome.OnToken(), outcome.OnFinish(), outcome.OnStart());
 }
 
 // Each token's callback sleeps 10 ms, so 200 tokens take at least 2 s: a

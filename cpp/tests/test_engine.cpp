@@ -13,6 +13,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <vector>
 
@@ -297,6 +298,21 @@ TEST(non_finite_logits_fail_the_request_not_the_engine) {
                        "'s next token are not finite") != std::string::npos);
   }
   CHECK(engine.stats().finished == 2);
+}
+
+TEST(an_on_start_that_throws_fails_its_request_not_the_engine) {
+  auto model = TinySaneModel("llama");
+  Engine engine(model, Options(2, 32));
+  Outcome thrower, next;
+  engine.Submit(Prompt(12, 1), Exactly(3), thrower.OnToken(), thrower.OnFinish(),
+                [](int) { throw std::runtime_error("no room"); });
+  thrower.WaitFinished();
+  CHECK(thrower.tokens.empty() && thrower.finishes == 1);
+  CHECK(thrower.reason == StopReason::kCancelled && thrower.error == "on_start threw: no room");
+  Submit(engine, next, Prompt(12, 2), Exactly(3));
+  next.WaitFinished();
+  CHECK(next.tokens.size() == 3 && next.starts == 1 && next.cached_prompt_tokens == 0);
+  CHECK(engine.stats().running == 0);
 }
 
 TEST(callbacks_may_submit_and_cancel_but_not_shut_down) {

@@ -203,14 +203,19 @@ TEST(a_prompt_arriving_mid_stream_is_prefilled_in_streaming_chunks) {
 
 
 // Runs `prompt` alone on `engine` and returns its tokens and the prompt
-// tokens the engine reused for it.
+// tokens the engine reused for it: its on_start's count, checked against
+// the engine's counter (which only this request moves).
 std::pair<std::vector<int>, uint64_t> RunAlone(Engine& engine, const std::vector<int>& prompt,
                                                int tokens) {
   const uint64_t reused_before = engine.stats().reused_prompt_tokens;
   Outcome outcome;
   Submit(engine, outcome, prompt, Exactly(tokens));
   outcome.WaitFinished();
-  return {outcome.tokens, engine.stats().reused_prompt_tokens - reused_before};
+  const uint64_t counted = engine.stats().reused_prompt_tokens - reused_before;
+  CHECK(outcome.starts == 1);
+  CHECK(outcome.cached_prompt_tokens >= 0 &&
+        static_cast<uint64_t>(outcome.cached_prompt_tokens) == counted);
+  return {outcome.tokens, counted};
 }
 
 std::vector<int> Concat(std::vector<int> a, const std::vector<int>& b) {

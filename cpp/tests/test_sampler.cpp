@@ -3,6 +3,7 @@
 // against an independent double-precision reference (sampling_reference.h).
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -61,7 +62,8 @@ TEST(argmax_matches_a_plain_scan) {
   // replaced) on rows that cross its blocks at every kind of boundary:
   // lengths around 2048 and 4096, ties of the maximum in different blocks,
   // signed zeros, infinities, NaNs (quiet, signalling, negative), all-NaN
-  // and all-equal rows.
+  // and all-equal rows. FiniteArgmax against the same scan preceded by a
+  // plain std::isfinite check of every logit.
   const auto scan = [](const std::vector<float>& x) {
     int best = 0;
     for (int i = 1; i < static_cast<int>(x.size()); ++i) {
@@ -69,11 +71,17 @@ TEST(argmax_matches_a_plain_scan) {
     }
     return best;
   };
+  const auto finite_scan = [&scan](const std::vector<float>& x) {
+    for (float v : x) {
+      if (!std::isfinite(v)) return static_cast<int>(Sampler::kNonFiniteLogits);
+    }
+    return scan(x);
+  };
   std::mt19937 rng(11);
   const float specials[] = {0.f, -0.f, INFINITY, -INFINITY, NAN, -NAN,
                             std::numeric_limits<float>::signaling_NaN(), 3.f, -3.f,
                             std::numeric_limits<float>::denorm_min(), -std::numeric_limits<float>::max()};
-  int cases = 0;
+  int cases = 0, non_finite_rows = 0;
   for (int n : {1, 2, 3, 17, 2047, 2048, 2049, 4095, 4097, 49152}) {
     for (int trial = 0; trial < 24; ++trial) {
       std::vector<float> x = RandomLogits(n, rng);
@@ -98,10 +106,75 @@ TEST(argmax_matches_a_plain_scan) {
         std::printf("  n=%d trial=%d: Argmax %d (%g) vs scan %d (%g)\n", n, trial, got, x[got], want, x[want]);
       }
       CHECK(got == want);
+      const int got_finite = FiniteArgmax(x.data(), n), want_finite = finite_scan(x);
+      if (got_finite != want_finite) {
+        std::printf("  n=%d trial=%d: FiniteArgmax %d vs scan %d\n", n, trial, got_finite, want_finite);
+      }
+      CHECK(got_finite == want_finite);
+      non_finite_rows += want_finite == Sampler::kNonFiniteLogits;
       ++cases;
     }
   }
-  std::printf("  argmax: %d rows match the scan\n", cases);
+  std::printf("  argmax: %d rows match the scan (%d of them not finite)\n", cases, non_finite_rows);
+  CHECK(non_finite_rows > 0 && non_finite_rows < cases);
+}
+
+TEST(finite_argmax_sees_one_non_finite_logit_anywhere) {
+  // A single NaN, +inf or -inf at every position class of a 49,152-row
+  // (first, last, block edges at 2048, mid-block) makes the row non-finite;
+  // the largest finite float does not.
+  std::mt19937 rng(12);
+  const int n = 49152;
+  const std::vector<float> clean = RandomLogits(n, rng);
+  CHECK(FiniteArgmax(clean.data(), n) == Argmax(clean.data(), n));
+  for (int at : {0, 1, 2047, 2048, 2049, 30000, n - 2, n - 1}) {
+    for (float bad : {NAN, -NAN, INFINITY, -INFINITY}) {
+      std::vector<float> x = clean;
+      x[at] = bad;
+      if (FiniteArgmax(x.data(), n) != Sampler::kNonFiniteLogits) {
+        std::printf("  %g at %d not seen\n", bad, at);
+        CHECK(false);
+      }
+    }
+    std::vector<float> x = clean;
+    x[at] = std::numeric_limits<float>::max();
+    CHECK(FiniteArgmax(x.data(), n) == at);
+    x[at] = -std::numeric_limits<float>::max();
+    CHECK(FiniteArgmax(x.data(), n) == Argmax(x.data(), n));
+  }
+}
+
+TEST(sample_finite_rejects_non_finite_rows_untouched_and_otherwise_samples) {
+  // SampleFinite is Sample on finite rows, for greedy picks with and without
+  // a penalty and for sampled ones (same seed, same draws), and
+  // kNonFiniteLogits on a row holding a NaN or an infinity, which it leaves
+  // as it was (the penalty not applied), for every kind of pick.
+  std::mt19937 rng(13);
+  const int vocab = 5000;
+  for (SamplingOptions options : {Options(0.0f), Options(0.7f, 1), Options(0.0f, 0, 1.0f, 1.3f),
+                                  Options(1.0f), Options(0.8f, 40, 0.9f, 1.2f)}) {
+    Sampler a(vocab), b(vocab);
+    a.Start(options);
+    b.Start(options);
+    for (int token : {3, 17, 4999}) {
+      a.Observe(token);
+      b.Observe(token);
+    }
+    for (int trial = 0; trial < 20; ++trial) {
+      const std::vector<float> logits = RandomLogits(vocab, rng);
+      std::vector<float> x = logits, y = logits;
+      CHECK(a.SampleFinite(x.data()) == b.Sample(y.data()));
+      CHECK(x == y);  // the same penalty applied
+    }
+    for (float bad : {NAN, INFINITY, -INFINITY}) {
+      std::vector<float> x = RandomLogits(vocab, rng);
+      x[17] = bad;  // a penalized token
+      x[2500] = bad;
+      const std::vector<float> before = x;
+      CHECK(a.SampleFinite(x.data()) == Sampler::kNonFiniteLogits);
+      CHECK(std::memcmp(x.data(), before.data(), vocab * sizeof(float)) == 0);
+    }
+  }
 }
 
 TEST(top_k_one_and_tiny_top_p_are_greedy_at_any_temperature) {

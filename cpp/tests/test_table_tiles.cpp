@@ -11,7 +11,8 @@
 // equals decode one by one), and the op's split across threads must not
 // change a bit. Also the loader's side: int8 tables of .awqbin files load
 // with the file's codes and scales in whichever layout the CPU gets, and
-// when AddTableTiles tiles, seals or keeps the rows.
+// when AddTableTiles tiles, seals or keeps the rows, and the weights' copy
+// out of the file mapping (CopyToHugePages), sealed the same way.
 //
 // Tolerances (a-priori, as in test_simd_kernels.cpp): W8A8, the integer dot
 // of each 32-column block is exact; the float work is one rounded product
@@ -20,6 +21,7 @@
 // bits), d products summed in two chains and then added, within gamma(d + 1)
 // sum |w x|. A wrong row, column, token, scale or offset gives errors of the
 // outputs' size, ~1e5 times these.
+#include <sys/mman.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -30,6 +32,7 @@
 #include <fstream>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -297,6 +300,43 @@ TEST(table_tiles_at_load_are_sealed_and_skipped_for_shared_mappings_and_no_memor
   CHECK(!threw);
   CHECK(no_memory.weights.lm_head.q8_tiles == nullptr && no_memory.weights.lm_head.q8 != nullptr);
   CHECK(no_memory.weights.embed.q8 == no_memory.weights.lm_head.q8);
+}
+
+TEST(weights_copy_holds_the_mapping_bytes_sealed_or_is_skipped) {
+  // CopyToHugePages (the loader's copy of a file over one huge page): the
+  // same bytes, read-only as the tiles are (SealReadOnly); nullptr for a
+  // mapping under one huge page and with AWQCORE_MAP_WEIGHTS=1. The source
+  // is a read-only anonymous mapping standing in for the file's: the copy
+  // drops its pages as it goes, so the bytes are checked against their rule.
+  const uint64_t size = (4ull << 20) + 4096 + 17;  // 2 huge pages, a page and a tail
+  const auto byte = [](uint64_t i) { return static_cast<uint8_t>((i * 2654435761u) >> 13); };
+  const auto read_only_source = [&byte](uint64_t n) {
+    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::runtime_error("mmap of the test's source failed");
+    for (uint64_t i = 0; i < n; ++i) static_cast<uint8_t*>(p)[i] = byte(i);
+    mprotect(p, n, PROT_READ);
+    return static_cast<const uint8_t*>(p);
+  };
+  const uint8_t* source = read_only_source(size);
+  const uint8_t* copy = CopyToHugePages(source, size);
+  CHECK(copy != nullptr && copy != source);
+  uint64_t wrong = 0;
+  for (uint64_t i = 0; copy != nullptr && i < size; ++i) wrong += copy[i] != byte(i);
+  const bool sealed = copy != nullptr && ReadOnlyMapping(copy) && ReadOnlyMapping(copy + size - 1);
+  std::printf("  weights copy of %llu bytes: %llu bytes differ, sealed %d\n",
+              static_cast<unsigned long long>(size), static_cast<unsigned long long>(wrong), sealed);
+  CHECK(wrong == 0);
+  CHECK(sealed);
+  if (copy != nullptr) munmap(const_cast<uint8_t*>(copy), size);
+
+  setenv("AWQCORE_MAP_WEIGHTS", "1", 1);
+  CHECK(CopyToHugePages(source, size) == nullptr);
+  unsetenv("AWQCORE_MAP_WEIGHTS");
+  munmap(const_cast<uint8_t*>(source), size);
+  const uint64_t small = (2ull << 20) - 1;
+  const uint8_t* small_source = read_only_source(small);
+  CHECK(CopyToHugePages(small_source, small) == nullptr);
+  munmap(const_cast<uint8_t*>(small_source), small);
 }
 
 TEST(tiled_table_gather_equals_row_layout_gather) {

@@ -35,6 +35,7 @@ from .errors import Error
 FINISH_REASONS = ("stop_token", "max_new_tokens", "context_full", "cancelled")
 
 EventCallback = Callable[[int, Optional[int], Optional[str], Optional[str]], None]
+StartCallback = Callable[[int, int], None]
 
 
 class Engine(_LoadedFile):
@@ -89,9 +90,9 @@ class Engine(_LoadedFile):
                                   prefill_chunk, streaming_prefill_chunk or 0,
                                   bool(prefix_reuse), bool(verify), device, activations)
         self.config: dict = self._core.config()
-        # Request id -> on_event, registered under the lock before the
-        # dispatcher can look the id up (it takes the lock too).
-        self._callbacks: dict[int, EventCallback] = {}
+        # Request id -> (on_event, on_start), registered under the lock
+        # before the dispatcher can look the id up (it takes the lock too).
+        self._callbacks: dict[int, tuple[EventCallback, Optional[StartCallback]]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._dispatcher = threading.Thread(
@@ -107,20 +108,28 @@ class Engine(_LoadedFile):
     def submit(self, ids: Sequence[int], *, on_event: EventCallback, max_new_tokens: int = 128,
                temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                repetition_penalty: float = 1.0, seed: Optional[int] = None,
-               stop_ids: Optional[Sequence[int]] = None) -> int:
+               stop_ids: Optional[Sequence[int]] = None,
+               on_start: Optional[StartCallback] = None) -> int:
         """Queues a request and returns its id.
 
         on_event(request_id, token, finish_reason, error) runs on the Engine's
         dispatcher thread: once per new token (finish_reason None), then
         exactly once with token None and finish_reason one of FINISH_REASONS
         (error: None, or the failure's message). It must be quick: every
-        request's events wait for it. stop_ids=None stops at the model's
+        request's events wait for it. on_start(request_id,
+        cached_prompt_tokens), if given, runs on the same thread before the
+        request's first on_event, once it has a sequence slot: how many of
+        its first prompt tokens that slot's cache held (prefix reuse), which
+        it does not prefill; a request cancelled while waiting, or with
+        max_new_tokens=0, never gets it. stop_ids=None stops at the model's
         end-of-sequence ids, [] never early. Raises awqcore.QueueFull when
         the queue is full, ValueError/TypeError for bad arguments,
         awqcore.Error after close().
         """
         if not callable(on_event):
             raise TypeError("on_event must be callable")
+        if on_start is not None and not callable(on_start):
+            raise TypeError("on_start must be callable or None")
         ids = self._check_ids(ids)
         args = self._generation_args(max_new_tokens, temperature, top_k, top_p,
                                      repetition_penalty, seed, stop_ids, stop_name="stop_ids")
@@ -128,7 +137,7 @@ class Engine(_LoadedFile):
             if self._closed:
                 raise Error("the engine is closed: it accepts no more requests")
             request_id = self._core.submit(ids, *args)
-            self._callbacks[request_id] = on_event
+            self._callbacks[request_id] = (on_event, on_start)
         return request_id
 
     def cancel(self, request_id: int) -> bool:
@@ -232,16 +241,20 @@ def _dispatch(core, lock: threading.Lock, callbacks: dict) -> None:
     holds the C++ engine, not the Engine, so a dropped Engine is collected."""
     while True:
         events, more = core.wait_events(0.5)
-        for request_id, token, finish_reason, error in events:
+        for request_id, token, finish_reason, error, cached_prompt_tokens in events:
             with lock:
                 if finish_reason is None:
-                    callback = callbacks.get(request_id)
+                    entry = callbacks.get(request_id)
                 else:
-                    callback = callbacks.pop(request_id, None)
-            if callback is None:
+                    entry = callbacks.pop(request_id, None)
+            if entry is None:
                 continue
+            on_event, on_start = entry
             try:
-                callback(request_id, token, finish_reason, error)
+                if cached_prompt_tokens is None:
+                    on_event(request_id, token, finish_reason, error)
+                elif on_start is not None:
+                    on_start(request_id, cached_prompt_tokens)
             except BaseException:  # one request's bug (even sys.exit) must not stop the others' events
                 traceback.print_exc()
         if not more:

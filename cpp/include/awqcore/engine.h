@@ -54,9 +54,9 @@
 // Thread safety: Submit, Cancel, stats, Shutdown and the accessors may be
 // called from any number of threads at once. The callbacks run on the engine
 // thread, one at a time, with no Engine lock held: they must be quick (the
-// whole batch waits for them), must not throw (an exception from on_token
-// ends that request with the exception's message as its error; one from
-// on_finish is dropped), and may call Submit, Cancel and stats, but not
+// whole batch waits for them), must not throw (an exception from on_start or
+// on_token ends that request with the exception's message as its error; one
+// from on_finish is dropped), and may call Submit, Cancel and stats, but not
 // Shutdown or the destructor (Error: the engine thread cannot join itself).
 #pragma once
 
@@ -95,6 +95,14 @@ struct EngineOptions {
 // the error's message.
 using FinishCallback = std::function<void(StopReason reason, const std::string& error)>;
 
+// Called once when a request gets its sequence slot, before any of its
+// prompt is prefilled: how many of its first prompt tokens that slot's cache
+// already holds (prefix reuse; 0 without it), which the request does not
+// prefill (OpenAI's usage.prompt_tokens_details.cached_tokens). A request
+// that ends before that (cancelled while waiting, max_new_tokens 0) never
+// calls it.
+using StartCallback = std::function<void(int cached_prompt_tokens)>;
+
 class Engine {
  public:
   using RequestId = uint64_t;
@@ -115,9 +123,10 @@ class Engine {
   // receives each new token (returning false cancels the request); stop ids
   // end it after that token (options.stop_ids, nullopt: the model's eos ids);
   // it gets at most min(max_new_tokens, max_seq_len - prompt length) tokens.
-  // Either callback may be empty.
+  // Any callback may be empty.
   RequestId Submit(std::vector<int> prompt, const GenerateOptions& options,
-                   TokenCallback on_token, FinishCallback on_finish);
+                   TokenCallback on_token, FinishCallback on_finish,
+                   StartCallback on_start = nullptr);
 
   // Ends a waiting or running request with kCancelled before its next decode
   // step. false: the id is unknown, already finished or already cancelled.

@@ -52,6 +52,9 @@ class Generation:
         self._registry = registry
         self._text = TextStream(tokenizer, sampling.stop)
         self.prompt_tokens = len(ids)
+        # Of prompt_tokens, those the engine found in its slot's cache (set on
+        # the dispatcher thread before the first token's event; 0 until then).
+        self.cached_prompt_tokens = 0
         self.completion_tokens = 0
         self.finish_reason: Optional[str] = None
         self._start = time.perf_counter()
@@ -61,8 +64,12 @@ class Generation:
                                         temperature=sampling.temperature, top_k=sampling.top_k,
                                         top_p=sampling.top_p, seed=sampling.seed,
                                         stop_ids=[] if sampling.ignore_eos else None,
-                                        on_event=self._on_event)
+                                        on_event=self._on_event, on_start=self._on_start)
         registry.add(self)
+
+    def _on_start(self, request_id: int, cached_prompt_tokens: int) -> None:
+        """Runs on the engine's dispatcher thread, before any _on_event."""
+        self.cached_prompt_tokens = cached_prompt_tokens
 
     def _on_event(self, request_id: int, token: Optional[int], finish_reason: Optional[str],
                   error: Optional[str]) -> None:
@@ -160,7 +167,8 @@ class Generation:
 
     def usage(self) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+                "total_tokens": self.prompt_tokens + self.completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.cached_prompt_tokens}}
 
 
 def failure(error: GenerationFailed) -> APIError:
