@@ -282,7 +282,7 @@ class EventQueue {
 class PyEngine {
  public:
   PyEngine(const std::string& path, int threads, int max_seq_len, int max_batch, int max_queue,
-           int prefill_chunk, int streaming_prefill_chunk, bool prefix_reuse, bool verify,
+           int prefill_chunk, int prefill_budget, bool prefix_reuse, bool verify,
            const std::string& device,
            const std::string& activations)
       : activations_(activations) {
@@ -295,7 +295,7 @@ class PyEngine {
     options.max_seq_len = max_seq_len;
     options.max_queue = max_queue;
     options.prefill_chunk = prefill_chunk;
-    options.streaming_prefill_chunk = streaming_prefill_chunk;
+    options.prefill_budget = prefill_budget;
     options.prefix_reuse = prefix_reuse;
     options.num_threads = threads;
     options.device = device == "cuda" ? awqcore::Device::kCuda : awqcore::Device::kCpu;
@@ -304,7 +304,7 @@ class PyEngine {
     engine_ = std::make_unique<awqcore::Engine>(model_, options);
     max_queue_ = max_queue;
     prefill_chunk_ = prefill_chunk;
-    streaming_prefill_chunk_ = streaming_prefill_chunk > 0 ? streaming_prefill_chunk : prefill_chunk;
+    prefill_budget_ = std::min(prefill_budget, prefill_chunk);
     prefix_reuse_ = prefix_reuse;
     device_ = device;
   }
@@ -316,7 +316,7 @@ class PyEngine {
     d["max_batch"] = engine_->max_batch();
     d["max_queue"] = max_queue_;
     d["prefill_chunk"] = prefill_chunk_;
-    d["streaming_prefill_chunk"] = streaming_prefill_chunk_;
+    d["prefill_budget"] = prefill_budget_;
     d["prefix_reuse"] = prefix_reuse_;
     d["device"] = device_;
     d["activations"] = activations_;
@@ -374,6 +374,7 @@ class PyEngine {
     d["submitted"] = s.submitted;
     d["finished"] = s.finished;
     d["prompt_tokens"] = s.prompt_tokens;
+    d["prefill_chunks"] = s.prefill_chunks;
     d["reused_prompt_tokens"] = s.reused_prompt_tokens;
     d["generated_tokens"] = s.generated_tokens;
     d["decode_steps"] = s.decode_steps;
@@ -422,7 +423,7 @@ class PyEngine {
   std::shared_ptr<const awqcore::Model> model_;
   std::shared_ptr<EventQueue> events_ = std::make_shared<EventQueue>();
   std::unique_ptr<awqcore::Engine> engine_;
-  int max_queue_ = 0, prefill_chunk_ = 0, streaming_prefill_chunk_ = 0;
+  int max_queue_ = 0, prefill_chunk_ = 0, prefill_budget_ = 0;
   bool prefix_reuse_ = true;
   std::string device_, activations_;
 };
@@ -466,6 +467,7 @@ NB_MODULE(_core, m) {
   m.def("cuda_device_info", &awqcore::CudaDeviceInfo);
   m.def("cpu_kernels_info", &awqcore::CpuKernelsInfo);
   m.attr("int8_decode_max_tokens") = awqcore::kInt8DecodeMaxTokens;
+  m.attr("default_prefill_budget") = awqcore::EngineOptions{}.prefill_budget;
   // The op profile of CPU decode steps (cpp/src/op_profile.h).
   m.def("set_op_profiling", &awqcore::SetOpProfiling, "enabled"_a);
   m.def("op_profiling_enabled", &awqcore::OpProfilingEnabled);
@@ -534,7 +536,7 @@ NB_MODULE(_core, m) {
       .def(nb::init<const std::string&, int, int, int, int, int, int, bool, bool,
                     const std::string&, const std::string&>(),
            "path"_a, "threads"_a, "max_seq_len"_a, "max_batch"_a, "max_queue"_a,
-           "prefill_chunk"_a, "streaming_prefill_chunk"_a, "prefix_reuse"_a, "verify"_a,
+           "prefill_chunk"_a, "prefill_budget"_a, "prefix_reuse"_a, "verify"_a,
            "device"_a, "activations"_a)
       .def("config", &PyEngine::config)
       .def("metadata_string", &PyEngine::metadata_string, "key"_a)

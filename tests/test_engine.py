@@ -19,9 +19,9 @@ def _prompts(count: int, vocab: int) -> list[list[int]]:
     return [[(97 * i + 31 * j + 5) % vocab for j in range(1 + (i * 13) % 24)] for i in range(count)]
 
 
-@pytest.mark.parametrize("streaming_prefill_chunk", [None, 12])
+@pytest.mark.parametrize("prefill_budget", [None, 12])
 def test_sixteen_concurrent_requests_equal_one_by_one_generate(smollm2_awqbin,
-                                                               streaming_prefill_chunk):
+                                                               prefill_budget):
     """16 threads submit at once (max_batch 8: half wait for a slot), with
     different prompt lengths and max_tokens, half stopping at eos: each gets
     Model.generate's greedy tokens and finish reason; also when the prompts
@@ -37,7 +37,7 @@ def test_sixteen_concurrent_requests_equal_one_by_one_generate(smollm2_awqbin,
                                         stop=o["stop_ids"]), model.last_stop_reason))
     del model
     with awqcore.Engine(smollm2_awqbin, threads=2, max_seq_len=256, max_batch=8,
-                        streaming_prefill_chunk=streaming_prefill_chunk) as engine:
+                        prefill_budget=prefill_budget) as engine:
         got: dict[int, tuple] = {}
         errors: list[BaseException] = []
         start = threading.Barrier(16)
@@ -113,6 +113,22 @@ def tiny_engine(tiny_awqbin):
     _, path = tiny_awqbin
     with awqcore.Engine(path, threads=2, max_seq_len=64, max_batch=2, max_queue=2) as engine:
         yield engine, path
+
+
+def test_a_lone_prompt_is_one_chunk_and_the_budget_is_at_most_the_chunk(tiny_awqbin):
+    """The prefill budget applies only while a request streams: a 40-token
+    prompt alone goes in as one prefill_chunk of 64, not as budget-sized
+    pieces; a budget over prefill_chunk is prefill_chunk."""
+    _, path = tiny_awqbin
+    with awqcore.Engine(path, threads=2, max_seq_len=64, prefill_chunk=64,
+                        prefill_budget=10) as engine:
+        engine.generate(list(range(1, 41)), max_new_tokens=2)
+        assert (engine.stats()["prompt_tokens"], engine.stats()["prefill_chunks"]) == (40, 1)
+        assert engine.config["prefill_budget"] == 10
+    with awqcore.Engine(path, max_seq_len=64, prefill_chunk=16, prefill_budget=100) as engine:
+        assert engine.config["prefill_budget"] == 16
+    with awqcore.Engine(path, max_seq_len=64) as engine:
+        assert engine.config["prefill_budget"] == awqcore.engine.DEFAULT_PREFILL_BUDGET
 
 
 def test_generate_and_stream_give_model_generate_tokens(tiny_engine):
@@ -209,8 +225,8 @@ def test_bad_arguments_raise_value_errors(tiny_engine):
         awqcore.Engine(path, max_batch=0)
     with pytest.raises(ValueError, match="prefill_chunk must be in"):
         awqcore.Engine(path, prefill_chunk=0)
-    with pytest.raises(ValueError, match="streaming_prefill_chunk must be in"):
-        awqcore.Engine(path, streaming_prefill_chunk=0)
+    with pytest.raises(ValueError, match="prefill_budget must be in"):
+        awqcore.Engine(path, prefill_budget=0)
     assert engine.stats()["submitted"] == 0
 
 

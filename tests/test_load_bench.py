@@ -1,8 +1,12 @@
 """tools/load_bench.py's own parts: the HTTP/1.1 chunked-body reader its raw
-asyncio client uses, and the per-client prompts."""
+asyncio client uses, and the per-client prompts; and one small run against
+awqcore serve with two --max-tokens values."""
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -44,3 +48,17 @@ def test_shared_words_start_every_prompt():
     assert len(shared.split()) == 50
     assert all(p.startswith(shared + "\n\nContinue this story: ") for p in prompts)
     assert len({p.split("\n\n")[1] for p in prompts}) == 4
+
+
+def test_several_max_tokens_run_every_level_with_each(smollm2_awqbin, tmp_path):
+    out = tmp_path / "load.json"
+    script = load_bench.__file__
+    subprocess.run([sys.executable, script, "--model", str(smollm2_awqbin), "--threads", "2",
+                    "--concurrency", "1", "2", "--max-tokens", "3", "6", "--prompt-words", "4",
+                    "--json", str(out), "-q"], check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["max_tokens"] == [3, 6]
+    rows = [(r["max_tokens"], r["clients"], r["tokens"], r["short_streams"])
+            for r in result["rows"]]
+    # Each stream gives exactly its max_tokens (ignore_eos).
+    assert rows == [(3, 1, 3, 0), (3, 2, 6, 0), (6, 1, 6, 0), (6, 2, 12, 0)]

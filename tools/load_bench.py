@@ -10,7 +10,8 @@
 
 For each concurrency level (default 1, 4, 8, 16) it starts that many clients at
 once, each streaming --requests completions of exactly --max-tokens tokens
-(ignore_eos; llama-cpp-python: min_tokens) from its own prompt (prompt lengths
+(ignore_eos; llama-cpp-python: min_tokens; several --max-tokens values run
+every level with each) from its own prompt (prompt lengths
 differ per client), and reports aggregate output tok/s (all tokens over the
 wall time of the level), time to first token (p50/p95) and inter-token latency
 (gaps between streamed chunks, p50/p95; a chunk may carry several tokens when
@@ -226,7 +227,8 @@ def summary(clients: int, streams: list[Stream], wall: float, args) -> dict:
     if short:
         print(f"warning: {short} of {len(streams)} streams ended before {args.max_tokens} "
               "tokens", file=sys.stderr)
-    return {"clients": clients, "requests": len(streams), "short_streams": short,
+    return {"clients": clients, "max_tokens": args.max_tokens, "requests": len(streams),
+            "short_streams": short,
             "tokens": tokens, "wall_s": wall,
             "tok_s": tokens / wall, "ttft_p50_s": percentile(ttfts, 0.5),
             "ttft_p95_s": percentile(ttfts, 0.95), "itl_p50_s": percentile(gaps, 0.5),
@@ -323,7 +325,7 @@ def run_engine_levels(args) -> list[dict]:
 
 
 def _engine_options(args) -> dict:
-    options = {name: getattr(args, name) for name in ("prefill_chunk", "streaming_prefill_chunk")
+    options = {name: getattr(args, name) for name in ("prefill_chunk", "prefill_budget")
                if getattr(args, name) is not None}
     return {**options, "prefix_reuse": not args.no_prefix_reuse}
 
@@ -333,7 +335,8 @@ def _row(name: str, result: dict, args) -> dict:
         forward = (f", forward passes {result['prefill_s']:.2f} s prefill + "
                    f"{result['decode_s']:.2f} s decode of {result['wall_s']:.2f} s"
                    if "prefill_s" in result else "")
-        print(f"{name}: {result['clients']} streams: {result['tok_s']:.1f} tok/s, TTFT p50 "
+        print(f"{name}: {result['clients']} streams of {result['max_tokens']} tokens: "
+              f"{result['tok_s']:.1f} tok/s, TTFT p50 "
               f"{result['ttft_p50_s'] * 1e3:.0f} ms, ITL p50 {result['itl_p50_s'] * 1e3:.1f} ms"
               f", p95 {result['itl_p95_s'] * 1e3:.1f} ms{forward}", file=sys.stderr, flush=True)
     return {"server": name, **result}
@@ -362,6 +365,12 @@ def start_server(command: list[str], ready: re.Pattern, timeout: float = 300
     raise RuntimeError(f"{' '.join(command[:4])} exited: {''.join(log[-20:])}")
 
 
+def per_max_tokens(args) -> list[argparse.Namespace]:
+    """The arguments once per --max-tokens value, each with that one value."""
+    return [argparse.Namespace(**{**vars(args), "max_tokens": tokens})
+            for tokens in args.max_tokens]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -369,16 +378,16 @@ def free_port() -> int:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| server | streams | output tok/s | TTFT p50 (ms) | TTFT p95 (ms) | ITL p50 (ms) "
-             "| ITL p95 (ms) | CPU ms/token: server (main thread) / client |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| server | max tokens | streams | output tok/s | TTFT p50 (ms) | TTFT p95 (ms) "
+             "| ITL p50 (ms) | ITL p95 (ms) | CPU ms/token: server (main thread) / client |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         cpu = f"{r['server_cpu_ms_per_token']:.2f}" if "server_cpu_ms_per_token" in r else "-"
         if "server_main_thread_cpu_ms_per_token" in r:
             cpu += f" ({r['server_main_thread_cpu_ms_per_token']:.2f})"
         if "client_cpu_ms_per_token" in r:
             cpu += f" / {r['client_cpu_ms_per_token']:.2f}"
-        lines.append(f"| {r['server']} | {r['clients']} | {r['tok_s']:.1f} | "
+        lines.append(f"| {r['server']} | {r['max_tokens']} | {r['clients']} | {r['tok_s']:.1f} | "
                      f"{r['ttft_p50_s'] * 1e3:.0f} | {r['ttft_p95_s'] * 1e3:.0f} | "
                      f"{r['itl_p50_s'] * 1e3:.1f} | {r['itl_p95_s'] * 1e3:.1f} | {cpu} |")
     return "\n".join(lines)
@@ -391,7 +400,9 @@ def main() -> int:
     where.add_argument("--model", help="a .awqbin file: start `awqcore serve` on it")
     parser.add_argument("--api-key", help="the running server's key (--url)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per stream (64)")
+    parser.add_argument("--max-tokens", type=int, nargs="+", default=[64],
+                        help="tokens per stream (64); several: every concurrency level with "
+                        "each, on one server start")
     parser.add_argument("--requests", type=int, default=1,
                         help="streams each client runs one after another (default 1)")
     parser.add_argument("--prompt-words", type=int, default=32,
@@ -404,9 +415,8 @@ def main() -> int:
                         help="awqcore serve --prefill-chunk (its default when not given)")
     parser.add_argument("--no-prefix-reuse", action="store_true",
                         help="awqcore serve --no-prefix-reuse")
-    parser.add_argument("--streaming-prefill-chunk", type=int, default=None,
-                        help="awqcore serve --streaming-prefill-chunk (its default when not "
-                        "given)")
+    parser.add_argument("--prefill-budget", type=int, default=None,
+                        help="awqcore serve --prefill-budget (its default when not given)")
     parser.add_argument("--engine", action="store_true",
                         help="with --model: also run the same load through awqcore.Engine in "
                         "this process, without HTTP (the ceiling the server can reach)")
@@ -424,7 +434,8 @@ def main() -> int:
     servers = []
     try:
         if args.url:
-            rows += run_levels(args.url.rstrip("/"), "server", args)
+            for each in per_max_tokens(args):
+                rows += run_levels(args.url.rstrip("/"), "server", each)
         else:
             command = [sys.executable, "-m", "awqcore", "serve", args.model, "--port", "0",
                        "--max-batch", str(args.max_batch), "--log-level", "warning",
@@ -433,18 +444,20 @@ def main() -> int:
                 command += ["--threads", str(args.threads)]
             if args.prefill_chunk:
                 command += ["--prefill-chunk", str(args.prefill_chunk)]
-            if args.streaming_prefill_chunk:
-                command += ["--streaming-prefill-chunk", str(args.streaming_prefill_chunk)]
+            if args.prefill_budget:
+                command += ["--prefill-budget", str(args.prefill_budget)]
             if args.no_prefix_reuse:
                 command.append("--no-prefix-reuse")
             process, url = start_server(command, re.compile(r"at (http://[\d.]+:\d+)"))
             servers.append(process)
-            rows += run_levels(url, f"awqcore (max batch {args.max_batch})", args,
-                               server_pid=process.pid)
+            for each in per_max_tokens(args):
+                rows += run_levels(url, f"awqcore (max batch {args.max_batch})", each,
+                                   server_pid=process.pid)
             process.terminate()
             process.wait(timeout=60)
             if args.engine:
-                rows += run_engine_levels(args)
+                for each in per_max_tokens(args):
+                    rows += run_engine_levels(each)
         if args.llama_gguf:
             port = free_port()
             # interrupt_requests off: by default a new request ends the running
@@ -457,8 +470,9 @@ def main() -> int:
             process, url = start_server(command, re.compile(
                 r"Uvicorn running on (http://[\d.]+:\d+)"))
             servers.append(process)
-            rows += run_levels(url, "llama-cpp-python server", args, peer_llama=True,
-                               server_pid=process.pid)
+            for each in per_max_tokens(args):
+                rows += run_levels(url, "llama-cpp-python server", each, peer_llama=True,
+                                   server_pid=process.pid)
     finally:
         for process in servers:
             if process.poll() is None:

@@ -1,7 +1,8 @@
 // Engine (awqcore/engine.h): continuous batching on one thread over a
 // SequenceRunner's slots. Shared state (the queue, the cancel requests, the
-// counters) sits behind one mutex that is never held while the forward pass
-// or a callback runs; the slots and the runner belong to the engine thread.
+// counters) sits behind one mutex that is never held while the forward pass,
+// a callback or a comparison of prompts runs; the slots (their cached
+// prompts included) and the runner belong to the engine thread.
 #include <algorithm>
 #include <condition_variable>
 #include <deque>
@@ -44,9 +45,9 @@ void CheckEngineOptions(const EngineOptions& options) {
     throw InvalidArgument("prefill_chunk must be >= 1 (got " +
                           std::to_string(options.prefill_chunk) + ")");
   }
-  if (options.streaming_prefill_chunk < 0) {
-    throw InvalidArgument("streaming_prefill_chunk must be >= 0 (0: prefill_chunk; got " +
-                          std::to_string(options.streaming_prefill_chunk) + ")");
+  if (options.prefill_budget < 1) {
+    throw InvalidArgument("prefill_budget must be >= 1 (got " +
+                          std::to_string(options.prefill_budget) + ")");
   }
 }
 
@@ -82,14 +83,13 @@ struct Engine::Impl {
         max_batch(options.max_batch),
         max_queue(options.max_queue),
         prefill_chunk(options.prefill_chunk),
-        streaming_prefill_chunk(options.streaming_prefill_chunk > 0
-                                    ? options.streaming_prefill_chunk
-                                    : options.prefill_chunk),
+        prefill_budget(std::min(options.prefill_budget, options.prefill_chunk)),
         prefix_reuse(options.prefix_reuse),
         slots(options.max_batch),
         cached_prompts(options.max_batch),
         last_admission(options.max_batch, 0) {
     free_slots.reserve(max_batch);
+    admitted.reserve(max_batch);
     live.reserve(max_batch);
     step_ids.resize(max_batch);
     step_tokens.resize(max_batch);
@@ -97,7 +97,8 @@ struct Engine::Impl {
 
   void Run();
   // Under the lock: moves cancelled waiting requests to `dropped`, marks
-  // cancelled slots, admits waiting requests into free slots. Returns false
+  // cancelled slots, takes as many waiting requests as there are free
+  // slots; then, unlocked, admits each into its BestFreeSlot. Returns false
   // when the thread should exit (stopping and nothing left).
   bool Schedule(std::vector<std::unique_ptr<Request>>& dropped);
   // The free slot (in free_slots) whose cache holds the longest start of
@@ -114,6 +115,7 @@ struct Engine::Impl {
   // Whether some sequence is decoding past its first token: a client
   // mid-stream waits on every iteration.
   bool Streaming() const;
+
   // Whether this iteration skips its decode step: nothing streams yet, and
   // the oldest prompt still to prefill ends within one prefill_chunk.
   bool HoldDecodeStep() const;
@@ -127,7 +129,7 @@ struct Engine::Impl {
   int OccupiedSlots() const;
 
   SequenceRunner runner;  // engine thread only (after construction)
-  const int max_seq_len, max_batch, max_queue, prefill_chunk, streaming_prefill_chunk;
+  const int max_seq_len, max_batch, max_queue, prefill_chunk, prefill_budget;
   const bool prefix_reuse;
 
   // Shared with the callers' threads; guarded by `mutex`.
@@ -149,6 +151,7 @@ struct Engine::Impl {
   // never (the oldest request prefills first; the least recent slot is evicted)
   std::vector<uint64_t> last_admission;
   std::vector<int> free_slots;  // [<= max_batch] Schedule's scratch
+  std::vector<std::unique_ptr<Request>> admitted;  // [<= max_batch] Schedule's scratch
   uint64_t admissions = 0;
   int held_steps = 0;  // decode steps skipped in a row by HoldDecodeStep
   std::vector<int> live;         // [<= max_batch] slots in the current decode step
@@ -181,26 +184,30 @@ bool Engine::Impl::Schedule(std::vector<std::unique_ptr<Request>>& dropped) {
   for (Slot& slot : slots) {
     if (slot.request && (stopping || cancel_requested.count(slot.request->id))) slot.cancel = true;
   }
-  struct Admission {
-    int slot, reused;
-    std::unique_ptr<Request> request;
-  };
-  std::vector<Admission> admitted;
+  // Only the queue needs the lock: the requests that get a slot leave it
+  // here, first come first served, and which slot each gets (comparing its
+  // prompt with every free slot's cached one) is decided after unlocking,
+  // since the slots are the engine thread's alone; Submit and Cancel never
+  // wait for those comparisons.
+  admitted.clear();
   free_slots.clear();
   for (int s = 0; s < max_batch; ++s) {
     if (!slots[s].request) free_slots.push_back(s);
   }
-  while (!free_slots.empty() && !waiting.empty()) {
-    const auto [best, reused] = BestFreeSlot(waiting.front()->prompt);
-    admitted.push_back({*best, reused, std::move(waiting.front())});
-    free_slots.erase(best);
+  while (admitted.size() < free_slots.size() && !waiting.empty()) {
+    admitted.push_back(std::move(waiting.front()));
     waiting.pop_front();
     ++counters.running;
   }
   counters.waiting = static_cast<int>(waiting.size());
   const bool keep_running = !(stopping && dropped.empty() && OccupiedSlots() == 0 && admitted.empty());
   lock.unlock();
-  for (Admission& a : admitted) Admit(a.slot, a.reused, std::move(a.request));
+  for (std::unique_ptr<Request>& request : admitted) {
+    const auto [best, reused] = BestFreeSlot(request->prompt);
+    const int s = *best;
+    free_slots.erase(best);
+    Admit(s, reused, std::move(request));
+  }
   return keep_running;
 }
 
@@ -348,7 +355,10 @@ void Engine::Impl::PrefillChunk(int budget) {
   {
     std::lock_guard<std::mutex> lock(mutex);
     counters.prefill_seconds += seconds;
-    if (error.empty()) counters.prompt_tokens += n;
+    if (error.empty()) {
+      counters.prompt_tokens += n;
+      ++counters.prefill_chunks;
+    }
   }
   if (!error.empty()) return FinishSlot(s, StopReason::kCancelled, error);
   // Only prompt-sized calls write rows a later prompt may keep (a call of at
@@ -418,14 +428,14 @@ void Engine::Impl::Run() {
     }
     if (!keep_running) return;
     // While clients stream, a prefill is a stall in each of their streams:
-    // it gets the smaller budget. Before any streams (a burst of arrivals),
-    // the prompts go in back to back and the first decode step waits for
-    // them all, as long as each takes one chunk: that stalls only first
-    // tokens, once, instead of every early stream once per later prompt.
-    // At most max_batch steps in a row wait, so arrivals that end at their
-    // first token (and free their slot for the next) cannot hold the others'
+    // it gets the budget. Before any streams (a burst of arrivals), the
+    // prompts go in back to back and the first decode step waits for them
+    // all, as long as each takes one chunk: that stalls only first tokens,
+    // once, instead of every early stream once per later prompt. At most
+    // max_batch steps in a row wait, so arrivals that end at their first
+    // token (and free their slot for the next) cannot hold the others'
     // second tokens for ever.
-    PrefillChunk(Streaming() ? streaming_prefill_chunk : prefill_chunk);
+    PrefillChunk(Streaming() ? prefill_budget : prefill_chunk);
     if (HoldDecodeStep() && held_steps < max_batch) {
       ++held_steps;
     } else {

@@ -116,11 +116,14 @@ std::vector<int> Prompt(int length, int salt) {
   return prompt;
 }
 
+// No prefill budget (prefill_budget = prefill_chunk): the tests that check
+// the budget set it.
 EngineOptions Options(int max_batch, int max_seq_len, int prefill_chunk = 64) {
   EngineOptions options;
   options.max_batch = max_batch;
   options.max_seq_len = max_seq_len;
   options.prefill_chunk = prefill_chunk;
+  options.prefill_budget = prefill_chunk;
   options.num_threads = 2;
   return options;
 }

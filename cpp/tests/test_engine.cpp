@@ -261,10 +261,9 @@ TEST(bad_requests_are_refused_naming_the_problem) {
   CHECK_THROWS(Engine(model, Options(0, 16)), InvalidArgument, "max_batch must be >= 1 (got 0)");
   CHECK_THROWS(Engine(model, Options(1, 0)), InvalidArgument, "max_seq_len must be >= 1 (got 0)");
   CHECK_THROWS(Engine(model, Options(1, 16, 0)), InvalidArgument, "prefill_chunk must be >= 1");
-  EngineOptions negative_chunk = Options(1, 16);
-  negative_chunk.streaming_prefill_chunk = -1;
-  CHECK_THROWS(Engine(model, negative_chunk), InvalidArgument,
-               "streaming_prefill_chunk must be >= 0");
+  EngineOptions no_budget = Options(1, 16);
+  no_budget.prefill_budget = 0;
+  CHECK_THROWS(Engine(model, no_budget), InvalidArgument, "prefill_budget must be >= 1 (got 0)");
   EngineOptions negative_queue = Options(1, 16);
   negative_queue.max_queue = -1;
   CHECK_THROWS(Engine(model, negative_queue), InvalidArgument, "max_queue must be >= 0 (got -1)");

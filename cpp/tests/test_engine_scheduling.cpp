@@ -159,8 +159,8 @@ TEST(arrivals_that_end_at_their_first_token_cannot_hold_a_second_token) {
               kChain);
 }
 
-TEST(a_prompt_arriving_mid_stream_is_prefilled_in_streaming_chunks) {
-  // streaming_prefill_chunk 10 while a request streams: a 45-token prompt
+TEST(a_prompt_arriving_mid_stream_is_prefilled_in_budget_chunks) {
+  // prefill_budget 10 while a request streams: a 45-token prompt
   // goes in as 10, 10, 10 and 15 (no chunk leaves 1..8 tokens behind), with
   // a decode step of the streaming request after each of the first three;
   // both answers are Generate's.
@@ -171,7 +171,7 @@ TEST(a_prompt_arriving_mid_stream_is_prefilled_in_streaming_chunks) {
     const std::vector<int> expected_stream = single.Generate(stream_prompt, Exactly(40));
     const std::vector<int> expected_arriving = single.Generate(arriving_prompt, Exactly(4));
     EngineOptions options = Options(4, 128, 64);
-    options.streaming_prefill_chunk = 10;
+    options.prefill_budget = 10;
     options.activations = activations;
     Engine engine(model, options);
     // The streaming request's third token holds the engine thread until the
@@ -221,6 +221,23 @@ std::pair<std::vector<int>, uint64_t> RunAlone(Engine& engine, const std::vector
 std::vector<int> Concat(std::vector<int> a, const std::vector<int>& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
+}
+
+TEST(a_lone_prompt_takes_the_full_chunk_whatever_the_budget) {
+  // prefill_chunk 32, prefill_budget 10: with nothing decoding, nobody waits
+  // for a prefill, so a 45-token prompt goes in as 32 and 13, not in chunks
+  // of 10; its answer is Generate's.
+  auto model = TinySaneModel("llama");
+  Session single(model, 128, 2);
+  const std::vector<int> prompt = Prompt(45, 3);
+  EngineOptions options = Options(4, 128, 32);
+  options.prefill_budget = 10;
+  Engine engine(model, options);
+  const auto [tokens, reused] = RunAlone(engine, prompt, 4);
+  CHECK(reused == 0 && tokens == single.Generate(prompt, Exactly(4)));
+  const Engine::Stats stats = engine.stats();
+  CHECK(stats.prompt_tokens == 45 && stats.prefill_chunks == 2);
+  if (stats.prefill_chunks != 2) std::printf("  %llu chunks\n", (unsigned long long)stats.prefill_chunks);
 }
 
 TEST(a_prompt_starting_with_a_free_slots_cached_prompt_keeps_it_and_gets_generates_tokens) {

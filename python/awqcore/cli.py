@@ -350,7 +350,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.file, host=args.host, port=args.port, max_batch=args.max_batch,
           max_seq_len=args.max_seq_len, max_queue=args.max_queue,
-          prefill_chunk=args.prefill_chunk, streaming_prefill_chunk=args.streaming_prefill_chunk,
+          prefill_chunk=args.prefill_chunk, prefill_budget=args.prefill_budget,
           prefix_reuse=not args.no_prefix_reuse, threads=args.threads, device=args.device, api_key=args.api_key, model_name=args.model_name,
           max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout,
           log_level=args.log_level)
@@ -507,9 +507,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 64)")
     s.add_argument("--prefill-chunk", type=_positive_int, default=256,
                    help="prompt tokens prefilled between two decode steps (default 256)")
-    s.add_argument("--streaming-prefill-chunk", type=_positive_int, default=None,
+    s.add_argument("--prefill-budget", type=_positive_int, default=None,
                    help="the same while a client is mid-stream, whose next token each "
-                   "prefill delays (default: --prefill-chunk)")
+                   "prefill delays (default: awqcore.engine.DEFAULT_PREFILL_BUDGET, 32; "
+                   ">= --prefill-chunk: no budget)")
     s.add_argument("--no-prefix-reuse", action="store_true",
                    help="prefill every prompt whole, even where a free slot's cache holds its "
                         "start (a shared system prompt, a chat's earlier turns)")

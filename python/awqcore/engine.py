@@ -34,6 +34,10 @@ from .errors import Error
 # is set).
 FINISH_REASONS = ("stop_token", "max_new_tokens", "context_full", "cancelled")
 
+# Prompt tokens prefilled per engine iteration while a request streams (the
+# C++ EngineOptions default; README, Serving, gives the measurements).
+DEFAULT_PREFILL_BUDGET: int = _core.default_prefill_budget
+
 EventCallback = Callable[[int, Optional[int], Optional[str], Optional[str]], None]
 StartCallback = Callable[[int, int], None]
 
@@ -45,9 +49,10 @@ class Engine(_LoadedFile):
     tokens each, allocated here). max_queue: requests that may wait for a
     free sequence; one more raises awqcore.QueueFull. prefill_chunk: prompt
     tokens prefilled per engine iteration, between decode steps;
-    streaming_prefill_chunk (default prefill_chunk): the same while some
-    request is past its first token, whose stream each prefill stalls (the
-    scheduling rules are in awqcore/engine.h). prefix_reuse: a request whose
+    prefill_budget (default DEFAULT_PREFILL_BUDGET; >= prefill_chunk: no
+    budget): the same while some request is past its first token, whose
+    stream each prefill stalls (the scheduling rules are in
+    awqcore/engine.h). prefix_reuse: a request whose
     prompt starts with the prompt of a free slot's last request (a shared
     system prompt, a chat's earlier turns) keeps those cached tokens and
     prefills only the rest (at least 9 tokens). threads, device, activations,
@@ -67,7 +72,7 @@ class Engine(_LoadedFile):
 
     def __init__(self, path: str | os.PathLike, *, max_batch: int = 8, max_seq_len: int = 4096,
                  max_queue: int = 64, prefill_chunk: int = 256,
-                 streaming_prefill_chunk: Optional[int] = None, prefix_reuse: bool = True,
+                 prefill_budget: Optional[int] = None, prefix_reuse: bool = True,
                  threads: Optional[int] = None, device: str = "cpu", activations: str = "int8",
                  verify: bool = True):
         path = os.fspath(path)
@@ -78,16 +83,15 @@ class Engine(_LoadedFile):
         max_seq_len = _integer(max_seq_len, "max_seq_len", low=1)
         max_queue = _integer(max_queue, "max_queue", low=0)
         prefill_chunk = _integer(prefill_chunk, "prefill_chunk", low=1)
-        if streaming_prefill_chunk is not None:
-            streaming_prefill_chunk = _integer(streaming_prefill_chunk,
-                                               "streaming_prefill_chunk", low=1)
+        prefill_budget = (DEFAULT_PREFILL_BUDGET if prefill_budget is None
+                          else _integer(prefill_budget, "prefill_budget", low=1))
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda' (got {device!r})")
         if activations not in ("int8", "f32"):
             raise ValueError(f"activations must be 'int8' or 'f32' (got {activations!r})")
         self.path = path
         self._core = _core.Engine(path, threads or 0, max_seq_len, max_batch, max_queue,
-                                  prefill_chunk, streaming_prefill_chunk or 0,
+                                  prefill_chunk, prefill_budget,
                                   bool(prefix_reuse), bool(verify), device, activations)
         self.config: dict = self._core.config()
         # Request id -> (on_event, on_start), registered under the lock
@@ -148,7 +152,8 @@ class Engine(_LoadedFile):
 
     def stats(self) -> dict:
         """waiting, running, max_batch, max_queue, submitted, finished,
-        prompt_tokens (prefilled), reused_prompt_tokens (found in a slot's
+        prompt_tokens (prefilled), prefill_chunks (the forward calls that
+        prefilled them), reused_prompt_tokens (found in a slot's
         cache instead), generated_tokens, decode_steps, prefill_seconds,
         decode_seconds (forward-pass wall time)."""
         return self._core.stats()

@@ -12,9 +12,14 @@
 //      several iterations, so it never stalls the others' streams for
 //      longer than one chunk); its last chunk picks its first token. While
 //      some sequence is past its first token (a client is mid-stream), the
-//      chunk is at most streaming_prefill_chunk tokens instead: each
-//      prefill delays every running stream's next token. A chunk never
-//      leaves 1..8 tokens for later (it takes them too);
+//      chunk is at most prefill_budget tokens instead (vLLM's chunked
+//      prefill with a token budget): each prefill delays every running
+//      stream's next token, so a smaller chunk bounds that stall, while a
+//      prompt that nobody waits for still goes in whole. (A sequence at its
+//      first token gets its second in the same iteration's decode step,
+//      unless a burst, step 3, holds that step: "past its first token" is
+//      "decoding" but in a burst.) A chunk never leaves 1..8 tokens for
+//      later (it takes them too);
 //   3. runs one decode step that appends a token to every sequence whose
 //      prompt is in its cache, with one pass over the weights; except while
 //      no sequence is past its first token and the next prompt to prefill
@@ -81,8 +86,9 @@ struct EngineOptions {
   int max_seq_len = 4096;   // tokens per sequence (prompt + generated)
   int max_queue = 64;       // requests waiting for a free slot; one more -> QueueFull
   int prefill_chunk = 256;  // prompt tokens prefilled per engine iteration between decode steps
-  // The same while some sequence streams (is past its first token); 0: prefill_chunk.
-  int streaming_prefill_chunk = 0;
+  // The same while some sequence streams (step 2 above); >= prefill_chunk:
+  // no budget. Chosen with tools/load_bench.py (README, Serving).
+  int prefill_budget = 32;
   bool prefix_reuse = true;  // keep a free slot's cached prompt start (above)
   int num_threads = 0;      // 0: all hardware threads
   Device device = Device::kCpu;
@@ -138,6 +144,7 @@ class Engine {
     int max_batch = 0, max_queue = 0;
     uint64_t submitted = 0, finished = 0;  // accepted requests; those whose on_finish ran
     uint64_t prompt_tokens = 0;            // prefilled
+    uint64_t prefill_chunks = 0;           // the forward calls that prefilled them
     uint64_t reused_prompt_tokens = 0;     // found in a slot's cache instead (prefix reuse)
     uint64_t generated_tokens = 0;         // handed to on_token
     uint64_t decode_steps = 0;

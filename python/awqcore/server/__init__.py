@@ -24,7 +24,7 @@ __all__ = ["serve", "create_app", "ServerConfig", "DEFAULT_MAX_BODY_BYTES"]
 
 def serve(path: str, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 8,
           max_seq_len: int = 4096, max_queue: int = 64, prefill_chunk: int = 256,
-          streaming_prefill_chunk: Optional[int] = None, prefix_reuse: bool = True,
+          prefill_budget: Optional[int] = None, prefix_reuse: bool = True,
           threads: Optional[int] = None, device: str = "cpu", api_key: Optional[str] = None, model_name: Optional[str] = None,
           max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, shutdown_timeout: float = 10.0,
           log_level: str = "info") -> None:
@@ -37,7 +37,7 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8000, max_batch: in
     from .. import Engine
 
     engine = Engine(path, max_batch=max_batch, max_seq_len=max_seq_len, max_queue=max_queue,
-                    prefill_chunk=prefill_chunk, streaming_prefill_chunk=streaming_prefill_chunk,
+                    prefill_chunk=prefill_chunk, prefill_budget=prefill_budget,
                     prefix_reuse=prefix_reuse, threads=threads, device=device)
     try:
         name = model_name or os.path.splitext(os.path.basename(path))[0]
