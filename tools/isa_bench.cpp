@@ -10,6 +10,9 @@
 //
 // --tokens N (up to kQ8MaxTokens) times the GEMVs on a batched decode step of
 // N tokens; GB/s then count the weight bytes once per pass, as a batch reads them.
+// Where the CPU has AVX-512 VNNI, the int4 shapes also run that level on the
+// tile layout its loader makes (row "vnni tiles"; ops/int4_tiles.h), in the
+// decode rows and the prefill GEMM alike.
 //
 // Each shape is allocated as copies totalling --megabytes (8x this machine's
 // 32 MB L3), and one timed pass runs the GEMV once over every copy, so the

@@ -43,8 +43,9 @@ void CheckCpuSessionFits(const ModelConfig& config, int max_seq_len, int max_bat
 
 // Whether AWQCORE_MAP_WEIGHTS=1 asks the weights to stay the file mapping,
 // which processes share through the page cache: then no load-time step
-// copies weights into private memory (CopyToHugePages here, the lm_head's
-// tiles of ops/embedding_table.h: AddTableTiles).
+// copies weights into private memory or writes them (CopyToHugePages here,
+// the lm_head's tiles of ops/embedding_table.h: AddTableTiles, the int4
+// codes' regrouping of ops/int4_tiles.h: AddInt4Tiles).
 bool KeepWeightsMapped();
 
 // Copies a read-only file mapping of `size` bytes into anonymous memory

@@ -15,7 +15,11 @@
 // tile. From the rows (AWQCORE_MAP_WEIGHTS=1, tests) it is 16 loads from 16
 // row streams and the GEMM's 4x4 dword transpose: ~36 uops. Either against
 // ~11 per token (8 vpdpbusd, convert, FMA) and the GEMV's ~48 at 8 tokens
-// (12 per 128 columns and row, 4 rows per load).
+// (12 per 128 columns and row, 4 rows per load). GCC 12 loads each 4-byte
+// activation broadcast with its own vpbroadcastd; folding them into
+// vpdpbusd's memory operand ({1to16}, inline asm) measured the same at 8
+// tokens (isa_bench, Zen 4, three interleaved runs: the broadcast is a load,
+// no vector ALU uop), so the intrinsics stay.
 //
 // A token's arithmetic is the GEMM's, in its order (per group: an FMA chain
 // over its blocks, then the weight scale and the zero-point term), so a
