@@ -45,6 +45,7 @@
 #include "weight_arena.cuh"
 #include "half.h"
 #include "ops/embedding_table.h"
+#include "ops/int4_tiles.h"
 #include "ops/rope.h"
 #include "sampler.h"
 
@@ -227,6 +228,15 @@ class CudaTransformer final : public ForwardPass {
   uint64_t device_bytes() const override { return device_bytes_; }
 
  private:
+  // A linear's codes in the row layout the CUDA kernels read: the CPU loader
+  // may have regrouped them into its tile layout (ops/int4_tiles.h), then a
+  // copy in `rows` (only in the arena's second pass, which reads the bytes).
+  const uint8_t* RowCodes(const Int4Linear& w, std::vector<uint8_t>& rows) const {
+    if (w.layout == Int4Layout::kRows || !arena_.placing()) return w.qweight;
+    rows = Int4RowCodes(w);
+    return rows.data();
+  }
+
   DeviceInt4 PlaceInt4(const Int4Linear* w, int out, int in, int group_size) {
     DeviceInt4 dw;
     dw.out = out;
@@ -240,7 +250,8 @@ class CudaTransformer final : public ForwardPass {
     // Random: codes 0..15 with zero point 8 give (q - z) of std ~4.6; the
     // scale makes each output ~unit variance for unit-variance inputs.
     const float s = 1.f / (4.6f * std::sqrt(static_cast<float>(in)));
-    dw.qweight = static_cast<const uint8_t*>(arena_.Bytes(w ? w->qweight : nullptr, static_cast<size_t>(out) * in / 2, 0xFF));
+    std::vector<uint8_t> rows;
+    dw.qweight = static_cast<const uint8_t*>(arena_.Bytes(w ? RowCodes(*w, rows) : nullptr, static_cast<size_t>(out) * in / 2, 0xFF));
     dw.scales = arena_.Half(w ? w->scales : nullptr, groups, s, s);
     dw.zeros = static_cast<const uint8_t*>(arena_.Bytes(w ? w->zeros : nullptr, groups, 0x0F));
     if (w && w->bias) dw.bias = arena_.Float(w->bias, out, 0.f);
@@ -267,8 +278,9 @@ class CudaTransformer final : public ForwardPass {
     const size_t code_bytes = static_cast<size_t>(out) * in / 2, groups = static_cast<size_t>(out) * (in / dw.group_size);
     std::vector<const uint8_t*> codes, zeros;
     std::vector<const uint16_t*> scales;
+    std::vector<std::vector<uint8_t>> rows(experts);  // regrouped copies
     for (int e = 0; views && e < experts; ++e) {
-      codes.push_back((*views)[e].qweight);
+      codes.push_back(RowCodes((*views)[e], rows[e]));
       scales.push_back((*views)[e].scales);
       zeros.push_back((*views)[e].zeros);
     }

@@ -366,10 +366,16 @@ def test_a_model_path_that_is_not_a_regular_file_is_rejected(tmp_path, kind):
 
 def test_weights_copied_to_huge_pages_or_mapped_give_the_same_logits(smollm2_awqbin, monkeypatch):
     """A file over one huge page is copied out of its mapping at load unless
-    AWQCORE_MAP_WEIGHTS=1; both must hold the same bytes, so the same logits.
-    Where the kernel has transparent huge pages (Linux with THP enabled or
-    madvise), the copy shows up as AnonHugePages of this process."""
+    AWQCORE_MAP_WEIGHTS=1; both must give the same logits. Where the CPU has
+    AVX-512 VNNI the copy's int4 codes are regrouped into tiles
+    (ops/int4_tiles.h) while the mapping keeps the rows: the kernels compute
+    the same sums in the same order on both, so the logits are equal bit for
+    bit, for decode-sized calls (6 tokens), the prefill GEMM (20 tokens) and
+    f32 activations. Where the kernel has transparent huge pages (Linux with
+    THP enabled or madvise), the copy shows up as AnonHugePages of this
+    process."""
     ids = [1, 504, 3458, 314, 4827, 28]
+    long_ids = ids * 3 + [1, 504]
 
     def anon_huge_kb() -> int:
         try:
@@ -381,9 +387,13 @@ def test_weights_copied_to_huge_pages_or_mapped_give_the_same_logits(smollm2_awq
     before = anon_huge_kb()
     copied = awqcore.Model(smollm2_awqbin, threads=1, max_seq_len=32)
     after = anon_huge_kb()
+    copied_f32 = awqcore.Model(smollm2_awqbin, threads=1, max_seq_len=32, activations="f32")
     monkeypatch.setenv("AWQCORE_MAP_WEIGHTS", "1")
     mapped = awqcore.Model(smollm2_awqbin, threads=1, max_seq_len=32)
-    np.testing.assert_array_equal(copied.forward(ids), mapped.forward(ids))
+    mapped_f32 = awqcore.Model(smollm2_awqbin, threads=1, max_seq_len=32, activations="f32")
+    for prompt in (ids, long_ids):
+        np.testing.assert_array_equal(copied.forward(prompt), mapped.forward(prompt))
+        np.testing.assert_array_equal(copied_f32.forward(prompt), mapped_f32.forward(prompt))
     thp = "/sys/kernel/mm/transparent_hugepage/enabled"
     if before >= 0 and os.path.exists(thp) and "[never]" not in open(thp).read():
         assert after - before >= 32 * 1024, (before, after)  # the 88 MB file: most of it

@@ -10,6 +10,9 @@
 //
 // --tokens N (up to kQ8MaxTokens) times the GEMVs on a batched decode step of
 // N tokens; GB/s then count the weight bytes once per pass, as a batch reads them.
+// Where the CPU has AVX-512 VNNI, the int4 shapes also run that level on the
+// tile layout its loader makes (row "vnni tiles"; ops/int4_tiles.h), in the
+// decode rows and the prefill GEMM alike.
 //
 // Each shape is allocated as copies totalling --megabytes (8x this machine's
 // 32 MB L3), and one timed pass runs the GEMV once over every copy, so the
@@ -44,6 +47,7 @@
 #include "model_weights.h"
 #include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
+#include "ops/int4_tiles.h"
 #include "ops/linear_kernels.h"
 #include "ops/q8_activations.h"
 #include "thread_pool.h"
@@ -89,9 +93,11 @@ const T* Aligned64(const T* p) {
   return reinterpret_cast<const T*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
 }
 
-// `copies` int4 matrices [out, in] with random codes, scales and zeros.
+// `copies` int4 matrices [out, in] with random codes, scales and zeros, in
+// the row layout (`layers`) and, with_tiles, also in the tile layout the
+// loader makes at the AVX-512 VNNI level (`tiled`: ops/int4_tiles.h).
 struct Int4Copies {
-  Int4Copies(int out, int in, int group_size, int copies, std::mt19937& rng) {
+  Int4Copies(int out, int in, int group_size, int copies, bool with_tiles, std::mt19937& rng) {
     const size_t codes = static_cast<size_t>(out) * in / 2, groups = static_cast<size_t>(out) * (in / group_size);
     qweight.resize(codes * copies + 64);
     scales.resize(groups * copies);
@@ -112,12 +118,21 @@ struct Int4Copies {
       tile_scales.push_back(Int4TileScales(layers.back()));
       layers.back().tile_scales = tile_scales.back().data();
     }
+    if (with_tiles) {
+      tiled_qweight = qweight;
+      for (int k = 0; k < copies; ++k) {
+        tiled.push_back(layers[k]);
+        tiled.back().qweight = Aligned64(tiled_qweight.data()) + k * codes;
+        RegroupInt4Tiles(tiled.back(), const_cast<uint8_t*>(tiled.back().qweight));
+        tiled.back().layout = Int4Layout::kTiles;
+      }
+    }
     bytes = (codes + groups * 3) * copies;
   }
-  std::vector<uint8_t> qweight, zeros;
+  std::vector<uint8_t> qweight, tiled_qweight, zeros;
   std::vector<uint16_t> scales;
   std::vector<std::vector<uint8_t>> tile_scales;  // [copies]
-  std::vector<Int4Linear> layers;
+  std::vector<Int4Linear> layers, tiled;
   size_t bytes = 0;
 };
 
@@ -182,27 +197,32 @@ void GemmBench(const Shape (&shapes)[kShapes], const std::vector<Isa>& levels, c
               kSliceRows);
   for (const Shape& shape : shapes) {
     if (shape.group_size == 0 || std::string(shape.name).find(only) == std::string::npos) continue;
-    const Int4Copies w(shape.out, shape.in, shape.group_size, 1, rng);
+    const bool with_tiles = std::find(levels.begin(), levels.end(), Isa::kAvx512Vnni) != levels.end();
+    const Int4Copies w(shape.out, shape.in, shape.group_size, 1, with_tiles, rng);
     std::vector<float> x(static_cast<size_t>(tokens) * shape.in), y(static_cast<size_t>(tokens) * shape.out);
     for (float& v : x) v = std::uniform_real_distribution<float>(-1.f, 1.f)(rng);
     Q8Buffer q8;
     const Q8Activations& a = q8.Quantize(x.data(), shape.in, tokens, shape.in, shape.group_size);
-    auto run = [&](Isa isa) {
+    // Every level on the rows, then the AVX-512 VNNI level on the tile layout.
+    const size_t variants = levels.size() + (with_tiles ? 1 : 0);
+    auto run = [&](size_t i) {
+      const Int4Linear& layer = i < levels.size() ? w.layers[0] : w.tiled[0];
+      const Isa isa = i < levels.size() ? levels[i] : Isa::kAvx512Vnni;
       for (int r = 0; r < shape.out; r += kSliceRows) {
-        Int4RowsQ8(w.layers[0], r, std::min(kSliceRows, shape.out - r), a, y.data() + r, shape.out, isa);
+        Int4RowsQ8(layer, r, std::min(kSliceRows, shape.out - r), a, y.data() + r, shape.out, isa);
       }
     };
-    std::vector<std::vector<double>> seconds(levels.size());
-    for (Isa isa : levels) run(isa);  // warm-up: the weights into the caches
-    Interleaved(levels.size(), reps, [&](size_t i) {
+    std::vector<std::vector<double>> seconds(variants);
+    for (size_t i = 0; i < variants; ++i) run(i);  // warm-up: the weights into the caches
+    Interleaved(variants, reps, [&](size_t i) {
       const double start = ThreadCpuSeconds();
-      run(levels[i]);
+      run(i);
       seconds[i].push_back(ThreadCpuSeconds() - start);
     });
     const double macs = static_cast<double>(shape.out) * shape.in * tokens;
     std::printf("  %s:", shape.name);
-    for (size_t i = 0; i < levels.size(); ++i) {
-      std::printf("  %s %.1f", IsaName(levels[i]), macs / Median(seconds[i]) / 1e9);
+    for (size_t i = 0; i < variants; ++i) {
+      std::printf("  %s %.1f", i < levels.size() ? IsaName(levels[i]) : "vnni tiles", macs / Median(seconds[i]) / 1e9);
     }
     std::printf("\n");
   }
@@ -249,19 +269,30 @@ int main(int argc, char** argv) {
     const int copies = static_cast<int>(std::max<size_t>(1, (static_cast<size_t>(megabytes) << 20) / matrix_bytes));
     std::vector<float> x(static_cast<size_t>(tokens) * shape.in), y(static_cast<size_t>(tokens) * shape.out);
     for (float& v : x) v = std::uniform_real_distribution<float>(-1.f, 1.f)(rng);
-    // [level]: the op's wall seconds (the pool's threads), the kernel's
+    // The variants: every level on the row layout, and (int4 shapes, where
+    // the CPU has it) the AVX-512 VNNI level on the loader's tile layout.
+    struct Variant {
+      std::string name;
+      Isa isa;
+      bool tiles;
+    };
+    std::vector<Variant> variants;
+    for (Isa isa : levels) variants.push_back({IsaName(isa), isa, false});
+    const bool with_tiles = std::find(levels.begin(), levels.end(), Isa::kAvx512Vnni) != levels.end();
+    if (shape.group_size > 0 && with_tiles) variants.push_back({"vnni tiles", Isa::kAvx512Vnni, true});
+    // [variant]: the op's wall seconds (the pool's threads), the kernel's
     // CPU seconds (the calling thread alone).
-    std::vector<std::vector<double>> op_seconds(levels.size()), kernel_seconds(levels.size());
+    std::vector<std::vector<double>> op_seconds(variants.size()), kernel_seconds(variants.size());
     size_t bytes = 0;
-    // op(isa, k) runs the op on copy k; kernel(isa, k) the row kernel over all its rows.
+    // op(variant, k) runs the op on copy k; kernel(variant, k) the row kernel over all its rows.
     auto run_all = [&](auto&& op, auto&& kernel, int count) {
-      for (size_t i = 0; i < levels.size(); ++i) op(levels[i], 0);  // warm-up (allocations)
-      Interleaved(levels.size(), reps, [&](size_t i) {
+      for (size_t i = 0; i < variants.size(); ++i) op(variants[i], 0);  // warm-up (allocations)
+      Interleaved(variants.size(), reps, [&](size_t i) {
         const double start = Seconds();
-        for (int k = 0; k < count; ++k) op(levels[i], k);
+        for (int k = 0; k < count; ++k) op(variants[i], k);
         op_seconds[i].push_back(Seconds() - start);
         const double cpu_start = ThreadCpuSeconds();
-        for (int k = 0; k < count; ++k) kernel(levels[i], k);
+        for (int k = 0; k < count; ++k) kernel(variants[i], k);
         kernel_seconds[i].push_back(ThreadCpuSeconds() - cpu_start);
       }, [&] {
         bandwidths.push_back(ReadBandwidth(probe, pool));
@@ -270,25 +301,27 @@ int main(int argc, char** argv) {
     };
     Q8Buffer q8;
     if (shape.group_size > 0) {
-      const Int4Copies w(shape.out, shape.in, shape.group_size, copies, rng);
+      const Int4Copies w(shape.out, shape.in, shape.group_size, copies, with_tiles, rng);
       bytes = w.bytes;
       const Q8Activations& a = q8.Quantize(x.data(), shape.in, tokens, shape.in, shape.group_size);
-      run_all([&](Isa isa, int k) { Int4LinearForward(w.layers[k], x.data(), tokens, y.data(), pool, isa); },
-              [&](Isa isa, int k) { Int4Q8KernelOf(isa)(w.layers[k], 0, shape.out, a, y.data(), shape.out); },
+      auto layer = [&](const Variant& v, int k) -> const Int4Linear& { return v.tiles ? w.tiled[k] : w.layers[k]; };
+      run_all([&](const Variant& v, int k) { Int4LinearForward(layer(v, k), x.data(), tokens, y.data(), pool, v.isa); },
+              [&](const Variant& v, int k) { Int4Q8KernelOf(v.isa)(layer(v, k), 0, shape.out, a, y.data(), shape.out); },
               copies);
     } else {
-      const bool with_tiles = std::find(levels.begin(), levels.end(), Isa::kAvx512Vnni) != levels.end();
       const TableCopies w(shape.out, shape.in, copies, with_tiles, rng);
       bytes = w.bytes;
       const Q8Activations& a = q8.Quantize(x.data(), shape.in, tokens, shape.in, kQ8Block, Q8Layout::kNatural);
-      run_all([&](Isa isa, int k) { TableLinearForward(w.For(isa, k), x.data(), tokens, y.data(), pool, isa, true); },
-              [&](Isa isa, int k) { TableRowsQ8(w.For(isa, k), 0, shape.out, a, y.data(), shape.out, isa); },
+      run_all([&](const Variant& v, int k) {
+                TableLinearForward(w.For(v.isa, k), x.data(), tokens, y.data(), pool, v.isa, true);
+              },
+              [&](const Variant& v, int k) { TableRowsQ8(w.For(v.isa, k), 0, shape.out, a, y.data(), shape.out, v.isa); },
               copies);
     }
     std::printf("%s (%.0f MB)\n", shape.name, bytes / 1e6);
-    for (size_t i = 0; i < levels.size(); ++i) {
+    for (size_t i = 0; i < variants.size(); ++i) {
       std::printf("  %-11s op, %d threads: %6.2f GB/s   kernel, 1 thread: %6.2f GB per CPU-second\n",
-                  IsaName(levels[i]), threads, bytes / Median(op_seconds[i]) / 1e9,
+                  variants[i].name.c_str(), threads, bytes / Median(op_seconds[i]) / 1e9,
                   bytes / Median(kernel_seconds[i]) / 1e9);
     }
   }

@@ -174,6 +174,13 @@ void SealReadOnly(const uint8_t* p, uint64_t size) {
   ::mprotect(const_cast<uint8_t*>(p), size, PROT_READ);
 }
 
+bool SetPagesWritable(const void* p, uint64_t size, bool writable) {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGE_SIZE));
+  const uint64_t begin = reinterpret_cast<uint64_t>(p) / page * page;
+  const uint64_t end = (reinterpret_cast<uint64_t>(p) + size + page - 1) / page * page;
+  return ::mprotect(reinterpret_cast<void*>(begin), end - begin, writable ? PROT_READ | PROT_WRITE : PROT_READ) == 0;
+}
+
 void ReleasePages(const void* p, uint64_t size) {
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGE_SIZE));
   const uint64_t begin = (reinterpret_cast<uint64_t>(p) + page - 1) / page * page;

@@ -43,8 +43,9 @@ void CheckCpuSessionFits(const ModelConfig& config, int max_seq_len, int max_bat
 
 // Whether AWQCORE_MAP_WEIGHTS=1 asks the weights to stay the file mapping,
 // which processes share through the page cache: then no load-time step
-// copies weights into private memory (CopyToHugePages here, the lm_head's
-// tiles of ops/embedding_table.h: AddTableTiles).
+// copies weights into private memory or writes them (CopyToHugePages here,
+// the lm_head's tiles of ops/embedding_table.h: AddTableTiles, the int4
+// codes' regrouping of ops/int4_tiles.h: AddInt4Tiles).
 bool KeepWeightsMapped();
 
 // Copies a read-only file mapping of `size` bytes into anonymous memory
@@ -65,6 +66,11 @@ std::shared_ptr<uint8_t> HugePageBuffer(uint64_t size);
 // instead of changing weights. If the kernel refuses, the memory stays
 // writable: the seal only catches bugs, and nothing depends on it.
 void SealReadOnly(const uint8_t* p, uint64_t size);
+
+// Makes the pages that hold [p, p + size) of the loaded weights writable
+// (true) or read-only again (false), for a load-time regrouping in place
+// (ops/int4_tiles.h). Returns whether the protection changed.
+bool SetPagesWritable(const void* p, uint64_t size, bool writable);
 
 // Drops the whole pages inside [p, p + size) from the process's resident set
 // (MADV_DONTNEED): weights whose bytes were copied into another layout and

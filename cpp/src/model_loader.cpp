@@ -21,6 +21,7 @@
 #include "model_loader.h"
 #include "ops/embedding_table.h"
 #include "ops/int4_linear.h"
+#include "ops/int4_tiles.h"
 #include "text_checks.h"
 #include "tokenizer/json.h"
 
@@ -442,9 +443,12 @@ ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config)
     w.layers.push_back(layer);
   }
   tensors.RequireAllUsed();
-  // Load-time layouts for the CPU kernels (the file's bytes are unchanged).
+  // Load-time layouts for the CPU kernels: copies beside the file's tensors
+  // (tile scales), a table moved into tiles, the int4 codes regrouped in
+  // place in the loaded copy (ops/int4_tiles.h).
   AddTileScales(w);
   AddTableTiles(w);
+  AddInt4Tiles(w);
   return w;
 }
 

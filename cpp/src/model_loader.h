@@ -31,7 +31,8 @@ void ReadLayerDescription(const AwqbinFile& file, ModelConfig& config);
 // rejects a description tensor (q/k norm, feed-forward norms) the config does
 // not use. Throws FormatError naming the tensor. Then adds the layouts this
 // CPU's kernels read (ops/int4_linear.h: AddTileScales, ops/embedding_table.h:
-// AddTableTiles).
+// AddTableTiles, ops/int4_tiles.h: AddInt4Tiles, which regroups the int4
+// codes in place: the loaded copy's code bytes are no longer the file's).
 ModelWeights LoadModelWeights(const AwqbinFile& file, const ModelConfig& config);
 
 }  // namespace awqcore

@@ -11,13 +11,18 @@
 
 namespace awqcore {
 
+// How an int4 linear's code bytes are ordered: kRows, the file's [out][in/2]
+// (low nibble = even column); kTiles, regrouped at load for the AVX-512 VNNI
+// kernels (ops/int4_tiles.h), the same bytes within each 16-row tile.
+enum class Int4Layout : uint8_t { kRows, kTiles };
+
 // A 4-bit linear y = W x (+ b), W of shape [out, in], quantized per group of
 // `group_size` input columns:  W[r, c] = (q[r, c] - z[r, c/g]) * s[r, c/g].
 struct Int4Linear {
   int out = 0;
   int in = 0;
   int group_size = 0;
-  const uint8_t* qweight = nullptr;  // [out, in/2]   low nibble = even column
+  const uint8_t* qweight = nullptr;  // [out, in/2]   low nibble = even column, ordered by `layout`
   const uint16_t* scales = nullptr;  // [out, in/g]   f16 bits
   const uint8_t* zeros = nullptr;    // [out, in/g]   0..15
   const float* bias = nullptr;       // [out] or nullptr
@@ -25,6 +30,10 @@ struct Int4Linear {
   // VNNI decode kernel (ops/int4_linear.h: Int4TileScales), or nullptr: that
   // kernel then transposes a tile's at each call (the same values, slower).
   const uint8_t* tile_scales = nullptr;
+  // The order of qweight's bytes. Only the AVX-512 VNNI W4A8 kernels and the
+  // scalar kernels read kTiles; the dispatchers (linear_kernels.h) hand the
+  // other row kernels a tile's rows regrouped back.
+  Int4Layout layout = Int4Layout::kRows;
 };
 
 // The token embedding or lm_head table W [rows, d] in one of its two stored

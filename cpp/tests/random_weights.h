@@ -11,6 +11,7 @@
 
 #include "half.h"
 #include "model_weights.h"
+#include "ops/int4_tiles.h"
 #include "ops/q8_activations.h"
 
 namespace awqtest {
@@ -57,6 +58,24 @@ struct RandomInt4 {
       sum += std::fabs((q - layer.zeros[g]) * awqcore::F16ToF32(layer.scales[g]) * x[c]);
     }
     return sum;
+  }
+};
+
+// A copy of a row-layout layer with its codes regrouped into the tile layout
+// as the loader does it at the AVX-512 VNNI level (ops/int4_tiles.h), owning
+// the codes (scales, zeros and bias: the original's). `offset` as in
+// RandomInt4.
+struct TiledInt4 {
+  std::vector<uint8_t> qweight;  // [offset + out*in/2]
+  awqcore::Int4Linear layer;
+
+  explicit TiledInt4(const awqcore::Int4Linear& rows, size_t offset = 1) : layer(rows) {
+    const size_t bytes = static_cast<size_t>(rows.out) * (rows.in / 2);
+    qweight.assign(offset, 0);
+    qweight.insert(qweight.end(), rows.qweight, rows.qweight + bytes);
+    awqcore::RegroupInt4Tiles(rows, qweight.data() + offset);
+    layer.qweight = qweight.data() + offset;
+    layer.layout = awqcore::Int4Layout::kTiles;
   }
 };
 

@@ -24,7 +24,11 @@
 #include "awqbin_file.h"
 #include "awqcore/awqcore.h"
 #include "model_impl.h"
+#include "cpu_features.h"
+#include "cpu_memory.h"
 #include "model_loader.h"
+#include "ops/int4_tiles.h"
+#include "ops/q8_activations.h"
 #include "awqbin_test_writer.h"
 #include "test_harness.h"
 
@@ -102,8 +106,13 @@ TEST(valid_llama_file_loads_with_config_and_weight_pointers) {
   CHECK(SameBytes(w.final_norm, t[TensorIndex(spec, "model.norm.weight")].bytes, 256));
   CHECK(w.layers.size() == 2);
   const awqcore::LayerWeights& layer1 = w.layers[1];
-  CHECK(SameBytes(layer1.down.qweight,
+  // The codes as rows: the loader regroups them in place at the AVX-512
+  // VNNI level (ops/int4_tiles.h: layout kTiles).
+  CHECK(SameBytes(awqcore::Int4RowCodes(layer1.down).data(),
                   t[TensorIndex(spec, "model.layers.1.mlp.down_proj.qweight")].bytes, 64));
+  const bool tiles = awqcore::DetectedIsa() == awqcore::Isa::kAvx512Vnni && !awqcore::KeepWeightsMapped() &&
+                     layer1.down.in % awqcore::kQ8Span == 0;
+  CHECK(layer1.down.layout == (tiles ? awqcore::Int4Layout::kTiles : awqcore::Int4Layout::kRows));
   CHECK(SameBytes(layer1.k.scales,
                   t[TensorIndex(spec, "model.layers.1.self_attn.k_proj.scales")].bytes, 8));
   CHECK(SameBytes(layer1.up.zeros, t[TensorIndex(spec, "model.layers.1.mlp.up_proj.zeros")].bytes,
@@ -281,7 +290,7 @@ TEST(corrupt_tensor_data_is_caught_only_with_verification) {
   CHECK_THROWS(Load(bytes), FormatError,
                "tensor 'model.layers.1.mlp.down_proj.qweight': data CRC-32 mismatch");
   auto model = Load(bytes, /*verify=*/false);
-  CHECK(model->impl().weights.layers[1].down.qweight[100] ==
+  CHECK(awqcore::Int4RowCodes(model->impl().weights.layers[1].down)[100] ==
         (spec.tensors[index].bytes[100] ^ 0xFF));
 }
 

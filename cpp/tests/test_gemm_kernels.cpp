@@ -11,7 +11,8 @@
 // tokens are chunked). The GEMMs of all levels and the AVX-512 VNNI decode
 // kernel (the GEMM's lanes, 8 tokens per pass) give the same bits (one
 // arithmetic at 8 and 16 lanes), so prefill does not depend on the CPU, and
-// decode at that level equals prefill.
+// decode at that level equals prefill; the VNNI kernels also on the tile
+// layout of the codes (test_int4_tiles.cpp: the layout itself).
 //
 // Tolerance (a-priori, as in test_simd_kernels.cpp): the integer dots are
 // exact; per output the float work is one product by d_b per 32 columns, the
@@ -70,6 +71,22 @@ std::vector<Level> LevelsToTest() {
                         Int4Linear with = layer;
                         with.tile_scales = tile_scales.data();
                         Int4DecodeQ8Avx512Vnni(with, row0, rows, x, y, ldy);
+                      },
+                      true});
+    // On the loader's tile layout of the codes (ops/int4_tiles.h), codes at
+    // an odd address.
+    levels.push_back({"avx512vnni gemm, tile layout",
+                      [](const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y, int ldy) {
+                        const awqtest::TiledInt4 tiled(layer);
+                        Int4GemmQ8Avx512Vnni(tiled.layer, row0, rows, x, y, ldy);
+                      },
+                      true});
+    levels.push_back({"avx512vnni decode, tile layout and scales",
+                      [](const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y, int ldy) {
+                        awqtest::TiledInt4 tiled(layer);
+                        const std::vector<uint8_t> tile_scales = Int4TileScales(layer);
+                        tiled.layer.tile_scales = tile_scales.data();
+                        Int4DecodeQ8Avx512Vnni(tiled.layer, row0, rows, x, y, ldy);
                       },
                       true});
   }

@@ -9,10 +9,17 @@
 // FMA; lanes per row need 8 vpdpbusd per 2 float uops. The GEMM unpacks a
 // 16-row tile to bytes in memory once per call, which a 128-token chunk
 // repays; a decode step has at most 8 tokens, so here each block's codes are
-// transposed in registers (16 loads, the GEMM's 4x4 dword transpose, shift
-// and mask: ~32 uops per 16 x 32 codes) and used at once by every token of
-// the call: ~32 / tokens + 11 uops per 512 multiply-adds, against the GEMV's
-// ~48 at 8 tokens (12 per 128 columns and row, 4 rows per load).
+// unpacked in registers and used at once by every token of the call. From
+// the loader's tile layout (ops/int4_tiles.h) that is 4 contiguous loads,
+// and + shift + and: ~16 uops per 16 x 32 codes, one sequential stream per
+// tile. From the rows (AWQCORE_MAP_WEIGHTS=1, tests) it is 16 loads from 16
+// row streams and the GEMM's 4x4 dword transpose: ~36 uops. Either against
+// ~11 per token (8 vpdpbusd, convert, FMA) and the GEMV's ~48 at 8 tokens
+// (12 per 128 columns and row, 4 rows per load). GCC 12 loads each 4-byte
+// activation broadcast with its own vpbroadcastd; folding them into
+// vpdpbusd's memory operand ({1to16}, inline asm) measured the same at 8
+// tokens (isa_bench, Zen 4, three interleaved runs: the broadcast is a load,
+// no vector ALU uop), so the intrinsics stay.
 //
 // A token's arithmetic is the GEMM's, in its order (per group: an FMA chain
 // over its blocks, then the weight scale and the zero-point term), so a
@@ -38,19 +45,29 @@
 
 #include "ops/int4_gemm_tile.h"
 #include "ops/int4_linear.h"
+#include "ops/int4_tiles.h"
 #include "ops/linear_kernels.h"
 
 namespace awqcore {
 namespace {
 
 constexpr int kTileRows = kTileScaleRows;  // int32 lanes of a zmm: one row each
+static_assert(kTileRows == kInt4TileRows, "the scales' tiles are the codes' tiles");
 constexpr int kQuadsPerBlock = kQ8Block / 4;
 constexpr int kL1Ahead = 128;  // bytes of a row prefetched into L1 ahead of its block
+constexpr int kBlockBytes = kTileRows * kQ8Block / 2;  // a block of a tile: 256 code bytes
+// The tile layout streams one tile: its lines prefetched into L1 this far
+// ahead (4 blocks: at 1 token from DRAM, Qwen2.5-1.5B's down projection
+// streamed at 1.0-1.1x the rows' GB per CPU-second with it, 0.8-0.95x with
+// 2 blocks, 0.7-0.8x with no prefetch into L1 or L2 (the next tile's lines,
+// below); tools/isa_bench.cpp, Zen 4, a loaded machine).
+constexpr int kL1AheadTiles = 4 * kBlockBytes;
 
 // Lane r of out[i] (i < 4) = the low nibbles of code bytes 4i .. 4i + 3 at
 // p + r * stride (row r of the tile), out[4 + i] = their high nibbles: the 32
 // codes of one activation block (p: the block's first code byte in row 0).
-inline void UnpackBlock(const uint8_t* p, size_t stride, __m512i* out) {
+// Inlined always, so `out` stays in registers.
+[[gnu::always_inline]] inline void UnpackRowsBlock(const uint8_t* p, size_t stride, __m512i* out) {
   const __m512i nibble = _mm512_set1_epi8(15);
   // Rows 4k + i sit at p + 4k * stride + i * stride: four row pointers and
   // three index registers address all 16.
@@ -78,13 +95,26 @@ inline void UnpackBlock(const uint8_t* p, size_t stride, __m512i* out) {
   }
 }
 
+// UnpackRowsBlock's result from the tile layout (p: the block's 256 bytes,
+// the 4 vectors before the nibbles are split).
+[[gnu::always_inline]] inline void UnpackTileBlock(const uint8_t* p, __m512i* out) {
+  const __m512i nibble = _mm512_set1_epi8(15);
+  #pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m512i y = _mm512_loadu_si512(p + 64 * c);
+    out[c] = _mm512_and_si512(y, nibble);
+    out[4 + c] = _mm512_and_si512(_mm512_srli_epi16(y, 4), nibble);
+  }
+}
+
 // All kTokens tokens of x times the 16 rows of a tile: lanes [lane0,
 // lane_end) are stored, lane i at y[k * ldy + i - lane0]. codes: the tile's
 // rows at a stride of in / 2 bytes; params: its Int4TileScales entries
 // [groups][48 bytes]; bias: the tile's first row's, or nullptr; next: the
 // codes to prefetch into L2 while this tile computes (the next tile: 256
-// bytes per block).
-template <int kTokens>
+// bytes per block). kLayout: the order of `codes` (kTiles: the tile's 16 rows
+// in the tile layout).
+template <int kTokens, Int4Layout kLayout>
 void TileTimesTokens(const Int4Linear& layer, const uint8_t* codes, const uint8_t* params, const float* bias,
                      const uint8_t* next, int lane0, int lane_end, const Q8Activations& x, float* y, int ldy) {
   const int gs = layer.group_size;
@@ -106,13 +136,21 @@ void TileTimesTokens(const Int4Linear& layer, const uint8_t* codes, const uint8_
       // Block b: code bytes 16b .. 16b + 15 of each row (span b / 2, half b % 2).
       #pragma GCC unroll 4
       for (int i = 0; i < 4; ++i) {
-        _mm_prefetch(reinterpret_cast<const char*>(next + b * 256 + i * 64), _MM_HINT_T1);
-        // Into L1, two lines ahead: each block of 4 rows' lines, every 4 blocks all 16.
-        const size_t r = 4 * (b % 4) + i;
-        _mm_prefetch(reinterpret_cast<const char*>(codes + r * row_bytes + (b / 4) * 64 + kL1Ahead), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(next + b * kBlockBytes + i * 64), _MM_HINT_T1);
+        if (kLayout == Int4Layout::kTiles) {
+          _mm_prefetch(reinterpret_cast<const char*>(codes + b * kBlockBytes + i * 64 + kL1AheadTiles), _MM_HINT_T0);
+        } else {
+          // Into L1, two lines ahead: each block of 4 rows' lines, every 4 blocks all 16.
+          const size_t r = 4 * (b % 4) + i;
+          _mm_prefetch(reinterpret_cast<const char*>(codes + r * row_bytes + (b / 4) * 64 + kL1Ahead), _MM_HINT_T0);
+        }
       }
       __m512i w[kQuadsPerBlock];
-      UnpackBlock(codes + 16 * b, row_bytes, w);
+      if (kLayout == Int4Layout::kTiles) {
+        UnpackTileBlock(codes + static_cast<size_t>(b) * kBlockBytes, w);
+      } else {
+        UnpackRowsBlock(codes + 16 * b, row_bytes, w);
+      }
       const int first = (b / 2) * kQ8Span + (b % 2) * (kQ8Block / 2);  // block b's first position
       #pragma GCC unroll 8
       for (int k = 0; k < kTokens; ++k) {
@@ -163,15 +201,7 @@ void Int4DecodeQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q
     for (int r = row0; r < row0 + rows;) {
       const int tile = r / kTileRows, first = tile * kTileRows;
       const int lane0 = r - first, lane_end = std::min(kTileRows, row0 + rows - first);
-      const uint8_t* codes = layer.qweight + first * row_bytes;
-      if (first + kTileRows > layer.out) {  // the last rows, repeated into a full tile
-        padded.resize(kTileRows * row_bytes);
-        for (int i = 0; i < kTileRows; ++i) {
-          std::memcpy(padded.data() + i * row_bytes, layer.qweight + std::min(first + i, layer.out - 1) * row_bytes,
-                      row_bytes);
-        }
-        codes = padded.data();
-      }
+      const uint8_t* codes = Int4FullTile(layer, first, padded);
       const uint8_t* tile_params = nullptr;
       if (layer.tile_scales) {
         tile_params = layer.tile_scales + static_cast<size_t>(tile) * groups * kTileScaleBytes;
@@ -190,8 +220,13 @@ void Int4DecodeQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q
       const uint8_t* next = layer.qweight + (first + kTileRows) * row_bytes;  // a prefetch never faults
       float* y_tile = y_part + (r - row0);
       WithTokenCount(part.num_tokens, [&](auto n) {
-        TileTimesTokens<n()>(layer, codes, tile_params, bias, next, lane0, lane_end, part, y_tile,
-                             ldy);
+        if (layer.layout == Int4Layout::kTiles) {
+          TileTimesTokens<n(), Int4Layout::kTiles>(layer, codes, tile_params, bias, next, lane0, lane_end, part,
+                                                   y_tile, ldy);
+        } else {
+          TileTimesTokens<n(), Int4Layout::kRows>(layer, codes, tile_params, bias, next, lane0, lane_end, part,
+                                                  y_tile, ldy);
+        }
       });
       r = first + lane_end;
     }

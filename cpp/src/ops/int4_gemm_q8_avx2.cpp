@@ -136,6 +136,7 @@ void TileTimesTokens(const Int4Linear& layer, const Tile& tile, int row0, int ro
 
 void Int4GemmQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
                     int ldy) {
+  RequireRowLayout(layer, "Int4GemmQ8Avx2");
   thread_local Tile tile;
   for (int r = 0; r < rows; r += kTileRows) {
     const int tile_rows = std::min(kTileRows, rows - r);

@@ -15,7 +15,9 @@
 //
 // Lanes per row need the codes transposed: a tile of kTileRows rows is
 // unpacked once per call to bytes (one code per byte, 0..15) in the order
-// [block][quad i][row r][4 codes], and then serves every token of the call
+// [block][quad i][row r][4 codes] (from the loader's tile layout,
+// ops/int4_tiles.h: 4 loads and the nibble split per block; from the rows: a
+// transpose), and then serves every token of the call
 // (a prefill chunk: up to 128 tokens), its 8 quads of a block held in
 // registers across kTokenBlock tokens. Unpacking costs ~80 uops per 64
 // columns of the tile against ~21 x tokens for the dots, plus the wait for
@@ -51,12 +53,14 @@
 #include <vector>
 
 #include "ops/int4_gemm_tile.h"
+#include "ops/int4_tiles.h"
 #include "ops/linear_kernels.h"
 
 namespace awqcore {
 namespace {
 
 constexpr int kTileRows = 16;    // int32 lanes of a zmm: one row each
+static_assert(kTileRows == kInt4TileRows, "a register tile is a tile of the tile layout");
 constexpr int kTokenBlock = 8;   // tokens per register block: 8 quads + 2 x 8 accumulators
 constexpr int kQuadsPerBlock = kQ8Block / 4;
 
@@ -92,13 +96,26 @@ void UnpackSpan(const uint8_t* const* codes, int sp, Zmm* out) {
   }
 }
 
+// UnpackSpan's quads for the 16 rows of a tile-layout tile (codes: its
+// bytes, all 16 rows; the last tile padded).
+void UnpackTiles(const uint8_t* codes, int blocks, Zmm* out) {
+  const __m512i nibble = _mm512_set1_epi8(15);
+  for (int b = 0; b < blocks; ++b) {
+    for (int c = 0; c < 4; ++c) {
+      const __m512i y = _mm512_loadu_si512(codes + (4 * b + c) * 64);
+      _mm512_store_si512(out + 8 * b + c, _mm512_and_si512(y, nibble));
+      _mm512_store_si512(out + 8 * b + 4 + c, _mm512_and_si512(_mm512_srli_epi16(y, 4), nibble));
+    }
+  }
+}
 
-// Tokens t .. t + kTokens - 1 times the tile: y[(t + k) * ldy + r] for the
-// first `rows` rows (row0: the tile's first row in the layer, for the bias).
-// next_codes: the next tile's codes (16 rows x in / 2 bytes, contiguous), to
-// prefetch into L2 while this tile computes, or nullptr.
+// Tokens t .. t + kTokens - 1 times the tile: y[(t + k) * ldy + i] = lane
+// lane0 + i, lanes [lane0, lane_end) (first: the tile's first row in the
+// layer, for the bias). next_codes: the next tile's codes (16 rows x in / 2
+// bytes, contiguous), to prefetch into L2 while this tile computes, or
+// nullptr.
 template <int kTokens>
-void TileTimesTokens(const Int4Linear& layer, const Tile& tile, int row0, int rows,
+void TileTimesTokens(const Int4Linear& layer, const Tile& tile, int first, int lane0, int lane_end,
                      const Q8Activations& x, int t, float* y, int ldy, const uint8_t* next_codes) {
   const int gs = layer.group_size;
   const int groups = layer.in / gs;
@@ -147,11 +164,14 @@ void TileTimesTokens(const Int4Linear& layer, const Tile& tile, int row0, int ro
       acc[k] = _mm512_fnmadd_ps(sz, _mm512_set1_ps(group_sums[k * groups + g]), acc[k]);
     }
   }
-  const __mmask16 mask = static_cast<__mmask16>((1u << rows) - 1);
-  const __m512 bias = layer.bias ? _mm512_maskz_loadu_ps(mask, layer.bias + row0) : _mm512_setzero_ps();
+  // Lanes [lane0, lane_end) moved down to lanes [0, lane_end - lane0).
+  const __mmask16 lanes = static_cast<__mmask16>(((1u << lane_end) - 1) & ~((1u << lane0) - 1));
+  const __mmask16 stored = static_cast<__mmask16>((1u << (lane_end - lane0)) - 1);
+  const __m512 bias = layer.bias ? _mm512_maskz_loadu_ps(lanes, layer.bias + first) : _mm512_setzero_ps();
   #pragma GCC unroll 8
   for (int k = 0; k < kTokens; ++k) {
-    _mm512_mask_storeu_ps(y + static_cast<size_t>(t + k) * ldy, mask, _mm512_add_ps(acc[k], bias));
+    const __m512 out = _mm512_maskz_compress_ps(lanes, _mm512_add_ps(acc[k], bias));
+    _mm512_mask_storeu_ps(y + static_cast<size_t>(t + k) * ldy, stored, out);
   }
 }
 
@@ -160,30 +180,39 @@ void TileTimesTokens(const Int4Linear& layer, const Tile& tile, int row0, int ro
 void Int4GemmQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                           float* y, int ldy) {
   thread_local Tile tile;
-  for (int r = 0; r < rows; r += kTileRows) {
-    const int tile_rows = std::min(kTileRows, rows - r);
-    UnpackTile(layer, row0 + r, tile_rows, tile, UnpackSpan);
+  thread_local std::vector<uint8_t> padded;  // the last tile of a tile layout, 16 rows
+  const size_t row_bytes = layer.in / 2;
+  const bool tiles = layer.layout == Int4Layout::kTiles;
+  for (int r = row0; r < row0 + rows;) {
+    // Register tiles: from row0 in the row layout, the layer's own tiles in
+    // the tile layout (a call's rows outside them computed and not stored).
+    const int first = tiles ? r / kTileRows * kTileRows : r;
+    const int lane0 = r - first, lane_end = std::min(kTileRows, row0 + rows - first);
+    const int tile_rows = std::min(kTileRows, layer.out - first);
+    if (tiles) {
+      UnpackTileScales(layer, first, tile_rows, tile);
+      UnpackTiles(Int4FullTile(layer, first, padded), layer.in / kQ8Block, tile.quads.data());
+    } else {
+      UnpackTile(layer, first, lane_end, tile, UnpackSpan);
+    }
     // Prefill streams every weight from DRAM once per call: the next tile's
     // codes are prefetched during this tile's first register block, so
     // unpacking does not wait for them.
-    const uint8_t* next_codes =
-        r + kTileRows < rows ? layer.qweight + static_cast<size_t>(row0 + r + kTileRows) * (layer.in / 2) : nullptr;
-    float* y_tile = y + r;
+    const int next = first + kTileRows;
+    const uint8_t* next_codes = next < row0 + rows ? layer.qweight + static_cast<size_t>(next) * row_bytes : nullptr;
+    float* y_tile = y + (r - row0);
     int t = 0;
     for (; t + kTokenBlock <= x.num_tokens; t += kTokenBlock) {
-      TileTimesTokens<kTokenBlock>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, t == 0 ? next_codes : nullptr);
+      TileTimesTokens<kTokenBlock>(layer, tile, first, lane0, lane_end, x, t, y_tile, ldy,
+                                   t == 0 ? next_codes : nullptr);
     }
-    const uint8_t* prefetch = t == 0 ? next_codes : nullptr;
-    switch (x.num_tokens - t) {
-      case 7: TileTimesTokens<7>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
-      case 6: TileTimesTokens<6>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
-      case 5: TileTimesTokens<5>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
-      case 4: TileTimesTokens<4>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
-      case 3: TileTimesTokens<3>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
-      case 2: TileTimesTokens<2>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
-      case 1: TileTimesTokens<1>(layer, tile, row0 + r, tile_rows, x, t, y_tile, ldy, prefetch); break;
-      default: break;
+    if (t < x.num_tokens) {
+      const uint8_t* prefetch = t == 0 ? next_codes : nullptr;
+      WithTokenCount(x.num_tokens - t, [&](auto n) {
+        TileTimesTokens<n()>(layer, tile, first, lane0, lane_end, x, t, y_tile, ldy, prefetch);
+      });
     }
+    r = first + lane_end;
   }
 }
 

@@ -41,23 +41,16 @@ struct GemmTile {
   std::vector<Lanes<kRows>> zero_terms;  // [groups]: s_g z_g of the rows, f32
 };
 
-// Unpacks rows [row, row + rows) (rows <= kRows) into `tile`, the codes of
-// each 64-column span sp by unpack_span(codes, sp, out) (codes: the kRows
-// rows' first code bytes; out: the span's 16 quads); lanes past `rows`
-// repeat the last row (computed, never stored).
-template <int kRows, typename UnpackSpan>
-void UnpackTile(const Int4Linear& layer, int row, int rows, GemmTile<kRows>& tile, UnpackSpan unpack_span) {
+// Sizes `tile` for `layer` and fills its scales and zero terms from rows
+// [row, row + rows) (rows <= kRows); lanes past `rows` repeat the last row
+// (computed, never stored).
+template <int kRows>
+void UnpackTileScales(const Int4Linear& layer, int row, int rows, GemmTile<kRows>& tile) {
   constexpr int kQuadsPerSpan = 2 * kQ8Block / 4;
   const int groups = layer.in / layer.group_size;
-  const int spans = layer.in / kQ8Span;
-  tile.quads.resize(static_cast<size_t>(spans) * kQuadsPerSpan);
+  tile.quads.resize(static_cast<size_t>(layer.in / kQ8Span) * kQuadsPerSpan);
   tile.scales.resize(groups);
   tile.zero_terms.resize(groups);
-  const uint8_t* codes[kRows];
-  for (int r = 0; r < kRows; ++r) {
-    codes[r] = layer.qweight + static_cast<size_t>(row + std::min(r, rows - 1)) * (layer.in / 2);
-  }
-  for (int sp = 0; sp < spans; ++sp) unpack_span(codes, sp, tile.quads.data() + sp * kQuadsPerSpan);
   for (int r = 0; r < kRows; ++r) {
     const size_t base = static_cast<size_t>(row + std::min(r, rows - 1)) * groups;
     for (int g = 0; g < groups; ++g) {
@@ -67,6 +60,22 @@ void UnpackTile(const Int4Linear& layer, int row, int rows, GemmTile<kRows>& til
       std::memcpy(tile.zero_terms[g].bytes + 4 * r, &sz, 4);
     }
   }
+}
+
+// Unpacks rows [row, row + rows) (rows <= kRows) of a row-layout layer into
+// `tile`, the codes of each 64-column span sp by unpack_span(codes, sp, out)
+// (codes: the kRows rows' first code bytes; out: the span's 16 quads); lanes
+// past `rows` repeat the last row (computed, never stored).
+template <int kRows, typename UnpackSpan>
+void UnpackTile(const Int4Linear& layer, int row, int rows, GemmTile<kRows>& tile, UnpackSpan unpack_span) {
+  constexpr int kQuadsPerSpan = 2 * kQ8Block / 4;
+  UnpackTileScales(layer, row, rows, tile);
+  const uint8_t* codes[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    codes[r] = layer.qweight + static_cast<size_t>(row + std::min(r, rows - 1)) * (layer.in / 2);
+  }
+  const int spans = layer.in / kQ8Span;
+  for (int sp = 0; sp < spans; ++sp) unpack_span(codes, sp, tile.quads.data() + sp * kQuadsPerSpan);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "half.h"
 #include "ops/activation.h"
+#include "ops/int4_tiles.h"
 #include "ops/linear_kernels.h"
 #include "ops/vec.h"
 
@@ -24,17 +25,17 @@ namespace {
 // adds no rounding error. The form is branch- and lookup-free so the loop
 // vectorizes.
 void DequantizeRowSpan(const Int4Linear& layer, int row, int column0, int width, float* out) {
-  const uint8_t* codes = layer.qweight + static_cast<size_t>(row) * (layer.in / 2) + column0 / 2;
   const size_t groups_per_row = layer.in / layer.group_size;
   for (int c = 0; c < width; c += layer.group_size) {
     const size_t index = static_cast<size_t>(row) * groups_per_row + (column0 + c) / layer.group_size;
     const float scale = F16ToF32(layer.scales[index]);
     const float offset = -static_cast<float>(layer.zeros[index]) * scale;
-    const uint8_t* group_codes = codes + c / 2;  // [g / 2]; byte i: columns 2i, 2i + 1
-    float* group_out = out + c;                  // [g]
+    const int first_byte = (column0 + c) / 2;  // byte i: columns 2i, 2i + 1
+    float* group_out = out + c;                // [g]
     for (int i = 0; i < layer.group_size / 2; ++i) {
-      group_out[2 * i] = static_cast<float>(group_codes[i] & 15) * scale + offset;
-      group_out[2 * i + 1] = static_cast<float>(group_codes[i] >> 4) * scale + offset;
+      const uint8_t byte = Int4CodeByte(layer, row, first_byte + i);
+      group_out[2 * i] = static_cast<float>(byte & 15) * scale + offset;
+      group_out[2 * i + 1] = static_cast<float>(byte >> 4) * scale + offset;
     }
   }
 }
@@ -120,14 +121,14 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
     const float* d = x.block_scales + static_cast<size_t>(t) * (layer.in / kQ8Block);
     const float* group_sums = x.group_sums + static_cast<size_t>(t) * groups;
     for (int r = row0; r < row0 + rows; ++r) {
-      const uint8_t* codes = layer.qweight + static_cast<size_t>(r) * (layer.in / 2);
       float sum = layer.bias ? layer.bias[r] : 0.f;
       for (int g = 0; g < groups; ++g) {
         float group = 0.f;
         for (int b = g * blocks_per_group; b < (g + 1) * blocks_per_group; ++b) {
           int dot = 0;
           for (int c = b * kQ8Block; c < (b + 1) * kQ8Block; ++c) {
-            const int code = c % 2 == 0 ? codes[c / 2] & 15 : codes[c / 2] >> 4;
+            const uint8_t byte = Int4CodeByte(layer, r, c / 2);
+            const int code = c % 2 == 0 ? byte & 15 : byte >> 4;
             dot += code * q[Q8Position(c)];
           }
           group += d[b] * static_cast<float>(dot);
@@ -141,10 +142,46 @@ void Int4RowsQ8Scalar(const Int4Linear& layer, int row0, int rows, const Q8Activ
   }
 }
 
+namespace {
+
+// Runs kernel(view, row0', rows', y') for rows [row0, row0 + rows) of a layer
+// whose kernel reads only the row layout: the layer itself, or, for a
+// tile-layout layer, 16 rows at a time from row0 regrouped back into rows (a
+// thread-local buffer) as a layer of their own. Chunks of a multiple of the
+// row kernels' 4-row blocks from row0 keep their blocking, and so their bits.
+template <typename RowKernel>
+void WithRowLayout(const Int4Linear& layer, int row0, int rows, float* y, RowKernel kernel) {
+  if (layer.layout == Int4Layout::kRows) {
+    kernel(layer, row0, rows, y);
+    return;
+  }
+  thread_local std::vector<uint8_t> codes;  // [<= 16][in / 2]
+  const size_t row_bytes = layer.in / 2, groups = layer.in / layer.group_size;
+  codes.resize(kInt4TileRows * row_bytes);
+  for (int r = row0; r < row0 + rows;) {
+    const int end = std::min(row0 + rows, r + kInt4TileRows);
+    Int4TileRowsToRows(layer, r, end - r, codes.data());
+    Int4Linear view = layer;
+    view.out = end - r;
+    view.qweight = codes.data();
+    view.scales = layer.scales + r * groups;
+    view.zeros = layer.zeros + r * groups;
+    view.bias = layer.bias ? layer.bias + r : nullptr;
+    view.tile_scales = nullptr;
+    view.layout = Int4Layout::kRows;
+    kernel(view, 0, end - r, y + (r - row0));
+    r = end;
+  }
+}
+
+}  // namespace
+
 void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx, int num_tokens,
               float* y, int ldy, Isa isa) {
   if (isa >= Isa::kAvx2) {
-    Int4RowsAvx2(layer, row0, rows, x, ldx, num_tokens, y, ldy);
+    WithRowLayout(layer, row0, rows, y, [&](const Int4Linear& l, int r0, int n, float* yr) {
+      Int4RowsAvx2(l, r0, n, x, ldx, num_tokens, yr, ldy);
+    });
   } else {
     Int4RowsScalar(layer, row0, rows, x, ldx, num_tokens, y, ldy);
   }
@@ -176,15 +213,16 @@ void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations
     } else {
       Int4DecodeQ8Avx512Vnni(layer, row0, rows, x, y, ldy);
     }
-  } else if (isa >= Isa::kAvx2 && x.num_tokens > kQ8MaxTokens) {
+  } else if (isa >= Isa::kAvx2) {
     // Prefill: the GEMM (8 rows x 2 tokens per register block). Calls of
     // decode size stay on the GEMV, so a batch of up to 8 decodes bit for bit
     // as its sequences alone.
-    Int4GemmQ8Avx2(layer, row0, rows, x, y, ldy);
-  } else if (isa >= Isa::kAvx512 && Avx512Pays(layer)) {
-    Int4RowsQ8Avx512(layer, row0, rows, x, y, ldy);
-  } else if (isa >= Isa::kAvx2) {
-    Int4RowsQ8Avx2(layer, row0, rows, x, y, ldy);
+    const auto kernel = x.num_tokens > kQ8MaxTokens                  ? Int4GemmQ8Avx2
+                        : isa >= Isa::kAvx512 && Avx512Pays(layer) ? Int4RowsQ8Avx512
+                                                                     : Int4RowsQ8Avx2;
+    WithRowLayout(layer, row0, rows, y, [&](const Int4Linear& l, int r0, int n, float* yr) {
+      kernel(l, r0, n, x, yr, ldy);
+    });
   } else {
     Int4RowsQ8Scalar(layer, row0, rows, x, y, ldy);
   }
@@ -303,7 +341,7 @@ void Int4LinearReference(const Int4Linear& layer, const float* x, int num_tokens
     for (int r = 0; r < layer.out; ++r) {
       double sum = layer.bias ? layer.bias[r] : 0.0;
       for (int c = 0; c < layer.in; ++c) {
-        const uint8_t byte = layer.qweight[static_cast<size_t>(r) * (layer.in / 2) + c / 2];
+        const uint8_t byte = Int4CodeByte(layer, r, c / 2);
         const int q = (c % 2 == 0) ? (byte & 15) : (byte >> 4);
         const size_t group_index = static_cast<size_t>(r) * groups_per_row + c / layer.group_size;
         const int z = layer.zeros[group_index];

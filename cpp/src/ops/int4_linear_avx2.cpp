@@ -227,6 +227,7 @@ void GemmRows(const Int4Linear& layer, int row0, int rows, const float* x, int l
 
 void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, int ldx,
                   int num_tokens, float* y, int ldy) {
+  RequireRowLayout(layer, "Int4RowsAvx2");
   const int groups = layer.in / layer.group_size;
   if (num_tokens >= kTileMinTokens || groups > kMaxGroups) {
     GemmRows(layer, row0, rows, x, ldx, num_tokens, y, ldy);
@@ -247,6 +248,7 @@ void Int4RowsAvx2(const Int4Linear& layer, int row0, int rows, const float* x, i
 // while every token reads them, so a batch shares one pass over the weights.
 void Int4RowsQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                     float* y, int ldy) {
+  RequireRowLayout(layer, "Int4RowsQ8Avx2");
   const bool pairs = layer.group_size > kQ8Block;  // Q8GemvGroups' group sizes
   int r = 0;
   for (; r + 4 <= rows; r += 4) {

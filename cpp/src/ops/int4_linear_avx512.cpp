@@ -6,6 +6,7 @@ namespace awqcore {
 
 void Int4RowsQ8Avx512(const Int4Linear& layer, int row0, int rows, const Q8Activations& x,
                       float* y, int ldy) {
+  RequireRowLayout(layer, "Int4RowsQ8Avx512");
   Int4RowsQ8Avx512Body(layer, row0, rows, x, y, ldy);
 }
 

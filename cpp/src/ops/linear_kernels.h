@@ -14,12 +14,16 @@
 // Int4Rows, Int4RowsQ8, TableRows, TableRowsQ8 (no suffix, `isa` last): the
 //          kernel of the best level at or below `isa`, the one dispatch point
 //          of the ops and the tests.
+// The int4 kernels of the AVX2 and AVX-512 (no VNNI) levels read only the
+// row layout of the codes (RequireRowLayout); the scalar and the AVX-512 VNNI
+// ones read both (model_weights.h: Int4Layout).
 // *Q8*:    the same sum for activations rounded to int8 (ops/q8_activations.h),
 //          y[t * ldy + r] = sum_c W[row0 + r, c] d_b(c) q_t[c] (+ bias): the
 //          decode path (W4A8).
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <type_traits>
 
 #include "cpu_features.h"
@@ -81,7 +85,10 @@ void Int4DecodeQ8Avx512Vnni(const Int4Linear& layer, int row0, int rows, const Q
 void Int4GemmQ8Avx2(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
                     int ldy);
 // The row kernels `isa` picks (int4_linear.cpp): the one dispatch of the ops
-// that split rows themselves (int4_linear.cpp, ops/moe_experts.cpp).
+// that split rows themselves (int4_linear.cpp, ops/moe_experts.cpp). Either
+// layout of the codes (Int4Layout): the AVX-512 VNNI W4A8 kernels and the
+// scalar ones read both; a tile-layout layer reaches the other kernels a
+// tile's rows at a time, regrouped back into rows (ops/int4_tiles.h).
 void Int4Rows(const Int4Linear& layer, int row0, int rows, const float* x, int ldx, int num_tokens,
               float* y, int ldy, Isa isa);
 void Int4RowsQ8(const Int4Linear& layer, int row0, int rows, const Q8Activations& x, float* y,
@@ -118,6 +125,15 @@ void TableRows(const EmbeddingTable& table, int row0, int rows, const float* x, 
                int num_tokens, float* y, int ldy, Isa isa);
 void TableRowsQ8(const EmbeddingTable& table, int row0, int rows, const Q8Activations& x, float* y,
                  int ldy, Isa isa);
+
+// The entry check of the kernels that read only the row layout
+// (Int4Layout::kRows): the dispatchers Int4Rows and Int4RowsQ8 hand them a
+// tile-layout layer's rows regrouped back, so a direct call with one is a bug.
+inline void RequireRowLayout(const Int4Linear& layer, const char* kernel) {
+  if (layer.layout != Int4Layout::kRows) {
+    throw Error(std::string("internal: ") + kernel + " reads the row layout, not this layer's tile layout");
+  }
+}
 
 // Calls f(std::integral_constant<int, n>{}) for a token count n in [1, 8]
 // (anything else: 1), so that a call's count, known at run time, picks the
