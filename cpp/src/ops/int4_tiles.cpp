@@ -10,22 +10,15 @@
 namespace awqcore {
 namespace {
 
-// One tile of n rows (row bytes `row_bytes`): the tile layout's 4-byte words
-// in order, word (b, c, r) holding row r's bytes 16b + 4c .. 16b + 4c + 3.
-// to_tiles: rows (rows[r * row_bytes + byte]) -> tile; else tile -> rows.
-void PermuteTile(const uint8_t* from, uint8_t* to, int n, size_t row_bytes, bool to_tiles) {
+// One tile of n rows (row bytes `row_bytes`) into the tile layout: its
+// 4-byte words in order, word (b, c, r) holding row r's bytes 16b + 4c ..
+// 16b + 4c + 3 (rows: rows[r * row_bytes + byte]).
+void RowsToTile(const uint8_t* rows, uint8_t* tile, int n, size_t row_bytes) {
   const size_t blocks = row_bytes / (kInt4TileBlock / 2);
   size_t at = 0;  // the tile layout's byte
   for (size_t b = 0; b < blocks; ++b) {
     for (int c = 0; c < 4; ++c) {
-      for (int r = 0; r < n; ++r, at += 4) {
-        const size_t row_at = r * row_bytes + 16 * b + 4 * c;
-        if (to_tiles) {
-          std::memcpy(to + at, from + row_at, 4);
-        } else {
-          std::memcpy(to + row_at, from + at, 4);
-        }
-      }
+      for (int r = 0; r < n; ++r, at += 4) std::memcpy(tile + at, rows + r * row_bytes + 16 * b + 4 * c, 4);
     }
   }
 }
@@ -65,16 +58,11 @@ const uint8_t* Int4FullTile(const Int4Linear& layer, int first, std::vector<uint
 }
 
 std::vector<uint8_t> Int4RowCodes(const Int4Linear& layer) {
-  const size_t row_bytes = layer.in / 2;
   if (layer.layout == Int4Layout::kRows) {
-    return std::vector<uint8_t>(layer.qweight, layer.qweight + layer.out * row_bytes);
+    return std::vector<uint8_t>(layer.qweight, layer.qweight + layer.out * (layer.in / 2));
   }
-  std::vector<uint8_t> rows(layer.out * row_bytes);
-  for (int tile = 0; tile * kInt4TileRows < layer.out; ++tile) {
-    const int n = Int4TileRowCount(layer.out, tile);
-    PermuteTile(layer.qweight + tile * kInt4TileRows * row_bytes, rows.data() + tile * kInt4TileRows * row_bytes,
-                n, row_bytes, /*to_tiles=*/false);
-  }
+  std::vector<uint8_t> rows(layer.out * (layer.in / 2));
+  Int4TileRowsToRows(layer, 0, layer.out, rows.data());
   return rows;
 }
 
@@ -84,7 +72,7 @@ void RegroupInt4Tiles(const Int4Linear& layer, uint8_t* codes) {
   for (int tile = 0; tile * kInt4TileRows < layer.out; ++tile) {
     const int n = Int4TileRowCount(layer.out, tile);
     uint8_t* rows = codes + tile * kInt4TileRows * row_bytes;
-    PermuteTile(rows, tile_bytes.data(), n, row_bytes, /*to_tiles=*/true);
+    RowsToTile(rows, tile_bytes.data(), n, row_bytes);
     std::memcpy(rows, tile_bytes.data(), n * row_bytes);
   }
 }
