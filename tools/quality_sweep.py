@@ -16,7 +16,9 @@ variant is then derived per layer from the same activation statistics and scales
   awq-gptq-full, awq-gptq-heldout  AWQ scales + that clip search's bounds as GPTQ's
                 grid range, then GPTQ (which compensates the clipping too)
 A GPTQ variant may name its damping after a colon (e.g. awq-gptq:0.1; default
-gptq.DAMP, a fraction of the Hessian's mean diagonal).
+gptq.DAMP, a fraction of the Hessian's mean diagonal). A clipping variant may limit the
+clip search to the attention's or the MLP's linears after an @ (e.g. awq-full@mlp), to
+find where clipping helps or hurts.
 Each variant is written as a .awqbin and evaluated through the C++ runtime (exact f32
 mode) on the same windows; FP through the torch reference. Prints perplexities and each
 variant's share of RTN's increase: (ppl - FP) / (RTN - FP).
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 
+CLIP_ONLY = {"": "", "attn": "self_attn.", "mlp": "mlp."}  # the @ suffix: linear name prefix
 VARIANTS = ("rtn", "gptq", "awq-noclip", "awq-full", "awq-heldout", "awq-mild", "awq-gptq",
             "awq-gptq-heldout")
 
@@ -86,7 +89,8 @@ def main() -> int:
         stats, scales = quantizer.layer_stats, quantizer.input_scale
         pre = layer_prefix(layer)
         for v in variants:
-            method, _, damp = v.partition(":")
+            spec, _, only = v.partition("@")
+            method, _, damp = spec.partition(":")
             awq = v.startswith("awq")
             norms = {n: (weights if awq else original)[n] for n in names
                      if not (n.endswith(".weight") and n[len(pre):-7] in INPUT_OF)}
@@ -97,7 +101,7 @@ def main() -> int:
                 mode = method.split("-")[-1]
                 mode = mode if mode in ("full", "heldout", "mild") else None
                 bound = None  # [out, G, 1]: GPTQ takes it as its grid's range (gptq.py)
-                if mode and key not in CLIP_EXCLUDED:
+                if mode and key not in CLIP_EXCLUDED and key.startswith(CLIP_ONLY[only]):
                     bound = clip_bounds(w, stats[INPUT_OF[key]], s, mode, fake_quantize)
                     if "gptq" not in v:
                         wg = w.view(w.shape[0], -1, g)
