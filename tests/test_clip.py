@@ -96,14 +96,18 @@ def test_bad_clip_mode_and_device_are_rejected(tmp_path):
                            device="cuda", progress=False, calib_samples=2, calib_seqlen=32)
 
 
-def test_cli_default_method_calibrates(tmp_path):
-    """`awqcore quantize MODEL` uses the calibrated default, not round-to-nearest, and
-    the parser's method list is the pipeline's."""
-    from awqcore.cli import DEFAULT_METHOD, QUANTIZE_METHODS
-    from awqcore.quantize.pipeline import QUANTIZERS
+@pytest.mark.parametrize("spec,expected", [
+    (SPEC, "awq-gptq"),
+    ("synthetic:arch=mixtral,layers=1,experts=4,top_k=2,expert_ffn=64,seed=3", "awq")])
+def test_cli_default_method_calibrates(tmp_path, spec, expected):
+    """`awqcore quantize MODEL` uses the best measured calibrated method (README, "AWQ"),
+    not round-to-nearest; a model with experts, which GPTQ does not cover, gets `awq`
+    instead of an error. The parser's method list is the pipeline's."""
+    from awqcore.cli import QUANTIZE_METHODS
+    from awqcore.quantize.pipeline import DEFAULT_METHOD, QUANTIZERS
 
-    assert set(QUANTIZE_METHODS) == set(QUANTIZERS) and DEFAULT_METHOD != "rtn"
+    assert set(QUANTIZE_METHODS) == set(QUANTIZERS) and DEFAULT_METHOD == "awq-gptq"
     out = tmp_path / "default.awqbin"
-    assert main(["quantize", SPEC, "--group-size", "32", "-q", "--calib-samples", "2",
+    assert main(["quantize", spec, "--group-size", "32", "-q", "--calib-samples", "2",
                  "--calib-seqlen", "32", "--out", str(out)]) == 0
-    assert read_awqbin(out).metadata["quant.method"] == DEFAULT_METHOD
+    assert read_awqbin(out).metadata["quant.method"] == expected

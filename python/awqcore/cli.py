@@ -25,7 +25,6 @@ from .errors import Error
 # parser does not import torch) and the default: the method that kept the least of
 # RTN's perplexity increase, in and out of domain (README, "AWQ").
 QUANTIZE_METHODS = ("rtn", "awq", "gptq", "awq-gptq")
-DEFAULT_METHOD = "awq"
 
 EXIT_USAGE = 2
 
@@ -53,6 +52,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     _openmp_threads_sleep()
     from .importers import load_source
     from .quantize import quantize_model
+    from .quantize.pipeline import default_method
 
     import resource
 
@@ -61,7 +61,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
              "calib_text": args.calib_text, "seed": args.seed, "loss_tokens": args.loss_tokens,
              "clip": "off" if args.no_clip else args.clip, "device": args.device}
     options = {k: v for k, v in given.items() if v is not None}
-    if args.method != "rtn":
+    if args.method != "rtn":  # None: the model's default, a calibrated method
         import torch
 
         # torch's default is the physical cores it detects; the searches are
@@ -69,7 +69,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         # with other jobs, fewer threads than cores avoid threads waiting on each other).
         torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     source = load_source(args.model)
-    summary = quantize_model(source, args.out, method=args.method, group_size=args.group_size,
+    method = args.method or default_method(source.config)
+    summary = quantize_model(source, args.out, method=method, group_size=args.group_size,
                              progress=not args.quiet, embeddings=args.embeddings,
                              lm_head=args.lm_head, **options)
     ratio = summary["fp16_bytes"] / summary["file_bytes"]
@@ -386,11 +387,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", "-o", required=True, help="output .awqbin path")
     q.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128),
                    help="input columns per quantization group (default 64)")
-    q.add_argument("--method", default=DEFAULT_METHOD, choices=QUANTIZE_METHODS,
+    q.add_argument("--method", choices=QUANTIZE_METHODS,
                    help="rtn: round to nearest (no calibration, seconds); awq: "
                    "activation-aware scales and clipping from calibration text; gptq: "
-                   "GPTQ's second-order error compensation; awq-gptq: AWQ's scales, then "
-                   f"GPTQ (default {DEFAULT_METHOD})")
+                   "GPTQ's second-order error compensation; awq-gptq: AWQ's scales and clip "
+                   "bounds, then GPTQ on that grid (default awq-gptq; awq for a model "
+                   "with experts)")
     q.add_argument("--embeddings", default="int8", choices=("f16", "int8"),
                    help="storage of the token embedding and lm_head tables: int8 with one f16 "
                    "scale per 32 columns (half the bytes of f16; for small models the lm_head "

@@ -73,7 +73,7 @@ CHUNK_TOKENS = 4096
 
 @dataclass
 class AwqOptions:
-    # 32 x 256 tokens: SmolLM2-135M calibrates in about 3 CPU-minutes (README, "AWQ").
+    # 32 x 256 tokens: SmolLM2-135M calibrates in minutes on 2 cores (README, "AWQ").
     calib_samples: int = 32
     calib_seqlen: int = 256
     calib_text: str | None = None  # None: the Wikipedia summaries' calibration split
