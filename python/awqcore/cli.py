@@ -22,8 +22,7 @@ from typing import Optional, Sequence
 from .errors import Error
 
 # `awqcore quantize`'s methods (quantize.pipeline.QUANTIZERS, named here so that the
-# parser does not import torch) and the default: the method that kept the least of
-# RTN's perplexity increase, in and out of domain (README, "AWQ").
+# parser does not import torch); without --method, pipeline.default_method picks one.
 QUANTIZE_METHODS = ("rtn", "awq", "gptq", "awq-gptq")
 
 EXIT_USAGE = 2
