@@ -68,6 +68,28 @@ def test_mild_clip_shrinks_less_than_full():
         clip_bounds(w, stats, ones, "wide", fake_quantize)
 
 
+@pytest.mark.parametrize("spec,method", [
+    (SPEC, "awq-gptq"),
+    ("synthetic:arch=mixtral,layers=1,experts=4,top_k=2,expert_ffn=64,seed=3", "awq")])
+def test_attention_only_clip_is_full_on_attention_and_off_on_the_mlp(tmp_path, spec, method):
+    """Each layer's searches see full-precision inputs and weights, so --clip attn gives
+    the attention's linears exactly --clip full's codes and the MLP's (experts included)
+    exactly --clip off's; full and off differ on both, so either mix-up fails."""
+    options = dict(method=method, group_size=32, progress=False, calib_samples=2,
+                   calib_seqlen=32)
+    files = {}
+    for clip in ("full", "attn", "off"):
+        quantize_model(load_source(spec), tmp_path / f"{clip}.awqbin", clip=clip, **options)
+        files[clip] = read_awqbin(tmp_path / f"{clip}.awqbin")
+    names = [n for n in files["attn"].tensors if n.endswith(".qweight")]
+    attention = [n for n in names if ".self_attn." in n]
+    mlp = [n for n in names if ".mlp." in n]
+    assert attention and mlp and len(attention) + len(mlp) == len(names), names
+    same = lambda clip, n: np.array_equal(files["attn"].tensor(n), files[clip].tensor(n))  # noqa: E731
+    assert all(same("full", n) for n in attention) and all(same("off", n) for n in mlp)
+    assert not all(same("off", n) for n in attention) and not all(same("full", n) for n in mlp)
+
+
 def test_cli_calibration_options_reach_the_quantizer(tmp_path):
     """--method awq-gptq --clip heldout --device cpu writes the file quantize_model
     writes with those options, and it differs from --clip off's."""
@@ -87,7 +109,7 @@ def test_cli_calibration_options_reach_the_quantizer(tmp_path):
 
 
 def test_bad_clip_mode_and_device_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match=r"clip must be one of full, heldout, mild, off"):
+    with pytest.raises(ValueError, match=r"clip must be one of full, heldout, mild, attn, off"):
         quantize_model(load_source(SPEC), tmp_path / "x.awqbin", method="awq", clip="wide",
                        progress=False, calib_samples=2, calib_seqlen=32)
     if not torch.cuda.is_available():

@@ -412,11 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calibrate on this plain text (documents separated by blank lines) "
                      "or JSONL with a 'text' field; default: the Wikipedia summaries' "
                      "calibration split (disjoint from the one `awqcore ppl` evaluates on)")
-    awq.add_argument("--clip", choices=("full", "heldout", "mild", "off"),
+    awq.add_argument("--clip", choices=("full", "heldout", "mild", "attn", "off"),
                      help="AWQ's clip search: full (AutoAWQ's: shrinks down to 0.55 of a "
                      "group's max, chosen on all calibration tokens), heldout (chosen on half "
                      "the calibration sequences, kept only where it also helps on the other "
-                     "half), mild (shrinks down to 0.85), off (default: full for awq and awq-gptq, "
+                     "half), mild (shrinks down to 0.85), attn (full, on the attention's linears only: "
+                     "keeps the MLP's weights for text unlike the calibration text, e.g. code "
+                     "on a coder model; README), off (default: full for awq and awq-gptq, "
                      "off for gptq)")
     awq.add_argument("--no-clip", action="store_true", help="the same as --clip off")
     awq.add_argument("--threads", type=_positive_int,

@@ -56,7 +56,7 @@ from tqdm import tqdm
 from ..reference import attention_heads, decoder_layer, mlp_hidden, rotary_tables
 from ..source import SourceModel, layer_prefix
 from .calibration import calibration_blocks
-from .clip import CLIP_MODES, CLIP_STEPS, MILD_STEPS, InputStats, clip_bounds
+from .clip import CLIP_MODES, CLIP_STEPS, MILD_STEPS, InputStats, clip_bounds, clips_linear
 from .gptq import gptq_int4
 from .rtn import MAX_Q, MIN_SCALE, quantize_int4
 
@@ -434,7 +434,7 @@ class AwqQuantizer:
              for name, value in weights.items()}
         o = self.options
         groups = self.scale_groups() if o.scale_search else []
-        clipped = [n for n in INPUT_OF if n not in CLIP_EXCLUDED] if o.clip != "off" else []
+        clipped = [n for n in INPUT_OF if n not in CLIP_EXCLUDED and clips_linear(o.clip, n)]
         steps = MILD_STEPS if o.clip == "mild" else CLIP_STEPS
         bar = tqdm(total=len(groups) * N_GRID + len(clipped) * steps,
                    desc=f"layer {layer} search", unit="step", leave=False,

@@ -43,7 +43,7 @@ from ..reference import decoder_layer, expert_weights, mlp_hidden, route, rotary
 from ..source import EXPERT_PROJECTIONS, ROUTER_NAME, expert_linear, layer_prefix
 from .awq import (CHUNK_TOKENS, N_GRID, AwqQuantizer, _mse, candidate_scales, fake_quantize,
                   search_scales, weight_mean)
-from .clip import InputStats, clip_bounds
+from .clip import InputStats, clip_bounds, clips_linear
 from .rtn import quantize_int4
 
 
@@ -283,12 +283,12 @@ class MoeAwqQuantizer(AwqQuantizer):
                               "their down_proj is unscaled and nothing of theirs is clipped")
         start = time.perf_counter()
         if self.options.clip != "off":  # v and o as in a dense layer, every expert linear
-            with torch.no_grad():
+            with torch.no_grad():  # (those clips_linear admits: v and o only for "attn")
                 todo = [("self_attn.v_proj", "qkv"), ("self_attn.o_proj", "o")]
                 todo += [(expert_linear(e, proj), ("down", e) if proj == "down_proj"
                           else ("mlp", e))
                          for e in range(E) if e not in unrouted for proj in EXPERT_PROJECTIONS]
-                for n, key in todo:
+                for n, key in filter(lambda t: clips_linear(self.options.clip, t[0]), todo):
                     s = input_scale.get(n, torch.ones(scaled[n].shape[1], device=self.device))
                     self._clip(scaled[n], stats[key], s)
         self.times["clip search"] += time.perf_counter() - start

@@ -19,7 +19,8 @@ import torch
 CLIP_GRID = 20  # shrink factors 1 - i / 20 ...
 CLIP_STEPS = 10  # ... for i = 0..9 (down to 0.55 of the group's max |w|)
 MILD_STEPS = 4  # "mild" mode: i = 0..3 (down to 0.85)
-CLIP_MODES = ("full", "heldout", "mild", "off")
+CLIP_MODES = ("full", "heldout", "mild", "attn", "off")
+ATTENTION_ONLY = "attn"  # the full search on the attention's linears, none on the MLP's
 
 
 def _group_error(d: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ def clip_bounds(w: torch.Tensor, stats: "InputStats", s: torch.Tensor, mode: str
                 ) -> torch.Tensor:
     """The clip bound [out, G, 1] of `mode` for the scaled weights w (input divided by s)."""
     g = stats.g
-    if mode == "full":
+    if mode in ("full", ATTENTION_ONLY):
         return search_clip(w, stats.scaled_gram(s), g, fake_quantize, step)
     if mode == "mild":
         return search_clip(w, stats.scaled_gram(s), g, fake_quantize, step, steps=MILD_STEPS)
@@ -75,6 +76,13 @@ def clip_bounds(w: torch.Tensor, stats: "InputStats", s: torch.Tensor, mode: str
         return search_clip(w, stats.scaled_gram(s, part=0), g, fake_quantize, step,
                            check_gram=stats.scaled_gram(s, part=1))
     raise ValueError(f"unknown clip mode {mode!r} (choose from {', '.join(CLIP_MODES)})")
+
+
+def clips_linear(mode: str, name: str) -> bool:
+    """Whether clip mode `mode` searches bounds for the linear `name` (a reference key
+    such as "self_attn.o_proj" or "mlp.experts.3.down_proj"; q and k are left out by
+    the quantizers themselves)."""
+    return mode != "off" and (mode != ATTENTION_ONLY or name.startswith("self_attn."))
 
 
 class InputStats:
