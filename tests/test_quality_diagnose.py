@@ -61,7 +61,7 @@ def test_parse_layers(tool):
 
 def test_a_run_on_a_tiny_model(tool, tmp_path, capsys):
     """Every layer, scale group, linear and set gets numbers; GPTQ lowers the output
-    error on the calibration tokens it was fitted to (its defining property, 0.6-0.7x
+    error on the calibration tokens it was fitted to (its defining property, 0.4-0.5x
     RTN's here), and the clip bounds the calibration set picks "for itself" are the
     clip search's."""
     ood = tmp_path / "ood.txt"
@@ -82,7 +82,7 @@ def test_a_run_on_a_tiny_model(tool, tmp_path, capsys):
     linears = summary["linears"]
     assert len(linears) == 7
     for key, variants in linears.items():
-        assert variants["gptq 0.01"]["calib"] < 1.0, key
+        assert variants["gptq"]["calib"] < 1.0, key
         if "awq+clip" in variants:  # on the calibration set, its own bounds are AWQ's
             assert variants["awq+own clip"]["calib"] == pytest.approx(
                 variants["awq+clip"]["calib"], rel=1e-6), key

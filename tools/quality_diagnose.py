@@ -18,8 +18,9 @@ Per layer it measures, on the calibration tokens and on every probe:
   linears each linear's output error mean_t |x_t (W' - W)^T|^2 / out, exactly over all
           of a set's tokens from its Gram matrix, for: RTN; AWQ's scales; AWQ + the full
           clip search (bounds from the calibration tokens); AWQ + the clip bounds the
-          probe's own tokens would pick (what that text prefers); GPTQ at damping 0.01
-          and 0.1 (Hessian from the calibration tokens); AWQ + GPTQ.
+          probe's own tokens would pick (what that text prefers); GPTQ (Hessian from
+          the calibration tokens, gptq.DAMP); AWQ + GPTQ;
+          AWQ + GPTQ on the full clip search's grid (the default method).
 The summary gives geometric means over layers of each error as a multiple of RTN's on
 the same tokens (1 = RTN; lower is better), so a choice that fits the calibration text
 shows as < 1 on "calib" and >= 1 on "wiki"/"ood". --json keeps every layer's numbers.
@@ -36,9 +37,6 @@ import time
 
 import numpy as np
 import torch
-
-DAMPINGS = (0.01, 0.1)
-
 
 def parse_layers(spec: str | None, n_layers: int) -> list[int]:
     """"0-5,9" -> [0, 1, 2, 3, 4, 5, 9]; None -> every layer. Out-of-range -> ValueError."""
@@ -87,15 +85,17 @@ def linear_errors(w_fp: torch.Tensor, w_scaled: torch.Tensor, s: torch.Tensor,
             codes.shape)
 
     # Weights in the unscaled space (compared with H of x) or the scaled one (H of x / s).
-    unscaled = {"rtn": fake_quantize(w_fp, g)}
+    unscaled = {"rtn": fake_quantize(w_fp, g),
+                "gptq": dequantized(*gptq_quantize(w_fp, calib_stats.hessian(
+                    torch.ones_like(s)), g))}
     scaled = {"awq": fake_quantize(w_scaled, g)}
-    for damp in DAMPINGS:
-        unscaled[f"gptq {damp:g}"] = dequantized(*gptq_quantize(w_fp, calib_stats.hessian(
-            torch.ones_like(s)), g, damp=damp))
-    scaled["awq-gptq"] = dequantized(*gptq_quantize(w_scaled, calib_stats.hessian(s), g))
+    hessian = calib_stats.hessian(s)
+    scaled["awq-gptq"] = dequantized(*gptq_quantize(w_scaled, hessian, g))
     if clipped:
         bound = clip_bounds(w_scaled, calib_stats, s, "full", fake_quantize)
         scaled["awq+clip"] = fake_quantize(clamp(w_scaled, bound), g)
+        scaled["awq-gptq+clip"] = dequantized(*gptq_quantize(w_scaled, hessian, g,
+                                                              bounds=bound))
     back = rows[:, None]  # [out, 1]
     result: dict[str, dict] = {}
     for name, (stats, gram, gram_s) in grams.items():

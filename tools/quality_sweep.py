@@ -17,7 +17,7 @@ variant is then derived per layer from the same activation statistics and scales
                 grid range, then GPTQ (which compensates the clipping too)
 A GPTQ variant may name its damping after a colon (e.g. awq-gptq:0.1; default
 gptq.DAMP, a fraction of the Hessian's mean diagonal). A clipping variant may limit the
-clip search to the attention's or the MLP's linears after an @ (e.g. awq-full@mlp), to
+clip search to some linears after an @: attn, mlp, gate-up or down (e.g. awq-full@mlp), to
 find where clipping helps or hurts.
 Each variant is written as a .awqbin and evaluated through the C++ runtime (exact f32
 mode) on the same windows; FP through the torch reference. Prints perplexities and each
@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 
-CLIP_ONLY = {"": "", "attn": "self_attn.", "mlp": "mlp."}  # the @ suffix: linear name prefix
+CLIP_ONLY = {"": ("",), "attn": ("self_attn.",), "mlp": ("mlp.",),  # the @ suffix: the
+             "gate-up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}  # names
 VARIANTS = ("rtn", "gptq", "awq-noclip", "awq-full", "awq-heldout", "awq-mild", "awq-gptq",
             "awq-gptq-heldout")
 
