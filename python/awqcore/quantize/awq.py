@@ -14,7 +14,8 @@ Per decoder layer, as AutoAWQ does (arXiv 2306.00978 and its reference code):
     architecture: SCALE_GROUPS, after AutoAWQ's get_layers_for_scaling.
  3. Clip search for every linear but q/k (clip.py): per output row and group, clamp
     the weights to +-(1 - i/20)*absmax for i in 0..9 and keep the one minimising the
-    group's output error; --clip picks a milder or held-out-checked variant.
+    group's output error; --clip picks a milder, held-out-checked or attention-only
+    variant.
  4. Quantize with the round-to-nearest int4 quantizer (rtn.quantize_int4), or with
     GPTQ's error compensation (gptq.py; methods gptq and awq-gptq) from the Gram
     matrix of the same (scaled) inputs; GPTQ takes the clip bounds as its grid's range

@@ -96,7 +96,8 @@ QUANTIZERS: dict[str, Callable[..., LayerQuantizer]] = {
     "rtn": _rtn, "awq": _awq, "gptq": _gptq, "awq-gptq": _awq_gptq}
 CALIBRATED_METHODS = ("awq", "gptq", "awq-gptq")
 # The best measured method: in domain on SmolLM2, Gemma 3 and Qwen2.5-Coder, and out of
-# domain on the first two (README, "AWQ"; on Qwen's code text every clipped method loses).
+# domain on the first two (README, "AWQ"; on Qwen's code text the MLP's clipping loses,
+# which --clip attn avoids).
 DEFAULT_METHOD = "awq-gptq"
 
 
