@@ -38,6 +38,7 @@ import time
 import numpy as np
 import torch
 
+
 def parse_layers(spec: str | None, n_layers: int) -> list[int]:
     """"0-5,9" -> [0, 1, 2, 3, 4, 5, 9]; None -> every layer. Out-of-range -> ValueError."""
     if not spec:
