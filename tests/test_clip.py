@@ -85,6 +85,7 @@ def test_attention_only_clip_is_full_on_attention_and_off_on_the_mlp(tmp_path, s
     attention = [n for n in names if ".self_attn." in n]
     mlp = [n for n in names if ".mlp." in n]
     assert attention and mlp and len(attention) + len(mlp) == len(names), names
+
     def same(clip: str, name: str) -> bool:
         return np.array_equal(files["attn"].tensor(name), files[clip].tensor(name))
 

@@ -282,13 +282,14 @@ class MoeAwqQuantizer(AwqQuantizer):
             self.notes.append(f"layer {layer}: experts {unrouted} got no calibration token; "
                               "their down_proj is unscaled and nothing of theirs is clipped")
         start = time.perf_counter()
-        if self.options.clip != "off":  # v and o as in a dense layer, every expert linear
-            with torch.no_grad():  # (those clips_linear admits: v and o only for "attn")
-                todo = [("self_attn.v_proj", "qkv"), ("self_attn.o_proj", "o")]
-                todo += [(expert_linear(e, proj), ("down", e) if proj == "down_proj"
-                          else ("mlp", e))
-                         for e in range(E) if e not in unrouted for proj in EXPERT_PROJECTIONS]
-                for n, key in filter(lambda t: clips_linear(self.options.clip, t[0]), todo):
+        # v and o as in a dense layer, every routed expert linear; clips_linear decides
+        # which of them the clip mode covers ("off": none, "attn": v and o only).
+        todo = [("self_attn.v_proj", "qkv"), ("self_attn.o_proj", "o")]
+        todo += [(expert_linear(e, proj), ("down", e) if proj == "down_proj" else ("mlp", e))
+                 for e in range(E) if e not in unrouted for proj in EXPERT_PROJECTIONS]
+        with torch.no_grad():
+            for n, key in todo:
+                if clips_linear(self.options.clip, n):
                     s = input_scale.get(n, torch.ones(scaled[n].shape[1], device=self.device))
                     self._clip(scaled[n], stats[key], s)
         self.times["clip search"] += time.perf_counter() - start
