@@ -26,12 +26,13 @@ def correlated_inputs(n: int, width: int, seed: int) -> np.ndarray:
     return x
 
 
-def textbook_gptq(w: np.ndarray, h: np.ndarray, g: int, damp: float = DAMP) -> np.ndarray:
+def textbook_gptq(w: np.ndarray, h: np.ndarray, g: int, damp: float = DAMP,
+                  shrink: np.ndarray | None = None) -> np.ndarray:
     """Optimal Brain Quantization one column at a time (GPTQ without blocking or
     Cholesky), in float64: round column i with its group's scale and zero (rtn.py's
-    rules, from the group's weights as updated so far), spread its error over the
-    later columns by the inverse Hessian, then remove column i from the inverse.
-    Returns the codes [out, in]."""
+    rules, from the group's weights as updated so far, clamped to +-shrink [out, in/g]
+    times their max |w| when given), spread its error over the later columns by the
+    inverse Hessian, then remove column i from the inverse. Returns the codes [out, in]."""
     w = w.astype(np.float64).copy()
     h = h.astype(np.float64).copy()
     h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
@@ -40,6 +41,9 @@ def textbook_gptq(w: np.ndarray, h: np.ndarray, g: int, damp: float = DAMP) -> n
     for i in range(w.shape[1]):
         if i % g == 0:
             group = w[:, i:i + g]
+            if shrink is not None:
+                bound = shrink[:, i // g, None] * np.abs(group).max(1, keepdims=True)
+                group = np.clip(group, -bound, bound)
             hi, lo = np.maximum(group.max(1), 0), np.minimum(group.min(1), 0)
             scale = np.maximum((hi - lo) / 15, 1e-5).astype(np.float16).astype(np.float64)
             zero = np.clip(-np.round(lo / scale), 0, 15)
@@ -51,21 +55,26 @@ def textbook_gptq(w: np.ndarray, h: np.ndarray, g: int, damp: float = DAMP) -> n
     return codes
 
 
-@pytest.mark.parametrize("out_f,in_f,g,damp", [(5, 64, 32, DAMP), (7, 192, 64, DAMP),
-                                               (3, 256, 128, DAMP), (6, 192, 64, 0.01)])
-def test_gptq_equals_the_textbook_column_by_column_update(out_f, in_f, g, damp):
+@pytest.mark.parametrize("out_f,in_f,g,damp,clip", [
+    (5, 64, 32, DAMP, False), (7, 192, 64, DAMP, False), (3, 256, 128, DAMP, False),
+    (6, 192, 64, 0.01, False), (7, 192, 64, DAMP, True), (6, 192, 32, 0.01, True)])
+def test_gptq_equals_the_textbook_column_by_column_update(out_f, in_f, g, damp, clip):
     """Blocked, Cholesky-based GPTQ and the plain OBQ loop are the same algorithm: in
     float64 they choose the same codes (192 columns: a block boundary inside the
-    matrix), at the default damping and a stronger one."""
+    matrix), at the default damping and a weaker one, and with clip shrinks (the
+    clip search's grid, 0.55..1), which apply to each group as the compensation has
+    updated it: a bound fixed on the original weights differs once they move."""
     rng = np.random.default_rng(in_f)
     w = rng.standard_normal((out_f, in_f))
     x = correlated_inputs(400, in_f, seed=g)
     h = x.T @ x / len(x)
-    codes, _, _ = gptq_quantize(torch.from_numpy(w), torch.from_numpy(h), g, damp=damp)
-    expected = textbook_gptq(w, h, g, damp)
+    shrink = 1 - rng.integers(0, 10, (out_f, in_f // g)) / 20 if clip else None  # [out, G]
+    codes, _, _ = gptq_quantize(torch.from_numpy(w), torch.from_numpy(h), g, damp=damp,
+                                shrink=None if shrink is None else torch.from_numpy(shrink)[..., None])
+    expected = textbook_gptq(w, h, g, damp, shrink)
     mismatch = int((codes.numpy() != expected).sum())
-    assert mismatch == 0, (f"{out_f}x{in_f} g{g} damp {damp}: {mismatch} of {expected.size} "
-                           "codes differ")
+    assert mismatch == 0, (f"{out_f}x{in_f} g{g} damp {damp} clip {clip}: {mismatch} of "
+                           f"{expected.size} codes differ")
 
 
 def test_gptq_with_overwhelming_damping_is_rtn():
@@ -136,13 +145,13 @@ def test_gptq_lowers_the_output_error_on_unseen_inputs_of_the_same_kind():
     assert gptq < 0.7 * rtn
 
 
-def test_gptq_compensates_the_clipping_of_its_bounds():
-    """With clip bounds, GPTQ's target stays the unclipped weights: the grid spans the
+def test_gptq_compensates_the_clipping_of_its_shrinks():
+    """With clip shrinks, GPTQ's target stays the unclipped weights: the grid spans the
     clamped group, and a weight beyond it moves its error (clipping included) onto the
     later columns. Against the original weights its output error must be below both
     round-to-nearest of the clamped weights (what `awq` writes) and GPTQ run on the
     clamped weights (which never sees the clipping error; clamping first is exactly
-    that, 1.0x): measured 0.40x and 0.51x of them at the default damping; asserted
+    that, 1.0x): measured 0.39x and 0.51x of them at the default damping; asserted
     < 0.6x of each."""
     rng = np.random.default_rng(6)
     w = rng.standard_normal((64, 256)).astype(np.float32)
@@ -151,7 +160,8 @@ def test_gptq_compensates_the_clipping_of_its_bounds():
     h = torch.from_numpy(x.T @ x / len(x))
     g = 64
     wg = torch.from_numpy(w).reshape(64, -1, g)
-    bounds = 0.7 * wg.abs().amax(-1, keepdim=True)  # [out, G, 1]
+    shrink = torch.full((64, 256 // g, 1), 0.7)  # [out, G, 1]
+    bounds = shrink * wg.abs().amax(-1, keepdim=True)
     clamped = torch.minimum(torch.maximum(wg, -bounds), bounds).reshape(w.shape)
 
     def output_error(q: tuple) -> float:
@@ -159,7 +169,7 @@ def test_gptq_compensates_the_clipping_of_its_bounds():
 
     rtn_clamped = output_error(quantize_int4(clamped.numpy(), g))
     gptq_of_clamped = output_error(gptq_int4(clamped, h, g))
-    gptq_bounds = output_error(gptq_int4(torch.from_numpy(w), h, g, bounds=bounds))
+    gptq_bounds = output_error(gptq_int4(torch.from_numpy(w), h, g, shrink=shrink))
     print(f"output MSE: RTN of the clamped weights {rtn_clamped:.5f}, GPTQ of them "
           f"{gptq_of_clamped:.5f}, GPTQ with the bounds {gptq_bounds:.5f} "
           f"({gptq_bounds / rtn_clamped:.2f}x, {gptq_bounds / gptq_of_clamped:.2f}x)")
@@ -167,22 +177,23 @@ def test_gptq_compensates_the_clipping_of_its_bounds():
     assert gptq_bounds < 0.6 * gptq_of_clamped
 
 
-def test_gptq_bounds_set_the_grid_like_clamping():
-    """With a diagonal Hessian (nothing to compensate) and bounds at or above every
-    group's max |w|, GPTQ is rtn.py's quantizer. With tighter bounds the grid (scale and
-    zero) is that of the clamped weights, rtn.py's of them, while the weights themselves
+def test_gptq_shrinks_set_the_grid_like_clamping():
+    """With a diagonal Hessian (nothing to compensate) and shrinks of 1 (bounds at every
+    group's max |w|), GPTQ is rtn.py's quantizer. With shrinks below 1 the grid (scale and
+    zero) is that of the weights clamped to shrink * max |w|, rtn.py's of them, while
+    the weights themselves
     are not clamped: each gets the code of the grid point nearest to it, found here by
     searching the group's 16 points, so a weight beyond its bound gets an end code."""
     rng = np.random.default_rng(8)
     w = rng.standard_normal((6, 128)).astype(np.float32)
     wg = torch.from_numpy(w).reshape(6, -1, 32)
-    loose = wg.abs().amax(-1, keepdim=True) * 1.5
-    got = gptq_int4(torch.from_numpy(w), torch.eye(128), 32, bounds=loose)
+    got = gptq_int4(torch.from_numpy(w), torch.eye(128), 32, shrink=torch.ones(6, 4, 1))
     for part, a, b in zip(("codes", "scales", "zeros"), got, quantize_int4(w, 32)):
         np.testing.assert_array_equal(a, b, err_msg=part)
-    tight = wg.abs().amax(-1, keepdim=True) * 0.6  # [6, 4, 1]: every group's extreme clipped
+    shrink = torch.full((6, 4, 1), 0.6)  # every group's extreme clipped
+    tight = wg.abs().amax(-1, keepdim=True) * shrink  # [6, 4, 1]
     clamped = torch.minimum(torch.maximum(wg, -tight), tight).reshape(w.shape).numpy()
-    qweight, scales, zeros = gptq_int4(torch.from_numpy(w), torch.eye(128), 32, bounds=tight)
+    qweight, scales, zeros = gptq_int4(torch.from_numpy(w), torch.eye(128), 32, shrink=shrink)
     _, expected_scales, expected_zeros = quantize_int4(clamped, 32)
     np.testing.assert_array_equal(scales, expected_scales, err_msg="scales")
     np.testing.assert_array_equal(zeros, expected_zeros, err_msg="zeros")
@@ -195,9 +206,9 @@ def test_gptq_bounds_set_the_grid_like_clamping():
     assert beyond.sum() >= 24 and np.isin(codes[beyond], [0, 15]).all()
 
 
-def test_gptq_rejects_mismatched_bounds():
-    with pytest.raises(ValueError, match=r"clip bounds \[4, 1, 1\] do not match \[4, 2, 1\]"):
-        gptq_quantize(torch.zeros(4, 64), torch.eye(64), 32, bounds=torch.ones(4, 1, 1))
+def test_gptq_rejects_mismatched_shrinks():
+    with pytest.raises(ValueError, match=r"clip shrinks \[4, 1, 1\] do not match \[4, 2, 1\]"):
+        gptq_quantize(torch.zeros(4, 64), torch.eye(64), 32, shrink=torch.ones(4, 1, 1))
 
 
 def test_gptq_is_deterministic_and_tolerates_dead_inputs():

@@ -73,7 +73,7 @@ def linear_errors(w_fp: torch.Tensor, w_scaled: torch.Tensor, s: torch.Tensor,
     scales, for v and up; ones otherwise), multiplied back so every variant's error is
     in the FP output's units."""
     from awqcore.quantize.awq import fake_quantize
-    from awqcore.quantize.clip import clip_bounds, search_clip
+    from awqcore.quantize.clip import clip_bounds, search_clip, shrink_of
     from awqcore.quantize.gptq import gptq_quantize
 
     def clamp(w: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
@@ -95,8 +95,8 @@ def linear_errors(w_fp: torch.Tensor, w_scaled: torch.Tensor, s: torch.Tensor,
     if clipped:
         bound = clip_bounds(w_scaled, calib_stats, s, "full", fake_quantize)
         scaled["awq+clip"] = fake_quantize(clamp(w_scaled, bound), g)
-        scaled["awq-gptq+clip"] = dequantized(*gptq_quantize(w_scaled, hessian, g,
-                                                              bounds=bound))
+        scaled["awq-gptq+clip"] = dequantized(*gptq_quantize(
+            w_scaled, hessian, g, shrink=shrink_of(w_scaled, bound, g)))
     back = rows[:, None]  # [out, 1]
     result: dict[str, dict] = {}
     for name, (stats, gram, gram_s) in grams.items():

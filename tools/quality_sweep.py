@@ -14,11 +14,12 @@ variant is then derived per layer from the same activation statistics and scales
   awq-mild      AWQ scales + the clip search over shrinks >= 0.85
   awq-gptq      AWQ scales, then GPTQ
   awq-gptq-full, awq-gptq-heldout  AWQ scales + that clip search's bounds as GPTQ's
-                grid range, then GPTQ (which compensates the clipping too)
+                grid range (as fractions of each group's max |w|), then GPTQ (which
+                compensates the clipping too)
 A GPTQ variant may name its damping after a colon (e.g. awq-gptq:0.1; default
 gptq.DAMP, a fraction of the Hessian's mean diagonal). A clipping variant may limit the
-clip search to some linears after an @: attn, mlp, gate-up or down (e.g. awq-full@mlp), to
-find where clipping helps or hurts.
+clip search to some linears after an @: attn, mlp, gate-up, down or no-down (all but
+down_proj; e.g. awq-full@mlp), to find where clipping helps or hurts.
 Each variant is written as a .awqbin and evaluated through the C++ runtime (exact f32
 mode) on the same windows; FP through the torch reference. Prints perplexities and each
 variant's share of RTN's increase: (ppl - FP) / (RTN - FP).
@@ -36,7 +37,8 @@ import torch
 
 
 CLIP_ONLY = {"": ("",), "attn": ("self_attn.",), "mlp": ("mlp.",),  # the @ suffix: the
-             "gate-up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}  # names
+             "gate-up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",),  # names
+             "no-down": ("self_attn.", "mlp.gate_proj", "mlp.up_proj")}
 VARIANTS = ("rtn", "gptq", "awq-noclip", "awq-full", "awq-heldout", "awq-mild", "awq-gptq",
             "awq-gptq-heldout")
 
@@ -49,7 +51,7 @@ def main() -> int:
     from awqcore.importers import load_source
     from awqcore.quantize import pipeline
     from awqcore.quantize.awq import CLIP_EXCLUDED, INPUT_OF, AwqQuantizer, fake_quantize
-    from awqcore.quantize.clip import clip_bounds
+    from awqcore.quantize.clip import clip_bounds, shrink_of
     from awqcore.quantize.gptq import DAMP, gptq_int4
     from awqcore.quantize.pipeline import _layer_float_names
     from awqcore.quantize.rtn import quantize_int4
@@ -101,15 +103,16 @@ def main() -> int:
                 s = scales[key] if awq else torch.ones(w.shape[1])
                 mode = method.split("-")[-1]
                 mode = mode if mode in ("full", "heldout", "mild") else None
-                bound = None  # [out, G, 1]: GPTQ takes it as its grid's range (gptq.py)
+                shrink = None  # [out, G, 1]: GPTQ's grid range (gptq.py)
                 if mode and key not in CLIP_EXCLUDED and key.startswith(CLIP_ONLY[only]):
                     bound = clip_bounds(w, stats[INPUT_OF[key]], s, mode, fake_quantize)
+                    shrink = shrink_of(w, bound, g)
                     if "gptq" not in v:
                         wg = w.view(w.shape[0], -1, g)
                         torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
                 if "gptq" in v:
                     out[pre + key] = gptq_int4(w, stats[INPUT_OF[key]].hessian(s), g,
-                                               damp=float(damp) if damp else DAMP, bounds=bound)
+                                               damp=float(damp) if damp else DAMP, shrink=shrink)
                 else:
                     out[pre + key] = quantize_int4(w.numpy(), g)
             results[v][layer] = (norms, out)

@@ -18,8 +18,9 @@ Per decoder layer, as AutoAWQ does (arXiv 2306.00978 and its reference code):
     variant.
  4. Quantize with the round-to-nearest int4 quantizer (rtn.quantize_int4), or with
     GPTQ's error compensation (gptq.py; methods gptq and awq-gptq) from the Gram
-    matrix of the same (scaled) inputs; GPTQ takes the clip bounds as its grid's range
-    and compensates the clipping error with the rounding error.
+    matrix of the same (scaled) inputs; GPTQ takes the clip bounds, as fractions of
+    each group's max |w|, as its grid's range and compensates the clipping error with
+    the rounding error.
 
 Where we differ, and why:
   * The clip error is computed exactly over all calibration tokens from per-group
@@ -57,7 +58,8 @@ from tqdm import tqdm
 from ..reference import attention_heads, decoder_layer, mlp_hidden, rotary_tables
 from ..source import SourceModel, layer_prefix
 from .calibration import calibration_blocks
-from .clip import CLIP_MODES, CLIP_STEPS, MILD_STEPS, InputStats, clip_bounds, clips_linear
+from .clip import (CLIP_MODES, CLIP_STEPS, MILD_STEPS, InputStats, clip_bounds, clips_linear,
+                   shrink_of)
 from .gptq import gptq_int4
 from .rtn import MAX_Q, MIN_SCALE, quantize_int4
 
@@ -421,7 +423,7 @@ class AwqQuantizer:
     def fold_layer(self, layer: int, weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Steps 1-3 for one layer: returns its linears by reference key
         ("self_attn.q_proj", ...), scaled (and clipped; with GPTQ unclipped, the bounds
-        [out, G, 1] in self.clip_bounds), f32 [out, in], and replaces the
+        as shrinks [out, G, 1] in self.clip_shrink), f32 [out, in], and replaces the
         layer's norms (and biases) in `weights` by their folded versions. Advances the
         calibration activations to the layer's FP output."""
         p = layer_prefix(layer)
@@ -444,7 +446,7 @@ class AwqQuantizer:
 
         start = time.perf_counter()
         self.layer_stats, self.input_scale, self.searches = None, {}, {}
-        self.clip_bounds: dict[str, torch.Tensor] = {}
+        self.clip_shrink: dict[str, torch.Tensor] = {}
         stats, samples = self.observe(layer, w)
         self.times["layer forward"] += time.perf_counter() - start
         if stats is None or stats["qkv"].count == 0:
@@ -498,7 +500,7 @@ class AwqQuantizer:
                 bound = clip_bounds(scaled[n], stats[INPUT_OF[n]], self.input_scale[n], o.clip,
                                     fake_quantize, step=tick)  # [out, G, 1]
                 if o.gptq:  # GPTQ takes its grid from the bounds and compensates the clipping
-                    self.clip_bounds[n] = bound
+                    self.clip_shrink[n] = shrink_of(scaled[n], bound, self.group_size)
                     continue
                 wg = scaled[n].view(scaled[n].shape[0], -1, self.group_size)  # [out, G, g]
                 torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
@@ -528,7 +530,7 @@ class AwqQuantizer:
                 if self.options.gptq and self.layer_stats is not None:
                     hessian = self.layer_stats[INPUT_OF[key]].hessian(self.input_scale[key])
                     result[prefix] = gptq_int4(scaled[key], hessian, self.group_size, name,
-                                               bounds=self.clip_bounds.get(key))
+                                               shrink=self.clip_shrink.get(key))
                 else:
                     result[prefix] = quantize_int4(scaled[key].cpu().numpy(), self.group_size,
                                                    name=name)

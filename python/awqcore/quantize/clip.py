@@ -78,6 +78,13 @@ def clip_bounds(w: torch.Tensor, stats: "InputStats", s: torch.Tensor, mode: str
     raise ValueError(f"unknown clip mode {mode!r} (choose from {', '.join(CLIP_MODES)})")
 
 
+def shrink_of(w: torch.Tensor, bound: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each clip bound [out, G, 1] of w [out, in] as a fraction of its group's max |w|
+    (1 for an all-zero group): the form GPTQ takes them in (gptq.py)."""
+    absmax = w.reshape(w.shape[0], -1, group_size).abs().amax(-1, keepdim=True)  # [out, G, 1]
+    return torch.where(absmax > 0, bound / absmax, torch.ones_like(bound))
+
+
 def clips_linear(mode: str, name: str) -> bool:
     """Whether clip mode `mode` searches bounds for the linear `name` (a reference key
     such as "self_attn.o_proj" or "mlp.experts.3.down_proj"; q and k are left out by

@@ -14,12 +14,15 @@ columns; the update is applied lazily in blocks of BLOCK columns, as in the pape
 The stored format is rtn.py's, unchanged: groups of g consecutive input columns with
 an f16 scale and a 0..15 zero each, computed by rtn.py's rules (range widened to 0,
 constant groups exact) from the group's weights *as updated* when its first column is
-reached. With clip bounds (AWQ's clip search, per row and group), the group's range is
-taken from its weights clamped to +-bound, but the weights themselves are not clamped:
-a weight outside the grid gets the nearest end code, and its whole error, clipping
-included, is moved onto the later columns like any rounding error. Clamping the weights
-first would make the clipped weights GPTQ's target, so the clipping error would never
-be compensated. Columns go in their natural order (no act-order): act-order would quantize
+reached. With clip shrinks (AWQ's clip search: per row and group, the bound as a
+fraction of the group's max |w|), the group's range is taken from its weights as
+updated, clamped to +-shrink * their max |w|. The fraction, not the search's absolute
+bound, carries over: the compensation moves the weights, and a bound fixed before it
+would cut the ones it pushed outward (on Qwen2.5-Coder's down_proj that cost more
+than the clipping gained). The weights themselves are not clamped: a weight outside
+the grid gets the nearest end code, and its whole error, clipping included, is moved
+onto the later columns like any rounding error. Clamping the weights first would make
+the clipped weights GPTQ's target, so the clipping error would never be compensated. Columns go in their natural order (no act-order): act-order would quantize
 columns in order of decreasing H_ii, and to keep groups contiguous in the file it would
 have to fix every group's scale before any compensation, which gives back much of what
 it gains; it is not offered.
@@ -43,12 +46,13 @@ DAMP = 1.0
 MAX_DAMP_TRIES = 6  # each retry multiplies the damping by 10
 
 
-def group_params(w: torch.Tensor, name: str = "weight", bound: torch.Tensor | None = None
+def group_params(w: torch.Tensor, name: str = "weight", shrink: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """rtn.quantize_int4's scale and zero for each row of one group w [out, g], of the
-    weights clamped to +-bound [out, 1] when given: (scale [out, 1], the f16 value in w's
-    dtype; zero [out, 1], integer-valued)."""
-    if bound is not None:
+    weights clamped to +-shrink [out, 1] times the row's max |w| when given: (scale
+    [out, 1], the f16 value in w's dtype; zero [out, 1], integer-valued)."""
+    if shrink is not None:
+        bound = shrink * w.abs().amax(-1, keepdim=True)  # [out, 1]
         w = torch.minimum(torch.maximum(w, -bound), bound)
     gmax = w.amax(-1, keepdim=True)  # [out, 1]
     gmin = w.amin(-1, keepdim=True)
@@ -88,11 +92,12 @@ def inverse_hessian_factor(hessian: torch.Tensor, damp: float = DAMP) -> torch.T
 
 def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
                   name: str = "weight", damp: float = DAMP,
-                  bounds: torch.Tensor | None = None
+                  shrink: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantizes w [out, in] against hessian [in, in] (X^T X / n of its input), damped
-    by damp * mean(diag H); bounds [out, in/g, 1]: the clip bound of each row's group
-    (the grid spans the group clamped to +-bound; see the module docstring).
+    by damp * mean(diag H); shrink [out, in/g, 1]: the clip bound of each row's group as
+    a fraction of its max |w| (the grid spans the updated group clamped to +-shrink *
+    its max |w|; see the module docstring).
 
     Returns (codes u8 [out, in] 0..15, scales f16 [out, in/g], zeros u8 [out, in/g]) on
     w's device; the weights they represent are (codes - zero) * scale per group."""
@@ -102,8 +107,8 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
                          f"{in_f} input columns")
     if BLOCK % group_size or in_f % group_size:
         raise ValueError(f"{name}: group size {group_size} must divide {BLOCK} and {in_f}")
-    if bounds is not None and bounds.shape != (out_f, in_f // group_size, 1):
-        raise ValueError(f"{name}: clip bounds {list(bounds.shape)} do not match "
+    if shrink is not None and shrink.shape != (out_f, in_f // group_size, 1):
+        raise ValueError(f"{name}: clip shrinks {list(shrink.shape)} do not match "
                          f"[{out_f}, {in_f // group_size}, 1]")
     upper = inverse_hessian_factor(hessian.to(w.dtype), damp)  # [in, in]
     work = w.clone()  # [out, in]: the weights as updated by the compensation
@@ -119,8 +124,8 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
         for i in range(b1 - b0):
             column = b0 + i
             if column % group_size == 0:  # groups never straddle blocks (BLOCK % g == 0)
-                bound = None if bounds is None else bounds[:, column // group_size]
-                scale, zero = group_params(block[:, i:i + group_size], name, bound)
+                group_shrink = None if shrink is None else shrink[:, column // group_size]
+                scale, zero = group_params(block[:, i:i + group_size], name, group_shrink)
                 scales[:, column // group_size] = scale[:, 0]
                 zeros[:, column // group_size] = zero[:, 0]
             q = torch.round(block[:, i:i + 1] / scale).add_(zero).clamp_(0, MAX_Q)  # [out, 1]
@@ -133,8 +138,8 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
 
 
 def gptq_int4(w: torch.Tensor, hessian: torch.Tensor, group_size: int, name: str = "weight",
-              damp: float = DAMP, bounds: torch.Tensor | None = None):
+              damp: float = DAMP, shrink: torch.Tensor | None = None):
     """gptq_quantize packed as rtn.quantize_int4 returns it: (qweight u8 [out, in/2],
     scales f16 [out, in/g], zeros u8 [out, in/g]) as numpy arrays."""
-    codes, scales, zeros = gptq_quantize(w, hessian, group_size, name, damp, bounds)
+    codes, scales, zeros = gptq_quantize(w, hessian, group_size, name, damp, shrink)
     return pack_int4(codes.cpu().numpy()), scales.cpu().numpy(), zeros.cpu().numpy()
