@@ -68,18 +68,21 @@ def test_mild_clip_shrinks_less_than_full():
         clip_bounds(w, stats, ones, "wide", fake_quantize)
 
 
-@pytest.mark.parametrize("spec,method", [
-    (SPEC, "awq-gptq"),
-    ("synthetic:arch=mixtral,layers=1,experts=4,top_k=2,expert_ffn=64,seed=3", "awq")])
-def test_attention_only_clip_is_full_on_attention_and_off_on_the_mlp(tmp_path, spec, method):
+@pytest.mark.parametrize("spec,method,default", [
+    (SPEC, "awq-gptq", "attn"),
+    ("synthetic:arch=mixtral,layers=1,experts=4,top_k=2,expert_ffn=64,seed=3", "awq", "full")])
+def test_attention_only_clip_is_full_on_attention_and_off_on_the_mlp(tmp_path, spec, method,
+                                                                     default):
     """Each layer's searches see full-precision inputs and weights, so --clip attn gives
     the attention's linears exactly --clip full's codes and the MLP's (experts included)
-    exactly --clip off's; full and off differ on both, so either mix-up fails."""
+    exactly --clip off's; full and off differ on both, so either mix-up fails. Without
+    --clip, awq-gptq clips the attention only and awq (AutoAWQ's algorithm) everything."""
     options = dict(method=method, group_size=32, progress=False, calib_samples=2,
                    calib_seqlen=32)
     files = {}
-    for clip in ("full", "attn", "off"):
-        quantize_model(load_source(spec), tmp_path / f"{clip}.awqbin", clip=clip, **options)
+    for clip in ("full", "attn", "off", None):
+        clip_option = {} if clip is None else {"clip": clip}
+        quantize_model(load_source(spec), tmp_path / f"{clip}.awqbin", **clip_option, **options)
         files[clip] = read_awqbin(tmp_path / f"{clip}.awqbin")
     names = [n for n in files["attn"].tensors if n.endswith(".qweight")]
     attention = [n for n in names if ".self_attn." in n]
@@ -91,6 +94,7 @@ def test_attention_only_clip_is_full_on_attention_and_off_on_the_mlp(tmp_path, s
 
     assert all(same("full", n) for n in attention) and all(same("off", n) for n in mlp)
     assert not all(same("off", n) for n in attention) and not all(same("full", n) for n in mlp)
+    assert all(np.array_equal(files[None].tensor(n), files[default].tensor(n)) for n in names)
 
 
 def test_cli_calibration_options_reach_the_quantizer(tmp_path):

@@ -417,9 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "group's max, chosen on all calibration tokens), heldout (chosen on half "
                      "the calibration sequences, kept only where it also helps on the other "
                      "half), mild (shrinks down to 0.85), attn (full, on the attention's "
-                     "linears only: keeps the MLP's weights for text unlike the calibration "
-                     "text, e.g. code on a coder model; README), off (default: full for awq "
-                     "and awq-gptq, off for gptq)")
+                     "linears only: the MLP's bounds fit the calibration text and cost on "
+                     "other text, e.g. code on a coder model; README), off (default: attn "
+                     "for awq-gptq, full for awq, off for gptq)")
     awq.add_argument("--no-clip", action="store_true", help="the same as --clip off")
     awq.add_argument("--threads", type=_positive_int,
                      help="torch threads on the CPU (default: every core the process may use)")
