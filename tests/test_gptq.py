@@ -69,8 +69,9 @@ def test_gptq_equals_the_textbook_column_by_column_update(out_f, in_f, g, damp, 
     x = correlated_inputs(400, in_f, seed=g)
     h = x.T @ x / len(x)
     shrink = 1 - rng.integers(0, 10, (out_f, in_f // g)) / 20 if clip else None  # [out, G]
+    shrink_t = None if shrink is None else torch.from_numpy(shrink)[..., None]  # [out, G, 1]
     codes, _, _ = gptq_quantize(torch.from_numpy(w), torch.from_numpy(h), g, damp=damp,
-                                shrink=None if shrink is None else torch.from_numpy(shrink)[..., None])
+                                shrink=shrink_t)
     expected = textbook_gptq(w, h, g, damp, shrink)
     mismatch = int((codes.numpy() != expected).sum())
     assert mismatch == 0, (f"{out_f}x{in_f} g{g} damp {damp} clip {clip}: {mismatch} of "

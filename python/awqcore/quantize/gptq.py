@@ -18,14 +18,14 @@ reached. With clip shrinks (AWQ's clip search: per row and group, the bound as a
 fraction of the group's max |w|), the group's range is taken from its weights as
 updated, clamped to +-shrink * their max |w|. The fraction, not the search's absolute
 bound, carries over: the compensation moves the weights, and a bound fixed before it
-would cut the ones it pushed outward (on Qwen2.5-Coder's down_proj that cost more
-than the clipping gained). The weights themselves are not clamped: a weight outside
-the grid gets the nearest end code, and its whole error, clipping included, is moved
-onto the later columns like any rounding error. Clamping the weights first would make
-the clipped weights GPTQ's target, so the clipping error would never be compensated. Columns go in their natural order (no act-order): act-order would quantize
-columns in order of decreasing H_ii, and to keep groups contiguous in the file it would
-have to fix every group's scale before any compensation, which gives back much of what
-it gains; it is not offered.
+cuts the ones it pushed outward (it measured worse: README, "GPTQ"). The weights
+themselves are not clamped: a weight outside the grid gets the nearest end code, and
+its whole error, clipping included, is moved onto the later columns like any rounding
+error. Clamping the weights first would make the clipped weights GPTQ's target, so the
+clipping error would never be compensated. Columns go in their natural order (no
+act-order): act-order would quantize columns in order of decreasing H_ii, and to keep
+groups contiguous in the file it would have to fix every group's scale before any
+compensation, which gives back much of what it gains; it is not offered.
 
 Deterministic: the same W and H give the same codes (no randomness; torch's CPU
 kernels are deterministic for these ops). Works on whatever device W and H are on.
