@@ -10,7 +10,8 @@ from awqcore.cli import main
 from awqcore.importers import load_source
 from awqcore.quantize import quantize_model
 from awqcore.quantize.awq import fake_quantize
-from awqcore.quantize.clip import CLIP_GRID, CLIP_STEPS, InputStats, clip_bounds, search_clip
+from awqcore.quantize.clip import (CLIP_GRID, CLIP_STEPS, InputStats, clip_bounds, search_clip,
+                                   shrink_of)
 
 SPEC = "synthetic:arch=llama,layers=1,seed=3"
 
@@ -66,6 +67,26 @@ def test_mild_clip_shrinks_less_than_full():
     assert bool(within.any()) and torch.equal(mild[within], full[within])
     with pytest.raises(ValueError, match="unknown clip mode 'wide'"):
         clip_bounds(w, stats, ones, "wide", fake_quantize)
+
+
+def test_shrink_of_gives_the_search_grid_and_one_for_an_empty_group():
+    """GPTQ takes the bounds as fractions of each group's max |w|: those of the search are
+    its grid points 1 - i/CLIP_GRID (to float rounding), and an all-zero group (max 0)
+    gets 1, not 0/0."""
+    g = 32
+    rng = np.random.default_rng(5)
+    w = torch.from_numpy(rng.standard_normal((16, 96)).astype(np.float32))
+    w[3, g:2 * g] = 0
+    x = torch.from_numpy(rng.standard_normal((2, 100, 96)).astype(np.float32))
+    stats = InputStats(96, g)
+    stats.add(x, torch.tensor([0, 1]))
+    shrink = shrink_of(w, clip_bounds(w, stats, torch.ones(96), "full", fake_quantize), g)
+    assert shrink.shape == (16, 3, 1) and bool(torch.isfinite(shrink).all())
+    assert float(shrink[3, 1, 0]) == 1.0
+    steps = (1 - shrink) * CLIP_GRID  # [16, 3, 1]: i of each chosen grid point
+    assert float((steps - steps.round()).abs().max()) < 1e-4
+    assert 0 <= float(steps.round().min()) and float(steps.round().max()) <= CLIP_STEPS - 1
+    assert float(steps.round().max()) > 0  # some group is clipped: the test sees a shrink
 
 
 @pytest.mark.parametrize("spec,method,default", [

@@ -182,8 +182,7 @@ def test_gptq_shrinks_set_the_grid_like_clamping():
     """With a diagonal Hessian (nothing to compensate) and shrinks of 1 (bounds at every
     group's max |w|), GPTQ is rtn.py's quantizer. With shrinks below 1 the grid (scale and
     zero) is that of the weights clamped to shrink * max |w|, rtn.py's of them, while
-    the weights themselves
-    are not clamped: each gets the code of the grid point nearest to it, found here by
+    the weights themselves are not clamped: each gets the code of the grid point nearest to it, found here by
     searching the group's 16 points, so a weight beyond its bound gets an end code."""
     rng = np.random.default_rng(8)
     w = rng.standard_normal((6, 128)).astype(np.float32)

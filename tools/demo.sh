@@ -9,8 +9,8 @@ bash tools/install.sh
 mkdir -p out
 model=out/smollm2-135m-awq-g64.awqbin
 rtn=out/smollm2-135m-rtn-g64.awqbin
-# The default method (awq-gptq: AWQ's scales and clip bounds, then GPTQ) on the
-# default 32 x 256 calibration tokens: minutes on 2 cores (README, "AWQ").
+# The default method (awq-gptq: AWQ's scales and the attention's clip bounds, then
+# GPTQ) on the default 32 x 256 calibration tokens: minutes on 2 cores (README, "AWQ").
 # The embedding table is stored as int8 (the default; --embeddings f16 keeps
 # it f16): half its bytes, a next-token KL of ~1e-6 nats (README).
 echo "== quantize (default method, group size 64)"

@@ -20,7 +20,8 @@ Per layer it measures, on the calibration tokens and on every probe:
           clip search (bounds from the calibration tokens); AWQ + the clip bounds the
           probe's own tokens would pick (what that text prefers); GPTQ (Hessian from
           the calibration tokens, gptq.DAMP); AWQ + GPTQ;
-          AWQ + GPTQ on the full clip search's grid (the default method).
+          AWQ + GPTQ on the full clip search's grid (--clip full; the default method
+          takes it for v and o only).
 The summary gives geometric means over layers of each error as a multiple of RTN's on
 the same tokens (1 = RTN; lower is better), so a choice that fits the calibration text
 shows as < 1 on "calib" and >= 1 on "wiki"/"ood". --json keeps every layer's numbers.

@@ -9,8 +9,8 @@ quantize.calibration.calibration_blocks, with --seed, --calib-samples, --calib-s
 and --calib-text: the exact [N, T] tensor awqcore's AWQ pass embeds):
   RTN            awqcore --method rtn
   awqcore AWQ    awqcore --method awq (scales + full clip search)
-  awqcore AWQ+GPTQ  awqcore --method awq-gptq (the default method: AWQ's scales and clip
-                 bounds, then GPTQ)
+  awqcore AWQ+GPTQ  awqcore --method awq-gptq (the default method: AWQ's scales and the
+                 attention's clip bounds, then GPTQ)
   peer AWQ       each peer of --peers that is installed in --peer-python:
     autoawq        AutoAWQ 0.2.9, GEMM, zero point, scales + clip (its defaults),
                    calibrated on the same blocks, in f32 on the CPU

@@ -12,7 +12,8 @@ variant is then derived per layer from the same activation statistics and scales
   awq-heldout   AWQ scales + clip chosen on the even sequences, kept only where it also
                 helps on the odd ones
   awq-mild      AWQ scales + the clip search over shrinks >= 0.85
-  awq-gptq      AWQ scales, then GPTQ
+  awq-gptq      AWQ scales, then GPTQ (no clip: the CLI's --clip off; the CLI's default
+                is awq-gptq-full@attn)
   awq-gptq-full, awq-gptq-heldout  AWQ scales + that clip search's bounds as GPTQ's
                 grid range (as fractions of each group's max |w|), then GPTQ (which
                 compensates the clipping too)

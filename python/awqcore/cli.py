@@ -389,9 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", choices=QUANTIZE_METHODS,
                    help="rtn: round to nearest (no calibration, seconds); awq: "
                    "activation-aware scales and clipping from calibration text; gptq: "
-                   "GPTQ's second-order error compensation; awq-gptq: AWQ's scales and clip "
-                   "bounds, then GPTQ on that grid (default awq-gptq; awq for a model "
-                   "with experts)")
+                   "GPTQ's second-order error compensation; awq-gptq: AWQ's scales and the "
+                   "attention's clip bounds, then GPTQ on that grid (default awq-gptq; awq for "
+                   "a model with experts)")
     q.add_argument("--embeddings", default="int8", choices=("f16", "int8"),
                    help="storage of the token embedding and lm_head tables: int8 with one f16 "
                    "scale per 32 columns (half the bytes of f16; for small models the lm_head "

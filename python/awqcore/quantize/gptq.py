@@ -110,6 +110,8 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, group_size: int,
     if shrink is not None and shrink.shape != (out_f, in_f // group_size, 1):
         raise ValueError(f"{name}: clip shrinks {list(shrink.shape)} do not match "
                          f"[{out_f}, {in_f // group_size}, 1]")
+    if shrink is not None:
+        shrink = shrink.to(w.device, w.dtype)
     upper = inverse_hessian_factor(hessian.to(w.dtype), damp)  # [in, in]
     work = w.clone()  # [out, in]: the weights as updated by the compensation
     codes = torch.empty(out_f, in_f, dtype=torch.uint8, device=w.device)
