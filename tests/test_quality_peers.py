@@ -85,16 +85,19 @@ def test_run_with_the_peer_missing(tool, tmp_path, monkeypatch, capsys):
         # A random tiny model's RTN may not be worse than FP: then there is no share.
         expected = (ppl - fp) / (rtn - fp) if rtn > fp else None
         assert rows[name][text]["share"] == pytest.approx(expected), (name, text, rows)
-    # --reuse evaluates the kept files again instead of quantizing: the same numbers.
-    kept = tmp_path / "work" / "awq.awqbin"
+    # --reuse evaluates the kept files again instead of quantizing: the same
+    # numbers; --methods leaves awq's row out.
+    kept = tmp_path / "work" / "awq-gptq.awqbin"
     written = kept.stat().st_mtime_ns
     again = tmp_path / "again.json"
     assert tool.main([SPEC, "--group-size", "32", "--calib-samples", "2", "--calib-seqlen", "32",
                       "--ood-text", str(ood), "--eval-seqlen", "16", "--wiki-windows", "2",
                       "--ood-windows", "2", "--threads", "1", "-q", "--json", str(again),
-                      "--keep", str(tmp_path / "work"), "--reuse", "--peers", ""]) == 0
+                      "--keep", str(tmp_path / "work"), "--reuse", "--peers", "",
+                      "--methods", "awq-gptq"]) == 0
     assert kept.stat().st_mtime_ns == written
-    assert json.loads(again.read_text())["results"] == rows
+    assert json.loads(again.read_text())["results"] == {
+        name: row for name, row in rows.items() if name != "awqcore AWQ"}
     # The RTN row against the torch reference of the same file's dequantized
     # weights, on windows tokenized here: the C++ f32 path and torch agree to
     # float rounding, so the tool evaluated the file on the windows it says.
@@ -115,6 +118,10 @@ def test_peer_python_per_peer(tool):
     assert args.peer_python == {"autoawq": "/a/python", "llmcompressor": "/b/python"}
     with pytest.raises(SystemExit):
         tool.parse_args(["m", "--ood-text", "x", "--peer-python", "nopeer=/b/python"])
+    assert tool.parse_args(["m", "--ood-text", "x", "--methods", "awq-gptq"]).methods == [
+        "rtn", "awq-gptq"]
+    with pytest.raises(SystemExit):
+        tool.parse_args(["m", "--ood-text", "x", "--methods", "awq,gptq"])
 
 
 def test_peer_codes_convert_to_the_weights_they_encode(tool, tmp_path):

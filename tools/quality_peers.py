@@ -69,6 +69,8 @@ PEERS = {"autoawq": ("awq", "autoawq==0.2.9", "AutoAWQ 0.2.9 AWQ"),
 AUTOAWQ_ALIASED = "org_sd = {k: v.cpu() for k, v in module2inspect.state_dict().items()}"
 AUTOAWQ_CLONED = "org_sd = {k: v.cpu().clone() for k, v in module2inspect.state_dict().items()}"
 TEXTS = ("wiki", "ood")
+# awqcore method -> what its row is called
+AWQCORE_ROWS = {"rtn": "RTN", "awq": "awqcore AWQ", "awq-gptq": "awqcore AWQ+GPTQ"}
 
 
 # ---------------------------------------------------------------- arithmetic, table
@@ -328,6 +330,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peer-python", action="append", default=[], metavar="[PEER=]PYTHON",
                    help="the Python a peer is installed in (PEER=PYTHON for one peer, "
                    "PYTHON for the others; repeatable; default: this Python)")
+    p.add_argument("--methods", default=",".join(AWQCORE_ROWS),
+                   help="awqcore's rows, comma-separated, of " + ", ".join(AWQCORE_ROWS)
+                   + " (rtn is always run: every share needs it)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--keep", help="keep the .awqbin files and the peer's checkpoint here")
     p.add_argument("--reuse", action="store_true",
@@ -340,6 +345,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.reuse and not args.keep:
         p.error("--reuse needs --keep (the folder of an earlier run)")
     args.peers = [x for x in args.peers.split(",") if x]
+    args.methods = ["rtn", *[m for m in args.methods.split(",") if m and m != "rtn"]]
+    unknown = [m for m in args.methods if m not in AWQCORE_ROWS]
+    if unknown:
+        p.error(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(AWQCORE_ROWS)})")
     pythons = dict(item.split("=", 1) if "=" in item else ("", item)
                    for item in args.peer_python)
     unknown = [x for x in [*args.peers, *pythons] if x and x not in PEERS]
@@ -388,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds[name] = round(time.perf_counter() - start, 1)
         say(f"{name}: {seconds[name]:.0f} s")
 
-    for name, method in (("RTN", "rtn"), ("awqcore AWQ", "awq"),
-                         ("awqcore AWQ+GPTQ", "awq-gptq")):
+    for method in args.methods:
+        name = AWQCORE_ROWS[method]
         files[name] = os.path.join(work, method + ".awqbin")
         options = {} if method == "rtn" else calib
         timed(name, lambda path=files[name], m=method, o=options: quantize_model(
@@ -452,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         ppl["FP"][t] = reference_perplexity(reference, windows[t],
                                             progress=not args.quiet).perplexity
     order = ["FP", "RTN", *[PEERS[p][2] for p in args.peers if peers[p]["ran"]],
-             "awqcore AWQ", "awqcore AWQ+GPTQ"]
+             *[AWQCORE_ROWS[m] for m in AWQCORE_ROWS if m != "rtn" and m in args.methods]]
     results = with_shares({name: ppl[name] for name in order})
 
     ran = [p for p in args.peers if peers[p]["ran"]]
