@@ -1,7 +1,8 @@
 """Compare quantization variants of one model from ONE calibration pass, in and out of domain.
 
     python3 tools/quality_sweep.py smollm2-135m --calib-samples 32 --calib-seqlen 256 \
-        --ood-text ood.txt [--group-size 64] [--wiki-windows 40] [--ood-windows 12]
+        --ood-text ood.txt [--ood-text more.txt ...] [--group-size 64] [--wiki-windows 40] \
+        [--ood-windows 12]
 
 AWQ's layer-by-layer calibration pass runs once (scale search included, no clip); every
 variant is then derived per layer from the same activation statistics and scales:
@@ -23,7 +24,8 @@ clip search to some linears after an @: attn, mlp, gate-up, down or no-down (all
 down_proj; e.g. awq-full@mlp), to find where clipping helps or hurts.
 Each variant is written as a .awqbin and evaluated through the C++ runtime (exact f32
 mode) on the same windows; FP through the torch reference. Prints perplexities and each
-variant's share of RTN's increase: (ppl - FP) / (RTN - FP).
+variant's share of RTN's increase: (ppl - FP) / (RTN - FP), one table per text (the wiki
+evaluation split, then each --ood-text).
 """
 from __future__ import annotations
 
@@ -64,7 +66,8 @@ def main() -> int:
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seqlen", type=int, default=256)
     p.add_argument("--loss-tokens", type=int, default=1024)
-    p.add_argument("--ood-text", required=True, help="out-of-domain text file")
+    p.add_argument("--ood-text", required=True, action="append",
+                   help="out-of-domain text file (repeatable: each is evaluated apart)")
     p.add_argument("--wiki-windows", type=int, default=40)
     p.add_argument("--ood-windows", type=int, default=12)
     p.add_argument("--variants", default=",".join(VARIANTS))
@@ -131,9 +134,9 @@ def main() -> int:
             return out
 
     tmp = tempfile.mkdtemp(prefix="quality_sweep_")
-    first_model = None
-    texts = {"wiki": wiki_texts("evaluation"), "ood": read_text_file(args.ood_text)}
-    n_windows = {"wiki": args.wiki_windows, "ood": args.ood_windows}
+    texts = {"wiki": wiki_texts("evaluation"),
+             **{path: read_text_file(path) for path in args.ood_text}}
+    n_windows = {k: args.wiki_windows if k == "wiki" else args.ood_windows for k in texts}
     windows = {}
     ppl = {k: {} for k in texts}
     for v in variants:
@@ -148,27 +151,24 @@ def main() -> int:
                 windows[k] = token_windows(model.tokenizer.encode("\n\n".join(docs)).ids, 512,
                                            n_windows[k])
             ppl[k][v] = evaluate_runtime(model, windows[k], progress=False).result.perplexity
-        print(f"{v}: wiki {ppl['wiki'][v]:.3f}, ood {ppl['ood'][v]:.3f}", file=sys.stderr)
+        print(f"{v}: " + ", ".join(f"{os.path.basename(k)} {ppl[k][v]:.3f}" for k in texts),
+              file=sys.stderr)
         os.remove(path)
-        first_model = first_model or model
     if args.no_fp:
         fp = {k: float("nan") for k in texts}
     else:
         reference = reference_model(args.model, source.config.vocab_size, "model")
         fp = {k: reference_perplexity(reference, windows[k], progress=False).perplexity
               for k in texts}
-    print(f"{args.model} g{g}, calibration {args.calib_samples} x {args.calib_seqlen}, "
-          f"wiki {len(windows['wiki'])} x 512, ood {len(windows['ood'])} x 512 ({args.ood_text})")
-    print(f"{'variant':22s} {'wiki ppl':>9s} {'share':>6s} {'vs rtn':>7s} {'ood ppl':>9s} "
-          f"{'share':>6s} {'vs rtn':>7s}")
-    print(f"{'FP':22s} {fp['wiki']:9.3f} {0:6.3f} {'':7s} {fp['ood']:9.3f} {0:6.3f}")
-    for v in variants:
-        cells = []
-        for k in texts:
-            rtn = ppl[k].get("rtn", float("nan"))
-            cells.append(f"{ppl[k][v]:9.3f} {(ppl[k][v] - fp[k]) / (rtn - fp[k]):6.3f} "
-                         f"{ppl[k][v] / rtn - 1:+7.2%}")
-        print(f"{v:22s} {' '.join(cells)}")
+    print(f"{args.model} g{g}, calibration {args.calib_samples} x {args.calib_seqlen}")
+    for k in texts:
+        print(f"\n{k}: {len(windows[k])} windows x 512")
+        print(f"{'variant':24s} {'ppl':>9s} {'share':>6s} {'vs rtn':>7s}")
+        print(f"{'FP':24s} {fp[k]:9.3f} {0:6.3f}")
+        rtn = ppl[k].get("rtn", float("nan"))
+        for v in variants:
+            print(f"{v:24s} {ppl[k][v]:9.3f} {(ppl[k][v] - fp[k]) / (rtn - fp[k]):6.3f} "
+                  f"{ppl[k][v] / rtn - 1:+7.2%}")
     return 0
 
 
