@@ -175,16 +175,17 @@ def test_search_without_a_finite_loss_falls_back_to_unit_scales():
 
 
 def test_clip_search_minimises_the_group_output_error():
-    """Against a brute force over tokens: for each (row, group), the chosen bound's error
+    """Against a brute force over tokens: for each (row, group), the chosen shrink's error
     is the smallest of the 10 shrink factors."""
     g = 32
     rng = np.random.default_rng(3)
     w = torch.from_numpy(rng.standard_normal((8, 64)).astype(np.float32))
     x = torch.from_numpy(rng.standard_normal((500, 64)).astype(np.float32))
     xg = x.reshape(500, 2, g).transpose(0, 1)  # [G, n, g]
-    bound = search_clip(w, xg.transpose(1, 2) @ xg / 500, g, fake_quantize)  # [out, G, 1]
+    shrink = search_clip(w, xg.transpose(1, 2) @ xg / 500, g, fake_quantize)  # [out, G, 1]
     wg = w.reshape(8, 2, g)
     absmax = wg.abs().amax(-1, keepdim=True)
+    bound = shrink * absmax
 
     def errors(b):  # [out, G]: mean over tokens of the group's output error squared
         q = fake_quantize(torch.clamp(wg, -b, b).reshape(8, 64), g).reshape(8, 2, g)

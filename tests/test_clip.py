@@ -10,22 +10,25 @@ from awqcore.cli import main
 from awqcore.importers import load_source
 from awqcore.quantize import quantize_model
 from awqcore.quantize.awq import fake_quantize
-from awqcore.quantize.clip import (CLIP_GRID, CLIP_STEPS, InputStats, clip_bounds, search_clip,
-                                   shrink_of)
+from awqcore.quantize.clip import (CLIP_GRID, CLIP_STEPS, InputStats, clamp_to_shrinks,
+                                   clip_shrinks, search_clip)
 
 SPEC = "synthetic:arch=llama,layers=1,seed=3"
 
 
-def group_errors(w: torch.Tensor, bound: torch.Tensor, gram: torch.Tensor, g: int) -> torch.Tensor:
-    """[out, G]: d^T C d of each group after clamping to bound and quantizing."""
+def group_errors(w: torch.Tensor, shrink: torch.Tensor, gram: torch.Tensor, g: int
+                 ) -> torch.Tensor:
+    """[out, G]: d^T C d of each group after clamping to +-shrink * its max |w| and
+    quantizing."""
     out_f, in_f = w.shape
     wg = w.reshape(out_f, -1, g)
+    bound = shrink * wg.abs().amax(-1, keepdim=True)
     d = fake_quantize(torch.clamp(wg, -bound, bound).reshape(out_f, in_f), g).reshape(wg.shape) - wg
     return torch.einsum("ojk,jkl,ojl->oj", d, gram, d)
 
 
 def test_heldout_clip_keeps_a_bound_only_where_the_other_half_agrees():
-    """Each (row, group) gets the bound chosen on the first Gram where that bound also
+    """Each (row, group) gets the shrink chosen on the first Gram where that shrink also
     lowers the error under the second Gram, and no clipping elsewhere; with differing
     halves both outcomes occur."""
     g = 32
@@ -40,12 +43,12 @@ def test_heldout_clip_keeps_a_bound_only_where_the_other_half_agrees():
         xg = x.reshape(300, 2, g).transpose(0, 1)  # [G, n, g]
         grams.append(xg.transpose(1, 2) @ xg / 300)
     chosen = search_clip(w, grams[0], g, fake_quantize)
-    bound = search_clip(w, grams[0], g, fake_quantize, check_gram=grams[1])
-    absmax = w.reshape(16, 2, g).abs().amax(-1, keepdim=True)
-    helps = group_errors(w, chosen, grams[1], g) < group_errors(w, absmax, grams[1], g)
-    expected = torch.where(helps[..., None], chosen, absmax)
-    torch.testing.assert_close(bound, expected, rtol=0, atol=0)
-    clipped = (chosen < absmax)[..., 0]  # [out, G]
+    shrink = search_clip(w, grams[0], g, fake_quantize, check_gram=grams[1])
+    none = torch.ones_like(chosen)
+    helps = group_errors(w, chosen, grams[1], g) < group_errors(w, none, grams[1], g)
+    expected = torch.where(helps[..., None], chosen, none)
+    torch.testing.assert_close(shrink, expected, rtol=0, atol=0)
+    clipped = (chosen < 1)[..., 0]  # [out, G]
     assert bool((clipped & helps).any()) and bool((clipped & ~helps).any())
 
 
@@ -57,22 +60,21 @@ def test_mild_clip_shrinks_less_than_full():
     stats = InputStats(64, g)
     stats.add(x.reshape(2, 100, 64), torch.tensor([0, 1]))
     ones = torch.ones(64)
-    absmax = w.reshape(32, 2, g).abs().amax(-1, keepdim=True)
-    full = clip_bounds(w, stats, ones, "full", fake_quantize) / absmax
-    mild = clip_bounds(w, stats, ones, "mild", fake_quantize) / absmax
+    full = clip_shrinks(w, stats, ones, "full", fake_quantize)
+    mild = clip_shrinks(w, stats, ones, "mild", fake_quantize)
     assert float(full.min()) >= 1 - (CLIP_STEPS - 1) / CLIP_GRID - 1e-6
     # Mild searches a prefix of full's grid: the same answer wherever full's is in it.
     assert float(mild.min()) >= 0.85 - 1e-6
     within = full >= 0.85 - 1e-6
     assert bool(within.any()) and torch.equal(mild[within], full[within])
     with pytest.raises(ValueError, match="unknown clip mode 'wide'"):
-        clip_bounds(w, stats, ones, "wide", fake_quantize)
+        clip_shrinks(w, stats, ones, "wide", fake_quantize)
 
 
-def test_shrink_of_gives_the_search_grid_and_one_for_an_empty_group():
-    """GPTQ takes the bounds as fractions of each group's max |w|: those of the search are
-    its grid points 1 - i/CLIP_GRID (to float rounding), and an all-zero group (max 0)
-    gets 1, not 0/0."""
+def test_shrinks_are_the_search_grid_and_one_for_an_empty_group():
+    """The searches return fractions of each group's max |w| (the form GPTQ takes): its
+    grid points 1 - i/CLIP_GRID exactly, and 1 for an all-zero group; clamping to them
+    bounds each group by that fraction of its max |w| and leaves an empty group zero."""
     g = 32
     rng = np.random.default_rng(5)
     w = torch.from_numpy(rng.standard_normal((16, 96)).astype(np.float32))
@@ -80,13 +82,19 @@ def test_shrink_of_gives_the_search_grid_and_one_for_an_empty_group():
     x = torch.from_numpy(rng.standard_normal((2, 100, 96)).astype(np.float32))
     stats = InputStats(96, g)
     stats.add(x, torch.tensor([0, 1]))
-    shrink = shrink_of(w, clip_bounds(w, stats, torch.ones(96), "full", fake_quantize), g)
-    assert shrink.shape == (16, 3, 1) and bool(torch.isfinite(shrink).all())
-    assert float(shrink[3, 1, 0]) == 1.0
-    steps = (1 - shrink) * CLIP_GRID  # [16, 3, 1]: i of each chosen grid point
-    assert float((steps - steps.round()).abs().max()) < 1e-4
-    assert 0 <= float(steps.round().min()) and float(steps.round().max()) <= CLIP_STEPS - 1
-    assert float(steps.round().max()) > 0  # some group is clipped: the test sees a shrink
+    shrink = clip_shrinks(w, stats, torch.ones(96), "full", fake_quantize)
+    assert shrink.shape == (16, 3, 1) and float(shrink[3, 1, 0]) == 1.0
+    grid = torch.tensor([1 - i / CLIP_GRID for i in range(CLIP_STEPS)])
+    assert bool(torch.isin(shrink, grid).all())
+    assert float(shrink.min()) < 1  # some group is clipped: the test sees a shrink
+    clamped = w.clone()
+    clamp_to_shrinks(clamped, shrink, g)
+    absmax = w.reshape(16, 3, g).abs().amax(-1, keepdim=True)
+    bound = (shrink * absmax).expand(16, 3, g).reshape(16, 96)  # [out, in]
+    inside = w.abs() <= bound
+    assert torch.equal(clamped[inside], w[inside])
+    assert torch.equal(clamped[~inside], torch.sign(w[~inside]) * bound[~inside])
+    assert bool((~inside).any())
 
 
 @pytest.mark.parametrize("spec,method,default", [

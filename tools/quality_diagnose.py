@@ -74,12 +74,13 @@ def linear_errors(w_fp: torch.Tensor, w_scaled: torch.Tensor, s: torch.Tensor,
     scales, for v and up; ones otherwise), multiplied back so every variant's error is
     in the FP output's units."""
     from awqcore.quantize.awq import fake_quantize
-    from awqcore.quantize.clip import clip_bounds, search_clip, shrink_of
+    from awqcore.quantize.clip import clamp_to_shrinks, clip_shrinks, search_clip
     from awqcore.quantize.gptq import gptq_quantize
 
-    def clamp(w: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-        wg = w.reshape(w.shape[0], -1, g)
-        return torch.minimum(torch.maximum(wg, -bound), bound).reshape(w.shape)
+    def clamp(w: torch.Tensor, shrink: torch.Tensor) -> torch.Tensor:
+        w = w.clone()
+        clamp_to_shrinks(w, shrink, g)
+        return w
 
     def dequantized(codes, scales, zeros) -> torch.Tensor:
         groups = codes.float().reshape(codes.shape[0], -1, g)
@@ -94,17 +95,17 @@ def linear_errors(w_fp: torch.Tensor, w_scaled: torch.Tensor, s: torch.Tensor,
     hessian = calib_stats.hessian(s)
     scaled["awq-gptq"] = dequantized(*gptq_quantize(w_scaled, hessian, g))
     if clipped:
-        bound = clip_bounds(w_scaled, calib_stats, s, "full", fake_quantize)
-        scaled["awq+clip"] = fake_quantize(clamp(w_scaled, bound), g)
-        scaled["awq-gptq+clip"] = dequantized(*gptq_quantize(
-            w_scaled, hessian, g, shrink=shrink_of(w_scaled, bound, g)))
+        shrink = clip_shrinks(w_scaled, calib_stats, s, "full", fake_quantize)
+        scaled["awq+clip"] = fake_quantize(clamp(w_scaled, shrink), g)
+        scaled["awq-gptq+clip"] = dequantized(*gptq_quantize(w_scaled, hessian, g,
+                                                             shrink=shrink))
     back = rows[:, None]  # [out, 1]
     result: dict[str, dict] = {}
     for name, (stats, gram, gram_s) in grams.items():
         row = {v: output_error(q, w_fp, gram) for v, q in unscaled.items()}
         row.update({v: output_error(q * back, w_scaled * back, gram_s)
                     for v, q in scaled.items()})
-        if clipped:  # the bounds this set's own tokens would choose
+        if clipped:  # the shrinks this set's own tokens would choose
             own = search_clip(w_scaled, stats.scaled_gram(s), g, fake_quantize)
             row["awq+own clip"] = output_error(fake_quantize(clamp(w_scaled, own), g) * back,
                                                w_scaled * back, gram_s)

@@ -54,7 +54,7 @@ def main() -> int:
     from awqcore.importers import load_source
     from awqcore.quantize import pipeline
     from awqcore.quantize.awq import CLIP_EXCLUDED, INPUT_OF, AwqQuantizer, fake_quantize
-    from awqcore.quantize.clip import clip_bounds, shrink_of
+    from awqcore.quantize.clip import clamp_to_shrinks, clip_shrinks
     from awqcore.quantize.gptq import DAMP, gptq_int4
     from awqcore.quantize.pipeline import _layer_float_names
     from awqcore.quantize.rtn import quantize_int4
@@ -109,11 +109,9 @@ def main() -> int:
                 mode = mode if mode in ("full", "heldout", "mild") else None
                 shrink = None  # [out, G, 1]: GPTQ's grid range (gptq.py)
                 if mode and key not in CLIP_EXCLUDED and key.startswith(CLIP_ONLY[only]):
-                    bound = clip_bounds(w, stats[INPUT_OF[key]], s, mode, fake_quantize)
-                    shrink = shrink_of(w, bound, g)
+                    shrink = clip_shrinks(w, stats[INPUT_OF[key]], s, mode, fake_quantize)
                     if "gptq" not in v:
-                        wg = w.view(w.shape[0], -1, g)
-                        torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
+                        clamp_to_shrinks(w, shrink, g)
                 if "gptq" in v:
                     out[pre + key] = gptq_int4(w, stats[INPUT_OF[key]].hessian(s), g,
                                                damp=float(damp) if damp else DAMP, shrink=shrink)

@@ -58,8 +58,8 @@ from tqdm import tqdm
 from ..reference import attention_heads, decoder_layer, mlp_hidden, rotary_tables
 from ..source import SourceModel, layer_prefix
 from .calibration import calibration_blocks
-from .clip import (CLIP_MODES, CLIP_STEPS, MILD_STEPS, InputStats, clip_bounds, clips_linear,
-                   shrink_of)
+from .clip import (CLIP_MODES, CLIP_STEPS, MILD_STEPS, InputStats, clamp_to_shrinks,
+                   clip_shrinks, clips_linear)
 from .gptq import gptq_int4
 from .rtn import MAX_Q, MIN_SCALE, quantize_int4
 
@@ -497,13 +497,12 @@ class AwqQuantizer:
                             for n in INPUT_OF}  # [in] each
         with torch.no_grad():
             for n in clipped:
-                bound = clip_bounds(scaled[n], stats[INPUT_OF[n]], self.input_scale[n], o.clip,
-                                    fake_quantize, step=tick)  # [out, G, 1]
-                if o.gptq:  # GPTQ takes its grid from the bounds and compensates the clipping
-                    self.clip_shrink[n] = shrink_of(scaled[n], bound, self.group_size)
-                    continue
-                wg = scaled[n].view(scaled[n].shape[0], -1, self.group_size)  # [out, G, g]
-                torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
+                shrink = clip_shrinks(scaled[n], stats[INPUT_OF[n]], self.input_scale[n],
+                                      o.clip, fake_quantize, step=tick)  # [out, G, 1]
+                if o.gptq:  # GPTQ takes its grid from the shrinks and compensates the clipping
+                    self.clip_shrink[n] = shrink
+                else:
+                    clamp_to_shrinks(scaled[n], shrink, self.group_size)
         self.times["clip search"] += time.perf_counter() - start
         bar.close()
         self._hand_back_norms(layer, weights, w)

@@ -43,7 +43,7 @@ from ..reference import decoder_layer, expert_weights, mlp_hidden, route, rotary
 from ..source import EXPERT_PROJECTIONS, ROUTER_NAME, expert_linear, layer_prefix
 from .awq import (CHUNK_TOKENS, N_GRID, AwqQuantizer, _mse, candidate_scales, fake_quantize,
                   search_scales, weight_mean)
-from .clip import InputStats, clip_bounds, clips_linear
+from .clip import InputStats, clamp_to_shrinks, clip_shrinks, clips_linear
 from .rtn import quantize_int4
 
 
@@ -315,10 +315,9 @@ class MoeAwqQuantizer(AwqQuantizer):
 
     def _clip(self, weight: torch.Tensor, stats: InputStats, s: torch.Tensor) -> None:
         """Clamps `weight` [out, in] (input scaled by s) in place to the clip mode's
-        per-group bounds on the tokens `stats` saw."""
-        bound = clip_bounds(weight, stats, s, self.options.clip, fake_quantize)
-        wg = weight.view(weight.shape[0], -1, self.group_size)  # [out, G, g]
-        torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
+        per-group shrinks on the tokens `stats` saw."""
+        clamp_to_shrinks(weight, clip_shrinks(weight, stats, s, self.options.clip,
+                                              fake_quantize), self.group_size)
 
     def report(self) -> dict:
         out = super().report()

@@ -3,7 +3,8 @@
 The clip error of row o and group j of a linear is mean_t (x_tj . d_oj)^2 = d_oj^T C_j d_oj
 with C_j = mean_t x_tj x_tj^T, the g x g Gram matrix of the group's inputs over the
 calibration tokens, and d_oj the group's quantization error once its weights are clamped
-to +-bound. Accumulated once (n*in*g flops), each shrink step then costs out*in*g flops
+to +-shrink * max|w_oj|. The searches return the shrinks (1: no clipping): the form GPTQ
+takes them in, since it clamps each group as its compensation has updated it (gptq.py). Accumulated once (n*in*g flops), each shrink step then costs out*in*g flops
 whatever n is (AutoAWQ multiplies out over 512 sampled tokens per step instead).
 
 The statistics are kept separately for the even and the odd calibration sequences, so a
@@ -32,24 +33,25 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor, group_size: int,
                 fake_quantize: Callable[[torch.Tensor, int], torch.Tensor],
                 step: Callable[[], None] | None = None, steps: int = CLIP_STEPS,
                 check_gram: torch.Tensor | None = None) -> torch.Tensor:
-    """Per (row, group) clip bound [out, G, 1] for w [out, in] whose input has per-group
+    """Per (row, group) clip shrink [out, G, 1] for w [out, in] whose input has per-group
     Gram matrices gram [G, g, g]: the shrink among 1 - i/CLIP_GRID, i < steps, with the
     lowest error. With check_gram (the Gram of other tokens), a shrink is kept only where
     it also lowers the error on those tokens against no clipping."""
     out_f, in_f = w.shape
     wg = w.reshape(out_f, in_f // group_size, group_size)  # [out, G, g]
     absmax = wg.abs().amax(-1, keepdim=True)  # [out, G, 1]
-    best = absmax.clone()
+    best = torch.ones_like(absmax)
     best_err = torch.full(absmax.shape[:2], math.inf, device=w.device)  # [out, G]
     check_best = check_none = None  # [out, G]: check error of the chosen bound / of none
     for i in range(steps):
-        bound = absmax * (1 - i / CLIP_GRID)
+        shrink = 1 - i / CLIP_GRID
+        bound = absmax * shrink
         clipped = torch.minimum(torch.maximum(wg, -bound), bound)
         d = fake_quantize(clipped.reshape(out_f, in_f), group_size).reshape(wg.shape) - wg
         err = _group_error(d, gram)  # [out, G]
         better = err < best_err  # NaN/inf never win: a bad step keeps the previous bound
         best_err = torch.where(better, err, best_err)
-        best = torch.where(better[..., None], bound, best)
+        best = torch.where(better[..., None], shrink, best)
         if check_gram is not None:
             check = _group_error(d, check_gram)
             check_none = check if check_none is None else check_none
@@ -57,14 +59,14 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor, group_size: int,
         if step:
             step()
     if check_gram is not None:
-        best = torch.where((check_best < check_none)[..., None], best, absmax)
+        best = torch.where((check_best < check_none)[..., None], best, 1.0)
     return best
 
 
-def clip_bounds(w: torch.Tensor, stats: "InputStats", s: torch.Tensor, mode: str,
-                fake_quantize: Callable, step: Callable[[], None] | None = None
-                ) -> torch.Tensor:
-    """The clip bound [out, G, 1] of `mode` for the scaled weights w (input divided by s)."""
+def clip_shrinks(w: torch.Tensor, stats: "InputStats", s: torch.Tensor, mode: str,
+                 fake_quantize: Callable, step: Callable[[], None] | None = None
+                 ) -> torch.Tensor:
+    """The clip shrinks [out, G, 1] of `mode` for the scaled weights w (input divided by s)."""
     g = stats.g
     if mode in ("full", ATTENTION_ONLY):
         return search_clip(w, stats.scaled_gram(s), g, fake_quantize, step)
@@ -78,11 +80,11 @@ def clip_bounds(w: torch.Tensor, stats: "InputStats", s: torch.Tensor, mode: str
     raise ValueError(f"unknown clip mode {mode!r} (choose from {', '.join(CLIP_MODES)})")
 
 
-def shrink_of(w: torch.Tensor, bound: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Each clip bound [out, G, 1] of w [out, in] as a fraction of its group's max |w|
-    (1 for an all-zero group): the form GPTQ takes them in (gptq.py)."""
-    absmax = w.reshape(w.shape[0], -1, group_size).abs().amax(-1, keepdim=True)  # [out, G, 1]
-    return torch.where(absmax > 0, bound / absmax, torch.ones_like(bound))
+def clamp_to_shrinks(w: torch.Tensor, shrink: torch.Tensor, group_size: int) -> None:
+    """Clamps w [out, in] in place to +-shrink [out, G, 1] times each group's max |w|."""
+    wg = w.view(w.shape[0], -1, group_size)  # [out, G, g]
+    bound = shrink * wg.abs().amax(-1, keepdim=True)  # [out, G, 1]
+    torch.minimum(torch.maximum(wg, -bound), bound, out=wg)
 
 
 def clips_linear(mode: str, name: str) -> bool:
