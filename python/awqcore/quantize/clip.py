@@ -3,12 +3,13 @@
 The clip error of row o and group j of a linear is mean_t (x_tj . d_oj)^2 = d_oj^T C_j d_oj
 with C_j = mean_t x_tj x_tj^T, the g x g Gram matrix of the group's inputs over the
 calibration tokens, and d_oj the group's quantization error once its weights are clamped
-to +-shrink * max|w_oj|. The searches return the shrinks (1: no clipping): the form GPTQ
-takes them in, since it clamps each group as its compensation has updated it (gptq.py). Accumulated once (n*in*g flops), each shrink step then costs out*in*g flops
-whatever n is (AutoAWQ multiplies out over 512 sampled tokens per step instead).
+to +-shrink * max|w_oj|. Accumulated once (n*in*g flops), each shrink step then costs
+out*in*g flops whatever n is (AutoAWQ multiplies out over 512 sampled tokens per step
+instead). The searches return the shrinks (1: no clipping), the form GPTQ takes: it clamps
+each group as its compensation has updated it (gptq.py).
 
 The statistics are kept separately for the even and the odd calibration sequences, so a
-clip bound chosen on one half can be checked on the other ("heldout" mode).
+shrink chosen on one half can be checked on the other ("heldout" mode).
 """
 from __future__ import annotations
 
