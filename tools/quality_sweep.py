@@ -21,7 +21,9 @@ variant is then derived per layer from the same activation statistics and scales
 A GPTQ variant may name its damping after a colon (e.g. awq-gptq:0.1; default
 gptq.DAMP, a fraction of the Hessian's mean diagonal). A clipping variant may limit the
 clip search to some linears after an @: attn, mlp, gate-up, down or no-down (all but
-down_proj; e.g. awq-full@mlp), to find where clipping helps or hurts.
+down_proj; e.g. awq-full@mlp), to find where clipping helps or hurts, and add other
+linears' modes after a + (e.g. awq-gptq-full@attn+mild@mlp: the full search for the
+attention, the mild one for the MLP; the first scope that holds a linear decides).
 Each variant is written as a .awqbin and evaluated through the C++ runtime (exact f32
 mode) on the same windows; FP through the torch reference. Prints perplexities and each
 variant's share of RTN's increase: (ppl - FP) / (RTN - FP), one table per text (the wiki
@@ -96,8 +98,11 @@ def main() -> int:
         stats, scales = quantizer.layer_stats, quantizer.input_scale
         pre = layer_prefix(layer)
         for v in variants:
-            spec, _, only = v.partition("@")
+            first, *more = v.split("+")
+            spec, _, only = first.partition("@")
             method, _, damp = spec.partition(":")
+            mode = method.split("-")[-1]
+            rules = [(mode, only), *(part.split("@") for part in more)]  # (mode, scope)
             awq = v.startswith("awq")
             norms = {n: (weights if awq else original)[n] for n in names
                      if not (n.endswith(".weight") and n[len(pre):-7] in INPUT_OF)}
@@ -105,10 +110,9 @@ def main() -> int:
             for key in LINEAR_NAMES:
                 w = scaled[key].clone() if awq else torch.from_numpy(original[pre + key + ".weight"]).clone()
                 s = scales[key] if awq else torch.ones(w.shape[1])
-                mode = method.split("-")[-1]
-                mode = mode if mode in ("full", "heldout", "mild") else None
+                mode = next((m for m, scope in rules if key.startswith(CLIP_ONLY[scope])), None)
                 shrink = None  # [out, G, 1]: GPTQ's grid range (gptq.py)
-                if mode and key not in CLIP_EXCLUDED and key.startswith(CLIP_ONLY[only]):
+                if mode in ("full", "heldout", "mild") and key not in CLIP_EXCLUDED:
                     shrink = clip_shrinks(w, stats[INPUT_OF[key]], s, mode, fake_quantize)
                     if "gptq" not in v:
                         clamp_to_shrinks(w, shrink, g)
@@ -161,11 +165,11 @@ def main() -> int:
     print(f"{args.model} g{g}, calibration {args.calib_samples} x {args.calib_seqlen}")
     for k in texts:
         print(f"\n{k}: {len(windows[k])} windows x 512")
-        print(f"{'variant':24s} {'ppl':>9s} {'share':>6s} {'vs rtn':>7s}")
-        print(f"{'FP':24s} {fp[k]:9.3f} {0:6.3f}")
+        print(f"{'variant':30s} {'ppl':>9s} {'share':>6s} {'vs rtn':>7s}")
+        print(f"{'FP':30s} {fp[k]:9.3f} {0:6.3f}")
         rtn = ppl[k].get("rtn", float("nan"))
         for v in variants:
-            print(f"{v:24s} {ppl[k][v]:9.3f} {(ppl[k][v] - fp[k]) / (rtn - fp[k]):6.3f} "
+            print(f"{v:30s} {ppl[k][v]:9.3f} {(ppl[k][v] - fp[k]) / (rtn - fp[k]):6.3f} "
                   f"{ppl[k][v] / rtn - 1:+7.2%}")
     return 0
 
