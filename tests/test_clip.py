@@ -95,6 +95,11 @@ def test_shrinks_are_the_search_grid_and_one_for_an_empty_group():
     assert torch.equal(clamped[inside], w[inside])
     assert torch.equal(clamped[~inside], torch.sign(w[~inside]) * bound[~inside])
     assert bool((~inside).any())
+    # A group whose error is never finite (a NaN Gram) keeps shrink 1: no clipping.
+    gram = stats.scaled_gram(torch.ones(96))
+    gram[2] = float("nan")
+    unclipped = search_clip(w, gram, g, fake_quantize)
+    assert bool((unclipped[:, 2] == 1).all()) and torch.equal(unclipped[:, :2], shrink[:, :2])
 
 
 @pytest.mark.parametrize("spec,method,default", [

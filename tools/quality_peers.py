@@ -11,6 +11,7 @@ and --calib-text: the exact [N, T] tensor awqcore's AWQ pass embeds):
   awqcore AWQ    awqcore --method awq (scales + full clip search)
   awqcore AWQ+GPTQ  awqcore --method awq-gptq (the default method: AWQ's scales and the
                  attention's clip bounds, then GPTQ)
+                 (--methods rtn,awq-gptq leaves out the awq row; RTN always runs)
   peer AWQ       each peer of --peers that is installed in --peer-python:
     autoawq        AutoAWQ 0.2.9, GEMM, zero point, scales + clip (its defaults),
                    calibrated on the same blocks, in f32 on the CPU
@@ -345,7 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.reuse and not args.keep:
         p.error("--reuse needs --keep (the folder of an earlier run)")
     args.peers = [x for x in args.peers.split(",") if x]
-    args.methods = ["rtn", *[m for m in args.methods.split(",") if m and m != "rtn"]]
+    args.methods = list(dict.fromkeys(["rtn", *[m for m in args.methods.split(",") if m]]))
     unknown = [m for m in args.methods if m not in AWQCORE_ROWS]
     if unknown:
         p.error(f"unknown method(s) {', '.join(unknown)} (choose from {', '.join(AWQCORE_ROWS)})")

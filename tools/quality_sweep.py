@@ -15,9 +15,9 @@ variant is then derived per layer from the same activation statistics and scales
   awq-mild      AWQ scales + the clip search over shrinks >= 0.85
   awq-gptq      AWQ scales, then GPTQ (no clip: the CLI's --clip off; the CLI's default
                 is awq-gptq-full@attn)
-  awq-gptq-full, awq-gptq-heldout  AWQ scales + that clip search's bounds as GPTQ's
-                grid range (as fractions of each group's max |w|), then GPTQ (which
-                compensates the clipping too)
+  awq-gptq-full, awq-gptq-heldout, awq-gptq-mild  AWQ scales + that clip search's
+                shrinks as GPTQ's grid range (fractions of each group's max |w|), then
+                GPTQ (which compensates the clipping too)
 A GPTQ variant may name its damping after a colon (e.g. awq-gptq:0.1; default
 gptq.DAMP, a fraction of the Hessian's mean diagonal). A clipping variant may limit the
 clip search to some linears after an @: attn, mlp, gate-up, down or no-down (all but
@@ -46,6 +46,41 @@ CLIP_ONLY = {"": ("",), "attn": ("self_attn.",), "mlp": ("mlp.",),  # the @ suff
              "no-down": ("self_attn.", "mlp.gate_proj", "mlp.up_proj")}
 VARIANTS = ("rtn", "gptq", "awq-noclip", "awq-full", "awq-heldout", "awq-mild", "awq-gptq",
             "awq-gptq-heldout")
+SEARCHES = ("full", "heldout", "mild")  # the clip searches a variant may name
+BASES = ("rtn", "gptq", "awq-noclip", "awq", "awq-gptq")  # awq needs a search
+
+
+def parse_variant(variant: str) -> tuple[str, float | None, list[tuple[str, str]]]:
+    """"awq-gptq-full:0.1@attn+mild@mlp" -> ("awq-gptq", 0.1, [("full", "attn"), ("mild",
+    "mlp")]): the base method, GPTQ's damping (None: gptq.DAMP) and the clip rules
+    (search, scope) in order, the first whose scope holds a linear deciding. Raises
+    ValueError naming what is wrong."""
+    first, *more = variant.split("+")
+    spec, at, scope = first.partition("@")
+    method, colon, damp = spec.partition(":")
+    search = next((m for m in SEARCHES if method.startswith("awq") and method.endswith("-" + m)),
+                  None)
+    base = method[:-len(search) - 1] if search else method
+    if base not in BASES or (base == "awq" and not search):
+        raise ValueError(f"{variant}: unknown method {method!r} (choose from "
+                         f"{', '.join(VARIANTS)}, awq-mild, awq-gptq-full, awq-gptq-mild)")
+    if colon and "gptq" not in base:
+        raise ValueError(f"{variant}: a damping (':') needs a GPTQ method")
+    rules = [(search, scope)] if search else []
+    if at and (not search or scope not in CLIP_ONLY or not scope):
+        raise ValueError(f"{variant}: '@{scope}' needs a clip search and a scope of "
+                         f"{', '.join(s for s in CLIP_ONLY if s)}")
+    for part in more:
+        search, at, scope = part.partition("@")
+        if not rules or not rules[0][1]:
+            raise ValueError(f"{variant}: '+' needs a first clip search with an @ scope "
+                             "(without one it holds every linear)")
+        if search not in SEARCHES or scope not in CLIP_ONLY or not scope:
+            raise ValueError(f"{variant}: {part!r} is not SEARCH@SCOPE (searches "
+                             f"{', '.join(SEARCHES)}; scopes "
+                             f"{', '.join(s for s in CLIP_ONLY if s)})")
+        rules.append((search, scope))
+    return base, float(damp) if damp else None, rules
 
 
 def main() -> int:
@@ -81,6 +116,12 @@ def main() -> int:
                    "oversubscribed threads wait on each other)")
     args = p.parse_args()
     variants = args.variants.split(",")
+    try:
+        parsed = {v: parse_variant(v) for v in variants}
+    except ValueError as e:
+        p.error(str(e))
+    if "wiki" in args.ood_text or len(set(args.ood_text)) < len(args.ood_text):
+        p.error("each --ood-text once, and none named 'wiki' (the in-domain table's name)")
     g = args.group_size
     torch.set_num_threads(args.threads)
 
@@ -98,27 +139,25 @@ def main() -> int:
         stats, scales = quantizer.layer_stats, quantizer.input_scale
         pre = layer_prefix(layer)
         for v in variants:
-            first, *more = v.split("+")
-            spec, _, only = first.partition("@")
-            method, _, damp = spec.partition(":")
-            mode = method.split("-")[-1]
-            rules = [(mode, only), *(part.split("@") for part in more)]  # (mode, scope)
-            awq = v.startswith("awq")
+            method, damp, rules = parsed[v]
+            awq, gptq = method.startswith("awq"), "gptq" in method
             norms = {n: (weights if awq else original)[n] for n in names
                      if not (n.endswith(".weight") and n[len(pre):-7] in INPUT_OF)}
             out = {}
             for key in LINEAR_NAMES:
                 w = scaled[key].clone() if awq else torch.from_numpy(original[pre + key + ".weight"]).clone()
                 s = scales[key] if awq else torch.ones(w.shape[1])
-                mode = next((m for m, scope in rules if key.startswith(CLIP_ONLY[scope])), None)
+                search = next((m for m, scope in rules if key.startswith(CLIP_ONLY[scope])),
+                              None)
                 shrink = None  # [out, G, 1]: GPTQ's grid range (gptq.py)
-                if mode in ("full", "heldout", "mild") and key not in CLIP_EXCLUDED:
-                    shrink = clip_shrinks(w, stats[INPUT_OF[key]], s, mode, fake_quantize)
-                    if "gptq" not in v:
+                if search and key not in CLIP_EXCLUDED:
+                    shrink = clip_shrinks(w, stats[INPUT_OF[key]], s, search, fake_quantize)
+                    if not gptq:
                         clamp_to_shrinks(w, shrink, g)
-                if "gptq" in v:
+                if gptq:
                     out[pre + key] = gptq_int4(w, stats[INPUT_OF[key]].hessian(s), g,
-                                               damp=float(damp) if damp else DAMP, shrink=shrink)
+                                               damp=DAMP if damp is None else damp,
+                                               shrink=shrink)
                 else:
                     out[pre + key] = quantize_int4(w.numpy(), g)
             results[v][layer] = (norms, out)
@@ -153,8 +192,7 @@ def main() -> int:
                 windows[k] = token_windows(model.tokenizer.encode("\n\n".join(docs)).ids, 512,
                                            n_windows[k])
             ppl[k][v] = evaluate_runtime(model, windows[k], progress=False).result.perplexity
-        print(f"{v}: " + ", ".join(f"{os.path.basename(k)} {ppl[k][v]:.3f}" for k in texts),
-              file=sys.stderr)
+        print(f"{v}: " + ", ".join(f"{k} {ppl[k][v]:.3f}" for k in texts), file=sys.stderr)
         os.remove(path)
     if args.no_fp:
         fp = {k: float("nan") for k in texts}

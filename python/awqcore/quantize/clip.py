@@ -43,14 +43,14 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor, group_size: int,
     absmax = wg.abs().amax(-1, keepdim=True)  # [out, G, 1]
     best = torch.ones_like(absmax)
     best_err = torch.full(absmax.shape[:2], math.inf, device=w.device)  # [out, G]
-    check_best = check_none = None  # [out, G]: check error of the chosen bound / of none
+    check_best = check_none = None  # [out, G]: check error of the chosen shrink / of none
     for i in range(steps):
         shrink = 1 - i / CLIP_GRID
         bound = absmax * shrink
         clipped = torch.minimum(torch.maximum(wg, -bound), bound)
         d = fake_quantize(clipped.reshape(out_f, in_f), group_size).reshape(wg.shape) - wg
         err = _group_error(d, gram)  # [out, G]
-        better = err < best_err  # NaN/inf never win: a bad step keeps the previous bound
+        better = err < best_err  # NaN/inf never win: a bad step keeps the previous shrink
         best_err = torch.where(better, err, best_err)
         best = torch.where(better[..., None], shrink, best)
         if check_gram is not None:
@@ -89,7 +89,7 @@ def clamp_to_shrinks(w: torch.Tensor, shrink: torch.Tensor, group_size: int) -> 
 
 
 def clips_linear(mode: str, name: str) -> bool:
-    """Whether clip mode `mode` searches bounds for the linear `name` (a reference key
+    """Whether clip mode `mode` searches shrinks for the linear `name` (a reference key
     such as "self_attn.o_proj" or "mlp.experts.3.down_proj"; q and k are left out by
     the quantizers themselves)."""
     return mode != "off" and (mode != ATTENTION_ONLY or name.startswith("self_attn."))
