@@ -102,6 +102,8 @@ def main() -> int:
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seqlen", type=int, default=256)
+    p.add_argument("--calib-text", help="calibration text file (default: the Wikipedia "
+                   "summaries' calibration split), as awqcore quantize --calib-text")
     p.add_argument("--loss-tokens", type=int, default=1024)
     p.add_argument("--ood-text", required=True, action="append",
                    help="out-of-domain text file (repeatable: each is evaluated apart)")
@@ -128,7 +130,8 @@ def main() -> int:
     source = load_source(args.model)
     start = time.perf_counter()
     quantizer = AwqQuantizer(source, g, progress=False, calib_samples=args.calib_samples,
-                             calib_seqlen=args.calib_seqlen, loss_tokens=args.loss_tokens,
+                             calib_seqlen=args.calib_seqlen, calib_text=args.calib_text,
+                             loss_tokens=args.loss_tokens,
                              clip="off", gptq=True)
     results = {v: {} for v in variants}  # variant -> layer -> (norms, {prefix: int4})
     for layer in range(source.config.num_layers):
