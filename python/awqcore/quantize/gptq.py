@@ -18,14 +18,14 @@ reached. With clip shrinks (AWQ's clip search: per row and group, the bound as a
 fraction of the group's max |w|), the group's range is taken from its weights as
 updated, clamped to +-shrink * their max |w|. The fraction, not the search's absolute
 bound, carries over: the compensation moves the weights, and a bound fixed before it
-cuts the ones it pushed outward (it measured worse: README, "GPTQ"). The weights
-themselves are not clamped: a weight outside the grid gets the nearest end code, and
-its whole error, clipping included, is moved onto the later columns like any rounding
-error. Clamping the weights first would make the clipped weights GPTQ's target, so the
-clipping error would never be compensated. Columns go in their natural order (no
-act-order): act-order would quantize columns in order of decreasing H_ii, and to keep
-groups contiguous in the file it would have to fix every group's scale before any
-compensation, which gives back much of what it gains; it is not offered.
+cuts the ones it pushed outward (it measured worse: docs/quality.md, "GPTQ"). The
+weights themselves are not clamped: a weight outside the grid gets the nearest end
+code, and its whole error, clipping included, is moved onto the later columns like any
+rounding error. Clamping the weights first would make the clipped weights GPTQ's
+target, so the clipping error would never be compensated. Columns go in their natural
+order (no act-order): act-order would quantize columns in order of decreasing H_ii,
+and to keep groups contiguous in the file it would have to fix every group's scale
+before any compensation, which gives back much of what it gains; it is not offered.
 
 Deterministic: the same W and H give the same codes (no randomness; torch's CPU
 kernels are deterministic for these ops). Works on whatever device W and H are on.
@@ -41,7 +41,7 @@ BLOCK = 128  # columns per lazy update block (a multiple of every supported grou
 # pulls the compensation toward plain rounding. The compensation fits the calibration
 # text; out of domain a weak damping loses more than it gains, and a damping as large as
 # the mean diagonal keeps the in-domain gain while giving up none out of domain
-# (README, "GPTQ": SmolLM2 measured at 0.01 to 1, Gemma 3 at 0.1 and 1).
+# (docs/quality.md, "GPTQ": SmolLM2 measured at 0.01 to 1, Gemma 3 at 0.1 and 1).
 DAMP = 1.0
 MAX_DAMP_TRIES = 6  # each retry multiplies the damping by 10
 

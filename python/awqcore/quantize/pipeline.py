@@ -86,7 +86,7 @@ def _awq_gptq(source: SourceModel, group_size: int, progress: bool = True,
     """AWQ's scales and clip bounds, then GPTQ instead of rounding, on the grid those
     bounds set. The bounds are searched for the attention's linears only unless told
     otherwise: the MLP's bounds fit the calibration text and lose out of domain on
-    Gemma 3 and Qwen2.5-Coder (README, "Quality per model")."""
+    Gemma 3 and Qwen2.5-Coder (docs/quality.md, "Quality per model")."""
     return _awq(source, group_size, progress, **{"clip": "attn", **options, "gptq": True})
 
 
