@@ -41,7 +41,8 @@ BLOCK = 128  # columns per lazy update block (a multiple of every supported grou
 # pulls the compensation toward plain rounding. The compensation fits the calibration
 # text; out of domain a weak damping loses more than it gains, and a damping as large as
 # the mean diagonal keeps the in-domain gain while giving up none out of domain
-# (docs/quality.md, "GPTQ": SmolLM2 measured at 0.01 to 1, Gemma 3 at 0.1 and 1).
+# (docs/quality.md, "GPTQ" and "Quality per model": SmolLM2 measured at 0.01 to 1,
+# Gemma 3 at 0.1 and 1).
 DAMP = 1.0
 MAX_DAMP_TRIES = 6  # each retry multiplies the damping by 10
 
