@@ -30,8 +30,9 @@ Where we differ, and why:
     single tokens for the MLP and the linears, stratified: every sequence's first
     token plus a uniform draw, weighted back to the all-token mean; see
     stratified_sample), while x_mean and the clip
-    statistics use every token. The grid is 20 forward passes of the module, so
-    this is what keeps a 128 x 512 calibration within minutes on a CPU.
+    statistics use every token. The search runs the module once per candidate (21
+    of them, and once for the reference), so this is what keeps a 128 x 512
+    calibration within minutes on a CPU.
   * The unscaled weights (s = 1) are a candidate of the scale search besides the
     20 ratios (see search_scales): AWQ never does worse than round-to-nearest on
     the search's own loss.
@@ -40,8 +41,9 @@ Where we differ, and why:
     (reported) instead of raising.
 
 Device: the activations, statistics, searches and GPTQ run on AwqOptions.device (cuda
-when torch sees one, else cpu); tensors are created on it, and only the finished int4
-tensors and folded norms come back to the host. Memory on it: one layer's weights, the
+when torch sees one, else cpu); tensors are created on it. What comes back to the
+host: the folded norms, and GPTQ's finished int4 tensors, or without GPTQ the scaled
+f32 weights, which rtn.quantize_int4 rounds. Memory on it: one layer's weights, the
 calibration activations [N, T, d] and the layer's input statistics.
 """
 from __future__ import annotations
@@ -60,8 +62,8 @@ from ..source import SourceModel, layer_prefix
 from .calibration import calibration_blocks
 from .clip import (CLIP_MODES, CLIP_STEPS, MILD_STEPS, InputStats, clamp_to_shrinks,
                    clip_shrinks, clips_linear)
-from .gptq import gptq_int4
-from .rtn import MAX_Q, MIN_SCALE, quantize_int4
+from .gptq import gptq_int4, int4_grid
+from .rtn import MAX_Q, quantize_int4
 
 N_GRID = 20  # ratios a = i / 20, i = 0..19
 CLIP_EXCLUDED = ("self_attn.q_proj", "self_attn.k_proj")  # their error is seen through softmax
@@ -76,7 +78,8 @@ CHUNK_TOKENS = 4096
 
 @dataclass
 class AwqOptions:
-    # 32 x 256 tokens: SmolLM2-135M calibrates in minutes on 2 cores (README, "AWQ").
+    # 32 x 256 tokens: SmolLM2-135M calibrates in about two minutes on 2 cores
+    # (README, "Targets (issue 18)").
     calib_samples: int = 32
     calib_seqlen: int = 256
     calib_text: str | None = None  # None: the Wikipedia summaries' calibration split
@@ -92,13 +95,13 @@ def stratified_sample(n: int, t: int, budget: int,
                       rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The single-token loss sample: mask [n, t] of `budget` tokens and their weights.
 
-    Position 0 of every sequence is always taken, the rest uniformly: on Qwen2.5-Coder
-    the first token (the attention sink, with massive activations) had an MLP output
-    error ~600x a typical token's, 70% of layer 1's loss from 16 of 4,096 tokens, so a
-    uniform sample's loss swung with how many of them it drew (the a it chose gave
-    0.68x RTN's loss on its sample and 1.27x on the other tokens). A drawn token
-    weighs its stratum's size over the number drawn from it, so the weighted mean
-    estimates the all-token mean (AutoAWQ's objective) without that variance."""
+    Position 0 of every sequence is always taken, the rest uniformly: the first token
+    (the attention sink, with massive activations) can carry an output error hundreds
+    of times a typical token's and most of a layer's loss, so a uniform sample's loss
+    would swing with how many first tokens it drew (docs/quality.md, "Method
+    details"). A drawn token weighs its stratum's size over the number drawn from it,
+    so the weighted mean estimates the all-token mean (AutoAWQ's objective) without
+    that variance."""
     mask = np.zeros((n, t), dtype=bool)
     weight = np.zeros((n, t), dtype=np.float32)
     if budget >= n * t:
@@ -159,10 +162,9 @@ SCALE_GROUPS = {
 
 
 # fake_quantize works on blocks of rows of about this many weights (1 MB of f32), so
-# that its ~10 elementwise passes stay in the core's L2 cache: on Qwen2.5-Coder's
-# [8960, 1536] gate/up, Q(W*s)/s took 60-70 CPU-ms in 128-row blocks against 115 in
-# one piece (one thread). Every op is elementwise or within a row's groups, so the
-# result does not depend on the block size.
+# that its ~10 elementwise passes stay in the core's L2 cache instead of streaming a
+# large weight from memory each time. Every op is elementwise or within a row's
+# groups, so the result does not depend on the block size.
 FAKE_QUANTIZE_BLOCK = 1 << 18
 
 
@@ -173,12 +175,7 @@ def _fake_quantize_rows(w: torch.Tensor, group_size: int, scale: torch.Tensor | 
     if scale is not None:
         w = w * scale
     g = w.reshape(rows, in_f // group_size, group_size)  # [rows, G, g]
-    gmax = g.amax(-1, keepdim=True)  # [rows, G, 1]
-    gmin = g.amin(-1, keepdim=True)
-    span = (gmax.clamp(min=0) - gmin.clamp(max=0)) / MAX_Q
-    span = torch.where(gmax == gmin, gmax.abs(), span)
-    s = span.clamp(min=MIN_SCALE).half().float()  # the f16 scale the runtime multiplies by
-    z = (-torch.round(gmin.clamp(max=0) / s)).clamp(0, MAX_Q)
+    s, z = int4_grid(g.amax(-1, keepdim=True), g.amin(-1, keepdim=True))  # [rows, G, 1]
     # clamp(round(w/s) + z, 0, 15) - z == clamp(round(w/s), -z, 15 - z): z is an integer,
     # so both are exact, and the second makes three passes over w instead of five.
     q = torch.round_(g / s)
@@ -230,32 +227,41 @@ class ScaleSearch:
         return any(math.isfinite(v) for v in (self.unscaled_loss, *self.losses))
 
 
-def search_scales(x_mean: torch.Tensor, weights: list[torch.Tensor],
-                  loss: Callable[[list[torch.Tensor]], float], group_size: int,
-                  n_grid: int = N_GRID, step: Callable[[], None] | None = None) -> ScaleSearch:
-    """The grid search of step 2. loss(candidate weights, one per linear) -> MSE of the
-    inspected module's output. Ties keep the smaller a (the first found).
+def grid_search(x_mean: torch.Tensor, w_mean: torch.Tensor,
+                loss: Callable[[torch.Tensor | None], float],
+                step: Callable[[], None] | None = None) -> ScaleSearch:
+    """The grid search of step 2. loss(s [in], or None for the unscaled weights) -> MSE
+    of the inspected module's output with its weights fake-quantized at those scales.
+    Ties keep the smaller a (the first found).
 
     Beyond AutoAWQ's grid, the unscaled weights (s = 1, plain round-to-nearest) are a
     candidate too, kept only when strictly better than every grid point: no grid point
-    is s = 1 (at a = 0, s = 1 / w_mean), and on Qwen2.5-Coder-1.5B (g128, 16 x 256) the
-    whole grid lost to the unscaled weights on the search's own loss in the q/k/v group
-    of layers 0, 1 and 3 (by 3-6%)."""
-    w_mean = weight_mean(weights, group_size)
+    is s = 1 (at a = 0, s = 1 / w_mean), and on real models the whole grid sometimes
+    loses to the unscaled weights on the search's own loss (Qwen2.5-Coder's q/k/v in
+    some early layers)."""
     best, best_loss, losses = None, math.inf, []
-    for i in range(n_grid):
-        ratio = i / n_grid
+    for i in range(N_GRID):
+        ratio = i / N_GRID
         s = candidate_scales(x_mean, w_mean, ratio)  # [in]
-        value = loss([fake_quantize(w, group_size, s) for w in weights])
+        value = loss(s)
         losses.append(value)
         if math.isfinite(value) and value < best_loss:
             best, best_loss = (s, ratio), value
         if step:
             step()
-    unscaled_loss = loss([fake_quantize(w, group_size) for w in weights])
+    unscaled_loss = loss(None)
     if best is None or (math.isfinite(unscaled_loss) and unscaled_loss < best_loss):
         return ScaleSearch(torch.ones_like(x_mean), None, losses, unscaled_loss)
     return ScaleSearch(best[0], best[1], losses, unscaled_loss)
+
+
+def search_scales(x_mean: torch.Tensor, weights: list[torch.Tensor],
+                  loss: Callable[[list[torch.Tensor]], float], group_size: int,
+                  step: Callable[[], None] | None = None) -> ScaleSearch:
+    """grid_search over the linears `weights` that share one input; loss(candidate
+    weights, one per linear) -> MSE of the inspected module's output."""
+    return grid_search(x_mean, weight_mean(weights, group_size),
+                       lambda s: loss([fake_quantize(w, group_size, s) for w in weights]), step)
 
 
 def _mse(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | None = None) -> float:
@@ -264,6 +270,20 @@ def _mse(a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor | None = None) 
     if weights is None:
         return float((a - b).pow(2).mean())
     return float(((a - b).pow(2).mean(-1) * weights).sum() / weights.sum())
+
+
+def fold_scales(group: ScaleGroup, s: torch.Tensor, w: dict, scaled: dict) -> None:
+    """Step 2's fold for one group, in place: s [in] into its linears' input columns in
+    `scaled`, 1/s into the op before (a linear's output rows and bias, or a norm
+    weight, in `scaled` / `w`)."""
+    for n in group.linears:
+        scaled[n] *= s
+    if group.prev.endswith("_proj"):
+        scaled[group.prev] /= s[:, None]
+        if group.prev + ".bias" in w:
+            w[group.prev + ".bias"] /= s
+    else:
+        w[group.prev] /= s
 
 
 class AwqQuantizer:
@@ -326,15 +346,18 @@ class AwqQuantizer:
 
     def _forward(self, layer: int, w: dict) -> tuple[dict, dict]:
         """The FP layer over every calibration sequence, in chunks. Returns the input
-        statistics and the loss samples per input ("qkv", "o", "mlp", "down"), and
-        replaces self.x by the layer's output (dropping sequences gone non-finite)."""
+        statistics per input ("qkv", "o", "mlp", "down") and the loss samples: the
+        sampled tokens of "o", "mlp" and "down" with their "weight", and the attention's
+        whole sequences "attn" (q/k/v's loss runs through the attention). Replaces
+        self.x by the layer's output (dropping sequences gone non-finite)."""
         c, g = self.config, self.group_size
         n, t, d = self.x.shape
         widths = {"qkv": d, "o": c.num_heads * c.head_dim, "mlp": d,
                   "down": c.intermediate_size}
         stats = {k: InputStats(width, g, full_gram=self.options.gptq, device=self.device)
                  for k, width in widths.items()}
-        samples: dict[str, list[torch.Tensor]] = {k: [] for k in (*widths, "attn", "weight")}
+        sampled = ("o", "mlp", "down")
+        samples: dict[str, list[torch.Tensor]] = {k: [] for k in (*sampled, "attn", "weight")}
         keep = torch.ones(n, dtype=torch.bool, device=self.device)
         per_chunk = max(1, CHUNK_TOKENS // t)
         attn_seqs = set(self.attn_seqs.tolist())
@@ -351,13 +374,14 @@ class AwqQuantizer:
             part = (torch.arange(lo, lo + len(x), device=self.device) % 2)[finite]  # [b']
             for key, value in inputs.items():
                 stats[key].add(value[finite], part)
-                samples[key].append(value[mask])  # [tokens, width]
+            for key in sampled:
+                samples[key].append(inputs[key][mask])  # [tokens, width]
             samples["weight"].append(self.loss_weight[lo:lo + len(x)][mask])  # [tokens]
             samples["attn"] += [h[i] for i in range(len(x))
                                 if lo + i in attn_seqs and bool(finite[i])]
             self.x[lo:lo + len(x)] = out
         self._drop_non_finite(layer, keep)
-        merged = {k: torch.cat(samples[k]) for k in (*widths, "weight")}  # [tokens, width]
+        merged = {k: torch.cat(samples[k]) for k in (*sampled, "weight")}  # [tokens, width]
         merged["attn"] = torch.stack(samples["attn"]) if samples["attn"] else None  # [S, T, d]
         return stats, merged
 
@@ -426,15 +450,7 @@ class AwqQuantizer:
         as shrinks [out, G, 1] in self.clip_shrink), f32 [out, in], and replaces the
         layer's norms (and biases) in `weights` by their folded versions. Advances the
         calibration activations to the layer's FP output."""
-        p = layer_prefix(layer)
-        for name, value in weights.items():
-            if not np.isfinite(value).all():
-                raise ValueError(f"{name}: {int((~np.isfinite(value)).sum())} non-finite "
-                                 "value(s) in the source weights; the model is corrupt")
-        # Reference-model keys ("self_attn.q_proj", "input_layernorm", "...bias"), copied:
-        # the folded norms and biases are handed back through `weights` at the end.
-        w = {name[len(p):].removesuffix(".weight"): torch.tensor(value, device=self.device)
-             for name, value in weights.items()}
+        w = self._layer_tensors(layer, weights)
         o = self.options
         groups = self.scale_groups() if o.scale_search else []
         clipped = [n for n in INPUT_OF if n not in CLIP_EXCLUDED and clips_linear(o.clip, n)]
@@ -465,25 +481,11 @@ class AwqQuantizer:
                                        [w[n] for n in group.linears],
                                        self.module_loss(layer, group, w, samples), self.group_size,
                                        step=tick)
-                self.ratios.setdefault(group.name, []).append(result.ratio)
                 self.searches[group.name] = result
-                if not result.finite:
-                    self.notes.append(f"layer {layer} {group.name}: no ratio gave a finite loss; "
-                                      "kept unscaled weights (plain RTN for these linears)")
-                elif result.ratio is None:
-                    self.kept_unscaled += 1
-                scales[group.name] = result.scales
+                scales[group.name] = self.record_search(layer, group.name, result)
             scaled = {n: w[n].clone() for n in INPUT_OF}  # [out, in] each
             for group in groups:
-                s = scales[group.name]  # [in]
-                for n in group.linears:
-                    scaled[n] *= s  # input columns
-                if group.prev.endswith("_proj"):  # output rows (and bias) of a linear
-                    scaled[group.prev] /= s[:, None]
-                    if group.prev + ".bias" in w:
-                        w[group.prev + ".bias"] /= s
-                else:  # a norm weight
-                    w[group.prev] /= s
+                fold_scales(group, scales[group.name], w, scaled)
         self.times["scale search"] += time.perf_counter() - start
 
         # Step 3: clip search on the scaled weights against the scaled inputs. The
@@ -507,6 +509,29 @@ class AwqQuantizer:
         bar.close()
         self._hand_back_norms(layer, weights, w)
         return scaled
+
+    def _layer_tensors(self, layer: int, weights: dict[str, np.ndarray]) -> dict:
+        """The layer's weights as torch tensors on self.device by reference-model key
+        ("self_attn.q_proj", "input_layernorm", "...bias"), copied: the folded norms and
+        biases go back through `weights` at the end. Rejects non-finite source weights."""
+        p = layer_prefix(layer)
+        for name, value in weights.items():
+            if not np.isfinite(value).all():
+                raise ValueError(f"{name}: {int((~np.isfinite(value)).sum())} non-finite "
+                                 "value(s) in the source weights; the model is corrupt")
+        return {name[len(p):].removesuffix(".weight"): torch.tensor(value, device=self.device)
+                for name, value in weights.items()}
+
+    def record_search(self, layer: int, name: str, result: ScaleSearch) -> torch.Tensor:
+        """Books a scale search under `name` for the report (its ratio; a note when no
+        candidate had a finite loss; the count of unscaled wins) and returns its scales."""
+        self.ratios.setdefault(name, []).append(result.ratio)
+        if not result.finite:
+            self.notes.append(f"layer {layer} {name}: no ratio gave a finite loss; kept "
+                              "unscaled weights (plain RTN for these linears)")
+        elif result.ratio is None:
+            self.kept_unscaled += 1
+        return result.scales
 
     @staticmethod
     def _hand_back_norms(layer: int, weights: dict[str, np.ndarray], w: dict) -> None:

@@ -21,13 +21,16 @@ is searched as follows (the attention exactly as a dense layer's):
     counted in the report (`unrouted_experts` per layer and a note).
 
 Memory: the pipeline holds one decoder layer in float32 (a real Mixtral 8x7B layer,
-8 x 3 x 4096 x 14336 = 1.4 G parameters, is 5.6 GB). On top of that this
-quantizer works expert by expert: the forward pass runs one expert at a time on
-its routed tokens (reference.moe_block), and the shared-scale search fake-quantizes
-one expert's gate and up at a time inside the loss (never all E candidates at
-once), so the extra memory is one expert's weights (235 MB for Mixtral) plus the
-per-expert statistics (a [d/g, g, g] and an [f/g, g, g] Gram matrix, 2 + 7 MB at
-g128) and the down_proj samples (at most loss_tokens x f per expert).
+8 x 3 x 4096 x 14336 = 1.4 G parameters, is 5.6 GB). This quantizer holds it twice
+more: the layer as torch tensors, and the scaled copy of its linears that it clips
+and hands to the quantizer. The forward pass runs one expert at a time on its
+routed tokens (reference.moe_block), and the shared-scale search fake-quantizes one
+expert's gate and up at a time inside the loss (never all E candidates at once);
+its w_mean, though, reads every expert's gate and up at once (a temporary of the
+experts' gate/up size, about two thirds of the layer). Per expert it keeps input
+statistics (a [2, d/g, g, g] and a [2, f/g, g, g] Gram matrix, even and odd
+sequences: 4 + 14 MB at g128 for Mixtral) and the down_proj samples (at most
+loss_tokens x f).
 """
 from __future__ import annotations
 
@@ -41,8 +44,8 @@ from tqdm import tqdm
 
 from ..reference import decoder_layer, expert_weights, mlp_hidden, route, rotary_tables
 from ..source import EXPERT_PROJECTIONS, ROUTER_NAME, expert_linear, layer_prefix
-from .awq import (CHUNK_TOKENS, N_GRID, AwqQuantizer, _mse, candidate_scales, fake_quantize,
-                  search_scales, weight_mean)
+from .awq import (CHUNK_TOKENS, N_GRID, AwqQuantizer, _mse, fake_quantize, fold_scales,
+                  grid_search, search_scales, weight_mean)
 from .clip import InputStats, clamp_to_shrinks, clip_shrinks, clips_linear
 from .rtn import quantize_int4
 
@@ -129,10 +132,11 @@ class MoeAwqQuantizer(AwqQuantizer):
         return stats, merged
 
     # ------------------------------------------------------------ searches
-    def _moe_loss(self, w: dict, samples: dict) -> Callable[[torch.Tensor], float]:
+    def _moe_loss(self, w: dict, samples: dict) -> Callable[[torch.Tensor | None], float]:
         """loss(s) -> weighted MSE of the MoE block output on the loss tokens with every
-        expert's gate/up replaced by Q(W * s) / s, one expert at a time. Routing does
-        not depend on s (the router's columns take s too), so it is computed once."""
+        expert's gate/up replaced by Q(W * s) / s (s None: Q(W)), one expert at a time.
+        Routing does not depend on s (the router's columns take s too), so it is
+        computed once."""
         c, g = self.config, self.group_size
         h, weights = samples["mlp"], samples["weight"]  # [m, d], [m]
         if len(h) == 0:
@@ -143,82 +147,48 @@ class MoeAwqQuantizer(AwqQuantizer):
             tokens, ranks = (experts == e).nonzero(as_tuple=True)
             plan.append((e, tokens, gates[tokens, ranks]))
 
-        def block(s: torch.Tensor | None) -> torch.Tensor:
+        def block(s: torch.Tensor | None, quantized: bool = True) -> torch.Tensor:
             out = torch.zeros_like(h)
             for e, tokens, gate in plan:
                 ew = expert_weights(w, e)
-                if s is not None:
+                if quantized:
                     for key in ("mlp.gate_proj", "mlp.up_proj"):
                         ew[key] = fake_quantize(ew[key], g, s)
                 hidden = mlp_hidden(h[tokens], ew, c.activation)
                 out.index_add_(0, tokens, (hidden @ ew["mlp.down_proj"].T) * gate[:, None])
             return out
 
-        reference = block(None)
+        reference = block(None, quantized=False)
         return lambda s: _mse(block(s), reference, weights)
 
     def _search_shared_scale(self, layer: int, w: dict, stats: dict, samples: dict,
                              tick) -> torch.Tensor:
-        """The gate/up scale of all experts (the grid of awq.search_scales, its loss the
-        MoE block's output; s = 1 kept when it beats every ratio)."""
-        c = self.config
-        rows = [w[expert_linear(e, p)] for e in range(c.num_experts)
+        """The gate/up scale of all experts (awq.grid_search, its loss the MoE block's
+        output; s = 1 kept when it beats every ratio)."""
+        rows = [w[expert_linear(e, p)] for e in range(self.config.num_experts)
                 for p in ("gate_proj", "up_proj")]
-        w_mean = weight_mean(rows, self.group_size)
-        x_mean = stats["mlp"].x_mean()
-        loss = self._moe_loss(w, samples)
-        best, best_loss = None, math.inf
-        for i in range(N_GRID):
-            s = candidate_scales(x_mean, w_mean, i / N_GRID)
-            value = loss(s)
-            if math.isfinite(value) and value < best_loss:
-                best, best_loss = (s, i / N_GRID), value
-            tick()
-        unscaled = loss(torch.ones_like(x_mean))
-        if best is None or (math.isfinite(unscaled) and unscaled < best_loss):
-            if best is None and not math.isfinite(unscaled):
-                self.notes.append(f"layer {layer} experts gate/up: no ratio gave a finite "
-                                  "loss; kept unscaled weights")
-            elif best is not None:
-                self.kept_unscaled += 1
-            self.ratios.setdefault("moe gate/up", []).append(None)
-            return torch.ones_like(x_mean)
-        self.ratios.setdefault("moe gate/up", []).append(best[1])
-        return best[0]
+        result = grid_search(stats["mlp"].x_mean(), weight_mean(rows, self.group_size),
+                             self._moe_loss(w, samples), tick)
+        return self.record_search(layer, "moe gate/up", result)
 
-    def _search_down(self, e: int, w: dict, stats: dict, samples: dict) -> torch.Tensor | None:
+    def _search_down(self, layer: int, e: int, w: dict, stats: dict,
+                     samples: dict) -> torch.Tensor | None:
         """Expert e's down scale [f], from its own routed tokens; None when none reached it."""
         x = samples["down", e]
         if x is None or stats["down", e].count == 0:
             return None
         down = w[expert_linear(e, "down_proj")]
         reference = x @ down.T
-        w_mean = weight_mean([down], self.group_size)
-        x_mean = stats["down", e].x_mean()
-        best, best_loss = None, math.inf
-        for i in range(N_GRID):
-            s = candidate_scales(x_mean, w_mean, i / N_GRID)
-            value = _mse(x @ fake_quantize(down, self.group_size, s).T, reference)
-            if math.isfinite(value) and value < best_loss:
-                best, best_loss = (s, i / N_GRID), value
-        unscaled = _mse(x @ fake_quantize(down, self.group_size).T, reference)
-        if best is None or (math.isfinite(unscaled) and unscaled < best_loss):
-            self.ratios.setdefault("expert down", []).append(None)
-            return torch.ones_like(x_mean)
-        self.ratios.setdefault("expert down", []).append(best[1])
-        return best[0]
+        result = search_scales(stats["down", e].x_mean(), [down],
+                               lambda c: _mse(x @ c[0].T, reference), self.group_size)
+        return self.record_search(layer, "expert down", result)
 
     # ------------------------------------------------------------ the layer
     def _fold_moe_layer(self, layer: int, weights: dict[str, np.ndarray]) -> dict:
         """Scales, folds and clips one MoE layer; returns its linears by reference key,
         f32 [out, in], and writes the folded norms and router back into `weights`."""
-        c, g, p = self.config, self.group_size, layer_prefix(layer)
-        for name, value in weights.items():
-            if not np.isfinite(value).all():
-                raise ValueError(f"{name}: {int((~np.isfinite(value)).sum())} non-finite "
-                                 "value(s) in the source weights; the model is corrupt")
-        w = {name[len(p):].removesuffix(".weight"): torch.tensor(value, device=self.device)
-             for name, value in weights.items()}
+        c = self.config
+        w = self._layer_tensors(layer, weights)
         linears = [k for k in w if k.endswith("_proj")]
         attention_groups = [grp for grp in self.scale_groups() if grp.source in ("qkv", "o")]
         E = c.num_experts
@@ -246,24 +216,19 @@ class MoeAwqQuantizer(AwqQuantizer):
         with torch.no_grad():
             scales = {}
             for group in attention_groups:  # exactly the dense search
-                result = self._search_attention(layer, group, w, stats, samples, tick)
-                scales[group.name] = result
+                result = search_scales(stats[group.source].x_mean(),
+                                       [w[n] for n in group.linears],
+                                       self.module_loss(layer, group, w, samples),
+                                       self.group_size, step=tick)
+                scales[group.name] = self.record_search(layer, group.name, result)
             shared = self._search_shared_scale(layer, w, stats, samples, tick)
             downs = {}
             for e in range(E):
-                downs[e] = self._search_down(e, w, stats, samples)
+                downs[e] = self._search_down(layer, e, w, stats, samples)
                 tick()
             for group in attention_groups:
-                s = scales[group.name]
-                for n in group.linears:
-                    scaled[n] *= s
-                    input_scale[n] = s
-                if group.prev.endswith("_proj"):
-                    scaled[group.prev] /= s[:, None]
-                    if group.prev + ".bias" in w:
-                        w[group.prev + ".bias"] /= s
-                else:
-                    w[group.prev] /= s
+                fold_scales(group, scales[group.name], w, scaled)
+                input_scale.update(dict.fromkeys(group.linears, scales[group.name]))
             w["post_attention_layernorm"] /= shared
             w[ROUTER_NAME] *= shared  # its columns: the logits stay what they were
             for e in range(E):
@@ -294,24 +259,8 @@ class MoeAwqQuantizer(AwqQuantizer):
                     self._clip(scaled[n], stats[key], s)
         self.times["clip search"] += time.perf_counter() - start
         bar.close()
-        for name in weights:  # norms, biases and the router with the scales folded in
-            key = name[len(p):].removesuffix(".weight")
-            if not key.endswith("_proj"):
-                weights[name] = w[key].cpu().numpy()
+        self._hand_back_norms(layer, weights, w)  # the router with the scale folded in too
         return scaled
-
-    def _search_attention(self, layer: int, group, w: dict, stats: dict, samples: dict,
-                          tick) -> torch.Tensor:
-        result = search_scales(stats[group.source].x_mean(), [w[n] for n in group.linears],
-                               self.module_loss(layer, group, w, samples), self.group_size,
-                               step=tick)
-        self.ratios.setdefault(group.name, []).append(result.ratio)
-        if not result.finite:
-            self.notes.append(f"layer {layer} {group.name}: no ratio gave a finite loss; "
-                              "kept unscaled weights (plain RTN for these linears)")
-        elif result.ratio is None:
-            self.kept_unscaled += 1
-        return result.scales
 
     def _clip(self, weight: torch.Tensor, stats: InputStats, s: torch.Tensor) -> None:
         """Clamps `weight` [out, in] (input scaled by s) in place to the clip mode's

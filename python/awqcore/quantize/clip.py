@@ -5,8 +5,9 @@ with C_j = mean_t x_tj x_tj^T, the g x g Gram matrix of the group's inputs over 
 calibration tokens, and d_oj the group's quantization error once its weights are clamped
 to +-shrink * max|w_oj|. Accumulated once (n*in*g flops), each shrink step then costs
 out*in*g flops whatever n is (AutoAWQ multiplies out over 512 sampled tokens per step
-instead). The searches return the shrinks (1: no clipping), the form GPTQ takes: it clamps
-each group as its compensation has updated it (gptq.py).
+instead). The searches return the shrinks (1: no clipping), the form GPTQ takes: each
+group's grid spans its weights as the compensation has updated them, clamped to the
+shrink (gptq.py; the weights themselves are not clamped there).
 
 The statistics are kept separately for the even and the odd calibration sequences, so a
 shrink chosen on one half can be checked on the other ("heldout" mode).

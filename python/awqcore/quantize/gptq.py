@@ -39,12 +39,23 @@ from .rtn import MAX_Q, MIN_SCALE, pack_int4
 BLOCK = 128  # columns per lazy update block (a multiple of every supported group size)
 # H += DAMP * mean(diag H) * I: keeps H invertible (GPTQ's reference damps by 0.01) and
 # pulls the compensation toward plain rounding. The compensation fits the calibration
-# text; out of domain a weak damping loses more than it gains, and a damping as large as
-# the mean diagonal keeps the in-domain gain while giving up none out of domain
-# (docs/quality.md, "GPTQ" and "Quality per model": SmolLM2 measured at 0.01 to 1,
-# Gemma 3 at 0.1 and 1).
+# text, and a weak damping loses out of domain what it gains in domain; a damping as
+# large as the mean diagonal keeps most of the in-domain gain without that loss on
+# average (docs/quality.md, "GPTQ", measures each damping).
 DAMP = 1.0
 MAX_DAMP_TRIES = 6  # each retry multiplies the damping by 10
+
+
+def int4_grid(gmax: torch.Tensor, gmin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """rtn.quantize_int4's grid in torch for groups with these max and min [..., 1]: the
+    range widened to include 0, a constant group exact, the scale rounded to the f16
+    the file stores (returned in gmax's dtype; inf where f16 overflows), and the
+    integer-valued zero."""
+    span = (gmax.clamp(min=0) - gmin.clamp(max=0)) / MAX_Q
+    span = torch.where(gmax == gmin, gmax.abs(), span)
+    scale = span.clamp(min=MIN_SCALE).half().to(gmax.dtype)
+    zero = (-torch.round(gmin.clamp(max=0) / scale)).clamp(0, MAX_Q)
+    return scale, zero
 
 
 def group_params(w: torch.Tensor, name: str = "weight", shrink: torch.Tensor | None = None
@@ -55,16 +66,10 @@ def group_params(w: torch.Tensor, name: str = "weight", shrink: torch.Tensor | N
     if shrink is not None:
         bound = shrink * w.abs().amax(-1, keepdim=True)  # [out, 1]
         w = torch.minimum(torch.maximum(w, -bound), bound)
-    gmax = w.amax(-1, keepdim=True)  # [out, 1]
-    gmin = w.amin(-1, keepdim=True)
-    span = (gmax.clamp(min=0) - gmin.clamp(max=0)) / MAX_Q
-    span = torch.where(gmax == gmin, gmax.abs(), span)
-    scale = span.clamp(min=MIN_SCALE).half()
+    scale, zero = int4_grid(w.amax(-1, keepdim=True), w.amin(-1, keepdim=True))  # [out, 1]
     if not bool(torch.isfinite(scale).all()):
         raise ValueError(f"{name}: a group spans more than an f16 scale can hold "
                          "(max 65504 per step), or holds non-finite values")
-    scale = scale.to(w.dtype)
-    zero = (-torch.round(gmin.clamp(max=0) / scale)).clamp(0, MAX_Q)
     return scale, zero
 
 

@@ -100,7 +100,7 @@ CALIBRATED_METHODS = ("awq", "gptq", "awq-gptq")
 # The best measured method: ahead of RTN in and out of domain on SmolLM2, Gemma 3 and
 # Qwen2.5-Coder, of awq in domain on all three and out of domain on the last two (on
 # SmolLM2's out-of-domain texts awq is ahead on average), and of the peers on all three
-# (README, "Quality per model").
+# (out of domain on SmolLM2 a tie with AutoAWQ; README, "Quality per model").
 DEFAULT_METHOD = "awq-gptq"
 
 
