@@ -231,6 +231,24 @@ def test_calibration_blocks_are_seeded(tmp_path):
         calibration_blocks(tokenizer, 1000, 100, text_file=text)
 
 
+def test_calibration_reads_on_when_text_has_many_characters_per_token(tmp_path):
+    """The first read takes 8 characters per token needed; text with ~21 per token
+    (one token per 20-character word) must read on instead of reporting the file
+    short. Every word is its document's index, so the blocks show which were read."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = [f"{i:020d}" for i in range(60)]
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)} | {"[UNK]": 60},
+                                           unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    text = tmp_path / "words.txt"
+    text.write_text("\n\n".join(" ".join([w] * 5) for w in words))  # 60 documents of 5 tokens
+    ids = calibration_blocks(tokenizer.to_str(), 2, 64, seed=0, text_file=str(text))
+    assert ids.shape == (2, 64) and int(ids.max()) < 60  # 26 documents read, no [UNK]
+    with pytest.raises(ValueError, match=r"has 300 tokens, fewer than the 10 x 32 = 320"):
+        calibration_blocks(tokenizer.to_str(), 10, 32, text_file=str(text))
+
+
 def test_awq_is_deterministic_and_writes_a_valid_file(tmp_path):
     source = OutlierSource(tiny_config("qwen2"), seed=4)
     options = dict(calib_samples=4, calib_seqlen=64, calib_text=calib_text(tmp_path), seed=3)
@@ -293,6 +311,24 @@ def test_cli_rejects_awq_options_for_rtn(tmp_path, capsys):
                      "--out", str(tmp_path / "x.awqbin")])
     assert code == 2
     assert "calib_samples apply to the calibrated methods" in capsys.readouterr().err
+    code = cli_main(["quantize", "synthetic:arch=llama,layers=1", "--method", "rtn",
+                     "--threads", "2", "--group-size", "32", "--out", str(tmp_path / "x.awqbin")])
+    assert code == 2 and not (tmp_path / "x.awqbin").exists()
+    assert "option threads applies to the calibrated methods" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options,message", [
+    (["--loss-tokens", "-1"], "--loss-tokens: must be an integer >= 0 (got -1)"),
+    (["--calib-seqlen", "1"], "--calib-seqlen: must be an integer >= 2 (got 1)"),
+    (["--clip", "full", "--no-clip"], "--no-clip: not allowed with argument --clip"),
+])
+def test_cli_rejects_bad_calibration_options_before_loading(tmp_path, capsys, options, message):
+    """Caught by the parser, before a model is read: a missing model file proves it."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["quantize", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "x.awqbin"),
+                  *options])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def reference_perplexity(config, get, windows: list[list[int]]) -> float:

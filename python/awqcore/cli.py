@@ -51,7 +51,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     _openmp_threads_sleep()
     from .importers import load_source
     from .quantize import quantize_model
-    from .quantize.pipeline import default_method
+    from .quantize.pipeline import CALIBRATED_METHODS, default_method
 
     import resource
 
@@ -60,6 +60,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
              "calib_text": args.calib_text, "seed": args.seed, "loss_tokens": args.loss_tokens,
              "clip": "off" if args.no_clip else args.clip, "device": args.device}
     options = {k: v for k, v in given.items() if v is not None}
+    if args.method == "rtn" and args.threads:  # rtn runs no torch
+        raise ValueError(f"option threads applies to the calibrated methods "
+                         f"({', '.join(CALIBRATED_METHODS)}) only")
     if args.method != "rtn":  # None: the model's default, a calibrated method
         import torch
 
@@ -373,6 +376,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _two_or_more(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 2 (got {text})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -406,13 +416,14 @@ def build_parser() -> argparse.ArgumentParser:
     awq = q.add_argument_group("calibration (--method awq, gptq, awq-gptq)")
     awq.add_argument("--calib-samples", type=_positive_int,
                      help="calibration blocks (default 32)")
-    awq.add_argument("--calib-seqlen", type=_positive_int,
-                     help="tokens per calibration block (default 256)")
+    awq.add_argument("--calib-seqlen", type=_two_or_more,
+                     help="tokens per calibration block, at least 2 (default 256)")
     awq.add_argument("--calib-text", metavar="FILE",
                      help="calibrate on this plain text (documents separated by blank lines) "
                      "or JSONL with a 'text' field; default: the Wikipedia summaries' "
                      "calibration split (disjoint from the one `awqcore ppl` evaluates on)")
-    awq.add_argument("--clip", choices=("full", "heldout", "mild", "attn", "off"),
+    clip = awq.add_mutually_exclusive_group()
+    clip.add_argument("--clip", choices=("full", "heldout", "mild", "attn", "off"),
                      help="AWQ's clip search: full (AutoAWQ's: shrinks down to 0.55 of a "
                      "group's max, chosen on all calibration tokens), heldout (chosen on half "
                      "the calibration sequences, kept only where it also helps on the other "
@@ -420,14 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
                      "linears only: the MLP's bounds fit the calibration text and cost on "
                      "other text, e.g. code on a coder model; README), off (default: attn "
                      "for awq-gptq, full for awq, off for gptq)")
-    awq.add_argument("--no-clip", action="store_true", help="the same as --clip off")
+    clip.add_argument("--no-clip", action="store_true", help="the same as --clip off")
     awq.add_argument("--threads", type=_positive_int,
                      help="torch threads on the CPU (default: every core the process may use)")
     awq.add_argument("--device", choices=("cpu", "cuda"),
                      help="where torch runs the calibration (default: cuda when torch sees "
                      "one, else cpu with all cores)")
-    awq.add_argument("--seed", type=int, help="picks the calibration text sample (default 0)")
-    awq.add_argument("--loss-tokens", type=int, metavar="N",
+    awq.add_argument("--seed", type=int,
+                     help="seeds the calibration text sample and the scale search's loss "
+                     "sample; the same seed gives the same file (default 0)")
+    awq.add_argument("--loss-tokens", type=_non_negative_int, metavar="N",
                      help="tokens the scale search's loss is computed on (default 1024; "
                      "0 = all calibration tokens, slower)")
     q.add_argument("--export-hf", metavar="DIR",

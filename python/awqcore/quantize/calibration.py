@@ -16,8 +16,10 @@ import numpy as np
 
 from ..data import read_text_file, wiki_texts
 
-# English runs ~4 characters per token; reading 8 per token needed (a wide
-# margin) avoids tokenizing all ~2 MB of summaries for a 16x256 calibration.
+# English runs ~4 characters per token; reading 8 per token needed (a wide margin)
+# avoids tokenizing all ~2 MB of summaries for a calibration of a few thousand tokens.
+# Text with more characters per token (whitespace-heavy code or data) reads on, the
+# same amount again each time, until it has enough tokens or runs out.
 CHARS_PER_TOKEN_BUDGET = 8
 
 
@@ -35,14 +37,18 @@ def calibration_blocks(tokenizer_json: str, n_samples: int, seqlen: int, seed: i
         raise ValueError(f"{origin}: no text to calibrate on")
     order = np.random.default_rng(seed).permutation(len(docs))
     needed = n_samples * seqlen
-    budget, taken = CHARS_PER_TOKEN_BUDGET * needed, []
-    for i in order:
-        taken.append(docs[i])
-        budget -= len(docs[i])
-        if budget <= 0:
-            break
     tokenizer = Tokenizer.from_str(tokenizer_json)
-    ids = tokenizer.encode("\n\n".join(taken), add_special_tokens=False).ids
+    taken: list[str] = []
+    while True:
+        budget = CHARS_PER_TOKEN_BUDGET * needed
+        for i in order[len(taken):]:
+            taken.append(docs[i])
+            budget -= len(docs[i])
+            if budget <= 0:
+                break
+        ids = tokenizer.encode("\n\n".join(taken), add_special_tokens=False).ids
+        if len(ids) >= needed or len(taken) == len(docs):
+            break
     if len(ids) < needed:
         raise ValueError(f"{origin} has {len(ids)} tokens, fewer than the {n_samples} x {seqlen} "
                          f"= {needed} that calibration asks for; lower --calib-samples or "
