@@ -41,3 +41,14 @@ def test_variant_names_parse(tool, variant, expected):
 def test_malformed_variants_name_the_problem(tool, variant, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         tool.parse_variant(variant)
+
+
+def test_a_model_with_experts_is_refused_before_calibration(tool, tmp_path, capsys):
+    """The sweep derives dense layers' variants only: a model with experts gets a clear
+    error naming it, not a KeyError from deep inside the calibration pass."""
+    text = tmp_path / "t.txt"
+    text.write_text("some text")
+    spec = "synthetic:arch=mixtral,layers=1,experts=4,top_k=2,expert_ffn=64,seed=3"
+    with pytest.raises(SystemExit):
+        tool.main([spec, "--ood-text", str(text), "--group-size", "32"])
+    assert "has experts; the sweep covers dense models only" in capsys.readouterr().err

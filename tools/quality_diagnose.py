@@ -41,13 +41,17 @@ import torch
 
 
 def parse_layers(spec: str | None, n_layers: int) -> list[int]:
-    """"0-5,9" -> [0, 1, 2, 3, 4, 5, 9]; None -> every layer. Out-of-range -> ValueError."""
+    """"0-5,9" -> [0, 1, 2, 3, 4, 5, 9]; None -> every layer. Raises ValueError naming
+    what is wrong: not numbers, an empty range ("5-2") or layers out of range."""
     if not spec:
         return list(range(n_layers))
     layers: set[int] = set()
     for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        layers.update(range(int(lo), int(hi or lo) + 1))
+        lo, dash, hi = part.partition("-")
+        hi = hi if dash else lo
+        if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
+            raise ValueError(f"--layers: {part!r} is not a layer or a range lo-hi with lo <= hi")
+        layers.update(range(int(lo), int(hi) + 1))
     bad = [i for i in layers if not 0 <= i < n_layers]
     if bad:
         raise ValueError(f"--layers: {bad} outside the model's layers 0..{n_layers - 1}")
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
     p.add_argument("--ood-text", required=True, help="out-of-domain text file")
-    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128))
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seqlen", type=int, default=256)
     p.add_argument("--loss-tokens", type=int, default=1024)
@@ -153,7 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     g = args.group_size
 
     source = load_source(args.model)
-    layers = parse_layers(args.layers, source.config.num_layers)
+    if source.config.num_experts:
+        p.error(f"{args.model} has experts; the diagnosis covers dense models only")
+    try:
+        layers = parse_layers(args.layers, source.config.num_layers)
+    except ValueError as e:
+        p.error(str(e))
     common = dict(progress=False, calib_seqlen=args.calib_seqlen, clip="off", gptq=True,
                   device="cpu")
     calib = AwqQuantizer(source, g, calib_samples=args.calib_samples,

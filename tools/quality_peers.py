@@ -1,8 +1,8 @@
 """AWQ quality against a peer implementation, in one run and one evaluation path.
 
     python3 tools/quality_peers.py smollm2-135m --group-size 64 --calib-samples 16 \
-        --calib-seqlen 256 --ood-text ood.txt [--peers autoawq] \
-        [--peer-python /work/venvs/peers/bin/python] [--json out.json]
+        --calib-seqlen 256 --ood-text ood.txt [--peers autoawq,llmcompressor] \
+        [--peer-python autoawq=$HOME/venvs/autoawq/bin/python] [--json out.json]
 
 What runs, from ONE set of calibration token blocks (awqcore's own loader,
 quantize.calibration.calibration_blocks, with --seed, --calib-samples, --calib-seqlen
@@ -15,6 +15,8 @@ and --calib-text: the exact [N, T] tensor awqcore's AWQ pass embeds):
   peer AWQ       each peer of --peers that is installed in --peer-python:
     autoawq        AutoAWQ 0.2.9, GEMM, zero point, scales + clip (its defaults),
                    calibrated on the same blocks, in f32 on the CPU
+    llmcompressor  llm-compressor's AWQModifier (scales; it has no clip search),
+                   W4A16 asymmetric at the same group size, on the same blocks
 Every quantized model is an .awqbin (the peer's AutoAWQ checkpoint converted with
 `awqcore convert`'s code: int4 codes, scales and zeros copied exactly; its float
 tensors are f32 in the checkpoint, stored like ours: embedding f16, norms f32) and is
@@ -24,8 +26,9 @@ for all (evaluate.py's protocol): the held-out Wikipedia split (in domain) and
 --ood-text (out of domain). Prints perplexities and each row's share of RTN's
 increase, (ppl - FP) / (RTN - FP), and writes the same as JSON with --json.
 
-The peers are optional (`pip install awqcore[peers]`, best in a venv of their own:
-AutoAWQ 0.2.9 needs transformers 4.51, see README "AWQ"). A peer runs as a
+The peers are optional (`pip install awqcore[peers]` for AutoAWQ,
+`awqcore[peers-llmcompressor]` for llm-compressor, each best in a venv of its own:
+AutoAWQ 0.2.9 needs transformers 4.51; README, "The peer tool"). A peer runs as a
 subprocess of --peer-python (default: this Python), which needs only the peer and
 torch, not awqcore; a peer that is missing there is skipped with the reason, and
 the table says which peers ran.
@@ -69,7 +72,6 @@ PEERS = {"autoawq": ("awq", "autoawq==0.2.9", "AutoAWQ 0.2.9 AWQ"),
 # The line of AwqQuantizer._compute_best_scale the worker patches, and its fix.
 AUTOAWQ_ALIASED = "org_sd = {k: v.cpu() for k, v in module2inspect.state_dict().items()}"
 AUTOAWQ_CLONED = "org_sd = {k: v.cpu().clone() for k, v in module2inspect.state_dict().items()}"
-TEXTS = ("wiki", "ood")
 # awqcore method -> what its row is called
 AWQCORE_ROWS = {"rtn": "RTN", "awq": "awqcore AWQ", "awq-gptq": "awqcore AWQ+GPTQ"}
 

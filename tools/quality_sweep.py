@@ -63,7 +63,7 @@ def parse_variant(variant: str) -> tuple[str, float | None, list[tuple[str, str]
     base = method[:-len(search) - 1] if search else method
     if base not in BASES or (base == "awq" and not search):
         raise ValueError(f"{variant}: unknown method {method!r} (choose from "
-                         f"{', '.join(VARIANTS)}, awq-mild, awq-gptq-full, awq-gptq-mild)")
+                         f"{', '.join(VARIANTS)}, awq-gptq-full, awq-gptq-mild)")
     if colon and "gptq" not in base:
         raise ValueError(f"{variant}: a damping (':') needs a GPTQ method")
     rules = [(search, scope)] if search else []
@@ -83,7 +83,7 @@ def parse_variant(variant: str) -> tuple[str, float | None, list[tuple[str, str]
     return base, float(damp) if damp else None, rules
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     import awqcore
     from awqcore.data import read_text_file, wiki_texts
     from awqcore.evaluate import (documents_for_windows, evaluate_runtime, reference_model,
@@ -99,7 +99,7 @@ def main() -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
-    p.add_argument("--group-size", type=int, default=64)
+    p.add_argument("--group-size", type=int, default=64, choices=(32, 64, 128))
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seqlen", type=int, default=256)
     p.add_argument("--calib-text", help="calibration text file (default: the Wikipedia "
@@ -116,7 +116,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch and runtime threads (1 on a machine shared with other jobs: "
                    "oversubscribed threads wait on each other)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     variants = args.variants.split(",")
     try:
         parsed = {v: parse_variant(v) for v in variants}
@@ -128,6 +128,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     source = load_source(args.model)
+    if source.config.num_experts:
+        p.error(f"{args.model} has experts; the sweep covers dense models only")
     start = time.perf_counter()
     quantizer = AwqQuantizer(source, g, progress=False, calib_samples=args.calib_samples,
                              calib_seqlen=args.calib_seqlen, calib_text=args.calib_text,
@@ -209,9 +211,9 @@ def main() -> int:
         print(f"{'variant':30s} {'ppl':>9s} {'share':>6s} {'vs rtn':>7s}")
         print(f"{'FP':30s} {fp[k]:9.3f} {0:6.3f}")
         rtn = ppl[k].get("rtn", float("nan"))
-        for v in variants:
-            print(f"{v:30s} {ppl[k][v]:9.3f} {(ppl[k][v] - fp[k]) / (rtn - fp[k]):6.3f} "
-                  f"{ppl[k][v] / rtn - 1:+7.2%}")
+        for v in variants:  # share: nan when RTN is no worse than FP (nothing to share)
+            share = (ppl[k][v] - fp[k]) / (rtn - fp[k]) if rtn > fp[k] else float("nan")
+            print(f"{v:30s} {ppl[k][v]:9.3f} {share:6.3f} {ppl[k][v] / rtn - 1:+7.2%}")
     return 0
 
 
