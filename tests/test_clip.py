@@ -174,3 +174,20 @@ def test_cli_default_method_calibrates(tmp_path, spec, expected):
     assert main(["quantize", spec, "--group-size", "32", "-q", "--calib-samples", "2",
                  "--calib-seqlen", "32", "--out", str(out)]) == 0
     assert read_awqbin(out).metadata["quant.method"] == expected
+
+
+def test_quantize_parser_choices_are_the_librarys():
+    """cli.py spells out the choices (importing the quantize package would load torch
+    for every command); each must stay the library's own list."""
+    from awqcore.cli import build_parser
+    from awqcore.quantize.clip import CLIP_MODES
+    from awqcore.quantize.int8_table import TABLE_FORMS
+    from awqcore.quantize.pipeline import LM_HEAD_FORMS
+    from awqcore.quantize.rtn import SUPPORTED_GROUP_SIZES
+
+    quantize = build_parser()._subparsers._group_actions[0].choices["quantize"]
+    choices = {a.dest: a.choices for a in quantize._actions if a.choices}
+    assert set(choices["clip"]) == set(CLIP_MODES)
+    assert set(choices["embeddings"]) == set(TABLE_FORMS)
+    assert set(choices["lm_head"]) == set(LM_HEAD_FORMS)
+    assert set(choices["group_size"]) == set(SUPPORTED_GROUP_SIZES)

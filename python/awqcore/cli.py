@@ -38,8 +38,8 @@ def _openmp_threads_sleep() -> None:
     """Makes torch's OpenMP threads sleep when they wait (OMP_WAIT_POLICY=PASSIVE)
     unless the user chose otherwise. libgomp spins a waiting thread for ~300k
     iterations first; on a machine busy with other jobs a descheduled worker then
-    leaves the others spinning on every op of the searches (one SmolLM2 AWQ layer
-    cost 18 CPU-s against 4 with 2 threads at load ~10). The runtime reads the
+    leaves the others spinning on every op of the searches, multiplying their CPU
+    time (README, "Time and memory"). The runtime reads the
     variable when torch loads it, and it holds for the whole process, every OpenMP
     library in it included: so only the quantize command, which owns its process,
     sets it, never an import of the library."""

@@ -86,7 +86,7 @@ class AwqOptions:
     clip: str | bool = "full"  # a clip.CLIP_MODES entry; True = "full", False = "off"
     seed: int = 0
     loss_tokens: int = 1024  # tokens the scale-search loss is computed on; 0 = all
-    scale_search: bool = True  # False: unscaled weights (plain GPTQ, or RTN + clip)
+    scale_search: bool = True  # False: unscaled weights (the gptq method)
     gptq: bool = False  # quantize with GPTQ's error compensation instead of rounding
     device: str | None = None  # torch device of the searches; None: cuda if torch sees one
 
