@@ -20,7 +20,7 @@ from awqcore.quantize.awq import (FAKE_QUANTIZE_BLOCK, AwqQuantizer, fake_quanti
                                   search_scales)
 from awqcore.quantize.clip import search_clip
 from awqcore.quantize.calibration import calibration_blocks
-from awqcore.quantize.pipeline import _layer_float_names
+from awqcore.quantize.pipeline import layer_float_names
 from awqcore.quantize.rtn import dequantize_int4, quantize_int4
 from awqcore.reference import ReferenceModel
 from awqcore.source import layer_prefix
@@ -78,7 +78,7 @@ def folded_model(source, options: dict, group_size: int = 32):
     quantizer = AwqQuantizer(source, group_size, progress=False, **options)
     folded = {}
     for layer in range(c.num_layers):
-        weights = {n: source.get(n) for n in _layer_float_names(source, layer)}
+        weights = {n: source.get(n) for n in layer_float_names(source, layer)}
         scaled = quantizer.fold_layer(layer, weights)
         folded.update(weights)
         for key, value in scaled.items():
@@ -203,7 +203,7 @@ def test_non_finite_activations_are_dropped_and_reported(tmp_path):
                              calib_text=calib_text(tmp_path))
     quantizer.x[2, 10, 7] = math.nan
     quantizer.x[3, 0, 0] = math.inf
-    weights = {n: source.get(n) for n in _layer_float_names(source, 0)}
+    weights = {n: source.get(n) for n in layer_float_names(source, 0)}
     scaled = quantizer.fold_layer(0, weights)
     assert quantizer.notes == ["layer 0: dropped 2 of 4 calibration sequences whose "
                                "activations became non-finite"]
@@ -212,7 +212,7 @@ def test_non_finite_activations_are_dropped_and_reported(tmp_path):
     assert all(r[0] is not None for r in quantizer.ratios.values())
 
     quantizer.x[:] = math.nan  # nothing finite left: the layer falls back to RTN, reported
-    weights = {n: source.get(n) for n in _layer_float_names(source, 1)}
+    weights = {n: source.get(n) for n in layer_float_names(source, 1)}
     scaled = quantizer.fold_layer(1, weights)
     assert quantizer.notes[-1] == "layer 1: no finite calibration activations left; quantized " \
                                   "with plain RTN"

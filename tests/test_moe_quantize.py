@@ -15,7 +15,7 @@ from awqcore.awqbin_source import AwqbinSource
 from awqcore.importers.synthetic import tiny_config
 from awqcore.quantize import quantize_model
 from awqcore.quantize.awq_moe import MoeAwqQuantizer
-from awqcore.quantize.pipeline import _layer_float_names
+from awqcore.quantize.pipeline import layer_float_names
 from awqcore.quantize.rtn import quantize_int4
 from awqcore.reference import ReferenceModel
 from awqcore.source import layer_prefix
@@ -111,7 +111,7 @@ def folded_moe_model(source, options: dict):
     quantizer = MoeAwqQuantizer(source, G, progress=False, **options)
     folded = {}
     for layer in range(c.num_layers):
-        weights = {n: source.get(n) for n in _layer_float_names(source, layer)}
+        weights = {n: source.get(n) for n in layer_float_names(source, layer)}
         if c.is_moe_layer(layer):
             scaled = quantizer._fold_moe_layer(layer, weights)
         else:
@@ -185,7 +185,7 @@ def test_moe_layer_drops_non_finite_sequences_as_the_dense_layer(tmp_path):
     quantizer = MoeAwqQuantizer(source, G, progress=False, calib_samples=4, calib_seqlen=32,
                                 calib_text=calib_text(tmp_path))
     quantizer.x[1, 5, 3] = float("nan")
-    weights = {n: source.get(n) for n in _layer_float_names(source, 0)}
+    weights = {n: source.get(n) for n in layer_float_names(source, 0)}
     scaled = quantizer._fold_moe_layer(0, weights)
     assert quantizer.notes == ["layer 0: dropped 1 of 4 calibration sequences whose "
                                "activations became non-finite"]

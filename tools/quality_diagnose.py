@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from awqcore.data import wiki_texts
     from awqcore.importers import load_source
     from awqcore.quantize.awq import CLIP_EXCLUDED, INPUT_OF, N_GRID, AwqQuantizer
-    from awqcore.quantize.pipeline import _layer_float_names
+    from awqcore.quantize.pipeline import layer_float_names
     from awqcore.source import layer_prefix
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     for layer in range(max(layers) + 1):
         pre = layer_prefix(layer)
         original = {n: np.asarray(source.get(n), dtype=np.float32)
-                    for n in _layer_float_names(source, layer)}
+                    for n in layer_float_names(source, layer)}
         w = {n[len(pre):].removesuffix(".weight"): torch.tensor(v) for n, v in original.items()}
         if layer not in layers:  # only carry every set's activations on
             for q in (calib, *probes.values()):

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from awqcore.quantize.awq import CLIP_EXCLUDED, INPUT_OF, AwqQuantizer, fake_quantize
     from awqcore.quantize.clip import clamp_to_shrinks, clip_shrinks
     from awqcore.quantize.gptq import DAMP, gptq_int4
-    from awqcore.quantize.pipeline import _layer_float_names
+    from awqcore.quantize.pipeline import layer_float_names
     from awqcore.quantize.rtn import quantize_int4
     from awqcore.source import LINEAR_NAMES, layer_prefix
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                              clip="off", gptq=True)
     results = {v: {} for v in variants}  # variant -> layer -> (norms, {prefix: int4})
     for layer in range(source.config.num_layers):
-        names = _layer_float_names(source, layer)
+        names = layer_float_names(source, layer)
         original = {n: np.asarray(source.get(n), dtype=np.float32) for n in names}
         weights = dict(original)
         scaled = quantizer.fold_layer(layer, weights)

@@ -267,7 +267,7 @@ def convert_hf(folder: str | os.PathLike, out_path: str | os.PathLike) -> dict:
 
     from . import expected_tensor_shapes
     from .hf_model import _config_from_json, _read_json, _tokenizer_info
-    from ..quantize.pipeline import _layer_float_names, build_metadata
+    from ..quantize.pipeline import layer_float_names, build_metadata
 
     folder = Path(folder)
     cfg = _read_json(folder / "config.json")
@@ -292,7 +292,7 @@ def convert_hf(folder: str | os.PathLike, out_path: str | os.PathLike) -> dict:
             return (t.float() + norm_offset).numpy()
         return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
-    class _Source:  # what build_metadata and _layer_float_names read
+    class _Source:  # what build_metadata and layer_float_names read
         pass
     source = _Source()
     source.config, source.tokenizer = config, _tokenizer_info(folder, cfg)
@@ -318,7 +318,7 @@ def convert_hf(folder: str | os.PathLike, out_path: str | os.PathLike) -> dict:
                           get("model.embed_tokens.weight").astype(np.float16))
         for layer in range(config.num_layers):
             p = layer_prefix(layer)
-            for name in _layer_float_names(source, layer):
+            for name in layer_float_names(source, layer):
                 prefix = name.rsplit(".", 1)[0]
                 if prefix == p + expert_linear(0, "gate_proj"):
                     # Every expert, stacked expert-major, where expert 0's gate comes.

@@ -117,7 +117,7 @@ def get_quantizer(method: str, source: SourceModel, group_size: int, progress: b
     return QUANTIZERS[method](source, group_size, progress=progress, **options)
 
 
-def _layer_float_names(source: SourceModel, layer: int) -> list[str]:
+def layer_float_names(source: SourceModel, layer: int) -> list[str]:
     """The layer's tensors: linears and their biases in LINEAR_NAMES order, each norm
     before the linears it feeds (q/k norms after the projections they follow). An MoE
     layer has the router and each expert's gate, up and down where the MLP's are."""
@@ -278,7 +278,7 @@ def quantize_model(source: SourceModel, out_path: str | os.PathLike, method: str
 
         for layer in tqdm(range(c.num_layers), desc="quantize", unit="layer", disable=not progress):
             p = layer_prefix(layer)
-            names = _layer_float_names(source, layer)
+            names = layer_float_names(source, layer)
             weights = {n: _get(source, n, shapes[n]) for n in names}
             linears = [p + s for s, _ in layer_linears(c, layer)]
             quantized = quantizer.quantize_layer(layer, weights, linears)
