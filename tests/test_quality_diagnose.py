@@ -57,6 +57,7 @@ def test_parse_layers(tool):
     assert tool.parse_layers(None, 3) == [0, 1, 2]
     with pytest.raises(ValueError, match=r"\[8\] outside the model's layers 0..7"):
         tool.parse_layers("6-8", 8)
+    assert tool.parse_layers("0, 2 - 3", 8) == [0, 2, 3]
     for bad in ("5-2", "x", "1-", ""):
         with pytest.raises(ValueError, match=r"is not a layer or a range lo-hi with lo <= hi"):
             tool.parse_layers(f"0,{bad}", 8)
@@ -96,5 +97,5 @@ def test_a_run_on_a_tiny_model(tool, tmp_path, capsys):
 def test_a_model_with_experts_is_refused_before_calibration(tool, capsys):
     spec = "synthetic:arch=mixtral,layers=1,experts=4,top_k=2,expert_ffn=64,seed=3"
     with pytest.raises(SystemExit):
-        tool.main([spec, "--group-size", "32", "--ood-text", "x.txt"])
+        tool.main([spec, "--group-size", "32", "--ood-text", "x.txt", "--threads", "1"])
     assert "has experts; the diagnosis covers dense models only" in capsys.readouterr().err

@@ -50,5 +50,5 @@ def test_a_model_with_experts_is_refused_before_calibration(tool, tmp_path, caps
     text.write_text("some text")
     spec = "synthetic:arch=mixtral,layers=1,experts=4,top_k=2,expert_ffn=64,seed=3"
     with pytest.raises(SystemExit):
-        tool.main([spec, "--ood-text", str(text), "--group-size", "32"])
+        tool.main([spec, "--ood-text", str(text), "--group-size", "32", "--threads", "1"])
     assert "has experts; the sweep covers dense models only" in capsys.readouterr().err

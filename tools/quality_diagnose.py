@@ -47,7 +47,7 @@ def parse_layers(spec: str | None, n_layers: int) -> list[int]:
         return list(range(n_layers))
     layers: set[int] = set()
     for part in spec.split(","):
-        lo, dash, hi = part.partition("-")
+        lo, dash, hi = (s.strip() for s in part.partition("-"))
         hi = hi if dash else lo
         if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
             raise ValueError(f"--layers: {part!r} is not a layer or a range lo-hi with lo <= hi")

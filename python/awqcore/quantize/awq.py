@@ -34,7 +34,7 @@ Where we differ, and why:
     of them, and once for the reference), so this is what keeps a 128 x 512
     calibration within minutes on a CPU.
   * The unscaled weights (s = 1) are a candidate of the scale search besides the
-    20 ratios (see search_scales): AWQ never does worse than round-to-nearest on
+    20 ratios (see grid_search): AWQ never does worse than round-to-nearest on
     the search's own loss.
   * Calibration sequences whose activations turn non-finite are dropped (and
     reported); a search with no finite loss falls back to unscaled weights
@@ -78,15 +78,15 @@ CHUNK_TOKENS = 4096
 
 @dataclass
 class AwqOptions:
-    # 32 x 256 tokens: SmolLM2-135M calibrates in about two minutes on 2 cores
-    # (README, "Targets (issue 18)").
+    # 32 x 256 tokens: SmolLM2-135M calibrates in minutes on 2 cores (16 x 256 in about
+    # two: README, "Targets (issue 18)").
     calib_samples: int = 32
     calib_seqlen: int = 256
     calib_text: str | None = None  # None: the Wikipedia summaries' calibration split
     clip: str | bool = "full"  # a clip.CLIP_MODES entry; True = "full", False = "off"
     seed: int = 0
     loss_tokens: int = 1024  # tokens the scale-search loss is computed on; 0 = all
-    scale_search: bool = True  # False: unscaled weights (the gptq method)
+    scale_search: bool = True  # False: unscaled weights (how the gptq method runs)
     gptq: bool = False  # quantize with GPTQ's error compensation instead of rounding
     device: str | None = None  # torch device of the searches; None: cuda if torch sees one
 
@@ -98,8 +98,8 @@ def stratified_sample(n: int, t: int, budget: int,
     Position 0 of every sequence is always taken, the rest uniformly: the first token
     (the attention sink, with massive activations) can carry an output error hundreds
     of times a typical token's and most of a layer's loss, so a uniform sample's loss
-    would swing with how many first tokens it drew (docs/quality.md, "Method
-    details"). A drawn token weighs its stratum's size over the number drawn from it,
+    would swing with how many first tokens it drew (docs/quality.md, "Why: the
+    per-layer diagnosis", Qwen2.5-Coder). A drawn token weighs its stratum's size over the number drawn from it,
     so the weighted mean estimates the all-token mean (AutoAWQ's objective) without
     that variance."""
     mask = np.zeros((n, t), dtype=bool)
@@ -237,8 +237,8 @@ def grid_search(x_mean: torch.Tensor, w_mean: torch.Tensor,
     Beyond AutoAWQ's grid, the unscaled weights (s = 1, plain round-to-nearest) are a
     candidate too, kept only when strictly better than every grid point: no grid point
     is s = 1 (at a = 0, s = 1 / w_mean), and on real models the whole grid sometimes
-    loses to the unscaled weights on the search's own loss (Qwen2.5-Coder's q/k/v in
-    some early layers)."""
+    loses to the unscaled weights on the search's own loss (docs/quality.md, "Why: the
+    per-layer diagnosis", Qwen2.5-Coder)."""
     best, best_loss, losses = None, math.inf, []
     for i in range(N_GRID):
         ratio = i / N_GRID
@@ -522,13 +522,15 @@ class AwqQuantizer:
         return {name[len(p):].removesuffix(".weight"): torch.tensor(value, device=self.device)
                 for name, value in weights.items()}
 
-    def record_search(self, layer: int, name: str, result: ScaleSearch) -> torch.Tensor:
-        """Books a scale search under `name` for the report (its ratio; a note when no
-        candidate had a finite loss; the count of unscaled wins) and returns its scales."""
+    def record_search(self, layer: int, name: str, result: ScaleSearch,
+                      label: str | None = None) -> torch.Tensor:
+        """Books a scale search under `name` in the report's ratios (a note, naming
+        `label` or `name`, when no candidate had a finite loss; the count of unscaled
+        wins) and returns its scales."""
         self.ratios.setdefault(name, []).append(result.ratio)
         if not result.finite:
-            self.notes.append(f"layer {layer} {name}: no ratio gave a finite loss; kept "
-                              "unscaled weights (plain RTN for these linears)")
+            self.notes.append(f"layer {layer} {label or name}: no ratio gave a finite loss; "
+                              "kept unscaled weights (no AWQ scales for these linears)")
         elif result.ratio is None:
             self.kept_unscaled += 1
         return result.scales

@@ -26,8 +26,8 @@ more: the layer as torch tensors, and the scaled copy of its linears that it cli
 and hands to the quantizer. The forward pass runs one expert at a time on its
 routed tokens (reference.moe_block), and the shared-scale search fake-quantizes one
 expert's gate and up at a time inside the loss (never all E candidates at once);
-its w_mean, though, reads every expert's gate and up at once (a temporary of the
-experts' gate/up size, about two thirds of the layer). Per expert it keeps input
+its w_mean, though, reads every expert's gate and up at once (up to three
+temporaries of the experts' gate/up size, about twice the layer, while it runs). Per expert it keeps input
 statistics (a [2, d/g, g, g] and a [2, f/g, g, g] Gram matrix, even and odd
 sequences: 4 + 14 MB at g128 for Mixtral) and the down_proj samples (at most
 loss_tokens x f).
@@ -181,7 +181,7 @@ class MoeAwqQuantizer(AwqQuantizer):
         reference = x @ down.T
         result = search_scales(stats["down", e].x_mean(), [down],
                                lambda c: _mse(x @ c[0].T, reference), self.group_size)
-        return self.record_search(layer, "expert down", result)
+        return self.record_search(layer, "expert down", result, label=f"expert {e} down")
 
     # ------------------------------------------------------------ the layer
     def _fold_moe_layer(self, layer: int, weights: dict[str, np.ndarray]) -> dict:

@@ -18,8 +18,8 @@ from ..data import read_text_file, wiki_texts
 
 # English runs ~4 characters per token; reading 8 per token needed (a wide margin)
 # avoids tokenizing all ~2 MB of summaries for a calibration of a few thousand tokens.
-# Text with more characters per token (whitespace-heavy code or data) reads on, the
-# same amount again each time, until it has enough tokens or runs out.
+# Text with more characters per token (whitespace-heavy code or data) reads on, twice
+# as much each time, until it has enough tokens or runs out.
 CHARS_PER_TOKEN_BUDGET = 8
 
 
@@ -39,8 +39,9 @@ def calibration_blocks(tokenizer_json: str, n_samples: int, seqlen: int, seed: i
     needed = n_samples * seqlen
     tokenizer = Tokenizer.from_str(tokenizer_json)
     taken: list[str] = []
+    budget_total = CHARS_PER_TOKEN_BUDGET * needed
     while True:
-        budget = CHARS_PER_TOKEN_BUDGET * needed
+        budget = budget_total - sum(map(len, taken))
         for i in order[len(taken):]:
             taken.append(docs[i])
             budget -= len(docs[i])
@@ -49,6 +50,7 @@ def calibration_blocks(tokenizer_json: str, n_samples: int, seqlen: int, seed: i
         ids = tokenizer.encode("\n\n".join(taken), add_special_tokens=False).ids
         if len(ids) >= needed or len(taken) == len(docs):
             break
+        budget_total *= 2
     if len(ids) < needed:
         raise ValueError(f"{origin} has {len(ids)} tokens, fewer than the {n_samples} x {seqlen} "
                          f"= {needed} that calibration asks for; lower --calib-samples or "
