@@ -99,9 +99,9 @@ def stratified_sample(n: int, t: int, budget: int,
     (the attention sink, with massive activations) can carry an output error hundreds
     of times a typical token's and most of a layer's loss, so a uniform sample's loss
     would swing with how many first tokens it drew (docs/quality.md, "Why: the
-    per-layer diagnosis", Qwen2.5-Coder). A drawn token weighs its stratum's size over the number drawn from it,
-    so the weighted mean estimates the all-token mean (AutoAWQ's objective) without
-    that variance."""
+    per-layer diagnosis", Qwen2.5-Coder). A drawn token weighs its stratum's size over
+    the number drawn from it, so the weighted mean estimates the all-token mean
+    (AutoAWQ's objective) without that variance."""
     mask = np.zeros((n, t), dtype=bool)
     weight = np.zeros((n, t), dtype=np.float32)
     if budget >= n * t:

@@ -27,10 +27,10 @@ and hands to the quantizer. The forward pass runs one expert at a time on its
 routed tokens (reference.moe_block), and the shared-scale search fake-quantizes one
 expert's gate and up at a time inside the loss (never all E candidates at once);
 its w_mean, though, reads every expert's gate and up at once (up to three
-temporaries of the experts' gate/up size, about twice the layer, while it runs). Per expert it keeps input
-statistics (a [2, d/g, g, g] and a [2, f/g, g, g] Gram matrix, even and odd
-sequences: 4 + 14 MB at g128 for Mixtral) and the down_proj samples (at most
-loss_tokens x f).
+temporaries of the experts' gate/up size, about twice the layer, while it runs).
+Per expert it keeps input statistics (a [2, d/g, g, g] and a [2, f/g, g, g] Gram
+matrix, even and odd sequences: 4 + 14 MB at g128 for Mixtral) and the down_proj
+samples (at most loss_tokens x f).
 """
 from __future__ import annotations
 
