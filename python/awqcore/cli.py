@@ -362,25 +362,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- main
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (got {text})")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an integer >= minimum, with a message naming the bound."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum} (got {text})")
+        return value
+    parse.__name__ = "int"  # argparse's message for a non-number: "invalid int value"
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (got {text})")
-    return value
-
-
-def _two_or_more(text: str) -> int:
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 2 (got {text})")
-    return value
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     awq = q.add_argument_group("calibration (--method awq, gptq, awq-gptq)")
     awq.add_argument("--calib-samples", type=_positive_int,
                      help="calibration blocks (default 32)")
-    awq.add_argument("--calib-seqlen", type=_two_or_more,
+    awq.add_argument("--calib-seqlen", type=_int_at_least(2),
                      help="tokens per calibration block, at least 2 (default 256)")
     awq.add_argument("--calib-text", metavar="FILE",
                      help="calibrate on this plain text (documents separated by blank lines) "

@@ -477,12 +477,7 @@ class AwqQuantizer:
         scales = {}
         with torch.no_grad():
             for group in groups:
-                result = search_scales(stats[group.source].x_mean(),
-                                       [w[n] for n in group.linears],
-                                       self.module_loss(layer, group, w, samples), self.group_size,
-                                       step=tick)
-                self.searches[group.name] = result
-                scales[group.name] = self.record_search(layer, group.name, result)
+                scales[group.name] = self.search_group(layer, group, w, stats, samples, tick)
             scaled = {n: w[n].clone() for n in INPUT_OF}  # [out, in] each
             for group in groups:
                 fold_scales(group, scales[group.name], w, scaled)
@@ -521,6 +516,16 @@ class AwqQuantizer:
                                  "value(s) in the source weights; the model is corrupt")
         return {name[len(p):].removesuffix(".weight"): torch.tensor(value, device=self.device)
                 for name, value in weights.items()}
+
+    def search_group(self, layer: int, group: ScaleGroup, w: dict, stats: dict,
+                     samples: dict, tick: Callable[[], None]) -> torch.Tensor:
+        """Step 2 for one group on the FP weights w: its scales [in], the search kept in
+        self.searches and booked for the report."""
+        result = search_scales(stats[group.source].x_mean(), [w[n] for n in group.linears],
+                               self.module_loss(layer, group, w, samples), self.group_size,
+                               step=tick)
+        self.searches[group.name] = result
+        return self.record_search(layer, group.name, result)
 
     def record_search(self, layer: int, name: str, result: ScaleSearch,
                       label: str | None = None) -> torch.Tensor:

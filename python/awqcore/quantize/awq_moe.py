@@ -199,6 +199,7 @@ class MoeAwqQuantizer(AwqQuantizer):
         start = time.perf_counter()
         self.rope = tuple(t.to(self.device) for t in rotary_tables(c, self.x.shape[1], layer))
         stats = samples = None
+        self.searches = {}  # this layer's attention searches (search_group)
         if len(self.x):
             with torch.no_grad():
                 stats, samples = self._moe_forward(layer, w)
@@ -216,11 +217,7 @@ class MoeAwqQuantizer(AwqQuantizer):
         with torch.no_grad():
             scales = {}
             for group in attention_groups:  # exactly the dense search
-                result = search_scales(stats[group.source].x_mean(),
-                                       [w[n] for n in group.linears],
-                                       self.module_loss(layer, group, w, samples),
-                                       self.group_size, step=tick)
-                scales[group.name] = self.record_search(layer, group.name, result)
+                scales[group.name] = self.search_group(layer, group, w, stats, samples, tick)
             shared = self._search_shared_scale(layer, w, stats, samples, tick)
             downs = {}
             for e in range(E):
